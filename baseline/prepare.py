@@ -1,0 +1,654 @@
+"""Data preparation for the training workload: a corpus, a byte-level BPE tokenizer, and
+train/val token shards, built once and cached.
+
+A prepared dataset is a folder ``DATA_ROOT/<name>/`` holding
+
+- ``train.bin``, ``val.bin``: uint16 token ids; every document is preceded by the
+  end-of-text token, so documents are separated by it;
+- ``tokenizer.json``: our byte-level BPE (merges, split pattern, per-token byte lengths);
+- ``meta.json``: where the text came from and what exactly was used (content hash over
+  document ids and bytes, byte and token counts, the split rule, the tokenizer id), so
+  runs on different corpora are never compared.
+
+Sources are ``stdlib`` (the installed Python standard library's ``.py`` files: on every
+machine, no download) or a folder of ``.txt``/``.md``/``.py`` files and ``.parquet`` files
+with a ``text`` column.
+
+Caching: a dataset is reused when its *listing fingerprint* matches -- a hash of the source
+files' paths, sizes and modification times plus every preparation setting. That costs one
+``stat`` per file, so a re-run is instant even for a large user corpus, and any edit to a
+file (which changes its size or mtime) triggers a rebuild. The full content hash is still
+computed while building and recorded in ``meta.json``; it is what identifies the data.
+
+Writes are atomic: everything is built in a hidden temporary folder that is renamed into
+place only when complete, so an interrupted preparation never leaves a folder that looks
+ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import json
+import os
+import re
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "bilevel-dataset"
+FORMAT_VERSION = 1
+TOKENIZER_FORMAT = "bilevel-byte-bpe"
+
+DEFAULT_VOCAB_SIZE = 4096
+DEFAULT_MAX_BYTES = {"stdlib": 24_000_000, "folder": 256_000_000}
+# Fraction of documents (chosen by a hash of the document id) held out for validation.
+VAL_FRACTION = 0.02
+# Bytes of training text the BPE merges are learned from: enough for stable merges,
+# small enough that training them takes seconds on two cores.
+BPE_SAMPLE_BYTES = 3_000_000
+
+EOT_ID = 256  # ids 0..255 are the raw bytes; merges start at 257
+FIRST_MERGE_ID = 257
+
+# GPT-style pre-split, written for Python's `re` (no \p{..} classes): words made of
+# letters/underscore with one optional leading non-word char (" self", ".append"),
+# numbers of up to 3 digits, punctuation runs, and whitespace runs that leave the last
+# space to the next word. Every character falls in exactly one class, so the chunks
+# always concatenate back to the input.
+SPLIT_PATTERN = r"""[^\r\n\w]?[^\W\d]+|\d{1,3}| ?[^\s\w]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+TEXT_SUFFIXES = (".txt", ".md", ".py")
+PARQUET_SUFFIX = ".parquet"
+SKIPPED_DIRS = frozenset(
+    {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+)
+
+Log = Callable[[str], None]
+
+
+class PrepareError(Exception):
+    """A problem with the source or the settings that the user can fix."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def data_root() -> Path:
+    """Where datasets live: $BILEVEL_DATA_ROOT, else ~/.cache/bilevel/data."""
+    env = os.environ.get("BILEVEL_DATA_ROOT")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "bilevel" / "data"
+
+
+def data_ready(data_dir: Path) -> bool:
+    """True when ``data_dir`` holds a complete dataset whose files match its meta.json."""
+    data_dir = Path(data_dir)
+    try:
+        meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            return False
+        if not (data_dir / "tokenizer.json").is_file():
+            return False
+        for split in ("train", "val"):
+            size = (data_dir / f"{split}.bin").stat().st_size
+            if size != 2 * int(meta["tokens"][split]):
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+class Tokenizer:
+    """Byte-level BPE: 256 byte tokens, one end-of-text token, then learned merges."""
+
+    def __init__(self, merges: list[tuple[int, int]], pattern: str = SPLIT_PATTERN) -> None:
+        self.merges = [(int(a), int(b)) for a, b in merges]
+        self.pattern = pattern
+        self._split = re.compile(pattern)
+        self._ranks = {pair: rank for rank, pair in enumerate(self.merges)}
+        self._cache: dict[str, tuple[int, ...]] = {}
+        self.token_bytes = self._build_token_bytes()
+
+    @property
+    def vocab_size(self) -> int:
+        return FIRST_MERGE_ID + len(self.merges)
+
+    @property
+    def eot_id(self) -> int:
+        return EOT_ID
+
+    @property
+    def id(self) -> str:
+        """Stable identity of the tokenizer: a hash of its pattern and merges."""
+        blob = json.dumps([self.pattern, self.merges], separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _build_token_bytes(self) -> list[bytes]:
+        table = [bytes([i]) for i in range(256)] + [b""]  # end-of-text decodes to nothing
+        for a, b in self.merges:
+            table.append(table[a] + table[b])
+        return table
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        cache = self._cache
+        if len(cache) > 1_000_000:  # bound memory on huge, diverse corpora
+            cache.clear()
+        for chunk in self._split.findall(text):
+            encoded = cache.get(chunk)
+            if encoded is None:
+                encoded = cache[chunk] = self._encode_chunk(chunk.encode("utf-8"))
+            ids.extend(encoded)
+        return ids
+
+    def _encode_chunk(self, data: bytes) -> tuple[int, ...]:
+        ids = list(data)
+        ranks = self._ranks
+        while len(ids) >= 2:
+            best_rank = None
+            for pair in zip(ids, ids[1:]):
+                rank = ranks.get(pair)
+                if rank is not None and (best_rank is None or rank < best_rank):
+                    best_rank = rank
+            if best_rank is None:
+                break
+            ids = _merge(ids, self.merges[best_rank], FIRST_MERGE_ID + best_rank)
+        return tuple(ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return b"".join(self.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "format": TOKENIZER_FORMAT,
+            "version": 1,
+            "id": self.id,
+            "pattern": self.pattern,
+            "vocab_size": self.vocab_size,
+            "eot_id": self.eot_id,
+            "merges": [list(pair) for pair in self.merges],
+            # Bytes each token decodes to (end-of-text: 0); val_bpb divides by these.
+            "token_byte_lengths": [len(b) for b in self.token_bytes],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Tokenizer:
+        if data.get("format") != TOKENIZER_FORMAT:
+            raise PrepareError(f"not a {TOKENIZER_FORMAT} tokenizer file")
+        merges = [(int(a), int(b)) for a, b in data["merges"]]  # type: ignore[union-attr]
+        return cls(merges, str(data["pattern"]))
+
+    @classmethod
+    def load(cls, path: Path) -> Tokenizer:
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Replace every non-overlapping occurrence of ``pair`` (left to right) by ``new_id``."""
+    out: list[int] = []
+    i, n = 0, len(ids)
+    a, b = pair
+    while i < n:
+        if i + 1 < n and ids[i] == a and ids[i + 1] == b:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def train_bpe(chunk_counts: Counter[str], vocab_size: int) -> Tokenizer:
+    """Learn ``vocab_size - 257`` merges from pre-split chunk counts.
+
+    Pair counts are kept incrementally (only words containing the merged pair are
+    revisited) and the best pair comes from a lazy max-heap; ties go to the smallest
+    pair, so training is deterministic.
+    """
+    num_merges = vocab_size - FIRST_MERGE_ID
+    words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
+    freqs = list(chunk_counts.values())
+    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for index, word in enumerate(words):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += freqs[index]
+            where[pair].add(index)
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+
+    merges: list[tuple[int, int]] = []
+    while len(merges) < num_merges and heap:
+        negative, pair = heapq.heappop(heap)
+        count = pair_counts.get(pair, 0)
+        if count <= 0:
+            continue
+        if -negative != count:  # stale entry: requeue at its current count
+            heapq.heappush(heap, (-count, pair))
+            continue
+        new_id = FIRST_MERGE_ID + len(merges)
+        merges.append(pair)
+        delta: dict[tuple[int, int], int] = defaultdict(int)
+        for index in where.pop(pair, ()):
+            word = words[index]
+            merged = _merge(word, pair, new_id)
+            if len(merged) == len(word):
+                continue  # stale membership: the pair was merged away earlier
+            freq = freqs[index]
+            for old in zip(word, word[1:]):
+                delta[old] -= freq
+            for new in zip(merged, merged[1:]):
+                delta[new] += freq
+                where[new].add(index)
+            words[index] = merged
+        for changed, amount in delta.items():
+            if amount:
+                pair_counts[changed] += amount
+                if amount > 0:
+                    heapq.heappush(heap, (-pair_counts[changed], changed))
+    return Tokenizer(merges)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path
+    rel: str  # posix path relative to the source root: the document id
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "stdlib" | "folder"
+    root: Path
+    description: str
+    default_name: str
+    files: tuple[SourceFile, ...]
+
+    def fingerprint(self, settings: dict[str, object]) -> str:
+        listing = [[f.rel, f.size, f.mtime_ns] for f in self.files]
+        blob = json.dumps(
+            {"kind": self.kind, "root": str(self.root), "listing": listing, **settings},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    nbytes: int
+
+
+def resolve_source(source: str) -> Source:
+    """``"stdlib"`` or a folder path -> a Source with its sorted file listing."""
+    if source == "stdlib":
+        root = Path(sysconfig.get_paths()["stdlib"])
+        files = _list_files(root, (".py",))
+        description = f"Python {sys.version.split()[0]} standard library at {root}"
+        return Source("stdlib", root, description, "stdlib", files)
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise PrepareError(f"source {source!r} is neither 'stdlib' nor an existing folder")
+    root = root.resolve()
+    files = _list_files(root, TEXT_SUFFIXES + (PARQUET_SUFFIX,))
+    if not files:
+        raise PrepareError(
+            f"no .txt, .md, .py or .parquet files under {root}"
+        )
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", root.name).strip(".-") or "corpus"
+    return Source("folder", root, f"folder {root}", name, files)
+
+
+def _list_files(root: Path, suffixes: tuple[str, ...]) -> tuple[SourceFile, ...]:
+    found: list[SourceFile] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.startswith("."))
+        for name in sorted(names):
+            if not name.endswith(suffixes):
+                continue
+            path = Path(folder) / name
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if path.is_file():
+                rel = path.relative_to(root).as_posix()
+                found.append(SourceFile(path, rel, st.st_size, st.st_mtime_ns))
+    found.sort(key=lambda f: f.rel)
+    return tuple(found)
+
+
+def iter_documents(source: Source) -> Iterator[Document]:
+    """Every document of the source in a fixed order; undecodable text files are skipped."""
+    for file in source.files:
+        if file.rel.endswith(PARQUET_SUFFIX):
+            yield from _parquet_documents(file)
+            continue
+        try:
+            text = file.path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text:
+            yield Document(file.rel, text, len(text.encode("utf-8")))
+
+
+def _parquet_documents(file: SourceFile) -> Iterator[Document]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise PrepareError(
+            f"{file.rel} is a .parquet file; reading it needs the 'pyarrow' package "
+            "(pip install pyarrow), or remove .parquet files from the folder"
+        ) from None
+    parquet = pq.ParquetFile(file.path)
+    if "text" not in parquet.schema_arrow.names:
+        raise PrepareError(f"{file.rel} has no 'text' column")
+    row = 0
+    for batch in parquet.iter_batches(columns=["text"]):
+        for value in batch.column(0).to_pylist():
+            if value:
+                yield Document(f"{file.rel}#{row}", value, len(value.encode("utf-8")))
+            row += 1
+
+
+# --------------------------------------------------------------------------- split
+
+
+def _unit_hash(salt: str, doc_id: str) -> float:
+    digest = hashlib.sha256(f"{salt}:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_documents(docs: list[Document]) -> tuple[list[Document], list[Document]]:
+    """Deterministic held-out split by a hash of each document id.
+
+    A document is held out when its hash falls below VAL_FRACTION, so membership never
+    depends on which other documents exist. Small corpora that draw no (or only)
+    held-out documents hold out the single lowest-hash document instead.
+    """
+    if len(docs) < 2:
+        raise PrepareError(f"need at least 2 documents to hold one out, found {len(docs)}")
+    scores = [_unit_hash("val", d.id) for d in docs]
+    held = {i for i, s in enumerate(scores) if s < VAL_FRACTION}
+    if not held or len(held) == len(docs):
+        held = {min(range(len(docs)), key=scores.__getitem__)}
+    train = [d for i, d in enumerate(docs) if i not in held]
+    val = [d for i, d in enumerate(docs) if i in held]
+    return train, val
+
+
+def bpe_sample(train: list[Document], sample_bytes: int) -> list[Document]:
+    """A deterministic spread of training documents, about ``sample_bytes`` in size."""
+    ordered = sorted(train, key=lambda d: _unit_hash("bpe", d.id))
+    sample: list[Document] = []
+    total = 0
+    for doc in ordered:
+        if total >= sample_bytes:
+            break
+        sample.append(doc)
+        total += doc.nbytes
+    return sample
+
+
+# --------------------------------------------------------------------------- build
+
+
+def prepare(
+    source: str = "stdlib",
+    *,
+    name: str | None = None,
+    root: Path | None = None,
+    max_bytes: int | None = None,
+    vocab_size: int | None = None,
+    force: bool = False,
+    log: Log = print,
+) -> Path:
+    """Build (or reuse) the dataset for ``source`` and return its folder."""
+    src = resolve_source(source)
+    name = name or src.default_name
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise PrepareError(f"dataset name {name!r}: use letters, digits, '_', '-', '.'")
+    root = Path(root).expanduser() if root is not None else data_root()
+    max_bytes = DEFAULT_MAX_BYTES[src.kind] if max_bytes is None else int(max_bytes)
+    vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else int(vocab_size)
+    if max_bytes <= 0:
+        raise PrepareError("max_bytes must be positive")
+    if not FIRST_MERGE_ID < vocab_size <= 2**16:
+        raise PrepareError(f"vocab_size must be in {FIRST_MERGE_ID + 1}..{2**16} (uint16 ids)")
+
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "max_bytes": max_bytes,
+        "vocab_size": vocab_size,
+        "val_fraction": VAL_FRACTION,
+        "bpe_sample_bytes": BPE_SAMPLE_BYTES,
+        "split_pattern": SPLIT_PATTERN,
+    }
+    fingerprint = src.fingerprint(settings)
+    target = root / name
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root, name):
+        if not force and data_ready(target) and _meta(target).get("fingerprint") == fingerprint:
+            log(f"data ready (cached) at {target}")
+            return target
+        if target.exists():
+            log(f"rebuilding {target} ({'forced' if force else 'source or settings changed'})")
+        _build(src, target, fingerprint, max_bytes, vocab_size, log)
+    return target
+
+
+def _build(
+    src: Source, target: Path, fingerprint: str, max_bytes: int, vocab_size: int, log: Log
+) -> None:
+    started = time.perf_counter()
+    docs, content_sha256 = _read_capped(src, max_bytes)
+    if not docs:
+        raise PrepareError(f"no readable UTF-8 text in {src.description}")
+    total = sum(d.nbytes for d in docs)
+    log(f"read {len(docs)} documents, {total / 1e6:.1f} MB from {src.description}")
+    train_docs, val_docs = split_documents(docs)
+
+    sample = bpe_sample(train_docs, BPE_SAMPLE_BYTES)
+    tokenizer = _train_tokenizer(sample, vocab_size, log)
+    train_ids = _encode_documents(tokenizer, train_docs)
+    val_ids = _encode_documents(tokenizer, val_docs)
+    log(f"encoded {len(train_ids):,} train and {len(val_ids):,} val tokens")
+
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": target.name,
+        "source": {"kind": src.kind, "path": str(src.root), "description": src.description},
+        "fingerprint": fingerprint,
+        "content_sha256": content_sha256,
+        "content_hash_rule": "sha256 over documents in order: utf-8 id, NUL, "
+        "8-byte little-endian length, bytes",
+        "dataset_id": hashlib.sha256(
+            f"{FORMAT_VERSION}:{content_sha256}:{tokenizer.id}".encode()
+        ).hexdigest()[:16],
+        "max_bytes": max_bytes,
+        "documents": {"train": len(train_docs), "val": len(val_docs)},
+        "bytes": {
+            "train": sum(d.nbytes for d in train_docs),
+            "val": sum(d.nbytes for d in val_docs),
+        },
+        "tokens": {"train": int(len(train_ids)), "val": int(len(val_ids))},
+        "split": {
+            "rule": "held out when sha256('val:' + document id) as a fraction of 2**64 < "
+            "val_fraction; if none (or all) qualify, the single lowest-hash document",
+            "val_fraction": VAL_FRACTION,
+            "val_documents": [d.id for d in val_docs],
+        },
+        "layout": "uint16 token ids; every document is preceded by eot_id",
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "tokenizer_id": tokenizer.id,
+        "bpe_sample": {"documents": len(sample), "bytes": sum(d.nbytes for d in sample)},
+        "python_version": sys.version.split()[0],
+        "numpy_version": np.__version__,
+        "created_unix": int(time.time()),
+    }
+    with _staging(target) as stage:
+        _write_json(stage / "tokenizer.json", tokenizer.to_json())
+        _write_array(stage / "train.bin", train_ids)
+        _write_array(stage / "val.bin", val_ids)
+        _write_json(stage / "meta.json", meta)  # last: its presence marks completion
+    log(f"prepared {target} in {time.perf_counter() - started:.1f}s")
+
+
+def _read_capped(src: Source, max_bytes: int) -> tuple[list[Document], str]:
+    """Documents in order until ``max_bytes`` is reached, and their content hash."""
+    hasher = hashlib.sha256()
+    docs: list[Document] = []
+    total = 0
+    for doc in iter_documents(src):
+        if total >= max_bytes:
+            break
+        data = doc.text.encode("utf-8")
+        hasher.update(doc.id.encode("utf-8") + b"\0")
+        hasher.update(len(data).to_bytes(8, "little"))
+        hasher.update(data)
+        docs.append(doc)
+        total += doc.nbytes
+    return docs, hasher.hexdigest()
+
+
+def _train_tokenizer(sample: list[Document], vocab_size: int, log: Log) -> Tokenizer:
+    started = time.perf_counter()
+    splitter = re.compile(SPLIT_PATTERN)
+    counts: Counter[str] = Counter()
+    for doc in sample:
+        counts.update(splitter.findall(doc.text))
+    tokenizer = train_bpe(counts, vocab_size)
+    if tokenizer.vocab_size < vocab_size:
+        log(f"note: the sample supports only {tokenizer.vocab_size} tokens, not {vocab_size}")
+    log(
+        f"trained BPE ({tokenizer.vocab_size} tokens) on {len(counts):,} distinct chunks "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
+    return tokenizer
+
+
+def _encode_documents(tokenizer: Tokenizer, docs: list[Document]) -> np.ndarray:
+    parts = [np.array([tokenizer.eot_id] + tokenizer.encode(d.text), dtype=np.uint16) for d in docs]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+
+
+def _meta(data_dir: Path) -> dict[str, object]:
+    try:
+        return json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def _write_array(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        array.astype(np.uint16, copy=False).tofile(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextmanager
+def _staging(target: Path) -> Iterator[Path]:
+    """A hidden folder next to ``target`` that replaces it only if the block completes."""
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(stage, 0o755)  # mkdtemp makes it private; the dataset is ordinary data
+    try:
+        yield stage
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        replacing = target.exists()
+        if replacing:
+            os.rename(target, old)
+        try:
+            os.rename(stage, target)
+        except OSError:
+            if replacing:
+                os.rename(old, target)  # put the previous dataset back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def _exclusive(root: Path, name: str) -> Iterator[None]:
+    """Serialise preparations of one dataset; clears leftovers of killed ones."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, no cleanup
+        yield
+        return
+    with open(root / f".{name}.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            # Holding the lock, no one else is building this name: staging folders left
+            # by a killed process are garbage.
+            for stale in root.glob(f".{name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m baseline.prepare", description="Prepare tokenizer and token shards."
+    )
+    parser.add_argument("--source", default="stdlib", help="'stdlib' or a folder of text")
+    parser.add_argument("--name", help="dataset name (default: 'stdlib' or the folder name)")
+    parser.add_argument("--root", type=Path, help="data root (default: $BILEVEL_DATA_ROOT)")
+    parser.add_argument("--max-bytes", type=int, help="cap on corpus bytes read")
+    parser.add_argument("--vocab-size", type=int, help=f"default {DEFAULT_VOCAB_SIZE}")
+    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        path = prepare(
+            args.source,
+            name=args.name,
+            root=args.root,
+            max_bytes=args.max_bytes,
+            vocab_size=args.vocab_size,
+            force=args.force,
+            log=log,
+        )
+    except PrepareError as exc:
+        print(f"prepare: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The `bilevel` command line: run, resume, replay, init, doctor, prepare.
+
+Exit codes are a contract: 0 done, 1 the run failed, 2 bad usage or configuration,
+130 interrupted by Ctrl-C (after a clean stop event; the session stays resumable).
+Diagnostics go to stderr, the event lines of a headless run to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import config as config_mod
+from .config import Config, ConfigError
+
+EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXAMPLE_CONFIG = Path(__file__).with_name("example_config.toml")
+
+
+def _err(msg: str) -> None:
+    print(f"bilevel: {msg}", file=sys.stderr)
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--group", choices=sorted(config_mod.GROUPS), help="levels preset: A, B, C or D")
+    p.add_argument("--iterations", type=int, help="Level 1 iterations after the baseline")
+    p.add_argument("--budget", type=float, help="training seconds per run")
+    p.add_argument("--name", help="experiment name (session folder suffix)")
+    p.add_argument("--sessions-dir", help="where sessions are written")
+    p.add_argument("--offline", action="store_true", help="no LLM: the offline algorithms")
+    p.add_argument("--model", help="endpoint model id")
+    p.add_argument("--base-url", help="endpoint base URL")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set search.min_delta=0.001 (repeatable)")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    named = {"group": "search.group", "iterations": "budget.iterations", "budget": "budget.time_s",
+             "name": "name", "sessions_dir": "run.sessions_dir", "model": "endpoint.model",
+             "base_url": "endpoint.base_url"}
+    for attr, key in named.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[key] = value
+    if getattr(args, "offline", False):
+        out["endpoint.provider"] = "offline"
+    for item in getattr(args, "set", []) or []:
+        key, value = config_mod.parse_override(item)
+        out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bilevel", description="Bilevel autoresearch: an LLM researches your "
+                                     "training script, and its own search procedure.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run an experiment")
+    run.add_argument("config", nargs="?", help="experiment TOML file")
+    run.add_argument("--demo", action="store_true", help="offline provider, CPU tiny preset, a few short runs")
+    run.add_argument("--headless", action="store_true", help="print one line per event instead of the app")
+    _add_overrides(run)
+
+    resume = sub.add_parser("resume", help="continue a session from its event log")
+    resume.add_argument("session", help="session folder (or name prefix under ./sessions)")
+    resume.add_argument("--headless", action="store_true")
+    resume.add_argument("--iterations", type=int, help="raise the iteration budget")
+    resume.add_argument("--sessions-dir", help="where to look for a session name")
+
+    replay = sub.add_parser("replay", help="replay a saved session")
+    replay.add_argument("session")
+    replay.add_argument("--headless", action="store_true", help="print the recorded events as lines")
+    replay.add_argument("--sessions-dir")
+
+    init = sub.add_parser("init", help="write a commented example config")
+    init.add_argument("path", nargs="?", default="bilevel.toml")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    doctor = sub.add_parser("doctor", help="check Python, torch, CUDA, the endpoint and the data")
+    doctor.add_argument("config", nargs="?")
+
+    prep = sub.add_parser("prepare", help="build the tokenizer and data shards (cached)")
+    prep.add_argument("--source", default="stdlib", help='"stdlib" or a folder of .txt/.parquet files')
+    prep.add_argument("--name")
+    prep.add_argument("--max-bytes", type=int)
+    prep.add_argument("--vocab-size", type=int)
+    prep.add_argument("--force", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    handler = {"run": cmd_run, "resume": cmd_resume, "replay": cmd_replay, "init": cmd_init,
+               "doctor": cmd_doctor, "prepare": cmd_prepare}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+
+
+# --- run / resume ---------------------------------------------------------------------
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    overrides = _overrides(args)
+    if getattr(args, "demo", False):
+        if args.config:
+            raise ConfigError("give either --demo or a CONFIG file, not both")
+        return config_mod.demo_config(**overrides)
+    if not args.config:
+        raise ConfigError("bilevel run needs a CONFIG file (or --demo); `bilevel init` writes one")
+    return config_mod.load(args.config, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    cfg = load_config(args)
+    engine = Engine.create(cfg, log=lambda m: print(m, file=sys.stderr))
+    print(f"session: {engine.dir}", file=sys.stderr)
+    return _drive(engine)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .levels.inner import FatalRunError
+    from .session import SessionError, find_session
+
+    try:
+        path = find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
+        overrides = {"budget.iterations": args.iterations} if args.iterations is not None else None
+        engine = Engine.resume(path, overrides, log=lambda m: print(m, file=sys.stderr))
+    except (SessionError, FatalRunError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    if engine.state.status == "completed" and engine.state.next_iteration > engine.cfg.budget.iterations:
+        _err(f"{path.name} is complete ({engine.cfg.budget.iterations} iterations); "
+             "raise the budget with --iterations N to continue")
+        return EXIT_USAGE
+    print(f"session: {engine.dir}", file=sys.stderr)
+    return _drive(engine)
+
+
+def _drive(engine: Any) -> int:
+    from .printer import HeadlessPrinter
+
+    engine.subscribe(HeadlessPrinter())
+    interrupted = False
+
+    async def main_task() -> Any:
+        nonlocal interrupted
+        loop = asyncio.get_running_loop()
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            interrupted = True
+            engine.request_stop("interrupted by the user (Ctrl-C)", hard=True)
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            loop.add_signal_handler(signal.SIGTERM, on_sigint)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+        return await engine.run()
+
+    state = asyncio.run(main_task())
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if state.status in ("completed", "stopped") else EXIT_RUN_ERROR
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .printer import HeadlessPrinter
+    from .session import SessionError, SessionReader, find_session
+
+    try:
+        reader = SessionReader(find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None))
+        printer = HeadlessPrinter(progress_every_s=float("inf"))
+        for event in reader.events():
+            printer(event)
+    except SessionError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+# --- init / doctor / prepare ---------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        _err(f"{path} exists; use --force to overwrite")
+        return EXIT_USAGE
+    shutil.copyfile(EXAMPLE_CONFIG, path)
+    print(f"wrote {path}; edit [endpoint] and run: bilevel run {path}")
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_checks
+
+    cfg = config_mod.load(args.config) if args.config else None
+    ok = True
+    for check in asyncio.run(run_checks(cfg)):
+        mark = "ok  " if check.ok else ("warn" if check.warning else "FAIL")
+        print(f"[{mark}] {check.name}: {check.detail}")
+        ok = ok and (check.ok or check.warning)
+    return EXIT_OK if ok else EXIT_RUN_ERROR
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    try:
+        from baseline.prepare import prepare
+    except ImportError as exc:  # numpy missing
+        _err(f"data preparation needs the training extra: pip install 'bilevel-autoresearch[train]' ({exc})")
+        return EXIT_RUN_ERROR
+    try:
+        path = prepare(args.source, name=args.name, max_bytes=args.max_bytes, vocab_size=args.vocab_size,
+                       force=args.force, log=lambda m: print(m, file=sys.stderr))
+    except (OSError, ValueError, RuntimeError) as exc:
+        _err(f"prepare failed: {exc}")
+        return EXIT_RUN_ERROR
+    print(path)
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""`bilevel doctor`: what this machine and config can do, checked one line at a time."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from .config import Config
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    warning: bool = False  # not ok, but not fatal either
+
+
+def _torch_report() -> list[Check]:
+    if importlib.util.find_spec("torch") is None:
+        return [Check("torch", False, "not installed: pip install 'bilevel-autoresearch[train]'")]
+    # A subprocess keeps a broken CUDA driver from taking doctor down with it.
+    code = ("import torch;print(torch.__version__);print(torch.cuda.is_available());"
+            "print(';'.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return [Check("torch", False, "importing torch took over 120 s")]
+    if out.returncode != 0:
+        return [Check("torch", False, f"import failed: {out.stderr.strip().splitlines()[-1:]}")]
+    version, cuda, names = (out.stdout.strip().splitlines() + ["", "", ""])[:3]
+    checks = [Check("torch", True, version)]
+    if cuda == "True":
+        checks.append(Check("CUDA", True, names.replace(";", ", ")))
+    else:
+        checks.append(Check("CUDA", False, "no CUDA device: training runs on the CPU (use the cpu-tiny preset)",
+                            warning=True))
+    return checks
+
+
+def _data_check(cfg: Config | None) -> Check:
+    source = cfg.data.source if cfg else "stdlib"
+    if source == "none":
+        return Check("data", True, "the script finds its own data (data.source = none)")
+    try:
+        from baseline.prepare import data_ready, default_data_dir
+    except ImportError as exc:
+        return Check("data", False, f"cannot check: {exc}")
+    name = (cfg.data.name if cfg and cfg.data.name else None)
+    path = default_data_dir(source, name)
+    if data_ready(path):
+        return Check("data", True, f"prepared at {path}")
+    return Check("data", False, f"not prepared at {path}: run `bilevel prepare` (or it is built on first run)",
+                 warning=True)
+
+
+async def _endpoint_checks(cfg: Config) -> list[Check]:
+    from .llm import LLMClient, LLMError
+
+    e = cfg.endpoint
+    if e.api_key_env and not os.environ.get(e.api_key_env):
+        return [Check("endpoint", False, f"environment variable {e.api_key_env} is not set")]
+    client = LLMClient(e.base_url, e.model, api_key_env=e.api_key_env or None, timeout_s=min(e.timeout_s, 20.0),
+                       max_retries=1)
+    try:
+        models = await client.list_models()
+    except LLMError as exc:
+        return [Check("endpoint", False, f"{e.base_url}: {exc}")]
+    finally:
+        await client.aclose()
+    checks = [Check("endpoint", True, f"{e.base_url} answers ({len(models)} models)")]
+    if e.model in models:
+        checks.append(Check("model", True, e.model))
+    else:
+        listed = ", ".join(models[:8]) or "none listed"
+        checks.append(Check("model", False, f"{e.model!r} is not listed by the endpoint (it lists: {listed})",
+                            warning=not models))
+    return checks
+
+
+async def run_checks(cfg: Config | None) -> list[Check]:
+    checks = [Check("python", sys.version_info >= (3, 10), f"{platform.python_version()} ({sys.executable})")]
+    checks += _torch_report()
+    checks.append(_data_check(cfg))
+    if cfg is None:
+        checks.append(Check("endpoint", True, "no config given: skipped", warning=True))
+    elif cfg.offline:
+        checks.append(Check("endpoint", True, "offline provider: no LLM needed"))
+    else:
+        checks += await _endpoint_checks(cfg)
+    return checks

@@ -1,0 +1,425 @@
+"""The asyncio orchestrator: schedules the levels, owns the command inbox, emits events.
+
+Everything the engine knows is in its events: each emitted event is written to the
+session log, applied to :class:`~core.state.RunState` and handed to subscribers (the
+UI, the headless printer). The engine never blocks the event loop: training runs are
+subprocesses read asynchronously, LLM calls are async, data preparation runs in a thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from . import events as ev
+from .config import Config, from_dict
+from .executors import SlotPool
+from .levels.inner import FatalRunError, InnerLoop
+from .llm import ChatResult, LLMClient, LLMError
+from .mechanism_host import MechanismHost
+from .script import ParamSpec, TrainScript, infer_schema
+from .session import SessionReader, SessionWriter, new_session_dir
+from .state import RunState, fold
+from .trainer import TrainResult, run_training
+
+# Parameters that define the measurement rather than the model: never the LLM's to change.
+PROTOCOL_PARAMS = ("TIME_BUDGET", "EVAL_TOKENS", "DEVICE", "COMPILE")
+PROGRESS_EVERY_S = 0.2  # throttle for progress events
+MAX_OUTPUT_EVENTS = 400  # training output lines per run as events; the log file has all
+COMMANDS = ("pause", "resume", "stop", "abort_training", "set_guidance", "freeze", "unfreeze")
+
+Subscriber = Callable[[ev.Event], None]
+
+
+@dataclass
+class Command:
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    source: str = "api"
+
+
+class Engine:
+    def __init__(self, cfg: Config, session_dir: Path, *, state: RunState | None = None,
+                 llm: LLMClient | None = None, log: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.dir = Path(session_dir)
+        self.writer = SessionWriter(self.dir)
+        self.state = state or RunState()
+        self.subscribers: list[Subscriber] = []
+        self.log = log or (lambda msg: None)
+        self.llm = llm
+        self._own_llm = llm is None
+        self.slots = SlotPool.from_config(None if cfg.run.gpus == "cpu" else cfg.run.gpus)
+        self.schema: dict[str, ParamSpec] = {}
+        self.data_dir: Path | None = None
+        self.stopping = False
+        self.stop_reason = ""
+        self.last_script_artifact = ""
+        self.last_error_tail = ""
+        self._commands: asyncio.Queue[Command] = asyncio.Queue()
+        self._unpaused = asyncio.Event()
+        self._cancel_training: asyncio.Event | None = None
+        self._current: asyncio.Task[Any] | None = None
+        self.mechanisms = MechanismHost(self.emit, self._schema_dicts, cfg.level2.hook_timeout_s)
+        self.inner = InnerLoop(self)
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, cfg: Config, **kw: Any) -> "Engine":
+        return cls(cfg, new_session_dir(cfg.sessions_path(), cfg.name), **kw)
+
+    @classmethod
+    def resume(cls, session_dir: Path, overrides: dict[str, Any] | None = None, **kw: Any) -> "Engine":
+        state = fold(SessionReader(session_dir).events())
+        if not state.session:
+            raise FatalRunError(f"{session_dir}: the session never started (no session_started event)")
+        data = json.loads(json.dumps(state.config))  # deep copy
+        for dotted, value in (overrides or {}).items():
+            node = data
+            *parents, last = dotted.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[last] = value
+        cfg = from_dict(data, source=f"{session_dir}/events.jsonl (session_started)")
+        return cls(cfg, session_dir, state=state, **kw)
+
+    # --- events ----------------------------------------------------------------------------
+
+    def emit(self, event: ev.Event) -> ev.Event:
+        stamped = self.writer.append(event)
+        self.state.apply(stamped)
+        for sub in list(self.subscribers):
+            try:
+                sub(stamped)
+            except Exception as exc:  # noqa: BLE001 - a broken viewer must not stop the run
+                self.log(f"subscriber failed on {stamped.type}: {exc!r}")
+        return stamped
+
+    def subscribe(self, fn: Subscriber) -> None:
+        self.subscribers.append(fn)
+
+    def artifact(self, relpath: str, data: str | bytes) -> str:
+        return self.writer.artifact(relpath, data)
+
+    def read_artifact(self, relpath: str) -> str:
+        return (self.dir / relpath).read_text(encoding="utf-8")
+
+    def interrupted(self, iteration: int) -> None:
+        self.emit(ev.IterationInterrupted(iteration=iteration, reason=self.stop_reason or "interrupted"))
+
+    def _schema_dicts(self) -> dict[str, Any]:
+        return {n: _spec_dict(s) for n, s in self.schema.items()}
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def submit(self, name: str, source: str = "api", **args: Any) -> None:
+        """Queue a command; it is acknowledged by a CommandReceived event."""
+        self._commands.put_nowait(Command(name, args, source))
+
+    def request_stop(self, reason: str, *, hard: bool = False) -> None:
+        """Stop at the next iteration boundary; ``hard`` also cuts the running iteration short."""
+        self.stopping = True
+        self.stop_reason = reason
+        self._unpaused.set()
+        if hard:
+            if self._cancel_training is not None:
+                self._cancel_training.set()
+            if self._current is not None and not self._current.done():
+                self._current.cancel()
+
+    async def _command_loop(self) -> None:
+        while True:
+            cmd = await self._commands.get()
+            error = self._handle(cmd)
+            self.emit(ev.CommandReceived(command=cmd.name, args=cmd.args, source=cmd.source,
+                                         ok=not error, error=error or ""))
+            self._after_command(cmd, error)
+
+    def _handle(self, cmd: Command) -> str | None:
+        """Validate a command; returns an error message or None."""
+        if cmd.name not in COMMANDS:
+            return f"unknown command {cmd.name!r} (commands: {', '.join(COMMANDS)})"
+        if cmd.name in ("freeze", "unfreeze"):
+            name = cmd.args.get("name")
+            if name not in self.schema:
+                return f"unknown parameter {name!r}"
+            if self.schema[name].locked:
+                return f"{name} is locked by the configuration"
+        if cmd.name == "set_guidance" and not isinstance(cmd.args.get("guidance"), str):
+            return "set_guidance needs a 'guidance' string"
+        if cmd.name == "abort_training" and self._cancel_training is None:
+            return "no training run is in progress"
+        return None
+
+    def _after_command(self, cmd: Command, error: str | None) -> None:
+        if error:
+            return
+        if cmd.name == "pause" and not self.state.paused:
+            self._unpaused.clear()
+            self.emit(ev.PauseRequested())
+        elif cmd.name == "resume":
+            self._unpaused.set()
+            if self.state.pause_requested and not self.state.paused:
+                self.emit(ev.Unpaused())  # resumed before the pause took effect
+        elif cmd.name == "stop":
+            self.request_stop(cmd.args.get("reason", "stopped by the user"), hard=bool(cmd.args.get("now")))
+        elif cmd.name == "abort_training" and self._cancel_training is not None:
+            self._cancel_training.set()
+        elif cmd.name == "set_guidance":
+            self.emit(ev.GuidanceChanged(guidance=cmd.args["guidance"], source="user"))
+        elif cmd.name == "freeze" and cmd.args["name"] not in self.state.frozen:
+            self.emit(ev.ParamFrozen(name=cmd.args["name"], reason=cmd.args.get("reason", "frozen by the user")))
+        elif cmd.name == "unfreeze" and cmd.args["name"] in self.state.frozen:
+            self.emit(ev.ParamUnfrozen(name=cmd.args["name"], reason=cmd.args.get("reason", "unfrozen by the user")))
+
+    # --- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> RunState:
+        """Run (or continue) the experiment until its iteration budget, a stop, or a fatal error."""
+        commands = asyncio.create_task(self._command_loop())
+        try:
+            if self.llm is None and not self.cfg.offline:
+                self.llm = _client_for(self.cfg)
+            if not self.state.session:
+                await self._start()
+            else:
+                await self._restart()
+            await self._loop()
+        except FatalRunError as exc:
+            self.emit(ev.RunFinished(status="failed", reason=str(exc), iterations=len(self.state.proposals),
+                                     baseline_val_bpb=self.state.baseline_val_bpb,
+                                     best_val_bpb=self.state.best_val_bpb))
+        finally:
+            commands.cancel()
+            if self._own_llm and self.llm is not None:
+                await self.llm.aclose()
+            self.writer.close()
+        return self.state
+
+    async def _loop(self) -> None:
+        while True:
+            if self.state.pause_requested and not self.stopping:
+                self.emit(ev.Paused(next_iteration=self.state.next_iteration))
+                await self._unpaused.wait()
+                if not self.stopping:
+                    self.emit(ev.Unpaused())
+            if self.stopping:
+                self._finish("stopped", self.stop_reason)
+                return
+            n = self.state.next_iteration
+            if n > self.cfg.budget.iterations:
+                self._finish("completed", f"{self.cfg.budget.iterations} iterations done")
+                return
+            step = self.inner.run_baseline() if n == 0 else self.inner.run_iteration(n)
+            self._current = asyncio.create_task(step)
+            try:
+                await self._current
+            except asyncio.CancelledError:
+                if not self.stopping:
+                    raise
+                if self.state.running is not None:
+                    self.interrupted(self.state.running)
+            finally:
+                self._current = None
+
+    def _finish(self, status: str, reason: str) -> None:
+        self.emit(ev.RunFinished(status=status, reason=reason, iterations=len(self.state.proposals),
+                                 baseline_val_bpb=self.state.baseline_val_bpb, best_val_bpb=self.state.best_val_bpb))
+
+    async def _start(self) -> None:
+        cfg = self.cfg
+        source_path = cfg.script_path()
+        try:
+            text = source_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise FatalRunError(f"cannot read the training script {source_path}: {exc.strerror or exc}") from exc
+        try:
+            script = TrainScript.parse(text)
+        except ValueError as exc:
+            raise FatalRunError(f"{source_path}: {exc}") from exc
+        script = script.apply(self._protocol_overrides(script))
+        data_info = await self._prepare_data()
+        self.schema = self._build_schema(script)
+        baseline_rel = self.artifact("baseline/train.py", script.text)
+        self.emit(ev.SessionStarted(
+            session=self.dir.name, name=cfg.name, provider=cfg.endpoint.provider,
+            model=cfg.endpoint.model if not cfg.offline else "offline", group=cfg.search.group,
+            levels=list(cfg.search.active_levels), config=cfg.to_dict(), script_source=str(source_path),
+            script=baseline_rel, schema=self._schema_dicts(), frozen=[], guidance=cfg.search.guidance,
+            seed=cfg.search.seed, data=data_info, version=__version__,
+        ))
+
+    async def _restart(self) -> None:
+        """Continue a session: re-run an iteration cut short, never a kept one."""
+        self.schema = self._build_schema(TrainScript.parse(self.read_artifact(self.state.baseline_script)))
+        if self.state.running is not None:
+            self.emit(ev.IterationInterrupted(iteration=self.state.running,
+                                              reason="the process ended during this iteration"))
+        data_dir = self.state.data.get("dir")
+        self.data_dir = Path(data_dir) if data_dir else None
+        if self.data_dir is not None and not (self.data_dir / "meta.json").exists():
+            await self._prepare_data()
+        self.emit(ev.RunResumed(next_iteration=self.state.next_iteration, pid=os.getpid()))
+
+    def _protocol_overrides(self, script: TrainScript) -> dict[str, Any]:
+        """Preset values, then the run's time budget, written into the working copy."""
+        from baseline.presets import PRESETS
+
+        changes = {k: v for k, v in PRESETS[self.cfg.script.preset].items() if k in script.params}
+        if "TIME_BUDGET" in script.params:
+            budget = self.cfg.budget.time_s
+            changes["TIME_BUDGET"] = int(budget) if float(budget).is_integer() else budget
+        return {k: v for k, v in changes.items() if script.params[k].value != v}
+
+    def _build_schema(self, script: TrainScript) -> dict[str, ParamSpec]:
+        locked = set(self.cfg.search.locked) | {p for p in PROTOCOL_PARAMS if p in script.params}
+        try:
+            return infer_schema(script, locked=locked, bounds=self.cfg.search.bounds)
+        except ValueError as exc:
+            raise FatalRunError(f"search.bounds: {exc}") from exc
+
+    async def _prepare_data(self) -> dict[str, Any]:
+        source = self.cfg.data.source
+        if source == "none":
+            return {"source": "none"}
+        from baseline.prepare import prepare
+
+        d = self.cfg.data
+        self.log(f"preparing data ({source}) — cached after the first time")
+        try:
+            data_dir = await asyncio.to_thread(
+                prepare, source, name=d.name or None, max_bytes=d.max_bytes, vocab_size=d.vocab_size,
+                log=self.log)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise FatalRunError(f"data preparation failed: {exc}") from exc
+        self.data_dir = Path(data_dir)
+        meta = json.loads((self.data_dir / "meta.json").read_text(encoding="utf-8"))
+        return {"dir": str(self.data_dir), **{k: meta[k] for k in ("content_hash", "source") if k in meta}}
+
+    # --- services the levels use ------------------------------------------------------------
+
+    async def call_llm(self, level: str, purpose: str, messages: list[dict[str, str]], *,
+                       iteration: int | None = None, json: bool = False, stream_events: bool = False) -> ChatResult:
+        """One LLM call with its request and reply kept as artifacts and bracketed by events."""
+        assert self.llm is not None, "no LLM client in offline mode"
+        call_id = uuid.uuid4().hex[:10]
+        stem = f"llm/{iteration if iteration is not None else 'x'}-{level}-{purpose}-{call_id}"
+        request_rel = self.artifact(f"{stem}.request.json",
+                                    _dumps({"model": self.llm.model, "messages": messages}))
+        self.emit(ev.LLMRequest(call_id=call_id, level=level, purpose=purpose, iteration=iteration,
+                                model=self.llm.model, artifact=request_rel))
+        on_delta = None
+        if stream_events:
+            def on_delta(kind: str, text: str) -> None:
+                self.emit(ev.LLMDelta(call_id=call_id, level=level, kind=kind, text=text))
+        started = time.monotonic()
+        try:
+            result = await self.llm.chat(messages, level=level, json=json, on_delta=on_delta)
+        except LLMError as exc:
+            self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=False, error=str(exc),
+                                     duration_s=time.monotonic() - started))
+            raise
+        reply = result.content if not result.reasoning else f"<reasoning>\n{result.reasoning}\n</reasoning>\n{result.content}"
+        response_rel = self.artifact(f"{stem}.response.txt", reply)
+        self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=True, artifact=response_rel,
+                                 prompt_tokens=result.usage.prompt_tokens,
+                                 completion_tokens=result.usage.completion_tokens,
+                                 duration_s=result.duration_s, attempts=result.attempts))
+        return result
+
+    async def train(self, iteration: int, text: str, diff: str) -> TrainResult:
+        """Run one training subprocess on a free slot, streaming its progress into events."""
+        folder = "baseline" if iteration == 0 else f"iterations/{iteration:04d}"
+        script_rel = self.artifact(f"{folder}/train.py", text) if iteration else self.state.baseline_script
+        diff_rel = self.artifact(f"{folder}/diff.patch", diff) if diff else ""
+        log_rel = f"artifacts/{folder}/train.log"
+        log_path = self.dir / log_rel
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.unlink(missing_ok=True)  # a re-run after an interruption starts a fresh log
+        self.last_script_artifact = script_rel
+        source_dir = Path(self.state.script_source or self.cfg.script_path()).parent
+        emitter = _TrainingEmitter(self, iteration)
+        cancel = self._cancel_training = asyncio.Event()
+        try:
+            async with self.slots.slot() as slot:
+                env = {**slot.env(), "BILEVEL_SEED": str(self.cfg.search.seed),
+                       # a user's script may import helpers that sit next to the original
+                       "PYTHONPATH": os.pathsep.join(filter(None, [str(source_dir), os.environ.get("PYTHONPATH")]))}
+                if self.data_dir is not None:
+                    env["BILEVEL_DATA_DIR"] = str(self.data_dir)
+                self.emit(ev.TrainingStarted(iteration=iteration, script=script_rel, diff=diff_rel,
+                                             slot=slot.devices or "cpu", budget_s=self.cfg.budget.time_s))
+                result = await run_training(
+                    self.dir / script_rel, cwd=source_dir, python=self.cfg.script.python or sys.executable,
+                    budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s, env=env,
+                    log_path=log_path, on_progress=emitter.progress, on_line=emitter.line, cancel=cancel)
+        finally:
+            self._cancel_training = None
+        emitter.flush()
+        self.last_error_tail = result.error_tail
+        self.emit(ev.TrainingFinished(
+            iteration=iteration, outcome=result.outcome.value, val_bpb=result.val_bpb, metrics=result.metrics,
+            exit_code=result.exit_code, duration_s=result.duration_s, reason=result.reason,
+            error_tail=result.error_tail[-4000:], log=log_rel,
+        ))
+        return result
+
+
+class _TrainingEmitter:
+    """Turns a run's output into events without flooding the log."""
+
+    def __init__(self, engine: Engine, iteration: int) -> None:
+        self.engine, self.iteration = engine, iteration
+        self._last = 0.0
+        self._held: Any = None
+        self._lines = 0
+
+    def progress(self, p: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < PROGRESS_EVERY_S:
+            self._held = p
+            return
+        self._last, self._held = now, None
+        self._emit_progress(p)
+
+    def _emit_progress(self, p: Any) -> None:
+        self.engine.emit(ev.TrainingProgress(iteration=self.iteration, step=p.step, percent=p.percent, loss=p.loss,
+                                             tok_per_s=p.tok_per_s, mfu=p.mfu, remaining_s=p.remaining_s))
+
+    def line(self, stream: str, text: str) -> None:
+        self._lines += 1
+        if self._lines <= MAX_OUTPUT_EVENTS:
+            self.engine.emit(ev.TrainingOutput(iteration=self.iteration, stream=stream, line=text[:1000]))
+        elif self._lines == MAX_OUTPUT_EVENTS + 1:
+            self.engine.emit(ev.TrainingOutput(iteration=self.iteration, stream="stderr",
+                                               line="… further output only in the training log"))
+
+    def flush(self) -> None:
+        if self._held is not None:
+            self._emit_progress(self._held)
+            self._held = None
+
+
+def _spec_dict(spec: ParamSpec) -> dict[str, Any]:
+    return {"kind": spec.kind, "value": spec.value, "locked": spec.locked, "minimum": spec.minimum,
+            "maximum": spec.maximum, "choices": list(spec.choices) if spec.choices else None,
+            "log_scale": spec.log_scale, "pow2": spec.pow2}
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, indent=1)
+
+
+def _client_for(cfg: Config) -> LLMClient:
+    e = cfg.endpoint
+    return LLMClient(e.base_url, e.model, api_key_env=e.api_key_env or None, timeout_s=e.timeout_s,
+                     max_retries=e.max_retries, stream=e.stream, json_mode=e.json_mode,
+                     temperature=e.temperature, max_tokens=e.max_tokens)

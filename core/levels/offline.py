@@ -1,0 +1,75 @@
+"""Offline mode's Level 1: a seeded random-perturbation proposer (no LLM).
+
+It perturbs one to three active parameters within their schema: multiplicatively for
+log-scale rates, by a factor of two for power-of-two sizes, by choice for patterns.
+Seeded per (run seed, iteration, attempt) so a resumed run proposes the same thing.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Mapping
+
+from ..script import ParamSpec
+
+
+def _clip(x: float, spec: ParamSpec) -> float:
+    if spec.minimum is not None:
+        x = max(spec.minimum, x)
+    if spec.maximum is not None:
+        x = min(spec.maximum, x)
+    return x
+
+
+def perturb(spec: ParamSpec, value: Any, rng: random.Random) -> Any:
+    """A nearby value of the same kind, or None when this parameter cannot be perturbed."""
+    if spec.choices:
+        others = [c for c in spec.choices if c != value]
+        return rng.choice(others) if others else None
+    if spec.kind == "bool":
+        return not value
+    if spec.kind == "float":
+        if spec.log_scale and value > 0:
+            new = _clip(value * math.exp(rng.gauss(0.0, 0.5)), spec)
+        else:
+            span = (spec.maximum - spec.minimum) if spec.minimum is not None and spec.maximum is not None else abs(value) or 1.0
+            new = _clip(value + rng.gauss(0.0, 0.15 * span), spec)
+        new = float(f"{new:.4g}")
+        return new if new != value else None
+    if spec.kind == "int":
+        if spec.pow2:
+            new = value * 2 if rng.random() < 0.5 else value // 2
+        else:
+            step = max(1, round(abs(value) * 0.25))
+            new = value + rng.choice((-step, step))
+        new = int(_clip(new, spec))
+        return new if new != value else None
+    if spec.kind == "tuple" and value and all(isinstance(v, float) for v in value):
+        # e.g. Adam betas: nudge each element toward or away from 1.
+        return tuple(float(f"{min(0.9999, max(0.0, 1 - (1 - v) * math.exp(rng.gauss(0, 0.3)))):.4g}") for v in value)
+    return None
+
+
+class OfflineProposer:
+    """Perturbs 1-3 active parameters; labelled ``offline`` in every event."""
+
+    source = "offline"
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def propose(self, schema: Mapping[str, ParamSpec], values: Mapping[str, Any], frozen: set[str],
+                iteration: int, attempt: int) -> tuple[dict[str, Any], str]:
+        rng = random.Random(f"{self.seed}:{iteration}:{attempt}")
+        active = [n for n, s in schema.items() if not s.locked and n not in frozen]
+        rng.shuffle(active)
+        want = rng.randint(1, 3)
+        changes: dict[str, Any] = {}
+        for name in active:
+            if len(changes) == want:
+                break
+            new = perturb(schema[name], values[name], rng)
+            if new is not None and new != values[name]:
+                changes[name] = new
+        desc = ", ".join(f"{k} {values[k]!r}→{v!r}" for k, v in changes.items())
+        return changes, f"Offline random perturbation (seed {self.seed}): {desc or 'nothing perturbable'}."

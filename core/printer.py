@@ -1,0 +1,95 @@
+"""Headless output: one readable line per event (streamed tokens and progress summarised)."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, TextIO
+
+from . import events as ev
+from .trace import fmt_bpb, fmt_value
+
+
+def _changes(changes: dict) -> str:
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in changes.items()) or "(no change)"
+
+
+def _finished(e: ev.IterationFinished) -> str:
+    label = "baseline" if e.decision == "baseline" else e.decision.upper()
+    parts = [f"#{e.iteration} {label}"]
+    if e.iteration:
+        parts.append(_changes(e.changes))
+    if e.val_bpb is not None:
+        score = f"val_bpb {e.val_bpb:.6f}"
+        if e.best_before is not None and e.decision != "baseline":
+            score += f" (Δ {e.val_bpb - e.best_before:+.6f} vs best {e.best_before:.6f})"
+        parts.append(score)
+    elif e.reason:
+        parts.append(e.reason[:200])
+    if e.mechanisms:
+        parts.append("mechanisms " + ", ".join(f"{n}:{sum(c.values())} calls" for n, c in e.mechanisms.items()))
+    parts.append(f"{e.duration_s:.1f}s")
+    return " | ".join(parts)
+
+
+_FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
+    ev.SessionStarted: lambda e: (f"session {e.session}: {e.name} — provider {e.provider}"
+                                  f"{' (offline: no LLM)' if e.provider == 'offline' else ' model ' + e.model}, "
+                                  f"group {e.group}, levels {'+'.join(e.levels)}"),
+    ev.RunResumed: lambda e: f"resumed at iteration {e.next_iteration}",
+    ev.RunFinished: lambda e: (f"run {e.status}: {e.reason} — {e.iterations} iterations, baseline "
+                               f"{fmt_bpb(e.baseline_val_bpb)}, best {fmt_bpb(e.best_val_bpb)}"),
+    ev.IterationStarted: lambda e: f"#{e.iteration} started{' (baseline)' if e.iteration == 0 else ''}",
+    ev.ProposalMade: lambda e: f"#{e.iteration} proposal ({e.source}, attempt {e.attempt}): {_changes(e.changes)}"
+                               + (f" — {e.hypothesis[:160]}" if e.hypothesis else ""),
+    ev.ProposalRejected: lambda e: f"#{e.iteration} proposal rejected ({e.kind}, attempt {e.attempt}): {e.reason[:300]}",
+    ev.TrainingStarted: lambda e: f"#{e.iteration} training on {e.slot} for {e.budget_s:g}s",
+    ev.TrainingFinished: lambda e: (f"#{e.iteration} training {e.outcome} in {e.duration_s:.1f}s"
+                                    + (f": val_bpb {e.val_bpb:.6f}" if e.val_bpb is not None else f": {e.reason[:200]}")),
+    ev.IterationFinished: _finished,
+    ev.IterationInterrupted: lambda e: f"#{e.iteration} interrupted: {e.reason}",
+    ev.LLMResponse: lambda e: (f"LLM {e.level} reply: {e.prompt_tokens}+{e.completion_tokens} tokens in {e.duration_s:.1f}s"
+                               if e.ok else f"LLM {e.level} call failed: {e.error}"),
+    ev.GuidanceChanged: lambda e: f"guidance ({e.source}): {e.guidance[:200]}",
+    ev.ParamFrozen: lambda e: f"froze {e.name} ({e.source}): {e.reason}",
+    ev.ParamUnfrozen: lambda e: f"unfroze {e.name} ({e.source}): {e.reason}",
+    ev.PauseRequested: lambda e: "pausing at the next iteration boundary…",
+    ev.Paused: lambda e: f"paused before iteration {e.next_iteration}",
+    ev.Unpaused: lambda e: "resumed",
+    ev.CommandReceived: lambda e: f"command {e.command} {'ok' if e.ok else 'refused: ' + e.error}",
+    ev.MechanismActivated: lambda e: f"mechanism {e.name} activated ({e.origin}; hooks {', '.join(e.hooks)})",
+    ev.MechanismDeactivated: lambda e: f"mechanism {e.name} DEACTIVATED: {e.reason}",
+    ev.MechanismEffect: lambda e: f"#{e.iteration} mechanism {e.name} {e.effect}: {e.detail[:200]}",
+    ev.TrainingOutput: lambda e: f"#{e.iteration} [{e.stream}] {e.line}" if e.stream == "stderr" else None,
+}
+
+
+class HeadlessPrinter:
+    """An engine subscriber writing lines to a stream; progress at most every few seconds."""
+
+    def __init__(self, out: TextIO | None = None, progress_every_s: float = 5.0) -> None:
+        self.out = out or sys.stdout
+        self.progress_every_s = progress_every_s
+        self._last_progress = 0.0
+
+    def __call__(self, event: ev.Event) -> None:
+        line = self.format(event)
+        if line:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def format(self, event: ev.Event) -> str | None:
+        if isinstance(event, ev.TrainingProgress):
+            now = time.monotonic()
+            if now - self._last_progress < self.progress_every_s:
+                return None
+            self._last_progress = now
+            bits = [f"#{event.iteration} step {event.step}"]
+            if event.percent is not None:
+                bits.append(f"{event.percent:.0f}%")
+            if event.loss is not None:
+                bits.append(f"loss {event.loss:.4f}")
+            if event.tok_per_s is not None:
+                bits.append(f"{event.tok_per_s:,.0f} tok/s")
+            return " ".join(bits)
+        fmt = _FORMATS.get(type(event))
+        return fmt(event) if fmt else None

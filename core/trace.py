@@ -1,0 +1,104 @@
+"""The search trace as the levels read it: per-parameter statistics and compact history.
+
+Level 1 shows the LLM the whole history; past a token budget the oldest iterations fold
+into per-parameter statistics instead of being dropped. Level 1.5's freeze rule reads
+the same statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from .state import IterationRecord
+
+TRAINED = ("keep", "discard", "crash", "cancelled")
+
+
+@dataclass
+class ParamStats:
+    name: str
+    proposed: int = 0  # iterations that trained with a change to this parameter
+    kept: int = 0
+    crashed: int = 0
+    net_improvement: float = 0.0  # sum of (best_before - val_bpb) over kept iterations touching it
+    values: list[Any] = field(default_factory=list)
+    last_iteration: int = 0
+
+
+def param_stats(records: Iterable[IterationRecord]) -> dict[str, ParamStats]:
+    stats: dict[str, ParamStats] = {}
+    for r in records:
+        if r.iteration == 0 or r.decision not in TRAINED:
+            continue
+        for name, value in r.changes.items():
+            s = stats.setdefault(name, ParamStats(name))
+            s.proposed += 1
+            s.values.append(value)
+            s.last_iteration = r.iteration
+            if r.decision == "keep" and r.val_bpb is not None and r.best_before is not None:
+                s.kept += 1
+                s.net_improvement += r.best_before - r.val_bpb
+            if r.decision == "crash":
+                s.crashed += 1
+    return stats
+
+
+def fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(fmt_value(v) for v in value) + ")"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
+
+
+def fmt_bpb(value: float | None) -> str:
+    return "—" if value is None else f"{value:.6f}"
+
+
+def record_line(r: IterationRecord) -> str:
+    changes = ", ".join(f"{k}={fmt_value(v)}" for k, v in r.changes.items()) or "(no change)"
+    if r.val_bpb is not None and r.best_before is not None:
+        score = f"val_bpb {r.val_bpb:.6f} (Δ {r.val_bpb - r.best_before:+.6f})"
+    elif r.val_bpb is not None:
+        score = f"val_bpb {r.val_bpb:.6f}"
+    else:
+        score = f"no score: {r.outcome or r.decision}"
+        if r.reason:
+            score += f" — {r.reason[:160]}"
+    hyp = f" | {r.hypothesis[:200]}" if r.hypothesis else ""
+    return f"#{r.iteration} {r.decision.upper()}: {changes} → {score}{hyp}"
+
+
+def stats_line(s: ParamStats) -> str:
+    tried = ", ".join(fmt_value(v) for v in s.values[-6:])
+    return (f"{s.name}: proposed {s.proposed}×, kept {s.kept}×, crashed {s.crashed}×, "
+            f"net gain {s.net_improvement:+.6f}; values tried: {tried}")
+
+
+def approx_tokens(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+def history_text(records: Sequence[IterationRecord], token_budget: int) -> str:
+    """Every iteration, newest kept verbatim; the oldest folded into statistics past the budget."""
+    lines = [record_line(r) for r in records]
+    if approx_tokens("\n".join(lines)) <= token_budget:
+        return "\n".join(lines) if lines else "(none yet)"
+    # Keep as many recent lines as fit in ~70% of the budget; fold the rest.
+    keep: list[str] = []
+    used = 0
+    for line in reversed(lines):
+        cost = approx_tokens(line) + 1
+        if used + cost > token_budget * 0.7 and keep:
+            break
+        keep.append(line)
+        used += cost
+    keep.reverse()
+    folded = records[: len(records) - len(keep)]
+    kept_folded = [r for r in folded if r.decision == "keep"]
+    summary = [f"Iterations #{folded[0].iteration}–#{folded[-1].iteration} summarised "
+               f"({len(folded)} iterations, {len(kept_folded)} kept) as per-parameter statistics:"]
+    summary += ["  " + stats_line(s) for s in param_stats(folded).values()]
+    return "\n".join(summary + ["Recent iterations in full:"] + keep)

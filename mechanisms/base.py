@@ -1,0 +1,90 @@
+"""The search-mechanism plug-in surface.
+
+A mechanism is a class deriving from :class:`Mechanism`. The inner loop calls its hooks
+at fixed points; a hook that is not overridden is a no-op. Hooks receive plain data
+(:class:`SearchState`, dicts) so a mechanism needs nothing from the engine and can be
+dry-run in a separate process against a recorded trace.
+
+| hook | called | may return |
+|---|---|---|
+| ``on_attach(state)`` | once, on activation | nothing |
+| ``shape_prompt(state, prompt)`` | before each proposal | text to add to the prompt, or None |
+| ``review_proposal(state, proposal)`` | after a proposal is made | None (accept), ``Veto(reason)``, or ``Modify(changes)`` |
+| ``decide(state, result, best)`` | after training | "keep", "discard", or None (no opinion) |
+| ``observe(state, result)`` | after each iteration | nothing |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+HOOKS = ("on_attach", "shape_prompt", "review_proposal", "decide", "observe")
+
+
+@dataclass(frozen=True)
+class Veto:
+    """Reject a proposal; the reason is sent back to the proposer, which is asked again."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Modify:
+    """Replace a proposal's changes (they are validated again like any proposal)."""
+
+    changes: dict
+    note: str = ""
+
+
+@dataclass
+class SearchState:
+    """A read-only snapshot of the search that hooks receive.
+
+    ``records`` holds one dict per finished iteration, oldest first, with keys
+    iteration, decision (baseline/keep/discard/crash/rejected/cancelled), changes,
+    hypothesis, val_bpb, best_before, values (the full configuration evaluated).
+    ``schema`` maps each parameter to a dict with kind, value, locked, minimum,
+    maximum, choices, log_scale, pow2.
+    """
+
+    iteration: int = 0
+    records: list[dict] = field(default_factory=list)
+    schema: dict[str, dict] = field(default_factory=dict)
+    best_values: dict[str, Any] = field(default_factory=dict)
+    best_val_bpb: Optional[float] = None
+    baseline_val_bpb: Optional[float] = None
+    frozen: list[str] = field(default_factory=list)
+    guidance: str = ""
+
+    def active_params(self) -> list[str]:
+        return [n for n, s in self.schema.items() if not s.get("locked") and n not in self.frozen]
+
+
+class Mechanism:
+    """Base class of every search mechanism; override only the hooks you need."""
+
+    #: Shown in the UI and events; defaults to the class name.
+    name: str = ""
+
+    def on_attach(self, state: SearchState) -> None:
+        return None
+
+    def shape_prompt(self, state: SearchState, prompt: str) -> Optional[str]:
+        return None
+
+    def review_proposal(self, state: SearchState, proposal: dict) -> "Veto | Modify | None":
+        return None
+
+    def decide(self, state: SearchState, result: dict, best: Optional[float]) -> Optional[str]:
+        return None
+
+    def observe(self, state: SearchState, result: dict) -> None:
+        return None
+
+    @classmethod
+    def overridden_hooks(cls) -> list[str]:
+        return [h for h in HOOKS if getattr(cls, h) is not getattr(Mechanism, h)]
+
+    @classmethod
+    def display_name(cls) -> str:
+        return cls.name or cls.__name__

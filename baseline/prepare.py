@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -311,9 +312,10 @@ def resolve_source(source: str) -> Source:
     root = root.resolve()
     files = _list_files(root, TEXT_SUFFIXES + (PARQUET_SUFFIX,))
     if not files:
-        raise PrepareError(
-            f"no .txt, .md, .py or .parquet files under {root}"
-        )
+        raise PrepareError(f"no .txt, .md, .py or .parquet files under {root}")
+    parquet = next((f for f in files if f.rel.endswith(PARQUET_SUFFIX)), None)
+    if parquet is not None:
+        _import_parquet(parquet)  # fail before reading anything else
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", root.name).strip(".-") or "corpus"
     return Source("folder", root, f"folder {root}", name, files)
 
@@ -351,7 +353,7 @@ def iter_documents(source: Source) -> Iterator[Document]:
             yield Document(file.rel, text, len(text.encode("utf-8")))
 
 
-def _parquet_documents(file: SourceFile) -> Iterator[Document]:
+def _import_parquet(file: SourceFile) -> ModuleType:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -359,7 +361,11 @@ def _parquet_documents(file: SourceFile) -> Iterator[Document]:
             f"{file.rel} is a .parquet file; reading it needs the 'pyarrow' package "
             "(pip install pyarrow), or remove .parquet files from the folder"
         ) from None
-    parquet = pq.ParquetFile(file.path)
+    return pq
+
+
+def _parquet_documents(file: SourceFile) -> Iterator[Document]:
+    parquet = _import_parquet(file).ParquetFile(file.path)
     if "text" not in parquet.schema_arrow.names:
         raise PrepareError(f"{file.rel} has no 'text' column")
     row = 0

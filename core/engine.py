@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +22,8 @@ from . import events as ev
 from .config import Config, from_dict
 from .executors import SlotPool
 from .levels.inner import FatalRunError, InnerLoop
+from .levels.research import Ready, ResearchLevel
+from .levels.strategy import StrategyLevel
 from .llm import ChatResult, LLMClient, LLMError
 from .mechanism_host import MechanismHost
 from .script import ParamSpec, TrainScript, infer_schema
@@ -33,7 +35,8 @@ from .trainer import TrainResult, run_training
 PROTOCOL_PARAMS = ("TIME_BUDGET", "EVAL_TOKENS", "DEVICE", "COMPILE")
 PROGRESS_EVERY_S = 0.2  # throttle for progress events
 MAX_OUTPUT_EVENTS = 400  # training output lines per run as events; the log file has all
-COMMANDS = ("pause", "resume", "stop", "abort_training", "set_guidance", "freeze", "unfreeze")
+COMMANDS = ("pause", "resume", "stop", "abort_training", "set_guidance", "freeze", "unfreeze",
+            "approve_mechanism", "reject_mechanism")
 
 Subscriber = Callable[[ev.Event], None]
 
@@ -69,6 +72,11 @@ class Engine:
         self._current: asyncio.Task[Any] | None = None
         self.mechanisms = MechanismHost(self.emit, self._schema_dicts, cfg.level2.hook_timeout_s)
         self.inner = InnerLoop(self)
+        self.strategy = StrategyLevel(self)
+        self.research = ResearchLevel(self)
+        self._research_task: asyncio.Task[None] | None = None
+        self._ready: list[Ready] = []  # validated mechanisms waiting for the next boundary
+        self._approvals: dict[str, asyncio.Future[bool]] = {}
 
     # --- construction -------------------------------------------------------------------
 
@@ -115,6 +123,10 @@ class Engine:
     def interrupted(self, iteration: int) -> None:
         self.emit(ev.IterationInterrupted(iteration=iteration, reason=self.stop_reason or "interrupted"))
 
+    def current_schema(self, values: dict[str, Any]) -> dict[str, ParamSpec]:
+        """The schema with today's best values; bounds stay anchored at the baseline."""
+        return {n: replace(s, value=values.get(n, s.value)) for n, s in self.schema.items()}
+
     def _schema_dicts(self) -> dict[str, Any]:
         return {n: _spec_dict(s) for n, s in self.schema.items()}
 
@@ -157,6 +169,13 @@ class Engine:
             return "set_guidance needs a 'guidance' string"
         if cmd.name == "abort_training" and self._cancel_training is None:
             return "no training run is in progress"
+        if cmd.name in ("approve_mechanism", "reject_mechanism"):
+            rid = cmd.args.get("research_id")
+            if rid is None and len(self._approvals) == 1:
+                cmd.args["research_id"] = rid = next(iter(self._approvals))
+            if rid not in self._approvals:
+                waiting = ", ".join(self._approvals) or "none"
+                return f"no mechanism waits for approval under {rid!r} (waiting: {waiting})"
         return None
 
     def _after_command(self, cmd: Command, error: str | None) -> None:
@@ -179,6 +198,10 @@ class Engine:
             self.emit(ev.ParamFrozen(name=cmd.args["name"], reason=cmd.args.get("reason", "frozen by the user")))
         elif cmd.name == "unfreeze" and cmd.args["name"] in self.state.frozen:
             self.emit(ev.ParamUnfrozen(name=cmd.args["name"], reason=cmd.args.get("reason", "unfrozen by the user")))
+        elif cmd.name in ("approve_mechanism", "reject_mechanism"):
+            fut = self._approvals.pop(cmd.args["research_id"])
+            if not fut.done():
+                fut.set_result(cmd.name == "approve_mechanism")
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -192,13 +215,15 @@ class Engine:
                 await self._start()
             else:
                 await self._restart()
+            await self._attach_initial_mechanisms()
             await self._loop()
         except FatalRunError as exc:
-            self.emit(ev.RunFinished(status="failed", reason=str(exc), iterations=len(self.state.proposals),
-                                     baseline_val_bpb=self.state.baseline_val_bpb,
-                                     best_val_bpb=self.state.best_val_bpb))
+            await self._finish("failed", str(exc))
         finally:
             commands.cancel()
+            if self._research_task is not None and not self._research_task.done():
+                self._research_task.cancel()
+                await asyncio.gather(self._research_task, return_exceptions=True)
             if self._own_llm and self.llm is not None:
                 await self.llm.aclose()
             self.writer.close()
@@ -212,13 +237,14 @@ class Engine:
                 if not self.stopping:
                     self.emit(ev.Unpaused())
             if self.stopping:
-                self._finish("stopped", self.stop_reason)
+                await self._finish("stopped", self.stop_reason)
                 return
             n = self.state.next_iteration
             if n > self.cfg.budget.iterations:
-                self._finish("completed", f"{self.cfg.budget.iterations} iterations done")
+                await self._finish("completed", f"{self.cfg.budget.iterations} iterations done")
                 return
-            step = self.inner.run_baseline() if n == 0 else self.inner.run_iteration(n)
+            await self._activate_ready()
+            step = self.inner.run_baseline() if n == 0 else self._iteration_and_outer_levels(n)
             self._current = asyncio.create_task(step)
             try:
                 await self._current
@@ -230,7 +256,74 @@ class Engine:
             finally:
                 self._current = None
 
-    def _finish(self, status: str, reason: str) -> None:
+    async def _iteration_and_outer_levels(self, n: int) -> None:
+        await self.inner.run_iteration(n)
+        levels = self.cfg.search.active_levels
+        if n % self.cfg.search.outer_period:
+            return
+        cycle = n // self.cfg.search.outer_period
+        if "strategy" in levels:
+            await self.strategy.run_cycle(cycle, n)
+        if "research" in levels and cycle % self.cfg.search.research_period == 0:
+            if self._research_task is not None and not self._research_task.done():
+                self.log(f"Level 2 research still running; cycle {cycle} skips starting another")
+            else:  # concurrent with the inner loop: it only reads the trace so far
+                self._research_task = asyncio.create_task(self.research.run(cycle, n))
+
+    def queue_activation(self, ready: Ready) -> None:
+        """Activate at the next iteration boundary, never mid-iteration."""
+        self._ready.append(ready)
+
+    async def await_approval(self, research_id: str) -> bool:
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._approvals[research_id] = fut
+        return await fut
+
+    @property
+    def generated_sources(self) -> dict[str, str]:
+        return {name: self.read_artifact(e.artifact) for name, e in self.state.mechanisms.items()
+                if e.origin == "generated" and e.artifact}
+
+    async def _activate_ready(self) -> None:
+        ready, self._ready = self._ready, []
+        for r in ready:
+            try:
+                mech = (load_generated(r.path, f"bilevel_mechanism_{r.research_id.replace('-', '_')}")
+                        if r.origin == "generated" else builtin_mechanism(r.name))
+            except (ImportError, ValueError) as exc:
+                self.emit(ev.ResearchFinished(research_id=r.research_id, outcome="failed", name=r.name,
+                                              reason=f"could not load the validated module: {exc}"))
+                continue
+            ok = await self.mechanisms.attach(mech, self.state, origin=r.origin, artifact=r.source_rel,
+                                              description=r.description)
+            self.emit(ev.ResearchFinished(research_id=r.research_id, outcome="activated" if ok else "failed",
+                                          name=r.name, reason=r.description if ok else "on_attach failed"))
+
+    async def _attach_initial_mechanisms(self) -> None:
+        """Built-ins named in the config, and on resume whatever was active before."""
+        previous = dict(self.state.mechanisms)
+        for name in self.cfg.search.mechanisms:
+            if name not in previous:
+                await self.mechanisms.attach(builtin_mechanism(name), self.state, origin="config",
+                                             description="enabled in the configuration")
+        for name, e in previous.items():
+            try:
+                mech = (load_generated(self.dir / e.artifact, f"bilevel_mechanism_resumed_{name}")
+                        if e.origin == "generated" else builtin_mechanism(name))
+            except (ImportError, ValueError, OSError) as exc:
+                self.emit(ev.MechanismDeactivated(name=name, reason=f"could not be reloaded on resume: {exc}"))
+                continue
+            await self.mechanisms.attach(mech, self.state, origin=e.origin, artifact=e.artifact,
+                                         description="re-attached on resume")
+
+    async def _finish(self, status: str, reason: str) -> None:
+        task = self._research_task
+        if task is not None and not task.done():
+            if status == "completed" and not self._approvals:
+                await asyncio.wait({task})  # let the last research session finish and report
+                await self._activate_ready()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         self.emit(ev.RunFinished(status=status, reason=reason, iterations=len(self.state.proposals),
                                  baseline_val_bpb=self.state.baseline_val_bpb, best_val_bpb=self.state.best_val_bpb))
 
@@ -280,7 +373,11 @@ class Engine:
         return {k: v for k, v in changes.items() if script.params[k].value != v}
 
     def _build_schema(self, script: TrainScript) -> dict[str, ParamSpec]:
-        locked = set(self.cfg.search.locked) | {p for p in PROTOCOL_PARAMS if p in script.params}
+        wanted = set(self.cfg.search.locked) | set(PROTOCOL_PARAMS)
+        locked = {p for p in wanted if p in script.params}
+        missing = sorted(set(self.cfg.search.locked) - locked)
+        if missing:
+            self.log(f"search.locked names parameters this script does not have: {', '.join(missing)}")
         try:
             return infer_schema(script, locked=locked, bounds=self.cfg.search.bounds)
         except ValueError as exc:
@@ -307,10 +404,11 @@ class Engine:
     # --- services the levels use ------------------------------------------------------------
 
     async def call_llm(self, level: str, purpose: str, messages: list[dict[str, str]], *,
-                       iteration: int | None = None, json: bool = False, stream_events: bool = False) -> ChatResult:
+                       iteration: int | None = None, json: bool = False, stream_events: bool = False,
+                       call_id: str | None = None) -> ChatResult:
         """One LLM call with its request and reply kept as artifacts and bracketed by events."""
         assert self.llm is not None, "no LLM client in offline mode"
-        call_id = uuid.uuid4().hex[:10]
+        call_id = call_id or uuid.uuid4().hex[:10]
         stem = f"llm/{iteration if iteration is not None else 'x'}-{level}-{purpose}-{call_id}"
         request_rel = self.artifact(f"{stem}.request.json",
                                     _dumps({"model": self.llm.model, "messages": messages}))
@@ -406,6 +504,22 @@ class _TrainingEmitter:
         if self._held is not None:
             self._emit_progress(self._held)
             self._held = None
+
+
+def load_generated(path: Path, module_name: str) -> Any:
+    """A validated generated module, loaded in-process; any failure raises (never falls back)."""
+    from mechanisms.sandbox import MechanismLoadError, load_mechanism
+
+    try:
+        return load_mechanism(path, module_name)
+    except MechanismLoadError as exc:
+        raise ImportError(str(exc)) from exc
+
+
+def builtin_mechanism(name: str) -> Any:
+    import mechanisms
+
+    return mechanisms.builtin(name)
 
 
 def _spec_dict(spec: ParamSpec) -> dict[str, Any]:

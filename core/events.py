@@ -353,3 +353,91 @@ class MechanismEffect(Event):
     hook: str = ""
     effect: str = ""  # prompt | vetoed | modified | overrode
     detail: str = ""
+
+
+# --- Level 1.5: search strategy -------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategyStarted(Event):
+    type: ClassVar[str] = "strategy_started"
+    cycle: int = 0
+    after_iteration: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategyDecision(Event):
+    """One Level 1.5 cycle's verdict; each applied freeze/unfreeze also gets its own event."""
+
+    type: ClassVar[str] = "strategy_decision"
+    cycle: int = 0
+    source: str = "llm"  # llm | offline
+    diagnosis: str = ""
+    reasoning: str = ""
+    guidance: str = ""
+    candidates: list[str] = field(default_factory=list)  # the freeze rule's candidates
+    freeze: list[str] = field(default_factory=list)  # applied
+    unfreeze: list[str] = field(default_factory=list)  # applied
+    refused: dict[str, str] = field(default_factory=dict)  # requested but refused: name -> why
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-parameter statistics used
+    error: str = ""
+
+
+# --- Level 2: mechanism research ----------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResearchStarted(Event):
+    type: ClassVar[str] = "research_started"
+    research_id: str = ""
+    cycle: int = 0
+    after_iteration: int = 0
+    source: str = "llm"  # llm | offline
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResearchRound(Event):
+    """A finished round of the dialogue; its tokens streamed as LLMDelta events with call_id."""
+
+    type: ClassVar[str] = "research_round"
+    research_id: str = ""
+    round: str = ""  # explore | critique | specify | generate | repair
+    call_id: str = ""
+    artifact: str = ""  # the round's full text
+    summary: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MechanismValidated(Event):
+    type: ClassVar[str] = "mechanism_validated"
+    research_id: str = ""
+    name: str = ""
+    attempt: int = 1
+    ok: bool = False
+    failure: str = ""
+    steps: list[dict[str, Any]] = field(default_factory=list)  # name, ok, detail
+    missing_packages: list[str] = field(default_factory=list)
+    source: str = ""  # artifact: the module
+    diff: str = ""  # artifact: diff against the previous active set
+    report: str = ""  # artifact: the validation report (Markdown)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MechanismPending(Event):
+    """A validated mechanism waits for the user's approval (level2.approval = "manual")."""
+
+    type: ClassVar[str] = "mechanism_pending"
+    research_id: str = ""
+    name: str = ""
+    source: str = ""
+    diff: str = ""
+    report: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResearchFinished(Event):
+    type: ClassVar[str] = "research_finished"
+    research_id: str = ""
+    outcome: str = ""  # activated | rejected | declined | failed
+    name: str = ""
+    reason: str = ""

@@ -238,7 +238,8 @@ class LLMClient:
         url = f"{self.base_url}/chat/completions"
         try:
             # The overall deadline: httpx's read timeout restarts with every keep-alive.
-            return await self._exchange(url, body, streaming, on_delta, api_key, deadline_s)
+            return await asyncio.wait_for(self._exchange(url, body, streaming, on_delta, api_key, deadline_s),
+                                          deadline_s)
         except asyncio.TimeoutError:
             raise LLMError(f"no complete reply from {url} within {deadline_s:g} s", kind="timeout",
                            retryable=True) from None

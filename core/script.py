@@ -137,8 +137,10 @@ class TrainScript:
     @classmethod
     def parse(cls, text: str) -> TrainScript:
         """Parse ``text``; a script that is not valid Python raises ValueError with the line."""
+        # A UTF-8 BOM (a file read with encoding="utf-8") runs fine but does not parse as str.
+        skip = 1 if text.startswith("\ufeff") else 0
         try:
-            module = ast.parse(text)
+            module = ast.parse(text[skip:])
         except SyntaxError as exc:
             line = (exc.text or "").strip()
             where = f"line {exc.lineno}" if exc.lineno else "unknown line"
@@ -146,7 +148,7 @@ class TrainScript:
             raise ValueError(f"train script does not parse ({where}: {exc.msg}){detail}") from exc
         except ValueError as exc:  # e.g. null bytes in the source
             raise ValueError(f"train script does not parse: {exc}") from exc
-        locate = _Locator(text)
+        locate = _Locator(text, skip)
         params: dict[str, Param] = {}
         spans: dict[str, _Span] = {}
         shadowed: dict[str, int] = {}
@@ -166,6 +168,7 @@ class TrainScript:
         return cls(text=text, params=ordered, shadowed=shadowed, _spans=spans)
 
     def values(self) -> dict[str, object]:
+        """Parameter name -> evaluated value, in file order."""
         return {name: p.value for name, p in self.params.items()}
 
     def apply(self, changes: Mapping[str, object]) -> TrainScript:
@@ -220,9 +223,9 @@ class TrainScript:
 class _Locator:
     """Maps ast (line, UTF-8 byte column) positions to character offsets in the text."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, skip: int = 0):
         self.text = text
-        starts = [0]
+        starts = [skip]  # `skip` characters before line 1 are invisible to the parser (a BOM)
         starts.extend(m.end() for m in _NEWLINE_RE.finditer(text))
         self._starts = starts
 
@@ -466,7 +469,7 @@ def _quote(value: str, quote: str | None) -> str:
         elif ch.isprintable():
             out.append(ch)
         else:
-            out.append(ch)  # \n, \t, \x00, \u2028, lone surrogates ...
+            out.append(repr(ch)[1:-1])  # \n, \t, \x00, \u2028, lone surrogates ...
     out.append(quote)
     return "".join(out)
 

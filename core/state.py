@@ -74,7 +74,9 @@ class RunState:
     last_seq: int = 0
     progress: ev.TrainingProgress | None = None
     interrupted: list[int] = field(default_factory=list)  # iterations cut short (re-run later)
-    mechanisms: dict[str, str] = field(default_factory=dict)  # active: name -> origin
+    mechanisms: dict[str, ev.MechanismActivated] = field(default_factory=dict)  # active, by name
+    strategy: list[ev.StrategyDecision] = field(default_factory=list)
+    research: dict[str, str] = field(default_factory=dict)  # research id -> running | pending | outcome
 
     @property
     def next_iteration(self) -> int:
@@ -160,7 +162,23 @@ def _interrupted(s: RunState, e: ev.IterationInterrupted) -> None:
 
 
 def _mechanism_on(s: RunState, e: ev.MechanismActivated) -> None:
-    s.mechanisms[e.name] = e.origin
+    s.mechanisms[e.name] = e
+
+
+def _strategy(s: RunState, e: ev.StrategyDecision) -> None:
+    s.strategy.append(e)
+
+
+def _research_started(s: RunState, e: ev.ResearchStarted) -> None:
+    s.research[e.research_id] = "running"
+
+
+def _research_pending(s: RunState, e: ev.MechanismPending) -> None:
+    s.research[e.research_id] = "pending"
+
+
+def _research_finished(s: RunState, e: ev.ResearchFinished) -> None:
+    s.research[e.research_id] = e.outcome
 
 
 def _mechanism_off(s: RunState, e: ev.MechanismDeactivated) -> None:
@@ -216,6 +234,10 @@ _HANDLERS = {
     ev.IterationInterrupted: _interrupted,
     ev.MechanismActivated: _mechanism_on,
     ev.MechanismDeactivated: _mechanism_off,
+    ev.StrategyDecision: _strategy,
+    ev.ResearchStarted: _research_started,
+    ev.MechanismPending: _research_pending,
+    ev.ResearchFinished: _research_finished,
 }
 
 

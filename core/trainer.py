@@ -102,8 +102,9 @@ _OOM_RE = re.compile(r"out of memory|OutOfMemoryError|MemoryError", re.I)
 _DIVERGED_RE = re.compile(
     r"loss\b[^|\n]{0,20}?(?<![\w.])[-+]?(?:nan|inf(?:inity)?)\b|\bdiverged\b", re.I
 )
-# autoresearch's train.py prints exactly "FAIL" and exits 1 when loss is NaN or exploding.
-_FAST_FAIL_LINE = "FAIL"
+# autoresearch's train.py prints "FAIL" and exits 1 when the loss is NaN or exploding;
+# it follows a \r progress line with no newline, so it usually ends that line.
+_FAST_FAIL_RE = re.compile(r"(?:^|\s)FAIL$")
 
 
 def _to_float(text: str) -> float:
@@ -286,7 +287,7 @@ class _RunWatcher:
             self.oom_line = line.strip()
         if self.divergence_line is None and _DIVERGED_RE.search(line):
             self.divergence_line = line.strip()
-        if line.strip() == _FAST_FAIL_LINE:
+        if _FAST_FAIL_RE.search(line):
             self.fast_fail = True
 
     def metrics(self) -> dict[str, float]:

@@ -248,7 +248,7 @@ async def test_client_errors_are_not_retried_and_name_status_and_message(server,
 @pytest.mark.parametrize("status, kind", [(400, "bad_request"), (401, "auth"), (403, "auth"), (404, "not_found"),
                                           (429, "rate_limit"), (503, "server")])
 async def test_error_kind_follows_status(server, status, kind):
-    err = await failure(server, *[Reply(status=status)] * 3, client_options={"max_retries": 0})
+    err = await failure(server, Reply(status=status), client_options={"max_retries": 0})
     assert err.kind == kind
 
 
@@ -446,7 +446,15 @@ async def test_missing_api_key_env_fails_before_any_request(server, monkeypatch)
 
 async def test_local_server_needs_no_key(server):
     await chat(server, "ok")
-    assert "authorization" not in server.request_headers[0]
+    assert "Authorization" not in server.request_headers[0]
+
+
+def test_recorded_request_headers_ignore_case(server):
+    httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": []},
+               headers={"Authorization": "Bearer k", "X-Trace": "t1"})
+    headers = server.request_headers[0]
+    assert headers["Authorization"] == headers["authorization"] == "Bearer k"
+    assert "x-trace" in headers and headers.get("X-TRACE") == "t1"
 
 
 @pytest.mark.parametrize("status", [401, 400, 503])

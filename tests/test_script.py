@@ -361,6 +361,22 @@ def test_other_line_endings_are_preserved(newline: str) -> None:
     assert edited.text == expected
 
 
+def test_byte_order_mark_is_kept_and_does_not_shift_edits() -> None:
+    edited = TrainScript.parse("\ufeffA = 1  # c\nB = 2\n").apply({"A": 5, "B": 7})
+    assert edited.text == "\ufeffA = 5  # c\nB = 7\n"
+
+
+def test_edit_that_does_not_read_back_fails_loudly(
+    script: TrainScript, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.script
+
+    # The reference implementation's bug: string values pasted unquoted.
+    monkeypatch.setattr(core.script, "format_value", lambda value, **_: str(value))
+    with pytest.raises(RuntimeError, match="WINDOW_PATTERN did not read back"):
+        script.apply({"WINDOW_PATTERN": "SSL"})
+
+
 def test_apply_rejects_unknown_names_and_uncoercible_values(script: TrainScript) -> None:
     with pytest.raises(ProposalError) as info:
         script.apply({"MATRIX_LRR": 0.1, "DEPTH": "deep", "WINDOW_PATTERN": 3})

@@ -207,10 +207,18 @@ async def test_nan_run_is_diverged_not_a_number(tmp_path):
 
 
 async def test_nonzero_exit_after_nan_loss_is_diverged(tmp_path):
-    result = await _run("fast_fail.py", tmp_path)
+    result = await _run("nan_then_crash.py", tmp_path)
     assert result.outcome is Outcome.DIVERGED
     assert result.exit_code == 1
     assert result.val_bpb is None
+    assert "nan" in result.reason
+
+
+async def test_autoresearch_fast_fail_is_diverged(tmp_path):
+    result = await _run("fast_fail.py", tmp_path)
+    assert result.outcome is Outcome.DIVERGED, result.reason
+    assert result.exit_code == 1
+    assert result.error_tail.endswith("FAIL")
 
 
 async def test_out_of_memory_is_oom(tmp_path):

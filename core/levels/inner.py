@@ -118,8 +118,8 @@ class InnerLoop:
 
     async def _get_proposal(self, n: int, best: TrainScript) -> tuple[Proposal | None, str]:
         eng = self.engine
-        schema = eng.schema
         values = best.values()
+        schema = eng.current_schema(values)
         messages = await self._messages(n, best) if not self.offline else []
         if self.offline:  # offline proposals ignore prompts, but the hook still runs and is counted
             await eng.mechanisms.shape_prompt(eng.state, "")
@@ -180,7 +180,7 @@ class InnerLoop:
         state = eng.state
         frozen = state.frozen
         schema_lines = []
-        for name, spec in eng.schema.items():
+        for name, spec in eng.current_schema(best.values()).items():
             status = "locked" if spec.locked else "frozen" if name in frozen else "active"
             schema_lines.append(f"- [{status}] {spec.describe()}")
         fields = dict(

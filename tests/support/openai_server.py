@@ -75,7 +75,7 @@ class ScriptedOpenAI:
         self.responder = responder
         self.models = tuple(models)
         self.requests: list[dict] = []
-        self.request_headers: list[dict] = []
+        self.request_headers: list[dict] = []  # lookups ignore case: h["Authorization"] == h["authorization"]
         self.base_url = ""
         self._queue: collections.deque[Reply] = collections.deque()
         self._lock = threading.Lock()
@@ -200,7 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._send_json(400, _error("request body must be a JSON object", "invalid_request_error"))
             return
-        headers = {k.lower(): v for k, v in self.headers.items()}
+        headers = _Headers(self.headers.items())
         reply = self.server.scripted._record_and_pick(body, headers)
         try:
             self._serve(reply, body)
@@ -312,6 +312,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+class _Headers(dict):
+    """Recorded request headers: keys stored lower-case, lookups ignore case as HTTP does."""
+
+    def __init__(self, items: object = ()) -> None:
+        super().__init__((str(k).lower(), v) for k, v in dict(items).items())  # type: ignore[call-overload]
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        return super().get(key.lower(), default)
 
 
 def _error(message: str, kind: str) -> dict:

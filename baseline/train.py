@@ -1,0 +1,647 @@
+"""GPT pretraining workload for bilevel autoresearch.
+
+One file, one device: trains a small modern GPT on a prepared dataset for a fixed
+wall-clock budget, then scores bits per byte on held-out text. Every hyperparameter is a
+top-level constant in the block below; an experiment edits only that block.
+
+Output: one progress line per step (at most ~2 a second), then a line ``---`` followed by
+``key: value`` lines, ``val_bpb`` first.
+Exit codes: 0 done; 1 crash; 2 data missing or invalid configuration; 3 loss diverged
+(no summary block then). Only the hyperparameters are top-level literal constants.
+Environment: BILEVEL_DATA_DIR (a folder made by ``bilevel prepare``), BILEVEL_SEED.
+
+This file is copied into each session and run from there, so it imports nothing from
+the project that wrote it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------
+# Hyperparameters: experiments change this block and nothing else.
+# ---------------------------------------------------------------------------------------
+# Model
+DEPTH = 8  # transformer blocks
+ASPECT_RATIO = 64  # model_dim = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
+HEAD_DIM = 128  # channels per attention head; heads = model_dim // HEAD_DIM
+WINDOW_PATTERN = "SSSL"  # per layer, repeating: S = window of half the context, L = full
+MAX_SEQ_LEN = 2048  # context length in tokens
+# Batch
+TOTAL_BATCH_SIZE = 2**19  # tokens per optimizer step; gradient accumulation makes it up
+DEVICE_BATCH_SIZE = 128  # sequences per forward/backward pass
+# Optimization: Muon for the attention/MLP matrices, AdamW for everything else
+EMBEDDING_LR = 0.6  # AdamW, token embedding (scaled by (model_dim/768)**-0.5)
+UNEMBEDDING_LR = 0.004  # AdamW, lm_head (scaled by (model_dim/768)**-0.5)
+MATRIX_LR = 0.04  # Muon, attention and MLP weight matrices
+SCALAR_LR = 0.5  # AdamW, per-layer residual mixing scalars
+WEIGHT_DECAY = 0.2  # decoupled weight decay on the Muon matrices
+ADAM_BETAS = (0.8, 0.95)  # AdamW (beta1, beta2)
+# Schedule, as fractions of the time budget
+WARMUP_RATIO = 0.0  # linear warmup
+WARMDOWN_RATIO = 0.5  # linear decay to FINAL_LR_FRAC over this last part
+FINAL_LR_FRAC = 0.0  # learning-rate multiplier at the end
+TIME_BUDGET = 300  # seconds of training, not counting the first (compile/warm-up) steps
+EVAL_TOKENS = 10 * 2**19  # held-out tokens scored for val_bpb (capped at what exists)
+# Runtime
+DEVICE = "auto"  # "auto" | "cuda" | "cpu"
+COMPILE = True  # torch.compile the model (CUDA only)
+# ---------------------------------------------------------------------------------------
+
+# Not a hyperparameter: the engine chooses the seed per run; experiments must not tune it.
+SEED = int(os.environ.get("BILEVEL_SEED", "42"))
+
+class ConfigError(Exception):
+    """Missing data or an invalid combination of hyperparameters."""
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    path: Path
+    train: np.ndarray
+    val: np.ndarray
+    vocab_size: int
+    eot_id: int
+    token_bytes: list[int]  # bytes per token, for val_bpb
+    dataset_id: str
+
+
+def data_dir() -> Path:
+    env = os.environ.get("BILEVEL_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "bilevel" / "data" / "stdlib"
+
+
+def load_dataset(path: Path) -> Dataset:
+    missing = [n for n in ("meta.json", "tokenizer.json", "train.bin", "val.bin")
+               if not (path / n).is_file()]
+    if missing:
+        raise ConfigError(
+            f"no prepared data at {path} (missing {', '.join(missing)}).\n"
+            "Run `bilevel prepare` first, or set BILEVEL_DATA_DIR to a prepared dataset."
+        )
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    tokenizer = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+    return Dataset(
+        path=path,
+        train=np.memmap(path / "train.bin", dtype=np.uint16, mode="r"),
+        val=np.memmap(path / "val.bin", dtype=np.uint16, mode="r"),
+        vocab_size=int(tokenizer["vocab_size"]),
+        eot_id=int(tokenizer["eot_id"]),
+        token_bytes=[int(n) for n in tokenizer["token_byte_lengths"]],
+        dataset_id=str(meta.get("dataset_id", "unknown")),
+    )
+
+
+class TrainBatches:
+    """Windows of seq_len + 1 tokens in a seeded random order, reshuffled every epoch."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int,
+                 seed: int, device: torch.device) -> None:
+        self.tokens, self.seq_len, self.batch_size, self.device = tokens, seq_len, batch_size, device
+        self.windows = (len(tokens) - 1) // seq_len
+        if self.windows < 1:
+            raise ConfigError(f"train split has {len(tokens)} tokens, fewer than MAX_SEQ_LEN + 1")
+        self.rng = np.random.default_rng(seed)
+        self.order = np.zeros(0, dtype=np.int64)
+        self.cursor = 0
+        self.epoch = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.empty(self.batch_size, dtype=np.int64)
+        for i in range(self.batch_size):
+            if self.cursor == len(self.order):
+                self.order = self.rng.permutation(self.windows)
+                self.cursor = 0
+                self.epoch += 1
+            rows[i] = self.order[self.cursor]
+            self.cursor += 1
+        index = rows[:, None] * self.seq_len + np.arange(self.seq_len + 1)[None, :]
+        chunk = torch.from_numpy(self.tokens[index].astype(np.int64))
+        if self.device.type == "cuda":
+            chunk = chunk.pin_memory().to(self.device, non_blocking=True)
+        return chunk[:, :-1], chunk[:, 1:]
+
+
+# ---------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding over the last dimension of (B, H, T, D) tensors."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angles.cos()[None, None], persistent=False)
+        self.register_buffer("sin", angles.sin()[None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.size(-2)
+        cos, sin = self.cos[..., :t, :].to(x.dtype), self.sin[..., :t, :].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object], torch.Tensor]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_head: int, head_dim: int) -> None:
+        super().__init__()
+        self.n_head, self.head_dim = n_head, head_dim
+        self.q = nn.Linear(dim, n_head * head_dim, bias=False)
+        self.k = nn.Linear(dim, n_head * head_dim, bias=False)
+        self.v = nn.Linear(dim, n_head * head_dim, bias=False)
+        self.proj = nn.Linear(n_head * head_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, attend: AttentionFn,
+                mask: object) -> torch.Tensor:
+        b, t, _ = x.shape
+        shape = (b, t, self.n_head, self.head_dim)
+        q = self.q(x).view(shape).transpose(1, 2)
+        k = self.k(x).view(shape).transpose(1, 2)
+        v = self.v(x).view(shape).transpose(1, 2)
+        # QK-norm keeps attention logits bounded; cast back because norms may upcast.
+        q = rotary(rms_norm(q)).to(v.dtype)
+        k = rotary(rms_norm(k)).to(v.dtype)
+        y = attend(q, k, v, mask)
+        return self.proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, 4 * dim, bias=False)
+        self.proj = nn.Linear(4 * dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.relu(self.fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, n_head: int, head_dim: int) -> None:
+        super().__init__()
+        self.attn = Attention(dim, n_head, head_dim)
+        self.mlp = MLP(dim)
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, attend: AttentionFn,
+                mask: object) -> torch.Tensor:
+        x = x + self.attn(rms_norm(x), rotary, attend, mask)
+        return x + self.mlp(rms_norm(x))
+
+
+class GPT(nn.Module):
+    """Token embedding, pre-norm blocks with per-layer residual scalars, untied head."""
+
+    def __init__(self, vocab_size: int, depth: int, dim: int, n_head: int, head_dim: int,
+                 max_seq_len: int, attend: AttentionFn, softcap: float = 15.0) -> None:
+        super().__init__()
+        self.attend, self.softcap = attend, softcap
+        self.wte = nn.Embedding(vocab_size, dim)
+        self.blocks = nn.ModuleList(Block(dim, n_head, head_dim) for _ in range(depth))
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        # x <- resid_lambda * x + x0_lambda * x0 before each block (x0: the embedding).
+        self.resid_lambdas = nn.Parameter(torch.ones(depth))
+        self.x0_lambdas = nn.Parameter(torch.full((depth,), 0.1))
+        self.rotary = Rotary(head_dim, max_seq_len)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        dim = self.wte.embedding_dim
+        bound = 3**0.5 * dim**-0.5  # uniform with std dim**-0.5
+        nn.init.normal_(self.wte.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        for block in self.blocks:
+            for linear in (block.attn.q, block.attn.k, block.attn.v, block.mlp.fc):
+                nn.init.uniform_(linear.weight, -bound, bound)
+            # Output projections start at zero: every block begins as the identity.
+            nn.init.zeros_(block.attn.proj.weight)
+            nn.init.zeros_(block.mlp.proj.weight)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor,
+                masks: list[object]) -> torch.Tensor:
+        """Per-token cross-entropy in nats, shape (B, T), float32."""
+        x = rms_norm(self.wte(idx))
+        x0 = x
+        for i, block in enumerate(self.blocks):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            x = block(x, self.rotary, self.attend, masks[i])
+        logits = self.lm_head(rms_norm(x)).float()
+        logits = self.softcap * torch.tanh(logits / self.softcap)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                               reduction="none")
+        return loss.view(targets.shape)
+
+
+def layer_windows(depth: int, seq_len: int, pattern: str) -> list[int]:
+    """Attention window per layer from the S/L pattern; the last layer is always full."""
+    sizes = {"S": seq_len // 2, "L": seq_len}
+    windows = [sizes[pattern[i % len(pattern)]] for i in range(depth)]
+    windows[-1] = seq_len
+    return windows
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   mask: object) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def window_bool_mask(window: int, seq_len: int, device: torch.device) -> torch.Tensor:
+    """(T, T) boolean mask, True where query i may attend key j: 0 <= i - j < window."""
+    pos = torch.arange(seq_len, device=device)
+    distance = pos[:, None] - pos[None, :]
+    return (distance >= 0) & (distance < window)
+
+
+def window_block_mask(window: int, seq_len: int, device: torch.device) -> object:
+    """The same mask as ``window_bool_mask`` as a flex_attention BlockMask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def sliding_causal(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+
+    return create_block_mask(sliding_causal, B=None, H=None, Q_LEN=seq_len, KV_LEN=seq_len,
+                             device=device)
+
+
+def flex_attention_fn(compiled_model: bool) -> AttentionFn:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # flex_attention is only fused (and memory-efficient) when compiled: inside a compiled
+    # model it already is; otherwise compile it on its own.
+    kernel = flex_attention if compiled_model else torch.compile(flex_attention, dynamic=False)
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object) -> torch.Tensor:
+        return kernel(q, k, v, block_mask=mask)
+
+    return attend
+
+
+def build_masks(windows: list[int], seq_len: int, device: torch.device,
+                backend: str) -> list[object]:
+    """One mask object per layer; each distinct window size is built once."""
+    make = window_block_mask if backend == "flex" else window_bool_mask
+    built = {w: make(w, seq_len, device) for w in sorted(set(windows))}
+    return [built[w] for w in windows]
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizers
+# ---------------------------------------------------------------------------------------
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Approximate U V^T of each matrix in a (N, rows, cols) stack by a quintic
+    Newton-Schulz iteration; the coefficients push singular values towards 1 quickly."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.to(dtype)
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum SGD whose update for each weight matrix is orthogonalised.
+
+    Matrices of the same shape are orthogonalised together as one batch.
+    """
+
+    def __init__(self, params: list[nn.Parameter], lr: float, momentum: float = 0.95,
+                 weight_decay: float = 0.0, ns_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            by_shape: dict[torch.Size, list[nn.Parameter]] = {}
+            for p in group["params"]:
+                if p.grad is not None:
+                    by_shape.setdefault(p.shape, []).append(p)
+            for shape, params in by_shape.items():
+                self._update(params, shape, group)
+
+    def _update(self, params: list[nn.Parameter], shape: torch.Size, group: dict) -> None:
+        lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+        nesterov = []
+        for p in params:
+            buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+            buf.lerp_(p.grad, 1 - momentum)
+            nesterov.append(p.grad.lerp(buf, momentum))
+        updates = orthogonalize(torch.stack(nesterov), dtype=self.ns_dtype)
+        scale = max(1.0, shape[-2] / shape[-1]) ** 0.5
+        for p, update in zip(params, updates.unbind(0)):
+            p.mul_(1 - lr * decay)
+            p.add_(update.to(p.dtype), alpha=-lr * scale)
+
+
+def build_optimizers(model: GPT, dim: int, device: torch.device) -> list[torch.optim.Optimizer]:
+    adam_scale = (dim / 768) ** -0.5  # AdamW rates were tuned at width 768
+    adam = torch.optim.AdamW(
+        [
+            dict(params=[model.wte.weight], lr=EMBEDDING_LR * adam_scale),
+            dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR * adam_scale),
+            # The residual scalars scale the whole stream: they move 100x slower.
+            dict(params=[model.resid_lambdas], lr=SCALAR_LR * 0.01),
+            dict(params=[model.x0_lambdas], lr=SCALAR_LR, betas=(0.96, 0.95)),
+        ],
+        betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0, fused=device.type == "cuda",
+    )
+    matrices = [p for p in model.blocks.parameters() if p.ndim == 2]
+    ns_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    muon = Muon(matrices, lr=MATRIX_LR, weight_decay=WEIGHT_DECAY, ns_dtype=ns_dtype)
+    optimizers: list[torch.optim.Optimizer] = [adam, muon]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    return optimizers
+
+
+def lr_multiplier(progress: float) -> float:
+    """Warmup, constant, then linear warmdown to FINAL_LR_FRAC; progress in [0, 1]."""
+    if progress < WARMUP_RATIO:
+        return progress / WARMUP_RATIO
+    if progress < 1.0 - WARMDOWN_RATIO:
+        return 1.0
+    remaining = (1.0 - progress) / WARMDOWN_RATIO
+    return remaining + (1.0 - remaining) * FINAL_LR_FRAC
+
+
+# ---------------------------------------------------------------------------------------
+# Run
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    device: torch.device
+    model_dim: int
+    n_head: int
+    windows: list[int]
+    grad_accum: int
+    compile_model: bool
+
+
+def resolve_setup() -> Setup:
+    if DEVICE not in ("auto", "cuda", "cpu"):
+        raise ConfigError(f"DEVICE must be 'auto', 'cuda' or 'cpu', not {DEVICE!r}")
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("DEVICE = 'cuda' but no CUDA device is available")
+    use_cuda = DEVICE == "cuda" or (DEVICE == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    for name, value in (("DEPTH", DEPTH), ("ASPECT_RATIO", ASPECT_RATIO), ("HEAD_DIM", HEAD_DIM),
+                        ("MAX_SEQ_LEN", MAX_SEQ_LEN), ("DEVICE_BATCH_SIZE", DEVICE_BATCH_SIZE),
+                        ("TOTAL_BATCH_SIZE", TOTAL_BATCH_SIZE)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+    if HEAD_DIM % 2:
+        raise ConfigError("HEAD_DIM must be even (rotary embeddings rotate pairs)")
+    if not WINDOW_PATTERN or set(WINDOW_PATTERN) - set("SL"):
+        raise ConfigError(f"WINDOW_PATTERN must be made of 'S' and 'L', not {WINDOW_PATTERN!r}")
+    if not 0.0 <= WARMUP_RATIO + WARMDOWN_RATIO <= 1.0 or min(WARMUP_RATIO, WARMDOWN_RATIO) < 0:
+        raise ConfigError("WARMUP_RATIO and WARMDOWN_RATIO must be >= 0 with a sum <= 1")
+    micro = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
+    if TOTAL_BATCH_SIZE % micro:
+        raise ConfigError(
+            f"TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE}) must be a multiple of "
+            f"DEVICE_BATCH_SIZE * MAX_SEQ_LEN ({micro})"
+        )
+    model_dim = -(-DEPTH * ASPECT_RATIO // HEAD_DIM) * HEAD_DIM
+    return Setup(
+        device=device,
+        model_dim=model_dim,
+        n_head=model_dim // HEAD_DIM,
+        windows=layer_windows(DEPTH, MAX_SEQ_LEN, WINDOW_PATTERN),
+        grad_accum=TOTAL_BATCH_SIZE // micro,
+        compile_model=COMPILE and use_cuda,
+    )
+
+
+def peak_flops(device: torch.device) -> float:
+    """Dense bf16 peak of the GPU, or 0 when unknown (MFU is then reported as 0)."""
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    if "H100" in name:
+        return 756e12 if "PCIe" in name else 989.5e12
+    if "H200" in name:
+        return 989.5e12
+    if "A100" in name:
+        return 312e12
+    return 0.0
+
+
+def flops_per_token(model: GPT, windows: list[int], n_head: int) -> float:
+    """6 * matmul params + attention (12 * layers * heads * head_dim * window)."""
+    matmul_params = sum(p.numel() for p in model.parameters()) - model.wte.weight.numel()
+    attention = sum(12 * n_head * HEAD_DIM * min(w, MAX_SEQ_LEN) for w in windows)
+    return 6.0 * matmul_params + attention
+
+
+@torch.no_grad()
+def evaluate_bpb(model: nn.Module, data: Dataset, masks: list[object],
+                 device: torch.device, autocast: contextlib.AbstractContextManager) -> float:
+    """Bits per byte over the first EVAL_TOKENS targets of val.bin.
+
+    Every target is scored exactly once, in windows of MAX_SEQ_LEN (the last window
+    overlaps the one before and scores only new targets), so the scored tokens do not
+    depend on MAX_SEQ_LEN. The end-of-text token counts as one byte: it stands for the
+    document boundary, which a compressor must encode too.
+    """
+    seq_len, batch = MAX_SEQ_LEN, DEVICE_BATCH_SIZE
+    n_targets = min(int(EVAL_TOKENS), len(data.val) - 1)
+    if n_targets < seq_len:
+        raise ConfigError(f"val split has {len(data.val)} tokens; need MAX_SEQ_LEN + 1")
+    windows = [(s, 0) for s in range(0, n_targets - seq_len + 1, seq_len)]
+    covered = windows[-1][0] + seq_len
+    if covered < n_targets:
+        start = n_targets - seq_len
+        windows.append((start, covered - start))
+    byte_table = list(data.token_bytes)
+    byte_table[data.eot_id] = 1
+    token_bytes = torch.tensor(byte_table, dtype=torch.float64, device=device)
+    positions = torch.arange(seq_len, device=device)
+
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    nbytes = torch.zeros((), dtype=torch.float64, device=device)
+    for first in range(0, len(windows), batch):
+        group = windows[first:first + batch]
+        # Pad the last batch with zero-weight copies so shapes never change (no recompile).
+        padded = group + [(0, seq_len)] * (batch - len(group))
+        index = np.array([s for s, _ in padded])[:, None] + np.arange(seq_len + 1)[None, :]
+        chunk = torch.from_numpy(data.val[index].astype(np.int64)).to(device)
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        score_from = torch.tensor([f for _, f in padded], device=device)
+        weight = (positions[None, :] >= score_from[:, None]).double()
+        with autocast:
+            loss = model(x, y, masks)
+        nats += (loss.double() * weight).sum()
+        nbytes += (token_bytes[y] * weight).sum()
+    return (nats / (math.log(2) * nbytes)).item()
+
+
+def progress_line(step: int, pct: float, loss: float, lrm: float, dt: float, tok_per_sec: float,
+                  mfu: float, epoch: int, remaining: float) -> str:
+    return (
+        f"step {step:05d} ({pct:.1f}%) | loss: {loss:.6f} | lrm: {lrm:.2f} | "
+        f"dt: {dt * 1000:.0f}ms | tok/sec: {tok_per_sec:,.0f} | mfu: {mfu:.1f}% | "
+        f"epoch: {epoch} | remaining: {remaining:.0f}s"
+    )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def diverged(step: int) -> None:
+    # One fixed line for any non-finite loss, for the engine to match.
+    print(f"loss is nan at step {step}, stopping", flush=True)
+    sys.exit(3)
+
+
+def train(untimed_steps: int = 2) -> None:
+    """Train for TIME_BUDGET seconds (the first ``untimed_steps`` steps, which include
+    compilation, are not counted), evaluate, and print the summary block."""
+    started = time.perf_counter()
+    setup = resolve_setup()
+    device = setup.device
+    data = load_dataset(data_dir())
+    torch.manual_seed(SEED)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(SEED)
+        torch.set_float32_matmul_precision("high")
+        autocast: contextlib.AbstractContextManager = torch.autocast("cuda", dtype=torch.bfloat16)
+        backend = "flex"
+        attend = flex_attention_fn(compiled_model=setup.compile_model)
+    else:
+        autocast = contextlib.nullcontext()
+        backend = "sdpa"
+        attend = sdpa_attention
+
+    raw_model = GPT(data.vocab_size, DEPTH, setup.model_dim, setup.n_head, HEAD_DIM,
+                    MAX_SEQ_LEN, attend).to(device)
+    model: nn.Module = torch.compile(raw_model, dynamic=False) if setup.compile_model else raw_model
+    masks = build_masks(setup.windows, MAX_SEQ_LEN, device, backend)
+    optimizers = build_optimizers(raw_model, setup.model_dim, device)
+    batches = TrainBatches(data.train, MAX_SEQ_LEN, DEVICE_BATCH_SIZE, SEED, device)
+
+    num_params = sum(p.numel() for p in raw_model.parameters())
+    step_flops = flops_per_token(raw_model, setup.windows, setup.n_head) * TOTAL_BATCH_SIZE
+    peak = peak_flops(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"data {data.path} (dataset {data.dataset_id}): {len(data.train):,} train and "
+          f"{len(data.val):,} val tokens, vocab {data.vocab_size}", flush=True)
+    print(f"model {num_params / 1e6:.2f}M parameters: depth {DEPTH}, width {setup.model_dim}, "
+          f"{setup.n_head} heads of {HEAD_DIM}, windows {setup.windows}", flush=True)
+    print(f"device {device.type} ({where}), {'bf16' if device.type == 'cuda' else 'fp32'}, "
+          f"{backend} attention, compile {'on' if setup.compile_model else 'off'}, "
+          f"{setup.grad_accum} micro-steps per step, seed {SEED}", flush=True)
+
+    training_seconds = 0.0
+    step = 0
+    last_print = 0.0
+    while True:
+        sync(device)
+        t0 = time.perf_counter()
+        lrm = lr_multiplier(min(training_seconds / TIME_BUDGET, 1.0) if TIME_BUDGET > 0 else 1.0)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lrm
+        step_loss = torch.zeros((), device=device)
+        for _ in range(setup.grad_accum):
+            x, y = batches.next()
+            with autocast:
+                loss = model(x, y, masks).mean()
+            (loss / setup.grad_accum).backward()
+            step_loss += loss.detach()
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        loss_value = step_loss.item() / setup.grad_accum  # also waits for the device
+        sync(device)
+        dt = time.perf_counter() - t0
+        if not math.isfinite(loss_value):
+            diverged(step)
+        if step >= untimed_steps:
+            training_seconds += dt
+        step += 1
+        done = step >= untimed_steps and training_seconds >= TIME_BUDGET
+        now = time.perf_counter()
+        if done or step <= untimed_steps + 1 or now - last_print >= 0.5:
+            last_print = now
+            print(progress_line(
+                step=step - 1,
+                pct=min(100.0, 100.0 * training_seconds / TIME_BUDGET) if TIME_BUDGET > 0 else 100.0,
+                loss=loss_value, lrm=lrm, dt=dt,
+                tok_per_sec=TOTAL_BATCH_SIZE / dt,
+                mfu=100.0 * step_flops / dt / peak if peak else 0.0,
+                epoch=batches.epoch,
+                remaining=max(0.0, TIME_BUDGET - training_seconds),
+            ), flush=True)
+        if done:
+            break
+
+    model.eval()
+    val_bpb = evaluate_bpb(model, data, masks, device, autocast)
+    if not math.isfinite(val_bpb):
+        diverged(step)
+    timed_steps = max(0, step - untimed_steps)
+    mfu = (100.0 * step_flops * timed_steps / training_seconds / peak
+           if peak and training_seconds > 0 else 0.0)
+    peak_vram = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    print("---")
+    print(f"val_bpb: {val_bpb:.6f}")
+    print(f"training_seconds: {training_seconds:.1f}")
+    print(f"total_seconds: {time.perf_counter() - started:.1f}")
+    print(f"peak_vram_mb: {peak_vram:.1f}")
+    print(f"mfu_percent: {mfu:.2f}")
+    print(f"total_tokens_M: {step * TOTAL_BATCH_SIZE / 1e6:.1f}")
+    print(f"num_steps: {step}")
+    print(f"num_params_M: {num_params / 1e6:.2f}")
+    print(f"depth: {DEPTH}", flush=True)
+
+
+def main() -> int:
+    try:
+        train()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

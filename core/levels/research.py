@@ -1,0 +1,205 @@
+"""Level 2: the LLM researches and writes a new search mechanism, which then really runs.
+
+Four rounds, each one streamed LLM call — explore, critique (JSON selection), specify,
+generate — then validation (parse, policy, import and a dry run of every hook in a
+separate process). A failure goes back to the LLM for a bounded number of repairs;
+after that the mechanism is rejected and nothing changes. A validated mechanism is
+activated at the next iteration boundary (or waits for the user's approval).
+
+It runs concurrently with the inner loop: it only reads the trace so far, so it adds no
+wall-clock time to the critical path. Offline, a rule chooses a built-in mechanism.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import TYPE_CHECKING, Any
+
+import mechanisms
+from mechanisms import base as mechanism_base
+from mechanisms.selection import choose_builtin
+
+from .. import events as ev
+from ..llm import LLMError, extract_json
+from ..mechanism_host import snapshot
+from ..script import unified_diff
+from ..trace import history_text
+from . import prompts
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+ROUNDS = ("explore", "critique", "specify", "generate")
+_CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
+
+
+@dataclass
+class Ready:
+    """A validated mechanism waiting for the next iteration boundary."""
+
+    research_id: str
+    name: str
+    origin: str  # generated | builtin
+    path: Path | None = None  # module file, for generated ones
+    source_rel: str = ""
+    description: str = ""
+
+
+def extract_code(text: str) -> str:
+    """The module from a reply: the longest fenced block, else the whole reply."""
+    blocks = _CODE_BLOCK.findall(text)
+    return (max(blocks, key=len) if blocks else text).strip() + "\n"
+
+
+def class_name_of(source: str) -> str:
+    m = re.search(r"^class\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(", source, re.MULTILINE)
+    return m.group(1) if m else "Mechanism"
+
+
+class ResearchLevel:
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+
+    async def run(self, cycle: int, after_iteration: int) -> None:
+        """One research session; never raises into the engine (failures are events)."""
+        eng = self.engine
+        research_id = f"r{cycle}-{uuid.uuid4().hex[:6]}"
+        eng.emit(ev.ResearchStarted(research_id=research_id, cycle=cycle, after_iteration=after_iteration,
+                                    source="offline" if eng.cfg.offline else "llm"))
+        try:
+            if eng.cfg.offline:
+                ready = self._offline_choice(research_id)
+            else:
+                ready = await self._dialogue(research_id)
+        except asyncio.CancelledError:
+            eng.emit(ev.ResearchFinished(research_id=research_id, outcome="failed", reason="cancelled"))
+            raise
+        except LLMError as exc:
+            eng.emit(ev.ResearchFinished(research_id=research_id, outcome="failed", reason=f"LLM call failed: {exc}"))
+            return
+        if ready is None:
+            return
+        if eng.cfg.level2.approval == "manual":
+            approved = await eng.await_approval(research_id)
+            if not approved:
+                eng.emit(ev.ResearchFinished(research_id=research_id, outcome="declined", name=ready.name,
+                                             reason="rejected by the user"))
+                return
+        eng.queue_activation(ready)
+
+    # --- offline: a rule picks a built-in ----------------------------------------------------
+
+    def _offline_choice(self, research_id: str) -> Ready | None:
+        eng = self.engine
+        records = _records(eng)
+        name, reason = choose_builtin(records, eng._schema_dicts(), active=eng.mechanisms.names)
+        if name in eng.mechanisms.names:
+            eng.emit(ev.ResearchFinished(research_id=research_id, outcome="rejected", name=name,
+                                         reason="every built-in mechanism is already active"))
+            return None
+        cls = mechanisms.BUILTINS[name]
+        source_rel = eng.artifact(f"mechanisms/{research_id}-{name}.py", inspect.getsource(inspect.getmodule(cls)))
+        return Ready(research_id, name, "builtin", source_rel=source_rel, description=reason)
+
+    # --- the four-round dialogue -------------------------------------------------------------
+
+    async def _dialogue(self, research_id: str) -> Ready | None:
+        eng = self.engine
+        cfg = eng.cfg
+        messages: list[dict[str, str]] = [{"role": "system", "content": prompts.load("research_system")}]
+
+        async def round_(name: str, prompt: str, *, json: bool = False) -> str:
+            messages.append({"role": "user", "content": prompt})
+            call_id = uuid.uuid4().hex[:10]
+            result = await eng.call_llm("research", name, messages, json=json, stream_events=True,
+                                        iteration=eng.state.next_iteration, call_id=call_id)
+            messages.append({"role": "assistant", "content": result.content})
+            rel = eng.artifact(f"research/{research_id}/{name}.md",
+                               (f"<reasoning>\n{result.reasoning}\n</reasoning>\n\n" if result.reasoning else "")
+                               + result.content)
+            eng.emit(ev.ResearchRound(research_id=research_id, round=name, call_id=call_id,
+                                      artifact=rel, summary=result.content.strip()[:300]))
+            return result.content
+
+        await round_("explore", Template(prompts.load("research_explore")).substitute(
+            interface=inspect.getsource(mechanism_base), active=self._active_sources(),
+            history=history_text(eng.state.proposals, cfg.search.history_tokens), strategy=self._strategy_log()))
+        critique = await round_("critique", prompts.load("research_critique"), json=True)
+        try:
+            selected = str(extract_json(critique).get("selected") or "").strip()
+        except ValueError:
+            selected = ""
+        if not selected:
+            eng.emit(ev.ResearchFinished(research_id=research_id, outcome="failed",
+                                         reason="the critique round selected no candidate (expected JSON with 'selected')"))
+            return None
+        await round_("specify", Template(prompts.load("research_specify")).substitute(selected=selected))
+        allowed = f" and {', '.join(cfg.level2.allow_imports)}" if cfg.level2.allow_imports else ""
+        reply = await round_("generate", Template(prompts.load("research_generate")).substitute(
+            allowed=allowed, hook_timeout_s=f"{cfg.level2.hook_timeout_s:g}"))
+        for attempt in range(1, cfg.level2.max_repairs + 2):
+            source = extract_code(reply)
+            ready, failure = await self._validate(research_id, source, attempt)
+            if ready is not None:
+                return ready
+            if attempt > cfg.level2.max_repairs:
+                eng.emit(ev.ResearchFinished(research_id=research_id, outcome="rejected", name=class_name_of(source),
+                                             reason=f"validation failed after {attempt} attempt(s): {failure}"[:2000]))
+                return None
+            reply = await round_("repair", Template(prompts.load("research_repair")).substitute(failure=failure))
+        return None
+
+    async def _validate(self, research_id: str, source: str, attempt: int) -> tuple[Ready | None, str]:
+        from mechanisms.sandbox import validate  # the validator spawns processes: load it when needed
+
+        eng = self.engine
+        cfg = eng.cfg.level2
+        name = class_name_of(source)
+        workdir = eng.dir / "artifacts" / "mechanisms" / f"{research_id}-{attempt}"
+        report = await asyncio.to_thread(
+            validate, source, records=_records(eng), schema=eng._schema_dicts(), allow_imports=cfg.allow_imports,
+            import_timeout_s=cfg.import_timeout_s, hook_timeout_s=cfg.hook_timeout_s, workdir=workdir)
+        name = report.class_name or name
+        source_rel = eng.artifact(f"mechanisms/{research_id}-{attempt}/{name}.py", source)
+        previous = eng.generated_sources.get(name, "")
+        diff_rel = eng.artifact(f"mechanisms/{research_id}-{attempt}/{name}.diff",
+                                unified_diff(previous, source, name=f"{name}.py"))
+        report_rel = eng.artifact(f"mechanisms/{research_id}-{attempt}/validation.md", report.to_markdown())
+        eng.emit(ev.MechanismValidated(
+            research_id=research_id, name=name, attempt=attempt, ok=report.ok,
+            failure="" if report.ok else report.failure(),
+            steps=[{"name": s.name, "ok": s.ok, "detail": s.detail} for s in report.steps],
+            missing_packages=list(report.missing_packages), source=source_rel, diff=diff_rel, report=report_rel))
+        if not report.ok:
+            return None, report.failure()
+        if eng.cfg.level2.approval == "manual":
+            eng.emit(ev.MechanismPending(research_id=research_id, name=name, source=source_rel, diff=diff_rel,
+                                         report=report_rel))
+        return Ready(research_id, name, "generated", path=eng.dir / source_rel, source_rel=source_rel,
+                     description=f"generated by research {research_id}"), ""
+
+    def _active_sources(self) -> str:
+        eng = self.engine
+        if not eng.mechanisms.names:
+            return "(none)"
+        parts = []
+        for name in eng.mechanisms.names:
+            src = eng.generated_sources.get(name)
+            if src is None and name in mechanisms.BUILTINS:
+                src = inspect.getsource(inspect.getmodule(mechanisms.BUILTINS[name]))
+            parts.append(f"### {name}\n```python\n{(src or '(source unavailable)')[:6000]}\n```")
+        return "\n".join(parts)
+
+    def _strategy_log(self) -> str:
+        lines = [f"- cycle {d.cycle}: froze {d.freeze or 'nothing'}, unfroze {d.unfreeze or 'nothing'}; "
+                 f"guidance: {d.guidance[:200]}" for d in self.engine.state.strategy]
+        return "\n".join(lines) or "(none)"
+
+
+def _records(eng: "Engine") -> list[dict[str, Any]]:
+    return snapshot(eng.state, eng._schema_dicts()).records

@@ -1,0 +1,174 @@
+"""Level 1.5: every K inner iterations, re-aim the search (freeze, unfreeze, guidance).
+
+The paper's freeze rule lives here, in code: a parameter proposed k times (default 3)
+with zero net improvement becomes a freeze candidate. The LLM chooses among the
+candidates and writes guidance; the engine applies its answer within limits (at most N
+new freezes a cycle, at least a minimum of active parameters, locked parameters never
+touched) and records each decision with its reason. Offline, the rule alone decides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from string import Template
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from .. import events as ev
+from ..llm import LLMError, extract_json
+from ..trace import ParamStats, fmt_bpb, history_text, param_stats
+from . import prompts
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..script import ParamSpec
+
+
+def freeze_candidates(stats: Mapping[str, ParamStats], *, k: int, locked: Iterable[str],
+                      frozen: Iterable[str]) -> list[str]:
+    """Parameters proposed at least k times with zero net improvement, most-proposed first."""
+    skip = set(locked) | set(frozen)
+    found = [s for s in stats.values() if s.name not in skip and s.proposed >= k and s.net_improvement <= 0.0]
+    return [s.name for s in sorted(found, key=lambda s: (-s.proposed, s.name))]
+
+
+@dataclass
+class Plan:
+    freeze: list[str] = field(default_factory=list)
+    unfreeze: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def apply_limits(*, want_freeze: Iterable[str], want_unfreeze: Iterable[str], candidates: Iterable[str],
+                 schema: Mapping[str, "ParamSpec"], frozen: Iterable[str], max_new_freezes: int,
+                 min_active: int) -> Plan:
+    """What may actually change this cycle; every refusal carries its reason."""
+    plan = Plan()
+    frozen_now = set(frozen)
+    candidate_set = set(candidates)
+    for name in dict.fromkeys(want_unfreeze):
+        if name not in schema:
+            plan.refused[name] = "unknown parameter"
+        elif schema[name].locked:
+            plan.refused[name] = "locked by the configuration: never unfrozen"
+        elif name not in frozen_now:
+            plan.refused[name] = "not frozen"
+        else:
+            plan.unfreeze.append(name)
+            frozen_now.discard(name)
+    active = [n for n, s in schema.items() if not s.locked and n not in frozen_now]
+    for name in dict.fromkeys(want_freeze):
+        if name not in schema:
+            plan.refused[name] = "unknown parameter"
+        elif schema[name].locked:
+            plan.refused[name] = "locked by the configuration"
+        elif name in frozen_now:
+            plan.refused[name] = "already frozen"
+        elif name in plan.unfreeze:
+            plan.refused[name] = "asked to freeze and unfreeze at once"
+        elif name not in candidate_set:
+            plan.refused[name] = "not a freeze candidate under the rule"
+        elif len(plan.freeze) >= max_new_freezes:
+            plan.refused[name] = f"limit of {max_new_freezes} new freezes per cycle reached"
+        elif len(active) - 1 < min_active:
+            plan.refused[name] = f"would leave fewer than {min_active} active parameters"
+        else:
+            plan.freeze.append(name)
+            active.remove(name)
+    return plan
+
+
+def offline_guidance(stats: Mapping[str, ParamStats], active: Iterable[str]) -> str:
+    """The offline guidance sentence: name the least-explored active parameters."""
+    counts = sorted(((stats[n].proposed if n in stats else 0, n) for n in active))
+    under = [n for c, n in counts[:3]]
+    if not under:
+        return "All parameters are frozen or locked; unfreeze one to continue exploring."
+    tried = ", ".join(f"{n} ({c}×)" for c, n in counts[:3])
+    return f"Explore the least-explored parameters next: {tried}; avoid repeating regions already tried."
+
+
+class StrategyLevel:
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+
+    async def run_cycle(self, cycle: int, after_iteration: int) -> None:
+        eng = self.engine
+        cfg = eng.cfg.strategy
+        state = eng.state
+        eng.emit(ev.StrategyStarted(cycle=cycle, after_iteration=after_iteration))
+        stats = param_stats(state.records)
+        locked = [n for n, s in eng.schema.items() if s.locked]
+        candidates = freeze_candidates(stats, k=cfg.freeze_after, locked=locked, frozen=state.frozen)
+        active = [n for n, s in eng.schema.items() if not s.locked and n not in state.frozen]
+        diagnosis = reasoning = error = ""
+        if eng.cfg.offline:
+            source = "offline"
+            want_freeze, want_unfreeze = candidates, []
+            guidance = offline_guidance(stats, active)
+            diagnosis = (f"{len(candidates)} parameter(s) met the freeze rule (proposed ≥{cfg.freeze_after}× "
+                         f"with zero net improvement)")
+        else:
+            source = "llm"
+            reply = await self._ask(cycle, after_iteration, stats, candidates)
+            if isinstance(reply, str):  # an error: the rule's verdict still stands, nothing else changes
+                error = reply
+                want_freeze, want_unfreeze, guidance = [], [], ""
+            else:
+                want_freeze = _names(reply.get("freeze"))
+                want_unfreeze = _names(reply.get("unfreeze"))
+                guidance = str(reply.get("guidance") or "").strip()
+                diagnosis = str(reply.get("diagnosis") or "")
+                reasoning = str(reply.get("reasoning") or "")
+        plan = apply_limits(want_freeze=want_freeze, want_unfreeze=want_unfreeze, candidates=candidates,
+                            schema=eng.schema, frozen=state.frozen, max_new_freezes=cfg.max_new_freezes,
+                            min_active=cfg.min_active)
+        for name in plan.unfreeze:
+            eng.emit(ev.ParamUnfrozen(name=name, source="strategy", reason=f"cycle {cycle}: {reasoning or diagnosis}"[:300]))
+        for name in plan.freeze:
+            s = stats[name]
+            eng.emit(ev.ParamFrozen(name=name, source="strategy",
+                                    reason=f"cycle {cycle}: proposed {s.proposed}× with net gain "
+                                           f"{s.net_improvement:+.6f} (rule k={cfg.freeze_after})"))
+        if guidance and guidance != state.guidance:
+            eng.emit(ev.GuidanceChanged(guidance=guidance, source="strategy"))
+        eng.emit(ev.StrategyDecision(
+            cycle=cycle, source=source, diagnosis=diagnosis, reasoning=reasoning, guidance=guidance,
+            candidates=candidates, freeze=plan.freeze, unfreeze=plan.unfreeze, refused=plan.refused,
+            stats={n: {"proposed": s.proposed, "kept": s.kept, "net_improvement": s.net_improvement}
+                   for n, s in stats.items()},
+            error=error,
+        ))
+
+    async def _ask(self, cycle: int, after_iteration: int, stats: Mapping[str, ParamStats],
+                   candidates: list[str]) -> dict[str, Any] | str:
+        eng = self.engine
+        cfg = eng.cfg
+        lines = []
+        for name, spec in eng.schema.items():
+            status = "locked" if spec.locked else "frozen" if name in eng.state.frozen else "active"
+            s = stats.get(name)
+            tally = (f"proposed {s.proposed}×, kept {s.kept}×, net gain {s.net_improvement:+.6f}" if s
+                     else "never proposed")
+            lines.append(f"- [{status}] {spec.describe()} — {tally}")
+        user = Template(prompts.load("strategy_cycle")).substitute(
+            cycle=cycle, iteration=after_iteration, baseline_val_bpb=fmt_bpb(eng.state.baseline_val_bpb),
+            best_val_bpb=fmt_bpb(eng.state.best_val_bpb), params="\n".join(lines),
+            k=cfg.strategy.freeze_after, candidates=", ".join(candidates) or "(none)",
+            history=history_text(eng.state.proposals, cfg.search.history_tokens),
+            guidance=eng.state.guidance or "(none)", max_new_freezes=cfg.strategy.max_new_freezes,
+            min_active=cfg.strategy.min_active)
+        messages = [{"role": "system", "content": prompts.load("strategy_system")}, {"role": "user", "content": user}]
+        try:
+            result = await eng.call_llm("strategy", "update", messages, iteration=after_iteration, json=True)
+            return extract_json(result.content)
+        except LLMError as exc:
+            return f"LLM call failed: {exc}"
+        except ValueError as exc:
+            return f"unparseable reply: {exc}"
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    return [str(v) for v in value if isinstance(v, (str, int))]

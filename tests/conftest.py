@@ -1,0 +1,65 @@
+"""Shared fixtures: a fast contract-honouring training script, configs, and engine runs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core import config
+from core import events as ev
+from core.engine import Engine
+from tests.support import Reply, ScriptedOpenAI, scripted_openai  # noqa: F401 (fixture)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+QUADRATIC = FIXTURES / "scripts" / "quadratic_train.py"
+
+
+def fast_config(tmp_path: Path, **overrides: Any) -> config.Config:
+    """Offline, the fast stand-in script, no data preparation."""
+    data: dict[str, Any] = {
+        "name": "t",
+        "endpoint": {"provider": "offline"},
+        "script": {"path": str(QUADRATIC)},
+        "data": {"source": "none"},
+        "budget": {"time_s": 1.0, "grace_s": 30.0, "iterations": 3},
+        "search": {"locked": ["DEPTH"]},
+        "run": {"sessions_dir": str(tmp_path / "sessions"), "gpus": "cpu"},
+    }
+    for dotted, value in overrides.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return config.from_dict(data)
+
+
+def llm_config(tmp_path: Path, server: ScriptedOpenAI, **overrides: Any) -> config.Config:
+    return fast_config(tmp_path, **{"endpoint.provider": "openai", "endpoint.base_url": server.base_url,
+                                    "endpoint.model": "test-model", "endpoint.max_retries": 1,
+                                    "endpoint.timeout_s": 20.0, **overrides})
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[ev.Event] = []
+
+    def __call__(self, e: ev.Event) -> None:
+        self.events.append(e)
+
+    def of(self, cls: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, cls)]
+
+
+async def run_engine(cfg: config.Config, **kw: Any) -> tuple[Engine, Recorder]:
+    engine = Engine.create(cfg, **kw)
+    rec = Recorder()
+    engine.subscribe(rec)
+    await engine.run()
+    return engine, rec
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()

@@ -438,8 +438,8 @@ def prepare(
     vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else int(vocab_size)
     if max_bytes <= 0:
         raise PrepareError("max_bytes must be positive")
-    if not FIRST_MERGE_ID < vocab_size <= 2**16:
-        raise PrepareError(f"vocab_size must be in {FIRST_MERGE_ID + 1}..{2**16} (uint16 ids)")
+    if not FIRST_MERGE_ID <= vocab_size <= 2**16:
+        raise PrepareError(f"vocab_size must be in {FIRST_MERGE_ID}..{2**16} (uint16 ids)")
 
     settings = {
         "format_version": FORMAT_VERSION,
@@ -612,8 +612,9 @@ def _exclusive(root: Path, name: str) -> Iterator[None]:
         try:
             # Holding the lock, no one else is building this name: staging folders left
             # by a killed process are garbage.
-            for stale in root.glob(f".{name}.tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
+            for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
+                for stale in root.glob(pattern):
+                    shutil.rmtree(stale, ignore_errors=True)
             yield
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

@@ -64,6 +64,7 @@ COMPILE = True  # torch.compile the model (CUDA only)
 # Not a hyperparameter: the engine chooses the seed per run; experiments must not tune it.
 SEED = int(os.environ.get("BILEVEL_SEED", "42"))
 
+
 class ConfigError(Exception):
     """Missing data or an invalid combination of hyperparameters."""
 
@@ -117,7 +118,8 @@ class TrainBatches:
 
     def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int,
                  seed: int, device: torch.device) -> None:
-        self.tokens, self.seq_len, self.batch_size, self.device = tokens, seq_len, batch_size, device
+        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
+        self.device = device
         self.windows = (len(tokens) - 1) // seq_len
         if self.windows < 1:
             raise ConfigError(f"train split has {len(tokens)} tokens, fewer than MAX_SEQ_LEN + 1")
@@ -317,7 +319,8 @@ def build_masks(windows: list[int], seq_len: int, device: torch.device,
 # ---------------------------------------------------------------------------------------
 
 
-def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def orthogonalize(g: torch.Tensor, steps: int = 5,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Approximate U V^T of each matrix in a (N, rows, cols) stack by a quintic
     Newton-Schulz iteration; the coefficients push singular values towards 1 quickly."""
     a, b, c = 3.4445, -4.7750, 2.0315
@@ -393,7 +396,7 @@ def lr_multiplier(progress: float) -> float:
     """Warmup, constant, then linear warmdown to FINAL_LR_FRAC; progress in [0, 1]."""
     if progress < WARMUP_RATIO:
         return progress / WARMUP_RATIO
-    if progress < 1.0 - WARMDOWN_RATIO:
+    if progress < 1.0 - WARMDOWN_RATIO or WARMDOWN_RATIO <= 0:
         return 1.0
     remaining = (1.0 - progress) / WARMDOWN_RATIO
     return remaining + (1.0 - remaining) * FINAL_LR_FRAC
@@ -600,11 +603,12 @@ def train(untimed_steps: int = 2) -> None:
         step += 1
         done = step >= untimed_steps and training_seconds >= TIME_BUDGET
         now = time.perf_counter()
+        pct = 100.0 * training_seconds / TIME_BUDGET if TIME_BUDGET > 0 else 100.0
         if done or step <= untimed_steps + 1 or now - last_print >= 0.5:
             last_print = now
             print(progress_line(
                 step=step - 1,
-                pct=min(100.0, 100.0 * training_seconds / TIME_BUDGET) if TIME_BUDGET > 0 else 100.0,
+                pct=min(100.0, pct),
                 loss=loss_value, lrm=lrm, dt=dt,
                 tok_per_sec=TOTAL_BATCH_SIZE / dt,
                 mfu=100.0 * step_flops / dt / peak if peak else 0.0,

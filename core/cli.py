@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="experiment TOML file")
     run.add_argument("--demo", action="store_true", help="offline provider, CPU tiny preset, a few short runs")
     run.add_argument("--headless", action="store_true", help="print one line per event instead of the app")
+    run.add_argument("--detach", action="store_true",
+                     help="start the engine in the background (headless, survives the shell) and print the session")
+    run.add_argument("--into", help=argparse.SUPPRESS)  # the detached child writes into the session made for it
     _add_overrides(run)
 
     resume = sub.add_parser("resume", help="continue a session from its event log")
@@ -75,7 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="replay a saved session")
     replay.add_argument("session")
     replay.add_argument("--headless", action="store_true", help="print the recorded events as lines")
+    replay.add_argument("--speed", default="instant", choices=("1", "10", "100", "instant"),
+                        help="replay speed in the app (default: instant)")
+    replay.add_argument("--no-follow", action="store_true", help="stop at the end instead of following a live session")
     replay.add_argument("--sessions-dir")
+
+    attach = sub.add_parser("attach", help="open the app on a session a detached engine is writing")
+    attach.add_argument("session", help="session folder (or name prefix under ./sessions)")
+    attach.add_argument("--sessions-dir", help="where to look for a session name")
 
     init = sub.add_parser("init", help="write a commented example config")
     init.add_argument("path", nargs="?", default="bilevel.toml")
@@ -99,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    handler = {"run": cmd_run, "resume": cmd_resume, "replay": cmd_replay, "init": cmd_init,
+    handler = {"run": cmd_run, "resume": cmd_resume, "replay": cmd_replay, "attach": cmd_attach, "init": cmd_init,
                "doctor": cmd_doctor, "prepare": cmd_prepare}[args.command]
     try:
         return handler(args)
@@ -126,9 +136,71 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .engine import Engine
 
     cfg = load_config(args)
-    engine = Engine.create(cfg, log=lambda m: print(m, file=sys.stderr))
+    if getattr(args, "detach", False):
+        return _detach(args, cfg)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    into = getattr(args, "into", None)
+    engine = Engine(cfg, Path(into), log=log) if into else Engine.create(cfg, log=log)
     print(f"session: {engine.dir}", file=sys.stderr)
+    if _use_app(args):
+        return _run_app(engine, Path(args.config) if args.config else None)
     return _drive(engine)
+
+
+def _use_app(args: argparse.Namespace) -> bool:
+    """The app, unless --headless or there is no terminal to draw it on."""
+    if getattr(args, "headless", False):
+        return False
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        _err("not a terminal: running headless (use --headless to say so, or attach later)")
+        return False
+    return True
+
+
+def _run_app(engine: Any, config_path: Path | None) -> int:
+    from tui.launch import run_live  # Textual is imported only here
+
+    state = run_live(engine, config_path=config_path)
+    print(f"session {engine.dir}: {state.status}"
+          + (f" — continue with: bilevel resume {engine.dir}" if state.status != "completed" else ""), file=sys.stderr)
+    return EXIT_OK if state.status in ("completed", "stopped") else EXIT_RUN_ERROR
+
+
+def _toml_literal(value: Any) -> str:
+    """A value as TOML for ``--set`` (what parse_override reads back)."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_literal(v)}" for k, v in value.items()) + "}"
+    return json.dumps(str(value))
+
+
+def _detach(args: argparse.Namespace, cfg: Config) -> int:
+    """Start the engine headless in its own session and process group; print the session folder."""
+    import os
+    import subprocess
+
+    from .session import new_session_dir
+
+    session = new_session_dir(cfg.sessions_path(), cfg.name).resolve()
+    child = [sys.executable, "-m", "core.cli", "run", "--headless", "--into", str(session)]
+    child += ["--demo"] if args.demo else [str(Path(args.config).resolve())]
+    for key, value in _overrides(args).items():
+        child += ["--set", f"{key}={_toml_literal(value)}"]
+    with open(session / "engine.log", "ab") as out:
+        proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd=os.getcwd())
+    (session / "engine.pid").write_text(f"{proc.pid}\n")
+    print(session)
+    print(f"engine running as pid {proc.pid} (output: {session / 'engine.log'}); "
+          f"watch it with: bilevel attach {session}", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -148,6 +220,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
              "raise the budget with --iterations N to continue")
         return EXIT_USAGE
     print(f"session: {engine.dir}", file=sys.stderr)
+    if _use_app(args):
+        return _run_app(engine, None)
     return _drive(engine)
 
 
@@ -184,7 +258,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .session import SessionError, SessionReader, find_session
 
     try:
-        reader = SessionReader(find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None))
+        path = find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
+        reader = SessionReader(path)
+        if _use_app(args):
+            from tui.launch import run_replay  # Textual is imported only here
+
+            speed = float("inf") if args.speed == "instant" else float(args.speed)
+            return run_replay(path, speed=speed, follow=not args.no_follow)
         printer = HeadlessPrinter(progress_every_s=float("inf"))
         for event in reader.events():
             printer(event)
@@ -192,6 +272,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_USAGE
     return EXIT_OK
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from .session import SessionError, find_session
+
+    try:
+        path = find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
+    except SessionError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        _err("attach needs a terminal (for a log of the session: bilevel replay --headless)")
+        return EXIT_USAGE
+    from tui.launch import run_attach  # Textual is imported only here
+
+    return run_attach(path)
 
 
 # --- init / doctor / prepare ---------------------------------------------------------------
@@ -221,14 +317,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     try:
-        from baseline.prepare import prepare
+        from baseline.prepare import PrepareError, prepare
     except ImportError as exc:  # numpy missing
         _err(f"data preparation needs the training extra: pip install 'bilevel-autoresearch[train]' ({exc})")
         return EXIT_RUN_ERROR
     try:
         path = prepare(args.source, name=args.name, max_bytes=args.max_bytes, vocab_size=args.vocab_size,
                        force=args.force, log=lambda m: print(m, file=sys.stderr))
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (PrepareError, OSError, ValueError) as exc:
         _err(f"prepare failed: {exc}")
         return EXIT_RUN_ERROR
     print(path)

@@ -346,6 +346,8 @@ def demo_config(**overrides: Any) -> Config:
         "endpoint": {"provider": "offline"},
         "script": {"preset": "cpu-tiny"},
         "data": {"source": "stdlib", "name": "stdlib-demo", "max_bytes": 3_000_000, "vocab_size": 1024},
+        # Shapes that must divide the batch stay put so a short demo spends its runs on training.
+        "search": {"locked": ["DEPTH", "ASPECT_RATIO", "HEAD_DIM", "MAX_SEQ_LEN"]},
         "budget": {"time_s": 4.0, "grace_s": 90.0, "iterations": 4},
         "run": {"gpus": "cpu"},
     }

@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import Config
 
@@ -46,11 +47,11 @@ def _data_check(cfg: Config | None) -> Check:
     if source == "none":
         return Check("data", True, "the script finds its own data (data.source = none)")
     try:
-        from baseline.prepare import data_ready, default_data_dir
+        from baseline.prepare import data_ready, data_root
     except ImportError as exc:
         return Check("data", False, f"cannot check: {exc}")
-    name = (cfg.data.name if cfg and cfg.data.name else None)
-    path = default_data_dir(source, name)
+    name = cfg.data.name if cfg and cfg.data.name else (source if source == "stdlib" else Path(source).name)
+    path = data_root() / name
     if data_ready(path):
         return Check("data", True, f"prepared at {path}")
     return Check("data", False, f"not prepared at {path}: run `bilevel prepare` (or it is built on first run)",

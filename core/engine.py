@@ -132,9 +132,9 @@ class Engine:
 
     # --- commands ------------------------------------------------------------------------------
 
-    def submit(self, name: str, source: str = "api", **args: Any) -> None:
+    def submit(self, command: str, /, source: str = "api", **args: Any) -> None:
         """Queue a command; it is acknowledged by a CommandReceived event."""
-        self._commands.put_nowait(Command(name, args, source))
+        self._commands.put_nowait(Command(command, args, source))
 
     def request_stop(self, reason: str, *, hard: bool = False) -> None:
         """Stop at the next iteration boundary; ``hard`` also cuts the running iteration short."""
@@ -150,7 +150,10 @@ class Engine:
     async def _command_loop(self) -> None:
         while True:
             cmd = await self._commands.get()
-            error = self._handle(cmd)
+            try:
+                error = self._handle(cmd)
+            except Exception as exc:  # noqa: BLE001 - a malformed command must not kill the inbox
+                error = f"malformed command: {exc!r}"
             self.emit(ev.CommandReceived(command=cmd.name, args=cmd.args, source=cmd.source,
                                          ok=not error, error=error or ""))
             self._after_command(cmd, error)
@@ -387,7 +390,7 @@ class Engine:
         source = self.cfg.data.source
         if source == "none":
             return {"source": "none"}
-        from baseline.prepare import prepare
+        from baseline.prepare import PrepareError, prepare
 
         d = self.cfg.data
         self.log(f"preparing data ({source}) — cached after the first time")
@@ -395,11 +398,13 @@ class Engine:
             data_dir = await asyncio.to_thread(
                 prepare, source, name=d.name or None, max_bytes=d.max_bytes, vocab_size=d.vocab_size,
                 log=self.log)
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (PrepareError, OSError, ValueError) as exc:
             raise FatalRunError(f"data preparation failed: {exc}") from exc
         self.data_dir = Path(data_dir)
         meta = json.loads((self.data_dir / "meta.json").read_text(encoding="utf-8"))
-        return {"dir": str(self.data_dir), **{k: meta[k] for k in ("content_hash", "source") if k in meta}}
+        # Recorded so that runs on different corpora or tokenizers are never compared.
+        keep = ("name", "content_sha256", "dataset_id", "tokenizer_id", "vocab_size", "source", "tokens")
+        return {"dir": str(self.data_dir), **{k: meta[k] for k in keep if k in meta}}
 
     # --- services the levels use ------------------------------------------------------------
 

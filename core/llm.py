@@ -241,7 +241,7 @@ class LLMClient:
             return await asyncio.wait_for(self._exchange(url, body, streaming, on_delta, api_key, deadline_s),
                                           deadline_s)
         except asyncio.TimeoutError:
-            raise LLMError(f"no complete reply from {url} within {deadline_s:g} s", kind="timeout",
+            raise LLMError(f"no complete reply from {url} within {deadline_s:g} s (timeout_s)", kind="timeout",
                            retryable=True) from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self._transport_error(exc, url, api_key) from None

@@ -11,8 +11,10 @@ The rule, first match wins:
    ones that have paid off.
 
 A mechanism already active is never chosen: the rule falls through to the next match,
-then to the first built-in not active. When all are active there is nothing to choose
-and :class:`ValueError` is raised.
+then to the first built-in not active. Only when every built-in is already active is
+nothing left to choose: the rule's own pick is returned, with a reason that says so, and
+the caller (which checks the name against the active ones) reports the research as
+rejected.
 """
 from __future__ import annotations
 
@@ -80,4 +82,4 @@ def choose_builtin(records: list[dict], schema: dict[str, dict], active: Iterabl
         if name not in active:
             skipped = ", ".join(n for n, _ in matches)
             return name, f"the rule's choices ({skipped}) are already active; {name} is the next built-in"
-    raise ValueError(f"every built-in mechanism is already active ({', '.join(ORDER)})")
+    return matches[0][0], f"every built-in mechanism is already active ({', '.join(ORDER)})"

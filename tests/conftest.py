@@ -63,3 +63,18 @@ async def run_engine(cfg: config.Config, **kw: Any) -> tuple[Engine, Recorder]:
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Datasets go to a per-test-session folder, never the user's cache."""
+    import os
+
+    root = tmp_path_factory.mktemp("data-root")
+    old = os.environ.get("BILEVEL_DATA_ROOT")
+    os.environ["BILEVEL_DATA_ROOT"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("BILEVEL_DATA_ROOT", None)
+    else:
+        os.environ["BILEVEL_DATA_ROOT"] = old

@@ -71,8 +71,9 @@ def write_script(folder: Path, **overrides: object) -> Path:
     return script
 
 
-def run_script(script: Path, data_dir: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BILEVEL_DATA_DIR": str(data_dir), "BILEVEL_SEED": "7"}
+def run_script(script: Path, data_dir: Path, timeout: float = 60,
+               seed: str = "7") -> subprocess.CompletedProcess:
+    env = {**os.environ, "BILEVEL_DATA_DIR": str(data_dir), "BILEVEL_SEED": seed}
     return subprocess.run(
         [sys.executable, str(script)], cwd=script.parent, env=env,
         capture_output=True, text=True, timeout=timeout,
@@ -127,7 +128,8 @@ def import_train_module() -> ModuleType:
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
-    return prep.prepare("stdlib", root=root, max_bytes=2_000_000, vocab_size=512, log=lambda m: None)
+    return prep.prepare("stdlib", root=root, max_bytes=2_000_000, vocab_size=512,
+                        log=lambda m: None)
 
 
 @pytest.fixture(scope="session")
@@ -172,7 +174,7 @@ def test_val_tokens_decode_to_the_held_out_documents(small_data: Path) -> None:
     tokenizer = prep.Tokenizer.load(small_data / "tokenizer.json")
     val = np.fromfile(small_data / "val.bin", dtype=np.uint16).tolist()
     stdlib = prep.resolve_source("stdlib").root
-    expected = "".join((stdlib / doc_id).read_text(encoding="utf-8")
+    expected = "".join((stdlib / doc_id).read_bytes().decode("utf-8")
                        for doc_id in meta["split"]["val_documents"])
     assert tokenizer.decode(val) == expected
     assert sum(tokenizer.to_json()["token_byte_lengths"][t] for t in val) == meta["bytes"]["val"]
@@ -229,16 +231,16 @@ def test_folder_of_text_files_is_prepared_and_rebuilt_when_edited(tmp_path: Path
     (corpus / "sub" / "c.py").write_text("def f(x):\n    return x + 1\n" * 40)
     (corpus / "ignored.bin").write_bytes(b"\xff\xfe binary")
     root = tmp_path / "data"
-    out = prep.prepare(str(corpus), root=root, vocab_size=320, log=lambda m: None)
+    out = prep.prepare(str(corpus), root=root, vocab_size=280, log=lambda m: None)
     meta = json.loads((out / "meta.json").read_text())
     assert out == root / "my-corpus"
     assert meta["source"]["kind"] == "folder"
     assert meta["documents"]["train"] + meta["documents"]["val"] == 3
-    assert meta["vocab_size"] == 320
+    assert meta["vocab_size"] == 280
 
     (corpus / "a.txt").write_text("Edited text, a different corpus now.\n" * 40)
     messages: list[str] = []
-    prep.prepare(str(corpus), root=root, vocab_size=320, log=messages.append)
+    prep.prepare(str(corpus), root=root, vocab_size=280, log=messages.append)
     assert any("rebuilding" in m for m in messages)
     assert json.loads((out / "meta.json").read_text())["content_sha256"] != meta["content_sha256"]
 
@@ -357,11 +359,13 @@ def test_val_bpb_scores_every_target_once(
 ) -> None:
     torch = pytest.importorskip("torch")
     data = train_module.load_dataset(small_data)
+    val = np.array(data.val[:1500])
+    val[[0, 400, 401, 999]] = data.eot_id  # boundaries inside the scored range count 1 byte
+    data.val = val
     eval_tokens = 1000
-    targets = np.asarray(data.val[1:eval_tokens + 1])
     table = np.array(data.token_bytes)
     table[data.eot_id] = 1
-    expected = eval_tokens / (math.log(2) * table[targets].sum())  # one nat per target
+    expected = eval_tokens / (math.log(2) * table[val[1:eval_tokens + 1]].sum())  # 1 nat/token
 
     class OneNatPerToken(torch.nn.Module):
         def forward(self, x, y, masks):
@@ -425,3 +429,15 @@ def test_diverging_run_reports_nan_and_exits_3(small_data: Path, tmp_path: Path)
     assert run.returncode == 3, run.stdout + run.stderr
     assert re.search(r"^loss is nan at step \d+, stopping$", run.stdout, flags=re.M)
     assert "---" not in run.stdout.splitlines()
+
+
+@pytest.mark.slow
+def test_seed_comes_from_the_environment(small_data: Path, tmp_path: Path) -> None:
+    script = write_script(tmp_path, TIME_BUDGET=0)  # just the two untimed steps
+
+    def first_loss(seed: str) -> str:
+        run = run_script(script, small_data, seed=seed)
+        assert run.returncode == 0, run.stderr
+        return re.search(r"^step 00000 .*?loss: (\S+)", run.stdout, flags=re.M).group(1)
+
+    assert first_loss("1") == first_loss("1") != first_loss("2")

@@ -23,6 +23,8 @@ from .offline import OfflineProposer
 if TYPE_CHECKING:
     from ..engine import Engine
 
+# Errors no re-ask can fix: the run stops with the reason instead of spinning.
+FATAL_LLM_ERRORS = ("auth", "not_found", "quota", "bad_request")
 MAX_LOG_QUOTE = 1500  # characters of a failed run's log shown to the LLM
 
 
@@ -170,9 +172,9 @@ class InnerLoop:
         try:
             result = await self.engine.call_llm("inner", "propose", messages, iteration=n, json=True)
         except LLMError as exc:
-            if not exc.retryable:
+            if exc.kind in FATAL_LLM_ERRORS:
                 raise FatalRunError(f"the LLM endpoint refused the request: {exc}") from exc
-            return ""  # a transient failure that outlasted the retries: counts as an unusable reply
+            return ""  # a garbled or transient failure that outlasted the retries: an unusable reply
         return result.content
 
     async def _messages(self, n: int, best: TrainScript) -> list[dict[str, str]]:

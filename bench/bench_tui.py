@@ -1,0 +1,277 @@
+"""Benchmark the app under a flood of events: throughput, key latency and memory.
+
+Feeds a synthetic stream (training progress and output lines, streamed LLM tokens,
+whole iterations, strategy cycles and research sessions) as fast as the headless app
+(``App.run_test``) takes it, while pressing keys, and reports:
+
+- events/s sustained (applied to the view model and painted at the app's 15 Hz),
+- key latency: from the key reaching the app to its effect (a command sent, a screen shown),
+- RSS after the stream.
+
+Targets: >= 2,000 events/s, every key answered in < 100 ms, < 150 MB RSS after 10,000
+events. Exits 1 when a target is missed. Run: ``python bench/bench_tui.py [--events N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core import events as ev  # noqa: E402
+
+TARGET_EVENTS_PER_S = 2000.0
+TARGET_KEY_MS = 100.0
+TARGET_RSS_MB = 150.0
+
+
+def rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def synthetic_stream(seed: int = 0) -> Iterator[ev.Event]:
+    """An endless, plausible session: ~55% tokens, ~35% progress and output, the rest the run's structure."""
+    rng = random.Random(seed)
+    seq = 0
+    ts = 1_700_000_000.0
+
+    def stamp(e: ev.Event) -> ev.Event:
+        nonlocal seq, ts
+        seq += 1
+        ts += 0.05
+        object.__setattr__(e, "seq", seq)
+        object.__setattr__(e, "ts", ts)
+        return e
+
+    schema = {n: {"kind": "float", "value": 0.1, "locked": n == "DEPTH"} for n in
+              ("DEPTH", "MATRIX_LR", "EMBEDDING_LR", "WEIGHT_DECAY", "WARMUP_RATIO", "WARMDOWN_RATIO")}
+    yield stamp(ev.SessionStarted(session="bench", name="bench", provider="offline", group="C",
+                                  levels=["inner", "strategy", "research"], config={"budget": {"iterations": 10_000}},
+                                  schema=schema, guidance="benchmark"))
+    best = 1.0
+    it = 0
+    call = 0
+    while True:
+        yield stamp(ev.IterationStarted(iteration=it))
+        changes = {rng.choice(list(schema)[1:]): round(rng.random(), 4)} if it else {}
+        call += 1
+        yield stamp(ev.LLMRequest(call_id=f"i{call}", level="inner", purpose="propose", iteration=it))
+        for _ in range(20):
+            yield stamp(ev.LLMDelta(call_id=f"i{call}", level="inner", text="tok "))
+        yield stamp(ev.LLMResponse(call_id=f"i{call}", level="inner", prompt_tokens=900, completion_tokens=20))
+        yield stamp(ev.ProposalMade(iteration=it, changes=changes, hypothesis="a benchmark hypothesis"))
+        yield stamp(ev.TrainingStarted(iteration=it, diff=f"artifacts/iterations/{it:04d}/diff.patch", slot="gpu0",
+                                       budget_s=300))
+        for step in range(1, 151):
+            yield stamp(ev.TrainingProgress(iteration=it, step=step, percent=step / 1.5, loss=4 - step / 100,
+                                            tok_per_s=50_000.0, remaining_s=300 - 2 * step))
+            if step % 5 == 0:
+                yield stamp(ev.TrainingOutput(iteration=it, line=f"step {step} loss {4 - step / 100:.3f}"))
+        val = round(best - rng.gauss(0.001, 0.004), 6)
+        decision = "baseline" if it == 0 else ("keep" if val < best else "discard")
+        yield stamp(ev.TrainingFinished(iteration=it, val_bpb=val, duration_s=330.0))
+        yield stamp(ev.IterationFinished(iteration=it, decision=decision, changes=changes, val_bpb=val,
+                                         best_before=None if it == 0 else best, duration_s=330.0,
+                                         mechanisms={"tabu": {"observe": 1}}))
+        if decision in ("baseline", "keep"):
+            best = val
+        if it and it % 5 == 0:
+            yield stamp(ev.StrategyStarted(cycle=it // 5, after_iteration=it))
+            yield stamp(ev.ParamFrozen(name="WEIGHT_DECAY", source="strategy", reason="no gain"))
+            yield stamp(ev.StrategyDecision(cycle=it // 5, freeze=["WEIGHT_DECAY"], guidance="go on"))
+            yield stamp(ev.ParamUnfrozen(name="WEIGHT_DECAY", source="user", reason="bench"))
+            rid = f"r{it}"
+            yield stamp(ev.ResearchStarted(research_id=rid, cycle=it // 5, after_iteration=it))
+            for rnd in ("explore", "critique", "specify", "generate"):
+                call += 1
+                cid = f"r{call}"
+                yield stamp(ev.LLMRequest(call_id=cid, level="research", purpose=rnd))
+                for k in range(150):
+                    yield stamp(ev.LLMDelta(call_id=cid, level="research",
+                                            text=("\n\n- point " if k % 12 == 0 else "word ")))
+                yield stamp(ev.LLMResponse(call_id=cid, level="research", prompt_tokens=2000, completion_tokens=150))
+                yield stamp(ev.ResearchRound(research_id=rid, round=rnd, call_id=cid))
+            yield stamp(ev.ResearchFinished(research_id=rid, outcome="activated", name=f"M{it}"))
+        it += 1
+
+
+class KeyProbe:
+    """Presses keys the way a terminal sends them; times each until its effect has been painted."""
+
+    def __init__(self, app: Any, source: Any) -> None:
+        self.app, self.source = app, source
+        self.latencies: dict[str, list[float]] = {"space (pause sent)": [], "? (help painted)": [],
+                                                  "escape (panes painted)": []}
+        self.turn = 0
+
+    async def _measure(self, key: str, char: str | None, done: Callable[[float], bool], label: str) -> None:
+        from textual import events as tx_events
+
+        start = time.perf_counter()
+        self.app._driver.send_message(tx_events.Key(key, char))
+        while not done(start):
+            if time.perf_counter() - start > 5:
+                break
+            await asyncio.sleep(0.0005)
+        self.latencies[label].append((time.perf_counter() - start) * 1000)
+
+    async def press_next(self) -> None:
+        from tui.screens.help import HelpScreen
+
+        app = self.app
+
+        def painted(shown: bool) -> Callable[[float], bool]:
+            return lambda since: (isinstance(app.screen, HelpScreen) is shown
+                                  and PAINTED.get(id(app.screen), 0.0) > since)
+
+        if self.turn % 2 == 0:
+            sent = len(self.source.sent)
+            await self._measure("space", " ", lambda _: len(self.source.sent) > sent, "space (pause sent)")
+        else:
+            await self._measure("question_mark", "?", painted(True), "? (help painted)")
+            await self._measure("escape", "\x1b", painted(False), "escape (panes painted)")
+        self.turn += 1
+
+
+PAINTED: dict[int, float] = {}  # id(screen) -> when it last sent an update to the terminal
+
+
+def _watch_paints() -> None:
+    """Record when each screen paints, so a key's latency runs to what the user sees."""
+    from textual.screen import Screen
+
+    original = Screen._compositor_refresh
+
+    def compositor_refresh(self: Screen) -> None:
+        original(self)
+        PAINTED[id(self)] = time.perf_counter()
+
+    Screen._compositor_refresh = compositor_refresh  # type: ignore[method-assign]
+
+
+async def bench(n_events: int, rate: float, seconds: float, size: tuple[int, int], key_every_s: float) -> dict[str, Any]:
+    from tui.app import BilevelApp
+    from tui.sources import QueueSource
+
+    _watch_paints()
+    source = QueueSource()
+    app = BilevelApp(source, deterministic=False)  # as users run it: clock ticking, log throttled
+    stream = synthetic_stream()
+    out: dict[str, Any] = {}
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        out["rss_before_mb"] = rss_mb()
+
+        # 1. as fast as the app takes events, with keys pressed throughout
+        probe = KeyProbe(app, source)
+        started = time.perf_counter()
+        fed = 0
+        next_key = started + key_every_s
+        out["rss_10k_mb"] = None
+        while app.events_applied < n_events:
+            if out["rss_10k_mb"] is None and app.events_applied >= 10_000:
+                out["rss_10k_mb"] = rss_mb()
+            if fed - app.events_applied < 4000 and fed < n_events:  # keep a backlog: the app never waits
+                chunk = min(2000, n_events - fed)
+                source.push(*(next(stream) for _ in range(chunk)))
+                fed += chunk
+            if time.perf_counter() >= next_key:
+                await probe.press_next()
+                next_key = time.perf_counter() + key_every_s
+            await asyncio.sleep(0.001)
+        await app._repaint()
+        elapsed = time.perf_counter() - started
+        out["saturated"] = {"events": app.events_applied, "seconds": elapsed,
+                            "events_per_s": app.events_applied / elapsed, "latencies_ms": probe.latencies}
+        out["rss_mb"] = rss_mb()
+        if out["rss_10k_mb"] is None:
+            out["rss_10k_mb"] = out["rss_mb"]
+
+        # 2. a steady stream at the target rate: the app must keep up and answer keys
+        probe = KeyProbe(app, source)
+        start_applied = app.events_applied
+        started = time.perf_counter()
+        fed = 0
+        next_key = started + key_every_s
+        max_backlog = 0
+        while (now := time.perf_counter()) - started < seconds:
+            due = int((now - started) * rate)
+            if due > fed:
+                source.push(*(next(stream) for _ in range(due - fed)))
+                fed = due
+            max_backlog = max(max_backlog, fed - (app.events_applied - start_applied))
+            if now >= next_key:
+                await probe.press_next()
+                next_key = time.perf_counter() + key_every_s
+            await asyncio.sleep(0.002)
+        elapsed = time.perf_counter() - started
+        applied = app.events_applied - start_applied
+        out["paced"] = {"rate": rate, "events": applied, "seconds": elapsed, "events_per_s": applied / elapsed,
+                        "max_backlog": max_backlog, "latencies_ms": probe.latencies}
+        out["rows"] = app.base.query_one("#trace-table").row_count
+    return out
+
+
+def _keys_report(latencies: dict[str, list[float]]) -> float:
+    worst = 0.0
+    for label, vals in latencies.items():
+        if vals:
+            worst = max(worst, max(vals))
+            print(f"    key {label:<22} n={len(vals):<3} median {statistics.median(vals):6.1f} ms  "
+                  f"p90 {sorted(vals)[int(0.9 * (len(vals) - 1))]:6.1f} ms  max {max(vals):6.1f} ms")
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=60_000, help="saturation phase (>= 10,000: RSS is read there)")
+    parser.add_argument("--rate", type=float, default=TARGET_EVENTS_PER_S, help="steady phase: events per second")
+    parser.add_argument("--seconds", type=float, default=8.0, help="steady phase: duration")
+    parser.add_argument("--width", type=int, default=120)
+    parser.add_argument("--height", type=int, default=40)
+    parser.add_argument("--key-every", type=float, default=0.2, help="seconds between measured key presses")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+    r = asyncio.run(bench(args.events, args.rate, args.seconds, (args.width, args.height), args.key_every))
+
+    sat, paced = r["saturated"], r["paced"]
+    print(f"terminal {args.width}x{args.height}; {r['rows']} iterations in the trace table at the end")
+    print(f"saturated: {sat['events']:,} events in {sat['seconds']:.2f} s = {sat['events_per_s']:,.0f} events/s "
+          f"(target >= {TARGET_EVENTS_PER_S:,.0f})")
+    _keys_report(sat["latencies_ms"])
+    print(f"steady at {paced['rate']:,.0f} events/s for {paced['seconds']:.1f} s: applied {paced['events_per_s']:,.0f} "
+          f"events/s, largest backlog {paced['max_backlog']:,} events")
+    worst = _keys_report(paced["latencies_ms"])
+    print(f"keys at the steady rate: max {worst:.1f} ms (target < {TARGET_KEY_MS:.0f} ms)")
+    print(f"RSS: {r['rss_10k_mb']:.1f} MB after 10,000 events, {r['rss_mb']:.1f} MB after {sat['events']:,} "
+          f"(before: {r['rss_before_mb']:.1f} MB; target < {TARGET_RSS_MB:.0f} MB)")
+    missed = []
+    if sat["events_per_s"] < TARGET_EVENTS_PER_S:
+        missed.append("throughput")
+    if paced["events_per_s"] < 0.95 * paced["rate"] or paced["max_backlog"] > paced["rate"]:
+        missed.append("keeping up with the steady stream")
+    if not any(paced["latencies_ms"].values()) or worst >= TARGET_KEY_MS:
+        missed.append("key latency")
+    if r["rss_10k_mb"] >= TARGET_RSS_MB:
+        missed.append("memory")
+    print("result: " + ("all targets met" if not missed else "MISSED: " + ", ".join(missed)))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

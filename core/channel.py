@@ -1,0 +1,125 @@
+"""The command channel of a session: how a viewer that does not own the engine sends commands.
+
+An attached viewer (``bilevel attach``) writes each command as one JSON file,
+``<session>/commands/<time_ns>-<pid>-<nonce>.json`` holding ``{"command": ..., "args": {...}}``,
+atomically (temp file + rename), so the engine never reads half a command. The engine
+runs :func:`watch_commands`, which submits every file in name order (submission order)
+with ``source="channel"`` and deletes it; the acknowledgement is the usual
+``CommandReceived`` event in ``events.jsonl``, which every viewer sees. Several viewers may
+write at once: the file names never collide. No UI imports here.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+COMMANDS_DIR = "commands"
+_SUFFIX = ".json"
+_BAD_SUFFIX = ".invalid"  # a command file that could not be read is kept under this name, never retried
+
+Submit = Callable[..., None]
+
+
+def commands_dir(session_dir: Path) -> Path:
+    return Path(session_dir) / COMMANDS_DIR
+
+
+def write_command(session_dir: Path, name: str, /, **args: Any) -> Path:
+    """Queue one command for the engine of ``session_dir``; returns the file written."""
+    folder = commands_dir(session_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}"
+    final = folder / f"{stem}{_SUFFIX}"
+    tmp = folder / f".{stem}.tmp"  # dot-named: the watcher ignores it until the rename
+    data = json.dumps({"command": name, "args": args}, ensure_ascii=False)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+def pending_commands(session_dir: Path) -> list[Path]:
+    """Command files not yet taken by the engine, oldest first."""
+    folder = commands_dir(session_dir)
+    try:
+        names = sorted(p for p in folder.iterdir() if p.suffix == _SUFFIX and not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+    return names
+
+
+def read_command(path: Path) -> tuple[str, dict[str, Any]]:
+    """The command name and its arguments; ValueError for a file that is not a command."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("command"), str) or not data["command"]:
+        raise ValueError("expected an object with a non-empty 'command' string")
+    args = data.get("args", {})
+    if not isinstance(args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in args):
+        raise ValueError("'args' must be an object with identifier keys")
+    return data["command"], args
+
+
+def take_pending(session_dir: Path, submit: Submit, log: Callable[[str], None] | None = None) -> int:
+    """Submit and remove every pending command file; returns how many were submitted."""
+    count = 0
+    for path in pending_commands(session_dir):
+        try:
+            name, args = read_command(path)
+        except FileNotFoundError:
+            continue  # another watcher of the same session took it
+        except (OSError, ValueError) as exc:
+            if log:
+                log(f"command file {path.name} ignored: {exc}")
+            try:
+                os.replace(path, path.with_suffix(_BAD_SUFFIX))
+            except OSError:
+                pass
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        submit(name, source="channel", **args)
+        count += 1
+    return count
+
+
+async def watch_commands(session_dir: Path, submit: Submit, *, log: Callable[[str], None] | None = None,
+                         force_polling: bool | None = None) -> None:
+    """Submit each command file written into ``<session>/commands/`` until cancelled.
+
+    Files already waiting when the watch starts are submitted first (a command written
+    while the engine was starting is not lost).
+    """
+    from watchfiles import Change, awatch
+
+    folder = commands_dir(session_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    take_pending(session_dir, submit, log)
+
+    def is_command(change: Change, path: str) -> bool:
+        name = os.path.basename(path)
+        return change != Change.deleted and name.endswith(_SUFFIX) and not name.startswith(".")
+
+    while True:
+        try:
+            async for _changes in awatch(folder, watch_filter=is_command, debounce=30, step=20,
+                                         force_polling=force_polling, poll_delay_ms=100):
+                take_pending(session_dir, submit, log)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, RuntimeError) as exc:  # e.g. inotify limits: fall back to polling
+            if force_polling:
+                raise
+            if log:
+                log(f"command watch failed ({exc}); polling instead")
+            force_polling = True
+            continue
+        return

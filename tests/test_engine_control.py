@@ -1,0 +1,93 @@
+"""The command inbox: pause, resume, guidance, freeze, abort and stop, each acknowledged."""
+from __future__ import annotations
+
+import asyncio
+
+from core import events as ev
+from core.engine import Engine
+from tests.conftest import Recorder, fast_config
+
+
+async def _start(cfg) -> tuple[Engine, Recorder, asyncio.Task]:
+    engine = Engine.create(cfg)
+    rec = Recorder()
+    engine.subscribe(rec)
+    return engine, rec, asyncio.create_task(engine.run())
+
+
+async def _until(rec: Recorder, pred, timeout: float = 30.0) -> ev.Event:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        for e in rec.events:
+            if pred(e):
+                return e
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_pause_takes_effect_at_the_boundary_and_resume_continues(tmp_path):
+    engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 3}))
+    await _until(rec, lambda e: isinstance(e, ev.TrainingStarted) and e.iteration == 1)
+    engine.submit("pause", source="test")
+    await _until(rec, lambda e: isinstance(e, ev.PauseRequested))
+    paused = await _until(rec, lambda e: isinstance(e, ev.Paused))
+    # The iteration that was running when pause was asked for finished first.
+    finished = [e.iteration for e in rec.of(ev.IterationFinished)]
+    assert paused.next_iteration == finished[-1] + 1
+    await asyncio.sleep(0.3)
+    assert not [e for e in rec.of(ev.IterationStarted) if e.iteration == paused.next_iteration]
+    engine.submit("resume", source="test")
+    await asyncio.wait_for(task, 60)
+    assert engine.state.status == "completed" and rec.of(ev.Unpaused)
+    assert [e.command for e in rec.of(ev.CommandReceived)] == ["pause", "resume"]
+
+
+async def test_guidance_and_freeze_apply_from_the_next_proposal(tmp_path):
+    engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 4}))
+    await _until(rec, lambda e: isinstance(e, ev.IterationStarted) and e.iteration == 1)
+    engine.submit("set_guidance", guidance="only the learning rate")
+    for name in ("WARMDOWN_RATIO", "BATCH_SIZE", "PATTERN"):
+        engine.submit("freeze", name=name)
+    engine.submit("freeze", name="DEPTH")  # locked: refused with a reason
+    engine.submit("freeze", name="NOPE")
+    await _until(rec, lambda e: isinstance(e, ev.CommandReceived) and e.args.get("name") == "NOPE")
+    await asyncio.wait_for(task, 60)
+    acks = {(e.command, e.args.get("name")): e for e in rec.of(ev.CommandReceived)}
+    assert not acks[("freeze", "DEPTH")].ok and "locked" in acks[("freeze", "DEPTH")].error
+    assert not acks[("freeze", "NOPE")].ok and "unknown parameter" in acks[("freeze", "NOPE")].error
+    assert engine.state.guidance == "only the learning rate"
+    frozen_at = max(e.seq for e in rec.of(ev.ParamFrozen))
+    later = [e for e in rec.of(ev.ProposalMade) if e.seq > frozen_at]
+    assert later and all(set(p.changes) <= {"LR"} for p in later)
+
+
+async def test_abort_training_ends_the_run_as_cancelled_and_the_loop_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "0.5")
+    engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 2}))
+    await _until(rec, lambda e: isinstance(e, ev.TrainingProgress) and e.iteration == 1)
+    engine.submit("abort_training")
+    await _until(rec, lambda e: isinstance(e, ev.IterationFinished) and e.iteration == 1)
+    monkeypatch.setenv("FAKE_STEP_S", "0.01")
+    await asyncio.wait_for(task, 60)
+    first = [e for e in rec.of(ev.IterationFinished) if e.iteration == 1][0]
+    assert first.decision == "cancelled" and first.val_bpb is None
+    assert engine.state.status == "completed" and engine.state.next_iteration == 3
+
+
+async def test_stop_now_interrupts_the_running_iteration_cleanly(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "0.5")
+    engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 5}))
+    await _until(rec, lambda e: isinstance(e, ev.TrainingProgress) and e.iteration == 1)
+    engine.submit("stop", now=True)
+    await asyncio.wait_for(task, 30)
+    assert rec.of(ev.IterationInterrupted)[0].iteration == 1
+    assert rec.events[-1] == rec.of(ev.RunFinished)[0] and rec.events[-1].status == "stopped"
+    assert engine.state.next_iteration == 1  # re-run on resume
+
+
+async def test_unknown_command_is_refused_with_the_list(tmp_path):
+    engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 1}))
+    engine.submit("dance")
+    await asyncio.wait_for(task, 60)
+    ack = rec.of(ev.CommandReceived)[0]
+    assert not ack.ok and "pause" in ack.error

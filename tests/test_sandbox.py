@@ -1,0 +1,399 @@
+"""Generated mechanisms are parsed, policed, imported and dry-run before activation, loudly.
+
+Each case is a whole module of the kind the Level 2 dialogue writes; the import and dry
+run happen in a real child process, and the runtime guard is exercised with real
+subprocesses, sockets and files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from mechanisms.base import Mechanism, SearchState, Veto
+from mechanisms.sandbox import (MechanismLoadError, ValidationReport, check_policy, load_mechanism, runtime_guard,
+                                validate)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "mechanisms"
+TRACE = json.loads((FIXTURES / "trace.json").read_text())
+IMPORT_TIMEOUT_S = 5.0
+HOOK_TIMEOUT_S = 0.5
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def run_validate(source: str, workdir: Path, **kw: Any) -> ValidationReport:
+    kw.setdefault("records", TRACE["records"])
+    kw.setdefault("schema", TRACE["schema"])
+    return validate(source, import_timeout_s=IMPORT_TIMEOUT_S, hook_timeout_s=HOOK_TIMEOUT_S, workdir=workdir, **kw)
+
+
+def step(report: ValidationReport, name: str):
+    return next(s for s in report.steps if s.name == name)
+
+
+def failed_step(report: ValidationReport) -> str:
+    assert not report.ok
+    return next(s.name for s in report.steps if not s.ok)
+
+
+def module_with(body: str, imports: str = "") -> str:
+    """A generated-looking mechanism whose observe hook runs ``body``."""
+    return (f'"""Generated search mechanism."""\n{imports}\nfrom mechanisms.base import Mechanism\n\n\n'
+            f"class Probe(Mechanism):\n    def observe(self, state, result):\n"
+            f"{textwrap.indent(body, ' ' * 8)}\n")
+
+
+def line_of(source: str, needle: str) -> int:
+    return next(i for i, line in enumerate(source.splitlines(), 1) if needle in line)
+
+
+# --- the four steps -----------------------------------------------------------------------
+
+def test_good_mechanism_passes_all_four_steps_and_reports_its_hooks(tmp_path: Path) -> None:
+    report = run_validate(fixture("tabu_memory.py"), tmp_path)
+
+    assert report.ok, report.failure()
+    assert [s.name for s in report.steps] == ["parse", "policy", "import", "dry_run"]
+    assert report.class_name == "TabuMemory"
+    assert report.hooks == ["on_attach", "shape_prompt", "review_proposal", "observe"]
+    assert report.failure() == ""
+    # every trained record's proposal was reviewed, every scored one decided, the rejected one only prompted
+    detail = step(report, "dry_run").detail
+    for counted in ("on_attach ×1", "shape_prompt ×6", "review_proposal ×5", "decide ×4", "observe ×5"):
+        assert counted in detail
+    # the module file lands in the workdir, and nothing else is left there
+    assert [p.name for p in tmp_path.iterdir()] == [Path(report.module_path or "").name]
+    assert json.loads(json.dumps(report.to_dict()))["class_name"] == "TabuMemory"
+    assert "TabuMemory" in report.to_markdown() and "dry_run" in report.to_markdown()
+
+
+def test_empty_trace_still_calls_every_hook(tmp_path: Path) -> None:
+    report = run_validate(fixture("hook_raises.py"), tmp_path, records=[])
+
+    assert failed_step(report) == "dry_run"
+    assert "decide raised KeyError" in report.failure()
+
+
+def test_misplaced_future_import_fails_at_parse(tmp_path: Path) -> None:
+    report = run_validate("import math\n" + fixture("tabu_memory.py"), tmp_path)
+
+    assert failed_step(report) == "parse"
+    assert "from __future__ imports must occur at the beginning" in report.failure()
+
+
+def test_syntax_error_reports_line_and_column(tmp_path: Path) -> None:
+    report = run_validate(fixture("syntax_error.py.txt"), tmp_path)
+
+    assert failed_step(report) == "parse"
+    assert "line 8, column" in report.failure()
+    assert "for r in state.records" in report.failure()
+    assert list(tmp_path.iterdir()) == []  # nothing is written for code that never gets imported
+
+
+FORBIDDEN = [
+    ("subprocess", "import subprocess", 'subprocess.run(["ls", "-l"])', "forbidden-import", "import subprocess"),
+    ("socket", "import socket", 'socket.create_connection(("example.com", 80))', "forbidden-import",
+     "import socket"),
+    ("ctypes", "import ctypes", "ctypes.CDLL(None).abort()", "forbidden-import", "import ctypes"),
+    ("os.system", "import os", 'os.system("nvidia-smi")', "forbidden-call", "os.system"),
+    ("eval", "", 'self.best = eval("result[\'val_bpb\']")', "forbidden-name", "eval("),
+    ("exec", "", 'exec("self.count = 1")', "forbidden-name", "exec("),
+    ("open-for-write", "", 'open("trace.log", "a").write(str(result))', "open-for-write", "open("),
+    ("__import__", "", '__import__("os").getcwd()', "forbidden-name", "__import__"),
+    ("Path.write_text", "from pathlib import Path", 'Path("notes.txt").write_text(str(result))',
+     "filesystem-write", "write_text"),
+    ("from-os-import-system", "from os import system", 'system("ls")', "forbidden-call", "from os import"),
+    ("threading", "import threading", "threading.Thread(target=print).start()", "forbidden-import",
+     "import threading"),
+    ("open-non-literal-mode", "", 'mode = "w"\nopen("trace.log", mode)', "open-mode", "open("),
+    ("dunder-escape", "", "().__class__.__bases__[0].__subclasses__()", "dunder-escape", "__subclasses__"),
+    ("dynamic-getattr", "", 'getattr(self, "_" + "hook")()', "dynamic-attribute", "getattr"),
+    ("relative-import", "from . import helpers", "helpers.run()", "relative-import", "from . import"),
+    ("sys.modules", "import sys", 'sys.modules["subprocess"].run(["ls"])', "forbidden-call", "sys.modules"),
+]
+
+
+@pytest.mark.parametrize("imports, body, rule, needle", [c[1:] for c in FORBIDDEN], ids=[c[0] for c in FORBIDDEN])
+def test_forbidden_code_is_rejected_at_policy_with_rule_and_line(
+        tmp_path: Path, imports: str, body: str, rule: str, needle: str) -> None:
+    source = module_with(body, imports)
+    report = run_validate(source, tmp_path)
+
+    assert failed_step(report) == "policy"
+    line = line_of(source, needle)
+    assert any(v.startswith(f"line {line}: {rule}:") for v in report.violations), report.violations
+    assert rule in report.failure()
+    assert check_policy(source) == report.violations
+
+
+def test_read_only_open_and_standard_library_pass_policy() -> None:
+    source = module_with('with open("notes.txt") as fh:\n    self.notes = json.load(fh)\n'
+                         'self.mean = statistics.fmean([1.0, 2.0])\nself.when = os.path.getmtime("notes.txt")',
+                         "import json\nimport os\nimport statistics")
+    assert check_policy(source) == []
+
+
+def test_installed_third_party_package_needs_the_allow_list() -> None:
+    source = module_with("self.mean = numpy.mean([1.0, 2.0])", "import numpy")
+
+    assert any("forbidden-import" in v and "allow_imports" in v for v in check_policy(source))
+    assert check_policy(source, allow_imports=["numpy"]) == []
+
+
+def test_missing_package_is_named_at_import(tmp_path: Path) -> None:
+    report = run_validate(fixture("missing_package.py"), tmp_path)
+
+    assert failed_step(report) == "import"
+    assert report.missing_packages == ["sklearn_not_installed_xyz"]
+    assert "missing package 'sklearn_not_installed_xyz'" in report.failure()
+
+
+def test_exception_in_a_hook_fails_the_dry_run_naming_the_hook(tmp_path: Path) -> None:
+    report = run_validate(fixture("hook_raises.py"), tmp_path)
+
+    assert failed_step(report) == "dry_run"
+    assert "decide raised KeyError" in report.failure()
+    assert "result[\"delta\"]" in report.failure()  # the traceback's last lines point at the bug
+
+
+def test_hook_that_never_returns_times_out_naming_the_hook(tmp_path: Path) -> None:
+    started = time.monotonic()
+    report = run_validate(fixture("hook_hangs.py"), tmp_path)
+
+    assert time.monotonic() - started < IMPORT_TIMEOUT_S
+    assert failed_step(report) == "dry_run"
+    assert "observe did not return within 0.5 s" in report.failure()
+
+
+def test_hook_that_swallows_the_alarm_is_still_killed(tmp_path: Path) -> None:
+    source = module_with("while True:\n    try:\n        while True:\n            pass\n"
+                         "    except BaseException:\n        pass")
+    started = time.monotonic()
+    report = run_validate(source, tmp_path)
+
+    assert time.monotonic() - started < IMPORT_TIMEOUT_S
+    assert failed_step(report) == "dry_run"
+    assert "observe did not return" in report.failure()
+
+
+def test_import_that_hangs_is_killed_at_the_import_timeout(tmp_path: Path) -> None:
+    started = time.monotonic()
+    report = run_validate(fixture("import_hangs.py"), tmp_path)
+    elapsed = time.monotonic() - started
+
+    assert IMPORT_TIMEOUT_S <= elapsed < IMPORT_TIMEOUT_S + 3
+    assert failed_step(report) == "import"
+    assert "did not finish within 5 s" in report.failure()
+
+
+@pytest.mark.parametrize("garbage, shown", [("42", "int 42"), ('"yes"', "str 'yes'"), ("Veto(7)", "Veto(int 7)")])
+def test_review_proposal_returning_garbage_is_rejected(tmp_path: Path, garbage: str, shown: str) -> None:
+    source = textwrap.dedent(f'''\
+        """Always says something."""
+        from mechanisms.base import Mechanism, Veto
+
+
+        class Opinionated(Mechanism):
+            def review_proposal(self, state, proposal):
+                return {garbage}
+        ''')
+    report = run_validate(source, tmp_path)
+
+    assert failed_step(report) == "dry_run"
+    assert "review_proposal returned" in report.failure() and shown in report.failure()
+
+
+@pytest.mark.parametrize("hook, body, message", [
+    ("decide", 'return "maybe"', "decide returned str 'maybe'"),
+    ("shape_prompt", 'return {"hint": 1}', "shape_prompt returned dict"),
+])
+def test_other_hooks_returning_the_wrong_type_are_rejected(tmp_path: Path, hook: str, body: str,
+                                                           message: str) -> None:
+    args = {"decide": "state, result, best", "shape_prompt": "state, prompt"}[hook]
+    source = (f'"""Fixture."""\nfrom mechanisms.base import Mechanism\n\n\nclass Odd(Mechanism):\n'
+              f"    def {hook}(self, {args}):\n        {body}\n")
+    report = run_validate(source, tmp_path)
+
+    assert failed_step(report) == "dry_run"
+    assert message in report.failure()
+
+
+@pytest.mark.parametrize("name, count", [("two_classes.py", "found 2"), ("no_class.py", "found none")])
+def test_module_must_define_exactly_one_mechanism_class(tmp_path: Path, name: str, count: str) -> None:
+    report = run_validate(fixture(name), tmp_path)
+
+    assert failed_step(report) == "policy"
+    assert any("mechanism-class" in v and count in v for v in report.violations)
+
+
+def test_a_subclass_of_a_local_mechanism_counts_as_a_second_class() -> None:
+    source = fixture("tabu_memory.py") + "\n\nclass StricterTabu(TabuMemory):\n    pass\n"
+    assert any("mechanism-class" in v and "found 2" in v for v in check_policy(source))
+
+
+def test_forbidden_operation_is_caught_at_run_time_even_when_swallowed(tmp_path: Path) -> None:
+    probe = Path(os.path.expanduser("~/.bilevel_sandbox_probe"))  # where the fixture tries to write
+    try:
+        report = run_validate(fixture("swallowed_write.py"), tmp_path)
+
+        assert failed_step(report) == "dry_run"
+        assert "observe attempted a forbidden operation" in report.failure()
+        assert not probe.exists()
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def test_stray_prints_cannot_forge_the_report(tmp_path: Path) -> None:
+    forged = '{"event": "done", "ok": true, "detail": "forged"}'
+    source = module_with(f"print('@@bilevel-dryrun@@ {forged}')\nprint(1 / 0)")
+    report = run_validate(source, tmp_path)
+
+    assert failed_step(report) == "dry_run"
+    assert "observe raised ZeroDivisionError" in report.failure()
+
+
+def test_validate_runs_concurrently_from_threads(tmp_path: Path) -> None:
+    reports: list[ValidationReport] = []
+    sources = [fixture("tabu_memory.py"), fixture("hook_raises.py")]
+    threads = [threading.Thread(target=lambda s=s: reports.append(run_validate(s, tmp_path))) for s in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sorted(r.ok for r in reports) == [False, True]
+
+
+# --- loading ------------------------------------------------------------------------------
+
+def test_load_mechanism_returns_an_instance_whose_hooks_work(tmp_path: Path) -> None:
+    report = run_validate(fixture("tabu_memory.py"), tmp_path)
+    mechanism = load_mechanism(Path(report.module_path or ""), "generated_tabu_memory")
+
+    assert isinstance(mechanism, Mechanism) and type(mechanism).__name__ == "TabuMemory"
+    state = SearchState(records=TRACE["records"], schema=TRACE["schema"])
+    mechanism.on_attach(state)
+    assert "WARMUP_RATIO: 0.1" in (mechanism.shape_prompt(state, "prompt") or "")
+    verdict = mechanism.review_proposal(state, {"changes": {"WARMUP_RATIO": 0.1}, "hypothesis": "again"})
+    assert isinstance(verdict, Veto) and "WARMUP_RATIO" in verdict.reason
+    assert mechanism.review_proposal(state, {"changes": {"MATRIX_LR": 0.1}, "hypothesis": "new"}) is None
+    assert not list(tmp_path.glob("**/__pycache__"))
+
+
+@pytest.mark.parametrize("source, reason", [
+    (fixture("tabu_memory.py").replace("import math", "import math\nimport sklearn_not_installed_xyz"),
+     "missing package 'sklearn_not_installed_xyz'"),
+    (fixture("two_classes.py"), "mechanism-class"),
+    (module_with("pass", "import subprocess"), "forbidden-import"),
+    (fixture("tabu_memory.py").replace("class TabuMemory", "raise RuntimeError('boom')\n\n\nclass TabuMemory"),
+     "RuntimeError: boom"),
+], ids=["missing-package", "two-classes", "policy", "raises-at-import"])
+def test_load_mechanism_raises_with_the_reason_and_never_falls_back(tmp_path: Path, source: str,
+                                                                      reason: str) -> None:
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    with pytest.raises(MechanismLoadError, match=reason.replace("(", r"\(")):
+        load_mechanism(path, "generated_broken")
+
+
+# --- the runtime guard --------------------------------------------------------------------
+
+def in_marked_thread(write_root: Path, action: Callable[[], Any]) -> BaseException | None:
+    """Run ``action`` under the guard in a fresh thread; returns what it raised."""
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        with runtime_guard(write_root):
+            try:
+                action()
+            except BaseException as exc:  # noqa: BLE001
+                raised.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    return raised[0] if raised else None
+
+
+def test_runtime_guard_blocks_subprocess_in_a_marked_thread_only(tmp_path: Path) -> None:
+    run = lambda: subprocess.run([sys.executable, "-c", "pass"], check=True)  # noqa: E731
+
+    assert isinstance(in_marked_thread(tmp_path, run), PermissionError)
+    run()  # the main thread is unaffected
+
+
+def test_runtime_guard_blocks_sockets_in_a_marked_thread_only(tmp_path: Path) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    address = server.getsockname()
+    try:
+        assert isinstance(in_marked_thread(tmp_path, lambda: socket.create_connection(address, timeout=2)),
+                          PermissionError)
+        with socket.create_connection(address, timeout=2):  # the main thread still connects
+            pass
+    finally:
+        server.close()
+
+
+def test_runtime_guard_blocks_writes_outside_the_write_root(tmp_path: Path) -> None:
+    root, outside = tmp_path / "scratch", tmp_path / "outside.txt"
+    root.mkdir()
+
+    assert isinstance(in_marked_thread(root, lambda: outside.write_text("x")), PermissionError)
+    assert not outside.exists()
+    assert in_marked_thread(root, lambda: (root / "state.json").write_text("{}")) is None
+    assert isinstance(in_marked_thread(root, lambda: os.rename(root / "state.json", outside)), PermissionError)
+    assert in_marked_thread(root, lambda: Path(__file__).read_text()) is None  # reading is allowed
+    outside.write_text("main thread")  # unaffected
+    assert outside.read_text() == "main thread"
+
+
+def test_runtime_guard_records_what_it_blocked_and_unmarks_on_exit(tmp_path: Path) -> None:
+    with runtime_guard(tmp_path) as scope:
+        try:
+            subprocess.run([sys.executable, "-c", "pass"])
+        except PermissionError:
+            pass  # a mechanism may swallow the error; the scope still remembers
+    assert scope.blocked and "subprocess.Popen" in scope.blocked[0]
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+
+def test_allow_listed_package_imports_outside_the_guard(tmp_path: Path) -> None:
+    # numpy sets environment variables at import, which the guard refuses to mechanism code
+    source = module_with("self.mean = float(numpy.mean([1.0, 2.0]))", "import numpy")
+    report = run_validate(source, tmp_path, allow_imports=["numpy"])
+
+    assert report.ok, report.failure()
+    mechanism = load_mechanism(Path(report.module_path or ""), "generated_numpy_probe", allow_imports=["numpy"])
+    mechanism.observe(SearchState(), {})
+    assert mechanism.mean == 1.5  # type: ignore[attr-defined]
+
+
+def test_top_level_forbidden_operation_fails_the_import(tmp_path: Path) -> None:
+    source = module_with("pass", "import io\ntry:\n    io.FileIO('/proc/self/comm', 'w')\nexcept OSError:\n    pass")
+    report = run_validate(source, tmp_path)
+
+    assert failed_step(report) == "import"
+    assert "top level attempted a forbidden operation" in report.failure()
+
+
+def test_a_module_name_that_shadows_a_real_module_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        run_validate(fixture("tabu_memory.py"), tmp_path, module_name="json")
+    path = tmp_path / "json.py"
+    path.write_text(fixture("tabu_memory.py"))
+    with pytest.raises(MechanismLoadError, match="cannot name"):
+        load_mechanism(path, "json")

@@ -1,0 +1,391 @@
+"""Every control of the app, driven by key presses against a running engine.
+
+The engine here is :class:`tui.synthetic.ScriptedEngine`: it has the engine's command
+surface (``submit``/``subscribe``), writes a real session and answers commands with the
+engine's events, so each test checks what the engine *received* and what it *did*.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+
+from textual import events as tx_events
+from textual.keys import _character_to_key
+
+from core import events as ev
+from core.session import SessionReader
+from tui.app import BilevelApp
+from tui.widgets.header import StatusHeader
+from tui.screens.approval import ApprovalScreen
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.guidance import GuidanceScreen
+from tui.screens.help import HelpScreen
+from tui.screens.params import FreezeScreen
+from tui.sources import LiveSource, ReplaySource
+from tui.synthetic import Plan, ScriptedEngine, StepClock, record_session
+
+SIZE = (120, 40)
+
+
+def on_screen(app: BilevelApp, kind: type) -> Callable[[], bool]:
+    """True once a screen of ``kind`` is on top and composed."""
+    return lambda: isinstance(app.screen, kind) and app.screen.is_attached and bool(app.screen.children)
+
+
+async def until(pilot: Any, predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await pilot.pause(0.02)
+
+
+async def press(app: BilevelApp, *keys: str, settle: float = 0.05) -> None:
+    """Key presses as the terminal sends them. Unlike ``Pilot.press`` this does not wait for the
+    process to go idle, which a running engine never does."""
+    for key in keys:
+        char = key if len(key) == 1 else {"space": " ", "enter": "\r", "full_stop": "."}.get(key)
+        name = _character_to_key(key) if len(key) == 1 else key
+        app._driver.send_message(tx_events.Key(name, char))
+        await asyncio.sleep(settle)
+
+
+async def type_text(app: BilevelApp, text: str) -> None:
+    await press(app, *text, settle=0.005)
+    await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def live_app(path: Path, plan: Plan, **app_kw: Any) -> AsyncIterator[tuple[BilevelApp, Any, ScriptedEngine]]:
+    engine = ScriptedEngine(path, plan, clock=StepClock())
+    source = LiveSource(engine)
+    task = asyncio.create_task(engine.run())
+    source.engine_task = task
+    app = BilevelApp(source, deterministic=True, **app_kw)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            yield app, pilot, engine
+    finally:
+        if not task.done():
+            engine.request_stop("test over", hard=True)
+        await asyncio.wait_for(task, 10)
+
+
+def received(engine: ScriptedEngine, command: str) -> list[ev.CommandReceived]:
+    return [e for e in SessionReader(engine.dir).events() if isinstance(e, ev.CommandReceived) and e.command == command]
+
+
+def logged(engine: ScriptedEngine, kind: type) -> list[Any]:
+    return [e for e in SessionReader(engine.dir).events() if isinstance(e, kind)]
+
+
+SLOW = dict(iterations=200, step_s=0.004, progress_per_run=150, crash_at=None)
+
+
+async def test_space_pauses_showing_pausing_until_paused_and_space_resumes(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    shown: list[str] = []
+    render = StatusHeader.render
+
+    def recording_render(self: StatusHeader) -> Any:
+        text = render(self)
+        shown.append(text.plain.splitlines()[0].rsplit("●", 1)[-1].strip())
+        return text
+
+    monkeypatch.setattr(StatusHeader, "render", recording_render)
+    async with live_app(tmp_path / "s", Plan(**{**SLOW, "progress_per_run": 300})) as (app, pilot, engine):
+        await until(pilot, lambda: app.model.training_iteration not in (None, 0), what="a training run")
+        await press(app, "space")
+        await until(pilot, lambda: app.model.status == "paused", what="Paused")
+        await app._repaint()
+        paused_at = app.model.state.next_iteration
+        await pilot.pause(0.3)
+        assert app.model.state.running is None and app.model.state.next_iteration == paused_at  # nothing ran
+        await press(app, "space")
+        await until(pilot, lambda: app.model.status == "running" and app.model.state.running is not None)
+    # the header said "pausing…" from the key press until the engine had paused, then "paused"
+    states = [s for i, s in enumerate(shown) if i == 0 or s != shown[i - 1]]
+    assert states[states.index("pausing…"):][:3] == ["pausing…", "paused", "running"]
+    assert [c.source for c in received(engine, "pause")] == ["tui"]
+    assert [c.ok for c in received(engine, "resume")] == [True]
+    assert len(logged(engine, ev.Paused)) == 1 and len(logged(engine, ev.Unpaused)) == 1
+
+
+async def test_abort_asks_then_cancels_only_the_running_training(tmp_path: Path):
+    async with live_app(tmp_path / "s", Plan(**SLOW)) as (app, pilot, engine):
+        await until(pilot, lambda: (app.model.training_iteration or 0) >= 1, what="training")
+        it = app.model.training_iteration
+        await press(app, "x")
+        await until(pilot, on_screen(app, ConfirmScreen))
+        await press(app, "enter")  # the focused first answer: abort
+        await until(pilot, lambda: app.model.rows.get(it) is not None and app.model.rows[it].phase == "cancelled",
+                    what="the cancelled verdict")
+        await until(pilot, lambda: app.model.state.running not in (None, it), what="the next iteration")
+    assert [c.ok for c in received(engine, "abort_training")] == [True]
+
+
+async def test_abort_is_greyed_out_when_nothing_trains(tmp_path: Path):
+    path = tmp_path / "s"
+    await record_session(path, Plan(iterations=2, progress_per_run=2))
+    app = BilevelApp(ReplaySource(path, follow=False), deterministic=True)
+    async with app.run_test(size=SIZE):
+        await app.caught_up()
+        assert app.check_action("abort_training", ()) is False  # read-only
+    engine = ScriptedEngine(tmp_path / "t", Plan(iterations=0))
+    live = BilevelApp(LiveSource(engine), deterministic=True)
+    assert live.check_action("abort_training", ()) is None
+    engine.writer.close()
+
+
+async def test_guidance_edited_in_the_modal_reaches_the_engine(tmp_path: Path):
+    async with live_app(tmp_path / "s", Plan(**SLOW)) as (app, pilot, engine):
+        await until(pilot, lambda: app.model.state.session != "", what="session start")
+        await press(app, "g")
+        await until(pilot, on_screen(app, GuidanceScreen))
+        area = app.screen.query_one("TextArea")
+        area.text = ""
+        await type_text(app, "Try a longer warmdown.")
+        await press(app, "ctrl+s")
+        await until(pilot, lambda: app.model.state.guidance == "Try a longer warmdown.", what="GuidanceChanged")
+        await press(app, "g")
+        await until(pilot, on_screen(app, GuidanceScreen))
+        await press(app, "escape")  # cancel sends nothing
+        await pilot.pause(0.1)
+    assert [c.args for c in received(engine, "set_guidance")] == [{"guidance": "Try a longer warmdown."}]
+    changed = logged(engine, ev.GuidanceChanged)
+    assert changed[-1].source == "user" or any(e.guidance == "Try a longer warmdown." for e in changed)
+
+
+async def test_guidance_can_be_edited_in_the_users_editor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    script = "import sys; open(sys.argv[1], 'w').write('From the editor.\\n')"
+    monkeypatch.setenv("EDITOR", f"{sys.executable} -c \"{script}\"")
+    monkeypatch.delenv("VISUAL", raising=False)
+    async with live_app(tmp_path / "s", Plan(**SLOW)) as (app, pilot, engine):
+        await until(pilot, lambda: app.model.state.session != "")
+        await press(app, "e")
+        await until(pilot, lambda: app.model.state.guidance == "From the editor.", what="guidance from $EDITOR")
+    assert [c.source for c in received(engine, "set_guidance")] == ["tui"]
+
+
+async def test_a_failing_editor_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("EDITOR", f"{sys.executable} -c \"raise SystemExit(3)\"")
+    async with live_app(tmp_path / "s", Plan(**SLOW)) as (app, pilot, engine):
+        await until(pilot, lambda: app.model.state.session != "")
+        await press(app, "e")
+        await pilot.pause(0.2)
+    assert received(engine, "set_guidance") == []
+
+
+async def test_freeze_then_unfreeze_a_parameter_by_hand(tmp_path: Path):
+    async with live_app(tmp_path / "s", Plan(**SLOW, group="A")) as (app, pilot, engine):
+        await until(pilot, lambda: app.model.state.schema != {})
+        await press(app, "f")
+        await until(pilot, on_screen(app, FreezeScreen))
+        screen = app.screen
+        options = screen.query_one("OptionList")
+        assert options.get_option("DEPTH").disabled  # locked by the configuration
+        options.highlighted = options.get_option_index("MATRIX_LR")
+        await press(app, "enter")
+        await until(pilot, lambda: "MATRIX_LR" in app.model.state.frozen, what="ParamFrozen")
+        await app._repaint()
+        assert "frozen" in str(app.query_one("#params-table").get_row("MATRIX_LR")[1])
+        await press(app, "f")
+        await until(pilot, on_screen(app, FreezeScreen))
+        options = app.screen.query_one("OptionList")
+        options.highlighted = options.get_option_index("MATRIX_LR")
+        await press(app, "enter")
+        await until(pilot, lambda: "MATRIX_LR" not in app.model.state.frozen, what="ParamUnfrozen")
+    assert [(c.command, c.args["name"], c.ok) for c in received(engine, "freeze") + received(engine, "unfreeze")] == [
+        ("freeze", "MATRIX_LR", True), ("unfreeze", "MATRIX_LR", True)]
+    assert [e.source for e in logged(engine, ev.ParamFrozen)] == ["user"]
+
+
+async def test_pending_mechanism_is_approved_or_rejected_with_code_and_report_on_screen(tmp_path: Path):
+    plan = Plan(iterations=40, step_s=0.002, progress_per_run=4, approval="manual", outer_period=2, crash_at=None)
+    async with live_app(tmp_path / "s", plan) as (app, pilot, engine):
+        await until(pilot, lambda: bool(app.model.pending), what="a pending mechanism")
+        await app._repaint()
+        assert "to approve (v)" in app.screen_text().splitlines()[0]
+        first = next(iter(app.model.pending))
+        await press(app, "v")
+        await until(pilot, on_screen(app, ApprovalScreen))
+        await pilot.pause(0.1)
+        shown = app.screen_text()
+        assert "class TabuMemory1(Mechanism)" in shown and "dry run" in shown
+        await press(app, "a")
+        await until(pilot, lambda: "TabuMemory1" in app.model.active_mechanisms, what="activation")
+        await until(pilot, lambda: bool(app.model.pending) and first not in app.model.pending, what="second")
+        second = next(iter(app.model.pending))
+        await press(app, "v")
+        await until(pilot, on_screen(app, ApprovalScreen))
+        await press(app, "r")
+        await until(pilot, lambda: app.model.research[second].finished is not None, what="declined")
+        assert app.model.research[second].finished.outcome == "declined"
+    assert [c.args["research_id"] for c in received(engine, "approve_mechanism")] == [first]
+    assert [c.args["research_id"] for c in received(engine, "reject_mechanism")] == [second]
+
+
+async def test_quit_while_running_asks_then_stops_cleanly_and_the_session_stays_resumable(tmp_path: Path):
+    async with live_app(tmp_path / "s", Plan(**SLOW)) as (app, pilot, engine):
+        await until(pilot, lambda: (app.model.training_iteration or 0) >= 1)
+        await press(app, "q")
+        await until(pilot, on_screen(app, ConfirmScreen))
+        await press(app, "escape")  # cancelled: nothing happens
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), what="the dialog to close")
+        assert received(engine, "stop") == []
+        await press(app, "q", "enter")
+        await until(pilot, lambda: not app.is_running, what="the app to exit")
+    finished = logged(engine, ev.RunFinished)
+    assert [f.status for f in finished] == ["stopped"]
+    assert [c.args.get("now") for c in received(engine, "stop")] == [True]
+    assert logged(engine, ev.IterationInterrupted)  # the cut-short iteration is re-run on resume
+
+
+async def test_quit_after_the_run_finished_does_not_ask(tmp_path: Path):
+    async with live_app(tmp_path / "s", Plan(iterations=1, progress_per_run=2)) as (app, pilot, engine):
+        await until(pilot, lambda: app.model.finished is not None)
+        await press(app, "q")
+        await until(pilot, lambda: not app.is_running)
+
+
+async def test_replay_is_read_only_and_space_pauses_the_replay(tmp_path: Path):
+    path = tmp_path / "s"
+    await record_session(path, Plan(iterations=3, progress_per_run=3))
+    source = ReplaySource(path, speed=1.0, follow=False)
+    app = BilevelApp(source, deterministic=True)
+    async with app.run_test(size=SIZE) as pilot:
+        for key in ("g", "f", "x", "e", "v"):
+            await pilot.press(key)
+            assert app.screen is app.screen_stack[0], key
+        await pilot.press("space")
+        assert source.paused
+        assert "⏸" in app.screen_text().splitlines()[0]
+        await pilot.press("space")
+        assert not source.paused
+
+
+async def test_replay_speed_step_and_seek_keys(tmp_path: Path):
+    path = tmp_path / "s"
+    await record_session(path, Plan(iterations=6, progress_per_run=3))
+    source = ReplaySource(path, speed=1.0, follow=False)
+    app = BilevelApp(source, deterministic=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("plus", "plus")
+        assert source.speed == 100.0
+        await pilot.press("minus")
+        assert source.speed == 10.0
+        await pilot.press("full_stop")  # step: pauses at the end of the next iteration
+        await until(pilot, lambda: app.model.rows.get(0) is not None and app.model.rows[0].final)
+        assert source.paused and 1 not in app.model.rows
+        await pilot.press("full_stop")
+        await until(pilot, lambda: 1 in app.model.rows and app.model.rows[1].final)
+        await pilot.press("i", "5", "enter")  # seek forward
+        await until(pilot, lambda: 5 in app.model.rows and app.model.rows[5].final)
+        await pilot.press("i", "2", "enter")  # seek back: the screen starts over and stops at #2
+        await until(pilot, lambda: max(app.model.rows, default=-1) == 2 and app.model.rows[2].final)
+        await app.caught_up()
+        assert app.query_one("#trace-table").row_count == 3
+
+
+async def test_replay_reaches_the_same_final_screen_as_the_live_run(tmp_path: Path):
+    path = tmp_path / "same"
+    plan = Plan(iterations=8, step_s=0.001, progress_per_run=5, outer_period=3)
+    async with live_app(path, plan) as (app, pilot, engine):
+        await until(pilot, lambda: app.model.finished is not None, what="the run's end")
+        await app.caught_up()
+        await pilot.pause(0.1)
+        live_screen = app.screen_text().splitlines()
+    replay = BilevelApp(ReplaySource(path, follow=False), deterministic=True)
+    async with replay.run_test(size=SIZE) as pilot:
+        await replay.caught_up()
+        await pilot.pause(0.1)
+        replay_screen = replay.screen_text().splitlines()
+    # the first line names the mode (LIVE / REPLAY) and the footer lists each mode's keys
+    assert live_screen[1:-1] == replay_screen[1:-1]
+    assert "LIVE" in live_screen[0] and "REPLAY" in replay_screen[0]
+
+
+async def test_config_change_is_offered_and_applied_on_reload(tmp_path: Path):
+    config = tmp_path / "exp.toml"
+    config.write_text('[search]\nguidance = "first"\n[budget]\niterations = 200\ntime_s = 300\n')
+    async with live_app(tmp_path / "s", Plan(**SLOW), config_path=config) as (app, pilot, engine):
+        await until(pilot, lambda: app.model.state.session != "")
+        assert app.check_action("reload_config", ()) is False
+        await pilot.pause(0.3)
+        config.write_text('[search]\nguidance = "edited in the file"\n[budget]\niterations = 200\ntime_s = 300\n')
+        await until(pilot, lambda: app.config_change is not None, timeout=10, what="the config watcher")
+        assert app.config_change == {"guidance": "edited in the file"}
+        await press(app, "r")
+        await until(pilot, on_screen(app, ConfirmScreen))
+        await press(app, "enter")
+        await until(pilot, lambda: app.model.state.guidance == "edited in the file", what="GuidanceChanged")
+        assert app.config_change is None
+
+
+async def test_maximise_focus_and_help(tmp_path: Path):
+    path = tmp_path / "s"
+    await record_session(path, Plan(iterations=2, progress_per_run=2))
+    app = BilevelApp(ReplaySource(path, follow=False), deterministic=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.caught_up()
+        await pilot.press("3", "z")
+        assert app.screen.maximized is app.query_one("#research")
+        await pilot.press("z")
+        assert app.screen.maximized is None
+        await pilot.press("4", "z", "escape")
+        assert app.screen.maximized is None
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        ids = {bid for _, _, bid in app.screen.keys}
+        assert {"pause", "replay.step", "maximize", "help", "quit"}.issubset(ids)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_every_action_is_in_the_command_palette(tmp_path: Path):
+    engine = ScriptedEngine(tmp_path / "live", Plan(iterations=0))
+    live = BilevelApp(LiveSource(engine), deterministic=True)
+    async with live.run_test(size=SIZE):
+        live.config_change = {"guidance": "x"}
+        live.model.pending["r1"] = ev.MechanismPending(research_id="r1", name="M")
+        live.model.training_iteration = 1
+        titles = {c.title for c in live.get_system_commands(live.screen)}
+    engine.writer.close()
+    for title in ("Pause / resume", "Abort the training run", "Stop the run", "Edit guidance",
+                  "Edit guidance in $EDITOR", "Freeze / unfreeze a parameter", "Review pending mechanism",
+                  "Reload config", "Maximise / restore pane", "Help", "Quit"):
+        assert title in titles
+    assert "Replay: step" not in titles
+    path = tmp_path / "rec"
+    await record_session(path, Plan(iterations=1, progress_per_run=2))
+    replay = BilevelApp(ReplaySource(path, follow=False), deterministic=True)
+    async with replay.run_test(size=SIZE):
+        titles = {c.title for c in replay.get_system_commands(replay.screen)}
+    assert {"Replay: step", "Replay: faster", "Replay: seek to iteration"}.issubset(titles)
+    assert "Edit guidance" not in titles and "Freeze / unfreeze a parameter" not in titles
+
+
+async def test_a_users_keymap_remaps_a_binding_by_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    keymap = tmp_path / "keymap.toml"
+    keymap.write_text('[keymap]\npause = "p"\n')
+    monkeypatch.setenv("BILEVEL_KEYMAP", str(keymap))
+    async with live_app(tmp_path / "s", Plan(**SLOW)) as (app, pilot, engine):
+        await until(pilot, lambda: app.model.state.session != "")
+        await press(app, "p")
+        await until(pilot, lambda: app.model.state.pause_requested or app.model.state.paused)
+    assert len(received(engine, "pause")) == 1
+
+
+async def test_refused_command_is_reported(tmp_path: Path):
+    async with live_app(tmp_path / "s", Plan(**SLOW)) as (app, pilot, engine):
+        await until(pilot, lambda: app.model.state.session != "")
+        await app.send("freeze", name="NOT_A_PARAM")
+        await until(pilot, lambda: bool(received(engine, "freeze")))
+        await until(pilot, lambda: any(n.severity == "error" for n in app._notifications), what="an error toast")
+    assert received(engine, "freeze")[0].ok is False

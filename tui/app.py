@@ -1,0 +1,691 @@
+"""The bilevel terminal app: every pane is a view of the engine's event stream.
+
+One worker consumes events from a :mod:`tui.sources` source into the view model; a timer
+repaints the stale parts at 15 Hz inside one batch update, so a flood of progress lines
+and tokens costs one repaint per tick. Commands go back through the source: to the
+engine in this process, or through the session's command channel to a detached one.
+Replays are read-only.
+
+Set ``BILEVEL_TUI_DETERMINISTIC=1`` for screenshots and snapshot tests: no wall clock
+(times come from the events), no blinking cursor, no animation, no user keymap.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterable
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer
+
+from .model import HEADER, ViewModel
+from .screens.approval import ApprovalScreen
+from .screens.confirm import ConfirmScreen
+from .screens.guidance import GuidanceScreen
+from .screens.help import HelpScreen
+from .screens.params import FreezeScreen
+from .screens.seek import SeekScreen
+from .sources import RESET, ReadOnlyError, ReplaySource, Source
+from .widgets.eventlog import EventLogPane
+from .widgets.header import StatusHeader
+from .widgets.pane import Pane
+from .widgets.patches import PatchPane
+from .widgets.research import ResearchPane
+from .widgets.splitter import Splitter
+from .widgets.strategy import StrategyPane, param_rows
+from .widgets.trace import TracePane
+
+DETERMINISTIC_ENV = "BILEVEL_TUI_DETERMINISTIC"
+REFRESH_HZ = 10
+GC_THRESHOLDS = (5000, 20, 100)  # Python's default is (700, 10, 10)
+SLICE_S = 0.004
+FIRST_PAINT_WAIT_S = 1.5  # a history that loads within this is painted once, at its end  # longest stretch of event folding before the loop serves keys and repaints
+LIVE_COMMANDS = ("toggle_pause", "abort_training", "stop", "edit_guidance", "edit_guidance_external", "freeze",
+                 "review_mechanism", "reload_config")
+REPLAY_ACTIONS = ("replay_step", "replay_faster", "replay_slower", "replay_seek")
+DYNAMIC_ACTIONS = ("toggle_pause", "abort_training", "stop", "review_mechanism", "reload_config")
+PANE_IDS = ("trace", "strategy", "research", "patches", "events")
+PANE_FOCUS = {"trace": "#trace-table", "strategy": "#params-table", "research": "#research-scroll",
+              "patches": "#patch-list", "events": "#event-log"}
+
+# (action, title, help) for the command palette
+PALETTE = (
+    ("toggle_pause", "Pause / resume", "Pause at the next iteration boundary, or resume"),
+    ("abort_training", "Abort the training run", "Cancel the run in progress; the iteration is recorded as cancelled"),
+    ("stop", "Stop the run", "Stop after the current iteration; the session stays resumable"),
+    ("edit_guidance", "Edit guidance", "Change the guidance the inner loop reads"),
+    ("edit_guidance_external", "Edit guidance in $EDITOR", "Open the guidance in your editor"),
+    ("freeze", "Freeze / unfreeze a parameter", "Take a parameter out of the search, or put it back"),
+    ("review_mechanism", "Review pending mechanism", "Approve or reject a validated mechanism"),
+    ("reload_config", "Reload config", "Apply the changed guidance/budget from the config file"),
+    ("replay_step", "Replay: step", "Advance to the end of the next iteration"),
+    ("replay_faster", "Replay: faster", "1× → 10× → 100× → instant"),
+    ("replay_slower", "Replay: slower", "instant → 100× → 10× → 1×"),
+    ("replay_seek", "Replay: seek to iteration", "Show the session as it stood after an iteration"),
+    ("toggle_maximize", "Maximise / restore pane", "Give the focused pane the whole screen"),
+    ("toggle_events", "Show / hide the event log", "The pane with one line per event"),
+    ("help", "Help", "Panes and keys"),
+    ("quit_app", "Quit", "Leave the app (asks first while a run is active)"),
+)
+
+
+def deterministic_from_env() -> bool:
+    return os.environ.get(DETERMINISTIC_ENV, "") not in ("", "0")
+
+
+def keymap_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(os.environ.get("BILEVEL_KEYMAP", Path(base) / "bilevel" / "keymap.toml"))
+
+
+def load_keymap(path: Path) -> dict[str, str]:
+    """``[keymap]`` binding id -> keys, from a TOML file; empty when absent or unreadable."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    table = data.get("keymap", {})
+    return {str(k): str(v) for k, v in table.items()} if isinstance(table, dict) else {}
+
+
+class BilevelApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "bilevel"
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+    ALLOW_IN_MAXIMIZED_VIEW = "StatusHeader, Footer"  # a maximised pane keeps the status and key bars
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    BINDINGS = [
+        Binding("space", "toggle_pause", "Pause/resume", id="pause"),
+        Binding("x", "abort_training", "Abort run", id="abort_training"),
+        Binding("s", "stop", "Stop", id="stop", show=False),
+        Binding("g", "edit_guidance", "Guidance", id="guidance"),
+        Binding("e", "edit_guidance_external", "Guidance in $EDITOR", id="guidance_editor", show=False),
+        Binding("f", "freeze", "Freeze", id="freeze"),
+        Binding("v", "review_mechanism", "Approve", id="approve"),
+        Binding("r", "reload_config", "Reload config", id="reload_config"),
+        Binding("full_stop", "replay_step", "Step", id="replay.step"),
+        Binding("plus,equals_sign", "replay_faster", "Faster", id="replay.faster"),
+        Binding("minus", "replay_slower", "Slower", id="replay.slower"),
+        Binding("i", "replay_seek", "Seek", id="replay.seek"),
+        Binding("z", "toggle_maximize", "Maximise", id="maximize"),
+        Binding("l", "toggle_events", "Event log", id="events", show=False),
+        Binding("1", "focus_pane('trace')", "Trace", id="pane.trace", show=False),
+        Binding("2", "focus_pane('strategy')", "Strategy", id="pane.strategy", show=False),
+        Binding("3", "focus_pane('research')", "Research", id="pane.research", show=False),
+        Binding("4", "focus_pane('patches')", "Patches", id="pane.patches", show=False),
+        Binding("5", "focus_pane('events')", "Events", id="pane.events", show=False),
+        Binding("ctrl+left", "resize('columns', -4)", "Narrower", id="resize.left", show=False),
+        Binding("ctrl+right", "resize('columns', 4)", "Wider", id="resize.right", show=False),
+        Binding("ctrl+up", "resize('rows', -2)", "Shorter", id="resize.up", show=False),
+        Binding("ctrl+down", "resize('rows', 2)", "Taller", id="resize.down", show=False),
+        Binding("question_mark", "help", "Help", id="help"),
+        Binding("q", "quit_app", "Quit", id="quit"),
+        Binding("ctrl+q", "quit_app", "Quit", id="quit.hard", show=False, priority=True),
+    ]
+
+    def __init__(self, source: Source, *, config_path: Path | None = None, deterministic: bool | None = None,
+                 refresh_hz: float = REFRESH_HZ) -> None:
+        super().__init__()
+        self.source = source
+        self.model = ViewModel()
+        self.config_path = Path(config_path) if config_path else None
+        self.deterministic = deterministic_from_env() if deterministic is None else deterministic
+        self.refresh_hz = refresh_hz
+        self.events_applied = 0
+        self._applied_before = 0
+        self.config_change: dict[str, Any] | None = None
+        self._flush_lock = asyncio.Lock()
+        self._awaiting: dict[str, int] = {}  # commands sent and not yet acknowledged
+        self._notified_pending: set[str] = set()
+        self._alerts_armed = False  # no toasts for what happened before this viewer caught up
+        self._exit_when_finished = False
+        self._panes: list[Pane] = []
+        self._header: StatusHeader | None = None
+        self._started = time.monotonic()
+        self._footer_signature: tuple = ()
+        if self.deterministic:
+            self.animation_level = "none"
+
+    # --- layout -----------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusHeader(id="status", deterministic=self.deterministic)
+        with Horizontal(id="main"):
+            with Vertical(id="left-col"):
+                yield TracePane(1, id="trace")
+                yield Splitter("trace", vertical=False, minimum=5, id="split-left")
+                yield PatchPane(4, id="patches")
+            yield Splitter("left-col", vertical=True, minimum=30, id="split-main")
+            with Vertical(id="right-col"):
+                yield StrategyPane(2, id="strategy")
+                yield Splitter("strategy", vertical=False, minimum=5, id="split-right")
+                yield ResearchPane(3, id="research")
+        yield EventLogPane(5, id="events", throttle=not self.deterministic)
+        yield Footer()
+
+    @property
+    def base(self) -> Screen:
+        """The screen with the panes (queries go here even while a modal is on top)."""
+        return self.screen_stack[0]
+
+    @property
+    def panes(self) -> list[Pane]:
+        if not self._panes:
+            self._panes = [self.base.query_one(f"#{pid}", Pane) for pid in PANE_IDS]
+        return self._panes
+
+    @property
+    def header(self) -> StatusHeader:
+        if self._header is None:
+            self._header = self.base.query_one(StatusHeader)
+        return self._header
+
+    def on_mount(self) -> None:
+        if not self.deterministic or "BILEVEL_KEYMAP" in os.environ:  # snapshots ignore a user's keymap
+            keymap = load_keymap(keymap_path())
+            if keymap:
+                self.set_keymap(keymap)
+        self.header.show(self.model, self.source)
+        self.title = f"bilevel — {self.source.describe()}"
+        self.run_worker(self._consume(), name="events", group="events", exclusive=True)
+        self.set_interval(1 / self.refresh_hz, self._repaint, name="flush")
+        if not self.deterministic:
+            self.set_interval(1.0, self._tick, name="clock")
+        if self.config_path is not None and self.source.mode == "live":
+            self.run_worker(self._watch_config(), name="config", group="config", exclusive=True)
+        self.base.query_one("#trace-table").focus()
+        self.call_after_refresh(_settle_garbage_collector)
+
+    # --- the event stream -----------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        async for batch in self.source.batches():
+            if batch == RESET:
+                self.model.reset()
+                for pane in self.panes:
+                    pane.reset()
+                continue
+            apply = self.model.apply
+            clock = time.perf_counter
+            i, n = 0, len(batch)
+            while i < n:
+                # time slices: a flood of events never keeps a key press waiting
+                deadline = clock() + SLICE_S
+                while i < n:
+                    apply(batch[i])  # type: ignore[index]
+                    i += 1
+                    if not i % 64 and clock() > deadline:
+                        break
+                self.events_applied = self._applied_before + i
+                await asyncio.sleep(0)
+            self._applied_before += n
+            self.events_applied = self._applied_before
+
+    async def _repaint(self) -> None:
+        """Repaint what the events since the last tick made stale (one batched update)."""
+        async with self._flush_lock:
+            model = self.model
+            if isinstance(self.screen, HelpScreen):
+                return  # it hides the panes: they catch up, in one repaint, when it closes
+            if not self._alerts_armed and not self.source.caught_up.is_set() \
+                    and time.monotonic() - self._started < FIRST_PAINT_WAIT_S:
+                self.header.refresh()  # loading a history: one paint of where it ends, not of every step
+                return
+            parts, rows, params = model.take_dirty()
+            if not parts and not rows and not params and not self.source.diagnostics:
+                return
+            if not self.is_running:
+                return
+            try:
+                with self.batch_update():
+                    for pane in self.panes:
+                        await pane.sync(model, parts, rows, params, self.source)
+                    self.header.refresh()
+            except NoMatches:
+                if self.is_running:
+                    raise
+                return  # the app is shutting down: its widgets are going away
+            if HEADER in parts:
+                self._refresh_footer()
+            self._announce()
+
+    def _refresh_footer(self) -> None:
+        """Redraw the key bar only when an action's availability changed (it re-mounts its keys)."""
+        signature = tuple(self.check_action(a, ()) for a in DYNAMIC_ACTIONS)
+        if signature != self._footer_signature:
+            self._footer_signature = signature
+            self.refresh_bindings()
+
+    async def caught_up(self, timeout: float = 10.0) -> None:
+        """Wait until every available event is applied and painted (tests, snapshots, benchmark)."""
+        await asyncio.wait_for(self.source.caught_up.wait(), timeout)
+        await asyncio.sleep(0)
+        await self._repaint()
+
+    def screen_text(self) -> str:
+        """The screen as plain text (tests compare screens; no styles)."""
+        from rich.console import Console
+
+        width, height = self.size
+        console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, color_system=None,
+                          record=True, legacy_windows=False, safe_box=False)
+        console.print(self.screen._compositor.render_update(full=True, screen_stack=self._background_screens))
+        return console.export_text()
+
+    def _tick(self) -> None:
+        if self.is_running:
+            self.header.refresh()
+
+    def _announce(self) -> None:
+        """Toasts for acknowledgements of our commands, pending approvals and loud failures."""
+        model = self.model
+        for ack in model.acks:
+            if self._awaiting.get(ack.command, 0) > 0 and ack.source in ("tui", "channel"):
+                self._awaiting[ack.command] -= 1
+                if not ack.ok:
+                    self.notify(f"{ack.command}: {ack.error}", title="Command refused", severity="error")
+                elif ack.command not in ("pause", "resume"):
+                    self.notify(f"{ack.command} {_args_text(ack.args)}".strip(), title="Done", timeout=3)
+        model.acks.clear()
+        if self.source.caught_up.is_set() and not self._alerts_armed:
+            self._alerts_armed = True
+            _settle_garbage_collector()  # the history just loaded stays: out of the collector's way
+        for rid, pending in model.pending.items():
+            if rid not in self._notified_pending:
+                self._notified_pending.add(rid)
+                if self._alerts_armed and not self.source.read_only:
+                    self.notify(f"{pending.name} waits for your approval — press v", title="Mechanism validated",
+                                severity="warning", timeout=10)
+        if self._exit_when_finished and (model.finished is not None or not self.source.engine_running()):
+            self.exit(0)
+
+    # --- command sending ----------------------------------------------------------------------------------
+
+    async def send(self, name: str, /, **args: Any) -> bool:
+        try:
+            await self.source.send(name, **args)
+        except ReadOnlyError as exc:
+            self.notify(str(exc), severity="warning")
+            return False
+        except Exception as exc:  # noqa: BLE001 - a command that cannot be delivered must not end the app
+            self.notify(f"could not send {name}: {exc}", title="Command not sent", severity="error")
+            return False
+        self._awaiting[name] = self._awaiting.get(name, 0) + 1
+        return True
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        src = self.source
+        if action in LIVE_COMMANDS and action != "toggle_pause" and src.read_only:
+            return False
+        if action in REPLAY_ACTIONS and not isinstance(src, ReplaySource):
+            return False
+        if action == "reload_config":
+            return True if self.config_change else False
+        if action == "review_mechanism":
+            return True if self.model.pending else None
+        if action == "abort_training":
+            return True if self.model.training_iteration is not None else None
+        if action in ("toggle_pause", "stop", "abort_training") and self.model.finished is not None \
+                and not isinstance(src, ReplaySource):
+            return None
+        return True
+
+    # --- actions: the run ---------------------------------------------------------------------------------
+
+    async def action_toggle_pause(self) -> None:
+        if isinstance(self.source, ReplaySource):
+            self.source.toggle_pause()
+            self.header.refresh()
+            self._refresh_footer()
+            return
+        s = self.model.state
+        want_pause = not (s.paused or s.pause_requested or self.model.local_pause)
+        if self.model.local_pause is False:
+            want_pause = True
+        if await self.send("pause" if want_pause else "resume"):
+            self.model.local_pause = want_pause
+            self.model.dirty.add(HEADER)
+            self.header.refresh()
+
+    def action_abort_training(self) -> None:
+        it = self.model.training_iteration
+        if it is None:
+            return
+
+        async def answered(answer: str | None) -> None:
+            if answer == "abort":
+                await self.send("abort_training")
+
+        self.push_screen(ConfirmScreen(
+            f"Abort the training run of iteration #{it}?",
+            "The run is cancelled now and the iteration is recorded as cancelled; the search goes on.",
+            [("abort", "Abort run", "error")]), answered)
+
+    def action_stop(self) -> None:
+        async def answered(answer: str | None) -> None:
+            if answer in ("stop", "now"):
+                await self.send("stop", now=answer == "now", reason="stopped from the app")
+
+        self.push_screen(ConfirmScreen(
+            "Stop the run?", "After this iteration: the current iteration finishes first. Now: it is interrupted "
+            "and re-run on resume. Either way the session stays resumable (bilevel resume).",
+            [("stop", "After this iteration", "warning"), ("now", "Now", "error")]), answered)
+
+    def action_edit_guidance(self) -> None:
+        async def answered(text: str | None) -> None:
+            if text is not None and text != self.model.state.guidance:
+                await self.send("set_guidance", guidance=text)
+
+        self.push_screen(GuidanceScreen(self.model.state.guidance, blink=not self.deterministic), answered)
+
+    async def action_edit_guidance_external(self) -> None:
+        text = self.edit_in_editor(self.model.state.guidance)
+        if text is not None and text.strip() != self.model.state.guidance:
+            await self.send("set_guidance", guidance=text.strip())
+
+    def edit_in_editor(self, text: str) -> str | None:
+        """Edit ``text`` in $VISUAL/$EDITOR with the app suspended; None if the editor failed."""
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        fd, name = tempfile.mkstemp(prefix="bilevel-guidance-", suffix=".md")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            command = [*shlex.split(editor), str(path)]
+            try:
+                with self.suspend():
+                    result = subprocess.run(command, check=False)
+            except Exception as exc:  # noqa: BLE001 - SuspendNotSupported (headless) or a missing editor
+                if type(exc).__name__ != "SuspendNotSupported":
+                    self.notify(f"editor {editor!r} failed: {exc}", severity="error")
+                    return None
+                result = subprocess.run(command, check=False, stdin=subprocess.DEVNULL)
+            if result.returncode != 0:
+                self.notify(f"editor {editor!r} exited with {result.returncode}; guidance unchanged", severity="warning")
+                return None
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            self.notify(f"editor {editor!r} failed: {exc}", severity="error")
+            return None
+        finally:
+            path.unlink(missing_ok=True)
+
+    def action_freeze(self) -> None:
+        rows = param_rows(self.model)
+        if not rows:
+            self.notify("no parameters yet (the session has not started)", severity="warning")
+            return
+        params = [(name, str(cells["state"]), str(cells["value"])) for name, cells in rows.items()]
+        initial = self.base.query_one(StrategyPane).selected_param()
+
+        async def answered(choice: tuple[str, str] | None) -> None:
+            if choice is not None:
+                action, name = choice
+                await self.send(action, name=name, reason=f"{action} by the user (app)")
+
+        self.push_screen(FreezeScreen(params, initial), answered)
+
+    def action_review_mechanism(self) -> None:
+        if not self.model.pending:
+            self.notify("no mechanism waits for approval")
+            return
+        rid, pending = next(iter(self.model.pending.items()))
+        read = self.source.read_artifact
+
+        async def answered(answer: str | None) -> None:
+            if answer == "approve":
+                await self.send("approve_mechanism", research_id=rid)
+            elif answer == "reject":
+                await self.send("reject_mechanism", research_id=rid, reason="rejected by the user (app)")
+
+        self.push_screen(ApprovalScreen(pending.name, rid, read(pending.source), read(pending.diff),
+                                        read(pending.report), read_only=self.source.read_only), answered)
+
+    # --- config watching -----------------------------------------------------------------------------------
+
+    async def _watch_config(self) -> None:
+        from watchfiles import awatch
+
+        path = self.config_path
+        assert path is not None
+        async for _ in awatch(path.parent, watch_filter=lambda _c, p: Path(p).name == path.name, debounce=300):
+            self.check_config()
+
+    def check_config(self) -> dict[str, Any] | None:
+        """Compare the config file with the running session; offer what changed for reload."""
+        from core import config as config_mod
+
+        assert self.config_path is not None
+        try:
+            cfg = config_mod.load(self.config_path)
+        except (config_mod.ConfigError, OSError) as exc:
+            self.notify(f"{self.config_path.name}: {exc}", title="Config not reloadable", severity="error")
+            return None
+        change: dict[str, Any] = {}
+        s = self.model.state
+        if cfg.search.guidance != s.guidance:
+            change["guidance"] = cfg.search.guidance
+        budget = s.config.get("budget", {}) if isinstance(s.config, dict) else {}
+        for key, value in (("iterations", cfg.budget.iterations), ("time_s", cfg.budget.time_s)):
+            if budget.get(key) is not None and budget.get(key) != value:
+                change[f"budget.{key}"] = value
+        self.config_change = change or None
+        header = self.header
+        header.notice = "config changed: r to reload" if change else ""
+        header.refresh()
+        self._refresh_footer()
+        if change:
+            self.notify(", ".join(change) + " changed — press r to apply", title=f"{self.config_path.name} changed",
+                        timeout=8)
+        return self.config_change
+
+    def action_reload_config(self) -> None:
+        change = self.config_change
+        if not change:
+            return
+        budget_ok = "set_budget" in _engine_commands()
+        lines = []
+        if "guidance" in change:
+            lines.append(f"guidance → {change['guidance'] or '(empty)'}")
+        for key in ("budget.iterations", "budget.time_s"):
+            if key in change:
+                lines.append(f"{key} → {change[key]}" + ("" if budget_ok else
+                                                          "  (not applied to a running engine: resume with the new "
+                                                          "budget, e.g. bilevel resume --iterations N)"))
+
+        async def answered(answer: str | None) -> None:
+            if answer != "apply":
+                return
+            if "guidance" in change:
+                await self.send("set_guidance", guidance=change["guidance"])
+            budget = {k.split(".", 1)[1]: v for k, v in change.items() if k.startswith("budget.")}
+            if budget and budget_ok:
+                await self.send("set_budget", **budget)
+            self.config_change = None
+            header = self.header
+            header.notice = ""
+            header.refresh()
+            self._refresh_footer()
+
+        self.push_screen(ConfirmScreen("Apply the changed configuration?", "\n".join(lines),
+                                       [("apply", "Apply", "primary")]), answered)
+
+    # --- replay controls ----------------------------------------------------------------------------------------
+
+    def _replay(self) -> ReplaySource | None:
+        return self.source if isinstance(self.source, ReplaySource) else None
+
+    def action_replay_step(self) -> None:
+        if (src := self._replay()) is not None:
+            src.step()
+            self.header.refresh()
+
+    def action_replay_faster(self) -> None:
+        if (src := self._replay()) is not None:
+            src.faster()
+            self.header.refresh()
+
+    def action_replay_slower(self) -> None:
+        if (src := self._replay()) is not None:
+            src.slower()
+            self.header.refresh()
+
+    def action_replay_seek(self) -> None:
+        src = self._replay()
+        if src is None:
+            return
+
+        def answered(iteration: int | None) -> None:
+            if iteration is not None:
+                src.seek(iteration)
+                self.header.refresh()
+
+        self.push_screen(SeekScreen(src.iterations(), blink=not self.deterministic), answered)
+
+    # --- layout actions --------------------------------------------------------------------------------------------
+
+    def _focused_pane(self) -> Pane | None:
+        node: Widget | None = self.focused
+        while node is not None and not isinstance(node, Pane):
+            node = node.parent if isinstance(node.parent, Widget) else None
+        return node
+
+    def action_focus_pane(self, pane_id: str) -> None:
+        if self.screen.maximized is not None:
+            self.screen.minimize()
+        pane = self.base.query_one(f"#{pane_id}", Pane)
+        if not pane.display:
+            pane.display = True
+        self.base.query_one(PANE_FOCUS[pane_id]).focus()
+
+    def action_toggle_maximize(self) -> None:
+        screen = self.screen
+        if screen.maximized is not None:
+            screen.minimize()
+            return
+        pane = self._focused_pane()
+        if pane is not None:
+            screen.maximize(pane, container=False)
+
+    def action_toggle_events(self) -> None:
+        pane = self.base.query_one("#events", Pane)
+        pane.display = not pane.display
+
+    def action_resize(self, what: str, cells: int) -> None:
+        if what == "columns":
+            self.base.query_one("#split-main", Splitter).nudge(cells)
+            return
+        pane = self._focused_pane()
+        column_splitter = "#split-right" if pane is not None and pane.id in ("strategy", "research") else "#split-left"
+        self.base.query_one(column_splitter, Splitter).nudge(cells)
+
+    def action_help(self) -> None:
+        keys = []
+        seen = set()
+        for key, active in self.active_bindings.items():
+            b = active.binding
+            if b.id and b.id not in seen and active.enabled:
+                seen.add(b.id)
+                keys.append((self.get_key_display(b), b.description or b.action, b.id))
+        self.push_screen(HelpScreen(keys, self.source.describe()))
+
+    # --- quitting ------------------------------------------------------------------------------------------------------
+
+    def action_quit_app(self) -> None:
+        src = self.source
+        if self._exit_when_finished:  # asked twice: leave now
+            self.exit(0)
+            return
+        if src.mode == "live" and src.engine_running():
+            def answered(answer: str | None) -> None:
+                if answer == "stop":
+                    self._stop_then_exit()
+
+            self.push_screen(ConfirmScreen(
+                "Stop the run and quit?",
+                f"The current iteration is interrupted and re-run when you continue with\n"
+                f"  bilevel resume {src.session_dir}\nNothing is lost: the session stays resumable.",
+                [("stop", "Stop & quit", "error")]), answered)
+        elif src.mode == "attach" and src.engine_running():
+            def answered_attached(answer: str | None) -> None:
+                if answer == "detach":
+                    self.exit(0)
+                elif answer == "stop":
+                    self._stop_then_exit()
+
+            self.push_screen(ConfirmScreen(
+                "Leave this viewer?", "Detach: the engine keeps running; attach again any time with\n"
+                f"  bilevel attach {src.session_dir}\nStop: the engine stops cleanly and the session stays resumable.",
+                [("detach", "Detach", "primary"), ("stop", "Stop engine & quit", "error")]), answered_attached)
+        else:
+            self.exit(0)
+
+    @work(group="quit", exclusive=True)
+    async def _stop_then_exit(self) -> None:
+        header = self.header
+        header.notice = "stopping… (q again to leave now)"
+        header.refresh()
+        self._exit_when_finished = True
+        await self.send("stop", now=True, reason="the user quit the app")
+
+    # --- the command palette --------------------------------------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for action, title, help_text in PALETTE:
+            if self.check_action(action, ()) is True:
+                yield SystemCommand(title, help_text, partial(self.run_action, action))
+        for pane_id in PANE_IDS:
+            yield SystemCommand(f"Focus the {pane_id} pane", f"Move the focus to {pane_id}",
+                                partial(self.action_focus_pane, pane_id))
+
+    # --- messages from panes --------------------------------------------------------------------------------------------
+
+    def on_trace_pane_iteration_chosen(self, message: TracePane.IterationChosen) -> None:
+        patches = self.base.query_one(PatchPane)
+        if not patches.show_iteration(message.iteration):
+            self.notify(f"iteration #{message.iteration} has no diff", timeout=3)
+
+
+def _settle_garbage_collector() -> None:
+    """Keep full garbage collections off the key path.
+
+    A full collection walks every live object — thousands of widgets and the whole folded
+    session — and pauses the app for up to ~100 ms. What exists once the app has started
+    (and a session has been loaded) lives as long as the app, so it is moved out of the
+    collector's sight; the young generations are still collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+    # fewer, cheaper collections: young objects die young here (strips, events), the rest is frozen
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def _args_text(args: dict[str, Any]) -> str:
+    shown = {k: v for k, v in args.items() if k != "reason"}
+    return " ".join(f"{k}={str(v)[:40]}" for k, v in shown.items())
+
+
+def _engine_commands() -> tuple[str, ...]:
+    engine = sys.modules.get("core.engine")
+    return tuple(getattr(engine, "COMMANDS", ()) or ())
+

@@ -1,0 +1,636 @@
+"""What the app shows, folded from events: RunState plus the views only a screen needs.
+
+The engine's own fold (:class:`core.state.RunState`) gives the run's state; this module
+adds the per-pane views (trace rows with their live phase, strategy cycles, research
+dialogues streamed by call id, the patch list) and records which parts changed, so the
+app repaints at a fixed rate only what an event touched. No Textual import here: the
+model is plain data, tested and benchmarked on its own.
+"""
+from __future__ import annotations
+
+import io
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from core import events as ev
+from core.printer import HeadlessPrinter
+from core.state import RunState
+
+LOG_LINES = 1000  # event-log lines kept in memory (the session file has them all)
+CHUNK_CHARS = 1200  # research text is drawn in parts of about this size
+
+# Parts of the screen an event can make stale.
+HEADER, TRACE, PLOT, PROGRESS, STRATEGY, PARAMS, RESEARCH, PATCHES, LOG = (
+    "header", "trace", "plot", "progress", "strategy", "params", "research", "patches", "log")
+ALL_PARTS = frozenset({HEADER, TRACE, PLOT, PROGRESS, STRATEGY, PARAMS, RESEARCH, PATCHES, LOG})
+
+
+@dataclass
+class Row:
+    """One iteration as the trace table shows it, from its start to its verdict."""
+
+    iteration: int
+    phase: str = "started"  # started | proposing | training | then the decision
+    changes: dict[str, Any] = field(default_factory=dict)
+    hypothesis: str = ""
+    val_bpb: float | None = None
+    best_before: float | None = None
+    duration_s: float | None = None
+    reason: str = ""
+    mechanisms: dict[str, str] = field(default_factory=dict)  # name -> effect ("" when only called)
+    diff: str = ""  # artifact: the train.py diff this iteration ran
+    attempts: int = 0  # proposals asked for (re-asks after rejection included)
+    final: bool = False
+
+    @property
+    def delta(self) -> float | None:
+        if self.val_bpb is None or self.best_before is None:
+            return None
+        return self.val_bpb - self.best_before
+
+
+@dataclass
+class StrategyCycle:
+    cycle: int
+    after_iteration: int
+    ts: float
+    decision: ev.StrategyDecision | None = None
+    actions: list[tuple[str, str, str]] = field(default_factory=list)  # (freeze|unfreeze, name, reason)
+
+
+@dataclass
+class ParamChange:
+    """A freeze or unfreeze with who did it and why (strategy cycles and the user alike)."""
+
+    action: str
+    name: str
+    source: str
+    reason: str
+    ts: float
+
+
+@dataclass
+class LLMCall:
+    call_id: str
+    level: str
+    purpose: str = ""
+    chunks: list[str] = field(default_factory=list)
+    reasoning_chunks: list[str] = field(default_factory=list)
+    deltas: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    done: bool = False
+    ok: bool = True
+    error: str = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    @property
+    def tokens(self) -> int:
+        """Completion tokens: exact once answered, else one per streamed delta (an estimate)."""
+        return self.completion_tokens if self.done and self.completion_tokens else self.deltas
+
+
+@dataclass
+class ResearchView:
+    research_id: str
+    cycle: int
+    after_iteration: int
+    source: str
+    ts: float
+    segments: list[tuple[str, Any]] = field(default_factory=list)  # in event order: (kind, payload)
+    rounds: list[tuple[str, str]] = field(default_factory=list)  # (round name, call_id)
+    round_done: set[str] = field(default_factory=set)  # call ids whose round finished
+    validations: list[ev.MechanismValidated] = field(default_factory=list)
+    pending: ev.MechanismPending | None = None
+    finished: ev.ResearchFinished | None = None
+
+
+@dataclass
+class PatchEntry:
+    """Something the patch viewer can show: a train.py diff or a mechanism's source."""
+
+    key: str
+    kind: str  # iteration | mechanism
+    label: str
+    artifact: str  # the diff (iterations) or the module source (mechanisms)
+    iteration: int | None = None
+    diff: str = ""  # mechanisms: diff against the previous version
+    report: str = ""  # mechanisms: the validation report (Markdown)
+    ok: bool | None = None
+    research_id: str = ""
+
+
+class ViewModel:
+    """Folds events into what the panes show and remembers which parts went stale."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = RunState()
+        self.events = 0
+        self.first_ts: float | None = None
+        self.last_ts: float | None = None
+        self.rows: dict[int, Row] = {}
+        self.cycles: list[StrategyCycle] = []
+        self.param_changes: list[ParamChange] = []
+        self.calls: dict[str, LLMCall] = {}
+        self.research: dict[str, ResearchView] = {}
+        self.research_order: list[str] = []
+        self.patches: dict[str, PatchEntry] = {}
+        self.pending: dict[str, ev.MechanismPending] = {}  # research id -> waiting for approval
+        self.active_mechanisms: dict[str, str] = {}
+        self.slot = ""
+        self.budget_s = 0.0
+        self.training_started_ts: float | None = None
+        self.training_iteration: int | None = None
+        self.finished: ev.RunFinished | None = None
+        self.log: deque[str] = deque(maxlen=LOG_LINES)
+        self.new_log: list[str] = []
+        self.log_reset = True
+        self.dirty: set[str] = set(ALL_PARTS)
+        self.dirty_rows: set[int] = set()
+        self.dirty_params: bool = True
+        self.local_pause: bool | None = None  # the user asked to pause (True) / resume (False), not yet seen
+        self.acks: list[ev.CommandReceived] = []  # acknowledgements not yet shown to the user
+        self.tokens_by_level: dict[str, int] = {}
+        self._printer = HeadlessPrinter(out=io.StringIO(), progress_every_s=math.inf)
+
+    # --- folding -------------------------------------------------------------------------
+
+    def apply(self, event: ev.Event) -> None:
+        self.state.apply(event)
+        self.events += 1
+        if event.ts:
+            if self.first_ts is None:
+                self.first_ts = event.ts
+            self.last_ts = event.ts
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+        else:
+            self.dirty.add(HEADER)
+        if not isinstance(event, (ev.TrainingProgress, ev.LLMDelta, ev.TrainingOutput)):
+            self._log(event)
+
+    def apply_all(self, events: list[ev.Event]) -> None:
+        for event in events:
+            self.apply(event)
+
+    def take_dirty(self) -> tuple[set[str], set[int], bool]:
+        """The stale parts, rows and parameter table since the last call (and forget them)."""
+        parts, rows, params = self.dirty, self.dirty_rows, self.dirty_params
+        self.dirty, self.dirty_rows, self.dirty_params = set(), set(), False
+        return parts, rows, params
+
+    def take_log(self) -> tuple[bool, list[str]]:
+        """(whether the log must be redrawn from ``self.log``, the lines added since)."""
+        reset, lines = self.log_reset, self.new_log
+        self.log_reset, self.new_log = False, []
+        return reset, lines
+
+    def _log(self, event: ev.Event) -> None:
+        line = self._printer.format(event)
+        if not line:
+            return
+        stamp = _clock(event.ts - self.first_ts) if self.first_ts is not None and event.ts else "--:--"
+        text = f"{stamp}  {line}"
+        self.log.append(text)
+        self.new_log.append(text)
+        if len(self.new_log) > LOG_LINES:
+            self.new_log = self.new_log[-LOG_LINES:]
+            self.log_reset = True
+        self.dirty.add(LOG)
+
+    def row(self, iteration: int) -> Row:
+        row = self.rows.get(iteration)
+        if row is None:
+            row = self.rows[iteration] = Row(iteration)
+        self.dirty_rows.add(iteration)
+        self.dirty.add(TRACE)
+        return row
+
+    # --- derived values the header and panes read ---------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """running | pausing… | paused | resuming… | completed | stopped | failed | waiting."""
+        s = self.state
+        if self.finished is not None and s.status in ("completed", "stopped", "failed"):
+            return s.status
+        if s.paused:
+            return "resuming…" if self.local_pause is False else "paused"
+        if s.pause_requested or self.local_pause:
+            return "pausing…"
+        return "running" if s.session else "waiting"
+
+    @property
+    def iterations_total(self) -> int | None:
+        budget = self.state.config.get("budget", {}) if isinstance(self.state.config, dict) else {}
+        total = budget.get("iterations") if isinstance(budget, dict) else None
+        return int(total) if isinstance(total, (int, float)) else None
+
+    @property
+    def iterations_done(self) -> int:
+        return sum(1 for r in self.rows.values() if r.final and r.iteration > 0 and r.phase != "interrupted")
+
+    def remaining_s(self, now: float | None) -> float | None:
+        """Estimated seconds left: mean iteration time times the iterations still to run."""
+        total = self.iterations_total
+        durations = [r.duration_s for r in self.rows.values() if r.final and r.duration_s]
+        if total is None or not durations or self.finished is not None:
+            return None
+        left = max(0, total - self.iterations_done)
+        mean = sum(durations) / len(durations)
+        estimate = left * mean
+        current = self.rows.get(self.state.running) if self.state.running is not None else None
+        if current is not None and not current.final and self.training_started_ts and now is not None:
+            estimate -= min(mean, max(0.0, now - self.training_started_ts))
+        return max(0.0, estimate)
+
+    def best_points(self) -> list[tuple[int, float, str]]:
+        """(iteration, val_bpb, decision) of every scored iteration, in order."""
+        return [(r.iteration, r.val_bpb, r.phase) for r in sorted(self.rows.values(), key=lambda r: r.iteration)
+                if r.final and r.val_bpb is not None]
+
+    def research_parts(self, research_id: str) -> list[str]:
+        """The research dialogue as Markdown parts in event order: title, rounds, results.
+
+        A round's text is cut at paragraph boundaries into parts of about ``CHUNK_CHARS``;
+        text only ever grows at its end, so every part but the last stays as it was and a
+        screen re-renders only the last one while tokens stream.
+        """
+        view = self.research.get(research_id)
+        if view is None:
+            return []
+        parts: list[str] = []
+        for kind, payload in view.segments:
+            if kind == "call":
+                call = self.calls.get(payload)
+                if call is not None and parts:
+                    first, *rest = chunk_markdown(call.text)
+                    parts[-1] += first  # the round's first chunk shares its header's part
+                    parts.extend(rest)
+            else:
+                parts.append(payload)
+        return [p.strip("\n") for p in parts]
+
+    def research_markdown(self, research_id: str) -> str:
+        """The whole dialogue as one Markdown document."""
+        return "\n\n".join(self.research_parts(research_id))
+
+    def round_counters(self, research_id: str) -> list[tuple[str, int, str]]:
+        """(round name, tokens, state) per round: state is done | streaming | failed."""
+        view = self.research.get(research_id)
+        if view is None:
+            return []
+        out = []
+        for name, call_id in view.rounds:
+            call = self.calls.get(call_id)
+            tokens = call.tokens if call else 0
+            if call is not None and call.done and not call.ok:
+                state = "failed"
+            elif call_id in view.round_done or (call is not None and call.done):
+                state = "done"
+            else:
+                state = "streaming"
+            out.append((name, tokens, state))
+        return out
+
+
+def chunk_markdown(text: str, size: int | None = None) -> list[str]:
+    """Cut Markdown at blank lines outside code fences into pieces of at least ``size`` characters.
+
+    The cuts depend only on the text before them, so appending never moves an earlier cut.
+    """
+    size = size or CHUNK_CHARS
+    chunks: list[str] = []
+    start = 0
+    pos = 0
+    fenced = False
+    n = len(text)
+    while pos < n:
+        end = text.find("\n", pos)
+        if end < 0:
+            break  # the last line is still being written
+        line = text[pos:end]
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        pos = end + 1
+        # a blank line closes a block; cut there once the chunk is big enough
+        if not fenced and not line.strip() and pos - start >= size and pos < n:
+            chunks.append(text[start:pos])
+            start = pos
+    chunks.append(text[start:])
+    return chunks
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+# --- handlers: one per event type that changes a view ----------------------------------------
+
+
+def _session_started(m: ViewModel, e: ev.SessionStarted) -> None:
+    m.dirty |= {HEADER, STRATEGY, PARAMS}
+    m.dirty_params = True
+
+
+def _run_finished(m: ViewModel, e: ev.RunFinished) -> None:
+    m.finished = e
+    m.local_pause = None
+    m.dirty |= {HEADER, PROGRESS}
+
+
+def _run_resumed(m: ViewModel, e: ev.RunResumed) -> None:
+    m.finished = None
+    m.dirty.add(HEADER)
+
+
+def _iteration_started(m: ViewModel, e: ev.IterationStarted) -> None:
+    row = m.row(e.iteration)
+    row.phase, row.final = ("baseline…" if e.iteration == 0 else "proposing"), False
+    row.val_bpb = row.duration_s = None
+    m.training_iteration = None
+    m.dirty |= {HEADER, PROGRESS}
+
+
+def _proposal_made(m: ViewModel, e: ev.ProposalMade) -> None:
+    row = m.row(e.iteration)
+    row.changes, row.hypothesis, row.attempts = dict(e.changes), e.hypothesis, e.attempt
+
+
+def _proposal_rejected(m: ViewModel, e: ev.ProposalRejected) -> None:
+    row = m.row(e.iteration)
+    row.attempts = e.attempt
+    row.reason = f"{e.kind}: {e.reason}"
+    if e.mechanism:
+        row.mechanisms[e.mechanism] = "vetoed"
+
+
+def _training_started(m: ViewModel, e: ev.TrainingStarted) -> None:
+    row = m.row(e.iteration)
+    row.phase = "training"
+    row.diff = e.diff or row.diff
+    m.slot, m.budget_s = e.slot, e.budget_s
+    m.training_started_ts, m.training_iteration = e.ts, e.iteration
+    m.dirty |= {HEADER, PROGRESS}
+    if e.diff:
+        key = f"it-{e.iteration:05d}"
+        m.patches[key] = PatchEntry(key=key, kind="iteration", label=f"#{e.iteration} train.py",
+                                    artifact=e.diff, iteration=e.iteration)
+        m.dirty.add(PATCHES)
+
+
+def _training_progress(m: ViewModel, e: ev.TrainingProgress) -> None:
+    m.dirty.add(PROGRESS)
+
+
+def _training_finished(m: ViewModel, e: ev.TrainingFinished) -> None:
+    row = m.row(e.iteration)
+    row.phase = "scoring" if e.outcome == "ok" else e.outcome
+    m.training_iteration = None
+    m.dirty |= {PROGRESS, HEADER}
+
+
+def _iteration_finished(m: ViewModel, e: ev.IterationFinished) -> None:
+    row = m.row(e.iteration)
+    row.phase, row.final = e.decision, True
+    row.changes = dict(e.changes) if e.changes or e.iteration == 0 else row.changes
+    row.hypothesis = e.hypothesis or row.hypothesis
+    row.val_bpb, row.best_before = e.val_bpb, e.best_before
+    row.duration_s, row.reason = e.duration_s, e.reason
+    for name, calls in e.mechanisms.items():
+        if sum(calls.values()) > 0:
+            row.mechanisms.setdefault(name, "")
+    m.training_iteration = None
+    m.dirty |= {HEADER, PLOT, PROGRESS, PARAMS}
+    m.dirty_params = True
+
+
+def _interrupted(m: ViewModel, e: ev.IterationInterrupted) -> None:
+    row = m.row(e.iteration)
+    row.phase, row.final, row.reason = "interrupted", True, e.reason
+    m.training_iteration = None
+    m.dirty |= {HEADER, PROGRESS}
+
+
+def _mechanism_effect(m: ViewModel, e: ev.MechanismEffect) -> None:
+    row = m.row(e.iteration)
+    row.mechanisms[e.name] = e.effect
+
+
+def _mechanism_activated(m: ViewModel, e: ev.MechanismActivated) -> None:
+    m.active_mechanisms[e.name] = e.origin
+    for rid, pending in list(m.pending.items()):
+        if pending.name == e.name:
+            del m.pending[rid]
+    if e.artifact and not any(p.artifact == e.artifact for p in m.patches.values()):
+        key = f"mech-{len(m.patches):05d}-{e.name}"
+        m.patches[key] = PatchEntry(key=key, kind="mechanism", label=f"{e.name} ({e.origin})",
+                                    artifact=e.artifact, ok=True)
+    m.dirty |= {HEADER, RESEARCH, PATCHES}
+
+
+def _mechanism_deactivated(m: ViewModel, e: ev.MechanismDeactivated) -> None:
+    m.active_mechanisms.pop(e.name, None)
+    m.dirty |= {HEADER, RESEARCH}
+
+
+def _guidance(m: ViewModel, e: ev.GuidanceChanged) -> None:
+    m.dirty |= {STRATEGY}
+
+
+def _param_change(m: ViewModel, e: ev.ParamFrozen | ev.ParamUnfrozen) -> None:
+    action = "freeze" if isinstance(e, ev.ParamFrozen) else "unfreeze"
+    m.param_changes.append(ParamChange(action, e.name, e.source, e.reason, e.ts))
+    if e.source == "strategy" and m.cycles and m.cycles[-1].decision is None:
+        m.cycles[-1].actions.append((action, e.name, e.reason))
+    m.dirty |= {STRATEGY, PARAMS}
+    m.dirty_params = True
+
+
+def _pause_state(m: ViewModel, e: ev.Event) -> None:
+    if isinstance(e, (ev.PauseRequested, ev.Paused)) and m.local_pause:
+        m.local_pause = None
+    if isinstance(e, ev.Unpaused):
+        m.local_pause = None
+    m.dirty.add(HEADER)
+
+
+def _command(m: ViewModel, e: ev.CommandReceived) -> None:
+    if not e.ok and e.command in ("pause", "resume"):
+        m.local_pause = None
+    m.acks.append(e)
+    if len(m.acks) > 50:
+        del m.acks[:-50]
+    m.dirty.add(HEADER)
+
+
+def _llm_request(m: ViewModel, e: ev.LLMRequest) -> None:
+    m.calls[e.call_id] = call = m.calls.get(e.call_id) or LLMCall(e.call_id, e.level)
+    call.purpose = e.purpose
+    if e.level == "research":
+        view = _current_research(m)
+        if view is not None:
+            view.rounds.append((e.purpose, e.call_id))
+            view.segments.append(("round", f"### Round {len(view.rounds)} · {e.purpose}\n\n"))
+            view.segments.append(("call", e.call_id))
+            m.dirty.add(RESEARCH)
+
+
+def _llm_delta(m: ViewModel, e: ev.LLMDelta) -> None:
+    call = m.calls.get(e.call_id)
+    if call is None:
+        call = m.calls[e.call_id] = LLMCall(e.call_id, e.level)
+    call.deltas += getattr(e, "merged", 1)  # a replay hands over a run of tokens as one delta
+    if e.kind == "reasoning":
+        call.reasoning_chunks.append(e.text)
+    else:
+        call.chunks.append(e.text)
+    if e.level == "research":
+        m.dirty.add(RESEARCH)
+
+
+def _llm_response(m: ViewModel, e: ev.LLMResponse) -> None:
+    call = m.calls.get(e.call_id)
+    if call is None:
+        call = m.calls[e.call_id] = LLMCall(e.call_id, e.level)
+    call.done, call.ok, call.error = True, e.ok, e.error
+    call.prompt_tokens, call.completion_tokens = e.prompt_tokens, e.completion_tokens
+    m.tokens_by_level[e.level] = m.tokens_by_level.get(e.level, 0) + e.prompt_tokens + e.completion_tokens
+    # Non-research calls only matter for their token counts: drop their text.
+    if e.level != "research":
+        m.calls.pop(e.call_id, None)
+    else:
+        m.dirty.add(RESEARCH)
+    m.dirty.add(HEADER)
+
+
+def _strategy_started(m: ViewModel, e: ev.StrategyStarted) -> None:
+    m.cycles.append(StrategyCycle(e.cycle, e.after_iteration, e.ts))
+    m.dirty.add(STRATEGY)
+
+
+def _strategy_decision(m: ViewModel, e: ev.StrategyDecision) -> None:
+    cycle = next((c for c in reversed(m.cycles) if c.cycle == e.cycle), None)
+    if cycle is None:
+        cycle = StrategyCycle(e.cycle, 0, e.ts)
+        m.cycles.append(cycle)
+    cycle.decision = e
+    m.dirty |= {STRATEGY, PARAMS}
+    m.dirty_params = True
+
+
+def _current_research(m: ViewModel) -> ResearchView | None:
+    for rid in reversed(m.research_order):
+        view = m.research[rid]
+        if view.finished is None:
+            return view
+    return None
+
+
+def _research_started(m: ViewModel, e: ev.ResearchStarted) -> None:
+    view = ResearchView(e.research_id, e.cycle, e.after_iteration, e.source, e.ts)
+    origin = "offline rule (no LLM)" if e.source == "offline" else "LLM dialogue"
+    view.segments.append(("title", f"## Research {e.research_id}\n\nCycle {e.cycle}, after iteration "
+                                   f"#{e.after_iteration} — {origin}.\n\n"))
+    m.research[e.research_id] = view
+    m.research_order.append(e.research_id)
+    m.dirty |= {RESEARCH, HEADER}
+
+
+def _research_round(m: ViewModel, e: ev.ResearchRound) -> None:
+    view = m.research.get(e.research_id)
+    if view is None:
+        return
+    if not any(cid == e.call_id for _, cid in view.rounds):
+        # A round whose tokens were not streamed: show its summary.
+        view.rounds.append((e.round, e.call_id))
+        view.segments.append(("round", f"### Round {len(view.rounds)} · {e.round}\n\n"))
+        view.segments.append(("text", (e.summary or "(no text)") + "\n\n"))
+    view.round_done.add(e.call_id)
+    m.dirty.add(RESEARCH)
+
+
+def _mechanism_validated(m: ViewModel, e: ev.MechanismValidated) -> None:
+    view = m.research.get(e.research_id)
+    if view is not None:
+        view.validations.append(e)
+        mark = "passed" if e.ok else f"FAILED — {e.failure}"
+        steps = "\n".join(f"- {'✓' if s.get('ok') else '✗'} {s.get('name', '')}"
+                          + (f": {s.get('detail')}" if s.get("detail") else "") for s in e.steps)
+        view.segments.append(("text", f"\n### Validation of `{e.name}` (attempt {e.attempt}): {mark}\n\n"
+                                      + (steps + "\n\n" if steps else "")))
+    if e.source:
+        key = f"mech-{e.research_id}-{e.attempt}"
+        m.patches[key] = PatchEntry(key=key, kind="mechanism", research_id=e.research_id,
+                                    label=f"{e.name} {'✓' if e.ok else '✗'} ({e.research_id}#{e.attempt})",
+                                    artifact=e.source, diff=e.diff, report=e.report, ok=e.ok)
+        m.dirty.add(PATCHES)
+    m.dirty.add(RESEARCH)
+
+
+def _mechanism_pending(m: ViewModel, e: ev.MechanismPending) -> None:
+    m.pending[e.research_id] = e
+    view = m.research.get(e.research_id)
+    if view is not None:
+        view.pending = e
+        view.segments.append(("text", f"\n**`{e.name}` waits for your approval** (press `v`).\n\n"))
+    m.dirty |= {RESEARCH, HEADER}
+
+
+def _research_finished(m: ViewModel, e: ev.ResearchFinished) -> None:
+    m.pending.pop(e.research_id, None)
+    view = m.research.get(e.research_id)
+    if view is not None:
+        view.finished = e
+        view.pending = None
+        name = f" `{e.name}`" if e.name else ""
+        view.segments.append(("text", f"\n### Outcome: {e.outcome}{name}\n\n{e.reason}\n\n"))
+    m.dirty |= {RESEARCH, HEADER}
+
+
+_HANDLERS: dict[type, Any] = {
+    ev.SessionStarted: _session_started,
+    ev.RunFinished: _run_finished,
+    ev.RunResumed: _run_resumed,
+    ev.IterationStarted: _iteration_started,
+    ev.ProposalMade: _proposal_made,
+    ev.ProposalRejected: _proposal_rejected,
+    ev.TrainingStarted: _training_started,
+    ev.TrainingProgress: _training_progress,
+    ev.TrainingOutput: lambda m, e: None,
+    ev.TrainingFinished: _training_finished,
+    ev.IterationFinished: _iteration_finished,
+    ev.IterationInterrupted: _interrupted,
+    ev.MechanismEffect: _mechanism_effect,
+    ev.MechanismActivated: _mechanism_activated,
+    ev.MechanismDeactivated: _mechanism_deactivated,
+    ev.GuidanceChanged: _guidance,
+    ev.ParamFrozen: _param_change,
+    ev.ParamUnfrozen: _param_change,
+    ev.PauseRequested: _pause_state,
+    ev.Paused: _pause_state,
+    ev.Unpaused: _pause_state,
+    ev.CommandReceived: _command,
+    ev.LLMRequest: _llm_request,
+    ev.LLMDelta: _llm_delta,
+    ev.LLMResponse: _llm_response,
+    ev.StrategyStarted: _strategy_started,
+    ev.StrategyDecision: _strategy_decision,
+    ev.ResearchStarted: _research_started,
+    ev.ResearchRound: _research_round,
+    ev.MechanismValidated: _mechanism_validated,
+    ev.MechanismPending: _mechanism_pending,
+    ev.ResearchFinished: _research_finished,
+}

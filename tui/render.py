@@ -1,0 +1,191 @@
+"""Pure drawing helpers: the running-best plot, the progress bar, value and time formats.
+
+Plain functions from data to Rich text, so they are tested without a screen and the
+widgets stay thin. Braille and block characters only: no extra dependency, and they
+work in any UTF-8 terminal (tmux, SSH) without truecolor.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+from rich.text import Text
+
+from core.trace import fmt_value
+
+# Braille dot bits by (column 0..1, row 0..3) inside one character cell.
+_DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
+_BLOCKS = " ▏▎▍▌▋▊▉█"
+
+DECISION_STYLES = {
+    "keep": "bold green", "baseline": "cyan", "discard": "dim", "crash": "bold red", "rejected": "yellow",
+    "interrupted": "magenta", "cancelled": "magenta", "training": "bold blue", "proposing": "blue",
+    "scoring": "blue", "baseline…": "blue", "started": "blue", "oom": "red", "timeout": "red",
+}
+
+
+def clock(seconds: float | None) -> str:
+    """H:MM:SS (or M:SS under an hour); an em dash for unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def short_count(n: float) -> str:
+    """1234 -> 1.2k, 2_500_000 -> 2.5M."""
+    n = float(n)
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def changes_text(changes: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in changes.items())
+
+
+def decision_text(decision: str) -> Text:
+    return Text(decision, style=DECISION_STYLES.get(decision, ""))
+
+
+def delta_text(delta: float | None, decision: str) -> Text:
+    if delta is None:
+        return Text("")
+    style = "green" if delta < 0 and decision == "keep" else ("red" if delta > 0 else "")
+    return Text(f"{delta:+.4f}", style=style)
+
+
+def bar(fraction: float, width: int) -> str:
+    """A horizontal bar with eighth-cell resolution, exactly ``width`` cells."""
+    fraction = min(1.0, max(0.0, fraction))
+    eighths = int(round(fraction * width * 8))
+    full, part = divmod(eighths, 8)
+    text = "█" * full + (_BLOCKS[part] if part and full < width else "")
+    return text + " " * (width - len(text))
+
+
+def progress_text(iteration: int | None, percent: float | None, step: int | None, loss: float | None,
+                  tok_per_s: float | None, remaining_s: float | None, slot: str, width: int) -> Text:
+    """``#12 ▕████▍    ▏ 58%  step 412  loss 3.214  52.1k tok/s  1:03 left  gpu0``."""
+    if iteration is None:
+        return Text("no training run in progress", style="dim")
+    details = []
+    if step is not None:
+        details.append(f"step {step}")
+    if loss is not None:
+        details.append(f"loss {loss:.4f}")
+    if tok_per_s is not None:
+        details.append(f"{short_count(tok_per_s)} tok/s")
+    if remaining_s is not None:
+        details.append(f"{clock(remaining_s)} left")
+    if slot:
+        details.append(slot)
+    head = f"#{iteration} "
+    pct = f" {percent:3.0f}% " if percent is not None else " ··· "
+    tail = "  ".join(details)
+    bar_width = max(6, width - len(head) - len(pct) - len(tail) - 3)
+    out = Text(head, style="bold")
+    out.append("▕")
+    out.append(bar((percent or 0.0) / 100.0, bar_width), style="blue")
+    out.append("▏")
+    out.append(pct, style="bold")
+    out.append(tail, style="dim")
+    return out
+
+
+def _scale(value: float, lo: float, hi: float, steps: int) -> int:
+    if hi <= lo:
+        return steps // 2
+    return int(round((value - lo) / (hi - lo) * (steps - 1)))
+
+
+def best_plot(points: Sequence[tuple[int, float, str]], width: int, height: int) -> Text:
+    """val_bpb per iteration (dots) under its running minimum (a line), in braille.
+
+    Kept iterations are where the line steps down. The y labels are the range shown.
+    """
+    if width < 12 or height < 2:
+        return Text("")
+    if not points:
+        return Text("val_bpb vs iteration: no scored iteration yet", style="dim")
+    label_w = 8
+    cols = max(2, width - label_w - 1)
+    dot_w, dot_h = cols * 2, height * 4
+    values = [v for _, v, _ in points]
+    running: list[float] = []
+    best = math.inf
+    for v in values:
+        best = min(best, v)
+        running.append(best)
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.05 or 0.001
+    lo, hi = lo - pad, hi + pad
+    last_it = max(points[-1][0], 1)
+    line = [[False] * dot_h for _ in range(dot_w)]
+    dots = [[False] * dot_h for _ in range(dot_w)]
+
+    def xy(it: int, v: float) -> tuple[int, int]:
+        x = _scale(it, 0, last_it, dot_w) if last_it else 0
+        y = dot_h - 1 - _scale(v, lo, hi, dot_h)
+        return min(max(x, 0), dot_w - 1), min(max(y, 0), dot_h - 1)
+
+    for (it, v, _), r in zip(points, running):
+        x, y = xy(it, v)
+        dots[x][y] = True
+    # the running minimum as a step line across the whole width
+    for i, ((it, _, _), r) in enumerate(zip(points, running)):
+        x0, y = xy(it, r)
+        x1 = xy(points[i + 1][0], r)[0] if i + 1 < len(points) else dot_w - 1
+        for x in range(x0, x1 + 1):
+            line[x][y] = True
+        if i + 1 < len(points):
+            y_next = xy(points[i + 1][0], running[i + 1])[1]
+            for yy in range(min(y, y_next), max(y, y_next) + 1):
+                line[x1][yy] = True
+    out = Text()
+    for row in range(height):
+        if row == 0:
+            label = f"{hi - pad:.4f}"
+        elif row == height - 1:
+            label = f"{lo + pad:.4f}"
+        else:
+            label = ""
+        out.append(label.rjust(label_w)[:label_w] + " ", style="dim")
+        run, run_style = [], ""
+        for col in range(cols):
+            code = 0
+            on_line = False
+            for dx in range(2):
+                for dy in range(4):
+                    x, y = col * 2 + dx, row * 4 + dy
+                    if line[x][y]:
+                        code |= _DOTS[dx][dy]
+                        on_line = True
+                    elif dots[x][y]:
+                        code |= _DOTS[dx][dy]
+            style = "green" if on_line else ("yellow" if code else "")
+            if style != run_style and run:
+                out.append("".join(run), style=run_style)  # one span per run of a colour, not per cell
+                run = []
+            run_style = style
+            run.append(chr(0x2800 + code) if code else " ")
+        if run:
+            out.append("".join(run), style=run_style)
+        if row < height - 1:
+            out.append("\n")
+    return out
+
+
+def sparkline(values: Iterable[float], width: int) -> str:
+    """A one-line sparkline of the last ``width`` values."""
+    vals = list(values)[-width:]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    ticks = "▁▂▃▄▅▆▇█"
+    if hi <= lo:
+        return ticks[0] * len(vals)
+    return "".join(ticks[int((v - lo) / (hi - lo) * (len(ticks) - 1))] for v in vals)

@@ -1,0 +1,1 @@
+"""Modal screens: confirmations, guidance editing, freezing, mechanism approval, help, seek."""

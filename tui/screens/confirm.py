@@ -1,0 +1,44 @@
+"""A question with a few labelled answers; dismisses with the chosen answer's id (None: cancelled)."""
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Static
+
+
+class ConfirmScreen(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="confirm.cancel")]
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    ConfirmScreen > Vertical {
+        width: 70; max-width: 95%; height: auto; padding: 1 2;
+        border: thick $accent; background: $surface;
+    }
+    ConfirmScreen #confirm-title { text-style: bold; margin-bottom: 1; }
+    ConfirmScreen #confirm-buttons { height: auto; margin-top: 1; align: right middle; }
+    ConfirmScreen Button { margin-left: 1; }
+    """
+
+    def __init__(self, title: str, body: str, answers: list[tuple[str, str, str]]) -> None:
+        """``answers``: (id, label, variant) in order; the first one is focused."""
+        super().__init__()
+        self.title_text, self.body, self.answers = title, body, answers
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.title_text, id="confirm-title", markup=False)
+            yield Static(self.body, id="confirm-body", markup=False)
+            with Horizontal(id="confirm-buttons"):
+                for answer_id, label, variant in self.answers:
+                    yield Button(label, id=f"answer-{answer_id}", variant=variant)  # type: ignore[arg-type]
+                yield Button("Cancel", id="answer-cancel")
+
+    def on_mount(self) -> None:
+        self.query(Button).first().focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        answer = (event.button.id or "").removeprefix("answer-")
+        self.dismiss(None if answer == "cancel" else answer)

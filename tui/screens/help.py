@@ -1,0 +1,61 @@
+"""The help: what each pane shows and every key, as currently bound."""
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+
+PANES = (
+    ("1 Trace", "one row per iteration: changes, val_bpb, Δ against the best before it, the verdict "
+     "(keep · discard · crash · rejected · interrupted · cancelled), time, the mechanisms that touched it; "
+     "below, val_bpb under its running minimum and the current training run. Enter on a row shows its diff."),
+    ("2 Strategy", "Level 1.5: the guidance, every parameter's state (active · frozen · locked), each cycle's "
+     "freezes and unfreezes with their reasons."),
+    ("3 Research", "Level 2: the four-round dialogue as it streams, tokens per round; [ and ] move between "
+     "research sessions."),
+    ("4 Patches", "every train.py diff and every generated mechanism with its validation report; d flips a "
+     "mechanism between source and diff."),
+    ("5 Events", "one line per notable event."),
+)
+
+
+def help_text(keys: list[tuple[str, str, str]], mode: str) -> Text:
+    """Plain styled text (not Markdown): the help opens instantly even while events pour in."""
+    out = Text()
+    out.append(f"bilevel — {mode}\n\n", style="bold")
+    out.append("Panes\n", style="bold underline")
+    for name, what in PANES:
+        out.append(f"  {name:<11}", style="bold cyan")
+        out.append(f"{what}\n")
+    out.append("  Drag the bars between panes with the mouse, or use ctrl+arrows, to resize; z maximises.\n\n")
+    out.append("Keys", style="bold underline")
+    out.append("   (binding ids in brackets)\n", style="dim")
+    for key, desc, bid in keys:
+        out.append(f"  {key:<12}", style="bold yellow")
+        out.append(f"{desc:<34}")
+        out.append(f"[{bid}]\n", style="dim")
+    out.append("\nEvery action is also in the command palette (ctrl+p). Remap keys by binding id in "
+               "~/.config/bilevel/keymap.toml, e.g.\n  [keymap]\n  pause = \"p\"\n", style="italic")
+    return out
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss(None)", "Close", id="help.close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; background: $background; }  /* opaque: the panes need no repaint */
+    HelpScreen > VerticalScroll { width: 110; max-width: 100%; height: 100%; border: thick $accent;
+                                  background: $surface; padding: 0 1; }
+    """
+
+    def __init__(self, keys: list[tuple[str, str, str]], mode: str) -> None:
+        """``keys``: (key, description, binding id) of the bindings active in this mode."""
+        super().__init__()
+        self.keys, self.mode = keys, mode
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(help_text(self.keys, self.mode))

@@ -1,0 +1,140 @@
+"""The Research pane (Level 2): the four-round dialogue streaming live as Markdown.
+
+The dialogue is drawn as one Markdown part per round (plus title, validation and
+outcome); while a round streams only its own part is re-rendered. Switching to another
+research session or a backward seek starts the parts afresh.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from ..model import RESEARCH
+from ..render import short_count
+from .follow import EndFollower
+from .markdown import MarkdownText
+from .pane import Pane
+
+if TYPE_CHECKING:
+    from ..model import ViewModel
+    from ..sources import Source
+
+ROUND_MARKS = {"done": "✓", "streaming": "…", "failed": "✗"}
+
+
+class ResearchPane(Pane):
+    PANE_TITLE = "Mechanism research · Level 2"
+    BINDINGS = [
+        Binding("left_square_bracket", "previous_research", "Prev research", id="research.previous"),
+        Binding("right_square_bracket", "next_research", "Next research", id="research.next"),
+    ]
+    DEFAULT_CSS = """
+    ResearchPane #research-title { height: 1; padding: 0 1; background: $boost; }
+    ResearchPane #research-rounds { height: 1; padding: 0 1; }
+    ResearchPane #research-scroll { height: 1fr; overflow-y: scroll; }  /* a fixed width: parts render once */
+    """
+
+    def __init__(self, number: int, **kwargs) -> None:
+        super().__init__(number, **kwargs)
+        self.selected: str | None = None  # None: follow the newest research
+        self._shown_id: str | None = None
+        self._parts: list[MarkdownText] = []
+        self._model: ViewModel | None = None
+
+    def compose(self):
+        yield Static(id="research-title")
+        yield Static(id="research-rounds")
+        yield VerticalScroll(id="research-scroll")
+
+    def on_mount(self) -> None:
+        self._follower = EndFollower(self.query_one("#research-scroll", VerticalScroll))
+
+    def reset(self) -> None:
+        self._shown_id = None
+        self.selected = None
+
+    def current_id(self, model: "ViewModel") -> str | None:
+        if self.selected in model.research:
+            return self.selected
+        return model.research_order[-1] if model.research_order else None
+
+    async def sync(self, model: "ViewModel", parts: set[str], rows: set[int], params: bool, source: "Source") -> None:
+        self._model = model
+        if RESEARCH not in parts:
+            return
+        rid = self.current_id(model)
+        self._title(model, rid)
+        scroll = self.query_one("#research-scroll", VerticalScroll)
+        texts = model.research_parts(rid) if rid is not None else [self._empty_text(model)]
+        changed = False
+        if rid != self._shown_id:  # another session: from its start, or following the newest
+            await scroll.remove_children()
+            self._parts = []
+            scroll.scroll_home(animate=False, immediate=True)
+            self._follower.follow(self.selected is None)
+        for i, text in enumerate(texts):
+            if i < len(self._parts):
+                changed = self._parts[i].set_markdown(text) or changed
+            else:
+                part = MarkdownText(text)
+                self._parts.append(part)
+                await scroll.mount(part)
+                changed = True
+        if changed:
+            self._follower.content_changed()
+        self._shown_id = rid
+
+    def _empty_text(self, model: "ViewModel") -> str:
+        if model.state.session and "research" not in model.state.levels:
+            return "*Level 2 is not active in this group.*"
+        return "*No mechanism research yet.*"
+
+    def _title(self, model: "ViewModel", rid: str | None) -> None:
+        title = Text(no_wrap=True, overflow="ellipsis")
+        rounds = Text(no_wrap=True, overflow="ellipsis")
+        if rid is None:
+            title.append("no research session", style="dim")
+        else:
+            view = model.research[rid]
+            n = model.research_order.index(rid) + 1
+            title.append(f"◂ {n}/{len(model.research_order)} ▸ ", style="bold")
+            title.append(f"{rid}  cycle {view.cycle} after #{view.after_iteration}")
+            if view.finished is not None:
+                style = "green" if view.finished.outcome == "activated" else "yellow"
+                title.append(f"  {view.finished.outcome}", style=f"bold {style}")
+            elif view.pending is not None:
+                title.append("  awaiting approval (v)", style="bold yellow")
+            else:
+                title.append("  in progress", style="bold blue")
+            if self.selected is None:
+                title.append("  (following)", style="dim")
+            total = 0
+            for name, tokens, state in model.round_counters(rid):
+                total += tokens
+                rounds.append(f"{ROUND_MARKS[state]} {name} ", style="green" if state == "done" else
+                              ("red" if state == "failed" else "yellow"))
+                rounds.append(f"{'~' if state == 'streaming' else ''}{short_count(tokens)} tok  ", style="dim")
+            if total:
+                rounds.append(f"Σ {short_count(total)} tok", style="bold")
+        self.query_one("#research-title", Static).update(title, layout=False)  # one line each: no re-layout
+        self.query_one("#research-rounds", Static).update(rounds, layout=False)
+
+    def _select(self, step: int) -> None:
+        model = self._model
+        if model is None or not model.research_order:
+            return
+        current = self.current_id(model)
+        i = model.research_order.index(current) if current in model.research_order else len(model.research_order) - 1
+        j = max(0, min(len(model.research_order) - 1, i + step))
+        self.selected = None if j == len(model.research_order) - 1 else model.research_order[j]
+        model.dirty.add(RESEARCH)
+
+    def action_previous_research(self) -> None:
+        self._select(-1)
+
+    def action_next_research(self) -> None:
+        self._select(+1)

@@ -26,7 +26,7 @@ def _err(msg: str) -> None:
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--group", choices=sorted(config_mod.GROUPS), help="levels preset: A, B, C or D")
+    p.add_argument("--group", help="levels preset: A, B, C or D (a comma list runs each group)")
     p.add_argument("--iterations", type=int, help="Level 1 iterations after the baseline")
     p.add_argument("--budget", type=float, help="training seconds per run")
     p.add_argument("--name", help="experiment name (session folder suffix)")
@@ -40,7 +40,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    named = {"group": "search.group", "iterations": "budget.iterations", "budget": "budget.time_s",
+    named = {"iterations": "budget.iterations", "budget": "budget.time_s",
              "name": "name", "sessions_dir": "run.sessions_dir", "model": "endpoint.model",
              "base_url": "endpoint.base_url"}
     for attr, key in named.items():
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="experiment TOML file")
     run.add_argument("--demo", action="store_true", help="offline provider, CPU tiny preset, a few short runs")
     run.add_argument("--headless", action="store_true", help="print one line per event instead of the app")
+    run.add_argument("--repeats", type=int, default=1, help="run each group N times with distinct seeds")
     run.add_argument("--detach", action="store_true",
                      help="start the engine in the background (headless, survives the shell) and print the session")
     run.add_argument("--into", help=argparse.SUPPRESS)  # the detached child writes into the session made for it
@@ -135,7 +136,10 @@ def load_config(args: argparse.Namespace) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine import Engine
 
-    cfg = load_config(args)
+    plan = run_plan(args)
+    if len(plan) > 1:
+        return _run_repeats(plan)
+    cfg = plan[0]
     if getattr(args, "detach", False):
         return _detach(args, cfg)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
@@ -145,6 +149,72 @@ def cmd_run(args: argparse.Namespace) -> int:
     if _use_app(args):
         return _run_app(engine, Path(args.config) if args.config else None)
     return _drive(engine)
+
+
+def _groups(args: argparse.Namespace) -> list[str | None]:
+    if not getattr(args, "group", None):
+        return [None]
+    groups = [g.strip().upper() for g in args.group.split(",") if g.strip()]
+    bad = [g for g in groups if g not in config_mod.GROUPS]
+    if bad or not groups:
+        raise ConfigError(f"--group: unknown group {', '.join(bad) or repr(args.group)} (groups: A, B, C, D)")
+    return list(dict.fromkeys(groups))
+
+
+def run_plan(args: argparse.Namespace) -> list[Config]:
+    """One config per group × repeat; repeats differ only in their seed."""
+    repeats = getattr(args, "repeats", 1) or 1
+    if repeats < 1:
+        raise ConfigError("--repeats must be at least 1")
+    base = load_config(args)
+    groups = _groups(args)
+    plan = []
+    for group in groups:
+        cfg = base if group is None else config_mod.with_overrides(base, {"search.group": group, "search.levels": []})
+        if repeats == 1 and len(groups) == 1:
+            plan.append(cfg)
+            continue
+        for r in range(repeats):
+            plan.append(config_mod.with_overrides(cfg, {"search.seed": cfg.search.seed + r,
+                                                        "name": f"{cfg.name}-{cfg.search.group}-r{r + 1}"}))
+    return plan
+
+
+def _run_repeats(plan: list[Config]) -> int:
+    """Group × repeat sessions back to back (headless), then a summary table."""
+    from .engine import Engine
+
+    rows = []
+    for cfg in plan:
+        engine = Engine.create(cfg, log=lambda m: print(m, file=sys.stderr))
+        print(f"session: {engine.dir}", file=sys.stderr)
+        code = _drive(engine)
+        rows.append((cfg.search.group, cfg.search.seed, engine.state))
+        if code != EXIT_OK:
+            return code
+    print(group_summary(rows))
+    return EXIT_OK
+
+
+def group_summary(rows: list[tuple[str, int, Any]]) -> str:
+    """Each repeat's baseline, best and Δ = best − baseline, then mean ± std per group."""
+    import statistics
+
+    def fmt(v: float | None) -> str:
+        return "—" if v is None else f"{v:.6f}"
+
+    lines = [f"{'group':<6}{'seed':>6}{'baseline':>12}{'best':>12}{'Δ':>12}  session"]
+    by_group: dict[str, list[float]] = {}
+    for group, seed, state in rows:
+        base, best = state.baseline_val_bpb, state.best_val_bpb
+        delta = best - base if base is not None and best is not None else None
+        if delta is not None:
+            by_group.setdefault(group, []).append(delta)
+        lines.append(f"{group:<6}{seed:>6}{fmt(base):>12}{fmt(best):>12}{fmt(delta):>12}  {state.session}")
+    for group, deltas in by_group.items():
+        std = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
+        lines.append(f"group {group}: Δval_bpb {statistics.mean(deltas):+.6f} ± {std:.6f} over {len(deltas)} repeat(s)")
+    return "\n".join(lines)
 
 
 def _use_app(args: argparse.Namespace) -> bool:
@@ -191,6 +261,8 @@ def _detach(args: argparse.Namespace, cfg: Config) -> int:
     session = new_session_dir(cfg.sessions_path(), cfg.name).resolve()
     child = [sys.executable, "-m", "core.cli", "run", "--headless", "--into", str(session)]
     child += ["--demo"] if args.demo else [str(Path(args.config).resolve())]
+    if args.group:
+        child += ["--group", args.group]
     for key, value in _overrides(args).items():
         child += ["--set", f"{key}={_toml_literal(value)}"]
     with open(session / "engine.log", "ab") as out:

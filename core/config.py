@@ -192,6 +192,14 @@ def from_dict(data: Mapping[str, Any], *, source: str = "<config>", text: str = 
     return cfg
 
 
+def with_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """A copy of cfg with dotted keys replaced, validated like a file."""
+    data = cfg.to_dict()
+    for dotted, value in overrides.items():
+        _set_dotted(data, dotted, value)
+    return dataclasses.replace(from_dict(data, source="<overrides>"), base_dir=cfg.base_dir)
+
+
 def parse_override(assignment: str) -> tuple[str, Any]:
     """``key.path=value`` from the command line; the value is read as TOML, else as a string."""
     key, sep, raw = assignment.partition("=")
@@ -347,7 +355,9 @@ def demo_config(**overrides: Any) -> Config:
         "script": {"preset": "cpu-tiny"},
         "data": {"source": "stdlib", "name": "stdlib-demo", "max_bytes": 3_000_000, "vocab_size": 1024},
         # Shapes that must divide the batch stay put so a short demo spends its runs on training.
-        "search": {"locked": ["DEPTH", "ASPECT_RATIO", "HEAD_DIM", "MAX_SEQ_LEN"]},
+        # Outer levels every two iterations, so `--demo --group C` shows all three levels at work.
+        "search": {"locked": ["DEPTH", "ASPECT_RATIO", "HEAD_DIM", "MAX_SEQ_LEN"],
+                   "outer_period": 2, "research_period": 1},
         "budget": {"time_s": 4.0, "grace_s": 90.0, "iterations": 4},
         "run": {"gpus": "cpu"},
     }

@@ -348,6 +348,33 @@ async def test_maximise_focus_and_help(tmp_path: Path):
         assert not isinstance(app.screen, HelpScreen)
 
 
+async def test_panes_resize_by_dragging_the_bars_and_by_keys(tmp_path: Path):
+    path = tmp_path / "s"
+    await record_session(path, Plan(iterations=2, progress_per_run=2))
+    app = BilevelApp(ReplaySource(path, follow=False), deterministic=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.caught_up()
+        left = app.base.query_one("#left-col")
+        trace = app.base.query_one("#trace")
+        width, height = left.outer_size.width, trace.outer_size.height
+        bar = app.base.query_one("#split-main").region
+        target = (bar.x - 30, bar.y + 5)  # screen coordinates: the bar moves with the drag
+        await pilot.mouse_down("#split-main")
+        await pilot.hover(None, offset=target)
+        await pilot.mouse_up(None, offset=target)
+        await pilot.pause()
+        assert left.outer_size.width == pytest.approx(width - 30, abs=2)
+        await pilot.press("1", "ctrl+right", "ctrl+right")
+        await pilot.pause()
+        assert left.outer_size.width == pytest.approx(width - 30 + 8, abs=2)
+        await pilot.press("ctrl+down")
+        await pilot.pause()
+        assert trace.outer_size.height == pytest.approx(height + 2, abs=1)
+        await pilot.press("l")  # the event log gives its rows to the panes
+        await pilot.pause()
+        assert not app.base.query_one("#events").display and trace.outer_size.height > height + 2
+
+
 async def test_every_action_is_in_the_command_palette(tmp_path: Path):
     engine = ScriptedEngine(tmp_path / "live", Plan(iterations=0))
     live = BilevelApp(LiveSource(engine), deterministic=True)
@@ -389,3 +416,59 @@ async def test_refused_command_is_reported(tmp_path: Path):
         await until(pilot, lambda: bool(received(engine, "freeze")))
         await until(pilot, lambda: any(n.severity == "error" for n in app._notifications), what="an error toast")
     assert received(engine, "freeze")[0].ok is False
+
+
+async def test_every_control_reaches_the_real_demo_engine(tmp_path: Path):
+    """The same keys against the product's engine: the offline demo, training real (tiny) models on the CPU."""
+    from core.config import demo_config
+    from core.engine import Engine
+
+    cfg = demo_config(**{"run.sessions_dir": str(tmp_path / "sessions"), "budget.iterations": 50,
+                         "budget.time_s": 2.0})
+    engine = Engine.create(cfg)
+    source = LiveSource(engine)
+    engine.log = source.log
+    task = asyncio.create_task(engine.run())
+    source.engine_task = task
+    app = BilevelApp(source, deterministic=True)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: (app.model.training_iteration or 0) >= 1, timeout=120, what="iteration 1")
+            await press(app, "g")
+            await until(pilot, on_screen(app, GuidanceScreen))
+            app.screen.query_one("TextArea").text = "Keep the batch size."
+            await press(app, "ctrl+s")
+            await until(pilot, lambda: app.model.state.guidance == "Keep the batch size.", what="GuidanceChanged")
+            for frozen in (True, False):
+                await press(app, "f")
+                await until(pilot, on_screen(app, FreezeScreen))
+                options = app.screen.query_one("OptionList")
+                options.highlighted = options.get_option_index("MATRIX_LR")
+                await press(app, "enter")
+                await until(pilot, lambda: ("MATRIX_LR" in app.model.state.frozen) is frozen, what="(un)freeze")
+            await until(pilot, lambda: app.model.training_iteration is not None, timeout=60, what="a training run")
+            aborted = app.model.training_iteration
+            await press(app, "x")
+            await until(pilot, on_screen(app, ConfirmScreen))
+            await press(app, "enter")
+            await until(pilot, lambda: app.model.rows[aborted].final, timeout=60, what="the aborted verdict")
+            assert app.model.rows[aborted].phase == "cancelled"
+            await press(app, "space")
+            assert app.model.status in ("pausing…", "paused")
+            await until(pilot, lambda: app.model.status == "paused", timeout=60, what="Paused")
+            await press(app, "space")
+            await until(pilot, lambda: app.model.status == "running", timeout=30, what="Unpaused")
+            await press(app, "q")
+            await until(pilot, on_screen(app, ConfirmScreen))
+            await press(app, "enter")
+            await until(pilot, lambda: not app.is_running, timeout=60, what="the app to close")
+        state = await asyncio.wait_for(task, 60)
+    finally:
+        if not task.done():
+            engine.request_stop("test over", hard=True)
+            await asyncio.wait_for(task, 60)
+    assert state.status == "stopped"
+    acks_ = [e for e in SessionReader(engine.dir).events() if isinstance(e, ev.CommandReceived)]
+    assert [a.command for a in acks_] == ["set_guidance", "freeze", "unfreeze", "abort_training", "pause", "resume",
+                                         "stop"]
+    assert all(a.ok and a.source == "tui" for a in acks_), [a for a in acks_ if not a.ok]

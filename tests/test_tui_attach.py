@@ -254,7 +254,7 @@ ENGINE_WATCHES_CHANNEL = "watch_commands" in inspect.getsource(core.engine)
 def detach_demo(tmp_path: Path, iterations: int) -> tuple[Path, int]:
     """``bilevel run --detach --demo``: returns the session folder it printed and the engine's pid."""
     out = subprocess.run([sys.executable, "-m", "core.cli", "run", "--detach", "--demo", "--iterations",
-                          str(iterations), "--sessions-dir", str(tmp_path / "sessions")], cwd=tmp_path,
+                          str(iterations), "--budget", "2", "--sessions-dir", str(tmp_path / "sessions")], cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     session = Path(out.stdout.strip().splitlines()[-1])

@@ -56,7 +56,8 @@ class Terminal:
 
 
 def test_run_in_a_terminal_pauses_then_quit_stops_cleanly_and_leaves_a_resumable_session(tmp_path: Path):
-    term = Terminal(["run", "--demo", "--iterations", "20", "--sessions-dir", str(tmp_path / "sessions")], tmp_path)
+    args = ["run", "--demo", "--iterations", "20", "--budget", "2", "--sessions-dir", str(tmp_path / "sessions")]
+    term = Terminal(args, tmp_path)
     try:
         wait(lambda: b"LIVE" in term.output, 60, "the app to draw")
 

@@ -79,10 +79,10 @@ def apply_limits(*, want_freeze: Iterable[str], want_unfreeze: Iterable[str], ca
 def offline_guidance(stats: Mapping[str, ParamStats], active: Iterable[str]) -> str:
     """The offline guidance sentence: name the least-explored active parameters."""
     counts = sorted(((stats[n].proposed if n in stats else 0, n) for n in active))
-    under = [n for c, n in counts[:3]]
-    if not under:
+    if not counts:
         return "All parameters are frozen or locked; unfreeze one to continue exploring."
-    tried = ", ".join(f"{n} ({c}×)" for c, n in counts[:3])
+    least = counts[: max(1, min(3, (len(counts) + 1) // 2))]  # the less-explored half, at most three
+    tried = ", ".join(f"{n} ({c}×)" for c, n in least)
     return f"Explore the least-explored parameters next: {tried}; avoid repeating regions already tried."
 
 

@@ -70,7 +70,7 @@ class Engine:
         self._unpaused = asyncio.Event()
         self._cancel_training: asyncio.Event | None = None
         self._current: asyncio.Task[Any] | None = None
-        self.mechanisms = MechanismHost(self.emit, self._schema_dicts, cfg.level2.hook_timeout_s)
+        self.mechanisms = MechanismHost(self.emit, self._schema_dicts, cfg.level2.hook_timeout_s, self.dir)
         self.inner = InnerLoop(self)
         self.strategy = StrategyLevel(self)
         self.research = ResearchLevel(self)

@@ -13,6 +13,7 @@ import ctypes
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from mechanisms.base import Mechanism, Modify, SearchState, Veto
@@ -92,8 +93,9 @@ def _run_with_limit(fn: Callable[[], Any], timeout_s: float) -> "asyncio.Future[
 
 class MechanismHost:
     def __init__(self, emit: Callable[[ev.Event], Any], schema_dicts: Callable[[], dict[str, Any]],
-                 hook_timeout_s: float) -> None:
+                 hook_timeout_s: float, write_root: Path | None = None) -> None:
         self._emit = emit
+        self._write_root = write_root  # the session folder: the only place hooks may write
         self._schema = schema_dicts
         self.timeout_s = hook_timeout_s
         self.active: list[Active] = []
@@ -133,9 +135,16 @@ class MechanismHost:
     async def _call(self, entry: Active, hook: str, *args: Any) -> Any:
         entry.calls[hook] += 1
         entry.pending[hook] += 1
+        from mechanisms.sandbox import runtime_guard  # audit hooks only once a mechanism runs
+
         fn = getattr(entry.mechanism, hook)
+
+        def guarded() -> Any:
+            with runtime_guard(self._write_root):
+                return fn(*args)
+
         try:
-            return await _run_with_limit(lambda: fn(*args), self.timeout_s)
+            return await _run_with_limit(guarded, self.timeout_s)
         except BaseException as exc:  # noqa: BLE001
             if isinstance(exc, asyncio.CancelledError):
                 raise

@@ -1,0 +1,176 @@
+"""Level 2 against the scripted server: generated mechanisms that really run, and every failure path."""
+from __future__ import annotations
+
+import json
+import textwrap
+from typing import Callable
+
+import pytest
+
+from core import events as ev
+from tests.conftest import llm_config, run_engine
+from tests.support import Reply, ScriptedOpenAI
+
+GOOD_TABU = textwrap.dedent('''
+    from mechanisms.base import Mechanism, Veto
+
+
+    class GeneratedTabu(Mechanism):
+        """Vetoes a proposal whose changes repeat an iteration already tried."""
+
+        name = "generated_tabu"
+
+        def review_proposal(self, state, proposal):
+            for r in state.records:
+                if r["changes"] and r["changes"] == proposal["changes"]:
+                    return Veto(f"iteration #{r['iteration']} already tried {proposal['changes']}")
+            return None
+''')
+
+
+def module_reply(source: str) -> str:
+    return f"Here is the mechanism.\n```python\n{source}\n```\n"
+
+
+class Scripted:
+    """Dispatches on the level and round of each request, like a real model would see them."""
+
+    def __init__(self, generate: list[str], research_delay_s: float = 0.0,
+                 strategy: dict | None = None) -> None:
+        self.generate = list(generate)
+        self.research_delay_s = research_delay_s
+        self.strategy = strategy or {"diagnosis": "LR is stuck", "freeze": [], "unfreeze": [],
+                                     "guidance": "try the warmdown", "reasoning": "evidence"}
+        self.vetoes = 0
+
+    def __call__(self, req: dict) -> Reply | str:
+        system = req["messages"][0]["content"]
+        last = req["messages"][-1]["content"]
+        if "ML research assistant" in system:
+            if "vetoed by" in last:
+                self.vetoes += 1
+                return json.dumps({"changes": {"LR": round(0.02 + 0.001 * self.vetoes, 4)},
+                                   "hypothesis": "a new region"})
+            return json.dumps({"changes": {"LR": 0.06}, "hypothesis": "higher LR"})
+        if "search strategy" in system:
+            return json.dumps(self.strategy)
+        delay = self.research_delay_s
+        if "Critique each candidate" in last:
+            return Reply(content=json.dumps({"scores": {"tabu": 9, "bandit": 5}, "selected": "tabu",
+                                             "reason": "the proposer repeats itself"}), delay_s=delay)
+        if "Write the mechanism" in last or "failed validation" in last:
+            return Reply(content=module_reply(self.generate.pop(0)), delay_s=delay)
+        if "Specify the selected" in last:
+            return Reply(content="class GeneratedTabu; overrides review_proposal", delay_s=delay)
+        return Reply(content="1. tabu search 2. UCB bandit 3. orthogonal arrays", delay_s=delay)
+
+
+def research_config(tmp_path, server, **kw):
+    return llm_config(tmp_path, server, **{"search.group": "D", "search.outer_period": 1,
+                                           "search.research_period": 1, "budget.iterations": 5,
+                                           "level2.import_timeout_s": 20.0, **kw})
+
+
+async def test_generated_tabu_vetoes_a_repeat_and_the_next_proposal_differs(tmp_path):
+    with ScriptedOpenAI(responder=Scripted([GOOD_TABU])) as server:
+        engine, rec = await run_engine(research_config(tmp_path, server))
+    activated = rec.of(ev.MechanismActivated)
+    assert [a.name for a in activated] == ["generated_tabu"] and activated[0].origin == "generated"
+    vetoes = [e for e in rec.of(ev.MechanismEffect) if e.effect == "vetoed"]
+    assert vetoes, "the active mechanism never vetoed the repeated proposal"
+    veto = vetoes[0]
+    same_iteration = [p for p in rec.of(ev.ProposalMade) if p.iteration == veto.iteration]
+    assert same_iteration[0].changes == {"LR": 0.06} and same_iteration[-1].changes != {"LR": 0.06}
+    counted = [e.mechanisms for e in rec.of(ev.IterationFinished) if e.mechanisms]
+    assert counted and counted[-1]["generated_tabu"]["review_proposal"] > 0
+    report = (engine.dir / rec.of(ev.MechanismValidated)[0].report).read_text()
+    assert "dry" in report.lower()
+    for round_ in ("explore", "critique", "specify", "generate"):
+        assert round_ in [r.round for r in rec.of(ev.ResearchRound)]
+    deltas = [d for d in rec.of(ev.LLMDelta) if d.level == "research"]
+    assert deltas, "research rounds are streamed token by token"
+
+
+async def test_without_the_mechanism_the_same_proposal_repeats(tmp_path):
+    with ScriptedOpenAI(responder=Scripted([])) as server:
+        _, rec = await run_engine(llm_config(tmp_path, server, **{"budget.iterations": 4}))
+    proposals = [p.changes for p in rec.of(ev.ProposalMade)]
+    assert proposals == [{"LR": 0.06}] * 4
+
+
+BAD_MODULES = {
+    "syntax": "class Broken(Mechanism:\n    pass\n",
+    "policy": "import subprocess\nfrom mechanisms.base import Mechanism\n\nclass P(Mechanism):\n"
+              "    def observe(self, state, result):\n        subprocess.run(['true'])\n",
+    "missing_package": "import sklearn_not_installed_xyz\nfrom mechanisms.base import Mechanism\n\n"
+                       "class M(Mechanism):\n    pass\n",
+    "hook_raises": "from mechanisms.base import Mechanism\n\nclass R(Mechanism):\n"
+                   "    def shape_prompt(self, state, prompt):\n        raise RuntimeError('boom')\n",
+    "hook_hangs": "from mechanisms.base import Mechanism\n\nclass H(Mechanism):\n"
+                  "    def observe(self, state, result):\n        while True:\n            pass\n",
+    "garbage_review": "from mechanisms.base import Mechanism\n\nclass G(Mechanism):\n"
+                      "    def review_proposal(self, state, proposal):\n        return 42\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_MODULES))
+async def test_each_broken_mechanism_is_rejected_with_a_reason_and_the_loop_completes(tmp_path, kind):
+    with ScriptedOpenAI(responder=Scripted([BAD_MODULES[kind]])) as server:
+        engine, rec = await run_engine(research_config(
+            tmp_path, server, **{"level2.max_repairs": 0, "level2.hook_timeout_s": 0.5,
+                                 "level2.import_timeout_s": 10.0, "budget.iterations": 3}))
+    validated = rec.of(ev.MechanismValidated)
+    assert validated and not validated[0].ok and validated[0].failure
+    if kind == "missing_package":
+        assert validated[0].missing_packages == ["sklearn_not_installed_xyz"]
+    finished = rec.of(ev.ResearchFinished)
+    assert finished[0].outcome == "rejected" and finished[0].reason
+    assert not rec.of(ev.MechanismActivated)
+    assert engine.state.status == "completed" and engine.state.next_iteration == 4
+
+
+async def test_a_failed_validation_goes_back_to_the_llm_for_repair(tmp_path):
+    with ScriptedOpenAI(responder=Scripted([BAD_MODULES["syntax"], GOOD_TABU])) as server:
+        _, rec = await run_engine(research_config(tmp_path, server))
+    first = rec.of(ev.ResearchStarted)[0].research_id
+    attempts = [(v.attempt, v.ok) for v in rec.of(ev.MechanismValidated) if v.research_id == first]
+    assert attempts == [(1, False), (2, True)]
+    rounds = [r.round for r in rec.of(ev.ResearchRound) if r.research_id == first]
+    assert rounds == ["explore", "critique", "specify", "generate", "repair"]
+    assert rec.of(ev.MechanismActivated)
+
+
+RUNTIME_FAILURES = {
+    # Each passes the dry run on the short trace it sees, then fails later in the real run.
+    "raises": ("observe", "    def observe(self, state, result):\n"
+                          "        if len(state.records) >= 4:\n            raise ValueError('late failure')\n"),
+    "hangs": ("review_proposal", "    def review_proposal(self, state, proposal):\n"
+                                 "        while len(state.records) >= 4:\n            pass\n        return None\n"),
+    "garbage": ("review_proposal", "    def review_proposal(self, state, proposal):\n"
+                                   "        return None if len(state.records) < 4 else 'yes'\n"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RUNTIME_FAILURES))
+async def test_a_mechanism_failing_at_run_time_is_deactivated_and_the_loop_goes_on(tmp_path, kind):
+    hook, body = RUNTIME_FAILURES[kind]
+    source = f"from mechanisms.base import Mechanism\n\nclass Late(Mechanism):\n{body}"
+    with ScriptedOpenAI(responder=Scripted([source])) as server:
+        engine, rec = await run_engine(research_config(
+            tmp_path, server, **{"level2.hook_timeout_s": 0.5, "budget.iterations": 7}))
+    assert rec.of(ev.MechanismActivated), [e.failure for e in rec.of(ev.MechanismValidated)]
+    off = rec.of(ev.MechanismDeactivated)
+    assert off and off[0].name == "Late" and off[0].hook == hook and off[0].reason
+    assert engine.state.status == "completed" and engine.state.mechanisms == {}
+
+
+async def test_level2_runs_concurrently_without_delaying_inner_iterations(tmp_path):
+    with ScriptedOpenAI(responder=Scripted([GOOD_TABU], research_delay_s=2.0)) as server:
+        _, rec = await run_engine(research_config(tmp_path, server, **{"budget.iterations": 12}))
+    started = rec.of(ev.ResearchStarted)[0]
+    done = [e for e in rec.of(ev.ResearchFinished)][0]
+    assert done.ts - started.ts >= 8.0  # four rounds of at least 2 s each
+    starts = [e.ts for e in rec.of(ev.IterationStarted)]
+    during = [b - a for a, b in zip(starts, starts[1:]) if started.ts <= a <= done.ts]
+    assert len(during) >= 3, "the inner loop should have kept iterating while research ran"
+    assert max(during) < 1.5, f"an inner iteration waited for Level 2: gaps {during}"

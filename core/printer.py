@@ -60,6 +60,17 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.MechanismDeactivated: lambda e: f"mechanism {e.name} DEACTIVATED: {e.reason}",
     ev.MechanismEffect: lambda e: f"#{e.iteration} mechanism {e.name} {e.effect}: {e.detail[:200]}",
     ev.TrainingOutput: lambda e: f"#{e.iteration} [{e.stream}] {e.line}" if e.stream == "stderr" else None,
+    ev.StrategyDecision: lambda e: (f"Level 1.5 cycle {e.cycle} ({e.source}): froze {', '.join(e.freeze) or 'nothing'}, "
+                                    f"unfroze {', '.join(e.unfreeze) or 'nothing'}; candidates "
+                                    f"{', '.join(e.candidates) or 'none'}"
+                                    + (f"; refused {e.refused}" if e.refused else "")
+                                    + (f"; error: {e.error}" if e.error else "")),
+    ev.ResearchStarted: lambda e: f"Level 2 research {e.research_id} started ({e.source}) after iteration {e.after_iteration}",
+    ev.ResearchRound: lambda e: f"Level 2 {e.research_id} {e.round}: {e.summary[:160]!r}",
+    ev.MechanismValidated: lambda e: (f"Level 2 {e.research_id} validation of {e.name} (attempt {e.attempt}): "
+                                      + ("passed" if e.ok else f"FAILED — {e.failure[:300]}")),
+    ev.MechanismPending: lambda e: f"Level 2 {e.research_id}: {e.name} waits for approval (bilevel attach, then approve)",
+    ev.ResearchFinished: lambda e: f"Level 2 {e.research_id} {e.outcome}: {e.name} {e.reason[:200]}".rstrip(),
 }
 
 

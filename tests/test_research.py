@@ -174,3 +174,33 @@ async def test_level2_runs_concurrently_without_delaying_inner_iterations(tmp_pa
     during = [b - a for a, b in zip(starts, starts[1:]) if started.ts <= a <= done.ts]
     assert len(during) >= 3, "the inner loop should have kept iterating while research ran"
     assert max(during) < 1.5, f"an inner iteration waited for Level 2: gaps {during}"
+
+
+@pytest.mark.slow
+async def test_full_group_c_run_on_the_cpu_preset(tmp_path):
+    """Baseline + 10 iterations on the real workload: Level 1.5 twice, Level 2 once."""
+    from core import config
+
+    scripted = Scripted([GOOD_TABU])
+    proposals = iter([{"MATRIX_LR": 0.05}, {"WARMDOWN_RATIO": 0.4}, {"MATRIX_LR": 0.03}, {"SCALAR_LR": 0.4},
+                      {"MATRIX_LR": 0.06}, {"WINDOW_PATTERN": "SL"}, {"MATRIX_LR": 0.035}, {"EMBEDDING_LR": 0.5},
+                      {"MATRIX_LR": 0.045}, {"WARMUP_RATIO": 0.05}, {"FINAL_LR_FRAC": 0.1}, {"SCALAR_LR": 0.6}])
+
+    def responder(req: dict):
+        if "ML research assistant" in req["messages"][0]["content"]:
+            return json.dumps({"changes": next(proposals), "hypothesis": "scripted"})
+        return scripted(req)
+
+    with ScriptedOpenAI(responder=responder) as server:
+        cfg = config.demo_config(**{
+            "endpoint.provider": "openai", "endpoint.base_url": server.base_url, "endpoint.model": "test-model",
+            "search.group": "C", "search.outer_period": 5, "search.research_period": 2,
+            "strategy.freeze_after": 2, "budget.iterations": 10, "budget.time_s": 1.0,
+            "run.sessions_dir": str(tmp_path / "sessions")})
+        engine, rec = await run_engine(cfg)
+    assert engine.state.status == "completed"
+    assert [e.iteration for e in rec.of(ev.IterationFinished)] == list(range(11))
+    assert [d.cycle for d in rec.of(ev.StrategyDecision)] == [1, 2]
+    assert len(rec.of(ev.ResearchStarted)) == 1  # after cycle 2 (M = 2)
+    assert rec.of(ev.ResearchFinished)[0].outcome == "activated"
+    assert rec.of(ev.MechanismValidated)[0].ok

@@ -472,3 +472,50 @@ async def test_every_control_reaches_the_real_demo_engine(tmp_path: Path):
     assert [a.command for a in acks_] == ["set_guidance", "freeze", "unfreeze", "abort_training", "pause", "resume",
                                          "stop"]
     assert all(a.ok and a.source == "tui" for a in acks_), [a for a in acks_ if not a.ok]
+
+
+def _colours(svg: str) -> set[tuple[int, int, int]]:
+    import re
+
+    return {(int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)) for h in re.findall(r"fill: #([0-9a-f]{6})", svg)}
+
+
+async def test_no_color_is_respected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "s"
+    await record_session(path, Plan(iterations=3, progress_per_run=2))
+    shots = {}
+    for no_color in (False, True):
+        if no_color:
+            monkeypatch.setenv("NO_COLOR", "1")
+        app = BilevelApp(ReplaySource(path, follow=False), deterministic=True)
+        async with app.run_test(size=SIZE):
+            await app.caught_up()
+            assert app.no_color is no_color
+            shots[no_color] = _colours(app.export_screenshot())
+
+    def grey(c: tuple[int, int, int]) -> bool:
+        return max(c) - min(c) <= 8
+
+    assert not all(grey(c) for c in shots[False])  # the check can see colour
+    assert all(grey(c) for c in shots[True]), sorted(c for c in shots[True] if not grey(c))
+
+
+async def test_an_engine_that_crashes_is_reported_not_hidden(tmp_path: Path):
+    class Broken(ScriptedEngine):
+        async def run(self):  # type: ignore[override]
+            self.emit(ev.SessionStarted(session="broken", levels=["inner"]))
+            raise RuntimeError("a bug in the engine")
+
+    engine = Broken(tmp_path / "s", Plan(iterations=1))
+    source = LiveSource(engine)
+    source.engine_task = asyncio.create_task(engine.run())
+    app = BilevelApp(source, deterministic=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: any("a bug in the engine" in str(n.message) for n in app._notifications),
+                    what="the error toast")
+        assert "engine stopped with an error" in app.screen_text().splitlines()[0]
+        await press(app, "q")  # nothing runs any more: no question asked
+        await until(pilot, lambda: not app.is_running)
+    with pytest.raises(RuntimeError):
+        source.engine_task.result()
+    engine.writer.close()

@@ -159,6 +159,7 @@ class BilevelApp(App[int]):
         self._notified_pending: set[str] = set()
         self._alerts_armed = False  # no toasts for what happened before this viewer caught up
         self._exit_when_finished = False
+        self._engine_error_shown = False
         self._panes: list[Pane] = []
         self._header: StatusHeader | None = None
         self._started = time.monotonic()
@@ -251,10 +252,11 @@ class BilevelApp(App[int]):
                     and time.monotonic() - self._started < FIRST_PAINT_WAIT_S:
                 self.header.refresh()  # loading a history: one paint of where it ends, not of every step
                 return
+            if not self.is_running:
+                return
             parts, rows, params = model.take_dirty()
             if not parts and not rows and not params and not self.source.diagnostics:
-                return
-            if not self.is_running:
+                self._announce()  # nothing new to show, but an engine may have ended, a quit be due
                 return
             try:
                 self.repaints += 1
@@ -317,6 +319,12 @@ class BilevelApp(App[int]):
                 if self._alerts_armed and not self.source.read_only:
                     self.notify(f"{pending.name} waits for your approval — press v", title="Mechanism validated",
                                 severity="warning", timeout=10)
+        error = getattr(self.source, "engine_error", lambda: None)()
+        if error is not None and not self._engine_error_shown:
+            self._engine_error_shown = True
+            self.header.notice = "engine stopped with an error"
+            self.notify(f"{type(error).__name__}: {error}", title="The engine stopped with an error",
+                        severity="error", timeout=30)
         if self._exit_when_finished and (model.finished is not None or not self.source.engine_running()):
             self.exit(0)
 

@@ -7,7 +7,7 @@ work in any UTF-8 terminal (tmux, SSH) without truecolor.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from rich.text import Text
 
@@ -178,14 +178,3 @@ def best_plot(points: Sequence[tuple[int, float, str]], width: int, height: int)
             out.append("\n")
     return out
 
-
-def sparkline(values: Iterable[float], width: int) -> str:
-    """A one-line sparkline of the last ``width`` values."""
-    vals = list(values)[-width:]
-    if not vals:
-        return ""
-    lo, hi = min(vals), max(vals)
-    ticks = "▁▂▃▄▅▆▇█"
-    if hi <= lo:
-        return ticks[0] * len(vals)
-    return "".join(ticks[int((v - lo) / (hi - lo) * (len(ticks) - 1))] for v in vals)

@@ -184,6 +184,13 @@ class LiveSource(Source):
     def engine_running(self) -> bool:
         return self.engine_task is not None and not self.engine_task.done()
 
+    def engine_error(self) -> BaseException | None:
+        """The exception the engine's task ended with (a bug: the engine reports run errors as events)."""
+        task = self.engine_task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
     def describe(self) -> str:
         return "LIVE"
 

@@ -204,3 +204,48 @@ async def test_full_group_c_run_on_the_cpu_preset(tmp_path):
     assert len(rec.of(ev.ResearchStarted)) == 1  # after cycle 2 (M = 2)
     assert rec.of(ev.ResearchFinished)[0].outcome == "activated"
     assert rec.of(ev.MechanismValidated)[0].ok
+
+
+async def _approval_run(tmp_path, decision: str):
+    import asyncio
+
+    from core.engine import Engine
+    from tests.conftest import Recorder
+
+    with ScriptedOpenAI(responder=Scripted([GOOD_TABU])) as server:
+        cfg = research_config(tmp_path, server, **{"level2.approval": "manual", "budget.iterations": 8})
+        engine = Engine.create(cfg)
+        rec = Recorder()
+
+        def on_event(e):
+            rec(e)
+            if isinstance(e, ev.MechanismPending):
+                engine.submit(decision, source="test", research_id=e.research_id)
+        engine.subscribe(on_event)
+        await asyncio.wait_for(engine.run(), 120)
+    return engine, rec
+
+
+async def test_manual_approval_waits_for_the_user_then_activates(tmp_path):
+    engine, rec = await _approval_run(tmp_path, "approve_mechanism")
+    pending = rec.of(ev.MechanismPending)[0]
+    activated = rec.of(ev.MechanismActivated)[0]
+    ack = [c for c in rec.of(ev.CommandReceived) if c.command == "approve_mechanism"][0]
+    assert ack.ok and pending.seq < ack.seq < activated.seq
+    assert (engine.dir / pending.diff).read_text().startswith("---")
+
+
+async def test_rejected_mechanism_changes_nothing(tmp_path):
+    engine, rec = await _approval_run(tmp_path, "reject_mechanism")
+    assert rec.of(ev.MechanismPending) and not rec.of(ev.MechanismActivated)
+    assert rec.of(ev.ResearchFinished)[0].outcome == "declined"
+
+
+async def test_builtin_mechanisms_can_be_enabled_from_the_config(tmp_path):
+    from tests.conftest import fast_config
+
+    engine, rec = await run_engine(fast_config(tmp_path, **{"search.mechanisms": ["bandit", "tabu"],
+                                                            "budget.iterations": 3}))
+    assert [(a.name, a.origin) for a in rec.of(ev.MechanismActivated)] == [("bandit", "config"), ("tabu", "config")]
+    counts = rec.of(ev.IterationFinished)[-1].mechanisms
+    assert counts["bandit"]["shape_prompt"] >= 1 and counts["tabu"]["review_proposal"] >= 1

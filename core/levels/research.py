@@ -97,7 +97,8 @@ class ResearchLevel:
     def _offline_choice(self, research_id: str) -> Ready | None:
         eng = self.engine
         records = _records(eng)
-        name, reason = choose_builtin(records, eng._schema_dicts(), active=eng.mechanisms.names)
+        name, reason = choose_builtin(records, eng._schema_dicts(), active=eng.mechanisms.names,
+                                      frozen=sorted(eng.state.frozen))
         if name in eng.mechanisms.names:
             eng.emit(ev.ResearchFinished(research_id=research_id, outcome="rejected", name=name,
                                          reason="every built-in mechanism is already active"))

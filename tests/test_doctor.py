@@ -1,0 +1,40 @@
+"""`bilevel doctor`: each check says what it found, against a real endpoint protocol."""
+from __future__ import annotations
+
+from core.cli import main
+from tests.support import ScriptedOpenAI
+
+
+def _config(tmp_path, base_url: str, model: str, key_env: str = "") -> str:
+    p = tmp_path / "d.toml"
+    p.write_text(f'[endpoint]\nprovider = "openai"\nbase_url = "{base_url}"\nmodel = "{model}"\n'
+                 f'api_key_env = "{key_env}"\n[data]\nsource = "none"\n')
+    return str(p)
+
+
+def test_doctor_finds_the_endpoint_and_the_model(tmp_path, capsys):
+    with ScriptedOpenAI(models=("deepseek-flash", "deepseek-v4-pro")) as server:
+        code = main(["doctor", _config(tmp_path, server.base_url, "deepseek-flash")])
+    out = capsys.readouterr().out
+    assert "[ok  ] python" in out and "[ok  ] model: deepseek-flash" in out
+    assert "answers (2 models)" in out
+    assert code == 0
+
+
+def test_doctor_names_the_models_when_ours_is_missing(tmp_path, capsys):
+    with ScriptedOpenAI(models=("deepseek-flash",)) as server:
+        code = main(["doctor", _config(tmp_path, server.base_url, "deepseek-chat")])
+    out = capsys.readouterr().out
+    assert "[FAIL] model: 'deepseek-chat' is not listed" in out and "deepseek-flash" in out
+    assert code == 1
+
+
+def test_doctor_reports_an_unset_key_variable(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    code = main(["doctor", _config(tmp_path, "http://127.0.0.1:9/v1", "m", "NO_SUCH_KEY_VAR")])
+    assert "NO_SUCH_KEY_VAR is not set" in capsys.readouterr().out and code == 1
+
+
+def test_doctor_reports_an_unreachable_endpoint(tmp_path, capsys):
+    code = main(["doctor", _config(tmp_path, "http://127.0.0.1:9/v1", "m")])
+    assert "[FAIL] endpoint" in capsys.readouterr().out and code == 1

@@ -50,6 +50,9 @@ class EndpointConfig:
     max_retries: int = field(default=4, **_meta(min=0, max=20))
     temperature: typing.Optional[float] = field(default=None, **_meta(min=0, max=2))
     max_tokens: typing.Optional[int] = field(default=None, **_meta(min=16))
+    # US dollars per million tokens for this model, for the cost columns of `bilevel report`.
+    price_in_per_m: typing.Optional[float] = field(default=None, **_meta(min=0))
+    price_out_per_m: typing.Optional[float] = field(default=None, **_meta(min=0))
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,16 @@ class Level2Config:
 
 
 @dataclass(frozen=True)
+class AcceptanceConfig:
+    """When a change counts as an improvement (search.min_delta is the absolute floor)."""
+
+    noise_sigma: float = field(default=0.0, **_meta(min=0))  # > 0: beat best by this many noise-floor σ
+    confirm: bool = False  # re-run a candidate new best with another seed; keep it only if the mean wins
+    allow_seed_tuning: bool = False  # let the search change seed constants (SEED = 42) in the script
+    noise_store: str = ""  # where noise floors are kept; empty: <sessions_dir>/noise.json
+
+
+@dataclass(frozen=True)
 class RunConfig:
     sessions_dir: str = "sessions"
     gpus: str = "auto"  # "auto", "cpu", or a list like "0,1"
@@ -130,6 +143,7 @@ class Config:
     search: SearchConfig = SearchConfig()
     strategy: StrategyConfig = StrategyConfig()
     level2: Level2Config = Level2Config()
+    acceptance: AcceptanceConfig = AcceptanceConfig()
     run: RunConfig = RunConfig()
     # Where relative paths resolve from: the config file's folder (not saved).
     base_dir: str = field(default="", metadata={"internal": True})
@@ -143,6 +157,10 @@ class Config:
 
     def sessions_path(self) -> Path:
         return self._resolve(self.run.sessions_dir)
+
+    def noise_store_path(self) -> Path:
+        store = self.acceptance.noise_store
+        return self._resolve(store) if store else self.sessions_path() / "noise.json"
 
     def _resolve(self, p: str) -> Path:
         path = Path(p).expanduser()

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from . import __version__
 from . import events as ev
 from .config import Config, from_dict
+from .acceptance import AcceptanceError, AcceptancePolicy, build_policy
 from .executors import SlotPool
 from .levels.inner import FatalRunError, InnerLoop
 from .levels.research import Ready, ResearchLevel
@@ -27,6 +28,7 @@ from .levels.strategy import StrategyLevel
 from .llm import ChatResult, LLMClient, LLMError
 from .mechanism_host import MechanismHost
 from .script import ParamSpec, TrainScript, infer_schema
+from .seeds import seed_params
 from .session import SessionReader, SessionWriter, new_session_dir
 from .state import RunState, fold
 from .trainer import TrainResult, run_training
@@ -64,6 +66,7 @@ class Engine:
         self.data_dir: Path | None = None
         self.stopping = False
         self.stop_reason = ""
+        self._acceptance: AcceptancePolicy | None = None
         self.last_script_artifact = ""
         self.last_error_tail = ""
         self._commands: asyncio.Queue[Command] = asyncio.Queue()
@@ -126,6 +129,20 @@ class Engine:
     def current_schema(self, values: dict[str, Any]) -> dict[str, ParamSpec]:
         """The schema with today's best values; bounds stay anchored at the baseline."""
         return {n: replace(s, value=values.get(n, s.value)) for n, s in self.schema.items()}
+
+    def acceptance_policy(self) -> AcceptancePolicy:
+        """The keep/discard rule of this run, recorded once by an AcceptanceConfigured event."""
+        if self._acceptance is None:
+            from .noise import engine_devices
+
+            try:
+                policy, event = build_policy(self.cfg, self.read_artifact(self.state.baseline_script),
+                                             self.state.data, engine_devices(self))
+            except AcceptanceError as exc:
+                raise FatalRunError(str(exc)) from exc
+            self._acceptance = policy
+            self.emit(event)
+        return self._acceptance
 
     def _schema_dicts(self) -> dict[str, Any]:
         return {n: _spec_dict(s) for n, s in self.schema.items()}
@@ -218,6 +235,7 @@ class Engine:
                 await self._start()
             else:
                 await self._restart()
+            self.acceptance_policy()  # fail fast: a rule that needs a noise floor nobody measured
             await self._attach_initial_mechanisms()
             await self._loop()
         except FatalRunError as exc:
@@ -291,7 +309,8 @@ class Engine:
         ready, self._ready = self._ready, []
         for r in ready:
             try:
-                mech = (load_generated(r.path, f"bilevel_mechanism_{r.research_id.replace('-', '_')}")
+                mech = (load_generated(r.path, f"bilevel_mechanism_{r.research_id.replace('-', '_')}",
+                                       self.cfg, self.dir)
                         if r.origin == "generated" else builtin_mechanism(r.name))
             except (ImportError, ValueError) as exc:
                 self.emit(ev.ResearchFinished(research_id=r.research_id, outcome="failed", name=r.name,
@@ -311,7 +330,8 @@ class Engine:
                                              description="enabled in the configuration")
         for name, e in previous.items():
             try:
-                mech = (load_generated(self.dir / e.artifact, f"bilevel_mechanism_resumed_{name}")
+                mech = (load_generated(self.dir / e.artifact, f"bilevel_mechanism_resumed_{name}",
+                                       self.cfg, self.dir)
                         if e.origin == "generated" else builtin_mechanism(name))
             except (ImportError, ValueError, OSError) as exc:
                 self.emit(ev.MechanismDeactivated(name=name, reason=f"could not be reloaded on resume: {exc}"))
@@ -370,6 +390,8 @@ class Engine:
         from baseline.presets import PRESETS
 
         changes = {k: v for k, v in PRESETS[self.cfg.script.preset].items() if k in script.params}
+        if not self.cfg.acceptance.allow_seed_tuning:  # the engine's seed, not the script's constant
+            changes.update({name: self.cfg.search.seed for name in seed_params(script)})
         if "TIME_BUDGET" in script.params:
             budget = self.cfg.budget.time_s
             changes["TIME_BUDGET"] = int(budget) if float(budget).is_integer() else budget
@@ -377,6 +399,8 @@ class Engine:
 
     def _build_schema(self, script: TrainScript) -> dict[str, ParamSpec]:
         wanted = set(self.cfg.search.locked) | set(PROTOCOL_PARAMS)
+        if not self.cfg.acceptance.allow_seed_tuning:
+            wanted |= set(seed_params(script))
         locked = {p for p in wanted if p in script.params}
         missing = sorted(set(self.cfg.search.locked) - locked)
         if missing:
@@ -438,28 +462,39 @@ class Engine:
                                  duration_s=result.duration_s, attempts=result.attempts))
         return result
 
-    async def train(self, iteration: int, text: str, diff: str) -> TrainResult:
-        """Run one training subprocess on a free slot, streaming its progress into events."""
+    async def train(self, iteration: int, text: str, diff: str, *, seed: int | None = None) -> TrainResult:
+        """Run one training subprocess on a free slot, streaming its progress into events.
+
+        ``seed``: an extra run (confirmation, noise) with that data-order seed instead of the
+        session's; its script and log are kept beside the iteration's own, never replacing them.
+        """
         folder = "baseline" if iteration == 0 else f"iterations/{iteration:04d}"
-        script_rel = self.artifact(f"{folder}/train.py", text) if iteration else self.state.baseline_script
+        suffix = "" if seed is None else f".seed{seed}"
+        if seed is None:
+            script_rel = self.artifact(f"{folder}/train.py", text) if iteration else self.state.baseline_script
+        else:
+            script_rel = self.artifact(f"{folder}/train{suffix}.py", text)
+        run_seed = self.cfg.search.seed if seed is None else seed
         diff_rel = self.artifact(f"{folder}/diff.patch", diff) if diff else ""
-        log_rel = f"artifacts/{folder}/train.log"
+        log_rel = f"artifacts/{folder}/train{suffix}.log"
         log_path = self.dir / log_rel
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)  # a re-run after an interruption starts a fresh log
-        self.last_script_artifact = script_rel
+        if seed is None:
+            self.last_script_artifact = script_rel
         source_dir = Path(self.state.script_source or self.cfg.script_path()).parent
         emitter = _TrainingEmitter(self, iteration)
         cancel = self._cancel_training = asyncio.Event()
         try:
             async with self.slots.slot() as slot:
-                env = {**slot.env(), "BILEVEL_SEED": str(self.cfg.search.seed),
+                env = {**slot.env(), "BILEVEL_SEED": str(run_seed),
                        # a user's script may import helpers that sit next to the original
                        "PYTHONPATH": os.pathsep.join(filter(None, [str(source_dir), os.environ.get("PYTHONPATH")]))}
                 if self.data_dir is not None:
                     env["BILEVEL_DATA_DIR"] = str(self.data_dir)
                 self.emit(ev.TrainingStarted(iteration=iteration, script=script_rel, diff=diff_rel,
-                                             slot=slot.devices or "cpu", budget_s=self.cfg.budget.time_s))
+                                             slot=slot.devices or "cpu", budget_s=self.cfg.budget.time_s,
+                                             seed=run_seed))
                 result = await run_training(
                     self.dir / script_rel, cwd=source_dir, python=self.cfg.script.python or sys.executable,
                     budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s, env=env,
@@ -511,12 +546,12 @@ class _TrainingEmitter:
             self._held = None
 
 
-def load_generated(path: Path, module_name: str) -> Any:
+def load_generated(path: Path, module_name: str, cfg: Config, session_dir: Path) -> Any:
     """A validated generated module, loaded in-process; any failure raises (never falls back)."""
     from mechanisms.sandbox import MechanismLoadError, load_mechanism
 
     try:
-        return load_mechanism(path, module_name)
+        return load_mechanism(path, module_name, allow_imports=cfg.level2.allow_imports, write_root=session_dir)
     except MechanismLoadError as exc:
         raise ImportError(str(exc)) from exc
 

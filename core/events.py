@@ -254,6 +254,7 @@ class TrainingStarted(Event):
     diff: str = ""  # artifact: diff against the best so far
     slot: str = ""
     budget_s: float = 0.0
+    seed: int | None = None  # the data-order seed this run used (BILEVEL_SEED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -310,6 +311,8 @@ class IterationFinished(Event):
     duration_s: float = 0.0
     source: str = ""  # llm | offline
     mechanisms: dict[str, dict[str, int]] = field(default_factory=dict)  # hook calls per mechanism
+    # The numbers the acceptance rule used: best, threshold, noise floor, margin, confirmation runs.
+    acceptance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -441,3 +444,78 @@ class ResearchFinished(Event):
     outcome: str = ""  # activated | rejected | declined | failed
     name: str = ""
     reason: str = ""
+
+
+# --- noise floor and acceptance ------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseStarted(Event):
+    """A noise measurement: the unchanged baseline, run once per seed."""
+
+    type: ClassVar[str] = "noise_started"
+    runs: int = 0
+    seeds: list[int] = field(default_factory=list)
+    fingerprint: str = ""  # script + corpus + hardware: the floor applies only where this matches
+    hardware: str = ""
+    script_sha256: str = ""  # of the baseline as evaluated, seed constants normalised
+    dataset_id: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseRunFinished(Event):
+    type: ClassVar[str] = "noise_run_finished"
+    run: int = 0
+    seed: int = 0
+    outcome: str = "ok"
+    val_bpb: float | None = None
+    duration_s: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseMeasured(Event):
+    """The spread of val_bpb over seeds; saved as the noise floor for the fingerprint."""
+
+    type: ClassVar[str] = "noise_measured"
+    fingerprint: str = ""
+    hardware: str = ""
+    seeds: list[int] = field(default_factory=list)  # of the successful runs
+    values: list[float] = field(default_factory=list)
+    mean: float | None = None
+    std: float | None = None  # sample standard deviation (ddof = 1): the noise floor σ
+    mad: float | None = None  # median absolute deviation (unscaled)
+    failed: int = 0  # runs without a score (excluded)
+    store: str = ""  # where the floor was saved
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcceptanceConfigured(Event):
+    """The keep/discard rule in force for this run, with the noise floor it found."""
+
+    type: ClassVar[str] = "acceptance_configured"
+    rule: str = ""  # min_delta | noise_sigma
+    description: str = ""
+    min_delta: float = 0.0
+    noise_sigma: float = 0.0
+    confirm: bool = False
+    allow_seed_tuning: bool = False
+    threshold: float | None = None  # the improvement a candidate must exceed; None until a floor exists
+    fingerprint: str = ""
+    hardware: str = ""
+    noise_std: float | None = None
+    noise_mad: float | None = None
+    noise_runs: int = 0
+    noise_session: str = ""
+    seed_params: list[str] = field(default_factory=list)  # seed constants locked (or tunable) in the script
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfirmationStarted(Event):
+    """A candidate new best is re-run with another seed before it may be kept."""
+
+    type: ClassVar[str] = "confirmation_started"
+    iteration: int = 0
+    seed: int = 0
+    first_val_bpb: float | None = None
+    best: float | None = None

@@ -13,8 +13,10 @@ from string import Template
 from typing import TYPE_CHECKING, Any
 
 from .. import events as ev
+from ..acceptance import Verdict
 from ..llm import LLMError, extract_json
 from ..script import ProposalError, TrainScript, unified_diff, validate_changes
+from ..seeds import confirm_seed, with_seed
 from ..trace import fmt_bpb, fmt_value, history_text
 from ..trainer import TrainResult
 from . import prompts
@@ -85,7 +87,11 @@ class InnerLoop:
         if result.outcome.value == "cancelled" and eng.stopping:
             eng.interrupted(n)
             return
-        decision, rule, reason = self._decide(result)
+        verdict = await self._decide(n, candidate.text, result)
+        if verdict.decision == "interrupted":  # stopped during the confirmation run
+            eng.interrupted(n)
+            return
+        decision, rule, reason = verdict.decision, verdict.rule, verdict.reason
         new_decision, overrider = await eng.mechanisms.decide(eng.state, result, decision)
         if overrider:
             rule = f"overridden by mechanism {overrider} (was {decision}; {rule})"
@@ -93,24 +99,33 @@ class InnerLoop:
         await eng.mechanisms.observe(eng.state, result)
         eng.emit(ev.IterationFinished(
             iteration=n, decision=decision, changes=proposal.changes, hypothesis=proposal.hypothesis,
-            val_bpb=result.val_bpb, best_before=eng.state.best_val_bpb,
-            best_after=result.val_bpb if decision == "keep" else eng.state.best_val_bpb,
+            val_bpb=verdict.val_bpb, best_before=eng.state.best_val_bpb,
+            best_after=verdict.val_bpb if decision == "keep" else eng.state.best_val_bpb,
             rule=rule, reason=reason, outcome=result.outcome.value, script=eng.last_script_artifact,
             values=candidate.values(), duration_s=time.monotonic() - started, source=proposal.source,
-            mechanisms=eng.mechanisms.take_counts(),
+            mechanisms=eng.mechanisms.take_counts(), acceptance=verdict.details,
         ))
 
-    def _decide(self, result: TrainResult) -> tuple[str, str, str]:
-        best = self.engine.state.best_val_bpb
-        min_delta = self.engine.cfg.search.min_delta
+    async def _decide(self, n: int, text: str, result: TrainResult) -> Verdict:
+        """The acceptance policy's verdict; a candidate new best is re-run first when it asks to confirm."""
+        eng = self.engine
+        best = eng.state.best_val_bpb
         if result.outcome.value == "cancelled":
-            return "cancelled", "training aborted by the user", result.reason
+            return Verdict("cancelled", "training aborted by the user", result.reason, result.val_bpb)
         if result.outcome.value != "ok" or result.val_bpb is None or best is None:
-            return "crash", f"outcome {result.outcome.value}", result.reason
-        rule = f"min_delta: keep if val_bpb < best - {min_delta:g} = {best - min_delta:.6f}"
-        if result.val_bpb < best - min_delta:
-            return "keep", rule, f"improved by {best - result.val_bpb:.6f}"
-        return "discard", rule, f"val_bpb {result.val_bpb:.6f} does not beat {best:.6f} by more than {min_delta:g}"
+            return Verdict("crash", f"outcome {result.outcome.value}", result.reason, result.val_bpb)
+        policy = eng.acceptance_policy()
+        verdict = policy.judge(best, result.val_bpb)
+        if verdict.decision != "keep" or not policy.confirm:
+            return verdict
+        seed = confirm_seed(eng.cfg.search.seed, n)
+        eng.emit(ev.ConfirmationStarted(iteration=n, seed=seed, first_val_bpb=result.val_bpb, best=best))
+        second = await eng.train(n, with_seed(text, seed), diff="", seed=seed)
+        if second.outcome.value == "cancelled" and eng.stopping:
+            return Verdict("interrupted", "stopped during the confirmation run", second.reason)
+        runs = [(eng.cfg.search.seed, result.val_bpb),
+                (seed, second.val_bpb if second.outcome.value == "ok" else None)]
+        return policy.judge_confirmed(best, verdict, runs)
 
     @property
     def _source(self) -> str:

@@ -1,0 +1,171 @@
+"""When a change counts as an improvement: the keep/discard rules and the numbers they used.
+
+Rules, from the config:
+
+* ``search.min_delta``: keep when val_bpb < best − min_delta (absolute).
+* ``acceptance.noise_sigma = k``: keep when val_bpb < best − max(min_delta, k·σ), σ the
+  noise floor measured by ``bilevel noise`` for this script, corpus and hardware; an
+  error when none was measured (a rule that silently fell back would fool its user).
+  The difference of two independent runs has std √2·σ, so k = 2 is about 1.4 of those.
+* ``acceptance.confirm``: a candidate that passes is re-run with another seed and kept
+  only if the mean of both runs still passes; the mean is then the new best.
+
+Every verdict carries a ``details`` dict (the rule, best, threshold, σ, margin in σ,
+the confirmation runs) that the engine writes into IterationFinished.acceptance.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from . import events as ev
+from .config import Config
+from .noise import Identity, NoiseFloor, NoiseStore, identity
+from .script import TrainScript
+from .seeds import seed_params
+
+
+class AcceptanceError(ValueError):
+    """The configured rule cannot be applied (no noise floor measured for this fingerprint)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: str  # keep | discard | crash | cancelled | interrupted
+    rule: str  # which rule decided, with its numbers (for people)
+    reason: str
+    val_bpb: float | None = None  # the estimate the decision used: the mean once confirmed
+    details: dict[str, Any] = field(default_factory=dict)  # the same numbers, structured
+
+
+@dataclass(frozen=True)
+class AcceptancePolicy:
+    min_delta: float = 0.0
+    noise_sigma: float = 0.0
+    confirm: bool = False
+    floor: NoiseFloor | None = None
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.noise_sigma > 0 and self.floor is None:
+            raise AcceptanceError("noise_sigma needs a noise floor")
+
+    @property
+    def name(self) -> str:
+        return "noise_sigma" if self.noise_sigma > 0 else "min_delta"
+
+    @property
+    def sigma(self) -> float | None:
+        return self.floor.std if self.floor is not None else None
+
+    @property
+    def threshold(self) -> float:
+        """The improvement over the best that a candidate must exceed."""
+        if self.noise_sigma > 0 and self.floor is not None:
+            return max(self.min_delta, self.noise_sigma * self.floor.std)
+        return self.min_delta
+
+    def describe(self) -> str:
+        if self.noise_sigma > 0:
+            assert self.sigma is not None
+            text = (f"keep if val_bpb < best − max(min_delta {self.min_delta:g}, {self.noise_sigma:g}σ) "
+                    f"= best − {self.threshold:.6g} (σ = {self.sigma:.6g} over {self.floor.runs} seeds)")  # type: ignore[union-attr]
+        else:
+            text = f"keep if val_bpb < best − {self.min_delta:g}"
+            if self.sigma is not None:
+                text += f" (noise floor σ = {self.sigma:.6g} known, not used by the rule)"
+        return text + ("; a candidate is confirmed with a second seed" if self.confirm else "")
+
+    # --- verdicts ----------------------------------------------------------------------
+
+    def judge(self, best: float, value: float) -> Verdict:
+        """The primary rule on one run."""
+        thr = self.threshold
+        target = best - thr
+        details = self._details(best, value, thr)
+        if self.noise_sigma > 0:
+            rule = (f"noise_sigma: keep if val_bpb < best - max(min_delta {self.min_delta:g}, "
+                    f"{self.noise_sigma:g}σ = {self.noise_sigma:g}×{self.sigma:.6g}) = {target:.6f}")
+        else:
+            rule = f"min_delta: keep if val_bpb < best - {self.min_delta:g} = {target:.6f}"
+        if value < target:
+            return Verdict("keep", rule, f"improved by {best - value:.6f}{self._in_sigma(best - value)}", value, details)
+        return Verdict("discard", rule, f"val_bpb {value:.6f} does not beat {best:.6f} by more than {thr:.6g}"
+                       f"{self._in_sigma(best - value, signed=True)}", value, details)
+
+    def judge_confirmed(self, best: float, first: Verdict, runs: Sequence[tuple[int, float | None]]) -> Verdict:
+        """After the confirmation run(s): keep only if the mean of every run still passes."""
+        seeds = [s for s, _ in runs]
+        values = [v for _, v in runs]
+        details = dict(first.details)
+        details["confirm"] = {"seeds": seeds, "values": values}
+        if any(v is None for v in values):
+            return Verdict("discard", f"confirm: the confirmation run failed ({first.rule})",
+                           "the confirmation run produced no val_bpb; not kept", first.val_bpb, details)
+        mean = sum(v for v in values if v is not None) / len(values)
+        target = best - self.threshold
+        details["confirm"].update(mean=mean, margin=best - mean, margin_sigma=self._sigmas(best - mean))
+        details["estimate"] = mean
+        rule = f"confirm: mean of {len(values)} seeds must be < {target:.6f} ({first.rule})"
+        runs_text = ", ".join(f"{v:.6f} (seed {s})" for s, v in runs)
+        if mean < target:
+            return Verdict("keep", rule, f"confirmed: mean {mean:.6f} of {runs_text} improves by "
+                           f"{best - mean:.6f}{self._in_sigma(best - mean)}", mean, details)
+        return Verdict("discard", rule, f"not confirmed: mean {mean:.6f} of {runs_text} does not beat "
+                       f"{best:.6f} by more than {self.threshold:.6g}", mean, details)
+
+    def _details(self, best: float, value: float, thr: float) -> dict[str, Any]:
+        return {
+            "rule": self.name, "best": best, "val_bpb": value, "estimate": value, "threshold": thr,
+            "target": best - thr, "margin": best - value, "min_delta": self.min_delta,
+            "noise_sigma": self.noise_sigma, "noise_std": self.sigma, "margin_sigma": self._sigmas(best - value),
+            "fingerprint": self.fingerprint, "confirm_enabled": self.confirm,
+        }
+
+    def _sigmas(self, margin: float) -> float | None:
+        s = self.sigma
+        return margin / s if s and s > 0 and math.isfinite(margin) else None
+
+    def _in_sigma(self, margin: float, signed: bool = False) -> str:
+        x = self._sigmas(margin)
+        if x is None:
+            return ""
+        return f" = {x:+.1f}σ" if signed else f" = {x:.1f}σ"
+
+
+# --- building the policy of a run ------------------------------------------------------
+
+
+def build_policy(cfg: Config, baseline_text: str, data: dict[str, Any],
+                 devices: Sequence[str]) -> tuple[AcceptancePolicy, ev.AcceptanceConfigured]:
+    """The policy for a run and the event recording it; AcceptanceError if its floor is missing."""
+    ident = identity(baseline_text, data, devices)
+    store_path = cfg.noise_store_path()
+    try:
+        floor = NoiseStore(store_path).get(ident.fingerprint)
+    except ValueError as exc:
+        raise AcceptanceError(str(exc)) from exc
+    a = cfg.acceptance
+    if a.noise_sigma > 0 and floor is None:
+        raise AcceptanceError(_no_floor_message(a.noise_sigma, ident, store_path))
+    policy = AcceptancePolicy(cfg.search.min_delta, a.noise_sigma, a.confirm, floor, ident.fingerprint)
+    try:
+        seeds = seed_params(TrainScript.parse(baseline_text))
+    except ValueError:
+        seeds = []
+    event = ev.AcceptanceConfigured(
+        rule=policy.name, description=policy.describe(), min_delta=policy.min_delta, noise_sigma=policy.noise_sigma,
+        confirm=policy.confirm, allow_seed_tuning=a.allow_seed_tuning,
+        threshold=policy.threshold, fingerprint=ident.fingerprint, hardware=ident.hardware,
+        noise_std=floor.std if floor else None, noise_mad=floor.mad if floor else None,
+        noise_runs=floor.runs if floor else 0, noise_session=floor.session if floor else "", seed_params=seeds,
+    )
+    return policy, event
+
+
+def _no_floor_message(k: float, ident: Identity, store: Any) -> str:
+    return (f"acceptance.noise_sigma = {k:g} needs the noise floor of this script, corpus and hardware "
+            f"(fingerprint {ident.fingerprint}: {ident.hardware}, dataset {ident.dataset_id}), and none is "
+            f"recorded in {store}; measure it first with `bilevel noise CONFIG --runs 5` (same config), "
+            "or set acceptance.noise_sigma = 0")

@@ -238,7 +238,7 @@ class ProposalRejected(Event):
     type: ClassVar[str] = "proposal_rejected"
     iteration: int = 0
     attempt: int = 1
-    kind: str = "invalid"  # unparseable | invalid | vetoed
+    kind: str = "invalid"  # unparseable | invalid | vetoed | llm_error
     reason: str = ""
     errors: list[str] = field(default_factory=list)
     changes: dict[str, Any] = field(default_factory=dict)

@@ -25,10 +25,39 @@ def _finished(e: ev.IterationFinished) -> str:
         parts.append(score)
     elif e.reason:
         parts.append(e.reason[:200])
+    margin = _margin(e)
+    if margin:
+        parts.append(margin)
     if e.mechanisms:
         parts.append("mechanisms " + ", ".join(f"{n}:{sum(c.values())} calls" for n, c in e.mechanisms.items()))
     parts.append(f"{e.duration_s:.1f}s")
     return " | ".join(parts)
+
+
+def _margin(e: ev.IterationFinished) -> str:
+    """The margin over the best in noise units when a floor is known; the confirmation runs."""
+    a = e.acceptance or {}
+    bits = []
+    confirm = a.get("confirm") or {}
+    if confirm.get("mean") is not None:
+        runs = ", ".join(f"{v:.6f}" for v in confirm.get("values", []) if v is not None)
+        bits.append(f"confirmed mean {confirm['mean']:.6f} ({runs})" if e.decision == "keep"
+                    else f"not confirmed: mean {confirm['mean']:.6f} ({runs})")
+    elif confirm:
+        bits.append("confirmation run failed")
+    sigmas = confirm.get("margin_sigma", a.get("margin_sigma"))
+    margin = confirm.get("margin", a.get("margin"))
+    if a.get("noise_std") and sigmas is not None and margin is not None:
+        bits.append(f"margin {margin:+.6f} = {sigmas:+.1f}σ (σ {a['noise_std']:.6f}, need > {a.get('threshold', 0):.6f})")
+    return "; ".join(bits)
+
+
+def _noise_measured(e: ev.NoiseMeasured) -> str:
+    if e.std is None:
+        return "noise: no floor measured"
+    return (f"noise floor σ = {e.std:.6f} (MAD {e.mad:.6f}, mean {e.mean:.6f}, {len(e.values)} runs"
+            f"{f', {e.failed} failed' if e.failed else ''}) for fingerprint {e.fingerprint} [{e.hardware}]"
+            f" — saved in {e.store}")
 
 
 _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
@@ -59,6 +88,14 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.MechanismActivated: lambda e: f"mechanism {e.name} activated ({e.origin}; hooks {', '.join(e.hooks)})",
     ev.MechanismDeactivated: lambda e: f"mechanism {e.name} DEACTIVATED: {e.reason}",
     ev.MechanismEffect: lambda e: f"#{e.iteration} mechanism {e.name} {e.effect}: {e.detail[:200]}",
+    ev.NoiseStarted: lambda e: (f"noise: {e.runs} runs of the unchanged baseline, seeds {', '.join(map(str, e.seeds))}; "
+                                f"fingerprint {e.fingerprint} [{e.hardware}; dataset {e.dataset_id}]"),
+    ev.NoiseRunFinished: lambda e: (f"noise run {e.run + 1} (seed {e.seed}): "
+                                    + (f"val_bpb {e.val_bpb:.6f}" if e.val_bpb is not None else f"{e.outcome} {e.reason[:200]}")),
+    ev.NoiseMeasured: _noise_measured,
+    ev.AcceptanceConfigured: lambda e: f"acceptance: {e.description}",
+    ev.ConfirmationStarted: lambda e: (f"#{e.iteration} candidate val_bpb {fmt_bpb(e.first_val_bpb)} beats best "
+                                       f"{fmt_bpb(e.best)}: confirming with seed {e.seed}"),
     ev.TrainingOutput: lambda e: f"#{e.iteration} [{e.stream}] {e.line}" if e.stream == "stderr" else None,
     ev.StrategyDecision: lambda e: (f"Level 1.5 cycle {e.cycle} ({e.source}): froze {', '.join(e.freeze) or 'nothing'}, "
                                     f"unfroze {', '.join(e.unfreeze) or 'nothing'}; candidates "

@@ -135,3 +135,14 @@ async def test_session_replays_into_the_same_state(tmp_path, scripted_openai):
     replayed = fold(SessionReader(engine.dir).events())
     assert replayed == engine.state
     assert [e.seq for e in SessionReader(engine.dir).events()] == list(range(1, len(rec.events) + 1))
+
+
+async def test_an_endpoint_outage_rejects_the_iteration_with_the_reason_and_the_run_goes_on(tmp_path, scripted_openai):
+    scripted_openai.enqueue(*[Reply(status=503, error_body={"error": {"message": "overloaded"}})] * 8,
+                            proposal({"LR": 0.03}))
+    engine, rec = await run_engine(llm_config(tmp_path, scripted_openai, **{
+        "budget.iterations": 2, "search.max_reasks": 1}))
+    first = [e for e in rec.of(ev.IterationFinished) if e.iteration == 1][0]
+    assert first.decision == "rejected" and "overloaded" in first.reason
+    assert {r.kind for r in rec.of(ev.ProposalRejected)} == {"llm_error"}
+    assert engine.state.status == "completed"

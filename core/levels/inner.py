@@ -147,7 +147,11 @@ class InnerLoop:
                 changes, hypothesis = self.offline.propose(schema, values, frozen, n, attempt)
                 raw = ""
             else:
-                raw = await self._ask_llm(n, attempt, messages)
+                raw, failure = await self._ask_llm(n, attempt, messages)
+                if failure:
+                    last_error = failure
+                    eng.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="llm_error", reason=failure))
+                    continue
                 try:
                     changes, hypothesis = parse_proposal(raw)
                 except ValueError as exc:
@@ -183,14 +187,15 @@ class InnerLoop:
         messages.append({"role": "user", "content": Template(prompts.load("inner_reask")).substitute(
             errors="\n".join(f"- {e}" for e in errors))})
 
-    async def _ask_llm(self, n: int, attempt: int, messages: list[dict[str, str]]) -> str:
+    async def _ask_llm(self, n: int, attempt: int, messages: list[dict[str, str]]) -> tuple[str, str]:
+        """The reply text, or an error that outlasted the client's retries (then "" and the reason)."""
         try:
             result = await self.engine.call_llm("inner", "propose", messages, iteration=n, json=True)
         except LLMError as exc:
             if exc.kind in FATAL_LLM_ERRORS:
                 raise FatalRunError(f"the LLM endpoint refused the request: {exc}") from exc
-            return ""  # a garbled or transient failure that outlasted the retries: an unusable reply
-        return result.content
+            return "", f"LLM call failed ({exc.kind}): {exc}"
+        return result.content, ""
 
     async def _messages(self, n: int, best: TrainScript) -> list[dict[str, str]]:
         eng = self.engine

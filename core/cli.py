@@ -101,6 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--max-bytes", type=int)
     prep.add_argument("--vocab-size", type=int)
     prep.add_argument("--force", action="store_true")
+
+    noise = sub.add_parser("noise", help="measure the noise floor: the unchanged baseline, once per seed")
+    noise.add_argument("config", nargs="?", help="experiment TOML file (the same one the search will use)")
+    noise.add_argument("--demo", action="store_true", help="the demo configuration")
+    noise.add_argument("--runs", type=int, default=5, help="baseline runs, seeds search.seed + 0 … N − 1 (default 5)")
+    noise.add_argument("--budget", type=float, help="training seconds per run")
+    noise.add_argument("--name", help="experiment name")
+    noise.add_argument("--sessions-dir", help="where sessions (and noise.json) are written")
+    noise.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+
+    report = sub.add_parser("report", help="tables, statistics and figures for sessions and studies")
+    report.add_argument("paths", nargs="+", metavar="SESSION_OR_STUDY")
+    report.add_argument("--out", help="folder for report.md, the CSV files and figures "
+                        "(default: <study or session>/report, or ./bilevel-report for several)")
+    report.add_argument("--no-plots", action="store_true", help="skip the figures")
+    report.add_argument("--seed", type=int, default=0, help="random state of the bootstrap and permutation tests")
+    report.add_argument("--noise-store", action="append", default=[], metavar="FILE",
+                        help="another noise.json to look noise floors up in")
+    report.add_argument("--sessions-dir", help="where to look for session and study names")
     return parser
 
 
@@ -111,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     handler = {"run": cmd_run, "resume": cmd_resume, "replay": cmd_replay, "attach": cmd_attach, "init": cmd_init,
-               "doctor": cmd_doctor, "prepare": cmd_prepare}[args.command]
+               "doctor": cmd_doctor, "prepare": cmd_prepare, "noise": cmd_noise, "report": cmd_report}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -138,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     plan = run_plan(args)
     if len(plan) > 1:
-        return _run_repeats(plan)
+        return _run_repeats(plan, load_config(args).name)
     cfg = plan[0]
     if getattr(args, "detach", False):
         return _detach(args, cfg)
@@ -180,41 +199,13 @@ def run_plan(args: argparse.Namespace) -> list[Config]:
     return plan
 
 
-def _run_repeats(plan: list[Config]) -> int:
-    """Group × repeat sessions back to back (headless), then a summary table."""
-    from .engine import Engine
+def _run_repeats(plan: list[Config], name: str) -> int:
+    """Group × repeat sessions as a study folder (headless, resumable as a whole), then its report."""
+    from .study import Study
 
-    rows = []
-    for cfg in plan:
-        engine = Engine.create(cfg, log=lambda m: print(m, file=sys.stderr))
-        print(f"session: {engine.dir}", file=sys.stderr)
-        code = _drive(engine)
-        rows.append((cfg.search.group, cfg.search.seed, engine.state))
-        if code != EXIT_OK:
-            return code
-    print(group_summary(rows))
-    return EXIT_OK
-
-
-def group_summary(rows: list[tuple[str, int, Any]]) -> str:
-    """Each repeat's baseline, best and Δ = best − baseline, then mean ± std per group."""
-    import statistics
-
-    def fmt(v: float | None) -> str:
-        return "—" if v is None else f"{v:.6f}"
-
-    lines = [f"{'group':<6}{'seed':>6}{'baseline':>12}{'best':>12}{'Δ':>12}  session"]
-    by_group: dict[str, list[float]] = {}
-    for group, seed, state in rows:
-        base, best = state.baseline_val_bpb, state.best_val_bpb
-        delta = best - base if base is not None and best is not None else None
-        if delta is not None:
-            by_group.setdefault(group, []).append(delta)
-        lines.append(f"{group:<6}{seed:>6}{fmt(base):>12}{fmt(best):>12}{fmt(delta):>12}  {state.session}")
-    for group, deltas in by_group.items():
-        std = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
-        lines.append(f"group {group}: Δval_bpb {statistics.mean(deltas):+.6f} ± {std:.6f} over {len(deltas)} repeat(s)")
-    return "\n".join(lines)
+    study = Study.create(plan, name, plan[0].sessions_path())
+    print(f"study: {study.dir} ({', '.join(study.groups)} × {study.repeats} repeat(s))", file=sys.stderr)
+    return _drive_study(study)
 
 
 def _use_app(args: argparse.Namespace) -> bool:
@@ -278,11 +269,19 @@ def _detach(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .levels.inner import FatalRunError
+    from .noise import is_noise_session
     from .session import SessionError, find_session
+    from .study import Study, find_study
 
+    overrides = {"budget.iterations": args.iterations} if args.iterations is not None else None
+    study = find_study(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
+    if study is not None:
+        return _drive_study(Study.load(study), overrides)
     try:
         path = find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
-        overrides = {"budget.iterations": args.iterations} if args.iterations is not None else None
+        if is_noise_session(path):
+            _err(f"{path.name} is a noise measurement, not a search; measure again with `bilevel noise`")
+            return EXIT_USAGE
         engine = Engine.resume(path, overrides, log=lambda m: print(m, file=sys.stderr))
     except (SessionError, FatalRunError) as exc:
         _err(str(exc))
@@ -400,6 +399,147 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         _err(f"prepare failed: {exc}")
         return EXIT_RUN_ERROR
     print(path)
+    return EXIT_OK
+
+
+# --- studies / noise / report -------------------------------------------------------------------
+
+
+class _Prefixed:
+    """A stream that prefixes each line (concurrent study members share one terminal)."""
+
+    def __init__(self, out: Any, prefix: str) -> None:
+        self.out, self.prefix = out, prefix
+
+    def write(self, text: str) -> int:
+        self.out.write("".join(self.prefix + line for line in text.splitlines(keepends=True)))
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def _drive_study(study: Any, overrides: dict[str, Any] | None = None) -> int:
+    """Run (or continue) a study's members headless, then write and print its report."""
+    from .printer import HeadlessPrinter
+    from .study import StudyRunner
+
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    runner = StudyRunner(study, overrides=overrides, log=log)
+    concurrent = runner.pool().size > 1
+
+    def on_engine(engine: Any, member: Any) -> None:
+        print(f"session: {engine.dir} (group {member.group}, repeat {member.repeat}, seed {member.seed})",
+              file=sys.stderr)
+        engine.subscribe(HeadlessPrinter(_Prefixed(sys.stdout, f"[{member.session}] ") if concurrent else None))
+
+    runner.on_engine = on_engine
+    interrupted = False
+
+    async def main_task() -> Any:
+        nonlocal interrupted
+        loop = asyncio.get_running_loop()
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            interrupted = True
+            runner.request_stop("interrupted by the user (Ctrl-C)")
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            loop.add_signal_handler(signal.SIGTERM, on_sigint)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+        return await runner.run()
+
+    outcomes = asyncio.run(main_task())
+    if interrupted:
+        _err(f"study stopped; continue it with: bilevel resume {study.dir}")
+        return EXIT_INTERRUPTED
+    for o in runner.failed:
+        _err(f"{o.member.session} failed: {o.reason}; fix it and continue with: bilevel resume {study.dir}")
+    unfinished = [o.member.session for o in outcomes if o.status != "completed"]
+    if unfinished and not runner.failed:
+        _err(f"unfinished: {', '.join(unfinished)}; continue with: bilevel resume {study.dir}")
+    _write_study_report(study)
+    return EXIT_RUN_ERROR if runner.failed or unfinished else EXIT_OK
+
+
+def _write_study_report(study: Any) -> None:
+    from .report import ReportError, build_report, collect, render_terminal, write_report
+
+    try:
+        report = build_report(collect([study.dir]))
+        written = write_report(report, study.dir / "report")
+    except ReportError as exc:
+        _err(f"no report: {exc}")
+        return
+    print(render_terminal(report))
+    print(f"report: {written.markdown}" + (f" ({written.figure_note})" if written.figure_note else ""),
+          file=sys.stderr)
+
+
+def cmd_noise(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .noise import MIN_RUNS, measure_noise
+    from .printer import HeadlessPrinter
+
+    if args.runs < MIN_RUNS:
+        raise ConfigError(f"--runs must be at least {MIN_RUNS}: a spread needs two values")
+    cfg = load_config(args)
+    engine = Engine.create(config_mod.with_overrides(cfg, {"name": f"{cfg.name}-noise"}),
+                           log=lambda m: print(m, file=sys.stderr))
+    print(f"session: {engine.dir}", file=sys.stderr)
+    engine.subscribe(HeadlessPrinter())
+    interrupted = False
+
+    async def main_task() -> Any:
+        nonlocal interrupted
+        loop = asyncio.get_running_loop()
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            interrupted = True
+            engine.request_stop("interrupted by the user (Ctrl-C)", hard=True)
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            loop.add_signal_handler(signal.SIGTERM, on_sigint)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+        return await measure_noise(engine, args.runs)
+
+    floor = asyncio.run(main_task())
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if floor is None:
+        _err(f"no noise floor measured (see {engine.dir})")
+        return EXIT_RUN_ERROR
+    return EXIT_OK  # the printer's NoiseMeasured line said σ, MAD and where the floor is kept
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import ReportError, build_report, collect, default_out, render_terminal, write_report
+    from .stats import StatsUnavailable
+    from .session import SessionError, find_session
+    from .study import StudyError, find_study
+
+    root = Path(args.sessions_dir) if args.sessions_dir else None
+    try:
+        paths = [find_study(a, root) or find_session(a, root) for a in args.paths]
+        inputs = collect(paths)
+        report = build_report(inputs, random_state=args.seed, extra_stores=[Path(p) for p in args.noise_store])
+        out = Path(args.out) if args.out else default_out(paths)
+        written = write_report(report, out, plots=not args.no_plots)
+    except (SessionError, StudyError, ReportError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except StatsUnavailable as exc:
+        _err(str(exc))
+        return EXIT_RUN_ERROR
+    print(render_terminal(report))
+    print(f"wrote {written.markdown}, {len(written.csvs)} CSV file(s) and {len(written.figures)} figure(s) in {out}"
+          + (f" — {written.figure_note}" if written.figure_note else ""), file=sys.stderr)
     return EXIT_OK
 
 

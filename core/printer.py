@@ -47,7 +47,7 @@ def _margin(e: ev.IterationFinished) -> str:
         bits.append("confirmation run failed")
     sigmas = confirm.get("margin_sigma", a.get("margin_sigma"))
     margin = confirm.get("margin", a.get("margin"))
-    if a.get("noise_std") and sigmas is not None and margin is not None:
+    if a.get("noise_std") and sigmas is not None and margin is not None and margin > 0:  # improvements only
         bits.append(f"margin {margin:+.6f} = {sigmas:+.1f}σ (σ {a['noise_std']:.6f}, need > {a.get('threshold', 0):.6f})")
     return "; ".join(bits)
 

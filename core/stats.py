@@ -3,17 +3,12 @@
 Three repeats per group is a small sample and run-to-run noise is of the order of the
 effects studied, so every number the report prints comes with its uncertainty.
 
-scipy.stats (the ``report`` extra) does the resampling when it is installed. Without it a
-numpy implementation of the same methods runs instead: the percentile bootstrap, and a
-two-sided permutation test on the difference of means that enumerates every arrangement
-when there are at most ``n_resamples`` of them (exact, the same p-value as scipy) and
-samples them otherwise, with scipy's p-value conventions.
+The resampling is scipy.stats' own (``bootstrap``, ``permutation_test``; the ``report``
+extra), never a hand-written copy of it.
 """
 from __future__ import annotations
 
 import inspect
-import itertools
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -41,12 +36,15 @@ class Interval:
     method: str = "percentile bootstrap"
 
 
-def scipy_stats() -> Any | None:
-    """scipy.stats, or None when the report extra is not installed."""
+class StatsUnavailable(RuntimeError):
+    """scipy is not installed; the message says how to install it."""
+
+
+def scipy_stats() -> Any:
     try:
         from scipy import stats
-    except ImportError:
-        return None
+    except ImportError as exc:
+        raise StatsUnavailable("the statistics need scipy: pip install 'bilevel-autoresearch[report]'") from exc
     return stats
 
 
@@ -86,13 +84,9 @@ def bootstrap_mean_ci(values: Sequence[float], *, confidence: float = CONFIDENCE
     if np.all(x == x[0]):
         return Interval(float(x[0]), float(x[0]), confidence)
     st = scipy_stats()
-    if st is not None:
-        res = st.bootstrap((x,), _mean_axis, confidence_level=confidence, n_resamples=n_resamples,
-                           method="percentile", vectorized=True, **_rng_kw(st.bootstrap, random_state))
-        return Interval(float(res.confidence_interval.low), float(res.confidence_interval.high), confidence)
-    rng = np.random.default_rng(random_state)
-    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
-    return _percentiles(means, confidence)
+    res = st.bootstrap((x,), _mean_axis, confidence_level=confidence, n_resamples=n_resamples,
+                       method="percentile", vectorized=True, **_rng_kw(st.bootstrap, random_state))
+    return Interval(float(res.confidence_interval.low), float(res.confidence_interval.high), confidence)
 
 
 def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, confidence: float = CONFIDENCE,
@@ -105,20 +99,9 @@ def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, confidence: flo
         d = float(x[0] - y[0])
         return Interval(d, d, confidence)
     st = scipy_stats()
-    if st is not None:
-        res = st.bootstrap((x, y), _diff_of_means, confidence_level=confidence, n_resamples=n_resamples,
-                           method="percentile", vectorized=True, **_rng_kw(st.bootstrap, random_state))
-        return Interval(float(res.confidence_interval.low), float(res.confidence_interval.high), confidence)
-    rng = np.random.default_rng(random_state)
-    mx = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
-    my = y[rng.integers(0, y.size, size=(n_resamples, y.size))].mean(axis=1)
-    return _percentiles(mx - my, confidence)
-
-
-def _percentiles(dist: np.ndarray, confidence: float) -> Interval:
-    alpha = (1 - confidence) / 2
-    low, high = np.percentile(dist, [100 * alpha, 100 * (1 - alpha)])
-    return Interval(float(low), float(high), confidence)
+    res = st.bootstrap((x, y), _diff_of_means, confidence_level=confidence, n_resamples=n_resamples,
+                       method="percentile", vectorized=True, **_rng_kw(st.bootstrap, random_state))
+    return Interval(float(res.confidence_interval.low), float(res.confidence_interval.high), confidence)
 
 
 def permutation_pvalue(a: Sequence[float], b: Sequence[float], *, n_resamples: int = DEFAULT_RESAMPLES,
@@ -131,36 +114,10 @@ def permutation_pvalue(a: Sequence[float], b: Sequence[float], *, n_resamples: i
     if x.size == 0 or y.size == 0 or x.size + y.size < 3:
         return None
     st = scipy_stats()
-    if st is not None:
-        res = st.permutation_test((x, y), _diff_of_means, permutation_type="independent", vectorized=True,
-                                  alternative="two-sided", n_resamples=n_resamples,
-                                  **_rng_kw(st.permutation_test, random_state))
-        return float(res.pvalue)
-    return _permutation_pvalue_numpy(x, y, n_resamples, random_state)
-
-
-def _permutation_pvalue_numpy(x: np.ndarray, y: np.ndarray, n_resamples: int, random_state: int) -> float:
-    pooled = np.concatenate([x, y])
-    n, k = pooled.size, x.size
-    observed = float(x.mean() - y.mean())
-    total = math.comb(n, k)
-    if total <= n_resamples:  # every arrangement, the observed one included: an exact p-value
-        idx = np.array(list(itertools.combinations(range(n), k)))
-        mask = np.zeros((total, n), dtype=bool)
-        mask[np.arange(total)[:, None], idx] = True
-        adjustment = 0
-    else:
-        rng = np.random.default_rng(random_state)
-        order = np.argsort(rng.random((n_resamples, n)), axis=1)
-        mask = np.zeros((n_resamples, n), dtype=bool)
-        mask[np.arange(n_resamples)[:, None], order[:, :k]] = True
-        total, adjustment = n_resamples, 1
-    sums = (mask * pooled).sum(axis=1)
-    null = sums / k - (pooled.sum() - sums) / (n - k)
-    gamma = abs(observed) * 100 * np.finfo(float).eps  # ties within rounding count as ties (as scipy does)
-    p_less = (np.count_nonzero(null <= observed + gamma) + adjustment) / (total + adjustment)
-    p_greater = (np.count_nonzero(null >= observed - gamma) + adjustment) / (total + adjustment)
-    return float(min(1.0, 2 * min(p_less, p_greater)))
+    res = st.permutation_test((x, y), _diff_of_means, permutation_type="independent", vectorized=True,
+                              alternative="two-sided", n_resamples=n_resamples,
+                              **_rng_kw(st.permutation_test, random_state))
+    return float(res.pvalue)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ SIZE = (120, 40)
 
 def on_screen(app: BilevelApp, kind: type) -> Callable[[], bool]:
     """True once a screen of ``kind`` is on top and composed."""
-    return lambda: isinstance(app.screen, kind) and app.screen.is_attached and bool(app.screen.children)
+    return lambda: isinstance(app.screen, kind) and app.screen.is_mounted and bool(app.screen.query("*"))
 
 
 async def until(pilot: Any, predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:

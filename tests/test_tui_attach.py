@@ -83,7 +83,7 @@ async def press(app: BilevelApp, *keys: str) -> None:
 
 
 def on_screen(app: BilevelApp, kind: type) -> Callable[[], bool]:
-    return lambda: isinstance(app.screen, kind) and app.screen.is_attached and bool(app.screen.children)
+    return lambda: isinstance(app.screen, kind) and app.screen.is_mounted and bool(app.screen.query("*"))
 
 
 class PtyViewer:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from textual import work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
@@ -154,7 +154,7 @@ class BilevelApp(App[int]):
         self.repaints = 0  # batched repaints done (the benchmark reports them)
         self._applied_before = 0
         self.config_change: dict[str, Any] | None = None
-        self._flush_lock = asyncio.Lock()
+        self._repaint_lock = asyncio.Lock()
         self._awaiting: dict[str, int] = {}  # commands sent and not yet acknowledged
         self._notified_pending: set[str] = set()
         self._alerts_armed = False  # no toasts for what happened before this viewer caught up
@@ -244,8 +244,10 @@ class BilevelApp(App[int]):
 
     async def _repaint(self) -> None:
         """Repaint what the events since the last tick made stale (one batched update)."""
-        async with self._flush_lock:
+        async with self._repaint_lock:
             model = self.model
+            if not self.is_running or not self._screen_stack:
+                return  # shutting down: the timer may fire once more
             if isinstance(self.screen, HelpScreen):
                 return  # it hides the panes: they catch up, in one repaint, when it closes
             if not self._alerts_armed and not self.source.caught_up.is_set() \
@@ -264,7 +266,7 @@ class BilevelApp(App[int]):
                     for pane in self.panes:
                         await pane.sync(model, parts, rows, params, self.source)
                     self.header.refresh()
-            except NoMatches:
+            except (NoMatches, ScreenStackError):
                 if self.is_running:
                     raise
                 return  # the app is shutting down: its widgets are going away
@@ -296,7 +298,7 @@ class BilevelApp(App[int]):
         return console.export_text()
 
     def _tick(self) -> None:
-        if self.is_running:
+        if self.is_running and self._screen_stack:
             self.header.refresh()
 
     def _announce(self) -> None:

@@ -1,0 +1,265 @@
+"""A study: the groups × repeats of an ablation as one resumable folder.
+
+Layout::
+
+    sessions/<stamp>-study-<name>/
+        study.json   the plan: groups, repeats, the baseline script's hash, and for each
+                     member its group, repeat, seed, session folder and full config
+        A-r1/ …      one ordinary session per member (events.jsonl, artifacts/)
+        report/      what `bilevel report` writes (also at the end of a study)
+
+Every member starts from the same baseline script (its hash is checked before a member
+starts) and evaluates its own baseline; repeats differ only in their seed, and repeat r
+uses the same seed in every group. Members run back to back, or concurrently when the
+config names several GPUs (one member per GPU, from a :class:`SlotPool`).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from . import config as config_mod
+from .config import Config
+from .executors import SlotPool
+from .session import EVENTS_FILE, SessionReader, new_session_dir, write_atomic
+from .state import RunState, fold
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+STUDY_FILE = "study.json"
+STUDY_VERSION = 1
+
+
+class StudyError(Exception):
+    pass
+
+
+@dataclass
+class Member:
+    group: str
+    repeat: int  # 1-based
+    seed: int
+    session: str  # folder name inside the study
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Study:
+    dir: Path
+    name: str
+    groups: list[str]
+    repeats: int
+    members: list[Member]
+    script: str  # the baseline script every member starts from
+    script_sha256: str
+    base_dir: str = ""  # where the config's relative paths resolve
+    created: float = 0.0
+
+    # --- files -----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, plan: Sequence[Config], name: str, root: Path) -> "Study":
+        """A new study folder for a run plan (one config per group × repeat, group-major)."""
+        if not plan:
+            raise StudyError("an empty plan")
+        script = plan[0].script_path()
+        members, counts = [], {}
+        for cfg in plan:
+            g = cfg.search.group
+            counts[g] = counts.get(g, 0) + 1
+            members.append(Member(g, counts[g], cfg.search.seed, f"{g}-r{counts[g]}", cfg.to_dict()))
+        study = cls(dir=new_session_dir(root, f"study-{name}"), name=name, groups=list(dict.fromkeys(counts)),
+                    repeats=max(counts.values()), members=members, script=str(script),
+                    script_sha256=_file_sha256(script), base_dir=plan[0].base_dir, created=time.time())
+        study.save()
+        return study
+
+    @classmethod
+    def load(cls, path: Path) -> "Study":
+        path = Path(path)
+        file = path / STUDY_FILE if path.is_dir() else path
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StudyError(f"{file}: not a readable study: {exc}") from exc
+        members = [Member(**m) for m in data.get("members", [])]
+        return cls(dir=file.parent, name=data.get("name", ""), groups=list(data.get("groups", [])),
+                   repeats=int(data.get("repeats", 0)), members=members, script=data.get("script", ""),
+                   script_sha256=data.get("script_sha256", ""), base_dir=data.get("base_dir", ""),
+                   created=float(data.get("created", 0.0)))
+
+    def save(self) -> None:
+        body = {"version": STUDY_VERSION, "name": self.name, "created": self.created, "groups": self.groups,
+                "repeats": self.repeats, "script": self.script, "script_sha256": self.script_sha256,
+                "base_dir": self.base_dir, "members": [asdict(m) for m in self.members]}
+        write_atomic(self.dir / STUDY_FILE, json.dumps(body, indent=1, ensure_ascii=False) + "\n")
+
+    # --- members -----------------------------------------------------------------------
+
+    def session_dir(self, member: Member) -> Path:
+        return self.dir / member.session
+
+    def member_config(self, member: Member, overrides: dict[str, Any] | None = None) -> Config:
+        cfg = config_mod.from_dict(member.config, source=f"{self.dir / STUDY_FILE} ({member.session})",
+                                   base_dir=self.base_dir)
+        return config_mod.with_overrides(cfg, overrides) if overrides else cfg
+
+    def state(self, member: Member) -> RunState | None:
+        """The member's folded session, or None when it never started."""
+        path = self.session_dir(member)
+        if not (path / EVENTS_FILE).is_file():
+            return None
+        state = fold(SessionReader(path).events())
+        return state if state.session else None
+
+    def status(self, member: Member, iterations: int | None = None) -> str:
+        """missing | running (or cut short) | stopped | failed | completed (of ``iterations`` if given)."""
+        state = self.state(member)
+        if state is None:
+            return "missing"
+        if iterations is None:
+            iterations = int(state.config.get("budget", {}).get("iterations", 0))
+        if state.status == "completed" and state.next_iteration > iterations:
+            return "completed"
+        return state.status
+
+    def sessions(self) -> list[Path]:
+        """The members' session folders that exist."""
+        return [self.session_dir(m) for m in self.members if (self.session_dir(m) / EVENTS_FILE).is_file()]
+
+    def check_baseline(self) -> None:
+        """Refuse to start a member from a baseline script that changed since the study began."""
+        path = Path(self.script)
+        try:
+            digest = _file_sha256(path)
+        except OSError as exc:
+            raise StudyError(f"the study's baseline script {path} cannot be read: {exc}") from exc
+        if digest != self.script_sha256:
+            raise StudyError(f"the baseline script {path} changed since this study started (sha256 "
+                             f"{self.script_sha256[:12]}… then, {digest[:12]}… now); every repeat must start "
+                             "from the same script: restore it, or start a new study")
+
+
+def is_study(path: Path) -> bool:
+    return (Path(path) / STUDY_FILE).is_file()
+
+
+def find_study(arg: str, sessions_dir: Path | None = None) -> Path | None:
+    """A study folder from a path or a name prefix under the sessions folder; None if it is not one."""
+    path = Path(arg)
+    if is_study(path):
+        return path
+    root = sessions_dir or Path("sessions")
+    if root.is_dir():
+        matches = sorted(p for p in root.iterdir() if p.name.startswith(arg) and is_study(p))
+        if len(matches) == 1:
+            return matches[0]
+    return None
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+@dataclass
+class MemberOutcome:
+    member: Member
+    status: str
+    reason: str = ""
+
+
+class StudyRunner:
+    """Runs the members that are not complete: resumes those cut short, starts the missing ones."""
+
+    def __init__(self, study: Study, *, overrides: dict[str, Any] | None = None,
+                 log: Callable[[str], None] | None = None,
+                 on_engine: Callable[["Engine", Member], None] | None = None) -> None:
+        self.study = study
+        self.overrides = dict(overrides or {})
+        self.log = log or (lambda m: None)
+        self.on_engine = on_engine or (lambda e, m: None)
+        self.stopping = False
+        self.failed: list[MemberOutcome] = []
+        self._live: set["Engine"] = set()
+
+    def request_stop(self, reason: str) -> None:
+        """Stop every running member at once (each stays resumable); start no more."""
+        self.stopping = True
+        for engine in list(self._live):
+            engine.request_stop(reason, hard=True)
+
+    def _status(self, member: Member) -> str:
+        return self.study.status(member, self.overrides.get("budget.iterations"))
+
+    def pool(self) -> SlotPool:
+        gpus = self.study.member_config(self.study.members[0], self.overrides).run.gpus
+        return SlotPool.from_config(None if gpus == "cpu" else gpus)
+
+    async def run(self) -> list[MemberOutcome]:
+        todo = [m for m in self.study.members if self._status(m) != "completed"]
+        done = [MemberOutcome(m, "completed") for m in self.study.members if m not in todo]
+        pool = self.pool()
+        concurrent = pool.size > 1
+        if concurrent:
+            self.log(f"study: {len(todo)} member(s) to run, up to {pool.size} at once "
+                     f"({', '.join(s.describe() for s in pool.slots)})")
+        results = await asyncio.gather(*(self._one(m, pool, concurrent) for m in todo))
+        order = {m.session: i for i, m in enumerate(self.study.members)}
+        return sorted(done + [r for r in results if r is not None], key=lambda r: order[r.member.session])
+
+    async def _one(self, member: Member, pool: SlotPool, concurrent: bool) -> MemberOutcome | None:
+        async with pool.slot() as slot:
+            if self.stopping or (self.failed and not concurrent):
+                return None
+            overrides = dict(self.overrides)
+            if concurrent:  # this member trains on this slot's GPU only
+                overrides["run.gpus"] = slot.devices or "cpu"
+            try:
+                engine = self._engine(member, overrides)
+            except (StudyError, config_mod.ConfigError) as exc:
+                outcome = MemberOutcome(member, "failed", str(exc))
+                self.failed.append(outcome)
+                return outcome
+            self._live.add(engine)
+            self.on_engine(engine, member)
+            try:
+                state = await engine.run()
+            finally:
+                self._live.discard(engine)
+            finished = state.status == "completed" and self._status(member) == "completed"
+            outcome = MemberOutcome(member, "completed" if finished else state.status, _last_reason(engine.dir))
+            if state.status == "failed":
+                self.failed.append(outcome)
+            return outcome
+
+    def _engine(self, member: Member, overrides: dict[str, Any]) -> "Engine":
+        from .engine import Engine
+        from .levels.inner import FatalRunError
+
+        path = self.study.session_dir(member)
+        if self.study.state(member) is None:
+            self.study.check_baseline()
+            return Engine(self.study.member_config(member, overrides), path, log=self.log)
+        try:
+            return Engine.resume(path, overrides, log=self.log)
+        except FatalRunError as exc:
+            raise StudyError(str(exc)) from exc
+
+
+def _last_reason(path: Path) -> str:
+    from . import events as ev
+
+    last = ""
+    for e in SessionReader(path).events():
+        if isinstance(e, ev.RunFinished):
+            last = e.reason
+    return last

@@ -19,12 +19,14 @@ from typing import Any, Callable
 
 from . import __version__
 from . import events as ev
+from . import config as config_mod
 from .config import Config, from_dict
 from .acceptance import AcceptanceError, AcceptancePolicy, build_policy
 from .executors import SlotPool
 from .levels.inner import FatalRunError, InnerLoop
 from .levels.research import Ready, ResearchLevel
 from .levels.strategy import StrategyLevel
+from .channel import watch_commands
 from .llm import ChatResult, LLMClient, LLMError
 from .mechanism_host import MechanismHost
 from .script import ParamSpec, TrainScript, infer_schema
@@ -38,7 +40,7 @@ PROTOCOL_PARAMS = ("TIME_BUDGET", "EVAL_TOKENS", "DEVICE", "COMPILE")
 PROGRESS_EVERY_S = 0.2  # throttle for progress events
 MAX_OUTPUT_EVENTS = 400  # training output lines per run as events; the log file has all
 COMMANDS = ("pause", "resume", "stop", "abort_training", "set_guidance", "freeze", "unfreeze",
-            "approve_mechanism", "reject_mechanism")
+            "approve_mechanism", "reject_mechanism", "set_budget")
 
 Subscriber = Callable[[ev.Event], None]
 
@@ -93,7 +95,8 @@ class Engine:
         if not state.session:
             raise FatalRunError(f"{session_dir}: the session never started (no session_started event)")
         data = json.loads(json.dumps(state.config))  # deep copy
-        for dotted, value in (overrides or {}).items():
+        recorded = {"budget.iterations": state.iterations_budget} if state.iterations_budget is not None else {}
+        for dotted, value in {**recorded, **(overrides or {})}.items():
             node = data
             *parents, last = dotted.split(".")
             for p in parents:
@@ -153,6 +156,9 @@ class Engine:
         """Queue a command; it is acknowledged by a CommandReceived event."""
         self._commands.put_nowait(Command(command, args, source))
 
+    def _submit_from_channel(self, command: str, /, source: str = "channel", **args: Any) -> None:
+        self.submit(command, source=source, **args)
+
     def request_stop(self, reason: str, *, hard: bool = False) -> None:
         """Stop at the next iteration boundary; ``hard`` also cuts the running iteration short."""
         self.stopping = True
@@ -187,6 +193,14 @@ class Engine:
                 return f"{name} is locked by the configuration"
         if cmd.name == "set_guidance" and not isinstance(cmd.args.get("guidance"), str):
             return "set_guidance needs a 'guidance' string"
+        if cmd.name == "set_budget":
+            if cmd.args.get("time_s") not in (None, self.cfg.budget.time_s):
+                return ("the time budget defines the measurement and cannot change mid-session; "
+                        "start a new session to compare at another budget")
+            iterations = cmd.args.get("iterations")
+            if iterations is not None and (not isinstance(iterations, int) or isinstance(iterations, bool)
+                                           or iterations < len(self.state.records) - 1):
+                return f"iterations must be an integer ≥ {max(0, len(self.state.records) - 1)} (iterations done)"
         if cmd.name == "abort_training" and self._cancel_training is None:
             return "no training run is in progress"
         if cmd.name in ("approve_mechanism", "reject_mechanism"):
@@ -212,6 +226,9 @@ class Engine:
             self.request_stop(cmd.args.get("reason", "stopped by the user"), hard=bool(cmd.args.get("now")))
         elif cmd.name == "abort_training" and self._cancel_training is not None:
             self._cancel_training.set()
+        elif cmd.name == "set_budget" and cmd.args.get("iterations") is not None:
+            self.emit(ev.BudgetChanged(iterations=cmd.args["iterations"], source=cmd.source))
+            self.cfg = config_mod.with_overrides(self.cfg, {"budget.iterations": cmd.args["iterations"]})
         elif cmd.name == "set_guidance":
             self.emit(ev.GuidanceChanged(guidance=cmd.args["guidance"], source="user"))
         elif cmd.name == "freeze" and cmd.args["name"] not in self.state.frozen:
@@ -228,6 +245,8 @@ class Engine:
     async def run(self) -> RunState:
         """Run (or continue) the experiment until its iteration budget, a stop, or a fatal error."""
         commands = asyncio.create_task(self._command_loop())
+        # Attached viewers (other processes) send commands as files in the session folder.
+        channel = asyncio.create_task(watch_commands(self.dir, self._submit_from_channel, log=self.log))
         try:
             if self.llm is None and not self.cfg.offline:
                 self.llm = _client_for(self.cfg)
@@ -242,6 +261,8 @@ class Engine:
             await self._finish("failed", str(exc))
         finally:
             commands.cancel()
+            channel.cancel()
+            await asyncio.gather(channel, return_exceptions=True)
             if self._research_task is not None and not self._research_task.done():
                 self._research_task.cancel()
                 await asyncio.gather(self._research_task, return_exceptions=True)

@@ -8,6 +8,7 @@ keeping them as :class:`UnknownEvent`, and fields they do not know are ignored.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -69,8 +70,14 @@ def from_dict(data: dict[str, Any]) -> Event:
     if cls is None:
         rest = {k: v for k, v in data.items() if k not in ("seq", "ts", "type")}
         return UnknownEvent(seq=seq, ts=ts, name=str(kind), data=rest)
-    names = {f.name for f in dataclasses.fields(cls)} - {"seq", "ts"}
+    names = _field_names(cls)
     return cls(seq=seq, ts=ts, **{k: v for k, v in data.items() if k in names})
+
+
+@functools.lru_cache(maxsize=None)
+def _field_names(cls: type) -> frozenset[str]:
+    # Replay and attach parse every event: look the fields up once per class.
+    return frozenset(f.name for f in dataclasses.fields(cls)) - {"seq", "ts"}
 
 
 def from_json(line: str) -> Event:
@@ -158,6 +165,15 @@ class GuidanceChanged(Event):
     type: ClassVar[str] = "guidance_changed"
     guidance: str = ""
     source: str = "user"  # user | strategy | config
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetChanged(Event):
+    """The iteration budget changed mid-session (the time budget never does: it is the measurement)."""
+
+    type: ClassVar[str] = "budget_changed"
+    iterations: int = 0
+    source: str = "user"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -77,6 +77,7 @@ class RunState:
     mechanisms: dict[str, ev.MechanismActivated] = field(default_factory=dict)  # active, by name
     strategy: list[ev.StrategyDecision] = field(default_factory=list)
     research: dict[str, str] = field(default_factory=dict)  # research id -> running | pending | outcome
+    iterations_budget: int | None = None  # set when changed mid-session
 
     @property
     def next_iteration(self) -> int:
@@ -185,6 +186,10 @@ def _mechanism_off(s: RunState, e: ev.MechanismDeactivated) -> None:
     s.mechanisms.pop(e.name, None)
 
 
+def _budget(s: RunState, e: ev.BudgetChanged) -> None:
+    s.iterations_budget = e.iterations
+
+
 def _guidance(s: RunState, e: ev.GuidanceChanged) -> None:
     s.guidance = e.guidance
 
@@ -225,6 +230,7 @@ _HANDLERS = {
     ev.TrainingProgress: _progress,
     ev.IterationFinished: _iteration_finished,
     ev.GuidanceChanged: _guidance,
+    ev.BudgetChanged: _budget,
     ev.ParamFrozen: _frozen,
     ev.ParamUnfrozen: _unfrozen,
     ev.PauseRequested: _pause_requested,

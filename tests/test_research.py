@@ -249,3 +249,48 @@ async def test_builtin_mechanisms_can_be_enabled_from_the_config(tmp_path):
     assert [(a.name, a.origin) for a in rec.of(ev.MechanismActivated)] == [("bandit", "config"), ("tabu", "config")]
     counts = rec.of(ev.IterationFinished)[-1].mechanisms
     assert counts["bandit"]["shape_prompt"] >= 1 and counts["tabu"]["review_proposal"] >= 1
+
+
+async def test_offline_manual_approval_shows_the_builtin_and_waits(tmp_path):
+    import asyncio
+
+    from core.engine import Engine
+    from tests.conftest import Recorder, fast_config
+
+    cfg = fast_config(tmp_path, **{"search.group": "D", "search.outer_period": 1, "search.research_period": 1,
+                                   "level2.approval": "manual", "budget.iterations": 4})
+    engine = Engine.create(cfg)
+    rec = Recorder()
+
+    def on_event(e):
+        rec(e)
+        if isinstance(e, ev.MechanismPending):
+            engine.submit("approve_mechanism", research_id=e.research_id)
+    engine.subscribe(on_event)
+    await asyncio.wait_for(engine.run(), 60)
+    pending = rec.of(ev.MechanismPending)[0]
+    assert (engine.dir / pending.source).read_text() and (engine.dir / pending.report).read_text()
+    assert rec.of(ev.MechanismActivated)[0].origin == "builtin"
+
+
+async def test_set_budget_extends_the_run_and_survives_resume(tmp_path):
+    import asyncio
+
+    from core.engine import Engine
+    from tests.conftest import Recorder, fast_config
+
+    engine = Engine.create(fast_config(tmp_path, **{"budget.iterations": 2}))
+    rec = Recorder()
+
+    def on_event(e):
+        rec(e)
+        if isinstance(e, ev.IterationStarted) and e.iteration == 1:
+            engine.submit("set_budget", iterations=3)
+            engine.submit("set_budget", time_s=99.0)
+    engine.subscribe(on_event)
+    await asyncio.wait_for(engine.run(), 60)
+    acks = [c for c in rec.of(ev.CommandReceived) if c.command == "set_budget"]
+    assert acks[0].ok and not acks[1].ok and "measurement" in acks[1].error
+    assert engine.state.next_iteration == 4
+    again = Engine.resume(engine.dir)
+    assert again.cfg.budget.iterations == 3

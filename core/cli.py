@@ -12,7 +12,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from . import config as config_mod
 from .config import Config, ConfigError
@@ -296,29 +296,37 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _drive(engine)
 
 
+def _run_until_done(work: Callable[[], Awaitable[Any]], stop: Callable[[str], None]) -> tuple[Any, bool]:
+    """Run ``work()`` on a fresh loop; Ctrl-C or SIGTERM calls ``stop`` (a clean stop, never a kill).
+
+    Returns the result and whether the user interrupted it.
+    """
+    interrupted = False
+
+    async def main_task() -> Any:
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            nonlocal interrupted
+            interrupted = True
+            stop("interrupted by the user (Ctrl-C)")
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+                pass
+        return await work()
+
+    result = asyncio.run(main_task())
+    return result, interrupted
+
+
 def _drive(engine: Any) -> int:
     from .printer import HeadlessPrinter
 
     engine.subscribe(HeadlessPrinter())
-    interrupted = False
-
-    async def main_task() -> Any:
-        nonlocal interrupted
-        loop = asyncio.get_running_loop()
-
-        def on_sigint() -> None:
-            nonlocal interrupted
-            interrupted = True
-            engine.request_stop("interrupted by the user (Ctrl-C)", hard=True)
-
-        try:
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
-            loop.add_signal_handler(signal.SIGTERM, on_sigint)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-            pass
-        return await engine.run()
-
-    state = asyncio.run(main_task())
+    state, interrupted = _run_until_done(engine.run, lambda why: engine.request_stop(why, hard=True))
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if state.status in ("completed", "stopped") else EXIT_RUN_ERROR
@@ -434,25 +442,7 @@ def _drive_study(study: Any, overrides: dict[str, Any] | None = None) -> int:
         engine.subscribe(HeadlessPrinter(_Prefixed(sys.stdout, f"[{member.session}] ") if concurrent else None))
 
     runner.on_engine = on_engine
-    interrupted = False
-
-    async def main_task() -> Any:
-        nonlocal interrupted
-        loop = asyncio.get_running_loop()
-
-        def on_sigint() -> None:
-            nonlocal interrupted
-            interrupted = True
-            runner.request_stop("interrupted by the user (Ctrl-C)")
-
-        try:
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
-            loop.add_signal_handler(signal.SIGTERM, on_sigint)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-            pass
-        return await runner.run()
-
-    outcomes = asyncio.run(main_task())
+    outcomes, interrupted = _run_until_done(runner.run, runner.request_stop)
     if interrupted:
         _err(f"study stopped; continue it with: bilevel resume {study.dir}")
         return EXIT_INTERRUPTED
@@ -491,25 +481,8 @@ def cmd_noise(args: argparse.Namespace) -> int:
                            log=lambda m: print(m, file=sys.stderr))
     print(f"session: {engine.dir}", file=sys.stderr)
     engine.subscribe(HeadlessPrinter())
-    interrupted = False
-
-    async def main_task() -> Any:
-        nonlocal interrupted
-        loop = asyncio.get_running_loop()
-
-        def on_sigint() -> None:
-            nonlocal interrupted
-            interrupted = True
-            engine.request_stop("interrupted by the user (Ctrl-C)", hard=True)
-
-        try:
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
-            loop.add_signal_handler(signal.SIGTERM, on_sigint)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-            pass
-        return await measure_noise(engine, args.runs)
-
-    floor = asyncio.run(main_task())
+    floor, interrupted = _run_until_done(lambda: measure_noise(engine, args.runs),
+                                         lambda why: engine.request_stop(why, hard=True))
     if interrupted:
         return EXIT_INTERRUPTED
     if floor is None:

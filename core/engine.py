@@ -464,13 +464,12 @@ class Engine:
                                     _dumps({"model": self.llm.model, "messages": messages}))
         self.emit(ev.LLMRequest(call_id=call_id, level=level, purpose=purpose, iteration=iteration,
                                 model=self.llm.model, artifact=request_rel))
-        on_delta = None
-        if stream_events:
-            def on_delta(kind: str, text: str) -> None:
-                self.emit(ev.LLMDelta(call_id=call_id, level=level, kind=kind, text=text))
+        def delta(kind: str, text: str) -> None:
+            self.emit(ev.LLMDelta(call_id=call_id, level=level, kind=kind, text=text))
+
         started = time.monotonic()
         try:
-            result = await self.llm.chat(messages, level=level, json=json, on_delta=on_delta)
+            result = await self.llm.chat(messages, level=level, json=json, on_delta=delta if stream_events else None)
         except LLMError as exc:
             self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=False, error=str(exc),
                                      duration_s=time.monotonic() - started))

@@ -71,7 +71,8 @@ def _run_with_limit(fn: Callable[[], Any], timeout_s: float) -> "asyncio.Future[
         try:
             value = fn()
         except BaseException as exc:  # noqa: BLE001 - any failure deactivates the mechanism
-            settle(lambda: fut.set_exception(exc))
+            error = exc  # `exc` is unbound when the except block ends; the callback runs later
+            settle(lambda: fut.set_exception(error))
         else:
             settle(lambda: fut.set_result(value))
 

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,49 +11,18 @@ import pytest
 from core import events as ev
 from core.session import SessionReader
 from core.state import fold
-from tests.conftest import QUADRATIC, Recorder, run_engine
+from tests.conftest import run_engine
+from tests.support.cli import start_bilevel, write_fast_config
 from tests.support import ScriptedOpenAI
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def bilevel(*args: str, cwd: Path, env: dict | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "core.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, **kw)
-
-
-def write_config(tmp_path: Path, iterations: int) -> Path:
-    cfg = tmp_path / "exp.toml"
-    cfg.write_text(f"""
-name = "killme"
-[endpoint]
-provider = "offline"
-[script]
-path = "{QUADRATIC}"
-[data]
-source = "none"
-[budget]
-time_s = 1
-grace_s = 30
-iterations = {iterations}
-[search]
-locked = ["DEPTH"]
-[run]
-sessions_dir = "{tmp_path / 'sessions'}"
-gpus = "cpu"
-""")
-    return cfg
-
 
 def finished_iterations(session: Path) -> list[int]:
     return [e.iteration for e in SessionReader(session).events() if isinstance(e, ev.IterationFinished)]
 
 
 def test_kill_9_mid_run_then_resume_loses_no_event_and_repeats_no_kept_iteration(tmp_path):
-    cfg = write_config(tmp_path, iterations=6)
+    cfg = write_fast_config(tmp_path, name="killme", iterations=6)
     slow = {"FAKE_STEP_S": "0.15"}
-    proc = bilevel("run", str(cfg), "--headless", cwd=tmp_path, env=slow)
+    proc = start_bilevel("run", str(cfg), "--headless", cwd=tmp_path, env=slow)
     sessions = tmp_path / "sessions"
     deadline = time.monotonic() + 60
     session = None
@@ -76,7 +42,7 @@ def test_kill_9_mid_run_then_resume_loses_no_event_and_repeats_no_kept_iteration
     before = list(SessionReader(session).events())
     assert not isinstance(before[-1], ev.RunFinished)
 
-    out = bilevel("resume", str(session), "--headless", cwd=tmp_path, env=slow)
+    out = start_bilevel("resume", str(session), "--headless", cwd=tmp_path, env=slow)
     stdout, stderr = out.communicate(timeout=120)
     assert out.returncode == 0, stderr
     after = list(SessionReader(session).events())
@@ -94,8 +60,8 @@ def test_kill_9_mid_run_then_resume_loses_no_event_and_repeats_no_kept_iteration
 
 
 def test_ctrl_c_writes_a_clean_stop_event_and_exits_130(tmp_path):
-    cfg = write_config(tmp_path, iterations=50)
-    proc = bilevel("run", str(cfg), "--headless", cwd=tmp_path, env={"FAKE_STEP_S": "0.2"})
+    cfg = write_fast_config(tmp_path, name="killme", iterations=50)
+    proc = start_bilevel("run", str(cfg), "--headless", cwd=tmp_path, env={"FAKE_STEP_S": "0.2"})
     sessions = tmp_path / "sessions"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -113,22 +79,22 @@ def test_ctrl_c_writes_a_clean_stop_event_and_exits_130(tmp_path):
 
 
 def test_resume_of_a_completed_session_says_how_to_extend_it(tmp_path):
-    cfg = write_config(tmp_path, iterations=1)
-    proc = bilevel("run", str(cfg), "--headless", cwd=tmp_path)
+    cfg = write_fast_config(tmp_path, name="killme", iterations=1)
+    proc = start_bilevel("run", str(cfg), "--headless", cwd=tmp_path)
     proc.communicate(timeout=60)
     assert proc.returncode == 0
     session = next((tmp_path / "sessions").iterdir())
-    again = bilevel("resume", str(session), "--headless", cwd=tmp_path)
+    again = start_bilevel("resume", str(session), "--headless", cwd=tmp_path)
     _, err = again.communicate(timeout=60)
     assert again.returncode == 2 and "--iterations" in err
-    more = bilevel("resume", str(session), "--headless", "--iterations", "2", cwd=tmp_path)
+    more = start_bilevel("resume", str(session), "--headless", "--iterations", "2", cwd=tmp_path)
     more.communicate(timeout=60)
     assert more.returncode == 0 and finished_iterations(session) == [0, 1, 2]
 
 
 @pytest.mark.slow
 def test_demo_runs_offline_on_the_real_workload_and_replays(tmp_path):
-    proc = bilevel("run", "--demo", "--headless", cwd=tmp_path)
+    proc = start_bilevel("run", "--demo", "--headless", cwd=tmp_path)
     stdout, stderr = proc.communicate(timeout=400)
     assert proc.returncode == 0, stderr[-3000:]
     assert "offline: no LLM" in stdout and "run completed" in stdout
@@ -137,7 +103,7 @@ def test_demo_runs_offline_on_the_real_workload_and_replays(tmp_path):
     assert state.provider == "offline" and state.baseline_val_bpb is not None
     assert 0.5 < state.baseline_val_bpb < 10
     assert len(state.records) == 5 and all(r.source in ("offline", "baseline") for r in state.records)
-    replay = bilevel("replay", str(session), "--headless", cwd=tmp_path)
+    replay = start_bilevel("replay", str(session), "--headless", cwd=tmp_path)
     out, _ = replay.communicate(timeout=60)
     assert replay.returncode == 0 and "run completed" in out
 

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from core import events as ev
 from core.session import SessionReader
 from core.state import fold
-from tests.conftest import Recorder, llm_config, run_engine
+from tests.conftest import llm_config, run_engine
 from tests.support import Reply, ScriptedOpenAI
 
 

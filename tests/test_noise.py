@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,36 +10,8 @@ from core import events as ev
 from core.noise import NoiseFloor, NoiseStore, fingerprint, hardware_description, identity, script_digest
 from core.printer import HeadlessPrinter
 from core.session import SessionReader
-from tests.conftest import QUADRATIC
+from tests.support.cli import QUADRATIC, ROOT, run_bilevel, write_fast_config
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def bilevel(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-
-
-def write_config(tmp_path: Path, script: Path = QUADRATIC) -> Path:
-    cfg = tmp_path / "exp.toml"
-    cfg.write_text(f"""
-name = "n"
-[endpoint]
-provider = "offline"
-[script]
-path = "{script}"
-[data]
-source = "none"
-[budget]
-time_s = 1
-grace_s = 30
-[search]
-locked = ["DEPTH"]
-[run]
-sessions_dir = "{tmp_path / 'sessions'}"
-gpus = "cpu"
-""")
-    return cfg
 
 
 def only_session(tmp_path: Path) -> Path:
@@ -51,7 +20,7 @@ def only_session(tmp_path: Path) -> Path:
 
 
 def test_noise_runs_the_baseline_once_per_seed_and_stores_its_spread(tmp_path):
-    done = bilevel("noise", str(write_config(tmp_path)), "--runs", "3", cwd=tmp_path)
+    done = run_bilevel("noise", str(write_fast_config(tmp_path, name="n")), "--runs", "3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     events = list(SessionReader(only_session(tmp_path)).events())
     started = [e for e in events if isinstance(e, ev.NoiseStarted)]
@@ -83,7 +52,7 @@ print(f"val_bpb: {1.0 + 0.01 * (SEED % 7):.6f}")
 def test_a_script_with_a_seed_constant_gets_each_runs_seed_written_into_it(tmp_path):
     script = tmp_path / "train_const.py"
     script.write_text(SEED_CONSTANT_SCRIPT)
-    done = bilevel("noise", str(write_config(tmp_path, script)), "--runs", "2", cwd=tmp_path)
+    done = run_bilevel("noise", str(write_fast_config(tmp_path, name="n", script=script)), "--runs", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     runs = [e for e in SessionReader(only_session(tmp_path)).events() if isinstance(e, ev.NoiseRunFinished)]
     assert [r.val_bpb for r in runs] == pytest.approx([1.0, 1.01])  # SEED = 0, then SEED = 1
@@ -91,7 +60,7 @@ def test_a_script_with_a_seed_constant_gets_each_runs_seed_written_into_it(tmp_p
 
 def test_too_few_successful_runs_measure_nothing_and_store_nothing(tmp_path):
     crash = ROOT / "tests" / "fixtures" / "scripts" / "crash.py"
-    done = bilevel("noise", str(write_config(tmp_path, crash)), "--runs", "2", cwd=tmp_path)
+    done = run_bilevel("noise", str(write_fast_config(tmp_path, name="n", script=crash)), "--runs", "2", cwd=tmp_path)
     assert done.returncode == 1
     events = list(SessionReader(only_session(tmp_path)).events())
     assert isinstance(events[-1], ev.RunFinished) and events[-1].status == "failed"
@@ -100,13 +69,13 @@ def test_too_few_successful_runs_measure_nothing_and_store_nothing(tmp_path):
 
 
 def test_one_run_is_a_usage_error(tmp_path):
-    done = bilevel("noise", str(write_config(tmp_path)), "--runs", "1", cwd=tmp_path)
+    done = run_bilevel("noise", str(write_fast_config(tmp_path, name="n")), "--runs", "1", cwd=tmp_path)
     assert done.returncode == 2 and "at least 2" in done.stderr
 
 
 def test_a_noise_session_cannot_be_resumed_as_a_search(tmp_path):
-    assert bilevel("noise", str(write_config(tmp_path)), "--runs", "2", cwd=tmp_path).returncode == 0
-    again = bilevel("resume", str(only_session(tmp_path)), "--headless", cwd=tmp_path)
+    assert run_bilevel("noise", str(write_fast_config(tmp_path, name="n")), "--runs", "2", cwd=tmp_path).returncode == 0
+    again = run_bilevel("resume", str(only_session(tmp_path)), "--headless", cwd=tmp_path)
     assert again.returncode == 2 and "noise measurement" in again.stderr
 
 

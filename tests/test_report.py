@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,15 +13,10 @@ from core import stats
 from core.report import build_report, collect, write_report
 from core.session import SessionReader
 from core.state import fold
-from tests.conftest import QUADRATIC, llm_config, run_engine
+from tests.conftest import llm_config, run_engine
+from tests.support.cli import QUADRATIC, run_bilevel, write_fast_config
 from tests.support import ScriptedOpenAI
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def bilevel(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=180)
 
 
 # --- statistics on hand-computed cases -----------------------------------------------------
@@ -101,30 +93,11 @@ def test_missing_scipy_is_a_clear_error_not_a_silent_fallback(monkeypatch):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("study")
-    cfg = root / "exp.toml"
-    cfg.write_text(f"""
-name = "rep"
-[endpoint]
-provider = "offline"
-[script]
-path = "{QUADRATIC}"
-[data]
-source = "none"
-[budget]
-time_s = 1
-grace_s = 30
-iterations = 3
-[search]
-locked = ["DEPTH"]
-outer_period = 1
-research_period = 1
-[run]
-sessions_dir = "{root / 'sessions'}"
-gpus = "cpu"
-""")
-    noise = bilevel("noise", str(cfg), "--runs", "3", cwd=root)
+    cfg = write_fast_config(root, name="rep", iterations=3,
+                            search_extra="outer_period = 1\nresearch_period = 1")
+    noise = run_bilevel("noise", str(cfg), "--runs", "3", cwd=root)
     assert noise.returncode == 0, noise.stderr
-    run = bilevel("run", str(cfg), "--group", "A,C", "--repeats", "2", "--headless", cwd=root)
+    run = run_bilevel("run", str(cfg), "--group", "A,C", "--repeats", "2", "--headless", cwd=root)
     assert run.returncode == 0, run.stderr
     (path,) = [p for p in (root / "sessions").iterdir() if "-study-" in p.name]
     return path
@@ -202,7 +175,7 @@ def test_parameter_exploration_counts_every_trained_proposal(study):
 
 
 def test_report_command_prints_the_table_and_writes_where_told(study, tmp_path):
-    done = bilevel("report", str(study), "--out", str(tmp_path / "out"), "--no-plots", cwd=tmp_path)
+    done = run_bilevel("report", str(study), "--out", str(tmp_path / "out"), "--no-plots", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Per group" in done.stdout and "A − C" in done.stdout
     names = {p.name for p in (tmp_path / "out").iterdir()}
@@ -211,7 +184,7 @@ def test_report_command_prints_the_table_and_writes_where_told(study, tmp_path):
 
 
 def test_report_of_a_path_that_is_no_session_is_a_usage_error(tmp_path):
-    done = bilevel("report", str(tmp_path), cwd=tmp_path)
+    done = run_bilevel("report", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 2 and "no session" in done.stderr
 
 

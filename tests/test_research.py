@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-from typing import Callable
 
 import pytest
 
@@ -141,26 +140,30 @@ async def test_a_failed_validation_goes_back_to_the_llm_for_repair(tmp_path):
 
 
 RUNTIME_FAILURES = {
-    # Each passes the dry run on the short trace it sees, then fails later in the real run.
+    # Each passes the dry run on the short trace it sees, then fails later in the real run:
+    # (hook, body, what the deactivation reason must say).
     "raises": ("observe", "    def observe(self, state, result):\n"
-                          "        if len(state.records) >= 4:\n            raise ValueError('late failure')\n"),
+                          "        if len(state.records) >= 4:\n            raise ValueError('late failure')\n",
+               "ValueError: late failure"),
     "hangs": ("review_proposal", "    def review_proposal(self, state, proposal):\n"
-                                 "        while len(state.records) >= 4:\n            pass\n        return None\n"),
+                                 "        while len(state.records) >= 4:\n            pass\n        return None\n",
+                "exceeded its 0.5 s limit"),
     "garbage": ("review_proposal", "    def review_proposal(self, state, proposal):\n"
-                                   "        return None if len(state.records) < 4 else 'yes'\n"),
+                                   "        return None if len(state.records) < 4 else 'yes'\n",
+                 "expected None, Veto or Modify"),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(RUNTIME_FAILURES))
 async def test_a_mechanism_failing_at_run_time_is_deactivated_and_the_loop_goes_on(tmp_path, kind):
-    hook, body = RUNTIME_FAILURES[kind]
+    hook, body, said = RUNTIME_FAILURES[kind]
     source = f"from mechanisms.base import Mechanism\n\nclass Late(Mechanism):\n{body}"
     with ScriptedOpenAI(responder=Scripted([source])) as server:
         engine, rec = await run_engine(research_config(
             tmp_path, server, **{"level2.hook_timeout_s": 0.5, "budget.iterations": 7}))
     assert rec.of(ev.MechanismActivated), [e.failure for e in rec.of(ev.MechanismValidated)]
     off = rec.of(ev.MechanismDeactivated)
-    assert off and off[0].name == "Late" and off[0].hook == hook and off[0].reason
+    assert off and off[0].name == "Late" and off[0].hook == hook and said in off[0].reason
     assert engine.state.status == "completed" and engine.state.mechanisms == {}
 
 

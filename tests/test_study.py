@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,38 +15,9 @@ from core.cli import main
 from core.session import SessionReader
 from core.state import fold
 from core.study import Study, StudyRunner
-from tests.conftest import QUADRATIC, fast_config
+from tests.conftest import fast_config
+from tests.support.cli import QUADRATIC, start_bilevel, write_fast_config
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def bilevel(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "core.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-
-
-def write_config(tmp_path: Path, iterations: int, script: Path = QUADRATIC, gpus: str = "cpu") -> Path:
-    cfg = tmp_path / "exp.toml"
-    cfg.write_text(f"""
-name = "abl"
-[endpoint]
-provider = "offline"
-[script]
-path = "{script}"
-[data]
-source = "none"
-[budget]
-time_s = 1
-grace_s = 30
-iterations = {iterations}
-[search]
-locked = ["DEPTH"]
-[run]
-sessions_dir = "{tmp_path / 'sessions'}"
-gpus = "{gpus}"
-""")
-    return cfg
 
 
 def the_study(tmp_path: Path) -> Path:
@@ -62,7 +30,7 @@ def events_of(path: Path) -> list[ev.Event]:
 
 
 def test_groups_times_repeats_write_a_study_listing_sessions_groups_and_seeds(tmp_path, capsys):
-    assert main(["run", str(write_config(tmp_path, 1)), "--group", "A,B", "--repeats", "2", "--headless"]) == 0
+    assert main(["run", str(write_fast_config(tmp_path, name="abl", iterations=1)), "--group", "A,B", "--repeats", "2", "--headless"]) == 0
     study_dir = the_study(tmp_path)
     data = json.loads((study_dir / "study.json").read_text())
     assert data["groups"] == ["A", "B"] and data["repeats"] == 2
@@ -82,9 +50,9 @@ def test_groups_times_repeats_write_a_study_listing_sessions_groups_and_seeds(tm
 
 
 def test_a_study_killed_midway_resumes_unfinished_members_and_starts_missing_ones(tmp_path):
-    cfg = write_config(tmp_path, 2)
+    cfg = write_fast_config(tmp_path, name="abl", iterations=2)
     slow = {"FAKE_STEP_S": "0.15"}
-    proc = bilevel("run", str(cfg), "--group", "A,B", "--repeats", "2", "--headless", cwd=tmp_path, env=slow)
+    proc = start_bilevel("run", str(cfg), "--group", "A,B", "--repeats", "2", "--headless", cwd=tmp_path, env=slow)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         log = tmp_path / "sessions"
@@ -101,7 +69,7 @@ def test_a_study_killed_midway_resumes_unfinished_members_and_starts_missing_one
     first_before = events_of(study_dir / "A-r1")
     assert not (study_dir / "B-r1").exists()
 
-    again = bilevel("resume", str(study_dir), "--headless", cwd=tmp_path)
+    again = start_bilevel("resume", str(study_dir), "--headless", cwd=tmp_path)
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     assert events_of(study_dir / "A-r1") == first_before  # a finished member is left alone
@@ -115,7 +83,8 @@ def test_a_study_killed_midway_resumes_unfinished_members_and_starts_missing_one
 
 
 def test_ctrl_c_stops_the_study_cleanly_with_exit_130_and_it_stays_resumable(tmp_path):
-    proc = bilevel("run", str(write_config(tmp_path, 20)), "--group", "A", "--repeats", "2", "--headless",
+    cfg = write_fast_config(tmp_path, name="abl", iterations=20)
+    proc = start_bilevel("run", str(cfg), "--group", "A", "--repeats", "2", "--headless",
                    cwd=tmp_path, env={"FAKE_STEP_S": "0.2"})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -133,7 +102,7 @@ def test_ctrl_c_stops_the_study_cleanly_with_exit_130_and_it_stays_resumable(tmp
 
 
 def test_resuming_a_complete_study_runs_nothing(tmp_path, capsys):
-    assert main(["run", str(write_config(tmp_path, 1)), "--group", "A", "--repeats", "2", "--headless"]) == 0
+    assert main(["run", str(write_fast_config(tmp_path, name="abl", iterations=1)), "--group", "A", "--repeats", "2", "--headless"]) == 0
     study_dir = the_study(tmp_path)
     before = {p.name: (p / "events.jsonl").read_bytes() for p in study_dir.iterdir() if p.name.startswith("A-")}
     assert main(["resume", str(study_dir), "--headless"]) == 0
@@ -156,7 +125,7 @@ async def test_a_member_never_starts_from_a_baseline_script_that_changed(tmp_pat
 
 def test_members_run_concurrently_one_per_gpu_slot(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_STEP_S", "0.1")
-    cfg = write_config(tmp_path, 1, gpus="0,1")  # two devices: the stand-in script ignores CUDA_VISIBLE_DEVICES
+    cfg = write_fast_config(tmp_path, name="abl", iterations=1, gpus="0,1")  # two devices: the stand-in script ignores CUDA_VISIBLE_DEVICES
     assert main(["run", str(cfg), "--group", "A", "--repeats", "2", "--headless"]) == 0
     study_dir = the_study(tmp_path)
     spans, slots = [], set()

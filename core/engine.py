@@ -156,9 +156,6 @@ class Engine:
         """Queue a command; it is acknowledged by a CommandReceived event."""
         self._commands.put_nowait(Command(command, args, source))
 
-    def _submit_from_channel(self, command: str, /, source: str = "channel", **args: Any) -> None:
-        self.submit(command, source=source, **args)
-
     def request_stop(self, reason: str, *, hard: bool = False) -> None:
         """Stop at the next iteration boundary; ``hard`` also cuts the running iteration short."""
         self.stopping = True
@@ -246,7 +243,7 @@ class Engine:
         """Run (or continue) the experiment until its iteration budget, a stop, or a fatal error."""
         commands = asyncio.create_task(self._command_loop())
         # Attached viewers (other processes) send commands as files in the session folder.
-        channel = asyncio.create_task(watch_commands(self.dir, self._submit_from_channel, log=self.log))
+        channel = asyncio.create_task(watch_commands(self.dir, self.submit, log=self.log))
         try:
             if self.llm is None and not self.cfg.offline:
                 self.llm = _client_for(self.cfg)

@@ -248,7 +248,7 @@ class Engine:
             if self.llm is None and not self.cfg.offline:
                 self.llm = _client_for(self.cfg)
             if not self.state.session:
-                await self._start()
+                await self.start_session()
             else:
                 await self._restart()
             self.acceptance_policy()  # fail fast: a rule that needs a noise floor nobody measured
@@ -368,7 +368,8 @@ class Engine:
         self.emit(ev.RunFinished(status=status, reason=reason, iterations=len(self.state.proposals),
                                  baseline_val_bpb=self.state.baseline_val_bpb, best_val_bpb=self.state.best_val_bpb))
 
-    async def _start(self) -> None:
+    async def start_session(self) -> None:
+        """Prepare the data and write SessionStarted: everything before the first iteration."""
         cfg = self.cfg
         source_path = cfg.script_path()
         try:

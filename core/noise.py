@@ -180,7 +180,7 @@ async def measure_noise(engine: "Engine", runs: int) -> NoiseFloor | None:
         raise ValueError(f"a noise measurement needs at least {MIN_RUNS} runs, got {runs}")
     cfg = engine.cfg
     try:
-        await engine._start()  # data preparation and SessionStarted, without the search loop
+        await engine.start_session()  # data preparation and SessionStarted, without the search loop
         text = engine.read_artifact(engine.state.baseline_script)
         ident = identity(text, engine.state.data, engine_devices(engine))
         seeds = [cfg.search.seed + i for i in range(runs)]

@@ -82,6 +82,7 @@ class Engine:
         self._research_task: asyncio.Task[None] | None = None
         self._ready: list[Ready] = []  # validated mechanisms waiting for the next boundary
         self._approvals: dict[str, asyncio.Future[bool]] = {}
+        self._awaiting: dict[str, str] = {}  # research id -> mechanism name, while approval is pending
 
     # --- construction -------------------------------------------------------------------
 
@@ -313,10 +314,18 @@ class Engine:
         """Activate at the next iteration boundary, never mid-iteration."""
         self._ready.append(ready)
 
-    async def await_approval(self, research_id: str) -> bool:
+    async def await_approval(self, research_id: str, name: str) -> bool:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._approvals[research_id] = fut
-        return await fut
+        self._awaiting[research_id] = name
+        try:
+            return await fut
+        finally:
+            self._awaiting.pop(research_id, None)
+
+    def mechanisms_in_play(self) -> set[str]:
+        """Active, queued for activation, or waiting for approval: not worth researching again."""
+        return set(self.mechanisms.names) | {r.name for r in self._ready} | set(self._awaiting.values())
 
     @property
     def generated_sources(self) -> dict[str, str]:

@@ -519,3 +519,44 @@ async def test_an_engine_that_crashes_is_reported_not_hidden(tmp_path: Path):
     with pytest.raises(RuntimeError):
         source.engine_task.result()
     engine.writer.close()
+
+
+async def test_approve_and_reject_reach_the_real_engine(tmp_path: Path):
+    """Offline Level 2 in manual mode on the product's engine: v shows the mechanism, a/r decide."""
+    from core.engine import Engine
+    from tests.conftest import fast_config
+
+    cfg = fast_config(tmp_path, **{"search.group": "D", "search.outer_period": 1, "search.research_period": 1,
+                                   "level2.approval": "manual", "budget.iterations": 500})
+    engine = Engine.create(cfg)
+    source = LiveSource(engine)
+    engine.log = source.log
+    task = asyncio.create_task(engine.run())
+    source.engine_task = task
+    app = BilevelApp(source, deterministic=True)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: bool(app.model.pending), timeout=60, what="a pending mechanism")
+            first = next(iter(app.model.pending))
+            await press(app, "v")
+            await until(pilot, on_screen(app, ApprovalScreen))
+            await press(app, "a")
+            await until(pilot, lambda: bool(app.model.active_mechanisms), timeout=60, what="activation")
+            await until(pilot, lambda: bool(app.model.pending) and first not in app.model.pending,
+                        timeout=60, what="a second pending mechanism")
+            second = next(iter(app.model.pending))
+            await press(app, "v")
+            await until(pilot, on_screen(app, ApprovalScreen))
+            await press(app, "r")
+            await until(pilot, lambda: app.model.research[second].finished is not None, timeout=60, what="declined")
+            engine.request_stop("test over", hard=True)
+        await asyncio.wait_for(task, 60)
+    finally:
+        if not task.done():
+            engine.request_stop("test over", hard=True)
+            await asyncio.wait_for(task, 60)
+    events = list(SessionReader(engine.dir).events())
+    acks = [(e.command, e.args.get("research_id"), e.ok) for e in events if isinstance(e, ev.CommandReceived)]
+    assert acks == [("approve_mechanism", first, True), ("reject_mechanism", second, True)]
+    outcomes = {e.research_id: e.outcome for e in events if isinstance(e, ev.ResearchFinished)}
+    assert outcomes[first] == "activated" and outcomes[second] == "declined"

@@ -89,7 +89,7 @@ class ResearchLevel:
         if eng.cfg.level2.approval == "manual":
             eng.emit(ev.MechanismPending(research_id=research_id, name=ready.name, source=ready.source_rel,
                                          diff=ready.diff_rel, report=ready.report_rel))
-            approved = await eng.await_approval(research_id)
+            approved = await eng.await_approval(research_id, ready.name)
             if not approved:
                 eng.emit(ev.ResearchFinished(research_id=research_id, outcome="declined", name=ready.name,
                                              reason="rejected by the user"))
@@ -101,11 +101,12 @@ class ResearchLevel:
     def _offline_choice(self, research_id: str) -> Ready | None:
         eng = self.engine
         records = _records(eng)
-        name, reason = choose_builtin(records, eng._schema_dicts(), active=eng.mechanisms.names,
+        in_play = eng.mechanisms_in_play()
+        name, reason = choose_builtin(records, eng._schema_dicts(), active=sorted(in_play),
                                       frozen=sorted(eng.state.frozen))
-        if name in eng.mechanisms.names:
+        if name in in_play:
             eng.emit(ev.ResearchFinished(research_id=research_id, outcome="rejected", name=name,
-                                         reason="every built-in mechanism is already active"))
+                                         reason="every built-in mechanism is already active or on its way"))
             return None
         cls = mechanisms.BUILTINS[name]
         source = inspect.getsource(inspect.getmodule(cls))

@@ -305,7 +305,9 @@ class Engine:
         if "strategy" in levels:
             await self.strategy.run_cycle(cycle, n)
         if "research" in levels and cycle % self.cfg.search.research_period == 0:
-            if self._research_task is not None and not self._research_task.done():
+            if n >= self.cfg.budget.iterations:
+                self.log(f"Level 2 skipped at cycle {cycle}: no iteration is left for a new mechanism to run in")
+            elif self._research_task is not None and not self._research_task.done():
                 self.log(f"Level 2 research still running; cycle {cycle} skips starting another")
             else:  # concurrent with the inner loop: it only reads the trace so far
                 self._research_task = asyncio.create_task(self.research.run(cycle, n))

@@ -197,16 +197,19 @@ async def test_full_group_c_run_on_the_cpu_preset(tmp_path):
     with ScriptedOpenAI(responder=responder) as server:
         cfg = config.demo_config(**{
             "endpoint.provider": "openai", "endpoint.base_url": server.base_url, "endpoint.model": "test-model",
-            "search.group": "C", "search.outer_period": 5, "search.research_period": 2,
+            # Level 2 at cycle 1 (after #5); cycle 2 ends the run, where a new mechanism could not run.
+            "search.group": "C", "search.outer_period": 5, "search.research_period": 1,
             "strategy.freeze_after": 2, "budget.iterations": 10, "budget.time_s": 1.0,
             "run.sessions_dir": str(tmp_path / "sessions")})
         engine, rec = await run_engine(cfg)
     assert engine.state.status == "completed"
     assert [e.iteration for e in rec.of(ev.IterationFinished)] == list(range(11))
     assert [d.cycle for d in rec.of(ev.StrategyDecision)] == [1, 2]
-    assert len(rec.of(ev.ResearchStarted)) == 1  # after cycle 2 (M = 2)
+    assert [r.after_iteration for r in rec.of(ev.ResearchStarted)] == [5]
     assert rec.of(ev.ResearchFinished)[0].outcome == "activated"
     assert rec.of(ev.MechanismValidated)[0].ok
+    ran = [e.mechanisms for e in rec.of(ev.IterationFinished) if e.mechanisms]
+    assert ran and ran[-1]["generated_tabu"]["review_proposal"] >= 1  # the mechanism ran in later iterations
 
 
 async def _approval_run(tmp_path, decision: str):

@@ -418,13 +418,11 @@ async def test_refused_command_is_reported(tmp_path: Path):
     assert received(engine, "freeze")[0].ok is False
 
 
-async def test_every_control_reaches_the_real_demo_engine(tmp_path: Path):
-    """The same keys against the product's engine: the offline demo, training real (tiny) models on the CPU."""
-    from core.config import demo_config
+@contextlib.asynccontextmanager
+async def real_engine_app(cfg: Any) -> AsyncIterator[tuple[BilevelApp, Any, Any, asyncio.Task]]:
+    """The app on the product's engine, in-process; the engine is stopped if the test leaves it running."""
     from core.engine import Engine
 
-    cfg = demo_config(**{"run.sessions_dir": str(tmp_path / "sessions"), "budget.iterations": 50,
-                         "budget.time_s": 2.0})
     engine = Engine.create(cfg)
     source = LiveSource(engine)
     engine.log = source.log
@@ -433,40 +431,50 @@ async def test_every_control_reaches_the_real_demo_engine(tmp_path: Path):
     app = BilevelApp(source, deterministic=True)
     try:
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: (app.model.training_iteration or 0) >= 1, timeout=120, what="iteration 1")
-            await press(app, "g")
-            await until(pilot, on_screen(app, GuidanceScreen))
-            app.screen.query_one("TextArea").text = "Keep the batch size."
-            await press(app, "ctrl+s")
-            await until(pilot, lambda: app.model.state.guidance == "Keep the batch size.", what="GuidanceChanged")
-            for frozen in (True, False):
-                await press(app, "f")
-                await until(pilot, on_screen(app, FreezeScreen))
-                options = app.screen.query_one("OptionList")
-                options.highlighted = options.get_option_index("MATRIX_LR")
-                await press(app, "enter")
-                await until(pilot, lambda: ("MATRIX_LR" in app.model.state.frozen) is frozen, what="(un)freeze")
-            await until(pilot, lambda: app.model.training_iteration is not None, timeout=60, what="a training run")
-            aborted = app.model.training_iteration
-            await press(app, "x")
-            await until(pilot, on_screen(app, ConfirmScreen))
-            await press(app, "enter")
-            await until(pilot, lambda: app.model.rows[aborted].final, timeout=60, what="the aborted verdict")
-            assert app.model.rows[aborted].phase == "cancelled"
-            await press(app, "space")
-            assert app.model.status in ("pausing…", "paused")
-            await until(pilot, lambda: app.model.status == "paused", timeout=60, what="Paused")
-            await press(app, "space")
-            await until(pilot, lambda: app.model.status == "running", timeout=30, what="Unpaused")
-            await press(app, "q")
-            await until(pilot, on_screen(app, ConfirmScreen))
-            await press(app, "enter")
-            await until(pilot, lambda: not app.is_running, timeout=60, what="the app to close")
-        state = await asyncio.wait_for(task, 60)
+            yield app, pilot, engine, task
     finally:
         if not task.done():
             engine.request_stop("test over", hard=True)
             await asyncio.wait_for(task, 60)
+
+
+async def test_every_control_reaches_the_real_demo_engine(tmp_path: Path):
+    """The same keys against the product's engine: the offline demo, training real (tiny) models on the CPU."""
+    from core.config import demo_config
+
+    cfg = demo_config(**{"run.sessions_dir": str(tmp_path / "sessions"), "budget.iterations": 50,
+                         "budget.time_s": 2.0})
+    async with real_engine_app(cfg) as (app, pilot, engine, task):
+        await until(pilot, lambda: (app.model.training_iteration or 0) >= 1, timeout=120, what="iteration 1")
+        await press(app, "g")
+        await until(pilot, on_screen(app, GuidanceScreen))
+        app.screen.query_one("TextArea").text = "Keep the batch size."
+        await press(app, "ctrl+s")
+        await until(pilot, lambda: app.model.state.guidance == "Keep the batch size.", what="GuidanceChanged")
+        for frozen in (True, False):
+            await press(app, "f")
+            await until(pilot, on_screen(app, FreezeScreen))
+            options = app.screen.query_one("OptionList")
+            options.highlighted = options.get_option_index("MATRIX_LR")
+            await press(app, "enter")
+            await until(pilot, lambda: ("MATRIX_LR" in app.model.state.frozen) is frozen, what="(un)freeze")
+        await until(pilot, lambda: app.model.training_iteration is not None, timeout=60, what="a training run")
+        aborted = app.model.training_iteration
+        await press(app, "x")
+        await until(pilot, on_screen(app, ConfirmScreen))
+        await press(app, "enter")
+        await until(pilot, lambda: app.model.rows[aborted].final, timeout=60, what="the aborted verdict")
+        assert app.model.rows[aborted].phase == "cancelled"
+        await press(app, "space")
+        assert app.model.status in ("pausing…", "paused")
+        await until(pilot, lambda: app.model.status == "paused", timeout=60, what="Paused")
+        await press(app, "space")
+        await until(pilot, lambda: app.model.status == "running", timeout=30, what="Unpaused")
+        await press(app, "q")
+        await until(pilot, on_screen(app, ConfirmScreen))
+        await press(app, "enter")
+        await until(pilot, lambda: not app.is_running, timeout=60, what="the app to close")
+        state = await asyncio.wait_for(task, 60)
     assert state.status == "stopped"
     acks_ = [e for e in SessionReader(engine.dir).events() if isinstance(e, ev.CommandReceived)]
     assert [a.command for a in acks_] == ["set_guidance", "freeze", "unfreeze", "abort_training", "pause", "resume",
@@ -523,38 +531,26 @@ async def test_an_engine_that_crashes_is_reported_not_hidden(tmp_path: Path):
 
 async def test_approve_and_reject_reach_the_real_engine(tmp_path: Path):
     """Offline Level 2 in manual mode on the product's engine: v shows the mechanism, a/r decide."""
-    from core.engine import Engine
     from tests.conftest import fast_config
 
     cfg = fast_config(tmp_path, **{"search.group": "D", "search.outer_period": 1, "search.research_period": 1,
                                    "level2.approval": "manual", "budget.iterations": 500})
-    engine = Engine.create(cfg)
-    source = LiveSource(engine)
-    engine.log = source.log
-    task = asyncio.create_task(engine.run())
-    source.engine_task = task
-    app = BilevelApp(source, deterministic=True)
-    try:
-        async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: bool(app.model.pending), timeout=60, what="a pending mechanism")
-            first = next(iter(app.model.pending))
-            await press(app, "v")
-            await until(pilot, on_screen(app, ApprovalScreen))
-            await press(app, "a")
-            await until(pilot, lambda: bool(app.model.active_mechanisms), timeout=60, what="activation")
-            await until(pilot, lambda: bool(app.model.pending) and first not in app.model.pending,
-                        timeout=60, what="a second pending mechanism")
-            second = next(iter(app.model.pending))
-            await press(app, "v")
-            await until(pilot, on_screen(app, ApprovalScreen))
-            await press(app, "r")
-            await until(pilot, lambda: app.model.research[second].finished is not None, timeout=60, what="declined")
-            engine.request_stop("test over", hard=True)
+    async with real_engine_app(cfg) as (app, pilot, engine, task):
+        await until(pilot, lambda: bool(app.model.pending), timeout=60, what="a pending mechanism")
+        first = next(iter(app.model.pending))
+        await press(app, "v")
+        await until(pilot, on_screen(app, ApprovalScreen))
+        await press(app, "a")
+        await until(pilot, lambda: bool(app.model.active_mechanisms), timeout=60, what="activation")
+        await until(pilot, lambda: bool(app.model.pending) and first not in app.model.pending,
+                    timeout=60, what="a second pending mechanism")
+        second = next(iter(app.model.pending))
+        await press(app, "v")
+        await until(pilot, on_screen(app, ApprovalScreen))
+        await press(app, "r")
+        await until(pilot, lambda: app.model.research[second].finished is not None, timeout=60, what="declined")
+        engine.request_stop("test over", hard=True)
         await asyncio.wait_for(task, 60)
-    finally:
-        if not task.done():
-            engine.request_stop("test over", hard=True)
-            await asyncio.wait_for(task, 60)
     events = list(SessionReader(engine.dir).events())
     acks = [(e.command, e.args.get("research_id"), e.ok) for e in events if isinstance(e, ev.CommandReceived)]
     assert acks == [("approve_mechanism", first, True), ("reject_mechanism", second, True)]

@@ -476,9 +476,14 @@ class Engine:
         def delta(kind: str, text: str) -> None:
             self.emit(ev.LLMDelta(call_id=call_id, level=level, kind=kind, text=text))
 
+        def retry(attempt: int, error: Exception, delay_s: float) -> None:
+            # A retried stream starts over: viewers drop what they showed of this call.
+            delta("reset", f"attempt {attempt} failed ({error}); retrying in {delay_s:.1f}s")
+
         started = time.monotonic()
         try:
-            result = await self.llm.chat(messages, level=level, json=json, on_delta=delta if stream_events else None)
+            result = await self.llm.chat(messages, level=level, json=json, on_delta=delta if stream_events else None,
+                                         on_retry=retry if stream_events else None)
         except LLMError as exc:
             self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=False, error=str(exc),
                                      duration_s=time.monotonic() - started))

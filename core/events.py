@@ -211,7 +211,7 @@ class LLMDelta(Event):
     type: ClassVar[str] = "llm_delta"
     call_id: str = ""
     level: str = ""
-    kind: str = "content"  # content | reasoning
+    kind: str = "content"  # content | reasoning | reset (the call is retried: discard its text so far)
     text: str = ""
 
 

@@ -300,3 +300,29 @@ async def test_set_budget_extends_the_run_and_survives_resume(tmp_path):
     assert engine.state.next_iteration == 4
     again = Engine.resume(engine.dir)
     assert again.cfg.budget.iterations == 3
+
+
+async def test_a_stream_retried_midway_tells_viewers_to_start_that_call_over(tmp_path):
+    from tui.model import ViewModel
+
+    class DropsOnce(Scripted):
+        dropped = False
+
+        def __call__(self, req: dict):
+            reply = super().__call__(req)
+            if not self.dropped and "mechanism interface" in req["messages"][-1]["content"]:
+                self.dropped = True
+                return Reply(content="half of an explore round that never", drop_after_chunks=3)
+            return reply
+
+    with ScriptedOpenAI(responder=DropsOnce([GOOD_TABU])) as server:
+        cfg = research_config(tmp_path, server, **{"endpoint.max_retries": 2})
+        engine, rec = await run_engine(cfg)
+    explore = [r for r in rec.of(ev.ResearchRound) if r.round == "explore"][0]
+    deltas = [d for d in rec.of(ev.LLMDelta) if d.call_id == explore.call_id]
+    assert [d.kind for d in deltas].count("reset") == 1
+    model = ViewModel()
+    for e in rec.events:
+        model.apply(e)
+    shown = "".join(model.calls[explore.call_id].chunks)
+    assert shown == (engine.dir / explore.artifact).read_text()  # not the dropped half plus the retry

@@ -492,11 +492,13 @@ def _llm_delta(m: ViewModel, e: ev.LLMDelta) -> None:
     call = m.calls.get(e.call_id)
     if call is None:
         call = m.calls[e.call_id] = LLMCall(e.call_id, e.level)
-    call.deltas += getattr(e, "merged", 1)  # a replay hands over a run of tokens as one delta
-    if e.kind == "reasoning":
-        call.reasoning_chunks.append(e.text)
+    if e.kind == "reset":  # the call is retried from the start
+        call.chunks.clear()
+        call.reasoning_chunks.clear()
+        call.deltas = 0
     else:
-        call.chunks.append(e.text)
+        call.deltas += getattr(e, "merged", 1)  # a replay hands over a run of tokens as one delta
+        (call.reasoning_chunks if e.kind == "reasoning" else call.chunks).append(e.text)
     if e.level == "research":
         m.dirty.add(RESEARCH)
 

@@ -8,17 +8,12 @@ the others run in-process under Pilot and send every command there is.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import inspect
 import json
 import os
-import pty
 import signal
-import struct
 import subprocess
 import sys
-import termios
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,14 +24,13 @@ import core.engine
 from core import events as ev
 from core.channel import pending_commands
 from core.session import SessionReader
+from tests.support.terminal import ROOT, Terminal
 from tui.app import BilevelApp
 from tui.screens.approval import ApprovalScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.guidance import GuidanceScreen
 from tui.screens.params import FreezeScreen
 from tui.sources import TailSource
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_events(session: Path) -> list[ev.Event]:
@@ -86,38 +80,9 @@ def on_screen(app: BilevelApp, kind: type) -> Callable[[], bool]:
     return lambda: isinstance(app.screen, kind) and app.screen.is_mounted and bool(app.screen.query("*"))
 
 
-class PtyViewer:
-    """``bilevel attach SESSION`` on a pseudo-terminal, as a user in tmux or over SSH would run it."""
-
-    def __init__(self, session: Path, *, size: tuple[int, int] = (120, 40)) -> None:
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
-        env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "", "BILEVEL_TUI_DETERMINISTIC": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "core.cli", "attach", str(session)], stdin=slave,
-                                     stdout=slave, stderr=slave, cwd=ROOT, env=env, start_new_session=True)
-        os.close(slave)
-        self.master = master
-        self.output = bytearray()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = os.read(self.master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            self.output += data
-
-    def type(self, data: bytes) -> None:
-        os.write(self.master, data)
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        os.close(self.master)
+def attach_on_a_terminal(session: Path) -> Terminal:
+    """``bilevel attach SESSION`` on a pseudo-terminal."""
+    return Terminal(["attach", str(session)], ROOT, env={"COLORTERM": "", "BILEVEL_TUI_DETERMINISTIC": "1"})
 
 
 def start_scripted_engine(session: Path, tmp_path: Path) -> subprocess.Popen:
@@ -143,11 +108,11 @@ async def test_viewers_come_and_go_and_send_every_command_while_the_engine_runs_
         wait(lambda: read_events(session), 15, "the engine's first events")
 
         # 1. a real viewer on a terminal pauses the run, then is killed -9
-        viewer = PtyViewer(session)
+        viewer = attach_on_a_terminal(session)
         wait(lambda: b"ATTACHED" in viewer.output, 30, "the attached viewer to draw")
         viewer.type(b" ")
         wait(lambda: acks(session, "pause"), 15, "the pause to reach the engine")
-        viewer.kill()
+        viewer.close()
         assert engine.poll() is None
         wait(lambda: any(isinstance(e, ev.Paused) for e in read_events(session)), 15, "the engine to pause")
 
@@ -267,9 +232,9 @@ def test_detached_demo_engine_outlives_a_killed_viewer(tmp_path: Path):
     try:
         assert os.getpgid(pid) == pid != os.getpgid(0)  # its own process group: the shell's signals miss it
         wait(lambda: any(isinstance(e, ev.SessionStarted) for e in read_events(session)), 60, "the session start")
-        viewer = PtyViewer(session)
+        viewer = attach_on_a_terminal(session)
         wait(lambda: b"ATTACHED" in viewer.output, 30, "the attached viewer to draw")
-        viewer.kill()
+        viewer.close()
         os.kill(pid, 0)  # the engine did not notice
         wait(lambda: any(isinstance(e, ev.RunFinished) for e in read_events(session)), 150, "the run to finish")
         wait(lambda: _gone(pid), 30, "the engine process to exit")
@@ -286,11 +251,11 @@ def test_detached_demo_engine_takes_commands_from_attached_viewers(tmp_path: Pat
     session, pid = detach_demo(tmp_path, iterations=30)
     try:
         wait(lambda: any(isinstance(e, ev.IterationStarted) for e in read_events(session)), 120, "the first run")
-        viewer = PtyViewer(session)
+        viewer = attach_on_a_terminal(session)
         wait(lambda: b"ATTACHED" in viewer.output, 30, "the attached viewer to draw")
         viewer.type(b" ")
         wait(lambda: acks(session, "pause"), 30, "the pause to reach the engine")
-        viewer.kill()
+        viewer.close()
         os.kill(pid, 0)  # still running
 
         async def commands(app: BilevelApp, pilot: Any) -> None:

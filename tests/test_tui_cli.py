@@ -2,57 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
-import pty
-import signal
-import struct
-import subprocess
-import sys
-import termios
-import threading
-import time
 from pathlib import Path
 
 from core import events as ev
 from core.state import fold
-from tests.test_tui_attach import ROOT, read_events, wait
+from tests.support.terminal import Terminal
+from tests.test_tui_attach import read_events, wait
 from tui.synthetic import Plan, record_session
-
-
-class Terminal:
-    """A command on a pseudo-terminal of a given size, its screen output collected."""
-
-    def __init__(self, args: list[str], cwd: Path, size: tuple[int, int] = (120, 40)) -> None:
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
-        env = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "core.cli", *args], stdin=slave, stdout=slave,
-                                     stderr=slave, cwd=cwd, env=env, start_new_session=True)
-        os.close(slave)
-        self.master = master
-        self.output = bytearray()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = os.read(self.master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            self.output += data
-
-    def type(self, data: bytes, settle: float = 0.3) -> None:
-        os.write(self.master, data)
-        time.sleep(settle)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        os.close(self.master)
 
 
 def test_run_in_a_terminal_pauses_then_quit_stops_cleanly_and_leaves_a_resumable_session(tmp_path: Path):
@@ -66,10 +22,10 @@ def test_run_in_a_terminal_pauses_then_quit_stops_cleanly_and_leaves_a_resumable
 
         wait(lambda: session() and any(isinstance(e, ev.TrainingProgress) for e in read_events(session())), 120,
              "a training run")
-        term.type(b" ")
+        term.type(b" ", settle=0.3)
         wait(lambda: any(isinstance(e, ev.PauseRequested) for e in read_events(session())), 30, "the pause")
-        term.type(b"q")  # a run is active: the app asks first
-        term.type(b"\r")  # Stop & quit
+        term.type(b"q", settle=0.3)  # a run is active: the app asks first
+        term.type(b"\r", settle=0.3)  # Stop & quit
         assert term.proc.wait(60) == 0
     finally:
         term.close()
@@ -87,7 +43,7 @@ def test_replay_in_a_terminal_opens_the_session_and_quits_at_once(tmp_path: Path
     term = Terminal(["replay", str(path), "--speed", "instant"], tmp_path, size=(80, 24))
     try:
         wait(lambda: b"REPLAY" in term.output and b"completed" in term.output, 30, "the replay to draw")
-        term.type(b"q")
+        term.type(b"q", settle=0.3)
         assert term.proc.wait(30) == 0
     finally:
         term.close()

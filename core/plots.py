@@ -10,7 +10,7 @@ Plain data in, files out; nothing here reads sessions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from .report import ParamRow
@@ -95,10 +95,15 @@ def running_best_figure(curves: dict[str, list[list[tuple[int, float]]]],
     ax_abs.set(xlabel="iteration", ylabel="best val_bpb so far", title="Running best val_bpb (thin: repeats, thick: mean)")
     ax_rel.set(xlabel="iteration", ylabel="best − baseline", title="Δ from each repeat's own baseline")
     ax_rel.axhline(0, color="black", linewidth=0.6)
-    for ax in (ax_abs, ax_rel):
-        ax.grid(alpha=0.3)
+    return _finish(plt, fig, (ax_abs, ax_rel), stem, grid_axis="both", legend_size=8)
+
+
+def _finish(plt: Any, fig: Any, axes: Sequence[Any], stem: Path, *, grid_axis: str, legend_size: int) -> list[Path]:
+    """Grid, legends where there is something to label, layout; save PNG and SVG and free the figure."""
+    for ax in axes:
+        ax.grid(axis=grid_axis, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=legend_size)
     fig.tight_layout()
     try:
         return _save(fig, stem)
@@ -128,12 +133,4 @@ def exploration_figure(rows: Sequence["ParamRow"], groups: Sequence[str], stem: 
     ax_e.set(xlabel="mean val_bpb − best before (negative helped)", title="With what effect")
     ax_e.axvline(0, color="black", linewidth=0.6)
     ax_n.invert_yaxis()
-    for ax in (ax_n, ax_e):
-        ax.grid(axis="x", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    try:
-        return _save(fig, stem)
-    finally:
-        plt.close(fig)
+    return _finish(plt, fig, (ax_n, ax_e), stem, grid_axis="x", legend_size=7)

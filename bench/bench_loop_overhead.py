@@ -21,8 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core import config, events as ev  # noqa: E402
-from core.engine import Engine  # noqa: E402
+from core.record import config  # noqa: E402
+
+from core.record import events as ev  # noqa: E402
+from core.engine.engine import Engine  # noqa: E402
 from tests.support.openai_server import ScriptedOpenAI  # noqa: E402
 
 TARGET_S = 1.0

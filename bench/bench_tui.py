@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import events as ev  # noqa: E402
+from core.record import events as ev  # noqa: E402
 
 TARGET_EVENTS_PER_S = 2000.0
 TARGET_KEY_MS = 100.0

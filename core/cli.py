@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
-from . import config as config_mod
-from .config import Config, ConfigError
+from core.record import config as config_mod
+from core.record.config import Config, ConfigError
 
 EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXAMPLE_CONFIG = Path(__file__).with_name("example_config.toml")
+EXAMPLE_CONFIG = Path(__file__).parent / "record" / "example_config.toml"
 
 
 def _err(msg: str) -> None:
@@ -153,7 +153,7 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .engine import Engine
+    from core.engine.engine import Engine
 
     plan = run_plan(args)
     if len(plan) > 1:
@@ -201,7 +201,7 @@ def run_plan(args: argparse.Namespace) -> list[Config]:
 
 def _run_repeats(plan: list[Config], name: str) -> int:
     """Group × repeat sessions as a study folder (headless, resumable as a whole), then its report."""
-    from .study import Study
+    from core.record.study import Study
 
     study = Study.create(plan, name, plan[0].sessions_path())
     print(f"study: {study.dir} ({', '.join(study.groups)} × {study.repeats} repeat(s))", file=sys.stderr)
@@ -247,7 +247,7 @@ def _detach(args: argparse.Namespace, cfg: Config) -> int:
     import os
     import subprocess
 
-    from .session import new_session_dir
+    from core.record.session import new_session_dir
 
     session = new_session_dir(cfg.sessions_path(), cfg.name).resolve()
     child = [sys.executable, "-m", "core.cli", "run", "--headless", "--into", str(session)]
@@ -267,11 +267,11 @@ def _detach(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .engine import Engine
-    from .levels.inner import FatalRunError
-    from .noise import is_noise_session
-    from .session import SessionError, find_session
-    from .study import Study, find_study
+    from core.engine.engine import Engine
+    from core.levels.inner import FatalRunError
+    from core.services.noise_store import is_noise_session
+    from core.record.session import SessionError, find_session
+    from core.record.study import Study, find_study
 
     overrides = {"budget.iterations": args.iterations} if args.iterations is not None else None
     study = find_study(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
@@ -323,7 +323,7 @@ def _run_until_done(work: Callable[[], Awaitable[Any]], stop: Callable[[str], No
 
 
 def _drive(engine: Any) -> int:
-    from .printer import HeadlessPrinter
+    from core.analysis.printer import HeadlessPrinter
 
     engine.subscribe(HeadlessPrinter())
     state, interrupted = _run_until_done(engine.run, lambda why: engine.request_stop(why, hard=True))
@@ -333,8 +333,8 @@ def _drive(engine: Any) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .printer import HeadlessPrinter
-    from .session import SessionError, SessionReader, find_session
+    from core.analysis.printer import HeadlessPrinter
+    from core.record.session import SessionError, SessionReader, find_session
 
     try:
         path = find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
@@ -354,7 +354,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from .session import SessionError, find_session
+    from core.record.session import SessionError, find_session
 
     try:
         path = find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
@@ -383,7 +383,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import run_checks
+    from core.run.doctor import run_checks
 
     cfg = config_mod.load(args.config) if args.config else None
     ok = True
@@ -429,8 +429,8 @@ class _Prefixed:
 
 def _drive_study(study: Any, overrides: dict[str, Any] | None = None) -> int:
     """Run (or continue) a study's members headless, then write and print its report."""
-    from .printer import HeadlessPrinter
-    from .study import StudyRunner
+    from core.analysis.printer import HeadlessPrinter
+    from core.run.study import StudyRunner
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     runner = StudyRunner(study, overrides=overrides, log=log)
@@ -456,7 +456,7 @@ def _drive_study(study: Any, overrides: dict[str, Any] | None = None) -> int:
 
 
 def _write_study_report(study: Any) -> None:
-    from .report import ReportError, build_report, collect, render_terminal, write_report
+    from core.analysis.report import ReportError, build_report, collect, render_terminal, write_report
 
     try:
         report = build_report(collect([study.dir]))
@@ -470,9 +470,9 @@ def _write_study_report(study: Any) -> None:
 
 
 def cmd_noise(args: argparse.Namespace) -> int:
-    from .engine import Engine
-    from .noise import MIN_RUNS, measure_noise
-    from .printer import HeadlessPrinter
+    from core.engine.engine import Engine
+    from core.run.noise import MIN_RUNS, measure_noise
+    from core.analysis.printer import HeadlessPrinter
 
     if args.runs < MIN_RUNS:
         raise ConfigError(f"--runs must be at least {MIN_RUNS}: a spread needs two values")
@@ -492,10 +492,10 @@ def cmd_noise(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import ReportError, build_report, collect, default_out, render_terminal, write_report
-    from .stats import StatsUnavailable
-    from .session import SessionError, find_session
-    from .study import StudyError, find_study
+    from core.analysis.report import ReportError, build_report, collect, default_out, render_terminal, write_report
+    from core.analysis.stats import StatsUnavailable
+    from core.record.session import SessionError, find_session
+    from core.record.study import StudyError, find_study
 
     root = Path(args.sessions_dir) if args.sessions_dir else None
     try:

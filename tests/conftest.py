@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from core import config
-from core import events as ev
-from core.engine import Engine
+from core.record import config
+from core.record import events as ev
+from core.engine.engine import Engine
 from tests.support import Reply, ScriptedOpenAI, scripted_openai  # noqa: F401 (fixture)
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from core import config
-from core import events as ev
-from core.acceptance import AcceptanceError, AcceptancePolicy, build_policy
-from core.config import ConfigError
-from core.noise import NoiseFloor, NoiseStore, measure_noise
-from core.printer import HeadlessPrinter
-from core.engine import Engine
-from core.script import TrainScript
+from core.record import config
+from core.record import events as ev
+from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
+from core.record.config import ConfigError
+from core.run.noise import measure_noise
+from core.services.noise_store import NoiseFloor, NoiseStore
+from core.analysis.printer import HeadlessPrinter
+from core.engine.engine import Engine
+from core.services.script import TrainScript
 from tests.conftest import QUADRATIC, fast_config, llm_config, run_engine
 from tests.support import ScriptedOpenAI
 

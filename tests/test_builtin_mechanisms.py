@@ -294,8 +294,8 @@ def test_every_hook_tolerates_awkward_traces(name: str, case: str) -> None:
 
 
 def test_mechanisms_read_the_snapshot_the_engine_builds() -> None:
-    from core.mechanism_host import snapshot
-    from core.state import IterationRecord, RunState
+    from core.levels.trace import snapshot
+    from core.record.state import IterationRecord, RunState
 
     def record(i: int, decision: str, changes: dict, val_bpb: float | None, values: dict) -> IterationRecord:
         return IterationRecord(iteration=i, decision=decision, changes=changes, hypothesis="", val_bpb=val_bpb,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core import channel
+from core.record import channel
 
 
 class Inbox:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core import events as ev
-from core.session import SessionReader
-from core.state import fold
+from core.record import events as ev
+from core.record.session import SessionReader
+from core.record.state import fold
 from tests.conftest import run_engine
 from tests.support.cli import start_bilevel, write_fast_config
 from tests.support import ScriptedOpenAI
@@ -110,7 +110,7 @@ def test_demo_runs_offline_on_the_real_workload_and_replays(tmp_path):
 
 @pytest.mark.slow
 async def test_real_training_with_the_scripted_llm_baseline_and_three_iterations(tmp_path):
-    from core import config
+    from core.record import config
 
     replies = iter([
         {"changes": {"MATRIX_LR": 0.05}, "hypothesis": "a bit more LR for the matrices"},

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from core import config
+from core.record import config
 from core.cli import main
-from core.config import ConfigError
+from core.record.config import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 
-from core import events as ev
-from core.engine import Engine
+from core.record import events as ev
+from core.engine.engine import Engine
 from tests.conftest import Recorder, fast_config
 
 

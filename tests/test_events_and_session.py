@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from core import events as ev
-from core.session import SessionError, SessionReader, SessionWriter, find_session, new_session_dir
-from core.state import fold
+from core.record import events as ev
+from core.record.session import SessionError, SessionReader, SessionWriter, find_session, new_session_dir
+from core.record.state import fold
 
 
 def test_every_event_type_round_trips_through_json():
@@ -68,7 +68,7 @@ def test_corrupt_line_in_the_middle_is_an_error_with_its_line_number(tmp_path):
 def test_events_survive_kill_9_of_the_writer(tmp_path):
     code = (
         "import os, sys; sys.path.insert(0, %r)\n"
-        "from core.session import SessionWriter; from core import events as ev\n"
+        "from core.record.session import SessionWriter; from core.record import events as ev\n"
         "w = SessionWriter(%r)\n"
         "for i in range(50): w.append(ev.TrainingProgress(iteration=1, step=i))\n"
         "os.kill(os.getpid(), 9)\n"

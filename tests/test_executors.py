@@ -1,4 +1,4 @@
-"""Tests for core.executors: the slot pool and GPU detection."""
+"""Tests for core.services.executors: the slot pool and GPU detection."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core.executors import Slot, SlotPool, detect_gpus, parse_nvidia_smi_list
+from core.services.executors import Slot, SlotPool, detect_gpus, parse_nvidia_smi_list
 
 NVIDIA_SMI_L = """\
 GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-2222-3333-4444-555555555555)
@@ -171,7 +171,7 @@ async def test_release_rejects_foreign_and_double_releases():
 
 def test_detection_does_not_import_torch(only_path):
     # A fresh interpreter: other tests in this process may already have imported torch.
-    code = "import sys; from core.executors import SlotPool; SlotPool.from_config('auto'); print('torch' in sys.modules)"
+    code = "import sys; from core.services.executors import SlotPool; SlotPool.from_config('auto'); print('torch' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "False"

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from core import events as ev
-from core.session import SessionReader
-from core.state import fold
+from core.record import events as ev
+from core.record.session import SessionReader
+from core.record.state import fold
 from tests.conftest import llm_config, run_engine
 from tests.support import Reply, ScriptedOpenAI
 

@@ -1,6 +1,6 @@
 """The LLM client against a real OpenAI-protocol server on 127.0.0.1.
 
-Every behaviour of core.llm is exercised over real sockets through ScriptedOpenAI;
+Every behaviour of core.services.llm is exercised over real sockets through ScriptedOpenAI;
 backoff is shrunk to milliseconds so the whole file runs in seconds.
 """
 
@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from core.llm import (
+from core.services.llm import (
     ChatResult,
     LLMClient,
     LLMError,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from core import events as ev
-from core.noise import NoiseFloor, NoiseStore, fingerprint, hardware_description, identity, script_digest
-from core.printer import HeadlessPrinter
-from core.session import SessionReader
+from core.record import events as ev
+from core.services.noise_store import NoiseFloor, NoiseStore, fingerprint, hardware_description, identity, script_digest
+from core.analysis.printer import HeadlessPrinter
+from core.record.session import SessionReader
 from tests.support.cli import QUADRATIC, ROOT, run_bilevel, write_fast_config
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from core import events as ev
-from core import stats
-from core.report import build_report, collect, write_report
-from core.session import SessionReader
-from core.state import fold
+from core.record import events as ev
+from core.analysis import stats
+from core.analysis.report import build_report, collect, write_report
+from core.record.session import SessionReader
+from core.record.state import fold
 from tests.conftest import llm_config, run_engine
 from tests.support.cli import QUADRATIC, run_bilevel, write_fast_config
 from tests.support import ScriptedOpenAI
@@ -198,7 +198,7 @@ def test_figures_are_written_as_png_and_svg(study, tmp_path):
 
 
 def test_without_matplotlib_the_report_says_why_figures_are_missing(study, tmp_path, monkeypatch):
-    from core import plots
+    from core.analysis import plots
 
     monkeypatch.setattr(plots, "unavailable", lambda: "matplotlib is not installed")
     written = write_report(build_report(collect([study])), tmp_path / "nofig")

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from core import events as ev
+from core.record import events as ev
 from tests.conftest import llm_config, run_engine
 from tests.support import Reply, ScriptedOpenAI
 
@@ -182,7 +182,7 @@ async def test_level2_runs_concurrently_without_delaying_inner_iterations(tmp_pa
 @pytest.mark.slow
 async def test_full_group_c_run_on_the_cpu_preset(tmp_path):
     """Baseline + 10 iterations on the real workload: Level 1.5 twice, Level 2 once."""
-    from core import config
+    from core.record import config
 
     scripted = Scripted([GOOD_TABU])
     proposals = iter([{"MATRIX_LR": 0.05}, {"WARMDOWN_RATIO": 0.4}, {"MATRIX_LR": 0.03}, {"SCALAR_LR": 0.4},
@@ -215,7 +215,7 @@ async def test_full_group_c_run_on_the_cpu_preset(tmp_path):
 async def _approval_run(tmp_path, decision: str):
     import asyncio
 
-    from core.engine import Engine
+    from core.engine.engine import Engine
     from tests.conftest import Recorder
 
     with ScriptedOpenAI(responder=Scripted([GOOD_TABU])) as server:
@@ -260,7 +260,7 @@ async def test_builtin_mechanisms_can_be_enabled_from_the_config(tmp_path):
 async def test_offline_manual_approval_shows_the_builtin_and_waits(tmp_path):
     import asyncio
 
-    from core.engine import Engine
+    from core.engine.engine import Engine
     from tests.conftest import Recorder, fast_config
 
     cfg = fast_config(tmp_path, **{"search.group": "D", "search.outer_period": 1, "search.research_period": 1,
@@ -282,7 +282,7 @@ async def test_offline_manual_approval_shows_the_builtin_and_waits(tmp_path):
 async def test_set_budget_extends_the_run_and_survives_resume(tmp_path):
     import asyncio
 
-    from core.engine import Engine
+    from core.engine.engine import Engine
     from tests.conftest import Recorder, fast_config
 
     engine = Engine.create(fast_config(tmp_path, **{"budget.iterations": 2}))

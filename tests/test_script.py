@@ -1,4 +1,4 @@
-"""Tests for core.script: train.py as data (parse, typed edits, schema, validation, diffs)."""
+"""Tests for core.services.script: train.py as data (parse, typed edits, schema, validation, diffs)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.script import (
+from core.services.script import (
     Param,
     ParamSpec,
     ProposalError,
@@ -369,10 +369,10 @@ def test_byte_order_mark_is_kept_and_does_not_shift_edits() -> None:
 def test_edit_that_does_not_read_back_fails_loudly(
     script: TrainScript, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import core.script
+    import core.services.script
 
     # The reference implementation's bug: string values pasted unquoted.
-    monkeypatch.setattr(core.script, "format_value", lambda value, **_: str(value))
+    monkeypatch.setattr(core.services.script, "format_value", lambda value, **_: str(value))
     with pytest.raises(RuntimeError, match="WINDOW_PATTERN did not read back"):
         script.apply({"WINDOW_PATTERN": "SSL"})
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from core.levels.strategy import apply_limits, freeze_candidates, offline_guidance
-from core.script import ParamSpec
-from core.state import IterationRecord
-from core.trace import param_stats
+from core.services.script import ParamSpec
+from core.record.state import IterationRecord
+from core.levels.trace import param_stats
 
 
 def rec(i: int, decision: str, changes: dict, val: float | None, best_before: float = 1.0) -> IterationRecord:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from core import config
-from core import events as ev
+from core.record import config
+from core.record import events as ev
 from core.cli import main
-from core.session import SessionReader
-from core.state import fold
-from core.study import Study, StudyRunner
+from core.record.session import SessionReader
+from core.record.state import fold
+from core.record.study import Study
+from core.run.study import StudyRunner
 from tests.conftest import fast_config
 from tests.support.cli import QUADRATIC, start_bilevel, write_fast_config
 

@@ -1,4 +1,4 @@
-"""Tests for core.trainer: real subprocesses running the fake scripts in fixtures/scripts."""
+"""Tests for core.services.trainer: real subprocesses running the fake scripts in fixtures/scripts."""
 from __future__ import annotations
 
 import asyncio
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core import trainer
-from core.trainer import Outcome, Progress, _LineSplitter, parse_metrics, parse_progress, run_training
+from core.services import trainer
+from core.services.trainer import Outcome, Progress, _LineSplitter, parse_metrics, parse_progress, run_training
 
 SCRIPTS = Path(__file__).parent / "fixtures" / "scripts"
 

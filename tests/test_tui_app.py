@@ -17,8 +17,8 @@ import pytest
 from textual import events as tx_events
 from textual.keys import _character_to_key
 
-from core import events as ev
-from core.session import SessionReader
+from core.record import events as ev
+from core.record.session import SessionReader
 from tui.app import BilevelApp
 from tui.widgets.header import StatusHeader
 from tui.screens.approval import ApprovalScreen
@@ -421,7 +421,7 @@ async def test_refused_command_is_reported(tmp_path: Path):
 @contextlib.asynccontextmanager
 async def real_engine_app(cfg: Any) -> AsyncIterator[tuple[BilevelApp, Any, Any, asyncio.Task]]:
     """The app on the product's engine, in-process; the engine is stopped if the test leaves it running."""
-    from core.engine import Engine
+    from core.engine.engine import Engine
 
     engine = Engine.create(cfg)
     source = LiveSource(engine)
@@ -440,7 +440,7 @@ async def real_engine_app(cfg: Any) -> AsyncIterator[tuple[BilevelApp, Any, Any,
 
 async def test_every_control_reaches_the_real_demo_engine(tmp_path: Path):
     """The same keys against the product's engine: the offline demo, training real (tiny) models on the CPU."""
-    from core.config import demo_config
+    from core.record.config import demo_config
 
     cfg = demo_config(**{"run.sessions_dir": str(tmp_path / "sessions"), "budget.iterations": 50,
                          "budget.time_s": 2.0})

@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 import pytest
 
-import core.engine
-from core import events as ev
-from core.channel import pending_commands
-from core.session import SessionReader
+import core.engine.engine
+from core.record import events as ev
+from core.record.channel import pending_commands
+from core.record.session import SessionReader
 from tests.support.terminal import ROOT, Terminal
 from tui.app import BilevelApp
 from tui.screens.approval import ApprovalScreen
@@ -213,7 +213,7 @@ def test_headless_paths_never_import_textual(tmp_path: Path):
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
-ENGINE_WATCHES_CHANNEL = "watch_commands" in inspect.getsource(core.engine)
+ENGINE_WATCHES_CHANNEL = "watch_commands" in inspect.getsource(core.engine.engine)
 
 
 def detach_demo(tmp_path: Path, iterations: int) -> tuple[Path, int]:
@@ -246,7 +246,7 @@ def test_detached_demo_engine_outlives_a_killed_viewer(tmp_path: Path):
     assert (session / "engine.log").read_text().count("run completed") == 1
 
 
-@pytest.mark.skipif(not ENGINE_WATCHES_CHANNEL, reason="core.engine does not start core.channel.watch_commands yet")
+@pytest.mark.skipif(not ENGINE_WATCHES_CHANNEL, reason="core.engine.engine does not start core.record.channel.watch_commands yet")
 def test_detached_demo_engine_takes_commands_from_attached_viewers(tmp_path: Path):
     session, pid = detach_demo(tmp_path, iterations=30)
     try:

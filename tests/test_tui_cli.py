@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from core import events as ev
-from core.state import fold
+from core.record import events as ev
+from core.record.state import fold
 from tests.support.terminal import Terminal
 from tests.test_tui_attach import read_events, wait
 from tui.synthetic import Plan, record_session

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core import events as ev
-from core.session import SessionReader
+from core.record import events as ev
+from core.record.session import SessionReader
 from tui import render
 from tui.model import HEADER, PATCHES, PLOT, RESEARCH, TRACE, ViewModel
 from tui.sources import RESET, LiveSource, ReplaySource, TailSource

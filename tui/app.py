@@ -484,7 +484,7 @@ class BilevelApp(App[int]):
 
     def check_config(self) -> dict[str, Any] | None:
         """Compare the config file with the running session; offer what changed for reload."""
-        from core import config as config_mod
+        from core.record import config as config_mod
 
         assert self.config_path is not None
         try:
@@ -698,6 +698,6 @@ def _args_text(args: dict[str, Any]) -> str:
 
 
 def _engine_commands() -> tuple[str, ...]:
-    engine = sys.modules.get("core.engine")
+    engine = sys.modules.get("core.engine.engine")
     return tuple(getattr(engine, "COMMANDS", ()) or ())
 

@@ -1,6 +1,6 @@
 """What the app shows, folded from events: RunState plus the views only a screen needs.
 
-The engine's own fold (:class:`core.state.RunState`) gives the run's state; this module
+The engine's own fold (:class:`core.record.state.RunState`) gives the run's state; this module
 adds the per-pane views (trace rows with their live phase, strategy cycles, research
 dialogues streamed by call id, the patch list) and records which parts changed, so the
 app repaints at a fixed rate only what an event touched. No Textual import here: the
@@ -14,9 +14,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from core import events as ev
-from core.printer import HeadlessPrinter
-from core.state import RunState
+from core.record import events as ev
+from core.analysis.printer import HeadlessPrinter
+from core.record.state import RunState
 
 LOG_LINES = 1000  # event-log lines kept in memory (the session file has them all)
 CHUNK_CHARS = 1200  # research text is drawn in parts of about this size

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from rich.text import Text
 
-from core.trace import fmt_value
+from core.levels.trace import fmt_value
 
 # Braille dot bits by (column 0..1, row 0..3) inside one character cell.
 _DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))

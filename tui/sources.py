@@ -6,7 +6,7 @@ One interface, four sources:
   session's history, then every event the engine emits; commands go to ``engine.submit``.
 - :class:`TailSource` — a session written by another process (``bilevel attach``):
   ``events.jsonl`` followed like ``tail -f``; commands are written to the session's
-  command channel (:mod:`core.channel`), which the engine watches.
+  command channel (:mod:`core.record.channel`), which the engine watches.
 - :class:`ReplaySource` — a saved session (``bilevel replay``), read-only, at 1×/10×/100×
   or instantly, with pause, step and seek; a session still being written is followed.
 - :class:`QueueSource` — events pushed by a program (the benchmark, tests).
@@ -25,9 +25,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any, AsyncIterator, Union
 
-from core import channel
-from core import events as ev
-from core.session import EVENTS_FILE, SessionReader
+from core.record import channel
+from core.record import events as ev
+from core.record.session import EVENTS_FILE, SessionReader
 
 RESET = "reset"
 Batch = Union[list[ev.Event], str]

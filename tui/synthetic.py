@@ -2,7 +2,7 @@
 
 :class:`ScriptedEngine` has the engine's surface the app uses (``subscribe``, ``submit``,
 ``request_stop``, ``run``, ``state``, ``dir``), writes a real session folder through
-:class:`core.session.SessionWriter` and answers every command the way the engine does
+:class:`core.record.session.SessionWriter` and answers every command the way the engine does
 (acknowledged by ``CommandReceived``, then its effect). What it emits is scripted, not
 computed: a seeded Level 1 trace with a crash, a re-asked proposal and mechanism effects,
 Level 1.5 cycles with freezes and guidance, and Level 2 dialogues streamed token by token.
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from core import events as ev
-from core.session import SessionWriter
-from core.state import RunState
+from core.record import events as ev
+from core.record.session import SessionWriter
+from core.record.state import RunState
 
 # name -> (kind, baseline value, locked, choices/None)
 SCHEMA: dict[str, tuple[str, Any, bool]] = {
@@ -183,7 +183,7 @@ class ScriptedEngine:
     async def run(self) -> RunState:
         tasks = [asyncio.create_task(self._command_loop())]
         if self.watch_channel:
-            from core.channel import watch_commands
+            from core.record.channel import watch_commands
 
             tasks.append(asyncio.create_task(watch_commands(self.dir, self.submit)))
         try:

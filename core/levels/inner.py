@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from string import Template
 from typing import TYPE_CHECKING, Any
 
-from .. import events as ev
-from ..acceptance import Verdict
-from ..llm import LLMError, extract_json
-from ..script import ProposalError, TrainScript, unified_diff, validate_changes
-from ..seeds import confirm_seed, with_seed
-from ..trace import fmt_bpb, fmt_value, history_text
-from ..trainer import TrainResult
+from core.record import events as ev
+from core.engine.acceptance import Verdict
+from core.services.llm import LLMError, extract_json
+from core.services.script import ProposalError, TrainScript, unified_diff, validate_changes
+from core.services.seeds import confirm_seed, with_seed
+from core.levels.trace import fmt_bpb, fmt_value, history_text
+from core.services.trainer import TrainResult
 from . import prompts
 from .offline import OfflineProposer
 
 if TYPE_CHECKING:
-    from ..engine import Engine
+    from core.engine.engine import Engine
 
 # Errors no re-ask can fix: the run stops with the reason instead of spinning.
 FATAL_LLM_ERRORS = ("auth", "not_found", "quota", "bad_request")

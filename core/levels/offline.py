@@ -10,7 +10,7 @@ import math
 import random
 from typing import Any, Mapping
 
-from ..script import ParamSpec
+from core.services.script import ParamSpec
 
 
 def _clip(x: float, spec: ParamSpec) -> float:

@@ -24,15 +24,15 @@ import mechanisms
 from mechanisms import base as mechanism_base
 from mechanisms.selection import choose_builtin
 
-from .. import events as ev
-from ..llm import LLMError, extract_json
-from ..mechanism_host import snapshot
-from ..script import unified_diff
-from ..trace import history_text
+from core.record import events as ev
+from core.services.llm import LLMError, extract_json
+from core.levels.trace import snapshot
+from core.services.script import unified_diff
+from core.levels.trace import history_text
 from . import prompts
 
 if TYPE_CHECKING:
-    from ..engine import Engine
+    from core.engine.engine import Engine
 
 ROUNDS = ("explore", "critique", "specify", "generate")
 _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from string import Template
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .. import events as ev
-from ..llm import LLMError, extract_json
-from ..trace import ParamStats, fmt_bpb, history_text, param_stats
+from core.record import events as ev
+from core.services.llm import LLMError, extract_json
+from core.levels.trace import ParamStats, fmt_bpb, history_text, param_stats
 from . import prompts
 
 if TYPE_CHECKING:
-    from ..engine import Engine
-    from ..script import ParamSpec
+    from core.engine.engine import Engine
+    from core.services.script import ParamSpec
 
 
 def freeze_candidates(stats: Mapping[str, ParamStats], *, k: int, locked: Iterable[str],

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
-from core.trace import fmt_value, param_stats
+from core.levels.trace import fmt_value, param_stats
 
 from ..model import PARAMS, STRATEGY
 from .follow import EndFollower

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .script import TrainScript
+from core.services.script import TrainScript
 
 # SEED, DATA_SEED, RANDOM_SEED, SEED_OFFSET, TORCH_SEEDS — not SEEDLING_LR.
 _SEED_NAME = re.compile(r"(?:^|_)SEEDS?(?:$|_)")

@@ -1,7 +1,7 @@
 """The asyncio orchestrator: schedules the levels, owns the command inbox, emits events.
 
 Everything the engine knows is in its events: each emitted event is written to the
-session log, applied to :class:`~core.state.RunState` and handed to subscribers (the
+session log, applied to :class:`~core.record.state.RunState` and handed to subscribers (the
 UI, the headless printer). The engine never blocks the event loop: training runs are
 subprocesses read asynchronously, LLM calls are async, data preparation runs in a thread.
 """
@@ -17,23 +17,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
-from . import events as ev
-from . import config as config_mod
-from .config import Config, from_dict
-from .acceptance import AcceptanceError, AcceptancePolicy, build_policy
-from .executors import SlotPool
-from .levels.inner import FatalRunError, InnerLoop
-from .levels.research import Ready, ResearchLevel
-from .levels.strategy import StrategyLevel
-from .channel import watch_commands
-from .llm import ChatResult, LLMClient, LLMError
-from .mechanism_host import MechanismHost
-from .script import ParamSpec, TrainScript, infer_schema
-from .seeds import seed_params
-from .session import SessionReader, SessionWriter, new_session_dir
-from .state import RunState, fold
-from .trainer import TrainResult, run_training
+from core import __version__
+from core.record import events as ev
+from core.record import config as config_mod
+from core.record.config import Config, from_dict
+from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
+from core.services.executors import SlotPool
+from core.levels.inner import FatalRunError, InnerLoop
+from core.levels.research import Ready, ResearchLevel
+from core.levels.strategy import StrategyLevel
+from core.record.channel import watch_commands
+from core.services.llm import ChatResult, LLMClient, LLMError
+from core.engine.mechanism_host import MechanismHost
+from core.services.script import ParamSpec, TrainScript, infer_schema
+from core.services.seeds import seed_params
+from core.record.session import SessionReader, SessionWriter, new_session_dir
+from core.record.state import RunState, fold
+from core.services.trainer import TrainResult, run_training
 
 # Parameters that define the measurement rather than the model: never the LLM's to change.
 PROTOCOL_PARAMS = ("TIME_BUDGET", "EVAL_TOKENS", "DEVICE", "COMPILE")
@@ -134,14 +134,16 @@ class Engine:
         """The schema with today's best values; bounds stay anchored at the baseline."""
         return {n: replace(s, value=values.get(n, s.value)) for n, s in self.schema.items()}
 
+    def devices(self) -> list[str]:
+        """The GPUs this run trains on (empty on the CPU): part of a noise floor's fingerprint."""
+        return [s.devices for s in self.slots.slots if not s.is_cpu]
+
     def acceptance_policy(self) -> AcceptancePolicy:
         """The keep/discard rule of this run, recorded once by an AcceptanceConfigured event."""
         if self._acceptance is None:
-            from .noise import engine_devices
-
             try:
                 policy, event = build_policy(self.cfg, self.read_artifact(self.state.baseline_script),
-                                             self.state.data, engine_devices(self))
+                                             self.state.data, self.devices())
             except AcceptanceError as exc:
                 raise FatalRunError(str(exc)) from exc
             self._acceptance = policy

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from . import events as ev
+from core.record import events as ev
 
 
 @dataclass

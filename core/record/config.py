@@ -26,7 +26,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "D": ("inner", "research"),
 }
 LEVELS = ("inner", "strategy", "research")
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 BASELINE_SCRIPT = PACKAGE_ROOT / "baseline" / "train.py"
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from .state import IterationRecord
+from mechanisms.base import SearchState
+
+from core.record.state import IterationRecord, RunState
 
 TRAINED = ("keep", "discard", "crash", "cancelled")
 
@@ -102,3 +104,18 @@ def history_text(records: Sequence[IterationRecord], token_budget: int) -> str:
                f"({len(folded)} iterations, {len(kept_folded)} kept) as per-parameter statistics:"]
     summary += ["  " + stats_line(s) for s in param_stats(folded).values()]
     return "\n".join(summary + ["Recent iterations in full:"] + keep)
+
+
+def snapshot(state: RunState, schema: dict[str, Any]) -> SearchState:
+    """The plain-data view of the run that hooks receive."""
+    return SearchState(
+        iteration=state.running if state.running is not None else state.next_iteration,
+        records=[{
+            "iteration": r.iteration, "decision": r.decision, "changes": dict(r.changes),
+            "hypothesis": r.hypothesis, "val_bpb": r.val_bpb, "best_before": r.best_before,
+            "values": dict(r.values),
+        } for r in state.records],
+        schema={n: dict(s) for n, s in schema.items()},
+        best_values=dict(state.best_values), best_val_bpb=state.best_val_bpb,
+        baseline_val_bpb=state.baseline_val_bpb, frozen=sorted(state.frozen), guidance=state.guidance,
+    )

@@ -1,11 +1,7 @@
-"""The noise floor: how much val_bpb moves when nothing but the data-order seed changes.
+"""The noise-floor store: floors of val_bpb keyed by a fingerprint of script, corpus and hardware.
 
-``bilevel noise`` runs the unchanged baseline once per seed, records every run and the
-spread (sample std and MAD) as events in a session of its own, and stores the floor
-under a fingerprint of what it depends on: the baseline script as evaluated (seed
-constants normalised), the corpus (``dataset_id``) and the hardware (GPU names, or the
-CPU model and core count). The acceptance rules and the report look the floor up by the
-same fingerprint, so a floor measured elsewhere is never applied by mistake.
+A floor measured for one script, corpus and machine is never applied to another: the
+acceptance rules and the report look it up by the same fingerprint it was stored under.
 """
 from __future__ import annotations
 
@@ -16,19 +12,14 @@ import os
 import platform
 import shutil
 import subprocess
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
-from . import events as ev
-from .script import TrainScript
-from .seeds import seed_params, with_seed
-from .session import SessionReader, write_atomic
-from .stats import summarize
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from core.record import events as ev
+from core.record.session import SessionReader, write_atomic
+from core.services.script import TrainScript
+from core.services.seeds import seed_params, with_seed
 
 STORE_VERSION = 1
 MIN_RUNS = 2
@@ -160,67 +151,6 @@ class Identity:
 
 def identity(baseline_text: str, data: dict[str, Any], devices: Sequence[str]) -> Identity:
     return Identity(script_digest(baseline_text), dataset_id(data), hardware_description(devices))
-
-
-def engine_devices(engine: "Engine") -> list[str]:
-    return [s.devices for s in engine.slots.slots if not s.is_cpu]
-
-
-# --- the measurement ---------------------------------------------------------------------
-
-
-async def measure_noise(engine: "Engine", runs: int) -> NoiseFloor | None:
-    """Run the unchanged baseline ``runs`` times, seeds search.seed + 0 … runs − 1; save the floor.
-
-    Everything is an event in ``engine``'s session; returns None when stopped or failed.
-    """
-    from .levels.inner import FatalRunError
-
-    if runs < MIN_RUNS:
-        raise ValueError(f"a noise measurement needs at least {MIN_RUNS} runs, got {runs}")
-    cfg = engine.cfg
-    try:
-        await engine.start_session()  # data preparation and SessionStarted, without the search loop
-        text = engine.read_artifact(engine.state.baseline_script)
-        ident = identity(text, engine.state.data, engine_devices(engine))
-        seeds = [cfg.search.seed + i for i in range(runs)]
-        engine.emit(ev.NoiseStarted(runs=runs, seeds=seeds, fingerprint=ident.fingerprint, hardware=ident.hardware,
-                                    script_sha256=ident.script_sha256, dataset_id=ident.dataset_id))
-        ok: list[tuple[int, float]] = []
-        for i, seed in enumerate(seeds):
-            if engine.stopping:
-                break
-            result = await engine.train(i, with_seed(text, seed), diff="", seed=seed)
-            engine.emit(ev.NoiseRunFinished(run=i, seed=seed, outcome=result.outcome.value, val_bpb=result.val_bpb,
-                                            duration_s=result.duration_s, reason=result.reason))
-            if result.outcome.value == "ok" and result.val_bpb is not None:
-                ok.append((seed, result.val_bpb))
-        if engine.stopping:
-            engine.emit(ev.RunFinished(status="stopped", reason=engine.stop_reason))
-            return None
-        if len(ok) < MIN_RUNS:
-            engine.emit(ev.RunFinished(status="failed", reason=(
-                f"only {len(ok)} of {runs} runs produced val_bpb; a noise floor needs at least {MIN_RUNS}")))
-            return None
-        summary = summarize([v for _, v in ok])
-        assert summary.std is not None and summary.mean is not None and summary.mad is not None
-        floor = NoiseFloor(
-            fingerprint=ident.fingerprint, std=summary.std, mad=summary.mad, mean=summary.mean, runs=len(ok),
-            seeds=[s for s, _ in ok], values=[v for _, v in ok], hardware=ident.hardware,
-            script_sha256=ident.script_sha256, dataset_id=ident.dataset_id, session=str(engine.dir),
-            measured_at=time.time())
-        store = cfg.noise_store_path()
-        NoiseStore(store).put(floor)
-        engine.emit(ev.NoiseMeasured(fingerprint=floor.fingerprint, hardware=floor.hardware, seeds=floor.seeds,
-                                     values=floor.values, mean=floor.mean, std=floor.std, mad=floor.mad,
-                                     failed=runs - len(ok), store=str(store)))
-        engine.emit(ev.RunFinished(status="completed", reason=f"noise floor measured over {len(ok)} runs"))
-        return floor
-    except FatalRunError as exc:
-        engine.emit(ev.RunFinished(status="failed", reason=str(exc)))
-        return None
-    finally:
-        engine.writer.close()
 
 
 def is_noise_session(path: Path) -> bool:

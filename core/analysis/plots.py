@@ -10,10 +10,27 @@ Plain data in, files out; nothing here reads sessions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
-if TYPE_CHECKING:
-    from .report import ParamRow
+
+@dataclass
+class ParamRow:
+    group: str
+    name: str
+    proposed: int = 0
+    kept: int = 0
+    crashed: int = 0
+    effects: list[float] = field(default_factory=list)  # val_bpb − best before, over scored proposals
+
+    @property
+    def mean_effect(self) -> float | None:
+        return sum(self.effects) / len(self.effects) if self.effects else None
+
+    @property
+    def best_effect(self) -> float | None:
+        return min(self.effects) if self.effects else None
+
 
 COLORS = {"A": "#1f77b4", "B": "#2ca02c", "C": "#d62728", "D": "#9467bd"}
 FORMATS = ("png", "svg")
@@ -111,7 +128,7 @@ def _finish(plt: Any, fig: Any, axes: Sequence[Any], stem: Path, *, grid_axis: s
         plt.close(fig)
 
 
-def exploration_figure(rows: Sequence["ParamRow"], groups: Sequence[str], stem: Path) -> list[Path]:
+def exploration_figure(rows: Sequence[ParamRow], groups: Sequence[str], stem: Path) -> list[Path]:
     plt = _pyplot()
     names = sorted({r.name for r in rows}, key=lambda n: -sum(r.proposed for r in rows if r.name == n))
     height = max(3.0, 0.35 * len(names) * max(1, len(groups)) + 1.5)

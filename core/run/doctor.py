@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from core.record.config import Config
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def _data_check(cfg: Config | None) -> Check:
 
 
 async def _endpoint_checks(cfg: Config) -> list[Check]:
-    from .llm import LLMClient, LLMError
+    from core.services.llm import LLMClient, LLMError
 
     e = cfg.endpoint
     if e.api_key_env and not os.environ.get(e.api_key_env):

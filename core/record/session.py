@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
-from . import events as ev
+from core.record import events as ev
 
 EVENTS_FILE = "events.jsonl"
 ARTIFACTS_DIR = "artifacts"

@@ -20,13 +20,14 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from . import events as ev
-from .noise import NoiseFloor, NoiseStore, dataset_id, script_digest
-from .session import EVENTS_FILE, SessionReader
-from .state import IterationRecord, RunState
-from .stats import (Interval, NullDelta, Summary, bootstrap_diff_ci, bootstrap_mean_ci, null_search_delta,
+from core.record import events as ev
+from core.services.noise_store import NoiseFloor, NoiseStore, dataset_id, script_digest
+from core.record.session import EVENTS_FILE, SessionReader
+from core.record.state import IterationRecord, RunState
+from core.analysis.plots import ParamRow
+from core.analysis.stats import (Interval, NullDelta, Summary, bootstrap_diff_ci, bootstrap_mean_ci, null_search_delta,
                     permutation_pvalue, summarize)
-from .study import Study, is_study
+from core.record.study import Study, is_study
 
 LEVEL_NAMES = ("inner", "strategy", "research")
 TRAINED = ("keep", "discard")  # iterations with a score that the rule judged
@@ -428,24 +429,6 @@ def _mean(values: Sequence[float]) -> float | None:
 # --- parameters explored ------------------------------------------------------------------
 
 
-@dataclass
-class ParamRow:
-    group: str
-    name: str
-    proposed: int = 0
-    kept: int = 0
-    crashed: int = 0
-    effects: list[float] = field(default_factory=list)  # val_bpb − best before, over scored proposals
-
-    @property
-    def mean_effect(self) -> float | None:
-        return _mean(self.effects)
-
-    @property
-    def best_effect(self) -> float | None:
-        return min(self.effects) if self.effects else None
-
-
 def parameter_rows(report: Report) -> list[ParamRow]:
     rows: dict[tuple[str, str], ParamRow] = {}
     for g in report.groups:
@@ -700,7 +683,7 @@ class Written:
 
 def write_report(report: Report, out: Path, *, plots: bool = True) -> Written:
     """report.md, the CSV files and (with matplotlib) the figures, all under ``out``."""
-    from . import plots as plots_mod
+    from core.analysis import plots as plots_mod
 
     out.mkdir(parents=True, exist_ok=True)
     csvs = write_csvs(report, out)

@@ -19,11 +19,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from . import events as ev
-from .config import Config
-from .noise import Identity, NoiseFloor, NoiseStore, identity
-from .script import TrainScript
-from .seeds import seed_params
+from core.record import events as ev
+from core.record.config import Config
+from core.services.noise_store import Identity, NoiseFloor, NoiseStore, identity
+from core.services.script import TrainScript
+from core.services.seeds import seed_params
 
 
 class AcceptanceError(ValueError):

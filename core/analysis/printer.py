@@ -5,8 +5,8 @@ import sys
 import time
 from typing import Callable, TextIO
 
-from . import events as ev
-from .trace import fmt_bpb, fmt_value
+from core.record import events as ev
+from core.levels.trace import fmt_bpb, fmt_value
 
 
 def _changes(changes: dict) -> str:

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from mechanisms.base import Mechanism, Modify, SearchState, Veto
+from mechanisms.base import Mechanism, Modify, Veto
 
-from . import events as ev
+from core.record import events as ev
+from core.levels.trace import snapshot
 
 if TYPE_CHECKING:
-    from .levels.inner import Proposal
-    from .state import RunState
-    from .trainer import TrainResult
+    from core.levels.inner import Proposal
+    from core.record.state import RunState
+    from core.services.trainer import TrainResult
 
 DECISIONS = ("keep", "discard")
 
@@ -39,21 +40,6 @@ class Active:
     origin: str
     calls: Counter = field(default_factory=Counter)  # lifetime
     pending: Counter = field(default_factory=Counter)  # since the last IterationFinished
-
-
-def snapshot(state: "RunState", schema: dict[str, Any]) -> SearchState:
-    """The plain-data view of the run that hooks receive."""
-    return SearchState(
-        iteration=state.running if state.running is not None else state.next_iteration,
-        records=[{
-            "iteration": r.iteration, "decision": r.decision, "changes": dict(r.changes),
-            "hypothesis": r.hypothesis, "val_bpb": r.val_bpb, "best_before": r.best_before,
-            "values": dict(r.values),
-        } for r in state.records],
-        schema={n: dict(s) for n, s in schema.items()},
-        best_values=dict(state.best_values), best_val_bpb=state.best_val_bpb,
-        baseline_val_bpb=state.baseline_val_bpb, frozen=sorted(state.frozen), guidance=state.guidance,
-    )
 
 
 def _run_with_limit(fn: Callable[[], Any], timeout_s: float) -> "asyncio.Future[Any]":

@@ -1,0 +1,1 @@
+"""Analysis on top of the record: the report, statistics, plots, the event formatter."""

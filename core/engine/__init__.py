@@ -1,0 +1,1 @@
+"""The engine: scheduling, command handling, acceptance, the mechanism host."""

@@ -1,0 +1,1 @@
+"""Run driving for the CLI: studies, noise measurement, doctor."""

@@ -268,7 +268,7 @@ def _detach(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from core.engine.engine import Engine
-    from core.levels.inner import FatalRunError
+    from core.levels.context import FatalRunError
     from core.services.noise_store import is_noise_session
     from core.record.session import SessionError, find_session
     from core.record.study import Study, find_study

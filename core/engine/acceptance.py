@@ -16,11 +16,12 @@ the confirmation runs) that the engine writes into IterationFinished.acceptance.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from core.record import events as ev
 from core.record.config import Config
+from core.levels.context import Verdict
 from core.services.noise_store import Identity, NoiseFloor, NoiseStore, identity
 from core.services.script import TrainScript
 from core.services.seeds import seed_params
@@ -28,15 +29,6 @@ from core.services.seeds import seed_params
 
 class AcceptanceError(ValueError):
     """The configured rule cannot be applied (no noise floor measured for this fingerprint)."""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    decision: str  # keep | discard | crash | cancelled | interrupted
-    rule: str  # which rule decided, with its numbers (for people)
-    reason: str
-    val_bpb: float | None = None  # the estimate the decision used: the mean once confirmed
-    details: dict[str, Any] = field(default_factory=dict)  # the same numbers, structured
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
-import time
-import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,24 +18,22 @@ from core import __version__
 from core.record import events as ev
 from core.record import config as config_mod
 from core.record.config import Config, from_dict
-from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
+from core.engine.context import EngineContext, client_for, spec_dict
 from core.services.executors import SlotPool
-from core.levels.inner import FatalRunError, InnerLoop
-from core.levels.research import Ready, ResearchLevel
+from core.levels.context import FatalRunError, Ready
+from core.levels.inner import InnerLoop
+from core.levels.research import ResearchLevel
 from core.levels.strategy import StrategyLevel
 from core.record.channel import watch_commands
-from core.services.llm import ChatResult, LLMClient, LLMError
+from core.services.llm import LLMClient
 from core.engine.mechanism_host import MechanismHost
 from core.services.script import ParamSpec, TrainScript, infer_schema
 from core.services.seeds import seed_params
 from core.record.session import SessionReader, SessionWriter, new_session_dir
 from core.record.state import RunState, fold
-from core.services.trainer import TrainResult, run_training
 
 # Parameters that define the measurement rather than the model: never the LLM's to change.
 PROTOCOL_PARAMS = ("TIME_BUDGET", "EVAL_TOKENS", "DEVICE", "COMPILE")
-PROGRESS_EVERY_S = 0.2  # throttle for progress events
-MAX_OUTPUT_EVENTS = 400  # training output lines per run as events; the log file has all
 COMMANDS = ("pause", "resume", "stop", "abort_training", "set_guidance", "freeze", "unfreeze",
             "approve_mechanism", "reject_mechanism", "set_budget")
 
@@ -68,17 +63,15 @@ class Engine:
         self.data_dir: Path | None = None
         self.stopping = False
         self.stop_reason = ""
-        self._acceptance: AcceptancePolicy | None = None
-        self.last_script_artifact = ""
-        self.last_error_tail = ""
         self._commands: asyncio.Queue[Command] = asyncio.Queue()
         self._unpaused = asyncio.Event()
         self._cancel_training: asyncio.Event | None = None
         self._current: asyncio.Task[Any] | None = None
         self.mechanisms = MechanismHost(self.emit, self._schema_dicts, cfg.level2.hook_timeout_s, self.dir)
-        self.inner = InnerLoop(self)
-        self.strategy = StrategyLevel(self)
-        self.research = ResearchLevel(self)
+        self.context = EngineContext(self)  # all the levels see of the engine
+        self.inner = InnerLoop(self.context)
+        self.strategy = StrategyLevel(self.context)
+        self.research = ResearchLevel(self.context)
         self._research_task: asyncio.Task[None] | None = None
         self._ready: list[Ready] = []  # validated mechanisms waiting for the next boundary
         self._approvals: dict[str, asyncio.Future[bool]] = {}
@@ -127,31 +120,8 @@ class Engine:
     def read_artifact(self, relpath: str) -> str:
         return (self.dir / relpath).read_text(encoding="utf-8")
 
-    def interrupted(self, iteration: int) -> None:
-        self.emit(ev.IterationInterrupted(iteration=iteration, reason=self.stop_reason or "interrupted"))
-
-    def current_schema(self, values: dict[str, Any]) -> dict[str, ParamSpec]:
-        """The schema with today's best values; bounds stay anchored at the baseline."""
-        return {n: replace(s, value=values.get(n, s.value)) for n, s in self.schema.items()}
-
-    def devices(self) -> list[str]:
-        """The GPUs this run trains on (empty on the CPU): part of a noise floor's fingerprint."""
-        return [s.devices for s in self.slots.slots if not s.is_cpu]
-
-    def acceptance_policy(self) -> AcceptancePolicy:
-        """The keep/discard rule of this run, recorded once by an AcceptanceConfigured event."""
-        if self._acceptance is None:
-            try:
-                policy, event = build_policy(self.cfg, self.read_artifact(self.state.baseline_script),
-                                             self.state.data, self.devices())
-            except AcceptanceError as exc:
-                raise FatalRunError(str(exc)) from exc
-            self._acceptance = policy
-            self.emit(event)
-        return self._acceptance
-
     def _schema_dicts(self) -> dict[str, Any]:
-        return {n: _spec_dict(s) for n, s in self.schema.items()}
+        return {n: spec_dict(s) for n, s in self.schema.items()}
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -249,12 +219,12 @@ class Engine:
         channel = asyncio.create_task(watch_commands(self.dir, self.submit, log=self.log))
         try:
             if self.llm is None and not self.cfg.offline:
-                self.llm = _client_for(self.cfg)
+                self.llm = client_for(self.cfg)
             if not self.state.session:
                 await self.start_session()
             else:
                 await self._restart()
-            self.acceptance_policy()  # fail fast: a rule that needs a noise floor nobody measured
+            self.context.acceptance_policy()  # fail fast: a rule that needs a noise floor nobody measured
             await self._attach_initial_mechanisms()
             await self._loop()
         except FatalRunError as exc:
@@ -294,7 +264,7 @@ class Engine:
                 if not self.stopping:
                     raise
                 if self.state.running is not None:
-                    self.interrupted(self.state.running)
+                    self.context.interrupted(self.state.running)
             finally:
                 self._current = None
 
@@ -330,11 +300,6 @@ class Engine:
     def mechanisms_in_play(self) -> set[str]:
         """Active, queued for activation, or waiting for approval: not worth researching again."""
         return set(self.mechanisms.names) | {r.name for r in self._ready} | set(self._awaiting.values())
-
-    @property
-    def generated_sources(self) -> dict[str, str]:
-        return {name: self.read_artifact(e.artifact) for name, e in self.state.mechanisms.items()
-                if e.origin == "generated" and e.artifact}
 
     async def _activate_ready(self) -> None:
         ready, self._ready = self._ready, []
@@ -462,125 +427,6 @@ class Engine:
         keep = ("name", "content_sha256", "dataset_id", "tokenizer_id", "vocab_size", "source", "tokens")
         return {"dir": str(self.data_dir), **{k: meta[k] for k in keep if k in meta}}
 
-    # --- services the levels use ------------------------------------------------------------
-
-    async def call_llm(self, level: str, purpose: str, messages: list[dict[str, str]], *,
-                       iteration: int | None = None, json: bool = False, stream_events: bool = False,
-                       call_id: str | None = None) -> ChatResult:
-        """One LLM call with its request and reply kept as artifacts and bracketed by events."""
-        assert self.llm is not None, "no LLM client in offline mode"
-        call_id = call_id or uuid.uuid4().hex[:10]
-        stem = f"llm/{iteration if iteration is not None else 'x'}-{level}-{purpose}-{call_id}"
-        request_rel = self.artifact(f"{stem}.request.json",
-                                    _dumps({"model": self.llm.model, "messages": messages}))
-        self.emit(ev.LLMRequest(call_id=call_id, level=level, purpose=purpose, iteration=iteration,
-                                model=self.llm.model, artifact=request_rel))
-        def delta(kind: str, text: str) -> None:
-            self.emit(ev.LLMDelta(call_id=call_id, level=level, kind=kind, text=text))
-
-        def retry(attempt: int, error: Exception, delay_s: float) -> None:
-            # A retried stream starts over: viewers drop what they showed of this call.
-            delta("reset", f"attempt {attempt} failed ({error}); retrying in {delay_s:.1f}s")
-
-        started = time.monotonic()
-        try:
-            result = await self.llm.chat(messages, level=level, json=json, on_delta=delta if stream_events else None,
-                                         on_retry=retry if stream_events else None)
-        except LLMError as exc:
-            self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=False, error=str(exc),
-                                     duration_s=time.monotonic() - started))
-            raise
-        reply = result.content if not result.reasoning else f"<reasoning>\n{result.reasoning}\n</reasoning>\n{result.content}"
-        response_rel = self.artifact(f"{stem}.response.txt", reply)
-        self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=True, artifact=response_rel,
-                                 prompt_tokens=result.usage.prompt_tokens,
-                                 completion_tokens=result.usage.completion_tokens,
-                                 duration_s=result.duration_s, attempts=result.attempts))
-        return result
-
-    async def train(self, iteration: int, text: str, diff: str, *, seed: int | None = None) -> TrainResult:
-        """Run one training subprocess on a free slot, streaming its progress into events.
-
-        ``seed``: an extra run (confirmation, noise) with that data-order seed instead of the
-        session's; its script and log are kept beside the iteration's own, never replacing them.
-        """
-        folder = "baseline" if iteration == 0 else f"iterations/{iteration:04d}"
-        suffix = "" if seed is None else f".seed{seed}"
-        if seed is None:
-            script_rel = self.artifact(f"{folder}/train.py", text) if iteration else self.state.baseline_script
-        else:
-            script_rel = self.artifact(f"{folder}/train{suffix}.py", text)
-        run_seed = self.cfg.search.seed if seed is None else seed
-        diff_rel = self.artifact(f"{folder}/diff.patch", diff) if diff else ""
-        log_rel = f"artifacts/{folder}/train{suffix}.log"
-        log_path = self.dir / log_rel
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.unlink(missing_ok=True)  # a re-run after an interruption starts a fresh log
-        if seed is None:
-            self.last_script_artifact = script_rel
-        source_dir = Path(self.state.script_source or self.cfg.script_path()).parent
-        emitter = _TrainingEmitter(self, iteration)
-        cancel = self._cancel_training = asyncio.Event()
-        try:
-            async with self.slots.slot() as slot:
-                env = {**slot.env(), "BILEVEL_SEED": str(run_seed),
-                       # a user's script may import helpers that sit next to the original
-                       "PYTHONPATH": os.pathsep.join(filter(None, [str(source_dir), os.environ.get("PYTHONPATH")]))}
-                if self.data_dir is not None:
-                    env["BILEVEL_DATA_DIR"] = str(self.data_dir)
-                self.emit(ev.TrainingStarted(iteration=iteration, script=script_rel, diff=diff_rel,
-                                             slot=slot.devices or "cpu", budget_s=self.cfg.budget.time_s,
-                                             seed=run_seed))
-                result = await run_training(
-                    self.dir / script_rel, cwd=source_dir, python=self.cfg.script.python or sys.executable,
-                    budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s, env=env,
-                    log_path=log_path, on_progress=emitter.progress, on_line=emitter.line, cancel=cancel)
-        finally:
-            self._cancel_training = None
-        emitter.flush()
-        self.last_error_tail = result.error_tail
-        self.emit(ev.TrainingFinished(
-            iteration=iteration, outcome=result.outcome.value, val_bpb=result.val_bpb, metrics=result.metrics,
-            exit_code=result.exit_code, duration_s=result.duration_s, reason=result.reason,
-            error_tail=result.error_tail[-4000:], log=log_rel,
-        ))
-        return result
-
-
-class _TrainingEmitter:
-    """Turns a run's output into events without flooding the log."""
-
-    def __init__(self, engine: Engine, iteration: int) -> None:
-        self.engine, self.iteration = engine, iteration
-        self._last = 0.0
-        self._held: Any = None
-        self._lines = 0
-
-    def progress(self, p: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < PROGRESS_EVERY_S:
-            self._held = p
-            return
-        self._last, self._held = now, None
-        self._emit_progress(p)
-
-    def _emit_progress(self, p: Any) -> None:
-        self.engine.emit(ev.TrainingProgress(iteration=self.iteration, step=p.step, percent=p.percent, loss=p.loss,
-                                             tok_per_s=p.tok_per_s, mfu=p.mfu, remaining_s=p.remaining_s))
-
-    def line(self, stream: str, text: str) -> None:
-        self._lines += 1
-        if self._lines <= MAX_OUTPUT_EVENTS:
-            self.engine.emit(ev.TrainingOutput(iteration=self.iteration, stream=stream, line=text[:1000]))
-        elif self._lines == MAX_OUTPUT_EVENTS + 1:
-            self.engine.emit(ev.TrainingOutput(iteration=self.iteration, stream="stderr",
-                                               line="… further output only in the training log"))
-
-    def flush(self) -> None:
-        if self._held is not None:
-            self._emit_progress(self._held)
-            self._held = None
-
 
 def load_generated(path: Path, module_name: str, cfg: Config, session_dir: Path) -> Any:
     """A validated generated module, loaded in-process; any failure raises (never falls back)."""
@@ -596,20 +442,3 @@ def builtin_mechanism(name: str) -> Any:
     import mechanisms
 
     return mechanisms.builtin(name)
-
-
-def _spec_dict(spec: ParamSpec) -> dict[str, Any]:
-    return {"kind": spec.kind, "value": spec.value, "locked": spec.locked, "minimum": spec.minimum,
-            "maximum": spec.maximum, "choices": list(spec.choices) if spec.choices else None,
-            "log_scale": spec.log_scale, "pow2": spec.pow2}
-
-
-def _dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, indent=1)
-
-
-def _client_for(cfg: Config) -> LLMClient:
-    e = cfg.endpoint
-    return LLMClient(e.base_url, e.model, api_key_env=e.api_key_env or None, timeout_s=e.timeout_s,
-                     max_retries=e.max_retries, stream=e.stream, json_mode=e.json_mode,
-                     temperature=e.temperature, max_tokens=e.max_tokens)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from string import Template
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.record import events as ev
-from core.engine.acceptance import Verdict
+from core.levels.context import FatalRunError, RunContext, Verdict
 from core.services.llm import LLMError, extract_json
 from core.services.script import ProposalError, TrainScript, unified_diff, validate_changes
 from core.services.seeds import confirm_seed, with_seed
@@ -22,16 +22,10 @@ from core.services.trainer import TrainResult
 from . import prompts
 from .offline import OfflineProposer
 
-if TYPE_CHECKING:
-    from core.engine.engine import Engine
-
 # Errors no re-ask can fix: the run stops with the reason instead of spinning.
 FATAL_LLM_ERRORS = ("auth", "not_found", "quota", "bad_request")
 MAX_LOG_QUOTE = 1500  # characters of a failed run's log shown to the LLM
-
-
-class FatalRunError(Exception):
-    """The run cannot go on (bad credentials, unknown model, no quota, broken baseline)."""
+MAX_TAIL_KEPT = 4000  # characters of a crashed run's log tail recorded in its IterationFinished
 
 
 @dataclass
@@ -43,87 +37,89 @@ class Proposal:
 
 
 class InnerLoop:
-    def __init__(self, engine: "Engine") -> None:
-        self.engine = engine
-        self.offline = OfflineProposer(engine.cfg.search.seed) if engine.cfg.offline else None
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.offline = OfflineProposer(ctx.cfg.search.seed) if ctx.cfg.offline else None
 
     # --- the baseline -----------------------------------------------------------
 
     async def run_baseline(self) -> None:
-        eng = self.engine
-        eng.emit(ev.IterationStarted(iteration=0))
+        ctx = self.ctx
+        ctx.emit(ev.IterationStarted(iteration=0))
         started = time.monotonic()
-        text = eng.read_artifact(eng.state.baseline_script)
-        result = await eng.train(0, text, diff="")
+        text = ctx.read_artifact(ctx.state.baseline_script)
+        result = (await ctx.train(0, text, diff="")).result
         if result.outcome.value == "cancelled":
-            eng.interrupted(0)
+            ctx.interrupted(0)
             return
         if result.outcome.value != "ok":
             raise FatalRunError(f"the baseline run failed ({result.outcome.value}): {result.reason}")
-        eng.emit(ev.IterationFinished(
+        ctx.emit(ev.IterationFinished(
             iteration=0, decision="baseline", val_bpb=result.val_bpb, best_after=result.val_bpb,
-            outcome="ok", rule="baseline", reason="baseline evaluation", script=eng.state.baseline_script,
+            outcome="ok", rule="baseline", reason="baseline evaluation", script=ctx.state.baseline_script,
             values=TrainScript.parse(text).values(), duration_s=time.monotonic() - started, source="baseline",
         ))
 
     # --- one iteration ------------------------------------------------------------
 
     async def run_iteration(self, n: int) -> None:
-        eng = self.engine
-        eng.emit(ev.IterationStarted(iteration=n))
+        ctx = self.ctx
+        ctx.emit(ev.IterationStarted(iteration=n))
         started = time.monotonic()
-        best_text = eng.read_artifact(eng.state.best_script)
+        best_text = ctx.read_artifact(ctx.state.best_script)
         best = TrainScript.parse(best_text)
         proposal, last_error = await self._get_proposal(n, best)
         if proposal is None:
-            eng.emit(ev.IterationFinished(
+            ctx.emit(ev.IterationFinished(
                 iteration=n, decision="rejected", reason=last_error, rule="no valid proposal",
-                best_before=eng.state.best_val_bpb, best_after=eng.state.best_val_bpb,
-                duration_s=time.monotonic() - started, source=self._source, mechanisms=eng.mechanisms.take_counts(),
+                best_before=ctx.state.best_val_bpb, best_after=ctx.state.best_val_bpb,
+                duration_s=time.monotonic() - started, source=self._source, mechanisms=ctx.mechanisms.take_counts(),
             ))
             return
         candidate = best.apply(proposal.changes)
-        result = await eng.train(n, candidate.text, diff=unified_diff(best_text, candidate.text))
-        if result.outcome.value == "cancelled" and eng.stopping:
-            eng.interrupted(n)
+        run = await ctx.train(n, candidate.text, diff=unified_diff(best_text, candidate.text))
+        result = run.result
+        if result.outcome.value == "cancelled" and ctx.stopping:
+            ctx.interrupted(n)
             return
         verdict = await self._decide(n, candidate.text, result)
         if verdict.decision == "interrupted":  # stopped during the confirmation run
-            eng.interrupted(n)
+            ctx.interrupted(n)
             return
         decision, rule, reason = verdict.decision, verdict.rule, verdict.reason
-        new_decision, overrider = await eng.mechanisms.decide(eng.state, result, decision)
+        new_decision, overrider = await ctx.mechanisms.decide(ctx.state, result, decision)
         if overrider:
             rule = f"overridden by mechanism {overrider} (was {decision}; {rule})"
             decision = new_decision
-        await eng.mechanisms.observe(eng.state, result)
-        eng.emit(ev.IterationFinished(
+        await ctx.mechanisms.observe(ctx.state, result)
+        ctx.emit(ev.IterationFinished(
             iteration=n, decision=decision, changes=proposal.changes, hypothesis=proposal.hypothesis,
-            val_bpb=verdict.val_bpb, best_before=eng.state.best_val_bpb,
-            best_after=verdict.val_bpb if decision == "keep" else eng.state.best_val_bpb,
-            rule=rule, reason=reason, outcome=result.outcome.value, script=eng.last_script_artifact,
+            val_bpb=verdict.val_bpb, best_before=ctx.state.best_val_bpb,
+            best_after=verdict.val_bpb if decision == "keep" else ctx.state.best_val_bpb,
+            rule=rule, reason=reason, outcome=result.outcome.value, script=run.script,
             values=candidate.values(), duration_s=time.monotonic() - started, source=proposal.source,
-            mechanisms=eng.mechanisms.take_counts(), acceptance=verdict.details,
+            mechanisms=ctx.mechanisms.take_counts(), acceptance=verdict.details,
+            error_tail=result.error_tail[-MAX_TAIL_KEPT:] if decision == "crash" else "",
         ))
 
     async def _decide(self, n: int, text: str, result: TrainResult) -> Verdict:
         """The acceptance policy's verdict; a candidate new best is re-run first when it asks to confirm."""
-        eng = self.engine
-        best = eng.state.best_val_bpb
+        ctx = self.ctx
+        best = ctx.state.best_val_bpb
         if result.outcome.value == "cancelled":
             return Verdict("cancelled", "training aborted by the user", result.reason, result.val_bpb)
         if result.outcome.value != "ok" or result.val_bpb is None or best is None:
             return Verdict("crash", f"outcome {result.outcome.value}", result.reason, result.val_bpb)
-        policy = eng.acceptance_policy()
+        policy = ctx.acceptance_policy()
         verdict = policy.judge(best, result.val_bpb)
         if verdict.decision != "keep" or not policy.confirm:
             return verdict
-        seed = confirm_seed(eng.cfg.search.seed, n)
-        eng.emit(ev.ConfirmationStarted(iteration=n, seed=seed, first_val_bpb=result.val_bpb, best=best))
-        second = await eng.train(n, with_seed(text, seed), diff="", seed=seed)
-        if second.outcome.value == "cancelled" and eng.stopping:
+        seed = confirm_seed(ctx.cfg.search.seed, n)
+        ctx.emit(ev.ConfirmationStarted(iteration=n, seed=seed, first_val_bpb=result.val_bpb, best=best))
+        second = (await ctx.train(n, with_seed(text, seed), diff="", seed=seed)).result
+        if second.outcome.value == "cancelled" and ctx.stopping:
             return Verdict("interrupted", "stopped during the confirmation run", second.reason)
-        runs = [(eng.cfg.search.seed, result.val_bpb),
+        runs = [(ctx.cfg.search.seed, result.val_bpb),
                 (seed, second.val_bpb if second.outcome.value == "ok" else None)]
         return policy.judge_confirmed(best, verdict, runs)
 
@@ -134,15 +130,15 @@ class InnerLoop:
     # --- proposals -------------------------------------------------------------------
 
     async def _get_proposal(self, n: int, best: TrainScript) -> tuple[Proposal | None, str]:
-        eng = self.engine
+        ctx = self.ctx
         values = best.values()
-        schema = eng.current_schema(values)
+        schema = ctx.current_schema(values)
         messages = await self._messages(n, best) if not self.offline else []
         if self.offline:  # offline proposals ignore prompts, but the hook still runs and is counted
-            await eng.mechanisms.shape_prompt(eng.state, "")
+            await ctx.mechanisms.shape_prompt(ctx.state, "")
         last_error = ""
-        for attempt in range(1, eng.cfg.search.max_reasks + 2):
-            frozen = set(eng.state.frozen)
+        for attempt in range(1, ctx.cfg.search.max_reasks + 2):
+            frozen = set(ctx.state.frozen)
             if self.offline:
                 changes, hypothesis = self.offline.propose(schema, values, frozen, n, attempt)
                 raw = ""
@@ -150,29 +146,29 @@ class InnerLoop:
                 raw, failure = await self._ask_llm(n, attempt, messages)
                 if failure:
                     last_error = failure
-                    eng.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="llm_error", reason=failure))
+                    ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="llm_error", reason=failure))
                     continue
                 try:
                     changes, hypothesis = parse_proposal(raw)
                 except ValueError as exc:
                     last_error = f"unparseable reply: {exc}"
-                    eng.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="unparseable",
+                    ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="unparseable",
                                                  reason=last_error, raw=raw[:2000]))
                     self._reask(messages, raw, [str(exc)])
                     continue
-            eng.emit(ev.ProposalMade(iteration=n, attempt=attempt, changes=changes, hypothesis=hypothesis,
+            ctx.emit(ev.ProposalMade(iteration=n, attempt=attempt, changes=changes, hypothesis=hypothesis,
                                      source=self._source))
             try:
                 coerced = validate_changes(changes, schema, frozen)
             except ProposalError as exc:
                 last_error = "; ".join(exc.errors)
-                eng.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="invalid", reason=last_error,
+                ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="invalid", reason=last_error,
                                              errors=list(exc.errors), changes=changes))
                 self._reask(messages, raw, exc.errors)
                 continue
             proposal = Proposal(coerced, hypothesis, self._source, attempt)
-            verdict = await eng.mechanisms.review(
-                eng.state, proposal, lambda c: validate_changes(c, schema, eng.state.frozen))
+            verdict = await ctx.mechanisms.review(
+                ctx.state, proposal, lambda c: validate_changes(c, schema, ctx.state.frozen))
             if verdict is not None:  # vetoed: the reason goes back to the proposer
                 last_error = verdict
                 self._reask(messages, raw, [verdict])
@@ -190,7 +186,7 @@ class InnerLoop:
     async def _ask_llm(self, n: int, attempt: int, messages: list[dict[str, str]]) -> tuple[str, str]:
         """The reply text, or an error that outlasted the client's retries (then "" and the reason)."""
         try:
-            result = await self.engine.call_llm("inner", "propose", messages, iteration=n, json=True)
+            result = await self.ctx.call_llm("inner", "propose", messages, iteration=n, json=True)
         except LLMError as exc:
             if exc.kind in FATAL_LLM_ERRORS:
                 raise FatalRunError(f"the LLM endpoint refused the request: {exc}") from exc
@@ -198,11 +194,11 @@ class InnerLoop:
         return result.content, ""
 
     async def _messages(self, n: int, best: TrainScript) -> list[dict[str, str]]:
-        eng = self.engine
-        state = eng.state
+        ctx = self.ctx
+        state = ctx.state
         frozen = state.frozen
         schema_lines = []
-        for name, spec in eng.current_schema(best.values()).items():
+        for name, spec in ctx.current_schema(best.values()).items():
             status = "locked" if spec.locked else "frozen" if name in frozen else "active"
             schema_lines.append(f"- [{status}] {spec.describe()}")
         fields = dict(
@@ -211,22 +207,22 @@ class InnerLoop:
             best_config="\n".join(f"{k} = {fmt_value(v)}" for k, v in best.values().items()),
             schema="\n".join(schema_lines),
             n_iterations=len(state.proposals),
-            history=history_text(state.proposals, eng.cfg.search.history_tokens),
+            history=history_text(state.proposals, ctx.cfg.search.history_tokens),
             last_failure=self._last_failure_quote(),
             guidance=state.guidance.strip() or "(none: use your judgement)",
         )
         template = Template(prompts.load("inner_propose"))
         draft = template.substitute(fields, mechanism_notes="")
-        user = template.substitute(fields, mechanism_notes=await eng.mechanisms.shape_prompt(state, draft))
+        user = template.substitute(fields, mechanism_notes=await ctx.mechanisms.shape_prompt(state, draft))
         return [{"role": "system", "content": prompts.load("inner_system")}, {"role": "user", "content": user}]
 
     def _last_failure_quote(self) -> str:
         """The last iteration's log tail when it crashed: quoted as data, truncated."""
-        eng = self.engine
-        records = eng.state.proposals
+        ctx = self.ctx
+        records = ctx.state.proposals
         if not records or records[-1].decision != "crash":
             return ""
-        tail = eng.last_error_tail[-MAX_LOG_QUOTE:]
+        tail = records[-1].error_tail[-MAX_LOG_QUOTE:]
         if not tail:
             return ""
         fence = "~~~~"

@@ -15,41 +15,24 @@ import asyncio
 import inspect
 import re
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mechanisms
 from mechanisms import base as mechanism_base
 from mechanisms.selection import choose_builtin
 
 from core.record import events as ev
+from core.levels.context import Ready, RunContext
 from core.services.llm import LLMError, extract_json
 from core.levels.trace import snapshot
 from core.services.script import unified_diff
 from core.levels.trace import history_text
 from . import prompts
 
-if TYPE_CHECKING:
-    from core.engine.engine import Engine
-
 ROUNDS = ("explore", "critique", "specify", "generate")
 _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
-
-
-@dataclass
-class Ready:
-    """A validated mechanism waiting for the next iteration boundary."""
-
-    research_id: str
-    name: str
-    origin: str  # generated | builtin
-    path: Path | None = None  # module file, for generated ones
-    source_rel: str = ""
-    description: str = ""
-    diff_rel: str = ""
-    report_rel: str = ""
 
 
 def extract_code(text: str) -> str:
@@ -64,55 +47,55 @@ def class_name_of(source: str) -> str:
 
 
 class ResearchLevel:
-    def __init__(self, engine: "Engine") -> None:
-        self.engine = engine
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
 
     async def run(self, cycle: int, after_iteration: int) -> None:
         """One research session; never raises into the engine (failures are events)."""
-        eng = self.engine
+        ctx = self.ctx
         research_id = f"r{cycle}-{uuid.uuid4().hex[:6]}"
-        eng.emit(ev.ResearchStarted(research_id=research_id, cycle=cycle, after_iteration=after_iteration,
-                                    source="offline" if eng.cfg.offline else "llm"))
+        ctx.emit(ev.ResearchStarted(research_id=research_id, cycle=cycle, after_iteration=after_iteration,
+                                    source="offline" if ctx.cfg.offline else "llm"))
         try:
-            if eng.cfg.offline:
+            if ctx.cfg.offline:
                 ready = self._offline_choice(research_id)
             else:
                 ready = await self._dialogue(research_id)
         except asyncio.CancelledError:
-            eng.emit(ev.ResearchFinished(research_id=research_id, outcome="failed", reason="cancelled"))
+            ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="failed", reason="cancelled"))
             raise
         except LLMError as exc:
-            eng.emit(ev.ResearchFinished(research_id=research_id, outcome="failed", reason=f"LLM call failed: {exc}"))
+            ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="failed", reason=f"LLM call failed: {exc}"))
             return
         if ready is None:
             return
-        if eng.cfg.level2.approval == "manual":
-            eng.emit(ev.MechanismPending(research_id=research_id, name=ready.name, source=ready.source_rel,
+        if ctx.cfg.level2.approval == "manual":
+            ctx.emit(ev.MechanismPending(research_id=research_id, name=ready.name, source=ready.source_rel,
                                          diff=ready.diff_rel, report=ready.report_rel))
-            approved = await eng.await_approval(research_id, ready.name)
+            approved = await ctx.await_approval(research_id, ready.name)
             if not approved:
-                eng.emit(ev.ResearchFinished(research_id=research_id, outcome="declined", name=ready.name,
+                ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="declined", name=ready.name,
                                              reason="rejected by the user"))
                 return
-        eng.queue_activation(ready)
+        ctx.queue_activation(ready)
 
     # --- offline: a rule picks a built-in ----------------------------------------------------
 
     def _offline_choice(self, research_id: str) -> Ready | None:
-        eng = self.engine
-        records = _records(eng)
-        in_play = eng.mechanisms_in_play()
-        name, reason = choose_builtin(records, eng._schema_dicts(), active=sorted(in_play),
-                                      frozen=sorted(eng.state.frozen))
+        ctx = self.ctx
+        records = _records(ctx)
+        in_play = ctx.mechanisms_in_play()
+        name, reason = choose_builtin(records, ctx.schema_dicts(), active=sorted(in_play),
+                                      frozen=sorted(ctx.state.frozen))
         if name in in_play:
-            eng.emit(ev.ResearchFinished(research_id=research_id, outcome="rejected", name=name,
+            ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="rejected", name=name,
                                          reason="every built-in mechanism is already active or on its way"))
             return None
         cls = mechanisms.BUILTINS[name]
         source = inspect.getsource(inspect.getmodule(cls))
-        source_rel = eng.artifact(f"mechanisms/{research_id}-{name}.py", source)
-        diff_rel = eng.artifact(f"mechanisms/{research_id}-{name}.diff", unified_diff("", source, name=f"{name}.py"))
-        report_rel = eng.artifact(f"mechanisms/{research_id}-{name}.md",
+        source_rel = ctx.artifact(f"mechanisms/{research_id}-{name}.py", source)
+        diff_rel = ctx.artifact(f"mechanisms/{research_id}-{name}.diff", unified_diff("", source, name=f"{name}.py"))
+        report_rel = ctx.artifact(f"mechanisms/{research_id}-{name}.md",
                                   f"# {name} (built-in)\n\nChosen offline by rule: {reason}\n\n"
                                   "Built-in mechanisms ship with bilevel and are tested there; no validation run.\n")
         return Ready(research_id, name, "builtin", source_rel=source_rel, description=reason, diff_rel=diff_rel,
@@ -121,33 +104,33 @@ class ResearchLevel:
     # --- the four-round dialogue -------------------------------------------------------------
 
     async def _dialogue(self, research_id: str) -> Ready | None:
-        eng = self.engine
-        cfg = eng.cfg
+        ctx = self.ctx
+        cfg = ctx.cfg
         messages: list[dict[str, str]] = [{"role": "system", "content": prompts.load("research_system")}]
 
         async def round_(name: str, prompt: str, *, json: bool = False) -> str:
             messages.append({"role": "user", "content": prompt})
             call_id = uuid.uuid4().hex[:10]
-            result = await eng.call_llm("research", name, messages, json=json, stream_events=True,
-                                        iteration=eng.state.next_iteration, call_id=call_id)
+            result = await ctx.call_llm("research", name, messages, json=json, stream_events=True,
+                                        iteration=ctx.state.next_iteration, call_id=call_id)
             messages.append({"role": "assistant", "content": result.content})
-            rel = eng.artifact(f"research/{research_id}/{name}.md",
+            rel = ctx.artifact(f"research/{research_id}/{name}.md",
                                (f"<reasoning>\n{result.reasoning}\n</reasoning>\n\n" if result.reasoning else "")
                                + result.content)
-            eng.emit(ev.ResearchRound(research_id=research_id, round=name, call_id=call_id,
+            ctx.emit(ev.ResearchRound(research_id=research_id, round=name, call_id=call_id,
                                       artifact=rel, summary=result.content.strip()[:300]))
             return result.content
 
         await round_("explore", Template(prompts.load("research_explore")).substitute(
             interface=inspect.getsource(mechanism_base), active=self._active_sources(),
-            history=history_text(eng.state.proposals, cfg.search.history_tokens), strategy=self._strategy_log()))
+            history=history_text(ctx.state.proposals, cfg.search.history_tokens), strategy=self._strategy_log()))
         critique = await round_("critique", prompts.load("research_critique"), json=True)
         try:
             selected = str(extract_json(critique).get("selected") or "").strip()
         except ValueError:
             selected = ""
         if not selected:
-            eng.emit(ev.ResearchFinished(research_id=research_id, outcome="failed",
+            ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="failed",
                                          reason="the critique round selected no candidate (expected JSON with 'selected')"))
             return None
         await round_("specify", Template(prompts.load("research_specify")).substitute(selected=selected))
@@ -160,7 +143,7 @@ class ResearchLevel:
             if ready is not None:
                 return ready
             if attempt > cfg.level2.max_repairs:
-                eng.emit(ev.ResearchFinished(research_id=research_id, outcome="rejected", name=class_name_of(source),
+                ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="rejected", name=class_name_of(source),
                                              reason=f"validation failed after {attempt} attempt(s): {failure}"[:2000]))
                 return None
             reply = await round_("repair", Template(prompts.load("research_repair")).substitute(failure=failure))
@@ -169,24 +152,24 @@ class ResearchLevel:
     async def _validate(self, research_id: str, source: str, attempt: int) -> tuple[Ready | None, str]:
         from mechanisms.sandbox import validate  # the validator spawns processes: load it when needed
 
-        eng = self.engine
-        cfg = eng.cfg.level2
+        ctx = self.ctx
+        cfg = ctx.cfg.level2
         name = class_name_of(source)
-        workdir = eng.dir / "artifacts" / "mechanisms" / f"{research_id}-{attempt}"
+        workdir = ctx.session_dir / "artifacts" / "mechanisms" / f"{research_id}-{attempt}"
         report = await asyncio.to_thread(
-            validate, source, records=_records(eng), schema=eng._schema_dicts(), allow_imports=cfg.allow_imports,
+            validate, source, records=_records(ctx), schema=ctx.schema_dicts(), allow_imports=cfg.allow_imports,
             import_timeout_s=cfg.import_timeout_s, hook_timeout_s=cfg.hook_timeout_s, workdir=workdir)
         name = report.class_name or name
         # The validator wrote the module it checked; that very file is the one activated.
         module = Path(report.module_path) if report.module_path else workdir / f"{name}.py"
         if not module.exists():
-            eng.artifact(str(module.relative_to(eng.dir / "artifacts")), source)
-        source_rel = str(module.relative_to(eng.dir))
-        previous = eng.generated_sources.get(name, "")
-        diff_rel = eng.artifact(f"mechanisms/{research_id}-{attempt}/{name}.diff",
+            ctx.artifact(str(module.relative_to(ctx.session_dir / "artifacts")), source)
+        source_rel = str(module.relative_to(ctx.session_dir))
+        previous = ctx.generated_sources().get(name, "")
+        diff_rel = ctx.artifact(f"mechanisms/{research_id}-{attempt}/{name}.diff",
                                 unified_diff(previous, source, name=f"{name}.py"))
-        report_rel = eng.artifact(f"mechanisms/{research_id}-{attempt}/validation.md", report.to_markdown())
-        eng.emit(ev.MechanismValidated(
+        report_rel = ctx.artifact(f"mechanisms/{research_id}-{attempt}/validation.md", report.to_markdown())
+        ctx.emit(ev.MechanismValidated(
             research_id=research_id, name=name, attempt=attempt, ok=report.ok,
             failure="" if report.ok else report.failure(),
             steps=[{"name": s.name, "ok": s.ok, "detail": s.detail} for s in report.steps],
@@ -198,12 +181,12 @@ class ResearchLevel:
                      report_rel=report_rel), ""
 
     def _active_sources(self) -> str:
-        eng = self.engine
-        if not eng.mechanisms.names:
+        ctx = self.ctx
+        if not ctx.mechanisms.names:
             return "(none)"
         parts = []
-        for name in eng.mechanisms.names:
-            src = eng.generated_sources.get(name)
+        for name in ctx.mechanisms.names:
+            src = ctx.generated_sources().get(name)
             if src is None and name in mechanisms.BUILTINS:
                 src = inspect.getsource(inspect.getmodule(mechanisms.BUILTINS[name]))
             parts.append(f"### {name}\n```python\n{(src or '(source unavailable)')[:6000]}\n```")
@@ -211,9 +194,9 @@ class ResearchLevel:
 
     def _strategy_log(self) -> str:
         lines = [f"- cycle {d.cycle}: froze {d.freeze or 'nothing'}, unfroze {d.unfreeze or 'nothing'}; "
-                 f"guidance: {d.guidance[:200]}" for d in self.engine.state.strategy]
+                 f"guidance: {d.guidance[:200]}" for d in self.ctx.state.strategy]
         return "\n".join(lines) or "(none)"
 
 
-def _records(eng: "Engine") -> list[dict[str, Any]]:
-    return snapshot(eng.state, eng._schema_dicts()).records
+def _records(ctx: RunContext) -> list[dict[str, Any]]:
+    return snapshot(ctx.state, ctx.schema_dicts()).records

@@ -13,12 +13,12 @@ from string import Template
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from core.record import events as ev
+from core.levels.context import RunContext
 from core.services.llm import LLMError, extract_json
 from core.levels.trace import ParamStats, fmt_bpb, history_text, param_stats
 from . import prompts
 
 if TYPE_CHECKING:
-    from core.engine.engine import Engine
     from core.services.script import ParamSpec
 
 
@@ -87,20 +87,20 @@ def offline_guidance(stats: Mapping[str, ParamStats], active: Iterable[str]) -> 
 
 
 class StrategyLevel:
-    def __init__(self, engine: "Engine") -> None:
-        self.engine = engine
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
 
     async def run_cycle(self, cycle: int, after_iteration: int) -> None:
-        eng = self.engine
-        cfg = eng.cfg.strategy
-        state = eng.state
-        eng.emit(ev.StrategyStarted(cycle=cycle, after_iteration=after_iteration))
+        ctx = self.ctx
+        cfg = ctx.cfg.strategy
+        state = ctx.state
+        ctx.emit(ev.StrategyStarted(cycle=cycle, after_iteration=after_iteration))
         stats = param_stats(state.records)
-        locked = [n for n, s in eng.schema.items() if s.locked]
+        locked = [n for n, s in ctx.schema.items() if s.locked]
         candidates = freeze_candidates(stats, k=cfg.freeze_after, locked=locked, frozen=state.frozen)
-        active = [n for n, s in eng.schema.items() if not s.locked and n not in state.frozen]
+        active = [n for n, s in ctx.schema.items() if not s.locked and n not in state.frozen]
         diagnosis = reasoning = error = ""
-        if eng.cfg.offline:
+        if ctx.cfg.offline:
             source = "offline"
             want_freeze, want_unfreeze = candidates, []
             guidance = offline_guidance(stats, active)
@@ -119,18 +119,18 @@ class StrategyLevel:
                 diagnosis = str(reply.get("diagnosis") or "")
                 reasoning = str(reply.get("reasoning") or "")
         plan = apply_limits(want_freeze=want_freeze, want_unfreeze=want_unfreeze, candidates=candidates,
-                            schema=eng.schema, frozen=state.frozen, max_new_freezes=cfg.max_new_freezes,
+                            schema=ctx.schema, frozen=state.frozen, max_new_freezes=cfg.max_new_freezes,
                             min_active=cfg.min_active)
         for name in plan.unfreeze:
-            eng.emit(ev.ParamUnfrozen(name=name, source="strategy", reason=f"cycle {cycle}: {reasoning or diagnosis}"[:300]))
+            ctx.emit(ev.ParamUnfrozen(name=name, source="strategy", reason=f"cycle {cycle}: {reasoning or diagnosis}"[:300]))
         for name in plan.freeze:
             s = stats[name]
-            eng.emit(ev.ParamFrozen(name=name, source="strategy",
+            ctx.emit(ev.ParamFrozen(name=name, source="strategy",
                                     reason=f"cycle {cycle}: proposed {s.proposed}× with net gain "
                                            f"{s.net_improvement:+.6f} (rule k={cfg.freeze_after})"))
         if guidance and guidance != state.guidance:
-            eng.emit(ev.GuidanceChanged(guidance=guidance, source="strategy"))
-        eng.emit(ev.StrategyDecision(
+            ctx.emit(ev.GuidanceChanged(guidance=guidance, source="strategy"))
+        ctx.emit(ev.StrategyDecision(
             cycle=cycle, source=source, diagnosis=diagnosis, reasoning=reasoning, guidance=guidance,
             candidates=candidates, freeze=plan.freeze, unfreeze=plan.unfreeze, refused=plan.refused,
             stats={n: {"proposed": s.proposed, "kept": s.kept, "net_improvement": s.net_improvement}
@@ -140,25 +140,25 @@ class StrategyLevel:
 
     async def _ask(self, cycle: int, after_iteration: int, stats: Mapping[str, ParamStats],
                    candidates: list[str]) -> dict[str, Any] | str:
-        eng = self.engine
-        cfg = eng.cfg
+        ctx = self.ctx
+        cfg = ctx.cfg
         lines = []
-        for name, spec in eng.schema.items():
-            status = "locked" if spec.locked else "frozen" if name in eng.state.frozen else "active"
+        for name, spec in ctx.schema.items():
+            status = "locked" if spec.locked else "frozen" if name in ctx.state.frozen else "active"
             s = stats.get(name)
             tally = (f"proposed {s.proposed}×, kept {s.kept}×, net gain {s.net_improvement:+.6f}" if s
                      else "never proposed")
             lines.append(f"- [{status}] {spec.describe()} — {tally}")
         user = Template(prompts.load("strategy_cycle")).substitute(
-            cycle=cycle, iteration=after_iteration, baseline_val_bpb=fmt_bpb(eng.state.baseline_val_bpb),
-            best_val_bpb=fmt_bpb(eng.state.best_val_bpb), params="\n".join(lines),
+            cycle=cycle, iteration=after_iteration, baseline_val_bpb=fmt_bpb(ctx.state.baseline_val_bpb),
+            best_val_bpb=fmt_bpb(ctx.state.best_val_bpb), params="\n".join(lines),
             k=cfg.strategy.freeze_after, candidates=", ".join(candidates) or "(none)",
-            history=history_text(eng.state.proposals, cfg.search.history_tokens),
-            guidance=eng.state.guidance or "(none)", max_new_freezes=cfg.strategy.max_new_freezes,
+            history=history_text(ctx.state.proposals, cfg.search.history_tokens),
+            guidance=ctx.state.guidance or "(none)", max_new_freezes=cfg.strategy.max_new_freezes,
             min_active=cfg.strategy.min_active)
         messages = [{"role": "system", "content": prompts.load("strategy_system")}, {"role": "user", "content": user}]
         try:
-            result = await eng.call_llm("strategy", "update", messages, iteration=after_iteration, json=True)
+            result = await ctx.call_llm("strategy", "update", messages, iteration=after_iteration, json=True)
             return extract_json(result.content)
         except LLMError as exc:
             return f"LLM call failed: {exc}"

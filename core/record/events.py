@@ -329,6 +329,7 @@ class IterationFinished(Event):
     mechanisms: dict[str, dict[str, int]] = field(default_factory=dict)  # hook calls per mechanism
     # The numbers the acceptance rule used: best, threshold, noise floor, margin, confirmation runs.
     acceptance: dict[str, Any] = field(default_factory=dict)
+    error_tail: str = ""  # a crashed run's last log lines: shown to the next proposal, kept for resume
 
 
 @dataclass(frozen=True, kw_only=True)

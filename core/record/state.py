@@ -28,6 +28,7 @@ class IterationRecord:
     source: str
     mechanisms: dict[str, dict[str, int]]
     values: dict[str, Any]
+    error_tail: str = ""  # a crashed run's last log lines
 
     @property
     def delta(self) -> float | None:
@@ -142,6 +143,7 @@ def _iteration_finished(s: RunState, e: ev.IterationFinished) -> None:
             val_bpb=e.val_bpb, best_before=e.best_before, best_after=e.best_after, outcome=e.outcome,
             reason=e.reason, rule=e.rule, duration_s=e.duration_s, source=e.source,
             mechanisms={k: dict(v) for k, v in e.mechanisms.items()}, values=dict(e.values),
+            error_tail=e.error_tail,
         )
     )
     if e.decision == "baseline":

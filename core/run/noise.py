@@ -29,7 +29,7 @@ async def measure_noise(engine: "Engine", runs: int) -> NoiseFloor | None:
 
     Everything is an event in ``engine``'s session; returns None when stopped or failed.
     """
-    from core.levels.inner import FatalRunError
+    from core.levels.context import FatalRunError
 
     if runs < MIN_RUNS:
         raise ValueError(f"a noise measurement needs at least {MIN_RUNS} runs, got {runs}")
@@ -37,7 +37,7 @@ async def measure_noise(engine: "Engine", runs: int) -> NoiseFloor | None:
     try:
         await engine.start_session()  # data preparation and SessionStarted, without the search loop
         text = engine.read_artifact(engine.state.baseline_script)
-        ident = identity(text, engine.state.data, engine.devices())
+        ident = identity(text, engine.state.data, engine.context.devices())
         seeds = [cfg.search.seed + i for i in range(runs)]
         engine.emit(ev.NoiseStarted(runs=runs, seeds=seeds, fingerprint=ident.fingerprint, hardware=ident.hardware,
                                     script_sha256=ident.script_sha256, dataset_id=ident.dataset_id))
@@ -45,7 +45,7 @@ async def measure_noise(engine: "Engine", runs: int) -> NoiseFloor | None:
         for i, seed in enumerate(seeds):
             if engine.stopping:
                 break
-            result = await engine.train(i, with_seed(text, seed), diff="", seed=seed)
+            result = (await engine.context.train(i, with_seed(text, seed), diff="", seed=seed)).result
             engine.emit(ev.NoiseRunFinished(run=i, seed=seed, outcome=result.outcome.value, val_bpb=result.val_bpb,
                                             duration_s=result.duration_s, reason=result.reason))
             if result.outcome.value == "ok" and result.val_bpb is not None:

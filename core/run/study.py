@@ -89,7 +89,7 @@ class StudyRunner:
 
     def _engine(self, member: Member, overrides: dict[str, Any]) -> "Engine":
         from core.engine.engine import Engine
-        from core.levels.inner import FatalRunError
+        from core.levels.context import FatalRunError
 
         path = self.study.session_dir(member)
         if self.study.state(member) is None:

@@ -1,0 +1,253 @@
+"""The engine's side of the run context: what the levels receive instead of the Engine.
+
+:class:`EngineContext` implements :class:`core.levels.context.RunContext` over one
+engine: events, state, artifacts, training on a free slot with its progress as events,
+and LLM calls kept as artifacts and bracketed by events. The levels see only the Protocol.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.record import events as ev
+from core.record.config import Config
+from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
+from core.levels.context import FatalRunError, Ready, TrainRun
+from core.services.llm import ChatResult, LLMClient, LLMError
+from core.services.script import ParamSpec
+from core.services.trainer import run_training
+
+if TYPE_CHECKING:
+    from core.engine.engine import Engine
+    from core.engine.mechanism_host import MechanismHost
+    from core.record.state import RunState
+
+PROGRESS_EVERY_S = 0.2  # throttle for progress events
+MAX_OUTPUT_EVENTS = 400  # training output lines per run as events; the log file has all
+
+
+class EngineContext:
+    """A :class:`~core.levels.context.RunContext` backed by one engine (its live config and state)."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self._engine = engine
+        self._acceptance: AcceptancePolicy | None = None
+
+    # --- what the run is -----------------------------------------------------------------
+
+    @property
+    def cfg(self) -> Config:
+        return self._engine.cfg  # live: a budget change replaces the engine's config
+
+    @property
+    def state(self) -> "RunState":
+        return self._engine.state
+
+    @property
+    def schema(self) -> dict[str, ParamSpec]:
+        return self._engine.schema
+
+    @property
+    def session_dir(self) -> Path:
+        return self._engine.dir
+
+    @property
+    def stopping(self) -> bool:
+        return self._engine.stopping
+
+    @property
+    def mechanisms(self) -> "MechanismHost":
+        return self._engine.mechanisms
+
+    def emit(self, event: ev.Event) -> ev.Event:
+        return self._engine.emit(event)
+
+    def artifact(self, relpath: str, data: str | bytes) -> str:
+        return self._engine.artifact(relpath, data)
+
+    def read_artifact(self, relpath: str) -> str:
+        return self._engine.read_artifact(relpath)
+
+    def interrupted(self, iteration: int) -> None:
+        self.emit(ev.IterationInterrupted(iteration=iteration, reason=self._engine.stop_reason or "interrupted"))
+
+    def current_schema(self, values: dict[str, Any]) -> dict[str, ParamSpec]:
+        """The schema with today's best values; bounds stay anchored at the baseline."""
+        return {n: replace(s, value=values.get(n, s.value)) for n, s in self.schema.items()}
+
+    def schema_dicts(self) -> dict[str, Any]:
+        return self._engine._schema_dicts()
+
+    def devices(self) -> list[str]:
+        """The GPUs this run trains on (empty on the CPU): part of a noise floor's fingerprint."""
+        return [s.devices for s in self._engine.slots.slots if not s.is_cpu]
+
+    def acceptance_policy(self) -> AcceptancePolicy:
+        """The keep/discard rule of this run, recorded once by an AcceptanceConfigured event."""
+        if self._acceptance is None:
+            try:
+                policy, event = build_policy(self.cfg, self.read_artifact(self.state.baseline_script),
+                                             self.state.data, self.devices())
+            except AcceptanceError as exc:
+                raise FatalRunError(str(exc)) from exc
+            self._acceptance = policy
+            self.emit(event)
+        return self._acceptance
+
+    # --- Level 2's hand-over ----------------------------------------------------------------
+
+    def generated_sources(self) -> dict[str, str]:
+        return {name: self.read_artifact(e.artifact) for name, e in self.state.mechanisms.items()
+                if e.origin == "generated" and e.artifact}
+
+    def mechanisms_in_play(self) -> set[str]:
+        return self._engine.mechanisms_in_play()
+
+    def queue_activation(self, ready: Ready) -> None:
+        self._engine.queue_activation(ready)
+
+    async def await_approval(self, research_id: str, name: str) -> bool:
+        return await self._engine.await_approval(research_id, name)
+
+    # --- services ------------------------------------------------------------------------------
+
+    async def call_llm(self, level: str, purpose: str, messages: list[dict[str, str]], *,
+                       iteration: int | None = None, json: bool = False, stream_events: bool = False,
+                       call_id: str | None = None) -> ChatResult:
+        """One LLM call with its request and reply kept as artifacts and bracketed by events."""
+        llm = self._engine.llm
+        assert llm is not None, "no LLM client in offline mode"
+        call_id = call_id or uuid.uuid4().hex[:10]
+        stem = f"llm/{iteration if iteration is not None else 'x'}-{level}-{purpose}-{call_id}"
+        request_rel = self.artifact(f"{stem}.request.json",
+                                    _dumps({"model": llm.model, "messages": messages}))
+        self.emit(ev.LLMRequest(call_id=call_id, level=level, purpose=purpose, iteration=iteration,
+                                model=llm.model, artifact=request_rel))
+        def delta(kind: str, text: str) -> None:
+            self.emit(ev.LLMDelta(call_id=call_id, level=level, kind=kind, text=text))
+
+        def retry(attempt: int, error: Exception, delay_s: float) -> None:
+            # A retried stream starts over: viewers drop what they showed of this call.
+            delta("reset", f"attempt {attempt} failed ({error}); retrying in {delay_s:.1f}s")
+
+        started = time.monotonic()
+        try:
+            result = await llm.chat(messages, level=level, json=json, on_delta=delta if stream_events else None,
+                                    on_retry=retry if stream_events else None)
+        except LLMError as exc:
+            self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=False, error=str(exc),
+                                     duration_s=time.monotonic() - started))
+            raise
+        reply = result.content if not result.reasoning else f"<reasoning>\n{result.reasoning}\n</reasoning>\n{result.content}"
+        response_rel = self.artifact(f"{stem}.response.txt", reply)
+        self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=True, artifact=response_rel,
+                                 prompt_tokens=result.usage.prompt_tokens,
+                                 completion_tokens=result.usage.completion_tokens,
+                                 duration_s=result.duration_s, attempts=result.attempts))
+        return result
+
+    async def train(self, iteration: int, text: str, diff: str, *, seed: int | None = None) -> TrainRun:
+        """Run one training subprocess on a free slot, streaming its progress into events.
+
+        ``seed``: an extra run (confirmation, noise) with that data-order seed instead of the
+        session's; its script and log are kept beside the iteration's own, never replacing them.
+        """
+        eng = self._engine
+        folder = "baseline" if iteration == 0 else f"iterations/{iteration:04d}"
+        suffix = "" if seed is None else f".seed{seed}"
+        if seed is None:
+            script_rel = self.artifact(f"{folder}/train.py", text) if iteration else self.state.baseline_script
+        else:
+            script_rel = self.artifact(f"{folder}/train{suffix}.py", text)
+        run_seed = self.cfg.search.seed if seed is None else seed
+        diff_rel = self.artifact(f"{folder}/diff.patch", diff) if diff else ""
+        log_rel = f"artifacts/{folder}/train{suffix}.log"
+        log_path = eng.dir / log_rel
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.unlink(missing_ok=True)  # a re-run after an interruption starts a fresh log
+        source_dir = Path(self.state.script_source or self.cfg.script_path()).parent
+        emitter = _TrainingEmitter(self, iteration)
+        # The engine holds the event while the run lasts: abort_training and a hard stop set it.
+        cancel = eng._cancel_training = asyncio.Event()
+        try:
+            async with eng.slots.slot() as slot:
+                env = {**slot.env(), "BILEVEL_SEED": str(run_seed),
+                       # a user's script may import helpers that sit next to the original
+                       "PYTHONPATH": os.pathsep.join(filter(None, [str(source_dir), os.environ.get("PYTHONPATH")]))}
+                if eng.data_dir is not None:
+                    env["BILEVEL_DATA_DIR"] = str(eng.data_dir)
+                self.emit(ev.TrainingStarted(iteration=iteration, script=script_rel, diff=diff_rel,
+                                             slot=slot.devices or "cpu", budget_s=self.cfg.budget.time_s,
+                                             seed=run_seed))
+                result = await run_training(
+                    eng.dir / script_rel, cwd=source_dir, python=self.cfg.script.python or sys.executable,
+                    budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s, env=env,
+                    log_path=log_path, on_progress=emitter.progress, on_line=emitter.line, cancel=cancel)
+        finally:
+            eng._cancel_training = None
+        emitter.flush()
+        self.emit(ev.TrainingFinished(
+            iteration=iteration, outcome=result.outcome.value, val_bpb=result.val_bpb, metrics=result.metrics,
+            exit_code=result.exit_code, duration_s=result.duration_s, reason=result.reason,
+            error_tail=result.error_tail[-4000:], log=log_rel,
+        ))
+        return TrainRun(result, script_rel)
+
+
+class _TrainingEmitter:
+    """Turns a run's output into events without flooding the log."""
+
+    def __init__(self, ctx: EngineContext, iteration: int) -> None:
+        self.ctx, self.iteration = ctx, iteration
+        self._last = 0.0
+        self._held: Any = None
+        self._lines = 0
+
+    def progress(self, p: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < PROGRESS_EVERY_S:
+            self._held = p
+            return
+        self._last, self._held = now, None
+        self._emit_progress(p)
+
+    def _emit_progress(self, p: Any) -> None:
+        self.ctx.emit(ev.TrainingProgress(iteration=self.iteration, step=p.step, percent=p.percent, loss=p.loss,
+                                          tok_per_s=p.tok_per_s, mfu=p.mfu, remaining_s=p.remaining_s))
+
+    def line(self, stream: str, text: str) -> None:
+        self._lines += 1
+        if self._lines <= MAX_OUTPUT_EVENTS:
+            self.ctx.emit(ev.TrainingOutput(iteration=self.iteration, stream=stream, line=text[:1000]))
+        elif self._lines == MAX_OUTPUT_EVENTS + 1:
+            self.ctx.emit(ev.TrainingOutput(iteration=self.iteration, stream="stderr",
+                                            line="… further output only in the training log"))
+
+    def flush(self) -> None:
+        if self._held is not None:
+            self._emit_progress(self._held)
+            self._held = None
+
+
+def spec_dict(spec: ParamSpec) -> dict[str, Any]:
+    return {"kind": spec.kind, "value": spec.value, "locked": spec.locked, "minimum": spec.minimum,
+            "maximum": spec.maximum, "choices": list(spec.choices) if spec.choices else None,
+            "log_scale": spec.log_scale, "pow2": spec.pow2}
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, indent=1)
+
+
+def client_for(cfg: Config) -> LLMClient:
+    e = cfg.endpoint
+    return LLMClient(e.base_url, e.model, api_key_env=e.api_key_env or None, timeout_s=e.timeout_s,
+                     max_retries=e.max_retries, stream=e.stream, json_mode=e.json_mode,
+                     temperature=e.temperature, max_tokens=e.max_tokens)

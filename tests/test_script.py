@@ -1,4 +1,4 @@
-"""Tests for core.services.script: train.py as data (parse, typed edits, schema, validation, diffs)."""
+"""Tests for core.services.script, .literals and .schema: train.py as data (parse, typed edits, schema, validation, diffs)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.services.schema import infer_schema, validate_changes
 from core.services.script import (
     Param,
     ParamSpec,
     ProposalError,
     TrainScript,
     format_value,
-    infer_schema,
     unified_diff,
-    validate_changes,
 )
 
 REFERENCE_BLOCK = '''\

@@ -27,7 +27,8 @@ from core.levels.strategy import StrategyLevel
 from core.record.channel import watch_commands
 from core.services.llm import LLMClient
 from core.engine.mechanism_host import MechanismHost
-from core.services.script import ParamSpec, TrainScript, infer_schema
+from core.services.schema import infer_schema
+from core.services.script import ParamSpec, TrainScript
 from core.services.seeds import seed_params
 from core.record.session import SessionReader, SessionWriter, new_session_dir
 from core.record.state import RunState, fold

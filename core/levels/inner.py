@@ -15,7 +15,8 @@ from typing import Any
 from core.record import events as ev
 from core.levels.context import FatalRunError, RunContext, Verdict
 from core.services.llm import LLMError, extract_json
-from core.services.script import ProposalError, TrainScript, unified_diff, validate_changes
+from core.services.schema import validate_changes
+from core.services.script import ProposalError, TrainScript, unified_diff
 from core.services.seeds import confirm_seed, with_seed
 from core.levels.trace import fmt_bpb, fmt_value, history_text
 from core.services.trainer import TrainResult

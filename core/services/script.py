@@ -4,8 +4,9 @@ A training script's hyperparameters are module-level constants written as
 ``NAME = literal`` (UPPER_CASE names). This module finds them with ``ast``,
 evaluates them with a tiny safe evaluator (never ``eval``), applies typed edits
 by replacing only the exact source span of a value (so comments and every
-untouched line stay byte-identical), infers a schema of bounds for the search,
-validates proposed changes with reasons an LLM can act on, and renders diffs.
+untouched line stay byte-identical), and renders diffs. Reading and writing single values (the safe evaluator,
+formatting, coercion) is :mod:`core.services.literals`; the search's schema of bounds
+and the validation of proposed changes are :mod:`core.services.schema`.
 
 Rules worth knowing:
 
@@ -22,13 +23,13 @@ Rules worth knowing:
 from __future__ import annotations
 
 import ast
-import dataclasses
 import difflib
-import math
-import operator
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
+
+from core.services.literals import (CoercionError, NotLiteral, coerce, element_kinds, evaluate, format_value,
+                                    is_pow2_node, is_power_of_two, kind_of, same_value)
 
 __all__ = [
     "KINDS",
@@ -37,23 +38,13 @@ __all__ = [
     "ProposalError",
     "TrainScript",
     "format_value",
-    "infer_schema",
     "unified_diff",
-    "validate_changes",
 ]
 
 KINDS = ("int", "float", "str", "bool", "tuple")
 
 _NAME_RE = re.compile(r"[A-Z][A-Z0-9_]*\Z")
-_POW2_SOURCE_RE = re.compile(r"\s*2\s*\*\*\s*\d+\s*\Z")
-_SCI_FLOAT_RE = re.compile(r"\s*-?\s*(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*\Z")
-_UNDERSCORE_INT_RE = re.compile(r"\s*-?\s*\d+(_\d+)+\s*\Z")
 _NEWLINE_RE = re.compile(r"\r\n|\r|\n")  # the line breaks Python's tokenizer counts
-
-# Limits for the constant evaluator: generous for hyperparameters, small enough
-# that a hostile `10**10**10` cannot hang the parser.
-_MAX_EXPONENT = 4096
-_MAX_INT_BITS = 4096
 
 
 # ---------------------------------------------------------------------------
@@ -97,14 +88,14 @@ class ParamSpec:
         if self.pow2:
             notes.append("power of two")
         if self.choices is not None and self.kind != "bool":
-            notes.append("one of " + "|".join(_choice_text(c) for c in self.choices))
-        bounds = _range_text(self.minimum, self.maximum, self.pow2)
+            notes.append("one of " + "|".join(choice_text(c) for c in self.choices))
+        bounds = range_text(self.minimum, self.maximum, self.pow2)
         if bounds:
             notes.append(bounds)
         if self.kind == "str" and self.choices is None:
             notes.append("any non-empty string")
         if self.kind == "tuple" and isinstance(self.value, tuple):
-            notes.append(f"{len(self.value)} elements: {_element_kinds(self.value)}")
+            notes.append(f"{len(self.value)} elements: {element_kinds(self.value)}")
         return head + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -174,7 +165,7 @@ class TrainScript:
     def apply(self, changes: Mapping[str, object]) -> TrainScript:
         """Return a new script with ``changes`` written in (coerced to each parameter's kind).
 
-        No schema validation happens here beyond the kind; see :func:`validate_changes`.
+        No schema validation happens here beyond the kind; see :func:`core.services.schema.validate_changes`.
         A change equal to the current value leaves the source untouched.
         """
         errors: list[str] = []
@@ -182,11 +173,11 @@ class TrainScript:
         for name, value in changes.items():
             param = self.params.get(name)
             if param is None:
-                errors.append(_unknown_message(name, self.params))
+                errors.append(unknown_message(name, self.params))
                 continue
             try:
-                coerced[name] = _coerce(value, param.kind, param.value, strict_tuple=False)
-            except _CoercionError as exc:
+                coerced[name] = coerce(value, param.kind, param.value, strict_tuple=False)
+            except CoercionError as exc:
                 errors.append(f"{name}: {exc}")
         if errors:
             raise ProposalError(errors)
@@ -198,7 +189,7 @@ class TrainScript:
         return new
 
     def _edits_for(self, param: Param, value: object) -> Iterator[tuple[int, int, str]]:
-        if _same_value(value, param.value):
+        if same_value(value, param.value):
             return
         span = self._spans[param.name]
         old = param.value
@@ -210,7 +201,7 @@ class TrainScript:
         ):
             # Element-wise edits keep the layout (and comments) of a multi-line tuple.
             for (start, end), new_item, old_item in zip(span.elements, value, old):
-                if not _same_value(new_item, old_item):
+                if not same_value(new_item, old_item):
                     yield start, end, format_value(new_item, original_source=self.text[start:end])
             return
         yield span.start, span.end, format_value(value, pow2=param.pow2, original_source=param.source)
@@ -258,10 +249,10 @@ def _literal_assignment(stmt: ast.stmt, locate: _Locator) -> tuple[Param, _Span]
     if not _NAME_RE.match(name):
         return None
     try:
-        value = _evaluate(node)
-    except _NotLiteral:
+        value = evaluate(node)
+    except NotLiteral:
         return None
-    kind = _kind_of(value)
+    kind = kind_of(value)
     if kind == "int" and isinstance(annotation, ast.Name) and annotation.id == "float":
         kind, value = "float", float(value)  # `LR: float = 1` is a float parameter
     start, end = locate.span(node)
@@ -274,7 +265,7 @@ def _literal_assignment(stmt: ast.stmt, locate: _Locator) -> tuple[Param, _Span]
         value=value,
         lineno=stmt.lineno,
         source=locate.text[start:end],
-        pow2=_is_pow2_node(node),
+        pow2=is_pow2_node(node),
     )
     return param, _Span(start, end, elements)
 
@@ -310,168 +301,8 @@ def _bound_names(stmt: ast.stmt) -> set[str]:
     return names
 
 
-class _NotLiteral(Exception):
-    pass
-
-
-_BINARY: dict[type, Callable[[object, object], object]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _evaluate(node: ast.expr) -> object:
-    """Evaluate a constant expression: literals, tuples, unary +/-, and arithmetic on numbers."""
-    if isinstance(node, ast.Constant):
-        if isinstance(node.value, (bool, int, float, str)):
-            if isinstance(node.value, float) and not math.isfinite(node.value):
-                raise _NotLiteral  # e.g. 1e999: cannot be written back as a literal
-            return node.value
-        raise _NotLiteral
-    if isinstance(node, ast.Tuple):
-        return tuple(_evaluate(elt) for elt in node.elts)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        operand = _evaluate(node.operand)
-        if not _is_number(operand):
-            raise _NotLiteral
-        return -operand if isinstance(node.op, ast.USub) else +operand  # type: ignore[operator]
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _evaluate(node.left), _evaluate(node.right)
-        if not (_is_number(left) and _is_number(right)):
-            raise _NotLiteral
-        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:  # type: ignore[arg-type]
-            raise _NotLiteral
-        try:
-            result = _BINARY[type(node.op)](left, right)
-        except (ArithmeticError, ValueError):
-            raise _NotLiteral from None
-        if isinstance(result, int) and result.bit_length() > _MAX_INT_BITS:
-            raise _NotLiteral
-        if not _is_number(result) or (isinstance(result, float) and not math.isfinite(result)):
-            raise _NotLiteral  # complex from a negative base, or overflow to inf
-        return result
-    raise _NotLiteral
-
-
-def _is_pow2_node(node: ast.expr) -> bool:
-    return (
-        isinstance(node, ast.BinOp)
-        and isinstance(node.op, ast.Pow)
-        and isinstance(node.left, ast.Constant)
-        and type(node.left.value) is int
-        and node.left.value == 2
-        and isinstance(node.right, ast.Constant)
-        and type(node.right.value) is int
-        and node.right.value >= 0
-    )
-
-
-def _kind_of(value: object) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, tuple):
-        return "tuple"
-    raise TypeError(f"not a parameter value: {value!r}")
-
-
 # ---------------------------------------------------------------------------
-# Writing values back
-
-
-def format_value(value: object, *, pow2: bool = False, original_source: str | None = None) -> str:
-    """Python source for ``value`` that parses back to an equal value of the same kind.
-
-    ``original_source`` (the text being replaced) carries style forward: the quote
-    character of a string, ``2**k`` for powers of two, scientific notation for floats,
-    ``_`` digit grouping for ints.
-    """
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, int):
-        return _format_int(value, pow2=pow2 or _matches(_POW2_SOURCE_RE, original_source),
-                           grouped=_matches(_UNDERSCORE_INT_RE, original_source))
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{value!r} is not a finite number and has no literal form")
-        if _matches(_SCI_FLOAT_RE, original_source):
-            return _scientific(value)
-        return repr(value)
-    if isinstance(value, str):
-        return _quote(value, _quote_char(original_source))
-    if isinstance(value, tuple):
-        items = [format_value(item) for item in value]
-        if len(items) == 1:
-            return f"({items[0]},)"
-        return "(" + ", ".join(items) + ")"
-    raise TypeError(f"cannot write {type(value).__name__} {value!r} as a parameter literal")
-
-
-def _matches(pattern: re.Pattern[str], source: str | None) -> bool:
-    return source is not None and pattern.match(source) is not None
-
-
-def _is_power_of_two(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
-
-
-def _format_int(value: int, *, pow2: bool, grouped: bool) -> str:
-    if pow2 and _is_power_of_two(value):
-        return f"2**{value.bit_length() - 1}"
-    return f"{value:_}" if grouped else str(value)
-
-
-def _scientific(value: float) -> str:
-    """Shortest round-tripping scientific form, e.g. 0.0003 -> '3e-4'."""
-    for digits in range(17):
-        text = f"{value:.{digits}e}"
-        if float(text) == value:
-            break
-    mantissa, exponent = text.split("e")
-    if "." in mantissa:
-        mantissa = mantissa.rstrip("0").rstrip(".")
-    exp = int(exponent)
-    if "." not in mantissa and exp == 0:
-        return mantissa + ".0"  # `5e0` would be fine too, but keep it obviously a float
-    return f"{mantissa}e{exp}"
-
-
-def _quote_char(source: str | None) -> str | None:
-    if not source:
-        return None
-    stripped = source.lstrip("( \t\r\n").lstrip("rRbBuUfF")
-    return stripped[0] if stripped[:1] in ("'", '"') else None
-
-
-def _quote(value: str, quote: str | None) -> str:
-    if quote is None:  # repr's own preference
-        quote = '"' if "'" in value and '"' not in value else "'"
-    out = [quote]
-    for ch in value:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == quote:
-            out.append("\\" + quote)
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            out.append(repr(ch)[1:-1])  # \n, \t, \x00, \u2028, lone surrogates ...
-    out.append(quote)
-    return "".join(out)
+# Editing
 
 
 def _splice(text: str, edits: list[tuple[int, int, str]]) -> str:
@@ -484,310 +315,12 @@ def _check_written(script: TrainScript, intended: Mapping[str, object]) -> None:
     """Re-read every edited value: a value that does not read back is a bug, never a silent edit."""
     for name, value in intended.items():
         param = script.params.get(name)
-        if param is None or not _same_value(param.value, value):
+        if param is None or not same_value(param.value, value):
             got = "missing" if param is None else repr(param.value)
             raise RuntimeError(f"edit of {name} did not read back: wrote {value!r}, read {got}")
 
 
-def _same_value(a: object, b: object) -> bool:
-    """Equality that also tells 1 from 1.0 from True and 0.0 from -0.0."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, tuple):
-        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))  # type: ignore[arg-type]
-    if isinstance(a, float):
-        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)  # type: ignore[arg-type]
-    return a == b
-
-
-# ---------------------------------------------------------------------------
-# Coercion (shared by apply and validate_changes)
-
-
-class _CoercionError(ValueError):
-    pass
-
-
-def _show(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _type_name(value: object) -> str:
-    return {list: "list", tuple: "tuple", dict: "object", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _parse_literal_text(text: str) -> object:
-    """A string like '3e-4', '2**19' or '(0.9, 0.95)' read with the safe evaluator."""
-    try:
-        node = ast.parse(text.strip(), mode="eval").body
-        return _evaluate(node)
-    except (SyntaxError, ValueError, _NotLiteral):
-        raise _CoercionError from None
-
-
-def _coerce(value: object, kind: str, current: object, *, strict_tuple: bool) -> object:
-    """``value`` converted to ``kind``, or _CoercionError with a readable reason."""
-    if kind == "str":
-        if not isinstance(value, str):
-            raise _CoercionError(f"expected str, got {_type_name(value)} {_show(value)}")
-        return value
-    if isinstance(value, str) and kind != "str":
-        try:
-            parsed = _parse_literal_text(value)
-        except _CoercionError:
-            if kind == "bool" and value.strip().lower() in ("true", "false"):
-                return value.strip().lower() == "true"
-            raise _CoercionError(f"expected {kind}, got str {_show(value)}") from None
-        if isinstance(parsed, str):
-            raise _CoercionError(f"expected {kind}, got str {_show(value)}")
-        value = parsed
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise _CoercionError(f"expected bool (True/False), got {_type_name(value)} {_show(value)}")
-        return value
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _CoercionError(f"expected int, got {_type_name(value)} {_show(value)}")
-        if isinstance(value, float):
-            if not (math.isfinite(value) and value.is_integer()):
-                raise _CoercionError(f"expected int, got non-integral float {_show(value)}")
-            return int(value)
-        return value
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _CoercionError(f"expected float, got {_type_name(value)} {_show(value)}")
-        try:
-            result = float(value)
-        except OverflowError:
-            raise _CoercionError(f"{_show(value)} is too large for a float") from None
-        if not math.isfinite(result):
-            raise _CoercionError(f"expected a finite float, got {_show(value)}")
-        return result
-    if kind == "tuple":
-        return _coerce_tuple(value, current, strict=strict_tuple)
-    raise _CoercionError(f"unsupported parameter kind {kind!r}")
-
-
-def _coerce_tuple(value: object, current: object, *, strict: bool) -> tuple:
-    if not isinstance(value, (list, tuple)):
-        raise _CoercionError(f"expected tuple, got {_type_name(value)} {_show(value)}")
-    old = current if isinstance(current, tuple) else ()
-    if len(value) != len(old):
-        if strict:
-            raise _CoercionError(
-                f"expected a tuple of {len(old)} elements ({_element_kinds(old)}), "
-                f"got {len(value)} elements {_show(tuple(value))}"
-            )
-        # Lenient (apply): any tuple of literals, each keeping its own kind.
-        items = []
-        for item in value:
-            try:
-                _kind_of(item)
-            except TypeError:
-                raise _CoercionError(f"tuple element {_show(item)} is not a literal") from None
-            items.append(_coerce(item, _kind_of(item), item, strict_tuple=False))
-        return tuple(items)
-    items = []
-    for index, (item, was) in enumerate(zip(value, old)):
-        try:
-            items.append(_coerce(item, _kind_of(was), was, strict_tuple=strict))
-        except _CoercionError as exc:
-            raise _CoercionError(f"element {index}: {exc}") from None
-    return tuple(items)
-
-
-def _element_kinds(value: tuple) -> str:
-    return ", ".join(_kind_of(item) for item in value) or "empty"
-
-
-# ---------------------------------------------------------------------------
-# Schema
-
-
-_BOUND_KEYS = {"min", "max", "choices", "log_scale", "pow2"}
-
-
-def infer_schema(
-    script: TrainScript,
-    *,
-    locked: Iterable[str] = (),
-    bounds: Mapping[str, Mapping] | None = None,
-) -> dict[str, ParamSpec]:
-    """Default bounds for every parameter, with config overrides and locks applied.
-
-    Unknown names in ``locked`` or ``bounds`` raise ValueError: a typo there would
-    otherwise leave a parameter silently unprotected.
-    """
-    bounds = dict(bounds or {})
-    locked_set = set(locked)
-    unknown = sorted((set(bounds) | locked_set) - set(script.params))
-    if unknown:
-        raise ValueError(
-            "unknown parameter(s) in config bounds/locks: "
-            + ", ".join(_unknown_message(name, script.params, prefix=False) for name in unknown)
-        )
-    schema: dict[str, ParamSpec] = {}
-    for name, param in script.params.items():
-        spec = _default_spec(param)
-        if name in bounds:
-            if not isinstance(bounds[name], Mapping):
-                raise ValueError(f"{name}: bounds must be a table of min/max/choices, got {bounds[name]!r}")
-            spec = _override(spec, bounds[name])
-        if name in locked_set:
-            spec = _replace(spec, locked=True)
-        schema[name] = spec
-    return schema
-
-
-def _nice(x: float) -> float:
-    """Trim float noise from derived bounds (0.04/100 -> 0.0004, not 0.00039999999999999996)."""
-    return float(f"{x:.12g}")
-
-
-def _default_spec(param: Param) -> ParamSpec:
-    name, kind, value = param.name, param.kind, param.value
-    base = ParamSpec(name=name, kind=kind, value=value)
-    if kind == "bool":
-        return _replace(base, choices=(True, False))
-    if kind not in ("int", "float"):
-        return base
-    number = value
-    assert isinstance(number, (int, float))
-    if name.endswith("_LR") or "DECAY" in name:
-        if number == 0:
-            return _replace(base, minimum=0, maximum=1)
-        if number > 0:
-            return _replace(base, minimum=_nice(number / 100), maximum=_nice(number * 100), log_scale=True)
-        return base
-    if kind == "int":
-        assert isinstance(number, int)
-        named_pow2 = "BATCH_SIZE" in name or "TOKENS" in name
-        if _is_power_of_two(number) and (param.pow2 or named_pow2):
-            return _replace(base, minimum=max(1, number // 16), maximum=number * 16, pow2=True)
-        if number > 0:
-            return _replace(base, minimum=1, maximum=number * 4)
-        return base
-    if "RATIO" in name or "FRAC" in name:
-        return _replace(base, minimum=min(0.0, number), maximum=max(1.0, number))
-    return base
-
-
-def _override(spec: ParamSpec, override: Mapping) -> ParamSpec:
-    name = spec.name
-    bad_keys = sorted(set(override) - _BOUND_KEYS)
-    if bad_keys:
-        raise ValueError(f"{name}: unknown bound key(s) {bad_keys}; allowed: {sorted(_BOUND_KEYS)}")
-    changes: dict[str, object] = {}
-    for key, attr in (("min", "minimum"), ("max", "maximum")):
-        if key in override:
-            bound = override[key]
-            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
-                raise ValueError(f"{name}: {key} must be a number, got {bound!r}")
-            if spec.kind not in ("int", "float"):
-                raise ValueError(f"{name}: {key} applies to numbers, not {spec.kind}")
-            changes[attr] = bound
-    if "choices" in override:
-        raw = override["choices"]
-        if raw is not None:
-            if isinstance(raw, (str, bytes)) or not isinstance(raw, Iterable) or not list(raw):
-                raise ValueError(f"{name}: choices must be a non-empty list, got {raw!r}")
-            try:
-                raw = tuple(_coerce(c, spec.kind, spec.value, strict_tuple=True) for c in raw)
-            except _CoercionError as exc:
-                raise ValueError(f"{name}: bad choice: {exc}") from None
-        changes["choices"] = raw
-    for key in ("log_scale", "pow2"):
-        if key in override:
-            if not isinstance(override[key], bool):
-                raise ValueError(f"{name}: {key} must be true or false, got {override[key]!r}")
-            changes[key] = override[key]
-    result = _replace(spec, **changes)
-    lo, hi = result.minimum, result.maximum
-    if lo is not None and hi is not None and lo > hi:
-        raise ValueError(f"{name}: min {lo} is greater than max {hi}")
-    if result.log_scale and lo is not None and lo <= 0:
-        if override.get("log_scale") is True:
-            raise ValueError(f"{name}: log_scale needs min > 0, got min {lo}")
-        result = _replace(result, log_scale=False)  # e.g. weight decay allowed down to 0
-    if result.pow2 and spec.kind != "int":
-        raise ValueError(f"{name}: pow2 applies to ints, not {spec.kind}")
-    return result
-
-
-def _replace(spec: ParamSpec, **changes: object) -> ParamSpec:
-    return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------------
-# Validation
-
-
-def validate_changes(
-    changes: Mapping[str, object],
-    schema: Mapping[str, ParamSpec],
-    frozen: Iterable[str] = (),
-) -> dict[str, object]:
-    """The coerced changes, or ProposalError listing every bad change with a reason."""
-    if not changes:
-        raise ProposalError(["empty change set: propose at least one parameter change"])
-    frozen_set = set(frozen)
-    errors: list[str] = []
-    accepted: dict[str, object] = {}
-    for name, value in changes.items():
-        spec = schema.get(name)
-        if spec is None:
-            errors.append(_unknown_message(name, schema))
-            continue
-        if spec.locked:
-            errors.append(f"{name} is locked by the experiment config and cannot be changed")
-            continue
-        if name in frozen_set:
-            errors.append(f"{name} is frozen by the search strategy; change a different parameter")
-            continue
-        try:
-            accepted[name] = _check_one(spec, value)
-        except _CoercionError as exc:
-            errors.append(f"{name}: {exc}")
-    if errors:
-        raise ProposalError(errors)
-    return accepted
-
-
-def _check_one(spec: ParamSpec, value: object) -> object:
-    coerced = _coerce(value, spec.kind, spec.value, strict_tuple=True)
-    if spec.kind == "str" and coerced == "":
-        raise _CoercionError("empty string is not allowed")
-    if spec.choices is not None and not any(_same_value(coerced, c) for c in spec.choices):
-        options = ", ".join(_choice_text(c) for c in spec.choices)
-        raise _CoercionError(f"{_choice_text(coerced)} is not one of {options}")
-    if spec.kind in ("int", "float"):
-        assert isinstance(coerced, (int, float))
-        lo, hi = spec.minimum, spec.maximum
-        if (lo is not None and coerced < lo) or (hi is not None and coerced > hi):
-            allowed = _range_text(lo, hi, spec.pow2)
-            raise _CoercionError(
-                f"{format_value(coerced, pow2=spec.pow2)} is out of bounds; allowed {allowed}"
-            )
-        if spec.pow2 and not (isinstance(coerced, int) and _is_power_of_two(coerced)):
-            raise _CoercionError(f"{coerced} is not a power of two{_nearest_pow2(coerced)}")
-    if _same_value(coerced, spec.value):
-        raise _CoercionError(
-            f"{format_value(coerced, pow2=spec.pow2)} equals the current value; propose a different value"
-        )
-    return coerced
-
-
-def _nearest_pow2(value: float) -> str:
-    if value <= 1:
-        return " (try 1, 2, 4, ...)"
-    low = 1 << (int(value).bit_length() - 1)
-    return f" (nearest: 2**{low.bit_length() - 1}={low} or 2**{low.bit_length()}={low * 2})"
-
-
-def _unknown_message(name: object, known: Iterable[str], *, prefix: bool = True) -> str:
+def unknown_message(name: object, known: Iterable[str], *, prefix: bool = True) -> str:
     known = list(known)
     text = f"unknown parameter {name!r}" if prefix else repr(name)
     if isinstance(name, str):
@@ -803,14 +336,14 @@ def _unknown_message(name: object, known: Iterable[str], *, prefix: bool = True)
 
 
 def _bound_text(x: float, pow2: bool) -> str:
-    if pow2 and isinstance(x, int) and _is_power_of_two(x):
+    if pow2 and isinstance(x, int) and is_power_of_two(x):
         return f"2**{x.bit_length() - 1}"
     if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
         return str(int(x))
     return repr(x)
 
 
-def _range_text(lo: float | None, hi: float | None, pow2: bool) -> str:
+def range_text(lo: float | None, hi: float | None, pow2: bool) -> str:
     if lo is not None and hi is not None:
         return f"{_bound_text(lo, pow2)}..{_bound_text(hi, pow2)}"
     if lo is not None:
@@ -820,7 +353,7 @@ def _range_text(lo: float | None, hi: float | None, pow2: bool) -> str:
     return ""
 
 
-def _choice_text(value: object) -> str:
+def choice_text(value: object) -> str:
     return format_value(value) if isinstance(value, (bool, int, float, str, tuple)) else repr(value)
 
 

@@ -1,0 +1,196 @@
+"""The search space of a training script: a schema of bounds, and validating proposals against it.
+
+:func:`infer_schema` turns a script's parameters into :class:`~core.services.script.ParamSpec`
+entries (kinds, bounds, choices, log scale, powers of two), with the config's locks and
+bounds applied; :func:`validate_changes` checks a proposed change against that schema and
+says, per bad change, what is wrong in words an LLM can act on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Mapping
+
+from core.services.literals import CoercionError, coerce, format_value, is_power_of_two, same_value
+from core.services.script import Param, ParamSpec, ProposalError, TrainScript, choice_text, range_text, unknown_message
+
+__all__ = ["infer_schema", "validate_changes"]
+
+_BOUND_KEYS = {"min", "max", "choices", "log_scale", "pow2"}
+
+
+def infer_schema(
+    script: TrainScript,
+    *,
+    locked: Iterable[str] = (),
+    bounds: Mapping[str, Mapping] | None = None,
+) -> dict[str, ParamSpec]:
+    """Default bounds for every parameter, with config overrides and locks applied.
+
+    Unknown names in ``locked`` or ``bounds`` raise ValueError: a typo there would
+    otherwise leave a parameter silently unprotected.
+    """
+    bounds = dict(bounds or {})
+    locked_set = set(locked)
+    unknown = sorted((set(bounds) | locked_set) - set(script.params))
+    if unknown:
+        raise ValueError(
+            "unknown parameter(s) in config bounds/locks: "
+            + ", ".join(unknown_message(name, script.params, prefix=False) for name in unknown)
+        )
+    schema: dict[str, ParamSpec] = {}
+    for name, param in script.params.items():
+        spec = _default_spec(param)
+        if name in bounds:
+            if not isinstance(bounds[name], Mapping):
+                raise ValueError(f"{name}: bounds must be a table of min/max/choices, got {bounds[name]!r}")
+            spec = _override(spec, bounds[name])
+        if name in locked_set:
+            spec = _replace(spec, locked=True)
+        schema[name] = spec
+    return schema
+
+
+def _nice(x: float) -> float:
+    """Trim float noise from derived bounds (0.04/100 -> 0.0004, not 0.00039999999999999996)."""
+    return float(f"{x:.12g}")
+
+
+def _default_spec(param: Param) -> ParamSpec:
+    name, kind, value = param.name, param.kind, param.value
+    base = ParamSpec(name=name, kind=kind, value=value)
+    if kind == "bool":
+        return _replace(base, choices=(True, False))
+    if kind not in ("int", "float"):
+        return base
+    number = value
+    assert isinstance(number, (int, float))
+    if name.endswith("_LR") or "DECAY" in name:
+        if number == 0:
+            return _replace(base, minimum=0, maximum=1)
+        if number > 0:
+            return _replace(base, minimum=_nice(number / 100), maximum=_nice(number * 100), log_scale=True)
+        return base
+    if kind == "int":
+        assert isinstance(number, int)
+        named_pow2 = "BATCH_SIZE" in name or "TOKENS" in name
+        if is_power_of_two(number) and (param.pow2 or named_pow2):
+            return _replace(base, minimum=max(1, number // 16), maximum=number * 16, pow2=True)
+        if number > 0:
+            return _replace(base, minimum=1, maximum=number * 4)
+        return base
+    if "RATIO" in name or "FRAC" in name:
+        return _replace(base, minimum=min(0.0, number), maximum=max(1.0, number))
+    return base
+
+
+def _override(spec: ParamSpec, override: Mapping) -> ParamSpec:
+    name = spec.name
+    bad_keys = sorted(set(override) - _BOUND_KEYS)
+    if bad_keys:
+        raise ValueError(f"{name}: unknown bound key(s) {bad_keys}; allowed: {sorted(_BOUND_KEYS)}")
+    changes: dict[str, object] = {}
+    for key, attr in (("min", "minimum"), ("max", "maximum")):
+        if key in override:
+            bound = override[key]
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
+                raise ValueError(f"{name}: {key} must be a number, got {bound!r}")
+            if spec.kind not in ("int", "float"):
+                raise ValueError(f"{name}: {key} applies to numbers, not {spec.kind}")
+            changes[attr] = bound
+    if "choices" in override:
+        raw = override["choices"]
+        if raw is not None:
+            if isinstance(raw, (str, bytes)) or not isinstance(raw, Iterable) or not list(raw):
+                raise ValueError(f"{name}: choices must be a non-empty list, got {raw!r}")
+            try:
+                raw = tuple(coerce(c, spec.kind, spec.value, strict_tuple=True) for c in raw)
+            except CoercionError as exc:
+                raise ValueError(f"{name}: bad choice: {exc}") from None
+        changes["choices"] = raw
+    for key in ("log_scale", "pow2"):
+        if key in override:
+            if not isinstance(override[key], bool):
+                raise ValueError(f"{name}: {key} must be true or false, got {override[key]!r}")
+            changes[key] = override[key]
+    result = _replace(spec, **changes)
+    lo, hi = result.minimum, result.maximum
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"{name}: min {lo} is greater than max {hi}")
+    if result.log_scale and lo is not None and lo <= 0:
+        if override.get("log_scale") is True:
+            raise ValueError(f"{name}: log_scale needs min > 0, got min {lo}")
+        result = _replace(result, log_scale=False)  # e.g. weight decay allowed down to 0
+    if result.pow2 and spec.kind != "int":
+        raise ValueError(f"{name}: pow2 applies to ints, not {spec.kind}")
+    return result
+
+
+def _replace(spec: ParamSpec, **changes: object) -> ParamSpec:
+    return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# Validation
+
+
+def validate_changes(
+    changes: Mapping[str, object],
+    schema: Mapping[str, ParamSpec],
+    frozen: Iterable[str] = (),
+) -> dict[str, object]:
+    """The coerced changes, or ProposalError listing every bad change with a reason."""
+    if not changes:
+        raise ProposalError(["empty change set: propose at least one parameter change"])
+    frozen_set = set(frozen)
+    errors: list[str] = []
+    accepted: dict[str, object] = {}
+    for name, value in changes.items():
+        spec = schema.get(name)
+        if spec is None:
+            errors.append(unknown_message(name, schema))
+            continue
+        if spec.locked:
+            errors.append(f"{name} is locked by the experiment config and cannot be changed")
+            continue
+        if name in frozen_set:
+            errors.append(f"{name} is frozen by the search strategy; change a different parameter")
+            continue
+        try:
+            accepted[name] = _check_one(spec, value)
+        except CoercionError as exc:
+            errors.append(f"{name}: {exc}")
+    if errors:
+        raise ProposalError(errors)
+    return accepted
+
+
+def _check_one(spec: ParamSpec, value: object) -> object:
+    coerced = coerce(value, spec.kind, spec.value, strict_tuple=True)
+    if spec.kind == "str" and coerced == "":
+        raise CoercionError("empty string is not allowed")
+    if spec.choices is not None and not any(same_value(coerced, c) for c in spec.choices):
+        options = ", ".join(choice_text(c) for c in spec.choices)
+        raise CoercionError(f"{choice_text(coerced)} is not one of {options}")
+    if spec.kind in ("int", "float"):
+        assert isinstance(coerced, (int, float))
+        lo, hi = spec.minimum, spec.maximum
+        if (lo is not None and coerced < lo) or (hi is not None and coerced > hi):
+            allowed = range_text(lo, hi, spec.pow2)
+            raise CoercionError(
+                f"{format_value(coerced, pow2=spec.pow2)} is out of bounds; allowed {allowed}"
+            )
+        if spec.pow2 and not (isinstance(coerced, int) and is_power_of_two(coerced)):
+            raise CoercionError(f"{coerced} is not a power of two{_nearest_pow2(coerced)}")
+    if same_value(coerced, spec.value):
+        raise CoercionError(
+            f"{format_value(coerced, pow2=spec.pow2)} equals the current value; propose a different value"
+        )
+    return coerced
+
+
+def _nearest_pow2(value: float) -> str:
+    if value <= 1:
+        return " (try 1, 2, 4, ...)"
+    low = 1 << (int(value).bit_length() - 1)
+    return f" (nearest: 2**{low.bit_length() - 1}={low} or 2**{low.bit_length()}={low * 2})"

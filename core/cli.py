@@ -2,27 +2,25 @@
 
 Exit codes are a contract: 0 done, 1 the run failed, 2 bad usage or configuration,
 130 interrupted by Ctrl-C (after a clean stop event; the session stays resumable).
-Diagnostics go to stderr, the event lines of a headless run to stdout.
+Diagnostics go to stderr, the event lines of a headless run to stdout. This module parses
+flags and builds the run; core/run/drive.py runs it (Ctrl-C, studies, detached engines).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import shutil
-import signal
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Sequence
 
 from core.record import config as config_mod
 from core.record.config import Config, ConfigError
+from core.run.drive import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE
+from core.run.drive import detach, drive, drive_study, run_until_done
+from core.run.drive import err as _err
 
-EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXAMPLE_CONFIG = Path(__file__).parent / "record" / "example_config.toml"
-
-
-def _err(msg: str) -> None:
-    print(f"bilevel: {msg}", file=sys.stderr)
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -160,14 +158,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_repeats(plan, load_config(args).name)
     cfg = plan[0]
     if getattr(args, "detach", False):
-        return _detach(args, cfg)
+        return detach(cfg, config=args.config, demo=args.demo, group=args.group, overrides=_overrides(args))
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     into = getattr(args, "into", None)
     engine = Engine(cfg, Path(into), log=log) if into else Engine.create(cfg, log=log)
     print(f"session: {engine.dir}", file=sys.stderr)
     if _use_app(args):
         return _run_app(engine, Path(args.config) if args.config else None)
-    return _drive(engine)
+    return drive(engine)
 
 
 def _groups(args: argparse.Namespace) -> list[str | None]:
@@ -205,7 +203,7 @@ def _run_repeats(plan: list[Config], name: str) -> int:
 
     study = Study.create(plan, name, plan[0].sessions_path())
     print(f"study: {study.dir} ({', '.join(study.groups)} × {study.repeats} repeat(s))", file=sys.stderr)
-    return _drive_study(study)
+    return drive_study(study)
 
 
 def _use_app(args: argparse.Namespace) -> bool:
@@ -227,45 +225,6 @@ def _run_app(engine: Any, config_path: Path | None) -> int:
     return EXIT_OK if state.status in ("completed", "stopped") else EXIT_RUN_ERROR
 
 
-def _toml_literal(value: Any) -> str:
-    """A value as TOML for ``--set`` (what parse_override reads back)."""
-    import json
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_literal(v)}" for k, v in value.items()) + "}"
-    return json.dumps(str(value))
-
-
-def _detach(args: argparse.Namespace, cfg: Config) -> int:
-    """Start the engine headless in its own session and process group; print the session folder."""
-    import os
-    import subprocess
-
-    from core.record.session import new_session_dir
-
-    session = new_session_dir(cfg.sessions_path(), cfg.name).resolve()
-    child = [sys.executable, "-m", "core.cli", "run", "--headless", "--into", str(session)]
-    child += ["--demo"] if args.demo else [str(Path(args.config).resolve())]
-    if args.group:
-        child += ["--group", args.group]
-    for key, value in _overrides(args).items():
-        child += ["--set", f"{key}={_toml_literal(value)}"]
-    with open(session / "engine.log", "ab") as out:
-        proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, cwd=os.getcwd())
-    (session / "engine.pid").write_text(f"{proc.pid}\n")
-    print(session)
-    print(f"engine running as pid {proc.pid} (output: {session / 'engine.log'}); "
-          f"watch it with: bilevel attach {session}", file=sys.stderr)
-    return EXIT_OK
-
-
 def cmd_resume(args: argparse.Namespace) -> int:
     from core.engine.engine import Engine
     from core.levels.context import FatalRunError
@@ -276,7 +235,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     overrides = {"budget.iterations": args.iterations} if args.iterations is not None else None
     study = find_study(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
     if study is not None:
-        return _drive_study(Study.load(study), overrides)
+        return drive_study(Study.load(study), overrides)
     try:
         path = find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
         if is_noise_session(path):
@@ -293,43 +252,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     print(f"session: {engine.dir}", file=sys.stderr)
     if _use_app(args):
         return _run_app(engine, None)
-    return _drive(engine)
-
-
-def _run_until_done(work: Callable[[], Awaitable[Any]], stop: Callable[[str], None]) -> tuple[Any, bool]:
-    """Run ``work()`` on a fresh loop; Ctrl-C or SIGTERM calls ``stop`` (a clean stop, never a kill).
-
-    Returns the result and whether the user interrupted it.
-    """
-    interrupted = False
-
-    async def main_task() -> Any:
-        loop = asyncio.get_running_loop()
-
-        def on_signal() -> None:
-            nonlocal interrupted
-            interrupted = True
-            stop("interrupted by the user (Ctrl-C)")
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, on_signal)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-                pass
-        return await work()
-
-    result = asyncio.run(main_task())
-    return result, interrupted
-
-
-def _drive(engine: Any) -> int:
-    from core.analysis.printer import HeadlessPrinter
-
-    engine.subscribe(HeadlessPrinter())
-    state, interrupted = _run_until_done(engine.run, lambda why: engine.request_stop(why, hard=True))
-    if interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_OK if state.status in ("completed", "stopped") else EXIT_RUN_ERROR
+    return drive(engine)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -413,62 +336,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 # --- studies / noise / report -------------------------------------------------------------------
 
 
-class _Prefixed:
-    """A stream that prefixes each line (concurrent study members share one terminal)."""
-
-    def __init__(self, out: Any, prefix: str) -> None:
-        self.out, self.prefix = out, prefix
-
-    def write(self, text: str) -> int:
-        self.out.write("".join(self.prefix + line for line in text.splitlines(keepends=True)))
-        return len(text)
-
-    def flush(self) -> None:
-        self.out.flush()
-
-
-def _drive_study(study: Any, overrides: dict[str, Any] | None = None) -> int:
-    """Run (or continue) a study's members headless, then write and print its report."""
-    from core.analysis.printer import HeadlessPrinter
-    from core.run.study import StudyRunner
-
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    runner = StudyRunner(study, overrides=overrides, log=log)
-    concurrent = runner.pool().size > 1
-
-    def on_engine(engine: Any, member: Any) -> None:
-        print(f"session: {engine.dir} (group {member.group}, repeat {member.repeat}, seed {member.seed})",
-              file=sys.stderr)
-        engine.subscribe(HeadlessPrinter(_Prefixed(sys.stdout, f"[{member.session}] ") if concurrent else None))
-
-    runner.on_engine = on_engine
-    outcomes, interrupted = _run_until_done(runner.run, runner.request_stop)
-    if interrupted:
-        _err(f"study stopped; continue it with: bilevel resume {study.dir}")
-        return EXIT_INTERRUPTED
-    for o in runner.failed:
-        _err(f"{o.member.session} failed: {o.reason}; fix it and continue with: bilevel resume {study.dir}")
-    unfinished = [o.member.session for o in outcomes if o.status != "completed"]
-    if unfinished and not runner.failed:
-        _err(f"unfinished: {', '.join(unfinished)}; continue with: bilevel resume {study.dir}")
-    _write_study_report(study)
-    return EXIT_RUN_ERROR if runner.failed or unfinished else EXIT_OK
-
-
-def _write_study_report(study: Any) -> None:
-    from core.analysis.report import ReportError, build_report, collect, render_terminal, write_report
-
-    try:
-        report = build_report(collect([study.dir]))
-        written = write_report(report, study.dir / "report")
-    except ReportError as exc:
-        _err(f"no report: {exc}")
-        return
-    print(render_terminal(report))
-    print(f"report: {written.markdown}" + (f" ({written.figure_note})" if written.figure_note else ""),
-          file=sys.stderr)
-
-
 def cmd_noise(args: argparse.Namespace) -> int:
     from core.engine.engine import Engine
     from core.run.noise import MIN_RUNS, measure_noise
@@ -481,7 +348,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
                            log=lambda m: print(m, file=sys.stderr))
     print(f"session: {engine.dir}", file=sys.stderr)
     engine.subscribe(HeadlessPrinter())
-    floor, interrupted = _run_until_done(lambda: measure_noise(engine, args.runs),
+    floor, interrupted = run_until_done(lambda: measure_noise(engine, args.runs),
                                          lambda why: engine.request_stop(why, hard=True))
     if interrupted:
         return EXIT_INTERRUPTED

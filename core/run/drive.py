@@ -1,0 +1,160 @@
+"""Driving a run from the command line: headless runs and studies under Ctrl-C, detached engines.
+
+The CLI parses flags and builds the run; this module runs it to its end. Ctrl-C or SIGTERM
+asks for a clean stop (an event, never a kill), so an interrupted session stays resumable.
+Exit codes are a contract: 0 done, 1 the run failed, 2 bad usage or configuration,
+130 interrupted by Ctrl-C.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from core.record.config import Config
+
+EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def err(msg: str) -> None:
+    print(f"bilevel: {msg}", file=sys.stderr)
+
+
+def run_until_done(work: Callable[[], Awaitable[Any]], stop: Callable[[str], None]) -> tuple[Any, bool]:
+    """Run ``work()`` on a fresh loop; Ctrl-C or SIGTERM calls ``stop`` (a clean stop, never a kill).
+
+    Returns the result and whether the user interrupted it.
+    """
+    interrupted = False
+
+    async def main_task() -> Any:
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            nonlocal interrupted
+            interrupted = True
+            stop("interrupted by the user (Ctrl-C)")
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+                pass
+        return await work()
+
+    result = asyncio.run(main_task())
+    return result, interrupted
+
+
+def drive(engine: Any) -> int:
+    """Run one engine headless, one printed line per event; the exit code says how it ended."""
+    from core.analysis.printer import HeadlessPrinter
+
+    engine.subscribe(HeadlessPrinter())
+    state, interrupted = run_until_done(engine.run, lambda why: engine.request_stop(why, hard=True))
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if state.status in ("completed", "stopped") else EXIT_RUN_ERROR
+
+
+# --- studies -----------------------------------------------------------------------------------
+
+
+class Prefixed:
+    """A stream that prefixes each line (concurrent study members share one terminal)."""
+
+    def __init__(self, out: Any, prefix: str) -> None:
+        self.out, self.prefix = out, prefix
+
+    def write(self, text: str) -> int:
+        self.out.write("".join(self.prefix + line for line in text.splitlines(keepends=True)))
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def drive_study(study: Any, overrides: dict[str, Any] | None = None) -> int:
+    """Run (or continue) a study's members headless, then write and print its report."""
+    from core.analysis.printer import HeadlessPrinter
+    from core.run.study import StudyRunner
+
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    runner = StudyRunner(study, overrides=overrides, log=log)
+    concurrent = runner.pool().size > 1
+
+    def on_engine(engine: Any, member: Any) -> None:
+        print(f"session: {engine.dir} (group {member.group}, repeat {member.repeat}, seed {member.seed})",
+              file=sys.stderr)
+        engine.subscribe(HeadlessPrinter(Prefixed(sys.stdout, f"[{member.session}] ") if concurrent else None))
+
+    runner.on_engine = on_engine
+    outcomes, interrupted = run_until_done(runner.run, runner.request_stop)
+    if interrupted:
+        err(f"study stopped; continue it with: bilevel resume {study.dir}")
+        return EXIT_INTERRUPTED
+    for o in runner.failed:
+        err(f"{o.member.session} failed: {o.reason}; fix it and continue with: bilevel resume {study.dir}")
+    unfinished = [o.member.session for o in outcomes if o.status != "completed"]
+    if unfinished and not runner.failed:
+        err(f"unfinished: {', '.join(unfinished)}; continue with: bilevel resume {study.dir}")
+    write_study_report(study)
+    return EXIT_RUN_ERROR if runner.failed or unfinished else EXIT_OK
+
+
+def write_study_report(study: Any) -> None:
+    from core.analysis.report import ReportError, build_report, collect, render_terminal, write_report
+
+    try:
+        report = build_report(collect([study.dir]))
+        written = write_report(report, study.dir / "report")
+    except ReportError as exc:
+        err(f"no report: {exc}")
+        return
+    print(render_terminal(report))
+    print(f"report: {written.markdown}" + (f" ({written.figure_note})" if written.figure_note else ""),
+          file=sys.stderr)
+
+
+# --- detached engines --------------------------------------------------------------------------
+
+
+def toml_literal(value: Any) -> str:
+    """A value as TOML for ``--set`` (what parse_override reads back)."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_literal(v)}" for k, v in value.items()) + "}"
+    return json.dumps(str(value))
+
+
+def detach(cfg: Config, *, config: str | None, demo: bool, group: str | None, overrides: dict[str, Any]) -> int:
+    """Start the engine headless in its own session and process group; print the session folder."""
+    import os
+    import subprocess
+
+    from core.record.session import new_session_dir
+
+    session = new_session_dir(cfg.sessions_path(), cfg.name).resolve()
+    child = [sys.executable, "-m", "core.cli", "run", "--headless", "--into", str(session)]
+    child += ["--demo"] if demo else [str(Path(config).resolve())]
+    if group:
+        child += ["--group", group]
+    for key, value in overrides.items():
+        child += ["--set", f"{key}={toml_literal(value)}"]
+    with open(session / "engine.log", "ab") as out:
+        proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd=os.getcwd())
+    (session / "engine.pid").write_text(f"{proc.pid}\n")
+    print(session)
+    print(f"engine running as pid {proc.pid} (output: {session / 'engine.log'}); "
+          f"watch it with: bilevel attach {session}", file=sys.stderr)
+    return EXIT_OK

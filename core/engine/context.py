@@ -14,18 +14,18 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.record import events as ev
 from core.record.config import Config
 from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
 from core.levels.context import FatalRunError, Ready, TrainRun
+from core.services.executors import SlotPool
 from core.services.llm import ChatResult, LLMClient, LLMError
 from core.services.script import ParamSpec
 from core.services.trainer import run_training
 
 if TYPE_CHECKING:
-    from core.engine.engine import Engine
     from core.engine.mechanism_host import MechanismHost
     from core.record.state import RunState
 
@@ -33,10 +33,34 @@ PROGRESS_EVERY_S = 0.2  # throttle for progress events
 MAX_OUTPUT_EVENTS = 400  # training output lines per run as events; the log file has all
 
 
+class EngineSide(Protocol):
+    """What the context reads of the engine (``core.engine.engine.Engine``), named so no import is needed."""
+
+    cfg: Config
+    state: "RunState"
+    schema: dict[str, ParamSpec]
+    dir: Path
+    stopping: bool
+    stop_reason: str
+    mechanisms: "MechanismHost"
+    slots: SlotPool
+    llm: LLMClient | None
+    data_dir: Path | None
+    _cancel_training: asyncio.Event | None
+
+    def emit(self, event: ev.Event) -> ev.Event: ...
+    def artifact(self, relpath: str, data: str | bytes) -> str: ...
+    def read_artifact(self, relpath: str) -> str: ...
+    def _schema_dicts(self) -> dict[str, Any]: ...
+    def mechanisms_in_play(self) -> set[str]: ...
+    def queue_activation(self, ready: Ready) -> None: ...
+    async def await_approval(self, research_id: str, name: str) -> bool: ...
+
+
 class EngineContext:
     """A :class:`~core.levels.context.RunContext` backed by one engine (its live config and state)."""
 
-    def __init__(self, engine: "Engine") -> None:
+    def __init__(self, engine: EngineSide) -> None:
         self._engine = engine
         self._acceptance: AcceptancePolicy | None = None
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.engine.context import EngineContext
+from core.engine.engine import Engine
 from core.levels.context import RunContext
 from core.levels.inner import InnerLoop
 from core.levels.research import ResearchLevel
@@ -29,6 +31,14 @@ def test_the_fake_offers_nothing_beyond_the_protocol() -> None:
     protocol = {n for n in vars(RunContext) if not n.startswith("_")}
     fake = {n for n in dir(FakeRunContext) if not n.startswith("_")} - TEST_SIDE
     assert fake == protocol
+
+
+async def test_the_engine_hands_the_levels_its_context_with_every_protocol_member(tmp_path: Path) -> None:
+    engine = Engine.create(fast_config(tmp_path))
+    protocol = {n for n in vars(RunContext) if not n.startswith("_")}
+    assert protocol <= set(dir(EngineContext))
+    assert engine.inner.ctx is engine.strategy.ctx is engine.research.ctx is engine.context
+    engine.writer.close()
 
 
 async def test_all_three_levels_run_offline_on_a_bare_context(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ Everything the engine knows is in its events: each emitted event is written to t
 session log, applied to :class:`~core.record.state.RunState` and handed to subscribers (the
 UI, the headless printer). The engine never blocks the event loop: training runs are
 subprocesses read asynchronously, LLM calls are async, data preparation runs in a thread.
+The levels never see the engine: they get its run context (core/engine/context.py), which
+also trains and calls the LLM for them.
 """
 from __future__ import annotations
 

@@ -247,6 +247,7 @@ def _detach(args: argparse.Namespace, cfg: Config) -> int:
     import os
     import subprocess
 
+    from core.record import layout
     from core.record.session import new_session_dir
 
     session = new_session_dir(cfg.sessions_path(), cfg.name).resolve()
@@ -256,12 +257,12 @@ def _detach(args: argparse.Namespace, cfg: Config) -> int:
         child += ["--group", args.group]
     for key, value in _overrides(args).items():
         child += ["--set", f"{key}={_toml_literal(value)}"]
-    with open(session / "engine.log", "ab") as out:
+    with open(layout.engine_log_path(session), "ab") as out:
         proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, cwd=os.getcwd())
-    (session / "engine.pid").write_text(f"{proc.pid}\n")
+    layout.write_atomic(layout.engine_pid_path(session), f"{proc.pid}\n")
     print(session)
-    print(f"engine running as pid {proc.pid} (output: {session / 'engine.log'}); "
+    print(f"engine running as pid {proc.pid} (output: {layout.engine_log_path(session)}); "
           f"watch it with: bilevel attach {session}", file=sys.stderr)
     return EXIT_OK
 
@@ -457,10 +458,11 @@ def _drive_study(study: Any, overrides: dict[str, Any] | None = None) -> int:
 
 def _write_study_report(study: Any) -> None:
     from core.analysis.report import ReportError, build_report, collect, render_terminal, write_report
+    from core.record import layout
 
     try:
         report = build_report(collect([study.dir]))
-        written = write_report(report, study.dir / "report")
+        written = write_report(report, layout.report_dir(study.dir))
     except ReportError as exc:
         _err(f"no report: {exc}")
         return

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from core import __version__
 from core.record import events as ev
 from core.record import config as config_mod
+from core.record import layout
 from core.record.config import Config, from_dict
 from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
 from core.services.executors import SlotPool
@@ -96,14 +97,11 @@ class Engine:
         if not state.session:
             raise FatalRunError(f"{session_dir}: the session never started (no session_started event)")
         data = json.loads(json.dumps(state.config))  # deep copy
-        recorded = {"budget.iterations": state.iterations_budget} if state.iterations_budget is not None else {}
-        for dotted, value in {**recorded, **(overrides or {})}.items():
-            node = data
-            *parents, last = dotted.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[last] = value
-        cfg = from_dict(data, source=f"{session_dir}/events.jsonl (session_started)")
+        # The budget in force (changes recorded since the start included), then this resume's overrides;
+        # _restart records a changed budget as an event, so the next resume keeps it.
+        recorded = {"budget.iterations": state.iterations_budget} if state.budget_changes else {}
+        config_mod.apply_overrides(data, {**recorded, **(overrides or {})})
+        cfg = from_dict(data, source=f"{layout.events_path(session_dir)} (session_started)")
         return cls(cfg, session_dir, state=state, **kw)
 
     # --- events ----------------------------------------------------------------------------
@@ -125,7 +123,7 @@ class Engine:
         return self.writer.artifact(relpath, data)
 
     def read_artifact(self, relpath: str) -> str:
-        return (self.dir / relpath).read_text(encoding="utf-8")
+        return layout.read_artifact(self.dir, relpath)
 
     def interrupted(self, iteration: int) -> None:
         self.emit(ev.IterationInterrupted(iteration=iteration, reason=self.stop_reason or "interrupted"))
@@ -396,7 +394,7 @@ class Engine:
         script = script.apply(self._protocol_overrides(script))
         data_info = await self._prepare_data()
         self.schema = self._build_schema(script)
-        baseline_rel = self.artifact("baseline/train.py", script.text)
+        baseline_rel = self.artifact(layout.baseline_script_name(), script.text)
         self.emit(ev.SessionStarted(
             session=self.dir.name, name=cfg.name, provider=cfg.endpoint.provider,
             model=cfg.endpoint.model if not cfg.offline else "offline", group=cfg.search.group,
@@ -413,9 +411,11 @@ class Engine:
                                               reason="the process ended during this iteration"))
         data_dir = self.state.data.get("dir")
         self.data_dir = Path(data_dir) if data_dir else None
-        if self.data_dir is not None and not (self.data_dir / "meta.json").exists():
+        if self.data_dir is not None and not (self.data_dir / layout.DATA_META_FILE).exists():
             await self._prepare_data()
         self.emit(ev.RunResumed(next_iteration=self.state.next_iteration, pid=os.getpid()))
+        if self.cfg.budget.iterations != self.state.iterations_budget:  # e.g. resume --iterations N
+            self.emit(ev.BudgetChanged(iterations=self.cfg.budget.iterations, source="resume"))
 
     def _protocol_overrides(self, script: TrainScript) -> dict[str, Any]:
         """Preset values, then the run's time budget, written into the working copy."""
@@ -457,7 +457,7 @@ class Engine:
         except (PrepareError, OSError, ValueError) as exc:
             raise FatalRunError(f"data preparation failed: {exc}") from exc
         self.data_dir = Path(data_dir)
-        meta = json.loads((self.data_dir / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads((self.data_dir / layout.DATA_META_FILE).read_text(encoding="utf-8"))
         # Recorded so that runs on different corpora or tokenizers are never compared.
         keep = ("name", "content_sha256", "dataset_id", "tokenizer_id", "vocab_size", "source", "tokens")
         return {"dir": str(self.data_dir), **{k: meta[k] for k in keep if k in meta}}
@@ -470,7 +470,7 @@ class Engine:
         """One LLM call with its request and reply kept as artifacts and bracketed by events."""
         assert self.llm is not None, "no LLM client in offline mode"
         call_id = call_id or uuid.uuid4().hex[:10]
-        stem = f"llm/{iteration if iteration is not None else 'x'}-{level}-{purpose}-{call_id}"
+        stem = layout.llm_stem(iteration, level, purpose, call_id)
         request_rel = self.artifact(f"{stem}.request.json",
                                     _dumps({"model": self.llm.model, "messages": messages}))
         self.emit(ev.LLMRequest(call_id=call_id, level=level, purpose=purpose, iteration=iteration,
@@ -504,16 +504,14 @@ class Engine:
         ``seed``: an extra run (confirmation, noise) with that data-order seed instead of the
         session's; its script and log are kept beside the iteration's own, never replacing them.
         """
-        folder = "baseline" if iteration == 0 else f"iterations/{iteration:04d}"
-        suffix = "" if seed is None else f".seed{seed}"
-        if seed is None:
-            script_rel = self.artifact(f"{folder}/train.py", text) if iteration else self.state.baseline_script
+        if seed is None and not iteration:
+            script_rel = self.state.baseline_script
         else:
-            script_rel = self.artifact(f"{folder}/train{suffix}.py", text)
+            script_rel = self.artifact(layout.train_script_name(iteration, seed), text)
         run_seed = self.cfg.search.seed if seed is None else seed
-        diff_rel = self.artifact(f"{folder}/diff.patch", diff) if diff else ""
-        log_rel = f"artifacts/{folder}/train{suffix}.log"
-        log_path = self.dir / log_rel
+        diff_rel = self.artifact(layout.diff_name(iteration), diff) if diff else ""
+        log_rel = layout.artifact_rel(layout.train_log_name(iteration, seed))
+        log_path = layout.artifact_path(self.dir, log_rel)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)  # a re-run after an interruption starts a fresh log
         if seed is None:

@@ -25,6 +25,7 @@ from mechanisms import base as mechanism_base
 from mechanisms.selection import choose_builtin
 
 from core.record import events as ev
+from core.record import layout
 from core.services.llm import LLMError, extract_json
 from core.levels.trace import snapshot
 from core.services.script import unified_diff
@@ -172,7 +173,8 @@ class ResearchLevel:
         eng = self.engine
         cfg = eng.cfg.level2
         name = class_name_of(source)
-        workdir = eng.dir / "artifacts" / "mechanisms" / f"{research_id}-{attempt}"
+        folder = layout.mechanism_folder(research_id, attempt)
+        workdir = layout.artifacts_dir(eng.dir) / folder
         report = await asyncio.to_thread(
             validate, source, records=_records(eng), schema=eng._schema_dicts(), allow_imports=cfg.allow_imports,
             import_timeout_s=cfg.import_timeout_s, hook_timeout_s=cfg.hook_timeout_s, workdir=workdir)
@@ -180,12 +182,12 @@ class ResearchLevel:
         # The validator wrote the module it checked; that very file is the one activated.
         module = Path(report.module_path) if report.module_path else workdir / f"{name}.py"
         if not module.exists():
-            eng.artifact(str(module.relative_to(eng.dir / "artifacts")), source)
+            eng.artifact(module.relative_to(layout.artifacts_dir(eng.dir)).as_posix(), source)
         source_rel = str(module.relative_to(eng.dir))
         previous = eng.generated_sources.get(name, "")
-        diff_rel = eng.artifact(f"mechanisms/{research_id}-{attempt}/{name}.diff",
+        diff_rel = eng.artifact(f"{folder}/{name}.diff",
                                 unified_diff(previous, source, name=f"{name}.py"))
-        report_rel = eng.artifact(f"mechanisms/{research_id}-{attempt}/validation.md", report.to_markdown())
+        report_rel = eng.artifact(f"{folder}/validation.md", report.to_markdown())
         eng.emit(ev.MechanismValidated(
             research_id=research_id, name=name, attempt=attempt, ok=report.ok,
             failure="" if report.ok else report.failure(),

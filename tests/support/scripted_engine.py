@@ -1,4 +1,4 @@
-"""A scripted stand-in for the engine: deterministic sessions for the app's tests, benchmark and demos.
+"""A scripted stand-in for the engine: deterministic sessions for the app's tests and benchmark (a test double).
 
 :class:`ScriptedEngine` has the engine's surface the app uses (``subscribe``, ``submit``,
 ``request_stop``, ``run``, ``state``, ``dir``), writes a real session folder through
@@ -9,7 +9,8 @@ Level 1.5 cycles with freezes and guidance, and Level 2 dialogues streamed token
 With a :class:`StepClock` it is fully deterministic, timestamps included.
 
 It is not the product's engine and never presented as one: it exists so the UI can be
-built, tested and measured without training anything.
+tested and measured without training anything. Over ~500 lines because its scripted
+Level 2 dialogues and session plan are data that read best in one place.
 """
 from __future__ import annotations
 
@@ -527,16 +528,12 @@ async def record_session(session_dir: Path, plan: Plan | None = None) -> RunStat
     return await engine.run()
 
 
-def record_session_sync(session_dir: Path, plan: Plan | None = None) -> RunState:
-    return asyncio.run(record_session(session_dir, plan))
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tui.synthetic SESSION_DIR``: a scripted engine process that takes channel commands."""
+    """``python -m tests.support.scripted_engine SESSION_DIR``: a scripted engine process that takes channel commands."""
     import argparse
     import signal
 
-    parser = argparse.ArgumentParser(prog="python -m tui.synthetic", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.support.scripted_engine", description=main.__doc__)
     parser.add_argument("session_dir")
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--step", type=float, default=0.02, help="seconds between events")

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from core.analysis.ablation import (LEVEL_NAMES, Comparison, GroupStats, Inputs, Report, ReportError,  # noqa: F401
                                     SessionData, build_report, collect, load_session, parameter_rows)
 from core.analysis.stats import Interval
+from core.record.layout import report_dir
 
 EFFECTS = ("prompt", "vetoed", "modified", "overrode")
 
@@ -287,5 +288,5 @@ def write_report(report: Report, out: Path, *, plots: bool = True) -> Written:
 def default_out(paths: Sequence[Path]) -> Path:
     """The study's report/ folder, a single session's report/ folder, else ./bilevel-report."""
     if len(paths) == 1:
-        return Path(paths[0]) / "report"
+        return report_dir(Path(paths[0]))
     return Path("bilevel-report")

@@ -359,7 +359,7 @@ class Engine:
                                              description="enabled in the configuration")
         for name, e in previous.items():
             try:
-                mech = (load_generated(self.dir / e.artifact, f"bilevel_mechanism_resumed_{name}",
+                mech = (load_generated(layout.artifact_path(self.dir, e.artifact), f"bilevel_mechanism_resumed_{name}",
                                        self.cfg, self.dir)
                         if e.origin == "generated" else builtin_mechanism(name))
             except (ImportError, ValueError, OSError) as exc:
@@ -530,7 +530,7 @@ class Engine:
                                              slot=slot.devices or "cpu", budget_s=self.cfg.budget.time_s,
                                              seed=run_seed))
                 result = await run_training(
-                    self.dir / script_rel, cwd=source_dir, python=self.cfg.script.python or sys.executable,
+                    layout.artifact_path(self.dir, script_rel), cwd=source_dir, python=self.cfg.script.python or sys.executable,
                     budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s, env=env,
                     log_path=log_path, on_progress=emitter.progress, on_line=emitter.line, cancel=cancel)
         finally:

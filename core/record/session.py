@@ -63,7 +63,8 @@ class SessionWriter:
     def append(self, event: ev.Event) -> ev.Event:
         """Stamp, write and flush one event; returns the stamped event."""
         self._seq += 1
-        stamped = replace(event, seq=self._seq, ts=self._clock())
+        # the log keeps microseconds: the live event carries what a replay will read
+        stamped = replace(event, seq=self._seq, ts=round(self._clock(), 6))
         self._fh.write(ev.to_json(stamped) + "\n")
         self._fh.flush()  # survives kill -9 of this process once flushed
         now = time.monotonic()

@@ -167,7 +167,7 @@ def _watch_paints() -> None:
 async def bench(n_events: int, saturate_s: float, rate: float, seconds: float, size: tuple[int, int],
                 key_every_s: float) -> dict[str, Any]:
     from tui.app import BilevelApp
-    from tui.sources import QueueSource
+    from tests.support.queue_source import QueueSource
 
     _watch_paints()
     source = QueueSource()

@@ -26,13 +26,7 @@ def fast_config(tmp_path: Path, **overrides: Any) -> config.Config:
         "search": {"locked": ["DEPTH"]},
         "run": {"sessions_dir": str(tmp_path / "sessions"), "gpus": "cpu"},
     }
-    for dotted, value in overrides.items():
-        node = data
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return config.from_dict(data)
+    return config.from_dict(config.apply_overrides(data, overrides))
 
 
 def llm_config(tmp_path: Path, server: ScriptedOpenAI, **overrides: Any) -> config.Config:

@@ -1,6 +1,6 @@
 """Every control of the app, driven by key presses against a running engine.
 
-The engine here is :class:`tui.synthetic.ScriptedEngine`: it has the engine's command
+The engine here is :class:`tests.support.scripted_engine.ScriptedEngine`: it has the engine's command
 surface (``submit``/``subscribe``), writes a real session and answers commands with the
 engine's events, so each test checks what the engine *received* and what it *did*.
 """
@@ -27,7 +27,7 @@ from tui.screens.guidance import GuidanceScreen
 from tui.screens.help import HelpScreen
 from tui.screens.params import FreezeScreen
 from tui.sources import LiveSource, ReplaySource
-from tui.synthetic import Plan, ScriptedEngine, StepClock, record_session
+from tests.support.scripted_engine import Plan, ScriptedEngine, StepClock, record_session
 
 SIZE = (120, 40)
 
@@ -380,8 +380,8 @@ async def test_every_action_is_in_the_command_palette(tmp_path: Path):
     live = BilevelApp(LiveSource(engine), deterministic=True)
     async with live.run_test(size=SIZE):
         live.config_change = {"guidance": "x"}
-        live.model.pending["r1"] = ev.MechanismPending(research_id="r1", name="M")
-        live.model.training_iteration = 1
+        live.model.apply(ev.MechanismPending(research_id="r1", name="M"))  # one waits for approval
+        live.model.apply(ev.TrainingStarted(iteration=1))  # and a run trains
         titles = {c.title for c in live.get_system_commands(live.screen)}
     engine.writer.close()
     for title in ("Pause / resume", "Abort the training run", "Stop the run", "Edit guidance",

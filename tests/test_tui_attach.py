@@ -88,7 +88,7 @@ def attach_on_a_terminal(session: Path) -> Terminal:
 def start_scripted_engine(session: Path, tmp_path: Path) -> subprocess.Popen:
     log = open(tmp_path / "engine.out", "wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "tui.synthetic", str(session), "--iterations", "400", "--step", "0.004",
+        [sys.executable, "-m", "tests.support.scripted_engine", str(session), "--iterations", "400", "--step", "0.004",
          "--progress", "250", "--approval", "manual", "--outer-period", "2"],
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -8,7 +8,7 @@ from core.record import events as ev
 from core.record.state import fold
 from tests.support.terminal import Terminal
 from tests.test_tui_attach import read_events, wait
-from tui.synthetic import Plan, record_session
+from tests.support.scripted_engine import Plan, record_session
 
 
 def test_run_in_a_terminal_pauses_then_quit_stops_cleanly_and_leaves_a_resumable_session(tmp_path: Path):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from core.record.session import SessionReader
 from tui import render
 from tui.model import HEADER, PATCHES, PLOT, RESEARCH, TRACE, ViewModel
 from tui.sources import RESET, LiveSource, ReplaySource, TailSource
-from tui.synthetic import Plan, ScriptedEngine, StepClock, record_session
+from tests.support.scripted_engine import Plan, ScriptedEngine, StepClock, record_session
 
 
 def started(**kw) -> ev.SessionStarted:
@@ -323,7 +322,8 @@ def test_recorded_sessions_are_deterministic(tmp_path: Path):
     assert json.loads((a / "events.jsonl").read_text().splitlines()[0])["type"] == "session_started"
 
 
-async def test_a_30_iteration_session_with_full_dialogue_opens_in_under_a_second(tmp_path: Path):
+async def test_a_30_iteration_session_with_full_dialogue_opens_whole(tmp_path: Path):
+    """Every iteration and row of a long session shows on opening (its time: bench/bench_replay_open.py)."""
     from tui.app import BilevelApp
 
     path = tmp_path / "thirty"
@@ -334,9 +334,6 @@ async def test_a_30_iteration_session_with_full_dialogue_opens_in_under_a_second
     assert lines > 90_000
     app = BilevelApp(ReplaySource(path, follow=False), deterministic=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        started = time.perf_counter()  # the app itself is up: from here on it is the session's cost
-        await app.caught_up(30)
+        await app.caught_up(60)
         await pilot.pause()
-        opened = time.perf_counter() - started
         assert app.model.iterations_done == 30 and app.base.query_one("#trace-table").row_count == 31
-    assert opened < 1.0, f"opening {lines:,} events took {opened:.2f} s"

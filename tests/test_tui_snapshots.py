@@ -13,7 +13,7 @@ import pytest
 
 from tui.app import BilevelApp
 from tui.sources import LiveSource, ReplaySource
-from tui.synthetic import Plan, ScriptedEngine, StepClock, record_session
+from tests.support.scripted_engine import Plan, ScriptedEngine, StepClock, record_session
 
 SIZES = {"120x40": (120, 40), "80x24": (80, 24)}
 PANES = {"trace": "1", "strategy": "2", "research": "3", "patches": "4", "events": "5"}

@@ -7,7 +7,10 @@ engine in this process, or through the session's command channel to a detached o
 Replays are read-only.
 
 Set ``BILEVEL_TUI_DETERMINISTIC=1`` for screenshots and snapshot tests: no wall clock
-(times come from the events), no blinking cursor, no animation, no user keymap.
+(times come from the events), no blinking cursor, no animation, no user keymap. Keys and
+the command palette are :mod:`tui.keys`'s. Over ~500 lines because every action of the
+app (run control, guidance, freezes, approvals, config reload, replay, layout, quitting)
+is a method of the one App class, each a few lines that open a screen and send a command.
 """
 from __future__ import annotations
 
@@ -26,13 +29,14 @@ from typing import Any, Iterable
 
 from textual import work
 from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer
 
+from .keys import BINDINGS as KEY_BINDINGS
+from .keys import PALETTE, deterministic_from_env, keymap_path, load_keymap
 from .model import HEADER, ViewModel
 from .screens.approval import ApprovalScreen
 from .screens.confirm import ConfirmScreen
@@ -50,7 +54,6 @@ from .widgets.splitter import Splitter
 from .widgets.strategy import StrategyPane, param_rows
 from .widgets.trace import TracePane
 
-DETERMINISTIC_ENV = "BILEVEL_TUI_DETERMINISTIC"
 REFRESH_HZ = 10
 GC_THRESHOLDS = (5000, 20, 100)  # Python's default is (700, 10, 10)
 SLICE_S = 0.004
@@ -63,84 +66,13 @@ PANE_IDS = ("trace", "strategy", "research", "patches", "events")
 PANE_FOCUS = {"trace": "#trace-table", "strategy": "#params-table", "research": "#research-scroll",
               "patches": "#patch-list", "events": "#event-log"}
 
-# (action, title, help) for the command palette
-PALETTE = (
-    ("toggle_pause", "Pause / resume", "Pause at the next iteration boundary, or resume"),
-    ("abort_training", "Abort the training run", "Cancel the run in progress; the iteration is recorded as cancelled"),
-    ("stop", "Stop the run", "Stop after the current iteration; the session stays resumable"),
-    ("edit_guidance", "Edit guidance", "Change the guidance the inner loop reads"),
-    ("edit_guidance_external", "Edit guidance in $EDITOR", "Open the guidance in your editor"),
-    ("freeze", "Freeze / unfreeze a parameter", "Take a parameter out of the search, or put it back"),
-    ("review_mechanism", "Review pending mechanism", "Approve or reject a validated mechanism"),
-    ("reload_config", "Reload config", "Apply the changed guidance/budget from the config file"),
-    ("replay_step", "Replay: step", "Advance to the end of the next iteration"),
-    ("replay_faster", "Replay: faster", "1× → 10× → 100× → instant"),
-    ("replay_slower", "Replay: slower", "instant → 100× → 10× → 1×"),
-    ("replay_seek", "Replay: seek to iteration", "Show the session as it stood after an iteration"),
-    ("toggle_maximize", "Maximise / restore pane", "Give the focused pane the whole screen"),
-    ("toggle_events", "Show / hide the event log", "The pane with one line per event"),
-    ("help", "Help", "Panes and keys"),
-    ("quit_app", "Quit", "Leave the app (asks first while a run is active)"),
-)
-
-
-def deterministic_from_env() -> bool:
-    return os.environ.get(DETERMINISTIC_ENV, "") not in ("", "0")
-
-
-def keymap_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(os.environ.get("BILEVEL_KEYMAP", Path(base) / "bilevel" / "keymap.toml"))
-
-
-def load_keymap(path: Path) -> dict[str, str]:
-    """``[keymap]`` binding id -> keys, from a TOML file; empty when absent or unreadable."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    table = data.get("keymap", {})
-    return {str(k): str(v) for k, v in table.items()} if isinstance(table, dict) else {}
-
-
 class BilevelApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "bilevel"
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     ALLOW_IN_MAXIMIZED_VIEW = "StatusHeader, Footer"  # a maximised pane keeps the status and key bars
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
-    BINDINGS = [
-        Binding("space", "toggle_pause", "Pause/resume", id="pause"),
-        Binding("x", "abort_training", "Abort run", id="abort_training"),
-        Binding("s", "stop", "Stop", id="stop", show=False),
-        Binding("g", "edit_guidance", "Guidance", id="guidance"),
-        Binding("e", "edit_guidance_external", "Guidance in $EDITOR", id="guidance_editor", show=False),
-        Binding("f", "freeze", "Freeze", id="freeze"),
-        Binding("v", "review_mechanism", "Approve", id="approve"),
-        Binding("r", "reload_config", "Reload config", id="reload_config"),
-        Binding("full_stop", "replay_step", "Step", id="replay.step"),
-        Binding("plus,equals_sign", "replay_faster", "Faster", id="replay.faster"),
-        Binding("minus", "replay_slower", "Slower", id="replay.slower"),
-        Binding("i", "replay_seek", "Seek", id="replay.seek"),
-        Binding("z", "toggle_maximize", "Maximise", id="maximize"),
-        Binding("l", "toggle_events", "Event log", id="events", show=False),
-        Binding("1", "focus_pane('trace')", "Trace", id="pane.trace", show=False),
-        Binding("2", "focus_pane('strategy')", "Strategy", id="pane.strategy", show=False),
-        Binding("3", "focus_pane('research')", "Research", id="pane.research", show=False),
-        Binding("4", "focus_pane('patches')", "Patches", id="pane.patches", show=False),
-        Binding("5", "focus_pane('events')", "Events", id="pane.events", show=False),
-        Binding("ctrl+left", "resize('columns', -4)", "Narrower", id="resize.left", show=False),
-        Binding("ctrl+right", "resize('columns', 4)", "Wider", id="resize.right", show=False),
-        Binding("ctrl+up", "resize('rows', -2)", "Shorter", id="resize.up", show=False),
-        Binding("ctrl+down", "resize('rows', 2)", "Taller", id="resize.down", show=False),
-        Binding("question_mark", "help", "Help", id="help"),
-        Binding("q", "quit_app", "Quit", id="quit"),
-        Binding("ctrl+q", "quit_app", "Quit", id="quit.hard", show=False, priority=True),
-    ]
+    BINDINGS = KEY_BINDINGS
 
     def __init__(self, source: Source, *, config_path: Path | None = None, deterministic: bool | None = None,
                  refresh_hz: float = REFRESH_HZ) -> None:
@@ -496,7 +428,8 @@ class BilevelApp(App[int]):
         s = self.model.state
         if cfg.search.guidance != s.guidance:
             change["guidance"] = cfg.search.guidance
-        budget = s.config.get("budget", {}) if isinstance(s.config, dict) else {}
+        budget = dict(s.config.get("budget", {})) if isinstance(s.config, dict) else {}
+        budget["iterations"] = s.iterations_budget  # changes since the start count
         for key, value in (("iterations", cfg.budget.iterations), ("time_s", cfg.budget.time_s)):
             if budget.get(key) is not None and budget.get(key) != value:
                 change[f"budget.{key}"] = value

@@ -1,10 +1,13 @@
-"""What the app shows, folded from events: RunState plus the views only a screen needs.
+"""What the app shows: the run's state from the one fold, plus the views only a screen needs.
 
-The engine's own fold (:class:`core.record.state.RunState`) gives the run's state; this module
-adds the per-pane views (trace rows with their live phase, strategy cycles, research
-dialogues streamed by call id, the patch list) and records which parts changed, so the
-app repaints at a fixed rate only what an event touched. No Textual import here: the
-model is plain data, tested and benchmarked on its own.
+Everything about the run (trace rows with their live phase, tokens, active mechanisms,
+the budget in force, approvals waiting, freezes and who made them) is
+:class:`core.record.state.RunState`'s, the same fold the engine, resume and the report use;
+this module keeps what is about showing it: strategy cycles as cards, research dialogues
+as Markdown streamed by call id, the patch list, the event log's lines, the user's
+not-yet-acknowledged pause, and which parts of the screen an event made stale, so the app
+repaints at a fixed rate only what changed. No Textual import here: the model is plain
+data, tested and benchmarked on its own.
 """
 from __future__ import annotations
 
@@ -16,39 +19,15 @@ from typing import Any
 
 from core.record import events as ev
 from core.analysis.printer import HeadlessPrinter
-from core.record.state import RunState
+from core.record.state import IterationTrace, ParamChange, RunState
+from tui.dialogue import CHUNK_CHARS, LLMCall, ResearchView, chunk_markdown, dialogue_parts, round_counters  # noqa: F401
 
 LOG_LINES = 1000  # event-log lines kept in memory (the session file has them all)
-CHUNK_CHARS = 1200  # research text is drawn in parts of about this size
 
 # Parts of the screen an event can make stale.
 HEADER, TRACE, PLOT, PROGRESS, STRATEGY, PARAMS, RESEARCH, PATCHES, LOG = (
     "header", "trace", "plot", "progress", "strategy", "params", "research", "patches", "log")
 ALL_PARTS = frozenset({HEADER, TRACE, PLOT, PROGRESS, STRATEGY, PARAMS, RESEARCH, PATCHES, LOG})
-
-
-@dataclass
-class Row:
-    """One iteration as the trace table shows it, from its start to its verdict."""
-
-    iteration: int
-    phase: str = "started"  # started | proposing | training | then the decision
-    changes: dict[str, Any] = field(default_factory=dict)
-    hypothesis: str = ""
-    val_bpb: float | None = None
-    best_before: float | None = None
-    duration_s: float | None = None
-    reason: str = ""
-    mechanisms: dict[str, str] = field(default_factory=dict)  # name -> effect ("" when only called)
-    diff: str = ""  # artifact: the train.py diff this iteration ran
-    attempts: int = 0  # proposals asked for (re-asks after rejection included)
-    final: bool = False
-
-    @property
-    def delta(self) -> float | None:
-        if self.val_bpb is None or self.best_before is None:
-            return None
-        return self.val_bpb - self.best_before
 
 
 @dataclass
@@ -58,56 +37,6 @@ class StrategyCycle:
     ts: float
     decision: ev.StrategyDecision | None = None
     actions: list[tuple[str, str, str]] = field(default_factory=list)  # (freeze|unfreeze, name, reason)
-
-
-@dataclass
-class ParamChange:
-    """A freeze or unfreeze with who did it and why (strategy cycles and the user alike)."""
-
-    action: str
-    name: str
-    source: str
-    reason: str
-    ts: float
-
-
-@dataclass
-class LLMCall:
-    call_id: str
-    level: str
-    purpose: str = ""
-    chunks: list[str] = field(default_factory=list)
-    reasoning_chunks: list[str] = field(default_factory=list)
-    deltas: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    done: bool = False
-    ok: bool = True
-    error: str = ""
-
-    @property
-    def text(self) -> str:
-        return "".join(self.chunks)
-
-    @property
-    def tokens(self) -> int:
-        """Completion tokens: exact once answered, else one per streamed delta (an estimate)."""
-        return self.completion_tokens if self.done and self.completion_tokens else self.deltas
-
-
-@dataclass
-class ResearchView:
-    research_id: str
-    cycle: int
-    after_iteration: int
-    source: str
-    ts: float
-    segments: list[tuple[str, Any]] = field(default_factory=list)  # in event order: (kind, payload)
-    rounds: list[tuple[str, str]] = field(default_factory=list)  # (round name, call_id)
-    round_done: set[str] = field(default_factory=set)  # call ids whose round finished
-    validations: list[ev.MechanismValidated] = field(default_factory=list)
-    pending: ev.MechanismPending | None = None
-    finished: ev.ResearchFinished | None = None
 
 
 @dataclass
@@ -136,20 +65,11 @@ class ViewModel:
         self.events = 0
         self.first_ts: float | None = None
         self.last_ts: float | None = None
-        self.rows: dict[int, Row] = {}
         self.cycles: list[StrategyCycle] = []
-        self.param_changes: list[ParamChange] = []
         self.calls: dict[str, LLMCall] = {}
         self.research: dict[str, ResearchView] = {}
         self.research_order: list[str] = []
         self.patches: dict[str, PatchEntry] = {}
-        self.pending: dict[str, ev.MechanismPending] = {}  # research id -> waiting for approval
-        self.active_mechanisms: dict[str, str] = {}
-        self.slot = ""
-        self.budget_s = 0.0
-        self.training_started_ts: float | None = None
-        self.training_iteration: int | None = None
-        self.finished: ev.RunFinished | None = None
         self.log: deque[str] = deque(maxlen=LOG_LINES)
         self.new_log: list[str] = []
         self.log_reset = True
@@ -158,7 +78,6 @@ class ViewModel:
         self.dirty_params: bool = True
         self.local_pause: bool | None = None  # the user asked to pause (True) / resume (False), not yet seen
         self.acks: list[ev.CommandReceived] = []  # acknowledgements not yet shown to the user
-        self.tokens_by_level: dict[str, int] = {}
         self._printer = HeadlessPrinter(out=io.StringIO(), progress_every_s=math.inf)
 
     # --- folding -------------------------------------------------------------------------
@@ -207,15 +126,46 @@ class ViewModel:
             self.log_reset = True
         self.dirty.add(LOG)
 
-    def row(self, iteration: int) -> Row:
-        row = self.rows.get(iteration)
-        if row is None:
-            row = self.rows[iteration] = Row(iteration)
+    def touch(self, iteration: int) -> None:
+        """The trace row of ``iteration`` changed."""
         self.dirty_rows.add(iteration)
         self.dirty.add(TRACE)
-        return row
 
-    # --- derived values the header and panes read ---------------------------------------------
+    # --- what the header and panes read, from the run's state ----------------------------------
+
+    @property
+    def rows(self) -> dict[int, IterationTrace]:
+        return self.state.iterations
+
+    @property
+    def param_changes(self) -> list[ParamChange]:
+        return self.state.param_changes
+
+    @property
+    def pending(self) -> dict[str, ev.MechanismPending]:
+        """research id -> a validated mechanism waiting for approval."""
+        return self.state.awaiting
+
+    @property
+    def active_mechanisms(self) -> dict[str, str]:
+        """name -> origin of every active mechanism."""
+        return {name: e.origin for name, e in self.state.mechanisms.items()}
+
+    @property
+    def finished(self) -> ev.RunFinished | None:
+        return self.state.finished
+
+    @property
+    def slot(self) -> str:
+        return self.state.slot
+
+    @property
+    def training_iteration(self) -> int | None:
+        return self.state.training.iteration if self.state.training is not None else None
+
+    @property
+    def tokens_by_level(self) -> dict[str, int]:
+        return {level: u.tokens for level, u in self.state.usage.items()}
 
     @property
     def status(self) -> str:
@@ -231,26 +181,25 @@ class ViewModel:
 
     @property
     def iterations_total(self) -> int | None:
-        budget = self.state.config.get("budget", {}) if isinstance(self.state.config, dict) else {}
-        total = budget.get("iterations") if isinstance(budget, dict) else None
-        return int(total) if isinstance(total, (int, float)) else None
+        """The budget in force: a change by the user or by a resume counts."""
+        return self.state.iterations_budget
 
     @property
     def iterations_done(self) -> int:
-        return sum(1 for r in self.rows.values() if r.final and r.iteration > 0 and r.phase != "interrupted")
+        return self.state.iterations_done
 
     def remaining_s(self, now: float | None) -> float | None:
         """Estimated seconds left: mean iteration time times the iterations still to run."""
         total = self.iterations_total
-        durations = [r.duration_s for r in self.rows.values() if r.final and r.duration_s]
+        durations = [r.duration_s for r in self.state.records if r.duration_s]
         if total is None or not durations or self.finished is not None:
             return None
         left = max(0, total - self.iterations_done)
         mean = sum(durations) / len(durations)
         estimate = left * mean
-        current = self.rows.get(self.state.running) if self.state.running is not None else None
-        if current is not None and not current.final and self.training_started_ts and now is not None:
-            estimate -= min(mean, max(0.0, now - self.training_started_ts))
+        training = self.state.training
+        if training is not None and training.ts and now is not None:
+            estimate -= min(mean, max(0.0, now - training.ts))
         return max(0.0, estimate)
 
     def best_points(self) -> list[tuple[int, float, str]]:
@@ -259,26 +208,9 @@ class ViewModel:
                 if r.final and r.val_bpb is not None]
 
     def research_parts(self, research_id: str) -> list[str]:
-        """The research dialogue as Markdown parts in event order: title, rounds, results.
-
-        A round's text is cut at paragraph boundaries into parts of about ``CHUNK_CHARS``;
-        text only ever grows at its end, so every part but the last stays as it was and a
-        screen re-renders only the last one while tokens stream.
-        """
+        """The research dialogue as Markdown parts in event order (see :func:`dialogue_parts`)."""
         view = self.research.get(research_id)
-        if view is None:
-            return []
-        parts: list[str] = []
-        for kind, payload in view.segments:
-            if kind == "call":
-                call = self.calls.get(payload)
-                if call is not None and parts:
-                    first, *rest = chunk_markdown(call.text)
-                    parts[-1] += first  # the round's first chunk shares its header's part
-                    parts.extend(rest)
-            else:
-                parts.append(payload)
-        return [p.strip("\n") for p in parts]
+        return dialogue_parts(view, self.calls) if view is not None else []
 
     def research_markdown(self, research_id: str) -> str:
         """The whole dialogue as one Markdown document."""
@@ -287,47 +219,7 @@ class ViewModel:
     def round_counters(self, research_id: str) -> list[tuple[str, int, str]]:
         """(round name, tokens, state) per round: state is done | streaming | failed."""
         view = self.research.get(research_id)
-        if view is None:
-            return []
-        out = []
-        for name, call_id in view.rounds:
-            call = self.calls.get(call_id)
-            tokens = call.tokens if call else 0
-            if call is not None and call.done and not call.ok:
-                state = "failed"
-            elif call_id in view.round_done or (call is not None and call.done):
-                state = "done"
-            else:
-                state = "streaming"
-            out.append((name, tokens, state))
-        return out
-
-
-def chunk_markdown(text: str, size: int | None = None) -> list[str]:
-    """Cut Markdown at blank lines outside code fences into pieces of at least ``size`` characters.
-
-    The cuts depend only on the text before them, so appending never moves an earlier cut.
-    """
-    size = size or CHUNK_CHARS
-    chunks: list[str] = []
-    start = 0
-    pos = 0
-    fenced = False
-    n = len(text)
-    while pos < n:
-        end = text.find("\n", pos)
-        if end < 0:
-            break  # the last line is still being written
-        line = text[pos:end]
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-        pos = end + 1
-        # a blank line closes a block; cut there once the chunk is big enough
-        if not fenced and not line.strip() and pos - start >= size and pos < n:
-            chunks.append(text[start:pos])
-            start = pos
-    chunks.append(text[start:])
-    return chunks
+        return round_counters(view, self.calls) if view is not None else []
 
 
 def _clock(seconds: float) -> str:
@@ -346,43 +238,25 @@ def _session_started(m: ViewModel, e: ev.SessionStarted) -> None:
 
 
 def _run_finished(m: ViewModel, e: ev.RunFinished) -> None:
-    m.finished = e
     m.local_pause = None
     m.dirty |= {HEADER, PROGRESS}
 
 
 def _run_resumed(m: ViewModel, e: ev.RunResumed) -> None:
-    m.finished = None
     m.dirty.add(HEADER)
 
 
 def _iteration_started(m: ViewModel, e: ev.IterationStarted) -> None:
-    row = m.row(e.iteration)
-    row.phase, row.final = ("baseline…" if e.iteration == 0 else "proposing"), False
-    row.val_bpb = row.duration_s = None
-    m.training_iteration = None
+    m.touch(e.iteration)
     m.dirty |= {HEADER, PROGRESS}
 
 
-def _proposal_made(m: ViewModel, e: ev.ProposalMade) -> None:
-    row = m.row(e.iteration)
-    row.changes, row.hypothesis, row.attempts = dict(e.changes), e.hypothesis, e.attempt
-
-
-def _proposal_rejected(m: ViewModel, e: ev.ProposalRejected) -> None:
-    row = m.row(e.iteration)
-    row.attempts = e.attempt
-    row.reason = f"{e.kind}: {e.reason}"
-    if e.mechanism:
-        row.mechanisms[e.mechanism] = "vetoed"
+def _row_changed(m: ViewModel, e: ev.ProposalMade | ev.ProposalRejected | ev.MechanismEffect) -> None:
+    m.touch(e.iteration)
 
 
 def _training_started(m: ViewModel, e: ev.TrainingStarted) -> None:
-    row = m.row(e.iteration)
-    row.phase = "training"
-    row.diff = e.diff or row.diff
-    m.slot, m.budget_s = e.slot, e.budget_s
-    m.training_started_ts, m.training_iteration = e.ts, e.iteration
+    m.touch(e.iteration)
     m.dirty |= {HEADER, PROGRESS}
     if e.diff:
         key = f"it-{e.iteration:05d}"
@@ -396,44 +270,22 @@ def _training_progress(m: ViewModel, e: ev.TrainingProgress) -> None:
 
 
 def _training_finished(m: ViewModel, e: ev.TrainingFinished) -> None:
-    row = m.row(e.iteration)
-    row.phase = "scoring" if e.outcome == "ok" else e.outcome
-    m.training_iteration = None
+    m.touch(e.iteration)
     m.dirty |= {PROGRESS, HEADER}
 
 
 def _iteration_finished(m: ViewModel, e: ev.IterationFinished) -> None:
-    row = m.row(e.iteration)
-    row.phase, row.final = e.decision, True
-    row.changes = dict(e.changes) if e.changes or e.iteration == 0 else row.changes
-    row.hypothesis = e.hypothesis or row.hypothesis
-    row.val_bpb, row.best_before = e.val_bpb, e.best_before
-    row.duration_s, row.reason = e.duration_s, e.reason
-    for name, calls in e.mechanisms.items():
-        if sum(calls.values()) > 0:
-            row.mechanisms.setdefault(name, "")
-    m.training_iteration = None
+    m.touch(e.iteration)
     m.dirty |= {HEADER, PLOT, PROGRESS, PARAMS}
     m.dirty_params = True
 
 
 def _interrupted(m: ViewModel, e: ev.IterationInterrupted) -> None:
-    row = m.row(e.iteration)
-    row.phase, row.final, row.reason = "interrupted", True, e.reason
-    m.training_iteration = None
+    m.touch(e.iteration)
     m.dirty |= {HEADER, PROGRESS}
 
 
-def _mechanism_effect(m: ViewModel, e: ev.MechanismEffect) -> None:
-    row = m.row(e.iteration)
-    row.mechanisms[e.name] = e.effect
-
-
 def _mechanism_activated(m: ViewModel, e: ev.MechanismActivated) -> None:
-    m.active_mechanisms[e.name] = e.origin
-    for rid, pending in list(m.pending.items()):
-        if pending.name == e.name:
-            del m.pending[rid]
     if e.artifact and not any(p.artifact == e.artifact for p in m.patches.values()):
         key = f"mech-{len(m.patches):05d}-{e.name}"
         m.patches[key] = PatchEntry(key=key, kind="mechanism", label=f"{e.name} ({e.origin})",
@@ -442,7 +294,6 @@ def _mechanism_activated(m: ViewModel, e: ev.MechanismActivated) -> None:
 
 
 def _mechanism_deactivated(m: ViewModel, e: ev.MechanismDeactivated) -> None:
-    m.active_mechanisms.pop(e.name, None)
     m.dirty |= {HEADER, RESEARCH}
 
 
@@ -452,7 +303,6 @@ def _guidance(m: ViewModel, e: ev.GuidanceChanged) -> None:
 
 def _param_change(m: ViewModel, e: ev.ParamFrozen | ev.ParamUnfrozen) -> None:
     action = "freeze" if isinstance(e, ev.ParamFrozen) else "unfreeze"
-    m.param_changes.append(ParamChange(action, e.name, e.source, e.reason, e.ts))
     if e.source == "strategy" and m.cycles and m.cycles[-1].decision is None:
         m.cycles[-1].actions.append((action, e.name, e.reason))
     m.dirty |= {STRATEGY, PARAMS}
@@ -509,7 +359,6 @@ def _llm_response(m: ViewModel, e: ev.LLMResponse) -> None:
         call = m.calls[e.call_id] = LLMCall(e.call_id, e.level)
     call.done, call.ok, call.error = True, e.ok, e.error
     call.prompt_tokens, call.completion_tokens = e.prompt_tokens, e.completion_tokens
-    m.tokens_by_level[e.level] = m.tokens_by_level.get(e.level, 0) + e.prompt_tokens + e.completion_tokens
     # Non-research calls only matter for their token counts: drop their text.
     if e.level != "research":
         m.calls.pop(e.call_id, None)
@@ -583,7 +432,6 @@ def _mechanism_validated(m: ViewModel, e: ev.MechanismValidated) -> None:
 
 
 def _mechanism_pending(m: ViewModel, e: ev.MechanismPending) -> None:
-    m.pending[e.research_id] = e
     view = m.research.get(e.research_id)
     if view is not None:
         view.pending = e
@@ -592,7 +440,6 @@ def _mechanism_pending(m: ViewModel, e: ev.MechanismPending) -> None:
 
 
 def _research_finished(m: ViewModel, e: ev.ResearchFinished) -> None:
-    m.pending.pop(e.research_id, None)
     view = m.research.get(e.research_id)
     if view is not None:
         view.finished = e
@@ -607,15 +454,15 @@ _HANDLERS: dict[type, Any] = {
     ev.RunFinished: _run_finished,
     ev.RunResumed: _run_resumed,
     ev.IterationStarted: _iteration_started,
-    ev.ProposalMade: _proposal_made,
-    ev.ProposalRejected: _proposal_rejected,
+    ev.ProposalMade: _row_changed,
+    ev.ProposalRejected: _row_changed,
     ev.TrainingStarted: _training_started,
     ev.TrainingProgress: _training_progress,
     ev.TrainingOutput: lambda m, e: None,
     ev.TrainingFinished: _training_finished,
     ev.IterationFinished: _iteration_finished,
     ev.IterationInterrupted: _interrupted,
-    ev.MechanismEffect: _mechanism_effect,
+    ev.MechanismEffect: _row_changed,
     ev.MechanismActivated: _mechanism_activated,
     ev.MechanismDeactivated: _mechanism_deactivated,
     ev.GuidanceChanged: _guidance,

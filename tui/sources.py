@@ -1,6 +1,6 @@
 """Where the app's events come from, and where its commands go.
 
-One interface, four sources:
+One interface, three sources:
 
 - :class:`LiveSource` — an engine in this process (``bilevel run``/``resume``): the
   session's history, then every event the engine emits; commands go to ``engine.submit``.
@@ -9,11 +9,14 @@ One interface, four sources:
   command channel (:mod:`core.record.channel`), which the engine watches.
 - :class:`ReplaySource` — a saved session (``bilevel replay``), read-only, at 1×/10×/100×
   or instantly, with pause, step and seek; a session still being written is followed.
-- :class:`QueueSource` — events pushed by a program (the benchmark, tests).
+
+(Tests and the benchmark push events through ``tests/support/queue_source.py``.)
 
 The app consumes :meth:`Source.batches` in one worker; a :data:`RESET` item means "forget
 everything shown, the events that follow start from the beginning" (a backward seek).
-No Textual import here.
+No Textual import here. Over ~500 lines because the replay (its timing, seek and the cheap
+line index it opens long sessions with) shares the tail reader with attach; it is the
+seam to cut once the typed decoder has replaced the byte scanning.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from typing import Any, AsyncIterator, Union
 
 from core.record import channel
 from core.record import events as ev
-from core.record.session import EVENTS_FILE, SessionReader
+from core.record import layout
+from core.record.session import SessionReader
 
 RESET = "reset"
 Batch = Union[list[ev.Event], str]
@@ -62,13 +66,12 @@ class Source:
         return False
 
     def read_artifact(self, relpath: str) -> str | None:
+        """An artifact's text, or None when it is missing, unreadable or outside the session."""
         if not relpath or self.session_dir is None:
             return None
-        path = (self.session_dir / relpath).resolve()
         try:
-            path.relative_to(self.session_dir.resolve())  # an event never points outside its session
-            return path.read_text(encoding="utf-8", errors="replace")
-        except (OSError, ValueError):
+            return layout.read_artifact(self.session_dir, relpath)
+        except (OSError, ValueError):  # ArtifactPathError and undecodable text are ValueErrors
             return None
 
     def describe(self) -> str:
@@ -131,8 +134,7 @@ class LiveSource(Source):
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._history: list[ev.Event] = []
-        log = self.session_dir / EVENTS_FILE
-        if log.exists():  # a resumed session: what happened before this process
+        if layout.is_session(self.session_dir):  # a resumed session: what happened before this process
             self._history = list(SessionReader(self.session_dir).events())
         self._last_seq = self._history[-1].seq if self._history else 0
         engine.subscribe(self._on_event)
@@ -205,7 +207,7 @@ class TailSource(Source):
         super().__init__()
         self.session_dir = Path(session_dir)
         self.poll_s = poll_s
-        self._tail = _Tail(self.session_dir / EVENTS_FILE)
+        self._tail = _Tail(layout.events_path(self.session_dir))
         self.finished = False
 
     async def batches(self) -> AsyncIterator[Batch]:
@@ -230,7 +232,7 @@ class TailSource(Source):
 
     def engine_pid(self) -> int | None:
         try:
-            return int((self.session_dir / "engine.pid").read_text().strip())
+            return int(layout.engine_pid_path(self.session_dir).read_text().strip())
         except (OSError, ValueError):
             return None
 
@@ -391,7 +393,7 @@ class ReplaySource(Source):
         self.follow = follow
         self.poll_s = poll_s
         self._clock = clock
-        self._tail = _Tail(self.session_dir / EVENTS_FILE)
+        self._tail = _Tail(layout.events_path(self.session_dir))
         self.events = SessionLog()
         self.position = 0  # events handed over so far
         self.paused = False
@@ -448,11 +450,6 @@ class ReplaySource(Source):
         self._load()
         log = self.events
         return sorted({log.event(i).iteration for i in log.find((b"iteration_finished",))})  # type: ignore[attr-defined]
-
-    @property
-    def current_iteration(self) -> int | None:
-        found = self.events.find((b"iteration_started", b"iteration_finished"), 0, self.position)
-        return self.events.event(found[-1]).iteration if found else None  # type: ignore[attr-defined]
 
     def describe(self) -> str:
         state = "⏸" if self.paused else "▶"
@@ -543,52 +540,3 @@ class ReplaySource(Source):
 
     async def _more(self) -> bool:
         return bool(await asyncio.to_thread(self._load))
-
-
-# --- queue: events pushed by a program ------------------------------------------------------------------
-
-
-class QueueSource(Source):
-    """Events pushed with :meth:`push`; commands are recorded in :attr:`sent`."""
-
-    mode = "memory"
-
-    def __init__(self, session_dir: Path | None = None, *, read_only: bool = False) -> None:
-        super().__init__()
-        self.session_dir = Path(session_dir) if session_dir else None
-        self.read_only = read_only
-        self._queue: deque[ev.Event] = deque()
-        self._wake = asyncio.Event()
-        self.sent: list[tuple[str, dict[str, Any], float]] = []
-        self.running = True
-
-    def push(self, *events: ev.Event) -> None:
-        self._queue.extend(events)
-        self._wake.set()
-
-    async def batches(self) -> AsyncIterator[Batch]:
-        while True:
-            if not self._queue:
-                self.caught_up.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            self.caught_up.clear()
-            n = min(len(self._queue), MAX_BATCH)
-            yield [self._queue.popleft() for _ in range(n)]
-
-    async def send(self, name: str, /, **args: Any) -> None:
-        if self.read_only:
-            await super().send(name, **args)
-        self.sent.append((name, args, time.perf_counter()))
-
-    def engine_running(self) -> bool:
-        return self.running
-
-
-def write_engine_pid(session_dir: Path, pid: int) -> None:
-    """Record the detached engine's pid, so viewers can tell whether it still runs."""
-    path = Path(session_dir) / "engine.pid"
-    tmp = path.with_name(".engine.pid.tmp")
-    tmp.write_text(f"{pid}\n")
-    os.replace(tmp, path)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.record import events as ev
+from core.record import layout
 from core.record.config import Config
 from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
 from core.levels.context import FatalRunError, Ready, TrainRun
@@ -149,7 +150,7 @@ class EngineContext:
         llm = self._engine.llm
         assert llm is not None, "no LLM client in offline mode"
         call_id = call_id or uuid.uuid4().hex[:10]
-        stem = f"llm/{iteration if iteration is not None else 'x'}-{level}-{purpose}-{call_id}"
+        stem = layout.llm_stem(iteration, level, purpose, call_id)
         request_rel = self.artifact(f"{stem}.request.json",
                                     _dumps({"model": llm.model, "messages": messages}))
         self.emit(ev.LLMRequest(call_id=call_id, level=level, purpose=purpose, iteration=iteration,
@@ -184,16 +185,14 @@ class EngineContext:
         session's; its script and log are kept beside the iteration's own, never replacing them.
         """
         eng = self._engine
-        folder = "baseline" if iteration == 0 else f"iterations/{iteration:04d}"
-        suffix = "" if seed is None else f".seed{seed}"
-        if seed is None:
-            script_rel = self.artifact(f"{folder}/train.py", text) if iteration else self.state.baseline_script
+        if seed is None and not iteration:
+            script_rel = self.state.baseline_script
         else:
-            script_rel = self.artifact(f"{folder}/train{suffix}.py", text)
+            script_rel = self.artifact(layout.train_script_name(iteration, seed), text)
         run_seed = self.cfg.search.seed if seed is None else seed
-        diff_rel = self.artifact(f"{folder}/diff.patch", diff) if diff else ""
-        log_rel = f"artifacts/{folder}/train{suffix}.log"
-        log_path = eng.dir / log_rel
+        diff_rel = self.artifact(layout.diff_name(iteration), diff) if diff else ""
+        log_rel = layout.artifact_rel(layout.train_log_name(iteration, seed))
+        log_path = layout.artifact_path(eng.dir, log_rel)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)  # a re-run after an interruption starts a fresh log
         source_dir = Path(self.state.script_source or self.cfg.script_path()).parent
@@ -211,7 +210,7 @@ class EngineContext:
                                              slot=slot.devices or "cpu", budget_s=self.cfg.budget.time_s,
                                              seed=run_seed))
                 result = await run_training(
-                    eng.dir / script_rel, cwd=source_dir, python=self.cfg.script.python or sys.executable,
+                    layout.artifact_path(eng.dir, script_rel), cwd=source_dir, python=self.cfg.script.python or sys.executable,
                     budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s, env=env,
                     log_path=log_path, on_progress=emitter.progress, on_line=emitter.line, cancel=cancel)
         finally:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from core import __version__
 from core.record import events as ev
 from core.record import config as config_mod
+from core.record import layout
 from core.record.config import Config, from_dict
 from core.engine.context import EngineContext, client_for, spec_dict
 from core.services.executors import SlotPool
@@ -92,14 +93,11 @@ class Engine:
         if not state.session:
             raise FatalRunError(f"{session_dir}: the session never started (no session_started event)")
         data = json.loads(json.dumps(state.config))  # deep copy
-        recorded = {"budget.iterations": state.iterations_budget} if state.iterations_budget is not None else {}
-        for dotted, value in {**recorded, **(overrides or {})}.items():
-            node = data
-            *parents, last = dotted.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[last] = value
-        cfg = from_dict(data, source=f"{session_dir}/events.jsonl (session_started)")
+        # The budget in force (changes recorded since the start included), then this resume's overrides;
+        # _restart records a changed budget as an event, so the next resume keeps it.
+        recorded = {"budget.iterations": state.iterations_budget} if state.budget_changes else {}
+        config_mod.apply_overrides(data, {**recorded, **(overrides or {})})
+        cfg = from_dict(data, source=f"{layout.events_path(session_dir)} (session_started)")
         return cls(cfg, session_dir, state=state, **kw)
 
     # --- events ----------------------------------------------------------------------------
@@ -121,7 +119,7 @@ class Engine:
         return self.writer.artifact(relpath, data)
 
     def read_artifact(self, relpath: str) -> str:
-        return (self.dir / relpath).read_text(encoding="utf-8")
+        return layout.read_artifact(self.dir, relpath)
 
     def _schema_dicts(self) -> dict[str, Any]:
         return {n: spec_dict(s) for n, s in self.schema.items()}
@@ -329,7 +327,7 @@ class Engine:
                                              description="enabled in the configuration")
         for name, e in previous.items():
             try:
-                mech = (load_generated(self.dir / e.artifact, f"bilevel_mechanism_resumed_{name}",
+                mech = (load_generated(layout.artifact_path(self.dir, e.artifact), f"bilevel_mechanism_resumed_{name}",
                                        self.cfg, self.dir)
                         if e.origin == "generated" else builtin_mechanism(name))
             except (ImportError, ValueError, OSError) as exc:
@@ -364,7 +362,7 @@ class Engine:
         script = script.apply(self._protocol_overrides(script))
         data_info = await self._prepare_data()
         self.schema = self._build_schema(script)
-        baseline_rel = self.artifact("baseline/train.py", script.text)
+        baseline_rel = self.artifact(layout.baseline_script_name(), script.text)
         self.emit(ev.SessionStarted(
             session=self.dir.name, name=cfg.name, provider=cfg.endpoint.provider,
             model=cfg.endpoint.model if not cfg.offline else "offline", group=cfg.search.group,
@@ -381,9 +379,11 @@ class Engine:
                                               reason="the process ended during this iteration"))
         data_dir = self.state.data.get("dir")
         self.data_dir = Path(data_dir) if data_dir else None
-        if self.data_dir is not None and not (self.data_dir / "meta.json").exists():
+        if self.data_dir is not None and not (self.data_dir / layout.DATA_META_FILE).exists():
             await self._prepare_data()
         self.emit(ev.RunResumed(next_iteration=self.state.next_iteration, pid=os.getpid()))
+        if self.cfg.budget.iterations != self.state.iterations_budget:  # e.g. resume --iterations N
+            self.emit(ev.BudgetChanged(iterations=self.cfg.budget.iterations, source="resume"))
 
     def _protocol_overrides(self, script: TrainScript) -> dict[str, Any]:
         """Preset values, then the run's time budget, written into the working copy."""
@@ -425,7 +425,7 @@ class Engine:
         except (PrepareError, OSError, ValueError) as exc:
             raise FatalRunError(f"data preparation failed: {exc}") from exc
         self.data_dir = Path(data_dir)
-        meta = json.loads((self.data_dir / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads((self.data_dir / layout.DATA_META_FILE).read_text(encoding="utf-8"))
         # Recorded so that runs on different corpora or tokenizers are never compared.
         keep = ("name", "content_sha256", "dataset_id", "tokenizer_id", "vocab_size", "source", "tokens")
         return {"dir": str(self.data_dir), **{k: meta[k] for k in keep if k in meta}}

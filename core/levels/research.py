@@ -25,6 +25,7 @@ from mechanisms.selection import choose_builtin
 
 from core.record import events as ev
 from core.levels.context import Ready, RunContext
+from core.record import layout
 from core.services.llm import LLMError, extract_json
 from core.levels.trace import snapshot
 from core.services.script import unified_diff
@@ -155,7 +156,8 @@ class ResearchLevel:
         ctx = self.ctx
         cfg = ctx.cfg.level2
         name = class_name_of(source)
-        workdir = ctx.session_dir / "artifacts" / "mechanisms" / f"{research_id}-{attempt}"
+        folder = layout.mechanism_folder(research_id, attempt)
+        workdir = layout.artifacts_dir(ctx.session_dir) / folder
         report = await asyncio.to_thread(
             validate, source, records=_records(ctx), schema=ctx.schema_dicts(), allow_imports=cfg.allow_imports,
             import_timeout_s=cfg.import_timeout_s, hook_timeout_s=cfg.hook_timeout_s, workdir=workdir)
@@ -163,12 +165,11 @@ class ResearchLevel:
         # The validator wrote the module it checked; that very file is the one activated.
         module = Path(report.module_path) if report.module_path else workdir / f"{name}.py"
         if not module.exists():
-            ctx.artifact(str(module.relative_to(ctx.session_dir / "artifacts")), source)
+            ctx.artifact(module.relative_to(layout.artifacts_dir(ctx.session_dir)).as_posix(), source)
         source_rel = str(module.relative_to(ctx.session_dir))
         previous = ctx.generated_sources().get(name, "")
-        diff_rel = ctx.artifact(f"mechanisms/{research_id}-{attempt}/{name}.diff",
-                                unified_diff(previous, source, name=f"{name}.py"))
-        report_rel = ctx.artifact(f"mechanisms/{research_id}-{attempt}/validation.md", report.to_markdown())
+        diff_rel = ctx.artifact(f"{folder}/{name}.diff", unified_diff(previous, source, name=f"{name}.py"))
+        report_rel = ctx.artifact(f"{folder}/validation.md", report.to_markdown())
         ctx.emit(ev.MechanismValidated(
             research_id=research_id, name=name, attempt=attempt, ok=report.ok,
             failure="" if report.ok else report.failure(),

@@ -24,7 +24,6 @@ class ParamStats:
     crashed: int = 0
     net_improvement: float = 0.0  # sum of (best_before - val_bpb) over kept iterations touching it
     values: list[Any] = field(default_factory=list)
-    last_iteration: int = 0
 
 
 def param_stats(records: Iterable[IterationRecord]) -> dict[str, ParamStats]:
@@ -36,7 +35,6 @@ def param_stats(records: Iterable[IterationRecord]) -> dict[str, ParamStats]:
             s = stats.setdefault(name, ParamStats(name))
             s.proposed += 1
             s.values.append(value)
-            s.last_iteration = r.iteration
             if r.decision == "keep" and r.val_bpb is not None and r.best_before is not None:
                 s.kept += 1
                 s.net_improvement += r.best_before - r.val_bpb

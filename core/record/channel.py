@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-COMMANDS_DIR = "commands"
+from core.record import layout
+from core.record.layout import COMMANDS_DIR  # noqa: F401 - re-exported
+
 _SUFFIX = ".json"
 _BAD_SUFFIX = ".invalid"  # a command file that could not be read is kept under this name, never retried
 
@@ -26,7 +28,7 @@ Submit = Callable[..., None]
 
 
 def commands_dir(session_dir: Path) -> Path:
-    return Path(session_dir) / COMMANDS_DIR
+    return layout.commands_dir(session_dir)
 
 
 def write_command(session_dir: Path, name: str, /, **args: Any) -> Path:
@@ -35,13 +37,8 @@ def write_command(session_dir: Path, name: str, /, **args: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}"
     final = folder / f"{stem}{_SUFFIX}"
-    tmp = folder / f".{stem}.tmp"  # dot-named: the watcher ignores it until the rename
-    data = json.dumps({"command": name, "args": args}, ensure_ascii=False)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    # the temp file is dot-named: the watcher ignores it until the rename
+    layout.write_atomic(final, json.dumps({"command": name, "args": args}, ensure_ascii=False))
     return final
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from core.record import layout
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -160,7 +162,7 @@ class Config:
 
     def noise_store_path(self) -> Path:
         store = self.acceptance.noise_store
-        return self._resolve(store) if store else self.sessions_path() / "noise.json"
+        return self._resolve(store) if store else self.sessions_path() / layout.NOISE_STORE_FILE
 
     def _resolve(self, p: str) -> Path:
         path = Path(p).expanduser()
@@ -198,8 +200,7 @@ def loads(text: str, *, source: str = "<config>", base_dir: str = "", overrides:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+    apply_overrides(data, overrides or {})
     return from_dict(data, source=source, text=text, base_dir=base_dir)
 
 
@@ -212,9 +213,7 @@ def from_dict(data: Mapping[str, Any], *, source: str = "<config>", text: str = 
 
 def with_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
     """A copy of cfg with dotted keys replaced, validated like a file."""
-    data = cfg.to_dict()
-    for dotted, value in overrides.items():
-        _set_dotted(data, dotted, value)
+    data = apply_overrides(cfg.to_dict(), overrides)
     return dataclasses.replace(from_dict(data, source="<overrides>"), base_dir=cfg.base_dir)
 
 
@@ -228,6 +227,13 @@ def parse_override(assignment: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         value = raw.strip()
     return key.strip(), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``budget.iterations``) in a config table, in place; returns it."""
+    for dotted, value in overrides.items():
+        _set_dotted(data, dotted, value)
+    return data
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -379,6 +385,5 @@ def demo_config(**overrides: Any) -> Config:
         "budget": {"time_s": 4.0, "grace_s": 90.0, "iterations": 4},
         "run": {"gpus": "cpu"},
     }
-    for dotted, value in overrides.items():
-        _set_dotted(data, dotted, value)
+    apply_overrides(data, overrides)
     return from_dict(data, source="<demo>", base_dir=str(Path.cwd()))

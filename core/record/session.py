@@ -1,13 +1,8 @@
 """Sessions on disk: an append-only JSONL event log plus artifacts.
 
-Layout of a session folder::
-
-    events.jsonl      one event per line, flushed per event, fsync'd per event or small batch
-    artifacts/        train.py versions, diffs, LLM requests/replies, training logs
-    commands/         (for attached viewers) command files the engine picks up
-
-Artifacts are written atomically (temp file + rename) and referenced from events by
-their path relative to the session folder.
+The folder's layout (which file is where) is :mod:`core.record.layout`'s. Artifacts are
+written atomically (temp file + rename) and referenced from events by their path relative
+to the session folder.
 """
 from __future__ import annotations
 
@@ -20,9 +15,9 @@ from pathlib import Path
 from typing import Iterator
 
 from core.record import events as ev
+from core.record import layout
+from core.record.layout import EVENTS_FILE, write_atomic  # noqa: F401 - re-exported for older importers
 
-EVENTS_FILE = "events.jsonl"
-ARTIFACTS_DIR = "artifacts"
 # High-rate events are fsync'd in batches; everything else is fsync'd at once.
 _BATCHED = (ev.TrainingProgress, ev.TrainingOutput, ev.LLMDelta)
 _BATCH_FSYNC_S = 0.25
@@ -48,17 +43,6 @@ def new_session_dir(root: Path, name: str, now: float | None = None) -> Path:
             path = base.with_name(f"{base.name}-{n}")
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class SessionWriter:
     """Appends events to a session's log; stamps sequence numbers and times."""
 
@@ -66,7 +50,7 @@ class SessionWriter:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._clock = clock
-        log = self.dir / EVENTS_FILE
+        log = layout.events_path(self.dir)
         self._seq = _repair_tail(log)
         self._fh = open(log, "a", encoding="utf-8")
         self._last_fsync = 0.0
@@ -79,7 +63,8 @@ class SessionWriter:
     def append(self, event: ev.Event) -> ev.Event:
         """Stamp, write and flush one event; returns the stamped event."""
         self._seq += 1
-        stamped = replace(event, seq=self._seq, ts=self._clock())
+        # the log keeps microseconds: the live event carries what a replay will read
+        stamped = replace(event, seq=self._seq, ts=round(self._clock(), 6))
         self._fh.write(ev.to_json(stamped) + "\n")
         self._fh.flush()  # survives kill -9 of this process once flushed
         now = time.monotonic()
@@ -92,15 +77,9 @@ class SessionWriter:
 
     def artifact(self, relpath: str, data: str | bytes) -> str:
         """Write an artifact atomically; returns its path relative to the session."""
-        rel = f"{ARTIFACTS_DIR}/{relpath}"
-        write_atomic(self.dir / rel, data)
+        rel = layout.artifact_rel(relpath)
+        write_atomic(layout.artifact_path(self.dir, rel), data)
         return rel
-
-    def artifact_path(self, relpath: str) -> Path:
-        """A path for an artifact written incrementally (e.g. a training log)."""
-        path = self.dir / ARTIFACTS_DIR / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
 
     def close(self) -> None:
         if self._fh.closed:
@@ -136,7 +115,7 @@ class SessionReader:
 
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
-        self.log = self.dir / EVENTS_FILE
+        self.log = layout.events_path(self.dir)
         if not self.log.is_file():
             raise SessionError(f"{self.dir}: not a session (no {EVENTS_FILE})")
 
@@ -154,20 +133,20 @@ class SessionReader:
                 raise SessionError(f"{self.log}:{n}: unreadable event: {exc}") from exc
 
     def read_artifact(self, relpath: str) -> str:
-        return (self.dir / relpath).read_text(encoding="utf-8")
+        return layout.read_artifact(self.dir, relpath)
 
 
 def find_session(arg: str, sessions_dir: Path | None = None) -> Path:
     """Resolve a session argument: a folder path, or a name (prefix) under sessions_dir."""
     path = Path(arg)
-    if (path / EVENTS_FILE).is_file():
+    if layout.is_session(path):
         return path
     root = sessions_dir or Path("sessions")
     if root.is_dir():
-        matches = sorted(p for p in root.iterdir() if p.name.startswith(arg) and (p / EVENTS_FILE).is_file())
+        matches = sorted(p for p in root.iterdir() if p.name.startswith(arg) and layout.is_session(p))
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
             names = ", ".join(p.name for p in matches[:5])
             raise SessionError(f"{arg!r} matches several sessions: {names}")
-    raise SessionError(f"no session at {arg!r} (looked for {path / EVENTS_FILE} and under {root}/)")
+    raise SessionError(f"no session at {arg!r} (looked for {layout.events_path(path)} and under {root}/)")

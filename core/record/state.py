@@ -1,11 +1,15 @@
-"""Run state derived from events: the engine, resume and replay all fold the same events.
+"""Run state derived from events: the one fold that the engine, resume, the app and the report share.
 
 The engine never keeps state that an event does not carry; it applies each event it
-emits through :meth:`RunState.apply`, so the live state, a resumed state and a replayed
-state cannot disagree.
+emits through :meth:`RunState.apply`, so the live state, a resumed state, a replayed
+state and a report cannot disagree. Besides what the engine needs (records, best so far,
+frozen parameters, active mechanisms), the state holds what viewers derive: each
+iteration's live trace, LLM usage per level, the mechanism timeline, every budget change,
+device time and the error tail of failed runs.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -44,6 +48,71 @@ class Usage:
     completion_tokens: int = 0
     calls: int = 0
 
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class IterationTrace:
+    """One iteration from its start to its verdict, as the trace shows it (live phase included)."""
+
+    iteration: int
+    phase: str = "started"  # started | baseline… | proposing | training | scoring | then the decision
+    changes: dict[str, Any] = field(default_factory=dict)
+    hypothesis: str = ""
+    val_bpb: float | None = None
+    best_before: float | None = None
+    duration_s: float | None = None
+    reason: str = ""
+    mechanisms: dict[str, str] = field(default_factory=dict)  # name -> effect ("" when only called)
+    diff: str = ""  # artifact: the train.py diff this iteration ran
+    attempts: int = 0  # proposals asked for (re-asks after rejection included)
+    final: bool = False
+    active: list[str] = field(default_factory=list)  # mechanisms active when it finished
+    effects: list[tuple[str, str, str]] = field(default_factory=list)  # (mechanism, effect, detail)
+    error_tail: str = ""  # the end of a failed run's output, when its event carried it
+
+    @property
+    def delta(self) -> float | None:
+        if self.val_bpb is None or self.best_before is None:
+            return None
+        return self.val_bpb - self.best_before
+
+
+@dataclass
+class MechanismUse:
+    """A mechanism's life in the run: when it came and went, why, and what it did."""
+
+    name: str
+    origin: str = ""
+    activated_after: int | None = None  # the last iteration finished before it was activated
+    deactivated_after: int | None = None
+    deactivation_reason: str = ""
+    iterations: list[int] = field(default_factory=list)  # iterations it was active for
+    calls: Counter = field(default_factory=Counter)  # hook -> calls
+    effects: Counter = field(default_factory=Counter)  # effect kind -> count
+    kept_while_active: int = 0
+
+
+@dataclass
+class ParamChange:
+    """A freeze or unfreeze with who did it and why (strategy cycles and the user alike)."""
+
+    action: str  # freeze | unfreeze
+    name: str
+    source: str
+    reason: str
+    ts: float
+
+
+@dataclass
+class DeviceUse:
+    seconds: float = 0.0  # training time × devices of the slot
+    runs: int = 0
+    kind: str = "cpu"  # gpu once any run had a GPU slot
+    slot_devices: int = 1  # devices of the slot of the run in progress
+
 
 @dataclass
 class RunState:
@@ -54,6 +123,7 @@ class RunState:
     group: str = ""
     levels: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
     schema: dict[str, dict[str, Any]] = field(default_factory=dict)
     frozen: set[str] = field(default_factory=set)
     guidance: str = ""
@@ -64,21 +134,30 @@ class RunState:
     best_val_bpb: float | None = None
     best_values: dict[str, Any] = field(default_factory=dict)
     best_script: str = ""  # artifact of the best script so far: the next working copy
-    best_iteration: int | None = None
     records: list[IterationRecord] = field(default_factory=list)
     running: int | None = None  # iteration started but not finished
-    pending_changes: dict[str, Any] = field(default_factory=dict)
     paused: bool = False
     pause_requested: bool = False
     status: str = "new"  # new | running | completed | stopped | failed
-    usage: dict[str, Usage] = field(default_factory=dict)
+    finished: ev.RunFinished | None = None  # the last run's end, until it is resumed
+    usage: dict[str, Usage] = field(default_factory=dict)  # LLM tokens and calls per level
     last_seq: int = 0
     progress: ev.TrainingProgress | None = None
+    training: ev.TrainingStarted | None = None  # the training run in progress
+    slot: str = ""  # the slot of the latest training run
+    device: DeviceUse = field(default_factory=DeviceUse)
+    last_error_tail: str = ""  # of the latest failed training run
     interrupted: list[int] = field(default_factory=list)  # iterations cut short (re-run later)
+    iterations: dict[int, IterationTrace] = field(default_factory=dict)  # every iteration started
     mechanisms: dict[str, ev.MechanismActivated] = field(default_factory=dict)  # active, by name
+    mechanism_history: dict[str, MechanismUse] = field(default_factory=dict)  # every one ever active
     strategy: list[ev.StrategyDecision] = field(default_factory=list)
+    param_changes: list[ParamChange] = field(default_factory=list)
     research: dict[str, str] = field(default_factory=dict)  # research id -> running | pending | outcome
-    iterations_budget: int | None = None  # set when changed mid-session
+    awaiting: dict[str, ev.MechanismPending] = field(default_factory=dict)  # research id -> waits for approval
+    acceptance: ev.AcceptanceConfigured | None = None  # the last one is the rule in force
+    budget_changes: list[ev.BudgetChanged] = field(default_factory=list)
+    _last_finished: int | None = None
 
     @property
     def next_iteration(self) -> int:
@@ -92,6 +171,32 @@ class RunState:
         """Iterations after the baseline."""
         return [r for r in self.records if r.iteration > 0]
 
+    @property
+    def iterations_budget(self) -> int | None:
+        """The iteration budget in force: the last recorded change, else the session's config."""
+        if self.budget_changes:
+            return self.budget_changes[-1].iterations
+        budget = self.config.get("budget", {}) if isinstance(self.config, dict) else {}
+        total = budget.get("iterations") if isinstance(budget, dict) else None
+        return int(total) if isinstance(total, (int, float)) and not isinstance(total, bool) else None
+
+    @property
+    def iterations_done(self) -> int:
+        """Iterations after the baseline that reached a verdict."""
+        return sum(1 for r in self.records if r.iteration > 0 and r.decision != "interrupted")
+
+    def iteration(self, n: int) -> IterationTrace:
+        trace = self.iterations.get(n)
+        if trace is None:
+            trace = self.iterations[n] = IterationTrace(n)
+        return trace
+
+    def mechanism_use(self, name: str) -> MechanismUse:
+        use = self.mechanism_history.get(name)
+        if use is None:
+            use = self.mechanism_history[name] = MechanismUse(name)
+        return use
+
     def apply(self, event: ev.Event) -> None:
         self.last_seq = max(self.last_seq, event.seq)
         handler = _HANDLERS.get(type(event))
@@ -101,7 +206,7 @@ class RunState:
 
 def _session_started(s: RunState, e: ev.SessionStarted) -> None:
     s.session, s.name, s.provider, s.model = e.session, e.name, e.provider, e.model
-    s.group, s.levels, s.config = e.group, list(e.levels), dict(e.config)
+    s.group, s.levels, s.config, s.seed = e.group, list(e.levels), dict(e.config), e.seed
     s.schema = {k: dict(v) for k, v in e.schema.items()}
     s.frozen = set(e.frozen)
     s.guidance = e.guidance
@@ -115,25 +220,60 @@ def _session_started(s: RunState, e: ev.SessionStarted) -> None:
 def _run_resumed(s: RunState, e: ev.RunResumed) -> None:
     s.status = "running"
     s.paused = s.pause_requested = False
+    s.finished = None
 
 
 def _run_finished(s: RunState, e: ev.RunFinished) -> None:
     s.status = e.status
+    s.finished = e
     s.running = None
+    s.training = None
 
 
 def _iteration_started(s: RunState, e: ev.IterationStarted) -> None:
     s.running = e.iteration
-    s.pending_changes = {}
     s.progress = None
+    s.training = None
+    t = s.iteration(e.iteration)
+    t.phase, t.final = ("baseline…" if e.iteration == 0 else "proposing"), False
+    t.val_bpb = t.duration_s = None
 
 
 def _proposal_made(s: RunState, e: ev.ProposalMade) -> None:
-    s.pending_changes = dict(e.changes)
+    t = s.iteration(e.iteration)
+    t.changes, t.hypothesis, t.attempts = dict(e.changes), e.hypothesis, e.attempt
+
+
+def _proposal_rejected(s: RunState, e: ev.ProposalRejected) -> None:
+    t = s.iteration(e.iteration)
+    t.attempts = e.attempt
+    t.reason = f"{e.kind}: {e.reason}"
+    if e.mechanism:
+        t.mechanisms[e.mechanism] = "vetoed"
+
+
+def _training_started(s: RunState, e: ev.TrainingStarted) -> None:
+    t = s.iteration(e.iteration)
+    t.phase = "training"
+    t.diff = e.diff or t.diff
+    s.training, s.slot = e, e.slot
+    s.device.slot_devices = 1 if e.slot in ("", "cpu") else len([d for d in e.slot.split(",") if d.strip()])
+    if e.slot not in ("", "cpu"):
+        s.device.kind = "gpu"
 
 
 def _progress(s: RunState, e: ev.TrainingProgress) -> None:
     s.progress = e
+
+
+def _training_finished(s: RunState, e: ev.TrainingFinished) -> None:
+    t = s.iteration(e.iteration)
+    t.phase = "scoring" if e.outcome == "ok" else e.outcome
+    if e.outcome != "ok" and e.error_tail:
+        t.error_tail = s.last_error_tail = e.error_tail
+    s.device.seconds += e.duration_s * s.device.slot_devices
+    s.device.runs += 1
+    s.training = None
 
 
 def _iteration_finished(s: RunState, e: ev.IterationFinished) -> None:
@@ -150,22 +290,59 @@ def _iteration_finished(s: RunState, e: ev.IterationFinished) -> None:
         s.baseline_val_bpb = e.val_bpb
     if e.decision in ("baseline", "keep"):
         s.best_val_bpb = e.val_bpb
-        s.best_iteration = e.iteration
         s.best_script = e.script or s.best_script
         if e.values:
             s.best_values = dict(e.values)
     s.running = None
     s.progress = None
+    s.training = None
+    t = s.iteration(e.iteration)
+    t.phase, t.final = e.decision, True
+    t.changes = dict(e.changes) if e.changes or e.iteration == 0 else t.changes
+    t.hypothesis = e.hypothesis or t.hypothesis
+    t.val_bpb, t.best_before = e.val_bpb, e.best_before
+    t.duration_s, t.reason = e.duration_s, e.reason
+    for name, calls in e.mechanisms.items():
+        if sum(calls.values()) > 0:
+            t.mechanisms.setdefault(name, "")
+    s._last_finished = e.iteration
+    t.active = sorted(set(s.mechanisms) | set(e.mechanisms))
+    for name in t.active:
+        use = s.mechanism_use(name)
+        use.iterations.append(e.iteration)
+        use.calls.update(e.mechanisms.get(name, {}))
+        use.kept_while_active += e.decision == "keep"
 
 
 def _interrupted(s: RunState, e: ev.IterationInterrupted) -> None:
     s.interrupted.append(e.iteration)
     s.running = None
     s.progress = None
+    s.training = None
+    t = s.iteration(e.iteration)
+    t.phase, t.final, t.reason = "interrupted", True, e.reason
+
+
+def _mechanism_effect(s: RunState, e: ev.MechanismEffect) -> None:
+    t = s.iteration(e.iteration)
+    t.mechanisms[e.name] = e.effect
+    t.effects.append((e.name, e.effect, e.detail))
+    s.mechanism_use(e.name).effects[e.effect] += 1
 
 
 def _mechanism_on(s: RunState, e: ev.MechanismActivated) -> None:
     s.mechanisms[e.name] = e
+    use = s.mechanism_use(e.name)
+    use.origin, use.activated_after = e.origin, s._last_finished
+    for rid, pending in list(s.awaiting.items()):
+        if pending.name == e.name:
+            del s.awaiting[rid]
+
+
+def _mechanism_off(s: RunState, e: ev.MechanismDeactivated) -> None:
+    s.mechanisms.pop(e.name, None)
+    use = s.mechanism_use(e.name)
+    use.deactivated_after, use.deactivation_reason = s._last_finished, e.reason
 
 
 def _strategy(s: RunState, e: ev.StrategyDecision) -> None:
@@ -178,18 +355,16 @@ def _research_started(s: RunState, e: ev.ResearchStarted) -> None:
 
 def _research_pending(s: RunState, e: ev.MechanismPending) -> None:
     s.research[e.research_id] = "pending"
+    s.awaiting[e.research_id] = e
 
 
 def _research_finished(s: RunState, e: ev.ResearchFinished) -> None:
     s.research[e.research_id] = e.outcome
-
-
-def _mechanism_off(s: RunState, e: ev.MechanismDeactivated) -> None:
-    s.mechanisms.pop(e.name, None)
+    s.awaiting.pop(e.research_id, None)
 
 
 def _budget(s: RunState, e: ev.BudgetChanged) -> None:
-    s.iterations_budget = e.iterations
+    s.budget_changes.append(e)
 
 
 def _guidance(s: RunState, e: ev.GuidanceChanged) -> None:
@@ -198,10 +373,12 @@ def _guidance(s: RunState, e: ev.GuidanceChanged) -> None:
 
 def _frozen(s: RunState, e: ev.ParamFrozen) -> None:
     s.frozen.add(e.name)
+    s.param_changes.append(ParamChange("freeze", e.name, e.source, e.reason, e.ts))
 
 
 def _unfrozen(s: RunState, e: ev.ParamUnfrozen) -> None:
     s.frozen.discard(e.name)
+    s.param_changes.append(ParamChange("unfreeze", e.name, e.source, e.reason, e.ts))
 
 
 def _pause_requested(s: RunState, e: ev.PauseRequested) -> None:
@@ -223,13 +400,20 @@ def _llm_response(s: RunState, e: ev.LLMResponse) -> None:
     u.calls += 1
 
 
+def _acceptance(s: RunState, e: ev.AcceptanceConfigured) -> None:
+    s.acceptance = e
+
+
 _HANDLERS = {
     ev.SessionStarted: _session_started,
     ev.RunResumed: _run_resumed,
     ev.RunFinished: _run_finished,
     ev.IterationStarted: _iteration_started,
     ev.ProposalMade: _proposal_made,
+    ev.ProposalRejected: _proposal_rejected,
+    ev.TrainingStarted: _training_started,
     ev.TrainingProgress: _progress,
+    ev.TrainingFinished: _training_finished,
     ev.IterationFinished: _iteration_finished,
     ev.GuidanceChanged: _guidance,
     ev.BudgetChanged: _budget,
@@ -242,10 +426,12 @@ _HANDLERS = {
     ev.IterationInterrupted: _interrupted,
     ev.MechanismActivated: _mechanism_on,
     ev.MechanismDeactivated: _mechanism_off,
+    ev.MechanismEffect: _mechanism_effect,
     ev.StrategyDecision: _strategy,
     ev.ResearchStarted: _research_started,
     ev.MechanismPending: _research_pending,
     ev.ResearchFinished: _research_finished,
+    ev.AcceptanceConfigured: _acceptance,
 }
 
 

@@ -24,10 +24,11 @@ from typing import Any, Sequence
 
 from core.record import config as config_mod
 from core.record.config import Config
-from core.record.session import EVENTS_FILE, SessionReader, new_session_dir, write_atomic
+from core.record import layout
+from core.record.layout import STUDY_FILE, write_atomic
+from core.record.session import SessionReader, new_session_dir
 from core.record.state import RunState, fold
 
-STUDY_FILE = "study.json"
 STUDY_VERSION = 1
 
 
@@ -108,7 +109,7 @@ class Study:
     def state(self, member: Member) -> RunState | None:
         """The member's folded session, or None when it never started."""
         path = self.session_dir(member)
-        if not (path / EVENTS_FILE).is_file():
+        if not layout.is_session(path):
             return None
         state = fold(SessionReader(path).events())
         return state if state.session else None
@@ -119,14 +120,14 @@ class Study:
         if state is None:
             return "missing"
         if iterations is None:
-            iterations = int(state.config.get("budget", {}).get("iterations", 0))
+            iterations = state.iterations_budget or 0  # a budget changed mid-session counts
         if state.status == "completed" and state.next_iteration > iterations:
             return "completed"
         return state.status
 
     def sessions(self) -> list[Path]:
         """The members' session folders that exist."""
-        return [self.session_dir(m) for m in self.members if (self.session_dir(m) / EVENTS_FILE).is_file()]
+        return [self.session_dir(m) for m in self.members if layout.is_session(self.session_dir(m))]
 
     def check_baseline(self) -> None:
         """Refuse to start a member from a baseline script that changed since the study began."""

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from core.record import layout
 from core.record.config import Config
 
 EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -109,7 +110,7 @@ def write_study_report(study: Any) -> None:
 
     try:
         report = build_report(collect([study.dir]))
-        written = write_report(report, study.dir / "report")
+        written = write_report(report, layout.report_dir(study.dir))
     except ReportError as exc:
         err(f"no report: {exc}")
         return
@@ -150,11 +151,11 @@ def detach(cfg: Config, *, config: str | None, demo: bool, group: str | None, ov
         child += ["--group", group]
     for key, value in overrides.items():
         child += ["--set", f"{key}={toml_literal(value)}"]
-    with open(session / "engine.log", "ab") as out:
+    with open(layout.engine_log_path(session), "ab") as out:
         proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, cwd=os.getcwd())
-    (session / "engine.pid").write_text(f"{proc.pid}\n")
+    layout.write_atomic(layout.engine_pid_path(session), f"{proc.pid}\n")
     print(session)
-    print(f"engine running as pid {proc.pid} (output: {session / 'engine.log'}); "
+    print(f"engine running as pid {proc.pid} (output: {layout.engine_log_path(session)}); "
           f"watch it with: bilevel attach {session}", file=sys.stderr)
     return EXIT_OK

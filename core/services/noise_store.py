@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.record import events as ev
-from core.record.session import SessionReader, write_atomic
+from core.record.layout import write_atomic
+from core.record.session import SessionReader
 from core.services.script import TrainScript
 from core.services.seeds import seed_params, with_seed
 

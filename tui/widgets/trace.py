@@ -8,7 +8,9 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable
 
-from ..model import PLOT, PROGRESS, Row
+from core.record.state import IterationTrace
+
+from ..model import PLOT, PROGRESS
 from ..render import best_plot, changes_text, clock, decision_text, delta_text, progress_text
 from .pane import Pane
 from .tables import KeyedRows
@@ -30,7 +32,7 @@ COLUMNS = (
 )
 
 
-def row_cells(row: Row) -> dict[str, object]:
+def row_cells(row: IterationTrace) -> dict[str, object]:
     changes = "(baseline)" if row.iteration == 0 else (changes_text(row.changes) or ("…" if not row.final else "—"))
     mech = ", ".join(f"{n}:{e}" if e else n for n, e in row.mechanisms.items())
     outcome = decision_text(row.phase)

@@ -1,4 +1,4 @@
-"""A scripted stand-in for the engine: deterministic sessions for the app's tests, benchmark and demos.
+"""A scripted stand-in for the engine: deterministic sessions for the app's tests and benchmark (a test double).
 
 :class:`ScriptedEngine` has the engine's surface the app uses (``subscribe``, ``submit``,
 ``request_stop``, ``run``, ``state``, ``dir``), writes a real session folder through
@@ -9,7 +9,8 @@ Level 1.5 cycles with freezes and guidance, and Level 2 dialogues streamed token
 With a :class:`StepClock` it is fully deterministic, timestamps included.
 
 It is not the product's engine and never presented as one: it exists so the UI can be
-built, tested and measured without training anything.
+tested and measured without training anything. Over ~500 lines because its scripted
+Level 2 dialogues and session plan are data that read best in one place.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.record import events as ev
+from core.record import layout
 from core.record.session import SessionWriter
 from core.record.state import RunState
 
@@ -263,7 +265,7 @@ class ScriptedEngine:
         config = {"name": "synthetic", "budget": {"iterations": p.iterations, "time_s": p.budget_s},
                   "search": {"group": p.group, "outer_period": p.outer_period, "research_period": p.research_period},
                   "level2": {"approval": p.approval}}
-        baseline = self.writer.artifact("baseline/train.py", _script_text(self.values))
+        baseline = self.writer.artifact(layout.baseline_script_name(), _script_text(self.values))
         self.emit(ev.SessionStarted(
             session=self.dir.name, name="synthetic", provider="offline", model="scripted", group=p.group,
             levels=levels, config=config, script=baseline, script_source="train.py",
@@ -359,9 +361,8 @@ class ScriptedEngine:
         await self._tick()
         new_values = {**self.values, **changes}
         diff = "" if not n else _diff(self.values, new_values)
-        folder = "baseline" if n == 0 else f"iterations/{n:04d}"
-        diff_rel = self.writer.artifact(f"{folder}/diff.patch", diff) if diff else ""
-        script_rel = self.writer.artifact(f"{folder}/train.py", _script_text(new_values))
+        diff_rel = self.writer.artifact(layout.diff_name(n), diff) if diff else ""
+        script_rel = self.writer.artifact(layout.train_script_name(n), _script_text(new_values))
         self.emit(ev.TrainingStarted(iteration=n, script=script_rel, diff=diff_rel, slot="gpu0", budget_s=p.budget_s))
         self._training = True
         self._abort.clear()
@@ -463,15 +464,15 @@ class ScriptedEngine:
             self.emit(ev.ResearchRound(research_id=rid, round=round_name, call_id=call_id, artifact=rel,
                                        summary=text.strip()[:300]))
         source = _ROUND_TEXT["generate"].format(name=name).split("```python\n", 1)[1].rsplit("```", 1)[0]
-        src_rel = self.writer.artifact(f"mechanisms/{rid}-1/{name}.py", source)
-        diff_rel = self.writer.artifact(f"mechanisms/{rid}-1/{name}.diff", "".join(difflib.unified_diff(
+        src_rel = self.writer.artifact(f"{layout.mechanism_folder(rid, 1)}/{name}.py", source)
+        diff_rel = self.writer.artifact(f"{layout.mechanism_folder(rid, 1)}/{name}.diff", "".join(difflib.unified_diff(
             [], source.splitlines(keepends=True), "/dev/null", f"b/{name}.py")))
         steps = [{"name": "parse", "ok": True, "detail": ""}, {"name": "policy", "ok": True, "detail": "no forbidden calls"},
                  {"name": "import", "ok": True, "detail": "0.21 s in a subprocess"},
                  {"name": "dry run", "ok": True, "detail": f"5 hooks × {len(self.state.records)} records"}]
         report = f"# Validation of `{name}`\n\n" + "\n".join(
             f"- {'✓' if s['ok'] else '✗'} **{s['name']}** {s['detail']}" for s in steps) + "\n"
-        report_rel = self.writer.artifact(f"mechanisms/{rid}-1/validation.md", report)
+        report_rel = self.writer.artifact(f"{layout.mechanism_folder(rid, 1)}/validation.md", report)
         self.emit(ev.MechanismValidated(research_id=rid, name=name, ok=True, steps=steps, source=src_rel,
                                         diff=diff_rel, report=report_rel))
         await self._tick()
@@ -527,16 +528,12 @@ async def record_session(session_dir: Path, plan: Plan | None = None) -> RunStat
     return await engine.run()
 
 
-def record_session_sync(session_dir: Path, plan: Plan | None = None) -> RunState:
-    return asyncio.run(record_session(session_dir, plan))
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tui.synthetic SESSION_DIR``: a scripted engine process that takes channel commands."""
+    """``python -m tests.support.scripted_engine SESSION_DIR``: a scripted engine process that takes channel commands."""
     import argparse
     import signal
 
-    parser = argparse.ArgumentParser(prog="python -m tui.synthetic", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.support.scripted_engine", description=main.__doc__)
     parser.add_argument("session_dir")
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--step", type=float, default=0.02, help="seconds between events")

@@ -147,10 +147,10 @@ RUNTIME_FAILURES = {
                "ValueError: late failure"),
     "hangs": ("review_proposal", "    def review_proposal(self, state, proposal):\n"
                                  "        while len(state.records) >= 4:\n            pass\n        return None\n",
-                "exceeded its 0.5 s limit"),
+                "did not finish within 0.5 s; the worker was killed"),
     "garbage": ("review_proposal", "    def review_proposal(self, state, proposal):\n"
                                    "        return None if len(state.records) < 4 else 'yes'\n",
-                 "expected None, Veto or Modify"),
+                 "it must return None, Veto(reason) or Modify(changes)"),
 }
 
 

@@ -24,7 +24,7 @@ from core.record.config import Config, from_dict
 from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
 from core.services.executors import SlotPool
 from core.levels.inner import FatalRunError, InnerLoop
-from core.levels.research import Ready, ResearchLevel
+from core.levels.research import Ready, ResearchLevel, drop_unfinished_research
 from core.levels.strategy import StrategyLevel
 from core.record.channel import watch_commands
 from core.services.llm import ChatResult, LLMClient, LLMError
@@ -33,6 +33,7 @@ from core.services.script import ParamSpec, TrainScript, infer_schema
 from core.services.seeds import seed_params
 from core.record.session import SessionReader, SessionWriter, new_session_dir
 from core.record.state import RunState, fold
+from core.services.environment import listed
 from core.services.trainer import TrainResult, run_training
 
 # Parameters that define the measurement rather than the model: never the LLM's to change.
@@ -263,6 +264,7 @@ class Engine:
             commands.cancel()
             channel.cancel()
             await asyncio.gather(channel, return_exceptions=True)
+            await self.mechanisms.close()
             if self._research_task is not None and not self._research_task.done():
                 self._research_task.cancel()
                 await asyncio.gather(self._research_task, return_exceptions=True)
@@ -355,6 +357,7 @@ class Engine:
     async def _attach_initial_mechanisms(self) -> None:
         """Built-ins named in the config, and on resume whatever was active before."""
         previous = dict(self.state.mechanisms)
+        drop_unfinished_research(self.state, self.emit)
         for name in self.cfg.search.mechanisms:
             if name not in previous:
                 await self.mechanisms.attach(builtin_mechanism(name), self.state, origin="config",
@@ -523,7 +526,8 @@ class Engine:
         cancel = self._cancel_training = asyncio.Event()
         try:
             async with self.slots.slot() as slot:
-                env = {**slot.env(), "BILEVEL_SEED": str(run_seed),
+                env = {**listed(self.cfg.run.pass_env, never=[self.cfg.endpoint.api_key_env]),
+                       **slot.env(), "BILEVEL_SEED": str(run_seed),
                        # a user's script may import helpers that sit next to the original
                        "PYTHONPATH": os.pathsep.join(filter(None, [str(source_dir), os.environ.get("PYTHONPATH")]))}
                 if self.data_dir is not None:
@@ -583,13 +587,10 @@ class _TrainingEmitter:
 
 
 def load_generated(path: Path, module_name: str, cfg: Config, session_dir: Path) -> Any:
-    """A validated generated module, loaded in-process; any failure raises (never falls back)."""
-    from mechanisms.sandbox import MechanismLoadError, load_mechanism
+    """A validated generated module, to run in its isolated worker; any failure raises (never falls back)."""
+    from core.engine.mechanism_host import generated_module
 
-    try:
-        return load_mechanism(path, module_name, allow_imports=cfg.level2.allow_imports, write_root=session_dir)
-    except MechanismLoadError as exc:
-        raise ImportError(str(exc)) from exc
+    return generated_module(path, module_name, cfg)
 
 
 def builtin_mechanism(name: str) -> Any:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 from typing import Any, Optional
 
 from mechanisms.base import HOOKS, Modify, SearchState, Veto
@@ -70,18 +71,25 @@ def to_wire(hook: str, value: Any) -> Any:
     if hook in ("on_attach", "observe") or value is None:
         return None
     if type(value) is Veto:
-        return {"veto": value.reason if type(value.reason) is str else _describe(value.reason)}
+        return {"veto": value.reason if type(value.reason) is str else _unsupported(value.reason)}
     if type(value) is Modify:
-        return {"modify": value.changes if type(value.changes) is dict else _describe(value.changes),
+        return {"modify": value.changes if type(value.changes) is dict else _unsupported(value.changes),
                 "note": value.note if type(value.note) is str else ""}
     if type(value) in (str, int, float, bool):
         return value
+    return _unsupported(value)
+
+
+def _unsupported(value: Any) -> dict[str, str]:
     return {"unsupported": _describe(value)}
 
 
 def _describe(value: Any) -> str:
+    """What a value is, without running any method of a mechanism's own class."""
     kind = type(value)
-    return f"an instance of {kind.__module__}.{kind.__qualname__}"[:200]
+    if kind in (str, int, float, bool, type(None), dict, list, tuple, set):
+        return f"{kind.__name__} {reprlib.repr(value)}"
+    return f"an instance of {kind.__qualname__}"[:200]
 
 
 def _is_scalar(v: Any) -> bool:
@@ -91,8 +99,12 @@ def _is_scalar(v: Any) -> bool:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value) if type(value) in (str, int, float, bool, type(None), dict, list) else _describe(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A wire value as a refusal names it (wire values are fresh builtins)."""
+    if type(value) is dict and set(value) == {"unsupported"} and type(value["unsupported"]) is str:
+        text = value["unsupported"]
+    else:
+        text = _describe(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def check(hook: str, value: Any, schema: Optional[dict[str, Any]] = None) -> Any:
@@ -136,8 +148,7 @@ def check(hook: str, value: Any, schema: Optional[dict[str, Any]] = None) -> Any
             raise ContractError(f"review_proposal returned Modify with unknown parameter(s) "
                                 f"{', '.join(safe_name(k, '?') for k in unknown)}; known: {', '.join(schema or {})}")
         return Modify(dict(changes), clean_text(note) if type(note) is str else "")
-    shown = value.get("unsupported") if type(value) is dict and "unsupported" in value else _shown(value)
-    raise ContractError(f"review_proposal returned {shown}; it must return None, Veto(reason) or Modify(changes)")
+    raise ContractError(f"review_proposal returned {_shown(value)}; it must return None, Veto(reason) or Modify(changes)")
 
 
 def check_local(hook: str, value: Any, schema: Optional[dict[str, Any]] = None) -> Any:

@@ -12,9 +12,9 @@ Codex CLI on Linux. The worker applies, in this order, before it reads generated
   allow-listed packages), read-write beneath the worker's scratch folder, nothing else —
   no TCP bind or connect (ABI 4) and no signals or abstract sockets outside the worker
   (ABI 6);
-- a seccomp filter that kills the process on any attempt to create a process or thread
-  (fork, vfork, clone, clone3), run a program (execve, execveat), open a socket of any
-  family, signal another process, trace one, or reach kernel interfaces a search
+- a seccomp filter that refuses sockets of every family (EPERM) and kills the process on
+  any attempt to create a process or thread (fork, vfork, clone, clone3), run a program
+  (execve, execveat), connect or bind anything, signal another process, trace one, or reach kernel interfaces a search
   mechanism never needs (mount, namespaces, bpf, keyrings, io_uring, ...). The filter
   checks the architecture first (x86_64 and aarch64; any other syscall ABI is killed).
 
@@ -50,7 +50,10 @@ _MIN_LANDLOCK_ABI = 1
 
 # --- seccomp
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-_RET_KILL_PROCESS, _RET_ALLOW = 0x80000000, 0x7FFF0000
+_RET_KILL_PROCESS, _RET_ALLOW, _RET_ERRNO = 0x80000000, 0x7FFF0000, 0x00050000
+# Refused with EPERM rather than killed: the C library opens sockets on its own (NSS asking
+# nscd when code looks a user up), and a failed lookup is harmless.
+_REFUSED = ("socket", "socketpair")
 _X32_BIT = 0x40000000
 _DENIED = {
     "x86_64": {
@@ -234,19 +237,22 @@ class _SockFprog(ctypes.Structure):
 
 
 def seccomp_program(arch: str) -> list[tuple[int, int, int, int]]:
-    """The BPF program: check the architecture, then kill on every denied system call."""
+    """The BPF program: check the architecture, then refuse sockets (EPERM) and kill on the rest."""
     ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
-    denied = sorted(set(_DENIED[arch].values()))
+    refused = sorted({_DENIED[arch][n] for n in _REFUSED if n in _DENIED[arch]})
+    killed = sorted(set(_DENIED[arch].values()) - set(refused))
     prog = [(ld_w_abs, 0, 0, 4),  # seccomp_data.arch
             (jeq_k, 1, 0, _AUDIT_ARCH[arch]),
             (ret_k, 0, 0, _RET_KILL_PROCESS),
             (ld_w_abs, 0, 0, 0)]  # seccomp_data.nr
     if arch == "x86_64":  # the x32 ABI reaches the same calls under other numbers
         prog += [(jge_k, 0, 1, _X32_BIT), (ret_k, 0, 0, _RET_KILL_PROCESS)]
-    for i, nr in enumerate(denied):
-        # jump over the remaining comparisons and the allow to the kill at the end
-        prog.append((jeq_k, len(denied) - i, 0, nr))
-    prog += [(ret_k, 0, 0, _RET_ALLOW), (ret_k, 0, 0, _RET_KILL_PROCESS)]
+    checks = [(nr, True) for nr in killed] + [(nr, False) for nr in refused]
+    n = len(checks)
+    for i, (nr, kill) in enumerate(checks):
+        # after the remaining comparisons come: allow, refuse (EPERM), kill
+        prog.append((jeq_k, (n - 1 - i) + (2 if kill else 1), 0, nr))
+    prog += [(ret_k, 0, 0, _RET_ALLOW), (ret_k, 0, 0, _RET_ERRNO | 1), (ret_k, 0, 0, _RET_KILL_PROCESS)]
     return prog
 
 

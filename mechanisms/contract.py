@@ -39,6 +39,14 @@ class ContractError(ValueError):
     """A hook's return value breaks the contract; the message says how."""
 
 
+_VALID_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,%d}\Z" % (MAX_NAME - 1))
+
+
+def is_valid_name(name: Any) -> bool:
+    """Whether a mechanism's class name or ``name`` may be used as it is (1-40 letters, digits, _ or -)."""
+    return type(name) is str and bool(_VALID_NAME.match(name))
+
+
 def safe_name(name: Any, fallback: str = "mechanism") -> str:
     """A name from generated code made fit for a path, a prompt and the screen."""
     text = name if type(name) is str else ""
@@ -80,8 +88,15 @@ def to_wire(hook: str, value: Any) -> Any:
     return _unsupported(value)
 
 
+_MARK = "$unsupported"  # no parameter name can collide: names are identifiers
+
+
 def _unsupported(value: Any) -> dict[str, str]:
-    return {"unsupported": _describe(value)}
+    return {_MARK: _describe(value)}
+
+
+def _is_unsupported(value: Any) -> bool:
+    return type(value) is dict and set(value) == {_MARK} and type(value[_MARK]) is str
 
 
 def _describe(value: Any) -> str:
@@ -100,8 +115,8 @@ def _is_scalar(v: Any) -> bool:
 
 def _shown(value: Any) -> str:
     """A wire value as a refusal names it (wire values are fresh builtins)."""
-    if type(value) is dict and set(value) == {"unsupported"} and type(value["unsupported"]) is str:
-        text = value["unsupported"]
+    if _is_unsupported(value):
+        text = value[_MARK]
     else:
         text = _describe(value)
     return text if len(text) <= 120 else text[:117] + "..."
@@ -130,12 +145,12 @@ def check(hook: str, value: Any, schema: Optional[dict[str, Any]] = None) -> Any
     # review_proposal
     if type(value) is dict and set(value) == {"veto"}:
         reason = value["veto"]
-        if type(reason) is not str:
+        if type(reason) is not str:  # an unsupported marker is a dict
             raise ContractError(f"review_proposal returned Veto({_shown(reason)}); the reason must be a str")
         return Veto(clean_text(reason))
     if type(value) is dict and "modify" in value and set(value) <= {"modify", "note"}:
         changes, note = value["modify"], value.get("note", "")
-        if type(changes) is not dict:
+        if type(changes) is not dict or _is_unsupported(changes):
             raise ContractError(f"review_proposal returned Modify({_shown(changes)}); the changes must be a dict")
         if len(changes) > MAX_CHANGES:
             raise ContractError(f"review_proposal returned Modify with {len(changes)} changes (at most {MAX_CHANGES})")

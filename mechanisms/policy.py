@@ -89,7 +89,7 @@ ESCAPE_ATTRS = frozenset({
     "__subclasses__", "__globals__", "__builtins__", "__code__", "__closure__", "__getattribute__",
     "__bases__", "__base__", "__mro__", "__loader__", "__spec__", "__import__", "__reduce__",
     "__reduce_ex__", "f_globals", "f_locals", "f_builtins", "f_back", "f_code", "tb_frame",
-    "gi_frame", "cr_frame", "ag_frame", "gi_code", "cr_code",
+    "gi_frame", "cr_frame", "ag_frame", "gi_code", "cr_code", "__del__",
 })
 _ESCAPE_DUNDERS = tuple(sorted(a for a in ESCAPE_ATTRS if a.startswith("__")))
 

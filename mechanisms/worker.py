@@ -114,8 +114,16 @@ class Worker:
             missing = found.group(1) if found else None
             self.proto.send(ok=False, error=f"importing the module {why}", missing=missing)
             return
-        if type(cls.__dict__.get("name", "")) is not str or not isinstance(cls.name, str):
-            self.proto.send(ok=False, error=f"{cls.__name__}.name must be a string")
+        from mechanisms.contract import is_valid_name
+
+        names = (type.__dict__["__name__"].__get__(cls), cls.__dict__.get("name", ""))
+        if not all(type(n) is str for n in names) or not is_valid_name(names[0]) \
+                or not (names[1] == "" or is_valid_name(names[1])):
+            self.proto.send(ok=False, error="the class name and its `name` must be 1-40 letters, digits, _ or -, "
+                                            "starting with a letter or _")
+            return
+        if any("__del__" in vars(k) for k in cls.__mro__ if k is not object):
+            self.proto.send(ok=False, error=f"{names[0]} defines a finaliser (__del__); a mechanism must not")
             return
         hooks = cls.overridden_hooks()
         if not hooks:
@@ -126,7 +134,7 @@ class Worker:
             self.proto.send(ok=False, error=f"__init__ {why}")
             return
         self.instance = instance
-        self.proto.send(ok=True, class_name=str(cls.__name__), name=str(cls.name or cls.__name__), hooks=hooks)
+        self.proto.send(ok=True, class_name=names[0], name=names[1] or names[0], hooks=hooks)
 
     def call(self, msg: dict[str, Any]) -> None:
         from mechanisms.base import HOOKS

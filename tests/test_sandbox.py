@@ -410,3 +410,146 @@ def test_a_hostile_module_name_stays_inside_the_workdir(tmp_path: Path) -> None:
     assert report.ok, report.failure()
     assert Path(report.module_path or "").parent == tmp_path / "work"
     assert [p.name for p in tmp_path.iterdir()] == ["work"]
+
+
+# --- the operating system's wall, with the static policy bypassed -----------------------------
+
+WALL_MODULE = '''
+import os
+from mechanisms.base import Mechanism
+
+
+class Wall(Mechanism):
+    def shape_prompt(self, state, prompt):
+        if state.guidance == "tripwire off":  # the module switches the in-worker tripwire off first
+            import mechanisms.tripwire as t
+            t._judge = lambda *a: None
+{body}
+'''
+
+
+def wall_attempt(body: str, *, tripwire_off: bool = True, level: str = "strict") -> tuple[str, str]:
+    """Load code straight into a worker (no policy check) and call its hook once: (outcome, text)."""
+    from mechanisms.sandbox import HookError, WorkerFailed
+
+    source = WALL_MODULE.replace("{body}", textwrap.indent(textwrap.dedent(body).strip(), " " * 8))
+    state = asdict(SearchState(guidance="tripwire off" if tripwire_off else ""))
+
+    async def main() -> tuple[str, str]:
+        worker, info = await open_mechanism(source, "wall_probe", level=level)
+        assert info["ok"], info
+        try:
+            return "returned", repr(await worker.call("shape_prompt", [state, "p"], 5.0))
+        except HookError as exc:
+            return "raised", str(exc)
+        except WorkerFailed as exc:
+            return "died", str(exc)
+        finally:
+            await worker.close()
+    return asyncio.run(main())
+
+
+needs_strict = pytest.mark.skipif(__import__("mechanisms.isolation").isolation.availability().level != "strict",
+                                  reason="this platform lacks Landlock or seccomp (generated code is refused here)")
+
+
+@needs_strict
+def test_the_wall_refuses_writes_outside_the_scratch_folder_without_the_tripwire(tmp_path: Path) -> None:
+    target = tmp_path / "breach.txt"
+    outcome, text = wall_attempt(f"open({str(target)!r}, 'w').write('x')")
+
+    assert outcome == "raised" and "PermissionError" in text
+    assert not target.exists()
+
+
+@needs_strict
+def test_the_wall_allows_writes_in_the_scratch_folder() -> None:
+    outcome, text = wall_attempt("open('note.txt', 'w').write('x')\nreturn open('note.txt').read()")
+    assert (outcome, text) == ("returned", "'x'")
+
+
+@needs_strict
+@pytest.mark.parametrize("path", ["/etc/passwd", "/proc/self/environ", os.path.expanduser("~"), __file__])
+def test_the_wall_refuses_reads_outside_what_python_needs(path: str) -> None:
+    outcome, text = wall_attempt(f"import os\nreturn str(os.listdir({path!r}) if os.path.isdir({path!r}) "
+                                 f"else open({path!r}).read())")
+    assert outcome == "raised" and "PermissionError" in text, text
+
+
+@needs_strict
+def test_the_wall_refuses_a_fifo_outside_the_scratch_folder(tmp_path: Path) -> None:
+    outcome, text = wall_attempt(f"os.mkfifo({str(tmp_path / 'fifo')!r})")
+    assert outcome in ("raised", "died") and not (tmp_path / "fifo").exists(), text
+
+
+@needs_strict
+@pytest.mark.parametrize("code", [
+    "import _posixsubprocess, os\n_posixsubprocess.fork_exec(['/bin/true'], [b'/bin/true'], True, (), None, None, "
+    "-1, -1, -1, -1, -1, -1, *os.pipe(), False, False, -1, None, None, None, -1, None, False)",
+    "os.fork()",
+    "import threading\nthreading.Thread(target=print).start()",
+    "os.execv('/bin/true', ['true'])",
+    "os.kill(os.getppid(), 9)",
+], ids=["fork_exec", "fork", "thread", "exec", "kill-engine"])
+def test_the_wall_kills_a_worker_that_starts_processes_threads_or_signals_others(code: str) -> None:
+    outcome, text = wall_attempt(code)
+    assert outcome == "died" and "SIGSYS" in text, text
+
+
+@needs_strict
+@pytest.mark.parametrize("family", ["AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK", "AF_PACKET"])
+def test_the_wall_refuses_sockets_of_every_family(family: str) -> None:
+    outcome, text = wall_attempt(f"import socket\nsocket.socket(socket.{family}, socket.SOCK_DGRAM)")
+    assert outcome == "raised" and "PermissionError" in text, text
+
+
+def test_the_worker_environment_holds_nothing_of_the_engines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-worker-must-not-see")
+    outcome, text = wall_attempt("return repr(sorted(os.environ))", tripwire_off=False)
+    assert outcome == "returned" and "OPENAI_API_KEY" not in text and "sk-worker" not in text
+
+
+def test_the_weaker_process_level_still_separates_the_process(tmp_path: Path) -> None:
+    outcome, text = wall_attempt("return str(os.getpid())", tripwire_off=False, level="process")
+    assert outcome == "returned" and text.strip("'") != str(os.getpid())
+
+
+def test_strict_isolation_where_the_platform_lacks_it_refuses_with_what_is_missing(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    from mechanisms import isolation
+
+    monkeypatch.setattr(isolation, "availability",
+                        lambda: isolation.Availability("process", 0, ("Landlock (kernel 5.13 or later)",)))
+    report = run_validate(fixture("tabu_memory.py"), tmp_path)
+
+    assert failed_step(report) == "import"
+    assert "Landlock (kernel 5.13 or later)" in report.failure() and 'level2.isolation = "process"' in report.failure()
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_the_seccomp_filter_checks_the_architecture_first(arch: str) -> None:
+    from mechanisms import isolation
+
+    prog = isolation.seccomp_program(arch)
+    assert prog[0] == (0x20, 0, 0, 4) and prog[1][3] == isolation._AUDIT_ARCH[arch]
+    assert prog[2] == (0x06, 0, 0, isolation._RET_KILL_PROCESS)  # any other ABI is killed
+    assert prog[-3:] == [(0x06, 0, 0, isolation._RET_ALLOW), (0x06, 0, 0, isolation._RET_ERRNO | 1),
+                         (0x06, 0, 0, isolation._RET_KILL_PROCESS)]
+    for i, (code, jt, _, nr) in enumerate(prog[4:-3], 4):  # every jump lands on its verdict
+        if code == 0x15:
+            verdict = prog[i + 1 + jt][3]
+            refused = nr in {isolation._DENIED[arch][n] for n in isolation._REFUSED}
+            assert verdict == (isolation._RET_ERRNO | 1 if refused else isolation._RET_KILL_PROCESS), nr
+
+
+def test_every_mechanisms_module_imports_only_the_standard_library_and_its_own() -> None:
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "mechanisms"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top in ("mechanisms", "__future__"), (path.name, name)

@@ -21,10 +21,6 @@ from mechanisms.validator import STEPS, Step, ValidationReport, validate, valida
 from mechanisms.worker_client import HookError, Worker, WorkerFailed, open_mechanism
 
 
-class MechanismLoadError(Exception):
-    """A validated mechanism module could not be loaded; the message says why."""
-
-
-__all__ = ["LEVELS", "STEPS", "Availability", "ContractError", "HookError", "MechanismLoadError", "Step",
+__all__ = ["LEVELS", "STEPS", "Availability", "ContractError", "HookError", "Step",
            "ValidationReport", "Worker", "WorkerFailed", "availability", "check", "check_policy",
            "module_refusal", "open_mechanism", "refusal", "safe_name", "validate", "validate_async"]

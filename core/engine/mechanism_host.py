@@ -83,6 +83,7 @@ class Active:
 class MechanismHost:
     def __init__(self, emit: Callable[[ev.Event], Any], schema_dicts: Callable[[], dict[str, Any]],
                  hook_timeout_s: float, write_root: Path | None = None) -> None:
+        del write_root  # nothing of a mechanism writes the session folder any more; kept for the caller
         self._emit = emit
         self._schema = schema_dicts
         self.timeout_s = hook_timeout_s

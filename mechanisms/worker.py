@@ -156,9 +156,21 @@ class Worker:
         self.proto.send(id=call_id, ok=True, value=wire)
 
 
+def _die_with_the_engine(parent: int) -> None:
+    """SIGKILL this worker when the engine exits, even while a hook spins."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the engine died before the line above
+        os._exit(1)
+
+
 def main() -> int:
     proto = _Protocol()
     setup = proto.read() or {}
+    if sys.platform == "linux" and setup.get("parent"):
+        _die_with_the_engine(int(setup["parent"]))
     scratch = str(setup.get("scratch") or "")
     os.chdir(scratch)
     sys.dont_write_bytecode = True

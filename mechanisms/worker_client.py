@@ -101,10 +101,15 @@ class Worker:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             cwd=scratch, env=worker_env(env_names), start_new_session=True, limit=MAX_LINE)
         worker = cls(proc, scratch)
-        read_only, sys_path = read_only_paths(allow)
-        await worker._send({"level": level, "limits": asdict(limits), "scratch": scratch, "read_only": read_only,
-                            "sys_path": sys_path, "preimport": [a for a in allow]})
-        reply = await worker._receive(timeout_s, "starting")
+        try:
+            read_only, sys_path = read_only_paths(allow)
+            await worker._send({"level": level, "limits": asdict(limits), "scratch": scratch,
+                                "read_only": read_only, "sys_path": sys_path, "preimport": list(allow),
+                                "parent": os.getpid()})
+            reply = await worker._receive(timeout_s, "starting")
+        except BaseException:  # cancelled or failed: no worker is left behind
+            await asyncio.shield(worker.kill())
+            raise
         if not reply.get("ready"):
             await worker.kill()
             raise WorkerFailed(str(reply.get("error") or "the worker did not start"))

@@ -553,3 +553,34 @@ def test_every_mechanisms_module_imports_only_the_standard_library_and_its_own()
             for name in names:
                 top = name.split(".")[0]
                 assert top in sys.stdlib_module_names or top in ("mechanisms", "__future__"), (path.name, name)
+
+
+def test_a_spinning_worker_dies_with_the_engine(tmp_path: Path) -> None:
+    engine = textwrap.dedent('''
+        import asyncio, os, sys
+        from mechanisms.worker_client import open_mechanism
+        SRC = "from mechanisms.base import Mechanism\\nclass S(Mechanism):\\n    def observe(self, state, result):\\n        while True:\\n            pass\\n"
+        async def main():
+            worker, info = await open_mechanism(SRC, "spin", level="process")
+            await worker._send({"op": "call", "id": 1, "hook": "observe", "args": [{}, {}]})
+            print(worker.proc.pid, flush=True)
+            await asyncio.sleep(0.3)
+            os._exit(0)  # the engine dies without cleaning up
+        asyncio.run(main())
+    ''')
+    out = subprocess.run([sys.executable, "-c", engine], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONPATH": str(
+                             Path(__file__).resolve().parents[1])})
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(")")[-1].split()[0] == "Z":  # a zombie is dead, only not yet reaped
+                return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    raise AssertionError("the worker outlived the engine")

@@ -377,3 +377,14 @@ async def test_a_mechanism_validated_but_not_activated_when_the_engine_died_is_r
     assert [f.outcome for f in dropped] == ["dropped"] and "not activated" in dropped[0].reason
     assert again.state.research[research_id] == "dropped"
     assert again.state.status == "completed"
+
+
+async def test_a_mechanism_that_no_longer_loads_on_resume_is_deactivated_under_its_name(tmp_path):
+    with ScriptedOpenAI(responder=Scripted([GOOD_TABU])) as server:
+        engine, _ = await run_engine(research_config(tmp_path, server))
+        module = engine.dir / engine.state.mechanisms["generated_tabu"].artifact
+        module.write_text("raise RuntimeError('changed on disk')\n" + module.read_text())
+        again, rec2 = await _resume(engine.dir, server, 7)
+    off = [d for d in rec2.of(ev.MechanismDeactivated) if d.name == "generated_tabu"]
+    assert off and "changed on disk" in off[0].reason
+    assert "generated_tabu" not in again.state.mechanisms

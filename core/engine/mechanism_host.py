@@ -96,7 +96,9 @@ class MechanismHost:
     async def attach(self, mechanism: "Mechanism | GeneratedModule", state: "RunState", *, origin: str,
                      artifact: str = "", description: str = "") -> bool:
         if isinstance(mechanism, GeneratedModule):
-            entry, hooks = await self._start_worker(mechanism)
+            # on resume it is recorded under its name: a failure must deactivate that very entry
+            known = next((n for n, e in state.mechanisms.items() if artifact and e.artifact == artifact), "")
+            entry, hooks = await self._start_worker(mechanism, known)
             if entry is None:
                 return False
         else:
@@ -114,8 +116,8 @@ class MechanismHost:
             return False
         return True
 
-    async def _start_worker(self, module: GeneratedModule) -> tuple[Active | None, list[str]]:
-        fallback = safe_name(module.module_name)
+    async def _start_worker(self, module: GeneratedModule, known: str) -> tuple[Active | None, list[str]]:
+        fallback = known or safe_name(module.module_name)
         try:
             worker, info = await open_mechanism(module.source, module.module_name, level=module.isolation,
                                                 allow_imports=module.allow_imports, env_names=module.worker_env,

@@ -16,6 +16,7 @@ import mechanisms
 from mechanisms import BUILTINS, Bandit, Orthogonal, Tabu, builtin
 from mechanisms.base import Mechanism, Modify, SearchState, Veto
 from mechanisms.selection import choose_builtin
+from mechanisms.contract import ContractError, check_local
 from mechanisms.tabu import within_tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,10 +286,12 @@ def test_every_hook_tolerates_awkward_traces(name: str, case: str) -> None:
     assert mechanism.on_attach(state) is None
     text = mechanism.shape_prompt(state, "prompt")
     assert text is None or isinstance(text, str)
+    check_local("shape_prompt", text, state.schema)  # the one contract generated mechanisms answer to
     for proposal in (propose(MATRIX_LR=0.05), propose(NOT_IN_SCHEMA=4), propose(), {"changes": None}):
         for _ in range(2):
             verdict = mechanism.review_proposal(state, proposal)
             assert verdict is None or isinstance(verdict, (Veto, Modify))
+            assert check_local("review_proposal", verdict, state.schema) == verdict
     assert mechanism.decide(state, {"outcome": "ok", "val_bpb": None, "metrics": {}}, None) is None
     assert mechanism.observe(state, {"outcome": "crash", "val_bpb": None, "metrics": {}}) is None
 
@@ -391,3 +394,28 @@ def test_importing_mechanisms_does_not_import_core() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert mechanisms.__doc__
+
+
+async def test_a_builtin_returning_what_the_contract_refuses_is_deactivated_like_a_generated_one() -> None:
+    from core.engine.mechanism_host import MechanismHost
+    from core.record import events as ev
+    from core.record.state import RunState
+
+    class Sloppy(Tabu):
+        def shape_prompt(self, state, prompt):
+            return {"not": "text"}
+
+    emitted: list = []
+    host = MechanismHost(emitted.append, lambda: {}, hook_timeout_s=1.0)
+    await host.attach(Sloppy(), RunState(), origin="config")
+    assert await host.shape_prompt(RunState(), "prompt") == ""
+    off = [e for e in emitted if isinstance(e, ev.MechanismDeactivated)]
+    assert off and "shape_prompt returned dict" in off[0].reason and host.names == []
+
+
+def test_the_contract_refuses_a_str_subclass_from_a_builtin_too() -> None:
+    class Sneaky(str):
+        pass
+
+    with pytest.raises(ContractError, match="an instance of"):
+        check_local("shape_prompt", Sneaky("x"))

@@ -38,3 +38,16 @@ def test_doctor_reports_an_unset_key_variable(tmp_path, capsys, monkeypatch):
 def test_doctor_reports_an_unreachable_endpoint(tmp_path, capsys):
     code = main(["doctor", _config(tmp_path, "http://127.0.0.1:9/v1", "m")])
     assert "[FAIL] endpoint" in capsys.readouterr().out and code == 1
+
+
+def test_doctor_reports_the_isolation_level_in_force(tmp_path, capsys):
+    with ScriptedOpenAI(models=("m",)) as server:
+        main(["doctor", _config(tmp_path, server.base_url, "m")])
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "isolation" in x)
+    from mechanisms.isolation import availability
+
+    if availability().level == "strict":
+        assert line.startswith("[ok  ] isolation: in force: strict (Landlock ABI") and "seccomp" in line
+    else:  # generated mechanisms are refused here, and doctor says what is missing
+        assert "missing" in line and 'level2.isolation = "process"' in line

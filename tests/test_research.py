@@ -147,10 +147,10 @@ RUNTIME_FAILURES = {
                "ValueError: late failure"),
     "hangs": ("review_proposal", "    def review_proposal(self, state, proposal):\n"
                                  "        while len(state.records) >= 4:\n            pass\n        return None\n",
-                "exceeded its 0.5 s limit"),
+                "did not finish within 0.5 s; the worker was killed"),
     "garbage": ("review_proposal", "    def review_proposal(self, state, proposal):\n"
                                    "        return None if len(state.records) < 4 else 'yes'\n",
-                 "expected None, Veto or Modify"),
+                 "it must return None, Veto(reason) or Modify(changes)"),
 }
 
 
@@ -326,3 +326,65 @@ async def test_a_stream_retried_midway_tells_viewers_to_start_that_call_over(tmp
         model.apply(e)
     shown = "".join(model.calls[explore.call_id].chunks)
     assert shown == (engine.dir / explore.artifact).read_text()  # not the dropped half plus the retry
+
+
+async def _resume(session, server, iterations: int):
+    import asyncio
+
+    from core.engine.engine import Engine
+    from tests.conftest import Recorder
+
+    engine = Engine.resume(session, {"budget.iterations": iterations, "endpoint.base_url": server.base_url})
+    rec = Recorder()
+    engine.subscribe(rec)
+    await asyncio.wait_for(engine.run(), 120)
+    return engine, rec
+
+
+async def test_an_active_generated_mechanism_is_reattached_on_resume_in_a_new_worker(tmp_path):
+    with ScriptedOpenAI(responder=Scripted([GOOD_TABU])) as server:
+        engine, rec = await run_engine(research_config(tmp_path, server))
+        assert "generated_tabu" in engine.state.mechanisms
+        again, rec2 = await _resume(engine.dir, server, 7)
+    back = [a for a in rec2.of(ev.MechanismActivated) if a.name == "generated_tabu"]
+    assert back and back[0].description == "re-attached on resume" and back[0].origin == "generated"
+    counted = [e.mechanisms.get("generated_tabu", {}) for e in rec2.of(ev.IterationFinished)]
+    assert any(c.get("review_proposal") for c in counted), "the re-attached mechanism never ran"
+
+
+async def test_a_deactivated_mechanism_is_never_reattached_on_resume(tmp_path):
+    hook, body, _ = RUNTIME_FAILURES["garbage"]
+    source = f"from mechanisms.base import Mechanism\n\nclass Late(Mechanism):\n{body}"
+    with ScriptedOpenAI(responder=Scripted([source])) as server:
+        engine, rec = await run_engine(research_config(tmp_path, server, **{"budget.iterations": 7}))
+        assert rec.of(ev.MechanismDeactivated) and engine.state.mechanisms == {}
+        again, rec2 = await _resume(engine.dir, server, 9)
+    assert not [a for a in rec2.of(ev.MechanismActivated) if a.name == "Late"]
+    assert again.state.status == "completed"
+
+
+async def test_a_mechanism_validated_but_not_activated_when_the_engine_died_is_recorded_as_dropped(tmp_path):
+    with ScriptedOpenAI(responder=Scripted([GOOD_TABU])) as server:
+        engine, _ = await run_engine(research_config(tmp_path, server))
+        log = engine.dir / "events.jsonl"
+        lines = log.read_text().splitlines(keepends=True)
+        cut = next(i for i, line in enumerate(lines)
+                   if json.loads(line)["type"] == "mechanism_validated" and json.loads(line)["ok"])
+        research_id = json.loads(lines[cut])["research_id"]
+        log.write_text("".join(lines[:cut + 1]))  # the engine died right after validating it
+        again, rec2 = await _resume(engine.dir, server, 5)
+    dropped = [f for f in rec2.of(ev.ResearchFinished) if f.research_id == research_id]
+    assert [f.outcome for f in dropped] == ["dropped"] and "not activated" in dropped[0].reason
+    assert again.state.research[research_id] == "dropped"
+    assert again.state.status == "completed"
+
+
+async def test_a_mechanism_that_no_longer_loads_on_resume_is_deactivated_under_its_name(tmp_path):
+    with ScriptedOpenAI(responder=Scripted([GOOD_TABU])) as server:
+        engine, _ = await run_engine(research_config(tmp_path, server))
+        module = engine.dir / engine.state.mechanisms["generated_tabu"].artifact
+        module.write_text("raise RuntimeError('changed on disk')\n" + module.read_text())
+        again, rec2 = await _resume(engine.dir, server, 7)
+    off = [d for d in rec2.of(ev.MechanismDeactivated) if d.name == "generated_tabu"]
+    assert off and "changed on disk" in off[0].reason
+    assert "generated_tabu" not in again.state.mechanisms

@@ -6,6 +6,7 @@ subprocesses, sockets and files.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -14,14 +15,16 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from mechanisms.base import Mechanism, SearchState, Veto
-from mechanisms.sandbox import (MechanismLoadError, ValidationReport, check_policy, load_mechanism, runtime_guard,
-                                validate)
+from mechanisms.contract import check
+from mechanisms.sandbox import ValidationReport, check_policy, open_mechanism, validate
+from mechanisms.tripwire import runtime_guard
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mechanisms"
 TRACE = json.loads((FIXTURES / "trace.json").read_text())
@@ -244,7 +247,7 @@ def test_a_subclass_of_a_local_mechanism_counts_as_a_second_class() -> None:
 
 
 def test_forbidden_operation_is_caught_at_run_time_even_when_swallowed(tmp_path: Path) -> None:
-    probe = Path(os.path.expanduser("~/.bilevel_sandbox_probe"))  # where the fixture tries to write
+    probe = Path("/tmp/.bilevel_sandbox_probe")  # where the fixture tries to write
     try:
         report = run_validate(fixture("swallowed_write.py"), tmp_path)
 
@@ -276,36 +279,50 @@ def test_validate_runs_concurrently_from_threads(tmp_path: Path) -> None:
     assert sorted(r.ok for r in reports) == [False, True]
 
 
-# --- loading ------------------------------------------------------------------------------
+# --- loading into a worker ------------------------------------------------------------------
 
-def test_load_mechanism_returns_an_instance_whose_hooks_work(tmp_path: Path) -> None:
-    report = run_validate(fixture("tabu_memory.py"), tmp_path)
-    mechanism = load_mechanism(Path(report.module_path or ""), "generated_tabu_memory")
+def load_in_worker(source: str, calls: Callable[[Any], Any], **kw: Any) -> Any:
+    """Start a worker, load ``source``, run ``calls(worker)`` (async); returns (info, its result)."""
+    async def main() -> Any:
+        worker, info = await open_mechanism(source, "generated_probe", level="strict", **kw)
+        try:
+            return info, (await calls(worker) if info["ok"] else None)
+        finally:
+            await worker.close()
+    return asyncio.run(main())
 
-    assert isinstance(mechanism, Mechanism) and type(mechanism).__name__ == "TabuMemory"
-    state = SearchState(records=TRACE["records"], schema=TRACE["schema"])
-    mechanism.on_attach(state)
-    assert "WARMUP_RATIO: 0.1" in (mechanism.shape_prompt(state, "prompt") or "")
-    verdict = mechanism.review_proposal(state, {"changes": {"WARMUP_RATIO": 0.1}, "hypothesis": "again"})
-    assert isinstance(verdict, Veto) and "WARMUP_RATIO" in verdict.reason
-    assert mechanism.review_proposal(state, {"changes": {"MATRIX_LR": 0.1}, "hypothesis": "new"}) is None
+
+def test_a_loaded_worker_answers_hooks_with_plain_data(tmp_path: Path) -> None:
+    state = asdict(SearchState(records=TRACE["records"], schema=TRACE["schema"]))
+
+    async def calls(worker: Any) -> list[Any]:
+        await worker.call("on_attach", [state], 2.0)
+        return [await worker.call("shape_prompt", [state, "prompt"], 2.0),
+                await worker.call("review_proposal", [state, {"changes": {"WARMUP_RATIO": 0.1}, "hypothesis": "a"}],
+                                  2.0),
+                await worker.call("review_proposal", [state, {"changes": {"MATRIX_LR": 0.1}, "hypothesis": "b"}], 2.0)]
+
+    info, (prompt, repeat, fresh) = load_in_worker(fixture("tabu_memory.py"), calls)
+
+    assert info["ok"] and info["class_name"] == "TabuMemory"
+    assert "WARMUP_RATIO: 0.1" in check("shape_prompt", prompt)
+    verdict = check("review_proposal", repeat, TRACE["schema"])
+    assert type(verdict) is Veto and "WARMUP_RATIO" in verdict.reason
+    assert check("review_proposal", fresh, TRACE["schema"]) is None
     assert not list(tmp_path.glob("**/__pycache__"))
 
 
 @pytest.mark.parametrize("source, reason", [
     (fixture("tabu_memory.py").replace("import math", "import math\nimport sklearn_not_installed_xyz"),
-     "missing package 'sklearn_not_installed_xyz'"),
-    (fixture("two_classes.py"), "mechanism-class"),
-    (module_with("pass", "import subprocess"), "forbidden-import"),
+     "No module named 'sklearn_not_installed_xyz'"),
+    (fixture("two_classes.py"), "exactly one Mechanism subclass"),
     (fixture("tabu_memory.py").replace("class TabuMemory", "raise RuntimeError('boom')\n\n\nclass TabuMemory"),
      "RuntimeError: boom"),
-], ids=["missing-package", "two-classes", "policy", "raises-at-import"])
-def test_load_mechanism_raises_with_the_reason_and_never_falls_back(tmp_path: Path, source: str,
-                                                                      reason: str) -> None:
-    path = tmp_path / "broken.py"
-    path.write_text(source)
-    with pytest.raises(MechanismLoadError, match=reason.replace("(", r"\(")):
-        load_mechanism(path, "generated_broken")
+], ids=["missing-package", "two-classes", "raises-at-import"])
+def test_a_module_that_cannot_load_says_why_and_never_falls_back(source: str, reason: str) -> None:
+    info, _ = load_in_worker(source, lambda w: None)
+
+    assert not info["ok"] and reason in info["error"]
 
 
 # --- the runtime guard --------------------------------------------------------------------
@@ -377,9 +394,6 @@ def test_allow_listed_package_imports_outside_the_guard(tmp_path: Path) -> None:
     report = run_validate(source, tmp_path, allow_imports=["numpy"])
 
     assert report.ok, report.failure()
-    mechanism = load_mechanism(Path(report.module_path or ""), "generated_numpy_probe", allow_imports=["numpy"])
-    mechanism.observe(SearchState(), {})
-    assert mechanism.mean == 1.5  # type: ignore[attr-defined]
 
 
 def test_top_level_forbidden_operation_fails_the_import(tmp_path: Path) -> None:
@@ -387,13 +401,186 @@ def test_top_level_forbidden_operation_fails_the_import(tmp_path: Path) -> None:
     report = run_validate(source, tmp_path)
 
     assert failed_step(report) == "import"
-    assert "top level attempted a forbidden operation" in report.failure()
+    assert "importing the module attempted a forbidden operation" in report.failure()
 
 
-def test_a_module_name_that_shadows_a_real_module_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
-        run_validate(fixture("tabu_memory.py"), tmp_path, module_name="json")
-    path = tmp_path / "json.py"
-    path.write_text(fixture("tabu_memory.py"))
-    with pytest.raises(MechanismLoadError, match="cannot name"):
-        load_mechanism(path, "json")
+def test_a_hostile_module_name_stays_inside_the_workdir(tmp_path: Path) -> None:
+    report = run_validate(fixture("tabu_memory.py"), tmp_path / "work", module_name="../" * 30 + "etc/evil")
+
+    assert report.ok, report.failure()
+    assert Path(report.module_path or "").parent == tmp_path / "work"
+    assert [p.name for p in tmp_path.iterdir()] == ["work"]
+
+
+# --- the operating system's wall, with the static policy bypassed -----------------------------
+
+WALL_MODULE = '''
+import os
+from mechanisms.base import Mechanism
+
+
+class Wall(Mechanism):
+    def shape_prompt(self, state, prompt):
+        if state.guidance == "tripwire off":  # the module switches the in-worker tripwire off first
+            import mechanisms.tripwire as t
+            t._judge = lambda *a: None
+{body}
+'''
+
+
+def wall_attempt(body: str, *, tripwire_off: bool = True, level: str = "strict") -> tuple[str, str]:
+    """Load code straight into a worker (no policy check) and call its hook once: (outcome, text)."""
+    from mechanisms.sandbox import HookError, WorkerFailed
+
+    source = WALL_MODULE.replace("{body}", textwrap.indent(textwrap.dedent(body).strip(), " " * 8))
+    state = asdict(SearchState(guidance="tripwire off" if tripwire_off else ""))
+
+    async def main() -> tuple[str, str]:
+        worker, info = await open_mechanism(source, "wall_probe", level=level)
+        assert info["ok"], info
+        try:
+            return "returned", repr(await worker.call("shape_prompt", [state, "p"], 5.0))
+        except HookError as exc:
+            return "raised", str(exc)
+        except WorkerFailed as exc:
+            return "died", str(exc)
+        finally:
+            await worker.close()
+    return asyncio.run(main())
+
+
+needs_strict = pytest.mark.skipif(__import__("mechanisms.isolation").isolation.availability().level != "strict",
+                                  reason="this platform lacks Landlock or seccomp (generated code is refused here)")
+
+
+@needs_strict
+def test_the_wall_refuses_writes_outside_the_scratch_folder_without_the_tripwire(tmp_path: Path) -> None:
+    target = tmp_path / "breach.txt"
+    outcome, text = wall_attempt(f"open({str(target)!r}, 'w').write('x')")
+
+    assert outcome == "raised" and "PermissionError" in text
+    assert not target.exists()
+
+
+@needs_strict
+def test_the_wall_allows_writes_in_the_scratch_folder() -> None:
+    outcome, text = wall_attempt("open('note.txt', 'w').write('x')\nreturn open('note.txt').read()")
+    assert (outcome, text) == ("returned", "'x'")
+
+
+@needs_strict
+@pytest.mark.parametrize("path", ["/etc/passwd", "/proc/self/environ", os.path.expanduser("~"), __file__])
+def test_the_wall_refuses_reads_outside_what_python_needs(path: str) -> None:
+    outcome, text = wall_attempt(f"import os\nreturn str(os.listdir({path!r}) if os.path.isdir({path!r}) "
+                                 f"else open({path!r}).read())")
+    assert outcome == "raised" and "PermissionError" in text, text
+
+
+@needs_strict
+def test_the_wall_refuses_a_fifo_outside_the_scratch_folder(tmp_path: Path) -> None:
+    outcome, text = wall_attempt(f"os.mkfifo({str(tmp_path / 'fifo')!r})")
+    assert outcome in ("raised", "died") and not (tmp_path / "fifo").exists(), text
+
+
+@needs_strict
+@pytest.mark.parametrize("code", [
+    "import _posixsubprocess, os\n_posixsubprocess.fork_exec(['/bin/true'], [b'/bin/true'], True, (), None, None, "
+    "-1, -1, -1, -1, -1, -1, *os.pipe(), False, False, -1, None, None, None, -1, None, False)",
+    "os.fork()",
+    "import threading\nthreading.Thread(target=print).start()",
+    "os.execv('/bin/true', ['true'])",
+    "os.kill(os.getppid(), 9)",
+], ids=["fork_exec", "fork", "thread", "exec", "kill-engine"])
+def test_the_wall_kills_a_worker_that_starts_processes_threads_or_signals_others(code: str) -> None:
+    outcome, text = wall_attempt(code)
+    assert outcome == "died" and "SIGSYS" in text, text
+
+
+@needs_strict
+@pytest.mark.parametrize("family", ["AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK", "AF_PACKET"])
+def test_the_wall_refuses_sockets_of_every_family(family: str) -> None:
+    outcome, text = wall_attempt(f"import socket\nsocket.socket(socket.{family}, socket.SOCK_DGRAM)")
+    assert outcome == "raised" and "PermissionError" in text, text
+
+
+def test_the_worker_environment_holds_nothing_of_the_engines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-worker-must-not-see")
+    outcome, text = wall_attempt("return repr(sorted(os.environ))", tripwire_off=False)
+    assert outcome == "returned" and "OPENAI_API_KEY" not in text and "sk-worker" not in text
+
+
+def test_the_weaker_process_level_still_separates_the_process(tmp_path: Path) -> None:
+    outcome, text = wall_attempt("return str(os.getpid())", tripwire_off=False, level="process")
+    assert outcome == "returned" and text.strip("'") != str(os.getpid())
+
+
+def test_strict_isolation_where_the_platform_lacks_it_refuses_with_what_is_missing(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    from mechanisms import isolation
+
+    monkeypatch.setattr(isolation, "availability",
+                        lambda: isolation.Availability("process", 0, ("Landlock (kernel 5.13 or later)",)))
+    report = run_validate(fixture("tabu_memory.py"), tmp_path)
+
+    assert failed_step(report) == "import"
+    assert "Landlock (kernel 5.13 or later)" in report.failure() and 'level2.isolation = "process"' in report.failure()
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_the_seccomp_filter_checks_the_architecture_first(arch: str) -> None:
+    from mechanisms import isolation
+
+    prog = isolation.seccomp_program(arch)
+    assert prog[0] == (0x20, 0, 0, 4) and prog[1][3] == isolation._AUDIT_ARCH[arch]
+    assert prog[2] == (0x06, 0, 0, isolation._RET_KILL_PROCESS)  # any other ABI is killed
+    assert prog[-3:] == [(0x06, 0, 0, isolation._RET_ALLOW), (0x06, 0, 0, isolation._RET_ERRNO | 1),
+                         (0x06, 0, 0, isolation._RET_KILL_PROCESS)]
+    for i, (code, jt, _, nr) in enumerate(prog[4:-3], 4):  # every jump lands on its verdict
+        if code == 0x15:
+            verdict = prog[i + 1 + jt][3]
+            refused = nr in {isolation._DENIED[arch][n] for n in isolation._REFUSED}
+            assert verdict == (isolation._RET_ERRNO | 1 if refused else isolation._RET_KILL_PROCESS), nr
+
+
+def test_every_mechanisms_module_imports_only_the_standard_library_and_its_own() -> None:
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "mechanisms"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top in ("mechanisms", "__future__"), (path.name, name)
+
+
+def test_a_spinning_worker_dies_with_the_engine(tmp_path: Path) -> None:
+    engine = textwrap.dedent('''
+        import asyncio, os, sys
+        from mechanisms.worker_client import open_mechanism
+        SRC = "from mechanisms.base import Mechanism\\nclass S(Mechanism):\\n    def observe(self, state, result):\\n        while True:\\n            pass\\n"
+        async def main():
+            worker, info = await open_mechanism(SRC, "spin", level="process")
+            await worker._send({"op": "call", "id": 1, "hook": "observe", "args": [{}, {}]})
+            print(worker.proc.pid, flush=True)
+            await asyncio.sleep(0.3)
+            os._exit(0)  # the engine dies without cleaning up
+        asyncio.run(main())
+    ''')
+    out = subprocess.run([sys.executable, "-c", engine], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONPATH": str(
+                             Path(__file__).resolve().parents[1])})
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(")")[-1].split()[0] == "Z":  # a zombie is dead, only not yet reaped
+                return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    raise AssertionError("the worker outlived the engine")

@@ -292,7 +292,7 @@ async def test_log_file_gets_every_line_with_stderr_marked(tmp_path):
 
 
 async def test_environment_is_inherited_overlaid_and_unbuffered_in_cwd(tmp_path, monkeypatch):
-    monkeypatch.setenv("FAKE_INHERITED", "7")
+    monkeypatch.setenv("BILEVEL_FAKE_INHERITED", "7")  # allow-listed (core/services/environment.py)
     monkeypatch.setenv("PYTHONUNBUFFERED", "0")
     result = await _run("env_echo.py", tmp_path, env={"FAKE_VAL_BPB": "1.5"})
     assert result.outcome is Outcome.OK, result.reason

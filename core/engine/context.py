@@ -21,6 +21,7 @@ from core.record import layout
 from core.record.config import Config
 from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
 from core.levels.context import FatalRunError, Ready, TrainRun
+from core.services.environment import listed
 from core.services.executors import SlotPool
 from core.services.llm import ChatResult, LLMClient, LLMError
 from core.services.script import ParamSpec
@@ -201,7 +202,8 @@ class EngineContext:
         cancel = eng._cancel_training = asyncio.Event()
         try:
             async with eng.slots.slot() as slot:
-                env = {**slot.env(), "BILEVEL_SEED": str(run_seed),
+                env = {**listed(self.cfg.run.pass_env, never=[self.cfg.endpoint.api_key_env]),
+                       **slot.env(), "BILEVEL_SEED": str(run_seed),
                        # a user's script may import helpers that sit next to the original
                        "PYTHONPATH": os.pathsep.join(filter(None, [str(source_dir), os.environ.get("PYTHONPATH")]))}
                 if eng.data_dir is not None:

@@ -25,7 +25,7 @@ from core.engine.context import EngineContext, client_for, spec_dict
 from core.services.executors import SlotPool
 from core.levels.context import FatalRunError, Ready
 from core.levels.inner import InnerLoop
-from core.levels.research import ResearchLevel
+from core.levels.research import ResearchLevel, drop_unfinished_research
 from core.levels.strategy import StrategyLevel
 from core.record.channel import watch_commands
 from core.services.llm import LLMClient
@@ -234,6 +234,7 @@ class Engine:
             commands.cancel()
             channel.cancel()
             await asyncio.gather(channel, return_exceptions=True)
+            await self.mechanisms.close()
             if self._research_task is not None and not self._research_task.done():
                 self._research_task.cancel()
                 await asyncio.gather(self._research_task, return_exceptions=True)
@@ -321,6 +322,7 @@ class Engine:
     async def _attach_initial_mechanisms(self) -> None:
         """Built-ins named in the config, and on resume whatever was active before."""
         previous = dict(self.state.mechanisms)
+        drop_unfinished_research(self.state, self.emit)
         for name in self.cfg.search.mechanisms:
             if name not in previous:
                 await self.mechanisms.attach(builtin_mechanism(name), self.state, origin="config",
@@ -432,13 +434,10 @@ class Engine:
 
 
 def load_generated(path: Path, module_name: str, cfg: Config, session_dir: Path) -> Any:
-    """A validated generated module, loaded in-process; any failure raises (never falls back)."""
-    from mechanisms.sandbox import MechanismLoadError, load_mechanism
+    """A validated generated module, to run in its isolated worker; any failure raises (never falls back)."""
+    from core.engine.mechanism_host import generated_module
 
-    try:
-        return load_mechanism(path, module_name, allow_imports=cfg.level2.allow_imports, write_root=session_dir)
-    except MechanismLoadError as exc:
-        raise ImportError(str(exc)) from exc
+    return generated_module(path, module_name, cfg)
 
 
 def builtin_mechanism(name: str) -> Any:

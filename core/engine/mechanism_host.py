@@ -1,28 +1,35 @@
 """Runs the active search mechanisms' hooks for the inner loop, and proves it.
 
+Generated mechanisms run in an isolated worker process each (see mechanisms.sandbox):
+this host only sends plain data and receives plain data, checked against the one
+contract in mechanisms.contract; it never imports generated code nor touches an object
+it made. Built-ins are our code and run in-process, through the same contract check.
+
 Every hook call is counted per mechanism (the counts ride on each IterationFinished
 event) and every effect — prompt text added, proposal vetoed or modified, decision
-overridden — is an event. A hook that raises, overruns its time limit or returns
-something that is not allowed deactivates its mechanism with an event; the loop goes on.
-Nothing falls back silently.
+overridden — is an event. A hook that raises, overruns its time limit (its worker is
+then killed), returns something the contract refuses, or whose worker dies, deactivates
+its mechanism with an event; the loop goes on. Nothing falls back silently.
 """
 from __future__ import annotations
 
-import asyncio
-import ctypes
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from mechanisms.base import Mechanism, Modify, Veto
+from mechanisms.contract import ContractError, check, check_local, safe_name, state_to_wire
+from mechanisms.isolation import refusal
+from mechanisms.policy import check_policy
+from mechanisms.worker_client import HookError, Worker, WorkerFailed, open_mechanism
 
 from core.record import events as ev
 from core.levels.trace import snapshot
 
 if TYPE_CHECKING:
     from core.levels.inner import Proposal
+    from core.record.config import Config
     from core.record.state import RunState
     from core.services.trainer import TrainResult
 
@@ -33,56 +40,51 @@ class HookFailed(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class GeneratedModule:
+    """A validated generated module, to be run in a worker: never imported by the engine."""
+
+    path: Path
+    module_name: str
+    source: str
+    allow_imports: tuple[str, ...] = ()
+    isolation: str = "strict"
+    import_timeout_s: float = 20.0
+    worker_env: tuple[str, ...] = ()
+
+
+def generated_module(path: Path, module_name: str, cfg: "Config") -> GeneratedModule:
+    """The module at ``path`` as the engine will run it; ValueError with the reason if it may not run."""
+    try:
+        source = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {Path(path).name}: {exc}") from exc
+    l2 = cfg.level2
+    violations = check_policy(source, l2.allow_imports)  # the file may have changed since validation
+    if violations:
+        raise ValueError(f"{Path(path).name} breaks the sandbox policy: " + "; ".join(violations))
+    refused = refusal(l2.isolation)
+    if refused:
+        raise ValueError(refused)
+    return GeneratedModule(Path(path), safe_name(module_name), source, tuple(l2.allow_imports), l2.isolation,
+                           l2.import_timeout_s, tuple(l2.worker_env))
+
+
 @dataclass
 class Active:
-    mechanism: Mechanism
     name: str
     origin: str
+    local: Mechanism | None = None  # a built-in, in-process
+    worker: Worker | None = None  # a generated one, in its isolated worker
     calls: Counter = field(default_factory=Counter)  # lifetime
     pending: Counter = field(default_factory=Counter)  # since the last IterationFinished
-
-
-def _run_with_limit(fn: Callable[[], Any], timeout_s: float) -> "asyncio.Future[Any]":
-    """Run a hook in a thread; past the limit, raise TimeoutError inside that thread."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[Any] = loop.create_future()
-
-    def settle(setter: Callable[[], Any]) -> None:
-        try:
-            loop.call_soon_threadsafe(lambda: fut.done() or setter())
-        except RuntimeError:
-            pass  # the loop closed while a runaway hook was still unwinding
-
-    def target() -> None:
-        try:
-            value = fn()
-        except BaseException as exc:  # noqa: BLE001 - any failure deactivates the mechanism
-            error = exc  # `exc` is unbound when the except block ends; the callback runs later
-            settle(lambda: fut.set_exception(error))
-        else:
-            settle(lambda: fut.set_result(value))
-
-    thread = threading.Thread(target=target, daemon=True, name="mechanism-hook")
-    thread.start()
-
-    def on_timeout() -> None:
-        if fut.done():
-            return
-        fut.set_exception(TimeoutError(f"hook exceeded its {timeout_s:g} s limit"))
-        # A runaway pure-Python loop is stopped by an exception raised inside its thread.
-        if thread.ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(SystemExit))
-
-    timer = loop.call_later(timeout_s, on_timeout)
-    fut.add_done_callback(lambda _: timer.cancel())
-    return fut
 
 
 class MechanismHost:
     def __init__(self, emit: Callable[[ev.Event], Any], schema_dicts: Callable[[], dict[str, Any]],
                  hook_timeout_s: float, write_root: Path | None = None) -> None:
+        del write_root  # nothing of a mechanism writes the session folder any more; kept for the caller
         self._emit = emit
-        self._write_root = write_root  # the session folder: the only place hooks may write
         self._schema = schema_dicts
         self.timeout_s = hook_timeout_s
         self.active: list[Active] = []
@@ -91,26 +93,58 @@ class MechanismHost:
     def names(self) -> list[str]:
         return [a.name for a in self.active]
 
-    async def attach(self, mechanism: Mechanism, state: "RunState", *, origin: str, artifact: str = "",
-                     description: str = "") -> bool:
-        name = type(mechanism).display_name()
-        if name in self.names:
-            await self.detach(name, "replaced by a new version")
-        entry = Active(mechanism, name, origin)
+    async def attach(self, mechanism: "Mechanism | GeneratedModule", state: "RunState", *, origin: str,
+                     artifact: str = "", description: str = "") -> bool:
+        if isinstance(mechanism, GeneratedModule):
+            # on resume it is recorded under its name: a failure must deactivate that very entry
+            known = next((n for n, e in state.mechanisms.items() if artifact and e.artifact == artifact), "")
+            entry, hooks = await self._start_worker(mechanism, known)
+            if entry is None:
+                return False
+        else:
+            entry = Active(type(mechanism).display_name(), origin, local=mechanism)
+            hooks = type(mechanism).overridden_hooks()
+        entry.origin = origin
+        if entry.name in self.names:
+            await self.detach(entry.name, "replaced by a new version")
         self.active.append(entry)
-        self._emit(ev.MechanismActivated(name=name, origin=origin, hooks=type(mechanism).overridden_hooks(),
-                                         artifact=artifact, description=description))
+        self._emit(ev.MechanismActivated(name=entry.name, origin=origin, hooks=hooks, artifact=artifact,
+                                         description=description))
         try:
             await self._call(entry, "on_attach", snapshot(state, self._schema()))
         except HookFailed:
             return False
         return True
 
+    async def _start_worker(self, module: GeneratedModule, known: str) -> tuple[Active | None, list[str]]:
+        fallback = known or safe_name(module.module_name)
+        try:
+            worker, info = await open_mechanism(module.source, module.module_name, level=module.isolation,
+                                                allow_imports=module.allow_imports, env_names=module.worker_env,
+                                                import_timeout_s=module.import_timeout_s)
+        except WorkerFailed as exc:
+            self._emit(ev.MechanismDeactivated(name=fallback, reason=f"its worker could not load it: {exc}"))
+            return None, []
+        if not info["ok"]:
+            self._emit(ev.MechanismDeactivated(name=fallback, reason=f"its worker could not load it: {info['error']}"))
+            return None, []
+        name = safe_name(info["name"], safe_name(info["class_name"], fallback))
+        return Active(name, "generated", worker=worker), list(info["hooks"])
+
     async def detach(self, name: str, reason: str, hook: str = "") -> None:
         for entry in list(self.active):
             if entry.name == name:
                 self.active.remove(entry)
-                self._emit(ev.MechanismDeactivated(name=name, reason=reason, hook=hook, calls=dict(entry.calls)))
+                if entry.worker is not None:
+                    await entry.worker.kill()  # nothing of it runs again, no finaliser here
+                self._emit(ev.MechanismDeactivated(name=name, reason=reason[:2000], hook=hook,
+                                                   calls=dict(entry.calls)))
+
+    async def close(self) -> None:
+        """Stop every worker (the run is over); the mechanisms stay recorded as active."""
+        for entry in self.active:
+            if entry.worker is not None:
+                await entry.worker.kill()
 
     def take_counts(self) -> dict[str, dict[str, int]]:
         """Hook calls since the last call, per active mechanism (recorded per iteration)."""
@@ -120,24 +154,21 @@ class MechanismHost:
         return counts
 
     async def _call(self, entry: Active, hook: str, *args: Any) -> Any:
+        """The hook's value, checked against the contract; HookFailed (and deactivated) otherwise."""
         entry.calls[hook] += 1
         entry.pending[hook] += 1
-        from mechanisms.sandbox import runtime_guard  # audit hooks only once a mechanism runs
-
-        fn = getattr(entry.mechanism, hook)
-
-        def guarded() -> Any:
-            with runtime_guard(self._write_root):
-                return fn(*args)
-
+        schema = self._schema()
         try:
-            return await _run_with_limit(guarded, self.timeout_s)
-        except BaseException as exc:  # noqa: BLE001
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            if entry.worker is not None:
+                wire = await entry.worker.call(hook, [state_to_wire(args[0]), *args[1:]], self.timeout_s)
+                return check(hook, wire, schema)
+            return check_local(hook, getattr(entry.local, hook)(*args), schema)
+        except (WorkerFailed, HookError, ContractError) as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a built-in's bug deactivates it, never the engine
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            await self.detach(entry.name, f"{hook} failed: {reason}", hook)
-            raise HookFailed(reason) from None
+        await self.detach(entry.name, f"{hook} failed: {reason}", hook)
+        raise HookFailed(reason)
 
     # --- the hooks, as the inner loop calls them -------------------------------------------
 
@@ -148,13 +179,7 @@ class MechanismHost:
                 text = await self._call(entry, "shape_prompt", snapshot(state, self._schema()), prompt)
             except HookFailed:
                 continue
-            if text is None:
-                continue
-            if not isinstance(text, str):
-                await self.detach(entry.name, f"shape_prompt returned {type(text).__name__}, expected str or None",
-                                  "shape_prompt")
-                continue
-            if text.strip():
+            if text is not None and text.strip():
                 notes.append(f"[{entry.name}] {text.strip()}")
                 self._emit(ev.MechanismEffect(iteration=state.running or 0, name=entry.name, hook="shape_prompt",
                                               effect="prompt", detail=text.strip()[:500]))
@@ -170,14 +195,12 @@ class MechanismHost:
             except HookFailed:
                 continue
             n = state.running or 0
-            if verdict is None:
-                continue
             if isinstance(verdict, Veto):
                 reason = f"vetoed by {entry.name}: {verdict.reason}"
                 self._emit(ev.MechanismEffect(iteration=n, name=entry.name, hook="review_proposal",
                                               effect="vetoed", detail=verdict.reason[:500]))
                 return reason
-            if isinstance(verdict, Modify) and isinstance(verdict.changes, dict):
+            if isinstance(verdict, Modify):
                 try:
                     changes = validate(verdict.changes)
                 except ValueError as exc:
@@ -187,9 +210,6 @@ class MechanismHost:
                 proposal.changes = changes
                 self._emit(ev.MechanismEffect(iteration=n, name=entry.name, hook="review_proposal",
                                               effect="modified", detail=f"{changes} {verdict.note}"[:500]))
-                continue
-            await self.detach(entry.name, f"review_proposal returned {verdict!r:.80}, expected None, Veto or Modify",
-                              "review_proposal")
         return None
 
     async def decide(self, state: "RunState", result: "TrainResult", decision: str) -> tuple[str, str | None]:
@@ -203,13 +223,7 @@ class MechanismHost:
                                            _result_dict(result), state.best_val_bpb)
             except HookFailed:
                 continue
-            if verdict is None:
-                continue
-            if verdict not in DECISIONS:
-                await self.detach(entry.name, f"decide returned {verdict!r:.80}, expected 'keep', 'discard' or None",
-                                  "decide")
-                continue
-            if verdict != decision:
+            if verdict is not None and verdict != decision:
                 self._emit(ev.MechanismEffect(iteration=state.running or 0, name=entry.name, hook="decide",
                                               effect="overrode", detail=f"{decision} -> {verdict}"))
                 decision, overrider = verdict, entry.name

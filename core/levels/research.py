@@ -26,6 +26,7 @@ from mechanisms.selection import choose_builtin
 from core.record import events as ev
 from core.levels.context import Ready, RunContext
 from core.record import layout
+from core.record.state import RunState
 from core.services.llm import LLMError, extract_json
 from core.levels.trace import snapshot
 from core.services.script import unified_diff
@@ -43,8 +44,22 @@ def extract_code(text: str) -> str:
 
 
 def class_name_of(source: str) -> str:
-    m = re.search(r"^class\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(", source, re.MULTILINE)
+    m = re.search(r"^class\s+([A-Za-z_][A-Za-z0-9_]{0,39})", source, re.MULTILINE)
     return m.group(1) if m else "Mechanism"
+
+
+def drop_unfinished_research(state: RunState, emit: Any) -> None:
+    """On resume: research the engine's death cut short is recorded as dropped, never silently lost.
+
+    That includes a mechanism validated but not yet activated: it is not activated now
+    (its validation was against a trace that has moved on); a later Level 2 cycle may
+    research it again.
+    """
+    for research_id, status in list(state.research.items()):
+        if status in ("running", "pending"):
+            emit(ev.ResearchFinished(research_id=research_id, outcome="dropped", reason=(
+                "the engine stopped before this research finished or its mechanism was activated; "
+                "it was not activated")))
 
 
 class ResearchLevel:
@@ -151,17 +166,19 @@ class ResearchLevel:
         return None
 
     async def _validate(self, research_id: str, source: str, attempt: int) -> tuple[Ready | None, str]:
-        from mechanisms.sandbox import validate  # the validator spawns processes: load it when needed
+        from mechanisms.contract import safe_name
+        from mechanisms.validator import validate_async  # the validator starts workers: load it when needed
 
         ctx = self.ctx
         cfg = ctx.cfg.level2
-        name = class_name_of(source)
         folder = layout.mechanism_folder(research_id, attempt)
         workdir = layout.artifacts_dir(ctx.session_dir) / folder
-        report = await asyncio.to_thread(
-            validate, source, records=_records(ctx), schema=ctx.schema_dicts(), allow_imports=cfg.allow_imports,
-            import_timeout_s=cfg.import_timeout_s, hook_timeout_s=cfg.hook_timeout_s, workdir=workdir)
-        name = report.class_name or name
+        # Generated code runs only in the validator's isolated worker; this process sees plain data.
+        report = await validate_async(
+            source, records=_records(ctx), schema=ctx.schema_dicts(), allow_imports=cfg.allow_imports,
+            import_timeout_s=cfg.import_timeout_s, hook_timeout_s=cfg.hook_timeout_s, workdir=workdir,
+            isolation=cfg.isolation, worker_env=cfg.worker_env)
+        name = safe_name(report.class_name or class_name_of(source))  # it reaches paths, prompts and the screen
         # The validator wrote the module it checked; that very file is the one activated.
         module = Path(report.module_path) if report.module_path else workdir / f"{name}.py"
         if not module.exists():

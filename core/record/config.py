@@ -117,6 +117,9 @@ class Level2Config:
     hook_timeout_s: float = field(default=2.0, **_meta(min=0.01))
     import_timeout_s: float = field(default=20.0, **_meta(min=1))
     max_repairs: int = field(default=2, **_meta(min=0, max=10))
+    # The wall around generated code: strict (Landlock + seccomp + rlimits) or the explicit weaker "process".
+    isolation: str = field(default="strict", **_meta(choices=("strict", "process")))
+    worker_env: tuple[str, ...] = ()  # environment variables the mechanism worker may see
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ class AcceptanceConfig:
 class RunConfig:
     sessions_dir: str = "sessions"
     gpus: str = "auto"  # "auto", "cpu", or a list like "0,1"
+    pass_env: tuple[str, ...] = ()  # extra environment variables the training script may see
 
 
 @dataclass(frozen=True)

@@ -458,7 +458,7 @@ class MechanismPending(Event):
 class ResearchFinished(Event):
     type: ClassVar[str] = "research_finished"
     research_id: str = ""
-    outcome: str = ""  # activated | rejected | declined | failed
+    outcome: str = ""  # activated | rejected | declined | failed | dropped
     name: str = ""
     reason: str = ""
 

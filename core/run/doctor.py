@@ -82,9 +82,29 @@ async def _endpoint_checks(cfg: Config) -> list[Check]:
     return checks
 
 
+async def _isolation_check(cfg: Config | None) -> Check:
+    """Which wall generated mechanisms get here, proven by starting one worker behind it."""
+    from mechanisms.isolation import availability, refusal
+    from mechanisms.worker_client import Worker, WorkerFailed
+
+    found = availability()
+    configured = cfg.level2.isolation if cfg else "strict"
+    refused = refusal(configured, found)
+    if refused:
+        return Check("isolation", False, f"available: {found.describe()}; {refused}", warning=True)
+    try:
+        worker = await Worker.start(level=configured, timeout_s=20.0)
+    except WorkerFailed as exc:
+        return Check("isolation", False, f"level2.isolation = {configured}: a worker could not start: {exc}")
+    await worker.close()
+    detail = f"in force: {worker.level} (worker start {worker.start_s:.2f} s); available: {found.describe()}"
+    return Check("isolation", True, detail, warning=configured != "strict")
+
+
 async def run_checks(cfg: Config | None) -> list[Check]:
     checks = [Check("python", sys.version_info >= (3, 10), f"{platform.python_version()} ({sys.executable})")]
     checks += _torch_report()
+    checks.append(await _isolation_check(cfg))
     checks.append(_data_check(cfg))
     if cfg is None:
         checks.append(Check("endpoint", True, "no config given: skipped", warning=True))

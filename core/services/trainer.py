@@ -27,6 +27,8 @@ from enum import Enum
 from pathlib import Path
 from typing import IO, Callable, Iterable, Mapping
 
+from core.services.environment import training_env
+
 # How long a group gets between SIGTERM and SIGKILL.
 TERM_GRACE_S = 3.0
 # How long to wait for the pipes to drain once the group is gone.
@@ -542,7 +544,7 @@ async def run_training(
     start = time.monotonic()
     if cancel is not None and cancel.is_set():
         return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled before it started")
-    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    child_env = {**training_env(env), "PYTHONUNBUFFERED": "1"}  # an allow-list: no API keys
     log = _open_log(log_path)
     try:
         try:

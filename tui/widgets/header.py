@@ -67,6 +67,9 @@ class StatusHeader(Widget):
         line1.append("bilevel ", style="bold")
         line1.append(s.session or "(no session yet)", style="bold cyan")
         line1.append(f"  group {s.group or '?'} ({levels})  {who}", style="")
+        if "research" in s.levels and s.provider != "offline":  # generated code runs: say behind which wall
+            wall = (s.config.get("level2") or {}).get("isolation", "strict")
+            line1.append(f"  L2 sandbox {wall}", style="" if wall == "strict" else "bold yellow")
         right = Text()
         if m.pending:
             right.append(f"⚑ {len(m.pending)} to approve (v)  ", style="bold yellow")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Union
 
 from core.record import channel
+from core.record import commands as cmds
 from core.record import events as ev
 from core.record.session import EVENTS_FILE, SessionReader
 
@@ -53,7 +54,7 @@ class Source:
         raise NotImplementedError
         yield []
 
-    async def send(self, name: str, /, **args: Any) -> None:
+    async def send(self, command: cmds.Command) -> None:
         raise ReadOnlyError(f"{self.mode}: read-only, commands cannot be sent")
 
     def engine_running(self) -> bool:
@@ -177,8 +178,8 @@ class LiveSource(Source):
                 batch.append(self._queue.popleft())
             yield batch
 
-    async def send(self, name: str, /, **args: Any) -> None:
-        self.engine.submit(name, source="tui", **args)
+    async def send(self, command: cmds.Command) -> None:
+        self.engine.submit(command, source="tui")
 
     def engine_running(self) -> bool:
         return self.engine_task is not None and not self.engine_task.done()
@@ -224,8 +225,8 @@ class TailSource(Source):
             self.caught_up.set()
             await asyncio.sleep(self.poll_s)
 
-    async def send(self, name: str, /, **args: Any) -> None:
-        await asyncio.to_thread(channel.write_command, self.session_dir, name, **args)
+    async def send(self, command: cmds.Command) -> None:
+        await asyncio.to_thread(channel.write_command, self.session_dir, command)
 
     def engine_pid(self) -> int | None:
         try:
@@ -533,7 +534,7 @@ class QueueSource(Source):
         self.read_only = read_only
         self._queue: deque[ev.Event] = deque()
         self._wake = asyncio.Event()
-        self.sent: list[tuple[str, dict[str, Any], float]] = []
+        self.sent: list[tuple[cmds.Command, float]] = []
         self.running = True
 
     def push(self, *events: ev.Event) -> None:
@@ -551,10 +552,10 @@ class QueueSource(Source):
             n = min(len(self._queue), MAX_BATCH)
             yield [self._queue.popleft() for _ in range(n)]
 
-    async def send(self, name: str, /, **args: Any) -> None:
+    async def send(self, command: cmds.Command) -> None:
         if self.read_only:
-            await super().send(name, **args)
-        self.sent.append((name, args, time.perf_counter()))
+            await super().send(command)
+        self.sent.append((command, time.perf_counter()))
 
     def engine_running(self) -> bool:
         return self.running

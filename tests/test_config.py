@@ -213,3 +213,10 @@ def test_the_config_is_frozen_and_typed():
 def test_the_internal_base_dir_cannot_be_set_from_a_file(tmp_path):
     with pytest.raises(ConfigError, match="exp.toml:1: base_dir: unknown key"):
         config.load(write(tmp_path, 'base_dir = "/elsewhere"\n'))
+
+
+def test_to_dict_is_plain_data_that_a_json_round_trip_keeps_equal():
+    import json
+
+    data = config.demo_config().to_dict()
+    assert json.loads(json.dumps(data)) == data  # the session log holds it; the fold compares it

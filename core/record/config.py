@@ -185,6 +185,8 @@ class Config(_Section):
 def _drop_none(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (tuple, list)):
+        return [_drop_none(v) for v in value]  # plain JSON/TOML data: what a session log gives back
     return value
 
 

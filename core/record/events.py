@@ -17,6 +17,11 @@ carries a non-finite float it is written by the standard library's encoder inste
 the tokens ``NaN``, ``Infinity`` and ``-Infinity`` (what Python's ``json`` writes and reads).
 The fast decoder refuses those tokens, and such a line is read by ``json`` instead: the
 slow path costs only the rare lines that need it (see ``bench/bench_events.py``).
+
+Adding an event: a ``class X(Event, tag="x")`` below, with defaults for every field and a
+``Literal`` for a field with a fixed set of values. The module is over 500 lines because
+it is the whole vocabulary, one short class per event, next to the codec that defines
+how they are written; splitting them would put the contract in two places.
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import types
 import typing
 from typing import Any, ClassVar, Literal, Union
@@ -508,7 +509,37 @@ def _literal_values(tp: Any) -> list[Any]:
     return []
 
 
-_LITERALS = {cls: _literal_checks(cls) for cls in _REGISTRY.values()}
+def _literal_guard(cls: type) -> Any:
+    """A fast test that an event's fixed-set fields hold listed values (the writer calls it per event)."""
+    checks = _literal_checks(cls)
+    if not checks:
+        return None
+    get = operator.attrgetter(*(name for name, _ in checks))
+    allowed = tuple(values for _, values in checks)
+    if len(checks) == 1:
+        only = allowed[0]
+        return lambda event: get(event) in only
+    if len(checks) == 2:
+        first, second = allowed
+        return lambda event: (v := get(event))[0] in first and v[1] in second
+
+    def every(event: Event) -> bool:
+        for value, values in zip(get(event), allowed):
+            if value not in values:
+                return False
+        return True
+    return every
+
+
+_GUARDS = {cls: _literal_guard(cls) for cls in _REGISTRY.values()}
+
+
+def _refuse(event: Event) -> typing.NoReturn:
+    for name, allowed in _literal_checks(type(event)):
+        if getattr(event, name) not in allowed:
+            raise EventEncodeError(f"{event.type}.{name} = {getattr(event, name)!r} is not one of "
+                                   f"{sorted(allowed)}: add it to core/record/events.py")
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def encode(event: Event) -> bytes:
@@ -516,10 +547,9 @@ def encode(event: Event) -> bytes:
     cls = type(event)
     if cls is UnknownEvent:
         return _stdlib_line({"seq": event.seq, "ts": event.ts, "type": event.name, **event.data})
-    for name, allowed in _LITERALS.get(cls, ()):
-        if getattr(event, name) not in allowed:
-            raise EventEncodeError(f"{cls.type}.{name} = {getattr(event, name)!r} is not one of "
-                                   f"{sorted(allowed)}: add it to core/record/events.py")
+    guard = _GUARDS.get(cls)
+    if guard is not None and not guard(event):
+        _refuse(event)
     line = _ENCODER.encode(event)
     if b"null" in line:  # a None, or a non-finite float msgspec wrote as null
         data = msgspec.to_builtins(event)

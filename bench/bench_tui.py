@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import msgspec  # noqa: E402
+
 from core.record import events as ev  # noqa: E402
 
 TARGET_EVENTS_PER_S = 2000.0
@@ -54,9 +56,7 @@ def synthetic_stream(seed: int = 0) -> Iterator[ev.Event]:
         nonlocal seq, ts
         seq += 1
         ts += 0.05
-        object.__setattr__(e, "seq", seq)
-        object.__setattr__(e, "ts", ts)
-        return e
+        return msgspec.structs.replace(e, seq=seq, ts=ts)  # events are frozen
 
     schema = {n: {"kind": "float", "value": 0.1, "locked": n == "DEPTH"} for n in
               ("DEPTH", "MATRIX_LR", "EMBEDDING_LR", "WEIGHT_DECAY", "WARMUP_RATIO", "WARMDOWN_RATIO")}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
+from core.record import commands as cmds
 from core.record import events as ev
 from core.engine.engine import Engine
 from tests.conftest import Recorder, fast_config
@@ -28,7 +29,7 @@ async def _until(rec: Recorder, pred, timeout: float = 30.0) -> ev.Event:
 async def test_pause_takes_effect_at_the_boundary_and_resume_continues(tmp_path):
     engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 3}))
     await _until(rec, lambda e: isinstance(e, ev.TrainingStarted) and e.iteration == 1)
-    engine.submit("pause", source="test")
+    engine.submit(cmds.Pause(), source="test")
     await _until(rec, lambda e: isinstance(e, ev.PauseRequested))
     paused = await _until(rec, lambda e: isinstance(e, ev.Paused))
     # The iteration that was running when pause was asked for finished first.
@@ -36,7 +37,7 @@ async def test_pause_takes_effect_at_the_boundary_and_resume_continues(tmp_path)
     assert paused.next_iteration == finished[-1] + 1
     await asyncio.sleep(0.3)
     assert not [e for e in rec.of(ev.IterationStarted) if e.iteration == paused.next_iteration]
-    engine.submit("resume", source="test")
+    engine.submit(cmds.Resume(), source="test")
     await asyncio.wait_for(task, 60)
     assert engine.state.status == "completed" and rec.of(ev.Unpaused)
     assert [e.command for e in rec.of(ev.CommandReceived)] == ["pause", "resume"]
@@ -45,11 +46,11 @@ async def test_pause_takes_effect_at_the_boundary_and_resume_continues(tmp_path)
 async def test_guidance_and_freeze_apply_from_the_next_proposal(tmp_path):
     engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 4}))
     await _until(rec, lambda e: isinstance(e, ev.IterationStarted) and e.iteration == 1)
-    engine.submit("set_guidance", guidance="only the learning rate")
+    engine.submit(cmds.SetGuidance(guidance="only the learning rate"))
     for name in ("WARMDOWN_RATIO", "BATCH_SIZE", "PATTERN"):
-        engine.submit("freeze", name=name)
-    engine.submit("freeze", name="DEPTH")  # locked: refused with a reason
-    engine.submit("freeze", name="NOPE")
+        engine.submit(cmds.Freeze(name=name))
+    engine.submit(cmds.Freeze(name="DEPTH"))  # locked: refused with a reason
+    engine.submit(cmds.Freeze(name="NOPE"))
     await _until(rec, lambda e: isinstance(e, ev.CommandReceived) and e.args.get("name") == "NOPE")
     await asyncio.wait_for(task, 60)
     acks = {(e.command, e.args.get("name")): e for e in rec.of(ev.CommandReceived)}
@@ -65,7 +66,7 @@ async def test_abort_training_ends_the_run_as_cancelled_and_the_loop_goes_on(tmp
     monkeypatch.setenv("FAKE_STEP_S", "0.5")
     engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 2}))
     await _until(rec, lambda e: isinstance(e, ev.TrainingProgress) and e.iteration == 1)
-    engine.submit("abort_training")
+    engine.submit(cmds.AbortTraining())
     await _until(rec, lambda e: isinstance(e, ev.IterationFinished) and e.iteration == 1)
     monkeypatch.setenv("FAKE_STEP_S", "0.01")
     await asyncio.wait_for(task, 60)
@@ -78,7 +79,7 @@ async def test_stop_now_interrupts_the_running_iteration_cleanly(tmp_path, monke
     monkeypatch.setenv("FAKE_STEP_S", "0.5")
     engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 5}))
     await _until(rec, lambda e: isinstance(e, ev.TrainingProgress) and e.iteration == 1)
-    engine.submit("stop", now=True)
+    engine.submit(cmds.Stop(now=True))
     await asyncio.wait_for(task, 30)
     assert rec.of(ev.IterationInterrupted)[0].iteration == 1
     assert rec.events[-1] == rec.of(ev.RunFinished)[0] and rec.events[-1].status == "stopped"
@@ -87,7 +88,7 @@ async def test_stop_now_interrupts_the_running_iteration_cleanly(tmp_path, monke
 
 async def test_unknown_command_is_refused_with_the_list(tmp_path):
     engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 1}))
-    engine.submit("dance")
+    engine.submit(cmds.parse("dance"))
     await asyncio.wait_for(task, 60)
     ack = rec.of(ev.CommandReceived)[0]
     assert not ack.ok and "pause" in ack.error

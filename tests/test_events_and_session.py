@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 
@@ -20,10 +22,77 @@ def test_every_event_type_round_trips_through_json():
         assert type(back) is cls and back == event, name
 
 
-def test_nan_loss_survives_as_text_not_as_a_number():
-    line = ev.to_json(ev.TrainingProgress(iteration=1, loss=float("nan")))
-    data = json.loads(line)  # strict JSON: no bare NaN
-    assert data["loss"] == "nan"
+def test_nan_and_inf_round_trip_exactly_as_floats():
+    event = ev.TrainingProgress(seq=4, ts=2.0, iteration=1, loss=float("nan"), tok_per_s=float("inf"),
+                                remaining_s=float("-inf"))
+    line = ev.to_json(event)
+    back = ev.from_json(line)
+    assert math.isnan(back.loss) and back.tok_per_s == math.inf and back.remaining_s == -math.inf
+    assert json.loads(line)["loss"] != json.loads(line)["loss"]  # Python's json reads the NaN token as a float too
+
+
+def test_nonfinite_floats_inside_nested_payloads_round_trip():
+    event = ev.IterationFinished(iteration=2, decision="crash", changes={"LR": float("inf")},
+                                 values={"LR": float("inf"), "NAME": "nan"},
+                                 acceptance={"runs": [1.0, float("nan")], "margin": None})
+    back = ev.from_json(ev.to_json(event))
+    assert back.changes == {"LR": math.inf} and back.values["NAME"] == "nan"  # a string stays a string
+    assert back.acceptance["runs"][0] == 1.0 and math.isnan(back.acceptance["runs"][1])
+    assert back.acceptance["margin"] is None
+    metrics = ev.from_json(ev.to_json(ev.TrainingFinished(iteration=2, outcome="diverged",
+                                                         metrics={"loss": float("nan")}))).metrics
+    assert math.isnan(metrics["loss"]) and isinstance(metrics["loss"], float)
+
+
+def test_old_lines_with_nan_strings_in_float_fields_read_back_as_floats():
+    old = ('{"seq": 9, "ts": 1.0, "type": "training_finished", "iteration": 3, "outcome": "diverged", '
+           '"val_bpb": null, "metrics": {"val_bpb": "nan", "loss": "inf"}, "duration_s": 4.0}')
+    e = ev.from_json(old)
+    assert math.isnan(e.metrics["val_bpb"]) and e.metrics["loss"] == math.inf
+    p = ev.from_json('{"seq": 2, "ts": 1.0, "type": "training_progress", "iteration": 1, "loss": "-inf"}')
+    assert p.loss == -math.inf
+    n = ev.from_json('{"seq": 3, "ts": 1.0, "type": "noise_measured", "values": [0.9, "nan"], "std": "nan"}')
+    assert n.values[0] == 0.9 and math.isnan(n.values[1]) and math.isnan(n.std)
+
+
+@pytest.mark.parametrize("line, field", [
+    ('{"seq": 1, "ts": 0, "type": "training_progress", "iteration": 1, "loss": "fast"}', "$.loss"),
+    ('{"seq": 1, "ts": 0, "type": "iteration_finished", "iteration": "two"}', "$.iteration"),
+    ('{"seq": 1, "ts": 0, "type": "iteration_finished", "decision": "maybe"}', "$.decision"),
+    ('{"seq": 1, "ts": 0, "type": "training_finished", "metrics": {"val_bpb": "low"}}', "$.metrics"),
+    ('{"seq": "one", "ts": 0, "type": "from_the_future"}', "$.seq"),
+    ('{"seq": 1, "ts": 0, "type": "llm_delta", "kind": "shouting"}', "$.kind"),
+])
+def test_a_wrong_typed_field_is_a_decode_error_naming_it(line, field):
+    with pytest.raises(ev.EventDecodeError, match=re.escape(field)):
+        ev.from_json(line)
+
+
+def test_a_wrong_typed_field_is_refused_with_its_line_number(tmp_path):
+    w = SessionWriter(tmp_path)
+    w.append(ev.GuidanceChanged(guidance="kept"))
+    w.close()
+    with open(tmp_path / "events.jsonl", "a") as fh:
+        fh.write('{"seq": 2, "ts": 1, "type": "training_progress", "iteration": 1, "loss": "fast"}\n')
+        fh.write(ev.to_json(ev.GuidanceChanged(seq=3, guidance="after")) + "\n")
+    with pytest.raises(SessionError, match=r"events\.jsonl:2: .*\$\.loss"):
+        list(SessionReader(tmp_path).events())
+
+
+def test_an_event_outside_its_fixed_values_is_refused_before_it_is_written():
+    with pytest.raises(ev.EventEncodeError, match="decision"):
+        ev.to_json(ev.IterationFinished(iteration=1, decision="maybe"))  # type: ignore[arg-type]
+
+
+def test_an_unknown_event_is_written_back_as_it_was_read():
+    line = '{"seq":3,"ts":1.0,"type":"from_the_future","x":{"deep":[1,2]}}'
+    assert json.loads(ev.to_json(ev.from_json(line))) == json.loads(line)
+
+
+def test_events_are_frozen():
+    e = ev.GuidanceChanged(guidance="g")
+    with pytest.raises((AttributeError, TypeError)):
+        e.guidance = "other"  # type: ignore[misc]
 
 
 def test_unknown_event_type_is_kept_not_dropped():

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from core.analysis.report import load_session, render_markdown, build_report, collect
 from core.engine.engine import Engine
+from core.record import commands as cmds
 from core.record import events as ev
 from core.record.session import SessionReader
 from core.record.state import fold
@@ -121,7 +122,7 @@ async def test_the_header_shows_the_budget_a_resume_changed(tmp_path: Path):
 
 async def test_the_header_shows_a_budget_set_while_running(tmp_path: Path):
     engine = Engine.create(fast_config(tmp_path, **{"budget.iterations": 2}))
-    engine.submit("set_budget", source="test", iterations=1)
+    engine.submit(cmds.SetBudget(iterations=1), source="test")
     await engine.run()
     assert engine.state.iterations_budget == 1 and engine.state.iterations_done == 1
     app = BilevelApp(ReplaySource(engine.dir, follow=False), deterministic=True)

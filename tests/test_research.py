@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from core.record import commands as cmds
 from core.record import events as ev
 from tests.conftest import llm_config, run_engine
 from tests.support import Reply, ScriptedOpenAI
@@ -212,7 +213,7 @@ async def test_full_group_c_run_on_the_cpu_preset(tmp_path):
     assert ran and ran[-1]["generated_tabu"]["review_proposal"] >= 1  # the mechanism ran in later iterations
 
 
-async def _approval_run(tmp_path, decision: str):
+async def _approval_run(tmp_path, decision: type[cmds.Command]):
     import asyncio
 
     from core.engine.engine import Engine
@@ -226,14 +227,14 @@ async def _approval_run(tmp_path, decision: str):
         def on_event(e):
             rec(e)
             if isinstance(e, ev.MechanismPending):
-                engine.submit(decision, source="test", research_id=e.research_id)
+                engine.submit(decision(research_id=e.research_id), source="test")
         engine.subscribe(on_event)
         await asyncio.wait_for(engine.run(), 120)
     return engine, rec
 
 
 async def test_manual_approval_waits_for_the_user_then_activates(tmp_path):
-    engine, rec = await _approval_run(tmp_path, "approve_mechanism")
+    engine, rec = await _approval_run(tmp_path, cmds.ApproveMechanism)
     pending = rec.of(ev.MechanismPending)[0]
     activated = rec.of(ev.MechanismActivated)[0]
     ack = [c for c in rec.of(ev.CommandReceived) if c.command == "approve_mechanism"][0]
@@ -242,7 +243,7 @@ async def test_manual_approval_waits_for_the_user_then_activates(tmp_path):
 
 
 async def test_rejected_mechanism_changes_nothing(tmp_path):
-    engine, rec = await _approval_run(tmp_path, "reject_mechanism")
+    engine, rec = await _approval_run(tmp_path, cmds.RejectMechanism)
     assert rec.of(ev.MechanismPending) and not rec.of(ev.MechanismActivated)
     assert rec.of(ev.ResearchFinished)[0].outcome == "declined"
 
@@ -271,7 +272,7 @@ async def test_offline_manual_approval_shows_the_builtin_and_waits(tmp_path):
     def on_event(e):
         rec(e)
         if isinstance(e, ev.MechanismPending):
-            engine.submit("approve_mechanism", research_id=e.research_id)
+            engine.submit(cmds.ApproveMechanism(research_id=e.research_id))
     engine.subscribe(on_event)
     await asyncio.wait_for(engine.run(), 60)
     pending = rec.of(ev.MechanismPending)[0]
@@ -291,8 +292,8 @@ async def test_set_budget_extends_the_run_and_survives_resume(tmp_path):
     def on_event(e):
         rec(e)
         if isinstance(e, ev.IterationStarted) and e.iteration == 1:
-            engine.submit("set_budget", iterations=3)
-            engine.submit("set_budget", time_s=99.0)
+            engine.submit(cmds.SetBudget(iterations=3))
+            engine.submit(cmds.SetBudget(time_s=99.0))
     engine.subscribe(on_event)
     await asyncio.wait_for(engine.run(), 60)
     acks = [c for c in rec.of(ev.CommandReceived) if c.command == "set_budget"]

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-from mechanisms.base import Mechanism, SearchState, Veto
+from mechanisms.base import SearchState, Veto
 from mechanisms.contract import check
 from mechanisms.sandbox import ValidationReport, check_policy, open_mechanism, validate
 from mechanisms.tripwire import runtime_guard

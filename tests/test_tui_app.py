@@ -17,6 +17,7 @@ import pytest
 from textual import events as tx_events
 from textual.keys import _character_to_key
 
+from core.record import commands as cmds
 from core.record import events as ev
 from core.record.session import SessionReader
 from tui.app import BilevelApp
@@ -412,7 +413,7 @@ async def test_a_users_keymap_remaps_a_binding_by_id(tmp_path: Path, monkeypatch
 async def test_refused_command_is_reported(tmp_path: Path):
     async with live_app(tmp_path / "s", Plan(**SLOW)) as (app, pilot, engine):
         await until(pilot, lambda: app.model.state.session != "")
-        await app.send("freeze", name="NOT_A_PARAM")
+        await app.send(cmds.Freeze(name="NOT_A_PARAM"))
         await until(pilot, lambda: bool(received(engine, "freeze")))
         await until(pilot, lambda: any(n.severity == "error" for n in app._notifications), what="an error toast")
     assert received(engine, "freeze")[0].ok is False

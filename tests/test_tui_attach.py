@@ -21,6 +21,7 @@ from typing import Any, Callable
 import pytest
 
 import core.engine.engine
+from core.record import commands as cmds
 from core.record import events as ev
 from core.record.channel import pending_commands
 from core.record.session import SessionReader
@@ -259,12 +260,12 @@ def test_detached_demo_engine_takes_commands_from_attached_viewers(tmp_path: Pat
         os.kill(pid, 0)  # still running
 
         async def commands(app: BilevelApp, pilot: Any) -> None:
-            for name, args in (("resume", {}), ("set_guidance", {"guidance": "from the attached viewer"}),
-                               ("freeze", {"name": "MATRIX_LR"}), ("unfreeze", {"name": "MATRIX_LR"})):
-                await app.send(name, **args)
+            for command in (cmds.Resume(), cmds.SetGuidance(guidance="from the attached viewer"),
+                            cmds.Freeze(name="MATRIX_LR"), cmds.Unfreeze(name="MATRIX_LR")):
+                await app.send(command)
             await until(pilot, lambda: app.model.state.guidance == "from the attached viewer", timeout=60)
             await until(pilot, lambda: len(acks(session)) >= 5, timeout=60, what="every acknowledgement")
-            await app.send("stop", now=True)
+            await app.send(cmds.Stop(now=True))
             await until(pilot, lambda: app.model.finished is not None, timeout=120, what="the stop")
 
         asyncio.run(attached(session, commands))

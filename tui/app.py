@@ -20,7 +20,6 @@ import io
 import os
 import shlex
 import subprocess
-import sys
 import tempfile
 import time
 from functools import partial
@@ -34,6 +33,8 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer
+
+from core.record import commands as cmds
 
 from .keys import BINDINGS as KEY_BINDINGS
 from .keys import PALETTE, deterministic_from_env, keymap_path, load_keymap
@@ -264,9 +265,10 @@ class BilevelApp(App[int]):
 
     # --- command sending ----------------------------------------------------------------------------------
 
-    async def send(self, name: str, /, **args: Any) -> bool:
+    async def send(self, command: cmds.Command) -> bool:
+        name = command.command
         try:
-            await self.source.send(name, **args)
+            await self.source.send(command)
         except ReadOnlyError as exc:
             self.notify(str(exc), severity="warning")
             return False
@@ -305,7 +307,7 @@ class BilevelApp(App[int]):
         want_pause = not (s.paused or s.pause_requested or self.model.local_pause)
         if self.model.local_pause is False:
             want_pause = True
-        if await self.send("pause" if want_pause else "resume"):
+        if await self.send(cmds.Pause() if want_pause else cmds.Resume()):
             self.model.local_pause = want_pause
             self.model.dirty.add(HEADER)
             self.header.refresh()
@@ -317,7 +319,7 @@ class BilevelApp(App[int]):
 
         async def answered(answer: str | None) -> None:
             if answer == "abort":
-                await self.send("abort_training")
+                await self.send(cmds.AbortTraining())
 
         self.push_screen(ConfirmScreen(
             f"Abort the training run of iteration #{it}?",
@@ -327,7 +329,7 @@ class BilevelApp(App[int]):
     def action_stop(self) -> None:
         async def answered(answer: str | None) -> None:
             if answer in ("stop", "now"):
-                await self.send("stop", now=answer == "now", reason="stopped from the app")
+                await self.send(cmds.Stop(now=answer == "now", reason="stopped from the app"))
 
         self.push_screen(ConfirmScreen(
             "Stop the run?", "After this iteration: the current iteration finishes first. Now: it is interrupted "
@@ -337,14 +339,14 @@ class BilevelApp(App[int]):
     def action_edit_guidance(self) -> None:
         async def answered(text: str | None) -> None:
             if text is not None and text != self.model.state.guidance:
-                await self.send("set_guidance", guidance=text)
+                await self.send(cmds.SetGuidance(guidance=text))
 
         self.push_screen(GuidanceScreen(self.model.state.guidance, blink=not self.deterministic), answered)
 
     async def action_edit_guidance_external(self) -> None:
         text = self.edit_in_editor(self.model.state.guidance)
         if text is not None and text.strip() != self.model.state.guidance:
-            await self.send("set_guidance", guidance=text.strip())
+            await self.send(cmds.SetGuidance(guidance=text.strip()))
 
     def edit_in_editor(self, text: str) -> str | None:
         """Edit ``text`` in $VISUAL/$EDITOR with the app suspended; None if the editor failed."""
@@ -384,7 +386,8 @@ class BilevelApp(App[int]):
         async def answered(choice: tuple[str, str] | None) -> None:
             if choice is not None:
                 action, name = choice
-                await self.send(action, name=name, reason=f"{action} by the user (app)")
+                command = cmds.Freeze if action == "freeze" else cmds.Unfreeze
+                await self.send(command(name=name, reason=f"{action} by the user (app)"))
 
         self.push_screen(FreezeScreen(params, initial), answered)
 
@@ -397,9 +400,9 @@ class BilevelApp(App[int]):
 
         async def answered(answer: str | None) -> None:
             if answer == "approve":
-                await self.send("approve_mechanism", research_id=rid)
+                await self.send(cmds.ApproveMechanism(research_id=rid))
             elif answer == "reject":
-                await self.send("reject_mechanism", research_id=rid, reason="rejected by the user (app)")
+                await self.send(cmds.RejectMechanism(research_id=rid, reason="rejected by the user (app)"))
 
         self.push_screen(ApprovalScreen(pending.name, rid, read(pending.source), read(pending.diff),
                                         read(pending.report), read_only=self.source.read_only), answered)
@@ -447,24 +450,21 @@ class BilevelApp(App[int]):
         change = self.config_change
         if not change:
             return
-        budget_ok = "set_budget" in _engine_commands()
         lines = []
         if "guidance" in change:
             lines.append(f"guidance → {change['guidance'] or '(empty)'}")
         for key in ("budget.iterations", "budget.time_s"):
             if key in change:
-                lines.append(f"{key} → {change[key]}" + ("" if budget_ok else
-                                                          "  (not applied to a running engine: resume with the new "
-                                                          "budget, e.g. bilevel resume --iterations N)"))
+                lines.append(f"{key} → {change[key]}")  # the engine's acknowledgement says if it refuses
 
         async def answered(answer: str | None) -> None:
             if answer != "apply":
                 return
             if "guidance" in change:
-                await self.send("set_guidance", guidance=change["guidance"])
+                await self.send(cmds.SetGuidance(guidance=change["guidance"]))
             budget = {k.split(".", 1)[1]: v for k, v in change.items() if k.startswith("budget.")}
-            if budget and budget_ok:
-                await self.send("set_budget", **budget)
+            if budget:
+                await self.send(cmds.SetBudget(**budget))
             self.config_change = None
             header = self.header
             header.notice = ""
@@ -590,7 +590,7 @@ class BilevelApp(App[int]):
         header.notice = "stopping… (q again to leave now)"
         header.refresh()
         self._exit_when_finished = True
-        await self.send("stop", now=True, reason="the user quit the app")
+        await self.send(cmds.Stop(now=True, reason="the user quit the app"))
 
     # --- the command palette --------------------------------------------------------------------------------------------
 
@@ -629,8 +629,4 @@ def _args_text(args: dict[str, Any]) -> str:
     shown = {k: v for k, v in args.items() if k != "reason"}
     return " ".join(f"{k}={str(v)[:40]}" for k, v in shown.items())
 
-
-def _engine_commands() -> tuple[str, ...]:
-    engine = sys.modules.get("core.engine.engine")
-    return tuple(getattr(engine, "COMMANDS", ()) or ())
 

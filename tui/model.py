@@ -474,6 +474,7 @@ _HANDLERS: dict[type, Any] = {
     ev.CommandReceived: _command,
     ev.LLMRequest: _llm_request,
     ev.LLMDelta: _llm_delta,
+    ev.MergedDeltas: _llm_delta,  # a replay jump hands over a run of tokens as one
     ev.LLMResponse: _llm_response,
     ev.StrategyStarted: _strategy_started,
     ev.StrategyDecision: _strategy_decision,

@@ -21,7 +21,6 @@ seam to cut once the typed decoder has replaced the byte scanning.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections import deque
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Union
 
 from core.record import channel
+from core.record import commands as cmds
 from core.record import events as ev
 from core.record import layout
 from core.record.session import SessionReader
@@ -58,7 +58,7 @@ class Source:
         raise NotImplementedError
         yield []
 
-    async def send(self, name: str, /, **args: Any) -> None:
+    async def send(self, command: cmds.Command) -> None:
         raise ReadOnlyError(f"{self.mode}: read-only, commands cannot be sent")
 
     def engine_running(self) -> bool:
@@ -180,8 +180,8 @@ class LiveSource(Source):
                 batch.append(self._queue.popleft())
             yield batch
 
-    async def send(self, name: str, /, **args: Any) -> None:
-        self.engine.submit(name, source="tui", **args)
+    async def send(self, command: cmds.Command) -> None:
+        self.engine.submit(command, source="tui")
 
     def engine_running(self) -> bool:
         return self.engine_task is not None and not self.engine_task.done()
@@ -227,8 +227,8 @@ class TailSource(Source):
             self.caught_up.set()
             await asyncio.sleep(self.poll_s)
 
-    async def send(self, name: str, /, **args: Any) -> None:
-        await asyncio.to_thread(channel.write_command, self.session_dir, name, **args)
+    async def send(self, command: cmds.Command) -> None:
+        await asyncio.to_thread(channel.write_command, self.session_dir, command)
 
     def engine_pid(self) -> int | None:
         try:
@@ -264,121 +264,96 @@ def speed_label(speed: float) -> str:
     return "instant" if speed == float("inf") else f"{speed:g}×"
 
 
-_SUPERSEDED = (b"training_progress", b"training_output")
-
-
 class SessionLog:
-    """A session's events as raw lines, typed cheaply and parsed only when needed.
+    """A session's events, decoded once as they are read (the codec does ~1M lines/s).
 
     Most lines of a long session are training progress and output; for the screen only
     the last progress line before a later event matters, and stdout output not at all,
-    so opening a session parses a fraction of it (see :meth:`for_display`).
+    so a jump hands over a fraction of them (see :meth:`for_display`).
     """
 
     def __init__(self) -> None:
-        self.raw: list[bytes] = []
-        self.types: list[bytes] = []
-        self._parsed: dict[int, ev.Event] = {}
+        self._events: list[ev.Event] = []
+        self._lines = 0  # lines read so far, blank ones included (for line numbers)
+        self.unreadable: list[tuple[int, str]] = []  # (line number, why): the reader's to report
 
     def __len__(self) -> int:
-        return len(self.raw)
+        return len(self._events)
 
     def extend(self, data: bytes) -> None:
-        for line in data.splitlines():
-            if line.strip():
-                self.raw.append(line)
-                self.types.append(_line_type(line))
+        """Add complete lines (``data`` ends with a newline)."""
+        lines = data.split(b"\n")[:-1]
+        first, self._lines = self._lines + 1, self._lines + len(lines)
+        for n, line in enumerate(lines, first):
+            if not line.strip():
+                continue
+            try:
+                event = ev.decode(line)
+            except ValueError as exc:
+                self.unreadable.append((n, str(exc)))
+                event = ev.UnknownEvent(name="unreadable", data={"line": n, "error": str(exc)})
+            self._events.append(event)
 
     def event(self, i: int) -> ev.Event:
-        event = self._parsed.get(i)
-        if event is None:
-            try:
-                event = ev.from_json(self.raw[i].decode("utf-8"))
-            except (ValueError, TypeError):
-                event = ev.UnknownEvent(name="unreadable", data={"line": i})
-            self._parsed[i] = event
-        return event
+        return self._events[i]
 
     def events(self, start: int, end: int) -> list[ev.Event]:
-        return [self.event(i) for i in range(start, end)]
+        return self._events[start:end]
 
     def for_display(self, start: int, end: int) -> list[ev.Event]:
         """The events of ``[start, end)`` a screen needs to show the state after them.
 
         Superseded progress lines and stdout lines are skipped (the screen shows only the
         latest progress; stdout lives in the training log), and a run of streamed tokens of
-        one call arrives as one delta carrying their count.
+        one call arrives as one :class:`~core.record.events.MergedDeltas` carrying their count.
         """
-        types, raw = self.types, self.raw
         out: list[ev.Event] = []
-        last_progress = None
-        run: list[dict[str, Any]] = []
+        last_progress: ev.Event | None = None
+        run: list[ev.LLMDelta] = []
 
         def flush_run() -> None:
             if run:
                 out.append(merged_delta(run))
                 run.clear()
 
-        for i in range(start, end):
-            kind = types[i]
-            if kind == b"training_progress":
-                last_progress = i
+        for event in self._events[start:end]:
+            if isinstance(event, ev.TrainingProgress):
+                last_progress = event
                 continue
-            if kind == b"training_output" and b'"stream":"stderr"' not in raw[i]:
+            if isinstance(event, ev.TrainingOutput) and event.stream != "stderr":
                 continue
             if last_progress is not None:
                 flush_run()
-                out.append(self.event(last_progress))  # the bar's state when the next event came
+                out.append(last_progress)  # the bar's state when the next event came
                 last_progress = None
-            if kind == b"llm_delta" and i not in self._parsed:
-                data = json.loads(raw[i])
-                if run and (run[-1].get("call_id"), run[-1].get("kind")) != (data.get("call_id"), data.get("kind")):
+            if isinstance(event, ev.LLMDelta):
+                if run and (run[-1].call_id, run[-1].kind) != (event.call_id, event.kind):
                     flush_run()
-                run.append(data)
+                run.append(event)
                 continue
             flush_run()
-            out.append(self.event(i))
+            out.append(event)
         flush_run()
         if last_progress is not None:
-            out.append(self.event(last_progress))
+            out.append(last_progress)
         return out
 
     def ts(self, i: int) -> float:
-        return _line_ts(self.raw[i])
+        return self._events[i].ts
 
-    def find(self, kinds: tuple[bytes, ...], start: int = 0, end: int | None = None) -> list[int]:
-        stop = len(self.raw) if end is None else end
-        return [i for i in range(start, stop) if self.types[i] in kinds]
+    def find(self, kinds: tuple[type[ev.Event], ...], start: int = 0, end: int | None = None) -> list[int]:
+        stop = len(self._events) if end is None else end
+        events = self._events
+        return [i for i in range(start, stop) if isinstance(events[i], kinds)]
 
 
-def merged_delta(parts: list[dict[str, Any]]) -> ev.LLMDelta:
+def merged_delta(parts: list[ev.LLMDelta]) -> ev.LLMDelta:
     """Consecutive deltas of one call as one event; ``merged`` keeps their count (the token estimate)."""
     first, last = parts[0], parts[-1]
-    delta = ev.LLMDelta(seq=int(last.get("seq", 0)), ts=float(last.get("ts", 0.0)), call_id=str(first.get("call_id", "")),
-                        level=str(first.get("level", "")), kind=str(first.get("kind", "content")),
-                        text="".join(str(p.get("text", "")) for p in parts))
-    object.__setattr__(delta, "merged", len(parts))
-    return delta
-
-
-def _line_type(line: bytes) -> bytes:
-    i = line.find(b'"type":"')
-    if i < 0:
-        return b""
-    j = line.find(b'"', i + 8)
-    return line[i + 8:j]
-
-
-def _line_ts(line: bytes) -> float:
-    i = line.find(b'"ts":')
-    if i < 0:
-        return 0.0
-    j = i + 5
-    k = line.find(b",", j)
-    try:
-        return float(line[j:k])
-    except ValueError:
-        return 0.0
+    if len(parts) == 1:
+        return first
+    return ev.MergedDeltas(seq=last.seq, ts=last.ts, call_id=first.call_id, level=first.level, kind=first.kind,
+                           text="".join(p.text for p in parts), merged=len(parts))
 
 
 class ReplaySource(Source):
@@ -432,11 +407,11 @@ class ReplaySource(Source):
         self._load()
         log = self.events
         target = None
-        for i in log.find((b"iteration_finished", b"iteration_interrupted")):
+        for i in log.find((ev.IterationFinished, ev.IterationInterrupted)):
             if getattr(log.event(i), "iteration", None) == iteration:
                 target = i + 1
         if target is None:
-            starts = [i for i in log.find((b"iteration_started",)) if log.event(i).iteration >= iteration]  # type: ignore[attr-defined]
+            starts = [i for i in log.find((ev.IterationStarted,)) if log.event(i).iteration >= iteration]  # type: ignore[attr-defined]
             target = starts[0] if starts else len(log)
         self.paused = True  # a seek lands paused, so what was asked for stays on screen
         if target >= self.position:
@@ -449,7 +424,7 @@ class ReplaySource(Source):
     def iterations(self) -> list[int]:
         self._load()
         log = self.events
-        return sorted({log.event(i).iteration for i in log.find((b"iteration_finished",))})  # type: ignore[attr-defined]
+        return sorted({log.event(i).iteration for i in log.find((ev.IterationFinished,))})  # type: ignore[attr-defined]
 
     def describe(self) -> str:
         state = "⏸" if self.paused else "▶"
@@ -464,7 +439,7 @@ class ReplaySource(Source):
         return len(data)
 
     def _index_after_iteration(self, start: int) -> int:
-        found = self.events.find((b"iteration_finished", b"iteration_interrupted"), start)
+        found = self.events.find((ev.IterationFinished, ev.IterationInterrupted), start)
         if found:
             return found[0] + 1
         return min(len(self.events), start + 1)

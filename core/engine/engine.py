@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from msgspec.structs import replace as replace_struct
+
 from core import __version__
+from core.record import commands as cmds
 from core.record import events as ev
 from core.record import config as config_mod
 from core.record import layout
@@ -38,17 +40,8 @@ from core.record.state import RunState, fold
 
 # Parameters that define the measurement rather than the model: never the LLM's to change.
 PROTOCOL_PARAMS = ("TIME_BUDGET", "EVAL_TOKENS", "DEVICE", "COMPILE")
-COMMANDS = ("pause", "resume", "stop", "abort_training", "set_guidance", "freeze", "unfreeze",
-            "approve_mechanism", "reject_mechanism", "set_budget")
 
 Subscriber = Callable[[ev.Event], None]
-
-
-@dataclass
-class Command:
-    name: str
-    args: dict[str, Any] = field(default_factory=dict)
-    source: str = "api"
 
 
 class Engine:
@@ -67,7 +60,7 @@ class Engine:
         self.data_dir: Path | None = None
         self.stopping = False
         self.stop_reason = ""
-        self._commands: asyncio.Queue[Command] = asyncio.Queue()
+        self._commands: asyncio.Queue[tuple[cmds.Command | cmds.Unreadable, str]] = asyncio.Queue()
         self._unpaused = asyncio.Event()
         self._cancel_training: asyncio.Event | None = None
         self._current: asyncio.Task[Any] | None = None
@@ -126,9 +119,9 @@ class Engine:
 
     # --- commands ------------------------------------------------------------------------------
 
-    def submit(self, command: str, /, source: str = "api", **args: Any) -> None:
-        """Queue a command; it is acknowledged by a CommandReceived event."""
-        self._commands.put_nowait(Command(command, args, source))
+    def submit(self, command: cmds.Command | cmds.Unreadable, /, source: str = "api") -> None:
+        """Queue a command; it is acknowledged by a CommandReceived event (an Unreadable one is refused)."""
+        self._commands.put_nowait((command, source))
 
     def request_stop(self, reason: str, *, hard: bool = False) -> None:
         """Stop at the next iteration boundary; ``hard`` also cuts the running iteration short."""
@@ -143,73 +136,69 @@ class Engine:
 
     async def _command_loop(self) -> None:
         while True:
-            cmd = await self._commands.get()
+            cmd, source = await self._commands.get()
+            if isinstance(cmd, cmds.Unreadable):
+                self.emit(ev.CommandReceived(command=cmd.name, args=cmd.args, source=source, ok=False, error=cmd.error))
+                continue
             try:
-                error = self._handle(cmd)
+                cmd, error = self._handle(cmd)
             except Exception as exc:  # noqa: BLE001 - a malformed command must not kill the inbox
                 error = f"malformed command: {exc!r}"
-            self.emit(ev.CommandReceived(command=cmd.name, args=cmd.args, source=cmd.source,
+            self.emit(ev.CommandReceived(command=cmd.command, args=cmd.args(), source=source,
                                          ok=not error, error=error or ""))
-            self._after_command(cmd, error)
+            if not error:
+                self._after_command(cmd, source)
 
-    def _handle(self, cmd: Command) -> str | None:
-        """Validate a command; returns an error message or None."""
-        if cmd.name not in COMMANDS:
-            return f"unknown command {cmd.name!r} (commands: {', '.join(COMMANDS)})"
-        if cmd.name in ("freeze", "unfreeze"):
-            name = cmd.args.get("name")
-            if name not in self.schema:
-                return f"unknown parameter {name!r}"
-            if self.schema[name].locked:
-                return f"{name} is locked by the configuration"
-        if cmd.name == "set_guidance" and not isinstance(cmd.args.get("guidance"), str):
-            return "set_guidance needs a 'guidance' string"
-        if cmd.name == "set_budget":
-            if cmd.args.get("time_s") not in (None, self.cfg.budget.time_s):
-                return ("the time budget defines the measurement and cannot change mid-session; "
-                        "start a new session to compare at another budget")
-            iterations = cmd.args.get("iterations")
-            if iterations is not None and (not isinstance(iterations, int) or isinstance(iterations, bool)
-                                           or iterations < len(self.state.records) - 1):
-                return f"iterations must be an integer ≥ {max(0, len(self.state.records) - 1)} (iterations done)"
-        if cmd.name == "abort_training" and self._cancel_training is None:
-            return "no training run is in progress"
-        if cmd.name in ("approve_mechanism", "reject_mechanism"):
-            rid = cmd.args.get("research_id")
+    def _handle(self, cmd: cmds.Command) -> tuple[cmds.Command, str | None]:
+        """Validate a command against the run; returns it (completed) and an error message or None."""
+        if isinstance(cmd, (cmds.Freeze, cmds.Unfreeze)):
+            if cmd.name not in self.schema:
+                return cmd, f"unknown parameter {cmd.name!r}"
+            if self.schema[cmd.name].locked:
+                return cmd, f"{cmd.name} is locked by the configuration"
+        if isinstance(cmd, cmds.SetBudget):
+            if cmd.time_s not in (None, self.cfg.budget.time_s):
+                return cmd, ("the time budget defines the measurement and cannot change mid-session; "
+                             "start a new session to compare at another budget")
+            if cmd.iterations is not None and cmd.iterations < len(self.state.records) - 1:
+                return cmd, f"iterations must be an integer ≥ {max(0, len(self.state.records) - 1)} (iterations done)"
+        if isinstance(cmd, cmds.AbortTraining) and self._cancel_training is None:
+            return cmd, "no training run is in progress"
+        if isinstance(cmd, (cmds.ApproveMechanism, cmds.RejectMechanism)):
+            rid = cmd.research_id
             if rid is None and len(self._approvals) == 1:
-                cmd.args["research_id"] = rid = next(iter(self._approvals))
+                rid = next(iter(self._approvals))
+                cmd = replace_struct(cmd, research_id=rid)
             if rid not in self._approvals:
                 waiting = ", ".join(self._approvals) or "none"
-                return f"no mechanism waits for approval under {rid!r} (waiting: {waiting})"
-        return None
+                return cmd, f"no mechanism waits for approval under {rid!r} (waiting: {waiting})"
+        return cmd, None
 
-    def _after_command(self, cmd: Command, error: str | None) -> None:
-        if error:
-            return
-        if cmd.name == "pause" and not self.state.paused:
+    def _after_command(self, cmd: cmds.Command, source: str) -> None:
+        if isinstance(cmd, cmds.Pause) and not self.state.paused:
             self._unpaused.clear()
             self.emit(ev.PauseRequested())
-        elif cmd.name == "resume":
+        elif isinstance(cmd, cmds.Resume):
             self._unpaused.set()
             if self.state.pause_requested and not self.state.paused:
                 self.emit(ev.Unpaused())  # resumed before the pause took effect
-        elif cmd.name == "stop":
-            self.request_stop(cmd.args.get("reason", "stopped by the user"), hard=bool(cmd.args.get("now")))
-        elif cmd.name == "abort_training" and self._cancel_training is not None:
+        elif isinstance(cmd, cmds.Stop):
+            self.request_stop(cmd.reason, hard=cmd.now)
+        elif isinstance(cmd, cmds.AbortTraining) and self._cancel_training is not None:
             self._cancel_training.set()
-        elif cmd.name == "set_budget" and cmd.args.get("iterations") is not None:
-            self.emit(ev.BudgetChanged(iterations=cmd.args["iterations"], source=cmd.source))
-            self.cfg = config_mod.with_overrides(self.cfg, {"budget.iterations": cmd.args["iterations"]})
-        elif cmd.name == "set_guidance":
-            self.emit(ev.GuidanceChanged(guidance=cmd.args["guidance"], source="user"))
-        elif cmd.name == "freeze" and cmd.args["name"] not in self.state.frozen:
-            self.emit(ev.ParamFrozen(name=cmd.args["name"], reason=cmd.args.get("reason", "frozen by the user")))
-        elif cmd.name == "unfreeze" and cmd.args["name"] in self.state.frozen:
-            self.emit(ev.ParamUnfrozen(name=cmd.args["name"], reason=cmd.args.get("reason", "unfrozen by the user")))
-        elif cmd.name in ("approve_mechanism", "reject_mechanism"):
-            fut = self._approvals.pop(cmd.args["research_id"])
+        elif isinstance(cmd, cmds.SetBudget) and cmd.iterations is not None:
+            self.emit(ev.BudgetChanged(iterations=cmd.iterations, source=source))
+            self.cfg = config_mod.with_overrides(self.cfg, {"budget.iterations": cmd.iterations})
+        elif isinstance(cmd, cmds.SetGuidance):
+            self.emit(ev.GuidanceChanged(guidance=cmd.guidance, source="user"))
+        elif isinstance(cmd, cmds.Freeze) and cmd.name not in self.state.frozen:
+            self.emit(ev.ParamFrozen(name=cmd.name, reason=cmd.reason))
+        elif isinstance(cmd, cmds.Unfreeze) and cmd.name in self.state.frozen:
+            self.emit(ev.ParamUnfrozen(name=cmd.name, reason=cmd.reason))
+        elif isinstance(cmd, (cmds.ApproveMechanism, cmds.RejectMechanism)):
+            fut = self._approvals.pop(cmd.research_id)  # type: ignore[arg-type]
             if not fut.done():
-                fut.set_result(cmd.name == "approve_mechanism")
+                fut.set_result(isinstance(cmd, cmds.ApproveMechanism))
 
     # --- the run ------------------------------------------------------------------------------
 

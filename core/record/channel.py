@@ -1,12 +1,15 @@
 """The command channel of a session: how a viewer that does not own the engine sends commands.
 
 An attached viewer (``bilevel attach``) writes each command as one JSON file,
-``<session>/commands/<time_ns>-<pid>-<nonce>.json`` holding ``{"command": ..., "args": {...}}``,
-atomically (temp file + rename), so the engine never reads half a command. The engine
-runs :func:`watch_commands`, which submits every file in name order (submission order)
-with ``source="channel"`` and deletes it; the acknowledgement is the usual
-``CommandReceived`` event in ``events.jsonl``, which every viewer sees. Several viewers may
-write at once: the file names never collide. No UI imports here.
+``<session>/commands/<time_ns>-<pid>-<nonce>.json`` holding ``{"command": ..., "args": {...}}``
+(a :mod:`core.record.commands` command on the wire), atomically (temp file + rename), so
+the engine never reads half a command. The engine runs :func:`watch_commands`, which
+submits every file in name order (submission order) with ``source="channel"`` and deletes
+it; the acknowledgement is the usual ``CommandReceived`` event in ``events.jsonl``, which
+every viewer sees. A file that is not a command is kept (renamed ``*.invalid``) and
+submitted as :class:`~core.record.commands.Unreadable`, so the engine refuses it with the
+reason in an event. Several viewers may write at once: the file names never collide. No
+UI imports here.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
+
+from core.record import commands as cmds
 
 from core.record import layout
 from core.record.layout import COMMANDS_DIR  # noqa: F401 - re-exported
@@ -24,15 +29,16 @@ from core.record.layout import COMMANDS_DIR  # noqa: F401 - re-exported
 _SUFFIX = ".json"
 _BAD_SUFFIX = ".invalid"  # a command file that could not be read is kept under this name, never retried
 
-Submit = Callable[..., None]
+Submit = Callable[..., None]  # submit(command_or_unreadable, source=...)
 
 
 def commands_dir(session_dir: Path) -> Path:
     return layout.commands_dir(session_dir)
 
 
-def write_command(session_dir: Path, name: str, /, **args: Any) -> Path:
+def write_command(session_dir: Path, command: cmds.Command) -> Path:
     """Queue one command for the engine of ``session_dir``; returns the file written."""
+    name, args = cmds.to_wire(command)
     folder = commands_dir(session_dir)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -52,15 +58,20 @@ def pending_commands(session_dir: Path) -> list[Path]:
     return names
 
 
-def read_command(path: Path) -> tuple[str, dict[str, Any]]:
-    """The command name and its arguments; ValueError for a file that is not a command."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+def read_command(path: Path) -> cmds.Command:
+    """The command in a file; ValueError (a CommandError for a bad name or argument) if it is none."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("command"), str) or not data["command"]:
         raise ValueError("expected an object with a non-empty 'command' string")
-    args = data.get("args", {})
-    if not isinstance(args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in args):
-        raise ValueError("'args' must be an object with identifier keys")
-    return data["command"], args
+    unknown = sorted(set(data) - {"command", "args"})
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (expected 'command' and 'args')")
+    return cmds.from_wire(data["command"], data.get("args", {}))
 
 
 def take_pending(session_dir: Path, submit: Submit, log: Callable[[str], None] | None = None) -> int:
@@ -68,24 +79,42 @@ def take_pending(session_dir: Path, submit: Submit, log: Callable[[str], None] |
     count = 0
     for path in pending_commands(session_dir):
         try:
-            name, args = read_command(path)
+            command: cmds.Command | cmds.Unreadable = read_command(path)
         except FileNotFoundError:
             continue  # another watcher of the same session took it
         except (OSError, ValueError) as exc:
-            if log:
-                log(f"command file {path.name} ignored: {exc}")
+            kept = path.with_suffix(_BAD_SUFFIX)
             try:
-                os.replace(path, path.with_suffix(_BAD_SUFFIX))
+                os.replace(path, kept)
+            except FileNotFoundError:
+                continue
             except OSError:
-                pass
+                kept = path
+            if log:
+                log(f"command file {path.name} refused (kept as {kept.name}): {exc}")
+            submit(_unreadable(kept, exc), source="channel")
+            count += 1
             continue
         try:
             path.unlink()
         except FileNotFoundError:
             continue
-        submit(name, source="channel", **args)
+        submit(command, source="channel")
         count += 1
     return count
+
+
+def _unreadable(path: Path, exc: Exception) -> cmds.Unreadable:
+    """What the engine refuses for a bad file: its name and arguments where they could be read."""
+    name, args = "", {}
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+        if isinstance(data, dict):
+            name = data["command"] if isinstance(data.get("command"), str) else ""
+            args = data["args"] if isinstance(data.get("args"), dict) else {}
+    except (OSError, ValueError):
+        pass
+    return cmds.Unreadable(name=name, args=args, error=f"command file {path.name}: {exc}")
 
 
 async def watch_commands(session_dir: Path, submit: Submit, *, log: Callable[[str], None] | None = None,

@@ -1,18 +1,23 @@
-"""Experiment configuration: one TOML file -> typed, validated, frozen dataclasses.
+"""Experiment configuration: one TOML file -> typed, validated, frozen msgspec structs.
 
-Every problem is reported with the file, the line (where it can be found), the key and
-what was expected; unknown keys are errors, not silently ignored, so a typo never
-quietly runs the wrong experiment.
+The sections declare their types, choices (``Literal``) and ranges (``msgspec.Meta``);
+msgspec checks them. Every problem is reported with the file, the line (where it can be
+found), the key and what was expected; unknown keys are errors, not silently ignored, so
+a typo never quietly runs the wrong experiment. Every float key is bounded on both sides,
+so none can be NaN or infinite. ``endpoint.api_key_env`` must be a variable's name: a value
+that looks like a key is refused without being repeated anywhere.
 """
 from __future__ import annotations
 
-import dataclasses
+import math
 import re
 import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
+
+import msgspec
 
 from core.record import layout
 
@@ -36,66 +41,71 @@ class ConfigError(ValueError):
     """A configuration problem; ``str()`` is the message shown to the user."""
 
 
-def _meta(**kw: Any) -> dict[str, Any]:
-    return {"metadata": kw}
+def _range(ge: float | None = None, le: float | None = None) -> msgspec.Meta:
+    return msgspec.Meta(ge=ge, le=le)
 
 
-@dataclass(frozen=True)
-class EndpointConfig:
-    provider: str = field(default="offline", **_meta(choices=("openai", "offline")))
+# Every float key has both bounds: a NaN fails every bound and an infinity the upper one,
+# so no key can be non-finite (grace_s = nan removed the training deadline; time_s = inf crashed).
+DAY_S = 86_400.0
+Seconds = Annotated[float, _range(1, 7 * DAY_S)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class EndpointConfig(_Section):
+    provider: Literal["openai", "offline"] = "offline"
     base_url: str = ""
     model: str = ""
     api_key_env: str = ""  # the NAME of the environment variable holding the key, never the key
     stream: bool = True
     json_mode: bool = True
-    timeout_s: float = field(default=180.0, **_meta(min=1))
-    max_retries: int = field(default=4, **_meta(min=0, max=20))
-    temperature: typing.Optional[float] = field(default=None, **_meta(min=0, max=2))
-    max_tokens: typing.Optional[int] = field(default=None, **_meta(min=16))
+    timeout_s: Annotated[float, _range(1, DAY_S)] = 180.0
+    max_retries: Annotated[int, _range(0, 20)] = 4
+    temperature: Optional[Annotated[float, _range(0, 2)]] = None
+    max_tokens: Optional[Annotated[int, _range(16, 10_000_000)]] = None
     # US dollars per million tokens for this model, for the cost columns of `bilevel report`.
-    price_in_per_m: typing.Optional[float] = field(default=None, **_meta(min=0))
-    price_out_per_m: typing.Optional[float] = field(default=None, **_meta(min=0))
+    price_in_per_m: Optional[Annotated[float, _range(0, 1e6)]] = None
+    price_out_per_m: Optional[Annotated[float, _range(0, 1e6)]] = None
 
 
-@dataclass(frozen=True)
-class ScriptConfig:
+class ScriptConfig(_Section):
     path: str = ""  # empty: the bundled baseline/train.py
-    preset: str = field(default="reference", **_meta(choices=("reference", "cpu-tiny")))
+    preset: Literal["reference", "cpu-tiny"] = "reference"
     python: str = ""  # interpreter for training runs; empty: this one
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     source: str = "stdlib"  # "stdlib", a folder of text/parquet files, or "none" (the script finds its own data)
     name: str = ""
-    max_bytes: typing.Optional[int] = field(default=None, **_meta(min=1024))
-    vocab_size: typing.Optional[int] = field(default=None, **_meta(min=257, max=65535))
+    max_bytes: Optional[Annotated[int, _range(1024)]] = None
+    vocab_size: Optional[Annotated[int, _range(257, 65535)]] = None
 
 
-@dataclass(frozen=True)
-class BudgetConfig:
-    time_s: float = field(default=300.0, **_meta(min=1))  # training budget per run
-    grace_s: typing.Optional[float] = field(default=None, **_meta(min=0))  # start-up, compile, eval
-    iterations: int = field(default=30, **_meta(min=0, max=100000))
+class BudgetConfig(_Section):
+    time_s: Seconds = 300.0  # training budget per run
+    grace_s: Optional[Annotated[float, _range(0, DAY_S)]] = None  # start-up, compile, eval
+    iterations: Annotated[int, _range(0, 100000)] = 30
 
     @property
     def deadline_grace_s(self) -> float:
         return self.grace_s if self.grace_s is not None else max(60.0, 0.5 * self.time_s)
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    group: str = field(default="A", **_meta(choices=tuple(GROUPS)))
+class SearchConfig(_Section):
+    group: Literal["A", "B", "C", "D"] = "A"
     levels: tuple[str, ...] = ()  # overrides group when given
-    outer_period: int = field(default=5, **_meta(min=1))  # K: Level 1.5 every K iterations
-    research_period: int = field(default=2, **_meta(min=1))  # M: Level 2 every M outer cycles
-    min_delta: float = field(default=0.0, **_meta(min=0))
+    outer_period: Annotated[int, _range(1, 100000)] = 5  # K: Level 1.5 every K iterations
+    research_period: Annotated[int, _range(1, 100000)] = 2  # M: Level 2 every M outer cycles
+    min_delta: Annotated[float, _range(0, 10)] = 0.0  # in val_bpb (bits per byte)
     locked: tuple[str, ...] = ("DEPTH", "ASPECT_RATIO")
-    bounds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bounds: dict[str, dict[str, Any]] = {}
     guidance: str = ""
     seed: int = 0
-    max_reasks: int = field(default=3, **_meta(min=0, max=20))
-    history_tokens: int = field(default=6000, **_meta(min=200))
+    max_reasks: Annotated[int, _range(0, 20)] = 3
+    history_tokens: Annotated[int, _range(200)] = 6000
     mechanisms: tuple[str, ...] = ()  # built-in mechanisms active from the start
 
     @property
@@ -103,44 +113,42 @@ class SearchConfig:
         return self.levels or GROUPS[self.group]
 
 
-@dataclass(frozen=True)
-class StrategyConfig:
-    freeze_after: int = field(default=3, **_meta(min=1))  # k: proposals with no net gain
-    max_new_freezes: int = field(default=2, **_meta(min=0))
-    min_active: int = field(default=3, **_meta(min=1))
+class StrategyConfig(_Section):
+    freeze_after: Annotated[int, _range(1)] = 3  # k: proposals with no net gain
+    max_new_freezes: Annotated[int, _range(0)] = 2
+    min_active: Annotated[int, _range(1)] = 3
 
 
-@dataclass(frozen=True)
-class Level2Config:
-    approval: str = field(default="auto", **_meta(choices=("auto", "manual")))
+class Level2Config(_Section):
+    approval: Literal["auto", "manual"] = "auto"
     allow_imports: tuple[str, ...] = ()
-    hook_timeout_s: float = field(default=2.0, **_meta(min=0.01))
-    import_timeout_s: float = field(default=20.0, **_meta(min=1))
-    max_repairs: int = field(default=2, **_meta(min=0, max=10))
+    hook_timeout_s: Annotated[float, _range(0.01, 3600)] = 2.0
+    import_timeout_s: Annotated[float, _range(1, 3600)] = 20.0
+    max_repairs: Annotated[int, _range(0, 10)] = 2
     # The wall around generated code: strict (Landlock + seccomp + rlimits) or the explicit weaker "process".
-    isolation: str = field(default="strict", **_meta(choices=("strict", "process")))
+    isolation: Literal["strict", "process"] = "strict"
     worker_env: tuple[str, ...] = ()  # environment variables the mechanism worker may see
 
 
-@dataclass(frozen=True)
-class AcceptanceConfig:
+class AcceptanceConfig(_Section):
     """When a change counts as an improvement (search.min_delta is the absolute floor)."""
 
-    noise_sigma: float = field(default=0.0, **_meta(min=0))  # > 0: beat best by this many noise-floor σ
+    noise_sigma: Annotated[float, _range(0, 100)] = 0.0  # > 0: beat best by this many noise-floor σ
     confirm: bool = False  # re-run a candidate new best with another seed; keep it only if the mean wins
     allow_seed_tuning: bool = False  # let the search change seed constants (SEED = 42) in the script
     noise_store: str = ""  # where noise floors are kept; empty: <sessions_dir>/noise.json
 
 
-@dataclass(frozen=True)
-class RunConfig:
+class RunConfig(_Section):
     sessions_dir: str = "sessions"
     gpus: str = "auto"  # "auto", "cpu", or a list like "0,1"
     pass_env: tuple[str, ...] = ()  # extra environment variables the training script may see
 
 
-@dataclass(frozen=True)
-class Config:
+_INTERNAL = ("base_dir",)
+
+
+class Config(_Section):
     name: str = "experiment"
     endpoint: EndpointConfig = EndpointConfig()
     script: ScriptConfig = ScriptConfig()
@@ -151,8 +159,8 @@ class Config:
     level2: Level2Config = Level2Config()
     acceptance: AcceptanceConfig = AcceptanceConfig()
     run: RunConfig = RunConfig()
-    # Where relative paths resolve from: the config file's folder (not saved).
-    base_dir: str = field(default="", metadata={"internal": True})
+    # Where relative paths resolve from: the config file's folder (internal: never read from a file, not saved).
+    base_dir: str = ""
 
     @property
     def offline(self) -> bool:
@@ -174,16 +182,17 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that from_dict accepts again (TOML has no null, so unset options are left out)."""
-        data = _drop_none(dataclasses.asdict(self))
-        data.pop("base_dir", None)
+        data = _drop_none(msgspec.to_builtins(self))
+        for key in _INTERNAL:
+            data.pop(key, None)
         return data
 
 
 def _drop_none(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, tuple):
-        return list(value)
+    if isinstance(value, (tuple, list)):
+        return [_drop_none(v) for v in value]  # plain JSON/TOML data: what a session log gives back
     return value
 
 
@@ -193,9 +202,15 @@ def _drop_none(value: Any) -> Any:
 def load(path: Path | str, overrides: Mapping[str, Any] | None = None) -> Config:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                          "save the file as UTF-8") from None
     return loads(text, source=str(path), base_dir=str(path.resolve().parent), overrides=overrides)
 
 
@@ -209,16 +224,29 @@ def loads(text: str, *, source: str = "<config>", base_dir: str = "", overrides:
 
 
 def from_dict(data: Mapping[str, Any], *, source: str = "<config>", text: str = "", base_dir: str = "") -> Config:
-    cfg = _build(Config, dict(data), (), _Where(source, text))
-    cfg = dataclasses.replace(cfg, base_dir=base_dir)
-    _check_cross_fields(cfg, _Where(source, text))
+    where = _Where(source, text)
+    if not isinstance(data, Mapping):
+        _fail(where, (), f"expected a table, got {type(data).__name__}")
+    data = dict(data)
+    for key in _INTERNAL:
+        if key in data:
+            _fail(where, (key,), f"unknown key (known keys here: {', '.join(_known(Config))})")
+    search = data.get("search")
+    if isinstance(search, dict) and isinstance(search.get("levels"), str):  # levels = "inner, strategy"
+        data["search"] = {**search, "levels": [v.strip() for v in search["levels"].split(",") if v.strip()]}
+    try:
+        cfg = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        _explain(exc, data, where)
+    cfg = msgspec.structs.replace(cfg, base_dir=base_dir)
+    _check_cross_fields(cfg, where)
     return cfg
 
 
 def with_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
     """A copy of cfg with dotted keys replaced, validated like a file."""
     data = apply_overrides(cfg.to_dict(), overrides)
-    return dataclasses.replace(from_dict(data, source="<overrides>"), base_dir=cfg.base_dir)
+    return msgspec.structs.replace(from_dict(data, source="<overrides>"), base_dir=cfg.base_dir)
 
 
 def parse_override(assignment: str) -> tuple[str, Any]:
@@ -286,68 +314,94 @@ def _fail(where: _Where, path: tuple[str, ...], message: str) -> typing.NoReturn
     raise ConfigError(f"{where.locate(path)}: {key}: {message}")
 
 
-def _build(cls: type, data: dict[str, Any], path: tuple[str, ...], where: _Where) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = sorted(set(data) - set(fields))
+_SECRET_KEYS = {("endpoint", "api_key_env")}  # a wrong value here may be a key: never repeat it
+
+
+def _known(cls: type) -> list[str]:
+    return [f for f in cls.__struct_fields__ if f not in _INTERNAL]
+
+
+def _explain(exc: msgspec.ValidationError, data: dict[str, Any], where: _Where) -> typing.NoReturn:
+    """A ConfigError for msgspec's verdict, in the user's terms: file:line: key: what was expected."""
+    message = str(exc)
+    m = re.search(r" - at `\$([^`]*)`$", message)
+    path = tuple(p for p in re.split(r"\.|\[\d+\]", m.group(1)) if p) if m else ()
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
+    tp = _field_type(path)
     if unknown:
-        known = ", ".join(fields)
-        _fail(where, path + (unknown[0],), f"unknown key (known keys here: {known})")
-    kwargs = {}
-    for name, value in data.items():
-        f = fields[name]
-        kwargs[name] = _convert(hints[name], value, path + (name,), where, f.metadata)
-    return cls(**kwargs)
+        _fail(where, path + (unknown.group(1),), f"unknown key (known keys here: {', '.join(_known(_strip(tp)))})")
+    value = _lookup(data, path)
+    shown = "a value that is not shown" if path in _SECRET_KEYS else repr(value)
+    if isinstance(msgspec.inspect.type_info(tp), msgspec.inspect.StructType):
+        _fail(where, path, f"expected a table [{'.'.join(path)}], got {type(value).__name__}")
+    if isinstance(value, list) and m and m.group(1).endswith("]"):
+        item = re.search(r"\[(\d+)\]$", m.group(1))
+        _fail(where, path, f"expected {_type_name(tp)}, got {_lookup_item(value, item)!r} in the list")
+    _fail(where, path, _expectation(tp, value, shown))
+
+
+def _expectation(tp: Any, value: Any, shown: str) -> str:
+    info = msgspec.inspect.type_info(tp)
+    if isinstance(info, msgspec.inspect.UnionType):
+        info = next(t for t in info.types if not isinstance(t, msgspec.inspect.NoneType))
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return f"expected one of {', '.join(map(repr, info.values))}, got {shown}"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(info, (msgspec.inspect.FloatType, msgspec.inspect.IntType)) and number:
+        if isinstance(info, msgspec.inspect.IntType) and isinstance(value, float):
+            return f"expected an integer, got {shown} (float)"
+        low, high = info.ge, info.le
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"expected a finite number between {low:g} and {high:g}, got {shown}"
+        if low is not None and value < low:
+            return f"expected a value >= {low:g}, got {shown}"
+        if high is not None and value > high:
+            return f"expected a value <= {high:g}, got {shown}"
+    return f"expected {_type_name(tp)}, got {shown} ({type(value).__name__})"
+
+
+def _field_type(path: tuple[str, ...]) -> Any:
+    """The declared type of the key at ``path`` (Config itself for the top level)."""
+    tp: Any = Config
+    for key in path:
+        cls = _strip(tp)
+        if not (isinstance(cls, type) and issubclass(cls, msgspec.Struct)) or key not in cls.__struct_fields__:
+            break
+        tp = typing.get_type_hints(cls, include_extras=True)[key]
+    return tp
+
+
+def _strip(tp: Any) -> Any:
+    if typing.get_origin(tp) is Annotated:
+        return typing.get_args(tp)[0]
+    return tp
+
+
+def _lookup(data: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _lookup_item(items: list[Any], match: Any) -> Any:
+    i = int(match.group(1)) if match else 0
+    return items[i] if 0 <= i < len(items) else None
 
 
 def _type_name(tp: Any) -> str:
+    tp = _strip(tp)
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
+    if origin is Union:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is tuple:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     if origin is dict:
         return "a table"
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _convert(tp: Any, value: Any, path: tuple[str, ...], where: _Where, meta: Mapping[str, Any]) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            _fail(where, path, f"expected a table [{'.'.join(path)}], got {type(value).__name__}")
-        return _build(tp, value, path, where)
-    if origin is typing.Union:
-        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
-        return _convert(inner, value, path, where, meta)
-    if origin is tuple:
-        item = typing.get_args(tp)[0]
-        if isinstance(value, str) and item is str and path[-1] == "levels":
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            _fail(where, path, f"expected {_type_name(tp)}, got {value!r}")
-        return tuple(_convert(item, v, path, where, {}) for v in value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            _fail(where, path, f"expected a table, got {value!r}")
-        return dict(value)
-    ok = (
-        (tp is bool and isinstance(value, bool))
-        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
-        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (tp is str and isinstance(value, str))
-    )
-    if not ok:
-        _fail(where, path, f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-    if tp is float:
-        value = float(value)
-    if "choices" in meta and value not in meta["choices"]:
-        _fail(where, path, f"expected one of {', '.join(map(repr, meta['choices']))}, got {value!r}")
-    if "min" in meta and value < meta["min"]:
-        _fail(where, path, f"expected a value >= {meta['min']}, got {value!r}")
-    if "max" in meta and value > meta["max"]:
-        _fail(where, path, f"expected a value <= {meta['max']}, got {value!r}")
-    return value
 
 
 def _check_cross_fields(cfg: Config, where: _Where) -> None:
@@ -361,15 +415,44 @@ def _check_cross_fields(cfg: Config, where: _Where) -> None:
             _fail(where, ("endpoint", "base_url"), 'required when provider = "openai" (e.g. "http://localhost:8000/v1")')
         if not cfg.endpoint.model:
             _fail(where, ("endpoint", "model"), 'required when provider = "openai"')
-    if cfg.endpoint.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cfg.endpoint.api_key_env):
+    if cfg.endpoint.api_key_env and not _looks_like_a_variable_name(cfg.endpoint.api_key_env):
+        # never repeat the value: it may be the key itself, pasted into the wrong place
         _fail(where, ("endpoint", "api_key_env"),
-              "expected the NAME of an environment variable (e.g. DEEPSEEK_API_KEY), not the key itself")
+              "expected the NAME of an environment variable (upper-case letters, digits and _, e.g. "
+              "DEEPSEEK_API_KEY), not the key itself; put the key in that variable (the value is not shown)")
     for name, spec in cfg.search.bounds.items():
+        key = ("search", "bounds", name)
         if not isinstance(spec, dict):
-            _fail(where, ("search", "bounds", name), "expected a table with min/max or choices")
+            _fail(where, key, "expected a table with min/max or choices")
         extra = set(spec) - {"min", "max", "choices"}
         if extra:
-            _fail(where, ("search", "bounds", name), f"unknown key {sorted(extra)[0]!r} (expected min, max, choices)")
+            _fail(where, key, f"unknown key {sorted(extra)[0]!r} (expected min, max, choices)")
+        for side in ("min", "max"):
+            if side in spec:
+                value = spec[side]
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                    _fail(where, key + (side,), f"expected a finite number, got {value!r}")
+        if "min" in spec and "max" in spec and not spec["min"] < spec["max"]:
+            _fail(where, key, f"expected min < max, got min = {spec['min']!r}, max = {spec['max']!r}")
+        if "choices" in spec:
+            choices = spec["choices"]
+            if not isinstance(choices, list) or not choices:
+                _fail(where, key + ("choices",), f"expected a non-empty list, got {choices!r}")
+            bad = [c for c in choices if isinstance(c, float) and not math.isfinite(c)]
+            if bad:
+                _fail(where, key + ("choices",), f"expected finite values, got {bad[0]!r}")
+
+
+# An environment variable's name as people write them; a key (sk-..., mixed case, long runs of
+# letters and digits) does not match, and neither does anything with spaces, dashes or dots.
+_VARIABLE_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+
+
+def _looks_like_a_variable_name(value: str) -> bool:
+    if not _VARIABLE_NAME.fullmatch(value):
+        return False
+    longest_run = max((len(part) for part in value.split("_")), default=0)
+    return longest_run < 32  # one 32+ character word is a token, not a name
 
 
 # --- presets --------------------------------------------------------------------

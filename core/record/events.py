@@ -1,130 +1,107 @@
 """The event vocabulary: the one contract between engine, session store, UI and replay.
 
-Every event is a frozen dataclass with a ``type`` name, a sequence number and a
-timestamp stamped by the engine when it is emitted. Events serialise to one JSON
-object per line. Readers tolerate events they do not know (a newer writer) by
-keeping them as :class:`UnknownEvent`, and fields they do not know are ignored.
+Every event is a frozen ``msgspec.Struct`` in one tagged union: the tag is the JSON
+``type`` key, so a log line is ``{"type": "training_progress", "seq": 7, "ts": ..., ...}``.
+Reading checks every field's type (a wrong-typed field is a :class:`EventDecodeError`
+naming the field, which the session reader prefixes with the line); fields whose values
+are a fixed set are ``Literal`` types.
+
+Tolerated on read, so old and newer logs keep loading: an event type this version does
+not know becomes :class:`UnknownEvent` keeping its data; unknown fields are ignored; the
+strings "nan", "inf" and "-inf" that older writers put in float fields are read back as
+floats.
+
+Non-finite floats (a diverged loss) round-trip exactly. msgspec's encoder would write
+them as ``null``, so a line whose fast encoding holds a ``null`` is checked, and if it
+carries a non-finite float it is written by the standard library's encoder instead, with
+the tokens ``NaN``, ``Infinity`` and ``-Infinity`` (what Python's ``json`` writes and reads).
+The fast decoder refuses those tokens, and such a line is read by ``json`` instead: the
+slow path costs only the rare lines that need it (see ``bench/bench_events.py``).
+
+Adding an event: a ``class X(Event, tag="x")`` below, with defaults for every field and a
+``Literal`` for a field with a fixed set of values. The module is over 500 lines because
+it is the whole vocabulary, one short class per event, next to the codec that defines
+how they are written; splitting them would put the contract in two places.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+import operator
+import types
+import typing
+from typing import Any, ClassVar, Literal, Union
 
-_REGISTRY: dict[str, type["Event"]] = {}
+import msgspec
+
+# The fixed sets of values; every value an emitter writes must be listed here.
+Provider = Literal["openai", "offline"]
+RunStatus = Literal["completed", "stopped", "failed"]
+Level = Literal["inner", "strategy", "research"]
+DeltaKind = Literal["content", "reasoning", "reset"]
+RejectionKind = Literal["unparseable", "invalid", "vetoed", "llm_error"]
+Stream = Literal["stdout", "stderr"]
+TrainingOutcome = Literal["ok", "crash", "timeout", "no_metrics", "diverged", "oom", "cancelled"]
+Decision = Literal["baseline", "keep", "discard", "crash", "rejected", "interrupted", "cancelled"]
+Origin = Literal["builtin", "config", "generated"]
+Effect = Literal["prompt", "vetoed", "modified", "overrode"]
+ResearchRoundName = Literal["explore", "critique", "specify", "generate", "repair"]
+ResearchOutcome = Literal["activated", "rejected", "declined", "failed", "dropped"]
+AcceptanceRule = Literal["min_delta", "noise_sigma"]
 
 
-@dataclass(frozen=True, kw_only=True)
-class Event:
-    type: ClassVar[str] = "event"
+class EventDecodeError(ValueError):
+    """A line that is not an event of this vocabulary; ``str()`` names the field and what was wrong."""
+
+
+class EventEncodeError(ValueError):
+    """An event that would write a line no reader accepts (a value outside its fixed set)."""
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    type: ClassVar[str] = "event"  # the tag, set on each class below
     seq: int = 0
     ts: float = 0.0
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        name = cls.__dict__.get("type")
-        if name:
-            if name in _REGISTRY:
-                raise TypeError(f"event type {name!r} registered twice")
-            _REGISTRY[name] = cls
-
     def payload(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("seq", "ts")}
+        return {name: getattr(self, name) for name in self.__struct_fields__ if name not in ("seq", "ts")}
 
 
-def _jsonable(value: Any) -> Any:
-    # JSON has no NaN/inf: a NaN loss must survive as a string, never as a number.
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def to_dict(event: Event) -> dict[str, Any]:
-    return {"seq": event.seq, "ts": round(event.ts, 6), "type": event.type, **_jsonable(event.payload())}
-
-
-def to_json(event: Event) -> str:
-    return json.dumps(to_dict(event), ensure_ascii=False, separators=(",", ":"))
-
-
-@dataclass(frozen=True, kw_only=True)
-class UnknownEvent(Event):
-    """An event of a type this version does not know; kept so nothing is lost."""
+class UnknownEvent(Event, tag="unknown_event"):
+    """An event of a type this version does not know; kept so nothing is lost (and written back as it was)."""
 
     name: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-def from_dict(data: dict[str, Any]) -> Event:
-    kind = data.get("type")
-    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
-    seq = int(data.get("seq", 0))
-    ts = float(data.get("ts", 0.0))
-    if cls is None:
-        rest = {k: v for k, v in data.items() if k not in ("seq", "ts", "type")}
-        return UnknownEvent(seq=seq, ts=ts, name=str(kind), data=rest)
-    names = _field_names(cls)
-    return cls(seq=seq, ts=ts, **{k: v for k, v in data.items() if k in names})
-
-
-@functools.lru_cache(maxsize=None)
-def _field_names(cls: type) -> frozenset[str]:
-    # Replay and attach parse every event: look the fields up once per class.
-    return frozenset(f.name for f in dataclasses.fields(cls)) - {"seq", "ts"}
-
-
-def from_json(line: str) -> Event:
-    data = json.loads(line)
-    if not isinstance(data, dict):
-        raise ValueError("an event must be a JSON object")
-    return from_dict(data)
-
-
-def event_types() -> dict[str, type[Event]]:
-    return dict(_REGISTRY)
+    data: dict[str, Any] = {}
 
 
 # --- the run ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class SessionStarted(Event):
-    type: ClassVar[str] = "session_started"
+class SessionStarted(Event, tag="session_started"):
     session: str = ""
     name: str = ""
-    provider: str = ""  # "openai" or "offline"
+    provider: Provider | Literal[""] = ""
     model: str = ""
     group: str = ""
-    levels: list[str] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
+    levels: list[str] = []
+    config: dict[str, Any] = {}
     script: str = ""  # artifact: the baseline train.py as evaluated
     script_source: str = ""  # where the user's script lives (its folder is the run's cwd)
-    schema: dict[str, dict[str, Any]] = field(default_factory=dict)
-    frozen: list[str] = field(default_factory=list)
+    schema: dict[str, dict[str, Any]] = {}
+    frozen: list[str] = []
     guidance: str = ""
     seed: int = 0
-    data: dict[str, Any] = field(default_factory=dict)  # corpus hash etc. so runs are comparable
+    data: dict[str, Any] = {}  # corpus hash etc. so runs are comparable
     version: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunResumed(Event):
-    type: ClassVar[str] = "run_resumed"
+class RunResumed(Event, tag="run_resumed"):
     next_iteration: int = 0
     pid: int = 0
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunFinished(Event):
-    type: ClassVar[str] = "run_finished"
-    status: str = "completed"  # completed | stopped | failed
+class RunFinished(Event, tag="run_finished"):
+    status: RunStatus = "completed"
     reason: str = ""
     iterations: int = 0
     baseline_val_bpb: float | None = None
@@ -134,59 +111,45 @@ class RunFinished(Event):
 # --- commands and their acknowledgement ----------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class CommandReceived(Event):
-    type: ClassVar[str] = "command_received"
+class CommandReceived(Event, tag="command_received"):
     command: str = ""
-    args: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any] = {}
     source: str = ""  # "tui", "cli", "channel"
     ok: bool = True
     error: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
-class PauseRequested(Event):
-    type: ClassVar[str] = "pause_requested"
+class PauseRequested(Event, tag="pause_requested"):
+    pass
 
 
-@dataclass(frozen=True, kw_only=True)
-class Paused(Event):
-    type: ClassVar[str] = "paused"
+class Paused(Event, tag="paused"):
     next_iteration: int = 0
 
 
-@dataclass(frozen=True, kw_only=True)
-class Unpaused(Event):
-    type: ClassVar[str] = "unpaused"
+class Unpaused(Event, tag="unpaused"):
+    pass
 
 
-@dataclass(frozen=True, kw_only=True)
-class GuidanceChanged(Event):
-    type: ClassVar[str] = "guidance_changed"
+class GuidanceChanged(Event, tag="guidance_changed"):
     guidance: str = ""
     source: str = "user"  # user | strategy | config
 
 
-@dataclass(frozen=True, kw_only=True)
-class BudgetChanged(Event):
+class BudgetChanged(Event, tag="budget_changed"):
     """The iteration budget changed mid-session (the time budget never does: it is the measurement)."""
 
-    type: ClassVar[str] = "budget_changed"
     iterations: int = 0
     source: str = "user"
 
 
-@dataclass(frozen=True, kw_only=True)
-class ParamFrozen(Event):
-    type: ClassVar[str] = "param_frozen"
+class ParamFrozen(Event, tag="param_frozen"):
     name: str = ""
     reason: str = ""
     source: str = "user"  # user | rule | strategy
 
 
-@dataclass(frozen=True, kw_only=True)
-class ParamUnfrozen(Event):
-    type: ClassVar[str] = "param_unfrozen"
+class ParamUnfrozen(Event, tag="param_unfrozen"):
     name: str = ""
     reason: str = ""
     source: str = "user"
@@ -195,31 +158,25 @@ class ParamUnfrozen(Event):
 # --- LLM calls ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class LLMRequest(Event):
-    type: ClassVar[str] = "llm_request"
+class LLMRequest(Event, tag="llm_request"):
     call_id: str = ""
-    level: str = ""  # inner | strategy | research
+    level: Level = "inner"
     purpose: str = ""
     iteration: int | None = None
     model: str = ""
     artifact: str = ""  # the raw request messages
 
 
-@dataclass(frozen=True, kw_only=True)
-class LLMDelta(Event):
-    type: ClassVar[str] = "llm_delta"
+class LLMDelta(Event, tag="llm_delta"):
     call_id: str = ""
-    level: str = ""
-    kind: str = "content"  # content | reasoning | reset (the call is retried: discard its text so far)
+    level: Level = "inner"
+    kind: DeltaKind = "content"  # reset: the call is retried, discard its text so far
     text: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
-class LLMResponse(Event):
-    type: ClassVar[str] = "llm_response"
+class LLMResponse(Event, tag="llm_response"):
     call_id: str = ""
-    level: str = ""
+    level: Level = "inner"
     ok: bool = True
     artifact: str = ""  # the raw reply text (and reasoning)
     prompt_tokens: int = 0
@@ -232,39 +189,31 @@ class LLMResponse(Event):
 # --- one iteration of Level 1 ------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class IterationStarted(Event):
-    type: ClassVar[str] = "iteration_started"
+class IterationStarted(Event, tag="iteration_started"):
     iteration: int = 0  # 0 is the baseline
 
 
-@dataclass(frozen=True, kw_only=True)
-class ProposalMade(Event):
-    type: ClassVar[str] = "proposal_made"
+class ProposalMade(Event, tag="proposal_made"):
     iteration: int = 0
     attempt: int = 1
-    changes: dict[str, Any] = field(default_factory=dict)
+    changes: dict[str, Any] = {}
     hypothesis: str = ""
     source: str = "llm"  # llm | offline
     call_id: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
-class ProposalRejected(Event):
-    type: ClassVar[str] = "proposal_rejected"
+class ProposalRejected(Event, tag="proposal_rejected"):
     iteration: int = 0
     attempt: int = 1
-    kind: str = "invalid"  # unparseable | invalid | vetoed | llm_error
+    kind: RejectionKind = "invalid"
     reason: str = ""
-    errors: list[str] = field(default_factory=list)
-    changes: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = []
+    changes: dict[str, Any] = {}
     raw: str = ""  # the reply, truncated, for unparseable ones
     mechanism: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainingStarted(Event):
-    type: ClassVar[str] = "training_started"
+class TrainingStarted(Event, tag="training_started"):
     iteration: int = 0
     script: str = ""  # artifact: train.py as run
     diff: str = ""  # artifact: diff against the best so far
@@ -273,9 +222,7 @@ class TrainingStarted(Event):
     seed: int | None = None  # the data-order seed this run used (BILEVEL_SEED)
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainingProgress(Event):
-    type: ClassVar[str] = "training_progress"
+class TrainingProgress(Event, tag="training_progress"):
     iteration: int = 0
     step: int | None = None
     percent: float | None = None
@@ -285,21 +232,17 @@ class TrainingProgress(Event):
     remaining_s: float | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainingOutput(Event):
-    type: ClassVar[str] = "training_output"
+class TrainingOutput(Event, tag="training_output"):
     iteration: int = 0
-    stream: str = "stdout"
+    stream: Stream = "stdout"
     line: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainingFinished(Event):
-    type: ClassVar[str] = "training_finished"
+class TrainingFinished(Event, tag="training_finished"):
     iteration: int = 0
-    outcome: str = "ok"  # ok | crash | timeout | no_metrics | diverged | oom | cancelled
+    outcome: TrainingOutcome = "ok"
     val_bpb: float | None = None  # only for ok: a crash is never a number
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = {}
     exit_code: int | None = None
     duration_s: float = 0.0
     reason: str = ""
@@ -307,36 +250,32 @@ class TrainingFinished(Event):
     log: str = ""  # artifact
 
 
-@dataclass(frozen=True, kw_only=True)
-class IterationFinished(Event):
+class IterationFinished(Event, tag="iteration_finished"):
     """The verdict on one iteration; folding these gives the trace and the best config."""
 
-    type: ClassVar[str] = "iteration_finished"
     iteration: int = 0
-    decision: str = ""  # baseline | keep | discard | crash | rejected | interrupted
-    changes: dict[str, Any] = field(default_factory=dict)
+    decision: Decision = "baseline"
+    changes: dict[str, Any] = {}
     hypothesis: str = ""
     val_bpb: float | None = None
     best_before: float | None = None
     best_after: float | None = None
     rule: str = ""  # which acceptance rule decided, with its numbers
     reason: str = ""
-    outcome: str = ""  # training outcome, when it trained
+    outcome: TrainingOutcome | Literal[""] = ""  # when it trained
     script: str = ""  # artifact of the script evaluated
-    values: dict[str, Any] = field(default_factory=dict)  # full parameter values evaluated
+    values: dict[str, Any] = {}  # full parameter values evaluated
     duration_s: float = 0.0
     source: str = ""  # llm | offline
-    mechanisms: dict[str, dict[str, int]] = field(default_factory=dict)  # hook calls per mechanism
+    mechanisms: dict[str, dict[str, int]] = {}  # hook calls per mechanism
     # The numbers the acceptance rule used: best, threshold, noise floor, margin, confirmation runs.
-    acceptance: dict[str, Any] = field(default_factory=dict)
+    acceptance: dict[str, Any] = {}
     error_tail: str = ""  # a crashed run's last log lines: shown to the next proposal, kept for resume
 
 
-@dataclass(frozen=True, kw_only=True)
-class IterationInterrupted(Event):
+class IterationInterrupted(Event, tag="iteration_interrupted"):
     """The iteration was cut short (stop, Ctrl-C, a killed process); it is re-run on resume."""
 
-    type: ClassVar[str] = "iteration_interrupted"
     iteration: int = 0
     reason: str = ""
 
@@ -344,109 +283,91 @@ class IterationInterrupted(Event):
 # --- search mechanisms ------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class MechanismActivated(Event):
-    type: ClassVar[str] = "mechanism_activated"
+class MechanismActivated(Event, tag="mechanism_activated"):
     name: str = ""
-    origin: str = "builtin"  # builtin | config | generated
-    hooks: list[str] = field(default_factory=list)  # hooks it overrides
+    origin: Origin = "builtin"
+    hooks: list[str] = []  # hooks it overrides
     artifact: str = ""  # its source
     description: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
-class MechanismDeactivated(Event):
-    type: ClassVar[str] = "mechanism_deactivated"
+class MechanismDeactivated(Event, tag="mechanism_deactivated"):
     name: str = ""
     reason: str = ""
     hook: str = ""  # the hook that failed, if any
-    calls: dict[str, int] = field(default_factory=dict)  # hook calls over its lifetime
+    calls: dict[str, int] = {}  # hook calls over its lifetime
 
 
-@dataclass(frozen=True, kw_only=True)
-class MechanismEffect(Event):
+class MechanismEffect(Event, tag="mechanism_effect"):
     """Proof that an active mechanism changed what the loop did."""
 
-    type: ClassVar[str] = "mechanism_effect"
     iteration: int = 0
     name: str = ""
     hook: str = ""
-    effect: str = ""  # prompt | vetoed | modified | overrode
+    effect: Effect = "prompt"
     detail: str = ""
 
 
 # --- Level 1.5: search strategy -------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class StrategyStarted(Event):
-    type: ClassVar[str] = "strategy_started"
+class StrategyStarted(Event, tag="strategy_started"):
     cycle: int = 0
     after_iteration: int = 0
 
 
-@dataclass(frozen=True, kw_only=True)
-class StrategyDecision(Event):
+class StrategyDecision(Event, tag="strategy_decision"):
     """One Level 1.5 cycle's verdict; each applied freeze/unfreeze also gets its own event."""
 
-    type: ClassVar[str] = "strategy_decision"
     cycle: int = 0
     source: str = "llm"  # llm | offline
     diagnosis: str = ""
     reasoning: str = ""
     guidance: str = ""
-    candidates: list[str] = field(default_factory=list)  # the freeze rule's candidates
-    freeze: list[str] = field(default_factory=list)  # applied
-    unfreeze: list[str] = field(default_factory=list)  # applied
-    refused: dict[str, str] = field(default_factory=dict)  # requested but refused: name -> why
-    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-parameter statistics used
+    candidates: list[str] = []  # the freeze rule's candidates
+    freeze: list[str] = []  # applied
+    unfreeze: list[str] = []  # applied
+    refused: dict[str, str] = {}  # requested but refused: name -> why
+    stats: dict[str, dict[str, Any]] = {}  # per-parameter statistics used
     error: str = ""
 
 
 # --- Level 2: mechanism research ----------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class ResearchStarted(Event):
-    type: ClassVar[str] = "research_started"
+class ResearchStarted(Event, tag="research_started"):
     research_id: str = ""
     cycle: int = 0
     after_iteration: int = 0
     source: str = "llm"  # llm | offline
 
 
-@dataclass(frozen=True, kw_only=True)
-class ResearchRound(Event):
+class ResearchRound(Event, tag="research_round"):
     """A finished round of the dialogue; its tokens streamed as LLMDelta events with call_id."""
 
-    type: ClassVar[str] = "research_round"
     research_id: str = ""
-    round: str = ""  # explore | critique | specify | generate | repair
+    round: ResearchRoundName = "explore"
     call_id: str = ""
     artifact: str = ""  # the round's full text
     summary: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
-class MechanismValidated(Event):
-    type: ClassVar[str] = "mechanism_validated"
+class MechanismValidated(Event, tag="mechanism_validated"):
     research_id: str = ""
     name: str = ""
     attempt: int = 1
     ok: bool = False
     failure: str = ""
-    steps: list[dict[str, Any]] = field(default_factory=list)  # name, ok, detail
-    missing_packages: list[str] = field(default_factory=list)
+    steps: list[dict[str, Any]] = []  # name, ok, detail
+    missing_packages: list[str] = []
     source: str = ""  # artifact: the module
     diff: str = ""  # artifact: diff against the previous active set
     report: str = ""  # artifact: the validation report (Markdown)
 
 
-@dataclass(frozen=True, kw_only=True)
-class MechanismPending(Event):
+class MechanismPending(Event, tag="mechanism_pending"):
     """A validated mechanism waits for the user's approval (level2.approval = "manual")."""
 
-    type: ClassVar[str] = "mechanism_pending"
     research_id: str = ""
     name: str = ""
     source: str = ""
@@ -454,11 +375,9 @@ class MechanismPending(Event):
     report: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
-class ResearchFinished(Event):
-    type: ClassVar[str] = "research_finished"
+class ResearchFinished(Event, tag="research_finished"):
     research_id: str = ""
-    outcome: str = ""  # activated | rejected | declined | failed | dropped
+    outcome: ResearchOutcome = "failed"
     name: str = ""
     reason: str = ""
 
@@ -466,39 +385,33 @@ class ResearchFinished(Event):
 # --- noise floor and acceptance ------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class NoiseStarted(Event):
+class NoiseStarted(Event, tag="noise_started"):
     """A noise measurement: the unchanged baseline, run once per seed."""
 
-    type: ClassVar[str] = "noise_started"
     runs: int = 0
-    seeds: list[int] = field(default_factory=list)
+    seeds: list[int] = []
     fingerprint: str = ""  # script + corpus + hardware: the floor applies only where this matches
     hardware: str = ""
     script_sha256: str = ""  # of the baseline as evaluated, seed constants normalised
     dataset_id: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
-class NoiseRunFinished(Event):
-    type: ClassVar[str] = "noise_run_finished"
+class NoiseRunFinished(Event, tag="noise_run_finished"):
     run: int = 0
     seed: int = 0
-    outcome: str = "ok"
+    outcome: TrainingOutcome = "ok"
     val_bpb: float | None = None
     duration_s: float = 0.0
     reason: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
-class NoiseMeasured(Event):
+class NoiseMeasured(Event, tag="noise_measured"):
     """The spread of val_bpb over seeds; saved as the noise floor for the fingerprint."""
 
-    type: ClassVar[str] = "noise_measured"
     fingerprint: str = ""
     hardware: str = ""
-    seeds: list[int] = field(default_factory=list)  # of the successful runs
-    values: list[float] = field(default_factory=list)
+    seeds: list[int] = []  # of the successful runs
+    values: list[float] = []
     mean: float | None = None
     std: float | None = None  # sample standard deviation (ddof = 1): the noise floor σ
     mad: float | None = None  # median absolute deviation (unscaled)
@@ -506,12 +419,10 @@ class NoiseMeasured(Event):
     store: str = ""  # where the floor was saved
 
 
-@dataclass(frozen=True, kw_only=True)
-class AcceptanceConfigured(Event):
+class AcceptanceConfigured(Event, tag="acceptance_configured"):
     """The keep/discard rule in force for this run, with the noise floor it found."""
 
-    type: ClassVar[str] = "acceptance_configured"
-    rule: str = ""  # min_delta | noise_sigma
+    rule: AcceptanceRule | Literal[""] = ""
     description: str = ""
     min_delta: float = 0.0
     noise_sigma: float = 0.0
@@ -524,15 +435,244 @@ class AcceptanceConfigured(Event):
     noise_mad: float | None = None
     noise_runs: int = 0
     noise_session: str = ""
-    seed_params: list[str] = field(default_factory=list)  # seed constants locked (or tunable) in the script
+    seed_params: list[str] = []  # seed constants locked (or tunable) in the script
 
 
-@dataclass(frozen=True, kw_only=True)
-class ConfirmationStarted(Event):
+class ConfirmationStarted(Event, tag="confirmation_started"):
     """A candidate new best is re-run with another seed before it may be kept."""
 
-    type: ClassVar[str] = "confirmation_started"
     iteration: int = 0
     seed: int = 0
     first_val_bpb: float | None = None
     best: float | None = None
+
+
+# --- app-side helpers (never written to a log) ---------------------------------------
+
+
+class MergedDeltas(LLMDelta, tag="llm_delta_merged"):
+    """A run of consecutive deltas of one call handed over as one (a replay jump); ``merged`` counts them."""
+
+    merged: int = 1
+
+
+# --- the registry, the codec ------------------------------------------------------------
+
+_NOT_LOGGED = (UnknownEvent, MergedDeltas)
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+_REGISTRY: dict[str, type[Event]] = {}
+for _cls in _all_subclasses(Event):
+    _cls.type = _cls.__struct_config__.tag  # type: ignore[misc]
+    if _cls not in _NOT_LOGGED:
+        if _cls.type in _REGISTRY:
+            raise TypeError(f"event type {_cls.type!r} registered twice")
+        _REGISTRY[_cls.type] = _cls
+
+AnyEvent = Union[tuple(_REGISTRY.values())]  # type: ignore[valid-type]
+_DECODER = msgspec.json.Decoder(AnyEvent)
+_ENCODER = msgspec.json.Encoder()
+_UNIONS = (Union, types.UnionType)
+_NONFINITE_TEXT = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "infinity": math.inf,
+                   "-infinity": -math.inf, "+inf": math.inf}
+
+
+def event_types() -> dict[str, type[Event]]:
+    """Every event type a log may hold, by its ``type`` name."""
+    return dict(_REGISTRY)
+
+
+def _literal_checks(cls: type) -> tuple[tuple[str, frozenset[Any]], ...]:
+    hints = typing.get_type_hints(cls)
+    checks = []
+    for name in cls.__struct_fields__:
+        values = _literal_values(hints[name])
+        if values:
+            checks.append((name, frozenset(values)))
+    return tuple(checks)
+
+
+def _literal_values(tp: Any) -> list[Any]:
+    if typing.get_origin(tp) is Literal:
+        return list(typing.get_args(tp))
+    if typing.get_origin(tp) in _UNIONS:
+        args = typing.get_args(tp)
+        if all(typing.get_origin(a) is Literal for a in args):
+            return [v for a in args for v in typing.get_args(a)]
+    return []
+
+
+def _literal_guard(cls: type) -> Any:
+    """A fast test that an event's fixed-set fields hold listed values (the writer calls it per event)."""
+    checks = _literal_checks(cls)
+    if not checks:
+        return None
+    get = operator.attrgetter(*(name for name, _ in checks))
+    allowed = tuple(values for _, values in checks)
+    if len(checks) == 1:
+        only = allowed[0]
+        return lambda event: get(event) in only
+    if len(checks) == 2:
+        first, second = allowed
+        return lambda event: (v := get(event))[0] in first and v[1] in second
+
+    def every(event: Event) -> bool:
+        for value, values in zip(get(event), allowed):
+            if value not in values:
+                return False
+        return True
+    return every
+
+
+_GUARDS = {cls: _literal_guard(cls) for cls in _REGISTRY.values()}
+
+
+def _refuse(event: Event) -> typing.NoReturn:
+    for name, allowed in _literal_checks(type(event)):
+        if getattr(event, name) not in allowed:
+            raise EventEncodeError(f"{event.type}.{name} = {getattr(event, name)!r} is not one of "
+                                   f"{sorted(allowed)}: add it to core/record/events.py")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def encode(event: Event) -> bytes:
+    """One log line (without the newline) that :func:`decode` reads back equal."""
+    cls = type(event)
+    if cls is UnknownEvent:
+        return _stdlib_line({"seq": event.seq, "ts": event.ts, "type": event.name, **event.data})
+    guard = _GUARDS.get(cls)
+    if guard is not None and not guard(event):
+        _refuse(event)
+    line = _ENCODER.encode(event)
+    if b"null" in line:  # a None, or a non-finite float msgspec wrote as null
+        data = msgspec.to_builtins(event)
+        if _has_nonfinite(data):
+            return _stdlib_line(data)
+    return line
+
+
+def _stdlib_line(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode("utf-8")
+
+
+def _has_nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_nonfinite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_nonfinite(v) for v in value)
+    return False
+
+
+def to_json(event: Event) -> str:
+    return encode(event).decode("utf-8")
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    """Plain data (non-finite floats stay floats) that :func:`from_dict` reads back equal."""
+    if isinstance(event, UnknownEvent):
+        return {"seq": event.seq, "ts": event.ts, "type": event.name, **event.data}
+    return msgspec.to_builtins(event)
+
+
+def decode(line: bytes | str) -> Event:
+    """The event of one log line; :class:`EventDecodeError` says what is wrong with a bad one."""
+    try:
+        return _DECODER.decode(line)
+    except msgspec.DecodeError:
+        pass  # an unknown type, an old "nan" string, a NaN token, or a real error: the careful path says which
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise EventDecodeError(f"not JSON: {exc}") from None
+    return from_dict(data)
+
+
+from_json = decode
+
+
+def from_dict(data: Any) -> Event:
+    """The event of plain data (a parsed log line); checks types like :func:`decode`."""
+    if not isinstance(data, dict):
+        raise EventDecodeError(f"an event must be a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        rest = {k: v for k, v in data.items() if k not in ("seq", "ts", "type")}
+        head = _convert({"seq": data.get("seq", 0), "ts": data.get("ts", 0.0), "type": "unknown_event"}, UnknownEvent)
+        return UnknownEvent(seq=head.seq, ts=head.ts, name=str(kind), data=rest)
+    return _convert(_revive_old_floats(cls, data), cls)
+
+
+def _convert(data: dict[str, Any], cls: type[Event]) -> Any:
+    try:
+        return msgspec.convert(data, cls)
+    except msgspec.ValidationError as exc:
+        raise EventDecodeError(f"{data.get('type')}: {exc}") from None
+
+
+# Older writers put non-finite floats in as the strings "nan"/"inf": where the field holds floats, read them back.
+_FLOATY: dict[type, dict[str, Any]] = {}
+
+
+def _float_fields(cls: type) -> dict[str, Any]:
+    found = _FLOATY.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        found = _FLOATY[cls] = {n: hints[n] for n in cls.__struct_fields__ if _may_hold_float(hints[n])}
+    return found
+
+
+def _may_hold_float(tp: Any) -> bool:
+    if tp is float:
+        return True
+    return any(_may_hold_float(a) for a in typing.get_args(tp) if a is not str)
+
+
+def _revive_old_floats(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    fields = _float_fields(cls)
+    out = None
+    for name, tp in fields.items():
+        if name in data:
+            value = _revive(tp, data[name])
+            if value is not data[name]:
+                out = out if out is not None else dict(data)
+                out[name] = value
+    return out if out is not None else data
+
+
+def _revive(tp: Any, value: Any) -> Any:
+    if isinstance(value, str):
+        if _accepts_float(tp) and value.strip().lower() in _NONFINITE_TEXT:
+            return _NONFINITE_TEXT[value.strip().lower()]
+        return value
+    origin = typing.get_origin(tp)
+    if origin in _UNIONS:
+        for arg in typing.get_args(tp):
+            if typing.get_origin(arg) in (dict, list) or arg is float:
+                revived = _revive(arg, value)
+                if revived is not value:
+                    return revived
+        return value
+    if origin is dict and isinstance(value, dict):
+        inner = typing.get_args(tp)[1]
+        revived = {k: _revive(inner, v) for k, v in value.items()}
+        return revived if any(revived[k] is not value[k] for k in value) else value
+    if origin is list and isinstance(value, list):
+        inner = typing.get_args(tp)[0]
+        revived_list = [_revive(inner, v) for v in value]
+        return revived_list if any(a is not b for a, b in zip(revived_list, value)) else value
+    return value
+
+
+def _accepts_float(tp: Any) -> bool:
+    return tp is float or (typing.get_origin(tp) in _UNIONS and float in typing.get_args(tp))

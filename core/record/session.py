@@ -10,7 +10,7 @@ import json
 import os
 import re
 import time
-from dataclasses import replace
+from msgspec.structs import replace
 from pathlib import Path
 from typing import Iterator
 

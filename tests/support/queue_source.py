@@ -8,8 +8,9 @@ import asyncio
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
+from core.record import commands as cmds
 from core.record import events as ev
 from tui.sources import MAX_BATCH, Batch, Source
 
@@ -25,7 +26,7 @@ class QueueSource(Source):
         self.read_only = read_only
         self._queue: deque[ev.Event] = deque()
         self._wake = asyncio.Event()
-        self.sent: list[tuple[str, dict[str, Any], float]] = []
+        self.sent: list[tuple[cmds.Command, float]] = []
         self.running = True
 
     def push(self, *events: ev.Event) -> None:
@@ -43,10 +44,10 @@ class QueueSource(Source):
             n = min(len(self._queue), MAX_BATCH)
             yield [self._queue.popleft() for _ in range(n)]
 
-    async def send(self, name: str, /, **args: Any) -> None:
+    async def send(self, command: cmds.Command) -> None:
         if self.read_only:
-            await super().send(name, **args)
-        self.sent.append((name, args, time.perf_counter()))
+            await super().send(command)
+        self.sent.append((command, time.perf_counter()))
 
     def engine_running(self) -> bool:
         return self.running

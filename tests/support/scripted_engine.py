@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from core.record import commands as cmds
 from core.record import events as ev
 from core.record import layout
 from core.record.session import SessionWriter
@@ -130,7 +131,7 @@ class Plan:
     crash_at: int | None = 4
     reask_at: int | None = 2
     finish: bool = True  # emit RunFinished at the end (False: a session still being written)
-    scripted_commands: dict[int, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
+    scripted_commands: dict[int, list[cmds.Command]] = field(default_factory=dict)
 
 
 class ScriptedEngine:
@@ -145,8 +146,8 @@ class ScriptedEngine:
         self.state = RunState()
         self.subscribers: list[Callable[[ev.Event], None]] = []
         self.rng = random.Random(self.plan.seed)
-        self.submitted: list[tuple[str, dict[str, Any], str]] = []
-        self._commands: asyncio.Queue[tuple[str, dict[str, Any], str]] = asyncio.Queue()
+        self.submitted: list[tuple[cmds.Command | cmds.Unreadable, str]] = []
+        self._commands: asyncio.Queue[tuple[cmds.Command | cmds.Unreadable, str]] = asyncio.Queue()
         self._unpaused = asyncio.Event()
         self._unpaused.set()
         self._pending: dict[str, tuple[str, str]] = {}  # research id -> (mechanism, source) awaiting approval
@@ -165,9 +166,9 @@ class ScriptedEngine:
     def subscribe(self, fn: Callable[[ev.Event], None]) -> None:
         self.subscribers.append(fn)
 
-    def submit(self, name: str, /, source: str = "api", **args: Any) -> None:
-        self.submitted.append((name, args, source))
-        self._commands.put_nowait((name, args, source))
+    def submit(self, command: cmds.Command | cmds.Unreadable, /, source: str = "api") -> None:
+        self.submitted.append((command, source))
+        self._commands.put_nowait((command, source))
 
     def request_stop(self, reason: str, *, hard: bool = False) -> None:
         self.stopping, self.stop_reason = True, reason
@@ -200,52 +201,52 @@ class ScriptedEngine:
 
     async def _command_loop(self) -> None:
         while True:
-            name, args, source = await self._commands.get()
-            error = self._check(name, args)
-            self.emit(ev.CommandReceived(command=name, args=args, source=source, ok=not error, error=error or ""))
+            command, source = await self._commands.get()
+            if isinstance(command, cmds.Unreadable):
+                self.emit(ev.CommandReceived(command=command.name, args=command.args, source=source, ok=False,
+                                             error=command.error))
+                continue
+            error = self._check(command)
+            self.emit(ev.CommandReceived(command=command.command, args=command.args(), source=source,
+                                         ok=not error, error=error or ""))
             if not error:
-                self._apply(name, args)
+                self._apply(command)
 
-    def _check(self, name: str, args: dict[str, Any]) -> str | None:
-        known = ("pause", "resume", "stop", "abort_training", "set_guidance", "freeze", "unfreeze",
-                 "approve_mechanism", "reject_mechanism")
-        if name not in known:
-            return f"unknown command {name!r}"
-        if name in ("freeze", "unfreeze"):
-            param = args.get("name")
-            if param not in SCHEMA:
-                return f"unknown parameter {param!r}"
-            if SCHEMA[param][2]:
-                return f"{param} is locked by the configuration"
-        if name == "set_guidance" and not isinstance(args.get("guidance"), str):
-            return "set_guidance needs a 'guidance' string"
-        if name == "abort_training" and not self._training:
+    def _check(self, c: cmds.Command) -> str | None:
+        if isinstance(c, (cmds.Freeze, cmds.Unfreeze)):
+            if c.name not in SCHEMA:
+                return f"unknown parameter {c.name!r}"
+            if SCHEMA[c.name][2]:
+                return f"{c.name} is locked by the configuration"
+        if isinstance(c, cmds.AbortTraining) and not self._training:
             return "no training run is in progress"
-        if name in ("approve_mechanism", "reject_mechanism") and str(args.get("research_id")) not in self._pending:
-            return f"no mechanism awaits approval for research {args.get('research_id')!r}"
+        if isinstance(c, (cmds.ApproveMechanism, cmds.RejectMechanism)) and str(c.research_id) not in self._pending:
+            return f"no mechanism awaits approval for research {c.research_id!r}"
+        if isinstance(c, cmds.SetBudget):
+            return "the scripted engine runs a fixed plan: its budget cannot change"
         return None
 
-    def _apply(self, name: str, args: dict[str, Any]) -> None:
+    def _apply(self, c: cmds.Command) -> None:
         s = self.state
-        if name == "pause" and not s.paused:
+        if isinstance(c, cmds.Pause) and not s.paused:
             self._unpaused.clear()
             self.emit(ev.PauseRequested())
-        elif name == "resume":
+        elif isinstance(c, cmds.Resume):
             self._unpaused.set()
             if s.pause_requested and not s.paused:
                 self.emit(ev.Unpaused())
-        elif name == "stop":
-            self.request_stop(args.get("reason", "stopped by the user"), hard=bool(args.get("now")))
-        elif name == "abort_training":
+        elif isinstance(c, cmds.Stop):
+            self.request_stop(c.reason, hard=c.now)
+        elif isinstance(c, cmds.AbortTraining):
             self._abort.set()
-        elif name == "set_guidance":
-            self.emit(ev.GuidanceChanged(guidance=args["guidance"], source="user"))
-        elif name == "freeze" and args["name"] not in s.frozen:
-            self.emit(ev.ParamFrozen(name=args["name"], reason=args.get("reason", "frozen by the user")))
-        elif name == "unfreeze" and args["name"] in s.frozen:
-            self.emit(ev.ParamUnfrozen(name=args["name"], reason=args.get("reason", "unfrozen by the user")))
-        elif name in ("approve_mechanism", "reject_mechanism"):
-            self._decide(str(args["research_id"]), name == "approve_mechanism")
+        elif isinstance(c, cmds.SetGuidance):
+            self.emit(ev.GuidanceChanged(guidance=c.guidance, source="user"))
+        elif isinstance(c, cmds.Freeze) and c.name not in s.frozen:
+            self.emit(ev.ParamFrozen(name=c.name, reason=c.reason))
+        elif isinstance(c, cmds.Unfreeze) and c.name in s.frozen:
+            self.emit(ev.ParamUnfrozen(name=c.name, reason=c.reason))
+        elif isinstance(c, (cmds.ApproveMechanism, cmds.RejectMechanism)):
+            self._decide(str(c.research_id), isinstance(c, cmds.ApproveMechanism))
 
     # --- the scripted run ------------------------------------------------------------------------
 
@@ -275,8 +276,8 @@ class ScriptedEngine:
         await self._tick()
         cycles = 0
         for n in range(0, p.iterations + 1):
-            for name, args in p.scripted_commands.get(n, []):
-                self.submit(name, source="script", **args)
+            for command in p.scripted_commands.get(n, []):
+                self.submit(command, source="script")
                 await self._tick()
             if self.state.pause_requested and not self.stopping:
                 self.emit(ev.Paused(next_iteration=n))

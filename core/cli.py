@@ -161,13 +161,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = plan[0]
     if getattr(args, "detach", False):
         return _detach(args, cfg)
+    from core.record.session import SessionError
+
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     into = getattr(args, "into", None)
-    engine = Engine(cfg, Path(into), log=log) if into else Engine.create(cfg, log=log)
+    try:
+        engine = Engine(cfg, Path(into), log=log) if into else Engine.create(cfg, log=log)
+    except SessionError as exc:  # another engine holds the session, or its log is damaged
+        _err(str(exc))
+        return EXIT_USAGE
     print(f"session: {engine.dir}", file=sys.stderr)
     if _use_app(args):
+        _begin(engine)
         return _run_app(engine, Path(args.config) if args.config else None)
     return _drive(engine)
+
+
+def _begin(engine: Any) -> None:
+    """SessionStarted, durable before anything slow: the folder can be resumed from now on."""
+    from core.levels.inner import FatalRunError
+
+    try:
+        engine.begin_session()
+    except FatalRunError:
+        pass  # run() reports it as a failed run
 
 
 def _groups(args: argparse.Namespace) -> list[str | None]:
@@ -287,6 +304,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_USAGE
     if engine.state.status == "completed" and engine.state.next_iteration > engine.cfg.budget.iterations:
+        engine.close()
         _err(f"{path.name} is complete ({engine.cfg.budget.iterations} iterations); "
              "raise the budget with --iterations N to continue")
         return EXIT_USAGE
@@ -326,6 +344,7 @@ def _drive(engine: Any) -> int:
     from core.analysis.printer import HeadlessPrinter
 
     engine.subscribe(HeadlessPrinter())
+    _begin(engine)
     state, interrupted = _run_until_done(engine.run, lambda why: engine.request_stop(why, hard=True))
     if interrupted:
         return EXIT_INTERRUPTED

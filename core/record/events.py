@@ -274,6 +274,26 @@ class TrainingStarted(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrainingProcess(Event):
+    """The process a training run started: resume ends what carries its tag before anything else."""
+
+    type: ClassVar[str] = "training_process"
+    iteration: int = 0
+    pid: int = 0
+    pgid: int = 0  # the script leads its own process group
+    tag: str = ""  # BILEVEL_RUN_TAG in the environment of the script and all it starts
+    engine_pid: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataPrepared(Event):
+    """The data a session trains on, once prepared (after session_started, which is written first)."""
+
+    type: ClassVar[str] = "data_prepared"
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainingProgress(Event):
     type: ClassVar[str] = "training_progress"
     iteration: int = 0

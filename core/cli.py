@@ -155,6 +155,11 @@ def load_config(args: argparse.Namespace) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from core.engine.engine import Engine
 
+    missing = _missing_training_extra() if getattr(args, "demo", False) else None
+    if missing:
+        _err(f"the demo trains a small model and needs the training extra (no module {missing!r}): "
+             "pip install 'bilevel-autoresearch[train]'")
+        return EXIT_USAGE
     plan = run_plan(args)
     if len(plan) > 1:
         return _run_repeats(plan, load_config(args).name)
@@ -185,6 +190,19 @@ def _begin(engine: Any) -> None:
         engine.begin_session()
     except FatalRunError:
         pass  # run() reports it as a failed run
+
+
+def _missing_training_extra() -> str | None:
+    """The first module of the ``train`` extra this interpreter cannot import, if any."""
+    import importlib.util
+
+    for name in ("numpy", "torch"):
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
 
 
 def _groups(args: argparse.Namespace) -> list[str | None]:
@@ -364,12 +382,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
             speed = float("inf") if args.speed == "instant" else float(args.speed)
             return run_replay(path, speed=speed, follow=not args.no_follow)
         printer = HeadlessPrinter(progress_every_s=float("inf"))
-        for event in reader.events():
-            printer(event)
+        count = 0
+        try:
+            for event in reader.events(tolerant=True):  # show what is there, say what is not
+                printer(event)
+                count += 1
+            sys.stdout.flush()
+        except BrokenPipeError:  # `replay --headless | head`: the reader has seen enough
+            _quiet_closed_stdout()
+            return EXIT_OK
+        for warning in reader.warnings():
+            _err(f"warning: {warning}")
+        if count == 0:
+            _err(f"{path}: empty session (no events yet)")
     except SessionError as exc:
         _err(str(exc))
         return EXIT_USAGE
     return EXIT_OK
+
+
+def _quiet_closed_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's exit flush cannot raise on the closed pipe."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def cmd_attach(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from typing import Any, AsyncIterator, Union
 
 from core.record import channel
 from core.record import events as ev
-from core.record.session import EVENTS_FILE, SessionReader
+from core.record.session import EVENTS_FILE, LogChecker, SessionReader
 
 RESET = "reset"
 Batch = Union[list[ev.Event], str]
@@ -392,6 +392,7 @@ class ReplaySource(Source):
         self.poll_s = poll_s
         self._clock = clock
         self._tail = _Tail(self.session_dir / EVENTS_FILE)
+        self._checker = LogChecker(self.session_dir / EVENTS_FILE)  # the warnings headless replay prints
         self.events = SessionLog()
         self.position = 0  # events handed over so far
         self.paused = False
@@ -464,6 +465,10 @@ class ReplaySource(Source):
         data = self._tail.read(1 << 30)
         if data:
             self.events.extend(data)
+            added = self._checker.check_lines(data)
+            if added:
+                self.diagnostics.extend(f"warning: {p.describe(self._checker.log)}"
+                                        for p in self._checker.problems[-added:])
         return len(data)
 
     def _index_after_iteration(self, start: int) -> int:
@@ -480,6 +485,9 @@ class ReplaySource(Source):
 
     async def batches(self) -> AsyncIterator[Batch]:
         await asyncio.to_thread(self._load)
+        if not len(self.events):
+            self.diagnostics.append(f"{self.session_dir}: empty session (no events yet)"
+                                    + ("; waiting for an engine to write" if self.follow else ""))
         anchor_wall: float | None = None
         anchor_ts = 0.0
         log = self.events

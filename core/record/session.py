@@ -26,6 +26,8 @@ ARTIFACTS_DIR = "artifacts"
 # High-rate events are fsync'd in batches; everything else is fsync'd at once.
 _BATCHED = (ev.TrainingProgress, ev.TrainingOutput, ev.LLMDelta)
 _BATCH_FSYNC_S = 0.25
+_SEQ_PREFIX = re.compile(rb'^\{"seq":(\d+),"ts":')
+_SEQ_LINES = re.compile(rb'^\{"seq":(\d+),"ts":[^\n]*\}$', re.M)
 
 
 class SessionError(Exception):
@@ -80,7 +82,10 @@ class SessionWriter:
         """Stamp, write and flush one event; returns the stamped event."""
         self._seq += 1
         stamped = replace(event, seq=self._seq, ts=self._clock())
-        self._fh.write(ev.to_json(stamped) + "\n")
+        try:
+            self._fh.write(ev.to_json(stamped) + "\n")
+        except UnicodeEncodeError:  # a lone surrogate (an LLM reply): JSON escapes it, losing nothing
+            self._fh.write(json.dumps(ev.to_dict(stamped), ensure_ascii=True, separators=(",", ":")) + "\n")
         self._fh.flush()  # survives kill -9 of this process once flushed
         now = time.monotonic()
         if not isinstance(stamped, _BATCHED) or now - self._last_fsync >= _BATCH_FSYNC_S:
@@ -93,6 +98,8 @@ class SessionWriter:
     def artifact(self, relpath: str, data: str | bytes) -> str:
         """Write an artifact atomically; returns its path relative to the session."""
         rel = f"{ARTIFACTS_DIR}/{relpath}"
+        if isinstance(data, str):  # text that is not valid Unicode (a lone surrogate) is kept escaped
+            data = data.encode("utf-8", errors="backslashreplace")
         write_atomic(self.dir / rel, data)
         return rel
 
@@ -182,17 +189,47 @@ class LogChecker:
         except (ValueError, TypeError) as exc:
             self.problems.append(LogProblem(self.line, f"unreadable event: {exc}"))
             return None
-        if event.seq <= self.last_seq:
+        return event if self._sequence(event.seq) else None
+
+    def check_lines(self, data: bytes) -> int:
+        """Check complete lines without building events (the app's fast path); returns problems added.
+
+        A line that starts as the writer writes it (``{"seq":N,"ts":``) and ends in ``}`` has
+        only its sequence number checked; any other line is parsed in full.
+        """
+        before = len(self.problems)
+        if not data:
+            return 0
+        seqs = _SEQ_LINES.findall(data)
+        if seqs and len(seqs) == data.count(b"\n") + (not data.endswith(b"\n")):
+            first, last = int(seqs[0]), int(seqs[-1])
+            if first == self.last_seq + 1 and last - first + 1 == len(seqs) \
+                    and list(map(int, seqs)) == list(range(first, last + 1)):
+                self.line += len(seqs)  # every line writer-shaped and in order: nothing to say
+                self.last_seq = last
+                return 0
+        for raw in data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"):
+            match = _SEQ_PREFIX.match(raw)
+            if match is not None and raw.rstrip().endswith(b"}"):
+                self.line += 1
+                self._sequence(int(match.group(1)))
+            else:
+                self.check(raw)
+        return len(self.problems) - before
+
+    def _sequence(self, seq: int) -> bool:
+        """Record a gap or a duplicate; False for a duplicate (to be skipped)."""
+        if seq <= self.last_seq:
             self.problems.append(LogProblem(
-                self.line, f"duplicate sequence number {event.seq} (the log already reached {self.last_seq}): "
+                self.line, f"duplicate sequence number {seq} (the log already reached {self.last_seq}): "
                            "two engines wrote this session, or a line was copied"))
-            return None
-        if event.seq != self.last_seq + 1:
+            return False
+        if seq != self.last_seq + 1:
             self.problems.append(LogProblem(
-                self.line, f"sequence gap: expected {self.last_seq + 1}, found {event.seq} "
-                           f"({event.seq - self.last_seq - 1} event(s) missing)"))
-        self.last_seq = event.seq
-        return event
+                self.line, f"sequence gap: expected {self.last_seq + 1}, found {seq} "
+                           f"({seq - self.last_seq - 1} event(s) missing)"))
+        self.last_seq = seq
+        return True
 
 
 class SessionReader:
@@ -253,6 +290,8 @@ class SessionReader:
 def find_session(arg: str, sessions_dir: Path | None = None) -> Path:
     """Resolve a session argument: a folder path, or a name (prefix) under sessions_dir."""
     path = Path(arg)
+    if path.name == EVENTS_FILE and path.is_file():  # the log itself
+        return path.parent
     if (path / EVENTS_FILE).is_file():
         return path
     root = sessions_dir or Path("sessions")

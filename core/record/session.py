@@ -5,6 +5,7 @@ Layout of a session folder::
     events.jsonl      one event per line, flushed per event, fsync'd per event or small batch
     artifacts/        train.py versions, diffs, LLM requests/replies, training logs
     commands/         (for attached viewers) command files the engine picks up
+    engine.lock       flock'd by the one engine running the session (core/record/session_lock.py)
 
 Artifacts are written atomically (temp file + rename) and referenced from events by
 their path relative to the session folder.

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from core.record import config as config_mod
 from core.record.config import Config, ConfigError
 from core.run.drive import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE
-from core.run.drive import detach, drive, drive_study, run_until_done
+from core.run.drive import begin, detach, drive, drive_study, run_until_done
 from core.run.drive import err as _err
 
 EXAMPLE_CONFIG = Path(__file__).parent / "record" / "example_config.toml"
@@ -153,19 +153,44 @@ def load_config(args: argparse.Namespace) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from core.engine.engine import Engine
 
+    missing = _missing_training_extra() if getattr(args, "demo", False) else None
+    if missing:
+        _err(f"the demo trains a small model and needs the training extra (no module {missing!r}): "
+             "pip install 'bilevel-autoresearch[train]'")
+        return EXIT_USAGE
     plan = run_plan(args)
     if len(plan) > 1:
         return _run_repeats(plan, load_config(args).name)
     cfg = plan[0]
     if getattr(args, "detach", False):
         return detach(cfg, config=args.config, demo=args.demo, group=args.group, overrides=_overrides(args))
+    from core.record.session import SessionError
+
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     into = getattr(args, "into", None)
-    engine = Engine(cfg, Path(into), log=log) if into else Engine.create(cfg, log=log)
+    try:
+        engine = Engine(cfg, Path(into), log=log) if into else Engine.create(cfg, log=log)
+    except SessionError as exc:  # another engine holds the session, or its log is damaged
+        _err(str(exc))
+        return EXIT_USAGE
     print(f"session: {engine.dir}", file=sys.stderr)
     if _use_app(args):
+        begin(engine)
         return _run_app(engine, Path(args.config) if args.config else None)
     return drive(engine)
+
+
+def _missing_training_extra() -> str | None:
+    """The first module of the ``train`` extra this interpreter cannot import, if any."""
+    import importlib.util
+
+    for name in ("numpy", "torch"):
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
 
 
 def _groups(args: argparse.Namespace) -> list[str | None]:
@@ -246,6 +271,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_USAGE
     if engine.state.status == "completed" and engine.state.next_iteration > engine.cfg.budget.iterations:
+        engine.close()
         _err(f"{path.name} is complete ({engine.cfg.budget.iterations} iterations); "
              "raise the budget with --iterations N to continue")
         return EXIT_USAGE
@@ -268,12 +294,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
             speed = float("inf") if args.speed == "instant" else float(args.speed)
             return run_replay(path, speed=speed, follow=not args.no_follow)
         printer = HeadlessPrinter(progress_every_s=float("inf"))
-        for event in reader.events():
-            printer(event)
+        count = 0
+        try:
+            for event in reader.events(tolerant=True):  # show what is there, say what is not
+                printer(event)
+                count += 1
+            sys.stdout.flush()
+        except BrokenPipeError:  # `replay --headless | head`: the reader has seen enough
+            _quiet_closed_stdout()
+            return EXIT_OK
+        for warning in reader.warnings():
+            _err(f"warning: {warning}")
+        if count == 0:
+            _err(f"{path}: empty session (no events yet)")
     except SessionError as exc:
         _err(str(exc))
         return EXIT_USAGE
     return EXIT_OK
+
+
+def _quiet_closed_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's exit flush cannot raise on the closed pipe."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def cmd_attach(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from core.record import channel
 from core.record import commands as cmds
 from core.record import events as ev
 from core.record import layout
-from core.record.session import SessionReader
+from core.record.session import LogChecker, SessionReader
 
 RESET = "reset"
 Batch = Union[list[ev.Event], str]
@@ -369,6 +369,7 @@ class ReplaySource(Source):
         self.poll_s = poll_s
         self._clock = clock
         self._tail = _Tail(layout.events_path(self.session_dir))
+        self._checker = LogChecker(layout.events_path(self.session_dir))  # the warnings headless replay prints
         self.events = SessionLog()
         self.position = 0  # events handed over so far
         self.paused = False
@@ -436,6 +437,10 @@ class ReplaySource(Source):
         data = self._tail.read(1 << 30)
         if data:
             self.events.extend(data)
+            added = self._checker.check_lines(data)
+            if added:
+                self.diagnostics.extend(f"warning: {p.describe(self._checker.log)}"
+                                        for p in self._checker.problems[-added:])
         return len(data)
 
     def _index_after_iteration(self, start: int) -> int:
@@ -452,6 +457,9 @@ class ReplaySource(Source):
 
     async def batches(self) -> AsyncIterator[Batch]:
         await asyncio.to_thread(self._load)
+        if not len(self.events):
+            self.diagnostics.append(f"{self.session_dir}: empty session (no events yet)"
+                                    + ("; waiting for an engine to write" if self.follow else ""))
         anchor_wall: float | None = None
         anchor_ts = 0.0
         log = self.events

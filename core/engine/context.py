@@ -211,10 +211,15 @@ class EngineContext:
                 self.emit(ev.TrainingStarted(iteration=iteration, script=script_rel, diff=diff_rel,
                                              slot=slot.devices or "cpu", budget_s=self.cfg.budget.time_s,
                                              seed=run_seed))
+                def started(pid: int, tag: str) -> None:
+                    self.emit(ev.TrainingProcess(iteration=iteration, pid=pid, pgid=pid, tag=tag,
+                                                 engine_pid=os.getpid()))
+
                 result = await run_training(
                     layout.artifact_path(eng.dir, script_rel), cwd=source_dir, python=self.cfg.script.python or sys.executable,
                     budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s, env=env,
-                    log_path=log_path, on_progress=emitter.progress, on_line=emitter.line, cancel=cancel)
+                    log_path=log_path, on_progress=emitter.progress, on_line=emitter.line, cancel=cancel,
+                    on_start=started, valid_bpb=self.cfg.acceptance.valid_val_bpb)
         finally:
             eng._cancel_training = None
         emitter.flush()

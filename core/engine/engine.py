@@ -35,7 +35,9 @@ from core.engine.mechanism_host import MechanismHost
 from core.services.schema import infer_schema
 from core.services.script import ParamSpec, TrainScript
 from core.services.seeds import seed_params
-from core.record.session import SessionReader, SessionWriter, new_session_dir
+from core.record.session import SessionError, SessionReader, SessionWriter, new_session_dir
+from core.record.session_lock import SessionLock
+from core.services import process_control
 from core.record.state import RunState, fold
 
 # Parameters that define the measurement rather than the model: never the LLM's to change.
@@ -46,10 +48,17 @@ Subscriber = Callable[[ev.Event], None]
 
 class Engine:
     def __init__(self, cfg: Config, session_dir: Path, *, state: RunState | None = None,
-                 llm: LLMClient | None = None, log: Callable[[str], None] | None = None) -> None:
+                 llm: LLMClient | None = None, log: Callable[[str], None] | None = None,
+                 lock: SessionLock | None = None) -> None:
         self.cfg = cfg
         self.dir = Path(session_dir)
-        self.writer = SessionWriter(self.dir)
+        # One engine per session, taken before the log is read or repaired; held until run() ends.
+        self.lock = lock or SessionLock.acquire(self.dir)
+        try:
+            self.writer = SessionWriter(self.dir)
+        except BaseException:
+            self.lock.release()
+            raise
         self.state = state or RunState()
         self.subscribers: list[Subscriber] = []
         self.log = log or (lambda msg: None)
@@ -59,6 +68,7 @@ class Engine:
         self.schema: dict[str, ParamSpec] = {}
         self.data_dir: Path | None = None
         self.stopping = False
+        self._began_here = False  # this process wrote SessionStarted (a fresh run, not a resume)
         self.stop_reason = ""
         self._commands: asyncio.Queue[tuple[cmds.Command | cmds.Unreadable, str]] = asyncio.Queue()
         self._unpaused = asyncio.Event()
@@ -82,16 +92,41 @@ class Engine:
 
     @classmethod
     def resume(cls, session_dir: Path, overrides: dict[str, Any] | None = None, **kw: Any) -> "Engine":
-        state = fold(SessionReader(session_dir).events())
+        """Continue a session; refused (SessionError) while another engine holds it or its log is damaged."""
+        lock = SessionLock.acquire(Path(session_dir))
+        try:
+            return cls._resume_locked(Path(session_dir), overrides, lock, **kw)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _resume_locked(cls, session_dir: Path, overrides: dict[str, Any] | None, lock: SessionLock,
+                       **kw: Any) -> "Engine":
+        reader = SessionReader(session_dir)
+        problems = reader.check()
+        if problems:
+            listed = "\n  ".join(reader.warnings()[:10])
+            more = f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else ""
+            first = problems[0].line
+            raise SessionError(
+                f"{reader.log} is damaged; resume writes nothing to a log it cannot read whole:\n  {listed}{more}\n"
+                f"To recover: keep a copy, then either cut the log before line {first} "
+                f"(head -n {first - 1} {reader.log} > fixed && mv fixed {reader.log}) to continue from there, "
+                "or start a new session. `bilevel replay --headless` shows what the log holds.")
+        events = list(reader.events())
+        end_recorded_processes(events)  # an interrupted run's training processes, before anything starts
+        state = fold(events)
         if not state.session:
-            raise FatalRunError(f"{session_dir}: the session never started (no session_started event)")
+            raise FatalRunError(f"{session_dir}: the session never started (no session_started event): "
+                                "nothing was run in it; delete the folder and start again")
         data = json.loads(json.dumps(state.config))  # deep copy
         # The budget in force (changes recorded since the start included), then this resume's overrides;
         # _restart records a changed budget as an event, so the next resume keeps it.
         recorded = {"budget.iterations": state.iterations_budget} if state.budget_changes else {}
         config_mod.apply_overrides(data, {**recorded, **(overrides or {})})
         cfg = from_dict(data, source=f"{layout.events_path(session_dir)} (session_started)")
-        return cls(cfg, session_dir, state=state, **kw)
+        return cls(cfg, session_dir, state=state, lock=lock, **kw)
 
     # --- events ----------------------------------------------------------------------------
 
@@ -204,13 +239,14 @@ class Engine:
 
     async def run(self) -> RunState:
         """Run (or continue) the experiment until its iteration budget, a stop, or a fatal error."""
+        process_control.become_subreaper()  # setsid grandchildren of a run come back to us, to be ended
         commands = asyncio.create_task(self._command_loop())
         # Attached viewers (other processes) send commands as files in the session folder.
         channel = asyncio.create_task(watch_commands(self.dir, self.submit, log=self.log))
         try:
             if self.llm is None and not self.cfg.offline:
                 self.llm = client_for(self.cfg)
-            if not self.state.session:
+            if not self.state.session or self._began_here:
                 await self.start_session()
             else:
                 await self._restart()
@@ -230,7 +266,13 @@ class Engine:
             if self._own_llm and self.llm is not None:
                 await self.llm.aclose()
             self.writer.close()
+            self.lock.release()
         return self.state
+
+    def close(self) -> None:
+        """Give up a session without running it (frees the log and the lock)."""
+        self.writer.close()
+        self.lock.release()
 
     async def _loop(self) -> None:
         while True:
@@ -339,7 +381,18 @@ class Engine:
                                  baseline_val_bpb=self.state.baseline_val_bpb, best_val_bpb=self.state.best_val_bpb))
 
     async def start_session(self) -> None:
-        """Prepare the data and write SessionStarted: everything before the first iteration."""
+        """Write SessionStarted, then prepare the data: everything before the first iteration."""
+        self.begin_session()
+        await self._ensure_data()
+
+    def begin_session(self) -> None:
+        """Write SessionStarted (durable) before anything slow, so every session folder can be resumed.
+
+        Does nothing once the session has started; a bad script raises FatalRunError.
+        """
+        if self.state.session:
+            return
+        self._began_here = True
         cfg = self.cfg
         source_path = cfg.script_path()
         try:
@@ -351,7 +404,7 @@ class Engine:
         except ValueError as exc:
             raise FatalRunError(f"{source_path}: {exc}") from exc
         script = script.apply(self._protocol_overrides(script))
-        data_info = await self._prepare_data()
+        data_info = {"source": cfg.data.source}  # the rest comes with data_prepared
         self.schema = self._build_schema(script)
         baseline_rel = self.artifact(layout.baseline_script_name(), script.text)
         self.emit(ev.SessionStarted(
@@ -368,10 +421,7 @@ class Engine:
         if self.state.running is not None:
             self.emit(ev.IterationInterrupted(iteration=self.state.running,
                                               reason="the process ended during this iteration"))
-        data_dir = self.state.data.get("dir")
-        self.data_dir = Path(data_dir) if data_dir else None
-        if self.data_dir is not None and not (self.data_dir / layout.DATA_META_FILE).exists():
-            await self._prepare_data()
+        await self._ensure_data()
         self.emit(ev.RunResumed(next_iteration=self.state.next_iteration, pid=os.getpid()))
         if self.cfg.budget.iterations != self.state.iterations_budget:  # e.g. resume --iterations N
             self.emit(ev.BudgetChanged(iterations=self.cfg.budget.iterations, source="resume"))
@@ -401,11 +451,27 @@ class Engine:
         except ValueError as exc:
             raise FatalRunError(f"search.bounds: {exc}") from exc
 
+    async def _ensure_data(self) -> None:
+        """The prepared data this session trains on; prepared (and recorded) when missing."""
+        if self.cfg.data.source == "none" or self.state.data.get("source") == "none":
+            return
+        data_dir = self.state.data.get("dir")
+        self.data_dir = Path(data_dir) if data_dir else None
+        if self.data_dir is not None and (self.data_dir / layout.DATA_META_FILE).exists():
+            return
+        info = await self._prepare_data()
+        if not data_dir:
+            self.emit(ev.DataPrepared(data=info))
+
     async def _prepare_data(self) -> dict[str, Any]:
         source = self.cfg.data.source
         if source == "none":
             return {"source": "none"}
-        from baseline.prepare import PrepareError, prepare
+        try:
+            from baseline.prepare import PrepareError, prepare
+        except ImportError as exc:  # a base install: no numpy
+            raise FatalRunError(f"data preparation needs the training extra: "
+                                f"pip install 'bilevel-autoresearch[train]' ({exc})") from exc
 
         d = self.cfg.data
         self.log(f"preparing data ({source}) — cached after the first time")
@@ -420,6 +486,16 @@ class Engine:
         # Recorded so that runs on different corpora or tokenizers are never compared.
         keep = ("name", "content_sha256", "dataset_id", "tokenizer_id", "vocab_size", "source", "tokens")
         return {"dir": str(self.data_dir), **{k: meta[k] for k in keep if k in meta}}
+
+
+def end_recorded_processes(events: list[ev.Event]) -> list[int]:
+    """Kill what is left of the training runs a log records (an engine killed mid-run leaves them).
+
+    Only processes that carry a recorded run tag are touched, so a reused pid or process
+    group of someone else's is never signalled. Returns the pids ended.
+    """
+    tags = {e.tag for e in events if isinstance(e, ev.TrainingProcess) and e.tag}
+    return process_control.end_tagged(tags) if tags else []
 
 
 def load_generated(path: Path, module_name: str, cfg: Config, session_dir: Path) -> Any:

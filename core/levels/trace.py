@@ -65,7 +65,8 @@ def record_line(r: IterationRecord) -> str:
         score = f"val_bpb {r.val_bpb:.6f}"
     else:
         score = f"no score: {r.outcome or r.decision}"
-        if r.reason:
+        # A failed run's reason quotes its output: that reaches a prompt only fenced, as data.
+        if r.reason and r.outcome in ("", "ok", None) and r.decision not in TRAINED:
             score += f" — {r.reason[:160]}"
     hyp = f" | {r.hypothesis[:200]}" if r.hypothesis else ""
     return f"#{r.iteration} {r.decision.upper()}: {changes} → {score}{hyp}"

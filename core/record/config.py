@@ -137,6 +137,13 @@ class AcceptanceConfig(_Section):
     confirm: bool = False  # re-run a candidate new best with another seed; keep it only if the mean wins
     allow_seed_tuning: bool = False  # let the search change seed constants (SEED = 42) in the script
     noise_store: str = ""  # where noise floors are kept; empty: <sessions_dir>/noise.json
+    # A val_bpb outside (min_val_bpb, max_val_bpb] is no measurement: the run is a crash, "invalid metric".
+    min_val_bpb: Annotated[float, _range(0, 100)] = 0.0
+    max_val_bpb: Optional[Annotated[float, _range(0, 100)]] = None  # none: no upper bound
+
+    @property
+    def valid_val_bpb(self) -> tuple[float, float]:
+        return (self.min_val_bpb, self.max_val_bpb if self.max_val_bpb is not None else float("inf"))
 
 
 class RunConfig(_Section):

@@ -222,6 +222,22 @@ class TrainingStarted(Event, tag="training_started"):
     seed: int | None = None  # the data-order seed this run used (BILEVEL_SEED)
 
 
+class TrainingProcess(Event, tag="training_process"):
+    """The process a training run started: resume ends what carries its tag before anything else."""
+
+    iteration: int = 0
+    pid: int = 0
+    pgid: int = 0  # the script leads its own process group
+    tag: str = ""  # BILEVEL_RUN_TAG in the environment of the script and all it starts
+    engine_pid: int = 0
+
+
+class DataPrepared(Event, tag="data_prepared"):
+    """The data a session trains on, once prepared (after session_started, which is written first)."""
+
+    data: dict[str, Any] = {}
+
+
 class TrainingProgress(Event, tag="training_progress"):
     iteration: int = 0
     step: int | None = None

@@ -1,8 +1,8 @@
 """Sessions on disk: an append-only JSONL event log plus artifacts.
 
-The folder's layout (which file is where) is :mod:`core.record.layout`'s. Artifacts are
-written atomically (temp file + rename) and referenced from events by their path relative
-to the session folder.
+The folder's layout (which file is where) is :mod:`core.record.layout`'s; one engine at a
+time holds its lock (:mod:`core.record.session_lock`). Artifacts are written atomically
+(temp file + rename) and referenced from events by their path relative to the session folder.
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
+
 from msgspec.structs import replace
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +23,8 @@ from core.record.layout import EVENTS_FILE, write_atomic  # noqa: F401 - re-expo
 # High-rate events are fsync'd in batches; everything else is fsync'd at once.
 _BATCHED = (ev.TrainingProgress, ev.TrainingOutput, ev.LLMDelta)
 _BATCH_FSYNC_S = 0.25
+_SEQ_PREFIX = re.compile(rb'^\{"seq":(\d+),"ts":')
+_SEQ_LINES = re.compile(rb'^\{"seq":(\d+),"ts":[^\n]*\}$', re.M)
 
 
 class SessionError(Exception):
@@ -65,7 +69,10 @@ class SessionWriter:
         self._seq += 1
         # the log keeps microseconds: the live event carries what a replay will read
         stamped = replace(event, seq=self._seq, ts=round(self._clock(), 6))
-        self._fh.write(ev.to_json(stamped) + "\n")
+        try:
+            self._fh.write(ev.to_json(stamped) + "\n")
+        except UnicodeEncodeError:  # a lone surrogate (an LLM reply): JSON escapes it, losing nothing
+            self._fh.write(json.dumps(ev.to_dict(stamped), ensure_ascii=True, separators=(",", ":")) + "\n")
         self._fh.flush()  # survives kill -9 of this process once flushed
         now = time.monotonic()
         if not isinstance(stamped, _BATCHED) or now - self._last_fsync >= _BATCH_FSYNC_S:
@@ -78,6 +85,8 @@ class SessionWriter:
     def artifact(self, relpath: str, data: str | bytes) -> str:
         """Write an artifact atomically; returns its path relative to the session."""
         rel = layout.artifact_rel(relpath)
+        if isinstance(data, str):  # text that is not valid Unicode (a lone surrogate) is kept escaped
+            data = data.encode("utf-8", errors="backslashreplace")
         write_atomic(layout.artifact_path(self.dir, rel), data)
         return rel
 
@@ -90,47 +99,170 @@ class SessionWriter:
 
 
 def _repair_tail(log: Path) -> int:
-    """Drop a truncated last line (a crash mid-write) and return the last sequence number."""
+    """Drop a torn last line (a crash mid-write) and return the last sequence number.
+
+    Only the last line may be torn; blank lines are skipped. Any other unreadable line
+    raises :class:`SessionError`: appending after a hole would bury it.
+    """
     if not log.exists():
         return 0
-    last_seq = 0
-    good_bytes = 0
     with open(log, "rb") as fh:
-        for raw in fh:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                last_seq = int(json.loads(raw).get("seq", last_seq))
-            except (ValueError, AttributeError):
-                break
-            good_bytes += len(raw)
-    if good_bytes != log.stat().st_size:
+        data = fh.read()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends in a newline
+    checker = LogChecker(log)
+    for raw in lines:
+        checker.check(raw)
+    if checker.problems:
+        raise SessionError(checker.problems[0].describe(log))
+    if tail.strip() and _parses(tail):
+        checker.check(tail)
+        if checker.problems:
+            raise SessionError(checker.problems[0].describe(log))
+        with open(log, "ab") as fh:  # a whole event that lost only its newline
+            fh.write(b"\n")
+        return checker.last_seq
+    if tail:
         with open(log, "r+b") as fh:
-            fh.truncate(good_bytes)
-    return last_seq
+            fh.truncate(len(data) - len(tail))
+    return checker.last_seq
+
+
+def _parses(raw: bytes) -> bool:
+    try:
+        ev.from_json(raw.decode("utf-8"))
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class LogProblem:
+    """One thing wrong with an event log, at a 1-based line number."""
+
+    line: int
+    message: str
+
+    def describe(self, log: Path | str) -> str:
+        return f"{log}:{self.line}: {self.message}"
+
+
+class LogChecker:
+    """Checks a log's lines in order: each parses, sequence numbers run 1, 2, 3, … without gaps.
+
+    Feed every line (blank ones included, so line numbers stay right); problems collect in
+    :attr:`problems`. The app's replay feeds it the lines it reads, so it warns as headless does.
+    """
+
+    def __init__(self, log: Path | str = EVENTS_FILE) -> None:
+        self.log = log
+        self.line = 0
+        self.last_seq = 0
+        self.problems: list[LogProblem] = []
+
+    def check(self, raw: bytes) -> ev.Event | None:
+        """The event on this line, or None (blank, unreadable or a duplicate; the last two are problems)."""
+        self.line += 1
+        if not raw.strip():
+            return None
+        try:
+            event = ev.from_json(raw.decode("utf-8"))
+        except (ValueError, TypeError) as exc:
+            self.problems.append(LogProblem(self.line, f"unreadable event: {exc}"))
+            return None
+        return event if self._sequence(event.seq) else None
+
+    def check_lines(self, data: bytes) -> int:
+        """Check complete lines without building events (the app's fast path); returns problems added.
+
+        A line that starts as the writer writes it (``{"seq":N,"ts":``) and ends in ``}`` has
+        only its sequence number checked; any other line is parsed in full.
+        """
+        before = len(self.problems)
+        if not data:
+            return 0
+        seqs = _SEQ_LINES.findall(data)
+        if seqs and len(seqs) == data.count(b"\n") + (not data.endswith(b"\n")):
+            first, last = int(seqs[0]), int(seqs[-1])
+            if first == self.last_seq + 1 and last - first + 1 == len(seqs) \
+                    and list(map(int, seqs)) == list(range(first, last + 1)):
+                self.line += len(seqs)  # every line writer-shaped and in order: nothing to say
+                self.last_seq = last
+                return 0
+        for raw in data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"):
+            match = _SEQ_PREFIX.match(raw)
+            if match is not None and raw.rstrip().endswith(b"}"):
+                self.line += 1
+                self._sequence(int(match.group(1)))
+            else:
+                self.check(raw)
+        return len(self.problems) - before
+
+    def _sequence(self, seq: int) -> bool:
+        """Record a gap or a duplicate; False for a duplicate (to be skipped)."""
+        if seq <= self.last_seq:
+            self.problems.append(LogProblem(
+                self.line, f"duplicate sequence number {seq} (the log already reached {self.last_seq}): "
+                           "two engines wrote this session, or a line was copied"))
+            return False
+        if seq != self.last_seq + 1:
+            self.problems.append(LogProblem(
+                self.line, f"sequence gap: expected {self.last_seq + 1}, found {seq} "
+                           f"({seq - self.last_seq - 1} event(s) missing)"))
+        self.last_seq = seq
+        return True
 
 
 class SessionReader:
-    """Reads a session's events; tolerates a truncated last line."""
+    """Reads a session's events: blank lines skipped, a torn last line tolerated.
+
+    By default any other problem (an unreadable line, a sequence gap, a duplicate) raises
+    :class:`SessionError` with its line number. ``events(tolerant=True)`` instead skips what
+    it cannot use and lists each problem in :attr:`problems` (``warnings()`` as text), for
+    viewers that show what is there and say what is not: replay, report, the app.
+    """
 
     def __init__(self, directory: Path) -> None:
-        self.dir = Path(directory)
+        path = Path(directory)
+        if path.name == EVENTS_FILE and path.is_file():  # the log itself was named
+            path = path.parent
+        self.dir = path
         self.log = layout.events_path(self.dir)
         if not self.log.is_file():
             raise SessionError(f"{self.dir}: not a session (no {EVENTS_FILE})")
+        self.problems: list[LogProblem] = []
+        self.torn_tail = False  # the last line was cut short by a crash mid-write
 
-    def events(self) -> Iterator[ev.Event]:
+    def events(self, *, tolerant: bool = False) -> Iterator[ev.Event]:
         with open(self.log, "rb") as fh:
-            lines = fh.readlines()
-        for n, raw in enumerate(lines, 1):
-            if not raw.strip():
-                continue
-            try:
-                yield ev.from_json(raw.decode("utf-8"))
-            except (ValueError, TypeError) as exc:
-                if n == len(lines) and not raw.endswith(b"\n"):
-                    return  # the writer died mid-line: everything before it stands
-                raise SessionError(f"{self.log}:{n}: unreadable event: {exc}") from exc
+            data = fh.read()
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        checker = LogChecker(self.log)
+        self.problems = checker.problems
+        self.torn_tail = False
+        for n, raw in enumerate(lines + ([tail] if tail.strip() else [])):
+            is_tail = n == len(lines)
+            if is_tail and not _parses(raw):
+                self.torn_tail = True  # the writer died mid-line: everything before it stands
+                return
+            before = len(checker.problems)
+            event = checker.check(raw)
+            if len(checker.problems) > before:
+                if not tolerant:
+                    raise SessionError(checker.problems[-1].describe(self.log))
+            if event is not None:
+                yield event
+
+    def check(self) -> list[LogProblem]:
+        """Read the whole log; the problems found (empty when it is intact)."""
+        for _ in self.events(tolerant=True):
+            pass
+        return self.problems
+
+    def warnings(self) -> list[str]:
+        """The problems as lines to show a user, each with the log's path and line number."""
+        return [p.describe(self.log) for p in self.problems]
 
     def read_artifact(self, relpath: str) -> str:
         return layout.read_artifact(self.dir, relpath)
@@ -139,6 +271,8 @@ class SessionReader:
 def find_session(arg: str, sessions_dir: Path | None = None) -> Path:
     """Resolve a session argument: a folder path, or a name (prefix) under sessions_dir."""
     path = Path(arg)
+    if path.name == EVENTS_FILE and path.is_file():  # the log itself
+        return path.parent
     if layout.is_session(path):
         return path
     root = sessions_dir or Path("sessions")

@@ -217,6 +217,10 @@ def _session_started(s: RunState, e: ev.SessionStarted) -> None:
     s.status = "running"
 
 
+def _data_prepared(s: RunState, e: ev.DataPrepared) -> None:
+    s.data = dict(e.data)
+
+
 def _run_resumed(s: RunState, e: ev.RunResumed) -> None:
     s.status = "running"
     s.paused = s.pause_requested = False
@@ -407,6 +411,7 @@ def _acceptance(s: RunState, e: ev.AcceptanceConfigured) -> None:
 _HANDLERS = {
     ev.SessionStarted: _session_started,
     ev.RunResumed: _run_resumed,
+    ev.DataPrepared: _data_prepared,
     ev.RunFinished: _run_finished,
     ev.IterationStarted: _iteration_started,
     ev.ProposalMade: _proposal_made,

@@ -49,11 +49,22 @@ def run_until_done(work: Callable[[], Awaitable[Any]], stop: Callable[[str], Non
     return result, interrupted
 
 
+def begin(engine: Any) -> None:
+    """SessionStarted, durable before anything slow: the folder can be resumed from now on."""
+    from core.levels.context import FatalRunError
+
+    try:
+        engine.begin_session()
+    except FatalRunError:
+        pass  # run() reports it as a failed run
+
+
 def drive(engine: Any) -> int:
     """Run one engine headless, one printed line per event; the exit code says how it ended."""
     from core.analysis.printer import HeadlessPrinter
 
     engine.subscribe(HeadlessPrinter())
+    begin(engine)
     state, interrupted = run_until_done(engine.run, lambda why: engine.request_stop(why, hard=True))
     if interrupted:
         return EXIT_INTERRUPTED

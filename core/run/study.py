@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from core.record import config as config_mod
 from core.record import events as ev
-from core.record.session import SessionReader
+from core.record.session import SessionError, SessionReader
 from core.record.study import Member, Study, StudyError
 from core.services.executors import SlotPool
 
@@ -97,7 +97,7 @@ class StudyRunner:
             return Engine(self.study.member_config(member, overrides), path, log=self.log)
         try:
             return Engine.resume(path, overrides, log=self.log)
-        except FatalRunError as exc:
+        except (FatalRunError, SessionError) as exc:  # never started, damaged, or held by another engine
             raise StudyError(str(exc)) from exc
 
 

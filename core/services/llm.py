@@ -337,17 +337,28 @@ def extract_json(text: str) -> dict:
     if not body:
         extra = f" (only {len(reasoning)} characters of reasoning)" if reasoning else ""
         raise ValueError(f"the reply has no content to read JSON from{extra}")
-    whole = _try_object(body)
-    if whole is not None:
-        return whole
-    problems: list[str] = []
-    for block in _FENCE.findall(body):
-        found = _try_object(block.strip())
-        if found is None:
-            found = _first_object(block, problems)
-        if found is not None:
-            return found
-    found = _first_object(body, problems)
+    # Hostile or broken replies: a deep nest would overflow the decoder's recursion (and make
+    # the brace search quadratic), so nesting is measured first, outside strings, at C speed.
+    max_depth, depth = 64, 0
+    for brace in re.finditer(r"[{}\[\]]", re.sub(r'"(?:[^"\\]|\\.)*"', '""', body)):
+        depth = depth + 1 if brace.group() in "{[" else max(0, depth - 1)
+        if depth > max_depth:
+            raise ValueError(f"the reply nests brackets more than {max_depth} levels deep; "
+                             f"no proposal needs that ({len(body)} chars, begins: {_snippet(body, 80)})")
+    try:
+        whole = _try_object(body)
+        if whole is not None:
+            return whole
+        problems: list[str] = []
+        for block in _FENCE.findall(body):
+            found = _try_object(block.strip())
+            if found is None:
+                found = _first_object(block, problems)
+            if found is not None:
+                return found
+        found = _first_object(body, problems)
+    except RecursionError:  # the measure above makes this unreachable; kept as the last line of defence
+        raise ValueError(f"the reply nests too deeply to read as JSON ({len(body)} chars)") from None
     if found is not None:
         return found
     why = problems[0] if problems else "there is no '{' in it"

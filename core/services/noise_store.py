@@ -155,4 +155,4 @@ def identity(baseline_text: str, data: dict[str, Any], devices: Sequence[str]) -
 
 
 def is_noise_session(path: Path) -> bool:
-    return any(isinstance(e, ev.NoiseStarted) for e in SessionReader(path).events())
+    return any(isinstance(e, ev.NoiseStarted) for e in SessionReader(path).events(tolerant=True))

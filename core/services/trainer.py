@@ -1,31 +1,32 @@
-"""One training run as a subprocess: deadline, process group, progress and metrics.
+"""One training run as a subprocess: deadline, process group, classification.
 
 ``run_training`` starts a training script in its own process group, streams its
 stdout and stderr line by line without blocking the event loop, enforces a hard
-deadline (budget + grace), kills the whole group when the run ends for any reason,
-and classifies the result. A crash, timeout or divergence never yields a number:
-``TrainResult.val_bpb`` is set only when the outcome is ``Outcome.OK``.
+deadline (budget + grace), kills the whole group, and every process tagged as
+this run's, when the run ends for any reason, and classifies the result. A crash,
+timeout, divergence or invalid metric never yields a number: ``TrainResult.val_bpb``
+is set only when the outcome is ``Outcome.OK``.
 
-The script contract (the autoresearch ``train.py`` format): progress lines such as
-``step 00123 (45.2%) | loss: 3.456789 | ... | remaining: 164s`` during training,
-and at the end a line ``---`` followed by ``key: value`` lines, at least ``val_bpb``.
-
+Reading the output lives in :mod:`core.services.train_output`; making processes die
+with the engine in :mod:`core.services.process_control`.
 Process groups and signals are POSIX; the product targets Linux GPU boxes.
 """
 from __future__ import annotations
 
 import asyncio
 import math
-import os
-import re
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import IO, Callable, Iterable, Mapping
+from typing import IO, Callable, Mapping
+
+from core.services import process_control as pc
+from core.services.train_output import (  # noqa: F401 - re-exported: the trainer's reading of output
+    ERROR_TAIL_LINES, MAX_LINE_BYTES, Progress, _LineSplitter, _RunWatcher, parse_metrics, parse_progress,
+)
 
 from core.services.environment import training_env
 
@@ -33,14 +34,10 @@ from core.services.environment import training_env
 TERM_GRACE_S = 3.0
 # How long to wait for the pipes to drain once the group is gone.
 DRAIN_TIMEOUT_S = 5.0
-ERROR_TAIL_LINES = 30
-# A "line" longer than this is cut so a script writing megabytes without a newline
-# cannot grow our memory without bound.
-MAX_LINE_BYTES = 1 << 20
 _READ_CHUNK = 1 << 16
 _POLL_S = 0.05
-# Lines kept after the last '---' on stdout; a real metrics block is a dozen lines.
-_MAX_BLOCK_LINES = 1000
+# val_bpb outside this range is not a measurement (bits per byte of text are positive).
+VALID_BPB = (0.0, float("inf"))
 
 
 class Outcome(str, Enum):
@@ -51,16 +48,6 @@ class Outcome(str, Enum):
     DIVERGED = "diverged"
     OOM = "oom"
     CANCELLED = "cancelled"
-
-
-@dataclass(frozen=True)
-class Progress:
-    step: int | None
-    percent: float | None
-    loss: float | None
-    tok_per_s: float | None
-    mfu: float | None
-    remaining_s: float | None
 
 
 @dataclass(frozen=True)
@@ -78,228 +65,6 @@ class TrainResult:
         return self.outcome is Outcome.OK
 
 
-# ---------------------------------------------------------------- parsing
-
-_NUM = r"[-+]?(?:\d[\d,_]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_FLOATISH = rf"(?:{_NUM}|[-+]?nan|[-+]?inf(?:inity)?)"
-
-_STEP_START_RE = re.compile(r"^\s*step\b\s*[:=#]?\s*\d", re.I)
-_STEP_RE = re.compile(r"\bstep\b\s*[:=#]?\s*(\d[\d,]*)(?:\s*/\s*(\d[\d,]*))?", re.I)
-_PERCENT_RE = re.compile(
-    rf"\(\s*({_NUM})\s*%\s*\)|\b(?:progress|pct|done)\s*[:=]?\s*({_NUM})\s*%", re.I
-)
-# "val_loss" is a validation metric, not the training loss, hence the look-behind.
-_LOSS_RE = re.compile(rf"(?<![\w])(?:train[_ ]?)?loss\s*[:=]?\s*({_FLOATISH})(?![\w])", re.I)
-_TOK_RE = re.compile(rf"\btok(?:ens)?\s*/\s*s(?:ec)?\b\s*[:=]?\s*({_NUM})", re.I)
-_MFU_RE = re.compile(rf"\bmfu\b\s*[:=]?\s*({_NUM})", re.I)
-_REMAINING_RE = re.compile(
-    rf"\b(?:remaining|eta)\b\s*[:=]?\s*({_NUM})\s*(s|sec|secs|seconds|m|min|mins|minutes|h)?\b", re.I
-)
-_UNIT_SECONDS = {"m": 60.0, "min": 60.0, "mins": 60.0, "minutes": 60.0, "h": 3600.0}
-
-_METRIC_KEY_RE = re.compile(r"^[A-Za-z_][\w.\-/]*$")
-_SEPARATOR = "---"
-
-_OOM_RE = re.compile(r"out of memory|OutOfMemoryError|MemoryError", re.I)
-_DIVERGED_RE = re.compile(
-    r"loss\b[^|\n]{0,20}?(?<![\w.])[-+]?(?:nan|inf(?:inity)?)\b|\bdiverged\b", re.I
-)
-# autoresearch's train.py prints "FAIL" and exits 1 when the loss is NaN or exploding;
-# it follows a \r progress line with no newline, so it usually ends that line.
-_FAST_FAIL_RE = re.compile(r"(?:^|\s)FAIL$")
-
-
-def _to_float(text: str) -> float:
-    return float(text.replace(",", "").replace("_", ""))
-
-
-def _search_float(pattern: re.Pattern[str], line: str) -> float | None:
-    match = pattern.search(line)
-    if match is None:
-        return None
-    value = next(group for group in match.groups() if group is not None)
-    try:
-        return _to_float(value)
-    except ValueError:
-        return None
-
-
-def _parse_remaining(line: str) -> float | None:
-    match = _REMAINING_RE.search(line)
-    if match is None:
-        return None
-    try:
-        seconds = _to_float(match.group(1))
-    except ValueError:
-        return None
-    return seconds * _UNIT_SECONDS.get((match.group(2) or "s").lower(), 1.0)
-
-
-def parse_progress(line: str) -> Progress | None:
-    """Read a training progress line; None when the line is not one.
-
-    A line counts as progress when it starts with ``step <n>``, or when it is a
-    ``|``-separated line with at least two recognised fields. Fields may come in
-    any order and any may be missing.
-    """
-    step: int | None = None
-    percent: float | None = None
-    step_match = _STEP_RE.search(line)
-    if step_match is not None:
-        step = int(step_match.group(1).replace(",", ""))
-        total = step_match.group(2)
-        if total is not None and int(total.replace(",", "")) > 0:
-            percent = 100.0 * step / int(total.replace(",", ""))
-    explicit_percent = _search_float(_PERCENT_RE, line)
-    if explicit_percent is not None:
-        percent = explicit_percent
-    progress = Progress(
-        step=step,
-        percent=percent,
-        loss=_search_float(_LOSS_RE, line),
-        tok_per_s=_search_float(_TOK_RE, line),
-        mfu=_search_float(_MFU_RE, line),
-        remaining_s=_parse_remaining(line),
-    )
-    found = sum(value is not None for value in vars(progress).values())
-    if _STEP_START_RE.match(line) or ("|" in line and found >= 2):
-        return progress
-    return None
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Parse the ``key: value`` block after the LAST line that is exactly ``---``.
-
-    Lines that are not ``key: number`` are skipped; no ``---`` line means no metrics.
-    """
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.strip() == _SEPARATOR]
-    if not starts:
-        return {}
-    return _parse_block(lines[starts[-1] + 1 :])
-
-
-def _parse_block(lines: Iterable[str]) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    for line in lines:
-        key, sep, value = line.partition(":")
-        key = key.strip()
-        if not sep or not _METRIC_KEY_RE.match(key):
-            continue
-        try:
-            metrics[key] = _to_float(value.strip())
-        except ValueError:
-            continue
-    return metrics
-
-
-# ---------------------------------------------------------------- streaming
-
-_LINE_END_RE = re.compile(rb"\r\n|\r|\n")
-
-
-class _LineSplitter:
-    """Split a byte stream into lines at \\n, \\r\\n or a lone \\r (progress redraws)."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._after_cr = False  # a chunk ended in \r: a leading \n in the next belongs to it
-
-    def feed(self, data: bytes) -> list[str]:
-        if self._after_cr and data.startswith(b"\n"):
-            data = data[1:]
-        self._after_cr = False
-        self._buffer += data
-        lines: list[str] = []
-        start = 0
-        for match in _LINE_END_RE.finditer(self._buffer):
-            ending = match.group()
-            self._add(lines, self._buffer[start : match.start()], from_redraw=ending == b"\r")
-            start = match.end()
-            if ending == b"\r" and start == len(self._buffer):
-                self._after_cr = True
-        del self._buffer[:start]
-        while len(self._buffer) > MAX_LINE_BYTES:
-            self._add(lines, self._buffer[:MAX_LINE_BYTES], from_redraw=False)
-            del self._buffer[:MAX_LINE_BYTES]
-        return lines
-
-    def close(self) -> list[str]:
-        lines: list[str] = []
-        if self._buffer:
-            # The last write of a script often has no newline (a final \r progress line).
-            self._add(lines, self._buffer, from_redraw=True)
-            self._buffer = bytearray()
-        return lines
-
-    @staticmethod
-    def _add(lines: list[str], raw: bytes | bytearray, *, from_redraw: bool) -> None:
-        text = bytes(raw).decode("utf-8", errors="replace").rstrip()
-        # A \r redraw leaves empty segments between updates; they are not lines.
-        if text or not from_redraw:
-            lines.append(text)
-
-
-class _RunWatcher:
-    """Everything learned from the output of one run, gathered as lines arrive."""
-
-    def __init__(
-        self,
-        log: IO[str] | None,
-        on_progress: Callable[[Progress], None] | None,
-        on_line: Callable[[str, str], None] | None,
-    ) -> None:
-        self._log = log
-        self._on_progress = on_progress
-        self._on_line = on_line
-        self.tails: dict[str, deque[str]] = {
-            "stdout": deque(maxlen=ERROR_TAIL_LINES),
-            "stderr": deque(maxlen=ERROR_TAIL_LINES),
-        }
-        self.block: list[str] | None = None  # stdout lines after the last '---'
-        self.last_loss: float | None = None
-        self.divergence_line: str | None = None
-        self.fast_fail = False
-        self.oom_line: str | None = None
-
-    def feed(self, stream: str, line: str) -> None:
-        if self._log is not None:
-            self._log.write(("[stderr] " if stream == "stderr" else "") + line + "\n")
-        self.tails[stream].append(line)
-        if stream == "stdout":
-            self._track_block(line)
-        self._scan(line)
-        progress = parse_progress(line)
-        if progress is not None:
-            if progress.loss is not None:
-                self.last_loss = progress.loss
-            if self._on_progress is not None:
-                self._on_progress(progress)
-        elif self._on_line is not None:
-            self._on_line(stream, line)
-
-    def _track_block(self, line: str) -> None:
-        if line.strip() == _SEPARATOR:
-            self.block = []
-        elif self.block is not None and len(self.block) < _MAX_BLOCK_LINES:
-            self.block.append(line)
-
-    def _scan(self, line: str) -> None:
-        if self.oom_line is None and _OOM_RE.search(line):
-            self.oom_line = line.strip()
-        if self.divergence_line is None and _DIVERGED_RE.search(line):
-            self.divergence_line = line.strip()
-        if _FAST_FAIL_RE.search(line):
-            self.fast_fail = True
-
-    def metrics(self) -> dict[str, float]:
-        return _parse_block(self.block) if self.block is not None else {}
-
-    def error_tail(self) -> str:
-        tail = self.tails["stderr"] or self.tails["stdout"]
-        return "\n".join(tail)
-
-
 async def _pump(stream: asyncio.StreamReader, name: str, sink: Callable[[str, str], None]) -> None:
     splitter = _LineSplitter()
     while True:
@@ -310,52 +75,6 @@ async def _pump(stream: asyncio.StreamReader, name: str, sink: Callable[[str, st
             sink(name, line)
     for line in splitter.close():
         sink(name, line)
-
-
-# ---------------------------------------------------------------- process group
-
-def _group_has_live_members(pgid: int) -> bool:
-    """True while any non-zombie process is in the group.
-
-    Zombies count as gone: they are dead and waiting for their parent (or init) to
-    reap them, which we cannot hurry. Linux reads /proc; elsewhere killpg(0) is the
-    best available answer.
-    """
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command name, which may itself contain spaces and ')'.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 3 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-async def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while _group_has_live_members(pgid):
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(_POLL_S)
-    return True
 
 
 async def _exited(proc: asyncio.subprocess.Process) -> int:
@@ -369,15 +88,20 @@ async def _exited(proc: asyncio.subprocess.Process) -> int:
     return proc.returncode
 
 
-async def _stop_group(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the whole group, then SIGKILL what is left; wait for the leader's exit."""
+async def _stop_group(proc: asyncio.subprocess.Process, tag: str) -> None:
+    """SIGTERM the whole group, then SIGKILL what is left; wait for the leader's exit.
+
+    Then kill every process still carrying the run's tag: children that left the group
+    (their own ``setsid``) would otherwise live on and hold the output pipes open.
+    """
     pgid = proc.pid
-    if _group_has_live_members(pgid):
-        _signal_group(pgid, signal.SIGTERM)
-        if not await _wait_group_gone(pgid, TERM_GRACE_S):
-            _signal_group(pgid, signal.SIGKILL)
-            await _wait_group_gone(pgid, TERM_GRACE_S)
+    if pc.group_has_live_members(pgid):
+        pc.signal_group(pgid, signal.SIGTERM)
+        if not await pc.wait_group_gone(pgid, TERM_GRACE_S):
+            pc.signal_group(pgid, signal.SIGKILL)
+            await pc.wait_group_gone(pgid, TERM_GRACE_S)
     await _exited(proc)
+    await asyncio.to_thread(pc.end_tagged, tag, spare=proc.pid)
 
 
 async def _supervise(
@@ -475,6 +199,7 @@ def _classify(
     budget_s: float,
     grace_s: float,
     duration_s: float,
+    valid_bpb: tuple[float, float] = VALID_BPB,
 ) -> tuple[Outcome, str]:
     if stopped is Outcome.CANCELLED:
         return Outcome.CANCELLED, f"cancelled after {duration_s:.1f} s"
@@ -496,6 +221,10 @@ def _classify(
         return Outcome.NO_METRICS, "exit code 0 but the script printed no '---' metrics block"
     if val_bpb is None:
         return Outcome.NO_METRICS, "exit code 0 but the metrics block has no val_bpb"
+    low, high = valid_bpb
+    if not low < val_bpb <= high:
+        return Outcome.CRASH, (f"invalid metric: val_bpb {val_bpb!r} is not a measurement "
+                               f"(it must be > {low:g} and ≤ {high:g})")
     return Outcome.OK, f"val_bpb {val_bpb:.6f} after {duration_s:.1f} s"
 
 
@@ -532,6 +261,9 @@ async def run_training(
     on_progress: Callable[[Progress], None] | None = None,
     on_line: Callable[[str, str], None] | None = None,
     cancel: asyncio.Event | None = None,
+    tag: str | None = None,
+    on_start: Callable[[int, str], None] | None = None,
+    valid_bpb: tuple[float, float] = VALID_BPB,
 ) -> TrainResult:
     """Run ``python -u script`` in ``cwd`` and classify how it ended.
 
@@ -539,12 +271,17 @@ async def run_training(
     ``budget_s + grace_s`` seconds or when ``cancel`` is set; when it returns, no
     process of the group remains. ``on_progress`` gets parsed progress lines,
     ``on_line`` every other line as ``(stream, line)``; an exception raised by
-    either stops the run and propagates.
+    either stops the run and propagates. Every process started carries ``tag`` (one is made
+    if none is given) in its environment and is killed when the run ends, wherever it went;
+    ``on_start(pid, tag)`` is called once the script runs (its pid is its process group).
+    A val_bpb outside ``valid_bpb`` (low exclusive, high inclusive) is a crash: "invalid metric".
     """
     start = time.monotonic()
     if cancel is not None and cancel.is_set():
         return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled before it started")
-    child_env = {**training_env(env), "PYTHONUNBUFFERED": "1"}  # an allow-list: no API keys
+    tag = tag or pc.new_tag()
+    # an allow-list (no API keys), plus the run tag that lets a resume find what this run started
+    child_env = {**training_env(env), "PYTHONUNBUFFERED": "1", pc.TAG_ENV: tag}
     log = _open_log(log_path)
     try:
         try:
@@ -556,6 +293,7 @@ async def run_training(
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # own process group, so the deadline kills all of it
+                preexec_fn=pc.die_with_parent_preexec(),  # and the kernel kills it if the engine dies
             )
         except OSError as exc:
             return TrainResult(
@@ -564,6 +302,13 @@ async def run_training(
             )
         watcher = _RunWatcher(log, on_progress, on_line)
         assert proc.stdout is not None and proc.stderr is not None
+        if on_start is not None:
+            try:
+                on_start(proc.pid, tag)
+            except BaseException:
+                pc.signal_group(proc.pid, signal.SIGKILL)
+                await _stop_group(proc, tag)
+                raise
         readers = [
             asyncio.ensure_future(_pump(proc.stdout, "stdout", watcher.feed)),
             asyncio.ensure_future(_pump(proc.stderr, "stderr", watcher.feed)),
@@ -572,13 +317,13 @@ async def run_training(
             stopped = await _supervise(proc, readers, start + budget_s + grace_s, cancel)
         except BaseException:
             # A cancelled task or a failing callback: no time for politeness, but no orphans either.
-            _signal_group(proc.pid, signal.SIGKILL)
+            pc.signal_group(proc.pid, signal.SIGKILL)
             for reader in readers:
                 reader.cancel()
-            await _stop_group(proc)
+            await _stop_group(proc, tag)
             await _close_pipes(proc, readers)
             raise
-        await _stop_group(proc)
+        await _stop_group(proc, tag)
         duration_s = time.monotonic() - start
         await _close_pipes(proc, readers)
         _raise_reader_error(readers)
@@ -590,7 +335,7 @@ async def run_training(
     metrics = watcher.metrics()
     outcome, reason = _classify(
         stopped=stopped, exit_code=exit_code, watcher=watcher, metrics=metrics,
-        budget_s=budget_s, grace_s=grace_s, duration_s=duration_s,
+        budget_s=budget_s, grace_s=grace_s, duration_s=duration_s, valid_bpb=valid_bpb,
     )
     ok = outcome is Outcome.OK
     return TrainResult(

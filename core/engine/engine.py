@@ -36,7 +36,7 @@ from core.record.state import RunState, fold
 from core.services.trainer import TrainResult, run_training
 
 # Parameters that define the measurement rather than the model: never the LLM's to change.
-PROTOCOL_PARAMS = ("TIME_BUDGET", "EVAL_TOKENS", "DEVICE", "COMPILE")
+PROTOCOL_PARAMS = ("TIME_BUDGET", "MAX_SEQ_LEN", "EVAL_TOKENS", "DEVICE", "COMPILE")
 PROGRESS_EVERY_S = 0.2  # throttle for progress events
 MAX_OUTPUT_EVENTS = 400  # training output lines per run as events; the log file has all
 COMMANDS = ("pause", "resume", "stop", "abort_training", "set_guidance", "freeze", "unfreeze",

@@ -30,6 +30,7 @@ from core.record.channel import watch_commands
 from core.services.llm import ChatResult, LLMClient, LLMError
 from core.engine.mechanism_host import MechanismHost
 from core.services.script import ParamSpec, TrainScript, infer_schema
+from core.services import script_folder
 from core.services.seeds import seed_params
 from core.record.session import SessionReader, SessionWriter, new_session_dir
 from core.record.state import RunState, fold
@@ -393,6 +394,9 @@ class Engine:
             script = TrainScript.parse(text)
         except ValueError as exc:
             raise FatalRunError(f"{source_path}: {exc}") from exc
+        folder = script_folder.inspect(source_path, text)
+        if folder.problems:
+            raise FatalRunError("; ".join(folder.problems))
         script = script.apply(self._protocol_overrides(script))
         data_info = await self._prepare_data()
         self.schema = self._build_schema(script)
@@ -404,6 +408,7 @@ class Engine:
             script=baseline_rel, schema=self._schema_dicts(), frozen=[], guidance=cfg.search.guidance,
             seed=cfg.search.seed, data=data_info, version=__version__,
         ))
+        self._emit_script_inspected(folder, script)
 
     async def _restart(self) -> None:
         """Continue a session: re-run an iteration cut short, never a kept one."""
@@ -429,8 +434,19 @@ class Engine:
             changes["TIME_BUDGET"] = int(budget) if float(budget).is_integer() else budget
         return {k: v for k, v in changes.items() if script.params[k].value != v}
 
+    def _emit_script_inspected(self, folder: script_folder.ScriptFolder, script: TrainScript) -> None:
+        measuring = script_folder.measurement_params(script)
+        if not (folder.modules or folder.fixed_seeds or measuring):
+            return
+        self.emit(ev.ScriptInspected(
+            script=str(folder.script), modules=list(folder.modules),
+            constants={c.name: f"{c.where()} = {c.value!r}" for c in folder.constants},
+            set_per_run={k: v for edits in folder.changes(self.cfg.budget.time_s).values() for k, v in edits.items()},
+            fixed_seeds=[f"{s.call} (line {s.lineno})" for s in folder.fixed_seeds], seed_note=folder.seed_note(),
+            locked=measuring))
+
     def _build_schema(self, script: TrainScript) -> dict[str, ParamSpec]:
-        wanted = set(self.cfg.search.locked) | set(PROTOCOL_PARAMS)
+        wanted = set(self.cfg.search.locked) | set(PROTOCOL_PARAMS) | set(script_folder.measurement_params(script))
         if not self.cfg.acceptance.allow_seed_tuning:
             wanted |= set(seed_params(script))
         locked = {p for p in wanted if p in script.params}
@@ -519,6 +535,14 @@ class Engine:
         if seed is None:
             self.last_script_artifact = script_rel
         source_dir = Path(self.state.script_source or self.cfg.script_path()).parent
+        run_script, run_cwd = self.dir / script_rel, source_dir
+        where = script_folder.inspect(Path(self.state.script_source or self.cfg.script_path()), text)
+        if where.needs_copy:  # its sibling modules get this run's budget, in a copy of the folder
+            run_cwd = (self.dir / script_rel).parent / f"run{suffix}"
+            try:
+                run_script = script_folder.materialise(where, text, run_cwd, where.changes(self.cfg.budget.time_s))
+            except (OSError, ValueError) as exc:
+                raise FatalRunError(f"cannot copy the script's folder for this run: {exc}") from exc
         emitter = _TrainingEmitter(self, iteration)
         cancel = self._cancel_training = asyncio.Event()
         try:
@@ -532,7 +556,7 @@ class Engine:
                                              slot=slot.devices or "cpu", budget_s=self.cfg.budget.time_s,
                                              seed=run_seed))
                 result = await run_training(
-                    self.dir / script_rel, cwd=source_dir, python=self.cfg.script.python or sys.executable,
+                    run_script, cwd=run_cwd, python=self.cfg.script.python or sys.executable,
                     budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s, env=env,
                     log_path=log_path, on_progress=emitter.progress, on_line=emitter.line, cancel=cancel)
         finally:

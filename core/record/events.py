@@ -115,6 +115,21 @@ class SessionStarted(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ScriptInspected(Event):
+    """What the training script takes from its folder and what it fixes (the public
+    autoresearch shape: constants imported from prepare.py, a literal seed)."""
+
+    type: ClassVar[str] = "script_inspected"
+    script: str = ""  # the user's script
+    modules: list[str] = field(default_factory=list)  # sibling modules it imports: each run gets a copy
+    constants: dict[str, str] = field(default_factory=dict)  # imported constant -> "prepare.py:31 = 300"
+    set_per_run: dict[str, Any] = field(default_factory=dict)  # what the copy sets, e.g. TIME_BUDGET
+    fixed_seeds: list[str] = field(default_factory=list)  # "torch.manual_seed(42) (line 458)"
+    seed_note: str = ""  # what a run's seed can and cannot vary; empty when it reaches the script
+    locked: dict[str, str] = field(default_factory=dict)  # constant -> why the search may not edit it
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunResumed(Event):
     type: ClassVar[str] = "run_resumed"
     next_iteration: int = 0
@@ -476,6 +491,7 @@ class NoiseStarted(Event):
     hardware: str = ""
     script_sha256: str = ""  # of the baseline as evaluated, seed constants normalised
     dataset_id: str = ""
+    seed_note: str = ""  # set when the script fixes its own seed: what the runs can and cannot vary
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -524,6 +540,7 @@ class AcceptanceConfigured(Event):
     noise_runs: int = 0
     noise_session: str = ""
     seed_params: list[str] = field(default_factory=list)  # seed constants locked (or tunable) in the script
+    seed_note: str = ""  # set when the script fixes its own seed: what a confirmation can vary
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,6 +31,7 @@ from core.services.llm import ChatResult, LLMClient, LLMError
 from core.engine.mechanism_host import MechanismHost
 from core.services.script import ParamSpec, TrainScript, infer_schema
 from core.services import script_folder
+from core.services.data_budget import repeat_warning
 from core.services.seeds import seed_params
 from core.record.session import SessionReader, SessionWriter, new_session_dir
 from core.record.state import RunState, fold
@@ -474,6 +475,8 @@ class Engine:
             raise FatalRunError(f"data preparation failed: {exc}") from exc
         self.data_dir = Path(data_dir)
         meta = json.loads((self.data_dir / "meta.json").read_text(encoding="utf-8"))
+        if self.cfg.script.preset == "reference" and (warning := repeat_warning(meta, self.cfg.budget.time_s)):
+            self.log(warning)  # the GPU workload would mostly re-read its data
         # Recorded so that runs on different corpora or tokenizers are never compared.
         keep = ("name", "content_sha256", "dataset_id", "tokenizer_id", "vocab_size", "source", "tokens")
         return {"dir": str(self.data_dir), **{k: meta[k] for k in keep if k in meta}}

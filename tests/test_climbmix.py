@@ -179,3 +179,16 @@ def test_best_fit_packing_takes_the_largest_document_that_fits_then_crops_the_sh
     assert cropped == [[0, 1, 1, 1, 1, 1], [0, 2, 2, 2, 2, 2]]  # nothing fits: the shortest is cropped
     ties = list(cm.pack_rows([[0, 7], [0, 8], [0, 9]], 2, buffer_docs=10))
     assert ties == [[0, 7], [0, 8], [0, 9]]  # equal lengths: the earliest first, as the public scan
+
+
+def test_bilevel_prepare_source_climbmix_prints_where_the_data_went(shards: ShardServer, tmp_path: Path) -> None:
+    from tests.support.cli import run_bilevel
+
+    done = run_bilevel("prepare", "--source", "climbmix", "--num-shards", "1", "--base-url", shards.url,
+                       "--vocab-size", "300", cwd=tmp_path, env={"BILEVEL_DATA_ROOT": str(tmp_path / "root")})
+    assert done.returncode == 0, done.stderr
+    out = Path(done.stdout.strip())
+    assert out == tmp_path / "root" / "climbmix" and prep.data_ready(out)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["row_tokens"] == 2049 and meta["source"]["train_shards"] == [cm.shard_name(0)]
+    assert "shard_06542.parquet [" in done.stderr

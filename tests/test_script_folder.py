@@ -195,3 +195,20 @@ def test_a_run_whose_budget_cannot_be_set_is_refused_before_training(tmp_path: P
     assert done.returncode != 0
     assert "takes TIME_BUDGET from prepare.py, where it is not a literal constant" in done.stderr + done.stdout
     assert not [e for e in events_of(tmp_path) if isinstance(e, ev.TrainingStarted)]
+
+
+def test_confirmation_says_it_cannot_change_a_literal_seed(tmp_path: Path) -> None:
+    from core.engine.acceptance import build_policy
+    from core.record import config as config_mod
+
+    script = public_folder(tmp_path)
+    cfg = config_mod.load(write_fast_config(tmp_path, name="pub", script=script, search_extra=""))
+    _, event = build_policy(cfg, script.read_text(), {"source": "none"}, [])
+    assert "torch.manual_seed(42) (line 14)" in event.seed_note
+    from core.analysis import printer
+
+    confirming = ev.AcceptanceConfigured(description="min_delta", confirm=True, seed_note=event.seed_note)
+    assert "confirmation runs cannot change the seed: the script fixes its seed" in printer._FORMATS[
+        ev.AcceptanceConfigured](confirming)
+    _, plain = build_policy(cfg, "LR = 0.1\nSEED = 1\n", {"source": "none"}, [])
+    assert plain.seed_note == ""

@@ -422,6 +422,17 @@ def test_reference_model_on_meta_has_50_3m_params_and_the_reference_optimizers(
         assert (g["lr"], g["momentum"], g["weight_decay"], g["beta2"]) == (0.04, 0.85, 0.2, 0.95)
     owned = {id(p) for o in (adam, muon) for g in o.param_groups for p in g["params"]}
     assert owned == {id(p) for p in model.parameters()}
+    # 6 x the matmul weights (no lookups, no scalars) + 12 * heads * head_dim * keys per layer
+    windows = train_module.layer_windows(8, 2048, "SSSL")
+    assert train_module.flops_per_token(model, windows, 4) == 6 * 29_360_640 + 12 * 4 * 128 * (6 * 1025 + 2 * 2048)
+
+    with torch.device("meta"):  # CUDA: bf16 embeddings, so a bf16 residual stream
+        cuda_model = train_module.GPT(8192, 8, 512, 4, 128, 2048, train_module.sdpa_attention,
+                                      embed_dtype=torch.bfloat16)
+    assert cuda_model.wte.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in cuda_model.value_embeds.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in cuda_model.blocks.parameters()} == {torch.float32}
+    assert model.wte.weight.dtype == torch.float32  # the CPU default
 
 
 def test_value_embedding_gate_is_two_sigmoid_of_the_leading_channels(train_module: ModuleType) -> None:

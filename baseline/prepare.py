@@ -427,8 +427,19 @@ def prepare(
     vocab_size: int | None = None,
     force: bool = False,
     log: Log = print,
+    num_shards: int | None = None,
+    base_url: str | None = None,
 ) -> Path:
-    """Build (or reuse) the dataset for ``source`` and return its folder."""
+    """Build (or reuse) the dataset for ``source`` and return its folder.
+
+    ``source = "climbmix"`` is the reference data (see baseline/climbmix.py; ``num_shards``
+    and ``base_url`` apply to it only, ``max_bytes`` does not).
+    """
+    if source == "climbmix":
+        from baseline.climbmix import prepare_climbmix
+
+        return prepare_climbmix(name=name, root=root, num_shards=num_shards, base_url=base_url,
+                                vocab_size=vocab_size, force=force, log=log)
     src = resolve_source(source)
     name = name or src.default_name
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
@@ -627,7 +638,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m baseline.prepare", description="Prepare tokenizer and token shards."
     )
-    parser.add_argument("--source", default="stdlib", help="'stdlib' or a folder of text")
+    parser.add_argument("--source", default="stdlib", help="'stdlib', 'climbmix' or a folder of text")
+    parser.add_argument("--num-shards", type=int, help="climbmix: training shards to download (default 10)")
+    parser.add_argument("--base-url", help="climbmix: where the shards are served from")
     parser.add_argument("--name", help="dataset name (default: 'stdlib' or the folder name)")
     parser.add_argument("--root", type=Path, help="data root (default: $BILEVEL_DATA_ROOT)")
     parser.add_argument("--max-bytes", type=int, help="cap on corpus bytes read")
@@ -647,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
             vocab_size=args.vocab_size,
             force=args.force,
             log=log,
+            num_shards=args.num_shards,
+            base_url=args.base_url,
         )
     except PrepareError as exc:
         print(f"prepare: {exc}", file=sys.stderr)

@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("config", nargs="?")
 
     prep = sub.add_parser("prepare", help="build the tokenizer and data shards (cached)")
-    prep.add_argument("--source", default="stdlib", help='"stdlib" or a folder of .txt/.parquet files')
+    prep.add_argument("--source", default="stdlib",
+                      help='"stdlib", "climbmix" (the reference data, downloaded) or a folder of .txt/.parquet files')
+    prep.add_argument("--num-shards", type=int, help="climbmix: training shards to download (default 10)")
+    prep.add_argument("--base-url", help="climbmix: where the shards are served from")
     prep.add_argument("--name")
     prep.add_argument("--max-bytes", type=int)
     prep.add_argument("--vocab-size", type=int)
@@ -372,7 +375,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         return EXIT_RUN_ERROR
     try:
         path = prepare(args.source, name=args.name, max_bytes=args.max_bytes, vocab_size=args.vocab_size,
-                       force=args.force, log=lambda m: print(m, file=sys.stderr))
+                       force=args.force, log=lambda m: print(m, file=sys.stderr),
+                       num_shards=args.num_shards, base_url=args.base_url)
     except (PrepareError, OSError, ValueError) as exc:
         _err(f"prepare failed: {exc}")
         return EXIT_RUN_ERROR

@@ -42,7 +42,7 @@ REFERENCE = {
     "WARMDOWN_RATIO": 0.5,
     "FINAL_LR_FRAC": 0.0,
     "TIME_BUDGET": 300,
-    "EVAL_TOKENS": 10 * 2**19,
+    "EVAL_TOKENS": 40 * 2**19,  # the public eval: ~21M tokens
     "DEVICE": "auto",
     "COMPILE": True,
 }
@@ -321,7 +321,7 @@ def test_train_script_imports_nothing_from_the_project() -> None:
             roots |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             roots.add((node.module or "").split(".")[0])
-    assert roots <= {"__future__", "contextlib", "json", "math", "os", "sys", "time",
+    assert roots <= {"__future__", "contextlib", "gc", "json", "math", "os", "sys", "time",
                      "collections", "dataclasses", "pathlib", "numpy", "torch"}
 
 
@@ -350,8 +350,9 @@ def test_flex_block_masks_match_the_cpu_boolean_masks(train_module: ModuleType) 
             plain = train_module.sdpa_attention(
                 q, k, v, train_module.window_bool_mask(window, 256, cpu))
             assert torch.allclose(flex, plain, atol=1e-5)
-    assert train_module.layer_windows(5, 2048, "SSSL") == [1024, 1024, 1024, 2048, 2048]
-    assert train_module.layer_windows(3, 100, "S") == [50, 50, 100]
+    # S attends the half context before the query and the query itself: 1025 keys at 2048.
+    assert train_module.layer_windows(5, 2048, "SSSL") == [1025, 1025, 1025, 2048, 2048]
+    assert train_module.layer_windows(3, 100, "S") == [51, 51, 100]
 
 
 def test_val_bpb_scores_every_target_once(
@@ -360,12 +361,15 @@ def test_val_bpb_scores_every_target_once(
     torch = pytest.importorskip("torch")
     data = train_module.load_dataset(small_data)
     val = np.array(data.val[:1500])
-    val[[0, 400, 401, 999]] = data.eot_id  # boundaries inside the scored range count 1 byte
+    val[[0, 400, 401, 999]] = data.eot_id  # boundaries inside the scored range: not scored
     data.val = val
     eval_tokens = 1000
     table = np.array(data.token_bytes)
-    table[data.eot_id] = 1
-    expected = eval_tokens / (math.log(2) * table[val[1:eval_tokens + 1]].sum())  # 1 nat/token
+    targets = val[1:eval_tokens + 1]
+    assert table[data.eot_id] == 0
+    scored = int((targets != data.eot_id).sum())
+    assert scored == eval_tokens - 3
+    expected = scored / (math.log(2) * table[targets].sum())  # 1 nat per scored token
 
     class OneNatPerToken(torch.nn.Module):
         def forward(self, x, y, masks):
@@ -384,6 +388,158 @@ def test_lr_schedule_warms_down_linearly_to_the_final_fraction(train_module: Mod
     lrm = train_module.lr_multiplier
     assert lrm(0.0) == 1.0 and lrm(0.49) == 1.0
     assert lrm(0.75) == pytest.approx(0.5) and lrm(1.0) == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- the reference model
+
+
+def test_reference_model_on_meta_has_50_3m_params_and_the_reference_optimizers(
+    train_module: ModuleType,
+) -> None:
+    torch = pytest.importorskip("torch")
+    with torch.device("meta"):
+        model = train_module.GPT(8192, 8, 512, 4, 128, 2048, train_module.sdpa_attention)
+    assert sum(p.numel() for p in model.parameters()) == 50_332_176  # 50.3M
+    assert sorted(model.value_embeds, key=int) == ["1", "3", "5", "7"]  # 4 x 8192 x 512: 16.8M
+    assert sum(p.numel() for p in model.value_embeds.parameters()) == 4 * 8192 * 512
+    assert [b.attn.ve_gate is not None for b in model.blocks] == [i % 2 == 1 for i in range(8)]
+    assert model.blocks[1].attn.ve_gate.weight.shape == (4, 32)  # 32 channels -> one per head
+
+    adam, muon = train_module.build_optimizers(model, 512, torch.device("cpu"))
+    scale = (512 / 768) ** -0.5
+    adam_groups = [(g["params"], g["lr"], g["betas"]) for g in adam.param_groups]
+    assert adam_groups[0][0] == [model.lm_head.weight] and adam_groups[0][1] == pytest.approx(0.004 * scale)
+    assert adam_groups[1][0] == [model.wte.weight] and adam_groups[1][1] == pytest.approx(0.6 * scale)
+    assert adam_groups[2][0] == list(model.value_embeds.parameters())
+    assert adam_groups[2][1] == pytest.approx(0.6 * scale)
+    assert adam_groups[3][0] == [model.resid_lambdas] and adam_groups[3][1] == pytest.approx(0.005)
+    assert adam_groups[4][0] == [model.x0_lambdas] and adam_groups[4][1] == 0.5
+    assert adam_groups[4][2] == (0.96, 0.95) and adam_groups[0][2] == (0.8, 0.95)
+    assert all(g["weight_decay"] == 0.0 and g["eps"] == 1e-10 for g in adam.param_groups)
+    shapes = {tuple(g["params"][0].shape): len(g["params"]) for g in muon.param_groups}
+    assert shapes == {(4, 32): 4, (512, 512): 32, (512, 2048): 8, (2048, 512): 8}
+    for g in muon.param_groups:  # the block matrices, gates included, are Muon's
+        assert (g["lr"], g["momentum"], g["weight_decay"], g["beta2"]) == (0.04, 0.85, 0.2, 0.95)
+    owned = {id(p) for o in (adam, muon) for g in o.param_groups for p in g["params"]}
+    assert owned == {id(p) for p in model.parameters()}
+    # 6 x the matmul weights (no lookups, no scalars) + 12 * heads * head_dim * keys per layer
+    windows = train_module.layer_windows(8, 2048, "SSSL")
+    assert train_module.flops_per_token(model, windows, 4) == 6 * 29_360_640 + 12 * 4 * 128 * (6 * 1025 + 2 * 2048)
+
+    with torch.device("meta"):  # CUDA: bf16 embeddings, so a bf16 residual stream
+        cuda_model = train_module.GPT(8192, 8, 512, 4, 128, 2048, train_module.sdpa_attention,
+                                      embed_dtype=torch.bfloat16)
+    assert cuda_model.wte.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in cuda_model.value_embeds.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in cuda_model.blocks.parameters()} == {torch.float32}
+    assert model.wte.weight.dtype == torch.float32  # the CPU default
+
+
+def test_value_embedding_gate_is_two_sigmoid_of_the_leading_channels(train_module: ModuleType) -> None:
+    torch = pytest.importorskip("torch")
+    gate = torch.nn.Linear(32, 2, bias=False)
+    torch.nn.init.zeros_(gate.weight)
+    x = torch.randn(1, 3, 64)
+    assert torch.equal(train_module.value_gate(x, gate), torch.ones(1, 3, 2))  # neutral at init
+    with torch.no_grad():
+        gate.weight[0, 0] = math.log(3)  # sigmoid(ln 3) = 3/4: head 0 weighs 1.5
+        gate.weight[1, 31] = -math.log(3)  # head 1: 2 * 1/4 = 0.5
+    x = torch.zeros(1, 1, 64)
+    x[..., 0], x[..., 31], x[..., 32:] = 1.0, 1.0, 100.0  # channels past 32 are never read
+    assert train_module.value_gate(x, gate).flatten().tolist() == pytest.approx([1.5, 0.5])
+
+    attn = train_module.Attention(64, 2, 32, value_embed=True)
+    torch.nn.init.zeros_(attn.ve_gate.weight)
+    seen = {}
+    attn_fn = lambda q, k, v, mask: seen.setdefault("v", v)  # noqa: E731
+    rotary = train_module.Rotary(32, 4)
+    ve = torch.randn(1, 4, 64)
+    x = torch.randn(1, 4, 64)
+    attn(x, ve, rotary, attn_fn, None)
+    plain_v = attn.v(x).view(1, 4, 2, 32).transpose(1, 2)
+    assert torch.allclose(seen["v"], plain_v + ve.view(1, 4, 2, 32).transpose(1, 2))
+
+
+def test_polar_express_maps_singular_values_by_its_polynomials(train_module: ModuleType) -> None:
+    torch = pytest.importorskip("torch")
+    g = torch.tensor([[[3.0, 0.0], [0.0, 4.0]]], dtype=torch.float64)
+    s = [3.0 / (5.0 * 1.02 + 1e-6), 4.0 / (5.0 * 1.02 + 1e-6)]  # Frobenius norm 5, * 1.02
+    a, b, c = train_module.PolarExpress.coefficients[0]
+    one = train_module.polar_express(g, steps=1, dtype=torch.float64)
+    assert one[0].diagonal().tolist() == pytest.approx([a * v + b * v**3 + c * v**5 for v in s])
+    for a, b, c in train_module.PolarExpress.coefficients:
+        s = [a * v + b * v**3 + c * v**5 for v in s]
+    five = train_module.polar_express(g, dtype=torch.float64)
+    assert five[0].diagonal().tolist() == pytest.approx(s, rel=1e-9)
+    assert all(0.7 < v < 1.3 for v in s)  # close to the orthogonal factor (identity here)
+    tall = torch.randn(1, 6, 3, dtype=torch.float64)  # the tall branch iterates on x^T x
+    q = train_module.polar_express(tall, dtype=torch.float64)[0]
+    assert torch.linalg.svdvals(q).min() > 0.6 and torch.linalg.svdvals(q).max() < 1.3
+
+
+def test_normuon_equalises_row_rms_and_keeps_the_frobenius_norm(train_module: ModuleType) -> None:
+    torch = pytest.importorskip("torch")
+    update = torch.tensor([[[3.0, 4.0], [0.0, 1.0]]], dtype=torch.float64)
+    variance = torch.zeros(1, 2, 1, dtype=torch.float64)
+    out = train_module.normuon_scale(update, variance, torch.tensor(0.95), red_dim=-1)
+    # Row mean squares 12.5 and 0.5; variance = 0.05 * those; each row scaled by
+    # 1/sqrt(var) * sqrt(26)/sqrt(80): both rows end with mean square 6.5, total 26.
+    assert variance.flatten().tolist() == pytest.approx([0.625, 0.025])
+    factor = math.sqrt(26 / 80)
+    assert out[0, 0].tolist() == pytest.approx([3 / math.sqrt(0.625) * factor, 4 / math.sqrt(0.625) * factor])
+    assert out[0, 1].tolist() == pytest.approx([0.0, 1 / math.sqrt(0.025) * factor])
+    assert out.square().mean(dim=-1).flatten().tolist() == pytest.approx([6.5, 6.5])
+
+
+def test_cautious_weight_decay_only_where_update_and_weight_agree(train_module: ModuleType) -> None:
+    torch = pytest.importorskip("torch")
+    params = torch.tensor([1.0, -1.0, 2.0, -2.0], dtype=torch.float64)
+    update = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64)
+    train_module.cautious_decay_step(params, update, torch.tensor(0.1), torch.tensor(0.5))
+    assert params.tolist() == pytest.approx([0.85, -1.1, 2.1, -1.8])
+
+
+def test_muon_momentum_ramps_and_weight_decay_falls_to_zero(train_module: ModuleType) -> None:
+    torch = pytest.importorskip("torch")
+    assert [train_module.muon_momentum(s) for s in (0, 150, 300, 5000)] == pytest.approx(
+        [0.85, 0.90, 0.95, 0.95])
+    assert [train_module.weight_decay_at(p) for p in (0.0, 0.25, 1.0)] == pytest.approx([0.2, 0.15, 0.0])
+    model = train_module.GPT(64, 2, 64, 2, 32, 16, train_module.sdpa_attention)
+    optimizers = train_module.build_optimizers(model, 64, torch.device("cpu"))
+    lrm = train_module.apply_schedules(optimizers, step=150, progress=0.75)
+    assert lrm == pytest.approx(0.5)
+    muon = optimizers[1]
+    assert all(g["momentum"] == pytest.approx(0.9) and g["weight_decay"] == pytest.approx(0.05)
+               and g["lr"] == pytest.approx(0.02) for g in muon.param_groups)
+    assert optimizers[0].param_groups[0]["betas"] == (0.8, 0.95)
+
+
+def test_packed_rows_are_scored_one_window_per_row_without_special_tokens(
+    train_module: ModuleType,
+) -> None:
+    torch = pytest.importorskip("torch")
+    row, bos = 9, 0
+    rows = np.array([[bos, 1, 2, 3, bos, 2, 2, 1, 3]] * 3, dtype=np.uint16)
+    data = train_module.Dataset(path=Path("."), train=rows.ravel(), val=rows.ravel(), vocab_size=4,
+                                eot_id=bos, token_bytes=[0, 1, 2, 3], dataset_id="x", row_tokens=row)
+
+    class OneNatPerToken(torch.nn.Module):
+        def forward(self, x, y, masks):
+            return torch.ones(y.shape)
+
+    import contextlib
+    old = train_module.MAX_SEQ_LEN, train_module.EVAL_TOKENS, train_module.DEVICE_BATCH_SIZE
+    try:
+        train_module.MAX_SEQ_LEN, train_module.EVAL_TOKENS, train_module.DEVICE_BATCH_SIZE = 8, 16, 4
+        bpb = train_module.evaluate_bpb(OneNatPerToken(), data, [], torch.device("cpu"),
+                                        contextlib.nullcontext())
+    finally:
+        train_module.MAX_SEQ_LEN, train_module.EVAL_TOKENS, train_module.DEVICE_BATCH_SIZE = old
+    # Two rows (16 // 8); targets 1 2 3 BOS 2 2 1 3: seven scored tokens of 14 bytes per row.
+    assert bpb == pytest.approx(14 / (math.log(2) * 28))
+    batches = train_module.TrainBatches(data.train, 8, 3, seed=0, device=torch.device("cpu"), row_tokens=row)
+    x, y = batches.next()
+    assert (x[:, 0] == bos).all() and batches.windows == 3  # every window starts a row
 
 
 # --------------------------------------------------------------------------- train.py runs
@@ -433,7 +589,7 @@ def test_diverging_run_reports_nan_and_exits_3(small_data: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_seed_comes_from_the_environment(small_data: Path, tmp_path: Path) -> None:
-    script = write_script(tmp_path, TIME_BUDGET=0)  # just the two untimed steps
+    script = write_script(tmp_path, TIME_BUDGET=0)  # just the untimed warm-up steps
 
     def first_loss(seed: str) -> str:
         run = run_script(script, small_data, seed=seed)

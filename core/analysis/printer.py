@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Callable, TextIO
 
 from core.record import events as ev
@@ -64,6 +65,13 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.SessionStarted: lambda e: (f"session {e.session}: {e.name} — provider {e.provider}"
                                   f"{' (offline: no LLM)' if e.provider == 'offline' else ' model ' + e.model}, "
                                   f"group {e.group}, levels {'+'.join(e.levels)}"),
+    ev.ScriptInspected: lambda e: "; ".join(filter(None, [
+        f"script: {Path(e.script).name} imports {', '.join(e.constants) or 'helpers'} from "
+        f"{', '.join(m + '.py' for m in e.modules)}; each run gets a copy of its folder"
+        + (" with " + ", ".join(f"{k} = {v}" for k, v in e.set_per_run.items()) if e.set_per_run else "")
+        if e.modules else "",
+        ("locked: " + ", ".join(f"{k} ({v})" for k, v in e.locked.items())) if e.locked else "",
+        f"seed: {e.seed_note}" if e.seed_note else ""])) or None,
     ev.RunResumed: lambda e: f"resumed at iteration {e.next_iteration}",
     ev.RunFinished: lambda e: (f"run {e.status}: {e.reason} — {e.iterations} iterations, baseline "
                                f"{fmt_bpb(e.baseline_val_bpb)}, best {fmt_bpb(e.best_val_bpb)}"),
@@ -89,11 +97,13 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.MechanismDeactivated: lambda e: f"mechanism {e.name} DEACTIVATED: {e.reason}",
     ev.MechanismEffect: lambda e: f"#{e.iteration} mechanism {e.name} {e.effect}: {e.detail[:200]}",
     ev.NoiseStarted: lambda e: (f"noise: {e.runs} runs of the unchanged baseline, seeds {', '.join(map(str, e.seeds))}; "
-                                f"fingerprint {e.fingerprint} [{e.hardware}; dataset {e.dataset_id}]"),
+                                f"fingerprint {e.fingerprint} [{e.hardware}; dataset {e.dataset_id}]"
+                                + (f"\nnoise: the seed is fixed: {e.seed_note}" if e.seed_note else "")),
     ev.NoiseRunFinished: lambda e: (f"noise run {e.run + 1} (seed {e.seed}): "
                                     + (f"val_bpb {e.val_bpb:.6f}" if e.val_bpb is not None else f"{e.outcome} {e.reason[:200]}")),
     ev.NoiseMeasured: _noise_measured,
-    ev.AcceptanceConfigured: lambda e: f"acceptance: {e.description}",
+    ev.AcceptanceConfigured: lambda e: f"acceptance: {e.description}" + (
+        f"\nacceptance: confirmation runs cannot change the seed: {e.seed_note}" if e.seed_note and e.confirm else ""),
     ev.ConfirmationStarted: lambda e: (f"#{e.iteration} candidate val_bpb {fmt_bpb(e.first_val_bpb)} beats best "
                                        f"{fmt_bpb(e.best)}: confirming with seed {e.seed}"),
     ev.TrainingOutput: lambda e: f"#{e.iteration} [{e.stream}] {e.line}" if e.stream == "stderr" else None,

@@ -25,6 +25,7 @@ from core.levels.context import Verdict
 from core.services.noise_store import Identity, NoiseFloor, NoiseStore, identity
 from core.services.script import TrainScript
 from core.services.seeds import seed_params
+from core.services.script_folder import fixed_seed_note
 
 
 class AcceptanceError(ValueError):
@@ -152,6 +153,7 @@ def build_policy(cfg: Config, baseline_text: str, data: dict[str, Any],
         threshold=policy.threshold, fingerprint=ident.fingerprint, hardware=ident.hardware,
         noise_std=floor.std if floor else None, noise_mad=floor.mad if floor else None,
         noise_runs=floor.runs if floor else 0, noise_session=floor.session if floor else "", seed_params=seeds,
+        seed_note=fixed_seed_note(baseline_text),
     )
     return policy, event
 

@@ -22,6 +22,7 @@ from core.record.config import Config
 from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
 from core.levels.context import FatalRunError, Ready, TrainRun
 from core.services.environment import listed
+from core.services import script_folder
 from core.services.executors import SlotPool
 from core.services.llm import ChatResult, LLMClient, LLMError
 from core.services.script import ParamSpec
@@ -197,6 +198,14 @@ class EngineContext:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)  # a re-run after an interruption starts a fresh log
         source_dir = Path(self.state.script_source or self.cfg.script_path()).parent
+        run_script, run_cwd = layout.artifact_path(eng.dir, script_rel), source_dir
+        where = script_folder.inspect(Path(self.state.script_source or self.cfg.script_path()), text)
+        if where.needs_copy:  # its sibling modules get this run's budget, in a copy of the folder
+            run_cwd = run_script.parent / ("run" if seed is None else f"run.seed{seed}")
+            try:
+                run_script = script_folder.materialise(where, text, run_cwd, where.changes(self.cfg.budget.time_s))
+            except (OSError, ValueError) as exc:
+                raise FatalRunError(f"cannot copy the script's folder for this run: {exc}") from exc
         emitter = _TrainingEmitter(self, iteration)
         # The engine holds the event while the run lasts: abort_training and a hard stop set it.
         cancel = eng._cancel_training = asyncio.Event()
@@ -216,7 +225,7 @@ class EngineContext:
                                                  engine_pid=os.getpid()))
 
                 result = await run_training(
-                    layout.artifact_path(eng.dir, script_rel), cwd=source_dir, python=self.cfg.script.python or sys.executable,
+                    run_script, cwd=run_cwd, python=self.cfg.script.python or sys.executable,
                     budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s, env=env,
                     log_path=log_path, on_progress=emitter.progress, on_line=emitter.line, cancel=cancel,
                     on_start=started, valid_bpb=self.cfg.acceptance.valid_val_bpb)

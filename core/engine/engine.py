@@ -34,6 +34,8 @@ from core.services.llm import LLMClient
 from core.engine.mechanism_host import MechanismHost
 from core.services.schema import infer_schema
 from core.services.script import ParamSpec, TrainScript
+from core.services import script_folder
+from core.services.data_budget import repeat_warning
 from core.services.seeds import seed_params
 from core.record.session import SessionError, SessionReader, SessionWriter, new_session_dir
 from core.record.session_lock import SessionLock
@@ -41,7 +43,7 @@ from core.services import process_control
 from core.record.state import RunState, fold
 
 # Parameters that define the measurement rather than the model: never the LLM's to change.
-PROTOCOL_PARAMS = ("TIME_BUDGET", "EVAL_TOKENS", "DEVICE", "COMPILE")
+PROTOCOL_PARAMS = ("TIME_BUDGET", "MAX_SEQ_LEN", "EVAL_TOKENS", "DEVICE", "COMPILE")
 
 Subscriber = Callable[[ev.Event], None]
 
@@ -403,6 +405,9 @@ class Engine:
             script = TrainScript.parse(text)
         except ValueError as exc:
             raise FatalRunError(f"{source_path}: {exc}") from exc
+        folder = script_folder.inspect(source_path, text)
+        if folder.problems:
+            raise FatalRunError("; ".join(folder.problems))
         script = script.apply(self._protocol_overrides(script))
         data_info = {"source": cfg.data.source}  # the rest comes with data_prepared
         self.schema = self._build_schema(script)
@@ -414,6 +419,7 @@ class Engine:
             script=baseline_rel, schema=self._schema_dicts(), frozen=[], guidance=cfg.search.guidance,
             seed=cfg.search.seed, data=data_info, version=__version__,
         ))
+        self._emit_script_inspected(folder, script)
 
     async def _restart(self) -> None:
         """Continue a session: re-run an iteration cut short, never a kept one."""
@@ -438,8 +444,19 @@ class Engine:
             changes["TIME_BUDGET"] = int(budget) if float(budget).is_integer() else budget
         return {k: v for k, v in changes.items() if script.params[k].value != v}
 
+    def _emit_script_inspected(self, folder: script_folder.ScriptFolder, script: TrainScript) -> None:
+        measuring = script_folder.measurement_params(script)
+        if not (folder.modules or folder.fixed_seeds or measuring):
+            return
+        self.emit(ev.ScriptInspected(
+            script=str(folder.script), modules=list(folder.modules),
+            constants={c.name: f"{c.where()} = {c.value!r}" for c in folder.constants},
+            set_per_run={k: v for edits in folder.changes(self.cfg.budget.time_s).values() for k, v in edits.items()},
+            fixed_seeds=[f"{s.call} (line {s.lineno})" for s in folder.fixed_seeds], seed_note=folder.seed_note(),
+            locked=measuring))
+
     def _build_schema(self, script: TrainScript) -> dict[str, ParamSpec]:
-        wanted = set(self.cfg.search.locked) | set(PROTOCOL_PARAMS)
+        wanted = set(self.cfg.search.locked) | set(PROTOCOL_PARAMS) | set(script_folder.measurement_params(script))
         if not self.cfg.acceptance.allow_seed_tuning:
             wanted |= set(seed_params(script))
         locked = {p for p in wanted if p in script.params}
@@ -483,6 +500,8 @@ class Engine:
             raise FatalRunError(f"data preparation failed: {exc}") from exc
         self.data_dir = Path(data_dir)
         meta = json.loads((self.data_dir / layout.DATA_META_FILE).read_text(encoding="utf-8"))
+        if self.cfg.script.preset == "reference" and (warning := repeat_warning(meta, self.cfg.budget.time_s)):
+            self.log(warning)  # the GPU workload would mostly re-read its data
         # Recorded so that runs on different corpora or tokenizers are never compared.
         keep = ("name", "content_sha256", "dataset_id", "tokenizer_id", "vocab_size", "source", "tokens")
         return {"dir": str(self.data_dir), **{k: meta[k] for k in keep if k in meta}}

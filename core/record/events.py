@@ -95,6 +95,19 @@ class SessionStarted(Event, tag="session_started"):
     version: str = ""
 
 
+class ScriptInspected(Event, tag="script_inspected"):
+    """What the training script takes from its folder and what it fixes (the public
+    autoresearch shape: constants imported from prepare.py, a literal seed)."""
+
+    script: str = ""  # the user's script
+    modules: list[str] = []  # sibling modules it imports: each run gets a copy
+    constants: dict[str, str] = {}  # imported constant -> "prepare.py:31 = 300"
+    set_per_run: dict[str, Any] = {}  # what the copy sets, e.g. TIME_BUDGET
+    fixed_seeds: list[str] = []  # "torch.manual_seed(42) (line 458)"
+    seed_note: str = ""  # what a run's seed can and cannot vary; empty when it reaches the script
+    locked: dict[str, str] = {}  # constant -> why the search may not edit it
+
+
 class RunResumed(Event, tag="run_resumed"):
     next_iteration: int = 0
     pid: int = 0
@@ -410,6 +423,7 @@ class NoiseStarted(Event, tag="noise_started"):
     hardware: str = ""
     script_sha256: str = ""  # of the baseline as evaluated, seed constants normalised
     dataset_id: str = ""
+    seed_note: str = ""  # set when the script fixes its own seed: what the runs can and cannot vary
 
 
 class NoiseRunFinished(Event, tag="noise_run_finished"):
@@ -452,6 +466,7 @@ class AcceptanceConfigured(Event, tag="acceptance_configured"):
     noise_runs: int = 0
     noise_session: str = ""
     seed_params: list[str] = []  # seed constants locked (or tunable) in the script
+    seed_note: str = ""  # set when the script fixes its own seed: what a confirmation can vary
 
 
 class ConfirmationStarted(Event, tag="confirmation_started"):

@@ -42,16 +42,23 @@ def _torch_report() -> list[Check]:
     return checks
 
 
+def _data_dir(cfg: Config | None) -> Path:
+    from baseline.prepare import data_root
+
+    source = cfg.data.source if cfg else "stdlib"
+    name = cfg.data.name if cfg and cfg.data.name else (source if source in ("stdlib", "climbmix") else Path(source).name)
+    return data_root() / name
+
+
 def _data_check(cfg: Config | None) -> Check:
     source = cfg.data.source if cfg else "stdlib"
     if source == "none":
         return Check("data", True, "the script finds its own data (data.source = none)")
     try:
-        from baseline.prepare import data_ready, data_root
+        from baseline.prepare import data_ready
     except ImportError as exc:
         return Check("data", False, f"cannot check: {exc}")
-    name = cfg.data.name if cfg and cfg.data.name else (source if source == "stdlib" else Path(source).name)
-    path = data_root() / name
+    path = _data_dir(cfg)
     if data_ready(path):
         return Check("data", True, f"prepared at {path}")
     return Check("data", False, f"not prepared at {path}: run `bilevel prepare` (or it is built on first run)",
@@ -105,7 +112,12 @@ async def run_checks(cfg: Config | None) -> list[Check]:
     checks = [Check("python", sys.version_info >= (3, 10), f"{platform.python_version()} ({sys.executable})")]
     checks += _torch_report()
     checks.append(await _isolation_check(cfg))
+    from core.run.script_doctor import data_epochs_check, script_checks
+
+    checks += script_checks(cfg)
     checks.append(_data_check(cfg))
+    if (cfg.data.source if cfg else "stdlib") != "none" and (epochs := data_epochs_check(cfg, _data_dir(cfg))):
+        checks.append(epochs)
     if cfg is None:
         checks.append(Check("endpoint", True, "no config given: skipped", warning=True))
     elif cfg.offline:

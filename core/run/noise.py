@@ -10,11 +10,13 @@ same fingerprint, so a floor measured elsewhere is never applied by mistake.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.record import events as ev
 from core.services.noise_store import MIN_RUNS, NoiseFloor, NoiseStore, identity
 from core.services.seeds import with_seed
+from core.services.script_folder import fixed_seed_note
 from core.analysis.stats import summarize
 
 if TYPE_CHECKING:
@@ -40,7 +42,8 @@ async def measure_noise(engine: "Engine", runs: int) -> NoiseFloor | None:
         ident = identity(text, engine.state.data, engine.context.devices())
         seeds = [cfg.search.seed + i for i in range(runs)]
         engine.emit(ev.NoiseStarted(runs=runs, seeds=seeds, fingerprint=ident.fingerprint, hardware=ident.hardware,
-                                    script_sha256=ident.script_sha256, dataset_id=ident.dataset_id))
+                                    script_sha256=ident.script_sha256, dataset_id=ident.dataset_id,
+                                    seed_note=fixed_seed_note(text, Path(engine.state.script_source).name)))
         ok: list[tuple[int, float]] = []
         for i, seed in enumerate(seeds):
             if engine.stopping:

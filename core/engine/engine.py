@@ -36,7 +36,7 @@ from core.record.state import RunState, fold
 from core.services.trainer import TrainResult, run_training
 
 # Parameters that define the measurement rather than the model: never the LLM's to change.
-PROTOCOL_PARAMS = ("TIME_BUDGET", "EVAL_TOKENS", "DEVICE", "COMPILE")
+PROTOCOL_PARAMS = ("TIME_BUDGET", "EVAL_TOKENS", "DEVICE", "COMPILE", "NOISE_SIGMA")
 PROGRESS_EVERY_S = 0.2  # throttle for progress events
 MAX_OUTPUT_EVENTS = 400  # training output lines per run as events; the log file has all
 COMMANDS = ("pause", "resume", "stop", "abort_training", "set_guidance", "freeze", "unfreeze",
@@ -355,7 +355,7 @@ class Engine:
     async def _attach_initial_mechanisms(self) -> None:
         """Built-ins named in the config, and on resume whatever was active before."""
         previous = dict(self.state.mechanisms)
-        for name in self.cfg.search.mechanisms:
+        for name in self.cfg.search.active_mechanisms:
             if name not in previous:
                 await self.mechanisms.attach(builtin_mechanism(name), self.state, origin="config",
                                              description="enabled in the configuration")
@@ -393,6 +393,9 @@ class Engine:
             script = TrainScript.parse(text)
         except ValueError as exc:
             raise FatalRunError(f"{source_path}: {exc}") from exc
+        if cfg.surrogate and "NOISE_SIGMA" not in script.params:
+            raise FatalRunError(f'script.preset = "surrogate" needs the surrogate script (baseline/surrogate.py or '
+                                f"a copy of it); {source_path} has no NOISE_SIGMA constant")
         script = script.apply(self._protocol_overrides(script))
         data_info = await self._prepare_data()
         self.schema = self._build_schema(script)
@@ -402,7 +405,7 @@ class Engine:
             model=cfg.endpoint.model if not cfg.offline else "offline", group=cfg.search.group,
             levels=list(cfg.search.active_levels), config=cfg.to_dict(), script_source=str(source_path),
             script=baseline_rel, schema=self._schema_dicts(), frozen=[], guidance=cfg.search.guidance,
-            seed=cfg.search.seed, data=data_info, version=__version__,
+            seed=cfg.search.seed, data=data_info, version=__version__, surrogate=cfg.surrogate,
         ))
 
     async def _restart(self) -> None:
@@ -444,7 +447,7 @@ class Engine:
 
     async def _prepare_data(self) -> dict[str, Any]:
         source = self.cfg.data.source
-        if source == "none":
+        if source == "none" or self.cfg.surrogate:  # the surrogate reads no data
             return {"source": "none"}
         from baseline.prepare import PrepareError, prepare
 

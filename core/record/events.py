@@ -112,6 +112,7 @@ class SessionStarted(Event):
     seed: int = 0
     data: dict[str, Any] = field(default_factory=dict)  # corpus hash etc. so runs are comparable
     version: str = ""
+    surrogate: bool = False  # the surrogate workload: val_bpb is a response surface, nothing trained
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,7 @@ from core.services.seeds import confirm_seed, with_seed
 from core.levels.trace import fmt_bpb, fmt_value, history_text
 from core.services.trainer import TrainResult
 from . import prompts
+from .classical import make_proposer
 from .offline import OfflineProposer
 
 if TYPE_CHECKING:
@@ -45,7 +46,11 @@ class Proposal:
 class InnerLoop:
     def __init__(self, engine: "Engine") -> None:
         self.engine = engine
-        self.offline = OfflineProposer(engine.cfg.search.seed) if engine.cfg.offline else None
+        cfg = engine.cfg
+        # An algorithm proposes instead of the LLM: a classical sampler (its group), or offline mode's perturbation.
+        self.offline: OfflineProposer | Any = (
+            make_proposer(cfg.search.sampler, cfg.search.seed) if cfg.search.sampler
+            else OfflineProposer(cfg.search.seed) if cfg.offline else None)
 
     # --- the baseline -----------------------------------------------------------
 
@@ -129,7 +134,7 @@ class InnerLoop:
 
     @property
     def _source(self) -> str:
-        return "offline" if self.offline else "llm"
+        return self.offline.source if self.offline else "llm"
 
     # --- proposals -------------------------------------------------------------------
 
@@ -144,7 +149,7 @@ class InnerLoop:
         for attempt in range(1, eng.cfg.search.max_reasks + 2):
             frozen = set(eng.state.frozen)
             if self.offline:
-                changes, hypothesis = self.offline.propose(schema, values, frozen, n, attempt)
+                changes, hypothesis = self.offline.propose(schema, values, frozen, n, attempt, eng.state.records)
                 raw = ""
             else:
                 raw, failure = await self._ask_llm(n, attempt, messages)

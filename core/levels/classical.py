@@ -69,8 +69,13 @@ def _optuna() -> Any:
     return optuna
 
 
-def dimensions(schema: Mapping[str, ParamSpec], frozen: set[str] | frozenset[str]) -> list[Dimension]:
-    """The searched coordinates of the active parameters, in schema order."""
+def dimensions(schema: Mapping[str, ParamSpec], frozen: set[str] | frozenset[str],
+               anchor: Mapping[str, Any] | None = None) -> list[Dimension]:
+    """The searched coordinates of the active parameters, in schema order.
+
+    ``anchor``: the baseline's values, which place the tuples' ranges (the schema's values
+    are today's best, and a range that moved with them would change the space mid-search).
+    """
     dist = _optuna().distributions
     dims: list[Dimension] = []
     for name, spec in schema.items():
@@ -93,12 +98,17 @@ def dimensions(schema: Mapping[str, ParamSpec], frozen: set[str] | frozenset[str
             log = spec.log_scale and lo > 0
             dims.append(Dimension(name, name, dist.IntDistribution(int(math.ceil(lo)), int(hi), log=log), "value"))
         elif spec.kind == "tuple" and isinstance(spec.value, tuple) and spec.value and all(
-                isinstance(v, float) and 0.0 < v < 1.0 for v in spec.value):
-            for i, v in enumerate(spec.value):
+                isinstance(v, float) and 0.0 < v < 1.0 for v in _anchored(spec, anchor)):
+            for i, v in enumerate(_anchored(spec, anchor)):
                 gap = 1.0 - v
                 dims.append(Dimension(name, f"1-{name}[{i}]",
                                       dist.FloatDistribution(gap / 10, min(0.5, gap * 10), log=True), "one_minus", i))
     return dims
+
+
+def _anchored(spec: ParamSpec, anchor: Mapping[str, Any] | None) -> tuple:
+    value = anchor.get(spec.name, spec.value) if anchor else spec.value
+    return tuple(value) if isinstance(value, (list, tuple)) and len(value) == len(spec.value) else spec.value
 
 
 def _round(x: float) -> float:
@@ -182,6 +192,7 @@ class ClassicalProposer:
         self.diverged: list[int] = []  # iterations whose replayed point differs from the recorded one
         self._told: set[int] = set()  # iterations the study has been told
         self._open: dict[int, tuple[Any, list[Dimension]]] = {}  # iteration -> (trial, its dimensions)
+        self._anchor: dict[str, Any] = {}  # the baseline's values
 
     def propose(self, schema: Mapping[str, ParamSpec], values: Mapping[str, Any], frozen: set[str], iteration: int,
                 attempt: int, history: Sequence[Any] = ()) -> tuple[dict[str, Any], str]:
@@ -189,7 +200,7 @@ class ClassicalProposer:
         self._sync(schema, frozen, history)
         if iteration in self._open:  # a re-ask within the iteration: the earlier point failed validation or review
             self._finish(iteration, None)
-        dims = dimensions(schema, frozen)
+        dims = dimensions(schema, frozen, self._anchor)
         if not dims:
             return {}, f"{self._label()}: no active parameter can be sampled"
         trial = self._ask(dims)
@@ -214,7 +225,8 @@ class ClassicalProposer:
             baseline = next((r for r in history if r.iteration == 0), None)
             base_values = baseline.values if baseline is not None and baseline.values else {
                 n: s.value for n, s in schema.items()}
-            base_dims = dimensions(schema, set())
+            self._anchor = dict(base_values)
+            base_dims = dimensions(schema, set(), self._anchor)
             x0 = to_params(base_dims, base_values)
             self.study = optuna.create_study(
                 storage=optuna.storages.InMemoryStorage(), direction="minimize",
@@ -229,7 +241,7 @@ class ClassicalProposer:
         for record in history:
             if record.iteration not in self._told and record.source == self.source:
                 if record.iteration not in self._open:  # resumed: ask again what this iteration was asked
-                    dims = dimensions(schema, frozen)
+                    dims = dimensions(schema, frozen, self._anchor)
                     trial = self._ask(dims)
                     self.replayed += 1
                     if record.changes and to_changes(dims, trial.params, before) != dict(record.changes):

@@ -63,7 +63,8 @@ def _noise_measured(e: ev.NoiseMeasured) -> str:
 _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.SessionStarted: lambda e: (f"session {e.session}: {e.name} — provider {e.provider}"
                                   f"{' (offline: no LLM)' if e.provider == 'offline' else ' model ' + e.model}, "
-                                  f"group {e.group}, levels {'+'.join(e.levels)}"),
+                                  f"group {e.group}, levels {'+'.join(e.levels)}"
+                                  f"{' — SURROGATE workload: val_bpb is a response surface, nothing is trained' if e.surrogate else ''}"),
     ev.RunResumed: lambda e: f"resumed at iteration {e.next_iteration}",
     ev.RunFinished: lambda e: (f"run {e.status}: {e.reason} — {e.iterations} iterations, baseline "
                                f"{fmt_bpb(e.baseline_val_bpb)}, best {fmt_bpb(e.best_val_bpb)}"),

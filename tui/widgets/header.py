@@ -67,6 +67,8 @@ class StatusHeader(Widget):
         line1.append("bilevel ", style="bold")
         line1.append(s.session or "(no session yet)", style="bold cyan")
         line1.append(f"  group {s.group or '?'} ({levels})  {who}", style="")
+        if (s.config.get("script") or {}).get("preset") == "surrogate":
+            line1.append("  SURROGATE: nothing trained", style="bold reverse yellow")
         right = Text()
         if m.pending:
             right.append(f"⚑ {len(m.pending)} to approve (v)  ", style="bold yellow")

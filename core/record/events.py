@@ -246,7 +246,7 @@ class ProposalMade(Event):
     attempt: int = 1
     changes: dict[str, Any] = field(default_factory=dict)
     hypothesis: str = ""
-    source: str = "llm"  # llm | offline
+    source: str = "llm"  # llm | offline | tpe | cmaes | sobol (a classical sampler)
     call_id: str = ""
 
 
@@ -326,7 +326,7 @@ class IterationFinished(Event):
     script: str = ""  # artifact of the script evaluated
     values: dict[str, Any] = field(default_factory=dict)  # full parameter values evaluated
     duration_s: float = 0.0
-    source: str = ""  # llm | offline
+    source: str = ""  # llm | offline | tpe | cmaes | sobol
     mechanisms: dict[str, dict[str, int]] = field(default_factory=dict)  # hook calls per mechanism
     # The numbers the acceptance rule used: best, threshold, noise floor, margin, confirmation runs.
     acceptance: dict[str, Any] = field(default_factory=dict)

@@ -44,7 +44,7 @@ def study(groups: list[str], repeats: int, iterations: int, cwd: Path) -> tuple[
     wall = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"bench: the study exited {proc.returncode}; see {cwd}")
-    made = sorted((cwd / "sessions").glob(f"*-study-*"), key=lambda p: p.stat().st_mtime)
+    made = sorted((cwd / "sessions").glob("*-study-*"), key=lambda p: p.stat().st_mtime)
     return made[-1], wall
 
 

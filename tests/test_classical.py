@@ -1,7 +1,6 @@
 """Classical Level 1 proposers (TPE, CMA-ES, Sobol): the schema's bounds, scales, locks and frozen set, and seeds."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 

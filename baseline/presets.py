@@ -1,6 +1,8 @@
 """Named sets of hyperparameter overrides for ``baseline/train.py``.
 
 ``reference`` is the script as written (the ~300 s GPU run the paper's numbers refer to).
+``surrogate`` is not an override of train.py but its own script, ``surrogate.py``: the same
+constants, a documented response surface instead of training (the config picks the script).
 ``cpu-tiny`` shrinks everything so that a whole run -- training, evaluation and the
 summary block -- finishes in seconds on a two-core CPU: for tests, demos and offline mode.
 The engine applies a preset by editing the constants of a copy of train.py.
@@ -22,4 +24,5 @@ PRESETS: dict[str, dict[str, object]] = {
         "DEVICE": "cpu",
         "COMPILE": False,
     },
+    "surrogate": {},
 }

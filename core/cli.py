@@ -1,4 +1,4 @@
-"""The `bilevel` command line: run, resume, replay, init, doctor, prepare.
+"""The `bilevel` command line: run, resume, replay, init, doctor, prepare, noise, report, export.
 
 Exit codes are a contract: 0 done, 1 the run failed, 2 bad usage or configuration,
 130 interrupted by Ctrl-C (after a clean stop event; the session stays resumable).
@@ -24,7 +24,8 @@ EXAMPLE_CONFIG = Path(__file__).parent / "record" / "example_config.toml"
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--group", help="levels preset: A, B, C or D (a comma list runs each group)")
+    p.add_argument("--group", help="A, B, C, D (the levels), tpe, cmaes, sobol (classical Level 1), A+cmaes, "
+                   "C+cmaes (LLM with CMA-ES hints); a comma list runs each group")
     p.add_argument("--iterations", type=int, help="Level 1 iterations after the baseline")
     p.add_argument("--budget", type=float, help="training seconds per run")
     p.add_argument("--name", help="experiment name (session folder suffix)")
@@ -121,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--noise-store", action="append", default=[], metavar="FILE",
                         help="another noise.json to look noise floors up in")
     report.add_argument("--sessions-dir", help="where to look for session and study names")
+
+    export = sub.add_parser("export", help="write sessions' trials into an Optuna storage (for optuna-dashboard)")
+    export.add_argument("path", metavar="SESSION_OR_STUDY")
+    export.add_argument("--optuna", required=True, metavar="URL", help="Optuna storage, e.g. sqlite:///trials.db")
+    export.add_argument("--sessions-dir", help="where to look for session and study names")
     return parser
 
 
@@ -131,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     handler = {"run": cmd_run, "resume": cmd_resume, "replay": cmd_replay, "attach": cmd_attach, "init": cmd_init,
-               "doctor": cmd_doctor, "prepare": cmd_prepare, "noise": cmd_noise, "report": cmd_report}[args.command]
+               "doctor": cmd_doctor, "prepare": cmd_prepare, "noise": cmd_noise, "report": cmd_report,
+               "export": cmd_export}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -199,11 +206,12 @@ def _missing_training_extra() -> str | None:
 def _groups(args: argparse.Namespace) -> list[str | None]:
     if not getattr(args, "group", None):
         return [None]
-    groups = [g.strip().upper() for g in args.group.split(",") if g.strip()]
-    bad = [g for g in groups if g not in config_mod.GROUPS]
-    if bad or not groups:
-        raise ConfigError(f"--group: unknown group {', '.join(bad) or repr(args.group)} (groups: A, B, C, D)")
-    return list(dict.fromkeys(groups))
+    typed = [g.strip() for g in args.group.split(",") if g.strip()]
+    bad = [g for g in typed if config_mod.canonical_group(g) is None]
+    if bad or not typed:
+        raise ConfigError(f"--group: unknown group {', '.join(bad) or repr(args.group)} "
+                          f"(groups: {', '.join(config_mod.GROUPS)})")
+    return list(dict.fromkeys(config_mod.canonical_group(g) for g in typed))
 
 
 def run_plan(args: argparse.Namespace) -> list[Config]:
@@ -431,6 +439,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(render_terminal(report))
     print(f"wrote {written.markdown}, {len(written.csvs)} CSV file(s) and {len(written.figures)} figure(s) in {out}"
           + (f" — {written.figure_note}" if written.figure_note else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.analysis.export import ExportError, export_optuna
+    from core.record.session import SessionError, find_session
+    from core.record.study import find_study
+
+    root = Path(args.sessions_dir) if args.sessions_dir else None
+    try:
+        path = find_study(args.path, root) or find_session(args.path, root)
+        done = export_optuna(path, args.optuna)
+    except (SessionError, ExportError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    for e in done:
+        print(f"{e.study_name}: {e.trials} trial(s)")
+    print(f"wrote {len(done)} Optuna stud{'y' if len(done) == 1 else 'ies'} to {args.optuna}; "
+          f"view them with: optuna-dashboard {args.optuna}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -1,16 +1,20 @@
 """Search mechanisms: the plug-in surface (``base``) and the built-in library.
 
-The built-ins are the three mechanisms the bilevel-autoresearch paper reports. Importing
-this package loads only the standard library and these small modules, never ``core``.
+The built-ins are the three mechanisms the bilevel-autoresearch paper reports, and the
+CMA-ES hint of the classical hybrid (which imports numpy and cmaes when it is created,
+never on import). Importing this package loads only the standard library and these small
+modules, never ``core``.
 """
 from __future__ import annotations
 
 from mechanisms.bandit import Bandit
 from mechanisms.base import Mechanism
+from mechanisms.cmaes_hint import CmaesHint
 from mechanisms.orthogonal import Orthogonal
 from mechanisms.tabu import Tabu
 
-BUILTINS: dict[str, type[Mechanism]] = {"tabu": Tabu, "bandit": Bandit, "orthogonal": Orthogonal}
+BUILTINS: dict[str, type[Mechanism]] = {"tabu": Tabu, "bandit": Bandit, "orthogonal": Orthogonal,
+                                        "cmaes_hint": CmaesHint}
 
 
 class UnknownMechanism(ValueError, KeyError):
@@ -30,4 +34,4 @@ def builtin(name: str) -> Mechanism:
     return cls()
 
 
-__all__ = ["BUILTINS", "Bandit", "Orthogonal", "Tabu", "UnknownMechanism", "builtin"]
+__all__ = ["BUILTINS", "Bandit", "CmaesHint", "Orthogonal", "Tabu", "UnknownMechanism", "builtin"]

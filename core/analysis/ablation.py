@@ -16,6 +16,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from core.record.config import is_surrogate
 from core.record import events as ev
 from core.record.layout import EVENTS_FILE, NOISE_STORE_FILE, is_session, read_artifact
 from core.record.session import SessionReader
@@ -292,6 +293,12 @@ class Report:
 def build_report(inputs: Inputs, *, random_state: int = 0, extra_stores: Sequence[Path] = ()) -> Report:
     if not inputs.sessions:
         raise ReportError("no search sessions to report on" + (": " + "; ".join(inputs.notes) if inputs.notes else ""))
+    kinds = {is_surrogate(s.state.config) for s in inputs.sessions}
+    if len(kinds) > 1:
+        fake = sorted(s.name for s in inputs.sessions if is_surrogate(s.state.config))
+        raise ReportError(f"{len(fake)} of these sessions ran the surrogate workload ({', '.join(fake[:3])}"
+                          f"{' …' if len(fake) > 3 else ''}), whose val_bpb is a response surface, not a training "
+                          "run: report surrogate and real sessions separately")
     order = [g for st in inputs.studies for g in st.groups]
     order += sorted({s.group for s in inputs.sessions} - set(order))
     for s in inputs.sessions:

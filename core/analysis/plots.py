@@ -115,6 +115,28 @@ def running_best_figure(curves: dict[str, list[list[tuple[int, float]]]],
     return _finish(plt, fig, (ax_abs, ax_rel), stem, grid_axis="both", legend_size=8)
 
 
+def running_best_band_figure(bands: dict[str, list[tuple[int, float, float, float]]], stem: Path,
+                             title: str = "") -> list[Path]:
+    """Mean running best (Δ from each repeat's baseline) per group, with its 95 % CI band.
+
+    ``bands``: group -> (iteration, mean Δ, CI low, CI high) rows, from the report.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for gi, (group, rows) in enumerate(bands.items()):
+        if not rows:
+            continue
+        color = _color(group, gi)
+        xs = [r[0] for r in rows]
+        ax.step(xs, [r[1] for r in rows], where="post", color=color, linewidth=2.2, label=f"group {group}")
+        ax.fill_between(xs, [r[2] for r in rows], [r[3] for r in rows], step="post", color=color, alpha=0.18,
+                        linewidth=0)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set(xlabel="iteration", ylabel="best − baseline (mean over repeats)",
+           title=title or "Mean running best per group, 95 % bootstrap CI")
+    return _finish(plt, fig, (ax,), stem, grid_axis="both", legend_size=8)
+
+
 def _finish(plt: Any, fig: Any, axes: Sequence[Any], stem: Path, *, grid_axis: str, legend_size: int) -> list[Path]:
     """Grid, legends where there is something to label, layout; save PNG and SVG and free the figure."""
     for ax in axes:

@@ -64,7 +64,8 @@ def _noise_measured(e: ev.NoiseMeasured) -> str:
 _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.SessionStarted: lambda e: (f"session {e.session}: {e.name} — provider {e.provider}"
                                   f"{' (offline: no LLM)' if e.provider == 'offline' else ' model ' + e.model}, "
-                                  f"group {e.group}, levels {'+'.join(e.levels)}"),
+                                  f"group {e.group}, levels {'+'.join(e.levels)}"
+                                  f"{' — SURROGATE workload: val_bpb is a response surface, nothing is trained' if e.surrogate else ''}"),
     ev.ScriptInspected: lambda e: "; ".join(filter(None, [
         f"script: {Path(e.script).name} imports {', '.join(e.constants) or 'helpers'} from "
         f"{', '.join(m + '.py' for m in e.modules)}; each run gets a copy of its folder"

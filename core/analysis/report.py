@@ -18,9 +18,12 @@ from typing import Any, Sequence
 
 from core.analysis.ablation import (LEVEL_NAMES, Comparison, GroupStats, Inputs, Report, ReportError,  # noqa: F401
                                     SessionData, build_report, collect, load_session, parameter_rows)
-from core.analysis.stats import Interval
+from core.analysis.stats import Interval, bootstrap_mean_ci
+from core.record.config import is_surrogate
 from core.record.layout import report_dir
 
+SURROGATE_NOTE = ("SURROGATE: these sessions ran baseline/surrogate.py (script.preset = \"surrogate\"): val_bpb is "
+                  "a documented response surface plus seeded noise, not a training run")
 EFFECTS = ("prompt", "vetoed", "modified", "overrode")
 
 
@@ -107,7 +110,8 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def render_terminal(report: Report) -> str:
-    parts = ["Per repeat (Δ = best − baseline; negative is better)", text_table(REPEAT_HEADER, repeat_rows(report)),
+    parts = [SURROGATE_NOTE, ""] if report_is_surrogate(report) else []
+    parts += ["Per repeat (Δ = best − baseline; negative is better)", text_table(REPEAT_HEADER, repeat_rows(report)),
              "", "Per group", text_table(GROUP_HEADER, group_rows(report))]
     if report.comparisons:
         parts += ["", "Group comparisons", text_table(PAIR_HEADER, pair_rows(report))]
@@ -119,7 +123,8 @@ def render_terminal(report: Report) -> str:
 
 def render_markdown(report: Report, figures: Sequence[Path] = (), figure_note: str = "") -> str:
     kinds = {s.device_kind for s in report.sessions}
-    out = ["# bilevel report", "",
+    out = ["# bilevel report" + (" — SURROGATE workload" if report_is_surrogate(report) else ""), "",
+           *([f"**{SURROGATE_NOTE}**", ""] if report_is_surrogate(report) else []),
            f"{len(report.sessions)} session(s) in {len(report.groups)} group(s). Δ = best − baseline val_bpb "
            "(negative is better). Intervals: percentile bootstrap of the mean, 95 %; p: two-sided permutation "
            f"test of the difference of means (random state {report.seed}). Device-hours are "
@@ -278,11 +283,38 @@ def write_report(report: Report, out: Path, *, plots: bool = True) -> Written:
                 {g.group: [s.baseline for s in g.sessions] for g in report.groups}, out / "running_best")
             figures += plots_mod.exploration_figure(parameter_rows(report), [g.group for g in report.groups],
                                                     out / "parameters")
+            figures += plots_mod.running_best_band_figure(
+                running_best_bands(report), out / "running_best_ci",
+                title=("SURROGATE — " if report_is_surrogate(report) else "")
+                + "Mean running best per group, 95 % bootstrap CI")
     else:
         note = "Figures not requested (--no-plots)."
     md = out / "report.md"
     md.write_text(render_markdown(report, figures, note), encoding="utf-8")
     return Written(report, md, csvs, figures, note)
+
+
+def running_best_bands(report: Report) -> dict[str, list[tuple[int, float, float, float]]]:
+    """Per group and iteration: mean running-best Δ over repeats and its bootstrap 95 % CI."""
+    bands: dict[str, list[tuple[int, float, float, float]]] = {}
+    for g in report.groups:
+        curves = [[(i, v - s.baseline) for i, v in s.curve()] for s in g.sessions if s.baseline is not None]
+        curves = [c for c in curves if c]
+        last = max((c[-1][0] for c in curves), default=-1)
+        rows = []
+        for it in range(last + 1):
+            values = [next((v for i, v in reversed(c) if i <= it), 0.0) for c in curves]
+            if not values:
+                continue
+            mean = sum(values) / len(values)
+            ci = bootstrap_mean_ci(values, random_state=report.seed)
+            rows.append((it, mean, ci.low if ci else mean, ci.high if ci else mean))
+        bands[g.group] = rows
+    return bands
+
+
+def report_is_surrogate(report: Report) -> bool:
+    return any(is_surrogate(s.state.config) for s in report.sessions)
 
 
 def default_out(paths: Sequence[Path]) -> Path:

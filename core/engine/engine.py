@@ -43,7 +43,7 @@ from core.services import process_control
 from core.record.state import RunState, fold
 
 # Parameters that define the measurement rather than the model: never the LLM's to change.
-PROTOCOL_PARAMS = ("TIME_BUDGET", "MAX_SEQ_LEN", "EVAL_TOKENS", "DEVICE", "COMPILE")
+PROTOCOL_PARAMS = ("TIME_BUDGET", "MAX_SEQ_LEN", "EVAL_TOKENS", "DEVICE", "COMPILE", "NOISE_SIGMA")
 
 Subscriber = Callable[[ev.Event], None]
 
@@ -356,7 +356,7 @@ class Engine:
         """Built-ins named in the config, and on resume whatever was active before."""
         previous = dict(self.state.mechanisms)
         drop_unfinished_research(self.state, self.emit)
-        for name in self.cfg.search.mechanisms:
+        for name in self.cfg.search.active_mechanisms:
             if name not in previous:
                 await self.mechanisms.attach(builtin_mechanism(name), self.state, origin="config",
                                              description="enabled in the configuration")
@@ -408,6 +408,9 @@ class Engine:
         folder = script_folder.inspect(source_path, text)
         if folder.problems:
             raise FatalRunError("; ".join(folder.problems))
+        if cfg.surrogate and "NOISE_SIGMA" not in script.params:
+            raise FatalRunError(f'script.preset = "surrogate" needs the surrogate script (baseline/surrogate.py or '
+                                f"a copy of it); {source_path} has no NOISE_SIGMA constant")
         script = script.apply(self._protocol_overrides(script))
         data_info = {"source": cfg.data.source}  # the rest comes with data_prepared
         self.schema = self._build_schema(script)
@@ -417,7 +420,7 @@ class Engine:
             model=cfg.endpoint.model if not cfg.offline else "offline", group=cfg.search.group,
             levels=list(cfg.search.active_levels), config=cfg.to_dict(), script_source=str(source_path),
             script=baseline_rel, schema=self._schema_dicts(), frozen=[], guidance=cfg.search.guidance,
-            seed=cfg.search.seed, data=data_info, version=__version__,
+            seed=cfg.search.seed, data=data_info, version=__version__, surrogate=cfg.surrogate,
         ))
         self._emit_script_inspected(folder, script)
 
@@ -482,7 +485,7 @@ class Engine:
 
     async def _prepare_data(self) -> dict[str, Any]:
         source = self.cfg.data.source
-        if source == "none":
+        if source == "none" or self.cfg.surrogate:  # the surrogate reads no data
             return {"source": "none"}
         try:
             from baseline.prepare import PrepareError, prepare

@@ -21,6 +21,7 @@ from core.services.seeds import confirm_seed, with_seed
 from core.levels.trace import fmt_bpb, fmt_value, history_text
 from core.services.trainer import TrainResult
 from . import prompts
+from .classical import make_proposer
 from .offline import OfflineProposer
 
 # Errors no re-ask can fix: the run stops with the reason instead of spinning.
@@ -40,7 +41,11 @@ class Proposal:
 class InnerLoop:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.offline = OfflineProposer(ctx.cfg.search.seed) if ctx.cfg.offline else None
+        cfg = ctx.cfg
+        # An algorithm proposes instead of the LLM: a classical sampler (its group), or offline mode's perturbation.
+        self.offline: OfflineProposer | Any = (
+            make_proposer(cfg.search.sampler, cfg.search.seed) if cfg.search.sampler
+            else OfflineProposer(cfg.search.seed) if cfg.offline else None)
 
     # --- the baseline -----------------------------------------------------------
 
@@ -126,7 +131,7 @@ class InnerLoop:
 
     @property
     def _source(self) -> str:
-        return "offline" if self.offline else "llm"
+        return self.offline.source if self.offline else "llm"
 
     # --- proposals -------------------------------------------------------------------
 
@@ -141,7 +146,7 @@ class InnerLoop:
         for attempt in range(1, ctx.cfg.search.max_reasks + 2):
             frozen = set(ctx.state.frozen)
             if self.offline:
-                changes, hypothesis = self.offline.propose(schema, values, frozen, n, attempt)
+                changes, hypothesis = self.offline.propose(schema, values, frozen, n, attempt, ctx.state.records)
                 raw = ""
             else:
                 raw, failure = await self._ask_llm(n, attempt, messages)

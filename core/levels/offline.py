@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from core.services.script import ParamSpec
 
@@ -59,7 +59,7 @@ class OfflineProposer:
         self.seed = seed
 
     def propose(self, schema: Mapping[str, ParamSpec], values: Mapping[str, Any], frozen: set[str],
-                iteration: int, attempt: int) -> tuple[dict[str, Any], str]:
+                iteration: int, attempt: int, history: Sequence[Any] = ()) -> tuple[dict[str, Any], str]:
         rng = random.Random(f"{self.seed}:{iteration}:{attempt}")
         active = [n for n, s in schema.items() if not s.locked and n not in frozen]
         rng.shuffle(active)

@@ -31,10 +31,20 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "B": ("inner", "strategy"),
     "C": ("inner", "strategy", "research"),
     "D": ("inner", "research"),
+    # Classical search at Level 1 (Optuna samplers instead of the LLM; core/levels/classical.py).
+    "tpe": ("inner",),
+    "cmaes": ("inner",),
+    "sobol": ("inner",),  # quasi-random: the neutral baseline
+    # The LLM groups with CMA-ES's next suggestion in each prompt (mechanisms/cmaes_hint.py).
+    "A+cmaes": ("inner",),
+    "C+cmaes": ("inner", "strategy", "research"),
 }
+CLASSICAL_GROUPS: dict[str, str] = {"tpe": "tpe", "cmaes": "cmaes", "sobol": "sobol"}  # group -> sampler
+GROUP_MECHANISMS: dict[str, tuple[str, ...]] = {"A+cmaes": ("cmaes_hint",), "C+cmaes": ("cmaes_hint",)}
 LEVELS = ("inner", "strategy", "research")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 BASELINE_SCRIPT = PACKAGE_ROOT / "baseline" / "train.py"
+SURROGATE_SCRIPT = PACKAGE_ROOT / "baseline" / "surrogate.py"
 
 
 class ConfigError(ValueError):
@@ -73,7 +83,7 @@ class EndpointConfig(_Section):
 
 class ScriptConfig(_Section):
     path: str = ""  # empty: the bundled baseline/train.py
-    preset: Literal["reference", "cpu-tiny"] = "reference"
+    preset: Literal["reference", "cpu-tiny", "surrogate"] = "reference"
     python: str = ""  # interpreter for training runs; empty: this one
 
 
@@ -95,7 +105,7 @@ class BudgetConfig(_Section):
 
 
 class SearchConfig(_Section):
-    group: Literal["A", "B", "C", "D"] = "A"
+    group: Literal["A", "B", "C", "D", "tpe", "cmaes", "sobol", "A+cmaes", "C+cmaes"] = "A"  # GROUPS
     levels: tuple[str, ...] = ()  # overrides group when given
     outer_period: Annotated[int, _range(1, 100000)] = 5  # K: Level 1.5 every K iterations
     research_period: Annotated[int, _range(1, 100000)] = 2  # M: Level 2 every M outer cycles
@@ -111,6 +121,16 @@ class SearchConfig(_Section):
     @property
     def active_levels(self) -> tuple[str, ...]:
         return self.levels or GROUPS[self.group]
+
+    @property
+    def sampler(self) -> str:
+        """The classical Level 1 sampler of this group, or "" when the LLM (or offline) proposes."""
+        return CLASSICAL_GROUPS.get(self.group, "")
+
+    @property
+    def active_mechanisms(self) -> tuple[str, ...]:
+        """Built-ins active from the start: the configured ones and the group's own."""
+        return tuple(dict.fromkeys(self.mechanisms + GROUP_MECHANISMS.get(self.group, ())))
 
 
 class StrategyConfig(_Section):
@@ -173,8 +193,15 @@ class Config(_Section):
     def offline(self) -> bool:
         return self.endpoint.provider == "offline"
 
+    @property
+    def surrogate(self) -> bool:
+        """Runs the surrogate workload: nothing is trained, val_bpb is a response surface."""
+        return self.script.preset == "surrogate"
+
     def script_path(self) -> Path:
-        return self._resolve(self.script.path) if self.script.path else BASELINE_SCRIPT
+        if self.script.path:
+            return self._resolve(self.script.path)
+        return SURROGATE_SCRIPT if self.surrogate else BASELINE_SCRIPT
 
     def sessions_path(self) -> Path:
         return self._resolve(self.run.sessions_dir)
@@ -417,6 +444,9 @@ def _check_cross_fields(cfg: Config, where: _Where) -> None:
             _fail(where, ("search", "levels"), f"unknown level {level!r} (levels: {', '.join(LEVELS)})")
     if cfg.search.levels and "inner" not in cfg.search.levels:
         _fail(where, ("search", "levels"), "the inner level (Level 1) is always needed")
+    if cfg.search.sampler and "research" in cfg.search.active_levels:
+        _fail(where, ("search", "levels"), f"group {cfg.search.group!r} searches with a classical sampler, whose "
+              "proposals no Level 2 mechanism prompt can shape; use levels inner (and strategy) only")
     if cfg.endpoint.provider == "openai":
         if not cfg.endpoint.base_url:
             _fail(where, ("endpoint", "base_url"), 'required when provider = "openai" (e.g. "http://localhost:8000/v1")')
@@ -465,6 +495,16 @@ def _looks_like_a_variable_name(value: str) -> bool:
 # --- presets --------------------------------------------------------------------
 
 
+# The surrogate bench's search space: the reference values ×/÷ 8 for the rates, 2^16–2^21 tokens a step.
+# (The default bounds, ×/÷ 100, leave 30 iterations of any global search in crash regions.)
+SURROGATE_BOUNDS: dict[str, dict[str, Any]] = {
+    "TOTAL_BATCH_SIZE": {"min": 2**16, "max": 2**21}, "DEVICE_BATCH_SIZE": {"min": 16, "max": 256},
+    "EMBEDDING_LR": {"min": 0.075, "max": 4.8}, "UNEMBEDDING_LR": {"min": 0.0005, "max": 0.032},
+    "MATRIX_LR": {"min": 0.005, "max": 0.32}, "SCALAR_LR": {"min": 0.0625, "max": 4.0},
+    "WEIGHT_DECAY": {"min": 0.01, "max": 1.0},
+}
+
+
 def demo_config(**overrides: Any) -> Config:
     """The embedded defaults of ``bilevel run --demo``: offline, CPU, a few seconds a run."""
     data: dict[str, Any] = {
@@ -479,5 +519,21 @@ def demo_config(**overrides: Any) -> Config:
         "budget": {"time_s": 4.0, "grace_s": 90.0, "iterations": 4},
         "run": {"gpus": "cpu"},
     }
+    if overrides.get("script.preset") == "surrogate":
+        # The surrogate simulates the reference's 300 s, reads no data, and is searched in SURROGATE_BOUNDS.
+        data["budget"]["time_s"], data["data"] = 300.0, {"source": "none"}
+        data["search"]["bounds"] = {name: dict(b) for name, b in SURROGATE_BOUNDS.items()}
     apply_overrides(data, overrides)
     return from_dict(data, source="<demo>", base_dir=str(Path.cwd()))
+
+
+def canonical_group(name: str) -> str | None:
+    """The group a user typed (case-insensitive: "TPE", "c+CMAES"), or None when there is none."""
+    wanted = name.strip().lower()
+    return next((g for g in GROUPS if g.lower() == wanted), None)
+
+
+def is_surrogate(config: Mapping[str, Any]) -> bool:
+    """Whether a recorded session config (plain data) ran the surrogate workload."""
+    script = config.get("script") if isinstance(config, Mapping) else None
+    return isinstance(script, Mapping) and script.get("preset") == "surrogate"

@@ -93,6 +93,7 @@ class SessionStarted(Event, tag="session_started"):
     seed: int = 0
     data: dict[str, Any] = {}  # corpus hash etc. so runs are comparable
     version: str = ""
+    surrogate: bool = False  # the surrogate workload: val_bpb is a response surface, nothing trained
 
 
 class ScriptInspected(Event, tag="script_inspected"):
@@ -211,7 +212,7 @@ class ProposalMade(Event, tag="proposal_made"):
     attempt: int = 1
     changes: dict[str, Any] = {}
     hypothesis: str = ""
-    source: str = "llm"  # llm | offline
+    source: str = "llm"  # llm | offline | tpe | cmaes | sobol (a classical sampler)
     call_id: str = ""
 
 
@@ -295,7 +296,7 @@ class IterationFinished(Event, tag="iteration_finished"):
     script: str = ""  # artifact of the script evaluated
     values: dict[str, Any] = {}  # full parameter values evaluated
     duration_s: float = 0.0
-    source: str = ""  # llm | offline
+    source: str = ""  # llm | offline | tpe | cmaes | sobol
     mechanisms: dict[str, dict[str, int]] = {}  # hook calls per mechanism
     # The numbers the acceptance rule used: best, threshold, noise floor, margin, confirmation runs.
     acceptance: dict[str, Any] = {}

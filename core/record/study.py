@@ -64,6 +64,9 @@ class Study:
         """A new study folder for a run plan (one config per group × repeat, group-major)."""
         if not plan:
             raise StudyError("an empty plan")
+        if len({cfg.surrogate for cfg in plan}) > 1:
+            raise StudyError("a study never mixes surrogate members (script.preset = \"surrogate\": val_bpb is a "
+                             "response surface) with real training runs: run them as two studies")
         script = plan[0].script_path()
         members, counts = [], {}
         for cfg in plan:

@@ -70,6 +70,8 @@ class StatusHeader(Widget):
         if "research" in s.levels and s.provider != "offline":  # generated code runs: say behind which wall
             wall = (s.config.get("level2") or {}).get("isolation", "strict")
             line1.append(f"  L2 sandbox {wall}", style="" if wall == "strict" else "bold yellow")
+        if (s.config.get("script") or {}).get("preset") == "surrogate":
+            line1.append("  SURROGATE: nothing trained", style="bold reverse yellow")
         right = Text()
         if m.pending:
             right.append(f"⚑ {len(m.pending)} to approve (v)  ", style="bold yellow")

@@ -6,18 +6,10 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from core.record.config import Config
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    warning: bool = False  # not ok, but not fatal either
+from core.run.check import Check
 
 
 def _torch_report() -> list[Check]:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.run.check import Check
 from core.services import script_folder
 from core.services.data_budget import estimate, repeat_warning
 from core.services.script import TrainScript
@@ -17,7 +18,6 @@ from core.services.seeds import seed_params
 
 if TYPE_CHECKING:
     from core.record.config import Config
-    from core.run.doctor import Check
 
 _PROBE = """
 import importlib.util, json, sys
@@ -50,7 +50,6 @@ def imported_modules(text: str, folder: Path) -> list[str]:
 
 
 def interpreter_checks(python: str, text: str, folder: Path) -> list["Check"]:
-    from core.run.doctor import Check
 
     modules = imported_modules(text, folder)
     try:
@@ -77,7 +76,6 @@ def interpreter_checks(python: str, text: str, folder: Path) -> list["Check"]:
 
 def constant_checks(cfg: "Config | None", path: Path, text: str) -> list["Check"]:
     from core.engine.engine import PROTOCOL_PARAMS
-    from core.run.doctor import Check
 
     try:
         script = TrainScript.parse(text)
@@ -104,7 +102,6 @@ def constant_checks(cfg: "Config | None", path: Path, text: str) -> list["Check"
 
 
 def data_epochs_check(cfg: "Config | None", data_dir: Path | None) -> "Check | None":
-    from core.run.doctor import Check
 
     if data_dir is None or not (data_dir / "meta.json").is_file():
         return None
@@ -117,7 +114,6 @@ def data_epochs_check(cfg: "Config | None", data_dir: Path | None) -> "Check | N
 def script_checks(cfg: "Config | None") -> list["Check"]:
     """Every check of the script ``cfg`` names (the bundled train.py without a config)."""
     from core.record.config import BASELINE_SCRIPT
-    from core.run.doctor import Check
 
     path = cfg.script_path() if cfg else BASELINE_SCRIPT
     try:

@@ -9,7 +9,8 @@ import pytest
 import baseline.surrogate as surrogate
 from core.levels.classical import SAMPLERS, ClassicalProposer, dimensions
 from core.record import config
-from core.services.script import TrainScript, infer_schema, validate_changes
+from core.services.schema import infer_schema, validate_changes
+from core.services.script import TrainScript
 
 pytest.importorskip("optuna")
 

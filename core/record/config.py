@@ -5,7 +5,8 @@ msgspec checks them. Every problem is reported with the file, the line (where it
 found), the key and what was expected; unknown keys are errors, not silently ignored, so
 a typo never quietly runs the wrong experiment. Every float key is bounded on both sides,
 so none can be NaN or infinite. ``endpoint.api_key_env`` must be a variable's name: a value
-that looks like a key is refused without being repeated anywhere.
+that looks like a key is refused without being repeated anywhere. Over ~500 lines because
+every section, its bounds, the cross-field checks and the TOML error mapping belong together.
 """
 from __future__ import annotations
 

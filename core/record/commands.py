@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Union
 
 import msgspec
 
+from core.record.events import all_subclasses
+
 
 class CommandError(ValueError):
     """A name or arguments that are not a command of this vocabulary; ``str()`` says why."""
@@ -88,16 +90,8 @@ class Unreadable(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
 
 
-def _all_subclasses(cls: type) -> list[type]:
-    out = []
-    for sub in cls.__subclasses__():
-        out.append(sub)
-        out.extend(_all_subclasses(sub))
-    return out
-
-
 _REGISTRY: dict[str, type[Command]] = {}
-for _cls in _all_subclasses(Command):
+for _cls in all_subclasses(Command):
     _cls.command = _cls.__struct_config__.tag  # type: ignore[misc]
     _REGISTRY[_cls.command] = _cls
 

@@ -493,16 +493,17 @@ class MergedDeltas(LLMDelta, tag="llm_delta_merged"):
 _NOT_LOGGED = (UnknownEvent, MergedDeltas)
 
 
-def _all_subclasses(cls: type) -> list[type]:
+def all_subclasses(cls: type) -> list[type]:
+    """Every subclass of ``cls``, depth first: the members of a tagged union (events, commands)."""
     out = []
     for sub in cls.__subclasses__():
         out.append(sub)
-        out.extend(_all_subclasses(sub))
+        out.extend(all_subclasses(sub))
     return out
 
 
 _REGISTRY: dict[str, type[Event]] = {}
-for _cls in _all_subclasses(Event):
+for _cls in all_subclasses(Event):
     _cls.type = _cls.__struct_config__.tag  # type: ignore[misc]
     if _cls not in _NOT_LOGGED:
         if _cls.type in _REGISTRY:

@@ -79,13 +79,14 @@ def write_old_format_session(folder: Path) -> Path:
             return [old(v) for v in value]
         return value
 
-    lines = []
-    for seq, event in enumerate(diverged_session_events(), 1):
-        data = {"seq": seq, "ts": 1_700_000_000.0 + seq, "type": event.type, **old(event.payload())}
+    rows = []
+    for n, event in enumerate(diverged_session_events(), 1):
+        data = {"type": event.type, **old(event.payload())}
         data["field_from_a_newer_writer"] = {"x": 1}
-        lines.append(json.dumps(data))
-        if seq == 3:
-            lines.append(json.dumps({"seq": 99, "ts": 1.0, "type": "event_from_a_newer_writer", "x": "nan"}))
+        rows.append(data)
+        if n == 3:
+            rows.append({"type": "event_from_a_newer_writer", "x": "nan"})
+    lines = [json.dumps({"seq": seq, "ts": 1_700_000_000.0 + seq, **row}) for seq, row in enumerate(rows, 1)]
     (folder / "events.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 

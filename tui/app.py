@@ -100,6 +100,12 @@ class BilevelApp(App[int]):
         if self.deterministic:
             self.animation_level = "none"
 
+    def notify(self, message: str, *, title: str = "", severity: Any = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        # Deterministic mode (snapshots): a toast stays until dismissed, so no screen depends on the machine's speed.
+        super().notify(message, title=title, severity=severity, markup=markup,
+                       timeout=3600.0 if self.deterministic else timeout)
+
     # --- layout -----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:

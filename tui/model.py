@@ -239,6 +239,13 @@ def _session_started(m: ViewModel, e: ev.SessionStarted) -> None:
 
 def _run_finished(m: ViewModel, e: ev.RunFinished) -> None:
     m.local_pause = None
+    for view in m.research.values():  # an older log may leave one waiting: the run's end expired it
+        if view.finished is None and (view.pending is not None or view.approved is not None):
+            view.pending = None
+            view.finished = ev.ResearchFinished(research_id=view.research_id, outcome="expired",
+                                                reason="the run ended before it was activated")
+            view.segments.append(("text", "\n### Outcome: expired\n\nthe run ended before it was activated\n\n"))
+            m.dirty.add(RESEARCH)
     m.dirty |= {HEADER, PROGRESS}
 
 
@@ -439,6 +446,15 @@ def _mechanism_pending(m: ViewModel, e: ev.MechanismPending) -> None:
     m.dirty |= {RESEARCH, HEADER}
 
 
+def _mechanism_approved(m: ViewModel, e: ev.MechanismApproved) -> None:
+    view = m.research.get(e.research_id)
+    if view is not None:
+        view.approved, view.pending = e, None
+        view.segments.append(("text", f"\n**`{e.name}` approved** — it activates before iteration "
+                                      f"#{e.activates_at}.\n\n"))
+    m.dirty |= {RESEARCH, HEADER}
+
+
 def _research_finished(m: ViewModel, e: ev.ResearchFinished) -> None:
     view = m.research.get(e.research_id)
     if view is not None:
@@ -482,5 +498,6 @@ _HANDLERS: dict[type, Any] = {
     ev.ResearchRound: _research_round,
     ev.MechanismValidated: _mechanism_validated,
     ev.MechanismPending: _mechanism_pending,
+    ev.MechanismApproved: _mechanism_approved,
     ev.ResearchFinished: _research_finished,
 }

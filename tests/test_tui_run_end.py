@@ -1,0 +1,86 @@
+"""The app at the edges of a run, on the product's engine: approvals that come late, commands after
+the end, a budget changed mid-run. Each test checks the log and what the screen says."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from core.record import commands as cmds
+from core.record import events as ev
+from core.record.session import SessionReader
+from tui.app import BilevelApp
+from tui.screens.approval import ApprovalScreen
+from tui.sources import ReplaySource
+from tests.conftest import fast_config
+from tests.test_tui_app import SIZE, on_screen, press, real_engine_app, until
+
+
+def manual_l2(tmp_path: Path, iterations: int) -> object:
+    """Offline Level 2 after every iteration, each mechanism waiting for the user's approval."""
+    return fast_config(tmp_path, **{"search.group": "D", "search.outer_period": 1, "search.research_period": 1,
+                                    "level2.approval": "manual", "budget.iterations": iterations})
+
+
+def log_of(engine: object) -> list[ev.Event]:
+    return list(SessionReader(engine.dir).events())  # type: ignore[attr-defined]
+
+
+async def test_a_timely_approval_shows_approved_then_active(tmp_path: Path):
+    async with real_engine_app(manual_l2(tmp_path, 3)) as (app, pilot, engine, task):
+        await until(pilot, lambda: bool(app.model.pending), timeout=60, what="a pending mechanism")
+        rid = next(iter(app.model.pending))
+        await press(app, "space")  # hold the run at the next boundary: the approval cannot come too late
+        await until(pilot, lambda: app.model.status == "paused", timeout=60, what="paused")
+        await press(app, "v")
+        await until(pilot, on_screen(app, ApprovalScreen))
+        await press(app, "a")
+        await until(pilot, lambda: app.model.state.research.get(rid) == "approved", what="MechanismApproved")
+        await until(pilot, lambda: "approved" in app.screen_text(), what="approved on screen")
+        assert "to approve" not in app.screen_text().splitlines()[0]
+        await press(app, "space")
+        await until(pilot, lambda: app.model.state.research.get(rid) == "activated", timeout=60, what="activated")
+        await asyncio.wait_for(task, 60)
+    events = log_of(engine)
+    approved = [e for e in events if isinstance(e, ev.MechanismApproved)]
+    assert [a.research_id for a in approved] == [rid]
+    activation = next(i for i, e in enumerate(events) if isinstance(e, ev.MechanismActivated))
+    starts = [e.iteration for e in events[activation:] if isinstance(e, ev.IterationStarted)]
+    assert starts and starts[0] == approved[0].activates_at  # it ran from the iteration it promised
+
+
+async def test_an_approval_too_late_expires_and_is_refused_with_a_reason(tmp_path: Path):
+    async with real_engine_app(manual_l2(tmp_path, 3)) as (app, pilot, engine, task):
+        await until(pilot, lambda: bool(app.model.pending), timeout=60, what="a pending mechanism")
+        rid = next(iter(app.model.pending))
+        await until(pilot, lambda: app.model.state.research.get(rid) == "expired", timeout=60,
+                    what="expiry when the last iteration starts")
+        await until(pilot, lambda: "expired" in app.screen_text(), what="expired on screen")
+        assert "to approve" not in app.screen_text().splitlines()[0]
+        await app.send(cmds.ApproveMechanism(research_id=rid))
+        await until(pilot, lambda: any(n.title == "Command refused" for n in app._notifications),
+                    what="the refusal toast")
+        await asyncio.wait_for(task, 60)
+        await until(pilot, lambda: "completed" in app.screen_text().splitlines()[0], what="the end on screen")
+        screen = app.screen_text()
+        assert "to approve" not in screen.splitlines()[0] and "expired" in screen
+    events = log_of(engine)
+    expired = [e for e in events if isinstance(e, ev.ResearchFinished) and e.research_id == rid]
+    assert [e.outcome for e in expired] == ["expired"] and "no iteration is left" in expired[0].reason
+    refused = [e for e in events if isinstance(e, ev.CommandReceived) and e.command == "approve_mechanism"]
+    assert [e.ok for e in refused] == [False] and "no mechanism waits" in refused[0].error
+    assert not [e for e in events if isinstance(e, ev.MechanismActivated)]
+
+    replay = BilevelApp(ReplaySource(engine.dir, follow=False), deterministic=True)
+    async with replay.run_test(size=SIZE):
+        await replay.caught_up()
+        assert not replay.model.pending
+        assert "to approve" not in replay.screen_text().splitlines()[0]
+
+
+def test_a_replayed_log_without_expiry_shows_nothing_pending_after_the_end():
+    """Logs written before approvals expired: the end of the run ends the wait."""
+    from core.record.state import fold
+
+    state = fold([ev.SessionStarted(session="s"), ev.ResearchStarted(research_id="r1"),
+                  ev.MechanismPending(research_id="r1", name="m"), ev.RunFinished(status="completed")])
+    assert not state.awaiting and state.research["r1"] == "expired"

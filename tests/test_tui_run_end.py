@@ -84,3 +84,71 @@ def test_a_replayed_log_without_expiry_shows_nothing_pending_after_the_end():
     state = fold([ev.SessionStarted(session="s"), ev.ResearchStarted(research_id="r1"),
                   ev.MechanismPending(research_id="r1", name="m"), ev.RunFinished(status="completed")])
     assert not state.awaiting and state.research["r1"] == "expired"
+
+
+async def test_a_budget_change_moves_the_headers_total_and_commands_after_the_end_are_refused(tmp_path: Path):
+    async with real_engine_app(fast_config(tmp_path, **{"budget.iterations": 6})) as (app, pilot, engine, task):
+        await until(pilot, lambda: app.model.state.session != "", timeout=60, what="the session")
+        await until(pilot, lambda: "iter 0/6" in app.screen_text(), what="the configured total")
+        await app.send(cmds.SetBudget(iterations=2))
+        await until(pilot, lambda: "/2" in app.screen_text().splitlines()[1], what="the new total in the header")
+        await asyncio.wait_for(task, 120)
+        await until(pilot, lambda: "completed" in app.screen_text().splitlines()[0], what="the end on screen")
+        header = app.screen_text().splitlines()
+        assert "iter 2/2" in header[1] and "controls off" in header[0]
+        for action in ("edit_guidance", "freeze", "stop", "toggle_pause"):
+            assert app.check_action(action, ()) is None, action  # shown greyed out: nothing left to change
+        await app.send(cmds.SetGuidance(guidance="too late"))
+        await until(pilot, lambda: any("the run is over" in str(n.message) for n in app._notifications),
+                    what="the refusal toast")
+        assert any(n.title == "Command refused" for n in app._notifications)
+    events = log_of(engine)
+    assert [e.iterations for e in events if isinstance(e, ev.BudgetChanged)] == [2]
+    assert [e.iteration for e in events if isinstance(e, ev.IterationFinished)] == [0, 1, 2]
+    assert not [e for e in events if isinstance(e, ev.GuidanceChanged)]
+
+
+async def test_an_attached_viewer_of_an_ended_run_says_the_engine_is_gone(tmp_path: Path):
+    from core.record import layout
+    from tests.support.scripted_engine import Plan, record_session
+    from tui.sources import TailSource
+
+    path = tmp_path / "s"
+    await record_session(path, Plan(iterations=2, progress_per_run=2))
+    app = BilevelApp(TailSource(path, poll_s=0.02), deterministic=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model.finished is not None, what="the recorded end")
+        assert not await app.send(cmds.Pause())
+        await until(pilot, lambda: any("the run is over" in str(n.message) for n in app._notifications),
+                    what="the refusal toast")
+    channel = layout.commands_dir(path)
+    assert not channel.exists() or not any(channel.iterdir())  # no command file left for nobody to read
+
+
+async def test_the_palettes_quit_asks_first_on_a_live_run_and_has_no_duplicates(tmp_path: Path):
+    from textual.command import CommandPalette
+
+    from tests.test_tui_app import type_text
+    from tui.screens.confirm import ConfirmScreen
+
+    async with real_engine_app(fast_config(tmp_path, **{"budget.iterations": 50})) as (app, pilot, engine, task):
+        await until(pilot, lambda: app.model.state.session != "", timeout=60, what="the session")
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert titles.count("Quit") == 1 and "Keys" not in titles and "Maximize" not in titles
+        assert len(titles) == len(set(titles)), titles
+        await press(app, "ctrl+p")
+        await until(pilot, on_screen(app, CommandPalette), what="the palette")
+        await type_text(app, "Quit")
+        await pilot.pause(0.3)
+        await press(app, "enter")
+        await until(pilot, on_screen(app, ConfirmScreen), what="the app's own question")
+        assert app.is_running and not task.done()
+        await press(app, "escape")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert not task.done()
+        await press(app, "ctrl+c")
+        await until(pilot, lambda: any(n.title == "ctrl+c does not quit" and "Press q" in str(n.message)
+                                       for n in app._notifications), what="the ctrl+c hint")
+        assert app.is_running and not task.done()
+    assert not [e for e in log_of(engine) if isinstance(e, ev.CommandReceived) and e.command == "stop"
+                and e.args.get("reason") != "test over"]

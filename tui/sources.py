@@ -43,6 +43,10 @@ class ReadOnlyError(Exception):
     """A command was sent to a source that cannot deliver it (a replay)."""
 
 
+class EngineGoneError(ReadOnlyError):
+    """A command for a session whose engine has ended: nothing would ever read it."""
+
+
 class Source:
     """The common surface; subclasses fill in :meth:`batches` and :meth:`send`."""
 
@@ -228,6 +232,10 @@ class TailSource(Source):
             await asyncio.sleep(self.poll_s)
 
     async def send(self, command: cmds.Command) -> None:
+        if not self.engine_running():  # a command file nobody reads would sit there unanswered
+            state = "the run is over" if self.finished else "no engine runs this session any more"
+            raise EngineGoneError(f"{command.command} not sent: {state}; bilevel resume {self.session_dir} "
+                                  "continues the session")
         await asyncio.to_thread(channel.write_command, self.session_dir, command)
 
     def engine_pid(self) -> int | None:

@@ -85,6 +85,7 @@ class Engine:
         self._ready: list[Ready] = []  # validated mechanisms waiting for the next boundary
         self._approvals: dict[str, asyncio.Future[bool]] = {}
         self._awaiting: dict[str, str] = {}  # research id -> mechanism name, while approval is pending
+        self._ended = False  # run() returned: the log is closed, commands are refused to subscribers only
         self._finishing = ""  # set once the run is ending: why a new approval request expires at once
 
     # --- construction -------------------------------------------------------------------
@@ -158,8 +159,29 @@ class Engine:
     # --- commands ------------------------------------------------------------------------------
 
     def submit(self, command: cmds.Command | cmds.Unreadable, /, source: str = "api") -> None:
-        """Queue a command; it is acknowledged by a CommandReceived event (an Unreadable one is refused)."""
+        """Queue a command; it is acknowledged by a CommandReceived event (an Unreadable one is refused).
+
+        After the run the log is closed: the refusal goes to the subscribers only, never silence.
+        """
+        if self._ended:
+            self._refuse_unlogged(command, source)
+            return
         self._commands.put_nowait((command, source))
+
+    def _refuse_unlogged(self, command: cmds.Command | cmds.Unreadable, source: str) -> None:
+        name = command.name if isinstance(command, cmds.Unreadable) else command.command
+        args = command.args if isinstance(command, cmds.Unreadable) else command.args()
+        refusal = ev.CommandReceived(command=name, args=args, source=source, ok=False, error=self._over())
+        for sub in list(self.subscribers):
+            try:
+                sub(refusal)
+            except Exception as exc:  # noqa: BLE001 - a broken viewer must not stop the others
+                self.log(f"subscriber failed on {refusal.type}: {exc!r}")
+
+    def _over(self) -> str:
+        status = self.state.finished.status if self.state.finished is not None else "ended"
+        return (f"the run is over ({status}): nothing is left for the command to change; "
+                f"bilevel resume {self.dir} continues the session")
 
     def request_stop(self, reason: str, *, hard: bool = False) -> None:
         """Stop at the next iteration boundary; ``hard`` also cuts the running iteration short."""
@@ -189,6 +211,8 @@ class Engine:
 
     def _handle(self, cmd: cmds.Command) -> tuple[cmds.Command, str | None]:
         """Validate a command against the run; returns it (completed) and an error message or None."""
+        if self.state.finished is not None:
+            return cmd, self._over()
         if isinstance(cmd, (cmds.Freeze, cmds.Unfreeze)):
             if cmd.name not in self.schema:
                 return cmd, f"unknown parameter {cmd.name!r}"
@@ -282,13 +306,20 @@ class Engine:
         finally:
             commands.cancel()
             channel.cancel()
-            await asyncio.gather(channel, return_exceptions=True)
+            await asyncio.gather(commands, channel, return_exceptions=True)
+            while not self._commands.empty():  # arrived as the run ended: refused, in the log
+                late, late_source = self._commands.get_nowait()
+                name = late.name if isinstance(late, cmds.Unreadable) else late.command
+                args = late.args if isinstance(late, cmds.Unreadable) else late.args()
+                self.emit(ev.CommandReceived(command=name, args=args, source=late_source, ok=False,
+                                             error=self._over()))
             await self.mechanisms.close()
             if self._research_task is not None and not self._research_task.done():
                 self._research_task.cancel()
                 await asyncio.gather(self._research_task, return_exceptions=True)
             if self._own_llm and self.llm is not None:
                 await self.llm.aclose()
+            self._ended = True
             self.writer.close()
             self.lock.release()
         return self.state

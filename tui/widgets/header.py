@@ -77,6 +77,8 @@ class StatusHeader(Widget):
             right.append(f"⚑ {len(m.pending)} to approve (v)  ", style="bold yellow")
         if self.notice:
             right.append(f"{self.notice}  ", style="bold yellow")
+        elif m.finished is not None and src.mode != "replay":
+            right.append("run over: controls off  ", style="dim")
         right.append(f"{mode}  ", style="reverse" if src.mode != "live" else "bold")
         right.append(f"● {status}", style=STATUS_STYLES.get(status, ""))
         line1 = _justify(line1, right, width)

@@ -152,3 +152,50 @@ async def test_the_palettes_quit_asks_first_on_a_live_run_and_has_no_duplicates(
         assert app.is_running and not task.done()
     assert not [e for e in log_of(engine) if isinstance(e, ev.CommandReceived) and e.command == "stop"
                 and e.args.get("reason") != "test over"]
+
+
+async def _replay_screen(path: Path) -> tuple[BilevelApp, str]:
+    app = BilevelApp(ReplaySource(path, follow=False), deterministic=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.caught_up()
+        await until(pilot, lambda: bool(app._replay_notice) or app.model.state.session != "", what="the reading")
+        await pilot.pause(0.2)
+        return app, app.screen_text()
+
+
+async def test_a_corrupt_log_is_replayed_with_the_readers_warnings_on_screen(tmp_path: Path):
+    from core.record import layout
+    from tests.support.scripted_engine import Plan, record_session
+
+    path = tmp_path / "s"
+    await record_session(path, Plan(iterations=2, progress_per_run=2))
+    log = layout.events_path(path)
+    lines = log.read_bytes().splitlines(keepends=True)
+    damaged = lines[:3] + [b"\x8b\x1f\x00 random bytes\n"] + lines[3:5] + [b"{not json\n"] + lines[5:]
+    log.write_bytes(b"".join(damaged) + b'{"type": "iteration_finished"}\n')
+    app, screen = await _replay_screen(path)
+    header = screen.splitlines()[0]
+    assert "3 unreadable lines skipped (line 4, 7, 38)" in header, header
+    assert any("line 4:" in str(n.message) and "line 7:" in str(n.message) for n in app._notifications)
+    baseline = app.model.state.records[0]
+    assert baseline.iteration == 0 and baseline.val_bpb is not None  # the bare verdict did not blank it
+    assert [r.iteration for r in app.model.state.records] == [0, 1, 2]
+
+
+async def test_an_empty_log_says_empty_session_instead_of_waiting(tmp_path: Path):
+    from core.record import layout
+
+    path = tmp_path / "s"
+    path.mkdir()
+    layout.events_path(path).write_bytes(b"")
+    app, screen = await _replay_screen(path)
+    header = screen.splitlines()[0]
+    assert "empty session" in header and "no session" in header and "waiting" not in header, header
+
+
+def test_a_bare_iteration_finished_does_not_blank_the_baseline():
+    from core.record.state import fold
+
+    state = fold([ev.SessionStarted(session="s"), ev.IterationStarted(iteration=0),
+                  ev.IterationFinished(iteration=0, decision="baseline", val_bpb=1.5), ev.IterationFinished()])
+    assert [r.val_bpb for r in state.records] == [1.5] and state.baseline_val_bpb == 1.5

@@ -94,6 +94,7 @@ class BilevelApp(App[int]):
         self._alerts_armed = False  # no toasts for what happened before this viewer caught up
         self._exit_when_finished = False
         self._engine_error_shown = False
+        self._replay_notice = ""
         self._panes: list[Pane] = []
         self._header: StatusHeader | None = None
         self._started = time.monotonic()
@@ -255,6 +256,7 @@ class BilevelApp(App[int]):
                 if self._alerts_armed and not self.source.read_only:
                     self.notify(f"{pending.name} waits for your approval — press v", title="Mechanism validated",
                                 severity="warning", timeout=10)
+        self._announce_replay_problems()
         error = getattr(self.source, "engine_error", lambda: None)()
         if error is not None and not self._engine_error_shown:
             self._engine_error_shown = True
@@ -263,6 +265,22 @@ class BilevelApp(App[int]):
                         severity="error", timeout=30)
         if self._exit_when_finished and (model.finished is not None or not self.source.engine_running()):
             self.exit(0)
+
+    def _announce_replay_problems(self) -> None:
+        """A damaged or empty log is said in the header and once as a toast, never skipped in silence."""
+        src = self._replay()
+        if src is None:
+            return
+        summary = src.problems_summary() or ("empty session: the log holds no events" if src.empty else "")
+        if summary == self._replay_notice:
+            return
+        self._replay_notice = summary
+        self.header.notice = summary
+        self.header.refresh()
+        if summary:
+            detail = "\n".join(f"line {p.line}: {p.message}" for p in src.problems[:5])
+            self.notify(detail or summary, title=summary if detail else "Nothing to replay", severity="warning",
+                        timeout=15)
 
     # --- command sending ----------------------------------------------------------------------------------
 

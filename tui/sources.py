@@ -31,7 +31,7 @@ from core.record import channel
 from core.record import commands as cmds
 from core.record import events as ev
 from core.record import layout
-from core.record.session import LogChecker, SessionReader
+from core.record.session import LogChecker, LogProblem, SessionReader
 
 RESET = "reset"
 Batch = Union[list[ev.Event], str]
@@ -450,6 +450,24 @@ class ReplaySource(Source):
                 self.diagnostics.extend(f"warning: {p.describe(self._checker.log)}"
                                         for p in self._checker.problems[-added:])
         return len(data)
+
+    @property
+    def problems(self) -> list[LogProblem]:
+        """The reader's warnings so far (line numbers, as headless replay prints them)."""
+        return self._checker.problems
+
+    def problems_summary(self) -> str:
+        """What the reader skipped, for the header: '' when the log reads whole."""
+        problems = self._checker.problems
+        if not problems:
+            return ""
+        lines = ", ".join(str(p.line) for p in problems[:5]) + (", …" if len(problems) > 5 else "")
+        return f"{len(problems)} unreadable line{'s' if len(problems) != 1 else ''} skipped (line {lines})"
+
+    @property
+    def empty(self) -> bool:
+        """Read, and nothing in it: not a session that is merely loading."""
+        return self.caught_up.is_set() and not len(self.events)
 
     def _index_after_iteration(self, start: int) -> int:
         found = self.events.find((ev.IterationFinished, ev.IterationInterrupted), start)

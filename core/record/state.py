@@ -284,6 +284,8 @@ def _training_finished(s: RunState, e: ev.TrainingFinished) -> None:
 
 
 def _iteration_finished(s: RunState, e: ev.IterationFinished) -> None:
+    if e.iteration < s.next_iteration and s.running != e.iteration:
+        return  # a second verdict on a recorded iteration (a stray or damaged line) must not overwrite it
     s.records.append(
         IterationRecord(
             iteration=e.iteration, decision=e.decision, changes=dict(e.changes), hypothesis=e.hypothesis,

@@ -199,3 +199,40 @@ def test_a_bare_iteration_finished_does_not_blank_the_baseline():
     state = fold([ev.SessionStarted(session="s"), ev.IterationStarted(iteration=0),
                   ev.IterationFinished(iteration=0, decision="baseline", val_bpb=1.5), ev.IterationFinished()])
     assert [r.val_bpb for r in state.records] == [1.5] and state.baseline_val_bpb == 1.5
+
+
+async def test_the_editor_file_ends_with_a_newline(tmp_path: Path, monkeypatch):
+    import sys
+
+    seen = tmp_path / "seen.txt"
+    script = f"import sys, shutil; shutil.copy(sys.argv[1], {str(seen)!r})"
+    monkeypatch.setenv("EDITOR", f"{sys.executable} -c \"{script}\"")
+    monkeypatch.delenv("VISUAL", raising=False)
+    from tests.support.scripted_engine import Plan
+    from tests.test_tui_app import live_app
+
+    async with live_app(tmp_path / "s", Plan(iterations=0)) as (app, pilot, engine):
+        assert app.edit_in_editor("Keep the batch size.") == "Keep the batch size.\n"
+    assert seen.read_bytes() == b"Keep the batch size.\n"
+
+
+async def test_d_shows_a_builtin_mechanisms_diff(tmp_path: Path):
+    """Offline Level 2 activates a built-in: d flips its source to the diff that adds it."""
+    from tui.widgets.patches import PatchPane
+
+    cfg = fast_config(tmp_path, **{"search.group": "D", "search.outer_period": 1, "search.research_period": 1,
+                                   "budget.iterations": 3})
+    async with real_engine_app(cfg) as (app, pilot, engine, task):
+        await until(pilot, lambda: bool(app.model.active_mechanisms), timeout=60, what="an active built-in")
+        await asyncio.wait_for(task, 60)
+        await press(app, "4")
+        pane = app.base.query_one(PatchPane)
+        options = pane.options
+        key = next(k for k, p in app.model.patches.items() if p.kind == "mechanism")
+        options.highlighted = list(app.model.patches).index(key)
+        await pilot.pause(0.2)
+        before = app.screen_text()
+        await press(app, "d")
+        await until(pilot, lambda: "--- /dev/null" in app.screen_text(), what="the diff of the built-in")
+        after = app.screen_text()
+    assert before != after and "+++" in after and "@@ -0,0 +1," in after

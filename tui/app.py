@@ -376,7 +376,7 @@ class BilevelApp(App[int]):
         path = Path(name)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
+                fh.write(text if text.endswith("\n") else text + "\n")  # a text file ends with a newline
             command = [*shlex.split(editor), str(path)]
             try:
                 with self.suspend():

@@ -236,3 +236,28 @@ async def test_d_shows_a_builtin_mechanisms_diff(tmp_path: Path):
         await until(pilot, lambda: "--- /dev/null" in app.screen_text(), what="the diff of the built-in")
         after = app.screen_text()
     assert before != after and "+++" in after and "@@ -0,0 +1," in after
+
+
+async def test_stop_shows_stopping_until_the_run_has_stopped(tmp_path: Path):
+    from tests.support.scripted_engine import Plan
+    from tests.test_tui_app import SLOW, live_app
+    from tui.screens.confirm import ConfirmScreen
+
+    async with live_app(tmp_path / "s", Plan(**SLOW)) as (app, pilot, engine):
+        await until(pilot, lambda: app.model.training_iteration is not None, what="a training run")
+        seen: list[str] = []
+        await press(app, "s")
+        await until(pilot, on_screen(app, ConfirmScreen))
+        await press(app, "enter")  # after this iteration
+
+        def header_status() -> str:
+            seen.append(app.screen_text().splitlines()[0].rsplit("●", 1)[-1].strip())
+            return seen[-1]
+
+        await until(pilot, lambda: header_status() == "stopped", timeout=30, what="stopped")
+    assert "stopping…" in seen and seen.index("stopping…") < seen.index("stopped")
+    assert [e.ok for e in received(engine, "stop")] == [True]
+
+
+def received(engine, command):
+    return [e for e in log_of(engine) if isinstance(e, ev.CommandReceived) and e.command == command]

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 LEVEL_NAMES = {"inner": "L1", "strategy": "L1.5", "research": "L2"}
 STATUS_STYLES = {
-    "running": "bold green", "pausing…": "bold yellow", "paused": "bold yellow", "resuming…": "bold yellow",
+    "running": "bold green", "stopping…": "bold magenta", "pausing…": "bold yellow", "paused": "bold yellow", "resuming…": "bold yellow",
     "completed": "bold cyan", "stopped": "bold magenta", "failed": "bold red", "waiting": "dim",
     "no session": "bold red",
 }

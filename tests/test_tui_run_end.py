@@ -26,7 +26,8 @@ def log_of(engine: object) -> list[ev.Event]:
 
 
 async def test_a_timely_approval_shows_approved_then_active(tmp_path: Path):
-    async with real_engine_app(manual_l2(tmp_path, 3)) as (app, pilot, engine, task):
+    # 4 iterations: the pause lands before #3 or, on a slow machine, #4; either leaves one to run in
+    async with real_engine_app(manual_l2(tmp_path, 4)) as (app, pilot, engine, task):
         await until(pilot, lambda: bool(app.model.pending), timeout=60, what="a pending mechanism")
         rid = next(iter(app.model.pending))
         await press(app, "space")  # hold the run at the next boundary: the approval cannot come too late

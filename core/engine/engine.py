@@ -179,7 +179,7 @@ class Engine:
                 self.log(f"subscriber failed on {refusal.type}: {exc!r}")
 
     def _over(self) -> str:
-        status = self.state.finished.status if self.state.finished is not None else "ended"
+        status = self.state.finished.status if self.state.finished is not None else "ending"
         return (f"the run is over ({status}): nothing is left for the command to change; "
                 f"bilevel resume {self.dir} continues the session")
 
@@ -211,7 +211,7 @@ class Engine:
 
     def _handle(self, cmd: cmds.Command) -> tuple[cmds.Command, str | None]:
         """Validate a command against the run; returns it (completed) and an error message or None."""
-        if self.state.finished is not None:
+        if self._finishing:  # this run is ending (a resumed session's old RunFinished does not count)
             return cmd, self._over()
         if isinstance(cmd, (cmds.Freeze, cmds.Unfreeze)):
             if cmd.name not in self.schema:

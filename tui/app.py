@@ -45,7 +45,7 @@ from .screens.guidance import GuidanceScreen
 from .screens.help import HelpScreen
 from .screens.params import FreezeScreen
 from .screens.seek import SeekScreen
-from .sources import RESET, ReadOnlyError, ReplaySource, Source
+from .sources import RESET, EngineGoneError, ReadOnlyError, ReplaySource, Source
 from .widgets.eventlog import EventLogPane
 from .widgets.header import StatusHeader
 from .widgets.pane import Pane
@@ -62,7 +62,8 @@ FIRST_PAINT_WAIT_S = 1.5  # a history that loads within this is painted once, at
 LIVE_COMMANDS = ("toggle_pause", "abort_training", "stop", "edit_guidance", "edit_guidance_external", "freeze",
                  "review_mechanism", "reload_config")
 REPLAY_ACTIONS = ("replay_step", "replay_faster", "replay_slower", "replay_seek")
-DYNAMIC_ACTIONS = ("toggle_pause", "abort_training", "stop", "review_mechanism", "reload_config")
+DYNAMIC_ACTIONS = LIVE_COMMANDS
+TEXTUAL_DUPLICATES = frozenset({"Quit", "Keys", "Maximize", "Minimize"})
 PANE_IDS = ("trace", "strategy", "research", "patches", "events")
 PANE_FOCUS = {"trace": "#trace-table", "strategy": "#params-table", "research": "#research-scroll",
               "patches": "#patch-list", "events": "#event-log"}
@@ -93,6 +94,7 @@ class BilevelApp(App[int]):
         self._alerts_armed = False  # no toasts for what happened before this viewer caught up
         self._exit_when_finished = False
         self._engine_error_shown = False
+        self._replay_notice = ""
         self._panes: list[Pane] = []
         self._header: StatusHeader | None = None
         self._started = time.monotonic()
@@ -260,6 +262,7 @@ class BilevelApp(App[int]):
                 if self._alerts_armed and not self.source.read_only:
                     self.notify(f"{pending.name} waits for your approval — press v", title="Mechanism validated",
                                 severity="warning", timeout=10)
+        self._announce_replay_problems()
         error = getattr(self.source, "engine_error", lambda: None)()
         if error is not None and not self._engine_error_shown:
             self._engine_error_shown = True
@@ -269,12 +272,31 @@ class BilevelApp(App[int]):
         if self._exit_when_finished and (model.finished is not None or not self.source.engine_running()):
             self.exit(0)
 
+    def _announce_replay_problems(self) -> None:
+        """A damaged or empty log is said in the header and once as a toast, never skipped in silence."""
+        src = self._replay()
+        if src is None:
+            return
+        summary = src.problems_summary() or ("empty session: the log holds no events" if src.empty else "")
+        if summary == self._replay_notice:
+            return
+        self._replay_notice = summary
+        self.header.notice = summary
+        self.header.refresh()
+        if summary:
+            detail = "\n".join(f"line {p.line}: {p.message}" for p in src.problems[:5])
+            self.notify(detail or summary, title=summary if detail else "Nothing to replay", severity="warning",
+                        timeout=15)
+
     # --- command sending ----------------------------------------------------------------------------------
 
     async def send(self, command: cmds.Command) -> bool:
         name = command.command
         try:
             await self.source.send(command)
+        except EngineGoneError as exc:
+            self.notify(str(exc), title="Command refused", severity="error")
+            return False
         except ReadOnlyError as exc:
             self.notify(str(exc), severity="warning")
             return False
@@ -290,15 +312,14 @@ class BilevelApp(App[int]):
             return False
         if action in REPLAY_ACTIONS and not isinstance(src, ReplaySource):
             return False
+        if action in LIVE_COMMANDS and self.model.finished is not None and not isinstance(src, ReplaySource):
+            return None  # the run is over: nothing left for these to change (the header says so)
         if action == "reload_config":
             return True if self.config_change else False
         if action == "review_mechanism":
             return True if self.model.pending else None
         if action == "abort_training":
             return True if self.model.training_iteration is not None else None
-        if action in ("toggle_pause", "stop", "abort_training") and self.model.finished is not None \
-                and not isinstance(src, ReplaySource):
-            return None
         return True
 
     # --- actions: the run ---------------------------------------------------------------------------------
@@ -361,7 +382,7 @@ class BilevelApp(App[int]):
         path = Path(name)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
+                fh.write(text if text.endswith("\n") else text + "\n")  # a text file ends with a newline
             command = [*shlex.split(editor), str(path)]
             try:
                 with self.suspend():
@@ -590,6 +611,18 @@ class BilevelApp(App[int]):
         else:
             self.exit(0)
 
+    def action_help_quit(self) -> None:
+        """ctrl+c (Textual's copy key) quits nothing: say what does."""
+        src = self.source
+        quit_key = self.get_key_display(next(b for b in KEY_BINDINGS if b.id == "quit"))
+        if src.mode == "attach" and src.engine_running():
+            how = f"Press {quit_key} to leave: Detach keeps the engine running, or stop it"
+        elif src.mode == "live" and src.engine_running():
+            how = f"Press {quit_key} to stop the run and quit (it asks first; the session stays resumable)"
+        else:
+            how = f"Press {quit_key} to quit"
+        self.notify(how, title="ctrl+c does not quit")
+
     @work(group="quit", exclusive=True)
     async def _stop_then_exit(self) -> None:
         header = self.header
@@ -601,7 +634,10 @@ class BilevelApp(App[int]):
     # --- the command palette --------------------------------------------------------------------------------------------
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        for command in super().get_system_commands(screen):
+            # Textual's Quit would leave a live run without asking; its Keys and Maximize duplicate ours
+            if command.title not in TEXTUAL_DUPLICATES:
+                yield command
         for action, title, help_text in PALETTE:
             if self.check_action(action, ()) is True:
                 yield SystemCommand(title, help_text, partial(self.run_action, action))

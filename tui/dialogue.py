@@ -49,6 +49,7 @@ class ResearchView:
     round_done: set[str] = field(default_factory=set)  # call ids whose round finished
     validations: list[ev.MechanismValidated] = field(default_factory=list)
     pending: ev.MechanismPending | None = None
+    approved: ev.MechanismApproved | None = None
     finished: ev.ResearchFinished | None = None
 
 

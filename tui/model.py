@@ -78,6 +78,7 @@ class ViewModel:
         self.dirty_params: bool = True
         self.local_pause: bool | None = None  # the user asked to pause (True) / resume (False), not yet seen
         self.acks: list[ev.CommandReceived] = []  # acknowledgements not yet shown to the user
+        self.stopping = False  # the engine accepted a stop and has not finished yet
         self._printer = HeadlessPrinter(out=io.StringIO(), progress_every_s=math.inf)
 
     # --- folding -------------------------------------------------------------------------
@@ -173,6 +174,8 @@ class ViewModel:
         s = self.state
         if self.finished is not None and s.status in ("completed", "stopped", "failed"):
             return s.status
+        if self.stopping:
+            return "stopping…"
         if s.paused:
             return "resuming…" if self.local_pause is False else "paused"
         if s.pause_requested or self.local_pause:
@@ -239,10 +242,19 @@ def _session_started(m: ViewModel, e: ev.SessionStarted) -> None:
 
 def _run_finished(m: ViewModel, e: ev.RunFinished) -> None:
     m.local_pause = None
+    m.stopping = False
+    for view in m.research.values():  # an older log may leave one waiting: the run's end expired it
+        if view.finished is None and (view.pending is not None or view.approved is not None):
+            view.pending = None
+            view.finished = ev.ResearchFinished(research_id=view.research_id, outcome="expired",
+                                                reason="the run ended before it was activated")
+            view.segments.append(("text", "\n### Outcome: expired\n\nthe run ended before it was activated\n\n"))
+            m.dirty.add(RESEARCH)
     m.dirty |= {HEADER, PROGRESS}
 
 
 def _run_resumed(m: ViewModel, e: ev.RunResumed) -> None:
+    m.stopping = False
     m.dirty.add(HEADER)
 
 
@@ -320,6 +332,9 @@ def _pause_state(m: ViewModel, e: ev.Event) -> None:
 def _command(m: ViewModel, e: ev.CommandReceived) -> None:
     if not e.ok and e.command in ("pause", "resume"):
         m.local_pause = None
+    if e.ok and e.command == "stop" and m.state.finished is None:
+        m.stopping = True
+        m.dirty.add(HEADER)
     m.acks.append(e)
     if len(m.acks) > 50:
         del m.acks[:-50]
@@ -439,6 +454,15 @@ def _mechanism_pending(m: ViewModel, e: ev.MechanismPending) -> None:
     m.dirty |= {RESEARCH, HEADER}
 
 
+def _mechanism_approved(m: ViewModel, e: ev.MechanismApproved) -> None:
+    view = m.research.get(e.research_id)
+    if view is not None:
+        view.approved, view.pending = e, None
+        view.segments.append(("text", f"\n**`{e.name}` approved** — it activates before iteration "
+                                      f"#{e.activates_at}.\n\n"))
+    m.dirty |= {RESEARCH, HEADER}
+
+
 def _research_finished(m: ViewModel, e: ev.ResearchFinished) -> None:
     view = m.research.get(e.research_id)
     if view is not None:
@@ -482,5 +506,6 @@ _HANDLERS: dict[type, Any] = {
     ev.ResearchRound: _research_round,
     ev.MechanismValidated: _mechanism_validated,
     ev.MechanismPending: _mechanism_pending,
+    ev.MechanismApproved: _mechanism_approved,
     ev.ResearchFinished: _research_finished,
 }

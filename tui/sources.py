@@ -31,7 +31,7 @@ from core.record import channel
 from core.record import commands as cmds
 from core.record import events as ev
 from core.record import layout
-from core.record.session import LogChecker, SessionReader
+from core.record.session import LogChecker, LogProblem, SessionReader
 
 RESET = "reset"
 Batch = Union[list[ev.Event], str]
@@ -41,6 +41,10 @@ POLL_S = 0.05
 
 class ReadOnlyError(Exception):
     """A command was sent to a source that cannot deliver it (a replay)."""
+
+
+class EngineGoneError(ReadOnlyError):
+    """A command for a session whose engine has ended: nothing would ever read it."""
 
 
 class Source:
@@ -228,6 +232,10 @@ class TailSource(Source):
             await asyncio.sleep(self.poll_s)
 
     async def send(self, command: cmds.Command) -> None:
+        if not self.engine_running():  # a command file nobody reads would sit there unanswered
+            state = "the run is over" if self.finished else "no engine runs this session any more"
+            raise EngineGoneError(f"{command.command} not sent: {state}; bilevel resume {self.session_dir} "
+                                  "continues the session")
         await asyncio.to_thread(channel.write_command, self.session_dir, command)
 
     def engine_pid(self) -> int | None:
@@ -442,6 +450,24 @@ class ReplaySource(Source):
                 self.diagnostics.extend(f"warning: {p.describe(self._checker.log)}"
                                         for p in self._checker.problems[-added:])
         return len(data)
+
+    @property
+    def problems(self) -> list[LogProblem]:
+        """The reader's warnings so far (line numbers, as headless replay prints them)."""
+        return self._checker.problems
+
+    def problems_summary(self) -> str:
+        """What the reader skipped, for the header: '' when the log reads whole."""
+        problems = self._checker.problems
+        if not problems:
+            return ""
+        lines = ", ".join(str(p.line) for p in problems[:5]) + (", …" if len(problems) > 5 else "")
+        return f"{len(problems)} unreadable line{'s' if len(problems) != 1 else ''} skipped (line {lines})"
+
+    @property
+    def empty(self) -> bool:
+        """Read, and nothing in it: not a session that is merely loading."""
+        return self.caught_up.is_set() and not len(self.events)
 
     def _index_after_iteration(self, start: int) -> int:
         found = self.events.find((ev.IterationFinished, ev.IterationInterrupted), start)

@@ -86,6 +86,8 @@ class Engine:
         self._ready: list[Ready] = []  # validated mechanisms waiting for the next boundary
         self._approvals: dict[str, asyncio.Future[bool]] = {}
         self._awaiting: dict[str, str] = {}  # research id -> mechanism name, while approval is pending
+        self._ended = False  # run() returned: the log is closed, commands are refused to subscribers only
+        self._finishing = ""  # set once the run is ending: why a new approval request expires at once
 
     # --- construction -------------------------------------------------------------------
 
@@ -158,8 +160,29 @@ class Engine:
     # --- commands ------------------------------------------------------------------------------
 
     def submit(self, command: cmds.Command | cmds.Unreadable, /, source: str = "api") -> None:
-        """Queue a command; it is acknowledged by a CommandReceived event (an Unreadable one is refused)."""
+        """Queue a command; it is acknowledged by a CommandReceived event (an Unreadable one is refused).
+
+        After the run the log is closed: the refusal goes to the subscribers only, never silence.
+        """
+        if self._ended:
+            self._refuse_unlogged(command, source)
+            return
         self._commands.put_nowait((command, source))
+
+    def _refuse_unlogged(self, command: cmds.Command | cmds.Unreadable, source: str) -> None:
+        name = command.name if isinstance(command, cmds.Unreadable) else command.command
+        args = command.args if isinstance(command, cmds.Unreadable) else command.args()
+        refusal = ev.CommandReceived(command=name, args=args, source=source, ok=False, error=self._over())
+        for sub in list(self.subscribers):
+            try:
+                sub(refusal)
+            except Exception as exc:  # noqa: BLE001 - a broken viewer must not stop the others
+                self.log(f"subscriber failed on {refusal.type}: {exc!r}")
+
+    def _over(self) -> str:
+        status = self.state.finished.status if self.state.finished is not None else "ending"
+        return (f"the run is over ({status}): nothing is left for the command to change; "
+                f"bilevel resume {self.dir} continues the session")
 
     def request_stop(self, reason: str, *, hard: bool = False) -> None:
         """Stop at the next iteration boundary; ``hard`` also cuts the running iteration short."""
@@ -189,6 +212,8 @@ class Engine:
 
     def _handle(self, cmd: cmds.Command) -> tuple[cmds.Command, str | None]:
         """Validate a command against the run; returns it (completed) and an error message or None."""
+        if self._finishing:  # this run is ending (a resumed session's old RunFinished does not count)
+            return cmd, self._over()
         if isinstance(cmd, (cmds.Freeze, cmds.Unfreeze)):
             if cmd.name not in self.schema:
                 return cmd, f"unknown parameter {cmd.name!r}"
@@ -210,7 +235,24 @@ class Engine:
             if rid not in self._approvals:
                 waiting = ", ".join(self._approvals) or "none"
                 return cmd, f"no mechanism waits for approval under {rid!r} (waiting: {waiting})"
+            if isinstance(cmd, cmds.ApproveMechanism) and self._next_boundary() > self.cfg.budget.iterations:
+                return cmd, (f"no iteration is left for it to run in (the run ends after #{self.cfg.budget.iterations}"
+                             "); raise the iteration budget first")
         return cmd, None
+
+    def _next_boundary(self) -> int:
+        """The first iteration a mechanism activated from now on would run in."""
+        running = self.state.running
+        return self.state.next_iteration if running is None else max(running + 1, self.state.next_iteration)
+
+    def _expire_approvals(self, reason: str) -> None:
+        """Pending approvals that can no longer apply: recorded as expired, never left pending."""
+        for rid, fut in list(self._approvals.items()):
+            self.emit(ev.ResearchFinished(research_id=rid, outcome="expired", name=self._awaiting.get(rid, ""),
+                                          reason=reason))
+            del self._approvals[rid]
+            if not fut.done():
+                fut.set_result(False)
 
     def _after_command(self, cmd: cmds.Command, source: str) -> None:
         if isinstance(cmd, cmds.Pause) and not self.state.paused:
@@ -235,6 +277,10 @@ class Engine:
             self.emit(ev.ParamUnfrozen(name=cmd.name, reason=cmd.reason))
         elif isinstance(cmd, (cmds.ApproveMechanism, cmds.RejectMechanism)):
             fut = self._approvals.pop(cmd.research_id)  # type: ignore[arg-type]
+            if isinstance(cmd, cmds.ApproveMechanism):
+                self.emit(ev.MechanismApproved(research_id=cmd.research_id or "",
+                                               name=self._awaiting.get(cmd.research_id or "", ""),
+                                               activates_at=self._next_boundary()))
             if not fut.done():
                 fut.set_result(isinstance(cmd, cmds.ApproveMechanism))
 
@@ -261,13 +307,20 @@ class Engine:
         finally:
             commands.cancel()
             channel.cancel()
-            await asyncio.gather(channel, return_exceptions=True)
+            await asyncio.gather(commands, channel, return_exceptions=True)
+            while not self._commands.empty():  # arrived as the run ended: refused, in the log
+                late, late_source = self._commands.get_nowait()
+                name = late.name if isinstance(late, cmds.Unreadable) else late.command
+                args = late.args if isinstance(late, cmds.Unreadable) else late.args()
+                self.emit(ev.CommandReceived(command=name, args=args, source=late_source, ok=False,
+                                             error=self._over()))
             await self.mechanisms.close()
             if self._research_task is not None and not self._research_task.done():
                 self._research_task.cancel()
                 await asyncio.gather(self._research_task, return_exceptions=True)
             if self._own_llm and self.llm is not None:
                 await self.llm.aclose()
+            self._ended = True
             self.writer.close()
             self.lock.release()
         return self.state
@@ -292,6 +345,8 @@ class Engine:
                 await self._finish("completed", f"{self.cfg.budget.iterations} iterations done")
                 return
             await self._activate_ready()
+            if n >= self.cfg.budget.iterations and self._approvals:
+                self._expire_approvals(f"no iteration is left for it to run in (#{n} is the last)")
             step = self.inner.run_baseline() if n == 0 else self._iteration_and_outer_levels(n)
             self._current = asyncio.create_task(step)
             try:
@@ -328,6 +383,11 @@ class Engine:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._approvals[research_id] = fut
         self._awaiting[research_id] = name
+        if self._finishing:  # validated after the last iteration: nothing left to approve it for
+            self._expire_approvals(self._finishing)
+        elif self._next_boundary() > self.cfg.budget.iterations:
+            self._expire_approvals(f"no iteration is left for it to run in (#{self.cfg.budget.iterations} "
+                                   "is the last)")
         try:
             return await fut
         finally:
@@ -373,13 +433,18 @@ class Engine:
                                          description="re-attached on resume")
 
     async def _finish(self, status: str, reason: str) -> None:
+        self._finishing = f"the run ended ({status}) before it was approved"
+        self._expire_approvals(self._finishing)
         task = self._research_task
         if task is not None and not task.done():
-            if status == "completed" and not self._approvals:
+            if status == "completed":
                 await asyncio.wait({task})  # let the last research session finish and report
-                await self._activate_ready()
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        for r in self._ready:  # validated (and approved) but the run ended before the next boundary
+            self.emit(ev.ResearchFinished(research_id=r.research_id, outcome="expired", name=r.name,
+                                          reason=f"the run ended ({status}) before it could be activated"))
+        self._ready = []
         self.emit(ev.RunFinished(status=status, reason=reason, iterations=len(self.state.proposals),
                                  baseline_val_bpb=self.state.baseline_val_bpb, best_val_bpb=self.state.best_val_bpb))
 

@@ -56,7 +56,7 @@ def drop_unfinished_research(state: RunState, emit: Any) -> None:
     research it again.
     """
     for research_id, status in list(state.research.items()):
-        if status in ("running", "pending"):
+        if status in ("running", "pending", "approved"):
             emit(ev.ResearchFinished(research_id=research_id, outcome="dropped", reason=(
                 "the engine stopped before this research finished or its mechanism was activated; "
                 "it was not activated")))
@@ -90,6 +90,8 @@ class ResearchLevel:
                                          diff=ready.diff_rel, report=ready.report_rel))
             approved = await ctx.await_approval(research_id, ready.name)
             if not approved:
+                if ctx.state.research.get(research_id) == "expired":
+                    return  # the run ended (or no iteration was left) first: recorded as expired
                 ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="declined", name=ready.name,
                                              reason="rejected by the user"))
                 return

@@ -46,7 +46,7 @@ Decision = Literal["baseline", "keep", "discard", "crash", "rejected", "interrup
 Origin = Literal["builtin", "config", "generated"]
 Effect = Literal["prompt", "vetoed", "modified", "overrode"]
 ResearchRoundName = Literal["explore", "critique", "specify", "generate", "repair"]
-ResearchOutcome = Literal["activated", "rejected", "declined", "failed", "dropped"]
+ResearchOutcome = Literal["activated", "rejected", "declined", "failed", "dropped", "expired"]
 AcceptanceRule = Literal["min_delta", "noise_sigma"]
 
 
@@ -403,6 +403,14 @@ class MechanismPending(Event, tag="mechanism_pending"):
     source: str = ""
     diff: str = ""
     report: str = ""
+
+
+class MechanismApproved(Event, tag="mechanism_approved"):
+    """The user approved a pending mechanism; it activates at the boundary before ``activates_at``."""
+
+    research_id: str = ""
+    name: str = ""
+    activates_at: int = 0  # the first iteration it runs in
 
 
 class ResearchFinished(Event, tag="research_finished"):

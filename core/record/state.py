@@ -153,7 +153,7 @@ class RunState:
     mechanism_history: dict[str, MechanismUse] = field(default_factory=dict)  # every one ever active
     strategy: list[ev.StrategyDecision] = field(default_factory=list)
     param_changes: list[ParamChange] = field(default_factory=list)
-    research: dict[str, str] = field(default_factory=dict)  # research id -> running | pending | outcome
+    research: dict[str, str] = field(default_factory=dict)  # research id -> running | pending | approved | outcome
     awaiting: dict[str, ev.MechanismPending] = field(default_factory=dict)  # research id -> waits for approval
     acceptance: ev.AcceptanceConfigured | None = None  # the last one is the rule in force
     budget_changes: list[ev.BudgetChanged] = field(default_factory=list)
@@ -232,6 +232,9 @@ def _run_finished(s: RunState, e: ev.RunFinished) -> None:
     s.finished = e
     s.running = None
     s.training = None
+    for rid in list(s.awaiting):  # a log from before approvals expired: nothing waits once the run is over
+        s.research[rid] = "expired"
+        del s.awaiting[rid]
 
 
 def _iteration_started(s: RunState, e: ev.IterationStarted) -> None:
@@ -281,6 +284,8 @@ def _training_finished(s: RunState, e: ev.TrainingFinished) -> None:
 
 
 def _iteration_finished(s: RunState, e: ev.IterationFinished) -> None:
+    if e.iteration < s.next_iteration and s.running != e.iteration:
+        return  # a second verdict on a recorded iteration (a stray or damaged line) must not overwrite it
     s.records.append(
         IterationRecord(
             iteration=e.iteration, decision=e.decision, changes=dict(e.changes), hypothesis=e.hypothesis,
@@ -362,6 +367,11 @@ def _research_pending(s: RunState, e: ev.MechanismPending) -> None:
     s.awaiting[e.research_id] = e
 
 
+def _research_approved(s: RunState, e: ev.MechanismApproved) -> None:
+    s.research[e.research_id] = "approved"
+    s.awaiting.pop(e.research_id, None)
+
+
 def _research_finished(s: RunState, e: ev.ResearchFinished) -> None:
     s.research[e.research_id] = e.outcome
     s.awaiting.pop(e.research_id, None)
@@ -435,6 +445,7 @@ _HANDLERS = {
     ev.StrategyDecision: _strategy,
     ev.ResearchStarted: _research_started,
     ev.MechanismPending: _research_pending,
+    ev.MechanismApproved: _research_approved,
     ev.ResearchFinished: _research_finished,
     ev.AcceptanceConfigured: _acceptance,
 }

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 
 LEVEL_NAMES = {"inner": "L1", "strategy": "L1.5", "research": "L2"}
 STATUS_STYLES = {
-    "running": "bold green", "pausing…": "bold yellow", "paused": "bold yellow", "resuming…": "bold yellow",
+    "running": "bold green", "stopping…": "bold magenta", "pausing…": "bold yellow", "paused": "bold yellow", "resuming…": "bold yellow",
     "completed": "bold cyan", "stopped": "bold magenta", "failed": "bold red", "waiting": "dim",
+    "no session": "bold red",
 }
 
 
@@ -63,6 +64,8 @@ class StatusHeader(Widget):
         who = "offline (no LLM)" if s.provider == "offline" else (s.model or s.provider or "?")
         mode = src.describe()
         status = m.status
+        if status == "waiting" and src.mode == "replay" and src.caught_up.is_set():
+            status = "no session"  # read to the end and nothing started: not something to wait for
         line1 = Text(no_wrap=True, overflow="ellipsis")
         line1.append("bilevel ", style="bold")
         line1.append(s.session or "(no session yet)", style="bold cyan")
@@ -77,6 +80,8 @@ class StatusHeader(Widget):
             right.append(f"⚑ {len(m.pending)} to approve (v)  ", style="bold yellow")
         if self.notice:
             right.append(f"{self.notice}  ", style="bold yellow")
+        elif m.finished is not None and src.mode != "replay":
+            right.append("run over: controls off  ", style="dim")
         right.append(f"{mode}  ", style="reverse" if src.mode != "live" else "bold")
         right.append(f"● {status}", style=STATUS_STYLES.get(status, ""))
         line1 = _justify(line1, right, width)

@@ -6,6 +6,9 @@ A mechanism shows its source beside its validation report; ``d`` flips to its di
 """
 from __future__ import annotations
 
+import difflib
+from pathlib import Path
+
 from typing import TYPE_CHECKING
 
 from rich.syntax import Syntax
@@ -164,11 +167,17 @@ class PatchPane(Pane):
         else:
             self.add_class("-mechanism")
             which = entry.diff if self.show_diff and entry.diff else entry.artifact
-            title.update(Text(f"{entry.label}  {which}  (d: {'source' if self.show_diff else 'diff'})",
+            new_module = self.show_diff and not entry.diff  # a built-in, or one activated without a diff
+            what = "diff: a new module, added whole" if new_module else which
+            title.update(Text(f"{entry.label}  {what}  (d: {'source' if self.show_diff else 'diff'})",
                               no_wrap=True, overflow="ellipsis"), layout=False)
             text = read(which)
             if text is None:
                 code.update(Text(f"({which} is missing)", style="red"))
+            elif new_module:
+                name = Path(entry.artifact).name
+                code.update(diff_text("".join(difflib.unified_diff([], text.splitlines(keepends=True),
+                                                                   "/dev/null", f"b/{name}"))))
             elif which.endswith((".diff", ".patch")):
                 code.update(diff_text(text))
             else:

@@ -108,6 +108,8 @@ class ResearchPane(Pane):
                 title.append(f"  {view.finished.outcome}", style=f"bold {style}")
             elif view.pending is not None:
                 title.append("  awaiting approval (v)", style="bold yellow")
+            elif view.approved is not None:
+                title.append(f"  approved (activates at #{view.approved.activates_at})", style="bold green")
             else:
                 title.append("  in progress", style="bold blue")
             if self.selected is None:

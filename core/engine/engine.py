@@ -262,6 +262,7 @@ class Engine:
             channel.cancel()
             await asyncio.gather(channel, return_exceptions=True)
             await self.mechanisms.close()
+            await self.context.close()  # the warm training workers
             if self._research_task is not None and not self._research_task.done():
                 self._research_task.cancel()
                 await asyncio.gather(self._research_task, return_exceptions=True)

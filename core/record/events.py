@@ -41,6 +41,7 @@ Level = Literal["inner", "strategy", "research"]
 DeltaKind = Literal["content", "reasoning", "reset"]
 RejectionKind = Literal["unparseable", "invalid", "vetoed", "llm_error"]
 Stream = Literal["stdout", "stderr"]
+WorkerKind = Literal["fresh", "warm"]
 TrainingOutcome = Literal["ok", "crash", "timeout", "no_metrics", "diverged", "oom", "cancelled"]
 Decision = Literal["baseline", "keep", "discard", "crash", "rejected", "interrupted", "cancelled"]
 Origin = Literal["builtin", "config", "generated"]
@@ -278,6 +279,7 @@ class TrainingFinished(Event, tag="training_finished"):
     reason: str = ""
     error_tail: str = ""
     log: str = ""  # artifact
+    worker: WorkerKind = "fresh"  # its own process, or an iteration of a warm worker
 
 
 class IterationFinished(Event, tag="iteration_finished"):

@@ -9,6 +9,8 @@ Output: one progress line per step (at most ~2 a second), then a line ``---`` fo
 Exit codes: 0 done; 1 crash; 2 data missing or invalid configuration; 3 loss diverged
 (no summary block then). Only the hyperparameters are top-level literal constants.
 Environment: BILEVEL_DATA_DIR (a folder made by ``bilevel prepare``), BILEVEL_SEED.
+``python train.py --warm``: a warm worker that runs one iteration per JSON line on stdin
+(see ``serve_warm``); ``WARM_SAFE`` names the constants it may change without a new process.
 
 This file is copied into each session and run from there, so it imports nothing from
 the project that wrote it. That is also why it is one file of ~800 lines, not modules:

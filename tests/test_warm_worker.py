@@ -79,7 +79,7 @@ async def test_warm_iteration_gives_the_result_of_a_fresh_run(tmp_path, data):
     assert (fresh.worker, warm.worker) == ("fresh", "warm")
     assert warm.val_bpb == fresh.val_bpb  # bit-identical, not close
     assert first.val_bpb != warm.val_bpb  # another seed and rate: the comparison can fail
-    strip = lambda m: {k: v for k, v in m.items() if k not in TIMING}  # noqa: E731
+    strip = lambda m: {k: v for k, v in m.items() if k not in TIMING}
     assert strip(warm.metrics) == strip(fresh.metrics)
 
 

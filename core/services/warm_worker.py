@@ -23,16 +23,23 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping
 
 from core.services import process_control as pc
 from core.services.environment import training_env
 from core.services.script import TrainScript
 from core.services.train_output import Progress, _RunWatcher
 from core.services.trainer import (
-    VALID_BPB, Outcome, TrainResult, _classify, _close_pipes, _open_log, _pump, _stop_group,
+    VALID_BPB,
+    Outcome,
+    TrainResult,
+    _classify,
+    _close_pipes,
+    _open_log,
+    _pump,
+    _stop_group,
 )
 
 WARM_SAFE_NAME = "WARM_SAFE"

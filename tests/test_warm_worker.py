@@ -144,3 +144,23 @@ async def test_closing_the_pool_ends_its_workers(tmp_path, data):
     assert not pc.group_has_live_members(pids[0])
     with pytest.raises(ProcessLookupError):
         os.kill(pids[0], 0)
+
+
+def test_progress_events_name_the_phase_and_a_new_phase_is_never_held_back():
+    from core.engine.context import _TrainingEmitter
+    from core.services.train_output import Progress
+
+    class Ctx:
+        def __init__(self) -> None:
+            self.events: list = []
+
+        def emit(self, event):
+            self.events.append(event)
+
+    ctx = Ctx()
+    emitter = _TrainingEmitter(ctx, 3)  # type: ignore[arg-type]
+    for step, pct, left in ((0, 0.0, 4.0), (1, 0.0, 4.0), (2, 40.0, 2.4), (3, 100.0, 0.0)):
+        emitter.progress(Progress(step, pct, 3.0, 1e4, 0.0, left))  # all within one throttle period
+    emitter.flush()
+    assert [e.phase for e in ctx.events] == ["compiling", "training", "evaluating"]
+    assert [e.step for e in ctx.events] == [0, 2, 3]

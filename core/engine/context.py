@@ -258,10 +258,13 @@ class _TrainingEmitter:
         self._last = 0.0
         self._held: Any = None
         self._lines = 0
+        self._phase: str | None = None
 
     def progress(self, p: Any) -> None:
         now = time.monotonic()
-        if now - self._last < PROGRESS_EVERY_S:
+        phase = progress_phase(p)
+        changed, self._phase = phase != self._phase, phase
+        if now - self._last < PROGRESS_EVERY_S and not changed:  # a new phase is never held back
             self._held = p
             return
         self._last, self._held = now, None
@@ -269,7 +272,8 @@ class _TrainingEmitter:
 
     def _emit_progress(self, p: Any) -> None:
         self.ctx.emit(ev.TrainingProgress(iteration=self.iteration, step=p.step, percent=p.percent, loss=p.loss,
-                                          tok_per_s=p.tok_per_s, mfu=p.mfu, remaining_s=p.remaining_s))
+                                          tok_per_s=p.tok_per_s, mfu=p.mfu, remaining_s=p.remaining_s,
+                                          phase=progress_phase(p)))
 
     def line(self, stream: str, text: str) -> None:
         self._lines += 1
@@ -283,6 +287,16 @@ class _TrainingEmitter:
         if self._held is not None:
             self._emit_progress(self._held)
             self._held = None
+
+
+def progress_phase(p: Any) -> str | None:
+    """What a progress line says the run is doing: nothing of the budget counted yet (the
+    untimed warm-up and compile steps), training, or the budget spent (evaluation follows)."""
+    if p.percent is None:
+        return None
+    if p.percent >= 100.0 or p.remaining_s == 0:
+        return "evaluating"
+    return "compiling" if p.percent == 0.0 else "training"
 
 
 def spec_dict(spec: ParamSpec) -> dict[str, Any]:

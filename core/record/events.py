@@ -42,6 +42,8 @@ DeltaKind = Literal["content", "reasoning", "reset"]
 RejectionKind = Literal["unparseable", "invalid", "vetoed", "llm_error"]
 Stream = Literal["stdout", "stderr"]
 WorkerKind = Literal["fresh", "warm"]
+# compiling: the untimed first steps (warm-up, compilation); evaluating: the budget is spent
+ProgressPhase = Literal["compiling", "training", "evaluating"]
 TrainingOutcome = Literal["ok", "crash", "timeout", "no_metrics", "diverged", "oom", "cancelled"]
 Decision = Literal["baseline", "keep", "discard", "crash", "rejected", "interrupted", "cancelled"]
 Origin = Literal["builtin", "config", "generated"]
@@ -261,6 +263,7 @@ class TrainingProgress(Event, tag="training_progress"):
     tok_per_s: float | None = None
     mfu: float | None = None
     remaining_s: float | None = None
+    phase: ProgressPhase | None = None  # None: the line said too little to tell
 
 
 class TrainingOutput(Event, tag="training_output"):

@@ -9,6 +9,8 @@ Output: one progress line per step (at most ~2 a second), then a line ``---`` fo
 Exit codes: 0 done; 1 crash; 2 data missing or invalid configuration; 3 loss diverged
 (no summary block then). Only the hyperparameters are top-level literal constants.
 Environment: BILEVEL_DATA_DIR (a folder made by ``bilevel prepare``), BILEVEL_SEED.
+``python train.py --warm``: a warm worker that runs one iteration per JSON line on stdin
+(see ``serve_warm``); ``WARM_SAFE`` names the constants it may change without a new process.
 
 This file is copied into each session and run from there, so it imports nothing from
 the project that wrote it. That is also why it is one file of ~800 lines, not modules:
@@ -64,6 +66,14 @@ EVAL_TOKENS = 40 * 2**19  # protocol: held-out tokens scored for val_bpb (capped
 DEVICE = "auto"  # "auto" | "cuda" | "cpu"
 COMPILE = True  # torch.compile the model (CUDA only)
 # ---------------------------------------------------------------------------------------
+
+# Constants a warm worker (``python train.py --warm``) may change between iterations
+# without a new process: none of them changes a tensor shape or the compiled graphs.
+# Any other constant changed starts a fresh worker. Not a hyperparameter (a call, not a literal).
+WARM_SAFE = frozenset({
+    "EMBEDDING_LR", "UNEMBEDDING_LR", "MATRIX_LR", "SCALAR_LR", "WEIGHT_DECAY", "ADAM_BETAS",
+    "WARMUP_RATIO", "WARMDOWN_RATIO", "FINAL_LR_FRAC", "TIME_BUDGET",
+})
 
 # Not a hyperparameter: the engine chooses the seed per run; experiments must not tune it.
 SEED = int(os.environ.get("BILEVEL_SEED", "42"))
@@ -289,6 +299,8 @@ class GPT(nn.Module):
                 nn.init.zeros_(block.attn.ve_gate.weight)  # gate 2 * sigmoid(0) = 1: neutral
         for embed in self.value_embeds.values():
             nn.init.uniform_(embed.weight, -bound, bound)
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.1)
         self.wte.to(self.embed_dtype)
         self.value_embeds.to(self.embed_dtype)
 
@@ -694,24 +706,33 @@ def train(untimed_steps: int | None = None) -> None:
     if untimed_steps is None:
         untimed_steps = 11 if setup.compile_model else 2
     device = setup.device
-    data = load_dataset(data_dir())
-    torch.manual_seed(SEED)
+    data = warm_cached(("data", str(data_dir())), lambda: load_dataset(data_dir()))
     if device.type == "cuda":
-        torch.cuda.manual_seed(SEED)
         torch.set_float32_matmul_precision("high")
         autocast: contextlib.AbstractContextManager = torch.autocast("cuda", dtype=torch.bfloat16)
         backend = "flex"
-        attend = flex_attention_fn(compiled_model=setup.compile_model)
     else:
         autocast = contextlib.nullcontext()
         backend = "sdpa"
-        attend = sdpa_attention
 
-    embed_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    raw_model = GPT(data.vocab_size, DEPTH, setup.model_dim, setup.n_head, HEAD_DIM,
-                    MAX_SEQ_LEN, attend, embed_dtype=embed_dtype).to(device)
-    model: nn.Module = torch.compile(raw_model, dynamic=False) if setup.compile_model else raw_model
-    masks = build_masks(setup.windows, MAX_SEQ_LEN, device, backend)
+    def build() -> tuple[GPT, nn.Module, list[object]]:
+        attend = flex_attention_fn(setup.compile_model) if backend == "flex" else sdpa_attention
+        embed_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        raw = GPT(data.vocab_size, DEPTH, setup.model_dim, setup.n_head, HEAD_DIM,
+                  MAX_SEQ_LEN, attend, embed_dtype=embed_dtype).to(device)
+        compiled = torch.compile(raw, dynamic=False) if setup.compile_model else raw
+        return raw, compiled, build_masks(setup.windows, MAX_SEQ_LEN, device, backend)
+
+    # A warm worker keeps the model (and its compiled graphs) per shape; every run, fresh
+    # or warm, then draws its weights from SEED alone, so both give the same result.
+    raw_model, model, masks = warm_cached(
+        ("model", data.vocab_size, DEPTH, setup.model_dim, setup.n_head, HEAD_DIM, MAX_SEQ_LEN,
+         tuple(setup.windows), str(device), setup.compile_model), build)
+    torch.manual_seed(SEED)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(SEED)
+    raw_model.reset_parameters()
+    model.train()
     optimizers = build_optimizers(raw_model, setup.model_dim, device, compiled=setup.compile_model)
     batches = TrainBatches(data.train, MAX_SEQ_LEN, DEVICE_BATCH_SIZE, SEED, device,
                            row_tokens=data.row_tokens)
@@ -777,6 +798,7 @@ def train(untimed_steps: int | None = None) -> None:
             break
 
     gc.enable()
+    gc.unfreeze()  # a warm worker's next iteration starts with a normal collector
     model.eval()
     val_bpb = evaluate_bpb(model, data, masks, device, autocast)
     if not math.isfinite(val_bpb):
@@ -797,6 +819,17 @@ def train(untimed_steps: int | None = None) -> None:
     print(f"depth: {DEPTH}", flush=True)
 
 
+_WARM_CACHE: dict[tuple, object] = {}
+
+
+def warm_cached(key: tuple, make: Callable[[], object]):
+    """What a warm worker keeps between iterations (data, models by shape); a fresh run
+    makes each once."""
+    if key not in _WARM_CACHE:
+        _WARM_CACHE[key] = make()
+    return _WARM_CACHE[key]
+
+
 def main() -> int:
     try:
         train()
@@ -806,5 +839,30 @@ def main() -> int:
     return 0
 
 
+def serve_warm() -> int:
+    """Warm worker: run iterations on request, one JSON line each on stdin.
+
+    A request is ``{"constants": {NAME: value}, "seed": N}``: the constants block of the
+    iteration's script and its seed. Each iteration prints what a fresh run prints, then
+    ``{"warm_worker": "done", "exit_code": N}`` on stdout and stderr (0 done, 2 invalid
+    configuration, as ``main``). A crash or a diverged loss ends the process as it ends a
+    fresh run; the engine then starts a new worker.
+    """
+    global SEED
+    print(json.dumps({"warm_worker": "ready"}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        module = globals()
+        for name, value in request["constants"].items():
+            if name.isupper() and name in module and name not in ("SEED", "WARM_SAFE"):
+                module[name] = tuple(value) if isinstance(module[name], tuple) else value
+        SEED = int(request["seed"])
+        code = main()
+        done = json.dumps({"warm_worker": "done", "exit_code": code})
+        print(done, flush=True)
+        print(done, file=sys.stderr, flush=True)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve_warm() if sys.argv[1:] == ["--warm"] else main())

@@ -130,3 +130,7 @@ async def test_real_training_with_the_scripted_llm_baseline_and_three_iterations
     script3 = (engine.dir / rec.of(ev.TrainingStarted)[3].script).read_text()
     assert "ADAM_BETAS = (0.85, 0.95)" in script3
     assert all(e.val_bpb is not None and 0.5 < e.val_bpb < 10 for e in finished)
+    # One warm worker ran the baseline and the learning-rate change; the window pattern is a shape: a new one.
+    assert [e.worker for e in rec.of(ev.TrainingFinished)] == ["warm"] * 4
+    pids = [e.pid for e in rec.of(ev.TrainingProcess)]
+    assert pids[0] == pids[1] and pids[2] != pids[1]

@@ -27,6 +27,7 @@ from core.services.executors import SlotPool
 from core.services.llm import ChatResult, LLMClient, LLMError
 from core.services.script import ParamSpec
 from core.services.trainer import run_training
+from core.services.warm_worker import WarmPool, warm_plan
 
 if TYPE_CHECKING:
     from core.engine.mechanism_host import MechanismHost
@@ -66,6 +67,10 @@ class EngineContext:
     def __init__(self, engine: EngineSide) -> None:
         self._engine = engine
         self._acceptance: AcceptancePolicy | None = None
+        self.warm = WarmPool()  # the warm training workers, one per slot; ended by close()
+
+    async def close(self) -> None:
+        await self.warm.close()
 
     # --- what the run is -----------------------------------------------------------------
 
@@ -224,18 +229,23 @@ class EngineContext:
                     self.emit(ev.TrainingProcess(iteration=iteration, pid=pid, pgid=pid, tag=tag,
                                                  engine_pid=os.getpid()))
 
-                result = await run_training(
-                    run_script, cwd=run_cwd, python=self.cfg.script.python or sys.executable,
-                    budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s, env=env,
-                    log_path=log_path, on_progress=emitter.progress, on_line=emitter.line, cancel=cancel,
-                    on_start=started, valid_bpb=self.cfg.acceptance.valid_val_bpb)
+                common = dict(cwd=run_cwd, python=self.cfg.script.python or sys.executable,
+                              budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s, env=env,
+                              log_path=log_path, on_progress=emitter.progress, on_line=emitter.line,
+                              cancel=cancel, on_start=started, valid_bpb=self.cfg.acceptance.valid_val_bpb)
+                plan = warm_plan(text) if self.cfg.run.worker == "warm" and not where.needs_copy else None
+                if plan is not None:
+                    result = await self.warm.run(run_script, plan, seed=run_seed, slot=slot.devices or "cpu",
+                                                 **common)
+                else:
+                    result = await run_training(run_script, **common)
         finally:
             eng._cancel_training = None
         emitter.flush()
         self.emit(ev.TrainingFinished(
             iteration=iteration, outcome=result.outcome.value, val_bpb=result.val_bpb, metrics=result.metrics,
             exit_code=result.exit_code, duration_s=result.duration_s, reason=result.reason,
-            error_tail=result.error_tail[-4000:], log=log_rel,
+            error_tail=result.error_tail[-4000:], log=log_rel, worker=result.worker,
         ))
         return TrainRun(result, script_rel)
 
@@ -248,10 +258,13 @@ class _TrainingEmitter:
         self._last = 0.0
         self._held: Any = None
         self._lines = 0
+        self._phase: str | None = None
 
     def progress(self, p: Any) -> None:
         now = time.monotonic()
-        if now - self._last < PROGRESS_EVERY_S:
+        phase = progress_phase(p)
+        changed, self._phase = phase != self._phase, phase
+        if now - self._last < PROGRESS_EVERY_S and not changed:  # a new phase is never held back
             self._held = p
             return
         self._last, self._held = now, None
@@ -259,7 +272,8 @@ class _TrainingEmitter:
 
     def _emit_progress(self, p: Any) -> None:
         self.ctx.emit(ev.TrainingProgress(iteration=self.iteration, step=p.step, percent=p.percent, loss=p.loss,
-                                          tok_per_s=p.tok_per_s, mfu=p.mfu, remaining_s=p.remaining_s))
+                                          tok_per_s=p.tok_per_s, mfu=p.mfu, remaining_s=p.remaining_s,
+                                          phase=progress_phase(p)))
 
     def line(self, stream: str, text: str) -> None:
         self._lines += 1
@@ -273,6 +287,16 @@ class _TrainingEmitter:
         if self._held is not None:
             self._emit_progress(self._held)
             self._held = None
+
+
+def progress_phase(p: Any) -> str | None:
+    """What a progress line says the run is doing: nothing of the budget counted yet (the
+    untimed warm-up and compile steps), training, or the budget spent (evaluation follows)."""
+    if p.percent is None:
+        return None
+    if p.percent >= 100.0 or p.remaining_s == 0:
+        return "evaluating"
+    return "compiling" if p.percent == 0.0 else "training"
 
 
 def spec_dict(spec: ParamSpec) -> dict[str, Any]:

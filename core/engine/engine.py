@@ -315,6 +315,7 @@ class Engine:
                 self.emit(ev.CommandReceived(command=name, args=args, source=late_source, ok=False,
                                              error=self._over()))
             await self.mechanisms.close()
+            await self.context.close()  # the warm training workers
             if self._research_task is not None and not self._research_task.done():
                 self._research_task.cancel()
                 await asyncio.gather(self._research_task, return_exceptions=True)

@@ -171,6 +171,9 @@ class RunConfig(_Section):
     sessions_dir: str = "sessions"
     gpus: str = "auto"  # "auto", "cpu", or a list like "0,1"
     pass_env: tuple[str, ...] = ()  # extra environment variables the training script may see
+    # "warm": a script that declares WARM_SAFE runs its iterations in a long-lived worker per slot;
+    # "fresh": every iteration is its own process (any other script always is).
+    worker: Literal["warm", "fresh"] = "warm"
 
 
 _INTERNAL = ("base_dir",)

@@ -41,6 +41,9 @@ Level = Literal["inner", "strategy", "research"]
 DeltaKind = Literal["content", "reasoning", "reset"]
 RejectionKind = Literal["unparseable", "invalid", "vetoed", "llm_error"]
 Stream = Literal["stdout", "stderr"]
+WorkerKind = Literal["fresh", "warm"]
+# compiling: the untimed first steps (warm-up, compilation); evaluating: the budget is spent
+ProgressPhase = Literal["compiling", "training", "evaluating"]
 TrainingOutcome = Literal["ok", "crash", "timeout", "no_metrics", "diverged", "oom", "cancelled"]
 Decision = Literal["baseline", "keep", "discard", "crash", "rejected", "interrupted", "cancelled"]
 Origin = Literal["builtin", "config", "generated"]
@@ -260,6 +263,7 @@ class TrainingProgress(Event, tag="training_progress"):
     tok_per_s: float | None = None
     mfu: float | None = None
     remaining_s: float | None = None
+    phase: ProgressPhase | None = None  # None: the line said too little to tell
 
 
 class TrainingOutput(Event, tag="training_output"):
@@ -278,6 +282,7 @@ class TrainingFinished(Event, tag="training_finished"):
     reason: str = ""
     error_tail: str = ""
     log: str = ""  # artifact
+    worker: WorkerKind = "fresh"  # its own process, or an iteration of a warm worker
 
 
 class IterationFinished(Event, tag="iteration_finished"):

@@ -59,6 +59,7 @@ class TrainResult:
     duration_s: float
     error_tail: str  # last lines of stderr (or stdout) for non-OK outcomes, else ""
     reason: str  # one readable sentence
+    worker: str = "fresh"  # "fresh": its own process; "warm": an iteration of a warm worker
 
     @property
     def ok(self) -> bool:

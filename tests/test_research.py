@@ -47,7 +47,7 @@ class Scripted:
         system = req["messages"][0]["content"]
         last = req["messages"][-1]["content"]
         if "ML research assistant" in system:
-            if "vetoed by" in last:
+            if "vetoed by" in last or "exact repeat of iteration" in last:  # it takes the feedback
                 self.vetoes += 1
                 return json.dumps({"changes": {"LR": round(0.02 + 0.001 * self.vetoes, 4)},
                                    "hypothesis": "a new region"})
@@ -91,11 +91,15 @@ async def test_generated_tabu_vetoes_a_repeat_and_the_next_proposal_differs(tmp_
     assert deltas, "research rounds are streamed token by token"
 
 
-async def test_without_the_mechanism_the_same_proposal_repeats(tmp_path):
+async def test_without_the_mechanism_the_same_proposal_repeats_and_is_rejected_as_a_repeat(tmp_path):
     with ScriptedOpenAI(responder=Scripted([])) as server:
         _, rec = await run_engine(llm_config(tmp_path, server, **{"budget.iterations": 4}))
-    proposals = [p.changes for p in rec.of(ev.ProposalMade)]
-    assert proposals == [{"LR": 0.06}] * 4
+    made = [p.changes for p in rec.of(ev.ProposalMade)]
+    assert made.count({"LR": 0.06}) == 4  # the model repeats itself every iteration...
+    repeats = [r for r in rec.of(ev.ProposalRejected) if r.kind == "repeat"]
+    assert len(repeats) == 3 and all("repeat of iteration 1" in r.reason for r in repeats)
+    trained = [f.changes for f in rec.of(ev.IterationFinished) if f.iteration]
+    assert trained.count({"LR": 0.06}) == 1  # ...but a discarded experiment is trained only once
 
 
 BAD_MODULES = {

@@ -144,6 +144,38 @@ async def test_a_failed_validation_goes_back_to_the_llm_for_repair(tmp_path):
     assert rec.of(ev.MechanismActivated)
 
 
+async def test_each_repair_reply_keeps_its_own_artifact(tmp_path):
+    with ScriptedOpenAI(responder=Scripted([BAD_MODULES["syntax"], BAD_MODULES["syntax"], GOOD_TABU])) as server:
+        engine, rec = await run_engine(research_config(tmp_path, server, **{"level2.max_repairs": 2}))
+    first = rec.of(ev.ResearchStarted)[0].research_id
+    repairs = [r.artifact for r in rec.of(ev.ResearchRound) if r.research_id == first and r.round == "repair"]
+    assert len(repairs) == 2 and len(set(repairs)) == 2
+    assert all((engine.dir / a).read_text() for a in repairs)
+
+
+class CritiqueFirstWrong(Scripted):
+    """Answers the critique round first with a Level 1 proposal, then properly when told why."""
+
+    def __call__(self, req: dict) -> Reply | str:
+        last = req["messages"][-1]["content"]
+        if "Critique each candidate" in last:
+            return json.dumps({"changes": {"LR": 0.05}, "hypothesis": "wrong level"})
+        if "could not be used" in last and "selected" in last:
+            return json.dumps({"scores": {"tabu": 9}, "selected": "tabu", "reason": "repeats"})
+        return super().__call__(req)
+
+
+async def test_a_critique_reply_without_a_selection_is_rejected_and_reasked(tmp_path):
+    with ScriptedOpenAI(responder=CritiqueFirstWrong([GOOD_TABU])) as server:
+        _, rec = await run_engine(research_config(tmp_path, server))
+    rejected = [r for r in rec.of(ev.ReplyRejected) if r.purpose == "critique"]
+    assert rejected and "Level 1 proposal" in rejected[0].reason
+    critique_calls = [r for r in server.requests if r["messages"][-1]["content"].startswith(
+        ("Critique each candidate", "Your answer could not be used"))]
+    assert critique_calls[0]["response_format"]["type"] == "json_schema"
+    assert rec.of(ev.MechanismActivated)  # the re-asked selection went on to a mechanism
+
+
 RUNTIME_FAILURES = {
     # Each passes the dry run on the short trace it sees, then fails later in the real run:
     # (hook, body, what the deactivation reason must say).

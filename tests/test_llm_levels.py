@@ -162,3 +162,16 @@ async def test_an_exact_repeat_of_a_discarded_experiment_is_rejected_and_reasked
     assert len(repeat) == 1 and repeat[0].iteration == 2 and "repeat of iteration 1" in repeat[0].reason
     assert "repeat of iteration 1" in inner_requests(scripted_openai)[2]["messages"][-1]["content"]
     assert rec.of(ev.IterationFinished)[-1].changes == {"LR": 0.03}
+
+
+async def test_level15_sees_the_current_best_values_and_counts_rejected_proposals(tmp_path, scripted_openai):
+    level1 = iter([proposal({"LR": "fast"}), proposal({"LR": 0.02}, "closer to the optimum")])
+    scripted_openai.responder = lambda req: (json.dumps(STRATEGY_ANSWER) if "search strategy" in
+                                             req["messages"][0]["content"] else next(level1))
+    engine, rec = await run_engine(llm_config(tmp_path, scripted_openai, **{
+        "search.group": "B", "search.outer_period": 1, "budget.iterations": 1}))
+    assert rec.of(ev.IterationFinished)[-1].decision == "keep"
+    prompt = strategy_requests(scripted_openai)[0]["messages"][-1]["content"]
+    lr_line = next(line for line in prompt.splitlines() if line.startswith("- [active] LR:"))
+    assert "= 0.02" in lr_line  # the best so far, not the baseline's 0.04
+    assert "proposed 2× in all (1× trained)" in lr_line  # the rejected "fast" counts

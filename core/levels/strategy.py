@@ -159,7 +159,7 @@ class StrategyLevel:
         for name, spec in ctx.current_schema(state.best_values).items():
             status = "locked" if spec.locked else "frozen" if name in state.frozen else "active"
             s = stats.get(name)
-            tally = (f"proposed {s.asked}× in all ({s.proposed}× trained), kept {s.kept}×, "
+            tally = (f"proposed {s.asked}× in all ({s.trained}× trained), kept {s.kept}×, "
                      f"net gain {s.net_improvement:+.6f}" if s else "never proposed")
             lines.append(f"- [{status}] {spec.describe()} — {tally}")
         user = Template(prompts.load("strategy_cycle")).substitute(
@@ -246,6 +246,8 @@ def kept_with_reasons(value: Any, candidates: list[str]) -> dict[str, str]:
 def with_every_proposal(stats: dict[str, ParamStats], counts: Mapping[str, int],
                         schema: Mapping[str, Any]) -> dict[str, ParamStats]:
     """Stats where `asked` counts every proposal, and the rule's `proposed` counts rejected ones too."""
+    for s in stats.values():
+        s.trained = s.proposed
     for name, count in counts.items():
         if name not in schema:
             continue  # an unknown name in an invalid proposal is not a parameter

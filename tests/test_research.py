@@ -1,6 +1,7 @@
 """Level 2 against the scripted server: generated mechanisms that really run, and every failure path."""
 from __future__ import annotations
 
+import itertools
 import json
 import textwrap
 
@@ -222,7 +223,8 @@ async def test_full_group_c_run_on_the_cpu_preset(tmp_path):
     from core.record import config
 
     scripted = Scripted([GOOD_TABU])
-    proposals = iter([{"MATRIX_LR": 0.05}, {"WARMDOWN_RATIO": 0.4}, {"MATRIX_LR": 0.03}, {"SCALAR_LR": 0.4},
+    # Cycled: frozen parameters and exact repeats are rejected and re-asked, which takes more replies.
+    proposals = itertools.cycle([{"MATRIX_LR": 0.05}, {"WARMDOWN_RATIO": 0.4}, {"MATRIX_LR": 0.03}, {"SCALAR_LR": 0.4},
                       {"MATRIX_LR": 0.06}, {"WINDOW_PATTERN": "SL"}, {"MATRIX_LR": 0.035}, {"EMBEDDING_LR": 0.5},
                       {"MATRIX_LR": 0.045}, {"WARMUP_RATIO": 0.05}, {"FINAL_LR_FRAC": 0.1}, {"SCALAR_LR": 0.6}])
 

@@ -21,12 +21,36 @@ def test_doctor_finds_the_endpoint_and_the_model(tmp_path, capsys):
     assert code == 0
 
 
-def test_doctor_names_the_models_when_ours_is_missing(tmp_path, capsys):
-    with ScriptedOpenAI(models=("deepseek-flash",)) as server:
+def test_an_unlisted_model_the_server_answers_to_is_a_warning_naming_the_listed_ones(tmp_path, capsys):
+    with ScriptedOpenAI(models=("deepseek-flash",)) as server:  # like llama.cpp: any name gets an answer
         code = main(["doctor", _config(tmp_path, server.base_url, "deepseek-chat")])
     out = capsys.readouterr().out
-    assert "[FAIL] model: 'deepseek-chat' is not listed" in out and "deepseek-flash" in out
-    assert code == 1
+    line = next(x for x in out.splitlines() if "model:" in x)
+    assert "'deepseek-chat' is not listed" in line and "deepseek-flash" in line and "answers to it" in line
+    assert "FAIL" not in line and "[ok  ] chat" in out
+
+
+def test_doctor_makes_a_chat_call_and_shows_the_response_format_in_force(tmp_path, capsys):
+    with ScriptedOpenAI(models=("m",), refuse_json_schema=True) as server:
+        main(["doctor", _config(tmp_path, server.base_url, "m")])
+    out = capsys.readouterr().out
+    assert "structured: response_format in force: json_object (the endpoint refused json_schema" in out
+    assert any(r.get("messages") for r in server.requests)
+
+
+def test_doctor_fails_a_wrong_key_and_a_context_too_small(tmp_path, capsys, monkeypatch):
+    from tests.support import Reply
+
+    monkeypatch.setenv("DOCTOR_KEY", "sk-wrong")
+    with ScriptedOpenAI(models=("m",)) as server:
+        server.enqueue_probe(Reply(status=401, error_body={"error": {"message": "invalid api key"}}))
+        code = main(["doctor", _config(tmp_path, server.base_url, "m", "DOCTOR_KEY")])
+    out = capsys.readouterr().out
+    assert "[FAIL] chat" in out and "401" in out and code == 1
+    with ScriptedOpenAI(models=("m",), context_tokens=1000) as server:
+        code = main(["doctor", _config(tmp_path, server.base_url, "m")])
+    out = capsys.readouterr().out
+    assert "[FAIL] chat: a prompt of about" in out and "context" in out and code == 1
 
 
 def test_doctor_reports_an_unset_key_variable(tmp_path, capsys, monkeypatch):

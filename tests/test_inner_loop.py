@@ -122,10 +122,11 @@ async def test_unknown_model_fails_the_run_with_a_clear_reason(tmp_path, scripte
 async def test_every_llm_call_keeps_request_and_reply_artifacts_and_usage(tmp_path, scripted_openai):
     scripted_openai.enqueue(proposal({"LR": 0.03}))
     engine, rec = await run_engine(llm_config(tmp_path, scripted_openai, **{"budget.iterations": 1}))
-    req, resp = rec.of(ev.LLMRequest)[0], rec.of(ev.LLMResponse)[0]
+    assert [e.purpose for e in rec.of(ev.LLMRequest)] == ["endpoint_check", "propose"]
+    req, resp = rec.of(ev.LLMRequest)[1], rec.of(ev.LLMResponse)[1]
     assert json.loads((engine.dir / req.artifact).read_text())["messages"][0]["role"] == "system"
     assert "LR" in (engine.dir / resp.artifact).read_text()
-    assert engine.state.usage["inner"].prompt_tokens == 57
+    assert engine.state.usage["inner"].prompt_tokens == 2 * 57  # the endpoint check's tokens count too
 
 
 async def test_session_replays_into_the_same_state(tmp_path, scripted_openai):

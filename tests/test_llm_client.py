@@ -578,3 +578,26 @@ def test_scripted_server_replies_500_when_nothing_is_scripted():
         response = httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": []})
     assert response.status_code == 500
     assert "no scripted reply" in json.dumps(response.json())
+
+
+SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+
+
+async def test_a_schema_is_sent_as_json_schema_and_auto_steps_down_on_refusal(server):
+    server.refuse_json_schema = True
+    server.responder = lambda request: '{"ok": true}'
+    async with client_for(server, max_retries=0) as client:
+        first = await client.chat(HI, json=True, schema=SCHEMA, schema_name="probe")
+        await client.chat(HI, json=True, schema=SCHEMA)
+        assert client.structured_mode == "json_object" and "refused json_schema" in client.structured_reason
+    sent = [body["response_format"] for body in server.requests]
+    assert sent[0] == {"type": "json_schema", "json_schema": {"name": "probe", "strict": False, "schema": SCHEMA}}
+    assert sent[1:] == [{"type": "json_object"}] * 2 and first.attempts == 2
+
+
+async def test_structured_json_schema_is_not_silently_downgraded(server):
+    server.refuse_json_schema = True
+    async with client_for(server, max_retries=0, structured="json_schema") as client:
+        with pytest.raises(LLMError) as err:
+            await client.chat(HI, json=True, schema=SCHEMA)
+    assert err.value.kind == "bad_request" and "json_schema" in err.value.message and len(server.requests) == 1

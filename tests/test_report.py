@@ -258,3 +258,16 @@ async def test_a_workload_that_is_not_deterministic_at_a_fixed_seed_is_flagged(t
     report = build_report(collect([s.dir for s in sessions]))
     assert any("not deterministic at a fixed seed" in w and "0.010000" in w for w in report.warnings)
     assert not any("not deterministic" in w for w in build_report(collect([study])).warnings)
+
+
+async def test_sessions_with_different_settings_are_never_pooled_and_the_report_says_what_differs(tmp_path):
+    from core.analysis.report import render_terminal
+    from tests.conftest import fast_config
+
+    one, _ = await run_engine(fast_config(tmp_path / "a", **{"budget.iterations": 1}))
+    two, _ = await run_engine(fast_config(tmp_path / "b", **{"budget.iterations": 2}))
+    report = build_report(collect([one.dir, two.dir]))
+    assert sorted(g.group for g in report.groups) == ["A (iterations=1)", "A (iterations=2)"]
+    assert any("differ in iterations" in w and "never pooled" in w for w in report.warnings)
+    text = render_terminal(report)
+    assert "rejected" in text and "level 2" in text

@@ -1,6 +1,7 @@
 """Level 2 against the scripted server: generated mechanisms that really run, and every failure path."""
 from __future__ import annotations
 
+import itertools
 import json
 import textwrap
 
@@ -47,7 +48,7 @@ class Scripted:
         system = req["messages"][0]["content"]
         last = req["messages"][-1]["content"]
         if "ML research assistant" in system:
-            if "vetoed by" in last:
+            if "vetoed by" in last or "exact repeat of iteration" in last:  # it takes the feedback
                 self.vetoes += 1
                 return json.dumps({"changes": {"LR": round(0.02 + 0.001 * self.vetoes, 4)},
                                    "hypothesis": "a new region"})
@@ -91,11 +92,15 @@ async def test_generated_tabu_vetoes_a_repeat_and_the_next_proposal_differs(tmp_
     assert deltas, "research rounds are streamed token by token"
 
 
-async def test_without_the_mechanism_the_same_proposal_repeats(tmp_path):
+async def test_without_the_mechanism_the_same_proposal_repeats_and_is_rejected_as_a_repeat(tmp_path):
     with ScriptedOpenAI(responder=Scripted([])) as server:
         _, rec = await run_engine(llm_config(tmp_path, server, **{"budget.iterations": 4}))
-    proposals = [p.changes for p in rec.of(ev.ProposalMade)]
-    assert proposals == [{"LR": 0.06}] * 4
+    made = [p.changes for p in rec.of(ev.ProposalMade)]
+    assert made.count({"LR": 0.06}) == 4  # the model repeats itself every iteration...
+    repeats = [r for r in rec.of(ev.ProposalRejected) if r.kind == "repeat"]
+    assert len(repeats) == 3 and all("repeat of iteration 1" in r.reason for r in repeats)
+    trained = [f.changes for f in rec.of(ev.IterationFinished) if f.iteration]
+    assert trained.count({"LR": 0.06}) == 1  # ...but a discarded experiment is trained only once
 
 
 BAD_MODULES = {
@@ -138,6 +143,38 @@ async def test_a_failed_validation_goes_back_to_the_llm_for_repair(tmp_path):
     rounds = [r.round for r in rec.of(ev.ResearchRound) if r.research_id == first]
     assert rounds == ["explore", "critique", "specify", "generate", "repair"]
     assert rec.of(ev.MechanismActivated)
+
+
+async def test_each_repair_reply_keeps_its_own_artifact(tmp_path):
+    with ScriptedOpenAI(responder=Scripted([BAD_MODULES["syntax"], BAD_MODULES["syntax"], GOOD_TABU])) as server:
+        engine, rec = await run_engine(research_config(tmp_path, server, **{"level2.max_repairs": 2}))
+    first = rec.of(ev.ResearchStarted)[0].research_id
+    repairs = [r.artifact for r in rec.of(ev.ResearchRound) if r.research_id == first and r.round == "repair"]
+    assert len(repairs) == 2 and len(set(repairs)) == 2
+    assert all((engine.dir / a).read_text() for a in repairs)
+
+
+class CritiqueFirstWrong(Scripted):
+    """Answers the critique round first with a Level 1 proposal, then properly when told why."""
+
+    def __call__(self, req: dict) -> Reply | str:
+        last = req["messages"][-1]["content"]
+        if "Critique each candidate" in last:
+            return json.dumps({"changes": {"LR": 0.05}, "hypothesis": "wrong level"})
+        if "could not be used" in last and "selected" in last:
+            return json.dumps({"scores": {"tabu": 9}, "selected": "tabu", "reason": "repeats"})
+        return super().__call__(req)
+
+
+async def test_a_critique_reply_without_a_selection_is_rejected_and_reasked(tmp_path):
+    with ScriptedOpenAI(responder=CritiqueFirstWrong([GOOD_TABU])) as server:
+        _, rec = await run_engine(research_config(tmp_path, server))
+    rejected = [r for r in rec.of(ev.ReplyRejected) if r.purpose == "critique"]
+    assert rejected and "Level 1 proposal" in rejected[0].reason
+    critique_calls = [r for r in server.requests if r["messages"][-1]["content"].startswith(
+        ("Critique each candidate", "Your answer could not be used"))]
+    assert critique_calls[0]["response_format"]["type"] == "json_schema"
+    assert rec.of(ev.MechanismActivated)  # the re-asked selection went on to a mechanism
 
 
 RUNTIME_FAILURES = {
@@ -186,7 +223,8 @@ async def test_full_group_c_run_on_the_cpu_preset(tmp_path):
     from core.record import config
 
     scripted = Scripted([GOOD_TABU])
-    proposals = iter([{"MATRIX_LR": 0.05}, {"WARMDOWN_RATIO": 0.4}, {"MATRIX_LR": 0.03}, {"SCALAR_LR": 0.4},
+    # Cycled: frozen parameters and exact repeats are rejected and re-asked, which takes more replies.
+    proposals = itertools.cycle([{"MATRIX_LR": 0.05}, {"WARMDOWN_RATIO": 0.4}, {"MATRIX_LR": 0.03}, {"SCALAR_LR": 0.4},
                       {"MATRIX_LR": 0.06}, {"WINDOW_PATTERN": "SL"}, {"MATRIX_LR": 0.035}, {"EMBEDDING_LR": 0.5},
                       {"MATRIX_LR": 0.045}, {"WARMUP_RATIO": 0.05}, {"FINAL_LR_FRAC": 0.1}, {"SCALAR_LR": 0.6}])
 

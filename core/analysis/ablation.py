@@ -304,10 +304,8 @@ def build_report(inputs: Inputs, *, random_state: int = 0, extra_stores: Sequenc
     for s in inputs.sessions:
         s.noise = _noise_floor(s, extra_stores)
     groups = []
-    for name in dict.fromkeys(order):
-        members = [s for s in inputs.sessions if s.group == name]
-        if not members:
-            continue
+    split_notes: list[str] = []
+    for name, members in _pooled(order, inputs.sessions, split_notes):
         members.sort(key=lambda s: (s.repeat or 0, s.seed, s.name))
         deltas = [s.delta for s in members if s.delta is not None]
         g = GroupStats(name, members, deltas, summarize(deltas), bootstrap_mean_ci(deltas, random_state=random_state),
@@ -320,8 +318,45 @@ def build_report(inputs: Inputs, *, random_state: int = 0, extra_stores: Sequenc
                    permutation_pvalue(a.deltas, b.deltas, random_state=random_state))
         for a, b in combinations(groups, 2) if a.deltas and b.deltas
     ]
-    return Report(groups, comparisons, inputs.sessions, list(inputs.notes), _warnings(groups, inputs.sessions),
-                  random_state)
+    return Report(groups, comparisons, inputs.sessions, list(inputs.notes),
+                  split_notes + _warnings(groups, inputs.sessions), random_state)
+
+
+# The settings sessions must share to be pooled into one group (with one confidence interval).
+POOL_KEYS = (("model", ("endpoint", "model")), ("temperature", ("endpoint", "temperature")),
+             ("max_tokens", ("endpoint", "max_tokens")), ("structured", ("endpoint", "structured")),
+             ("time_s", ("budget", "time_s")), ("iterations", ("budget", "iterations")))
+
+
+def pool_settings(s: SessionData) -> dict[str, Any]:
+    cfg = s.state.config or {}
+    out: dict[str, Any] = {}
+    for key, (section, name) in POOL_KEYS:
+        value = (cfg.get(section) or {}).get(name) if isinstance(cfg.get(section), dict) else None
+        out[key] = s.state.model if key == "model" and s.state.model else value
+    return out
+
+
+def _pooled(order: Sequence[str], sessions: Sequence[SessionData], notes: list[str]) -> list[tuple[str, list]]:
+    """Each group's sessions, split where their model or settings differ (a note says what differs)."""
+    out: list[tuple[str, list]] = []
+    for name in dict.fromkeys(order):
+        members = [s for s in sessions if s.group == name]
+        if not members:
+            continue
+        parts: dict[str, list] = {}
+        settings = {id(s): pool_settings(s) for s in members}
+        differ = [k for k, _ in POOL_KEYS if len({repr(settings[id(s)][k]) for s in members}) > 1]
+        if not differ:
+            out.append((name, members))
+            continue
+        for s in members:
+            label = ", ".join(f"{k}={settings[id(s)][k]}" for k in differ)
+            parts.setdefault(f"{name} ({label})", []).append(s)
+        notes.append(f"group {name}: its sessions differ in {', '.join(differ)}, so they are reported as "
+                     f"{len(parts)} groups and never pooled: {'; '.join(parts)}")
+        out.extend(parts.items())
+    return out
 
 
 def _noise_floor(s: SessionData, extra_stores: Sequence[Path]) -> NoiseFloor | None:

@@ -86,7 +86,11 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.IterationFinished: _finished,
     ev.IterationInterrupted: lambda e: f"#{e.iteration} interrupted: {e.reason}",
     ev.LLMResponse: lambda e: (f"LLM {e.level} reply: {e.prompt_tokens}+{e.completion_tokens} tokens in {e.duration_s:.1f}s"
+                               + (f" (finish_reason {e.finish_reason})" if e.finish_reason not in ("", "stop") else "")
                                if e.ok else f"LLM {e.level} call failed: {e.error}"),
+    ev.LLMRetry: lambda e: f"LLM {e.level} attempt {e.attempt} failed ({e.kind}); retrying in {e.delay_s:.1f}s: {e.error[:200]}",
+    ev.StructuredOutput: lambda e: f"LLM replies: response_format {e.mode} ({e.reason[:200]})",
+    ev.ReplyRejected: lambda e: f"{e.level} reply rejected ({e.kind}, attempt {e.attempt}): {e.reason[:300]}",
     ev.GuidanceChanged: lambda e: f"guidance ({e.source}): {e.guidance[:200]}",
     ev.ParamFrozen: lambda e: f"froze {e.name} ({e.source}): {e.reason}",
     ev.ParamUnfrozen: lambda e: f"unfroze {e.name} ({e.source}): {e.reason}",

@@ -54,12 +54,20 @@ def repeat_rows(report: Report) -> list[list[str]]:
         for s in g.sessions:
             rows.append([g.group, str(s.repeat or "—"), s.name, str(s.seed), _f(s.baseline), _f(s.best),
                          _f(s.delta, signed=True), str(len(s.proposals)), str(s.count("keep")), str(s.count("crash")),
-                         f"{s.device_hours:.4f}", s.state.status])
+                         str(s.count("rejected")), level2_outcomes(s), f"{s.device_hours:.4f}", s.state.status])
     return rows
 
 
 REPEAT_HEADER = ["group", "repeat", "session", "seed", "baseline", "best", "Δ", "iterations", "kept", "crashed",
-                 "device-h", "status"]
+                 "rejected", "level 2", "device-h", "status"]
+
+
+def level2_outcomes(s: SessionData) -> str:
+    """This session's Level 2 research outcomes, e.g. "activated 1, rejected 2"; "—" without any."""
+    counts: dict[str, int] = {}
+    for outcome in s.state.research.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "—"
 GROUP_HEADER = ["group", "levels", "n", "mean Δ", "std Δ", "95% CI of mean Δ", "σ (noise)", "mean Δ/σ",
                 "neutral-search Δ"]
 PAIR_HEADER = ["comparison", "difference of mean Δ", "95% CI", "permutation p"]

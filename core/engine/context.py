@@ -20,7 +20,7 @@ from core.record import events as ev
 from core.record import layout
 from core.record.config import Config
 from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
-from core.levels.context import FatalRunError, Ready, TrainRun
+from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, Ready, TrainRun
 from core.services.environment import listed
 from core.services import script_folder
 from core.services.executors import SlotPool
@@ -67,6 +67,7 @@ class EngineContext:
     def __init__(self, engine: EngineSide) -> None:
         self._engine = engine
         self._acceptance: AcceptancePolicy | None = None
+        self._structured_recorded = ""  # the response_format mode last recorded by a StructuredOutput event
         self.warm = WarmPool()  # the warm training workers, one per slot; ended by close()
 
     async def close(self) -> None:
@@ -152,38 +153,60 @@ class EngineContext:
 
     async def call_llm(self, level: str, purpose: str, messages: list[dict[str, str]], *,
                        iteration: int | None = None, json: bool = False, stream_events: bool = False,
-                       call_id: str | None = None) -> ChatResult:
-        """One LLM call with its request and reply kept as artifacts and bracketed by events."""
+                       call_id: str | None = None, schema: dict | None = None,
+                       max_tokens: int | None = None) -> ChatResult:
+        """One LLM call with its request and reply kept as artifacts and bracketed by events.
+
+        Every retried attempt is an LLMRetry event; the reply's finish_reason and the
+        max_tokens sent are on its LLMResponse; the response_format in force is a
+        StructuredOutput event the first time and whenever the endpoint makes it change.
+        """
         llm = self._engine.llm
         assert llm is not None, "no LLM client in offline mode"
         call_id = call_id or uuid.uuid4().hex[:10]
+        limit = self.cfg.endpoint.max_tokens or max_tokens or DEFAULT_MAX_TOKENS.get(level)
         stem = layout.llm_stem(iteration, level, purpose, call_id)
         request_rel = self.artifact(f"{stem}.request.json",
-                                    _dumps({"model": llm.model, "messages": messages}))
+                                    _dumps({"model": llm.model, "messages": messages, "schema": schema,
+                                            "max_tokens": limit}))
         self.emit(ev.LLMRequest(call_id=call_id, level=level, purpose=purpose, iteration=iteration,
                                 model=llm.model, artifact=request_rel))
         def delta(kind: str, text: str) -> None:
             self.emit(ev.LLMDelta(call_id=call_id, level=level, kind=kind, text=text))
 
-        def retry(attempt: int, error: Exception, delay_s: float) -> None:
-            # A retried stream starts over: viewers drop what they showed of this call.
-            delta("reset", f"attempt {attempt} failed ({error}); retrying in {delay_s:.1f}s")
+        def retry(attempt: int, error: LLMError, delay_s: float) -> None:
+            self.emit(ev.LLMRetry(call_id=call_id, level=level, attempt=attempt, kind=error.kind,
+                                  error=str(error)[:1000], delay_s=delay_s))
+            if stream_events:  # a retried stream starts over: viewers drop what they showed of this call
+                delta("reset", f"attempt {attempt} failed ({error}); retrying in {delay_s:.1f}s")
 
         started = time.monotonic()
         try:
             result = await llm.chat(messages, level=level, json=json, on_delta=delta if stream_events else None,
-                                    on_retry=retry if stream_events else None)
+                                    on_retry=retry, schema=schema, schema_name=f"{level}_{purpose}",
+                                    max_tokens=limit)
         except LLMError as exc:
+            self._record_structured_mode(llm)
             self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=False, error=str(exc),
-                                     duration_s=time.monotonic() - started))
+                                     duration_s=time.monotonic() - started, attempts=exc.attempts,
+                                     max_tokens=limit))
             raise
+        if json:
+            self._record_structured_mode(llm)
         reply = result.content if not result.reasoning else f"<reasoning>\n{result.reasoning}\n</reasoning>\n{result.content}"
         response_rel = self.artifact(f"{stem}.response.txt", reply)
         self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=True, artifact=response_rel,
                                  prompt_tokens=result.usage.prompt_tokens,
                                  completion_tokens=result.usage.completion_tokens,
-                                 duration_s=result.duration_s, attempts=result.attempts))
+                                 duration_s=result.duration_s, attempts=result.attempts,
+                                 finish_reason=result.finish_reason or "", max_tokens=limit))
         return result
+
+    def _record_structured_mode(self, llm: LLMClient) -> None:
+        mode = llm.structured_mode
+        if mode != self._structured_recorded:
+            self._structured_recorded = mode
+            self.emit(ev.StructuredOutput(mode=mode, configured=llm.structured, reason=llm.structured_reason))
 
     async def train(self, iteration: int, text: str, diff: str, *, seed: int | None = None) -> TrainRun:
         """Run one training subprocess on a free slot, streaming its progress into events.
@@ -313,4 +336,4 @@ def client_for(cfg: Config) -> LLMClient:
     e = cfg.endpoint
     return LLMClient(e.base_url, e.model, api_key_env=e.api_key_env or None, timeout_s=e.timeout_s,
                      max_retries=e.max_retries, stream=e.stream, json_mode=e.json_mode,
-                     temperature=e.temperature, max_tokens=e.max_tokens)
+                     temperature=e.temperature, max_tokens=e.max_tokens, structured=e.structured)

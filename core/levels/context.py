@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from core.services.trainer import TrainResult
 
 
+# Each level's reply limit when endpoint.max_tokens is unset: room for its answer (and some
+# reasoning), so a runaway reply ends at finish_reason "length" instead of at the timeout.
+DEFAULT_MAX_TOKENS: dict[str, int] = {"inner": 2048, "strategy": 2048, "research": 8192}
+
+
 class FatalRunError(Exception):
     """The run cannot go on (bad credentials, unknown model, no quota, broken baseline)."""
 
@@ -127,7 +132,8 @@ class RunContext(Protocol):
 
     async def call_llm(self, level: str, purpose: str, messages: list[dict[str, str]], *,
                        iteration: int | None = None, json: bool = False, stream_events: bool = False,
-                       call_id: str | None = None) -> "ChatResult": ...
+                       call_id: str | None = None, schema: dict | None = None,
+                       max_tokens: int | None = None) -> "ChatResult": ...
 
     def generated_sources(self) -> dict[str, str]: ...
 

@@ -32,6 +32,7 @@ from core.levels.trace import snapshot
 from core.services.script import unified_diff
 from core.levels.trace import history_text
 from . import prompts
+from .reply_schemas import critique_schema
 
 ROUNDS = ("explore", "critique", "specify", "generate")
 _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
@@ -46,6 +47,25 @@ def extract_code(text: str) -> str:
 def class_name_of(source: str) -> str:
     m = re.search(r"^class\s+([A-Za-z_][A-Za-z0-9_]{0,39})", source, re.MULTILINE)
     return m.group(1) if m else "Mechanism"
+
+
+CRITIQUE_PLACEHOLDERS = ("candidate name", "why this one")
+
+
+def critique_problem(reply: str) -> str:
+    """Why a critique reply selects no candidate, or "" when it selects one."""
+    try:
+        data = extract_json(reply)
+    except ValueError as exc:
+        return f"unparseable reply: {exc}"
+    if "changes" in data and "selected" not in data:
+        return 'this is a Level 1 proposal ("changes"), not the critique: give scores, selected and reason'
+    selected = data.get("selected")
+    if not isinstance(selected, str) or not selected.strip():
+        return 'the reply names no candidate in "selected"'
+    if selected.strip() in CRITIQUE_PLACEHOLDERS:
+        return f'"selected" repeats the prompt\'s placeholder {selected.strip()!r}: name one of the candidates'
+    return ""
 
 
 def drop_unfinished_research(state: RunState, emit: Any) -> None:
@@ -126,34 +146,34 @@ class ResearchLevel:
         cfg = ctx.cfg
         messages: list[dict[str, str]] = [{"role": "system", "content": prompts.load("research_system")}]
 
-        async def round_(name: str, prompt: str, *, json: bool = False) -> str:
+        rounds_seen: dict[str, int] = {}
+
+        async def round_(name: str, prompt: str, *, json: bool = False,
+                         schema: dict | None = None) -> tuple[str, str]:
+            """One round's reply and its call id."""
             messages.append({"role": "user", "content": prompt})
             call_id = uuid.uuid4().hex[:10]
             result = await ctx.call_llm("research", name, messages, json=json, stream_events=True,
-                                        iteration=ctx.state.next_iteration, call_id=call_id)
+                                        iteration=ctx.state.next_iteration, call_id=call_id, schema=schema)
             messages.append({"role": "assistant", "content": result.content})
-            rel = ctx.artifact(f"research/{research_id}/{name}.md",
+            rounds_seen[name] = rounds_seen.get(name, 0) + 1
+            stem = name if rounds_seen[name] == 1 else f"{name}-{rounds_seen[name]}"  # each reply keeps its own
+            rel = ctx.artifact(f"research/{research_id}/{stem}.md",
                                (f"<reasoning>\n{result.reasoning}\n</reasoning>\n\n" if result.reasoning else "")
                                + result.content)
             ctx.emit(ev.ResearchRound(research_id=research_id, round=name, call_id=call_id,
                                       artifact=rel, summary=result.content.strip()[:300]))
-            return result.content
+            return result.content, call_id
 
         await round_("explore", Template(prompts.load("research_explore")).substitute(
             interface=inspect.getsource(mechanism_base), active=self._active_sources(),
             history=history_text(ctx.state.proposals, cfg.search.history_tokens), strategy=self._strategy_log()))
-        critique = await round_("critique", prompts.load("research_critique"), json=True)
-        try:
-            selected = str(extract_json(critique).get("selected") or "").strip()
-        except ValueError:
-            selected = ""
+        selected = await self._critique(research_id, round_)
         if not selected:
-            ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="failed",
-                                         reason="the critique round selected no candidate (expected JSON with 'selected')"))
             return None
         await round_("specify", Template(prompts.load("research_specify")).substitute(selected=selected))
         allowed = f" and {', '.join(cfg.level2.allow_imports)}" if cfg.level2.allow_imports else ""
-        reply = await round_("generate", Template(prompts.load("research_generate")).substitute(
+        reply, _ = await round_("generate", Template(prompts.load("research_generate")).substitute(
             allowed=allowed, hook_timeout_s=f"{cfg.level2.hook_timeout_s:g}"))
         for attempt in range(1, cfg.level2.max_repairs + 2):
             source = extract_code(reply)
@@ -164,8 +184,28 @@ class ResearchLevel:
                 ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="rejected", name=class_name_of(source),
                                              reason=f"validation failed after {attempt} attempt(s): {failure}"[:2000]))
                 return None
-            reply = await round_("repair", Template(prompts.load("research_repair")).substitute(failure=failure))
+            reply, _ = await round_("repair", Template(prompts.load("research_repair")).substitute(failure=failure))
         return None
+
+    async def _critique(self, research_id: str, round_: Any) -> str:
+        """The selected candidate, re-asked within search.max_reasks; "" (and a failed research) without one."""
+        ctx = self.ctx
+        prompt = prompts.load("research_critique")
+        problem = ""
+        attempts = ctx.cfg.search.max_reasks + 1
+        for attempt in range(1, attempts + 1):
+            reply, call_id = await round_("critique", prompt, json=True, schema=critique_schema([]))
+            problem = critique_problem(reply)
+            if not problem:
+                return str(extract_json(reply)["selected"]).strip()
+            ctx.emit(ev.ReplyRejected(level="research", purpose="critique", call_id=call_id, attempt=attempt,
+                                      reason=problem, raw=reply[:2000]))
+            prompt = (f"Your answer could not be used: {problem.replace('consider a larger max_tokens', 'answer more briefly')}"
+                      '.\nReply with one JSON object and nothing else: {"scores": {...}, "selected": '
+                      '"the name of one candidate above", "reason": "..."}')
+        ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="failed", reason=(
+            f"the critique round selected no candidate after {attempts} attempt(s): {problem}")[:2000]))
+        return ""
 
     async def _validate(self, research_id: str, source: str, attempt: int) -> tuple[Ready | None, str]:
         from mechanisms.contract import safe_name

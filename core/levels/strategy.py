@@ -1,13 +1,18 @@
 """Level 1.5: every K inner iterations, re-aim the search (freeze, unfreeze, guidance).
 
-The paper's freeze rule lives here, in code: a parameter proposed k times (default 3)
-with zero net improvement becomes a freeze candidate. The LLM chooses among the
-candidates and writes guidance; the engine applies its answer within limits (at most N
-new freezes a cycle, at least a minimum of active parameters, locked parameters never
-touched) and records each decision with its reason. Offline, the rule alone decides.
+The paper's freeze rule lives here, in code: a parameter proposed k times (default 3,
+rejected proposals included) with zero net improvement becomes a freeze candidate. The
+rule is authoritative: its candidates are frozen unless the LLM gives a reason to keep
+one (recorded). The LLM may also unfreeze and writes guidance; the engine applies its
+answer within limits (at most N new freezes a cycle, at least a minimum of active
+parameters, locked parameters never touched) and records each decision with its reason.
+A reply that is not a Level 1.5 answer (none of its fields, the prompt's placeholders
+echoed, a Level 1 proposal) is rejected with its reason and re-asked within
+``search.max_reasks``. Offline, the rule alone decides.
 """
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from string import Template
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -17,6 +22,7 @@ from core.levels.context import RunContext
 from core.services.llm import LLMError, extract_json
 from core.levels.trace import ParamStats, fmt_bpb, history_text, param_stats
 from . import prompts
+from .reply_schemas import strategy_schema
 
 if TYPE_CHECKING:
     from core.services.script import ParamSpec
@@ -95,11 +101,13 @@ class StrategyLevel:
         cfg = ctx.cfg.strategy
         state = ctx.state
         ctx.emit(ev.StrategyStarted(cycle=cycle, after_iteration=after_iteration))
-        stats = param_stats(state.records)
+        stats = with_every_proposal(param_stats(state.records), state.proposal_counts, ctx.schema)
         locked = [n for n, s in ctx.schema.items() if s.locked]
         candidates = freeze_candidates(stats, k=cfg.freeze_after, locked=locked, frozen=state.frozen)
         active = [n for n, s in ctx.schema.items() if not s.locked and n not in state.frozen]
         diagnosis = reasoning = error = ""
+        kept: dict[str, str] = {}
+        attempts = 1
         if ctx.cfg.offline:
             source = "offline"
             want_freeze, want_unfreeze = candidates, []
@@ -108,12 +116,14 @@ class StrategyLevel:
                          f"with zero net improvement)")
         else:
             source = "llm"
-            reply = await self._ask(cycle, after_iteration, stats, candidates)
+            reply, attempts = await self._ask(cycle, after_iteration, stats, candidates)
             if isinstance(reply, str):  # an error: the rule's verdict still stands, nothing else changes
                 error = reply
-                want_freeze, want_unfreeze, guidance = [], [], ""
+                want_freeze, want_unfreeze, guidance = list(candidates), [], ""
             else:
-                want_freeze = _names(reply.get("freeze"))
+                kept = kept_with_reasons(reply.get("keep"), candidates)
+                # The rule is authoritative: a candidate is frozen unless kept with a reason.
+                want_freeze = [c for c in candidates if c not in kept] + _names(reply.get("freeze"))
                 want_unfreeze = _names(reply.get("unfreeze"))
                 guidance = str(reply.get("guidance") or "").strip()
                 diagnosis = str(reply.get("diagnosis") or "")
@@ -135,35 +145,118 @@ class StrategyLevel:
             candidates=candidates, freeze=plan.freeze, unfreeze=plan.unfreeze, refused=plan.refused,
             stats={n: {"proposed": s.proposed, "kept": s.kept, "net_improvement": s.net_improvement}
                    for n, s in stats.items()},
-            error=error,
+            error=error, kept=kept, attempts=attempts,
         ))
 
     async def _ask(self, cycle: int, after_iteration: int, stats: Mapping[str, ParamStats],
-                   candidates: list[str]) -> dict[str, Any] | str:
+                   candidates: list[str]) -> tuple[dict[str, Any] | str, int]:
+        """The checked reply (or why there is none) and how many replies were asked for."""
         ctx = self.ctx
         cfg = ctx.cfg
+        state = ctx.state
         lines = []
-        for name, spec in ctx.schema.items():
-            status = "locked" if spec.locked else "frozen" if name in ctx.state.frozen else "active"
+        # The current best values: the proposer starts from them, so the strategy must see them.
+        for name, spec in ctx.current_schema(state.best_values).items():
+            status = "locked" if spec.locked else "frozen" if name in state.frozen else "active"
             s = stats.get(name)
-            tally = (f"proposed {s.proposed}×, kept {s.kept}×, net gain {s.net_improvement:+.6f}" if s
-                     else "never proposed")
+            tally = (f"proposed {s.asked}× in all ({s.trained}× trained), kept {s.kept}×, "
+                     f"net gain {s.net_improvement:+.6f}" if s else "never proposed")
             lines.append(f"- [{status}] {spec.describe()} — {tally}")
         user = Template(prompts.load("strategy_cycle")).substitute(
-            cycle=cycle, iteration=after_iteration, baseline_val_bpb=fmt_bpb(ctx.state.baseline_val_bpb),
-            best_val_bpb=fmt_bpb(ctx.state.best_val_bpb), params="\n".join(lines),
+            cycle=cycle, iteration=after_iteration, baseline_val_bpb=fmt_bpb(state.baseline_val_bpb),
+            best_val_bpb=fmt_bpb(state.best_val_bpb), params="\n".join(lines),
             k=cfg.strategy.freeze_after, candidates=", ".join(candidates) or "(none)",
-            history=history_text(ctx.state.proposals, cfg.search.history_tokens),
-            guidance=ctx.state.guidance or "(none)", max_new_freezes=cfg.strategy.max_new_freezes,
+            history=history_text(state.proposals, cfg.search.history_tokens),
+            guidance=state.guidance or "(none)", max_new_freezes=cfg.strategy.max_new_freezes,
             min_active=cfg.strategy.min_active)
         messages = [{"role": "system", "content": prompts.load("strategy_system")}, {"role": "user", "content": user}]
-        try:
-            result = await ctx.call_llm("strategy", "update", messages, iteration=after_iteration, json=True)
-            return extract_json(result.content)
-        except LLMError as exc:
-            return f"LLM call failed: {exc}"
-        except ValueError as exc:
-            return f"unparseable reply: {exc}"
+        unfreezable = [n for n in state.frozen if n in ctx.schema and not ctx.schema[n].locked]
+        schema = strategy_schema(candidates, unfreezable)
+        problem = ""
+        attempts = cfg.search.max_reasks + 1
+        for attempt in range(1, attempts + 1):
+            call_id = uuid.uuid4().hex[:10]
+            try:
+                result = await ctx.call_llm("strategy", "update", messages, iteration=after_iteration, json=True,
+                                            schema=schema, call_id=call_id)
+            except LLMError as exc:
+                return f"LLM call failed: {exc}", attempt
+            raw = result.content
+            if result.finish_reason == "length":
+                problem, for_model = (f'the reply was cut off (finish_reason "length"): consider a larger max_tokens',
+                                      "your reply was cut off at the length limit: answer again, shorter")
+                reply = None
+            else:
+                try:
+                    reply = extract_json(raw)
+                    problem = strategy_reply_problem(reply)
+                except ValueError as exc:
+                    reply, problem = None, f"unparseable reply: {exc}"
+                for_model = problem.replace("consider a larger max_tokens", "answer more briefly")
+            if reply is not None and not problem:
+                return reply, attempt
+            ctx.emit(ev.ReplyRejected(level="strategy", purpose="update", call_id=call_id, attempt=attempt,
+                                      kind="truncated" if "cut off" in problem else "wrong_fields",
+                                      reason=problem, raw=raw[:2000]))
+            messages.append({"role": "assistant", "content": raw})
+            messages.append({"role": "user", "content": f"Your answer could not be used: {for_model}.\n"
+                                                        f"{STRATEGY_REASK}"})
+        return f"no usable reply after {attempts} attempt(s): {problem}", attempts
+
+
+STRATEGY_FIELDS = ("diagnosis", "freeze", "unfreeze", "keep", "guidance", "reasoning")
+# The system prompt's example values: a reply that repeats them has not answered.
+PLACEHOLDERS = ("what the trace shows", "one to three sentences for the proposer", "NAME", "why",
+                "reason to keep it active")
+STRATEGY_REASK = ('Reply with one JSON object and nothing else: {"diagnosis": ..., "freeze": [...], '
+                  '"unfreeze": [...], "keep": {...}, "guidance": ..., "reasoning": ...}, written for this trace.')
+
+
+def strategy_reply_problem(reply: dict[str, Any]) -> str:
+    """Why a reply is not a Level 1.5 answer, or "" when it is one."""
+    if "changes" in reply and not any(k in reply for k in STRATEGY_FIELDS):
+        return ('this is a Level 1 proposal ("changes"), not a Level 1.5 answer: give diagnosis, freeze, '
+                'unfreeze, keep, guidance and reasoning')
+    if not any(k in reply for k in STRATEGY_FIELDS):
+        return f"the reply has none of the fields {', '.join(STRATEGY_FIELDS)}"
+    echoed = [f"{k} = {v!r}" for k, v in _leaves(reply) if isinstance(v, str) and v.strip() in PLACEHOLDERS]
+    if echoed:
+        return f"the reply repeats the prompt's placeholder text ({'; '.join(echoed)}): write your own answer"
+    return ""
+
+
+def _leaves(value: Any, key: str = "") -> list[tuple[str, Any]]:
+    """(field, text) for every string in a reply, dict keys included (a key "NAME" is a placeholder too)."""
+    if isinstance(value, dict):
+        out = [(key or "key", str(k)) for k in value]
+        return out + [leaf for k, v in value.items() for leaf in _leaves(v, str(k))]
+    if isinstance(value, list):
+        return [leaf for v in value for leaf in _leaves(v, key)]
+    return [(key, value)]
+
+
+def kept_with_reasons(value: Any, candidates: list[str]) -> dict[str, str]:
+    """The freeze candidates the LLM keeps active, each with a non-empty reason."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v).strip()[:300] for k, v in value.items()
+            if str(k) in candidates and isinstance(v, str) and v.strip()}
+
+
+def with_every_proposal(stats: dict[str, ParamStats], counts: Mapping[str, int],
+                        schema: Mapping[str, Any]) -> dict[str, ParamStats]:
+    """Stats where `asked` counts every proposal, and the rule's `proposed` counts rejected ones too."""
+    for s in stats.values():
+        s.trained = s.proposed
+    for name, count in counts.items():
+        if name not in schema:
+            continue  # an unknown name in an invalid proposal is not a parameter
+        s = stats.setdefault(name, ParamStats(name))
+        s.asked = count
+        s.proposed = max(s.proposed, count)
+    for s in stats.values():
+        s.asked = max(s.asked, s.proposed)
+    return stats
 
 
 def _names(value: Any) -> list[str]:

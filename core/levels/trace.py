@@ -24,6 +24,8 @@ class ParamStats:
     crashed: int = 0
     net_improvement: float = 0.0  # sum of (best_before - val_bpb) over kept iterations touching it
     values: list[Any] = field(default_factory=list)
+    asked: int = 0  # every proposal that named it, rejected ones included
+    trained: int = 0  # iterations that trained it (proposed may count rejected proposals too)
 
 
 def param_stats(records: Iterable[IterationRecord]) -> dict[str, ParamStats]:

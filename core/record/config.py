@@ -73,6 +73,8 @@ class EndpointConfig(_Section):
     api_key_env: str = ""  # the NAME of the environment variable holding the key, never the key
     stream: bool = True
     json_mode: bool = True
+    # response_format: "auto" sends a JSON schema, stepping down to json_object, then plain text, on refusal.
+    structured: Literal["auto", "json_schema", "json_object", "off"] = "auto"
     timeout_s: Annotated[float, _range(1, DAY_S)] = 180.0
     max_retries: Annotated[int, _range(0, 20)] = 4
     temperature: Optional[Annotated[float, _range(0, 2)]] = None

@@ -39,7 +39,8 @@ Provider = Literal["openai", "offline"]
 RunStatus = Literal["completed", "stopped", "failed"]
 Level = Literal["inner", "strategy", "research"]
 DeltaKind = Literal["content", "reasoning", "reset"]
-RejectionKind = Literal["unparseable", "invalid", "vetoed", "llm_error"]
+RejectionKind = Literal["unparseable", "invalid", "vetoed", "llm_error", "truncated", "repeat", "wrong_fields"]
+StructuredMode = Literal["json_schema", "json_object", "off"]
 Stream = Literal["stdout", "stderr"]
 WorkerKind = Literal["fresh", "warm"]
 # compiling: the untimed first steps (warm-up, compilation); evaluating: the budget is spent
@@ -201,6 +202,39 @@ class LLMResponse(Event, tag="llm_response"):
     duration_s: float = 0.0
     attempts: int = 1
     error: str = ""
+    finish_reason: str = ""  # stop | length | ... as the server said; "" when it said nothing
+    max_tokens: int | None = None  # the limit the request carried
+
+
+class LLMRetry(Event, tag="llm_retry"):
+    """One failed attempt of a call that is tried again (timeouts included)."""
+
+    call_id: str = ""
+    level: Level = "inner"
+    attempt: int = 1
+    kind: str = ""  # the LLMError kind: timeout, connection, rate_limit, server, ...
+    error: str = ""
+    delay_s: float = 0.0
+
+
+class StructuredOutput(Event, tag="structured_output"):
+    """The response_format in force for this session's LLM calls; again only when it changes."""
+
+    mode: StructuredMode = "json_schema"
+    configured: str = "auto"
+    reason: str = ""
+
+
+class ReplyRejected(Event, tag="reply_rejected"):
+    """A Level 1.5 or Level 2 reply that did not answer what was asked; re-asked within a limit."""
+
+    level: Level = "strategy"
+    purpose: str = ""
+    call_id: str = ""
+    attempt: int = 1
+    kind: RejectionKind = "wrong_fields"
+    reason: str = ""
+    raw: str = ""
 
 
 # --- one iteration of Level 1 ------------------------------------------------------
@@ -365,6 +399,8 @@ class StrategyDecision(Event, tag="strategy_decision"):
     refused: dict[str, str] = {}  # requested but refused: name -> why
     stats: dict[str, dict[str, Any]] = {}  # per-parameter statistics used
     error: str = ""
+    kept: dict[str, str] = {}  # freeze candidates the LLM kept active: name -> its reason
+    attempts: int = 1  # replies asked for, re-asks included
 
 
 # --- Level 2: mechanism research ----------------------------------------------------

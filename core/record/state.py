@@ -122,6 +122,7 @@ class RunState:
     model: str = ""
     group: str = ""
     levels: list[str] = field(default_factory=list)
+    proposal_counts: dict[str, int] = field(default_factory=dict)  # every ProposalMade, rejected ones included
     config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     schema: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -249,6 +250,8 @@ def _iteration_started(s: RunState, e: ev.IterationStarted) -> None:
 def _proposal_made(s: RunState, e: ev.ProposalMade) -> None:
     t = s.iteration(e.iteration)
     t.changes, t.hypothesis, t.attempts = dict(e.changes), e.hypothesis, e.attempt
+    for name in e.changes:
+        s.proposal_counts[name] = s.proposal_counts.get(name, 0) + 1
 
 
 def _proposal_rejected(s: RunState, e: ev.ProposalRejected) -> None:

@@ -58,26 +58,53 @@ def _data_check(cfg: Config | None) -> Check:
 
 
 async def _endpoint_checks(cfg: Config) -> list[Check]:
-    from core.services.llm import LLMClient, LLMError
+    """The key, the model list, and the chat call the engine makes before a baseline (as long as our
+    longest prompt), which also shows the response_format the endpoint accepts."""
+    from core.levels.inner import longest_prompt_tokens
+    from core.services.llm import PROBE_SCHEMA, LLMClient, LLMError, context_exceeded, probe_messages
 
     e = cfg.endpoint
     if e.api_key_env and not os.environ.get(e.api_key_env):
         return [Check("endpoint", False, f"environment variable {e.api_key_env} is not set")]
-    client = LLMClient(e.base_url, e.model, api_key_env=e.api_key_env or None, timeout_s=min(e.timeout_s, 20.0),
-                       max_retries=1)
+    client = LLMClient(e.base_url, e.model, api_key_env=e.api_key_env or None, timeout_s=min(e.timeout_s, 60.0),
+                       max_retries=1, stream=e.stream, json_mode=e.json_mode, structured=e.structured)
+    tokens = longest_prompt_tokens(cfg)
     try:
-        models = await client.list_models()
-    except LLMError as exc:
-        return [Check("endpoint", False, f"{e.base_url}: {exc}")]
+        try:
+            models: list[str] | None = await client.list_models()
+            listing = ""
+        except LLMError as exc:
+            models, listing = None, str(exc)
+        try:
+            await client.chat(probe_messages(tokens), json=True, schema=PROBE_SCHEMA, max_tokens=16, stream=False)
+            chat_error = None
+        except LLMError as exc:
+            chat_error = exc
     finally:
         await client.aclose()
-    checks = [Check("endpoint", True, f"{e.base_url} answers ({len(models)} models)")]
-    if e.model in models:
-        checks.append(Check("model", True, e.model))
-    else:
+    checks = []
+    if models is not None:
+        checks.append(Check("endpoint", True, f"{e.base_url} answers ({len(models)} models)"))
+    if chat_error is not None:
+        if context_exceeded(chat_error):
+            checks.append(Check("chat", False, f"a prompt of about {tokens} tokens does not fit the model's "
+                                               f"context: {chat_error}"))
+        else:
+            checks.append(Check("chat", False, f"{e.model!r}: {chat_error}"))
+        if models is None:
+            checks.append(Check("endpoint", False, f"{e.base_url}: {listing}"))
+        return checks
+    checks.append(Check("chat", True, f"{e.model!r} answers a prompt of about {tokens} tokens"))
+    plain = client.structured_mode == "off"  # replies are parsed from free text: small models fail more often
+    checks.append(Check("structured", not plain, f"response_format in force: {client.structured_mode} "
+                                                 f"({client.structured_reason})", warning=plain))
+    if models is not None and e.model not in models:
         listed = ", ".join(models[:8]) or "none listed"
-        checks.append(Check("model", False, f"{e.model!r} is not listed by the endpoint (it lists: {listed})",
-                            warning=not models))
+        # The server answered the chat under this name, so it is only a warning.
+        checks.append(Check("model", False, f"{e.model!r} is not listed by the endpoint (it lists: {listed}), "
+                                            "but it answers to it", warning=True))
+    elif models is not None:
+        checks.append(Check("model", True, e.model))
     return checks
 
 

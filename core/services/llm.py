@@ -9,7 +9,13 @@ user can act on. Transient failures (connection, timeout, 408/409/429/5xx) are r
 with exponential backoff and full jitter, honouring ``Retry-After``. Requests the
 server rejects for a parameter it does not support (``response_format``,
 ``max_tokens``, ``stream_options``, ``temperature``) are retried once without it, and
-the client remembers. The API key is read from the environment at call time and never
+the client remembers.
+
+Structured output (`structured`): a call that passes a JSON schema sends it as
+``response_format`` ``json_schema`` (constrained decoding where the server has it); in
+"auto" mode a refusal steps down to ``json_object``, then to plain text, and
+`structured_mode` says which is in force. A schema only shapes the reply: callers still
+validate every field. The API key is read from the environment at call time and never
 appears in anything this module raises or returns.
 
 `extract_json`, `split_think` and `redact` are the text helpers callers need around it.
@@ -32,10 +38,12 @@ from core.services.llm_protocol import (THINK_CLOSE as _THINK_CLOSE, THINK_OPEN 
                                         parameter_complaint, parse_completion, parse_retry_after, read_stream,
                                         snippet as _snippet, status_error)
 
-__all__ = ["ChatResult", "DeltaCallback", "LLMClient", "LLMError", "RetryCallback", "Usage", "extract_json",
+__all__ = ["PROBE_SCHEMA", "PROBE_SYSTEM", "STRUCTURED_MODES", "context_exceeded", "probe_messages", "ChatResult", "DeltaCallback", "LLMClient", "LLMError", "RetryCallback", "Usage", "extract_json",
            "parse_retry_after", "redact", "split_think"]
 
 RetryCallback = Callable[[int, "LLMError", float], None]
+STRUCTURED_MODES = ("auto", "json_schema", "json_object", "off")
+_STEP_DOWN = {"json_schema": "json_object", "json_object": "off"}
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,10 @@ class LLMClient:
                  connect_timeout_s: float = 10.0, max_retries: int = 4, backoff_base_s: float = 1.0,
                  backoff_max_s: float = 30.0, stream: bool = True, json_mode: bool = True,
                  temperature: float | None = None, max_tokens: int | None = None,
-                 extra_body: dict | None = None, transport: httpx.AsyncBaseTransport | None = None):
+                 extra_body: dict | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 structured: str = "auto"):
+        if structured not in STRUCTURED_MODES:
+            raise ValueError(f"structured must be one of {STRUCTURED_MODES}, not {structured!r}")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
@@ -76,6 +87,11 @@ class LLMClient:
         # What this server turned out not to accept; learned from 400 replies.
         self.unsupported: set[str] = set()
         self.max_tokens_field = "max_tokens"
+        self.structured = structured
+        # The response_format in force: json_schema, json_object or off; "auto" steps down on refusals.
+        self.structured_mode = ("off" if not json_mode or structured == "off"
+                                else "json_object" if structured == "json_object" else "json_schema")
+        self.structured_reason = f"configured: structured = {structured!r}" + ("" if json_mode else ", json_mode = false")
         self._rng = random.Random()
         self._http = httpx.AsyncClient(transport=transport, timeout=self._timeout(timeout_s))
 
@@ -100,13 +116,16 @@ class LLMClient:
     async def chat(self, messages: list[dict], *, level: str = "inner", json: bool = False,
                    stream: bool | None = None, on_delta: DeltaCallback | None = None,
                    max_tokens: int | None = None, timeout_s: float | None = None,
-                   on_retry: RetryCallback | None = None) -> ChatResult:
+                   on_retry: RetryCallback | None = None, schema: dict | None = None,
+                   schema_name: str = "reply") -> ChatResult:
         """Send one chat request; retry what is transient; return the whole reply.
 
         `on_delta(kind, text)` gets each streamed piece, kind "content" or "reasoning";
         after a retry the pieces start again from the beginning. `timeout_s` (default:
         the client's) bounds each attempt from request to last byte, keep-alives or not.
         `on_retry(attempt, error, delay_s)` is told before each backoff sleep.
+        `schema` (a JSON schema of the answer, with `json`) is sent as ``json_schema``
+        while the endpoint accepts it.
         """
         api_key = self._api_key()
         streaming = self.stream if stream is None else stream
@@ -116,7 +135,8 @@ class LLMClient:
         attempts = retries = 0
         while True:
             attempts += 1
-            body = self._request_body(messages, json_wanted=json, stream=streaming, max_tokens=max_tokens)
+            body = self._request_body(messages, json_wanted=json, stream=streaming, max_tokens=max_tokens,
+                                      schema=schema, schema_name=schema_name)
             try:
                 reply = await self._attempt(body, streaming, on_delta, api_key, deadline_s)
                 break
@@ -228,11 +248,14 @@ class LLMClient:
     # -- request shape ---------------------------------------------------------------
 
     def _request_body(self, messages: list[dict], *, json_wanted: bool, stream: bool,
-                      max_tokens: int | None) -> dict:
+                      max_tokens: int | None, schema: dict | None = None, schema_name: str = "reply") -> dict:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": stream}
         if stream and "stream_options" not in self.unsupported:
             body["stream_options"] = {"include_usage": True}
-        if json_wanted and self.json_mode and "response_format" not in self.unsupported:
+        if json_wanted and self.structured_mode == "json_schema" and schema is not None:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": schema_name, "strict": False, "schema": schema}}
+        elif json_wanted and self.structured_mode != "off":
             body["response_format"] = {"type": "json_object"}
         if self.temperature is not None and "temperature" not in self.unsupported:
             body["temperature"] = self.temperature
@@ -249,7 +272,15 @@ class LLMClient:
         if complaint == "max_tokens" and self.max_tokens_field in body and self.max_tokens_field == "max_tokens":
             self.max_tokens_field = "max_completion_tokens"
             return True
-        if complaint in ("response_format", "stream_options", "temperature") and complaint in body \
+        if complaint == "response_format" and "response_format" in body:
+            sent = body["response_format"].get("type", "json_object")
+            # "auto" steps down; json_object has always fallen back to plain text (json_mode's behaviour)
+            if self.structured == "auto" or sent == "json_object":
+                self.structured_mode = _STEP_DOWN[sent]
+                self.structured_reason = f"the endpoint refused {sent}: {_snippet(err.message, 200)}"
+                return True
+            return False
+        if complaint in ("stream_options", "temperature") and complaint in body \
                 and complaint not in self.unsupported:
             self.unsupported.add(complaint)
             return True
@@ -278,6 +309,26 @@ class LLMClient:
             return min(retry_after_s, self.backoff_max_s)
         ceiling = min(self.backoff_max_s, self.backoff_base_s * (2 ** retry_index))
         return self._rng.uniform(0.0, ceiling)  # full jitter
+
+
+# -- the endpoint check before a baseline -------------------------------------------------
+
+PROBE_SYSTEM = 'bilevel endpoint check: reply with the JSON object {"ok": true} and nothing else.'
+PROBE_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+                "additionalProperties": False}
+_CONTEXT_EXCEEDED = re.compile(r"context|too long|too many tokens|maximum.{0,20}length|n_ctx", re.IGNORECASE)
+
+
+def probe_messages(prompt_tokens: int) -> list[dict]:
+    """A chat about as long as `prompt_tokens` (about a token a word): a context too small fails on it."""
+    filler = " ".join(["data"] * max(0, prompt_tokens))
+    return [{"role": "system", "content": PROBE_SYSTEM},
+            {"role": "user", "content": f'The words below only fill the context. Reply {{"ok": true}}.\n{filler}'}]
+
+
+def context_exceeded(err: LLMError) -> bool:
+    """A 400 that says the request does not fit the model's context window."""
+    return err.kind == "bad_request" and bool(_CONTEXT_EXCEEDED.search(err.message))
 
 
 # -- reading replies -------------------------------------------------------------------

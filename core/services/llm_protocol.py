@@ -354,7 +354,7 @@ def parameter_complaint(message: str) -> str | None:
     lower = message.lower()
     if "max_completion_tokens" in lower or ("max_tokens" in lower and "support" in lower):
         return "max_tokens"
-    if "response_format" in lower or "json_object" in lower or "json mode" in lower:
+    if "response_format" in lower or "json_object" in lower or "json_schema" in lower or "json mode" in lower:
         return "response_format"
     if "stream_options" in lower:
         return "stream_options"

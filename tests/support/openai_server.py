@@ -8,6 +8,14 @@ The server speaks the parts of the protocol the product uses:
   chunked transfer encoding) with ``chat.completion.chunk`` objects and ``data: [DONE]``.
 - ``GET /v1/models``: ``{"object": "list", "data": [{"id": ...}, ...]}``.
 
+Like a real server it checks a request's ``response_format`` (a malformed one is a 400),
+refuses ``json_schema`` with a 400 when ``refuse_json_schema`` is set (and any
+``response_format`` when ``refuse_response_format`` is), and refuses a request longer
+than ``context_tokens`` (about four characters a token) with llama.cpp's context-exceeded
+400. The engine's endpoint check (system prompt ``PROBE_SYSTEM``) is answered from
+``probe_replies`` when any are queued, else with ``{"ok": true}``: it never takes a
+reply scripted for the levels.
+
 Usage is sent whenever ``Reply.usage`` is not None and ``usage_style`` is not "none",
 whether or not the request asked for ``stream_options.include_usage`` (servers differ
 here; sending it always keeps tests simple and exercises the client's parsing).
@@ -71,8 +79,14 @@ class ScriptedOpenAI:
             client = LLMClient(server.base_url, "test-model")
     """
 
-    def __init__(self, responder: Responder | None = None, models: tuple[str, ...] = ("test-model",)):
+    def __init__(self, responder: Responder | None = None, models: tuple[str, ...] = ("test-model",),
+                 *, refuse_json_schema: bool = False, refuse_response_format: bool = False,
+                 context_tokens: int | None = None):
         self.responder = responder
+        self.refuse_json_schema = refuse_json_schema
+        self.refuse_response_format = refuse_response_format
+        self.context_tokens = context_tokens
+        self.probe_replies: collections.deque[Reply] = collections.deque()
         self.models = tuple(models)
         self.requests: list[dict] = []
         self.request_headers: list[dict] = []  # lookups ignore case: h["Authorization"] == h["authorization"]
@@ -124,11 +138,21 @@ class ScriptedOpenAI:
         with self._lock:
             self._queue.extend(_as_reply(r) for r in replies)
 
+    def enqueue_probe(self, *replies: Reply | str) -> None:
+        """Replies for the engine's endpoint check (see the module docstring)."""
+        with self._lock:
+            self.probe_replies.extend(_as_reply(r) for r in replies)
+
     def _record_and_pick(self, body: dict, headers: dict) -> Reply:
         with self._lock:
             self.requests.append(body)
             self.request_headers.append(headers)
             number = len(self.requests)
+            refusal = self._refusal(body)
+            if refusal is not None:
+                return refusal
+            if _is_probe(body):
+                return self.probe_replies.popleft() if self.probe_replies else Reply(content='{"ok": true}')
             if self._queue:
                 return self._queue.popleft()
         if self.responder is None:
@@ -138,6 +162,26 @@ class ScriptedOpenAI:
             return _as_reply(self.responder(body))
         except Exception as exc:  # surfaces the test's own bug to the client, loudly
             return _scripting_error(f"ScriptedOpenAI: responder raised {type(exc).__name__}: {exc}")
+
+    def _refusal(self, body: dict) -> Reply | None:
+        """The 400 a real server sends for this request, if any."""
+        fmt = body.get("response_format")
+        if fmt is not None:
+            kind = fmt.get("type") if isinstance(fmt, dict) else None
+            spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+            if kind not in ("json_object", "json_schema", "text"):
+                return _bad_request(f"response_format.type must be json_object, json_schema or text, not {kind!r}")
+            if kind == "json_schema" and not (isinstance(spec, dict) and isinstance(spec.get("schema"), dict)
+                                              and isinstance(spec.get("name"), str)):
+                return _bad_request("response_format.json_schema needs a name and a schema object")
+            if self.refuse_response_format or (kind == "json_schema" and self.refuse_json_schema):
+                return _bad_request(f"response_format type {kind} is not supported by this server")
+        if self.context_tokens is not None:
+            tokens = len(json.dumps(body.get("messages", ""))) // 4
+            if tokens > self.context_tokens:
+                return _bad_request(f"the request exceeds the available context size, try increasing it "
+                                    f"({tokens} tokens > n_ctx {self.context_tokens})", "exceed_context_size_error")
+        return None
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep unless the server is stopping; False means stop now."""
@@ -154,6 +198,18 @@ def _as_reply(reply: Reply | str) -> Reply:
     if isinstance(reply, str):
         return Reply(content=reply)
     raise TypeError(f"a scripted reply must be Reply or str, not {type(reply).__name__}")
+
+
+def _is_probe(body: dict) -> bool:
+    from core.services.llm import PROBE_SYSTEM
+
+    messages = body.get("messages")
+    return bool(isinstance(messages, list) and messages and isinstance(messages[0], dict)
+                and messages[0].get("content") == PROBE_SYSTEM)
+
+
+def _bad_request(message: str, kind: str = "invalid_request_error") -> Reply:
+    return Reply(status=400, error_body={"error": {"message": message, "type": kind, "code": 400}})
 
 
 def _scripting_error(message: str) -> Reply:

@@ -183,7 +183,7 @@ class StrategyLevel:
                 return f"LLM call failed: {exc}", attempt
             raw = result.content
             if result.finish_reason == "length":
-                problem, for_model = (f'the reply was cut off (finish_reason "length"): consider a larger max_tokens',
+                problem, for_model = ('the reply was cut off (finish_reason "length"): consider a larger max_tokens',
                                       "your reply was cut off at the length limit: answer again, shorter")
                 reply = None
             else:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.patience import patience
 from core.record import channel
 from core.record import commands as cmds
 
@@ -28,7 +29,7 @@ class Inbox:
             while len(self.calls) < count:
                 self.arrived.clear()
                 await self.arrived.wait()
-        await asyncio.wait_for(until(), timeout)
+        await asyncio.wait_for(until(), patience(timeout))
 
 
 # One example of every command, arguments set away from their defaults where they have any.

@@ -11,6 +11,7 @@ import pytest
 from core.record import events as ev
 from core.record.session import SessionReader
 from core.record.state import fold
+from tests.support.patience import patience
 from tests.conftest import run_engine
 from tests.support.cli import start_bilevel, write_fast_config
 from tests.support import ScriptedOpenAI
@@ -43,7 +44,7 @@ def test_kill_9_mid_run_then_resume_loses_no_event_and_repeats_no_kept_iteration
     assert not isinstance(before[-1], ev.RunFinished)
 
     out = start_bilevel("resume", str(session), "--headless", cwd=tmp_path, env=slow)
-    stdout, stderr = out.communicate(timeout=120)
+    stdout, stderr = out.communicate(timeout=patience(120))
     assert out.returncode == 0, stderr
     after = list(SessionReader(session).events())
     assert after[: len(before)] == before  # nothing lost, nothing rewritten
@@ -71,7 +72,7 @@ def test_ctrl_c_writes_a_clean_stop_event_and_exits_130(tmp_path):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
+    proc.communicate(timeout=patience(30))
     assert proc.returncode == 130
     events = list(SessionReader(found[0].parent).events())
     assert isinstance(events[-1], ev.RunFinished) and events[-1].status == "stopped"
@@ -81,21 +82,21 @@ def test_ctrl_c_writes_a_clean_stop_event_and_exits_130(tmp_path):
 def test_resume_of_a_completed_session_says_how_to_extend_it(tmp_path):
     cfg = write_fast_config(tmp_path, name="killme", iterations=1)
     proc = start_bilevel("run", str(cfg), "--headless", cwd=tmp_path)
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=patience(60))
     assert proc.returncode == 0
     session = next((tmp_path / "sessions").iterdir())
     again = start_bilevel("resume", str(session), "--headless", cwd=tmp_path)
-    _, err = again.communicate(timeout=60)
+    _, err = again.communicate(timeout=patience(60))
     assert again.returncode == 2 and "--iterations" in err
     more = start_bilevel("resume", str(session), "--headless", "--iterations", "2", cwd=tmp_path)
-    more.communicate(timeout=60)
+    more.communicate(timeout=patience(60))
     assert more.returncode == 0 and finished_iterations(session) == [0, 1, 2]
 
 
 @pytest.mark.slow
 def test_demo_runs_offline_on_the_real_workload_and_replays(tmp_path):
     proc = start_bilevel("run", "--demo", "--headless", cwd=tmp_path)
-    stdout, stderr = proc.communicate(timeout=400)
+    stdout, stderr = proc.communicate(timeout=patience(400))
     assert proc.returncode == 0, stderr[-3000:]
     assert "offline: no LLM" in stdout and "run completed" in stdout
     session = next((tmp_path / "sessions").iterdir())
@@ -104,7 +105,7 @@ def test_demo_runs_offline_on_the_real_workload_and_replays(tmp_path):
     assert 0.5 < state.baseline_val_bpb < 10
     assert len(state.records) == 5 and all(r.source in ("offline", "baseline") for r in state.records)
     replay = start_bilevel("replay", str(session), "--headless", cwd=tmp_path)
-    out, _ = replay.communicate(timeout=60)
+    out, _ = replay.communicate(timeout=patience(60))
     assert replay.returncode == 0 and "run completed" in out
 
 

@@ -6,6 +6,7 @@ import asyncio
 from core.record import commands as cmds
 from core.record import events as ev
 from core.engine.engine import Engine
+from tests.support.patience import patience
 from tests.conftest import Recorder, fast_config
 
 
@@ -17,7 +18,7 @@ async def _start(cfg) -> tuple[Engine, Recorder, asyncio.Task]:
 
 
 async def _until(rec: Recorder, pred, timeout: float = 30.0) -> ev.Event:
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + patience(timeout)
     while asyncio.get_running_loop().time() < deadline:
         for e in rec.events:
             if pred(e):
@@ -38,7 +39,7 @@ async def test_pause_takes_effect_at_the_boundary_and_resume_continues(tmp_path)
     await asyncio.sleep(0.3)
     assert not [e for e in rec.of(ev.IterationStarted) if e.iteration == paused.next_iteration]
     engine.submit(cmds.Resume(), source="test")
-    await asyncio.wait_for(task, 60)
+    await asyncio.wait_for(task, patience(60))
     assert engine.state.status == "completed" and rec.of(ev.Unpaused)
     assert [e.command for e in rec.of(ev.CommandReceived)] == ["pause", "resume"]
 
@@ -52,7 +53,7 @@ async def test_guidance_and_freeze_apply_from_the_next_proposal(tmp_path):
     engine.submit(cmds.Freeze(name="DEPTH"))  # locked: refused with a reason
     engine.submit(cmds.Freeze(name="NOPE"))
     await _until(rec, lambda e: isinstance(e, ev.CommandReceived) and e.args.get("name") == "NOPE")
-    await asyncio.wait_for(task, 60)
+    await asyncio.wait_for(task, patience(60))
     acks = {(e.command, e.args.get("name")): e for e in rec.of(ev.CommandReceived)}
     assert not acks[("freeze", "DEPTH")].ok and "locked" in acks[("freeze", "DEPTH")].error
     assert not acks[("freeze", "NOPE")].ok and "unknown parameter" in acks[("freeze", "NOPE")].error
@@ -69,7 +70,7 @@ async def test_abort_training_ends_the_run_as_cancelled_and_the_loop_goes_on(tmp
     engine.submit(cmds.AbortTraining())
     await _until(rec, lambda e: isinstance(e, ev.IterationFinished) and e.iteration == 1)
     monkeypatch.setenv("FAKE_STEP_S", "0.01")
-    await asyncio.wait_for(task, 60)
+    await asyncio.wait_for(task, patience(60))
     first = [e for e in rec.of(ev.IterationFinished) if e.iteration == 1][0]
     assert first.decision == "cancelled" and first.val_bpb is None
     assert engine.state.status == "completed" and engine.state.next_iteration == 3
@@ -80,7 +81,7 @@ async def test_stop_now_interrupts_the_running_iteration_cleanly(tmp_path, monke
     engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 5}))
     await _until(rec, lambda e: isinstance(e, ev.TrainingProgress) and e.iteration == 1)
     engine.submit(cmds.Stop(now=True))
-    await asyncio.wait_for(task, 30)
+    await asyncio.wait_for(task, patience(30))
     assert rec.of(ev.IterationInterrupted)[0].iteration == 1
     assert rec.events[-1] == rec.of(ev.RunFinished)[0] and rec.events[-1].status == "stopped"
     assert engine.state.next_iteration == 1  # re-run on resume
@@ -89,6 +90,6 @@ async def test_stop_now_interrupts_the_running_iteration_cleanly(tmp_path, monke
 async def test_unknown_command_is_refused_with_the_list(tmp_path):
     engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 1}))
     engine.submit(cmds.parse("dance"))
-    await asyncio.wait_for(task, 60)
+    await asyncio.wait_for(task, patience(60))
     ack = rec.of(ev.CommandReceived)[0]
     assert not ack.ok and "pause" in ack.error

@@ -9,6 +9,7 @@ import pytest
 
 from core.record import commands as cmds
 from core.record import events as ev
+from tests.support.patience import patience
 from tests.conftest import llm_config, run_engine
 from tests.support import Reply, ScriptedOpenAI
 
@@ -267,7 +268,7 @@ async def _approval_run(tmp_path, decision: type[cmds.Command]):
             if isinstance(e, ev.MechanismPending):
                 engine.submit(decision(research_id=e.research_id), source="test")
         engine.subscribe(on_event)
-        await asyncio.wait_for(engine.run(), 120)
+        await asyncio.wait_for(engine.run(), patience(120))
     return engine, rec
 
 
@@ -312,7 +313,7 @@ async def test_offline_manual_approval_shows_the_builtin_and_waits(tmp_path):
         if isinstance(e, ev.MechanismPending):
             engine.submit(cmds.ApproveMechanism(research_id=e.research_id))
     engine.subscribe(on_event)
-    await asyncio.wait_for(engine.run(), 60)
+    await asyncio.wait_for(engine.run(), patience(60))
     pending = rec.of(ev.MechanismPending)[0]
     assert (engine.dir / pending.source).read_text() and (engine.dir / pending.report).read_text()
     assert rec.of(ev.MechanismActivated)[0].origin == "builtin"
@@ -333,7 +334,7 @@ async def test_set_budget_extends_the_run_and_survives_resume(tmp_path):
             engine.submit(cmds.SetBudget(iterations=3))
             engine.submit(cmds.SetBudget(time_s=99.0))
     engine.subscribe(on_event)
-    await asyncio.wait_for(engine.run(), 60)
+    await asyncio.wait_for(engine.run(), patience(60))
     acks = [c for c in rec.of(ev.CommandReceived) if c.command == "set_budget"]
     assert acks[0].ok and not acks[1].ok and "measurement" in acks[1].error
     assert engine.state.next_iteration == 4
@@ -376,7 +377,7 @@ async def _resume(session, server, iterations: int):
     engine = Engine.resume(session, {"budget.iterations": iterations, "endpoint.base_url": server.base_url})
     rec = Recorder()
     engine.subscribe(rec)
-    await asyncio.wait_for(engine.run(), 120)
+    await asyncio.wait_for(engine.run(), patience(120))
     return engine, rec
 
 

@@ -28,6 +28,7 @@ from tui.screens.guidance import GuidanceScreen
 from tui.screens.help import HelpScreen
 from tui.screens.params import FreezeScreen
 from tui.sources import LiveSource, ReplaySource
+from tests.support.patience import patience
 from tests.support.scripted_engine import Plan, ScriptedEngine, StepClock, record_session
 
 SIZE = (120, 40)
@@ -40,7 +41,7 @@ def on_screen(app: BilevelApp, kind: type) -> Callable[[], bool]:
 
 async def until(pilot: Any, predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + patience(timeout)
     while not predicate():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
@@ -75,7 +76,7 @@ async def live_app(path: Path, plan: Plan, **app_kw: Any) -> AsyncIterator[tuple
     finally:
         if not task.done():
             engine.request_stop("test over", hard=True)
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, patience(10))
 
 
 def received(engine: ScriptedEngine, command: str) -> list[ev.CommandReceived]:
@@ -436,7 +437,7 @@ async def real_engine_app(cfg: Any) -> AsyncIterator[tuple[BilevelApp, Any, Any,
     finally:
         if not task.done():
             engine.request_stop("test over", hard=True)
-            await asyncio.wait_for(task, 60)
+            await asyncio.wait_for(task, patience(60))
 
 
 async def test_every_control_reaches_the_real_demo_engine(tmp_path: Path):
@@ -475,7 +476,7 @@ async def test_every_control_reaches_the_real_demo_engine(tmp_path: Path):
         await until(pilot, on_screen(app, ConfirmScreen))
         await press(app, "enter")
         await until(pilot, lambda: not app.is_running, timeout=60, what="the app to close")
-        state = await asyncio.wait_for(task, 60)
+        state = await asyncio.wait_for(task, patience(60))
     assert state.status == "stopped"
     acks_ = [e for e in SessionReader(engine.dir).events() if isinstance(e, ev.CommandReceived)]
     assert [a.command for a in acks_] == ["set_guidance", "freeze", "unfreeze", "abort_training", "pause", "resume",
@@ -551,7 +552,7 @@ async def test_approve_and_reject_reach_the_real_engine(tmp_path: Path):
         await press(app, "r")
         await until(pilot, lambda: app.model.research[second].finished is not None, timeout=60, what="declined")
         engine.request_stop("test over", hard=True)
-        await asyncio.wait_for(task, 60)
+        await asyncio.wait_for(task, patience(60))
     events = list(SessionReader(engine.dir).events())
     acks = [(e.command, e.args.get("research_id"), e.ok) for e in events if isinstance(e, ev.CommandReceived)]
     assert acks == [("approve_mechanism", first, True), ("reject_mechanism", second, True)]

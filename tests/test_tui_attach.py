@@ -25,6 +25,7 @@ from core.record import commands as cmds
 from core.record import events as ev
 from core.record.channel import pending_commands
 from core.record.session import SessionReader
+from tests.support.patience import patience
 from tests.support.terminal import ROOT, Terminal
 from tui.app import BilevelApp
 from tui.screens.approval import ApprovalScreen
@@ -46,7 +47,7 @@ def acks(session: Path, command: str | None = None) -> list[ev.CommandReceived]:
 
 
 def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while True:
         value = predicate()
         if value:
@@ -58,7 +59,7 @@ def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 async def until(pilot: Any, predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + patience(timeout)
     while not predicate():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")

@@ -222,7 +222,7 @@ class BilevelApp(App[int]):
             self._footer_signature = signature
             self.refresh_bindings()
 
-    async def caught_up(self, timeout: float = 10.0) -> None:
+    async def caught_up(self, timeout: float = 600.0) -> None:  # a hang guard, not a target
         """Wait until every available event is applied and painted (tests, snapshots, benchmark)."""
         await asyncio.wait_for(self.source.caught_up.wait(), timeout)
         await asyncio.sleep(0)

@@ -468,7 +468,7 @@ async def test_every_control_reaches_the_real_demo_engine(tmp_path: Path):
         await until(pilot, lambda: app.model.rows[aborted].final, timeout=60, what="the aborted verdict")
         assert app.model.rows[aborted].phase == "cancelled"
         await press(app, "space")
-        assert app.model.status in ("pausing…", "paused")
+        await until(pilot, lambda: app.model.status in ("pausing…", "paused"), what="the pause request")
         await until(pilot, lambda: app.model.status == "paused", timeout=60, what="Paused")
         await press(app, "space")
         await until(pilot, lambda: app.model.status == "running", timeout=30, what="Unpaused")

@@ -66,7 +66,7 @@ class TrainResult:
         return self.outcome is Outcome.OK
 
 
-async def _pump(stream: asyncio.StreamReader, name: str, sink: Callable[[str, str], None]) -> None:
+async def pump(stream: asyncio.StreamReader, name: str, sink: Callable[[str, str], None]) -> None:
     splitter = _LineSplitter()
     while True:
         chunk = await stream.read(_READ_CHUNK)
@@ -89,7 +89,7 @@ async def _exited(proc: asyncio.subprocess.Process) -> int:
     return proc.returncode
 
 
-async def _stop_group(proc: asyncio.subprocess.Process, tag: str) -> None:
+async def stop_group(proc: asyncio.subprocess.Process, tag: str) -> None:
     """SIGTERM the whole group, then SIGKILL what is left; wait for the leader's exit.
 
     Then kill every process still carrying the run's tag: children that left the group
@@ -140,7 +140,7 @@ async def _supervise(
                 future.cancel()
 
 
-async def _close_pipes(proc: asyncio.subprocess.Process, readers: list[asyncio.Task[None]]) -> None:
+async def close_pipes(proc: asyncio.subprocess.Process, readers: list[asyncio.Task[None]]) -> None:
     """Let the readers finish the buffered output, then close the transport.
 
     A pipe still held by a process that escaped the group (its own setsid) would
@@ -191,7 +191,7 @@ def _with_message(head: str, message: str) -> str:
     return f"{head}: {message}" if message else head
 
 
-def _classify(
+def classify(
     *,
     stopped: Outcome | None,
     exit_code: int,
@@ -243,7 +243,7 @@ def _divergence_reason(watcher: _RunWatcher, metrics: dict[str, float], exit_cod
 
 # ---------------------------------------------------------------- the run
 
-def _open_log(log_path: Path | None) -> IO[str] | None:
+def open_log(log_path: Path | None) -> IO[str] | None:
     if log_path is None:
         return None
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +283,7 @@ async def run_training(
     tag = tag or pc.new_tag()
     # an allow-list (no API keys), plus the run tag that lets a resume find what this run started
     child_env = {**training_env(env), "PYTHONUNBUFFERED": "1", pc.TAG_ENV: tag}
-    log = _open_log(log_path)
+    log = open_log(log_path)
     try:
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -308,11 +308,11 @@ async def run_training(
                 on_start(proc.pid, tag)
             except BaseException:
                 pc.signal_group(proc.pid, signal.SIGKILL)
-                await _stop_group(proc, tag)
+                await stop_group(proc, tag)
                 raise
         readers = [
-            asyncio.ensure_future(_pump(proc.stdout, "stdout", watcher.feed)),
-            asyncio.ensure_future(_pump(proc.stderr, "stderr", watcher.feed)),
+            asyncio.ensure_future(pump(proc.stdout, "stdout", watcher.feed)),
+            asyncio.ensure_future(pump(proc.stderr, "stderr", watcher.feed)),
         ]
         try:
             stopped = await _supervise(proc, readers, start + budget_s + grace_s, cancel)
@@ -321,12 +321,12 @@ async def run_training(
             pc.signal_group(proc.pid, signal.SIGKILL)
             for reader in readers:
                 reader.cancel()
-            await _stop_group(proc, tag)
-            await _close_pipes(proc, readers)
+            await stop_group(proc, tag)
+            await close_pipes(proc, readers)
             raise
-        await _stop_group(proc, tag)
+        await stop_group(proc, tag)
         duration_s = time.monotonic() - start
-        await _close_pipes(proc, readers)
+        await close_pipes(proc, readers)
         _raise_reader_error(readers)
     finally:
         if log is not None:
@@ -334,7 +334,7 @@ async def run_training(
 
     exit_code = proc.returncode if proc.returncode is not None else -1
     metrics = watcher.metrics()
-    outcome, reason = _classify(
+    outcome, reason = classify(
         stopped=stopped, exit_code=exit_code, watcher=watcher, metrics=metrics,
         budget_s=budget_s, grace_s=grace_s, duration_s=duration_s, valid_bpb=valid_bpb,
     )

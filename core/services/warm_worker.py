@@ -35,11 +35,11 @@ from core.services.trainer import (
     VALID_BPB,
     Outcome,
     TrainResult,
-    _classify,
-    _close_pipes,
-    _open_log,
-    _pump,
-    _stop_group,
+    classify,
+    close_pipes,
+    open_log,
+    pump,
+    stop_group,
 )
 
 WARM_SAFE_NAME = "WARM_SAFE"
@@ -105,8 +105,8 @@ class _Worker:
         self.early: list[tuple[str, str]] = []  # lines before the first iteration (imports, warnings)
         self.iterations = 0
         assert proc.stdout is not None and proc.stderr is not None
-        self.readers = [asyncio.ensure_future(_pump(proc.stdout, "stdout", self._sink)),
-                        asyncio.ensure_future(_pump(proc.stderr, "stderr", self._sink))]
+        self.readers = [asyncio.ensure_future(pump(proc.stdout, "stdout", self._sink)),
+                        asyncio.ensure_future(pump(proc.stderr, "stderr", self._sink))]
 
     def _sink(self, stream: str, line: str) -> None:
         if line.startswith('{"' + _DONE_KEY):
@@ -144,8 +144,8 @@ class _Worker:
     async def stop(self) -> None:
         if self.alive and self.proc.stdin is not None:
             self.proc.stdin.close()
-        await _stop_group(self.proc, self.tag)
-        await _close_pipes(self.proc, self.readers)
+        await stop_group(self.proc, self.tag)
+        await close_pipes(self.proc, self.readers)
 
 
 class WarmPool:
@@ -197,7 +197,7 @@ class WarmPool:
             if isinstance(worker, TrainResult):
                 return replace(worker, duration_s=time.monotonic() - start)
             self._workers[slot] = worker
-        log = _open_log(log_path)
+        log = open_log(log_path)
         try:
             it = _Iteration(_RunWatcher(log, on_progress, on_line))
             worker.current = it
@@ -229,7 +229,7 @@ class WarmPool:
         if exit_code is None:
             exit_code = -1
         metrics = it.watcher.metrics()
-        outcome, reason = _classify(stopped=stopped, exit_code=exit_code, watcher=it.watcher, metrics=metrics,
+        outcome, reason = classify(stopped=stopped, exit_code=exit_code, watcher=it.watcher, metrics=metrics,
                                     budget_s=budget_s, grace_s=grace_s, duration_s=duration_s,
                                     valid_bpb=valid_bpb)
         ok = outcome is Outcome.OK
@@ -268,7 +268,7 @@ class WarmPool:
             if it.error is not None or (it.exit_code is not None and it.done_streams >= {"stdout", "stderr"}):
                 return None
             if not worker.alive:
-                await _close_pipes(worker.proc, worker.readers)  # the traceback's last lines
+                await close_pipes(worker.proc, worker.readers)  # the traceback's last lines
                 return None
             if cancel is not None and cancel.is_set():
                 return Outcome.CANCELLED

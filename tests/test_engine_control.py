@@ -67,12 +67,16 @@ async def test_abort_training_ends_the_run_as_cancelled_and_the_loop_goes_on(tmp
     monkeypatch.setenv("FAKE_STEP_S", "0.5")
     engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 2}))
     await _until(rec, lambda e: isinstance(e, ev.TrainingProgress) and e.iteration == 1)
-    engine.submit(cmds.AbortTraining())
+    engine.submit(cmds.AbortTraining(iteration=0), source="lagging viewer")  # the baseline ended long ago
+    engine.submit(cmds.AbortTraining(iteration=1))
     await _until(rec, lambda e: isinstance(e, ev.IterationFinished) and e.iteration == 1)
     monkeypatch.setenv("FAKE_STEP_S", "0.01")
     await asyncio.wait_for(task, patience(60))
     first = [e for e in rec.of(ev.IterationFinished) if e.iteration == 1][0]
     assert first.decision == "cancelled" and first.val_bpb is None
+    stale, fresh = rec.of(ev.CommandReceived)
+    assert not stale.ok and "#0 is no longer in progress (#1 is)" in stale.error
+    assert fresh.ok and fresh.args["iteration"] == 1
     assert engine.state.status == "completed" and engine.state.next_iteration == 3
 
 

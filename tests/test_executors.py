@@ -175,3 +175,12 @@ def test_detection_does_not_import_torch(only_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cpu_n_gives_n_distinct_cpu_slots_and_bad_counts_are_refused():
+    pool = SlotPool.from_config("cpu:4")
+    assert [s.name for s in pool.slots] == ["cpu0", "cpu1", "cpu2", "cpu3"] and pool.free == 4
+    assert all(s.env() == {} for s in pool.slots)
+    for bad in ("cpu:0", "cpu:", "cpu:two", "cpu:-1"):
+        with pytest.raises(ValueError, match="cpu:N"):
+            SlotPool.from_config(bad)

@@ -346,7 +346,7 @@ class BilevelApp(App[int]):
 
         async def answered(answer: str | None) -> None:
             if answer == "abort":
-                await self.send(cmds.AbortTraining())
+                await self.send(cmds.AbortTraining(iteration=it))
 
         self.push_screen(ConfirmScreen(
             f"Abort the training run of iteration #{it}?",

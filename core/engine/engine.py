@@ -225,8 +225,12 @@ class Engine:
                              "start a new session to compare at another budget")
             if cmd.iterations is not None and cmd.iterations < len(self.state.records) - 1:
                 return cmd, f"iterations must be an integer ≥ {max(0, len(self.state.records) - 1)} (iterations done)"
-        if isinstance(cmd, cmds.AbortTraining) and self._cancel_training is None:
-            return cmd, "no training run is in progress"
+        if isinstance(cmd, cmds.AbortTraining):
+            if self._cancel_training is None:
+                return cmd, "no training run is in progress"
+            if cmd.iteration is not None and cmd.iteration != self.state.running:
+                return cmd, (f"the run of iteration #{cmd.iteration} is no longer in progress "
+                             f"(#{self.state.running} is)")
         if isinstance(cmd, (cmds.ApproveMechanism, cmds.RejectMechanism)):
             rid = cmd.research_id
             if rid is None and len(self._approvals) == 1:

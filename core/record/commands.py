@@ -47,7 +47,13 @@ class Stop(Command, tag="stop"):
 
 
 class AbortTraining(Command, tag="abort_training"):
-    """Cancel the training run in progress; the iteration is recorded as cancelled."""
+    """Cancel the training run in progress; the iteration is recorded as cancelled.
+
+    ``iteration`` names the run the user confirmed: a viewer that lags behind the log must not
+    cancel the run that started after the one it showed. None: whatever run is in progress.
+    """
+
+    iteration: int | None = None
 
 
 class SetGuidance(Command, tag="set_guidance"):

@@ -171,7 +171,16 @@ class AcceptanceConfig(_Section):
 
 class RunConfig(_Section):
     sessions_dir: str = "sessions"
-    gpus: str = "auto"  # "auto", "cpu", or a list like "0,1"
+    # "auto" (every GPU NVML finds, busy ones skipped), "0,1" (those GPUs), "cpu" (one CPU slot) or
+    # "cpu:4" (four CPU slots: tests, benchmarks and CPU users).
+    gpus: str = "auto"
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str = ""  # a Ray cluster to join; empty: start a local one with the configured slots
+    # "async": a proposal is made whenever a slot frees; "batch": batches of batch_size proposals,
+    # every one finished before the next batch (deterministic, byte-identical logs).
+    schedule: Literal["async", "batch"] = "async"
+    batch_size: int = 0  # q for "batch"; 0: one per slot
+    max_queued: int = 1  # proposals made ahead of a free slot (1-2: more are made blind to results)
     pass_env: tuple[str, ...] = ()  # extra environment variables the training script may see
     # "warm": a script that declares WARM_SAFE runs its iterations in a long-lived worker per slot;
     # "fresh": every iteration is its own process (any other script always is).

@@ -43,6 +43,7 @@ RejectionKind = Literal["unparseable", "invalid", "vetoed", "llm_error", "trunca
 StructuredMode = Literal["json_schema", "json_object", "off"]
 Stream = Literal["stdout", "stderr"]
 WorkerKind = Literal["fresh", "warm"]
+FailureClass = Literal["", "script", "infrastructure"]
 # compiling: the untimed first steps (warm-up, compilation); evaluating: the budget is spent
 ProgressPhase = Literal["compiling", "training", "evaluating"]
 TrainingOutcome = Literal["ok", "crash", "timeout", "no_metrics", "diverged", "oom", "cancelled"]
@@ -251,6 +252,10 @@ class ProposalMade(Event, tag="proposal_made"):
     hypothesis: str = ""
     source: str = "llm"  # llm | offline | tpe | cmaes | sobol (a classical sampler)
     call_id: str = ""
+    # What the proposer saw (parallel trials): the finished iterations whose results it was given,
+    # and the trials then running with results unknown. Replay explains every decision from these.
+    saw_results: list[int] = []
+    saw_running: list[int] = []
 
 
 class ProposalRejected(Event, tag="proposal_rejected"):
@@ -271,6 +276,8 @@ class TrainingStarted(Event, tag="training_started"):
     slot: str = ""
     budget_s: float = 0.0
     seed: int | None = None  # the data-order seed this run used (BILEVEL_SEED)
+    node: str = ""  # the Ray node it ran on ("" locally)
+    attempt: int = 1  # a run lost to the infrastructure (a node gone) is re-run as the next attempt
 
 
 class TrainingProcess(Event, tag="training_process"):
@@ -317,6 +324,42 @@ class TrainingFinished(Event, tag="training_finished"):
     error_tail: str = ""
     log: str = ""  # artifact
     worker: WorkerKind = "fresh"  # its own process, or an iteration of a warm worker
+    # Who failed, for a run that did not finish: the script (a crash, an OOM in its own code) or the
+    # infrastructure (a node lost, a worker killed from outside): only the latter is re-run.
+    failure: FailureClass = ""
+    node: str = ""
+    attempt: int = 1
+
+
+class SlotInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One place a trial can run: a GPU (by index and UUID), a CPU slot, or a Ray cluster's GPU."""
+
+    name: str  # what events and the app call it: "gpu0", "cpu1", "ray:gpu3"
+    devices: str = ""  # CUDA_VISIBLE_DEVICES for it ("" on CPU)
+    uuid: str = ""
+    memory_total_mb: float | None = None
+    skipped: str = ""  # why it is not used (another user's memory on it): shown, never trained on
+
+
+class SlotsConfigured(Event, tag="slots_configured"):
+    """The slots this run trains on, decided once per start (resume may find others)."""
+
+    executor: str = "local"  # local | ray
+    slots: list[SlotInfo] = []
+    address: str = ""  # the Ray cluster joined
+
+
+class SlotSample(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    utilisation: float | None = None  # percent, from NVML
+    memory_used_mb: float | None = None
+    memory_total_mb: float | None = None
+
+
+class SlotsSampled(Event, tag="slots_sampled"):
+    """GPU use per slot, sampled through NVML every few seconds while trials run (never on CPU)."""
+
+    samples: list[SlotSample] = []
 
 
 class IterationFinished(Event, tag="iteration_finished"):

@@ -38,17 +38,25 @@ class Slot:
     def describe(self) -> str:
         return "cpu" if self.is_cpu else f"gpu {self.devices}"
 
+    @property
+    def name(self) -> str:
+        """What events and the app call it: cpu0, cpu1… or gpu0, gpu3 (by device)."""
+        return f"cpu{self.index}" if self.is_cpu else f"gpu{self.devices}"
+
 
 class SlotPool:
     """A fixed set of slots handed out to concurrent runs, FIFO when they are all busy."""
 
-    def __init__(self, devices: Sequence[str] | None) -> None:
+    def __init__(self, devices: Sequence[str] | None, *, cpu_slots: int = 1) -> None:
         names = [str(device).strip() for device in (devices or [])]
         if any(not name for name in names):
             raise ValueError(f"empty device name in {list(devices or [])!r}")
         if len(set(names)) != len(names):
             raise ValueError(f"device listed twice in {names!r}")
-        self.slots: tuple[Slot, ...] = tuple(Slot(i, name) for i, name in enumerate(names)) or (Slot(0, ""),)
+        if cpu_slots < 1:
+            raise ValueError(f"cpu_slots must be at least 1, not {cpu_slots}")
+        self.slots: tuple[Slot, ...] = (tuple(Slot(i, name) for i, name in enumerate(names))
+                                        or tuple(Slot(i, "") for i in range(cpu_slots)))
         self._free: deque[Slot] = deque(self.slots)
         self._waiters: deque[asyncio.Future[Slot]] = deque()
 
@@ -58,7 +66,7 @@ class SlotPool:
 
         ``"auto"``: the devices in CUDA_VISIBLE_DEVICES if it is set, else the GPUs
         ``nvidia-smi -L`` lists, else one CPU slot. ``"0,1"`` or ``["0", "1"]``: those
-        devices. ``None``, ``""``, ``"cpu"`` or ``"none"``: one CPU slot.
+        devices. ``None``, ``""``, ``"cpu"`` or ``"none"``: one CPU slot; ``"cpu:4"``: four.
         """
         if gpus is None:
             return cls(None)
@@ -68,6 +76,11 @@ class SlotPool:
                 return cls(detect_gpus())
             if text.lower() in _CPU_WORDS:
                 return cls(None)
+            if text.lower().startswith("cpu:"):
+                count = text[4:].strip()
+                if not count.isdigit() or int(count) < 1:
+                    raise ValueError(f'run.gpus = "{text}": "cpu:N" needs a whole number of slots N ≥ 1')
+                return cls(None, cpu_slots=int(count))
             return cls(text.split(","))
         return cls([str(device) for device in gpus])
 

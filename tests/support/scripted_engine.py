@@ -218,8 +218,11 @@ class ScriptedEngine:
                 return f"unknown parameter {c.name!r}"
             if SCHEMA[c.name][2]:
                 return f"{c.name} is locked by the configuration"
-        if isinstance(c, cmds.AbortTraining) and not self._training:
-            return "no training run is in progress"
+        if isinstance(c, cmds.AbortTraining):
+            if not self._training:
+                return "no training run is in progress"
+            if c.iteration is not None and c.iteration != self.state.running:
+                return f"the run of iteration #{c.iteration} is no longer in progress (#{self.state.running} is)"
         if isinstance(c, (cmds.ApproveMechanism, cmds.RejectMechanism)) and str(c.research_id) not in self._pending:
             return f"no mechanism awaits approval for research {c.research_id!r}"
         if isinstance(c, cmds.SetBudget):

@@ -17,6 +17,7 @@ from core.record import events as ev
 from core.record.session import SessionReader
 from core.record.state import fold
 from tests.support.cli import ROOT, run_bilevel, write_fast_config
+from tests.support.patience import patience
 
 optuna = pytest.importorskip("optuna")
 
@@ -60,7 +61,7 @@ def test_a_study_resumed_after_kill_9_continues_every_group_where_it_stopped(tmp
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", *study_args()], cwd=tmp_path, stdout=log,
                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + patience(300)
         while time.monotonic() < deadline:  # kill it inside the second classical member (cmaes-r1)
             sessions = tmp_path / "sessions"
             studies = [p for p in sessions.iterdir() if "-study-" in p.name] if sessions.is_dir() else []

@@ -25,7 +25,7 @@ def test_kill_9_mid_run_then_resume_loses_no_event_and_repeats_no_kept_iteration
     slow = {"FAKE_STEP_S": "0.15"}
     proc = start_bilevel("run", str(cfg), "--headless", cwd=tmp_path, env=slow)
     sessions = tmp_path / "sessions"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + patience(60)
     session = None
     while time.monotonic() < deadline:
         found = list(sessions.glob("*/events.jsonl")) if sessions.exists() else []
@@ -64,7 +64,7 @@ def test_ctrl_c_writes_a_clean_stop_event_and_exits_130(tmp_path):
     cfg = write_fast_config(tmp_path, name="killme", iterations=50)
     proc = start_bilevel("run", str(cfg), "--headless", cwd=tmp_path, env={"FAKE_STEP_S": "0.2"})
     sessions = tmp_path / "sessions"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + patience(60)
     while time.monotonic() < deadline:
         found = list(sessions.glob("*/events.jsonl")) if sessions.exists() else []
         if found and any(isinstance(e, ev.TrainingStarted) and e.iteration == 1

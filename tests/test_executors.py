@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.services.executors import Slot, SlotPool, detect_gpus, parse_nvidia_smi_list
+from tests.support.patience import patience
 
 NVIDIA_SMI_L = """\
 GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-2222-3333-4444-555555555555)
@@ -104,7 +105,7 @@ async def test_acquire_hands_out_distinct_slots_then_waits_for_a_release():
     await asyncio.sleep(0.01)
     assert not third.done()
     pool.release(second)
-    assert await asyncio.wait_for(third, 1) == second
+    assert await asyncio.wait_for(third, patience(1)) == second
 
 
 async def test_waiters_are_served_first_come_first_served():
@@ -120,7 +121,7 @@ async def test_waiters_are_served_first_come_first_served():
     tasks = [asyncio.ensure_future(worker(name)) for name in "abc"]
     await asyncio.sleep(0.01)
     pool.release(held)
-    await asyncio.wait_for(asyncio.gather(*tasks), 1)
+    await asyncio.wait_for(asyncio.gather(*tasks), patience(1))
     assert order == ["a", "b", "c"]
     assert pool.free == 1
 
@@ -143,7 +144,7 @@ async def test_cancelled_acquire_does_not_leak_a_slot():
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert pool.free == 1
-    assert await asyncio.wait_for(pool.acquire(), 1) == held
+    assert await asyncio.wait_for(pool.acquire(), patience(1)) == held
 
 
 async def test_cancelled_waiter_is_skipped():
@@ -156,7 +157,7 @@ async def test_cancelled_waiter_is_skipped():
     later = asyncio.ensure_future(pool.acquire())
     await asyncio.sleep(0.01)
     pool.release(held)
-    assert await asyncio.wait_for(later, 1) == held
+    assert await asyncio.wait_for(later, patience(1)) == held
 
 
 async def test_release_rejects_foreign_and_double_releases():

@@ -20,6 +20,7 @@ from core.record import events as ev
 from tests.conftest import Recorder, llm_config
 from tests.fixtures.hostile.corpus import MODULES
 from tests.support import ScriptedOpenAI
+from tests.support.patience import patience
 
 SECRET_VAR = "HOSTILE_TEST_API_KEY"
 SECRET = "sk-hostile-test-7f3a9c1e5b"
@@ -99,7 +100,7 @@ async def _run_batch(tmp_path: Path, names: list[str], monkeypatch: pytest.Monke
         engine = Engine.create(cfg, log=logs.append)
         rec = Recorder()
         engine.subscribe(rec)
-        await asyncio.wait_for(engine.run(), 240)
+        await asyncio.wait_for(engine.run(), patience(240))
         bodies = [json.dumps(r) for r in server.requests]
     return engine, rec, marks, logs, bodies
 

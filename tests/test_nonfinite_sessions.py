@@ -21,6 +21,7 @@ from core.record.session import SessionReader, SessionWriter
 from core.record.state import fold
 from tui.app import BilevelApp
 from tui.sources import ReplaySource, TailSource
+from tests.support.patience import patience
 
 NAN, INF = math.nan, math.inf
 
@@ -138,7 +139,7 @@ async def _all_batches(source, expected: int) -> list[ev.Event]:
             if len(got) >= expected:
                 return
 
-    await asyncio.wait_for(collect(), 30)
+    await asyncio.wait_for(collect(), patience(30))
     return got
 
 

@@ -25,6 +25,7 @@ from mechanisms.base import SearchState, Veto
 from mechanisms.contract import check
 from mechanisms.sandbox import ValidationReport, check_policy, open_mechanism, validate
 from mechanisms.tripwire import runtime_guard
+from tests.support.patience import patience
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mechanisms"
 TRACE = json.loads((FIXTURES / "trace.json").read_text())
@@ -574,7 +575,7 @@ def test_a_spinning_worker_dies_with_the_engine(tmp_path: Path) -> None:
                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONPATH": str(
                              Path(__file__).resolve().parents[1])})
     pid = int(out.stdout.split()[0])
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + patience(10)
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)

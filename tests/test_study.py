@@ -18,6 +18,7 @@ from core.record.study import Study
 from core.run.study import StudyRunner
 from tests.conftest import fast_config
 from tests.support.cli import QUADRATIC, start_bilevel, write_fast_config
+from tests.support.patience import patience
 
 
 
@@ -54,7 +55,7 @@ def test_a_study_killed_midway_resumes_unfinished_members_and_starts_missing_one
     cfg = write_fast_config(tmp_path, name="abl", iterations=2)
     slow = {"FAKE_STEP_S": "0.15"}
     proc = start_bilevel("run", str(cfg), "--group", "A,B", "--repeats", "2", "--headless", cwd=tmp_path, env=slow)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + patience(90)
     while time.monotonic() < deadline:
         log = tmp_path / "sessions"
         found = list(log.glob("*-study-*/A-r2/events.jsonl")) if log.exists() else []
@@ -87,7 +88,7 @@ def test_ctrl_c_stops_the_study_cleanly_with_exit_130_and_it_stays_resumable(tmp
     cfg = write_fast_config(tmp_path, name="abl", iterations=20)
     proc = start_bilevel("run", str(cfg), "--group", "A", "--repeats", "2", "--headless",
                    cwd=tmp_path, env={"FAKE_STEP_S": "0.2"})
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + patience(60)
     while time.monotonic() < deadline:
         found = list((tmp_path / "sessions").glob("*-study-*/A-r1/events.jsonl")) if (tmp_path / "sessions").exists() else []
         if found and any(isinstance(e, ev.TrainingStarted) and e.iteration == 1 for e in events_of(found[0].parent)):

@@ -11,6 +11,7 @@ import pytest
 
 from core.services import trainer
 from core.services.trainer import Outcome, Progress, _LineSplitter, parse_metrics, parse_progress, run_training
+from tests.support.patience import patience
 
 SCRIPTS = Path(__file__).parent / "fixtures" / "scripts"
 
@@ -261,12 +262,12 @@ async def test_cancelling_the_task_kills_the_group(tmp_path):
             seen_script.set()
 
     task = asyncio.ensure_future(_run("hang_with_child.py", tmp_path, on_line=on_line))
-    await asyncio.wait_for(seen_script.wait(), 10)
+    await asyncio.wait_for(seen_script.wait(), patience(10))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     pids = [_pid_after(lines, "script"), _pid_after(lines, "child")]
-    deadline = time.monotonic() + 2.0  # SIGKILL is asynchronous
+    deadline = time.monotonic() + patience(2.0)  # SIGKILL is asynchronous
     while any(_is_alive(pid) for pid in pids) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert not any(_is_alive(pid) for pid in pids)

@@ -13,6 +13,7 @@ from tui import render
 from tui.model import HEADER, PATCHES, PLOT, RESEARCH, TRACE, ViewModel
 from tui.sources import RESET, LiveSource, ReplaySource, TailSource
 from tests.support.scripted_engine import Plan, ScriptedEngine, StepClock, record_session
+from tests.support.patience import patience
 
 
 def started(**kw) -> ev.SessionStarted:
@@ -197,11 +198,11 @@ async def test_tail_source_waits_for_a_line_to_be_complete(tmp_path: Path):
     log.write_text(first + "\n" + second[:10])
     src = TailSource(tmp_path, poll_s=0.01)
     gen = src.batches()
-    batch = await asyncio.wait_for(gen.__anext__(), 2)
+    batch = await asyncio.wait_for(gen.__anext__(), patience(2))
     assert [e.seq for e in batch] == [1]
     with open(log, "a") as fh:
         fh.write(second[10:] + "\n")
-    batch = await asyncio.wait_for(gen.__anext__(), 2)
+    batch = await asyncio.wait_for(gen.__anext__(), patience(2))
     assert [e.seq for e in batch] == [2]
     await gen.aclose()
 
@@ -244,10 +245,10 @@ async def test_replay_at_speed_keeps_the_recorded_spacing(tmp_path: Path):
     clock = [0.0]
     src = ReplaySource(tmp_path, speed=10.0, follow=False, clock=lambda: clock[0])
     gen = src.batches()
-    first = await asyncio.wait_for(gen.__anext__(), 2)
+    first = await asyncio.wait_for(gen.__anext__(), patience(2))
     assert [e.iteration for e in first] == [0]  # the others are 1 s and 2 s of session time away
     clock[0] = 0.1  # 0.1 s at 10× is 1 s of session time
-    second = await asyncio.wait_for(gen.__anext__(), 2)
+    second = await asyncio.wait_for(gen.__anext__(), patience(2))
     assert [e.iteration for e in second] == [1]
     await gen.aclose()
 
@@ -273,7 +274,7 @@ async def test_replay_seek_backwards_resets_then_replays_to_the_iteration(sessio
 async def test_replay_step_advances_one_iteration(session: Path):
     src = ReplaySource(session, follow=False)
     src.step()
-    batch = await asyncio.wait_for(src.batches().__anext__(), 2)
+    batch = await asyncio.wait_for(src.batches().__anext__(), patience(2))
     finished = [e for e in batch if isinstance(e, ev.IterationFinished)]
     assert len(finished) == 1 and finished[0].iteration == 0 and src.paused
 
@@ -283,10 +284,10 @@ async def test_replay_follows_a_session_still_being_written(tmp_path: Path):
     log.write_text(ev.to_json(ev.IterationStarted(seq=1, iteration=0)) + "\n")
     src = ReplaySource(tmp_path, follow=True, poll_s=0.01)
     gen = src.batches()
-    assert [e.seq for e in await asyncio.wait_for(gen.__anext__(), 2)] == [1]
+    assert [e.seq for e in await asyncio.wait_for(gen.__anext__(), patience(2))] == [1]
     with open(log, "a") as fh:
         fh.write(ev.to_json(ev.IterationStarted(seq=2, iteration=1)) + "\n")
-    assert [e.seq for e in await asyncio.wait_for(gen.__anext__(), 2)] == [2]
+    assert [e.seq for e in await asyncio.wait_for(gen.__anext__(), patience(2))] == [2]
     await gen.aclose()
 
 
@@ -297,11 +298,11 @@ async def test_live_source_gives_history_then_new_events_without_duplicates(tmp_
     engine = ScriptedEngine(path, Plan(iterations=1, progress_per_run=2), clock=StepClock())
     src = LiveSource(engine)
     gen = src.batches()
-    first = await asyncio.wait_for(gen.__anext__(), 2)
+    first = await asyncio.wait_for(gen.__anext__(), patience(2))
     assert len(first) == history
     engine.emit(ev.GuidanceChanged(guidance="new"))
     src._on_event(first[-1])  # an event already in the history is never shown twice
-    second = await asyncio.wait_for(gen.__anext__(), 2)
+    second = await asyncio.wait_for(gen.__anext__(), patience(2))
     assert [type(e) for e in second] == [ev.GuidanceChanged] and second[0].seq == history + 1
     await gen.aclose()
     engine.writer.close()

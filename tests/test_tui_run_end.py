@@ -13,6 +13,7 @@ from tui.screens.approval import ApprovalScreen
 from tui.sources import ReplaySource
 from tests.conftest import fast_config
 from tests.test_tui_app import SIZE, on_screen, press, real_engine_app, until
+from tests.support.patience import patience
 
 
 def manual_l2(tmp_path: Path, iterations: int) -> object:
@@ -40,7 +41,7 @@ async def test_a_timely_approval_shows_approved_then_active(tmp_path: Path):
         assert "to approve" not in app.screen_text().splitlines()[0]
         await press(app, "space")
         await until(pilot, lambda: app.model.state.research.get(rid) == "activated", timeout=60, what="activated")
-        await asyncio.wait_for(task, 60)
+        await asyncio.wait_for(task, patience(60))
     events = log_of(engine)
     approved = [e for e in events if isinstance(e, ev.MechanismApproved)]
     assert [a.research_id for a in approved] == [rid]
@@ -60,7 +61,7 @@ async def test_an_approval_too_late_expires_and_is_refused_with_a_reason(tmp_pat
         await app.send(cmds.ApproveMechanism(research_id=rid))
         await until(pilot, lambda: any(n.title == "Command refused" for n in app._notifications),
                     what="the refusal toast")
-        await asyncio.wait_for(task, 60)
+        await asyncio.wait_for(task, patience(60))
         await until(pilot, lambda: "completed" in app.screen_text().splitlines()[0], what="the end on screen")
         screen = app.screen_text()
         assert "to approve" not in screen.splitlines()[0] and "expired" in screen
@@ -93,7 +94,7 @@ async def test_a_budget_change_moves_the_headers_total_and_commands_after_the_en
         await until(pilot, lambda: "iter 0/6" in app.screen_text(), what="the configured total")
         await app.send(cmds.SetBudget(iterations=2))
         await until(pilot, lambda: "/2" in app.screen_text().splitlines()[1], what="the new total in the header")
-        await asyncio.wait_for(task, 120)
+        await asyncio.wait_for(task, patience(120))
         await until(pilot, lambda: "completed" in app.screen_text().splitlines()[0], what="the end on screen")
         header = app.screen_text().splitlines()
         assert "iter 2/2" in header[1] and "controls off" in header[0]
@@ -225,7 +226,7 @@ async def test_d_shows_a_builtin_mechanisms_diff(tmp_path: Path):
                                    "budget.iterations": 3})
     async with real_engine_app(cfg) as (app, pilot, engine, task):
         await until(pilot, lambda: bool(app.model.active_mechanisms), timeout=60, what="an active built-in")
-        await asyncio.wait_for(task, 60)
+        await asyncio.wait_for(task, patience(60))
         await press(app, "4")
         pane = app.base.query_one(PatchPane)
         options = pane.options

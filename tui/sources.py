@@ -147,6 +147,9 @@ class LiveSource(Source):
         if event.seq and event.seq <= self._last_seq:
             return
         self._queue.append(event)
+        # Not caught up from now on: until the consumer wakes, a waiter must not see the flag of an
+        # earlier idle moment (that raced snapshot tests into painting a screen one batch short).
+        self.caught_up.clear()
         self._notify()
 
     def log(self, message: str) -> None:

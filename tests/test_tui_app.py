@@ -295,19 +295,32 @@ async def test_replay_speed_step_and_seek_keys(tmp_path: Path):
         assert app.query_one("#trace-table").row_count == 3
 
 
+async def settled_screen(app: BilevelApp, pilot: Any, quiet_s: float = 0.3) -> str:
+    """The screen once it stops changing: scrolling to the end of a pane happens after a refresh,
+    later on a busy machine than any fixed pause."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience(60)
+    screen = app.screen_text()
+    while loop.time() < deadline:
+        await pilot.pause(quiet_s)
+        again = app.screen_text()
+        if again == screen:
+            return screen
+        screen = again
+    raise AssertionError("the screen never settled")
+
+
 async def test_replay_reaches_the_same_final_screen_as_the_live_run(tmp_path: Path):
     path = tmp_path / "same"
     plan = Plan(iterations=8, step_s=0.001, progress_per_run=5, outer_period=3)
     async with live_app(path, plan) as (app, pilot, engine):
         await until(pilot, lambda: app.model.finished is not None, what="the run's end")
         await app.caught_up()
-        await pilot.pause(0.1)
-        live_screen = app.screen_text().splitlines()
+        live_screen = (await settled_screen(app, pilot)).splitlines()
     replay = BilevelApp(ReplaySource(path, follow=False), deterministic=True)
     async with replay.run_test(size=SIZE) as pilot:
         await replay.caught_up()
-        await pilot.pause(0.1)
-        replay_screen = replay.screen_text().splitlines()
+        replay_screen = (await settled_screen(replay, pilot)).splitlines()
     # the first line names the mode (LIVE / REPLAY) and the footer lists each mode's keys
     assert live_screen[1:-1] == replay_screen[1:-1]
     assert "LIVE" in live_screen[0] and "REPLAY" in replay_screen[0]

@@ -24,7 +24,6 @@ import core.engine.engine
 from core.record import commands as cmds
 from core.record import events as ev
 from core.record.channel import pending_commands
-from core.record.session import SessionReader
 from tests.support.patience import patience
 from tests.support.terminal import ROOT, Terminal
 from tui.app import BilevelApp
@@ -35,10 +34,23 @@ from tui.screens.params import FreezeScreen
 from tui.sources import TailSource
 
 
+_READ: dict[Path, tuple[int, list[ev.Event]]] = {}
+
+
 def read_events(session: Path) -> list[ev.Event]:
-    if not (session / "events.jsonl").exists():
+    """Every whole line so far, read on from where the last call stopped (a wait polls this while the
+    engine writes ~250 progress events a second: re-reading the whole log each time starves the viewer)."""
+    path = session / "events.jsonl"
+    if not path.exists():
         return []
-    return list(SessionReader(session).events())
+    offset, seen = _READ.get(session, (0, []))
+    with path.open("rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    whole = chunk[:chunk.rfind(b"\n") + 1]
+    seen = seen + [ev.decode(line) for line in whole.splitlines() if line.strip()]
+    _READ[session] = (offset + len(whole), seen)
+    return seen
 
 
 def acks(session: Path, command: str | None = None) -> list[ev.CommandReceived]:

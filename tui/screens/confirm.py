@@ -9,7 +9,10 @@ from textual.widgets import Button, Static
 
 
 class ConfirmScreen(ModalScreen[str | None]):
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="confirm.cancel")]
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="confirm.cancel"),
+                # Enter typed before the first button has taken focus (a slow link, a busy box) still
+                # answers: the focused button if there is one, else the first answer.
+                Binding("enter", "choose", "Choose", show=False, id="confirm.choose")]
     DEFAULT_CSS = """
     ConfirmScreen { align: center middle; }
     ConfirmScreen > Vertical {
@@ -37,6 +40,13 @@ class ConfirmScreen(ModalScreen[str | None]):
 
     def on_mount(self) -> None:
         self.query(Button).first().focus()
+
+    def action_choose(self) -> None:
+        focused = self.focused
+        if isinstance(focused, Button):
+            focused.press()
+        elif self.answers:
+            self.dismiss(self.answers[0][0])
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()

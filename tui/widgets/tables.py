@@ -3,7 +3,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from rich.text import Text
 from textual.widgets import DataTable
+
+
+def _shown_as(value: Any) -> Any:
+    """What a cell looks like: rich's Text equality ignores the base style, so a cell that only
+    turns bold (a kept iteration's number) would never be repainted."""
+    if isinstance(value, Text):
+        return (value.plain, str(value.style), tuple(value.spans), value.justify)
+    return value
 
 
 class KeyedRows:
@@ -18,13 +27,14 @@ class KeyedRows:
         before = self.shown.get(key)
         if before is None or key not in table.rows:
             table.add_row(*(cells[c] for c in self.columns), key=key)
-            self.shown[key] = dict(cells)
+            self.shown[key] = {c: _shown_as(v) for c, v in cells.items()}
             return True
         for col in self.columns:
             value = cells[col]
-            if before.get(col) != value:
+            looks = _shown_as(value)
+            if before.get(col) != looks:
                 table.update_cell(key, col, value)
-                before[col] = value
+                before[col] = looks
         return False
 
     def clear(self) -> None:

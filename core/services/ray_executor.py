@@ -10,10 +10,11 @@ Cancel kills the script's whole process group where it runs (Ray's soft cancel d
 a task blocked on a subprocess), then ``ray.cancel(force=True)`` ends the task.
 
 ``run.ray_address`` joins a cluster; empty starts a local one with the configured slots
-(``ray.init(num_cpus=…, num_gpus=…)``). Token authentication (Ray ≥ 2.52) is Ray's own:
-``RAY_AUTH_MODE=token`` with the token in ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``
-names, or ``~/.ray/auth_token``, read from the engine's environment; training scripts never see
-them (the training environment is an allow-list). ``ray`` is imported only here, lazily.
+(``ray.init(num_cpus=…, num_gpus=…)``). Token authentication is Ray's own (2.60 turns it on
+unless ``RAY_AUTH_MODE=disabled``; a local cluster writes its token to ``~/.ray/auth_token``):
+the token comes from ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH`` names, or that file,
+in the engine's environment; training scripts never see them (the training environment is an
+allow-list, and the node's RAY_* variables are not on it). ``ray`` is imported only here, lazily.
 """
 from __future__ import annotations
 
@@ -53,12 +54,17 @@ def check_token(address: str, environ: dict[str, str] | None = None) -> None:
     env = os.environ if environ is None else environ
     if not address or env.get("RAY_AUTH_MODE", "").lower() != "token":
         return
-    path = env.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
-    if env.get("RAY_AUTH_TOKEN") or Path(path).is_file():
+    if _has_token(env):
         return
     raise ExecutorError(f"RAY_AUTH_MODE=token but no token for {address}: set RAY_AUTH_TOKEN, or "
                         f"RAY_AUTH_TOKEN_PATH to the token file, or put it in ~/.ray/auth_token "
                         "(`ray get-auth-token` on the head node prints it)")
+
+
+def _has_token(environ: dict[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    path = env.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return bool(env.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
 
 
 # ---------------------------------------------------------------- the task (runs on a Ray worker)
@@ -168,8 +174,11 @@ class RayExecutor:
         except ExecutorError:
             raise
         except Exception as exc:  # ConnectionError, an auth failure, a half-started cluster …
-            raise ExecutorError(f"cannot {'join the Ray cluster at ' + address if address else 'start a local Ray cluster'}: "
-                                f"{type(exc).__name__}: {exc}") from exc
+            what = f"join the Ray cluster at {address}" if address else "start a local Ray cluster"
+            hint = "" if not address or _has_token() else (
+                " (Ray 2.60 clusters authenticate by token unless started with RAY_AUTH_MODE=disabled: "
+                "set RAY_AUTH_TOKEN or put the head node's `ray get-auth-token` in ~/.ray/auth_token)")
+            raise ExecutorError(f"cannot {what}: {type(exc).__name__}: {exc}{hint}") from exc
         return cls(ray, started=True)
 
     @property

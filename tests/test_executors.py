@@ -339,3 +339,14 @@ async def test_cpu_slots_record_no_gpu_samples(tmp_path):
     [configured] = rec.of(ev.SlotsConfigured)
     assert [s.name for s in configured.slots] == ["cpu0", "cpu1"]
     assert rec.of(ev.SlotsSampled) == [] and rec.of(ev.TrainingStarted)[0].slot == "cpu0"
+
+
+def test_the_cli_refuses_a_ray_run_without_ray_as_a_usage_error_naming_the_extra(tmp_path, monkeypatch, capsys):
+    from core.cli import main
+    from tests.support.cli import write_fast_config
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # ray not installed
+    cfg = write_fast_config(tmp_path)
+    cfg.write_text(cfg.read_text() + 'executor = "ray"\n')
+    assert main(["run", str(cfg), "--headless"]) == 2
+    assert "bilevel-autoresearch[ray]" in capsys.readouterr().err

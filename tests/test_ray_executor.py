@@ -118,6 +118,31 @@ class TestOneNodeFourGpus:
         assert not [pid for pid in pids.values() if _alive(pid)]
         assert "child " in log.read_text()
 
+    async def test_a_cancelled_caller_leaves_no_process_of_the_run_alive(self, tmp_path):
+        executor = make_executor(_ray_config(tmp_path).run)
+        pids: dict[str, int] = {}
+        both = asyncio.Event()
+
+        def line(stream: str, text: str) -> None:
+            name, _, pid = text.partition(" ")
+            if name in ("child", "script"):
+                pids[name] = int(pid)
+            if len(pids) == 2:
+                both.set()
+
+        async def train() -> None:
+            async with executor.slot() as slot:
+                await executor.run(slot, SCRIPTS / "hang_with_child.py", attempt=1, cwd=tmp_path, budget_s=600,
+                                   grace_s=60, on_line=line)
+
+        task = asyncio.ensure_future(train())
+        await asyncio.wait_for(both.wait(), patience(120))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not [pid for pid in pids.values() if _alive(pid)]
+        assert executor.pool.free == executor.capacity
+
     async def test_an_engine_on_ray_records_the_cluster_and_the_node_of_each_run(self, tmp_path):
         engine = Engine.create(_ray_config(tmp_path, **{"budget.iterations": 1}))
         rec = Recorder()

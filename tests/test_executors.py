@@ -180,12 +180,14 @@ async def test_release_rejects_foreign_and_double_releases():
         pool.release(slot)
 
 
-def test_detection_does_not_import_torch(only_path):
+def test_detection_imports_neither_torch_nor_ray(only_path):
     # A fresh interpreter: other tests in this process may already have imported torch.
-    code = "import sys; from core.services.executors import SlotPool; SlotPool.from_config('auto'); print('torch' in sys.modules)"
+    code = ("import sys; import core.engine.engine; from core.services.executor_choice import make_executor; "
+            "from types import SimpleNamespace as N; make_executor(N(executor='local', gpus='auto')); "
+            "print('torch' in sys.modules, 'ray' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
 
 
 def test_cpu_n_gives_n_distinct_cpu_slots_and_bad_counts_are_refused():

@@ -95,8 +95,11 @@ class TestOneNodeFourGpus:
         await executor.close()
         assert ray.is_initialized()  # not ours to shut down: the cluster was running before
 
-    async def test_cancel_kills_the_whole_process_tree_before_it_returns(self, tmp_path):
+    @pytest.mark.parametrize("where", ["this machine", "another machine"])
+    async def test_cancel_kills_the_whole_process_tree_before_it_returns(self, tmp_path, where):
         executor = make_executor(_ray_config(tmp_path).run)
+        if where == "another machine":  # the driver looks elsewhere: the kill goes as a task pinned to the node
+            executor._driver_ip = "192.0.2.1"
         cancel = asyncio.Event()
         pids: dict[str, int] = {}
 

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.services.executors import LocalExecutor  # noqa: E402
+from core.services.executors import LocalExecutor
 
 TARGET_S = 1.0
 TREE = """\

@@ -13,7 +13,14 @@ import pytest
 
 from core.record import events as ev
 from core.services.executor_choice import make_executor
-from core.services.executors import ExecutorError, LocalExecutor, Slot, SlotPool, detect_gpus, parse_nvidia_smi_list
+from core.services.executors import (
+    ExecutorError,
+    LocalExecutor,
+    Slot,
+    SlotPool,
+    detect_gpus,
+    parse_nvidia_smi_list,
+)
 from core.services.trainer import Outcome
 from tests.conftest import fast_config, run_engine
 from tests.support.fake_nvml import OTHER_PID, fake_nvml, uuid_of

@@ -14,7 +14,9 @@ def make_executor(run_cfg: Any) -> Executor:
     if kind == "local":
         return LocalExecutor.from_config(run_cfg.gpus)
     if kind == "ray":
-        from core.services import ray_executor  # lazily: the engine starts without ray installed
+        from core.services import (
+            ray_executor,  # lazily: the engine starts without ray installed
+        )
 
         return ray_executor.RayExecutor.from_config(run_cfg)
     raise ExecutorError(f'run.executor = "{run_cfg.executor}": choose one of {", ".join(map(repr, EXECUTORS))}')

@@ -17,10 +17,11 @@ import re
 import shutil
 import subprocess
 from collections import deque
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, AsyncContextManager, AsyncIterator, Protocol, Sequence
+from typing import Any, Protocol
 
 from core.record.events import SlotInfo, SlotSample
 from core.services import gpus as nv
@@ -80,7 +81,7 @@ class Executor(Protocol):
     @property
     def skipped(self) -> tuple[SlotInfo, ...]: ...  # slots found but not used, each with its reason
 
-    def slot(self) -> AsyncContextManager[Slot]: ...
+    def slot(self) -> AbstractAsyncContextManager[Slot]: ...
     async def run(self, slot: Slot, script: Path, *, attempt: int, **common: Any) -> TrainResult: ...
     def sample(self) -> list[SlotSample]: ...
     async def close(self) -> None: ...
@@ -116,7 +117,7 @@ class SlotPool:
         self._waiters: deque[asyncio.Future[Slot]] = deque()
 
     @classmethod
-    def from_config(cls, gpus: str | Sequence[str] | None) -> "SlotPool":
+    def from_config(cls, gpus: str | Sequence[str] | None) -> SlotPool:
         """Build a pool from the config's ``gpus`` value (see :func:`find_slots`)."""
         return cls(slots=find_slots(gpus).slots)
 
@@ -227,7 +228,7 @@ def find_slots(gpus: str | Sequence[str] | None) -> Found:
 def _shutdown(nvml: Any) -> None:
     try:
         nvml.nvmlShutdown()
-    except Exception:  # shutting NVML down never matters more than the run
+    except Exception:  # noqa: BLE001, S110 - shutting NVML down never matters more than the run
         pass
 
 
@@ -244,7 +245,7 @@ class LocalExecutor:
         self._infos = tuple(slot.info(mb) for slot, mb in zip(found.slots, memory))
 
     @classmethod
-    def from_config(cls, gpus: str | Sequence[str] | None) -> "LocalExecutor":
+    def from_config(cls, gpus: str | Sequence[str] | None) -> LocalExecutor:
         return cls(find_slots(gpus))
 
     @property
@@ -259,7 +260,7 @@ class LocalExecutor:
     def skipped(self) -> tuple[SlotInfo, ...]:
         return self._found.skipped
 
-    def slot(self) -> AsyncContextManager[Slot]:
+    def slot(self) -> AbstractAsyncContextManager[Slot]:
         return self.pool.slot()
 
     async def run(self, slot: Slot, script: Path, *, attempt: int, **common: Any) -> TrainResult:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Iterable, Sequence
 
 # More used memory than this, before we start anything, is another user's.
 BUSY_MEMORY_MB = 1024.0
@@ -70,7 +70,7 @@ def _text(value: object) -> str:
 def _processes(nvml: ModuleType, handle: object) -> tuple[int, ...]:
     try:
         return tuple(int(p.pid) for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle))
-    except Exception:  # not supported on this GPU: memory is still the tell
+    except Exception:  # noqa: BLE001 - not supported on this GPU: memory is still the tell
         return ()
 
 
@@ -138,6 +138,6 @@ def read_use(indices: Sequence[int], nvml: ModuleType | None = None) -> list[Rea
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             rates = nvml.nvmlDeviceGetUtilizationRates(handle)
             readings.append(Reading(index, float(rates.gpu), memory.used / _MB, memory.total / _MB))
-        except Exception:  # a GPU that fell off the bus reads as unknown, never stops the run
+        except Exception:  # noqa: BLE001 - a GPU that fell off the bus reads as unknown, never stops the run
             readings.append(Reading(index, None, None, None))
     return readings

@@ -26,15 +26,29 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, AsyncContextManager, Callable
+from typing import Any
 
 from core.record.events import SlotInfo, SlotSample
 from core.services import process_control as pc
 from core.services.environment import allowed
-from core.services.executors import ExecutorError, Slot, SlotPool, failure_class, find_slots
-from core.services.trainer import TERM_GRACE_S, VALID_BPB, Outcome, TrainResult, run_training
+from core.services.executors import (
+    ExecutorError,
+    Slot,
+    SlotPool,
+    failure_class,
+    find_slots,
+)
+from core.services.trainer import (
+    TERM_GRACE_S,
+    VALID_BPB,
+    Outcome,
+    TrainResult,
+    run_training,
+)
 
 EXTRA = "pip install 'bilevel-autoresearch[ray]'"
 # How long past its own deadline a silent task is given before the run counts as lost.
@@ -90,7 +104,7 @@ def _train_task(script: str, text: str, cwd: str, python: str, budget_s: float, 
         script_path.write_text(text, encoding="utf-8")
     workdir = Path(cwd) if Path(cwd).is_dir() else scratch
     log_path = scratch / "train.log"
-    items: "queue.Queue[tuple[Any, ...]]" = queue.Queue()
+    items: queue.Queue[tuple[Any, ...]] = queue.Queue()
 
     def work() -> None:
         try:
@@ -139,21 +153,21 @@ class RayExecutor:
             raise ExecutorError(f"the Ray cluster at {address or 'this machine'} has no GPU and no CPU to train on")
         self._slots = tuple(Slot(i, "", label=f"ray:{self._unit}{i}") for i in range(count))
         self.pool = SlotPool(slots=self._slots)
-        options: dict[str, Any] = dict(num_returns="streaming", max_retries=0)
+        options: dict[str, Any] = {"num_returns": "streaming", "max_retries": 0}
         options.update(num_gpus=1, num_cpus=0) if gpus else options.update(num_cpus=1)
         self._task = ray.remote(**options)(_train_task)
         self._end_group = ray.remote(num_cpus=0, max_retries=0)(_end_group_task)
         self._driver_ip = ray.util.get_node_ip_address()
 
     @classmethod
-    def from_config(cls, run_cfg: Any) -> "RayExecutor":
+    def from_config(cls, run_cfg: Any) -> RayExecutor:
         """Join ``run.ray_address``, or start a local cluster with ``run.gpus``'s slots (or use the one running)."""
         ray = import_ray()
         address = str(getattr(run_cfg, "ray_address", "") or "").strip()
         if ray.is_initialized():  # one cluster per process: the one already joined (tests share one)
             return cls(ray, address=address)
         check_token(address)
-        quiet = dict(log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
+        quiet = {"log_to_driver": False, "include_dashboard": False, "logging_level": logging.WARNING}
         try:
             if address:
                 ray.init(address=address, **quiet)
@@ -193,7 +207,7 @@ class RayExecutor:
     def skipped(self) -> tuple[SlotInfo, ...]:
         return ()
 
-    def slot(self) -> AsyncContextManager[Slot]:
+    def slot(self) -> AbstractAsyncContextManager[Slot]:
         return self.pool.slot()
 
     def sample(self) -> list[SlotSample]:
@@ -278,7 +292,7 @@ class RayExecutor:
         ref = await gen.__anext__()
         return await ref
 
-    async def _stop(self, gen: Any, run: "_RemoteRun") -> None:
+    async def _stop(self, gen: Any, run: _RemoteRun) -> None:
         """End the run's process tree where it runs, then the task; return once the tree is gone."""
         if run.pid and run.ip == self._driver_ip:
             pc.signal_group(run.pid, signal.SIGKILL)
@@ -288,11 +302,11 @@ class RayExecutor:
             ref = self._end_group.options(scheduling_strategy=node_affinity(run.node, soft=False)).remote(run.pid, run.tag)
             try:
                 await asyncio.wait_for(asyncio.wrap_future(ref.future()), KILL_WAIT_S)
-            except Exception:  # the node is gone or unreachable: its processes went with it
+            except Exception:  # noqa: BLE001, S110 - the node is gone or unreachable: its processes went with it
                 pass
         try:
             self._ray.cancel(gen, force=True)
-        except Exception:  # already finished, or its worker is gone
+        except Exception:  # noqa: BLE001, S110 - already finished, or its worker is gone
             pass
         if run.pid and run.ip == self._driver_ip:
             await pc.wait_group_gone(run.pid, KILL_WAIT_S)

@@ -8,8 +8,8 @@ An executor with nothing to sample (CPU slots, Ray) gives [] and the task ends a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
 
 from core.record.events import SlotSample
 

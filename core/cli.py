@@ -175,12 +175,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if getattr(args, "detach", False):
         return detach(cfg, config=args.config, demo=args.demo, group=args.group, overrides=_overrides(args))
     from core.record.session import SessionError
+    from core.services.executors import ExecutorError
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     into = getattr(args, "into", None)
     try:
         engine = Engine(cfg, Path(into), log=log) if into else Engine.create(cfg, log=log)
-    except SessionError as exc:  # another engine holds the session, or its log is damaged
+    # another engine holds the session, its log is damaged, or the executor asked for cannot be had
+    except (SessionError, ExecutorError) as exc:
         _err(str(exc))
         return EXIT_USAGE
     print(f"session: {engine.dir}", file=sys.stderr)
@@ -264,6 +266,7 @@ def _run_app(engine: Any, config_path: Path | None) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from core.engine.engine import Engine
     from core.levels.context import FatalRunError
+    from core.services.executors import ExecutorError
     from core.services.noise_store import is_noise_session
     from core.record.session import SessionError, find_session
     from core.record.study import Study, find_study
@@ -278,7 +281,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             _err(f"{path.name} is a noise measurement, not a search; measure again with `bilevel noise`")
             return EXIT_USAGE
         engine = Engine.resume(path, overrides, log=lambda m: print(m, file=sys.stderr))
-    except (SessionError, FatalRunError) as exc:
+    except (SessionError, FatalRunError, ExecutorError) as exc:
         _err(str(exc))
         return EXIT_USAGE
     if engine.state.status == "completed" and engine.state.next_iteration > engine.cfg.budget.iterations:

@@ -1,4 +1,4 @@
-"""Tests for core.services.executors: the slot pool and GPU detection."""
+"""Tests for core.services.executors: the slot pool, GPU detection through NVML, the local executor."""
 from __future__ import annotations
 
 import asyncio
@@ -7,11 +7,27 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from core.services.executors import Slot, SlotPool, detect_gpus, parse_nvidia_smi_list
+from core.record import events as ev
+from core.services.executor_choice import make_executor
+from core.services.executors import (
+    ExecutorError,
+    LocalExecutor,
+    Slot,
+    SlotPool,
+    detect_gpus,
+    parse_nvidia_smi_list,
+)
+from core.services.trainer import Outcome
+from tests.conftest import fast_config, run_engine
+from tests.support.fake_nvml import OTHER_PID, fake_nvml, uuid_of
 from tests.support.patience import patience
+
+SCRIPTS = Path(__file__).parent / "fixtures" / "scripts"
+PINNED = SCRIPTS / "gpu_pinned.py"
 
 NVIDIA_SMI_L = """\
 GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-2222-3333-4444-555555555555)
@@ -35,6 +51,7 @@ def only_path(tmp_path, monkeypatch):
     bin_dir.mkdir()
     monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML: the nvidia-smi fallback is what is tested
     return bin_dir
 
 
@@ -46,8 +63,9 @@ def test_no_devices_means_one_cpu_slot_with_empty_env():
         assert pool.slots[0].env() == {}
 
 
-def test_gpu_slot_env_pins_cuda_visible_devices():
-    assert Slot(1, "3").env() == {"CUDA_VISIBLE_DEVICES": "3"}
+def test_gpu_slot_env_pins_cuda_visible_devices_in_pci_bus_order():
+    assert Slot(1, "3").env() == {"CUDA_VISIBLE_DEVICES": "3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert Slot(1, "3", uuid_of(3)).env() == {"CUDA_VISIBLE_DEVICES": uuid_of(3), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
 
 def test_pool_rejects_duplicate_or_empty_devices():
@@ -77,7 +95,7 @@ def test_parse_nvidia_smi_list_reads_gpu_indices_and_skips_mig_lines():
 def test_auto_uses_the_gpus_nvidia_smi_lists(only_path):
     _fake_nvidia_smi(only_path, NVIDIA_SMI_L)
     pool = SlotPool.from_config("auto")
-    assert [slot.env() for slot in pool.slots] == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    assert [slot.env()["CUDA_VISIBLE_DEVICES"] for slot in pool.slots] == ["0", "1"]
 
 
 def test_auto_without_nvidia_smi_is_cpu(only_path):
@@ -170,12 +188,14 @@ async def test_release_rejects_foreign_and_double_releases():
         pool.release(slot)
 
 
-def test_detection_does_not_import_torch(only_path):
+def test_detection_imports_neither_torch_nor_ray(only_path):
     # A fresh interpreter: other tests in this process may already have imported torch.
-    code = "import sys; from core.services.executors import SlotPool; SlotPool.from_config('auto'); print('torch' in sys.modules)"
+    code = ("import sys; import core.engine.engine; from core.services.executor_choice import make_executor; "
+            "from types import SimpleNamespace as N; make_executor(N(executor='local', gpus='auto')); "
+            "print('torch' in sys.modules, 'ray' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
 
 
 def test_cpu_n_gives_n_distinct_cpu_slots_and_bad_counts_are_refused():
@@ -185,3 +205,158 @@ def test_cpu_n_gives_n_distinct_cpu_slots_and_bad_counts_are_refused():
     for bad in ("cpu:0", "cpu:", "cpu:two", "cpu:-1"):
         with pytest.raises(ValueError, match="cpu:N"):
             SlotPool.from_config(bad)
+
+
+# ---------------------------------------------------------------- GPUs through NVML (replaced at its boundary)
+
+@pytest.fixture
+def four_gpus_one_busy(monkeypatch):
+    """A box of four GPUs; GPU 2 holds 5000 MiB of another user's process."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    module = fake_nvml(4, busy={2: 5000.0})
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    return module
+
+
+def test_auto_uses_every_free_gpu_nvml_lists_and_shows_the_busy_one_as_skipped(four_gpus_one_busy):
+    executor = LocalExecutor.from_config("auto")
+    assert executor.capacity == 3
+    assert [(s.name, s.uuid) for s in executor.slots] == [(f"gpu{i}", uuid_of(i)) for i in (0, 1, 3)]
+    assert all(s.memory_total_mb and s.memory_total_mb > 80000 for s in executor.slots)
+    [skipped] = executor.skipped
+    assert skipped.name == "gpu2" and skipped.uuid == uuid_of(2)
+    assert str(OTHER_PID) in skipped.skipped and "not ours" in skipped.skipped
+    assert four_gpus_one_busy.calls.count("init") == four_gpus_one_busy.calls.count("shutdown")
+
+
+def test_memory_alone_marks_a_gpu_busy(monkeypatch):
+    module = fake_nvml(2, busy={1: 2048.0})
+    module.nvmlDeviceGetComputeRunningProcesses = lambda handle: []  # processes hidden (another container)
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    executor = LocalExecutor.from_config("auto")
+    assert [s.name for s in executor.slots] == ["gpu0"]
+    assert "2048 MiB" in executor.skipped[0].skipped
+
+
+def test_listed_indices_select_those_gpus_and_an_unknown_one_is_refused(four_gpus_one_busy):
+    assert [s.name for s in LocalExecutor.from_config("0,3").slots] == ["gpu0", "gpu3"]
+    assert [s.name for s in LocalExecutor.from_config(uuid_of(1)).slots] == ["gpu1"]
+    with pytest.raises(ValueError, match="GPU 7"):
+        LocalExecutor.from_config("0,7")
+
+
+def test_only_busy_gpus_selected_is_an_error_not_a_silent_cpu_run(four_gpus_one_busy):
+    with pytest.raises(ValueError, match="in use by someone else"):
+        LocalExecutor.from_config("2")
+
+
+def test_cuda_visible_devices_set_by_the_user_narrows_auto(four_gpus_one_busy, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    assert [s.name for s in LocalExecutor.from_config("auto").slots] == ["gpu1", "gpu3"]
+
+
+def test_no_driver_falls_back_to_nvidia_smi_then_one_cpu_slot(only_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(4, no_driver=True))
+    _fake_nvidia_smi(only_path, NVIDIA_SMI_L)
+    assert [s.devices for s in LocalExecutor.from_config("auto").pool.slots] == ["0", "1"]
+    (only_path / "nvidia-smi").unlink()
+    executor = LocalExecutor.from_config("auto")
+    assert [s.name for s in executor.slots] == ["cpu0"] and executor.sample() == []
+
+
+def test_sample_reads_utilisation_and_memory_per_slot(four_gpus_one_busy):
+    samples = LocalExecutor.from_config("auto").sample()
+    assert [(s.name, s.utilisation) for s in samples] == [("gpu0", 10.0), ("gpu1", 20.0), ("gpu3", 40.0)]
+    assert all(s.memory_used_mb == pytest.approx(300.0) and s.memory_total_mb > 80000 for s in samples)
+    assert LocalExecutor.from_config("cpu:2").sample() == []
+
+
+def test_make_executor_refuses_a_bad_spelling_and_names_the_ray_extra_when_ray_is_missing(tmp_path, monkeypatch):
+    cfg = fast_config(tmp_path)
+    assert make_executor(cfg.run).name == "local"
+    with pytest.raises(ExecutorError, match="choose one of 'local', 'ray'"):
+        make_executor(SimpleNamespace(executor="slurm", gpus="cpu"))
+    monkeypatch.setitem(sys.modules, "ray", None)  # ray not installed
+    with pytest.raises(ExecutorError, match=r"bilevel-autoresearch\[ray\]"):
+        make_executor(fast_config(tmp_path, **{"run.executor": "ray"}).run)
+
+
+async def test_concurrent_runs_land_on_distinct_gpus_pinned_by_uuid(four_gpus_one_busy, tmp_path):
+    executor = LocalExecutor.from_config("auto")
+    seen: list[tuple[str, str]] = []
+
+    async def one() -> None:
+        async with executor.slot() as slot:
+            lines: list[str] = []
+            result = await executor.run(slot, PINNED, attempt=1, cwd=tmp_path, budget_s=30, grace_s=30,
+                                        env={"BILEVEL_FAKE_STEP_S": "0.3"},
+                                        on_line=lambda stream, line: lines.append(line))
+            assert result.outcome is Outcome.OK and result.failure == "" and result.node == ""
+            seen.append((slot.uuid, next(line.split()[1] for line in lines if line.startswith("visible "))))
+            assert "order PCI_BUS_ID" in lines
+
+    await asyncio.gather(*(one() for _ in range(3)))
+    assert sorted(pinned for _, pinned in seen) == sorted(uuid_of(i) for i in (0, 1, 3))
+    assert all(slot_uuid == pinned for slot_uuid, pinned in seen)
+
+
+async def test_a_failed_run_is_the_scripts_failure(four_gpus_one_busy, tmp_path):
+    executor = LocalExecutor.from_config("0")
+    async with executor.slot() as slot:
+        result = await executor.run(slot, PINNED, attempt=1, cwd=tmp_path, budget_s=30, grace_s=30,
+                                    env={"BILEVEL_FAKE_OOM_ON": uuid_of(0)})
+    assert result.outcome is Outcome.OOM and result.failure == "script"
+
+
+def _pinned_config(tmp_path, **overrides):
+    return fast_config(tmp_path, **{"script.path": str(PINNED), "budget.iterations": 0, "run.gpus": "auto",
+                                    "run.worker": "fresh", **overrides})
+
+
+async def test_an_oom_at_start_up_is_retried_on_another_gpu_as_the_next_attempt(four_gpus_one_busy, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("BILEVEL_FAKE_OOM_ON", uuid_of(0))
+    engine, rec = await run_engine(_pinned_config(tmp_path))
+    started, finished = rec.of(ev.TrainingStarted), rec.of(ev.TrainingFinished)
+    assert [(s.iteration, s.attempt, s.slot) for s in started] == [(0, 1, "gpu0"), (0, 2, "gpu1")]
+    assert [(f.outcome, f.failure, f.attempt) for f in finished] == [("oom", "script", 1), ("ok", "", 2)]
+    assert engine.state.baseline_val_bpb == pytest.approx(1.04)
+    [configured] = rec.of(ev.SlotsConfigured)
+    assert configured.executor == "local"
+    assert [(s.name, s.skipped != "") for s in configured.slots] == [
+        ("gpu0", False), ("gpu1", False), ("gpu3", False), ("gpu2", True)]
+    samples = rec.of(ev.SlotsSampled)
+    assert samples and [s.name for s in samples[0].samples] == ["gpu0", "gpu1", "gpu3"]
+
+
+async def test_an_oom_after_training_began_is_the_scripts_and_not_retried(four_gpus_one_busy, tmp_path, monkeypatch):
+    monkeypatch.setenv("BILEVEL_FAKE_OOM_ON", uuid_of(0))
+    monkeypatch.setenv("BILEVEL_FAKE_OOM_AFTER_STEP", "1")
+    _, rec = await run_engine(_pinned_config(tmp_path))
+    assert [(f.outcome, f.failure, f.attempt) for f in rec.of(ev.TrainingFinished)] == [("oom", "script", 1)]
+
+
+async def test_an_oom_on_every_gpu_stops_after_two_retries(four_gpus_one_busy, tmp_path, monkeypatch):
+    monkeypatch.setenv("BILEVEL_FAKE_OOM_ON", ",".join(uuid_of(i) for i in range(4)))
+    _, rec = await run_engine(_pinned_config(tmp_path))
+    assert [(f.outcome, f.attempt) for f in rec.of(ev.TrainingFinished)] == [("oom", 1), ("oom", 2), ("oom", 3)]
+    assert [s.slot for s in rec.of(ev.TrainingStarted)] == ["gpu0", "gpu1", "gpu3"]
+
+
+async def test_cpu_slots_record_no_gpu_samples(tmp_path):
+    _, rec = await run_engine(fast_config(tmp_path, **{"budget.iterations": 0, "run.gpus": "cpu:2"}))
+    [configured] = rec.of(ev.SlotsConfigured)
+    assert [s.name for s in configured.slots] == ["cpu0", "cpu1"]
+    assert rec.of(ev.SlotsSampled) == [] and rec.of(ev.TrainingStarted)[0].slot == "cpu0"
+
+
+def test_the_cli_refuses_a_ray_run_without_ray_as_a_usage_error_naming_the_extra(tmp_path, monkeypatch, capsys):
+    from core.cli import main
+    from tests.support.cli import write_fast_config
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # ray not installed
+    cfg = write_fast_config(tmp_path)
+    cfg.write_text(cfg.read_text() + 'executor = "ray"\n')
+    assert main(["run", str(cfg), "--headless"]) == 2
+    assert "bilevel-autoresearch[ray]" in capsys.readouterr().err

@@ -137,6 +137,6 @@ def test_members_run_concurrently_one_per_gpu_slot(tmp_path, monkeypatch):
         assert len({e.slot for e in runs}) == 1  # a member stays on its own GPU
         slots.add(runs[0].slot)
         spans.append((events[0].ts, events[-1].ts))
-    assert slots == {"0", "1"}
+    assert slots == {"gpu0", "gpu1"}  # the slot as events name it
     (a0, a1), (b0, b1) = spans
     assert a0 < b1 and b0 < a1  # the two members overlapped in time

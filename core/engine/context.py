@@ -23,10 +23,11 @@ from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_poli
 from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, Ready, TrainRun
 from core.services.environment import listed
 from core.services import script_folder
-from core.services.executors import SlotPool
+from core.services.slot_sampler import SlotSampler
+from core.services.executors import Executor, failure_class
 from core.services.llm import ChatResult, LLMClient, LLMError
 from core.services.script import ParamSpec
-from core.services.trainer import run_training
+from core.services.trainer import Outcome
 from core.services.warm_worker import WarmPool, warm_plan
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 PROGRESS_EVERY_S = 0.2  # throttle for progress events
 MAX_OUTPUT_EVENTS = 400  # training output lines per run as events; the log file has all
+MAX_RETRIES = 2  # re-runs of one training after an OOM at start-up or a lost node
 
 
 class EngineSide(Protocol):
@@ -47,7 +49,7 @@ class EngineSide(Protocol):
     stopping: bool
     stop_reason: str
     mechanisms: "MechanismHost"
-    slots: SlotPool
+    executor: Executor
     llm: LLMClient | None
     data_dir: Path | None
     _cancel_training: asyncio.Event | None
@@ -69,9 +71,14 @@ class EngineContext:
         self._acceptance: AcceptancePolicy | None = None
         self._structured_recorded = ""  # the response_format mode last recorded by a StructuredOutput event
         self.warm = WarmPool()  # the warm training workers, one per slot; ended by close()
+        # GPU use per slot while trials run (NVML; nothing on CPU)
+        self.sampler = SlotSampler(lambda: engine.executor.sample(),
+                                   lambda samples: self.emit(ev.SlotsSampled(samples=samples)))
 
     async def close(self) -> None:
+        await self.sampler.close()
         await self.warm.close()
+        await self._engine.executor.close()
 
     # --- what the run is -----------------------------------------------------------------
 
@@ -120,7 +127,7 @@ class EngineContext:
 
     def devices(self) -> list[str]:
         """The GPUs this run trains on (empty on the CPU): part of a noise floor's fingerprint."""
-        return [s.devices for s in self._engine.slots.slots if not s.is_cpu]
+        return [s.devices for s in self._engine.executor.slots if s.devices]
 
     def acceptance_policy(self) -> AcceptancePolicy:
         """The keep/discard rule of this run, recorded once by an AcceptanceConfigured event."""
@@ -238,38 +245,54 @@ class EngineContext:
         # The engine holds the event while the run lasts: abort_training and a hard stop set it.
         cancel = eng._cancel_training = asyncio.Event()
         try:
-            async with eng.slots.slot() as slot:
-                env = {**listed(self.cfg.run.pass_env, never=[self.cfg.endpoint.api_key_env]),
-                       **slot.env(), "BILEVEL_SEED": str(run_seed),
-                       # a user's script may import helpers that sit next to the original
-                       "PYTHONPATH": os.pathsep.join(filter(None, [str(source_dir), os.environ.get("PYTHONPATH")]))}
-                if eng.data_dir is not None:
-                    env["BILEVEL_DATA_DIR"] = str(eng.data_dir)
-                self.emit(ev.TrainingStarted(iteration=iteration, script=script_rel, diff=diff_rel,
-                                             slot=slot.devices or "cpu", budget_s=self.cfg.budget.time_s,
-                                             seed=run_seed))
-                def started(pid: int, tag: str) -> None:
-                    self.emit(ev.TrainingProcess(iteration=iteration, pid=pid, pgid=pid, tag=tag,
-                                                 engine_pid=os.getpid()))
+            attempt = 0
+            while True:  # an OOM before the first step, or a lost node, is re-run as the next attempt
+                attempt += 1
+                trained = False  # a step of the budget ran: an OOM after it is the script's, not the slot's
 
-                common = dict(cwd=run_cwd, python=self.cfg.script.python or sys.executable,
-                              budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s, env=env,
-                              log_path=log_path, on_progress=emitter.progress, on_line=emitter.line,
-                              cancel=cancel, on_start=started, valid_bpb=self.cfg.acceptance.valid_val_bpb)
-                plan = warm_plan(text) if self.cfg.run.worker == "warm" and not where.needs_copy else None
-                if plan is not None:
-                    result = await self.warm.run(run_script, plan, seed=run_seed, slot=slot.devices or "cpu",
-                                                 **common)
-                else:
-                    result = await run_training(run_script, **common)
+                def progress(p: Any) -> None:
+                    nonlocal trained
+                    trained = trained or bool(p.percent)
+                    emitter.progress(p)
+
+                async with self.sampler.running(), eng.executor.slot() as slot:
+                    env = {**listed(self.cfg.run.pass_env, never=[self.cfg.endpoint.api_key_env]),
+                           "BILEVEL_SEED": str(run_seed),
+                           # a user's script may import helpers that sit next to the original
+                           "PYTHONPATH": os.pathsep.join(filter(None, [str(source_dir), os.environ.get("PYTHONPATH")]))}
+                    if eng.data_dir is not None:
+                        env["BILEVEL_DATA_DIR"] = str(eng.data_dir)
+                    self.emit(ev.TrainingStarted(iteration=iteration, script=script_rel, diff=diff_rel,
+                                                 slot=slot.name, budget_s=self.cfg.budget.time_s,
+                                                 seed=run_seed, attempt=attempt))
+                    def started(pid: int, tag: str) -> None:
+                        self.emit(ev.TrainingProcess(iteration=iteration, pid=pid, pgid=pid, tag=tag,
+                                                     engine_pid=os.getpid()))
+
+                    common = dict(cwd=run_cwd, python=self.cfg.script.python or sys.executable,
+                                  budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s,
+                                  env=env, log_path=log_path, on_progress=progress, on_line=emitter.line,
+                                  cancel=cancel, on_start=started, valid_bpb=self.cfg.acceptance.valid_val_bpb)
+                    plan = (warm_plan(text) if self.cfg.run.worker == "warm" and not where.needs_copy
+                            and eng.executor.name == "local" else None)
+                    if plan is not None:
+                        common["env"] = {**env, **slot.env()}
+                        result = await self.warm.run(run_script, plan, seed=run_seed, slot=slot.name, **common)
+                    else:
+                        result = await eng.executor.run(slot, run_script, attempt=attempt, **common)
+                emitter.flush()
+                failure = failure_class(result)
+                self.emit(ev.TrainingFinished(
+                    iteration=iteration, outcome=result.outcome.value, val_bpb=result.val_bpb,
+                    metrics=result.metrics, exit_code=result.exit_code, duration_s=result.duration_s,
+                    reason=result.reason, error_tail=result.error_tail[-4000:], log=log_rel, worker=result.worker,
+                    failure=failure, node=result.node, attempt=attempt,
+                ))
+                retry = failure == "infrastructure" or (result.outcome is Outcome.OOM and not trained)
+                if not retry or attempt > MAX_RETRIES or cancel.is_set() or eng.stopping:
+                    break
         finally:
             eng._cancel_training = None
-        emitter.flush()
-        self.emit(ev.TrainingFinished(
-            iteration=iteration, outcome=result.outcome.value, val_bpb=result.val_bpb, metrics=result.metrics,
-            exit_code=result.exit_code, duration_s=result.duration_s, reason=result.reason,
-            error_tail=result.error_tail[-4000:], log=log_rel, worker=result.worker,
-        ))
         return TrainRun(result, script_rel)
 
 

@@ -25,7 +25,7 @@ from core.record import config as config_mod
 from core.record import layout
 from core.record.config import Config, from_dict
 from core.engine.context import EngineContext, client_for, spec_dict
-from core.services.executors import SlotPool
+from core.services.executor_choice import make_executor
 from core.levels.context import FatalRunError, Ready
 from core.levels.inner import InnerLoop
 from core.levels.research import ResearchLevel, drop_unfinished_research
@@ -55,6 +55,8 @@ class Engine:
                  lock: SessionLock | None = None) -> None:
         self.cfg = cfg
         self.dir = Path(session_dir)
+        # Where runs train (local slots or a Ray cluster); first, so a bad [run] holds no lock
+        self.executor = make_executor(cfg.run)
         # One engine per session, taken before the log is read or repaired; held until run() ends.
         self.lock = lock or SessionLock.acquire(self.dir)
         try:
@@ -67,7 +69,6 @@ class Engine:
         self.log = log or (lambda msg: None)
         self.llm = llm
         self._own_llm = llm is None
-        self.slots = SlotPool.from_config(None if cfg.run.gpus == "cpu" else cfg.run.gpus)
         self.schema: dict[str, ParamSpec] = {}
         self.data_dir: Path | None = None
         self.stopping = False
@@ -303,6 +304,8 @@ class Engine:
                 await self.start_session()
             else:
                 await self._restart()
+            self.emit(ev.SlotsConfigured(executor=self.executor.name, address=self.executor.address,
+                                         slots=[*self.executor.slots, *self.executor.skipped]))
             self.context.acceptance_policy()  # fail fast: a rule that needs a noise floor nobody measured
             await self._attach_initial_mechanisms()
             await self._loop()

@@ -267,8 +267,9 @@ def _training_started(s: RunState, e: ev.TrainingStarted) -> None:
     t.phase = "training"
     t.diff = e.diff or t.diff
     s.training, s.slot = e, e.slot
-    s.device.slot_devices = 1 if e.slot in ("", "cpu") else len([d for d in e.slot.split(",") if d.strip()])
-    if e.slot not in ("", "cpu"):
+    on_cpu = e.slot in ("", "cpu") or e.slot.startswith("cpu")  # "cpu", or one of "cpu:N"'s cpu0, cpu1…
+    s.device.slot_devices = 1 if on_cpu else len([d for d in e.slot.split(",") if d.strip()])
+    if not on_cpu:
         s.device.kind = "gpu"
 
 

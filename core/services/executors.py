@@ -1,9 +1,13 @@
-"""Where training runs execute: a pool of local slots, one per GPU (or one CPU slot).
+"""Where training runs execute: the executor interface the engine uses, and the local slot pool.
 
-A run acquires a ``Slot``, passes ``slot.env()`` to the trainer so the script sees
-only its own device through CUDA_VISIBLE_DEVICES, and releases the slot when done.
-Waiters are served first come, first served. GPUs are detected with
-``nvidia-smi -L`` so that choosing slots never imports torch.
+An :class:`Executor` hands out slots (``async with executor.slot() as slot``, first come,
+first served, never leaked on cancel) and runs one training script on a slot
+(``await executor.run(slot, script, attempt=n, **run_training_kwargs)``), pinning it to that
+slot's device and saying on the result where it ran and, when it failed, whose failure it was.
+:func:`core.services.executor_choice.make_executor` builds one from ``[run]``: the local pool here (GPUs through NVML, see
+:mod:`core.services.gpus`, or ``cpu:N`` CPU slots, which tests and benchmarks use) or the Ray
+executor (:mod:`core.services.ray_executor`, imported only when asked for).
+Choosing slots never imports torch.
 """
 from __future__ import annotations
 
@@ -13,9 +17,15 @@ import re
 import shutil
 import subprocess
 from collections import deque
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from core.record.events import SlotInfo, SlotSample
+from core.services import gpus as nv
+from core.services.trainer import Outcome, TrainResult, run_training
 
 _NVIDIA_SMI_TIMEOUT_S = 10.0
 _GPU_LINE_RE = re.compile(r"^GPU\s+(\d+)\s*:")
@@ -23,66 +33,93 @@ _GPU_LINE_RE = re.compile(r"^GPU\s+(\d+)\s*:")
 _CPU_WORDS = {"", "cpu", "none"}
 
 
+class ExecutorError(ValueError):
+    """The executor the config asks for cannot be built here (a bad spelling, a missing extra)."""
+
+
 @dataclass(frozen=True)
 class Slot:
     index: int
-    devices: str  # the value for CUDA_VISIBLE_DEVICES; "" for the CPU slot
+    devices: str  # the GPU index for CUDA_VISIBLE_DEVICES; "" for a CPU slot (and a Ray slot)
+    uuid: str = ""  # the GPU's UUID when NVML gave one: what the run is pinned by
+    label: str = ""  # a name other than cpuN/gpuN (a Ray slot: "ray0")
 
     @property
     def is_cpu(self) -> bool:
         return self.devices == ""
 
     def env(self) -> dict[str, str]:
-        return {} if self.is_cpu else {"CUDA_VISIBLE_DEVICES": self.devices}
+        """What pins a run to this slot: its GPU by UUID (or index), in PCI bus order."""
+        if self.is_cpu:
+            return {}
+        return {"CUDA_VISIBLE_DEVICES": self.uuid or self.devices, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
     def describe(self) -> str:
-        return "cpu" if self.is_cpu else f"gpu {self.devices}"
+        return self.label or ("cpu" if self.is_cpu else f"gpu {self.devices}")
 
     @property
     def name(self) -> str:
         """What events and the app call it: cpu0, cpu1… or gpu0, gpu3 (by device)."""
+        if self.label:
+            return self.label
         return f"cpu{self.index}" if self.is_cpu else f"gpu{self.devices}"
+
+    def info(self, memory_total_mb: float | None = None) -> SlotInfo:
+        return SlotInfo(name=self.name, devices=self.devices, uuid=self.uuid, memory_total_mb=memory_total_mb)
+
+
+class Executor(Protocol):
+    """What the engine trains through: slots to hand out and a way to run a script on one."""
+
+    name: str  # "local" | "ray"
+    address: str  # the Ray cluster joined ("" locally)
+
+    @property
+    def capacity(self) -> int: ...  # usable slots: how many runs at once
+    @property
+    def slots(self) -> tuple[SlotInfo, ...]: ...  # the usable slots
+    @property
+    def skipped(self) -> tuple[SlotInfo, ...]: ...  # slots found but not used, each with its reason
+
+    def slot(self) -> AbstractAsyncContextManager[Slot]: ...
+    async def run(self, slot: Slot, script: Path, *, attempt: int, **common: Any) -> TrainResult: ...
+    def sample(self) -> list[SlotSample]: ...
+    async def close(self) -> None: ...
+
+
+def failure_class(result: TrainResult) -> str:
+    """Whose failure a finished run is: "" (it worked, or was cancelled), "script" or "infrastructure"."""
+    if result.failure:
+        return result.failure
+    return "" if result.outcome in (Outcome.OK, Outcome.CANCELLED) else "script"
 
 
 class SlotPool:
     """A fixed set of slots handed out to concurrent runs, FIFO when they are all busy."""
 
-    def __init__(self, devices: Sequence[str] | None, *, cpu_slots: int = 1) -> None:
-        names = [str(device).strip() for device in (devices or [])]
-        if any(not name for name in names):
-            raise ValueError(f"empty device name in {list(devices or [])!r}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"device listed twice in {names!r}")
-        if cpu_slots < 1:
-            raise ValueError(f"cpu_slots must be at least 1, not {cpu_slots}")
-        self.slots: tuple[Slot, ...] = (tuple(Slot(i, name) for i, name in enumerate(names))
-                                        or tuple(Slot(i, "") for i in range(cpu_slots)))
+    def __init__(self, devices: Sequence[str] | None = None, *, cpu_slots: int = 1,
+                 slots: Sequence[Slot] | None = None) -> None:
+        if slots is not None:
+            self.slots: tuple[Slot, ...] = tuple(slots)
+            if not self.slots:
+                raise ValueError("a slot pool needs at least one slot")
+        else:
+            names = [str(device).strip() for device in (devices or [])]
+            if any(not name for name in names):
+                raise ValueError(f"empty device name in {list(devices or [])!r}")
+            if len(set(names)) != len(names):
+                raise ValueError(f"device listed twice in {names!r}")
+            if cpu_slots < 1:
+                raise ValueError(f"cpu_slots must be at least 1, not {cpu_slots}")
+            self.slots = (tuple(Slot(i, name) for i, name in enumerate(names))
+                          or tuple(Slot(i, "") for i in range(cpu_slots)))
         self._free: deque[Slot] = deque(self.slots)
         self._waiters: deque[asyncio.Future[Slot]] = deque()
 
     @classmethod
-    def from_config(cls, gpus: str | Sequence[str] | None) -> "SlotPool":
-        """Build a pool from the config's ``gpus`` value.
-
-        ``"auto"``: the devices in CUDA_VISIBLE_DEVICES if it is set, else the GPUs
-        ``nvidia-smi -L`` lists, else one CPU slot. ``"0,1"`` or ``["0", "1"]``: those
-        devices. ``None``, ``""``, ``"cpu"`` or ``"none"``: one CPU slot; ``"cpu:4"``: four.
-        """
-        if gpus is None:
-            return cls(None)
-        if isinstance(gpus, str):
-            text = gpus.strip()
-            if text.lower() == "auto":
-                return cls(detect_gpus())
-            if text.lower() in _CPU_WORDS:
-                return cls(None)
-            if text.lower().startswith("cpu:"):
-                count = text[4:].strip()
-                if not count.isdigit() or int(count) < 1:
-                    raise ValueError(f'run.gpus = "{text}": "cpu:N" needs a whole number of slots N ≥ 1')
-                return cls(None, cpu_slots=int(count))
-            return cls(text.split(","))
-        return cls([str(device) for device in gpus])
+    def from_config(cls, gpus: str | Sequence[str] | None) -> SlotPool:
+        """Build a pool from the config's ``gpus`` value (see :func:`find_slots`)."""
+        return cls(slots=find_slots(gpus).slots)
 
     @property
     def size(self) -> int:
@@ -126,6 +163,129 @@ class SlotPool:
             yield acquired
         finally:
             self.release(acquired)
+
+
+@dataclass(frozen=True)
+class Found:
+    """The slots to train on, the GPUs left out (each SlotInfo says why), and NVML's indices of the used ones."""
+
+    slots: tuple[Slot, ...]
+    skipped: tuple[SlotInfo, ...] = ()
+    memory_mb: tuple[float | None, ...] = ()  # per slot: its GPU's memory, when NVML said
+    nvml: bool = False  # the GPUs came from NVML, so it can sample them
+
+
+def _cpu_count(text: str) -> int:
+    count = text[4:].strip()
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f'run.gpus = "{text}": "cpu:N" needs a whole number of slots N ≥ 1')
+    return int(count)
+
+
+def find_slots(gpus: str | Sequence[str] | None) -> Found:
+    """The slots ``run.gpus`` means here.
+
+    ``"auto"``: every GPU NVML lists (narrowed by a CUDA_VISIBLE_DEVICES the user set), less
+    those holding another user's memory or processes; without NVML the devices in
+    CUDA_VISIBLE_DEVICES, else those ``nvidia-smi -L`` lists; no GPU: one CPU slot.
+    ``"0,1"`` or ``["0", "1"]``: those GPUs (indices or UUIDs). ``None``, ``""``, ``"cpu"`` or
+    ``"none"``: one CPU slot; ``"cpu:4"``: four. Every GPU busy is an error, never a silent CPU run.
+    """
+    wanted: list[str] | None
+    if gpus is None:
+        return Found(tuple(SlotPool(None).slots))
+    if isinstance(gpus, str):
+        text = gpus.strip()
+        if text.lower() in _CPU_WORDS:
+            return Found(tuple(SlotPool(None).slots))
+        if text.lower().startswith("cpu:"):
+            return Found(tuple(SlotPool(None, cpu_slots=_cpu_count(text)).slots))
+        wanted = None if text.lower() == "auto" else [name.strip() for name in text.split(",")]
+    else:
+        wanted = [str(device).strip() for device in gpus]
+    if wanted is not None and (any(not name for name in wanted) or len(set(wanted)) != len(wanted)):
+        raise ValueError(f"run.gpus = {gpus!r}: every GPU once, none empty")
+    try:
+        nvml = nv.load_nvml()
+    except nv.NoNvml:
+        return Found(SlotPool(detect_gpus() if wanted is None else wanted).slots)
+    try:
+        choice = nv.choose_gpus(nv.list_gpus(nvml), wanted)
+    finally:
+        _shutdown(nvml)
+    skipped = tuple(SlotInfo(name=f"gpu{g.index}", devices=str(g.index), uuid=g.uuid,
+                             memory_total_mb=g.memory_total_mb, skipped=why) for g, why in choice.skipped)
+    if not choice.usable:
+        if skipped:
+            raise ValueError("every GPU selected is in use by someone else: "
+                             + "; ".join(f"{s.name}: {s.skipped}" for s in skipped)
+                             + ' (choose others with run.gpus = "0,1", or run.gpus = "cpu")')
+        return Found(tuple(SlotPool(None).slots))
+    slots = tuple(Slot(i, str(g.index), g.uuid) for i, g in enumerate(choice.usable))
+    return Found(slots, skipped, tuple(g.memory_total_mb for g in choice.usable), nvml=True)
+
+
+def _shutdown(nvml: Any) -> None:
+    try:
+        nvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001, S110 - shutting NVML down never matters more than the run
+        pass
+
+
+class LocalExecutor:
+    """Runs on this machine's slots: its GPUs (each run pinned to one by UUID) or ``cpu:N`` CPU slots."""
+
+    name = "local"
+    address = ""
+
+    def __init__(self, found: Found) -> None:
+        self._found = found
+        self.pool = SlotPool(slots=found.slots)
+        memory = found.memory_mb or (None,) * len(found.slots)
+        self._infos = tuple(slot.info(mb) for slot, mb in zip(found.slots, memory))
+
+    @classmethod
+    def from_config(cls, gpus: str | Sequence[str] | None) -> LocalExecutor:
+        return cls(find_slots(gpus))
+
+    @property
+    def capacity(self) -> int:
+        return self.pool.size
+
+    @property
+    def slots(self) -> tuple[SlotInfo, ...]:
+        return self._infos
+
+    @property
+    def skipped(self) -> tuple[SlotInfo, ...]:
+        return self._found.skipped
+
+    def slot(self) -> AbstractAsyncContextManager[Slot]:
+        return self.pool.slot()
+
+    async def run(self, slot: Slot, script: Path, *, attempt: int, **common: Any) -> TrainResult:
+        """``run_training`` pinned to ``slot`` (its environment over ``common["env"]``)."""
+        env = {**(common.pop("env", None) or {}), **slot.env()}
+        result = await run_training(script, env=env, **common)
+        return replace(result, failure=failure_class(result))
+
+    def sample(self) -> list[SlotSample]:
+        """GPU utilisation and memory per slot, through NVML; [] on CPU slots or without NVML."""
+        if not self._found.nvml:
+            return []
+        try:
+            nvml = nv.load_nvml()
+        except nv.NoNvml:
+            return []
+        try:
+            readings = nv.read_use([int(slot.devices) for slot in self._found.slots], nvml)
+        finally:
+            _shutdown(nvml)
+        return [SlotSample(name=slot.name, utilisation=r.utilisation, memory_used_mb=r.memory_used_mb,
+                           memory_total_mb=r.memory_total_mb) for slot, r in zip(self._found.slots, readings)]
+
+    async def close(self) -> None:
+        """Nothing to let go of: every run ends its own processes."""
 
 
 def detect_gpus() -> list[str]:

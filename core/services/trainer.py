@@ -60,6 +60,8 @@ class TrainResult:
     error_tail: str  # last lines of stderr (or stdout) for non-OK outcomes, else ""
     reason: str  # one readable sentence
     worker: str = "fresh"  # "fresh": its own process; "warm": an iteration of a warm worker
+    node: str = ""  # the Ray node it ran on ("" locally)
+    failure: str = ""  # who failed a run that did not finish: "" | "script" | "infrastructure"
 
     @property
     def ok(self) -> bool:

@@ -23,6 +23,7 @@ from tests.support.patience import patience
 from tests.support.ray_cluster import (
     PINNED,
     QUIET,
+    one_ray_cluster_at_a_time,
     ray_config,
     workers_import_this_checkout,
 )
@@ -49,7 +50,7 @@ def test_joining_a_token_cluster_without_a_token_is_refused_clearly(tmp_path):
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
     """One cluster for the module: starting one takes seconds."""
-    with workers_import_this_checkout():
+    with one_ray_cluster_at_a_time(), workers_import_this_checkout():
         ray.init(num_cpus=2, num_gpus=4, **QUIET)
         try:
             yield

@@ -19,6 +19,7 @@ from tests.support.patience import patience
 from tests.support.ray_cluster import (
     PINNED,
     QUIET,
+    one_ray_cluster_at_a_time,
     ray_config,
     workers_import_this_checkout,
 )
@@ -44,7 +45,7 @@ def _ancestors(pid: int) -> set[int]:
 def cluster():
     from ray.cluster_utils import Cluster
 
-    with workers_import_this_checkout():
+    with one_ray_cluster_at_a_time(), workers_import_this_checkout():
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 1, "num_gpus": 0,
             # a lost node is noticed in about a second, not the default half minute

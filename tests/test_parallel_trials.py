@@ -382,3 +382,25 @@ async def test_batch_mode_writes_the_same_log_twice(tmp_path, monkeypatch):
     # The four ran at once: each had its process before any of them finished.
     first_end = next(i for i, e in enumerate(events) if isinstance(e, ev.TrainingFinished) and e.iteration)
     assert [e.iteration for e in events[:first_end] if isinstance(e, ev.TrainingProcess)] == [0, 1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------ the outer levels over the parallel trace
+
+
+async def test_strategy_cycles_count_finished_iterations_and_run_while_trials_are_in_flight(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    cfg = fast_config(tmp_path, **CPU4, **{"budget.iterations": 8, "search.group": "B", "search.outer_period": 2})
+    engine, rec = await run_engine(cfg)
+    assert engine.state.status == "completed"
+    started = rec.of(ev.StrategyStarted)
+    assert [e.cycle for e in started] == [1, 2, 3, 4]
+    assert len(rec.of(ev.StrategyDecision)) == 4
+    for e in started:  # each cycle came once K more iterations had finished, counted when it began
+        before = rec.events[:rec.events.index(e)]
+        finished = [x for x in before if isinstance(x, ev.IterationFinished) and x.iteration]
+        assert len(finished) >= 2 * e.cycle and e.after_iteration == len(finished)
+    in_flight_then = []
+    for e in started[:-1]:
+        state = fold(rec.events[:rec.events.index(e)])
+        in_flight_then.append(len(state.in_flight))
+    assert any(in_flight_then), "no cycle ran while trials were in flight"

@@ -208,7 +208,9 @@ class Scheduler:
                     duration_s=time.monotonic() - started, source=eng.inner._source,
                     mechanisms=eng.mechanisms.take_counts()))
                 continue
-            made.append(Queued(n, got, best_text, best_script, best_val, best.apply(got.changes).values(), started))
+            candidate = got.candidate if got.candidate is not None else best.apply(got.changes)
+            got.candidate = candidate
+            made.append(Queued(n, got, best_text, best_script, best_val, candidate.values(), started))
         self.queued += made
         return made
 
@@ -299,7 +301,7 @@ class Scheduler:
             if isinstance(run, BaseException):
                 raise run
             if run is not None:
-                await eng.inner.judge_trial(item.iteration, item.proposal, item.best_text, run,
+                await eng.inner.judge_trial(item.iteration, item.proposal, run,
                                             started=item.started, best_at_proposal=item.best_val)
         return True
 

@@ -37,6 +37,7 @@ class Proposal:
     hypothesis: str
     source: str
     attempt: int
+    candidate: TrainScript | None = None  # the best script with the changes written in, once computed
 
 
 class InnerLoop:
@@ -103,6 +104,7 @@ class InnerLoop:
                 duration_s=time.monotonic() - started, source=self._source, mechanisms=ctx.mechanisms.take_counts(),
             ))
             return
+        proposal.candidate = best.apply(proposal.changes)
         await self.run_trial(n, proposal, best_text, started=started)
 
     async def run_trial(self, n: int, proposal: Proposal, best_text: str, *, started: float,
@@ -114,23 +116,30 @@ class InnerLoop:
         """
         run = await self.train_trial(n, proposal, best_text)
         if run is not None:
-            await self.judge_trial(n, proposal, best_text, run, started=started, best_at_proposal=best_at_proposal)
+            await self.judge_trial(n, proposal, run, started=started, best_at_proposal=best_at_proposal)
+
+    @staticmethod
+    def _candidate(proposal: Proposal, best_text: str) -> TrainScript:
+        if proposal.candidate is None:
+            proposal.candidate = TrainScript.parse(best_text).apply(proposal.changes)
+        return proposal.candidate
 
     async def train_trial(self, n: int, proposal: Proposal, best_text: str) -> TrainRun | None:
         """The proposal's training run; None when a stop cut it short (recorded as interrupted)."""
         ctx = self.ctx
-        candidate = TrainScript.parse(best_text).apply(proposal.changes)
+        candidate = self._candidate(proposal, best_text)
         run = await ctx.train(n, candidate.text, diff=unified_diff(best_text, candidate.text))
         if run.result.outcome.value == "cancelled" and ctx.stopping:
             ctx.interrupted(n)
             return None
         return run
 
-    async def judge_trial(self, n: int, proposal: Proposal, best_text: str, run: TrainRun, *, started: float,
+    async def judge_trial(self, n: int, proposal: Proposal, run: TrainRun, *, started: float,
                           best_at_proposal: float | None = None) -> None:
         """The acceptance rule (a confirmation run when it asks), the mechanisms' say, the verdict."""
         ctx = self.ctx
-        candidate = TrainScript.parse(best_text).apply(proposal.changes)
+        candidate = proposal.candidate
+        assert candidate is not None, "judged before it was trained"
         result = run.result
         verdict = await self._decide(n, candidate.text, result)
         if verdict.decision == "interrupted":  # stopped during the confirmation run

@@ -159,7 +159,8 @@ class BatchProposer:
                     feedback.append(f"proposal {i + 1} ({changes}): {problem}")
                     continue
                 out[n] = problem
-                known.insert(0, Known(n, best.apply(problem.changes).values(), problem.changes, hypothesis))
+                assert problem.candidate is not None
+                known.insert(0, Known(n, problem.candidate.values(), problem.changes, hypothesis))
             if feedback:
                 self._reask(messages, raw, feedback, len(feedback))
         return {n: out.get(n) or errors.get(n) or "no proposal" for n in numbers}
@@ -182,7 +183,8 @@ class BatchProposer:
                                            lambda c: validate_changes(c, schema, ctx.state.frozen))
         if veto is not None:
             return veto
-        same = near_duplicate(best.apply(proposal.changes).values(), known)
+        proposal.candidate = best.apply(proposal.changes)
+        same = near_duplicate(proposal.candidate.values(), known)
         if same is not None:
             what = "running, result unknown" if same.running else "already run"
             reason = f"a repeat of iteration #{same.iteration} ({what}): propose something not yet tried"

@@ -71,6 +71,31 @@ def lr_plan(n: int, start: float = 0.08, step: float = 0.007) -> list[dict[str, 
     return [{"LR": round(start + i * step, 5)} for i in range(n)]
 
 
+# ------------------------------------------------------------------ the fold
+
+
+def test_the_fold_keeps_every_trial_in_flight_and_the_trace_in_finish_order():
+    s = fold([
+        ev.SessionStarted(session="s"),
+        ev.IterationFinished(iteration=0, decision="baseline", val_bpb=2.0),
+        *[ev.IterationStarted(iteration=n) for n in (1, 2, 3)],
+        ev.TrainingStarted(iteration=1, slot="cpu0"), ev.TrainingStarted(iteration=2, slot="cpu1"),
+        ev.TrainingProgress(iteration=1, step=3),
+    ])
+    assert list(s.in_flight) == [1, 2, 3] and s.running == 3 and s.next_iteration == 4
+    assert s.in_flight[1].training.slot == "cpu0" and s.in_flight[1].progress.step == 3
+    assert s.training.iteration == 2  # the run started last
+    s.apply(ev.IterationFinished(iteration=2, decision="discard", val_bpb=2.1))
+    s.apply(ev.IterationInterrupted(iteration=1))
+    assert [r.iteration for r in s.records] == [0, 2] and list(s.in_flight) == [3]
+    assert s.to_rerun == [1] and s.next_iteration == 1 and s.next_new_iteration == 4
+    assert s.training is None and s.progress is None
+    s.apply(ev.IterationStarted(iteration=1))  # re-run with its number
+    assert s.next_iteration == 4 and s.to_rerun == []
+    s.apply(ev.IterationFinished(iteration=2, decision="keep", val_bpb=1.0))  # a stray second verdict
+    assert s.best_val_bpb == 2.0 and len(s.records) == 2
+
+
 # ------------------------------------------------------------------ running at once
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -52,7 +51,7 @@ class EngineSide(Protocol):
     executor: Executor
     llm: LLMClient | None
     data_dir: Path | None
-    _cancel_training: asyncio.Event | None
+    training_cancels: dict[int, asyncio.Event]
 
     def emit(self, event: ev.Event) -> ev.Event: ...
     def artifact(self, relpath: str, data: str | bytes) -> str: ...
@@ -170,7 +169,7 @@ class EngineContext:
         """
         llm = self._engine.llm
         assert llm is not None, "no LLM client in offline mode"
-        call_id = call_id or uuid.uuid4().hex[:10]
+        call_id = call_id or f"c{self.state.last_seq + 1}"  # the seq its request gets: unique, and the same in a re-run
         limit = self.cfg.endpoint.max_tokens or max_tokens or DEFAULT_MAX_TOKENS.get(level)
         stem = layout.llm_stem(iteration, level, purpose, call_id)
         request_rel = self.artifact(f"{stem}.request.json",
@@ -242,8 +241,8 @@ class EngineContext:
             except (OSError, ValueError) as exc:
                 raise FatalRunError(f"cannot copy the script's folder for this run: {exc}") from exc
         emitter = _TrainingEmitter(self, iteration)
-        # The engine holds the event while the run lasts: abort_training and a hard stop set it.
-        cancel = eng._cancel_training = asyncio.Event()
+        # The engine holds the event while the run lasts: abort_training (of it or of all) and a hard stop set it.
+        cancel = eng.training_cancels[iteration] = asyncio.Event()
         try:
             attempt = 0
             while True:  # an OOM before the first step, or a lost node, is re-run as the next attempt
@@ -292,7 +291,8 @@ class EngineContext:
                 if not retry or attempt > MAX_RETRIES or cancel.is_set() or eng.stopping:
                     break
         finally:
-            eng._cancel_training = None
+            if eng.training_cancels.get(iteration) is cancel:
+                del eng.training_cancels[iteration]
         return TrainRun(result, script_rel)
 
 

@@ -5,7 +5,8 @@ session log, applied to :class:`~core.record.state.RunState` and handed to subsc
 UI, the headless printer). The engine never blocks the event loop: training runs are
 subprocesses read asynchronously, LLM calls are async, data preparation runs in a thread.
 The levels never see the engine: they get its run context (core/engine/context.py), which
-also trains and calls the LLM for them. Over ~500 lines because a run's whole life (start,
+also trains and calls the LLM for them. With several slots the iterations after the baseline
+run in parallel under core/engine/scheduler.py; on one slot this loop runs them one by one. Over ~500 lines because a run's whole life (start,
 restart, every command's handler, mechanism attachment) belongs to this one object.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from core.record import layout
 from core.record.config import Config, from_dict
 from core.engine.context import EngineContext, client_for, spec_dict
 from core.services.executor_choice import make_executor
+from core.engine.scheduler import HELD, Scheduler
 from core.levels.context import FatalRunError, Ready
 from core.levels.inner import InnerLoop
 from core.levels.research import ResearchLevel, drop_unfinished_research
@@ -52,7 +54,7 @@ Subscriber = Callable[[ev.Event], None]
 class Engine:
     def __init__(self, cfg: Config, session_dir: Path, *, state: RunState | None = None,
                  llm: LLMClient | None = None, log: Callable[[str], None] | None = None,
-                 lock: SessionLock | None = None) -> None:
+                 lock: SessionLock | None = None, clock: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
         self.dir = Path(session_dir)
         # Where runs train (local slots or a Ray cluster); first, so a bad [run] holds no lock
@@ -60,7 +62,8 @@ class Engine:
         # One engine per session, taken before the log is read or repaired; held until run() ends.
         self.lock = lock or SessionLock.acquire(self.dir)
         try:
-            self.writer = SessionWriter(self.dir)
+            # clock: the timestamps' source; a test that compares two logs byte for byte fixes it
+            self.writer = SessionWriter(self.dir) if clock is None else SessionWriter(self.dir, clock=clock)
         except BaseException:
             self.lock.release()
             raise
@@ -76,11 +79,12 @@ class Engine:
         self.stop_reason = ""
         self._commands: asyncio.Queue[tuple[cmds.Command | cmds.Unreadable, str]] = asyncio.Queue()
         self._unpaused = asyncio.Event()
-        self._cancel_training: asyncio.Event | None = None
+        self.training_cancels: dict[int, asyncio.Event] = {}  # iteration -> its run's cancel, while it trains
         self._current: asyncio.Task[Any] | None = None
         self.mechanisms = MechanismHost(self.emit, self._schema_dicts, cfg.level2.hook_timeout_s, self.dir)
         self.context = EngineContext(self)  # all the levels see of the engine
         self.inner = InnerLoop(self.context)
+        self.scheduler = Scheduler(self)  # the iterations after the baseline, when several run at once
         self.strategy = StrategyLevel(self.context)
         self.research = ResearchLevel(self.context)
         self._research_task: asyncio.Task[None] | None = None
@@ -137,6 +141,12 @@ class Engine:
     # --- events ----------------------------------------------------------------------------
 
     def emit(self, event: ev.Event) -> ev.Event:
+        held = HELD.get()
+        if held is not None:  # a batch trial's event: written when its batch has trained (core/engine/scheduler.py)
+            if not isinstance(event, ev.TrainingProcess):
+                held.events.append(event)
+                return event
+            held.started.set()  # resume must find its process: written at once
         stamped = self.writer.append(event)
         self.state.apply(stamped)
         for sub in list(self.subscribers):
@@ -186,15 +196,17 @@ class Engine:
                 f"bilevel resume {self.dir} continues the session")
 
     def request_stop(self, reason: str, *, hard: bool = False) -> None:
-        """Stop at the next iteration boundary; ``hard`` also cuts the running iteration short."""
+        """Stop at the next iteration boundary; ``hard`` also cuts every running iteration short."""
         self.stopping = True
         self.stop_reason = reason
         self._unpaused.set()
         if hard:
-            if self._cancel_training is not None:
-                self._cancel_training.set()
+            for cancel in list(self.training_cancels.values()):
+                cancel.set()
             if self._current is not None and not self._current.done():
                 self._current.cancel()
+            self.scheduler.cut_short()
+        self.scheduler.poke()
 
     async def _command_loop(self) -> None:
         while True:
@@ -227,11 +239,12 @@ class Engine:
             if cmd.iterations is not None and cmd.iterations < len(self.state.records) - 1:
                 return cmd, f"iterations must be an integer ≥ {max(0, len(self.state.records) - 1)} (iterations done)"
         if isinstance(cmd, cmds.AbortTraining):
-            if self._cancel_training is None:
+            if not self.training_cancels:
                 return cmd, "no training run is in progress"
-            if cmd.iteration is not None and cmd.iteration != self.state.running:
+            if cmd.iteration is not None and cmd.iteration not in self.training_cancels:
+                training = sorted(self.training_cancels)
                 return cmd, (f"the run of iteration #{cmd.iteration} is no longer in progress "
-                             f"(#{self.state.running} is)")
+                             f"({', '.join(f'#{n}' for n in training)} {'is' if len(training) == 1 else 'are'})")
         if isinstance(cmd, (cmds.ApproveMechanism, cmds.RejectMechanism)):
             rid = cmd.research_id
             if rid is None and len(self._approvals) == 1:
@@ -269,8 +282,10 @@ class Engine:
                 self.emit(ev.Unpaused())  # resumed before the pause took effect
         elif isinstance(cmd, cmds.Stop):
             self.request_stop(cmd.reason, hard=cmd.now)
-        elif isinstance(cmd, cmds.AbortTraining) and self._cancel_training is not None:
-            self._cancel_training.set()
+        elif isinstance(cmd, cmds.AbortTraining):  # one trial's run, or (None) every one in progress
+            for n, cancel in list(self.training_cancels.items()):
+                if cmd.iteration in (None, n):
+                    cancel.set()
         elif isinstance(cmd, cmds.SetBudget) and cmd.iterations is not None:
             self.emit(ev.BudgetChanged(iterations=cmd.iterations, source=source))
             self.cfg = config_mod.with_overrides(self.cfg, {"budget.iterations": cmd.iterations})
@@ -288,6 +303,7 @@ class Engine:
                                                activates_at=self._next_boundary()))
             if not fut.done():
                 fut.set_result(isinstance(cmd, cmds.ApproveMechanism))
+        self.scheduler.poke()
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -338,8 +354,17 @@ class Engine:
         self.writer.close()
         self.lock.release()
 
+    @property
+    def parallel(self) -> bool:
+        """Several trials at once (more than one slot, or batches of several): the scheduler runs them."""
+        run = self.cfg.run
+        return self.executor.capacity > 1 or (run.schedule == "batch" and run.batch_size > 1)
+
     async def _loop(self) -> None:
         while True:
+            if self.parallel and self.state.records:  # the baseline is recorded: every slot from here on
+                await self.scheduler.run()
+                return
             if self.state.pause_requested and not self.stopping:
                 self.emit(ev.Paused(next_iteration=self.state.next_iteration))
                 await self._unpaused.wait()
@@ -369,10 +394,13 @@ class Engine:
 
     async def _iteration_and_outer_levels(self, n: int) -> None:
         await self.inner.run_iteration(n)
-        levels = self.cfg.search.active_levels
         if n % self.cfg.search.outer_period:
             return
-        cycle = n // self.cfg.search.outer_period
+        await self._outer_levels(n // self.cfg.search.outer_period, n)
+
+    async def _outer_levels(self, cycle: int, n: int) -> None:
+        """Level 1.5's cycle and, every research_period cycles, Level 2 (concurrent), after ``n`` iterations."""
+        levels = self.cfg.search.active_levels
         if "strategy" in levels:
             await self.strategy.run_cycle(cycle, n)
         if "research" in levels and cycle % self.cfg.search.research_period == 0:
@@ -501,9 +529,8 @@ class Engine:
     async def _restart(self) -> None:
         """Continue a session: re-run an iteration cut short, never a kept one."""
         self.schema = self._build_schema(TrainScript.parse(self.read_artifact(self.state.baseline_script)))
-        if self.state.running is not None:
-            self.emit(ev.IterationInterrupted(iteration=self.state.running,
-                                              reason="the process ended during this iteration"))
+        for n in list(self.state.in_flight):  # every trial cut short: re-run, with its number, on any slot
+            self.emit(ev.IterationInterrupted(iteration=n, reason="the process ended during this iteration"))
         await self._ensure_data()
         self.emit(ev.RunResumed(next_iteration=self.state.next_iteration, pid=os.getpid()))
         if self.cfg.budget.iterations != self.state.iterations_budget:  # e.g. resume --iterations N

@@ -13,6 +13,8 @@ its mechanism with an event; the loop goes on. Nothing falls back silently.
 """
 from __future__ import annotations
 
+import asyncio
+
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +90,7 @@ class MechanismHost:
         self._schema = schema_dicts
         self.timeout_s = hook_timeout_s
         self.active: list[Active] = []
+        self._one_call = asyncio.Lock()  # trials in parallel share each worker's one pipe: a call at a time
 
     @property
     def names(self) -> list[str]:
@@ -160,7 +163,8 @@ class MechanismHost:
         schema = self._schema()
         try:
             if entry.worker is not None:
-                wire = await entry.worker.call(hook, [state_to_wire(args[0]), *args[1:]], self.timeout_s)
+                async with self._one_call:
+                    wire = await entry.worker.call(hook, [state_to_wire(args[0]), *args[1:]], self.timeout_s)
                 return check(hook, wire, schema)
             return check_local(hook, getattr(entry.local, hook)(*args), schema)
         except (WorkerFailed, HookError, ContractError) as exc:

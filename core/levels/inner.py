@@ -13,7 +13,7 @@ from string import Template
 from typing import Any
 
 from core.record import events as ev
-from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, RunContext, Verdict
+from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, RunContext, TrainRun, Verdict
 from core.services.llm import PROBE_SCHEMA, LLMError, context_exceeded, extract_json, probe_messages
 from core.services.schema import validate_changes
 from core.services.script import ProposalError, TrainScript, unified_diff
@@ -37,6 +37,7 @@ class Proposal:
     hypothesis: str
     source: str
     attempt: int
+    candidate: TrainScript | None = None  # the best script with the changes written in, once computed
 
 
 class InnerLoop:
@@ -103,12 +104,43 @@ class InnerLoop:
                 duration_s=time.monotonic() - started, source=self._source, mechanisms=ctx.mechanisms.take_counts(),
             ))
             return
-        candidate = best.apply(proposal.changes)
+        proposal.candidate = best.apply(proposal.changes)
+        await self.run_trial(n, proposal, best_text, started=started)
+
+    async def run_trial(self, n: int, proposal: Proposal, best_text: str, *, started: float,
+                        best_at_proposal: float | None = None) -> None:
+        """Train a proposal made against ``best_text`` and record the verdict (or the interruption).
+
+        ``best_at_proposal``: the best val_bpb the proposer saw; when the best has moved since
+        (trials finish while others run), the verdict, made against the best of now, says so.
+        """
+        run = await self.train_trial(n, proposal, best_text)
+        if run is not None:
+            await self.judge_trial(n, proposal, run, started=started, best_at_proposal=best_at_proposal)
+
+    @staticmethod
+    def _candidate(proposal: Proposal, best_text: str) -> TrainScript:
+        if proposal.candidate is None:
+            proposal.candidate = TrainScript.parse(best_text).apply(proposal.changes)
+        return proposal.candidate
+
+    async def train_trial(self, n: int, proposal: Proposal, best_text: str) -> TrainRun | None:
+        """The proposal's training run; None when a stop cut it short (recorded as interrupted)."""
+        ctx = self.ctx
+        candidate = self._candidate(proposal, best_text)
         run = await ctx.train(n, candidate.text, diff=unified_diff(best_text, candidate.text))
-        result = run.result
-        if result.outcome.value == "cancelled" and ctx.stopping:
+        if run.result.outcome.value == "cancelled" and ctx.stopping:
             ctx.interrupted(n)
-            return
+            return None
+        return run
+
+    async def judge_trial(self, n: int, proposal: Proposal, run: TrainRun, *, started: float,
+                          best_at_proposal: float | None = None) -> None:
+        """The acceptance rule (a confirmation run when it asks), the mechanisms' say, the verdict."""
+        ctx = self.ctx
+        candidate = proposal.candidate
+        assert candidate is not None, "judged before it was trained"
+        result = run.result
         verdict = await self._decide(n, candidate.text, result)
         if verdict.decision == "interrupted":  # stopped during the confirmation run
             ctx.interrupted(n)
@@ -118,6 +150,10 @@ class InnerLoop:
         if overrider:
             rule = f"overridden by mechanism {overrider} (was {decision}; {rule})"
             decision = new_decision
+        moved = best_at_proposal is not None and ctx.state.best_val_bpb != best_at_proposal
+        if moved and decision in ("keep", "discard"):
+            rule = (f"{rule}; against the best when the result arrived ({fmt_bpb(ctx.state.best_val_bpb)}), "
+                    f"not the {fmt_bpb(best_at_proposal)} it was proposed against")
         await ctx.mechanisms.observe(ctx.state, result)
         ctx.emit(ev.IterationFinished(
             iteration=n, decision=decision, changes=proposal.changes, hypothesis=proposal.hypothesis,
@@ -236,6 +272,17 @@ class InnerLoop:
         return result.content, result.finish_reason or "", ""
 
     async def _messages(self, n: int, best: TrainScript) -> list[dict[str, str]]:
+        return await self.messages("inner_propose", self.prompt_fields(best))
+
+    async def messages(self, template_name: str, fields: dict[str, Any]) -> list[dict[str, str]]:
+        """The system prompt and ``template_name`` filled with ``fields`` and the mechanisms' notes."""
+        template = Template(prompts.load(template_name))
+        draft = template.substitute(fields, mechanism_notes="")
+        user = template.substitute(fields, mechanism_notes=await self.ctx.mechanisms.shape_prompt(self.ctx.state, draft))
+        return [{"role": "system", "content": prompts.load("inner_system")}, {"role": "user", "content": user}]
+
+    def prompt_fields(self, best: TrainScript) -> dict[str, Any]:
+        """What every Level 1 prompt says: the best configuration, the parameters, the history, the guidance."""
         ctx = self.ctx
         state = ctx.state
         frozen = state.frozen
@@ -253,10 +300,7 @@ class InnerLoop:
             last_failure=self._last_failure_quote(),
             guidance=state.guidance.strip() or "(none: use your judgement)",
         )
-        template = Template(prompts.load("inner_propose"))
-        draft = template.substitute(fields, mechanism_notes="")
-        user = template.substitute(fields, mechanism_notes=await ctx.mechanisms.shape_prompt(state, draft))
-        return [{"role": "system", "content": prompts.load("inner_system")}, {"role": "user", "content": user}]
+        return fields
 
     def _last_failure_quote(self) -> str:
         """The last iteration's log tail when it crashed: quoted as data, truncated."""

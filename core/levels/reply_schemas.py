@@ -63,6 +63,16 @@ def proposal_schema(schema: Mapping[str, "ParamSpec"], frozen: Iterable[str], *,
     }
 
 
+def proposals_schema(schema: Mapping[str, "ParamSpec"], frozen: Iterable[str], k: int, *, max_changes: int = 3) -> dict:
+    """Level 1 over parallel trials: ``{"proposals": [k proposals]}``, one for each free slot."""
+    one = proposal_schema(schema, frozen, max_changes=max_changes)
+    return {
+        "type": "object",
+        "properties": {"proposals": {"type": "array", "items": one, "minItems": k, "maxItems": k}},
+        "required": ["proposals"],
+        "additionalProperties": False,
+    }
+
 def _names_array(names: list[str]) -> dict[str, Any]:
     if not names:
         return {"type": "array", "maxItems": 0}

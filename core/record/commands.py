@@ -47,10 +47,11 @@ class Stop(Command, tag="stop"):
 
 
 class AbortTraining(Command, tag="abort_training"):
-    """Cancel the training run in progress; the iteration is recorded as cancelled.
+    """Cancel a training run in progress; its iteration is recorded as cancelled.
 
     ``iteration`` names the run the user confirmed: a viewer that lags behind the log must not
-    cancel the run that started after the one it showed. None: whatever run is in progress.
+    cancel the run that started after the one it showed; with trials in parallel it picks one
+    of them. None: every training run in progress (on one slot: the run in progress).
     """
 
     iteration: int | None = None

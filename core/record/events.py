@@ -39,7 +39,9 @@ Provider = Literal["openai", "offline"]
 RunStatus = Literal["completed", "stopped", "failed"]
 Level = Literal["inner", "strategy", "research"]
 DeltaKind = Literal["content", "reasoning", "reset"]
-RejectionKind = Literal["unparseable", "invalid", "vetoed", "llm_error", "truncated", "repeat", "wrong_fields"]
+# stale: queued for a slot, dropped because a new best arrived first (proposed again against it)
+RejectionKind = Literal["unparseable", "invalid", "vetoed", "llm_error", "truncated", "repeat", "wrong_fields",
+                        "stale"]
 StructuredMode = Literal["json_schema", "json_object", "off"]
 Stream = Literal["stdout", "stderr"]
 WorkerKind = Literal["fresh", "warm"]

@@ -6,6 +6,12 @@ state and a report cannot disagree. Besides what the engine needs (records, best
 frozen parameters, active mechanisms), the state holds what viewers derive: each
 iteration's live trace, LLM usage per level, the mechanism timeline, every budget change,
 device time and the error tail of failed runs.
+
+Trials may run concurrently (several slots): ``in_flight`` maps each iteration started and
+not yet decided to what it runs, ``records`` is the trace in finish order, ``next_iteration``
+is the iteration to run next (an interrupted one to re-run first, else a new number above
+every recorded, running and interrupted one), and ``running`` names the latest iteration in
+flight, which on one slot is the one iteration running.
 """
 from __future__ import annotations
 
@@ -81,6 +87,16 @@ class IterationTrace:
 
 
 @dataclass
+class Trial:
+    """An iteration in flight (started, no verdict yet): its proposal and its training run, if any."""
+
+    iteration: int
+    changes: dict[str, Any] = field(default_factory=dict)
+    training: ev.TrainingStarted | None = None  # the run in progress (None while proposing or scoring)
+    progress: ev.TrainingProgress | None = None  # its latest progress
+
+
+@dataclass
 class MechanismUse:
     """A mechanism's life in the run: when it came and went, why, and what it did."""
 
@@ -136,15 +152,15 @@ class RunState:
     best_values: dict[str, Any] = field(default_factory=dict)
     best_script: str = ""  # artifact of the best script so far: the next working copy
     records: list[IterationRecord] = field(default_factory=list)
-    running: int | None = None  # iteration started but not finished
+    in_flight: dict[int, Trial] = field(default_factory=dict)  # started, no verdict; in start order
     paused: bool = False
     pause_requested: bool = False
     status: str = "new"  # new | running | completed | stopped | failed
     finished: ev.RunFinished | None = None  # the last run's end, until it is resumed
     usage: dict[str, Usage] = field(default_factory=dict)  # LLM tokens and calls per level
     last_seq: int = 0
-    progress: ev.TrainingProgress | None = None
-    training: ev.TrainingStarted | None = None  # the training run in progress
+    progress: ev.TrainingProgress | None = None  # the latest progress of any run in flight
+    training: ev.TrainingStarted | None = None  # the training run started last of those in progress
     slot: str = ""  # the slot of the latest training run
     device: DeviceUse = field(default_factory=DeviceUse)
     last_error_tail: str = ""  # of the latest failed training run
@@ -159,13 +175,32 @@ class RunState:
     acceptance: ev.AcceptanceConfigured | None = None  # the last one is the rule in force
     budget_changes: list[ev.BudgetChanged] = field(default_factory=list)
     _last_finished: int | None = None
+    _recorded: set[int] = field(default_factory=set)  # iterations with a verdict
+
+    @property
+    def running(self) -> int | None:
+        """The iteration started last of those in flight (on one slot: the iteration running)."""
+        return next(reversed(self.in_flight)) if self.in_flight else None
+
+    @property
+    def to_rerun(self) -> list[int]:
+        """Iterations cut short and not run again since: re-run (with their numbers) before new ones."""
+        return sorted({n for n in self.interrupted if n not in self._recorded and n not in self.in_flight})
+
+    @property
+    def next_new_iteration(self) -> int:
+        """A number no iteration has had: above every recorded, running and interrupted one."""
+        used = [*self._recorded, *self.in_flight, *self.interrupted]
+        return max(used) + 1 if used else 0
 
     @property
     def next_iteration(self) -> int:
-        """The iteration to run next: 0 (the baseline) until the baseline is recorded."""
+        """The iteration to run next: 0 (the baseline) until the baseline is recorded, then an
+        interrupted one to re-run, else a new number."""
         if not self.records:
             return 0
-        return self.records[-1].iteration + 1
+        rerun = self.to_rerun
+        return rerun[0] if rerun else self.next_new_iteration
 
     @property
     def proposals(self) -> list[IterationRecord]:
@@ -231,17 +266,24 @@ def _run_resumed(s: RunState, e: ev.RunResumed) -> None:
 def _run_finished(s: RunState, e: ev.RunFinished) -> None:
     s.status = e.status
     s.finished = e
-    s.running = None
+    s.in_flight.clear()
     s.training = None
     for rid in list(s.awaiting):  # a log from before approvals expired: nothing waits once the run is over
         s.research[rid] = "expired"
         del s.awaiting[rid]
 
 
+def _latest_training(s: RunState) -> None:
+    """training/progress: those of the run started last among the trials in flight."""
+    s.training = next((t.training for t in reversed(s.in_flight.values()) if t.training is not None), None)
+    if s.progress is not None and s.progress.iteration not in s.in_flight:
+        s.progress = s.in_flight[s.training.iteration].progress if s.training is not None else None
+
+
 def _iteration_started(s: RunState, e: ev.IterationStarted) -> None:
-    s.running = e.iteration
-    s.progress = None
-    s.training = None
+    s.in_flight.pop(e.iteration, None)
+    s.in_flight[e.iteration] = Trial(e.iteration)
+    _latest_training(s)
     t = s.iteration(e.iteration)
     t.phase, t.final = ("baseline…" if e.iteration == 0 else "proposing"), False
     t.val_bpb = t.duration_s = None
@@ -250,6 +292,8 @@ def _iteration_started(s: RunState, e: ev.IterationStarted) -> None:
 def _proposal_made(s: RunState, e: ev.ProposalMade) -> None:
     t = s.iteration(e.iteration)
     t.changes, t.hypothesis, t.attempts = dict(e.changes), e.hypothesis, e.attempt
+    if e.iteration in s.in_flight:
+        s.in_flight[e.iteration].changes = dict(e.changes)
     for name in e.changes:
         s.proposal_counts[name] = s.proposal_counts.get(name, 0) + 1
 
@@ -267,6 +311,8 @@ def _training_started(s: RunState, e: ev.TrainingStarted) -> None:
     t.phase = "training"
     t.diff = e.diff or t.diff
     s.training, s.slot = e, e.slot
+    if e.iteration in s.in_flight:
+        s.in_flight[e.iteration].training = e
     on_cpu = e.slot in ("", "cpu") or e.slot.startswith("cpu")  # "cpu", or one of "cpu:N"'s cpu0, cpu1…
     s.device.slot_devices = 1 if on_cpu else len([d for d in e.slot.split(",") if d.strip()])
     if not on_cpu:
@@ -275,6 +321,8 @@ def _training_started(s: RunState, e: ev.TrainingStarted) -> None:
 
 def _progress(s: RunState, e: ev.TrainingProgress) -> None:
     s.progress = e
+    if e.iteration in s.in_flight:
+        s.in_flight[e.iteration].progress = e
 
 
 def _training_finished(s: RunState, e: ev.TrainingFinished) -> None:
@@ -284,11 +332,15 @@ def _training_finished(s: RunState, e: ev.TrainingFinished) -> None:
         t.error_tail = s.last_error_tail = e.error_tail
     s.device.seconds += e.duration_s * s.device.slot_devices
     s.device.runs += 1
-    s.training = None
+    if e.iteration in s.in_flight:
+        s.in_flight[e.iteration].training = None
+    if s.training is not None and s.training.iteration == e.iteration:
+        s.training = None
+        _latest_training(s)
 
 
 def _iteration_finished(s: RunState, e: ev.IterationFinished) -> None:
-    if e.iteration < s.next_iteration and s.running != e.iteration:
+    if e.iteration in s._recorded and e.iteration not in s.in_flight:
         return  # a second verdict on a recorded iteration (a stray or damaged line) must not overwrite it
     s.records.append(
         IterationRecord(
@@ -306,9 +358,8 @@ def _iteration_finished(s: RunState, e: ev.IterationFinished) -> None:
         s.best_script = e.script or s.best_script
         if e.values:
             s.best_values = dict(e.values)
-    s.running = None
-    s.progress = None
-    s.training = None
+    s._recorded.add(e.iteration)
+    _end_trial(s, e.iteration)
     t = s.iteration(e.iteration)
     t.phase, t.final = e.decision, True
     t.changes = dict(e.changes) if e.changes or e.iteration == 0 else t.changes
@@ -327,11 +378,16 @@ def _iteration_finished(s: RunState, e: ev.IterationFinished) -> None:
         use.kept_while_active += e.decision == "keep"
 
 
+def _end_trial(s: RunState, iteration: int) -> None:
+    s.in_flight.pop(iteration, None)
+    if s.progress is not None and s.progress.iteration == iteration:
+        s.progress = None
+    _latest_training(s)
+
+
 def _interrupted(s: RunState, e: ev.IterationInterrupted) -> None:
     s.interrupted.append(e.iteration)
-    s.running = None
-    s.progress = None
-    s.training = None
+    _end_trial(s, e.iteration)
     t = s.iteration(e.iteration)
     t.phase, t.final, t.reason = "interrupted", True, e.reason
 

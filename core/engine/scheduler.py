@@ -1,0 +1,315 @@
+"""The scheduler of parallel trials: Level 1 on every slot at once, asynchronous or in batches.
+
+The engine hands the run to this scheduler after the baseline when it has more than one
+slot (or ``run.schedule = "batch"``); on one slot the engine's own loop runs one iteration
+at a time as before.
+
+**Asynchronous** (``run.schedule = "async"``): whenever a slot frees, a proposal is made
+for it; k free slots get k proposals from one call (:mod:`core.levels.proposal_batch`),
+which sees every trial running. Up to ``run.max_queued`` proposals wait for a slot, made
+ahead so that a slot never waits for the LLM; a new best drops them (a ProposalRejected of
+kind "stale"; their iterations are proposed again against the new best) and never a running
+trial. A trial's verdict compares its result with the best when the result arrives.
+Level 1.5 and Level 2 count finished iterations: a strategy cycle runs each time
+``search.outer_period`` more have finished, while trials keep running, and changes only
+later proposals; a mechanism activates at the next proposal.
+
+**Batch** (``run.schedule = "batch"``): q = ``run.batch_size`` proposals (0: one per slot),
+all trained before the next batch. The log is made deterministic by ordering, not by luck:
+while a batch trains, each trial's events are held back and written, trial by trial in
+iteration order, once every trial of the batch has trained; the verdicts are then made in
+iteration order, so the best each verdict compares with does not depend on which run ended
+first. Only the TrainingProcess events are written at once, because a resume after kill -9
+ends the processes they name; the trials start one after another, each once the one before
+it has its process, so these too come in iteration order. What still differs between two
+runs is what the machine measured (``MACHINE_FIELDS``: pids, process tags, durations) and
+the timestamps, which a ``clock`` given to the engine fixes.
+
+Control with trials in flight: pause stops new proposals and new starts (running trials
+finish); abort cancels one trial's run or all of them; a soft stop lets the running trials
+finish, a hard one interrupts them; trials that were queued or cut short are recorded as
+interrupted and re-run (with their numbers, on any slot) when the session is resumed.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from core.record import events as ev
+from core.levels.context import TrainRun
+from core.levels.proposal_batch import BatchProposer, Known
+from core.levels.trace import fmt_bpb
+from core.services.script import TrainScript
+
+if TYPE_CHECKING:
+    from core.levels.inner import Proposal
+
+Engine = Any  # core.engine.engine.Engine, which imports this module: named, not imported
+
+# Fields whose values the machine decides (process ids, measured times): all that differs between
+# two batch runs of the same session with the scripted LLM, the timestamps aside.
+MACHINE_FIELDS = ("pid", "pgid", "tag", "engine_pid", "duration_s")
+
+
+@dataclass
+class Held:
+    """A batch trial's events, held back until the batch has trained; ``started`` once its process runs."""
+
+    events: list[ev.Event] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+# The batch trial the running task belongs to (its events are held), or None.
+HELD: contextvars.ContextVar[Held | None] = contextvars.ContextVar("bilevel_held_events", default=None)
+
+
+@dataclass
+class Queued:
+    """A usable proposal waiting for (or running on) a slot, with the best it was proposed against."""
+
+    iteration: int
+    proposal: "Proposal"
+    best_text: str
+    best_script: str  # artifact of that best: the proposal is stale once the best script differs
+    best_val: float | None
+    values: dict[str, Any]  # the full parameter values it runs
+    started: float  # monotonic, when its iteration started
+
+
+class Scheduler:
+    """Runs the iterations after the baseline on every slot until the budget, a stop, or a fatal error."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.eng = engine
+        self.proposer = BatchProposer(engine.inner)
+        self.trials: dict[int, asyncio.Task[None]] = {}
+        self.running: dict[int, Queued] = {}
+        self.queued: list[Queued] = []
+        self.unproposed: list[int] = []  # started, with no usable proposal (a dropped one): asked again first
+        self._wake = asyncio.Event()
+        self._proposing: asyncio.Task[Any] | None = None
+        self._cycle = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.eng.executor.capacity
+
+    def poke(self) -> None:
+        """A command arrived (pause, resume, stop, abort): look again."""
+        self._wake.set()
+
+    def cut_short(self) -> None:
+        """A hard stop: the proposal being made is abandoned (its iterations are recorded as interrupted)."""
+        if self._proposing is not None and not self._proposing.done():
+            self._proposing.cancel()
+        self.poke()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        eng = self.eng
+        self._cycle = len(eng.state.proposals) // eng.cfg.search.outer_period
+        batch = eng.cfg.run.schedule == "batch"
+        try:
+            while True:
+                self._wake.clear()
+                self._reap()
+                if eng.stopping:
+                    await self._stop()
+                    return
+                await self._outer_levels()
+                if not self._paused():
+                    if batch:
+                        if await self._batch():
+                            continue
+                    else:
+                        self._drop_stale()
+                        self._start()  # a queued proposal takes a freed slot at once, before any LLM call
+                        numbers = self._numbers(self.capacity + eng.cfg.run.max_queued
+                                                - len(self.trials) - len(self.queued))
+                        if numbers:
+                            await self._propose(numbers)
+                            continue  # reap and drop what went stale while it was proposing, then start
+                if not (self.trials or self.queued or self.unproposed) and not self._numbers(1):
+                    if not eng.state.paused:
+                        await eng._finish("completed", f"{eng.cfg.budget.iterations} iterations done")
+                        return
+                await self._wait()
+        except BaseException:
+            await self._abandon()
+            raise
+
+    def _paused(self) -> bool:
+        eng, s = self.eng, self.eng.state
+        if s.pause_requested and not s.paused:
+            eng.emit(ev.Paused(next_iteration=s.next_iteration))
+        elif s.paused and eng._unpaused.is_set():
+            eng.emit(ev.Unpaused())
+        return s.paused
+
+    async def _wait(self) -> None:
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waker, *self.trials.values()}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+
+    def _numbers(self, room: int) -> list[int]:
+        """The iterations to propose next: those without a usable proposal, then interrupted ones, then new."""
+        if room <= 0:
+            return []
+        state, budget = self.eng.state, self.eng.cfg.budget.iterations
+        out = self.unproposed[:room]
+        out += [n for n in state.to_rerun if n <= budget][: room - len(out)]
+        n = state.next_new_iteration
+        while len(out) < room and n <= budget:
+            out.append(n)
+            n += 1
+        if not out and self.eng._approvals:
+            self.eng._expire_approvals("no iteration is left for it to run in (every one is proposed)")
+        return out
+
+    # --- proposals -----------------------------------------------------------------------
+
+    async def _propose(self, numbers: list[int]) -> list[Queued]:
+        eng = self.eng
+        for n in numbers:
+            if n not in eng.state.in_flight:
+                eng.emit(ev.IterationStarted(iteration=n))
+        self.unproposed = [n for n in self.unproposed if n not in numbers]
+        started = time.monotonic()
+        await eng._activate_ready()  # a validated mechanism joins at the next proposal
+        best_script, best_val = eng.state.best_script, eng.state.best_val_bpb
+        best_text = eng.read_artifact(best_script)
+        best = TrainScript.parse(best_text)
+        known = [Known(q.iteration, q.values, q.proposal.changes, q.proposal.hypothesis)
+                 for q in [*self.running.values(), *self.queued]]
+        self._proposing = asyncio.ensure_future(self.proposer.propose(numbers, known, best))
+        try:
+            results = await self._proposing
+        except asyncio.CancelledError:
+            if not eng.stopping:
+                raise
+            for n in numbers:
+                eng.context.interrupted(n)
+            return []
+        finally:
+            self._proposing = None
+        made = []
+        for n in numbers:
+            got = results[n]
+            if isinstance(got, str):
+                eng.emit(ev.IterationFinished(
+                    iteration=n, decision="rejected", reason=got, rule="no valid proposal",
+                    best_before=eng.state.best_val_bpb, best_after=eng.state.best_val_bpb,
+                    duration_s=time.monotonic() - started, source=eng.inner._source,
+                    mechanisms=eng.mechanisms.take_counts()))
+                continue
+            candidate = got.candidate if got.candidate is not None else best.apply(got.changes)
+            got.candidate = candidate
+            made.append(Queued(n, got, best_text, best_script, best_val, candidate.values(), started))
+        self.queued += made
+        return made
+
+    def _drop_stale(self) -> None:
+        """A new best arrived: the queued proposals, made against the old one, are asked again."""
+        state = self.eng.state
+        for q in [q for q in self.queued if q.best_script != state.best_script]:
+            self.queued.remove(q)
+            self.unproposed.append(q.iteration)
+            reason = (f"dropped before it ran: a new best (val_bpb {fmt_bpb(state.best_val_bpb)}) arrived after it "
+                      f"was proposed against {fmt_bpb(q.best_val)}; proposed again")
+            self.eng.emit(ev.ProposalRejected(iteration=q.iteration, attempt=q.proposal.attempt, kind="stale",
+                                              reason=reason, changes=dict(q.proposal.changes)))
+
+    # --- trials ----------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        while len(self.trials) < self.capacity and self.queued:
+            q = self.queued.pop(0)
+            self.running[q.iteration] = q
+            self.trials[q.iteration] = asyncio.ensure_future(self.eng.inner.run_trial(
+                q.iteration, q.proposal, q.best_text, started=q.started, best_at_proposal=q.best_val))
+
+    def _reap(self) -> None:
+        """Forget finished trials; a trial's fatal error ends the run (the others are interrupted)."""
+        for n, task in list(self.trials.items()):
+            if task.done():
+                del self.trials[n]
+                self.running.pop(n, None)
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+
+    async def _outer_levels(self) -> None:
+        finished = len(self.eng.state.proposals)
+        while self._cycle < finished // self.eng.cfg.search.outer_period:
+            self._cycle += 1
+            await self.eng._outer_levels(self._cycle, finished)
+
+    async def _stop(self) -> None:
+        """Soft: running trials finish; hard (their cancel events are set): they are interrupted."""
+        eng = self.eng
+        for q in self.queued:
+            eng.context.interrupted(q.iteration)
+        for n in self.unproposed:
+            eng.context.interrupted(n)
+        self.queued, self.unproposed = [], []
+        results = await asyncio.gather(*self.trials.values(), return_exceptions=True)
+        self.trials.clear()
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                eng.log(f"a trial failed while the run stopped: {r!r}")
+        await eng._finish("stopped", eng.stop_reason)
+
+    async def _abandon(self) -> None:
+        """A fatal error or a cancelled run: every trial in flight is cut short and recorded as interrupted."""
+        eng = self.eng
+        if not eng.stopping:
+            eng.stopping, eng.stop_reason = True, eng.stop_reason or "the run ended with trials in flight"
+        for cancel in list(eng.training_cancels.values()):
+            cancel.set()
+        if self._proposing is not None:
+            self._proposing.cancel()
+        await asyncio.gather(*self.trials.values(), return_exceptions=True)
+        self.trials.clear()
+        for n in [*(q.iteration for q in self.queued), *self.unproposed]:
+            if n in eng.state.in_flight:
+                eng.context.interrupted(n)
+        self.queued, self.unproposed = [], []
+
+    # --- batches ---------------------------------------------------------------------------
+
+    async def _batch(self) -> bool:
+        """Propose, train and judge one batch; False when no iteration is left to propose."""
+        eng = self.eng
+        q = eng.cfg.run.batch_size or self.capacity
+        numbers = self._numbers(q)
+        if not numbers:
+            return False
+        batch = sorted(await self._propose(numbers), key=lambda item: item.iteration)
+        self.queued = []
+        held = [Held() for _ in batch]
+        runs = await asyncio.gather(*(self._held_training(item, mine, held[i - 1] if i else None)
+                                      for i, (item, mine) in enumerate(zip(batch, held))),
+                                    return_exceptions=True)
+        for item, mine, run in zip(batch, held, runs):
+            for event in mine.events:
+                eng.emit(event)
+            if isinstance(run, BaseException):
+                raise run
+            if run is not None:
+                await eng.inner.judge_trial(item.iteration, item.proposal, run,
+                                            started=item.started, best_at_proposal=item.best_val)
+        return True
+
+    async def _held_training(self, item: Queued, mine: Held, before: Held | None) -> TrainRun | None:
+        if before is not None:  # start in iteration order: the one before has its process (or is done)
+            await before.started.wait()
+        HELD.set(mine)
+        try:
+            return await self.eng.inner.train_trial(item.iteration, item.proposal, item.best_text)
+        finally:
+            mine.started.set()

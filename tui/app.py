@@ -319,7 +319,7 @@ class BilevelApp(App[int]):
         if action == "review_mechanism":
             return True if self.model.pending else None
         if action == "abort_training":
-            return True if self.model.training_iteration is not None else None
+            return True if self.model.in_flight else None
         return True
 
     # --- actions: the run ---------------------------------------------------------------------------------
@@ -340,6 +340,9 @@ class BilevelApp(App[int]):
             self.header.refresh()
 
     def action_abort_training(self) -> None:
+        if self.model.multi_slot:
+            self._abort_which()
+            return
         it = self.model.training_iteration
         if it is None:
             return
@@ -352,6 +355,33 @@ class BilevelApp(App[int]):
             f"Abort the training run of iteration #{it}?",
             "The run is cancelled now and the iteration is recorded as cancelled; the search goes on.",
             [("abort", "Abort run", "error")]), answered)
+
+    def _abort_which(self) -> None:
+        """Parallel trials: abort the highlighted row's trial when it is in flight, another, or all of them."""
+        running = self.model.in_flight
+        if not running:
+            return
+        highlighted = self.base.query_one(TracePane).highlighted_iteration()
+        first = [highlighted] if highlighted in running else []
+        others = [n for n in running if n not in first][:max(0, 2 - len(first))]
+        answers = [(f"it-{n}", f"Abort #{n}", "error") for n in first + others]
+        answers.append(("all", f"Abort all {len(running)}", "warning"))
+        listed = ", ".join(f"#{n} on {self._slot_of(n)}" for n in running)
+
+        async def answered(answer: str | None) -> None:
+            if answer == "all":
+                await self.send(cmds.AbortTraining(iteration=None))
+            elif answer is not None and answer.startswith("it-"):
+                await self.send(cmds.AbortTraining(iteration=int(answer.removeprefix("it-"))))
+
+        self.push_screen(ConfirmScreen(
+            "Abort which training run?",
+            f"In flight: {listed}.\nAn aborted run is recorded as cancelled; the other slots go on, and the "
+            "freed slot takes the next proposal.", answers), answered)
+
+    def _slot_of(self, n: int) -> str:
+        trial = self.model.trial(n)
+        return trial.slot if trial is not None and trial.slot else "?"
 
     def action_stop(self) -> None:
         async def answered(answer: str | None) -> None:

@@ -91,7 +91,12 @@ class StatusHeader(Widget):
         total = m.iterations_total
         bits = Text(no_wrap=True, overflow="ellipsis")
         bits.append(f"iter {m.iterations_done}/{total if total is not None else '?'}", style="bold")
-        if s.running is not None:
+        if m.multi_slot:
+            running = m.in_flight
+            if running:
+                bits.append(f" ({' '.join(f'#{n}' for n in running[:4])}{' …' if len(running) > 4 else ''} running)",
+                            style="dim")
+        elif s.running is not None:
             bits.append(f" (#{s.running} running)", style="dim")
         bits.append("  best ")
         if s.best_val_bpb is not None:
@@ -107,7 +112,9 @@ class StatusHeader(Widget):
         tokens = " ".join(f"{LEVEL_NAMES.get(k, k)} {short_count(v)}" for k, v in m.tokens_by_level.items() if v)
         if tokens:
             bits.append(f"  tok {tokens}", style="")
-        if m.slot:
+        if m.multi_slot:
+            bits.append(f"  slots {len(m.in_flight)}/{len(m.trials.working_slots)} busy")
+        elif m.slot:
             bits.append(f"  slot {m.slot}")
         if m.active_mechanisms:
             bits.append(f"  mech {len(m.active_mechanisms)}", style="dim")

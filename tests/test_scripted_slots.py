@@ -108,3 +108,12 @@ async def test_a_hard_stop_interrupts_every_trial_in_flight(tmp_path: Path):
     interrupted = [e.iteration for e in evs if isinstance(e, ev.IterationInterrupted)]
     assert len(interrupted) >= 3 and state.status == "stopped"
     assert not set(interrupted) & {e.iteration for e in finished(evs)}
+
+
+async def test_strategy_cycles_count_verdicts_whatever_order_they_came_in(tmp_path: Path):
+    await record_session(tmp_path / "s", Plan(**{**FOUR_GPUS, "outer_period": 3}))
+    evs = events(tmp_path / "s")
+    for cycle in (e for e in evs if isinstance(e, ev.StrategyStarted)):
+        before = [e for e in evs[:evs.index(cycle)] if isinstance(e, ev.IterationFinished) and e.iteration]
+        assert len(before) == 3 * cycle.cycle and before[-1].iteration == cycle.after_iteration
+    assert len([e for e in evs if isinstance(e, ev.StrategyStarted)]) == 4

@@ -38,9 +38,11 @@ from core.record import commands as cmds
 
 from .keys import BINDINGS as KEY_BINDINGS
 from .keys import PALETTE, deterministic_from_env, keymap_path, load_keymap
+from .detail import iteration_detail
 from .model import HEADER, ViewModel
 from .screens.approval import ApprovalScreen
 from .screens.confirm import ConfirmScreen
+from .screens.detail import IterationDetailScreen
 from .screens.guidance import GuidanceScreen
 from .screens.help import HelpScreen
 from .screens.params import FreezeScreen
@@ -678,9 +680,9 @@ class BilevelApp(App[int]):
     # --- messages from panes --------------------------------------------------------------------------------------------
 
     def on_trace_pane_iteration_chosen(self, message: TracePane.IterationChosen) -> None:
-        patches = self.base.query_one(PatchPane)
-        if not patches.show_iteration(message.iteration):
-            self.notify(f"iteration #{message.iteration} has no diff", timeout=3)
+        n = message.iteration
+        self.base.query_one(PatchPane).show_iteration(n)  # the patches pane points at its diff too
+        self.push_screen(IterationDetailScreen(n, iteration_detail(self.model, n, self.source.read_artifact)))
 
 
 def _settle_garbage_collector() -> None:

@@ -186,8 +186,7 @@ class SlotRunner:
                     if not e.stopping:
                         e.emit(ev.Unpaused())
                 continue
-            for n in await self._tick_trials():
-                await self._after_verdict(n, levels)
+            await self._tick_trials(levels)
 
     async def _start(self, n: int, slot: str, node: str) -> Trial:
         e, p = self.engine, self.engine.plan
@@ -225,12 +224,11 @@ class SlotRunner:
         return Trial(n, slot, node, trial_steps(n, p.progress_per_run), changes, hypothesis, values, script_rel,
                      sorted(saw_results), saw_running)
 
-    async def _tick_trials(self) -> list[int]:
-        """One progress step of every trial in flight; the iterations that got their verdict, in order."""
+    async def _tick_trials(self, levels: list[str]) -> None:
+        """One progress step of every trial in flight; a verdict is followed at once by the cycles it completes."""
         e, p = self.engine, self.engine.plan
         step_s = p.budget_s / p.progress_per_run
         self.ticks += 1
-        done: list[int] = []
         aborts, self.aborts = self.aborts, set()
         for name, _ in self.slot_names():
             trial = self.in_flight.get(name)
@@ -238,16 +236,14 @@ class SlotRunner:
                 continue
             n = trial.iteration
             if n in aborts:
-                await self._verdict(trial, "cancelled")
-                done.append(n)
+                await self._verdict(trial, "cancelled", levels)
                 continue
             trial.step += 1
             i, steps = trial.step, trial.steps
             if n == p.crash_at and i > steps // 3:
                 e.emit(ev.TrainingOutput(iteration=n, stream="stderr",
                                          line="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"))
-                await self._verdict(trial, "oom")
-                done.append(n)
+                await self._verdict(trial, "oom", levels)
                 continue
             e.emit(ev.TrainingProgress(iteration=n, step=i * 25, percent=100.0 * i / steps,
                                        loss=4.0 - 1.5 * i / steps + 0.05 * e.rng.random(),
@@ -256,14 +252,12 @@ class SlotRunner:
             if i <= p.output_per_run:
                 e.emit(ev.TrainingOutput(iteration=n, line=f"step {i * 25:05d} | loss {4.0 - 0.07 * i:.4f}"))
             if i >= steps:
-                await self._verdict(trial, "ok")
-                done.append(n)
+                await self._verdict(trial, "ok", levels)
         if p.gpus and self.ticks % SAMPLE_EVERY == 0:
             e.emit(self.sampled())
         await e._tick(step_s)
-        return done
 
-    async def _verdict(self, trial: Trial, outcome: str) -> None:
+    async def _verdict(self, trial: Trial, outcome: str, levels: list[str]) -> None:
         """TrainingFinished and IterationFinished of one trial, judged against the best at this moment."""
         e, p = self.engine, self.engine.plan
         n = trial.iteration
@@ -305,6 +299,7 @@ class SlotRunner:
             reason=reason or (f"improved by {best - val:.6f}" if decision == "keep" and best is not None and val is not None
                               else "")))
         self.finished.append(n)
+        await self._after_verdict(n, levels)
 
     async def _after_verdict(self, n: int, levels: list[str]) -> None:
         """Level 1.5 and Level 2 count finished iterations, whatever order they finished in."""

@@ -108,3 +108,20 @@ async def test_x_all_aborts_every_trial_in_flight(tmp_path: Path):
     ack = received(engine, "abort_training")
     assert [a.args for a in ack] == [{"iteration": None}] and ack[0].ok
     assert len([e for e in logged(engine, ev.IterationFinished) if e.decision == "cancelled"]) == 4
+
+
+async def test_a_replay_jump_keeps_the_latest_progress_of_every_trial_in_flight(tmp_path: Path):
+    from tui.sources import SessionLog
+
+    await record_session(tmp_path / "s", Plan(iterations=8, slots=4, progress_per_run=12, crash_at=None))
+    log = SessionLog()
+    log.extend((tmp_path / "s" / "events.jsonl").read_bytes())
+    evs = log.events(0, len(log))
+    # cut in the middle of a stretch where four trials stream progress
+    cut = next(i for i, e in enumerate(evs) if isinstance(e, ev.TrainingProgress) and e.iteration == 4) + 8
+    latest = {}
+    for e in evs[:cut]:
+        if isinstance(e, ev.TrainingProgress):
+            latest[e.iteration] = e
+    shown = [e for e in log.for_display(0, cut) if isinstance(e, ev.TrainingProgress)]
+    assert {e.iteration: e for e in shown[-4:]} == {n: latest[n] for n in (1, 2, 3, 4)}

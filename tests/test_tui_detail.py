@@ -66,8 +66,8 @@ async def test_detail_gives_the_rule_the_margin_and_the_diff(tmp_path: Path):
     margin = verdict.best_before - verdict.val_bpb
     assert f"margin        {abs(margin):.6f} {'better' if margin > 0 else 'worse'} than the best" in text
     assert "rule          min_delta: keep if val_bpb < best - 0" in text
-    (name, value), = verdict.changes.items()
-    assert f"+{name} = {value!r}" in text.split("\nDiff\n", 1)[1]
+    diff = text.split("\nDiff\n", 1)[1]
+    assert verdict.changes and all(f"+{name} = {value!r}" in diff for name, value in verdict.changes.items())
 
 
 async def test_detail_of_the_mechanism_effects_and_active_mechanisms(tmp_path: Path):

@@ -42,7 +42,7 @@ async def test_slots_pane_shows_each_slot_with_its_trial_progress_and_gpu(tmp_pa
     for n in running:
         assert any(f"#{n} " in line for line in lines.values()), (n, lines)
     for name in ("gpu0", "gpu1", "gpu2", "gpu3"):
-        assert "/79.6G" in lines[name] and "%" in lines[name]  # memory against size, utilisation
+        assert "/80G" in lines[name] and "%" in lines[name]  # memory against size, utilisation
     assert "skipped: another user's process" in lines["gpu4"]
     assert "slots 4/4 busy" in text
 

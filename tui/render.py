@@ -181,17 +181,18 @@ def best_plot(points: Sequence[tuple[int, float, str]], width: int, height: int)
 
 
 def memory_text(used_mb: float | None, total_mb: float | None) -> str:
-    """``38.2/79.6G``: a GPU's memory in use against its size."""
+    """``38/80G``: a GPU's memory in use against its size (a tenth of a GiB under 10 GiB)."""
     if used_mb is None:
         return ""
-    used = f"{used_mb / 1024:.1f}"
-    return f"{used}/{total_mb / 1024:.1f}G" if total_mb else f"{used}G"
+    digits = 0 if (total_mb or used_mb) >= 10 * 1024 else 1  # whole GiB on a big card: 38/80G
+    used = f"{used_mb / 1024:.{digits}f}"
+    return f"{used}/{total_mb / 1024:.{digits}f}G" if total_mb else f"{used}G"
 
 
 def slot_text(name: str, iteration: int | None, changes: str, percent: float | None, phase: str | None,
               remaining_s: float | None, gpu: str, utilisation: float | None, skipped: str, width: int,
-              name_w: int) -> Text:
-    """One slot: ``gpu0 node1  #7 MATRIX_LR=0.08  ▕███▍   ▏ 58% training 1:03 left  38.2/79.6G  97%``."""
+              name_w: int, changes_w: int | None = None) -> Text:
+    """One slot: ``gpu0 node1  #7 MATRIX_LR=0.08  ▕███▍   ▏ 58% training 1:03 left  38/80G  97%``."""
     out = Text(no_wrap=True, overflow="ellipsis")
     out.append(name.ljust(name_w)[:name_w] + " ", style="dim" if skipped else "bold")
     if skipped:
@@ -200,7 +201,7 @@ def slot_text(name: str, iteration: int | None, changes: str, percent: float | N
         return out
     right = ""
     if gpu:
-        right = f"  {gpu:>11}"
+        right = f"  {gpu:>7}"
     if utilisation is not None:
         right += f" {utilisation:3.0f}%"
     if iteration is None:
@@ -213,14 +214,15 @@ def slot_text(name: str, iteration: int | None, changes: str, percent: float | N
     label = f"#{iteration}".ljust(5)
     pct = f" {percent:3.0f}%" if percent is not None else "  ···"
     state = f" {phase or 'starting'}".ljust(11)
-    left = f" {clock(remaining_s)} left" if remaining_s is not None else ""
+    left = f"{clock(remaining_s)} left".rjust(11) if remaining_s is not None else " " * 11
     room = width - out.cell_len - len(label) - len(pct) - len(state) - len(left) - len(right) - 2
-    bar_w = max(4, min(30, room // 2))
-    change_w = min(max(0, room - bar_w), len(changes) + 1) if changes else 0
+    bar_w = max(4, min(24, room // 3))  # the changes say more than the bar: they get the room first
+    # the same width on every slot's line (``changes_w``), so the bars line up
+    change_w = min(max(0, room - bar_w), changes_w if changes_w is not None else len(changes) + 1)
     bar_w = max(4, room - change_w)  # the bar takes what the changes leave
     out.append(label, style="bold")
     if change_w:
-        text = changes if len(changes) < change_w else changes[:max(0, change_w - 2)] + "…"
+        text = changes if len(changes) < change_w else changes[:max(0, change_w - 2)] + "… "
         out.append(text.ljust(change_w))
     out.append("▕")
     out.append(bar((percent or 0.0) / 100.0, bar_w), style="yellow" if phase in ("compiling", "evaluating") else "blue")

@@ -209,6 +209,8 @@ class SlotRunner:
                 attempt = 2
             await e._llm("inner", "propose", "{}", n, stream=False)
             changes, hypothesis = e._proposal(n)
+            if n % 3 == 2 and "WARMDOWN_RATIO" not in changes:  # some proposals change two parameters
+                changes["WARMDOWN_RATIO"] = round(0.3 + 0.05 * (n % 7), 4)
             e.emit(ev.ProposalMade(iteration=n, attempt=attempt, changes=changes, hypothesis=hypothesis,
                                    source="offline", saw_results=sorted(saw_results), saw_running=saw_running))
             for name in e.state.mechanisms:

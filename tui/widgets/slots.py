@@ -21,6 +21,8 @@ def slot_lines(model: "ViewModel", width: int) -> list[Text]:
     board = model.trials
     names = [s.name + (f" {s.node}" if s.node else "") for s in board.slots.values()]
     name_w = min(24, max((len(n) for n in names), default=4))
+    shown = {n: _changes(board.trials[n]) for n in board.in_flight if n in board.trials}
+    changes_w = max((len(c) for c in shown.values()), default=0) + 1
     lines = []
     for label, slot in zip(names, board.slots.values()):
         trial = board.trials.get(slot.iteration) if slot.iteration is not None else None
@@ -31,12 +33,16 @@ def slot_lines(model: "ViewModel", width: int) -> list[Text]:
             lines.append(slot_text(label, None, "", None, None, None, gpu, util, slot.skipped, width, name_w))
             continue
         p = trial.progress
-        changes = changes_text(trial.proposals[-1].changes) if trial.proposals else ""
-        if trial.iteration == 0:
-            changes = "(baseline)"
-        lines.append(slot_text(label, trial.iteration, changes, p.percent if p else None, p.phase if p else None,
-                               p.remaining_s if p else None, gpu, util, slot.skipped, width, name_w))
+        lines.append(slot_text(label, trial.iteration, _changes(trial), p.percent if p else None,
+                               p.phase if p else None, p.remaining_s if p else None, gpu, util, slot.skipped, width,
+                               name_w, changes_w))
     return lines
+
+
+def _changes(trial) -> str:
+    if trial.iteration == 0:
+        return "(baseline)"
+    return changes_text(trial.proposals[-1].changes) if trial.proposals else ""
 
 
 class SlotsView(Widget):

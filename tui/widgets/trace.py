@@ -31,6 +31,7 @@ COLUMNS = (
     ("mech", "mechanisms", 16),
     ("hyp", "hypothesis", 60),
 )
+CHANGES_WIDTH, CHANGES_MAX = 26, 90  # the changes column: its width on a normal terminal, and the most it grows to
 # with parallel trials: which slot ran it, next to the number
 MULTI_COLUMNS = COLUMNS[:1] + (("slot", "slot", 6),) + COLUMNS[1:]
 
@@ -163,6 +164,7 @@ class TracePane(Pane):
                 table.sort("it", key=lambda cell: rank(int(cell.plain)))
             if (added or self._multi) and follow:
                 table.move_cursor(row=table.row_count - 1, animate=False)
+            self._fit_changes()
         if SLOTS in parts and self._multi:
             self.query_one(SlotsView).show(model)
         if PLOT in parts:
@@ -180,6 +182,27 @@ class TracePane(Pane):
             else:
                 bar.values = (None, None, None, None, None, None, "")
             bar.refresh()
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit_changes)
+
+    def _fit_changes(self) -> None:
+        """Wide terminals: the changes column grows to its longest text, as far as the number, verdict,
+        score and time columns still fit (26 cells, as before, where they do not)."""
+        table = self.table
+        column = table.columns.get("changes")  # type: ignore[call-overload]
+        if column is None:
+            return
+        columns = MULTI_COLUMNS if self._multi else COLUMNS
+        fixed = sum(w + 2 for key, _, w in columns if key not in ("changes", "mech", "hyp"))
+        room = table.size.width - fixed - 4  # the cell padding and the scrollbar
+        longest = max((len(str(cells.get("changes", ""))) for cells in self._rows.shown.values()), default=0)
+        width = max(CHANGES_WIDTH, min(room, longest + 1, CHANGES_MAX))
+        if width != column.width:
+            column.width = width
+            table._require_update_dimensions = True
+            table._clear_caches()
+            table.refresh(layout=True)
 
     def highlighted_iteration(self) -> int | None:
         """The iteration of the row under the cursor (None: an empty table)."""

@@ -81,3 +81,28 @@ async def test_from_160_columns_the_changes_column_grows_to_its_text(tmp_path: P
             width = table.columns["changes"].width  # type: ignore[index]
         assert longest > 26  # two-parameter proposals: wider than the column was
         assert (width > 26) is grows and (not grows or width >= longest or width >= 30), (size, width, longest)
+
+
+def test_progress_line_says_the_phase_and_time_against_budget_and_grace():
+    from tui import render
+
+    text = render.progress_text(12, 0.0, None, None, None, None, "gpu0", "compiling", 14.0, 300.0, 150.0,
+                                width=120).plain
+    assert "0% compiling 0:14/5:00 +2:30 grace" in text and "gpu0" in text
+    late = render.progress_text(12, 100.0, 900, 2.9, None, 0.0, "gpu0", "evaluating", 306.0, 300.0, 150.0, width=120)
+    assert "evaluating 5:06/5:00 +2:30 grace" in late.plain
+    assert any("red" in str(span.style) for span in late.spans)  # past the budget: said in red
+    assert render.progress_text(3, 50.0, 10, 3.0, None, None, "", width=80).cell_len <= 80  # old engines: no phase
+
+
+def test_the_grace_follows_the_configs_rule():
+    from core.record import events as ev
+    from tui.model import ViewModel
+
+    model = ViewModel()
+    model.apply(ev.SessionStarted(config={"budget": {"time_s": 300.0}}))
+    assert model.grace_s == 150.0  # max(60, half the budget) when the config sets none
+    model.apply(ev.SessionStarted(config={"budget": {"time_s": 300.0, "grace_s": 20.0}}))
+    assert model.grace_s == 20.0
+    model.apply(ev.SessionStarted(config={"budget": {"time_s": "soon"}}))
+    assert model.grace_s is None

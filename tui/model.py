@@ -17,6 +17,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from core.record import events as ev
 from core.analysis.printer import HeadlessPrinter
 from core.record.state import IterationTrace, ParamChange, RunState
@@ -219,6 +221,20 @@ class ViewModel:
         return "running" if s.session else "waiting"
 
     @property
+    def grace_s(self) -> float | None:
+        """The seconds a run may go past its budget before it is killed (the config's rule), None if unknown."""
+        budget = self.state.config.get("budget") if isinstance(self.state.config, dict) else None
+        if not isinstance(budget, dict) or "time_s" not in budget:
+            return None
+        from core.record.config import BudgetConfig
+
+        try:
+            return msgspec.convert({k: v for k, v in budget.items() if k in ("time_s", "grace_s")},
+                                   BudgetConfig).deadline_grace_s
+        except (msgspec.ValidationError, TypeError):
+            return None  # a config this version cannot read: say nothing rather than something wrong
+
+    @property
     def iterations_total(self) -> int | None:
         """The budget in force: a change by the user or by a resume counts."""
         return self.state.iterations_budget
@@ -244,10 +260,12 @@ class ViewModel:
             estimate -= min(mean, max(0.0, now - training.ts))
         return max(0.0, estimate)
 
-    def best_points(self) -> list[tuple[int, float, str]]:
-        """(iteration, val_bpb, decision) of every scored iteration, in order."""
+    def best_points(self) -> list[tuple[int, float | None, str]]:
+        """(iteration, val_bpb, decision) of every judged iteration in order; None for a run with no score
+        (a crash, a cancelled run: the plot marks them)."""
         shown = (self.row(n) for n in sorted(self.rows))
-        return [(r.iteration, r.val_bpb, r.phase) for r in shown if r is not None and r.final and r.val_bpb is not None]
+        return [(r.iteration, r.val_bpb, r.phase) for r in shown if r is not None and r.final
+                and (r.val_bpb is not None or r.phase != "rejected")]
 
     def research_parts(self, research_id: str) -> list[str]:
         """The research dialogue as Markdown parts in event order (see :func:`dialogue_parts`)."""

@@ -176,9 +176,13 @@ class TracePane(Pane):
             p = model.state.progress
             it = model.training_iteration
             if it is not None and p is not None and p.iteration == it:
-                bar.values = (it, p.percent, p.step, p.loss, p.tok_per_s, p.remaining_s, model.slot)
+                started = model.state.training
+                elapsed = p.ts - started.ts if started is not None and p.ts and started.ts else None
+                budget = started.budget_s if started is not None else None
+                bar.values = (it, p.percent, p.step, p.loss, p.tok_per_s, p.remaining_s, model.slot, p.phase,
+                              elapsed, budget, model.grace_s if budget else None)
             elif it is not None:
-                bar.values = (it, None, None, None, None, None, model.slot)
+                bar.values = (it, None, None, None, None, None, model.slot, "starting")
             else:
                 bar.values = (None, None, None, None, None, None, "")
             bar.refresh()

@@ -106,3 +106,24 @@ def test_the_grace_follows_the_configs_rule():
     assert model.grace_s == 20.0
     model.apply(ev.SessionStarted(config={"budget": {"time_s": "soon"}}))
     assert model.grace_s is None
+
+
+async def test_a_cell_that_only_changes_style_is_repainted():
+    """A row first shown while it trained, then kept: its number turns bold (Rich's Text == ignores style)."""
+    from rich.text import Text
+    from textual.app import App
+
+    from tui.widgets.tables import KeyedRows
+
+    class Table(App):
+        def compose(self):
+            yield DataTable()
+
+    app = Table()
+    async with app.run_test():
+        table = app.query_one(DataTable)
+        table.add_column("#", key="it")
+        rows = KeyedRows(["it"])
+        rows.set(table, "1", {"it": Text("1")})
+        rows.set(table, "1", {"it": Text("1", style="bold")})
+        assert str(table.get_cell("1", "it").style) == "bold"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from rich.text import Text
 from textual.widgets import DataTable
 
 
@@ -22,10 +23,17 @@ class KeyedRows:
             return True
         for col in self.columns:
             value = cells[col]
-            if before.get(col) != value:
+            if not _same(before.get(col), value):
                 table.update_cell(key, col, value)
                 before[col] = value
         return False
 
     def clear(self) -> None:
         self.shown.clear()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as shown: Rich's ``Text ==`` ignores the base style (a row turning bold when kept)."""
+    if isinstance(a, Text) and isinstance(b, Text):
+        return a.plain == b.plain and str(a.style) == str(b.style) and a.spans == b.spans
+    return a == b

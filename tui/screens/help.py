@@ -33,7 +33,8 @@ def help_text(keys: list[tuple[str, str, str]], mode: str) -> Text:
     for name, what in PANES:
         out.append(f"  {name:<11}", style="bold cyan")
         out.append(f"{what}\n")
-    out.append("  Drag the bars between panes with the mouse, or use ctrl+arrows, to resize; z maximises.\n\n")
+    out.append("  Drag the bars between panes with the mouse, or use ctrl+arrows, to resize; z maximises.\n")
+    out.append("  Under 100 columns one pane shows at a time: 1–5 switch, l flips to the event log.\n\n")
     out.append("Keys", style="bold underline")
     out.append("   (binding ids in brackets)\n", style="dim")
     for key, desc, bid in keys:

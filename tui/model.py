@@ -7,7 +7,9 @@ this module keeps what is about showing it: strategy cycles as cards, research d
 as Markdown streamed by call id, the patch list, the event log's lines, the user's
 not-yet-acknowledged pause, and which parts of the screen an event made stale, so the app
 repaints at a fixed rate only what changed. No Textual import here: the model is plain
-data, tested and benchmarked on its own.
+data, tested and benchmarked on its own. Slots and per-trial detail are
+:mod:`tui.model_trials`'s. Over ~500 lines because it is one small handler per event type
+that changes a view, next to the properties the panes read.
 """
 from __future__ import annotations
 

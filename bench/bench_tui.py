@@ -9,7 +9,8 @@ whole iterations, strategy cycles and research sessions) as fast as the headless
 - RSS after the stream.
 
 Targets: >= 2,000 events/s, every key answered in < 100 ms, < 150 MB RSS after 10,000
-events. Exits 1 when a target is missed. Run: ``python bench/bench_tui.py [--events N]``.
+events. Exits 1 when a target is missed. Run: ``python bench/bench_tui.py [--events N] [--slots 4]``
+(``--slots``: a run with that many GPU slots, so the slots view and the finish-ordered trace are on).
 """
 from __future__ import annotations
 
@@ -46,8 +47,12 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def synthetic_stream(seed: int = 0) -> Iterator[ev.Event]:
-    """An endless, plausible session: ~55% tokens, ~35% progress and output, the rest the run's structure."""
+def synthetic_stream(seed: int = 0, slots: int = 1) -> Iterator[ev.Event]:
+    """An endless, plausible session: ~55% tokens, ~35% progress and output, the rest the run's structure.
+
+    ``slots`` > 1: the run announces that many GPU slots, each iteration trains on the next one
+    and the slots are sampled every 25 steps (the slots view, the slot column, finish order).
+    """
     rng = random.Random(seed)
     seq = 0
     ts = 1_700_000_000.0
@@ -63,6 +68,9 @@ def synthetic_stream(seed: int = 0) -> Iterator[ev.Event]:
     yield stamp(ev.SessionStarted(session="bench", name="bench", provider="offline", group="C",
                                   levels=["inner", "strategy", "research"], config={"budget": {"iterations": 10_000}},
                                   schema=schema, guidance="benchmark"))
+    if slots > 1:
+        yield stamp(ev.SlotsConfigured(slots=[ev.SlotInfo(name=f"gpu{i}", devices=str(i), memory_total_mb=81_559.0)
+                                              for i in range(slots)]))
     best = 1.0
     it = 0
     call = 0
@@ -75,13 +83,17 @@ def synthetic_stream(seed: int = 0) -> Iterator[ev.Event]:
             yield stamp(ev.LLMDelta(call_id=f"i{call}", level="inner", text="tok "))
         yield stamp(ev.LLMResponse(call_id=f"i{call}", level="inner", prompt_tokens=900, completion_tokens=20))
         yield stamp(ev.ProposalMade(iteration=it, changes=changes, hypothesis="a benchmark hypothesis"))
-        yield stamp(ev.TrainingStarted(iteration=it, diff=f"artifacts/iterations/{it:04d}/diff.patch", slot="gpu0",
-                                       budget_s=300))
+        yield stamp(ev.TrainingStarted(iteration=it, diff=f"artifacts/iterations/{it:04d}/diff.patch",
+                                       slot=f"gpu{it % slots}", budget_s=300))
         for step in range(1, 151):
             yield stamp(ev.TrainingProgress(iteration=it, step=step, percent=step / 1.5, loss=4 - step / 100,
                                             tok_per_s=50_000.0, remaining_s=300 - 2 * step))
             if step % 5 == 0:
                 yield stamp(ev.TrainingOutput(iteration=it, line=f"step {step} loss {4 - step / 100:.3f}"))
+            if slots > 1 and step % 25 == 0:
+                yield stamp(ev.SlotsSampled(samples=[ev.SlotSample(name=f"gpu{i}", utilisation=95.0,
+                                                                   memory_used_mb=40_000.0, memory_total_mb=81_559.0)
+                                                     for i in range(slots)]))
         val = round(best - rng.gauss(0.001, 0.004), 6)
         decision = "baseline" if it == 0 else ("keep" if val < best else "discard")
         yield stamp(ev.TrainingFinished(iteration=it, val_bpb=val, duration_s=330.0))
@@ -165,14 +177,14 @@ def _watch_paints() -> None:
 
 
 async def bench(n_events: int, saturate_s: float, rate: float, seconds: float, size: tuple[int, int],
-                key_every_s: float) -> dict[str, Any]:
+                key_every_s: float, slots: int = 1) -> dict[str, Any]:
     from tui.app import BilevelApp
     from tests.support.queue_source import QueueSource
 
     _watch_paints()
     source = QueueSource()
     app = BilevelApp(source, deterministic=False)  # as users run it: clock ticking, log throttled
-    stream = synthetic_stream()
+    stream = synthetic_stream(slots=slots)
     out: dict[str, Any] = {}
     async with app.run_test(size=size) as pilot:
         await pilot.pause()
@@ -251,10 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=120)
     parser.add_argument("--height", type=int, default=40)
     parser.add_argument("--key-every", type=float, default=0.2, help="seconds between measured key presses")
+    parser.add_argument("--slots", type=int, default=1, help="GPU slots the run has (> 1: the slots view is shown)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
     r = asyncio.run(bench(args.events, args.saturate, args.rate, args.seconds, (args.width, args.height),
-                          args.key_every))
+                          args.key_every, args.slots))
 
     sat, paced = r["saturated"], r["paced"]
     print(f"terminal {args.width}x{args.height}; {r['rows']} iterations in the trace table at the end")

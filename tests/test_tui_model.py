@@ -165,8 +165,22 @@ def test_best_plot_fills_its_box_and_labels_the_range():
     text = render.best_plot(points, 40, 5)
     lines = text.plain.split("\n")
     assert len(lines) == 5 and all(len(line) == 40 for line in lines)
-    assert lines[0].strip().startswith("1.0200") and lines[-1].strip().startswith("0.9700")
+    assert lines[0].strip().startswith("1.0200") and lines[-2].strip().startswith("0.9700")
+    assert lines[-1].split() == ["iter", "#0", "#1", "#2", "#3"]  # the last row is the iteration axis
     assert "no scored iteration" in render.best_plot([], 40, 5).plain
+
+
+def test_best_plot_marks_crashes_and_says_what_its_marks_mean():
+    points = [(0, 1.0, "baseline"), (1, 0.99, "keep"), (2, None, "crash"), (3, 1.02, "discard"),
+              (4, None, "cancelled"), (5, 0.97, "keep"), (6, 0.98, "discard"), (9, 0.975, "discard")]
+    text = render.best_plot(points, 90, 7)
+    lines = text.plain.split("\n")
+    assert len(lines) == 7 and all(len(line) == 90 for line in lines)
+    assert "━ best" in lines[0] and "keep" in lines[0] and "discard" in lines[0] and "✗ crash" in lines[0]
+    assert "✗" in lines[-2] and "⊘" in lines[-2]  # the unscored runs, on the bottom row
+    assert lines[-1].split()[0] == "iter" and "#0" in lines[-1] and "#9" in lines[-1]
+    styles = {str(span.style) for span in text.spans}
+    assert {"bold green", "yellow", "bold red", "magenta"} <= styles
 
 
 def test_progress_line_fits_its_width():

@@ -32,15 +32,16 @@ from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer
 
 from core.record import commands as cmds
 
 from .keys import BINDINGS as KEY_BINDINGS
 from .keys import PALETTE, deterministic_from_env, keymap_path, load_keymap
+from .detail import iteration_detail
 from .model import HEADER, ViewModel
 from .screens.approval import ApprovalScreen
 from .screens.confirm import ConfirmScreen
+from .screens.detail import IterationDetailScreen
 from .screens.guidance import GuidanceScreen
 from .screens.help import HelpScreen
 from .screens.params import FreezeScreen
@@ -48,6 +49,8 @@ from .screens.seek import SeekScreen
 from .sources import RESET, EngineGoneError, ReadOnlyError, ReplaySource, Source
 from .widgets.eventlog import EventLogPane
 from .widgets.header import StatusHeader
+from .widgets.keybar import KeyBar
+from .widgets.tabs import PaneTabs
 from .widgets.pane import Pane
 from .widgets.patches import PatchPane
 from .widgets.research import ResearchPane
@@ -73,7 +76,8 @@ class BilevelApp(App[int]):
     TITLE = "bilevel"
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     ALLOW_IN_MAXIMIZED_VIEW = "StatusHeader, Footer"  # a maximised pane keeps the status and key bars
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    # under 100 columns one pane at a time (-compact); from 160 the trace gets the width (-broad)
+    HORIZONTAL_BREAKPOINTS = [(0, "-compact"), (100, "-narrow"), (110, "-wide"), (160, "-broad")]
     BINDINGS = KEY_BINDINGS
 
     def __init__(self, source: Source, *, config_path: Path | None = None, deterministic: bool | None = None,
@@ -99,6 +103,8 @@ class BilevelApp(App[int]):
         self._header: StatusHeader | None = None
         self._started = time.monotonic()
         self._footer_signature: tuple = ()
+        self._compact: bool | None = None  # the one-pane-at-a-time layout is on (None: not decided yet)
+        self.current_pane = "trace"  # the pane the compact layout shows
         if self.deterministic:
             self.animation_level = "none"
 
@@ -112,6 +118,7 @@ class BilevelApp(App[int]):
 
     def compose(self) -> ComposeResult:
         yield StatusHeader(id="status", deterministic=self.deterministic)
+        yield PaneTabs(id="tabs")
         with Horizontal(id="main"):
             with Vertical(id="left-col"):
                 yield TracePane(1, id="trace")
@@ -123,7 +130,7 @@ class BilevelApp(App[int]):
                 yield Splitter("strategy", vertical=False, minimum=5, id="split-right")
                 yield ResearchPane(3, id="research")
         yield EventLogPane(5, id="events", throttle=not self.deterministic)
-        yield Footer()
+        yield KeyBar()
 
     @property
     def base(self) -> Screen:
@@ -156,7 +163,44 @@ class BilevelApp(App[int]):
         if self.config_path is not None and self.source.mode == "live":
             self.run_worker(self._watch_config(), name="config", group="config", exclusive=True)
         self.base.query_one("#trace-table").focus()
+        self.call_after_refresh(self._sync_layout)
         self.call_after_refresh(_settle_garbage_collector)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._sync_layout)  # the screen's breakpoint classes are set by then
+
+    @property
+    def compact(self) -> bool:
+        """Under 100 columns: one pane at a time, a pane strip, the essential keys."""
+        return bool(self._screen_stack) and self.base.has_class("-compact")
+
+    def _sync_layout(self) -> None:
+        """Apply the compact layout when the terminal crossed its breakpoint."""
+        if not self.is_running or not self._screen_stack:
+            return
+        compact = self.compact
+        if compact == self._compact:
+            return
+        self._compact = compact
+        self.base.query_one(KeyBar).narrow = compact
+        if compact:
+            for pane in self.panes:  # a pane shown or hidden by hand (l, a number key) follows the layout now
+                pane.styles.clear_rule("display")
+        self._show_pane(self.current_pane, focus=False)
+
+    def _show_pane(self, pane_id: str, *, focus: bool = True) -> None:
+        """The compact layout shows ``pane_id`` (its column, nothing else) and the strip says so."""
+        self.current_pane = pane_id
+        base = self.base
+        for pane in self.panes:
+            pane.set_class(pane.id == pane_id, "-current")
+        column = {"trace": "#left-col", "patches": "#left-col", "strategy": "#right-col", "research": "#right-col"}
+        for col in ("#left-col", "#right-col"):
+            base.query_one(col).set_class(column.get(pane_id) == col, "-current-col")
+        base.query_one("#main").set_class(pane_id == "events", "-events-current")
+        base.query_one(PaneTabs).show(pane_id)
+        if focus:
+            base.query_one(PANE_FOCUS[pane_id]).focus()
 
     # --- the event stream -----------------------------------------------------------------------------
 
@@ -213,6 +257,7 @@ class BilevelApp(App[int]):
                 return  # the app is shutting down: its widgets are going away
             if HEADER in parts:
                 self._refresh_footer()
+            self._sync_layout()
             self._announce()
 
     def _refresh_footer(self) -> None:
@@ -319,7 +364,7 @@ class BilevelApp(App[int]):
         if action == "review_mechanism":
             return True if self.model.pending else None
         if action == "abort_training":
-            return True if self.model.training_iteration is not None else None
+            return True if self.model.in_flight else None
         return True
 
     # --- actions: the run ---------------------------------------------------------------------------------
@@ -340,6 +385,9 @@ class BilevelApp(App[int]):
             self.header.refresh()
 
     def action_abort_training(self) -> None:
+        if self.model.multi_slot:
+            self._abort_which()
+            return
         it = self.model.training_iteration
         if it is None:
             return
@@ -352,6 +400,33 @@ class BilevelApp(App[int]):
             f"Abort the training run of iteration #{it}?",
             "The run is cancelled now and the iteration is recorded as cancelled; the search goes on.",
             [("abort", "Abort run", "error")]), answered)
+
+    def _abort_which(self) -> None:
+        """Parallel trials: abort the highlighted row's trial when it is in flight, another, or all of them."""
+        running = self.model.in_flight
+        if not running:
+            return
+        highlighted = self.base.query_one(TracePane).highlighted_iteration()
+        first = [highlighted] if highlighted in running else []
+        others = [n for n in running if n not in first][:max(0, 2 - len(first))]
+        answers = [(f"it-{n}", f"Abort #{n}", "error") for n in first + others]
+        answers.append(("all", f"Abort all {len(running)}", "warning"))
+        listed = ", ".join(f"#{n} on {self._slot_of(n)}" for n in running)
+
+        async def answered(answer: str | None) -> None:
+            if answer == "all":
+                await self.send(cmds.AbortTraining(iteration=None))
+            elif answer is not None and answer.startswith("it-"):
+                await self.send(cmds.AbortTraining(iteration=int(answer.removeprefix("it-"))))
+
+        self.push_screen(ConfirmScreen(
+            "Abort which training run?",
+            f"In flight: {listed}.\nAn aborted run is recorded as cancelled; the other slots go on, and the "
+            "freed slot takes the next proposal.", answers), answered)
+
+    def _slot_of(self, n: int) -> str:
+        trial = self.model.trial(n)
+        return trial.slot if trial is not None and trial.slot else "?"
 
     def action_stop(self) -> None:
         async def answered(answer: str | None) -> None:
@@ -544,6 +619,9 @@ class BilevelApp(App[int]):
     def action_focus_pane(self, pane_id: str) -> None:
         if self.screen.maximized is not None:
             self.screen.minimize()
+        if self.compact:
+            self._show_pane(pane_id)
+            return
         pane = self.base.query_one(f"#{pane_id}", Pane)
         if not pane.display:
             pane.display = True
@@ -559,6 +637,9 @@ class BilevelApp(App[int]):
             screen.maximize(pane, container=False)
 
     def action_toggle_events(self) -> None:
+        if self.compact:
+            self._show_pane("trace" if self.current_pane == "events" else "events")
+            return
         pane = self.base.query_one("#events", Pane)
         pane.display = not pane.display
 
@@ -648,9 +729,9 @@ class BilevelApp(App[int]):
     # --- messages from panes --------------------------------------------------------------------------------------------
 
     def on_trace_pane_iteration_chosen(self, message: TracePane.IterationChosen) -> None:
-        patches = self.base.query_one(PatchPane)
-        if not patches.show_iteration(message.iteration):
-            self.notify(f"iteration #{message.iteration} has no diff", timeout=3)
+        n = message.iteration
+        self.base.query_one(PatchPane).show_iteration(n)  # the patches pane points at its diff too
+        self.push_screen(IterationDetailScreen(n, iteration_detail(self.model, n, self.source.read_artifact)))
 
 
 def _settle_garbage_collector() -> None:

@@ -7,7 +7,9 @@ this module keeps what is about showing it: strategy cycles as cards, research d
 as Markdown streamed by call id, the patch list, the event log's lines, the user's
 not-yet-acknowledged pause, and which parts of the screen an event made stale, so the app
 repaints at a fixed rate only what changed. No Textual import here: the model is plain
-data, tested and benchmarked on its own.
+data, tested and benchmarked on its own. Slots and per-trial detail are
+:mod:`tui.model_trials`'s. Over ~500 lines because it is one small handler per event type
+that changes a view, next to the properties the panes read.
 """
 from __future__ import annotations
 
@@ -17,17 +19,20 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from core.record import events as ev
 from core.analysis.printer import HeadlessPrinter
 from core.record.state import IterationTrace, ParamChange, RunState
+from tui.model_trials import TrialBoard, TrialView
 from tui.dialogue import CHUNK_CHARS, LLMCall, ResearchView, chunk_markdown, dialogue_parts, round_counters  # noqa: F401
 
 LOG_LINES = 1000  # event-log lines kept in memory (the session file has them all)
 
 # Parts of the screen an event can make stale.
-HEADER, TRACE, PLOT, PROGRESS, STRATEGY, PARAMS, RESEARCH, PATCHES, LOG = (
-    "header", "trace", "plot", "progress", "strategy", "params", "research", "patches", "log")
-ALL_PARTS = frozenset({HEADER, TRACE, PLOT, PROGRESS, STRATEGY, PARAMS, RESEARCH, PATCHES, LOG})
+HEADER, TRACE, PLOT, PROGRESS, STRATEGY, PARAMS, RESEARCH, PATCHES, LOG, SLOTS = (
+    "header", "trace", "plot", "progress", "strategy", "params", "research", "patches", "log", "slots")
+ALL_PARTS = frozenset({HEADER, TRACE, PLOT, PROGRESS, STRATEGY, PARAMS, RESEARCH, PATCHES, LOG, SLOTS})
 
 
 @dataclass
@@ -62,6 +67,7 @@ class ViewModel:
 
     def reset(self) -> None:
         self.state = RunState()
+        self.trials = TrialBoard()  # slots and per-trial detail: parallel trials, the detail view
         self.events = 0
         self.first_ts: float | None = None
         self.last_ts: float | None = None
@@ -90,6 +96,8 @@ class ViewModel:
             if self.first_ts is None:
                 self.first_ts = event.ts
             self.last_ts = event.ts
+        if self.trials.apply(event):
+            self.dirty.add(SLOTS)
         handler = _HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)
@@ -138,6 +146,38 @@ class ViewModel:
     def rows(self) -> dict[int, IterationTrace]:
         return self.state.iterations
 
+    def row(self, n: int) -> IterationTrace | None:
+        """Iteration ``n``'s trace row; a verdict the run's fold did not take (one that came after a
+        later iteration's, from an engine older than the fold) is shown from the verdict itself."""
+        row = self.state.iterations.get(n)
+        trial = self.trials.trials.get(n)
+        verdict = trial.verdict if trial is not None else None
+        if row is None or row.final or verdict is None:
+            return row
+        shown = IterationTrace(**{**row.__dict__})
+        shown.phase, shown.final = verdict.decision, True
+        shown.changes = dict(verdict.changes) or shown.changes
+        shown.hypothesis = verdict.hypothesis or shown.hypothesis
+        shown.val_bpb, shown.best_before = verdict.val_bpb, verdict.best_before
+        shown.duration_s, shown.reason = verdict.duration_s, verdict.reason
+        return shown
+
+    def trial(self, n: int) -> TrialView | None:
+        return self.trials.trials.get(n)
+
+    @property
+    def multi_slot(self) -> bool:
+        """More than one slot trains: the slots pane shows, the trace has a slot column, in finish order."""
+        return self.trials.multi
+
+    @property
+    def in_flight(self) -> list[int]:
+        """Iterations training now (several with parallel trials)."""
+        if self.trials.multi:
+            return self.trials.in_flight
+        it = self.training_iteration
+        return [it] if it is not None else []
+
     @property
     def param_changes(self) -> list[ParamChange]:
         return self.state.param_changes
@@ -183,12 +223,29 @@ class ViewModel:
         return "running" if s.session else "waiting"
 
     @property
+    def grace_s(self) -> float | None:
+        """The seconds a run may go past its budget before it is killed (the config's rule), None if unknown."""
+        budget = self.state.config.get("budget") if isinstance(self.state.config, dict) else None
+        if not isinstance(budget, dict) or "time_s" not in budget:
+            return None
+        from core.record.config import BudgetConfig
+
+        try:
+            return msgspec.convert({k: v for k, v in budget.items() if k in ("time_s", "grace_s")},
+                                   BudgetConfig).deadline_grace_s
+        except (msgspec.ValidationError, TypeError):
+            return None  # a config this version cannot read: say nothing rather than something wrong
+
+    @property
     def iterations_total(self) -> int | None:
         """The budget in force: a change by the user or by a resume counts."""
         return self.state.iterations_budget
 
     @property
     def iterations_done(self) -> int:
+        if self.trials.multi:  # verdicts in finish order: counted as they came
+            return sum(1 for n in self.trials.finish_order if n and self.trials.trials[n].verdict is not None
+                       and self.trials.trials[n].verdict.decision != "interrupted")
         return self.state.iterations_done
 
     def remaining_s(self, now: float | None) -> float | None:
@@ -205,10 +262,12 @@ class ViewModel:
             estimate -= min(mean, max(0.0, now - training.ts))
         return max(0.0, estimate)
 
-    def best_points(self) -> list[tuple[int, float, str]]:
-        """(iteration, val_bpb, decision) of every scored iteration, in order."""
-        return [(r.iteration, r.val_bpb, r.phase) for r in sorted(self.rows.values(), key=lambda r: r.iteration)
-                if r.final and r.val_bpb is not None]
+    def best_points(self) -> list[tuple[int, float | None, str]]:
+        """(iteration, val_bpb, decision) of every judged iteration in order; None for a run with no score
+        (a crash, a cancelled run: the plot marks them)."""
+        shown = (self.row(n) for n in sorted(self.rows))
+        return [(r.iteration, r.val_bpb, r.phase) for r in shown if r is not None and r.final
+                and (r.val_bpb is not None or r.phase != "rejected")]
 
     def research_parts(self, research_id: str) -> list[str]:
         """The research dialogue as Markdown parts in event order (see :func:`dialogue_parts`)."""

@@ -68,11 +68,24 @@ def bar(fraction: float, width: int) -> str:
 
 
 def progress_text(iteration: int | None, percent: float | None, step: int | None, loss: float | None,
-                  tok_per_s: float | None, remaining_s: float | None, slot: str, width: int) -> Text:
-    """``#12 ▕████▍    ▏ 58%  step 412  loss 3.214  52.1k tok/s  1:03 left  gpu0``."""
+                  tok_per_s: float | None, remaining_s: float | None, slot: str, phase: str | None = None,
+                  elapsed_s: float | None = None, budget_s: float | None = None, grace_s: float | None = None, *,
+                  width: int) -> Text:
+    """``#12 ▕████▍    ▏ 58% training 2:54/5:00 +2:30 grace  step 412  loss 3.214  52.1k tok/s  1:03 left  gpu0``.
+
+    The phase says what a bar standing still means (compiling before the timed steps, evaluating
+    after them); elapsed time is against the budget, and the grace the deadline adds after it.
+    """
     if iteration is None:
         return Text("no training run in progress", style="dim")
     details = []
+    timing = phase or ""
+    if elapsed_s is not None and budget_s:
+        timing += f" {clock(elapsed_s)}/{clock(budget_s)}"
+        if grace_s:
+            timing += f" +{clock(grace_s)} grace"
+    if timing:
+        details.append(timing.strip())
     if step is not None:
         details.append(f"step {step}")
     if loss is not None:
@@ -92,6 +105,10 @@ def progress_text(iteration: int | None, percent: float | None, step: int | None
     out.append(bar((percent or 0.0) / 100.0, bar_width), style="blue")
     out.append("▏")
     out.append(pct, style="bold")
+    if timing:
+        over = elapsed_s is not None and budget_s is not None and elapsed_s > budget_s
+        out.append(details[0], style="bold red" if over else ("yellow" if phase in ("compiling", "evaluating") else "cyan"))
+        tail = tail[len(details[0]):]
     out.append(tail, style="dim")
     return out
 
@@ -102,19 +119,31 @@ def _scale(value: float, lo: float, hi: float, steps: int) -> int:
     return int(round((value - lo) / (hi - lo) * (steps - 1)))
 
 
-def best_plot(points: Sequence[tuple[int, float, str]], width: int, height: int) -> Text:
-    """val_bpb per iteration (dots) under its running minimum (a line), in braille.
+MARKS = {"crash": ("✗", "bold red"), "oom": ("✗", "bold red"), "timeout": ("✗", "bold red"),
+         "diverged": ("✗", "bold red"), "no_metrics": ("✗", "bold red"), "cancelled": ("⊘", "magenta"),
+         "interrupted": ("⊘", "magenta")}
+LEGEND = (("━", "green", " best "), ("⣿", "bold green", " keep "), ("⣿", "yellow", " discard "), ("✗", "bold red", " crash"))
 
-    Kept iterations are where the line steps down. The y labels are the range shown.
+
+def best_plot(points: Sequence[tuple[int, float | None, str]], width: int, height: int) -> Text:
+    """val_bpb per iteration (dots) under its running minimum (a line), in braille, with axes.
+
+    Kept iterations are bright green dots on the line's steps, discarded ones yellow; runs with
+    no score (crash, cancelled) are marks on the bottom row at their iteration. The y labels
+    are the range shown; with four rows or more the last one is the iteration axis and the
+    top row carries a legend where it fits.
     """
     if width < 12 or height < 2:
         return Text("")
-    if not points:
+    scored = [(it, v, d) for it, v, d in points if v is not None]
+    if not scored:
         return Text("val_bpb vs iteration: no scored iteration yet", style="dim")
+    axis = height >= 4
+    rows = height - 1 if axis else height
     label_w = 8
     cols = max(2, width - label_w - 1)
-    dot_w, dot_h = cols * 2, height * 4
-    values = [v for _, v, _ in points]
+    dot_w, dot_h = cols * 2, rows * 4
+    values = [v for _, v, _ in scored]
     running: list[float] = []
     best = math.inf
     for v in values:
@@ -123,58 +152,147 @@ def best_plot(points: Sequence[tuple[int, float, str]], width: int, height: int)
     lo, hi = min(values), max(values)
     pad = (hi - lo) * 0.05 or 0.001
     lo, hi = lo - pad, hi + pad
-    last_it = max(points[-1][0], 1)
+    last_it = max(max(it for it, _, _ in points), 1)
     line = [[False] * dot_h for _ in range(dot_w)]
-    dots = [[False] * dot_h for _ in range(dot_w)]
+    dots = [[""] * dot_h for _ in range(dot_w)]
+
+    def x_of(it: int) -> int:
+        return min(max(_scale(it, 0, last_it, dot_w), 0), dot_w - 1)
 
     def xy(it: int, v: float) -> tuple[int, int]:
-        x = _scale(it, 0, last_it, dot_w) if last_it else 0
-        y = dot_h - 1 - _scale(v, lo, hi, dot_h)
-        return min(max(x, 0), dot_w - 1), min(max(y, 0), dot_h - 1)
+        return x_of(it), min(max(dot_h - 1 - _scale(v, lo, hi, dot_h), 0), dot_h - 1)
 
-    for (it, v, _), r in zip(points, running):
+    for it, v, decision in scored:
         x, y = xy(it, v)
-        dots[x][y] = True
+        dots[x][y] = decision
     # the running minimum as a step line across the whole width
-    for i, ((it, _, _), r) in enumerate(zip(points, running)):
+    for i, ((it, _, _), r) in enumerate(zip(scored, running)):
         x0, y = xy(it, r)
-        x1 = xy(points[i + 1][0], r)[0] if i + 1 < len(points) else dot_w - 1
+        x1 = xy(scored[i + 1][0], r)[0] if i + 1 < len(scored) else dot_w - 1
         for x in range(x0, x1 + 1):
             line[x][y] = True
-        if i + 1 < len(points):
-            y_next = xy(points[i + 1][0], running[i + 1])[1]
+        if i + 1 < len(scored):
+            y_next = xy(scored[i + 1][0], running[i + 1])[1]
             for yy in range(min(y, y_next), max(y, y_next) + 1):
                 line[x1][yy] = True
-    out = Text()
-    for row in range(height):
-        if row == 0:
-            label = f"{hi - pad:.4f}"
-        elif row == height - 1:
-            label = f"{lo + pad:.4f}"
-        else:
-            label = ""
-        out.append(label.rjust(label_w)[:label_w] + " ", style="dim")
-        run, run_style = [], ""
+    grid: list[list[tuple[str, str]]] = []
+    for row in range(rows):
+        cells = []
         for col in range(cols):
-            code = 0
-            on_line = False
+            code, on_line, kinds = 0, False, set()
             for dx in range(2):
                 for dy in range(4):
                     x, y = col * 2 + dx, row * 4 + dy
                     if line[x][y]:
                         code |= _DOTS[dx][dy]
                         on_line = True
-                    elif dots[x][y]:
+                    if dots[x][y]:
                         code |= _DOTS[dx][dy]
-            style = "green" if on_line else ("yellow" if code else "")
-            if style != run_style and run:
-                out.append("".join(run), style=run_style)  # one span per run of a colour, not per cell
-                run = []
-            run_style = style
-            run.append(chr(0x2800 + code) if code else " ")
-        if run:
-            out.append("".join(run), style=run_style)
+                        kinds.add(dots[x][y])
+            style = "bold green" if kinds & {"keep", "baseline"} else ("green" if on_line else
+                                                                      ("yellow" if code else ""))
+            cells.append((chr(0x2800 + code) if code else " ", style))
+        grid.append(cells)
+    for it, v, decision in points:  # runs without a score: a mark at their iteration, on the bottom row
+        if v is None and decision in MARKS:
+            grid[-1][x_of(it) // 2] = MARKS[decision]
+    legend_w = sum(len(a) + len(b) for a, _, b in LEGEND)
+    if axis and cols >= legend_w + 12:
+        start = cols - legend_w
+        at = start
+        for mark, style, label in LEGEND:
+            for ch, st in [(mark, style)] + [(c, "dim") for c in label]:
+                grid[0][at] = (ch, st)
+                at += 1
+    out = Text()
+    for row, cells in enumerate(grid):
+        label = f"{hi - pad:.4f}" if row == 0 else (f"{lo + pad:.4f}" if row == rows - 1 else "")
+        out.append(label.rjust(label_w)[:label_w] + " ", style="dim")
+        _append_runs(out, cells)
         if row < height - 1:
             out.append("\n")
+    if axis:
+        out.append(_axis(last_it, cols, label_w), style="dim")
     return out
 
+
+def _append_runs(out: Text, cells: list[tuple[str, str]]) -> None:
+    """One span per run of a style, not one per cell."""
+    run: list[str] = []
+    run_style = cells[0][1] if cells else ""
+    for ch, style in cells:
+        if style != run_style and run:
+            out.append("".join(run), style=run_style)
+            run = []
+        run_style = style
+        run.append(ch)
+    if run:
+        out.append("".join(run), style=run_style)
+
+
+def _axis(last_it: int, cols: int, label_w: int) -> str:
+    """The iteration axis: ``#0`` at the left, ``#last`` at the right, ticks between where they fit."""
+    row = [" "] * cols
+    ticks = max(1, min(6, cols // 10))
+    for k in range(ticks + 1):
+        it = round(last_it * k / ticks)
+        text = f"#{it}"
+        at = min(max(0, _scale(it, 0, last_it, cols * 2) // 2 - (len(text) - 1 if k == ticks else 0)), cols - len(text))
+        if all(c == " " for c in row[max(0, at - 1):at + len(text) + 1]):
+            row[at:at + len(text)] = list(text)
+    return "iter".rjust(label_w) + " " + "".join(row)
+
+def memory_text(used_mb: float | None, total_mb: float | None) -> str:
+    """``38/80G``: a GPU's memory in use against its size (a tenth of a GiB under 10 GiB)."""
+    if used_mb is None:
+        return ""
+    digits = 0 if (total_mb or used_mb) >= 10 * 1024 else 1  # whole GiB on a big card: 38/80G
+    used = f"{used_mb / 1024:.{digits}f}"
+    return f"{used}/{total_mb / 1024:.{digits}f}G" if total_mb else f"{used}G"
+
+
+def slot_text(name: str, iteration: int | None, changes: str, percent: float | None, phase: str | None,
+              remaining_s: float | None, gpu: str, utilisation: float | None, skipped: str, width: int,
+              name_w: int, changes_w: int | None = None) -> Text:
+    """One slot: ``gpu0 node1  #7 MATRIX_LR=0.08  ▕███▍   ▏ 58% training 1:03 left  38/80G  97%``."""
+    out = Text(no_wrap=True, overflow="ellipsis")
+    out.append(name.ljust(name_w)[:name_w] + " ", style="dim" if skipped else "bold")
+    if skipped:
+        out.append(f"skipped: {skipped}", style="dim italic")
+        out.truncate(width, overflow="ellipsis")
+        return out
+    right = ""
+    if gpu:
+        right = f"  {gpu:>7}"
+    if utilisation is not None:
+        right += f" {utilisation:3.0f}%"
+    if iteration is None:
+        out.append("idle", style="dim")
+        if right:
+            out.append(" " * max(1, width - out.cell_len - len(right)))
+            out.append(right, style="dim")
+        out.truncate(width, overflow="ellipsis")
+        return out
+    label = f"#{iteration}".ljust(5)
+    pct = f" {percent:3.0f}%" if percent is not None else "  ···"
+    state = f" {phase or 'starting'}".ljust(11)
+    left = f"{clock(remaining_s)} left".rjust(11) if remaining_s is not None else " " * 11
+    room = width - out.cell_len - len(label) - len(pct) - len(state) - len(left) - len(right) - 2
+    bar_w = max(4, min(24, room // 3))  # the changes say more than the bar: they get the room first
+    # the same width on every slot's line (``changes_w``), so the bars line up
+    change_w = min(max(0, room - bar_w), changes_w if changes_w is not None else len(changes) + 1)
+    bar_w = max(4, room - change_w)  # the bar takes what the changes leave
+    out.append(label, style="bold")
+    if change_w:
+        text = changes if len(changes) < change_w else changes[:max(0, change_w - 2)] + "… "
+        out.append(text.ljust(change_w))
+    out.append("▕")
+    out.append(bar((percent or 0.0) / 100.0, bar_w), style="yellow" if phase in ("compiling", "evaluating") else "blue")
+    out.append("▏")
+    out.append(pct, style="bold")
+    out.append(state, style="cyan" if phase == "training" else "yellow")
+    out.append(left, style="dim")
+    if right:
+        out.append(right, style="")
+    out.truncate(width, overflow="ellipsis")
+    return out

@@ -314,12 +314,12 @@ class SessionLog:
     def for_display(self, start: int, end: int) -> list[ev.Event]:
         """The events of ``[start, end)`` a screen needs to show the state after them.
 
-        Superseded progress lines and stdout lines are skipped (the screen shows only the
-        latest progress; stdout lives in the training log), and a run of streamed tokens of
+        Superseded progress lines and stdout lines are skipped (the screen shows only each
+        trial's latest progress; stdout lives in the training log), and a run of streamed tokens of
         one call arrives as one :class:`~core.record.events.MergedDeltas` carrying their count.
         """
         out: list[ev.Event] = []
-        last_progress: ev.Event | None = None
+        last_progress: dict[int, ev.TrainingProgress] = {}  # per trial: parallel trials interleave
         run: list[ev.LLMDelta] = []
 
         def flush_run() -> None:
@@ -329,14 +329,15 @@ class SessionLog:
 
         for event in self._events[start:end]:
             if isinstance(event, ev.TrainingProgress):
-                last_progress = event
+                last_progress.pop(event.iteration, None)  # re-inserted: the order they came in stays
+                last_progress[event.iteration] = event
                 continue
             if isinstance(event, ev.TrainingOutput) and event.stream != "stderr":
                 continue
-            if last_progress is not None:
+            if last_progress:
                 flush_run()
-                out.append(last_progress)  # the bar's state when the next event came
-                last_progress = None
+                out.extend(last_progress.values())  # each bar's state when the next event came
+                last_progress.clear()
             if isinstance(event, ev.LLMDelta):
                 if run and (run[-1].call_id, run[-1].kind) != (event.call_id, event.kind):
                     flush_run()
@@ -345,8 +346,7 @@ class SessionLog:
             flush_run()
             out.append(event)
         flush_run()
-        if last_progress is not None:
-            out.append(last_progress)
+        out.extend(last_progress.values())
         return out
 
     def ts(self, i: int) -> float:

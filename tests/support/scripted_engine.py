@@ -6,6 +6,7 @@
 (acknowledged by ``CommandReceived``, then its effect). What it emits is scripted, not
 computed: a seeded Level 1 trace with a crash, a re-asked proposal and mechanism effects,
 Level 1.5 cycles with freezes and guidance, and Level 2 dialogues streamed token by token.
+With ``Plan.slots > 1`` it runs that many trials at once (:mod:`tests.support.scripted_slots`).
 With a :class:`StepClock` it is fully deterministic, timestamps included.
 
 It is not the product's engine and never presented as one: it exists so the UI can be
@@ -132,6 +133,10 @@ class Plan:
     reask_at: int | None = 2
     finish: bool = True  # emit RunFinished at the end (False: a session still being written)
     scripted_commands: dict[int, list[cmds.Command]] = field(default_factory=dict)
+    slots: int = 1  # > 1: that many trials at once (see ``tests/support/scripted_slots.py``)
+    gpus: bool = False  # slots are GPUs ("gpu0"…) sampled by SlotsSampled; else CPU slots ("cpu0"…)
+    skipped_gpus: int = 0  # GPUs found busy with another user's memory: configured, never trained on
+    executor: str = "local"  # local | ray (ray: slots on two named nodes)
 
 
 class ScriptedEngine:
@@ -160,6 +165,9 @@ class ScriptedEngine:
         self._call = 0
         self._mechanism_count = 0
         self.watch_channel = watch_channel  # take commands from <session>/commands/, like a detached engine
+        from tests.support.scripted_slots import SlotRunner
+
+        self._slots = SlotRunner(self)
 
     # --- the engine surface the app uses --------------------------------------------------
 
@@ -218,6 +226,8 @@ class ScriptedEngine:
                 return f"unknown parameter {c.name!r}"
             if SCHEMA[c.name][2]:
                 return f"{c.name} is locked by the configuration"
+        if isinstance(c, cmds.AbortTraining) and self.plan.slots > 1:
+            return self._slots.check_abort(c.iteration)
         if isinstance(c, cmds.AbortTraining):
             if not self._training:
                 return "no training run is in progress"
@@ -240,6 +250,8 @@ class ScriptedEngine:
                 self.emit(ev.Unpaused())
         elif isinstance(c, cmds.Stop):
             self.request_stop(c.reason, hard=c.now)
+        elif isinstance(c, cmds.AbortTraining) and self.plan.slots > 1:
+            self._slots.abort(c.iteration)
         elif isinstance(c, cmds.AbortTraining):
             self._abort.set()
         elif isinstance(c, cmds.SetGuidance):
@@ -277,6 +289,9 @@ class ScriptedEngine:
             guidance="Start with the learning rates; leave the architecture alone.", seed=p.seed,
             version="scripted"))
         await self._tick()
+        if p.slots > 1:
+            await self._slots.run(levels)
+            return
         cycles = 0
         for n in range(0, p.iterations + 1):
             for command in p.scripted_commands.get(n, []):
@@ -544,9 +559,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", type=int, default=20, help="progress events per training run")
     parser.add_argument("--approval", choices=("auto", "manual"), default="auto")
     parser.add_argument("--outer-period", type=int, default=5)
+    parser.add_argument("--slots", type=int, default=1, help="trials at once")
+    parser.add_argument("--gpus", action="store_true", help="the slots are (scripted) GPUs")
     args = parser.parse_args(argv)
     plan = Plan(iterations=args.iterations, step_s=args.step, approval=args.approval,
-                progress_per_run=args.progress, outer_period=args.outer_period)
+                progress_per_run=args.progress, outer_period=args.outer_period, slots=args.slots, gpus=args.gpus)
 
     async def run() -> RunState:
         engine = ScriptedEngine(Path(args.session_dir), plan, watch_channel=True)

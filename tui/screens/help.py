@@ -12,7 +12,9 @@ from textual.widgets import Static
 PANES = (
     ("1 Trace", "one row per iteration: changes, val_bpb, Δ against the best before it, the verdict "
      "(keep · discard · crash · rejected · interrupted · cancelled), time, the mechanisms that touched it; "
-     "below, val_bpb under its running minimum and the current training run. Enter on a row shows its diff."),
+     "below, val_bpb under its running minimum and the current training run (with parallel trials: one line per "
+     "slot, the trace in finish order, x asks which trial to abort). Enter on a row opens its detail: why it "
+     "was proposed, what the proposer saw, the verdict with its rule and margin, the log tail, the diff."),
     ("2 Strategy", "Level 1.5: the guidance, every parameter's state (active · frozen · locked), each cycle's "
      "freezes and unfreezes with their reasons."),
     ("3 Research", "Level 2: the four-round dialogue as it streams, tokens per round; [ and ] move between "
@@ -31,7 +33,8 @@ def help_text(keys: list[tuple[str, str, str]], mode: str) -> Text:
     for name, what in PANES:
         out.append(f"  {name:<11}", style="bold cyan")
         out.append(f"{what}\n")
-    out.append("  Drag the bars between panes with the mouse, or use ctrl+arrows, to resize; z maximises.\n\n")
+    out.append("  Drag the bars between panes with the mouse, or use ctrl+arrows, to resize; z maximises.\n")
+    out.append("  Under 100 columns one pane shows at a time: 1–5 switch, l flips to the event log.\n\n")
     out.append("Keys", style="bold underline")
     out.append("   (binding ids in brackets)\n", style="dim")
     for key, desc, bid in keys:

@@ -66,56 +66,76 @@ class StatusHeader(Widget):
         status = m.status
         if status == "waiting" and src.mode == "replay" and src.caught_up.is_set():
             status = "no session"  # read to the end and nothing started: not something to wait for
-        line1 = Text(no_wrap=True, overflow="ellipsis")
-        line1.append("bilevel ", style="bold")
-        line1.append(s.session or "(no session yet)", style="bold cyan")
-        line1.append(f"  group {s.group or '?'} ({levels})  {who}", style="")
+        # (text, style, drop): on a narrow terminal the pieces with the highest drop go first, 0 stays
+        first: list[tuple[str, str, int]] = [("bilevel ", "bold", 0), (s.session or "(no session yet)", "bold cyan", 0),
+                                             (f"  group {s.group or '?'}", "", 0), (f" ({levels})", "", 2),
+                                             (f"  {who}", "", 3)]
         if "research" in s.levels and s.provider != "offline":  # generated code runs: say behind which wall
             wall = (s.config.get("level2") or {}).get("isolation", "strict")
-            line1.append(f"  L2 sandbox {wall}", style="" if wall == "strict" else "bold yellow")
+            first.append((f"  L2 sandbox {wall}", "" if wall == "strict" else "bold yellow", 4 if wall == "strict" else 0))
         if (s.config.get("script") or {}).get("preset") == "surrogate":
-            line1.append("  SURROGATE: nothing trained", style="bold reverse yellow")
+            first.append(("  SURROGATE: nothing trained", "bold reverse yellow", 0))
         right = Text()
         if m.pending:
             right.append(f"⚑ {len(m.pending)} to approve (v)  ", style="bold yellow")
         if self.notice:
             right.append(f"{self.notice}  ", style="bold yellow")
-        elif m.finished is not None and src.mode != "replay":
+        elif m.finished is not None and src.mode != "replay" and width >= 100:
             right.append("run over: controls off  ", style="dim")
         right.append(f"{mode}  ", style="reverse" if src.mode != "live" else "bold")
         right.append(f"● {status}", style=STATUS_STYLES.get(status, ""))
-        line1 = _justify(line1, right, width)
+        line1 = _justify(_fit(first, width - right.cell_len - 1), right, width)
 
         now = self.now()
         elapsed = (now - m.first_ts) if (now is not None and m.first_ts is not None) else None
         total = m.iterations_total
-        bits = Text(no_wrap=True, overflow="ellipsis")
-        bits.append(f"iter {m.iterations_done}/{total if total is not None else '?'}", style="bold")
-        if s.running is not None:
-            bits.append(f" (#{s.running} running)", style="dim")
-        bits.append("  best ")
+        second: list[tuple[str, str, int]] = [(f"iter {m.iterations_done}/{total if total is not None else '?'}",
+                                               "bold", 0)]
+        if m.multi_slot:
+            running = m.in_flight
+            if running:
+                second.append((f" ({' '.join(f'#{n}' for n in running[:4])}{' …' if len(running) > 4 else ''} "
+                               "running)", "dim", 3))
+        elif s.running is not None:
+            second.append((f" (#{s.running} running)", "dim", 3))
+        second.append(("  best ", "", 0))
         if s.best_val_bpb is not None:
-            bits.append(f"{s.best_val_bpb:.6f}", style="bold green")
+            second.append((f"{s.best_val_bpb:.6f}", "bold green", 0))
             if s.baseline_val_bpb is not None and s.best_val_bpb != s.baseline_val_bpb:
-                bits.append(f" (Δ {s.best_val_bpb - s.baseline_val_bpb:+.4f})", style="green")
+                second.append((f" (Δ {s.best_val_bpb - s.baseline_val_bpb:+.4f})", "green", 1))
         else:
-            bits.append("—")
-        bits.append(f"  elapsed {clock(elapsed)}")
+            second.append(("—", "", 0))
+        second.append((f"  elapsed {clock(elapsed)}", "", 2))
         left = m.remaining_s(now)
         if left is not None:
-            bits.append(f"  ~{clock(left)} left")
+            second.append((f"  ~{clock(left)} left", "", 2))
         tokens = " ".join(f"{LEVEL_NAMES.get(k, k)} {short_count(v)}" for k, v in m.tokens_by_level.items() if v)
         if tokens:
-            bits.append(f"  tok {tokens}", style="")
-        if m.slot:
-            bits.append(f"  slot {m.slot}")
+            second.append((f"  tok {tokens}", "", 5))
+        if m.multi_slot:
+            second.append((f"  slots {len(m.in_flight)}/{len(m.trials.working_slots)} busy", "", 4))
+        elif m.slot:
+            second.append((f"  slot {m.slot}", "", 4))
         if m.active_mechanisms:
-            bits.append(f"  mech {len(m.active_mechanisms)}", style="dim")
+            second.append((f"  mech {len(m.active_mechanisms)}", "dim", 6))
         out = Text(no_wrap=True, overflow="ellipsis")
         out.append_text(line1)
         out.append("\n")
-        out.append_text(bits)
+        out.append_text(_fit(second, width))
         return out
+
+
+def _fit(pieces: list[tuple[str, str, int]], room: int) -> Text:
+    """The pieces in order, leaving out the most droppable ones until they fit in ``room`` cells."""
+    kept = list(pieces)
+    while sum(len(t) for t, _, _ in kept) > room and any(d for _, _, d in kept):
+        worst = max(d for _, _, d in kept)
+        drop = max(i for i, (_, _, d) in enumerate(kept) if d == worst)
+        del kept[drop]
+    out = Text(no_wrap=True, overflow="ellipsis")
+    for text, style, _ in kept:
+        out.append(text, style=style)
+    return out
 
 
 def _justify(left: Text, right: Text, width: int) -> Text:

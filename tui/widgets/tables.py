@@ -39,3 +39,4 @@ class KeyedRows:
 
     def clear(self) -> None:
         self.shown.clear()
+

@@ -360,3 +360,13 @@ def test_the_cli_refuses_a_ray_run_without_ray_as_a_usage_error_naming_the_extra
     cfg.write_text(cfg.read_text() + 'executor = "ray"\n')
     assert main(["run", str(cfg), "--headless"]) == 2
     assert "bilevel-autoresearch[ray]" in capsys.readouterr().err
+
+
+async def test_the_lowest_free_slot_is_handed_out_whatever_order_runs_finished_in():
+    pool = SlotPool.from_config("cpu:3")
+    held = [await pool.acquire() for _ in range(3)]
+    for slot in reversed(held):  # finished last-first
+        pool.release(slot)
+    assert (await pool.acquire()).name == "cpu0"
+    assert (await pool.acquire(avoid=frozenset({"cpu1"}))).name == "cpu2"  # a retry goes elsewhere
+    assert (await pool.acquire(avoid=frozenset({"cpu1"}))).name == "cpu1"  # unless nothing else is free

@@ -245,6 +245,7 @@ class EngineContext:
         cancel = eng.training_cancels[iteration] = asyncio.Event()
         try:
             attempt = 0
+            tried: set[str] = set()  # slots an earlier attempt failed on: a retry goes elsewhere
             while True:  # an OOM before the first step, or a lost node, is re-run as the next attempt
                 attempt += 1
                 trained = False  # a step of the budget ran: an OOM after it is the script's, not the slot's
@@ -254,7 +255,8 @@ class EngineContext:
                     trained = trained or bool(p.percent)
                     emitter.progress(p)
 
-                async with self.sampler.running(), eng.executor.slot() as slot:
+                async with self.sampler.running(), eng.executor.slot(avoid=frozenset(tried)) as slot:
+                    tried.add(slot.name)
                     env = {**listed(self.cfg.run.pass_env, never=[self.cfg.endpoint.api_key_env]),
                            "BILEVEL_SEED": str(run_seed),
                            # a user's script may import helpers that sit next to the original

@@ -81,7 +81,8 @@ class Executor(Protocol):
     @property
     def skipped(self) -> tuple[SlotInfo, ...]: ...  # slots found but not used, each with its reason
 
-    def slot(self) -> AbstractAsyncContextManager[Slot]: ...
+    # avoid: slot names to pass over while another is free (a retry after an OOM there)
+    def slot(self, avoid: frozenset[str] = frozenset()) -> AbstractAsyncContextManager[Slot]: ...
     async def run(self, slot: Slot, script: Path, *, attempt: int, **common: Any) -> TrainResult: ...
     def sample(self) -> list[SlotSample]: ...
     async def close(self) -> None: ...
@@ -129,9 +130,12 @@ class SlotPool:
     def free(self) -> int:
         return len(self._free)
 
-    async def acquire(self) -> Slot:
+    async def acquire(self, avoid: frozenset[str] = frozenset()) -> Slot:
+        """The lowest free slot (one not in ``avoid`` if there is one), else the next to be released."""
         if self._free and not self._waiters:
-            return self._free.popleft()
+            preferred = [s for s in self._free if s.name not in avoid] or list(self._free)
+            self._free.remove(preferred[0])
+            return preferred[0]
         waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -154,11 +158,14 @@ class SlotPool:
             if not waiter.done():
                 waiter.set_result(slot)
                 return
+        # Free slots stay in slot order: the next run takes the lowest free one, so which slot a run
+        # gets does not depend on which run happened to finish first (batch logs are reproducible).
         self._free.append(slot)
+        self._free = deque(sorted(self._free, key=lambda s: s.index))
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
-        acquired = await self.acquire()
+    async def slot(self, avoid: frozenset[str] = frozenset()) -> AsyncIterator[Slot]:
+        acquired = await self.acquire(avoid)
         try:
             yield acquired
         finally:
@@ -260,8 +267,8 @@ class LocalExecutor:
     def skipped(self) -> tuple[SlotInfo, ...]:
         return self._found.skipped
 
-    def slot(self) -> AbstractAsyncContextManager[Slot]:
-        return self.pool.slot()
+    def slot(self, avoid: frozenset[str] = frozenset()) -> AbstractAsyncContextManager[Slot]:
+        return self.pool.slot(avoid)
 
     async def run(self, slot: Slot, script: Path, *, attempt: int, **common: Any) -> TrainResult:
         """``run_training`` pinned to ``slot`` (its environment over ``common["env"]``)."""

@@ -207,8 +207,8 @@ class RayExecutor:
     def skipped(self) -> tuple[SlotInfo, ...]:
         return ()
 
-    def slot(self) -> AbstractAsyncContextManager[Slot]:
-        return self.pool.slot()
+    def slot(self, avoid: frozenset[str] = frozenset()) -> AbstractAsyncContextManager[Slot]:
+        return self.pool.slot(avoid)
 
     def sample(self) -> list[SlotSample]:
         return []  # the nodes' NVML is not ours to read from here

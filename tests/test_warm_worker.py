@@ -159,8 +159,18 @@ def test_progress_events_name_the_phase_and_a_new_phase_is_never_held_back():
 
     ctx = Ctx()
     emitter = _TrainingEmitter(ctx, 3)  # type: ignore[arg-type]
+    emitter.starting()  # the run began: no line yet
     for step, pct, left in ((0, 0.0, 4.0), (1, 0.0, 4.0), (2, 40.0, 2.4), (3, 100.0, 0.0)):
         emitter.progress(Progress(step, pct, 3.0, 1e4, 0.0, left))  # all within one throttle period
     emitter.flush()
-    assert [e.phase for e in ctx.events] == ["compiling", "training", "evaluating"]
-    assert [e.step for e in ctx.events] == [0, 2, 3]
+    assert [e.phase for e in ctx.events] == ["starting", "compiling", "training", "evaluating"]
+    assert [e.step for e in ctx.events] == [None, 0, 2, 3]
+
+
+def test_headless_log_says_a_run_is_starting_before_its_first_step():
+    from core.analysis.printer import HeadlessPrinter
+    from core.record import events as ev
+
+    assert HeadlessPrinter().format(ev.TrainingProgress(iteration=2, phase="starting")) == "#2 starting"
+    line = HeadlessPrinter().format(ev.TrainingProgress(iteration=2, step=5, percent=40.0, phase="training"))
+    assert line.startswith("#2 step 5 40%")

@@ -137,7 +137,8 @@ class TracePane(Pane):
             p = model.state.progress
             it = model.training_iteration
             if it is not None and p is not None and p.iteration == it:
-                bar.values = (it, p.percent, p.step, p.loss, p.tok_per_s, p.remaining_s, model.slot)
+                bar.values = (it, p.percent, p.step, p.loss, p.tok_per_s, p.remaining_s,
+                              "  ".join(filter(None, (p.phase, model.slot))))  # "starting  cpu"
             elif it is not None:
                 bar.values = (it, None, None, None, None, None, model.slot)
             else:

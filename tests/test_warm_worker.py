@@ -174,3 +174,52 @@ def test_headless_log_says_a_run_is_starting_before_its_first_step():
     assert HeadlessPrinter().format(ev.TrainingProgress(iteration=2, phase="starting")) == "#2 starting"
     line = HeadlessPrinter().format(ev.TrainingProgress(iteration=2, step=5, percent=40.0, phase="training"))
     assert line.startswith("#2 step 5 40%")
+
+
+# Speaks the warm protocol in a few lines: prints where torch.compile would cache, then a summary.
+CACHE_PRINTER = '''import json, os, sys
+LR = 0.1
+WARM_SAFE = frozenset({"LR"})
+
+
+def run():
+    print("cache", os.environ.get("TORCHINDUCTOR_CACHE_DIR"), os.environ.get("TORCHINDUCTOR_FX_GRAPH_CACHE"))
+    print("---")
+    print("val_bpb: 1.5")
+    print("training_seconds: 0.0")
+
+
+if sys.argv[1:] == ["--warm"]:
+    print(json.dumps({"warm_worker": "ready"}), flush=True)
+    for line in sys.stdin:
+        run()
+        done = json.dumps({"warm_worker": "done", "exit_code": 0})
+        print(done, flush=True)
+        print(done, file=sys.stderr, flush=True)
+else:
+    run()
+'''
+
+
+async def test_compile_cache_is_our_cache_folder_in_fresh_and_warm_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    script = write(tmp_path, "env.py", CACHE_PRINTER)
+    expected = f"cache {Path.home() / '.cache' / 'bilevel' / 'compile'} 1"
+    fresh_lines: list[str] = []
+    fresh = await run_training(script, cwd=tmp_path, budget_s=30, on_line=lambda s, line: fresh_lines.append(line))
+    pool, warm_lines = WarmPool(), []
+    try:
+        warm = await pool.run(script, warm_plan(CACHE_PRINTER), seed=1, cwd=tmp_path, budget_s=30,
+                              on_line=lambda s, line: warm_lines.append(line))
+    finally:
+        await pool.close()
+    assert fresh.ok and warm.ok and warm.worker == "warm", (fresh.reason, warm.reason)
+    assert expected in fresh_lines and expected in warm_lines
+
+
+async def test_a_compile_cache_the_user_chose_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    lines: list[str] = []
+    result = await run_training(write(tmp_path, "env.py", CACHE_PRINTER), cwd=tmp_path, budget_s=30,
+                                on_line=lambda s, line: lines.append(line))
+    assert result.ok and f"cache {tmp_path / 'mine'} 1" in lines

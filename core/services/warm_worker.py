@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.services import process_control as pc
-from core.services.environment import training_env
+from core.services.environment import compile_cache_env, training_env
 from core.services.script import TrainScript
 from core.services.train_output import Progress, _RunWatcher
 from core.services.trainer import (
@@ -185,7 +185,7 @@ class WarmPool:
         if cancel is not None and cancel.is_set():
             return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled before it started",
                                worker="warm")
-        child_env = {k: v for k, v in training_env(env).items() if k != "BILEVEL_SEED"}
+        child_env = {k: v for k, v in {**compile_cache_env(), **training_env(env)}.items() if k != "BILEVEL_SEED"}
         key = (plan.code_key, plan.shape, python, str(cwd), tuple(sorted(child_env.items())))
         worker = self._workers.get(slot)
         if worker is not None and (worker.key != key or not worker.alive):

@@ -69,7 +69,8 @@ COMPILE = True  # torch.compile the model (CUDA only)
 
 # Constants a warm worker (``python train.py --warm``) may change between iterations
 # without a new process: none of them changes a tensor shape or the compiled graphs.
-# Any other constant changed starts a fresh worker. Not a hyperparameter (a call, not a literal).
+# Any other constant changed needs a worker of its own (a new one, or one kept for that shape).
+# Not a hyperparameter (a call, not a literal).
 WARM_SAFE = frozenset({
     "EMBEDDING_LR", "UNEMBEDDING_LR", "MATRIX_LR", "SCALAR_LR", "WEIGHT_DECAY", "ADAM_BETAS",
     "WARMUP_RATIO", "WARMDOWN_RATIO", "FINAL_LR_FRAC", "TIME_BUDGET",
@@ -724,6 +725,8 @@ def train(untimed_steps: int | None = None) -> None:
     if untimed_steps is None:
         untimed_steps = 11 if setup.compile_model else 0
     device = setup.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # this run's peak, also in a warm worker
     data = warm_cached(("data", str(data_dir())), lambda: load_dataset(data_dir()))
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
@@ -883,6 +886,10 @@ def serve_warm() -> int:
         done = json.dumps({"warm_worker": "done", "exit_code": code})
         print(done, flush=True)
         print(done, file=sys.stderr, flush=True)
+        if torch.cuda.is_initialized():
+            # Idle, it keeps its model and graphs but not the freed blocks: the slot's
+            # other worker (another shape) may need that memory.
+            torch.cuda.empty_cache()
     return 0
 
 

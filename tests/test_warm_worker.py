@@ -38,11 +38,12 @@ def write(folder: Path, name: str, text: str) -> Path:
 
 
 async def warm_run(pool: WarmPool, folder: Path, data: Path, name: str, text: str, *,
-                   seed: int = 7, budget_s: float = 60.0, grace_s: float = 60.0):
+                   seed: int = 7, budget_s: float = 60.0, grace_s: float = 60.0, on_start=None):
     plan = warm_plan(text)
     assert plan is not None
     return await pool.run(write(folder, name, text), plan, seed=seed, cwd=folder, budget_s=budget_s,
-                          grace_s=grace_s, env={"BILEVEL_DATA_DIR": str(data)})
+                          grace_s=grace_s, env={"BILEVEL_DATA_DIR": str(data)},
+                          on_start=None if on_start is None else lambda pid, tag: on_start(pid))
 
 
 def test_train_py_declares_its_warm_safe_constants_and_other_scripts_do_not():
@@ -83,17 +84,21 @@ async def test_warm_iteration_gives_the_result_of_a_fresh_run(tmp_path, data):
     assert strip(warm.metrics) == strip(fresh.metrics)
 
 
-async def test_shape_change_starts_a_fresh_worker(tmp_path, data):
-    pool = WarmPool()
+async def test_shape_change_starts_a_fresh_worker_and_the_first_shape_keeps_its_own(tmp_path, data):
+    pool, pids = WarmPool(), []
     try:
-        a = await warm_run(pool, tmp_path, data, "a.py", script_text())
-        b = await warm_run(pool, tmp_path, data, "b.py", script_text(DEPTH=1))
-        c = await warm_run(pool, tmp_path, data, "c.py", script_text(DEPTH=1, WEIGHT_DECAY=0.1))
+        a = await warm_run(pool, tmp_path, data, "a.py", script_text(), on_start=pids.append)
+        b = await warm_run(pool, tmp_path, data, "b.py", script_text(DEPTH=1), on_start=pids.append)
+        c = await warm_run(pool, tmp_path, data, "c.py", script_text(DEPTH=1, WEIGHT_DECAY=0.1),
+                           on_start=pids.append)
+        again = await warm_run(pool, tmp_path, data, "a2.py", script_text(), on_start=pids.append)
     finally:
         await pool.close()
-    assert a.ok and b.ok and c.ok, (a.reason, b.reason, c.reason)
-    assert b.metrics["depth"] == 1
-    assert pool.started == 2  # a new one for DEPTH; the weight decay change kept it
+    assert a.ok and b.ok and c.ok and again.ok, (a.reason, b.reason, c.reason, again.reason)
+    assert b.metrics["depth"] == 1 and again.metrics["depth"] == 2
+    assert pool.started == 2  # a new one for DEPTH; the weight decay change kept it; A's was kept
+    assert pids[0] == pids[3] != pids[1] == pids[2]
+    assert again.val_bpb == a.val_bpb  # B's iterations in between left A's worker as it was
 
 
 async def test_crash_in_a_warm_worker_ends_it_and_the_next_iteration_is_healthy(tmp_path, data):
@@ -179,6 +184,7 @@ def test_headless_log_says_a_run_is_starting_before_its_first_step():
 # Speaks the warm protocol in a few lines: prints where torch.compile would cache, then a summary.
 CACHE_PRINTER = '''import json, os, sys
 LR = 0.1
+WIDTH = 1
 WARM_SAFE = frozenset({"LR"})
 
 
@@ -223,3 +229,24 @@ async def test_a_compile_cache_the_user_chose_wins(tmp_path, monkeypatch):
     result = await run_training(write(tmp_path, "env.py", CACHE_PRINTER), cwd=tmp_path, budget_s=30,
                                 on_line=lambda s, line: lines.append(line))
     assert result.ok and f"cache {tmp_path / 'mine'} 1" in lines
+
+
+async def test_a_third_shape_ends_the_slots_least_recently_used_worker(tmp_path):
+    pool, pids = WarmPool(per_slot=2), []
+
+    async def run(width: int, slot: str = "cpu"):
+        text = CACHE_PRINTER.replace("WIDTH = 1", f"WIDTH = {width}")
+        result = await pool.run(write(tmp_path, f"w{width}.py", text), warm_plan(text), seed=1, cwd=tmp_path,
+                                budget_s=30, slot=slot, on_start=lambda pid, tag: pids.append(pid))
+        assert result.ok, result.reason
+
+    try:
+        for width in (1, 2, 1, 3):  # 1 and 2 kept; 1 used again, so 3 replaces 2
+            await run(width)
+        await run(2, slot="gpu0")  # another slot has workers of its own
+        assert pc.group_has_live_members(pids[0]) and pc.group_has_live_members(pids[3])
+        assert not pc.group_has_live_members(pids[1])
+        await run(1)
+    finally:
+        await pool.close()
+    assert pids[0] == pids[2] == pids[5] and len(set(pids)) == 4 and pool.started == 4

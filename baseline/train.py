@@ -64,7 +64,7 @@ TIME_BUDGET = 300  # seconds of training, not counting the first (compile/warm-u
 EVAL_TOKENS = 40 * 2**19  # protocol: held-out tokens scored for val_bpb (capped at what exists)
 # Runtime
 DEVICE = "auto"  # "auto" | "cuda" | "cpu"
-COMPILE = True  # torch.compile the model (CUDA only)
+COMPILE = True  # torch.compile model and Muon step on CUDA; a backend name ("inductor", "aot_eager"): on any device
 # ---------------------------------------------------------------------------------------
 
 # Constants a warm worker (``python train.py --warm``) may change between iterations
@@ -450,18 +450,19 @@ class Muon(torch.optim.Optimizer):
     """Muon for the block matrices: one param group per matrix shape, stepped as a stack.
 
     Group keys: lr, momentum, weight_decay (both moved by the training loop), beta2
-    (NorMuon). ``compiled``: run the fused step through torch.compile (CUDA).
+    (NorMuon). ``backend``: run the fused step through torch.compile with it ("": eager).
     """
 
     def __init__(self, params: list[nn.Parameter], lr: float, momentum: float = 0.95,
                  weight_decay: float = 0.0, beta2: float = 0.95,
-                 ns_dtype: torch.dtype = torch.float32, compiled: bool = False) -> None:
+                 ns_dtype: torch.dtype = torch.float32, backend: str = "") -> None:
         shapes = sorted({tuple(p.shape) for p in params})
         groups = [dict(params=[p for p in params if tuple(p.shape) == shape]) for shape in shapes]
         super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       beta2=beta2))
         self.ns_dtype = ns_dtype
-        self._step = torch.compile(muon_step, dynamic=False, fullgraph=True) if compiled else muon_step
+        self._step = (torch.compile(muon_step, dynamic=False, fullgraph=True, backend=backend) if backend
+                      else muon_step)
         self._scalars = {k: torch.zeros((), dtype=torch.float32)
                          for k in ("momentum", "lr", "decay", "beta2")}
 
@@ -492,7 +493,7 @@ class Muon(torch.optim.Optimizer):
 
 
 def build_optimizers(model: GPT, dim: int, device: torch.device,
-                     compiled: bool = False) -> list[torch.optim.Optimizer]:
+                     backend: str = "") -> list[torch.optim.Optimizer]:
     adam_scale = (dim / 768) ** -0.5  # AdamW rates were tuned at width 768
     adam = torch.optim.AdamW(
         [
@@ -508,7 +509,7 @@ def build_optimizers(model: GPT, dim: int, device: torch.device,
     matrices = [p for p in model.blocks.parameters() if p.ndim == 2]
     ns_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     muon = Muon(matrices, lr=MATRIX_LR, momentum=muon_momentum(0), weight_decay=WEIGHT_DECAY,
-                ns_dtype=ns_dtype, compiled=compiled)
+                ns_dtype=ns_dtype, backend=backend)
     optimizers: list[torch.optim.Optimizer] = [adam, muon]
     for opt in optimizers:
         for group in opt.param_groups:
@@ -562,6 +563,7 @@ class Setup:
     windows: list[int]
     grad_accum: int
     compile_model: bool
+    compile_backend: str  # "" when not compiling
 
 
 def resolve_setup() -> Setup:
@@ -571,6 +573,16 @@ def resolve_setup() -> Setup:
         raise ConfigError("DEVICE = 'cuda' but no CUDA device is available")
     use_cuda = DEVICE == "cuda" or (DEVICE == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
+    if isinstance(COMPILE, str):
+        from torch._dynamo import list_backends  # only to name the backends
+
+        if COMPILE not in list_backends(exclude_tags=()):
+            raise ConfigError(f"COMPILE names no torch.compile backend: {COMPILE!r} (try 'inductor')")
+        compile_backend = COMPILE
+    elif isinstance(COMPILE, bool):
+        compile_backend = "inductor" if COMPILE and use_cuda else ""
+    else:
+        raise ConfigError(f"COMPILE must be True, False or a backend name, not {COMPILE!r}")
     for name, value in (("DEPTH", DEPTH), ("ASPECT_RATIO", ASPECT_RATIO), ("HEAD_DIM", HEAD_DIM),
                         ("MAX_SEQ_LEN", MAX_SEQ_LEN), ("DEVICE_BATCH_SIZE", DEVICE_BATCH_SIZE),
                         ("TOTAL_BATCH_SIZE", TOTAL_BATCH_SIZE)):
@@ -595,7 +607,8 @@ def resolve_setup() -> Setup:
         n_head=model_dim // HEAD_DIM,
         windows=layer_windows(DEPTH, MAX_SEQ_LEN, WINDOW_PATTERN),
         grad_accum=TOTAL_BATCH_SIZE // micro,
-        compile_model=COMPILE and use_cuda,
+        compile_model=bool(compile_backend),
+        compile_backend=compile_backend,
     )
 
 
@@ -706,7 +719,7 @@ def warm_up(raw: GPT, model: nn.Module, masks: list[object], setup: Setup,
     for _ in range(setup.grad_accum):
         with autocast:
             model(x, x, masks).mean().backward()
-    for opt in build_optimizers(raw, setup.model_dim, setup.device, compiled=setup.compile_model):
+    for opt in build_optimizers(raw, setup.model_dim, setup.device, backend=setup.compile_backend):
         opt.step()
     model.zero_grad(set_to_none=True)
 
@@ -741,7 +754,8 @@ def train(untimed_steps: int | None = None) -> None:
         embed_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         raw = GPT(data.vocab_size, DEPTH, setup.model_dim, setup.n_head, HEAD_DIM,
                   MAX_SEQ_LEN, attend, embed_dtype=embed_dtype).to(device)
-        compiled = torch.compile(raw, dynamic=False) if setup.compile_model else raw
+        compiled = (torch.compile(raw, dynamic=False, backend=setup.compile_backend) if setup.compile_model
+                    else raw)
         masks = build_masks(setup.windows, MAX_SEQ_LEN, device, backend)
         if untimed_steps == 0:
             warm_up(raw, compiled, masks, setup, autocast)
@@ -761,7 +775,7 @@ def train(untimed_steps: int | None = None) -> None:
         torch.cuda.manual_seed(SEED)
     raw_model.reset_parameters()
     model.train()
-    optimizers = build_optimizers(raw_model, setup.model_dim, device, compiled=setup.compile_model)
+    optimizers = build_optimizers(raw_model, setup.model_dim, device, backend=setup.compile_backend)
     batches = TrainBatches(data.train, MAX_SEQ_LEN, DEVICE_BATCH_SIZE, SEED, device,
                            row_tokens=data.row_tokens)
 
@@ -774,7 +788,7 @@ def train(untimed_steps: int | None = None) -> None:
     print(f"model {num_params / 1e6:.2f}M parameters: depth {DEPTH}, width {setup.model_dim}, "
           f"{setup.n_head} heads of {HEAD_DIM}, windows {setup.windows}", flush=True)
     print(f"device {device.type} ({where}), {'bf16' if device.type == 'cuda' else 'fp32'}, "
-          f"{backend} attention, compile {'on' if setup.compile_model else 'off'}, "
+          f"{backend} attention, compile {setup.compile_backend or 'off'}, "
           f"{setup.grad_accum} micro-steps per step, seed {SEED}", flush=True)
 
     training_seconds = 0.0

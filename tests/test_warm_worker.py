@@ -250,3 +250,27 @@ async def test_a_third_shape_ends_the_slots_least_recently_used_worker(tmp_path)
     finally:
         await pool.close()
     assert pids[0] == pids[2] == pids[5] and len(set(pids)) == 4 and pool.started == 4
+
+
+@pytest.mark.slow  # minutes on a busy 2-core box: dynamo traces the model and four Muon shapes
+async def test_scalar_changes_recompile_nothing_in_a_warm_worker_and_eval_compiles_once(tmp_path, data):
+    # The compiled CPU path. aot_eager traces as inductor does (dynamo's guards decide every
+    # recompile) without generating C++, which would take minutes on two cores.
+    pool, lines = WarmPool(), {}
+    env = {"BILEVEL_DATA_DIR": str(data), "TORCH_LOGS": "recompiles"}
+    iterations = {"first": {}, "second": {"MATRIX_LR": 0.02, "WEIGHT_DECAY": 0.05}}
+    try:
+        for name, changes in iterations.items():
+            text = script_text(COMPILE="aot_eager", **changes)
+            got = lines[name] = []
+            result = await pool.run(write(tmp_path, f"{name}.py", text), warm_plan(text), seed=7, cwd=tmp_path,
+                                    budget_s=300, env=env, on_line=lambda stream, line, got=got: got.append(line))
+            assert result.ok, (result.reason, result.error_tail)
+    finally:
+        await pool.close()
+    assert pool.started == 1
+    assert any("compile aot_eager" in line for line in lines["first"])
+    recompiles = {name: [line for line in got if "Recompiling function" in line] for name, got in lines.items()}
+    # The first iteration compiles the eval graph (no grad) beside the training one: the log counts.
+    assert any("forward" in line for line in recompiles["first"]), recompiles["first"]
+    assert recompiles["second"] == []  # new rates and decay, training and eval: all from the cache

@@ -64,7 +64,7 @@ TIME_BUDGET = 300  # seconds of training, not counting the first (compile/warm-u
 EVAL_TOKENS = 40 * 2**19  # protocol: held-out tokens scored for val_bpb (capped at what exists)
 # Runtime
 DEVICE = "auto"  # "auto" | "cuda" | "cpu"
-COMPILE = True  # torch.compile model and Muon step on CUDA; a backend name ("inductor", "aot_eager"): on any device
+COMPILE = True  # torch.compile on CUDA; a backend name ("inductor", "aot_eager"): on any device
 # ---------------------------------------------------------------------------------------
 
 # Constants a warm worker (``python train.py --warm``) may change between iterations
@@ -765,7 +765,7 @@ def train(untimed_steps: int | None = None) -> None:
     # or warm, then draws its weights from SEED alone, so both give the same result.
     raw_model, model, masks = warm_cached(
         ("model", data.vocab_size, DEPTH, setup.model_dim, setup.n_head, HEAD_DIM, MAX_SEQ_LEN,
-         tuple(setup.windows), str(device), setup.compile_model), build)
+         tuple(setup.windows), str(device), setup.compile_backend), build)
     # What exists now lives as long as the process (torch, the data, the models): one full
     # collection, then those objects are left out of every later one, so a warm worker's
     # iterations each collect only their own garbage (a full pass costs ~0.25 s on 2 cores).

@@ -5,8 +5,8 @@ on its data, its time budget) for N hyperparameter-only iterations (MATRIX_LR mo
 each mode, in this one call, through the engine's two training calls
 (``trainer.run_training`` and ``WarmPool.run``). Dead time of an iteration = the training
 call's wall time - the script's own ``training_seconds``: interpreter and torch start,
-data, model build, untimed steps, eval. Goal: warm <= 0.5 s per iteration and >= 8x less
-than fresh. Exits 1 when either is missed.
+data, model build, warm-up (compile and untimed steps where it compiles), eval. Goal:
+warm <= 0.5 s per iteration and >= 8x less than fresh. Exits 1 when either is missed.
 
     .venv/bin/python bench/bench_warm_worker.py [--iterations 10] [--budget 4]
 """

@@ -135,3 +135,8 @@ async def test_real_training_with_the_scripted_llm_baseline_and_three_iterations
     assert [e.worker for e in rec.of(ev.TrainingFinished)] == ["warm"] * 4
     pids = [e.pid for e in rec.of(ev.TrainingProcess)]
     assert pids[0] == pids[1] and pids[2] != pids[1]
+    # Iteration 3 has the shape of 2 if 2 was kept, else the baseline's: either way a kept worker runs it.
+    assert pids[3] == (pids[2] if 'WINDOW_PATTERN = "SL"' in script3 else pids[0])
+    for it in range(4):  # the bar says "starting" from the run's start until its first step
+        phases = [e.phase for e in rec.of(ev.TrainingProgress) if e.iteration == it]
+        assert phases[0] == "starting" and "starting" not in phases[1:], phases

@@ -178,6 +178,67 @@ async def test_a_critique_reply_without_a_selection_is_rejected_and_reasked(tmp_
     assert rec.of(ev.MechanismActivated)  # the re-asked selection went on to a mechanism
 
 
+EXPLORED = ["Tabu memory", "UCB bandit", "Orthogonal sweep"]
+
+
+class CritiqueOutsider(Scripted):
+    """Names its candidates after exploring, then selects one it never proposed (``outsider_replies`` times)."""
+
+    def __init__(self, generate: list[str], outsider_replies: int) -> None:
+        super().__init__(generate)
+        self.outsider_replies = outsider_replies
+
+    def __call__(self, req: dict) -> Reply | str:
+        last = req["messages"][-1]["content"]
+        if "candidate mechanisms, each named" in last:
+            return "Tabu memory vetoes repeats; a bandit spreads effort.\n**Candidates:** " + "; ".join(EXPLORED)
+        if last.startswith(("Critique each candidate", "Your answer could not be used")):
+            if self.outsider_replies > 0:
+                self.outsider_replies -= 1
+                return json.dumps({"scores": {"Simulated annealing": 9}, "selected": "Simulated annealing",
+                                   "reason": "cools down"})
+            return json.dumps({"scores": {"Tabu memory": 9}, "selected": "tabu  memory", "reason": "repeats"})
+        return super().__call__(req)
+
+
+def critique_requests(server) -> list[dict]:
+    return [r for r in server.requests if r["messages"][-1]["content"].startswith(
+        ("Critique each candidate", "Your answer could not be used"))]
+
+
+async def test_a_critique_selecting_no_explored_candidate_is_rejected_and_reasked(tmp_path):
+    with ScriptedOpenAI(responder=CritiqueOutsider([GOOD_TABU], outsider_replies=1)) as server:
+        _, rec = await run_engine(research_config(tmp_path, server))
+    first = rec.of(ev.ResearchStarted)[0].research_id
+    calls = critique_requests(server)
+    # Every critique call, the re-ask included, constrains "selected" to the explored names.
+    for call in calls[:2]:
+        assert call["response_format"]["type"] == "json_schema"
+        assert call["response_format"]["json_schema"]["schema"]["properties"]["selected"] == {"enum": EXPLORED}
+    assert "select one of: Tabu memory; UCB bandit; Orthogonal sweep" in calls[0]["messages"][-1]["content"]
+    rejected = [r for r in rec.of(ev.ReplyRejected) if r.purpose == "critique"]
+    assert len(rejected) >= 1 and "'Simulated annealing', which is not one of the candidates" in rejected[0].reason
+    assert "Tabu memory; UCB bandit" in calls[1]["messages"][-1]["content"]  # the re-ask says which names
+    specify = [r for r in server.requests if r["messages"][-1]["content"].startswith("Specify the selected")]
+    assert 'mechanism "Tabu memory"' in specify[0]["messages"][-1]["content"]  # the candidate's own spelling
+    assert [r.round for r in rec.of(ev.ResearchRound) if r.research_id == first][:4] == [
+        "explore", "critique", "critique", "specify"]
+    assert rec.of(ev.MechanismActivated)
+
+
+async def test_a_critique_that_keeps_selecting_an_outsider_fails_the_research_after_its_reasks(tmp_path):
+    with ScriptedOpenAI(responder=CritiqueOutsider([GOOD_TABU], outsider_replies=1000)) as server:
+        engine, rec = await run_engine(research_config(tmp_path, server, **{"search.max_reasks": 1,
+                                                                            "budget.iterations": 2}))
+    first = rec.of(ev.ResearchStarted)[0].research_id
+    rounds = [r.round for r in rec.of(ev.ResearchRound) if r.research_id == first]
+    assert rounds == ["explore", "critique", "critique"]  # one re-ask, then it stops
+    finished = [f for f in rec.of(ev.ResearchFinished) if f.research_id == first]
+    assert finished[0].outcome == "failed" and "after 2 attempt(s)" in finished[0].reason
+    assert "not one of the candidates" in finished[0].reason
+    assert not rec.of(ev.MechanismActivated) and engine.state.status == "completed"
+
+
 RUNTIME_FAILURES = {
     # Each passes the dry run on the short trace it sees, then fails later in the real run:
     # (hook, body, what the deactivation reason must say).

@@ -146,6 +146,8 @@ class HeadlessPrinter:
             if now - self._last_progress < self.progress_every_s:
                 return None
             self._last_progress = now
+            if event.step is None:  # "starting": no step yet
+                return f"#{event.iteration} {event.phase or 'training'}"
             bits = [f"#{event.iteration} step {event.step}"]
             if event.percent is not None:
                 bits.append(f"{event.percent:.0f}%")

@@ -266,6 +266,7 @@ class EngineContext:
                     self.emit(ev.TrainingStarted(iteration=iteration, script=script_rel, diff=diff_rel,
                                                  slot=slot.name, budget_s=self.cfg.budget.time_s,
                                                  seed=run_seed, attempt=attempt))
+                    emitter.starting()
                     def started(pid: int, tag: str) -> None:
                         self.emit(ev.TrainingProcess(iteration=iteration, pid=pid, pgid=pid, tag=tag,
                                                      engine_pid=os.getpid()))
@@ -308,6 +309,11 @@ class _TrainingEmitter:
         self._lines = 0
         self._phase: str | None = None
 
+    def starting(self) -> None:
+        """The run began and has printed no step yet: the bar says so instead of sitting at 0 %."""
+        self._phase = "starting"
+        self.ctx.emit(ev.TrainingProgress(iteration=self.iteration, phase="starting"))
+
     def progress(self, p: Any) -> None:
         now = time.monotonic()
         phase = progress_phase(p)
@@ -339,7 +345,8 @@ class _TrainingEmitter:
 
 def progress_phase(p: Any) -> str | None:
     """What a progress line says the run is doing: nothing of the budget counted yet (the
-    untimed warm-up and compile steps), training, or the budget spent (evaluation follows)."""
+    untimed warm-up and compile steps), training, or the budget spent (evaluation follows).
+    ("starting", before the first line, is :meth:`_TrainingEmitter.starting`'s.)"""
     if p.percent is None:
         return None
     if p.percent >= 100.0 or p.remaining_s == 0:

@@ -17,7 +17,7 @@ import re
 import uuid
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, Sequence
 
 import mechanisms
 from mechanisms import base as mechanism_base
@@ -50,10 +50,34 @@ def class_name_of(source: str) -> str:
 
 
 CRITIQUE_PLACEHOLDERS = ("candidate name", "why this one")
+_CANDIDATES_LINE = re.compile(r"^[\s>*_#-]*candidates[*_]*\s*:[*_]*\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+_NAME_MAX_CHARS = 80
+_MAX_CANDIDATES = 8
 
 
-def critique_problem(reply: str) -> str:
-    """Why a critique reply selects no candidate, or "" when it selects one."""
+def candidate_names(explore_reply: str) -> list[str]:
+    """The names on the explore reply's last ``Candidates: a; b; c`` line (markup and the
+    prompt's ``<placeholders>`` dropped), or [] when it has none: then any name is taken."""
+    lines = _CANDIDATES_LINE.findall(explore_reply)
+    if not lines:
+        return []
+    names: list[str] = []
+    for part in lines[-1].split(";"):
+        name = part.strip().strip("*_`'\"[]().").strip()
+        if name and not name.startswith("<") and len(name) <= _NAME_MAX_CHARS and name not in names:
+            names.append(name)
+    return names[:_MAX_CANDIDATES]
+
+
+def selected_candidate(selected: str, candidates: Sequence[str]) -> str | None:
+    """The candidate ``selected`` names (case and spacing aside), or None."""
+    wanted = " ".join(selected.split()).casefold()
+    return next((c for c in candidates if " ".join(c.split()).casefold() == wanted), None)
+
+
+def critique_problem(reply: str, candidates: Sequence[str] = ()) -> str:
+    """Why a critique reply selects no candidate (of ``candidates``, when the explore round
+    named them), or "" when it selects one."""
     try:
         data = extract_json(reply)
     except ValueError as exc:
@@ -65,6 +89,9 @@ def critique_problem(reply: str) -> str:
         return 'the reply names no candidate in "selected"'
     if selected.strip() in CRITIQUE_PLACEHOLDERS:
         return f'"selected" repeats the prompt\'s placeholder {selected.strip()!r}: name one of the candidates'
+    if candidates and selected_candidate(selected, candidates) is None:
+        return (f'"selected" is {selected.strip()[:_NAME_MAX_CHARS]!r}, which is not one of the candidates: '
+                + "; ".join(candidates))
     return ""
 
 
@@ -165,10 +192,10 @@ class ResearchLevel:
                                       artifact=rel, summary=result.content.strip()[:300]))
             return result.content, call_id
 
-        await round_("explore", Template(prompts.load("research_explore")).substitute(
+        explored, _ = await round_("explore", Template(prompts.load("research_explore")).substitute(
             interface=inspect.getsource(mechanism_base), active=self._active_sources(),
             history=history_text(ctx.state.proposals, cfg.search.history_tokens), strategy=self._strategy_log()))
-        selected = await self._critique(research_id, round_)
+        selected = await self._critique(research_id, round_, candidate_names(explored))
         if not selected:
             return None
         await round_("specify", Template(prompts.load("research_specify")).substitute(selected=selected))
@@ -187,22 +214,29 @@ class ResearchLevel:
             reply, _ = await round_("repair", Template(prompts.load("research_repair")).substitute(failure=failure))
         return None
 
-    async def _critique(self, research_id: str, round_: Any) -> str:
-        """The selected candidate, re-asked within search.max_reasks; "" (and a failed research) without one."""
+    async def _critique(self, research_id: str, round_: Any, candidates: list[str]) -> str:
+        """The selected candidate, re-asked within search.max_reasks; "" (and a failed research) without one.
+
+        ``candidates``: the explore round's names; the reply's schema then allows only those
+        (constrained decoding) and a reply naming another is rejected all the same.
+        """
         ctx = self.ctx
-        prompt = prompts.load("research_critique")
+        listed = "; ".join(candidates) if candidates else "the candidates above"
+        prompt = Template(prompts.load("research_critique")).substitute(candidates=listed)
+        schema = critique_schema(candidates)
         problem = ""
         attempts = ctx.cfg.search.max_reasks + 1
         for attempt in range(1, attempts + 1):
-            reply, call_id = await round_("critique", prompt, json=True, schema=critique_schema([]))
-            problem = critique_problem(reply)
+            reply, call_id = await round_("critique", prompt, json=True, schema=schema)
+            problem = critique_problem(reply, candidates)
             if not problem:
-                return str(extract_json(reply)["selected"]).strip()
+                selected = str(extract_json(reply)["selected"]).strip()
+                return selected_candidate(selected, candidates) or selected  # the candidate's own spelling
             ctx.emit(ev.ReplyRejected(level="research", purpose="critique", call_id=call_id, attempt=attempt,
                                       reason=problem, raw=reply[:2000]))
             prompt = (f"Your answer could not be used: {problem.replace('consider a larger max_tokens', 'answer more briefly')}"
                       '.\nReply with one JSON object and nothing else: {"scores": {...}, "selected": '
-                      '"the name of one candidate above", "reason": "..."}')
+                      f'"one of: {listed}", "reason": "..."}}')
         ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="failed", reason=(
             f"the critique round selected no candidate after {attempts} attempt(s): {problem}")[:2000]))
         return ""

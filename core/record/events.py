@@ -46,8 +46,9 @@ StructuredMode = Literal["json_schema", "json_object", "off"]
 Stream = Literal["stdout", "stderr"]
 WorkerKind = Literal["fresh", "warm"]
 FailureClass = Literal["", "script", "infrastructure"]
-# compiling: the untimed first steps (warm-up, compilation); evaluating: the budget is spent
-ProgressPhase = Literal["compiling", "training", "evaluating"]
+# starting: the run began, no step yet (interpreter, data, model build); compiling: the untimed
+# first steps (warm-up, compilation); evaluating: the budget is spent
+ProgressPhase = Literal["starting", "compiling", "training", "evaluating"]
 TrainingOutcome = Literal["ok", "crash", "timeout", "no_metrics", "diverged", "oom", "cancelled"]
 Decision = Literal["baseline", "keep", "discard", "crash", "rejected", "interrupted", "cancelled"]
 Origin = Literal["builtin", "config", "generated"]

@@ -5,12 +5,14 @@ other credential that happens to be in the engine's environment. It gets PATH, H
 the temp folder, locale, CUDA / NVIDIA / NCCL and Python variables, threading knobs of the
 numeric libraries, ``BILEVEL_*``, plus the names the config lists (``run.pass_env``).
 Names that look like credentials (KEY, TOKEN, SECRET, PASSWORD, CREDENTIAL) pass only
-when the config lists them by name, and the endpoint's key variable never does.
+when the config lists them by name, and the endpoint's key variable never does. The
+compile cache variables default to our cache folder (``compile_cache_env``).
 """
 from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Iterable, Mapping
 
 EXACT = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR", "TEMP", "TMP", "TZ", "LANG", "LANGUAGE",
@@ -39,6 +41,15 @@ def training_env(overrides: Mapping[str, str] | None = None, *, source: Mapping[
     env = {k: v for k, v in src.items() if k not in deny and (allowed(k) or k in extra)}
     env.update({k: v for k, v in (overrides or {}).items() if k not in deny})
     return env
+
+
+def compile_cache_env() -> dict[str, str]:
+    """Where torch.compile keeps what it compiled: our cache folder beside the data
+    (``~/.cache/bilevel``), not a temp folder, so fresh runs, warm workers and later sessions
+    reuse the graphs instead of compiling again. A value the user set wins (see callers)."""
+    folder = Path.home() / ".cache" / "bilevel" / "compile"
+    return {"TORCHINDUCTOR_CACHE_DIR": str(folder), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+            "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 
 
 def listed(names: Iterable[str], never: Iterable[str] = ()) -> dict[str, str]:

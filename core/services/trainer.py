@@ -28,7 +28,7 @@ from core.services.train_output import (  # noqa: F401 - re-exported: the traine
     ERROR_TAIL_LINES, MAX_LINE_BYTES, Progress, _LineSplitter, _RunWatcher, parse_metrics, parse_progress,
 )
 
-from core.services.environment import training_env
+from core.services.environment import compile_cache_env, training_env
 
 # How long a group gets between SIGTERM and SIGKILL.
 TERM_GRACE_S = 3.0
@@ -284,7 +284,7 @@ async def run_training(
         return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled before it started")
     tag = tag or pc.new_tag()
     # an allow-list (no API keys), plus the run tag that lets a resume find what this run started
-    child_env = {**training_env(env), "PYTHONUNBUFFERED": "1", pc.TAG_ENV: tag}
+    child_env = {**compile_cache_env(), **training_env(env), "PYTHONUNBUFFERED": "1", pc.TAG_ENV: tag}
     log = open_log(log_path)
     try:
         try:

@@ -9,9 +9,10 @@ with ``{"warm_worker": "done", "exit_code": N}`` on stdout and stderr.
 
 A worker is reused only for a script whose code is the same (constant values aside) and
 whose constants outside ``WARM_SAFE`` are the same: which constants keep tensor shapes is
-the script's declaration, never a guess. Anything else, and any iteration that does not end
-OK (crash, divergence, deadline, cancel), ends that worker; the next iteration gets a new
-one. Output is read, timed and classified by the same code as a fresh run
+the script's declaration, never a guess. A slot keeps up to two workers, one per shape, so
+alternating shapes start no process; a third ends the one used least recently. Any
+iteration that does not end OK (crash, divergence, deadline, cancel) ends its worker; the
+next iteration gets a new one. Output is read, timed and classified by the same code as a fresh run
 (:mod:`core.services.trainer`), so an iteration is recorded the same either way.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.services import process_control as pc
-from core.services.environment import training_env
+from core.services.environment import compile_cache_env, training_env
 from core.services.script import TrainScript
 from core.services.train_output import Progress, _RunWatcher
 from core.services.trainer import (
@@ -149,16 +150,41 @@ class _Worker:
 
 
 class WarmPool:
-    """The warm workers of an engine, one per slot (keyed by the slot's devices)."""
+    """The warm workers of an engine: per slot (keyed by the slot's devices) up to
+    ``per_slot`` of them, one per script shape, so a search that alternates two shapes
+    reuses both; a third shape ends the one used least recently."""
 
-    def __init__(self) -> None:
-        self._workers: dict[str, _Worker] = {}
+    def __init__(self, per_slot: int = 2) -> None:
+        self.per_slot = max(1, per_slot)
+        self._workers: dict[str, list[_Worker]] = {}  # per slot, the most recently used last
         self.started = 0  # workers started over the pool's life (tests and the bench read it)
 
     async def close(self) -> None:
-        workers, self._workers = list(self._workers.values()), {}
+        workers = [w for ws in self._workers.values() for w in ws]
+        self._workers = {}
         for worker in workers:
             await worker.stop()
+
+    async def _worker_for(self, slot: str, key: tuple) -> _Worker | None:
+        """The slot's live worker for this key, now the most recently used; dead ones are dropped,
+        and when none matches the slot is left room for one more."""
+        workers = self._workers.setdefault(slot, [])
+        for dead in [w for w in workers if not w.alive]:
+            workers.remove(dead)
+            await dead.stop()
+        match = next((w for w in workers if w.key == key), None)
+        if match is not None:
+            workers.remove(match)
+            workers.append(match)
+            return match
+        while len(workers) >= self.per_slot:
+            await workers.pop(0).stop()
+        return None
+
+    def _forget(self, slot: str, worker: _Worker) -> None:
+        workers = self._workers.get(slot, [])
+        if worker in workers:
+            workers.remove(worker)
 
     async def run(
         self,
@@ -185,18 +211,14 @@ class WarmPool:
         if cancel is not None and cancel.is_set():
             return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled before it started",
                                worker="warm")
-        child_env = {k: v for k, v in training_env(env).items() if k != "BILEVEL_SEED"}
+        child_env = {k: v for k, v in {**compile_cache_env(), **training_env(env)}.items() if k != "BILEVEL_SEED"}
         key = (plan.code_key, plan.shape, python, str(cwd), tuple(sorted(child_env.items())))
-        worker = self._workers.get(slot)
-        if worker is not None and (worker.key != key or not worker.alive):
-            del self._workers[slot]
-            await worker.stop()
-            worker = None
+        worker = await self._worker_for(slot, key)
         if worker is None:
             worker = await self._start(key, script, cwd, python, child_env, seed)
             if isinstance(worker, TrainResult):
                 return replace(worker, duration_s=time.monotonic() - start)
-            self._workers[slot] = worker
+            self._workers[slot].append(worker)
         log = open_log(log_path)
         try:
             it = _Iteration(_RunWatcher(log, on_progress, on_line))
@@ -209,15 +231,14 @@ class WarmPool:
             stopped = await self._request(worker, it, plan, seed, start + budget_s + grace_s, cancel)
             duration_s = time.monotonic() - start
             if stopped is not None or it.exit_code is None or it.exit_code != 0 or it.error is not None:
-                self._workers.pop(slot, None)
+                self._forget(slot, worker)
                 await worker.stop()
             worker.current = None
             worker.iterations += 1
             if it.error is not None:
                 raise it.error
         except BaseException:
-            if self._workers.get(slot) is worker:
-                del self._workers[slot]
+            self._forget(slot, worker)
             pc.signal_group(worker.proc.pid, signal.SIGKILL)
             await worker.stop()
             raise

@@ -1,7 +1,7 @@
 """Parallel trials: slot utilisation on 8 slots, and the engine's CPU on 64.
 
 The engine runs with the scripted OpenAI-protocol server (zero latency) and a fake executor:
-``core.engine.context.run_training`` is replaced by a coroutine that takes a fixed time per
+the local executor's ``run_training`` is replaced by a coroutine that takes a fixed time per
 trial, sends a few progress and output lines like a real run, and scores the candidate with
 the stand-in script's response surface. Everything else is the product: the scheduler, the
 batch proposer, the events, the session log on disk.
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.engine import context as engine_context  # noqa: E402
+from core.services import executors as local_executor  # noqa: E402
 from core.engine.engine import Engine  # noqa: E402
 from core.record import config  # noqa: E402
 from core.record import events as ev  # noqa: E402
@@ -121,7 +121,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trial-s", type=float, default=2.0)
     args = parser.parse_args()
-    engine_context.run_training = fake_executor(args.trial_s)
+    local_executor.run_training = fake_executor(args.trial_s)  # what LocalExecutor.run calls
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
         events, _, wall = asyncio.run(run(8, 40, args.trial_s, Path(tmp)))

@@ -6,8 +6,9 @@ UI, the headless printer). The engine never blocks the event loop: training runs
 subprocesses read asynchronously, LLM calls are async, data preparation runs in a thread.
 The levels never see the engine: they get its run context (core/engine/context.py), which
 also trains and calls the LLM for them. With several slots the iterations after the baseline
-run in parallel under core/engine/scheduler.py; on one slot this loop runs them one by one. Over ~500 lines because a run's whole life (start,
-restart, every command's handler, mechanism attachment) belongs to this one object.
+run in parallel under core/engine/scheduler.py; on one slot this loop runs them one by one.
+Over ~500 lines because a run's whole life (start, restart, every command's handler, mechanism
+attachment) belongs to this one object.
 """
 from __future__ import annotations
 

@@ -12,6 +12,9 @@ not yet decided to what it runs, ``records`` is the trace in finish order, ``nex
 is the iteration to run next (an interrupted one to re-run first, else a new number above
 every recorded, running and interrupted one), and ``running`` names the latest iteration in
 flight, which on one slot is the one iteration running.
+
+Over ~500 lines because it is the one fold: a handler per event that changes state, next to the
+state it changes (the report, the app and resume all read this one fold).
 """
 from __future__ import annotations
 

@@ -90,6 +90,10 @@ async def press(app: BilevelApp, *keys: str) -> None:
         await asyncio.sleep(0.05)
 
 
+def nothing_to_abort(app: BilevelApp) -> bool:
+    return any("nothing to abort" in str(n.message) for n in app._notifications)
+
+
 def on_screen(app: BilevelApp, kind: type) -> Callable[[], bool]:
     return lambda: isinstance(app.screen, kind) and app.screen.is_mounted and bool(app.screen.query("*"))
 
@@ -167,8 +171,13 @@ async def test_viewers_come_and_go_and_send_every_command_while_the_engine_runs_
             for _ in range(10):
                 await until(pilot, lambda: app.model.training_iteration is not None, what="a training run")
                 aborted = app.model.training_iteration
+                app.clear_notifications()  # so "nothing to abort" below is this key's answer
                 await press(app, "x")
-                await until(pilot, on_screen(app, ConfirmScreen))
+                # the run may have ended before the key got there: then there is nothing to confirm
+                await until(pilot, lambda: on_screen(app, ConfirmScreen)() or nothing_to_abort(app),
+                            what="the abort dialog or the note that nothing runs")
+                if not on_screen(app, ConfirmScreen)():
+                    continue
                 await press(app, "enter")
                 await until(pilot, lambda: answered(aborted), what="the abort's answer")
                 if answered(aborted)[0].ok:

@@ -390,6 +390,7 @@ class BilevelApp(App[int]):
             return
         it = self.model.training_iteration
         if it is None:
+            self.notify("No training run is in progress: nothing to abort.", severity="warning")
             return
 
         async def answered(answer: str | None) -> None:
@@ -405,6 +406,7 @@ class BilevelApp(App[int]):
         """Parallel trials: abort the highlighted row's trial when it is in flight, another, or all of them."""
         running = self.model.in_flight
         if not running:
+            self.notify("No training run is in progress: nothing to abort.", severity="warning")
             return
         highlighted = self.base.query_one(TracePane).highlighted_iteration()
         first = [highlighted] if highlighted in running else []

@@ -48,10 +48,13 @@ class EventLogPane(Pane):
         if LOG not in parts:
             return
         reset, lines = model.take_log()
-        if reset or len(lines) > MAX_WRITE:
+        # Unthrottled (snapshots), a flood is written whole: how many lines the pane holds must not
+        # depend on how the events happened to be batched.
+        limit = MAX_WRITE if self.throttle else LOG_LINES
+        if reset or len(lines) > limit:
             # a flood (or a seek): redraw only the newest lines; the session file keeps them all
             log.clear()
-            lines = list(model.log)[-MAX_WRITE:]
+            lines = list(model.log)[-limit:]
         for line in lines:
             log.write(Text(line, style=_style(line)))
 

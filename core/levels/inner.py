@@ -7,7 +7,6 @@ discarded change can never leak into the next iteration.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from string import Template
 from typing import Any
@@ -56,7 +55,7 @@ class InnerLoop:
         if not ctx.cfg.offline:
             await self.check_endpoint()
         ctx.emit(ev.IterationStarted(iteration=0))
-        started = time.monotonic()
+        started = ctx.monotonic()
         text = ctx.read_artifact(ctx.state.baseline_script)
         result = (await ctx.train(0, text, diff="")).result
         if result.outcome.value == "cancelled":
@@ -67,7 +66,7 @@ class InnerLoop:
         ctx.emit(ev.IterationFinished(
             iteration=0, decision="baseline", val_bpb=result.val_bpb, best_after=result.val_bpb,
             outcome="ok", rule="baseline", reason="baseline evaluation", script=ctx.state.baseline_script,
-            values=TrainScript.parse(text).values(), duration_s=time.monotonic() - started, source="baseline",
+            values=TrainScript.parse(text).values(), duration_s=ctx.monotonic() - started, source="baseline",
         ))
 
     async def check_endpoint(self) -> None:
@@ -93,7 +92,7 @@ class InnerLoop:
     async def run_iteration(self, n: int) -> None:
         ctx = self.ctx
         ctx.emit(ev.IterationStarted(iteration=n))
-        started = time.monotonic()
+        started = ctx.monotonic()
         best_text = ctx.read_artifact(ctx.state.best_script)
         best = TrainScript.parse(best_text)
         proposal, last_error = await self._get_proposal(n, best)
@@ -101,7 +100,7 @@ class InnerLoop:
             ctx.emit(ev.IterationFinished(
                 iteration=n, decision="rejected", reason=last_error, rule="no valid proposal",
                 best_before=ctx.state.best_val_bpb, best_after=ctx.state.best_val_bpb,
-                duration_s=time.monotonic() - started, source=self._source, mechanisms=ctx.mechanisms.take_counts(),
+                duration_s=ctx.monotonic() - started, source=self._source, mechanisms=ctx.mechanisms.take_counts(),
             ))
             return
         proposal.candidate = best.apply(proposal.changes)
@@ -160,7 +159,7 @@ class InnerLoop:
             val_bpb=verdict.val_bpb, best_before=ctx.state.best_val_bpb,
             best_after=verdict.val_bpb if decision == "keep" else ctx.state.best_val_bpb,
             rule=rule, reason=reason, outcome=result.outcome.value, script=run.script,
-            values=candidate.values(), duration_s=time.monotonic() - started, source=proposal.source,
+            values=candidate.values(), duration_s=ctx.monotonic() - started, source=proposal.source,
             mechanisms=ctx.mechanisms.take_counts(), acceptance=verdict.details,
             error_tail=result.error_tail[-MAX_TAIL_KEPT:] if decision == "crash" else "",
         ))

@@ -8,6 +8,7 @@ that reached for anything else of the engine fails here with AttributeError.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -138,6 +139,9 @@ class FakeRunContext:
         self.events.append(event)
         self._state.apply(event)
         return event
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
     def artifact(self, relpath: str, data: str | bytes) -> str:
         rel = f"artifacts/{relpath}"

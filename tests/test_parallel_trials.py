@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mechanisms
 from core.engine.engine import Engine
 from core.record import commands as cmds
 from core.record import events as ev
 from core.record.processes import recorded_processes
 from core.record.session import SessionReader
 from core.record.state import fold
+from mechanisms.base import Mechanism
 from tests.conftest import Recorder, fast_config, llm_config, run_engine
 from tests.support.cli import run_bilevel, start_bilevel, write_fast_config
 from tests.support.openai_server import Reply, ScriptedOpenAI
@@ -423,3 +425,41 @@ async def test_strategy_cycles_count_finished_iterations_and_run_while_trials_ar
         in_flight_then.append(len(state.in_flight))
     assert any(in_flight_then), "no cycle ran while trials were in flight"
 
+
+# ------------------------------------------------------------------ mechanism hooks over parallel trials
+
+
+class Witness(Mechanism):
+    """Turns every verdict round and notes the trial each snapshot names, with the result it came with."""
+
+    name = "witness"
+    seen: list[tuple[str, int, float | None]] = []
+
+    def decide(self, state, result, best):
+        Witness.seen.append(("decide", state.iteration, result["val_bpb"]))
+        val = result["val_bpb"]
+        return "discard" if val is not None and best is not None and val < best else "keep"
+
+    def observe(self, state, result):
+        Witness.seen.append(("observe", state.iteration, result["val_bpb"]))
+
+
+async def test_mechanism_effects_name_their_own_trial_while_others_are_in_flight(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    monkeypatch.setitem(mechanisms.BUILTINS, "witness", Witness)
+    monkeypatch.setattr(Witness, "seen", [])
+    cfg = fast_config(tmp_path, **CPU4, **{"budget.iterations": 8, "search.mechanisms": ["witness"]})
+    engine, rec = await run_engine(cfg)
+    assert engine.state.status == "completed", engine.state.finished
+    trained = {e.iteration: e.val_bpb for e in rec.of(ev.TrainingFinished)}
+    # Each hook's snapshot names the trial whose result it was given.
+    assert {hook for hook, _, _ in Witness.seen} == {"decide", "observe"}
+    assert all(trained[named] == val for _, named, val in Witness.seen), Witness.seen
+    effects = [e for e in rec.of(ev.MechanismEffect) if e.hook == "decide"]
+    assert len(effects) == 8  # every trial's verdict was turned round
+    for effect in effects:  # and the effect names the trial whose verdict it turned
+        after = rec.events[rec.events.index(effect):]
+        verdict = next(e for e in after if isinstance(e, ev.IterationFinished) and e.iteration == effect.iteration)
+        assert verdict.rule.startswith("overridden by mechanism witness")
+    # The case that matters: a trial started later was still running when a verdict was turned.
+    assert any(fold(rec.events[:rec.events.index(e)]).running != e.iteration for e in effects)

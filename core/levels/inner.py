@@ -145,7 +145,7 @@ class InnerLoop:
             ctx.interrupted(n)
             return
         decision, rule, reason = verdict.decision, verdict.rule, verdict.reason
-        new_decision, overrider = await ctx.mechanisms.decide(ctx.state, result, decision)
+        new_decision, overrider = await ctx.mechanisms.decide(ctx.state, result, decision, iteration=n)
         if overrider:
             rule = f"overridden by mechanism {overrider} (was {decision}; {rule})"
             decision = new_decision
@@ -153,7 +153,7 @@ class InnerLoop:
         if moved and decision in ("keep", "discard"):
             rule = (f"{rule}; against the best when the result arrived ({fmt_bpb(ctx.state.best_val_bpb)}), "
                     f"not the {fmt_bpb(best_at_proposal)} it was proposed against")
-        await ctx.mechanisms.observe(ctx.state, result)
+        await ctx.mechanisms.observe(ctx.state, result, iteration=n)
         ctx.emit(ev.IterationFinished(
             iteration=n, decision=decision, changes=proposal.changes, hypothesis=proposal.hypothesis,
             val_bpb=verdict.val_bpb, best_before=ctx.state.best_val_bpb,
@@ -197,7 +197,7 @@ class InnerLoop:
         schema = ctx.current_schema(values)
         messages = await self._messages(n, best) if not self.offline else []
         if self.offline:  # offline proposals ignore prompts, but the hook still runs and is counted
-            await ctx.mechanisms.shape_prompt(ctx.state, "")
+            await ctx.mechanisms.shape_prompt(ctx.state, "", iteration=n)
         last_error = ""
         for attempt in range(1, ctx.cfg.search.max_reasks + 2):
             frozen = set(ctx.state.frozen)
@@ -236,7 +236,7 @@ class InnerLoop:
                 continue
             proposal = Proposal(coerced, hypothesis, self._source, attempt)
             verdict = await ctx.mechanisms.review(
-                ctx.state, proposal, lambda c: validate_changes(c, schema, ctx.state.frozen))
+                ctx.state, proposal, lambda c: validate_changes(c, schema, ctx.state.frozen), iteration=n)
             if verdict is not None:  # vetoed: the reason goes back to the proposer
                 last_error = verdict
                 self._reask(messages, raw, [verdict])
@@ -271,13 +271,14 @@ class InnerLoop:
         return result.content, result.finish_reason or "", ""
 
     async def _messages(self, n: int, best: TrainScript) -> list[dict[str, str]]:
-        return await self.messages("inner_propose", self.prompt_fields(best))
+        return await self.messages("inner_propose", self.prompt_fields(best), iteration=n)
 
-    async def messages(self, template_name: str, fields: dict[str, Any]) -> list[dict[str, str]]:
-        """The system prompt and ``template_name`` filled with ``fields`` and the mechanisms' notes."""
+    async def messages(self, template_name: str, fields: dict[str, Any], *, iteration: int) -> list[dict[str, str]]:
+        """The system prompt and ``template_name`` filled with ``fields`` and the mechanisms' notes for ``iteration``."""
         template = Template(prompts.load(template_name))
         draft = template.substitute(fields, mechanism_notes="")
-        user = template.substitute(fields, mechanism_notes=await self.ctx.mechanisms.shape_prompt(self.ctx.state, draft))
+        user = template.substitute(fields, mechanism_notes=await self.ctx.mechanisms.shape_prompt(
+            self.ctx.state, draft, iteration=iteration))
         return [{"role": "system", "content": prompts.load("inner_system")}, {"role": "user", "content": user}]
 
     def prompt_fields(self, best: TrainScript) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from core.record.processes import recorded_processes
 from core.record.session import SessionReader
 from core.record.state import fold
 from mechanisms.base import Mechanism
-from tests.conftest import Recorder, fast_config, llm_config, run_engine
+from tests.conftest import QUADRATIC, Recorder, fast_config, llm_config, run_engine
 from tests.support.cli import run_bilevel, start_bilevel, write_fast_config
 from tests.support.openai_server import Reply, ScriptedOpenAI
 from tests.support.patience import patience
@@ -463,3 +463,48 @@ async def test_mechanism_effects_name_their_own_trial_while_others_are_in_flight
         assert verdict.rule.startswith("overridden by mechanism witness")
     # The case that matters: a trial started later was still running when a verdict was turned.
     assert any(fold(rec.events[:rec.events.index(e)]).running != e.iteration for e in effects)
+
+
+# ------------------------------------------------------------------ confirmation runs on free slots
+
+
+async def test_a_confirmation_run_takes_a_free_slot_while_other_trials_run_and_its_verdict_is_right(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    # The stand-in, with a seed that moves val_bpb a little (as a real seed does), so a confirmation can pass.
+    script = tmp_path / "train.py"
+    script.write_text(QUADRATIC.read_text().replace('0.0001 * int(os.environ.get("BILEVEL_SEED", "0"))',
+                                                    '0.0001 * (int(os.environ.get("BILEVEL_SEED", "0")) % 3)'))
+    llm = Proposer([{"LR": 0.03}, {"LR": 0.05}, {"LR": 0.025}, {"LR": 0.06}, {"LR": 0.022}, {"LR": 0.07},
+                    {"LR": 0.021}, {"LR": 0.08}])
+    with ScriptedOpenAI(responder=llm) as server:
+        engine, rec = await run_engine(llm_config(tmp_path, server, **CPU4, **{
+            "script.path": str(script), "budget.iterations": 8, "acceptance.confirm": True}))
+    assert engine.state.status == "completed", engine.state.finished
+    confirmed = {e.iteration: e for e in rec.of(ev.ConfirmationStarted)}
+    assert confirmed
+    finished = {e.iteration: e for e in rec.of(ev.IterationFinished)}
+    scores: dict[int, list[float | None]] = {}
+    for e in rec.of(ev.TrainingFinished):
+        scores.setdefault(e.iteration, []).append(e.val_bpb)
+    for n in confirmed:  # the verdict: the mean of both runs of n against the best when the second arrived
+        verdict = finished[n]
+        assert verdict.acceptance["confirm"]["values"] == scores[n] and len(scores[n]) == 2
+        mean = sum(scores[n]) / 2
+        assert verdict.decision == ("keep" if mean < verdict.best_before else "discard"), verdict.reason
+        assert verdict.best_after == (mean if verdict.decision == "keep" else verdict.best_before)
+    assert any(finished[n].decision == "keep" for n in confirmed)
+    kept = [r.val_bpb for r in engine.state.records if r.decision in ("baseline", "keep")]
+    assert kept == sorted(kept, reverse=True)  # a confirmed keep never replaced a better best
+    # A confirmation run took a slot no other run was using while other trials trained.
+    slots: dict[int, str] = {}  # iteration -> the slot its run holds now
+    overlapped = False
+    for e in rec.events:
+        if isinstance(e, ev.TrainingStarted):
+            assert e.slot not in slots.values(), f"#{e.iteration} got slot {e.slot}, which is in use"
+            if e.iteration in confirmed and e.seed == confirmed[e.iteration].seed:
+                overlapped = overlapped or bool(slots)
+            slots[e.iteration] = e.slot
+        elif isinstance(e, ev.TrainingFinished):
+            slots.pop(e.iteration, None)
+    assert overlapped, "no confirmation run trained while another trial did"

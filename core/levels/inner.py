@@ -183,7 +183,9 @@ class InnerLoop:
             return Verdict("interrupted", "stopped during the confirmation run", second.reason)
         runs = [(ctx.cfg.search.seed, result.val_bpb),
                 (seed, second.val_bpb if second.outcome.value == "ok" else None)]
-        return policy.judge_confirmed(best, verdict, runs)
+        # Against the best when the confirmation arrives: with trials in parallel a better one may have come meanwhile.
+        return policy.judge_confirmed(ctx.state.best_val_bpb if ctx.state.best_val_bpb is not None else best,
+                                      verdict, runs)
 
     @property
     def _source(self) -> str:

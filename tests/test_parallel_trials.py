@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import mechanisms
 from core.engine.engine import Engine
+from core.record import config
 from core.record import commands as cmds
 from core.record import events as ev
 from core.record.processes import recorded_processes
@@ -158,6 +161,38 @@ async def test_a_near_duplicate_of_a_running_trial_is_rejected_and_reasked(tmp_p
     assert [e.attempt for e in again] == [1, 2]
     trained = {r.iteration: r.values["LR"] for r in engine.state.records if r.iteration}
     assert repeat["LR"] not in trained.values() and len(set(trained.values())) == len(trained)
+
+
+def most_proposed_open(events: list[ev.Event]) -> int:
+    """The most proposals made and still without a verdict at once (running or waiting for a slot)."""
+    open_: set[int] = set()
+    most = 0
+    for e in events:
+        if isinstance(e, ev.ProposalMade) and e.iteration:
+            open_.add(e.iteration)
+        elif isinstance(e, ev.IterationFinished) or (isinstance(e, ev.ProposalRejected) and e.kind == "stale"):
+            open_.discard(e.iteration)
+        most = max(most, len(open_))
+    return most
+
+
+@pytest.mark.parametrize("max_queued", [1, 2])
+async def test_max_queued_proposals_wait_for_a_slot_and_never_more(tmp_path, monkeypatch, max_queued):
+    monkeypatch.setenv("FAKE_STEP_S", "0.05")
+    llm = Proposer(lr_plan(12))
+    with ScriptedOpenAI(responder=llm) as server:
+        engine, rec = await run_engine(llm_config(tmp_path, server, **CPU4, **{
+            "budget.iterations": 10, "run.max_queued": max_queued}))
+    assert engine.state.status == "completed", engine.state.finished
+    assert asked_for(llm.requests[0]) == 4 + max_queued  # every slot, and the queue, in the first call
+    assert most_proposed_open(rec.events) == 4 + max_queued  # four running, max_queued waiting, never more
+    assert most_at_once(rec.events) == 4
+    assert sorted(r.iteration for r in engine.state.records) == list(range(11))
+
+
+def test_more_than_two_queued_proposals_is_a_config_error(tmp_path):
+    with pytest.raises(config.ConfigError, match="max_queued"):
+        fast_config(tmp_path, **{"run.max_queued": 3})
 
 
 async def test_a_new_best_drops_the_queued_proposal_and_never_a_running_one(tmp_path, monkeypatch):

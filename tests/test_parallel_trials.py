@@ -8,7 +8,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -468,7 +468,7 @@ class Witness(Mechanism):
     """Turns every verdict round and notes the trial each snapshot names, with the result it came with."""
 
     name = "witness"
-    seen: list[tuple[str, int, float | None]] = []
+    seen: ClassVar[list[tuple[str, int, float | None]]] = []
 
     def decide(self, state, result, best):
         Witness.seen.append(("decide", state.iteration, result["val_bpb"]))

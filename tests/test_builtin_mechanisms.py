@@ -410,7 +410,7 @@ async def test_a_builtin_returning_what_the_contract_refuses_is_deactivated_like
     emitted: list = []
     host = MechanismHost(emitted.append, lambda: {}, hook_timeout_s=1.0)
     await host.attach(Sloppy(), RunState(), origin="config")
-    assert await host.shape_prompt(RunState(), "prompt") == ""
+    assert await host.shape_prompt(RunState(), "prompt", iteration=1) == ""
     off = [e for e in emitted if isinstance(e, ev.MechanismDeactivated)]
     assert off and "shape_prompt returned dict" in off[0].reason and host.names == []
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.record import events as ev
+from core.record.processes import recorded_processes
 from core.record.session import SessionReader
 from core.record.state import fold
 from tests.support.patience import patience
@@ -133,7 +134,8 @@ async def test_real_training_with_the_scripted_llm_baseline_and_three_iterations
     assert all(e.val_bpb is not None and 0.5 < e.val_bpb < 10 for e in finished)
     # One warm worker ran the baseline and the learning-rate change; the window pattern is a shape: a new one.
     assert [e.worker for e in rec.of(ev.TrainingFinished)] == ["warm"] * 4
-    pids = [e.pid for e in rec.of(ev.TrainingProcess)]
+    pids = [p.pid for p in recorded_processes(engine.dir)]  # one per TrainingProcess, in its order
+    assert len(pids) == len(rec.of(ev.TrainingProcess))
     assert pids[0] == pids[1] and pids[2] != pids[1]
     # Iteration 3 has the shape of 2 if 2 was kept, else the baseline's: either way a kept worker runs it.
     assert pids[3] == (pids[2] if 'WINDOW_PATTERN = "SL"' in script3 else pids[0])

@@ -14,6 +14,7 @@ import pytest
 
 from core.engine.engine import Engine
 from core.record import events as ev
+from core.record.processes import recorded_processes
 from core.record.session import SessionReader
 from core.services import trainer
 from core.services.trainer import Outcome, run_training
@@ -130,7 +131,8 @@ def test_every_process_of_a_killed_engines_run_is_gone_before_resume_starts_anyt
     assert not _alive(same_group) and not _alive(escaped)
     events = list(SessionReader(session).events())
     recorded = [e for e in events if isinstance(e, ev.TrainingProcess)]
-    assert recorded[0].pid == script_pid and recorded[0].tag
+    assert recorded[0].tag and recorded_processes(session)[0].tag == recorded[0].tag
+    assert recorded_processes(session)[0].pid == script_pid  # the pid sits beside the log, under its tag
     assert [e.iteration for e in events if isinstance(e, ev.IterationFinished)] == [0, 1]
 
 

@@ -39,6 +39,21 @@ def test_noise_runs_the_baseline_once_per_seed_and_stores_its_spread(tmp_path):
     assert "noise floor σ = 0.000100" in done.stdout
 
 
+def test_noise_runs_share_the_free_slots_and_measure_the_same_floor(tmp_path):
+    done = run_bilevel("noise", str(write_fast_config(tmp_path, name="n", gpus="cpu:3")), "--runs", "3", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    events = list(SessionReader(only_session(tmp_path)).events())
+    started = [e for e in events if isinstance(e, ev.TrainingStarted)]
+    first_end = next(i for i, e in enumerate(events) if isinstance(e, ev.TrainingFinished))
+    assert len([e for e in events[:first_end] if isinstance(e, ev.TrainingStarted)]) == 3  # all three at once
+    assert sorted(e.slot for e in started) == ["cpu0", "cpu1", "cpu2"]
+    runs = sorted((e for e in events if isinstance(e, ev.NoiseRunFinished)), key=lambda r: r.run)
+    assert [(r.run, r.seed) for r in runs] == [(0, 0), (1, 1), (2, 2)]
+    assert [r.val_bpb for r in runs] == pytest.approx([1.032023, 1.032123, 1.032223])
+    (measured,) = [e for e in events if isinstance(e, ev.NoiseMeasured)]
+    assert measured.seeds == [0, 1, 2] and measured.std == pytest.approx(1e-4) and measured.failed == 0
+
+
 SEED_CONSTANT_SCRIPT = '''
 LR = 0.04
 DEPTH = 4

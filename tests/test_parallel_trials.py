@@ -8,15 +8,20 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import pytest
+
+import mechanisms
 from core.engine.engine import Engine
-from core.engine.scheduler import MACHINE_FIELDS
+from core.record import config
 from core.record import commands as cmds
 from core.record import events as ev
+from core.record.processes import recorded_processes
 from core.record.session import SessionReader
 from core.record.state import fold
-from tests.conftest import Recorder, fast_config, llm_config, run_engine
+from mechanisms.base import Mechanism
+from tests.conftest import QUADRATIC, Recorder, fast_config, llm_config, run_engine
 from tests.support.cli import run_bilevel, start_bilevel, write_fast_config
 from tests.support.openai_server import Reply, ScriptedOpenAI
 from tests.support.patience import patience
@@ -156,6 +161,38 @@ async def test_a_near_duplicate_of_a_running_trial_is_rejected_and_reasked(tmp_p
     assert [e.attempt for e in again] == [1, 2]
     trained = {r.iteration: r.values["LR"] for r in engine.state.records if r.iteration}
     assert repeat["LR"] not in trained.values() and len(set(trained.values())) == len(trained)
+
+
+def most_proposed_open(events: list[ev.Event]) -> int:
+    """The most proposals made and still without a verdict at once (running or waiting for a slot)."""
+    open_: set[int] = set()
+    most = 0
+    for e in events:
+        if isinstance(e, ev.ProposalMade) and e.iteration:
+            open_.add(e.iteration)
+        elif isinstance(e, ev.IterationFinished) or (isinstance(e, ev.ProposalRejected) and e.kind == "stale"):
+            open_.discard(e.iteration)
+        most = max(most, len(open_))
+    return most
+
+
+@pytest.mark.parametrize("max_queued", [1, 2])
+async def test_max_queued_proposals_wait_for_a_slot_and_never_more(tmp_path, monkeypatch, max_queued):
+    monkeypatch.setenv("FAKE_STEP_S", "0.05")
+    llm = Proposer(lr_plan(12))
+    with ScriptedOpenAI(responder=llm) as server:
+        engine, rec = await run_engine(llm_config(tmp_path, server, **CPU4, **{
+            "budget.iterations": 10, "run.max_queued": max_queued}))
+    assert engine.state.status == "completed", engine.state.finished
+    assert asked_for(llm.requests[0]) == 4 + max_queued  # every slot, and the queue, in the first call
+    assert most_proposed_open(rec.events) == 4 + max_queued  # four running, max_queued waiting, never more
+    assert most_at_once(rec.events) == 4
+    assert sorted(r.iteration for r in engine.state.records) == list(range(11))
+
+
+def test_more_than_two_queued_proposals_is_a_config_error(tmp_path):
+    with pytest.raises(config.ConfigError, match="max_queued"):
+        fast_config(tmp_path, **{"run.max_queued": 3})
 
 
 async def test_a_new_best_drops_the_queued_proposal_and_never_a_running_one(tmp_path, monkeypatch):
@@ -335,7 +372,7 @@ def test_kill_9_with_four_trials_in_flight_then_resume_loses_nothing_and_repeats
     state = fold(SessionReader(session).events())  # the log as the killed engine left it
     cut = set(state.in_flight)
     done_before = {r.iteration for r in state.records}
-    pids = [e.pid for e in SessionReader(session).events() if isinstance(e, ev.TrainingProcess) and e.iteration in cut]
+    pids = [p.pid for p in recorded_processes(session) if p.iteration in cut]
     resumed = run_bilevel("resume", "--headless", str(session), cwd=tmp_path, env={"FAKE_STEP_S": "0.01"})
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     events = list(SessionReader(session).events())
@@ -364,22 +401,12 @@ class Ticks:
         return self.t
 
 
-def machine_neutral(line: str) -> str:
-    """A log line with the values only the machine decides (MACHINE_FIELDS, measured seconds) blanked."""
-    data = json.loads(line)
-    for name in MACHINE_FIELDS:
-        if name in data:
-            data[name] = "·"
-    if data["type"] == "training_finished":
-        data["reason"] = re.sub(r"after [\d.]+ s", "after · s", data["reason"])
-    return json.dumps(data, sort_keys=False)
-
-
 async def _batch_log(tmp_path: Path, session: Path, server: ScriptedOpenAI) -> bytes:
     server.responder = Proposer(lr_plan(8, start=0.012, step=0.004) + [{"WARMDOWN_RATIO": 0.31}])
     cfg = llm_config(tmp_path, server, **CPU4, **{"run.schedule": "batch", "run.batch_size": 4,
                                                   "budget.iterations": 8})
-    engine = Engine(cfg, session, clock=Ticks())
+    # Timestamps tick one second per event; a frozen monotonic clock makes every measured duration 0.
+    engine = Engine(cfg, session, clock=Ticks(), monotonic=lambda: 100.0)
     await engine.run()
     assert engine.state.status == "completed", engine.state.finished
     return (session / "events.jsonl").read_bytes()
@@ -392,9 +419,12 @@ async def test_batch_mode_writes_the_same_log_twice(tmp_path, monkeypatch):
         first = await _batch_log(tmp_path, session, server)
         shutil.rmtree(session)
         second = await _batch_log(tmp_path, session, server)
-    lines1, lines2 = first.decode().splitlines(), second.decode().splitlines()
-    assert len(lines1) == len(lines2)
-    assert [machine_neutral(a) for a in lines1] == [machine_neutral(b) for b in lines2]
+    lines = zip(first.decode().splitlines(), second.decode().splitlines())
+    assert first == second, next((f"{a} != {b}" for a, b in lines if a != b), "the logs differ in length")
+    # The machine's part (pids, process groups) sits beside the log, under the tags the log names.
+    tags = [e.tag for e in SessionReader(session).events() if isinstance(e, ev.TrainingProcess)]
+    assert [p.tag for p in recorded_processes(session)] == tags and len(set(tags)) == 9
+    assert all(p.pid > 0 for p in recorded_processes(session))
     events = list(SessionReader(session).events())
     state = fold(events)
     # Batches of four: every trial of a batch is judged before the next batch is proposed.
@@ -429,3 +459,87 @@ async def test_strategy_cycles_count_finished_iterations_and_run_while_trials_ar
         state = fold(rec.events[:rec.events.index(e)])
         in_flight_then.append(len(state.in_flight))
     assert any(in_flight_then), "no cycle ran while trials were in flight"
+
+
+# ------------------------------------------------------------------ mechanism hooks over parallel trials
+
+
+class Witness(Mechanism):
+    """Turns every verdict round and notes the trial each snapshot names, with the result it came with."""
+
+    name = "witness"
+    seen: ClassVar[list[tuple[str, int, float | None]]] = []
+
+    def decide(self, state, result, best):
+        Witness.seen.append(("decide", state.iteration, result["val_bpb"]))
+        val = result["val_bpb"]
+        return "discard" if val is not None and best is not None and val < best else "keep"
+
+    def observe(self, state, result):
+        Witness.seen.append(("observe", state.iteration, result["val_bpb"]))
+
+
+async def test_mechanism_effects_name_their_own_trial_while_others_are_in_flight(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    monkeypatch.setitem(mechanisms.BUILTINS, "witness", Witness)
+    monkeypatch.setattr(Witness, "seen", [])
+    cfg = fast_config(tmp_path, **CPU4, **{"budget.iterations": 8, "search.mechanisms": ["witness"]})
+    engine, rec = await run_engine(cfg)
+    assert engine.state.status == "completed", engine.state.finished
+    trained = {e.iteration: e.val_bpb for e in rec.of(ev.TrainingFinished)}
+    # Each hook's snapshot names the trial whose result it was given.
+    assert {hook for hook, _, _ in Witness.seen} == {"decide", "observe"}
+    assert all(trained[named] == val for _, named, val in Witness.seen), Witness.seen
+    effects = [e for e in rec.of(ev.MechanismEffect) if e.hook == "decide"]
+    assert len(effects) == 8  # every trial's verdict was turned round
+    for effect in effects:  # and the effect names the trial whose verdict it turned
+        after = rec.events[rec.events.index(effect):]
+        verdict = next(e for e in after if isinstance(e, ev.IterationFinished) and e.iteration == effect.iteration)
+        assert verdict.rule.startswith("overridden by mechanism witness")
+    # The case that matters: a trial started later was still running when a verdict was turned.
+    assert any(fold(rec.events[:rec.events.index(e)]).running != e.iteration for e in effects)
+
+
+# ------------------------------------------------------------------ confirmation runs on free slots
+
+
+async def test_a_confirmation_run_takes_a_free_slot_while_other_trials_run_and_its_verdict_is_right(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    # The stand-in, with a seed that moves val_bpb a little (as a real seed does), so a confirmation can pass.
+    script = tmp_path / "train.py"
+    script.write_text(QUADRATIC.read_text().replace('0.0001 * int(os.environ.get("BILEVEL_SEED", "0"))',
+                                                    '0.0001 * (int(os.environ.get("BILEVEL_SEED", "0")) % 3)'))
+    llm = Proposer([{"LR": 0.03}, {"LR": 0.05}, {"LR": 0.025}, {"LR": 0.06}, {"LR": 0.022}, {"LR": 0.07},
+                    {"LR": 0.021}, {"LR": 0.08}])
+    with ScriptedOpenAI(responder=llm) as server:
+        engine, rec = await run_engine(llm_config(tmp_path, server, **CPU4, **{
+            "script.path": str(script), "budget.iterations": 8, "acceptance.confirm": True}))
+    assert engine.state.status == "completed", engine.state.finished
+    confirmed = {e.iteration: e for e in rec.of(ev.ConfirmationStarted)}
+    assert confirmed
+    finished = {e.iteration: e for e in rec.of(ev.IterationFinished)}
+    scores: dict[int, list[float | None]] = {}
+    for e in rec.of(ev.TrainingFinished):
+        scores.setdefault(e.iteration, []).append(e.val_bpb)
+    for n in confirmed:  # the verdict: the mean of both runs of n against the best when the second arrived
+        verdict = finished[n]
+        assert verdict.acceptance["confirm"]["values"] == scores[n] and len(scores[n]) == 2
+        mean = sum(scores[n]) / 2
+        assert verdict.decision == ("keep" if mean < verdict.best_before else "discard"), verdict.reason
+        assert verdict.best_after == (mean if verdict.decision == "keep" else verdict.best_before)
+    assert any(finished[n].decision == "keep" for n in confirmed)
+    kept = [r.val_bpb for r in engine.state.records if r.decision in ("baseline", "keep")]
+    assert kept == sorted(kept, reverse=True)  # a confirmed keep never replaced a better best
+    # A confirmation run took a slot no other run was using while other trials trained.
+    slots: dict[int, str] = {}  # iteration -> the slot its run holds now
+    overlapped = False
+    for e in rec.events:
+        if isinstance(e, ev.TrainingStarted):
+            assert e.slot not in slots.values(), f"#{e.iteration} got slot {e.slot}, which is in use"
+            if e.iteration in confirmed and e.seed == confirmed[e.iteration].seed:
+                overlapped = overlapped or bool(slots)
+            slots[e.iteration] = e.slot
+        elif isinstance(e, ev.TrainingFinished):
+            slots.pop(e.iteration, None)
+    assert overlapped, "no confirmation run trained while another trial did"

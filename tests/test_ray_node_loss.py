@@ -14,6 +14,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'bile
 
 from core.engine.engine import Engine
 from core.record import events as ev
+from core.record.processes import recorded_processes
 from tests.conftest import Recorder
 from tests.support.patience import patience
 from tests.support.ray_cluster import (
@@ -68,7 +69,8 @@ async def test_a_node_lost_mid_trial_is_infrastructure_and_rerun_as_the_next_att
     rec = Recorder()
     engine.subscribe(rec)
     started: asyncio.Queue[int] = asyncio.Queue()
-    engine.subscribe(lambda e: started.put_nowait(e.pid) if isinstance(e, ev.TrainingProcess) else None)
+    engine.subscribe(lambda e: started.put_nowait(next(p.pid for p in recorded_processes(engine.dir) if p.tag == e.tag))
+                     if isinstance(e, ev.TrainingProcess) else None)
 
     async def lose_the_first_runs_node() -> str:
         pid = await asyncio.wait_for(started.get(), patience(120))

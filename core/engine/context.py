@@ -13,10 +13,11 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from core.record import events as ev
 from core.record import layout
+from core.record.processes import ProcessRecord, record_process, run_tag
 from core.record.config import Config
 from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
 from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, Ready, TrainRun
@@ -52,6 +53,7 @@ class EngineSide(Protocol):
     llm: LLMClient | None
     data_dir: Path | None
     training_cancels: dict[int, asyncio.Event]
+    monotonic: Callable[[], float]
 
     def emit(self, event: ev.Event) -> ev.Event: ...
     def artifact(self, relpath: str, data: str | bytes) -> str: ...
@@ -107,6 +109,9 @@ class EngineContext:
 
     def emit(self, event: ev.Event) -> ev.Event:
         return self._engine.emit(event)
+
+    def monotonic(self) -> float:
+        return self._engine.monotonic()
 
     def artifact(self, relpath: str, data: str | bytes) -> str:
         return self._engine.artifact(relpath, data)
@@ -186,7 +191,7 @@ class EngineContext:
             if stream_events:  # a retried stream starts over: viewers drop what they showed of this call
                 delta("reset", f"attempt {attempt} failed ({error}); retrying in {delay_s:.1f}s")
 
-        started = time.monotonic()
+        started = self.monotonic()
         try:
             result = await llm.chat(messages, level=level, json=json, on_delta=delta if stream_events else None,
                                     on_retry=retry, schema=schema, schema_name=f"{level}_{purpose}",
@@ -194,7 +199,7 @@ class EngineContext:
         except LLMError as exc:
             self._record_structured_mode(llm)
             self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=False, error=str(exc),
-                                     duration_s=time.monotonic() - started, attempts=exc.attempts,
+                                     duration_s=self.monotonic() - started, attempts=exc.attempts,
                                      max_tokens=limit))
             raise
         if json:
@@ -204,7 +209,7 @@ class EngineContext:
         self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=True, artifact=response_rel,
                                  prompt_tokens=result.usage.prompt_tokens,
                                  completion_tokens=result.usage.completion_tokens,
-                                 duration_s=result.duration_s, attempts=result.attempts,
+                                 duration_s=self.monotonic() - started, attempts=result.attempts,
                                  finish_reason=result.finish_reason or "", max_tokens=limit))
         return result
 
@@ -267,14 +272,20 @@ class EngineContext:
                                                  slot=slot.name, budget_s=self.cfg.budget.time_s,
                                                  seed=run_seed, attempt=attempt))
                     emitter.starting()
+                    tag = run_tag(eng.dir, resumes=self.state.resumes, iteration=iteration, attempt=attempt,
+                                  seed=seed)
+
                     def started(pid: int, tag: str) -> None:
-                        self.emit(ev.TrainingProcess(iteration=iteration, pid=pid, pgid=pid, tag=tag,
-                                                     engine_pid=os.getpid()))
+                        # the pid is the machine's: beside the log, so the log is the same in two runs
+                        record_process(eng.dir, ProcessRecord(tag=tag, iteration=iteration, attempt=attempt,
+                                                              pid=pid, pgid=pid, engine_pid=os.getpid()))
+                        self.emit(ev.TrainingProcess(iteration=iteration, tag=tag, attempt=attempt, seed=seed))
 
                     common = dict(cwd=run_cwd, python=self.cfg.script.python or sys.executable,
                                   budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s,
                                   env=env, log_path=log_path, on_progress=progress, on_line=emitter.line,
-                                  cancel=cancel, on_start=started, valid_bpb=self.cfg.acceptance.valid_val_bpb)
+                                  cancel=cancel, on_start=started, valid_bpb=self.cfg.acceptance.valid_val_bpb,
+                                  tag=tag, clock=eng.monotonic)
                     plan = (warm_plan(text) if self.cfg.run.worker == "warm" and not where.needs_copy
                             and eng.executor.name == "local" else None)
                     if plan is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,7 +56,8 @@ Subscriber = Callable[[ev.Event], None]
 class Engine:
     def __init__(self, cfg: Config, session_dir: Path, *, state: RunState | None = None,
                  llm: LLMClient | None = None, log: Callable[[str], None] | None = None,
-                 lock: SessionLock | None = None, clock: Callable[[], float] | None = None) -> None:
+                 lock: SessionLock | None = None, clock: Callable[[], float] | None = None,
+                 monotonic: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
         self.dir = Path(session_dir)
         # Where runs train (local slots or a Ray cluster); first, so a bad [run] holds no lock
@@ -65,6 +67,8 @@ class Engine:
         try:
             # clock: the timestamps' source; a test that compares two logs byte for byte fixes it
             self.writer = SessionWriter(self.dir) if clock is None else SessionWriter(self.dir, clock=clock)
+            # monotonic: what every recorded duration is measured with; that test fixes it too
+            self.monotonic = monotonic or time.monotonic
         except BaseException:
             self.lock.release()
             raise

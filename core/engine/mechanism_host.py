@@ -176,29 +176,31 @@ class MechanismHost:
 
     # --- the hooks, as the inner loop calls them -------------------------------------------
 
-    async def shape_prompt(self, state: "RunState", prompt: str) -> str:
+    # Each hook names the iteration it is for: with trials in parallel, state.running is only the last started.
+
+    async def shape_prompt(self, state: "RunState", prompt: str, *, iteration: int) -> str:
         notes = []
         for entry in list(self.active):
             try:
-                text = await self._call(entry, "shape_prompt", snapshot(state, self._schema()), prompt)
+                text = await self._call(entry, "shape_prompt", snapshot(state, self._schema(), iteration), prompt)
             except HookFailed:
                 continue
             if text is not None and text.strip():
                 notes.append(f"[{entry.name}] {text.strip()}")
-                self._emit(ev.MechanismEffect(iteration=state.running or 0, name=entry.name, hook="shape_prompt",
+                self._emit(ev.MechanismEffect(iteration=iteration, name=entry.name, hook="shape_prompt",
                                               effect="prompt", detail=text.strip()[:500]))
         return ("\n## Notes from the active search mechanisms\n" + "\n".join(notes) + "\n") if notes else ""
 
     async def review(self, state: "RunState", proposal: "Proposal",
-                     validate: Callable[[dict[str, Any]], dict[str, Any]]) -> str | None:
+                     validate: Callable[[dict[str, Any]], dict[str, Any]], *, iteration: int) -> str | None:
         """Let each mechanism accept, modify or veto; returns a veto reason, or None."""
         for entry in list(self.active):
             try:
-                verdict = await self._call(entry, "review_proposal", snapshot(state, self._schema()),
+                verdict = await self._call(entry, "review_proposal", snapshot(state, self._schema(), iteration),
                                            {"changes": dict(proposal.changes), "hypothesis": proposal.hypothesis})
             except HookFailed:
                 continue
-            n = state.running or 0
+            n = iteration
             if isinstance(verdict, Veto):
                 reason = f"vetoed by {entry.name}: {verdict.reason}"
                 self._emit(ev.MechanismEffect(iteration=n, name=entry.name, hook="review_proposal",
@@ -216,27 +218,28 @@ class MechanismHost:
                                               effect="modified", detail=f"{changes} {verdict.note}"[:500]))
         return None
 
-    async def decide(self, state: "RunState", result: "TrainResult", decision: str) -> tuple[str, str | None]:
+    async def decide(self, state: "RunState", result: "TrainResult", decision: str, *,
+                     iteration: int) -> tuple[str, str | None]:
         """Returns the (possibly overridden) decision and the overriding mechanism's name."""
         if decision not in DECISIONS:
             return decision, None  # crashes stay crashes: a mechanism cannot keep a run with no score
         overrider = None
         for entry in list(self.active):
             try:
-                verdict = await self._call(entry, "decide", snapshot(state, self._schema()),
+                verdict = await self._call(entry, "decide", snapshot(state, self._schema(), iteration),
                                            _result_dict(result), state.best_val_bpb)
             except HookFailed:
                 continue
             if verdict is not None and verdict != decision:
-                self._emit(ev.MechanismEffect(iteration=state.running or 0, name=entry.name, hook="decide",
+                self._emit(ev.MechanismEffect(iteration=iteration, name=entry.name, hook="decide",
                                               effect="overrode", detail=f"{decision} -> {verdict}"))
                 decision, overrider = verdict, entry.name
         return decision, overrider
 
-    async def observe(self, state: "RunState", result: "TrainResult | None") -> None:
+    async def observe(self, state: "RunState", result: "TrainResult | None", *, iteration: int) -> None:
         for entry in list(self.active):
             try:
-                await self._call(entry, "observe", snapshot(state, self._schema()), _result_dict(result))
+                await self._call(entry, "observe", snapshot(state, self._schema(), iteration), _result_dict(result))
             except HookFailed:
                 continue
 

@@ -21,9 +21,12 @@ iteration order, once every trial of the batch has trained; the verdicts are the
 iteration order, so the best each verdict compares with does not depend on which run ended
 first. Only the TrainingProcess events are written at once, because a resume after kill -9
 ends the processes they name; the trials start one after another, each once the one before
-it has its process, so these too come in iteration order. What still differs between two
-runs is what the machine measured (``MACHINE_FIELDS``: pids, process tags, durations) and
-the timestamps, which a ``clock`` given to the engine fixes.
+it has its process, so these too come in iteration order. Nothing the machine decides is in
+the log: a run's tag is derived from the session, its resumes, the iteration, seed and attempt
+(:mod:`core.record.processes`), its pid and process group go to ``processes.jsonl`` beside
+the log, and every duration is measured on the engine's monotonic clock. With the scripted
+LLM, a ``clock`` for the timestamps and a fixed ``monotonic`` given to the engine, two runs
+write the same bytes (tests/test_parallel_trials.py compares them).
 
 Control with trials in flight: pause stops new proposals and new starts (running trials
 finish); abort cancels one trial's run or all of them; a soft stop lets the running trials
@@ -34,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,10 +50,6 @@ if TYPE_CHECKING:
     from core.levels.inner import Proposal
 
 Engine = Any  # core.engine.engine.Engine, which imports this module: named, not imported
-
-# Fields whose values the machine decides (process ids, measured times): all that differs between
-# two batch runs of the same session with the scripted LLM, the timestamps aside.
-MACHINE_FIELDS = ("pid", "pgid", "tag", "engine_pid", "duration_s")
 
 
 @dataclass
@@ -76,7 +74,7 @@ class Queued:
     best_script: str  # artifact of that best: the proposal is stale once the best script differs
     best_val: float | None
     values: dict[str, Any]  # the full parameter values it runs
-    started: float  # monotonic, when its iteration started
+    started: float  # the engine's monotonic clock, when its iteration started
 
 
 class Scheduler:
@@ -180,7 +178,7 @@ class Scheduler:
             if n not in eng.state.in_flight:
                 eng.emit(ev.IterationStarted(iteration=n))
         self.unproposed = [n for n in self.unproposed if n not in numbers]
-        started = time.monotonic()
+        started = eng.monotonic()
         await eng._activate_ready()  # a validated mechanism joins at the next proposal
         best_script, best_val = eng.state.best_script, eng.state.best_val_bpb
         best_text = eng.read_artifact(best_script)
@@ -205,7 +203,7 @@ class Scheduler:
                 eng.emit(ev.IterationFinished(
                     iteration=n, decision="rejected", reason=got, rule="no valid proposal",
                     best_before=eng.state.best_val_bpb, best_after=eng.state.best_val_bpb,
-                    duration_s=time.monotonic() - started, source=eng.inner._source,
+                    duration_s=eng.monotonic() - started, source=eng.inner._source,
                     mechanisms=eng.mechanisms.take_counts()))
                 continue
             candidate = got.candidate if got.candidate is not None else best.apply(got.changes)

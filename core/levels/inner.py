@@ -7,7 +7,6 @@ discarded change can never leak into the next iteration.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from string import Template
 from typing import Any
@@ -56,7 +55,7 @@ class InnerLoop:
         if not ctx.cfg.offline:
             await self.check_endpoint()
         ctx.emit(ev.IterationStarted(iteration=0))
-        started = time.monotonic()
+        started = ctx.monotonic()
         text = ctx.read_artifact(ctx.state.baseline_script)
         result = (await ctx.train(0, text, diff="")).result
         if result.outcome.value == "cancelled":
@@ -67,7 +66,7 @@ class InnerLoop:
         ctx.emit(ev.IterationFinished(
             iteration=0, decision="baseline", val_bpb=result.val_bpb, best_after=result.val_bpb,
             outcome="ok", rule="baseline", reason="baseline evaluation", script=ctx.state.baseline_script,
-            values=TrainScript.parse(text).values(), duration_s=time.monotonic() - started, source="baseline",
+            values=TrainScript.parse(text).values(), duration_s=ctx.monotonic() - started, source="baseline",
         ))
 
     async def check_endpoint(self) -> None:
@@ -93,7 +92,7 @@ class InnerLoop:
     async def run_iteration(self, n: int) -> None:
         ctx = self.ctx
         ctx.emit(ev.IterationStarted(iteration=n))
-        started = time.monotonic()
+        started = ctx.monotonic()
         best_text = ctx.read_artifact(ctx.state.best_script)
         best = TrainScript.parse(best_text)
         proposal, last_error = await self._get_proposal(n, best)
@@ -101,7 +100,7 @@ class InnerLoop:
             ctx.emit(ev.IterationFinished(
                 iteration=n, decision="rejected", reason=last_error, rule="no valid proposal",
                 best_before=ctx.state.best_val_bpb, best_after=ctx.state.best_val_bpb,
-                duration_s=time.monotonic() - started, source=self._source, mechanisms=ctx.mechanisms.take_counts(),
+                duration_s=ctx.monotonic() - started, source=self._source, mechanisms=ctx.mechanisms.take_counts(),
             ))
             return
         proposal.candidate = best.apply(proposal.changes)
@@ -146,7 +145,7 @@ class InnerLoop:
             ctx.interrupted(n)
             return
         decision, rule, reason = verdict.decision, verdict.rule, verdict.reason
-        new_decision, overrider = await ctx.mechanisms.decide(ctx.state, result, decision)
+        new_decision, overrider = await ctx.mechanisms.decide(ctx.state, result, decision, iteration=n)
         if overrider:
             rule = f"overridden by mechanism {overrider} (was {decision}; {rule})"
             decision = new_decision
@@ -154,13 +153,13 @@ class InnerLoop:
         if moved and decision in ("keep", "discard"):
             rule = (f"{rule}; against the best when the result arrived ({fmt_bpb(ctx.state.best_val_bpb)}), "
                     f"not the {fmt_bpb(best_at_proposal)} it was proposed against")
-        await ctx.mechanisms.observe(ctx.state, result)
+        await ctx.mechanisms.observe(ctx.state, result, iteration=n)
         ctx.emit(ev.IterationFinished(
             iteration=n, decision=decision, changes=proposal.changes, hypothesis=proposal.hypothesis,
             val_bpb=verdict.val_bpb, best_before=ctx.state.best_val_bpb,
             best_after=verdict.val_bpb if decision == "keep" else ctx.state.best_val_bpb,
             rule=rule, reason=reason, outcome=result.outcome.value, script=run.script,
-            values=candidate.values(), duration_s=time.monotonic() - started, source=proposal.source,
+            values=candidate.values(), duration_s=ctx.monotonic() - started, source=proposal.source,
             mechanisms=ctx.mechanisms.take_counts(), acceptance=verdict.details,
             error_tail=result.error_tail[-MAX_TAIL_KEPT:] if decision == "crash" else "",
         ))
@@ -184,7 +183,9 @@ class InnerLoop:
             return Verdict("interrupted", "stopped during the confirmation run", second.reason)
         runs = [(ctx.cfg.search.seed, result.val_bpb),
                 (seed, second.val_bpb if second.outcome.value == "ok" else None)]
-        return policy.judge_confirmed(best, verdict, runs)
+        # Against the best when the confirmation arrives: with trials in parallel a better one may have come meanwhile.
+        return policy.judge_confirmed(ctx.state.best_val_bpb if ctx.state.best_val_bpb is not None else best,
+                                      verdict, runs)
 
     @property
     def _source(self) -> str:
@@ -198,7 +199,7 @@ class InnerLoop:
         schema = ctx.current_schema(values)
         messages = await self._messages(n, best) if not self.offline else []
         if self.offline:  # offline proposals ignore prompts, but the hook still runs and is counted
-            await ctx.mechanisms.shape_prompt(ctx.state, "")
+            await ctx.mechanisms.shape_prompt(ctx.state, "", iteration=n)
         last_error = ""
         for attempt in range(1, ctx.cfg.search.max_reasks + 2):
             frozen = set(ctx.state.frozen)
@@ -237,7 +238,7 @@ class InnerLoop:
                 continue
             proposal = Proposal(coerced, hypothesis, self._source, attempt)
             verdict = await ctx.mechanisms.review(
-                ctx.state, proposal, lambda c: validate_changes(c, schema, ctx.state.frozen))
+                ctx.state, proposal, lambda c: validate_changes(c, schema, ctx.state.frozen), iteration=n)
             if verdict is not None:  # vetoed: the reason goes back to the proposer
                 last_error = verdict
                 self._reask(messages, raw, [verdict])
@@ -272,13 +273,14 @@ class InnerLoop:
         return result.content, result.finish_reason or "", ""
 
     async def _messages(self, n: int, best: TrainScript) -> list[dict[str, str]]:
-        return await self.messages("inner_propose", self.prompt_fields(best))
+        return await self.messages("inner_propose", self.prompt_fields(best), iteration=n)
 
-    async def messages(self, template_name: str, fields: dict[str, Any]) -> list[dict[str, str]]:
-        """The system prompt and ``template_name`` filled with ``fields`` and the mechanisms' notes."""
+    async def messages(self, template_name: str, fields: dict[str, Any], *, iteration: int) -> list[dict[str, str]]:
+        """The system prompt and ``template_name`` filled with ``fields`` and the mechanisms' notes for ``iteration``."""
         template = Template(prompts.load(template_name))
         draft = template.substitute(fields, mechanism_notes="")
-        user = template.substitute(fields, mechanism_notes=await self.ctx.mechanisms.shape_prompt(self.ctx.state, draft))
+        user = template.substitute(fields, mechanism_notes=await self.ctx.mechanisms.shape_prompt(
+            self.ctx.state, draft, iteration=iteration))
         return [{"role": "system", "content": prompts.load("inner_system")}, {"role": "user", "content": user}]
 
     def prompt_fields(self, best: TrainScript) -> dict[str, Any]:

@@ -112,11 +112,12 @@ class BatchProposer:
         offline = self.inner.offline
         messages: list[dict[str, str]] = []
         if offline:
-            await ctx.mechanisms.shape_prompt(ctx.state, "")  # counted, as for a single proposal
+            await ctx.mechanisms.shape_prompt(ctx.state, "", iteration=numbers[0])  # counted, as for one proposal
         else:
             fields = {**self.inner.prompt_fields(best), "running": running_text(running),
                       "n_running": len(saw_running), "k": len(numbers)}
-            messages = await self.inner.messages("inner_propose_many", fields)
+            # one prompt for k iterations: the mechanisms shape it for the first of them
+            messages = await self.inner.messages("inner_propose_many", fields, iteration=numbers[0])
         for attempt in range(1, ctx.cfg.search.max_reasks + 2):
             want = [n for n in numbers if n not in out]
             if not want:
@@ -180,7 +181,7 @@ class BatchProposer:
             return reason
         proposal = Proposal(coerced, hypothesis, self.inner._source, attempt)
         veto = await ctx.mechanisms.review(ctx.state, proposal,
-                                           lambda c: validate_changes(c, schema, ctx.state.frozen))
+                                           lambda c: validate_changes(c, schema, ctx.state.frozen), iteration=n)
         if veto is not None:
             return veto
         proposal.candidate = best.apply(proposal.changes)

@@ -107,10 +107,15 @@ def history_text(records: Sequence[IterationRecord], token_budget: int) -> str:
     return "\n".join(summary + ["Recent iterations in full:"] + keep)
 
 
-def snapshot(state: RunState, schema: dict[str, Any]) -> SearchState:
-    """The plain-data view of the run that hooks receive."""
+def snapshot(state: RunState, schema: dict[str, Any], iteration: int | None = None) -> SearchState:
+    """The plain-data view of the run that hooks receive, for ``iteration`` (the hook's trial).
+
+    Without one it names the iteration started last, which is only right on one slot.
+    """
+    if iteration is None:
+        iteration = state.running if state.running is not None else state.next_iteration
     return SearchState(
-        iteration=state.running if state.running is not None else state.next_iteration,
+        iteration=iteration,
         records=[{
             "iteration": r.iteration, "decision": r.decision, "changes": dict(r.changes),
             "hypothesis": r.hypothesis, "val_bpb": r.val_bpb, "best_before": r.best_before,

@@ -179,8 +179,9 @@ class RunConfig(_Section):
     # "async": a proposal is made whenever a slot frees; "batch": batches of batch_size proposals,
     # every one finished before the next batch (deterministic, byte-identical logs).
     schedule: Literal["async", "batch"] = "async"
-    batch_size: int = 0  # q for "batch"; 0: one per slot
-    max_queued: int = 1  # proposals made ahead of a free slot (1-2: more are made blind to results)
+    batch_size: Annotated[int, _range(0, 4096)] = 0  # q for "batch"; 0: one per slot
+    # proposals made ahead of a free slot, "async" only; at most 2: more would be made blind to results
+    max_queued: Annotated[int, _range(0, 2)] = 1
     pass_env: tuple[str, ...] = ()  # extra environment variables the training script may see
     # "warm": a script that declares WARM_SAFE runs its iterations in a long-lived worker per slot;
     # "fresh": every iteration is its own process (any other script always is).

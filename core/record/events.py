@@ -284,13 +284,17 @@ class TrainingStarted(Event, tag="training_started"):
 
 
 class TrainingProcess(Event, tag="training_process"):
-    """The process a training run started: resume ends what carries its tag before anything else."""
+    """The process a training run started: resume ends what carries its tag before anything else.
+
+    The tag is derived from the run (core/record/processes.py), so the line is the same in two
+    runs of a session; the pid and process group, which the machine decides, are in the
+    session's processes.jsonl under this tag (logs written before that carry them here).
+    """
 
     iteration: int = 0
-    pid: int = 0
-    pgid: int = 0  # the script leads its own process group
     tag: str = ""  # BILEVEL_RUN_TAG in the environment of the script and all it starts
-    engine_pid: int = 0
+    attempt: int = 1
+    seed: int | None = None  # an extra run's (confirmation, noise) seed; None for the iteration's own run
 
 
 class DataPrepared(Event, tag="data_prepared"):

@@ -10,6 +10,8 @@ Layout of a session folder::
       mechanisms/       <research id>-<attempt>/ the generated module and its validation
     commands/         command files from attached viewers (see :mod:`core.record.channel`)
     engine.pid        the pid of a detached engine; engine.log its output
+    processes.jsonl   the pid and process group of each training run, by its run tag
+                      (see :mod:`core.record.processes`)
 
 A study folder holds ``study.json``, one session folder per member and ``report/``; the
 noise store ``noise.json`` sits in the sessions folder. Events refer to artifacts by their
@@ -27,6 +29,7 @@ ARTIFACTS_DIR = "artifacts"
 COMMANDS_DIR = "commands"
 ENGINE_PID_FILE = "engine.pid"
 ENGINE_LOG_FILE = "engine.log"
+PROCESSES_FILE = "processes.jsonl"
 STUDY_FILE = "study.json"
 REPORT_DIR = "report"
 NOISE_STORE_FILE = "noise.json"
@@ -55,6 +58,10 @@ def engine_pid_path(session: Path) -> Path:
 
 def engine_log_path(session: Path) -> Path:
     return Path(session) / ENGINE_LOG_FILE
+
+
+def processes_path(session: Path) -> Path:
+    return Path(session) / PROCESSES_FILE
 
 
 def report_dir(folder: Path) -> Path:

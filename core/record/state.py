@@ -160,6 +160,7 @@ class RunState:
     pause_requested: bool = False
     status: str = "new"  # new | running | completed | stopped | failed
     finished: ev.RunFinished | None = None  # the last run's end, until it is resumed
+    resumes: int = 0  # run_resumed events so far: part of each run's tag (core/record/processes.py)
     usage: dict[str, Usage] = field(default_factory=dict)  # LLM tokens and calls per level
     last_seq: int = 0
     progress: ev.TrainingProgress | None = None  # the latest progress of any run in flight
@@ -261,6 +262,7 @@ def _data_prepared(s: RunState, e: ev.DataPrepared) -> None:
 
 
 def _run_resumed(s: RunState, e: ev.RunResumed) -> None:
+    s.resumes += 1
     s.status = "running"
     s.paused = s.pause_requested = False
     s.finished = None

@@ -5,10 +5,12 @@ spread (sample std and MAD) as events in a session of its own, and stores the fl
 under a fingerprint of what it depends on: the baseline script as evaluated (seed
 constants normalised), the corpus (``dataset_id``) and the hardware (GPU names, or the
 CPU model and core count). The acceptance rules and the report look the floor up by the
-same fingerprint, so a floor measured elsewhere is never applied by mistake.
+same fingerprint, so a floor measured elsewhere is never applied by mistake. The runs share
+the session's slots (``run.gpus``): on four GPUs (or ``cpu:4``) four train at once.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,15 +46,18 @@ async def measure_noise(engine: "Engine", runs: int) -> NoiseFloor | None:
         engine.emit(ev.NoiseStarted(runs=runs, seeds=seeds, fingerprint=ident.fingerprint, hardware=ident.hardware,
                                     script_sha256=ident.script_sha256, dataset_id=ident.dataset_id,
                                     seed_note=fixed_seed_note(text, Path(engine.state.script_source).name)))
-        ok: list[tuple[int, float]] = []
-        for i, seed in enumerate(seeds):
+
+        async def one(i: int, seed: int) -> float | None:
             if engine.stopping:
-                break
+                return None
             result = (await engine.context.train(i, with_seed(text, seed), diff="", seed=seed)).result
             engine.emit(ev.NoiseRunFinished(run=i, seed=seed, outcome=result.outcome.value, val_bpb=result.val_bpb,
                                             duration_s=result.duration_s, reason=result.reason))
-            if result.outcome.value == "ok" and result.val_bpb is not None:
-                ok.append((seed, result.val_bpb))
+            return result.val_bpb if result.outcome.value == "ok" else None
+
+        # Every run at once: each waits for a free slot (one at a time on one slot); a hard stop cancels the rest.
+        values = await asyncio.gather(*(one(i, seed) for i, seed in enumerate(seeds)))
+        ok = [(seed, v) for seed, v in zip(seeds, values) if v is not None]
         if engine.stopping:
             engine.emit(ev.RunFinished(status="stopped", reason=engine.stop_reason))
             return None

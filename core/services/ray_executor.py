@@ -222,9 +222,12 @@ class RayExecutor:
                   log_path: Path | None = None, on_progress: Callable[[Any], None] | None = None,
                   on_line: Callable[[str, str], None] | None = None, cancel: asyncio.Event | None = None,
                   on_start: Callable[[int, str], None] | None = None, tag: str | None = None,
-                  valid_bpb: tuple[float, float] = VALID_BPB) -> TrainResult:
-        """One run as a Ray task; lines and progress come back as it goes. Never raises for a lost node."""
-        begun = time.monotonic()
+                  valid_bpb: tuple[float, float] = VALID_BPB,
+                  clock: Callable[[], float] = time.monotonic) -> TrainResult:
+        """One run as a Ray task; lines and progress come back as it goes. Never raises for a lost node.
+
+        ``clock`` measures the durations recorded here (the engine's); deadlines keep the real clock."""
+        begun, measured = time.monotonic(), clock()
         if cancel is not None and cancel.is_set():
             return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled before it started")
         tag = tag or pc.new_tag()
@@ -246,21 +249,21 @@ class RayExecutor:
                     cancelled = waiter is not None and waiter in done
                     await self._stop(gen, run)
                     if cancelled:
-                        return run.result(Outcome.CANCELLED, f"cancelled after {time.monotonic() - begun:.1f} s",
-                                          begun, log_path, "")
+                        took = clock() - measured
+                        return run.result(Outcome.CANCELLED, f"cancelled after {took:.1f} s", took, log_path, "")
                     return run.result(Outcome.CRASH, "the Ray task went silent past its deadline; ended it",
-                                      begun, log_path, "infrastructure")
+                                      clock() - measured, log_path, "infrastructure")
                 try:
                     item = nxt.result()
                 except StopAsyncIteration:
-                    return run.result(Outcome.CRASH, "the Ray task ended without a result", begun, log_path,
+                    return run.result(Outcome.CRASH, "the Ray task ended without a result", clock() - measured, log_path,
                                       "infrastructure")
                 except self._ray.exceptions.RayError as exc:
                     await self._stop(gen, run)
                     where = f" on node {run.node}" if run.node else ""
                     return run.result(Outcome.CRASH, f"lost the run{where}: {type(exc).__name__}: "
                                       f"{str(exc).splitlines()[0] if str(exc) else ''}"[:500],
-                                      begun, log_path, "infrastructure")
+                                      clock() - measured, log_path, "infrastructure")
                 kind = item[0]
                 if kind == "start":
                     _, pid, _, run.node, run.ip, run.gpus = item
@@ -279,8 +282,8 @@ class RayExecutor:
                     _write_log(log_path, log)
                     return replace(result, node=run.node, failure=failure_class(result))
                 else:  # "error": our runner failed on the node (no script, no disk …)
-                    return run.result(Outcome.CRASH, f"the Ray task failed: {item[1]}"[:500], begun, log_path,
-                                      "infrastructure")
+                    return run.result(Outcome.CRASH, f"the Ray task failed: {item[1]}"[:500], clock() - measured,
+                                      log_path, "infrastructure")
         except BaseException:
             await self._stop(gen, run)  # a cancelled engine task leaves nothing running anywhere
             raise
@@ -322,11 +325,11 @@ class _RemoteRun:
         self.node = self.ip = self.gpus = ""
         self.lines: list[tuple[str, str]] = []
 
-    def result(self, outcome: Outcome, reason: str, begun: float, log_path: Path | None,
+    def result(self, outcome: Outcome, reason: str, duration_s: float, log_path: Path | None,
                failure: str) -> TrainResult:
         _write_log(log_path, "".join(("[stderr] " if s == "stderr" else "") + line + "\n" for s, line in self.lines))
         tail = "\n".join(line for _, line in self.lines[-20:])
-        return TrainResult(outcome, None, {}, None, time.monotonic() - begun, tail if outcome is not Outcome.CANCELLED
+        return TrainResult(outcome, None, {}, None, duration_s, tail if outcome is not Outcome.CANCELLED
                            else "", reason, node=self.node, failure=failure)
 
 

@@ -267,6 +267,7 @@ async def run_training(
     tag: str | None = None,
     on_start: Callable[[int, str], None] | None = None,
     valid_bpb: tuple[float, float] = VALID_BPB,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
     """Run ``python -u script`` in ``cwd`` and classify how it ended.
 
@@ -278,8 +279,10 @@ async def run_training(
     if none is given) in its environment and is killed when the run ends, wherever it went;
     ``on_start(pid, tag)`` is called once the script runs (its pid is its process group).
     A val_bpb outside ``valid_bpb`` (low exclusive, high inclusive) is a crash: "invalid metric".
+    ``clock`` measures the duration recorded (the engine's, which a test may fix); the deadline
+    is always kept on the real monotonic clock.
     """
-    start = time.monotonic()
+    start, begun = time.monotonic(), clock()
     if cancel is not None and cancel.is_set():
         return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled before it started")
     tag = tag or pc.new_tag()
@@ -300,7 +303,7 @@ async def run_training(
             )
         except OSError as exc:
             return TrainResult(
-                Outcome.CRASH, None, {}, None, time.monotonic() - start, str(exc),
+                Outcome.CRASH, None, {}, None, clock() - begun, str(exc),
                 f"could not start {python} {script}: {exc}",
             )
         watcher = _RunWatcher(log, on_progress, on_line)
@@ -327,7 +330,7 @@ async def run_training(
             await close_pipes(proc, readers)
             raise
         await stop_group(proc, tag)
-        duration_s = time.monotonic() - start
+        duration_s = clock() - begun
         await close_pipes(proc, readers)
         _raise_reader_error(readers)
     finally:

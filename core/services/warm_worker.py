@@ -204,10 +204,12 @@ class WarmPool:
         cancel: asyncio.Event | None = None,
         on_start: Callable[[int, str], None] | None = None,
         valid_bpb: tuple[float, float] = VALID_BPB,
+        clock: Callable[[], float] = time.monotonic,
+        tag: str | None = None,
     ) -> TrainResult:
         """One iteration on the slot's warm worker (started, or replaced, as needed);
         the same contract as :func:`core.services.trainer.run_training`."""
-        start = time.monotonic()
+        start, begun = time.monotonic(), clock()
         if cancel is not None and cancel.is_set():
             return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled before it started",
                                worker="warm")
@@ -215,9 +217,9 @@ class WarmPool:
         key = (plan.code_key, plan.shape, python, str(cwd), tuple(sorted(child_env.items())))
         worker = await self._worker_for(slot, key)
         if worker is None:
-            worker = await self._start(key, script, cwd, python, child_env, seed)
+            worker = await self._start(key, script, cwd, python, child_env, seed, tag)
             if isinstance(worker, TrainResult):
-                return replace(worker, duration_s=time.monotonic() - start)
+                return replace(worker, duration_s=clock() - begun)
             self._workers[slot].append(worker)
         log = open_log(log_path)
         try:
@@ -229,7 +231,7 @@ class WarmPool:
             if on_start is not None:
                 on_start(worker.proc.pid, worker.tag)
             stopped = await self._request(worker, it, plan, seed, start + budget_s + grace_s, cancel)
-            duration_s = time.monotonic() - start
+            duration_s = clock() - begun
             if stopped is not None or it.exit_code is None or it.exit_code != 0 or it.error is not None:
                 self._forget(slot, worker)
                 await worker.stop()
@@ -259,8 +261,8 @@ class WarmPool:
                            error_tail="" if ok else it.watcher.error_tail(), reason=reason, worker="warm")
 
     async def _start(self, key: tuple, script: Path, cwd: Path, python: str, env: dict[str, str],
-                     seed: int) -> _Worker | TrainResult:
-        tag = pc.new_tag()
+                     seed: int, tag: str | None = None) -> _Worker | TrainResult:
+        tag = tag or pc.new_tag()  # the tag of the run that starts it: the worker keeps it for its life
         try:
             proc = await asyncio.create_subprocess_exec(
                 python, "-u", str(script), "--warm", cwd=str(cwd),

@@ -8,6 +8,7 @@ that reached for anything else of the engine fails here with AttributeError.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -52,19 +53,21 @@ class CountingHooks:
     def take_counts(self) -> dict[str, dict[str, int]]:
         return {}
 
-    async def shape_prompt(self, state: RunState, prompt: str) -> str:
+    async def shape_prompt(self, state: RunState, prompt: str, *, iteration: int) -> str:
         self.calls.append("shape_prompt")
         return ""
 
-    async def review(self, state: RunState, proposal: Any, validate: Callable[..., Any]) -> str | None:
+    async def review(self, state: RunState, proposal: Any, validate: Callable[..., Any], *,
+                     iteration: int) -> str | None:
         self.calls.append("review")
         return None
 
-    async def decide(self, state: RunState, result: TrainResult, decision: str) -> tuple[str, str | None]:
+    async def decide(self, state: RunState, result: TrainResult, decision: str, *,
+                     iteration: int) -> tuple[str, str | None]:
         self.calls.append("decide")
         return decision, None
 
-    async def observe(self, state: RunState, result: TrainResult | None) -> None:
+    async def observe(self, state: RunState, result: TrainResult | None, *, iteration: int) -> None:
         self.calls.append("observe")
 
 
@@ -138,6 +141,9 @@ class FakeRunContext:
         self.events.append(event)
         self._state.apply(event)
         return event
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
     def artifact(self, relpath: str, data: str | bytes) -> str:
         rel = f"artifacts/{relpath}"

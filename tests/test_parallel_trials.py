@@ -200,17 +200,22 @@ async def test_a_new_best_drops_the_queued_proposal_and_never_a_running_one(tmp_
     # Every running trial beats the baseline (LR 0.04), so whichever ends first is a new best,
     # while the fifth proposal, made against the baseline, still waits for a slot.
     llm = Proposer([{"LR": 0.03}, {"LR": 0.025}, {"LR": 0.02}, {"LR": 0.022}, {"LR": 0.035}, {"LR": 0.019},
-                    {"LR": 0.021}])
+                    {"LR": 0.021}, {"LR": 0.0185}, {"LR": 0.0175}, {"LR": 0.0165}])
     with ScriptedOpenAI(responder=llm) as server:
         engine, rec = await run_engine(llm_config(tmp_path, server, **CPU4, **{"budget.iterations": 5}))
     assert engine.state.status == "completed"
     stale = [e for e in rec.of(ev.ProposalRejected) if e.kind == "stale"]
-    assert [e.iteration for e in stale] == [5] and stale[0].changes == {"LR": 0.035}
-    first_keep = next(e for e in rec.of(ev.IterationFinished) if e.decision == "keep")
-    assert rec.events.index(first_keep) < rec.events.index(stale[0])
-    # Dropped before it ran: #5 trained once, with the proposal made against the new best.
+    # On a busy machine the re-made #5 may wait through a second new best and be dropped again.
+    assert stale and {e.iteration for e in stale} == {5} and stale[0].changes == {"LR": 0.035}
+    keeps = [rec.events.index(e) for e in rec.of(ev.IterationFinished) if e.decision == "keep"]
+    for drop in stale:  # each drop follows a new best that came after the dropped proposal was made
+        made = max(i for i, e in enumerate(rec.events[:rec.events.index(drop)])
+                   if isinstance(e, ev.ProposalMade) and e.iteration == 5)
+        assert any(made < k < rec.events.index(drop) for k in keeps)
+    # Dropped before it ran: #5 trained once, with the last proposal made for it.
     assert [e.iteration for e in rec.of(ev.TrainingStarted)].count(5) == 1
-    assert engine.state.records[-1].iteration == 5 and engine.state.records[-1].changes == {"LR": 0.019}
+    last_made = [e for e in rec.of(ev.ProposalMade) if e.iteration == 5][-1]
+    assert engine.state.records[-1].iteration == 5 and engine.state.records[-1].changes == last_made.changes
     # No running trial was dropped: every one trained to a verdict.
     assert sorted(r.iteration for r in engine.state.records) == list(range(6))
     assert all(r.decision in ("baseline", "keep", "discard") for r in engine.state.records)

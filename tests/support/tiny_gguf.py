@@ -70,6 +70,11 @@ def write_tiny_model(path: Path, answer: str, *, second_choices: Mapping[str, st
     vocab = len(tokens)
     embed = rng.standard_normal((vocab, WIDTH)).astype(np.float32)
     embed /= np.linalg.norm(embed, axis=1, keepdims=True)
+    # The answer's tokens get orthonormal embeddings, so no chance overlap blurs the chain.
+    used = [newline, eos] + list(range(first_piece, first_piece + len(pieces) + len(second)))
+    if len(used) > WIDTH:
+        raise ValueError(f"an answer of {len(used) - 2} pieces does not fit a width of {WIDTH}")
+    embed[used] = np.linalg.qr(rng.standard_normal((WIDTH, len(used))))[0].T.astype(np.float32)
     # next[t]: the token that follows t; the answer's first piece follows the prompt's last newline.
     chain = [newline] + list(range(first_piece, first_piece + len(pieces))) + [eos]
     output = np.zeros((vocab, WIDTH), dtype=np.float32)

@@ -616,3 +616,13 @@ async def test_a_schema_inside_json_object_that_the_endpoint_refuses_leaves_plai
     assert [f["type"] for f in sent] == ["json_schema", "json_object", "json_object", "json_object"]
     assert "schema" in sent[1] and "schema" not in sent[2] and "schema" not in sent[3]
     assert result.content == '{"ok": true}' and result.attempts == 3
+
+
+async def test_a_500_validation_error_naming_response_format_steps_down_like_a_400(server):
+    said = "1 validation error: {'type': 'literal_error', 'loc': ('body', 'response_format', 'type')}"
+    server.responder = lambda request: (Reply(status=500, error_body={"error": {"message": said}})
+                                        if request["response_format"]["type"] == "json_schema" else '{"ok": true}')
+    async with client_for(server, max_retries=0) as client:
+        result = await client.chat(HI, json=True, schema=SCHEMA)
+        assert client.structured_mode == "json_object" and "refused json_schema" in client.structured_reason
+    assert result.content == '{"ok": true}' and result.attempts == 2

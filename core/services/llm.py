@@ -271,7 +271,9 @@ class LLMClient:
 
     def _learn_from(self, err: LLMError, body: dict) -> bool:
         """Adapt to a 400 about a parameter we sent; True if the request should go again."""
-        if err.kind != "bad_request":
+        # llama-cpp-python's server answers a request field it cannot validate with a 500
+        validation_500 = err.status == 500 and "validation error" in err.message.lower()
+        if err.kind != "bad_request" and not validation_500:
             return False
         complaint = parameter_complaint(err.message)
         if complaint == "max_tokens" and self.max_tokens_field in body and self.max_tokens_field == "max_tokens":

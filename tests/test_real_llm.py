@@ -203,3 +203,10 @@ async def test_a_wrong_key_stops_the_run_before_the_baseline_trains(tmp_path, ll
     engine, rec = await run_engine(real_config(tmp_path, llama_server))
     assert engine.state.status == "failed" and "401" in engine.state.finished.reason
     assert not rec.of(ev.TrainingStarted)
+
+
+async def test_unstreamed_a_context_too_small_stops_the_run_before_the_baseline_trains(tmp_path, llama_server):
+    engine, rec = await run_engine(real_config(tmp_path, llama_server, **{"search.history_tokens": 2 * N_CTX,
+                                                                          "endpoint.stream": False}))
+    assert engine.state.status == "failed" and "context window is too small" in engine.state.finished.reason
+    assert not rec.of(ev.TrainingStarted)

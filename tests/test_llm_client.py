@@ -592,7 +592,7 @@ async def test_a_schema_is_sent_as_json_schema_and_auto_steps_down_on_refusal(se
         assert client.structured_mode == "json_object" and "refused json_schema" in client.structured_reason
     sent = [body["response_format"] for body in server.requests]
     assert sent[0] == {"type": "json_schema", "json_schema": {"name": "probe", "strict": False, "schema": SCHEMA}}
-    assert sent[1:] == [{"type": "json_object"}] * 2 and first.attempts == 2
+    assert sent[1:] == [{"type": "json_object", "schema": SCHEMA}] * 2 and first.attempts == 2
 
 
 async def test_structured_json_schema_is_not_silently_downgraded(server):
@@ -601,3 +601,28 @@ async def test_structured_json_schema_is_not_silently_downgraded(server):
         with pytest.raises(LLMError) as err:
             await client.chat(HI, json=True, schema=SCHEMA)
     assert err.value.kind == "bad_request" and "json_schema" in err.value.message and len(server.requests) == 1
+
+
+async def test_a_schema_inside_json_object_that_the_endpoint_refuses_leaves_plain_json_object(server):
+    server.refuse_json_schema = True
+    server.responder = lambda request: (
+        Reply(status=400, error_body={"error": {"message": "response_format.schema: extra inputs are not permitted"}})
+        if "schema" in request["response_format"] else '{"ok": true}')
+    async with client_for(server, max_retries=0) as client:
+        result = await client.chat(HI, json=True, schema=SCHEMA)
+        await client.chat(HI, json=True, schema=SCHEMA)
+        assert client.structured_mode == "json_object" and "schema inside json_object" in client.structured_reason
+    sent = [body["response_format"] for body in server.requests]
+    assert [f["type"] for f in sent] == ["json_schema", "json_object", "json_object", "json_object"]
+    assert "schema" in sent[1] and "schema" not in sent[2] and "schema" not in sent[3]
+    assert result.content == '{"ok": true}' and result.attempts == 3
+
+
+async def test_a_500_validation_error_naming_response_format_steps_down_like_a_400(server):
+    said = "1 validation error: {'type': 'literal_error', 'loc': ('body', 'response_format', 'type')}"
+    server.responder = lambda request: (Reply(status=500, error_body={"error": {"message": said}})
+                                        if request["response_format"]["type"] == "json_schema" else '{"ok": true}')
+    async with client_for(server, max_retries=0) as client:
+        result = await client.chat(HI, json=True, schema=SCHEMA)
+        assert client.structured_mode == "json_object" and "refused json_schema" in client.structured_reason
+    assert result.content == '{"ok": true}' and result.attempts == 2

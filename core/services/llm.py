@@ -14,7 +14,9 @@ the client remembers.
 Structured output (`structured`): a call that passes a JSON schema sends it as
 ``response_format`` ``json_schema`` (constrained decoding where the server has it); in
 "auto" mode a refusal steps down to ``json_object``, then to plain text, and
-`structured_mode` says which is in force. A schema only shapes the reply: callers still
+`structured_mode` says which is in force. In ``json_object`` mode the schema rides along
+inside ``response_format`` (llama-cpp-python's server constrains its output by it; servers that
+object get plain ``json_object``). A schema only shapes the reply: callers still
 validate every field. The API key is read from the environment at call time and never
 appears in anything this module raises or returns.
 
@@ -92,6 +94,7 @@ class LLMClient:
         self.structured_mode = ("off" if not json_mode or structured == "off"
                                 else "json_object" if structured == "json_object" else "json_schema")
         self.structured_reason = f"configured: structured = {structured!r}" + ("" if json_mode else ", json_mode = false")
+        self.inline_schema = True  # json_object carries the schema until the endpoint objects to it
         self._rng = random.Random()
         self._http = httpx.AsyncClient(transport=transport, timeout=self._timeout(timeout_s))
 
@@ -257,6 +260,8 @@ class LLMClient:
                                        "json_schema": {"name": schema_name, "strict": False, "schema": schema}}
         elif json_wanted and self.structured_mode != "off":
             body["response_format"] = {"type": "json_object"}
+            if schema is not None and self.inline_schema:
+                body["response_format"]["schema"] = schema
         if self.temperature is not None and "temperature" not in self.unsupported:
             body["temperature"] = self.temperature
         if max_tokens is not None:
@@ -266,7 +271,9 @@ class LLMClient:
 
     def _learn_from(self, err: LLMError, body: dict) -> bool:
         """Adapt to a 400 about a parameter we sent; True if the request should go again."""
-        if err.kind != "bad_request":
+        # llama-cpp-python's server answers a request field it cannot validate with a 500
+        validation_500 = err.status == 500 and "validation error" in err.message.lower()
+        if err.kind != "bad_request" and not validation_500:
             return False
         complaint = parameter_complaint(err.message)
         if complaint == "max_tokens" and self.max_tokens_field in body and self.max_tokens_field == "max_tokens":
@@ -274,6 +281,10 @@ class LLMClient:
             return True
         if complaint == "response_format" and "response_format" in body:
             sent = body["response_format"].get("type", "json_object")
+            if sent == "json_object" and "schema" in body["response_format"]:
+                self.inline_schema = False  # plain json_object next, before giving up on it
+                self.structured_reason += f"; it refused a schema inside json_object: {_snippet(err.message, 200)}"
+                return True
             # "auto" steps down; json_object has always fallen back to plain text (json_mode's behaviour)
             if self.structured == "auto" or sent == "json_object":
                 self.structured_mode = _STEP_DOWN[sent]

@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.services.executors import LocalExecutor
+from core.services.executors import LocalExecutor  # noqa: E402
+from tests.support.processes import alive  # noqa: E402
 
 TARGET_S = 1.0
 TREE = """\
@@ -34,14 +35,6 @@ print("child", child.pid, flush=True)
 print("script", os.getpid(), flush=True)
 time.sleep(600)
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
 
 
 async def one_cancel(executor, script: Path, workdir: Path) -> tuple[float, int]:

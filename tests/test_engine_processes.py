@@ -20,16 +20,9 @@ from core.services import trainer
 from core.services.trainer import Outcome, run_training
 from tests.conftest import fast_config, llm_config, run_engine
 from tests.support.cli import run_bilevel, start_bilevel, write_fast_config
+from tests.support.processes import alive as _alive
 
 SCRIPTS = Path(__file__).parent / "fixtures" / "scripts"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
 
 
 def _wait_for(predicate, what: str, limit_s: float = 120.0):

@@ -20,6 +20,7 @@ from core.services.ray_executor import RayExecutor, check_token
 from core.services.trainer import Outcome
 from tests.conftest import Recorder
 from tests.support.patience import patience
+from tests.support.processes import alive as _alive
 from tests.support.ray_cluster import (
     PINNED,
     QUIET,
@@ -29,14 +30,6 @@ from tests.support.ray_cluster import (
 )
 
 SCRIPTS = Path(__file__).parent / "fixtures" / "scripts"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
 
 
 def test_joining_a_token_cluster_without_a_token_is_refused_clearly(tmp_path):

@@ -439,16 +439,20 @@ class BilevelApp(App[int]):
             [("stop", "After this iteration", "warning"), ("now", "Now", "error")]), answered)
 
     def action_edit_guidance(self) -> None:
-        async def answered(text: str | None) -> None:
-            if text is not None and text != self.model.state.guidance:
-                await self.send(cmds.SetGuidance(guidance=text))
+        state = self.model.state
 
-        self.push_screen(GuidanceScreen(self.model.state.guidance, blink=not self.deterministic), answered)
+        async def answered(answer: tuple[str, bool] | None) -> None:
+            if answer is not None and answer != (state.guidance, state.guidance_pinned):
+                await self.send(cmds.SetGuidance(guidance=answer[0], pinned=answer[1]))
+
+        self.push_screen(GuidanceScreen(state.guidance, pinned=state.guidance_pinned, blink=not self.deterministic),
+                         answered)
 
     async def action_edit_guidance_external(self) -> None:
-        text = self.edit_in_editor(self.model.state.guidance)
-        if text is not None and text.strip() != self.model.state.guidance:
-            await self.send(cmds.SetGuidance(guidance=text.strip()))
+        state = self.model.state
+        text = self.edit_in_editor(state.guidance)
+        if text is not None and text.strip() != state.guidance:  # the pin stays as it was
+            await self.send(cmds.SetGuidance(guidance=text.strip(), pinned=state.guidance_pinned))
 
     def edit_in_editor(self, text: str) -> str | None:
         """Edit ``text`` in $VISUAL/$EDITOR with the app suspended; None if the editor failed."""
@@ -563,7 +567,7 @@ class BilevelApp(App[int]):
             if answer != "apply":
                 return
             if "guidance" in change:
-                await self.send(cmds.SetGuidance(guidance=change["guidance"]))
+                await self.send(cmds.SetGuidance(guidance=change["guidance"], pinned=self.model.state.guidance_pinned))
             budget = {k.split(".", 1)[1]: v for k, v in change.items() if k.startswith("budget.")}
             if budget:
                 await self.send(cmds.SetBudget(**budget))

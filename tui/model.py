@@ -42,6 +42,7 @@ class StrategyCycle:
     ts: float
     decision: ev.StrategyDecision | None = None
     actions: list[tuple[str, str, str]] = field(default_factory=list)  # (freeze|unfreeze, name, reason)
+    guidance_not_applied: ev.GuidanceNotApplied | None = None  # its guidance lost to the user's pinned one
 
 
 @dataclass
@@ -372,6 +373,13 @@ def _guidance(m: ViewModel, e: ev.GuidanceChanged) -> None:
     m.dirty |= {STRATEGY}
 
 
+def _guidance_not_applied(m: ViewModel, e: ev.GuidanceNotApplied) -> None:
+    cycle = next((c for c in reversed(m.cycles) if c.cycle == e.cycle), None)
+    if cycle is not None:
+        cycle.guidance_not_applied = e
+    m.dirty |= {STRATEGY}
+
+
 def _param_change(m: ViewModel, e: ev.ParamFrozen | ev.ParamUnfrozen) -> None:
     action = "freeze" if isinstance(e, ev.ParamFrozen) else "unfreeze"
     if e.source == "strategy" and m.cycles and m.cycles[-1].decision is None:
@@ -549,6 +557,7 @@ _HANDLERS: dict[type, Any] = {
     ev.MechanismActivated: _mechanism_activated,
     ev.MechanismDeactivated: _mechanism_deactivated,
     ev.GuidanceChanged: _guidance,
+    ev.GuidanceNotApplied: _guidance_not_applied,
     ev.ParamFrozen: _param_change,
     ev.ParamUnfrozen: _param_change,
     ev.PauseRequested: _pause_state,

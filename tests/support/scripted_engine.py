@@ -255,7 +255,7 @@ class ScriptedEngine:
         elif isinstance(c, cmds.AbortTraining):
             self._abort.set()
         elif isinstance(c, cmds.SetGuidance):
-            self.emit(ev.GuidanceChanged(guidance=c.guidance, source="user"))
+            self.emit(ev.GuidanceChanged(guidance=c.guidance, source="user", pinned=c.pinned))
         elif isinstance(c, cmds.Freeze) and c.name not in s.frozen:
             self.emit(ev.ParamFrozen(name=c.name, reason=c.reason))
         elif isinstance(c, cmds.Unfreeze) and c.name in s.frozen:
@@ -462,7 +462,10 @@ class ScriptedEngine:
                                      reason=f"cycle {cycle}: proposed 3× with no net improvement"))
         guidance = (f"Cycle {cycle}: learning rates drive the gains; try MATRIX_LR in [0.03, 0.08] "
                     f"and a longer warmdown.")
-        self.emit(ev.GuidanceChanged(guidance=guidance, source="strategy"))
+        if self.state.guidance_pinned:  # as core/levels/strategy.py: the user's pinned guidance stands
+            self.emit(ev.GuidanceNotApplied(cycle=cycle, guidance=guidance, reason="the user's guidance is pinned"))
+        else:
+            self.emit(ev.GuidanceChanged(guidance=guidance, source="strategy", cycle=cycle))
         self.emit(ev.StrategyDecision(
             cycle=cycle, source="offline", diagnosis="Gains come from learning rates; decay changes never helped.",
             reasoning="Freeze what the rule flags; keep the rest active.", guidance=guidance,

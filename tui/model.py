@@ -45,6 +45,9 @@ class StrategyCycle:
     guidance_not_applied: ev.GuidanceNotApplied | None = None  # its guidance lost to the user's pinned one
 
 
+OUTCOME_MARKS = {"declined": "⊘", "expired": "⌛", "rejected": "⊘", "dropped": "⊘", "failed": "✗"}
+
+
 @dataclass
 class PatchEntry:
     """Something the patch viewer can show: a train.py diff or a mechanism's source."""
@@ -58,6 +61,7 @@ class PatchEntry:
     report: str = ""  # mechanisms: the validation report (Markdown)
     ok: bool | None = None
     research_id: str = ""
+    outcome: str = ""  # mechanisms from research: how it ended (activated, declined, expired, ...)
 
 
 class ViewModel:
@@ -537,6 +541,12 @@ def _research_finished(m: ViewModel, e: ev.ResearchFinished) -> None:
         view.pending = None
         name = f" `{e.name}`" if e.name else ""
         view.segments.append(("text", f"\n### Outcome: {e.outcome}{name}\n\n{e.reason}\n\n"))
+    for entry in m.patches.values():  # a validated module that was then declined or expired must not stay a ✓
+        if entry.research_id == e.research_id and entry.ok:
+            entry.outcome = e.outcome
+            if e.outcome != "activated":
+                entry.label = entry.label.replace(" ✓ ", f" {OUTCOME_MARKS.get(e.outcome, '✗')} {e.outcome} ", 1)
+            m.dirty.add(PATCHES)
     m.dirty |= {RESEARCH, HEADER}
 
 

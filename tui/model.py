@@ -25,7 +25,8 @@ from core.record import events as ev
 from core.analysis.printer import HeadlessPrinter
 from core.record.state import IterationTrace, ParamChange, RunState
 from tui.model_trials import TrialBoard, TrialView
-from tui.dialogue import CHUNK_CHARS, LLMCall, ResearchView, chunk_markdown, dialogue_parts, round_counters  # noqa: F401
+from tui.dialogue import (CHUNK_CHARS, LLMCall, ResearchView, chunk_markdown, dialogue_parts,  # noqa: F401
+                          reasoning_text, round_counters)
 
 LOG_LINES = 1000  # event-log lines kept in memory (the session file has them all)
 
@@ -278,6 +279,11 @@ class ViewModel:
         """The research dialogue as Markdown parts in event order (see :func:`dialogue_parts`)."""
         view = self.research.get(research_id)
         return dialogue_parts(view, self.calls) if view is not None else []
+
+    def research_reasoning(self, research_id: str) -> str:
+        """The research session's reasoning deltas (thinking models), per round; empty when there are none."""
+        view = self.research.get(research_id)
+        return reasoning_text(view, self.calls)[0] if view is not None else ""
 
     def research_markdown(self, research_id: str) -> str:
         """The whole dialogue as one Markdown document."""

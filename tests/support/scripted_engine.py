@@ -124,6 +124,7 @@ class Plan:
     progress_per_run: int = 20
     output_per_run: int = 3
     deltas_per_round: int = 0  # 0: the round text split into ~4-character tokens
+    reasoning: bool = False  # a thinking model: research rounds stream reasoning deltas before the text
     dialogue_scale: int = 1  # each research round's text repeated this often (a long, real-sized dialogue)
     budget_s: float = 300.0
     approval: str = "auto"  # auto | manual
@@ -348,6 +349,10 @@ class ScriptedEngine:
         self.emit(ev.LLMRequest(call_id=call_id, level=level, purpose=purpose, iteration=iteration, model="scripted"))
         await self._tick(0.2)
         pieces = _tokens(text, self.plan.deltas_per_round) if stream else []
+        if stream and self.plan.reasoning:
+            for piece in _tokens(f"Thinking about the {purpose} round: what the trace says first. ", 0):
+                self.emit(ev.LLMDelta(call_id=call_id, level=level, text=piece, kind="reasoning"))
+                await self._tick(0.02)
         for piece in pieces:
             self.emit(ev.LLMDelta(call_id=call_id, level=level, text=piece))
             await self._tick(0.02)

@@ -15,10 +15,11 @@ PANES = (
      "below, val_bpb under its running minimum and the current training run (with parallel trials: one line per "
      "slot, the trace in finish order, x asks which trial to abort). Enter on a row opens its detail: why it "
      "was proposed, what the proposer saw, the verdict with its rule and margin, the log tail, the diff."),
-    ("2 Strategy", "Level 1.5: the guidance, every parameter's state (active · frozen · locked), each cycle's "
-     "freezes and unfreezes with their reasons."),
+    ("2 Strategy", "Level 1.5: the guidance with who wrote it and when Level 1.5 next may rewrite it (g edits "
+     "it, ctrl+t there pins it), every parameter's state (active · frozen · locked), each cycle's freezes and "
+     "unfreezes with their reasons."),
     ("3 Research", "Level 2: the four-round dialogue as it streams, tokens per round; [ and ] move between "
-     "research sessions."),
+     "research sessions; t opens a thinking model's reasoning."),
     ("4 Patches", "every train.py diff and every generated mechanism with its validation report; d flips a "
      "mechanism between source and diff."),
     ("5 Events", "one line per notable event."),

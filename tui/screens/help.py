@@ -26,10 +26,18 @@ PANES = (
 )
 
 
-def help_text(keys: list[tuple[str, str, str]], mode: str) -> Text:
+def help_text(keys: list[tuple[str, str, str]], mode: str, pane_keys: list[tuple[str, str, str]] | None = None,
+              pane_title: str = "") -> Text:
     """Plain styled text (not Markdown): the help opens instantly even while events pour in."""
     out = Text()
     out.append(f"bilevel — {mode}\n\n", style="bold")
+    if pane_keys:
+        out.append(f"Keys of the focused pane: {pane_title}\n", style="bold underline")
+        for key, desc, bid in pane_keys:
+            out.append(f"  {key:<12}", style="bold yellow")
+            out.append(f"{desc:<34}")
+            out.append(f"[{bid}]\n", style="dim")
+        out.append("\n")
     out.append("Panes\n", style="bold underline")
     for name, what in PANES:
         out.append(f"  {name:<11}", style="bold cyan")
@@ -55,11 +63,14 @@ class HelpScreen(ModalScreen[None]):
                                   background: $surface; padding: 0 1; }
     """
 
-    def __init__(self, keys: list[tuple[str, str, str]], mode: str) -> None:
-        """``keys``: (key, description, binding id) of the bindings active in this mode."""
+    def __init__(self, keys: list[tuple[str, str, str]], mode: str, *,
+                 pane_keys: list[tuple[str, str, str]] | None = None, pane_title: str = "") -> None:
+        """``keys``: (key, description, binding id) of the bindings active in this mode; ``pane_keys``:
+        those of the focused pane, listed first."""
         super().__init__()
         self.keys, self.mode = keys, mode
+        self.pane_keys, self.pane_title = pane_keys or [], pane_title
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static(help_text(self.keys, self.mode))
+            yield Static(help_text(self.keys, self.mode, self.pane_keys, self.pane_title))

@@ -97,3 +97,38 @@ async def test_unknown_command_is_refused_with_the_list(tmp_path):
     await asyncio.wait_for(task, patience(60))
     ack = rec.of(ev.CommandReceived)[0]
     assert not ack.ok and "pause" in ack.error
+
+
+async def test_pinned_user_guidance_survives_the_next_strategy_cycle(tmp_path):
+    engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 4, "search.group": "B",
+                                                              "search.outer_period": 2}))
+    await _until(rec, lambda e: isinstance(e, ev.IterationStarted) and e.iteration == 1)
+    engine.submit(cmds.SetGuidance(guidance="only the learning rate", pinned=True))
+    await asyncio.wait_for(task, patience(60))
+    assert [d.cycle for d in rec.of(ev.StrategyDecision)] == [1, 2]
+    assert engine.state.guidance == "only the learning rate" and engine.state.guidance_pinned
+    not_applied = rec.of(ev.GuidanceNotApplied)
+    assert [e.cycle for e in not_applied] == [1, 2]
+    assert all("pinned" in e.reason and e.guidance for e in not_applied)
+    assert not [e for e in rec.of(ev.GuidanceChanged) if e.source == "strategy"]
+
+
+async def test_unpinned_user_guidance_is_rewritten_by_the_next_strategy_cycle(tmp_path):
+    engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 2, "search.group": "B",
+                                                              "search.outer_period": 2}))
+    await _until(rec, lambda e: isinstance(e, ev.IterationStarted) and e.iteration == 1)
+    engine.submit(cmds.SetGuidance(guidance="only the learning rate"))
+    await asyncio.wait_for(task, patience(60))
+    rewritten = [e for e in rec.of(ev.GuidanceChanged) if e.source == "strategy"]
+    assert [e.cycle for e in rewritten] == [1] and engine.state.guidance == rewritten[0].guidance
+    assert engine.state.guidance_source == "strategy" and not rec.of(ev.GuidanceNotApplied)
+
+
+async def test_guidance_that_nothing_reads_is_marked_with_the_reason(tmp_path):
+    engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 2, "search.group": "A"}))
+    await _until(rec, lambda e: isinstance(e, ev.IterationStarted) and e.iteration == 1)
+    engine.submit(cmds.SetGuidance(guidance="only the learning rate"))
+    await asyncio.wait_for(task, patience(60))
+    changed = rec.of(ev.GuidanceChanged)[-1]
+    assert "nothing reads guidance" in changed.unread and "offline" in changed.unread
+    assert engine.state.guidance_unread == changed.unread

@@ -159,7 +159,7 @@ async def test_guidance_edited_in_the_modal_reaches_the_engine(tmp_path: Path):
         await until(pilot, on_screen(app, GuidanceScreen))
         await press(app, "escape")  # cancel sends nothing
         await pilot.pause(0.1)
-    assert [c.args for c in received(engine, "set_guidance")] == [{"guidance": "Try a longer warmdown."}]
+    assert [c.args for c in received(engine, "set_guidance")] == [{"guidance": "Try a longer warmdown.", "pinned": False}]
     changed = logged(engine, ev.GuidanceChanged)
     assert changed[-1].source == "user" or any(e.guidance == "Try a longer warmdown." for e in changed)
 

@@ -43,6 +43,7 @@ from .screens.approval import ApprovalScreen
 from .screens.confirm import ConfirmScreen
 from .screens.detail import IterationDetailScreen
 from .screens.guidance import GuidanceScreen
+from .settings import load_settings, remember, settings_path
 from .screens.help import HelpScreen
 from .screens.params import FreezeScreen
 from .screens.seek import SeekScreen
@@ -81,12 +82,14 @@ class BilevelApp(App[int]):
     BINDINGS = KEY_BINDINGS
 
     def __init__(self, source: Source, *, config_path: Path | None = None, deterministic: bool | None = None,
-                 refresh_hz: float = REFRESH_HZ) -> None:
+                 refresh_hz: float = REFRESH_HZ, settings_file: Path | None = None) -> None:
         super().__init__()
         self.source = source
         self.model = ViewModel()
         self.config_path = Path(config_path) if config_path else None
         self.deterministic = deterministic_from_env() if deterministic is None else deterministic
+        # Snapshots and tests never read or write the user's settings unless handed a file.
+        self.settings_file = settings_file or (None if self.deterministic else settings_path())
         self.refresh_hz = refresh_hz
         self.events_applied = 0
         self.repaints = 0  # batched repaints done (the benchmark reports them)
@@ -154,6 +157,8 @@ class BilevelApp(App[int]):
             keymap = load_keymap(keymap_path())
             if keymap:
                 self.set_keymap(keymap)
+        if self.settings_file is not None:
+            self._restore_theme()
         self.header.show(self.model, self.source)
         self.title = f"bilevel — {self.source.describe()}"
         self.run_worker(self._consume(), name="events", group="events", exclusive=True)
@@ -441,16 +446,20 @@ class BilevelApp(App[int]):
             [("stop", "After this iteration", "warning"), ("now", "Now", "error")]), answered)
 
     def action_edit_guidance(self) -> None:
-        async def answered(text: str | None) -> None:
-            if text is not None and text != self.model.state.guidance:
-                await self.send(cmds.SetGuidance(guidance=text))
+        state = self.model.state
 
-        self.push_screen(GuidanceScreen(self.model.state.guidance, blink=not self.deterministic), answered)
+        async def answered(answer: tuple[str, bool] | None) -> None:
+            if answer is not None and answer != (state.guidance, state.guidance_pinned):
+                await self.send(cmds.SetGuidance(guidance=answer[0], pinned=answer[1]))
+
+        self.push_screen(GuidanceScreen(state.guidance, pinned=state.guidance_pinned, blink=not self.deterministic),
+                         answered)
 
     async def action_edit_guidance_external(self) -> None:
-        text = self.edit_in_editor(self.model.state.guidance)
-        if text is not None and text.strip() != self.model.state.guidance:
-            await self.send(cmds.SetGuidance(guidance=text.strip()))
+        state = self.model.state
+        text = self.edit_in_editor(state.guidance)
+        if text is not None and text.strip() != state.guidance:  # the pin stays as it was
+            await self.send(cmds.SetGuidance(guidance=text.strip(), pinned=state.guidance_pinned))
 
     def edit_in_editor(self, text: str) -> str | None:
         """Edit ``text`` in $VISUAL/$EDITOR with the app suspended; None if the editor failed."""
@@ -565,7 +574,7 @@ class BilevelApp(App[int]):
             if answer != "apply":
                 return
             if "guidance" in change:
-                await self.send(cmds.SetGuidance(guidance=change["guidance"]))
+                await self.send(cmds.SetGuidance(guidance=change["guidance"], pinned=self.model.state.guidance_pinned))
             budget = {k.split(".", 1)[1]: v for k, v in change.items() if k.startswith("budget.")}
             if budget:
                 await self.send(cmds.SetBudget(**budget))
@@ -653,15 +662,33 @@ class BilevelApp(App[int]):
         column_splitter = "#split-right" if pane is not None and pane.id in ("strategy", "research") else "#split-left"
         self.base.query_one(column_splitter, Splitter).nudge(cells)
 
+    def _restore_theme(self) -> None:
+        theme = (load_settings(self.settings_file) or {}).get("theme") if self.settings_file else None
+        if isinstance(theme, str) and theme in self.available_themes:
+            self.theme = theme
+        self._theme_restored = True
+
+    def _watch_theme(self, theme_name: str) -> None:
+        super()._watch_theme(theme_name)
+        if getattr(self, "_theme_restored", False) and self.settings_file is not None:
+            why = remember(self.settings_file, "theme", theme_name)
+            if why:
+                self.notify(f"theme not remembered: {why}", severity="warning")
+
     def action_help(self) -> None:
-        keys = []
+        keys, pane_keys = [], []
         seen = set()
+        focused = self.focused
+        pane = next((n for n in (focused.ancestors_with_self if focused else ()) if isinstance(n, Pane)), None)
         for key, active in self.active_bindings.items():
             b = active.binding
             if b.id and b.id not in seen and active.enabled:
                 seen.add(b.id)
-                keys.append((self.get_key_display(b), b.description or b.action, b.id))
-        self.push_screen(HelpScreen(keys, self.source.describe()))
+                # the focused pane's own keys (hidden from the key bar too) get their own section
+                own = pane is not None and active.node is pane
+                (pane_keys if own else keys).append((self.get_key_display(b), b.description or b.action, b.id))
+        title = pane.PANE_TITLE if pane is not None else ""
+        self.push_screen(HelpScreen(keys, self.source.describe(), pane_keys=pane_keys, pane_title=title))
 
     # --- quitting ------------------------------------------------------------------------------------------------------
 

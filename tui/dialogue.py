@@ -73,6 +73,17 @@ def dialogue_parts(view: ResearchView, calls: dict[str, LLMCall]) -> list[str]:
     return [p.strip("\n") for p in parts]
 
 
+def reasoning_text(view: ResearchView, calls: dict[str, LLMCall]) -> tuple[str, int]:
+    """A thinking model's reasoning per round, as plain text, and how many characters of it there are."""
+    out: list[str] = []
+    for name, call_id in view.rounds:
+        call = calls.get(call_id)
+        if call is not None and call.reasoning_chunks:
+            out.append(f"── {name} ──\n{''.join(call.reasoning_chunks).strip()}")
+    text = "\n\n".join(out)
+    return text, len(text)
+
+
 def round_counters(view: ResearchView, calls: dict[str, LLMCall]) -> list[tuple[str, int, str]]:
     """(round name, tokens, state) per round: state is done | streaming | failed."""
     out = []

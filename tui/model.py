@@ -25,7 +25,8 @@ from core.record import events as ev
 from core.analysis.printer import HeadlessPrinter
 from core.record.state import IterationTrace, ParamChange, RunState
 from tui.model_trials import TrialBoard, TrialView
-from tui.dialogue import CHUNK_CHARS, LLMCall, ResearchView, chunk_markdown, dialogue_parts, round_counters  # noqa: F401
+from tui.dialogue import (CHUNK_CHARS, LLMCall, ResearchView, chunk_markdown, dialogue_parts,  # noqa: F401
+                          reasoning_text, round_counters)
 
 LOG_LINES = 1000  # event-log lines kept in memory (the session file has them all)
 
@@ -42,6 +43,10 @@ class StrategyCycle:
     ts: float
     decision: ev.StrategyDecision | None = None
     actions: list[tuple[str, str, str]] = field(default_factory=list)  # (freeze|unfreeze, name, reason)
+    guidance_not_applied: ev.GuidanceNotApplied | None = None  # its guidance lost to the user's pinned one
+
+
+OUTCOME_MARKS = {"declined": "⊘", "expired": "⌛", "rejected": "⊘", "dropped": "⊘", "failed": "✗"}
 
 
 @dataclass
@@ -57,6 +62,7 @@ class PatchEntry:
     report: str = ""  # mechanisms: the validation report (Markdown)
     ok: bool | None = None
     research_id: str = ""
+    outcome: str = ""  # mechanisms from research: how it ended (activated, declined, expired, ...)
 
 
 class ViewModel:
@@ -274,6 +280,11 @@ class ViewModel:
         view = self.research.get(research_id)
         return dialogue_parts(view, self.calls) if view is not None else []
 
+    def research_reasoning(self, research_id: str) -> str:
+        """The research session's reasoning deltas (thinking models), per round; empty when there are none."""
+        view = self.research.get(research_id)
+        return reasoning_text(view, self.calls)[0] if view is not None else ""
+
     def research_markdown(self, research_id: str) -> str:
         """The whole dialogue as one Markdown document."""
         return "\n\n".join(self.research_parts(research_id))
@@ -369,6 +380,13 @@ def _mechanism_deactivated(m: ViewModel, e: ev.MechanismDeactivated) -> None:
 
 
 def _guidance(m: ViewModel, e: ev.GuidanceChanged) -> None:
+    m.dirty |= {STRATEGY}
+
+
+def _guidance_not_applied(m: ViewModel, e: ev.GuidanceNotApplied) -> None:
+    cycle = next((c for c in reversed(m.cycles) if c.cycle == e.cycle), None)
+    if cycle is not None:
+        cycle.guidance_not_applied = e
     m.dirty |= {STRATEGY}
 
 
@@ -529,6 +547,12 @@ def _research_finished(m: ViewModel, e: ev.ResearchFinished) -> None:
         view.pending = None
         name = f" `{e.name}`" if e.name else ""
         view.segments.append(("text", f"\n### Outcome: {e.outcome}{name}\n\n{e.reason}\n\n"))
+    for entry in m.patches.values():  # a validated module that was then declined or expired must not stay a ✓
+        if entry.research_id == e.research_id and entry.ok:
+            entry.outcome = e.outcome
+            if e.outcome != "activated":
+                entry.label = entry.label.replace(" ✓ ", f" {OUTCOME_MARKS.get(e.outcome, '✗')} {e.outcome} ", 1)
+            m.dirty.add(PATCHES)
     m.dirty |= {RESEARCH, HEADER}
 
 
@@ -549,6 +573,7 @@ _HANDLERS: dict[type, Any] = {
     ev.MechanismActivated: _mechanism_activated,
     ev.MechanismDeactivated: _mechanism_deactivated,
     ev.GuidanceChanged: _guidance,
+    ev.GuidanceNotApplied: _guidance_not_applied,
     ev.ParamFrozen: _param_change,
     ev.ParamUnfrozen: _param_change,
     ev.PauseRequested: _pause_state,

@@ -263,6 +263,15 @@ class Engine:
                              "); raise the iteration budget first")
         return cmd, None
 
+    def _guidance_unread(self) -> str:
+        """Why nothing in this run reads the guidance (empty when the Level 1 LLM does)."""
+        proposer = (f"the classical sampler {self.cfg.search.sampler!r}" if self.cfg.search.sampler
+                    else "offline mode's seeded perturbation" if self.cfg.offline else "")
+        if not proposer:
+            return ""
+        return (f"nothing reads guidance in this run: Level 1 proposes with {proposer}, which ignores it "
+                "(only the Level 1 LLM reads guidance)")
+
     def _next_boundary(self) -> int:
         """The first iteration a mechanism activated from now on would run in."""
         running = self.state.running
@@ -295,7 +304,9 @@ class Engine:
             self.emit(ev.BudgetChanged(iterations=cmd.iterations, source=source))
             self.cfg = config_mod.with_overrides(self.cfg, {"budget.iterations": cmd.iterations})
         elif isinstance(cmd, cmds.SetGuidance):
-            self.emit(ev.GuidanceChanged(guidance=cmd.guidance, source="user"))
+            # Accepted even when nothing reads it (offline, a sampler): the log and the pane say so.
+            self.emit(ev.GuidanceChanged(guidance=cmd.guidance, source="user", pinned=cmd.pinned,
+                                         unread=self._guidance_unread()))
         elif isinstance(cmd, cmds.Freeze) and cmd.name not in self.state.frozen:
             self.emit(ev.ParamFrozen(name=cmd.name, reason=cmd.reason))
         elif isinstance(cmd, cmds.Unfreeze) and cmd.name in self.state.frozen:

@@ -139,7 +139,12 @@ class StrategyLevel:
                                     reason=f"cycle {cycle}: proposed {s.proposed}× with net gain "
                                            f"{s.net_improvement:+.6f} (rule k={cfg.freeze_after})"))
         if guidance and guidance != state.guidance:
-            ctx.emit(ev.GuidanceChanged(guidance=guidance, source="strategy"))
+            if state.guidance_pinned:  # the user pinned theirs: it stands, and the log says what it beat
+                ctx.emit(ev.GuidanceNotApplied(cycle=cycle, guidance=guidance,
+                                               reason="the user's guidance is pinned; unpin it to let Level 1.5 "
+                                                      "rewrite it"))
+            else:
+                ctx.emit(ev.GuidanceChanged(guidance=guidance, source="strategy", cycle=cycle))
         ctx.emit(ev.StrategyDecision(
             cycle=cycle, source=source, diagnosis=diagnosis, reasoning=reasoning, guidance=guidance,
             candidates=candidates, freeze=plan.freeze, unfreeze=plan.unfreeze, refused=plan.refused,

@@ -58,7 +58,10 @@ class AbortTraining(Command, tag="abort_training"):
 
 
 class SetGuidance(Command, tag="set_guidance"):
+    """Replace the guidance the Level 1 LLM reads; ``pinned`` keeps it over Level 1.5's own guidance."""
+
     guidance: str
+    pinned: bool = False
 
 
 class Freeze(Command, tag="freeze"):

@@ -156,6 +156,17 @@ class Unpaused(Event, tag="unpaused"):
 class GuidanceChanged(Event, tag="guidance_changed"):
     guidance: str = ""
     source: str = "user"  # user | strategy | config
+    pinned: bool = False  # the user's guidance stands over Level 1.5's until the user replaces it
+    cycle: int = 0  # the Level 1.5 cycle that wrote it (source "strategy")
+    unread: str = ""  # why nothing in the run reads it (a sampler or offline mode proposes); empty: it is read
+
+
+class GuidanceNotApplied(Event, tag="guidance_not_applied"):
+    """A Level 1.5 cycle's guidance that was not applied, and why (the user's pinned guidance stands)."""
+
+    cycle: int = 0
+    guidance: str = ""
+    reason: str = ""
 
 
 class BudgetChanged(Event, tag="budget_changed"):

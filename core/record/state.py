@@ -147,6 +147,10 @@ class RunState:
     schema: dict[str, dict[str, Any]] = field(default_factory=dict)
     frozen: set[str] = field(default_factory=set)
     guidance: str = ""
+    guidance_source: str = "config"  # who wrote the guidance in force: user | strategy | config
+    guidance_cycle: int = 0  # the Level 1.5 cycle that wrote it (source "strategy")
+    guidance_pinned: bool = False  # the user's guidance stands over Level 1.5's
+    guidance_unread: str = ""  # why nothing reads the guidance in force (empty: the Level 1 LLM does)
     baseline_script: str = ""
     script_source: str = ""
     data: dict[str, Any] = field(default_factory=dict)
@@ -447,7 +451,9 @@ def _budget(s: RunState, e: ev.BudgetChanged) -> None:
 
 
 def _guidance(s: RunState, e: ev.GuidanceChanged) -> None:
-    s.guidance = e.guidance
+    s.guidance, s.guidance_source, s.guidance_cycle = e.guidance, e.source, e.cycle
+    s.guidance_pinned = e.pinned and e.source == "user"
+    s.guidance_unread = e.unread
 
 
 def _frozen(s: RunState, e: ev.ParamFrozen) -> None:

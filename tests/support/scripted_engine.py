@@ -124,6 +124,7 @@ class Plan:
     progress_per_run: int = 20
     output_per_run: int = 3
     deltas_per_round: int = 0  # 0: the round text split into ~4-character tokens
+    reasoning: bool = False  # a thinking model: research rounds stream reasoning deltas before the text
     dialogue_scale: int = 1  # each research round's text repeated this often (a long, real-sized dialogue)
     budget_s: float = 300.0
     approval: str = "auto"  # auto | manual
@@ -255,7 +256,7 @@ class ScriptedEngine:
         elif isinstance(c, cmds.AbortTraining):
             self._abort.set()
         elif isinstance(c, cmds.SetGuidance):
-            self.emit(ev.GuidanceChanged(guidance=c.guidance, source="user"))
+            self.emit(ev.GuidanceChanged(guidance=c.guidance, source="user", pinned=c.pinned))
         elif isinstance(c, cmds.Freeze) and c.name not in s.frozen:
             self.emit(ev.ParamFrozen(name=c.name, reason=c.reason))
         elif isinstance(c, cmds.Unfreeze) and c.name in s.frozen:
@@ -348,6 +349,10 @@ class ScriptedEngine:
         self.emit(ev.LLMRequest(call_id=call_id, level=level, purpose=purpose, iteration=iteration, model="scripted"))
         await self._tick(0.2)
         pieces = _tokens(text, self.plan.deltas_per_round) if stream else []
+        if stream and self.plan.reasoning:
+            for piece in _tokens(f"Thinking about the {purpose} round: what the trace says first. ", 0):
+                self.emit(ev.LLMDelta(call_id=call_id, level=level, text=piece, kind="reasoning"))
+                await self._tick(0.02)
         for piece in pieces:
             self.emit(ev.LLMDelta(call_id=call_id, level=level, text=piece))
             await self._tick(0.02)
@@ -462,7 +467,10 @@ class ScriptedEngine:
                                      reason=f"cycle {cycle}: proposed 3× with no net improvement"))
         guidance = (f"Cycle {cycle}: learning rates drive the gains; try MATRIX_LR in [0.03, 0.08] "
                     f"and a longer warmdown.")
-        self.emit(ev.GuidanceChanged(guidance=guidance, source="strategy"))
+        if self.state.guidance_pinned:  # as core/levels/strategy.py: the user's pinned guidance stands
+            self.emit(ev.GuidanceNotApplied(cycle=cycle, guidance=guidance, reason="the user's guidance is pinned"))
+        else:
+            self.emit(ev.GuidanceChanged(guidance=guidance, source="strategy", cycle=cycle))
         self.emit(ev.StrategyDecision(
             cycle=cycle, source="offline", diagnosis="Gains come from learning rates; decay changes never helped.",
             reasoning="Freeze what the rule flags; keep the rest active.", guidance=guidance,

@@ -15,20 +15,29 @@ PANES = (
      "below, val_bpb under its running minimum and the current training run (with parallel trials: one line per "
      "slot, the trace in finish order, x asks which trial to abort). Enter on a row opens its detail: why it "
      "was proposed, what the proposer saw, the verdict with its rule and margin, the log tail, the diff."),
-    ("2 Strategy", "Level 1.5: the guidance, every parameter's state (active · frozen · locked), each cycle's "
-     "freezes and unfreezes with their reasons."),
+    ("2 Strategy", "Level 1.5: the guidance with who wrote it and when Level 1.5 next may rewrite it (g edits "
+     "it, ctrl+t there pins it), every parameter's state (active · frozen · locked), each cycle's freezes and "
+     "unfreezes with their reasons."),
     ("3 Research", "Level 2: the four-round dialogue as it streams, tokens per round; [ and ] move between "
-     "research sessions."),
+     "research sessions; t opens a thinking model's reasoning."),
     ("4 Patches", "every train.py diff and every generated mechanism with its validation report; d flips a "
      "mechanism between source and diff."),
     ("5 Events", "one line per notable event."),
 )
 
 
-def help_text(keys: list[tuple[str, str, str]], mode: str) -> Text:
+def help_text(keys: list[tuple[str, str, str]], mode: str, pane_keys: list[tuple[str, str, str]] | None = None,
+              pane_title: str = "") -> Text:
     """Plain styled text (not Markdown): the help opens instantly even while events pour in."""
     out = Text()
     out.append(f"bilevel — {mode}\n\n", style="bold")
+    if pane_keys:
+        out.append(f"Keys of the focused pane: {pane_title}\n", style="bold underline")
+        for key, desc, bid in pane_keys:
+            out.append(f"  {key:<12}", style="bold yellow")
+            out.append(f"{desc:<34}")
+            out.append(f"[{bid}]\n", style="dim")
+        out.append("\n")
     out.append("Panes\n", style="bold underline")
     for name, what in PANES:
         out.append(f"  {name:<11}", style="bold cyan")
@@ -54,11 +63,14 @@ class HelpScreen(ModalScreen[None]):
                                   background: $surface; padding: 0 1; }
     """
 
-    def __init__(self, keys: list[tuple[str, str, str]], mode: str) -> None:
-        """``keys``: (key, description, binding id) of the bindings active in this mode."""
+    def __init__(self, keys: list[tuple[str, str, str]], mode: str, *,
+                 pane_keys: list[tuple[str, str, str]] | None = None, pane_title: str = "") -> None:
+        """``keys``: (key, description, binding id) of the bindings active in this mode; ``pane_keys``:
+        those of the focused pane, listed first."""
         super().__init__()
         self.keys, self.mode = keys, mode
+        self.pane_keys, self.pane_title = pane_keys or [], pane_title
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static(help_text(self.keys, self.mode))
+            yield Static(help_text(self.keys, self.mode, self.pane_keys, self.pane_title))

@@ -2,7 +2,9 @@
 
 The list on the left holds one entry per iteration that trained a change and one per
 mechanism validated or activated; the newest is shown unless the user picked another.
-A mechanism shows its source beside its validation report; ``d`` flips to its diff.
+A diff opens at its first change and scrolls sideways; a mechanism's source wraps, with its
+validation report below it; ``d`` flips any mechanism to its diff (a built-in: added whole).
+A mechanism declined or expired after validation says so in the list, never with a ✓.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING
 from rich.syntax import Syntax
 from rich.text import Text
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, ScrollableContainer, Vertical, VerticalScroll
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
@@ -31,8 +33,17 @@ DIFF_BACKGROUND = {"+": "on color(22)", "-": "on color(52)"}  # 256-colour green
 
 
 def highlight(text: str, lexer: str) -> Syntax:
-    return Syntax(text, lexer, theme=SYNTAX_THEME, background_color="default", word_wrap=False,
+    """Source, wrapped to the pane's width (a long line is never cut off)."""
+    return Syntax(text, lexer, theme=SYNTAX_THEME, background_color="default", word_wrap=True,
                   line_numbers=lexer != "diff")
+
+
+def first_change(text: str) -> int:
+    """The line of a unified diff where the first added or removed line is (0 when there is none)."""
+    for i, line in enumerate(text.splitlines()):
+        if line[:1] in ("+", "-") and not line.startswith(("+++", "---")):
+            return i
+    return 0
 
 
 def diff_text(text: str, lexer: str = "python") -> Text:
@@ -42,7 +53,7 @@ def diff_text(text: str, lexer: str = "python") -> Text:
     bodies = [line[1:] if code else "" for line, code in zip(lines, is_code)]
     highlighted = list(Syntax("", lexer, theme=SYNTAX_THEME).highlight("\n".join(bodies)).split("\n"))
     highlighted += [Text() for _ in range(len(lines) - len(highlighted))]
-    out = Text()
+    out = Text(no_wrap=True)  # one screen line per diff line: the pane scrolls sideways instead
     for line, code, body in zip(lines, is_code, highlighted):
         if not code:
             out.append(line, style="cyan" if line.startswith("@@") else "bold")
@@ -68,11 +79,14 @@ class PatchPane(Pane):
     PatchPane #patch-list { width: 30; height: 1fr; border: none; border-right: vkey $panel-lighten-1; }
     PatchPane #patch-body { width: 1fr; }
     PatchPane #patch-title { height: 1; padding: 0 1; background: $boost; }
-    PatchPane #patch-code-scroll { width: 1fr; }
-    PatchPane #patch-report-scroll { width: 2fr; display: none; border-left: vkey $panel-lighten-1; }
+    PatchPane #patch-code-scroll { height: 1fr; overflow-x: auto; overflow-y: auto; }
+    PatchPane #patch-code { width: auto; min-width: 100%; }
+    PatchPane.-wrap #patch-code { width: 100%; }
+    PatchPane #patch-report-scroll { height: 1fr; display: none; border-top: hkey $panel-lighten-1; }
     PatchPane.-mechanism #patch-report-scroll { display: block; }
-    PatchPane.-mechanism #patch-code-scroll { width: 3fr; }
+    PatchPane.-mechanism #patch-code-scroll { height: 2fr; }
     """
+    CONTEXT_ABOVE = 2  # lines shown above a diff's first change
 
     def __init__(self, number: int, **kwargs) -> None:
         super().__init__(number, **kwargs)
@@ -80,6 +94,7 @@ class PatchPane(Pane):
         self.show_diff = False
         self._shown: tuple[str, bool] | None = None
         self._entries: dict[str, PatchEntry] = {}
+        self._labels: dict[str, str] = {}  # what each listed entry's prompt says
         self._source: Source | None = None
         self._placeholder = False  # the "no patch yet" text is shown
 
@@ -88,8 +103,8 @@ class PatchPane(Pane):
             yield OptionList(id="patch-list")
             with Vertical(id="patch-body"):
                 yield Static(id="patch-title")
-                with Horizontal():
-                    with VerticalScroll(id="patch-code-scroll"):
+                with Vertical(id="patch-panes"):
+                    with ScrollableContainer(id="patch-code-scroll"):
                         yield Static(id="patch-code")
                     with VerticalScroll(id="patch-report-scroll"):
                         yield MarkdownText(id="patch-report")
@@ -101,6 +116,7 @@ class PatchPane(Pane):
     def reset(self) -> None:
         self.options.clear_options()
         self._entries.clear()
+        self._labels.clear()
         self._shown = None
         self._placeholder = False
         self.follow = True
@@ -115,7 +131,14 @@ class PatchPane(Pane):
         new = [e for k, e in model.patches.items() if k not in self._entries]
         for entry in new:
             self._entries[entry.key] = entry
+            self._labels[entry.key] = entry.label
             options.add_option(Option(self._label(entry), id=entry.key))
+        for key, entry in model.patches.items():  # an outcome relabels an entry already listed
+            if self._labels.get(key) != entry.label:
+                self._labels[key] = entry.label
+                options.replace_option_prompt(key, self._label(entry))
+                if self._shown is not None and self._shown[0] == key:
+                    self._shown = None  # its title names the outcome too
         if new and self.follow:
             options.highlighted = options.option_count - 1
         await self._show_highlighted()
@@ -123,6 +146,8 @@ class PatchPane(Pane):
     def _label(self, entry: PatchEntry) -> Text:
         if entry.kind == "iteration":
             return Text(entry.label)
+        if entry.outcome and entry.outcome != "activated":
+            return Text(entry.label, style="yellow")
         return Text(entry.label, style="green" if entry.ok else ("red" if entry.ok is False else ""))
 
     async def _show_highlighted(self) -> None:
@@ -163,7 +188,10 @@ class PatchPane(Pane):
             self.remove_class("-mechanism")
             title.update(Text(f"#{entry.iteration}  {entry.artifact}", no_wrap=True, overflow="ellipsis"), layout=False)
             text = read(entry.artifact)
-            code.update(diff_text(text) if text is not None else Text(f"({entry.artifact} is missing)", style="red"))
+            if text is None:
+                self._set_code(Text(f"({entry.artifact} is missing)", style="red"))
+            else:
+                self._set_code(diff_text(text), top=first_change(text))
         else:
             self.add_class("-mechanism")
             which = entry.diff if self.show_diff and entry.diff else entry.artifact
@@ -173,18 +201,27 @@ class PatchPane(Pane):
                               no_wrap=True, overflow="ellipsis"), layout=False)
             text = read(which)
             if text is None:
-                code.update(Text(f"({which} is missing)", style="red"))
+                self._set_code(Text(f"({which} is missing)", style="red"))
             elif new_module:
                 name = Path(entry.artifact).name
-                code.update(diff_text("".join(difflib.unified_diff([], text.splitlines(keepends=True),
-                                                                   "/dev/null", f"b/{name}"))))
+                self._set_code(diff_text("".join(difflib.unified_diff([], text.splitlines(keepends=True),
+                                                                      "/dev/null", f"b/{name}"))))
             elif which.endswith((".diff", ".patch")):
-                code.update(diff_text(text))
+                self._set_code(diff_text(text), top=first_change(text))
             else:
-                code.update(highlight(text, "python"))
+                self._set_code(highlight(text, "python"), wrap=True)
             report = read(entry.report) if entry.report else None
             md = self.query_one("#patch-report", MarkdownText)
             md.set_markdown(report if report is not None else "*No validation report (a built-in mechanism).*")
+
+    def _set_code(self, renderable: Text | Syntax, *, wrap: bool = False, top: int = 0) -> None:
+        """Show ``renderable`` with line ``top`` (a diff's first change) near the top of the view."""
+        self.set_class(wrap, "-wrap")
+        self.query_one("#patch-code", Static).update(renderable)
+        scroll = self.query_one("#patch-code-scroll", ScrollableContainer)
+        y = max(0, top - self.CONTEXT_ABOVE)
+        scroll.scroll_to(x=0, y=y, animate=False, immediate=True)
+        self.call_after_refresh(scroll.scroll_to, x=0, y=y, animate=False)  # once the new content has its height
 
     async def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         event.stop()
@@ -193,6 +230,10 @@ class PatchPane(Pane):
         await self._show_highlighted()
 
     async def action_toggle_diff(self) -> None:
+        entry = self._entries.get(self._shown[0]) if self._shown else None
+        if entry is None or entry.kind != "mechanism":
+            self.app.notify("d flips a mechanism between its source and its diff; an iteration shows its diff")
+            return
         self.show_diff = not self.show_diff
         await self._show_highlighted()
 

@@ -2,7 +2,8 @@
 
 The dialogue is drawn as one Markdown part per round (plus title, validation and
 outcome); while a round streams only its own part is re-rendered. Switching to another
-research session or a backward seek starts the parts afresh.
+research session or a backward seek starts the parts afresh. A thinking model's reasoning
+deltas sit in a collapsed section above the dialogue (``t`` opens and closes it).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.widgets import Collapsible, Static
 
 from ..model import RESEARCH
 from ..render import short_count
@@ -31,11 +32,16 @@ class ResearchPane(Pane):
     BINDINGS = [
         Binding("left_square_bracket", "previous_research", "Prev research", id="research.previous"),
         Binding("right_square_bracket", "next_research", "Next research", id="research.next"),
+        Binding("t", "toggle_reasoning", "Reasoning", id="research.reasoning", show=False),  # the section says (t)
     ]
     DEFAULT_CSS = """
     ResearchPane #research-title { height: 1; padding: 0 1; background: $boost; }
     ResearchPane #research-rounds { height: 1; padding: 0 1; }
     ResearchPane #research-scroll { height: 1fr; overflow-y: scroll; }  /* a fixed width: parts render once */
+    ResearchPane #research-reasoning { height: auto; max-height: 50%; display: none; padding: 0; border: none; }
+    ResearchPane #research-reasoning.-present { display: block; }
+    ResearchPane #reasoning-scroll { height: auto; max-height: 12; }
+    ResearchPane #reasoning-text { padding: 0 1; color: $text-muted; }
     """
 
     def __init__(self, number: int, **kwargs) -> None:
@@ -44,10 +50,14 @@ class ResearchPane(Pane):
         self._shown_id: str | None = None
         self._parts: list[MarkdownText] = []
         self._model: ViewModel | None = None
+        self._reasoning_shown = ""
 
     def compose(self):
         yield Static(id="research-title")
         yield Static(id="research-rounds")
+        with Collapsible(title="Reasoning", collapsed=True, id="research-reasoning"):
+            with VerticalScroll(id="reasoning-scroll"):
+                yield Static(id="reasoning-text", markup=False)
         yield VerticalScroll(id="research-scroll")
 
     def on_mount(self) -> None:
@@ -68,6 +78,7 @@ class ResearchPane(Pane):
             return
         rid = self.current_id(model)
         self._title(model, rid)
+        self._reasoning(model.research_reasoning(rid) if rid is not None else "")
         scroll = self.query_one("#research-scroll", VerticalScroll)
         texts = model.research_parts(rid) if rid is not None else [self._empty_text(model)]
         changed = False
@@ -87,6 +98,22 @@ class ResearchPane(Pane):
         if changed:
             self._follower.content_changed()
         self._shown_id = rid
+
+    def _reasoning(self, text: str) -> None:
+        section = self.query_one("#research-reasoning", Collapsible)
+        section.set_class(bool(text), "-present")
+        if text == self._reasoning_shown:  # unchanged: no re-render while the dialogue's text streams
+            return
+        self._reasoning_shown = text
+        section.title = f"Reasoning · {short_count(len(text))} chars (t)"
+        self.query_one("#reasoning-text", Static).update(text)
+
+    def action_toggle_reasoning(self) -> None:
+        section = self.query_one("#research-reasoning", Collapsible)
+        if not section.has_class("-present"):
+            self.app.notify("no reasoning in this research session (the model streamed none)")
+            return
+        section.collapsed = not section.collapsed
 
     def _empty_text(self, model: "ViewModel") -> str:
         if model.state.session and "research" not in model.state.levels:

@@ -18,21 +18,65 @@ if TYPE_CHECKING:
     from ..model import ViewModel
     from ..sources import Source
 
-PARAM_COLUMNS = (("name", "parameter", 18), ("state", "state", 8), ("value", "best value", 11),
-                 ("tried", "tried", 5), ("kept", "kept", 4), ("gain", "net gain", 9))
+# Narrow enough that tried/kept/net gain fit a 140-column terminal's right column with no scroll;
+# no cell padding, so each width holds its own one-column gap.
+PARAM_COLUMNS = (("name", "parameter", 15), ("state", "state", 7), ("value", "best", 9),
+                 ("tried", "tried", 6), ("kept", "kept", 5), ("gain", "net gain", 8))
+NAME_WIDTH = PARAM_COLUMNS[0][2]
 STATE_STYLES = {"active": "green", "frozen": "bold cyan", "locked": "dim"}
+STATE_ORDER = {"active": 0, "frozen": 0, "locked": 1}  # what the search can move first; the fixed ones last
+GUIDANCE_SOURCES = {"user": "you", "config": "the configuration"}
+
+
+def next_strategy_cycle(model: "ViewModel") -> int | None:
+    """The iteration after which Level 1.5 next runs (and may rewrite the guidance); None: it will not."""
+    s = model.state
+    if "strategy" not in s.levels:
+        return None
+    search = s.config.get("search", {}) if isinstance(s.config, dict) else {}
+    period = search.get("outer_period", 5) if isinstance(search, dict) else 5
+    if not isinstance(period, int) or period < 1:
+        return None
+    last = max((r.iteration for r in s.records), default=0)
+    upcoming = (last // period + 1) * period
+    budget = s.iterations_budget
+    return None if budget is not None and upcoming > budget else upcoming
+
+
+def guidance_text(model: "ViewModel") -> Text:
+    """The guidance in force, who wrote it, and whether (and when) Level 1.5 will rewrite it."""
+    s = model.state
+    out = Text("guidance: ", style="bold")
+    out.append(s.guidance or "(none)", style="" if s.guidance else "dim")
+    source = (f"Level 1.5 cycle {s.guidance_cycle}" if s.guidance_source == "strategy"
+              else GUIDANCE_SOURCES.get(s.guidance_source, s.guidance_source))
+    out.append(f"\n  from {source}", style="dim")
+    if s.guidance_pinned:
+        out.append(" · 📌 pinned: Level 1.5 keeps it", style="bold magenta")
+    elif "strategy" not in s.levels:
+        out.append(" · Level 1.5 is off in this group: nothing rewrites it", style="dim")
+    elif model.cycles and model.cycles[-1].decision is None:
+        out.append(" · Level 1.5 is rewriting it now (g, pin to keep yours)", style="yellow")
+    elif (upcoming := next_strategy_cycle(model)) is not None and s.finished is None:
+        out.append(f" · Level 1.5 may rewrite it after #{upcoming} (g, pin to keep it)", style="dim")
+    elif s.finished is None:
+        out.append(" · no Level 1.5 cycle is left to rewrite it", style="dim")
+    if s.guidance_unread:
+        out.append(f"\n  ⚠ {s.guidance_unread}", style="yellow")
+    return out
 
 
 def param_rows(model: "ViewModel") -> dict[str, dict[str, object]]:
     s = model.state
     stats = param_stats(s.records)
     out: dict[str, dict[str, object]] = {}
-    for name, spec in s.schema.items():
+    # Locked last; otherwise the script's order, so a freeze never makes rows jump.
+    for name, spec in sorted(s.schema.items(), key=lambda item: STATE_ORDER["locked" if item[1].get("locked") else "active"]):
         state = "locked" if spec.get("locked") else ("frozen" if name in s.frozen else "active")
         st = stats.get(name)
         value = s.best_values.get(name, spec.get("value"))
         out[name] = {
-            "name": name,
+            "name": name if len(name) < NAME_WIDTH else name[:NAME_WIDTH - 2] + "…",  # keep the gap
             "state": Text(state, style=STATE_STYLES[state]),
             "value": fmt_value(value),
             "tried": str(st.proposed) if st else "",
@@ -77,6 +121,9 @@ def cycles_text(model: "ViewModel") -> Text:
             out.append(f"  refused {name}: {why}\n", style="yellow")
         if d.candidates:
             out.append(f"  rule candidates: {', '.join(d.candidates)}\n", style="dim")
+        if c.guidance_not_applied is not None:
+            out.append(f"  guidance not applied ({c.guidance_not_applied.reason}): ", style="magenta")
+            out.append(f"{c.guidance_not_applied.guidance}\n", style="dim")
     if manual:
         out.append("By hand\n", style="bold")
         for ch in manual:
@@ -90,13 +137,14 @@ class StrategyPane(Pane):
     PANE_TITLE = "Strategy · Level 1.5"
     DEFAULT_CSS = """
     StrategyPane #guidance { height: auto; max-height: 5; padding: 0 1; color: $text; background: $boost; }
-    StrategyPane #params-table { height: 1fr; min-height: 4; overflow-y: scroll; }
+    StrategyPane #params-table { height: 2fr; min-height: 4; overflow-y: scroll; }
     StrategyPane #cycles-scroll { height: 1fr; padding: 0 1; }
     """
 
     def compose(self):
         yield Static(id="guidance")
-        table: DataTable = DataTable(id="params-table", cursor_type="row", zebra_stripes=True)
+        table: DataTable = DataTable(id="params-table", cursor_type="row", zebra_stripes=True,
+                                      cell_padding=0)
         for key, label, width in PARAM_COLUMNS:
             table.add_column(label, key=key, width=width)
         yield table
@@ -116,12 +164,11 @@ class StrategyPane(Pane):
 
     async def sync(self, model: "ViewModel", parts: set[str], rows: set[int], params: bool, source: "Source") -> None:
         if STRATEGY in parts:
-            g = Text("guidance: ", style="bold")
-            g.append(model.state.guidance or "(none)", style="" if model.state.guidance else "dim")
-            self._update(self.query_one("#guidance", Static), g)
+            self._update(self.query_one("#guidance", Static), guidance_text(model))
             if self._update(self.query_one("#cycles", Static), cycles_text(model)):
                 self._follower.content_changed()
         if params or PARAMS in parts:
+            self._update(self.query_one("#guidance", Static), guidance_text(model))  # "after #N" moves on
             table = self.query_one("#params-table", DataTable)
             for name, cells in param_rows(model).items():
                 self._rows.set(table, name, cells)

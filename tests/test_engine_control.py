@@ -10,6 +10,10 @@ from tests.support.patience import patience
 from tests.conftest import Recorder, fast_config
 
 
+# FAKE_STEP_S (the stand-in's seconds per step) reaches the script only when the config passes it.
+SLOWED = {"run.pass_env": ["FAKE_STEP_S"]}
+
+
 async def _start(cfg) -> tuple[Engine, Recorder, asyncio.Task]:
     engine = Engine.create(cfg)
     rec = Recorder()
@@ -65,7 +69,7 @@ async def test_guidance_and_freeze_apply_from_the_next_proposal(tmp_path):
 
 async def test_abort_training_ends_the_run_as_cancelled_and_the_loop_goes_on(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_STEP_S", "0.5")
-    engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 2}))
+    engine, rec, task = await _start(fast_config(tmp_path, **SLOWED, **{"budget.iterations": 2}))
     await _until(rec, lambda e: isinstance(e, ev.TrainingProgress) and e.iteration == 1)
     engine.submit(cmds.AbortTraining(iteration=0), source="lagging viewer")  # the baseline ended long ago
     engine.submit(cmds.AbortTraining(iteration=1))
@@ -82,7 +86,7 @@ async def test_abort_training_ends_the_run_as_cancelled_and_the_loop_goes_on(tmp
 
 async def test_stop_now_interrupts_the_running_iteration_cleanly(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_STEP_S", "0.5")
-    engine, rec, task = await _start(fast_config(tmp_path, **{"budget.iterations": 5}))
+    engine, rec, task = await _start(fast_config(tmp_path, **SLOWED, **{"budget.iterations": 5}))
     await _until(rec, lambda e: isinstance(e, ev.TrainingProgress) and e.iteration == 1)
     engine.submit(cmds.Stop(now=True))
     await asyncio.wait_for(task, patience(30))

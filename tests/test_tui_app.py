@@ -184,6 +184,12 @@ async def test_a_failing_editor_changes_nothing(tmp_path: Path, monkeypatch: pyt
     assert received(engine, "set_guidance") == []
 
 
+def param_state(app: BilevelApp, name: str) -> str:
+    """The state column of a parameter's row, "" while the table has not drawn it yet."""
+    table = app.query_one("#params-table")
+    return str(table.get_row(name)[1]) if name in table.rows else ""
+
+
 async def test_freeze_then_unfreeze_a_parameter_by_hand(tmp_path: Path):
     async with live_app(tmp_path / "s", Plan(**SLOW, group="A")) as (app, pilot, engine):
         await until(pilot, lambda: app.model.state.schema != {})
@@ -195,8 +201,7 @@ async def test_freeze_then_unfreeze_a_parameter_by_hand(tmp_path: Path):
         options.highlighted = options.get_option_index("MATRIX_LR")
         await press(app, "enter")
         await until(pilot, lambda: "MATRIX_LR" in app.model.state.frozen, what="ParamFrozen")
-        await app._repaint()
-        assert "frozen" in str(app.query_one("#params-table").get_row("MATRIX_LR")[1])
+        await until(pilot, lambda: "frozen" in param_state(app, "MATRIX_LR"), what="the frozen row on screen")
         await press(app, "f")
         await until(pilot, on_screen(app, FreezeScreen))
         options = app.screen.query_one("OptionList")

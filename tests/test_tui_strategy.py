@@ -53,7 +53,7 @@ async def test_pinned_guidance_survives_the_next_cycle_which_says_it_was_not_app
         await press(app, "ctrl+t")  # pin
         await press(app, "ctrl+s")
         await until(pilot, lambda: app.model.state.guidance_pinned, what="the pinned guidance")
-        assert "from you · 📌 pinned" in guidance_shown(app)
+        await until(pilot, lambda: "from you · 📌 pinned" in guidance_shown(app), what="the pin on screen")
         await until(pilot, lambda: any(c.guidance_not_applied for c in app.model.cycles), what="a cycle that lost")
         await pilot.pause()
         cycles = str(app.base.query_one(StrategyPane).query_one("#cycles", Static).render())

@@ -12,7 +12,7 @@ from core.levels.trace import fmt_value, param_stats
 from ..model import PARAMS, STRATEGY
 from .follow import EndFollower
 from .pane import Pane
-from .tables import KeyedRows
+from .tables import KeyedRows, shown_as
 
 if TYPE_CHECKING:
     from ..model import ViewModel
@@ -175,9 +175,10 @@ class StrategyPane(Pane):
 
     @staticmethod
     def _update(widget: Static, text: Text) -> bool:
-        if getattr(widget, "_shown_text", None) == text:  # an unchanged text costs no re-layout
+        looks = shown_as(text)
+        if getattr(widget, "_shown_text", None) == looks:  # an unchanged text costs no re-layout
             return False
-        widget._shown_text = text  # type: ignore[attr-defined]
+        widget._shown_text = looks  # type: ignore[attr-defined]
         widget.update(text)
         return True
 

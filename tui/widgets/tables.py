@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 
-def _shown_as(value: Any) -> Any:
+def shown_as(value: Any) -> Any:
     """What a cell looks like: rich's Text equality ignores the base style, so a cell that only
     turns bold (a kept iteration's number) would never be repainted."""
     if isinstance(value, Text):
@@ -27,11 +27,11 @@ class KeyedRows:
         before = self.shown.get(key)
         if before is None or key not in table.rows:
             table.add_row(*(cells[c] for c in self.columns), key=key)
-            self.shown[key] = {c: _shown_as(v) for c, v in cells.items()}
+            self.shown[key] = {c: shown_as(v) for c, v in cells.items()}
             return True
         for col in self.columns:
             value = cells[col]
-            looks = _shown_as(value)
+            looks = shown_as(value)
             if before.get(col) != looks:
                 table.update_cell(key, col, value)
                 before[col] = looks

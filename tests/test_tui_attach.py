@@ -213,6 +213,10 @@ async def test_viewers_come_and_go_and_send_every_command_while_the_engine_runs_
 
     events = read_events(session)
     commands = [e for e in events if isinstance(e, ev.CommandReceived)]
+    # an abort that reached the engine after its run had ended was refused and retried on the next run
+    late = [c for c in commands if c.command == "abort_training" and not c.ok]
+    assert all("in progress" in c.error for c in late)
+    commands = [c for c in commands if c not in late]
     assert [c.command for c in commands] == [
         "pause", "resume", "set_guidance", "freeze", "unfreeze", "approve_mechanism", "reject_mechanism",
         "abort_training", "stop"]

@@ -27,6 +27,7 @@ from core.record import events as ev
 from core.record import layout
 from core.record.session import SessionWriter
 from core.record.state import RunState
+from tests.support.scripted_decision import scripted_decision
 
 # name -> (kind, baseline value, locked, choices/None)
 SCHEMA: dict[str, tuple[str, Any, bool]] = {
@@ -419,14 +420,7 @@ class ScriptedEngine:
                                       ("CUDA out of memory" if outcome == "oom" else "aborted by the user"),
                                       metrics={"val_bpb": val} if val is not None else {}))
         await self._tick()
-        if n == 0:
-            decision = "baseline"
-        elif outcome == "cancelled":
-            decision = "cancelled"
-        elif val is None:
-            decision = "crash"
-        else:
-            decision = "keep" if best is not None and val < best else "discard"
+        decision = scripted_decision(n, outcome, val, best)
         if decision in ("baseline", "keep"):
             self.values = new_values
         mech_calls = {name: {"shape_prompt": 1, "observe": 1} for name in self.state.mechanisms}

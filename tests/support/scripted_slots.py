@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.record import events as ev
 from core.record import layout
+from tests.support.scripted_decision import scripted_decision
 
 if TYPE_CHECKING:
     from tests.support.scripted_engine import ScriptedEngine
@@ -275,14 +276,7 @@ class SlotRunner:
                                    reason=reason, error_tail=tail, node=trial.node,
                                    failure="script" if outcome == "oom" else "",
                                    metrics={"val_bpb": val} if val is not None else {}))
-        if n == 0:
-            decision = "baseline"
-        elif outcome == "cancelled":
-            decision = "cancelled"
-        elif val is None:
-            decision = "crash"
-        else:
-            decision = "keep" if best is not None and val < best else "discard"
+        decision = scripted_decision(n, outcome, val, best)
         acceptance: dict[str, Any] = {}
         if n and val is not None and best is not None:
             acceptance = {"rule": "min_delta", "best": best, "val_bpb": val, "threshold": 0.0, "target": best,

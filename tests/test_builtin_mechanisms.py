@@ -18,6 +18,7 @@ from mechanisms.base import Mechanism, Modify, SearchState, Veto
 from mechanisms.selection import choose_builtin
 from mechanisms.contract import ContractError, check_local
 from mechanisms.tabu import within_tolerance
+from tests.support.patience import patience
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_BPB = 1.0
@@ -393,7 +394,7 @@ def test_importing_mechanisms_does_not_import_core() -> None:
     code = ("import sys, mechanisms, mechanisms.selection\n"
             "loaded = [m for m in sys.modules if m == 'core' or m.startswith('core.')]\n"
             "assert not loaded, loaded\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=patience(30))
     assert done.returncode == 0, done.stderr
     assert mechanisms.__doc__
 

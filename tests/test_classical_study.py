@@ -70,7 +70,7 @@ def test_a_study_resumed_after_kill_9_continues_every_group_where_it_stopped(tmp
             assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait(timeout=patience(30))
     finally:
         if proc.poll() is None:
             proc.kill()

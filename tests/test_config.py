@@ -8,6 +8,7 @@ import pytest
 from core.record import config
 from core.cli import main
 from core.record.config import ConfigError
+from tests.support.patience import patience
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -163,7 +164,7 @@ def test_a_non_utf8_config_gives_no_traceback_in_a_real_process(tmp_path):
     p = tmp_path / "exp.toml"
     p.write_bytes(b"name = \"x\"\n\xff\xfe\n")
     proc = subprocess.run([sys.executable, "-m", "core.cli", "run", str(p), "--headless"], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=patience(120))
     assert proc.returncode == 2 and f"{p}:2: not UTF-8" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -12,6 +12,7 @@ from core.record.state import fold
 from tests.conftest import fast_config, run_engine
 from tests.support.cli import start_bilevel, write_fast_config
 from tests.support.scripted_engine import Plan, record_session
+from tests.support.patience import patience
 from tui.app import BilevelApp
 from tui.sources import ReplaySource
 from tui.widgets.header import StatusHeader
@@ -91,18 +92,18 @@ def test_a_failed_runs_error_tail_is_in_the_fold(tmp_path: Path):
 def test_resume_with_iterations_then_a_plain_resume_keeps_the_new_budget(tmp_path: Path):
     cfg = write_fast_config(tmp_path, name="budget", iterations=1)
     run = start_bilevel("run", str(cfg), "--headless", cwd=tmp_path)
-    run.communicate(timeout=120)
+    run.communicate(timeout=patience(120))
     assert run.returncode == 0
     session = next((tmp_path / "sessions").iterdir())
     more = start_bilevel("resume", str(session), "--headless", "--iterations", "2", cwd=tmp_path)
-    more.communicate(timeout=120)
+    more.communicate(timeout=patience(120))
     assert more.returncode == 0
     changes = [e for e in _events(session) if isinstance(e, ev.BudgetChanged)]
     assert [(c.iterations, c.source) for c in changes] == [(2, "resume")]
     assert fold(_events(session)).iterations_budget == 2
     # a plain resume remembers 2: the session is complete at 2 iterations, not at the config's 1
     again = start_bilevel("resume", str(session), "--headless", cwd=tmp_path)
-    _, err = again.communicate(timeout=120)
+    _, err = again.communicate(timeout=patience(120))
     assert again.returncode == 2 and "complete (2 iterations)" in err
     assert Engine.resume(session).cfg.budget.iterations == 2
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.import_graph import cycles, import_graph, imported_names, module_files
+from tests.support.patience import patience
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "tui", "mechanisms", "baseline")
@@ -27,7 +28,7 @@ def _lint_imports(project: Path) -> subprocess.CompletedProcess[str]:
     if found is None:
         pytest.fail("lint-imports is missing: install the test extra (pip install -e '.[test]')")
     env = {**os.environ, "PYTHONPATH": str(project)}
-    return subprocess.run([found, "--no-cache"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([found, "--no-cache"], cwd=project, env=env, capture_output=True, text=True, timeout=patience(300))
 
 
 def test_layer_contracts_hold() -> None:

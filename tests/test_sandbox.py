@@ -571,7 +571,7 @@ def test_a_spinning_worker_dies_with_the_engine(tmp_path: Path) -> None:
             os._exit(0)  # the engine dies without cleaning up
         asyncio.run(main())
     ''')
-    out = subprocess.run([sys.executable, "-c", engine], capture_output=True, text=True, timeout=60,
+    out = subprocess.run([sys.executable, "-c", engine], capture_output=True, text=True, timeout=patience(60),
                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONPATH": str(
                              Path(__file__).resolve().parents[1])})
     pid = int(out.stdout.split()[0])

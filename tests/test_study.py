@@ -72,7 +72,7 @@ def test_a_study_killed_midway_resumes_unfinished_members_and_starts_missing_one
     assert not (study_dir / "B-r1").exists()
 
     again = start_bilevel("resume", str(study_dir), "--headless", cwd=tmp_path)
-    out, err = again.communicate(timeout=120)
+    out, err = again.communicate(timeout=patience(120))
     assert again.returncode == 0, err
     assert events_of(study_dir / "A-r1") == first_before  # a finished member is left alone
     resumed = events_of(study_dir / "A-r2")
@@ -95,7 +95,7 @@ def test_ctrl_c_stops_the_study_cleanly_with_exit_130_and_it_stays_resumable(tmp
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=patience(30))
     assert proc.returncode == 130 and "bilevel resume" in err
     study_dir = the_study(tmp_path)
     last = events_of(study_dir / "A-r1")[-1]

@@ -13,6 +13,7 @@ from core.record import config
 from core.record.study import Study, StudyError
 from core.services.script import TrainScript
 from core.services.trainer import parse_metrics
+from tests.support.patience import patience
 
 REFERENCE = surrogate.hyperparameters()
 
@@ -95,7 +96,7 @@ def test_a_batch_that_does_not_divide_is_a_configuration_error():
 def run_script(tmp_path, text, seed="3"):
     path = tmp_path / "surrogate.py"
     path.write_text(text)
-    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=patience(60),
                           env={"BILEVEL_SEED": seed, "PATH": "/usr/bin:/bin"})
 
 

@@ -14,8 +14,8 @@ from core.services.trainer import Outcome, run_training
 from core.services.warm_worker import WarmPool, warm_plan
 from tests.test_workload import TRAIN_PY, with_constants
 
-# A budget no step fits in: exactly the untimed step plus one on the CPU, whatever the machine's
-# speed, so two runs of one config take the same steps and must give the same numbers.
+# A budget no step fits in: exactly one step on the CPU (no untimed steps there), whatever the
+# machine's speed, so two runs of one config take the same steps and must give the same numbers.
 ONE_STEP_BUDGET = 0.001
 TIMING = ("training_seconds", "total_seconds")
 

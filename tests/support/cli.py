@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.patience import patience
+
 ROOT = Path(__file__).resolve().parents[2]
 QUADRATIC = ROOT / "tests" / "fixtures" / "scripts" / "quadratic_train.py"
 
@@ -23,7 +25,7 @@ def start_bilevel(*args: str, cwd: Path, env: dict | None = None) -> subprocess.
 def run_bilevel(*args: str, cwd: Path, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     """`bilevel ARGS` to completion."""
     return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env=_env(env), timeout=timeout)
+                          env=_env(env), timeout=patience(timeout))
 
 
 def write_fast_config(folder: Path, *, name: str = "t", iterations: int = 3, script: Path = QUADRATIC,

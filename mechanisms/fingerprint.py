@@ -45,8 +45,7 @@ def _digest(text: str) -> str:
 
 def canonical(value: Any) -> str:
     """JSON text of plain data, the same for equal data however it was built."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
-                      default=repr)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=repr)
 
 
 # --- the source ---------------------------------------------------------------------------------
@@ -229,24 +228,41 @@ class Behaviour:
     calls: int
 
 
-_PLANS: dict[str, list] = {}  # by schema: the plan is rebuilt only when the schema changes
+_PLANS: dict[str, tuple[list, str]] = {}  # by schema: the plan and its digest, rebuilt when the schema changes
 
 
 def probe_set(schema: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, list[tuple[str, list[Any]]]]]:
     """Each probe's name and calls (the same list for the same schema: do not change it)."""
+    return _plan(schema)[0]
+
+
+def _plan(schema: Mapping[str, Mapping[str, Any]]) -> tuple[list, str]:
     key = canonical(schema)
-    plan = _PLANS.get(key)  # a local: built-ins are probed in a thread, which may clear the cache meanwhile
-    if plan is None:
+    found = _PLANS.get(key)  # a local: built-ins are probed in a thread, which may clear the cache meanwhile
+    if found is None:
         plan = [(probe.name, probe_calls(probe, schema)) for probe in probes(schema)]
+        found = (plan, _digest(canonical(plan)))
         if len(_PLANS) >= 8:
             _PLANS.clear()
-        _PLANS[key] = plan
-    return plan
+        _PLANS[key] = found
+    return found
 
 
-def _behaviour(plan: list[tuple[str, list[tuple[str, list[Any]]]]], outputs: list[list[Any]]) -> Behaviour:
-    return Behaviour(_digest(canonical(plan)), tuple(_digest(canonical(o)) for o in outputs),
-                     sum(len(calls) for _, calls in plan))
+class _Answers:
+    """One probe's answers, hashed as they come: a mechanism's large replies are never all kept."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def add(self, value: Any) -> None:
+        try:
+            text = canonical(value)
+        except (TypeError, ValueError, RecursionError):
+            text = '{"$unhashable":true}'
+        self._hash.update(text.encode("utf-8") + b"\n")
+
+    def digest(self) -> str:
+        return self._hash.hexdigest()[:16]
 
 
 class ProbeFailed(Exception):
@@ -260,8 +276,8 @@ async def probe_worker(worker: Any, source: str, module_name: str, schema: Mappi
     recorded as such."""
     from mechanisms.worker_client import HookError, WorkerFailed
 
-    plan = probe_set(schema)
-    outputs: list[list[Any]] = []
+    plan, plan_digest = _plan(schema)
+    digests = []
     for name, calls in plan:
         try:
             info = await worker.load(source, module_name, import_timeout_s)
@@ -269,34 +285,34 @@ async def probe_worker(worker: Any, source: str, module_name: str, schema: Mappi
             raise ProbeFailed(f"reloading it for probe {name!r}: {exc}") from None
         if not info.get("ok"):
             raise ProbeFailed(f"reloading it for probe {name!r} failed: {str(info.get('error'))[:300]}")
-        out: list[Any] = []
+        answers = _Answers()
         for hook, args in calls:
             try:
-                out.append(await worker.call(hook, args, hook_timeout_s))
+                answers.add(await worker.call(hook, args, hook_timeout_s))  # decoded by us from its JSON
             except HookError:
-                out.append(_RAISED)
+                answers.add(_RAISED)
             except WorkerFailed as exc:
                 raise ProbeFailed(f"probe {name!r}, {hook}: {exc}") from None
-        outputs.append(out)
-    return _behaviour(plan, json.loads(canonical(outputs)))
+        digests.append(answers.digest())
+    return Behaviour(plan_digest, tuple(digests), sum(len(calls) for _, calls in plan))
 
 
 def probe_builtin(make: Callable[[], Any], schema: Mapping[str, Mapping[str, Any]]) -> Behaviour:
     """The behaviour of a built-in (our own code, run here): a fresh instance per probe, its values put in
     wire form as the worker would send them."""
-    plan = probe_set(schema)
-    outputs: list[list[Any]] = []
+    plan, plan_digest = _plan(schema)
+    digests = []
     for _, calls in plan:
         instance = make()
-        out: list[Any] = []
+        answers = _Answers()
         for hook, args in calls:
             args = json.loads(canonical(args))  # fresh data per call, as the worker decodes it
             try:
-                out.append(to_wire(hook, getattr(instance, hook)(state_from_wire(args[0]), *args[1:])))
+                answers.add(to_wire(hook, getattr(instance, hook)(state_from_wire(args[0]), *args[1:])))
             except Exception:  # noqa: BLE001 - that it raised is part of its behaviour
-                out.append(_RAISED)
-        outputs.append(out)
-    return _behaviour(plan, json.loads(canonical(outputs)))
+                answers.add(_RAISED)
+        digests.append(answers.digest())
+    return Behaviour(plan_digest, tuple(digests), sum(len(calls) for _, calls in plan))
 
 
 # --- the verdict ---------------------------------------------------------------------------------

@@ -150,3 +150,26 @@ def test_duplicate_of_names_the_active_mechanism_and_how_it_is_the_same() -> Non
     assert duplicate_of(Identity("another", None), {"tabu": tabu}) == ("", "")
     other_probes = probe_builtin(Tabu, {k: v for k, v in SCHEMA.items() if k != "ADAM_BETAS"})
     assert duplicate_of(Identity("another", other_probes), {"tabu": tabu}) == ("", "")  # other probes: no verdict
+
+
+def test_a_mechanism_that_hangs_on_a_probe_passes_validation_without_a_fingerprint(tmp_path) -> None:
+    hangs = EXACT_TABU.replace("for r in state.records:", "while len(state.records) > 20:\n"
+                               "            pass\n        for r in state.records:")
+    report = validate(hangs, records=[], schema=SCHEMA, workdir=tmp_path, isolation="process",
+                      import_timeout_s=20.0, hook_timeout_s=0.5)
+    assert report.ok and report.behaviour is None
+    assert "did not finish within 0.5 s" in report.behaviour_note
+    assert "Behaviour fingerprint: none (the probes could not finish" in report.to_markdown()
+
+
+def test_large_answers_are_fingerprinted_like_any_other(tmp_path) -> None:
+    loud = textwrap.dedent('''
+        from mechanisms.base import Mechanism
+
+
+        class Loud(Mechanism):
+            def shape_prompt(self, state, prompt):
+                return "x" * 200_000 + str(len(state.records))
+    ''')
+    quiet = loud.replace('"x" * 200_000 + ', "")
+    assert report_of(loud, tmp_path / "loud").behaviour.digests != report_of(quiet, tmp_path / "q").behaviour.digests

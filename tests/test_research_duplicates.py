@@ -153,16 +153,30 @@ async def test_a_refactor_that_behaves_like_the_active_mechanism_is_not_offered_
     assert "repeat_guard" not in activated and "trial_counter" in activated
 
 
-async def test_the_research_pane_shows_why_a_duplicate_was_not_offered(tmp_path, monkeypatch):
+async def test_the_app_shows_why_a_duplicate_was_not_offered(tmp_path, monkeypatch):
+    from tui.app import BilevelApp
     from tui.model import ViewModel
+    from tui.sources import ReplaySource
+    from tests.test_tui_patches import select
 
     with ScriptedOpenAI(responder=ToldItIsADuplicate([TABU_COPY, GOOD_TABU])) as server:
-        _, rec = await run_engine(slow_config(tmp_path, server, monkeypatch, **{"search.mechanisms": ["tabu"],
-                                                                               "budget.iterations": 4}))
+        engine, rec = await run_engine(slow_config(tmp_path, server, monkeypatch, **{"search.mechanisms": ["tabu"],
+                                                                                    "budget.iterations": 4}))
+    first = rec.of(ev.ResearchStarted)[0].research_id
     model = ViewModel()
     for e in rec.events:
         model.apply(e)
-    first = rec.of(ev.ResearchStarted)[0].research_id
     shown = "".join(text for _, text in model.research[first].segments)
     assert "✗ novelty: identical in source to active mechanism `tabu`" in shown
     assert "FAILED — The mechanism failed the novelty check: identical in source" in shown
+    app = BilevelApp(ReplaySource(engine.dir, follow=False), deterministic=True)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await app.caught_up()
+        await pilot.press("4", "z")
+        pane = await select(app, pilot, f"mech-{first}-1")
+        pane.query_one("#patch-report-scroll").scroll_end(animate=False)
+        await pilot.pause()
+        await pilot.pause()
+        text = app.screen_text()
+    assert pane._shown[0] == f"mech-{first}-1"
+    assert "novelty  failed" in text and "identical in source to active mechanism tabu" in text

@@ -12,13 +12,14 @@ Two keys, neither of which runs generated code in the engine's process:
   the same wire form. Only text we produced (canonical JSON) is compared, never a value of
   the mechanism's through its own ``__eq__`` or ``__hash__``.
 
-The probes are made to separate mechanisms: several traces (improving, repeating itself,
-stuck on one parameter, two-parameter changes near earlier ones, a long run with frozen
-parameters and guidance in which every parameter is tried at least twice and the mechanism
-is attached late), and after each trace a fixed set of questions — repeats of recent and
-old changes, a near-repeat, a new change, a two-parameter change, an empty one, and
-results better, worse and level with the best. Each probe starts a fresh
-instance, so a mechanism's memory of one probe cannot leak into the next.
+The probes are made to separate mechanisms: several traces (improving, with a crash, a
+cancelled run and a rejected proposal on the way; repeating itself; stuck on one
+parameter; two-parameter changes near earlier ones; a long run with frozen parameters and
+guidance in which every parameter is tried at least twice and the mechanism is attached
+late), and after each trace a fixed set of questions: repeats of recent and old changes,
+a near-repeat, a new change, a two-parameter change, an empty one, and results better,
+worse and level with the best. Each probe starts a fresh instance, so a mechanism's memory
+of one probe cannot leak into the next.
 
 :func:`duplicate_of` says which active mechanism a candidate duplicates, in words fit for
 the validation report and for the model. Standard library only.
@@ -147,7 +148,7 @@ def probes(schema: Mapping[str, Mapping[str, Any]]) -> list[Probe]:
     climbing = _trace(schema, [(ch((0, 1)), "keep", 0.98), (ch((1, 1)), "discard", 0.99),
                                (ch((0, 2)), "keep", 0.97), (ch((2, 1)), "crash", None),
                                (ch((1, 2)), "discard", 0.975), (ch((2, 2)), "cancelled", None),
-                               (ch((0, 3)), "keep", 0.96)])
+                               (ch((1, 3)), "rejected", None), (ch((0, 3)), "keep", 0.96)])
     repeats = _trace(schema, [(ch((0, 1)), "discard", 1.01), (ch((1, 1)), "discard", 1.02),
                               (ch((0, 1)), "discard", 1.01), (ch((0, 2)), "keep", 0.99)]
                      + [(ch((2, k)), "discard", 0.995 + 0.001 * k) for k in range(1, 6)]

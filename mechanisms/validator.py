@@ -357,6 +357,8 @@ async def probe_source(source: str, module_name: str, schema: dict[str, dict], *
                                             env_names=worker_env, import_timeout_s=import_timeout_s)
     except WorkerFailed as exc:
         return None, f"its worker could not load it: {exc}"
+    except OSError as exc:  # no process could be started: say so, the comparison goes on by source
+        return None, f"its worker could not start: {exc}"
     if not info["ok"]:
         return None, f"its worker could not load it: {info['error'][:300]}"
     try:

@@ -89,7 +89,7 @@ async def test_a_reworded_copy_of_an_active_builtin_is_not_offered_and_the_model
     scripted = ToldItIsADuplicate([TABU_COPY, GOOD_TABU])
     with ScriptedOpenAI(responder=scripted) as server:
         engine, rec = await run_engine(slow_config(tmp_path, server, monkeypatch, **{"search.mechanisms": ["tabu"],
-                                                                                     "budget.iterations": 6}))
+                                                                                     "budget.iterations": 8}))
     first = rec.of(ev.ResearchStarted)[0].research_id
     copy, other = validations(rec, first)[:2]
     assert not copy.ok and copy.duplicate_of == "tabu"

@@ -14,9 +14,10 @@ the LLM for a repair:
    and then every hook are called against the recorded trace, each under
    ``hook_timeout_s``, and every value is checked against :mod:`mechanisms.contract`.
 
-After a passing dry run the same worker runs the fixed probes of :mod:`mechanisms.fingerprint`
-(a fresh instance each), and the report keeps the module's source key and behaviour, so the
-caller can refuse a mechanism identical to one already active.
+The report keeps the module's source key and, after a passing dry run (unless ``probe`` is
+off), its behaviour on the fixed probes of :mod:`mechanisms.fingerprint`, run in the same
+worker on a fresh instance each, so the caller can refuse a mechanism identical to one
+already active. Probes that cannot finish leave no behaviour and a note; they fail nothing.
 
 Replay: ``on_attach`` sees the leading baseline record(s); then, for each later record,
 the hooks see the trace before it, as the inner loop would. A synthetic baseline and
@@ -246,8 +247,7 @@ def replay_state(records: list[dict], schema: dict[str, dict], upto: int, iterat
             best = r["val_bpb"]
             best_values = dict(r.get("values") or {})
     return SearchState(iteration=iteration, records=prefix, schema=copy.deepcopy(schema) if fresh else schema,
-                       best_values=best_values,
-                       best_val_bpb=best, baseline_val_bpb=baseline)
+                       best_values=best_values, best_val_bpb=best, baseline_val_bpb=baseline)
 
 
 def _result(record: dict) -> dict[str, Any]:

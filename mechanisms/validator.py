@@ -14,6 +14,11 @@ the LLM for a repair:
    and then every hook are called against the recorded trace, each under
    ``hook_timeout_s``, and every value is checked against :mod:`mechanisms.contract`.
 
+The report keeps the module's source key and, after a passing dry run (unless ``probe`` is
+off), its behaviour on the fixed probes of :mod:`mechanisms.fingerprint`, run in the same
+worker on a fresh instance each, so the caller can refuse a mechanism identical to one
+already active. Probes that cannot finish leave no behaviour and a note; they fail nothing.
+
 Replay: ``on_attach`` sees the leading baseline record(s); then, for each later record,
 the hooks see the trace before it, as the inner loop would. A synthetic baseline and
 iteration are added when the trace lacks them, so every hook is called at least once.
@@ -33,6 +38,7 @@ from typing import Any, Iterable, Optional
 
 from mechanisms.base import SearchState
 from mechanisms.contract import ContractError, check, safe_name, state_to_wire
+from mechanisms.fingerprint import Behaviour, ProbeFailed, probe_worker, source_key
 from mechanisms.isolation import refusal
 from mechanisms.policy import _policy_violations
 from mechanisms.worker_client import HookError, Worker, WorkerFailed, open_mechanism
@@ -62,6 +68,9 @@ class ValidationReport:
     #: The module file the import and dry run used (absent when parse or policy failed).
     module_path: Optional[str] = None
     isolation: str = ""  # the wall the worker ran behind
+    source_key: Optional[str] = None  # see mechanisms.fingerprint.source_key
+    behaviour: Optional[Behaviour] = None  # the hooks' answers to the probes (after a passing dry run)
+    behaviour_note: str = ""  # why there is no behaviour, when the probes could not finish
 
     def failure(self) -> str:
         """The first failing step's reason as one paragraph, fit to send back for a repair."""
@@ -86,6 +95,12 @@ class ValidationReport:
             lines += ["", f"Isolation: {self.isolation}"]
         if self.hooks:
             lines += ["", "Hooks: " + ", ".join(f"`{h}`" for h in self.hooks)]
+        if self.behaviour is not None:
+            b = self.behaviour
+            lines += ["", f"Behaviour fingerprint: {len(b.digests)} probes, {b.calls} hook calls (probe set "
+                          f"`{b.probe_set}`)"]
+        elif self.behaviour_note:
+            lines += ["", f"Behaviour fingerprint: none ({self.behaviour_note})"]
         if self.missing_packages:
             lines += ["", "Missing packages: " + ", ".join(f"`{p}`" for p in self.missing_packages)]
         if self.violations:
@@ -102,11 +117,13 @@ async def validate_async(source: str, *, records: list[dict], schema: dict[str, 
                          allow_imports: Iterable[str] = (), import_timeout_s: float = 20.0,
                          hook_timeout_s: float = 2.0, workdir: Path, module_name: Optional[str] = None,
                          dry_run_timeout_s: Optional[float] = None, isolation: str = "strict",
-                         worker_env: Iterable[str] = ()) -> ValidationReport:
+                         worker_env: Iterable[str] = (), probe: bool = True) -> ValidationReport:
     """Check generated mechanism code in four steps; see the module docstring.
 
     The module is written to ``workdir/<module_name>.py`` (default: a name from the source's
     hash). ``dry_run_timeout_s`` bounds all hook calls together (default: ``import_timeout_s``).
+    ``probe``: fingerprint its behaviour after a passing dry run (a caller with nothing to
+    compare it with skips that).
     """
     allow = tuple(allow_imports)
     steps: list[Step] = []
@@ -122,6 +139,7 @@ async def validate_async(source: str, *, records: list[dict], schema: dict[str, 
         steps.append(Step("parse", False, f"syntax error at {where}: {exc.msg}{text}", time.monotonic() - started))
         return report
     steps.append(Step("parse", True, f"{len(source.splitlines())} lines", time.monotonic() - started))
+    report.source_key = source_key(source)
 
     started = time.monotonic()
     found = _policy_violations(tree, source, allow)
@@ -171,18 +189,34 @@ async def validate_async(source: str, *, records: list[dict], schema: dict[str, 
     replay = Replay(worker, records, schema, hook_timeout_s)
     budget = dry_run_timeout_s if dry_run_timeout_s is not None else import_timeout_s
     try:
-        detail = await asyncio.wait_for(replay.run(), budget)
-        ok = True
-    except DryRunFailed as exc:
-        detail, ok = str(exc), False
-    except asyncio.TimeoutError:
-        detail, ok = (f"the dry run did not finish within {budget:g} s (at {replay.current}); hooks must be fast"),\
-            False
+        try:
+            detail = await asyncio.wait_for(replay.run(), budget)
+            ok = True
+        except DryRunFailed as exc:
+            detail, ok = str(exc), False
+        except asyncio.TimeoutError:
+            detail, ok = (f"the dry run did not finish within {budget:g} s (at {replay.current}); hooks must be "
+                          "fast"), False
+        steps.append(Step("dry_run", ok, detail, time.monotonic() - started))
+        if ok and probe:
+            report.behaviour, report.behaviour_note = await _probe(worker, source, f"bilevel_mechanism_{name}",
+                                                                   schema, hook_timeout_s, import_timeout_s, budget)
     finally:
         await worker.close()
-    steps.append(Step("dry_run", ok, detail, time.monotonic() - started))
     report.ok = len(steps) == len(STEPS) and all(s.ok for s in steps)
     return report
+
+
+async def _probe(worker: Worker, source: str, module_name: str, schema: dict[str, dict], hook_timeout_s: float,
+                 import_timeout_s: float, budget: float) -> tuple[Optional[Behaviour], str]:
+    """The module's behaviour on the probes, or None and why not (that does not fail the validation)."""
+    try:
+        return await asyncio.wait_for(probe_worker(worker, source, module_name, schema, hook_timeout_s=hook_timeout_s,
+                                                   import_timeout_s=import_timeout_s), budget), ""
+    except ProbeFailed as exc:
+        return None, f"the probes could not finish: {exc}"
+    except asyncio.TimeoutError:
+        return None, f"the probes did not finish within {budget:g} s"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -197,9 +231,12 @@ class DryRunFailed(Exception):
 
 # --- the trace as the hooks see it -------------------------------------------------------------
 
-def replay_state(records: list[dict], schema: dict[str, dict], upto: int, iteration: int) -> SearchState:
-    """A fresh snapshot of the trace's first ``upto`` records, folded like the engine's state."""
-    prefix = copy.deepcopy(records[:upto])
+def replay_state(records: list[dict], schema: dict[str, dict], upto: int, iteration: int, *,
+                 fresh: bool = True) -> SearchState:
+    """A fresh snapshot of the trace's first ``upto`` records, folded like the engine's state.
+
+    ``fresh=False`` shares the records and schema (for a caller that serialises the state at once)."""
+    prefix = copy.deepcopy(records[:upto]) if fresh else records[:upto]
     baseline = best = None
     best_values: dict[str, Any] = {}
     for r in prefix:
@@ -209,8 +246,8 @@ def replay_state(records: list[dict], schema: dict[str, dict], upto: int, iterat
         elif r.get("decision") == "keep" and r.get("val_bpb") is not None:
             best = r["val_bpb"]
             best_values = dict(r.get("values") or {})
-    return SearchState(iteration=iteration, records=prefix, schema=copy.deepcopy(schema), best_values=best_values,
-                       best_val_bpb=best, baseline_val_bpb=baseline)
+    return SearchState(iteration=iteration, records=prefix, schema=copy.deepcopy(schema) if fresh else schema,
+                       best_values=best_values, best_val_bpb=best, baseline_val_bpb=baseline)
 
 
 def _result(record: dict) -> dict[str, Any]:
@@ -305,3 +342,26 @@ class Replay:
         slowest = f"; slowest call: {self.slowest[1]} {self.slowest[0]:.3f} s" if self.slowest[1] else ""
         return (f"{sum(self.calls.values())} hook calls over {iterations} replayed iteration(s){synthetic}: "
                 f"{counts}{slowest}")
+
+
+async def probe_source(source: str, module_name: str, schema: dict[str, dict], *, isolation: str = "strict",
+                       allow_imports: Iterable[str] = (), worker_env: Iterable[str] = (),
+                       import_timeout_s: float = 20.0, hook_timeout_s: float = 2.0) -> tuple[Optional[Behaviour], str]:
+    """The behaviour on the probes of a module already validated (an active one), in a worker of its own;
+    None and why not when it cannot be probed."""
+    refused = refusal(isolation)
+    if refused:
+        return None, refused
+    try:
+        worker, info = await open_mechanism(source, module_name, level=isolation, allow_imports=tuple(allow_imports),
+                                            env_names=worker_env, import_timeout_s=import_timeout_s)
+    except WorkerFailed as exc:
+        return None, f"its worker could not load it: {exc}"
+    except OSError as exc:  # no process could be started: say so, the comparison goes on by source
+        return None, f"its worker could not start: {exc}"
+    if not info["ok"]:
+        return None, f"its worker could not load it: {info['error'][:300]}"
+    try:
+        return await _probe(worker, source, module_name, schema, hook_timeout_s, import_timeout_s, import_timeout_s)
+    finally:
+        await worker.close()

@@ -2,9 +2,11 @@
 
 Four rounds, each one streamed LLM call — explore, critique (JSON selection), specify,
 generate — then validation (parse, policy, import and a dry run of every hook in a
-separate process). A failure goes back to the LLM for a bounded number of repairs;
-after that the mechanism is rejected and nothing changes. A validated mechanism is
-activated at the next iteration boundary (or waits for the user's approval).
+separate process) and a novelty check: a mechanism identical in source or in behaviour
+to one already active (see mechanisms.fingerprint) is not offered. A failure goes back
+to the LLM for a bounded number of repairs (a duplicate is told which mechanism it
+copies); after that the mechanism is rejected and nothing changes. A validated
+mechanism is activated at the next iteration boundary (or waits for the user's approval).
 
 It runs concurrently with the inner loop: it only reads the trace so far, so it adds no
 wall-clock time to the critical path. Offline, a rule chooses a built-in mechanism.
@@ -12,6 +14,7 @@ wall-clock time to the critical path. Offline, a rule chooses a built-in mechani
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import re
 import uuid
@@ -21,6 +24,7 @@ from typing import Any, Sequence
 
 import mechanisms
 from mechanisms import base as mechanism_base
+from mechanisms.fingerprint import Identity, canonical, duplicate_of, probe_builtin, source_key
 from mechanisms.selection import choose_builtin
 
 from core.record import events as ev
@@ -112,6 +116,8 @@ def drop_unfinished_research(state: RunState, emit: Any) -> None:
 class ResearchLevel:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
+        # each active mechanism's identity, by (name, its source, the probes' schema): probed once
+        self._identities: dict[tuple[str, str, str], Identity] = {}
 
     async def run(self, cycle: int, after_iteration: int) -> None:
         """One research session; never raises into the engine (failures are events)."""
@@ -204,14 +210,16 @@ class ResearchLevel:
             allowed=allowed, hook_timeout_s=f"{cfg.level2.hook_timeout_s:g}"))
         for attempt in range(1, cfg.level2.max_repairs + 2):
             source = extract_code(reply)
-            ready, failure = await self._validate(research_id, source, attempt)
+            ready, failure, same_as, why = await self._validate(research_id, source, attempt)
             if ready is not None:
                 return ready
             if attempt > cfg.level2.max_repairs:
                 ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="rejected", name=class_name_of(source),
                                              reason=f"validation failed after {attempt} attempt(s): {failure}"[:2000]))
                 return None
-            reply, _ = await round_("repair", Template(prompts.load("research_repair")).substitute(failure=failure))
+            prompt = (Template(prompts.load("research_duplicate")).substitute(name=same_as, why=why) if same_as
+                      else Template(prompts.load("research_repair")).substitute(failure=failure))
+            reply, _ = await round_("repair", prompt)
         return None
 
     async def _critique(self, research_id: str, round_: Any, candidates: list[str]) -> str:
@@ -241,19 +249,28 @@ class ResearchLevel:
             f"the critique round selected no candidate after {attempts} attempt(s): {problem}")[:2000]))
         return ""
 
-    async def _validate(self, research_id: str, source: str, attempt: int) -> tuple[Ready | None, str]:
+    async def _validate(self, research_id: str, source: str, attempt: int) -> tuple[Ready | None, str, str, str]:
+        """(the mechanism ready to offer, or None and the failure; the active one it duplicates and how,
+        when that is the failure)."""
         from mechanisms.contract import safe_name
-        from mechanisms.validator import validate_async  # the validator starts workers: load it when needed
+        from mechanisms.validator import Step, validate_async  # the validator starts workers: load it when needed
 
         ctx = self.ctx
         cfg = ctx.cfg.level2
         folder = layout.mechanism_folder(research_id, attempt)
         workdir = layout.artifacts_dir(ctx.session_dir) / folder
+        schema = ctx.schema_dicts()  # one schema for the candidate's probes and the active mechanisms'
         # Generated code runs only in the validator's isolated worker; this process sees plain data.
         report = await validate_async(
-            source, records=_records(ctx), schema=ctx.schema_dicts(), allow_imports=cfg.allow_imports,
+            source, records=_records(ctx), schema=schema, allow_imports=cfg.allow_imports,
             import_timeout_s=cfg.import_timeout_s, hook_timeout_s=cfg.hook_timeout_s, workdir=workdir,
-            isolation=cfg.isolation, worker_env=cfg.worker_env)
+            isolation=cfg.isolation, worker_env=cfg.worker_env, probe=bool(ctx.state.mechanisms))
+        same_as = why = ""
+        if report.ok:
+            started = ctx.monotonic()
+            same_as, why = await self._novelty(source, report, schema)
+            report.steps.append(Step("novelty", not same_as, why, ctx.monotonic() - started))
+            report.ok = not same_as
         name = safe_name(report.class_name or class_name_of(source))  # it reaches paths, prompts and the screen
         # The validator wrote the module it checked; that very file is the one activated.
         module = Path(report.module_path) if report.module_path else workdir / f"{name}.py"
@@ -267,12 +284,70 @@ class ResearchLevel:
             research_id=research_id, name=name, attempt=attempt, ok=report.ok,
             failure="" if report.ok else report.failure(),
             steps=[{"name": s.name, "ok": s.ok, "detail": s.detail} for s in report.steps],
-            missing_packages=list(report.missing_packages), source=source_rel, diff=diff_rel, report=report_rel))
+            missing_packages=list(report.missing_packages), source=source_rel, diff=diff_rel, report=report_rel,
+            duplicate_of=same_as))
         if not report.ok:
-            return None, report.failure()
+            return None, report.failure(), same_as, why
         return Ready(research_id, name, "generated", path=module, source_rel=source_rel,
                      description=f"generated by research {research_id}", diff_rel=diff_rel,
-                     report_rel=report_rel), ""
+                     report_rel=report_rel), "", "", ""
+
+    async def _novelty(self, source: str, report: Any, schema: dict[str, Any]) -> tuple[str, str]:
+        """(the active mechanism the validated candidate duplicates, or "", and the novelty step's detail)."""
+        from mechanisms.validator import probe_source
+
+        active = await self._active_identities(schema)
+        if not active:
+            return "", "no mechanism is active"
+        behaviour, behaviour_note = report.behaviour, report.behaviour_note
+        if behaviour is None and not behaviour_note:  # nothing was active when it was validated: probe it now
+            cfg = self.ctx.cfg.level2
+            behaviour, behaviour_note = await probe_source(
+                source, f"bilevel_probe_{safe_module(report.class_name or 'candidate')}", schema,
+                isolation=cfg.isolation, allow_imports=cfg.allow_imports, worker_env=cfg.worker_env,
+                import_timeout_s=cfg.import_timeout_s, hook_timeout_s=cfg.hook_timeout_s)
+        candidate = Identity(report.source_key, behaviour)
+        same_as, why = duplicate_of(candidate, active)
+        if same_as:
+            return same_as, why
+        probes = (f"behaviour on {len(candidate.behaviour.digests)} probes" if candidate.behaviour is not None
+                  else f"behaviour not compared: {behaviour_note}")
+        unprobed = [n for n, i in active.items() if i.behaviour is None]
+        if unprobed and candidate.behaviour is not None:
+            probes += f"; not probed: {', '.join(unprobed)}"
+        return "", f"differs from every active mechanism ({', '.join(active)}) in source and {probes}"
+
+    async def _active_identities(self, schema: dict[str, Any]) -> dict[str, Identity]:
+        """Each active mechanism's source key and behaviour on the probes, probed once per schema."""
+        from mechanisms.validator import probe_source
+
+        ctx = self.ctx
+        cfg = ctx.cfg.level2
+        probes_for = hashlib.sha256(canonical(schema).encode()).hexdigest()[:16]
+        generated = ctx.generated_sources()
+        out: dict[str, Identity] = {}
+        for name, entry in ctx.state.mechanisms.items():
+            builtin = mechanisms.BUILTINS.get(name) if entry.origin != "generated" else None
+            source = (inspect.getsource(inspect.getmodule(builtin)) if builtin is not None
+                      else generated.get(name))
+            if source is None:
+                continue  # its module is gone: nothing to compare with
+            key = (name, hashlib.sha256(source.encode()).hexdigest(), probes_for)
+            if key not in self._identities:
+                if builtin is not None:  # our own code: probed here, in a thread (cmaes_hint takes a while)
+                    try:
+                        behaviour = await asyncio.to_thread(probe_builtin, builtin, schema)
+                    except Exception:  # noqa: BLE001 - without a fingerprint only its source is compared
+                        behaviour = None
+                else:  # generated: probed in a worker of its own, like any generated code
+                    behaviour, _ = await probe_source(
+                        source, f"bilevel_probe_{safe_module(name)}", schema, isolation=cfg.isolation,
+                        allow_imports=cfg.allow_imports, worker_env=cfg.worker_env,
+                        import_timeout_s=cfg.import_timeout_s, hook_timeout_s=cfg.hook_timeout_s)
+                self._identities = {k: v for k, v in self._identities.items() if k[2] == probes_for}
+                self._identities[key] = Identity(source_key(source), behaviour)
+            out[name] = self._identities[key]
+        return out
 
     def _active_sources(self) -> str:
         ctx = self.ctx
@@ -290,6 +365,11 @@ class ResearchLevel:
         lines = [f"- cycle {d.cycle}: froze {d.freeze or 'nothing'}, unfroze {d.unfreeze or 'nothing'}; "
                  f"guidance: {d.guidance[:200]}" for d in self.ctx.state.strategy]
         return "\n".join(lines) or "(none)"
+
+
+def safe_module(name: str) -> str:
+    """A mechanism's name fit for a module name."""
+    return re.sub(r"\W", "_", name)
 
 
 def _records(ctx: RunContext) -> list[dict[str, Any]]:

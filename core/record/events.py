@@ -495,6 +495,7 @@ class MechanismValidated(Event, tag="mechanism_validated"):
     source: str = ""  # artifact: the module
     diff: str = ""  # artifact: diff against the previous active set
     report: str = ""  # artifact: the validation report (Markdown)
+    duplicate_of: str = ""  # the active mechanism it is identical to (in source or behaviour): then not offered
 
 
 class MechanismPending(Event, tag="mechanism_pending"):

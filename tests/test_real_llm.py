@@ -190,9 +190,8 @@ async def test_without_structured_output_the_same_model_is_rejected_with_its_rea
     assert not rec.of(ev.TrainingStarted)[1:]  # only the baseline trained
 
 
-@pytest.mark.xfail(strict=True, reason="llama-cpp-python reports a context overflow inside a 200 stream, which "
-                   "the client reads as a dropped connection: the streamed endpoint check misses it")
 async def test_a_context_too_small_stops_the_run_before_the_baseline_trains(tmp_path, llama_server):
+    # streamed, llama-cpp-python reports the overflow inside a 200 stream; the check is never streamed
     engine, rec = await run_engine(real_config(tmp_path, llama_server, **{"search.history_tokens": 2 * N_CTX}))
     assert engine.state.status == "failed" and "context window is too small" in engine.state.finished.reason
     assert not rec.of(ev.TrainingStarted)
@@ -204,9 +203,3 @@ async def test_a_wrong_key_stops_the_run_before_the_baseline_trains(tmp_path, ll
     assert engine.state.status == "failed" and "401" in engine.state.finished.reason
     assert not rec.of(ev.TrainingStarted)
 
-
-async def test_unstreamed_a_context_too_small_stops_the_run_before_the_baseline_trains(tmp_path, llama_server):
-    engine, rec = await run_engine(real_config(tmp_path, llama_server, **{"search.history_tokens": 2 * N_CTX,
-                                                                          "endpoint.stream": False}))
-    assert engine.state.status == "failed" and "context window is too small" in engine.state.finished.reason
-    assert not rec.of(ev.TrainingStarted)

@@ -154,3 +154,9 @@ def test_a_path_that_leaves_the_source_folder_is_refused_before_anything_is_writ
     with pytest.raises(build.BuildError, match="would not stay inside"):
         build.extract_sources(hostile, tmp_path / "src")
     assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "src").exists()
+
+
+def test_ci_runs_the_readmes_test_command_which_builds_the_server_before_pytest():
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci in (ROOT / "README.md").read_text()
+    assert ci.index("tests/support/build_llama_server.py") < ci.index("-m pytest")

@@ -38,6 +38,8 @@ GARBAGE = '{"changes": {"LEARNING_RATE": 0.03}, "hypothesis": "a lower learning 
 FORCED = GARBAGE.replace("LEARNING_RATE", "LR")  # what the schema leaves the model to write
 BOTH_LEVELS = ('{"changes": {"LR": 0.08}, "hypothesis": "a higher rate", "freeze": [], "keep": {}, '
                '"guidance": "try WARMDOWN_RATIO next"}')  # LR 0.08 is worse than the script's 0.04
+LONG = ('{"changes": {"LR": 0.03}, "hypothesis": "one two three four five six seven eight nine ten eleven '
+        'twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty"}')  # more than 16 tokens
 N_CTX = 8192
 KEY_ENV = "BILEVEL_TEST_LLAMA_SERVER_KEY"
 KEY = "llama-server-test-key"
@@ -72,6 +74,12 @@ def garbage_server(tmp_path_factory: pytest.TempPathFactory, key_in_env):
 @pytest.fixture(scope="module")
 def both_levels_server(tmp_path_factory: pytest.TempPathFactory, key_in_env):
     with _llama_server(tmp_path_factory.mktemp("llama-both"), BOTH_LEVELS) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def long_server(tmp_path_factory: pytest.TempPathFactory, key_in_env):
+    with _llama_server(tmp_path_factory.mktemp("llama-long"), LONG) as server:
         yield server
 
 
@@ -171,9 +179,9 @@ async def test_level1_through_the_engine_keeps_the_proposal_the_schema_made_vali
     assert all(r.finish_reason == "stop" for r in rec.of(ev.LLMResponse)[1:])  # after the endpoint check
 
 
-async def test_a_reply_cut_off_at_length_is_recorded_and_reasked(tmp_path, garbage_server):
-    engine, rec = await run_engine(real_config(tmp_path, garbage_server, **{
-        "budget.iterations": 1, "endpoint.max_tokens": 3, "search.max_reasks": 1}))
+async def test_a_reply_cut_off_at_length_is_recorded_and_reasked(tmp_path, long_server):
+    engine, rec = await run_engine(real_config(tmp_path, long_server, **{
+        "budget.iterations": 1, "endpoint.max_tokens": 16, "search.max_reasks": 1}))
     inner = [r for r in rec.of(ev.LLMResponse) if r.level == "inner"]
     assert [r.finish_reason for r in inner] == ["length", "length", "length"]  # the check, the ask, the re-ask
     assert [r.kind for r in rec.of(ev.ProposalRejected)] == ["truncated", "truncated"]

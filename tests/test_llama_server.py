@@ -5,9 +5,10 @@ The models (tests/support/tiny_gguf.py) always answer one text. GARBAGE is an un
 proposal (a parameter the script does not have) with the right name as its runner-up: only the
 ``json_schema`` llama-server enforces turns it into a valid proposal. BOTH_LEVELS answers a
 proposal that makes the score worse together with a Level 1.5 answer that names nothing, so the
-same discarded change comes back until the freeze rule stops it. Every other assertion is about
-what the real server does with our requests: streaming and usage, finish_reason, its error
-statuses, its context limit, its key check.
+same discarded change comes back until the freeze rule stops it. LONG answers more than the
+smallest max_tokens allows. Every other assertion is about
+what the real server does with our requests: the schemas it compiles, streaming and usage,
+finish_reason, its error statuses, its context limit, its key check.
 
 Skips, with the reason, only when no llama-server binary is there.
 """
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from core.levels.reply_schemas import proposal_schema
+from core.levels.reply_schemas import critique_schema, proposal_schema, proposals_schema, strategy_schema
 from core.record import events as ev
 from core.record import layout
 from core.run.doctor import run_checks
-from core.services.llm import LLMClient, LLMError, context_exceeded, probe_messages
+from core.services.llm import PROBE_SCHEMA, LLMClient, LLMError, context_exceeded, probe_messages
 from core.services.schema import infer_schema
 from core.services.script import TrainScript
 from tests.conftest import QUADRATIC, llm_config, run_engine
@@ -125,6 +126,27 @@ async def test_json_schema_turns_the_models_unusable_answer_into_a_valid_proposa
     assert unconstrained.content == GARBAGE  # any JSON will do: the unknown parameter gets through
     assert client.structured_mode == "json_schema"  # llama-server takes json_schema as it is
     assert constrained.content == FORCED
+
+
+EVERY_KIND = infer_schema(TrainScript.parse('LR = 0.04\nWINDOW = (128, 0.5)\nUSE_BIAS = True\nACT = "relu"\n'
+                                             'DEPTH = 4\nBATCH_SIZE = 2**10\n'), locked=[])
+SCHEMAS_WE_SEND = {
+    "endpoint check": PROBE_SCHEMA,
+    "level 1, every kind of value": proposal_schema(EVERY_KIND, frozen=[]),
+    "level 1, parallel trials": proposals_schema(EVERY_KIND, frozen=["ACT"], k=2),
+    "level 1.5": strategy_schema(["LR", "DEPTH"], ["ACT"]),
+    "level 1.5, nothing to freeze": strategy_schema([], []),
+    "critique": critique_schema(["tabu", "bandit"]),
+    "critique, no candidates known": critique_schema([]),
+}
+
+
+@pytest.mark.parametrize("schema", SCHEMAS_WE_SEND.values(), ids=SCHEMAS_WE_SEND.keys())
+async def test_every_schema_a_level_sends_compiles_on_llama_server(garbage_server, schema):
+    # structured = "json_schema": a schema the server could not compile would be an error, not a step down
+    async with client_for(garbage_server, structured="json_schema") as client:
+        result = await client.chat([{"role": "user", "content": "answer"}], json=True, schema=schema, max_tokens=16)
+    assert client.structured_mode == "json_schema" and result.finish_reason in ("stop", "length")
 
 
 async def test_a_schema_the_server_cannot_compile_falls_back_to_plain_json_object(garbage_server):

@@ -3,6 +3,7 @@ its cache and skip logic, its refusals, and the whole configure-build-install pa
 CMake project packed the way the sdist packs llama.cpp."""
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import subprocess
@@ -60,7 +61,30 @@ def test_missing_tools_are_named_and_nothing_is_downloaded(tmp_path):
     assert done.returncode == build.EXIT_MISSING
     for named in ("cmake", "a C++ compiler", "a C compiler", "ninja or make", "apt-get install cmake g++ ninja-build"):
         assert named in done.stderr
-    assert not (tmp_path / "cache").exists()
+    cache = build.cache_folder({"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert [p.name for p in cache.iterdir()] == ["build.lock"]  # no sdist, no work folder
+
+
+def test_a_second_build_waits_for_the_first_and_then_finds_its_binary(tmp_path):
+    target = build.installed_binary({"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    target.parent.mkdir(parents=True)
+    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    environment.pop(build.ENV_VAR, None)
+    with (target.parent / "build.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first build, still running
+        second = subprocess.Popen([sys.executable, str(SCRIPT), "--no-apt"], cwd=ROOT, env=environment,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert "waiting for another build" in second.stdout.readline()
+            fake_binary(target)  # the first build installs its binary and lets go
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            rest = second.stdout.read()
+            assert second.wait(timeout=60) == 0 and "already built" in rest
+        finally:
+            if second.poll() is None:  # it did not wait: no download may outlive the test
+                second.kill()
+                second.wait()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["build.lock", "llama-server"]
 
 
 def test_apt_get_installs_the_tools_only_for_root_where_apt_get_exists():

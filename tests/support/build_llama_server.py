@@ -19,6 +19,8 @@ The standard library only: it runs before anything else is importable.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 VERSION = "0.3.36"
@@ -218,13 +220,35 @@ def main(argv: list[str] | None = None) -> int:
     if _runnable(target):
         print(f"llama-server {VERSION} already built: {target}")
         return EXIT_READY
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target.parent / "build.lock"):
+        if _runnable(target):  # another process built it while this one waited
+            print(f"llama-server {VERSION} already built: {target}")
+            return EXIT_READY
+        return _build(target, args)
 
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """One build at a time per cache folder: two would share, and tear, one work folder."""
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another build of llama-server to finish ({path} is locked)", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(target: Path, args: argparse.Namespace) -> int:
     if missing := ensure_tools(args.no_apt):
         return _say(EXIT_MISSING, f"cannot build llama-server: missing {', '.join(missing)}. Install them "
                                   f"(Debian/Ubuntu: apt-get install {' '.join(APT_PACKAGES)}; macOS: brew install "
                                   f"cmake ninja), or set {ENV_VAR} to a llama-server binary, or {ENV_VAR}=off to "
                                   "skip the llama-server tests.")
-    target.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
         if args.sdist is not None:

@@ -13,6 +13,7 @@ Debian-like system (apt-get present) it installs them first with
 ``apt-get install -y cmake g++ ninja-build`` unless ``--no-apt`` is given. A failed download, a
 wrong hash or a failed build exits 1; the sources and build folder are kept under
 ``<cache>/work`` so a second call resumes the build, and removed once the binary is installed.
+A call that finds another build running (a lock file in the cache folder) waits for it.
 
 The standard library only: it runs before anything else is importable.
 """

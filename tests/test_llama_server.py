@@ -99,6 +99,12 @@ def level1_schema() -> dict:
     return proposal_schema(infer_schema(TrainScript.parse(QUADRATIC.read_text()), locked=["DEPTH"]), frozen=[])
 
 
+def responses_to(rec, level: str, purpose: str) -> list:
+    """The LLMResponse events of one level's calls for one purpose, in order."""
+    calls = {r.call_id for r in rec.of(ev.LLMRequest) if r.level == level and r.purpose == purpose}
+    return [r for r in rec.of(ev.LLMResponse) if r.call_id in calls]
+
+
 def requests_of(engine, rec, level: str, purpose: str) -> list[dict]:
     """The requests one level sent for one purpose, in order, as the session keeps them."""
     return [json.loads(layout.read_artifact(engine.dir, r.artifact)) for r in rec.of(ev.LLMRequest)
@@ -198,14 +204,15 @@ async def test_level1_through_the_engine_keeps_the_proposal_the_schema_made_vali
     assert [m.mode for m in rec.of(ev.StructuredOutput)] == ["json_schema"]
     finished = rec.of(ev.IterationFinished)[-1]
     assert finished.iteration == 1 and finished.changes == {"LR": 0.03} and finished.decision == "keep"
-    assert all(r.finish_reason == "stop" for r in rec.of(ev.LLMResponse)[1:])  # after the endpoint check
+    (proposed,) = responses_to(rec, "inner", "propose")
+    assert proposed.finish_reason == "stop"
+    assert proposed.prompt_tokens > 0 and proposed.completion_tokens > 0  # streamed, with its usage: the cost counts it
 
 
 async def test_a_reply_cut_off_at_length_is_recorded_and_reasked(tmp_path, long_server):
     engine, rec = await run_engine(real_config(tmp_path, long_server, **{
         "budget.iterations": 1, "endpoint.max_tokens": 16, "search.max_reasks": 1}))
-    inner = [r for r in rec.of(ev.LLMResponse) if r.level == "inner"]
-    assert [r.finish_reason for r in inner] == ["length", "length", "length"]  # the check, the ask, the re-ask
+    assert [r.finish_reason for r in responses_to(rec, "inner", "propose")] == ["length", "length"]  # ask, re-ask
     assert [r.kind for r in rec.of(ev.ProposalRejected)] == ["truncated", "truncated"]
     reask = requests_of(engine, rec, "inner", "propose")[1]["messages"][-1]["content"]
     assert "cut off" in reask and "max_tokens" not in reask  # the user's hint is not the model's

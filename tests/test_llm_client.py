@@ -626,3 +626,15 @@ async def test_a_500_validation_error_naming_response_format_steps_down_like_a_4
         result = await client.chat(HI, json=True, schema=SCHEMA)
         assert client.structured_mode == "json_object" and "refused json_schema" in client.structured_reason
     assert result.content == '{"ok": true}' and result.attempts == 2
+
+
+async def test_a_schema_llama_server_cannot_compile_steps_down_like_a_refusal(server):
+    said = "JSON schema conversion failed:\nUnresolved $ref #/$defs/nowhere"  # llama-server's 400
+    server.responder = lambda request: (
+        Reply(status=400, error_body={"error": {"code": 400, "message": said, "type": "invalid_request_error"}})
+        if "schema" in request["response_format"] or "json_schema" in request["response_format"] else '{"ok": true}')
+    async with client_for(server, max_retries=0) as client:
+        result = await client.chat(HI, json=True, schema=SCHEMA)
+        assert client.structured_mode == "json_object" and not client.inline_schema
+    assert [body["response_format"]["type"] for body in server.requests] == ["json_schema", "json_object", "json_object"]
+    assert result.content == '{"ok": true}' and result.attempts == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from core.record import events as ev
+from core.services.llm import PROBE_SYSTEM
 from tests.conftest import llm_config, run_engine
 from tests.support import Reply, ScriptedOpenAI
 
@@ -100,6 +101,15 @@ async def test_a_context_too_small_for_our_prompts_stops_the_run_before_the_base
     assert engine.state.status == "failed" and "context window is too small" in engine.state.finished.reason
     assert not rec.of(ev.TrainingStarted)
     assert len(server.requests) == 1  # one call, seconds: no baseline, no retries
+
+
+async def test_the_endpoint_check_is_not_streamed_while_the_levels_stream(tmp_path, scripted_openai):
+    # a server may report a context overflow as a 200 with an empty stream; unstreamed it is a 400
+    scripted_openai.enqueue(proposal({"LR": 0.03}))
+    await run_engine(llm_config(tmp_path, scripted_openai, **{"budget.iterations": 1}))
+    check, *calls = scripted_openai.requests
+    assert check["messages"][0]["content"] == PROBE_SYSTEM and check["stream"] is False
+    assert calls and all(r["stream"] is True for r in calls)
 
 
 async def test_a_level1_proposal_as_a_level15_answer_is_rejected_and_reasked(tmp_path, scripted_openai):

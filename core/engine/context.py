@@ -165,12 +165,13 @@ class EngineContext:
     async def call_llm(self, level: str, purpose: str, messages: list[dict[str, str]], *,
                        iteration: int | None = None, json: bool = False, stream_events: bool = False,
                        call_id: str | None = None, schema: dict | None = None,
-                       max_tokens: int | None = None) -> ChatResult:
+                       max_tokens: int | None = None, stream: bool | None = None) -> ChatResult:
         """One LLM call with its request and reply kept as artifacts and bracketed by events.
 
         Every retried attempt is an LLMRetry event; the reply's finish_reason and the
         max_tokens sent are on its LLMResponse; the response_format in force is a
         StructuredOutput event the first time and whenever the endpoint makes it change.
+        `stream` overrides endpoint.stream for this call (None: the endpoint's setting).
         """
         llm = self._engine.llm
         assert llm is not None, "no LLM client in offline mode"
@@ -195,7 +196,7 @@ class EngineContext:
         try:
             result = await llm.chat(messages, level=level, json=json, on_delta=delta if stream_events else None,
                                     on_retry=retry, schema=schema, schema_name=f"{level}_{purpose}",
-                                    max_tokens=limit)
+                                    max_tokens=limit, stream=stream)
         except LLMError as exc:
             self._record_structured_mode(llm)
             self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=False, error=str(exc),

@@ -74,13 +74,15 @@ class InnerLoop:
 
         A missing key, a wrong one (401), an unknown model, or a context window too small
         for our prompts (a 400) stops the run here, with the reason, in seconds. The call
-        also settles which response_format the endpoint accepts.
+        also settles which response_format the endpoint accepts. It is never streamed: a
+        server may report a context overflow as a 200 with an empty stream (llama-cpp-python's
+        does), where the same request unstreamed is the 400 that names it.
         """
         ctx = self.ctx
         tokens = longest_prompt_tokens(ctx.cfg)
         try:
             await ctx.call_llm("inner", "endpoint_check", probe_messages(tokens), iteration=0, json=True,
-                               schema=PROBE_SCHEMA, max_tokens=16)
+                               schema=PROBE_SCHEMA, max_tokens=16, stream=False)
         except LLMError as exc:
             if context_exceeded(exc):
                 raise FatalRunError(f"the model's context window is too small for this run's prompts (about "

@@ -356,6 +356,8 @@ def parameter_complaint(message: str) -> str | None:
         return "max_tokens"
     if "response_format" in lower or "json_object" in lower or "json_schema" in lower or "json mode" in lower:
         return "response_format"
+    if "json schema" in lower:  # llama-server: "JSON schema conversion failed: ..." for a schema it cannot compile
+        return "response_format"
     if "stream_options" in lower:
         return "stream_options"
     if "temperature" in lower and "support" in lower:

@@ -106,6 +106,9 @@ def write_tiny_model(path: Path, answer: str, *, second_choices: Mapping[str, st
     writer.add_unk_token_id(0)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
+    # No "▁" before the text: llama-server feeds the tokenized generation prompt to a schema's grammar,
+    # and a leading "▁" (three byte tokens here) is not the "<|im_start|>" the grammar starts with.
+    writer.add_add_space_prefix(False)
 
     def dense(rows: int, cols: int) -> np.ndarray:
         return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)

@@ -116,3 +116,31 @@ def test_bilevel_run_in_a_terminal_detaches_and_prints_how_to_attach(tmp_path: P
         term.close()
         if pid is not None and alive(pid):
             os.killpg(pid, signal.SIGKILL)
+
+
+async def test_a_detach_whose_background_engine_fails_keeps_the_app_open_and_the_session_resumable(tmp_path: Path):
+    from tests.support.scripted_engine import Plan
+    from tests.test_tui_app import SLOW, live_app, logged
+
+    asked: list[Path] = []
+
+    def background_that_fails(session: Path) -> int:
+        asked.append(session)
+        raise BackgroundStartError("the background engine (pid 4242) exited with status 2; no output")
+
+    async with live_app(tmp_path / "s", Plan(**SLOW), background=background_that_fails) as (app, pilot, engine):
+        await until(pilot, lambda: (app.model.training_iteration or 0) >= 1, what="a training run")
+        await press(app, "q")
+        await until(pilot, on_screen(app, ConfirmScreen), what="the quit question")
+        await press(app, "tab", "enter")  # Detach
+        await until(pilot, lambda: any(n.title == "The background engine did not start" for n in app._notifications),
+                    what="the failure toast")
+        assert app.is_running and app.background_pid is None
+        toast = next(n for n in app._notifications if n.title == "The background engine did not start")
+        assert "exited with status 2" in str(toast.message) and "bilevel resume" in str(toast.message)
+        await until(pilot, lambda: "not detached" in app.screen_text().splitlines()[0], what="the header's word")
+        await press(app, "q")  # nothing runs any more: q leaves at once
+        await until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert asked == [tmp_path / "s"]
+    assert [f.status for f in logged(engine, ev.RunFinished)] == ["stopped"]  # resumable: stopped, not failed
+    assert logged(engine, ev.IterationInterrupted)

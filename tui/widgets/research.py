@@ -35,8 +35,9 @@ class ResearchPane(Pane):
         Binding("t", "toggle_reasoning", "Reasoning", id="research.reasoning", show=False),  # the section says (t)
     ]
     DEFAULT_CSS = """
-    ResearchPane #research-title { height: 1; padding: 0 1; background: $boost; }
-    ResearchPane #research-rounds { height: 1; padding: 0 1; }
+    ResearchPane #research-title { height: 1; padding: 0 1; background: $boost; text-wrap: nowrap;
+                                   text-overflow: ellipsis; }
+    ResearchPane #research-rounds { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     ResearchPane #research-scroll { height: 1fr; overflow-y: scroll; }  /* a fixed width: parts render once */
     ResearchPane #research-reasoning { height: auto; max-height: 50%; display: none; padding: 0; border: none; }
     ResearchPane #research-reasoning.-present { display: block; }
@@ -129,16 +130,17 @@ class ResearchPane(Pane):
             view = model.research[rid]
             n = model.research_order.index(rid) + 1
             title.append(f"◂ {n}/{len(model.research_order)} ▸ ", style="bold")
-            title.append(f"{rid}  cycle {view.cycle} after #{view.after_iteration}")
+            # the state first: a narrow column cuts the end of the line, never what became of the mechanism
             if view.finished is not None:
                 style = "green" if view.finished.outcome == "activated" else "yellow"
-                title.append(f"  {view.finished.outcome}", style=f"bold {style}")
+                title.append(view.finished.outcome, style=f"bold {style}")
             elif view.pending is not None:
-                title.append("  awaiting approval (v)", style="bold yellow")
+                title.append("awaiting approval (v)", style="bold yellow")
             elif view.approved is not None:
-                title.append(f"  approved (activates at #{view.approved.activates_at})", style="bold green")
+                title.append(f"approved (activates at #{view.approved.activates_at})", style="bold green")
             else:
-                title.append("  in progress", style="bold blue")
+                title.append("in progress", style="bold blue")
+            title.append(f"  {rid}  cycle {view.cycle} after #{view.after_iteration}")
             if self.selected is None:
                 title.append("  (following)", style="dim")
             total = 0

@@ -106,6 +106,7 @@ class BilevelApp(App[int]):
         self._alerts_armed = False  # no toasts for what happened before this viewer caught up
         self._exit_when_finished = False
         self._detaching = False
+        self._help: HelpScreen | None = None  # built on the first `?`, then re-shown
         self._engine_error_shown = False
         self._replay_notice = ""
         self._panes: list[Pane] = []
@@ -137,7 +138,7 @@ class BilevelApp(App[int]):
             with Vertical(id="right-col"):
                 yield StrategyPane(2, id="strategy")
                 yield Splitter("strategy", vertical=False, minimum=5, id="split-right")
-                yield ResearchPane(3, id="research")
+                yield ResearchPane(3, id="research", throttle=not self.deterministic)
         yield EventLogPane(5, id="events", throttle=not self.deterministic)
         yield KeyBar()
 
@@ -244,7 +245,7 @@ class BilevelApp(App[int]):
             model = self.model
             if not self.is_running or not self._screen_stack:
                 return  # shutting down: the timer may fire once more
-            if isinstance(self.screen, HelpScreen):
+            if isinstance(self.screen, (HelpScreen, IterationDetailScreen)):
                 return  # it hides the panes: they catch up, in one repaint, when it closes
             if not self._alerts_armed and not self.source.caught_up.is_set() \
                     and time.monotonic() - self._started < FIRST_PAINT_WAIT_S:
@@ -694,7 +695,14 @@ class BilevelApp(App[int]):
                 own = pane is not None and active.node is pane
                 (pane_keys if own else keys).append((self.get_key_display(b), b.description or b.action, b.id))
         title = pane.PANE_TITLE if pane is not None else ""
-        self.push_screen(HelpScreen(keys, self.source.describe(), pane_keys=pane_keys, pane_title=title))
+        # One help screen, kept installed and re-shown: a fresh one is mounted, styled and laid out
+        # from nothing, which under a flood of events kept `?` waiting for ~150 ms.
+        if self._help is None:
+            self._help = HelpScreen(keys, self.source.describe(), pane_keys=pane_keys, pane_title=title)
+            self.install_screen(self._help, name="help")
+        else:
+            self._help.show(keys, self.source.describe(), pane_keys=pane_keys, pane_title=title)
+        self.push_screen(self._help)
 
     # --- quitting ------------------------------------------------------------------------------------------------------
 

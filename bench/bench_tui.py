@@ -5,7 +5,8 @@ whole iterations, strategy cycles and research sessions) as fast as the headless
 (``App.run_test``) takes it, while pressing keys, and reports:
 
 - events/s sustained (applied to the view model and painted at the app's 15 Hz),
-- key latency: from the key reaching the app to its effect (a command sent, a screen shown),
+- key latency: from the key reaching the app to its effect (a command sent, a screen shown): space,
+  the help (? and escape), an iteration's detail view (Enter and escape) and a pane switch (2, 1),
 - RSS after the stream.
 
 Targets: >= 2,000 events/s, every key answered in < 100 ms, < 150 MB RSS after 10,000
@@ -128,7 +129,8 @@ class KeyProbe:
     def __init__(self, app: Any, source: Any) -> None:
         self.app, self.source = app, source
         self.latencies: dict[str, list[float]] = {"space (pause sent)": [], "? (help painted)": [],
-                                                  "escape (panes painted)": []}
+                                                  "escape (panes painted)": [], "enter (detail painted)": [],
+                                                  "escape (detail closed)": [], "2 / 1 (pane focused)": []}
         self.turn = 0
 
     async def _measure(self, key: str, char: str | None, done: Callable[[float], bool], label: str) -> None:
@@ -143,20 +145,37 @@ class KeyProbe:
         self.latencies[label].append((time.perf_counter() - start) * 1000)
 
     async def press_next(self) -> None:
+        from tui.screens.detail import IterationDetailScreen
         from tui.screens.help import HelpScreen
 
         app = self.app
 
-        def painted(shown: bool) -> Callable[[float], bool]:
-            return lambda since: (isinstance(app.screen, HelpScreen) is shown
+        def painted(kind: type, shown: bool) -> Callable[[float], bool]:
+            return lambda since: (isinstance(app.screen, kind) is shown
                                   and PAINTED.get(id(app.screen), 0.0) > since)
 
-        if self.turn % 2 == 0:
+        def focused(pane_id: str) -> Callable[[float], bool]:
+            def done(since: float) -> bool:
+                node = app.focused
+                while node is not None and node.id != pane_id:
+                    node = node.parent
+                return node is not None and PAINTED.get(id(app.screen), 0.0) > since
+            return done
+
+        turn = self.turn % 4
+        if turn in (0, 2):
             sent = len(self.source.sent)
             await self._measure("space", " ", lambda _: len(self.source.sent) > sent, "space (pause sent)")
-        else:
-            await self._measure("question_mark", "?", painted(True), "? (help painted)")
-            await self._measure("escape", "\x1b", painted(False), "escape (panes painted)")
+        elif turn == 1:
+            await self._measure("question_mark", "?", painted(HelpScreen, True), "? (help painted)")
+            await self._measure("escape", "\x1b", painted(HelpScreen, False), "escape (panes painted)")
+        else:  # the new views: an iteration's detail (Enter on the trace), a pane switch and back
+            if app.base.query_one("#trace-table").row_count:
+                await self._measure("enter", "\r", painted(IterationDetailScreen, True), "enter (detail painted)")
+                await self._measure("escape", "\x1b", painted(IterationDetailScreen, False),
+                                    "escape (detail closed)")
+            await self._measure("2", "2", focused("strategy"), "2 / 1 (pane focused)")
+            await self._measure("1", "1", focused("trace"), "2 / 1 (pane focused)")
         self.turn += 1
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.record import config as config_mod
+from core.record import layout
 from core.record.config import Config, ConfigError
 from core.run.drive import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE
-from core.run.drive import begin, detach, drive, drive_study, run_until_done
+from core.run.drive import begin, detach, drive, drive_study, resume_in_background, run_until_done
 from core.run.drive import err as _err
 
 EXAMPLE_CONFIG = Path(__file__).parent / "record" / "example_config.toml"
@@ -257,7 +258,12 @@ def _use_app(args: argparse.Namespace) -> bool:
 def _run_app(engine: Any, config_path: Path | None) -> int:
     from tui.launch import run_live  # Textual is imported only here
 
-    state = run_live(engine, config_path=config_path)
+    state, background_pid = run_live(engine, config_path=config_path, background=resume_in_background)
+    if background_pid is not None:
+        print(f"session {engine.dir}: detached — the engine runs in the background as pid {background_pid} "
+              f"(output: {layout.engine_log_path(engine.dir)}); watch it with: bilevel attach {engine.dir}",
+              file=sys.stderr)
+        return EXIT_OK
     print(f"session {engine.dir}: {state.status}"
           + (f" — continue with: bilevel resume {engine.dir}" if state.status != "completed" else ""), file=sys.stderr)
     return EXIT_OK if state.status in ("completed", "stopped") else EXIT_RUN_ERROR

@@ -439,7 +439,7 @@ async def test_refused_command_is_reported(tmp_path: Path):
 
 
 @contextlib.asynccontextmanager
-async def real_engine_app(cfg: Any) -> AsyncIterator[tuple[BilevelApp, Any, Any, asyncio.Task]]:
+async def real_engine_app(cfg: Any, **app_kw: Any) -> AsyncIterator[tuple[BilevelApp, Any, Any, asyncio.Task]]:
     """The app on the product's engine, in-process; the engine is stopped if the test leaves it running."""
     from core.engine.engine import Engine
 
@@ -448,7 +448,7 @@ async def real_engine_app(cfg: Any) -> AsyncIterator[tuple[BilevelApp, Any, Any,
     engine.log = source.log
     task = asyncio.create_task(engine.run())
     source.engine_task = task
-    app = BilevelApp(source, deterministic=True)
+    app = BilevelApp(source, deterministic=True, **app_kw)
     try:
         async with app.run_test(size=SIZE) as pilot:
             yield app, pilot, engine, task

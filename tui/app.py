@@ -24,7 +24,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from textual import work
 from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
@@ -82,9 +82,14 @@ class BilevelApp(App[int]):
     BINDINGS = KEY_BINDINGS
 
     def __init__(self, source: Source, *, config_path: Path | None = None, deterministic: bool | None = None,
-                 refresh_hz: float = REFRESH_HZ, settings_file: Path | None = None) -> None:
+                 refresh_hz: float = REFRESH_HZ, settings_file: Path | None = None,
+                 background: Callable[[Path], int] | None = None) -> None:
+        """``background``: continues a stopped session in a detached engine and returns its pid (raises
+        with the reason when it cannot); given, a live run's quit offers Detach."""
         super().__init__()
         self.source = source
+        self.background = background
+        self.background_pid: int | None = None  # the engine a Detach left running
         self.model = ViewModel()
         self.config_path = Path(config_path) if config_path else None
         self.deterministic = deterministic_from_env() if deterministic is None else deterministic
@@ -100,6 +105,8 @@ class BilevelApp(App[int]):
         self._notified_pending: set[str] = set()
         self._alerts_armed = False  # no toasts for what happened before this viewer caught up
         self._exit_when_finished = False
+        self._detaching = False
+        self._help: HelpScreen | None = None  # built on the first `?`, then re-shown
         self._engine_error_shown = False
         self._replay_notice = ""
         self._panes: list[Pane] = []
@@ -131,7 +138,7 @@ class BilevelApp(App[int]):
             with Vertical(id="right-col"):
                 yield StrategyPane(2, id="strategy")
                 yield Splitter("strategy", vertical=False, minimum=5, id="split-right")
-                yield ResearchPane(3, id="research")
+                yield ResearchPane(3, id="research", throttle=not self.deterministic)
         yield EventLogPane(5, id="events", throttle=not self.deterministic)
         yield KeyBar()
 
@@ -238,7 +245,7 @@ class BilevelApp(App[int]):
             model = self.model
             if not self.is_running or not self._screen_stack:
                 return  # shutting down: the timer may fire once more
-            if isinstance(self.screen, HelpScreen):
+            if isinstance(self.screen, (HelpScreen, IterationDetailScreen)):
                 return  # it hides the panes: they catch up, in one repaint, when it closes
             if not self._alerts_armed and not self.source.caught_up.is_set() \
                     and time.monotonic() - self._started < FIRST_PAINT_WAIT_S:
@@ -688,16 +695,42 @@ class BilevelApp(App[int]):
                 own = pane is not None and active.node is pane
                 (pane_keys if own else keys).append((self.get_key_display(b), b.description or b.action, b.id))
         title = pane.PANE_TITLE if pane is not None else ""
-        self.push_screen(HelpScreen(keys, self.source.describe(), pane_keys=pane_keys, pane_title=title))
+        # One help screen, kept installed and re-shown: a fresh one is mounted, styled and laid out
+        # from nothing, which under a flood of events kept `?` waiting for ~150 ms.
+        if self._help is None:
+            self._help = HelpScreen(keys, self.source.describe(), pane_keys=pane_keys, pane_title=title)
+            self.install_screen(self._help, name="help")
+        else:
+            self._help.show(keys, self.source.describe(), pane_keys=pane_keys, pane_title=title)
+        self.push_screen(self._help)
 
     # --- quitting ------------------------------------------------------------------------------------------------------
 
     def action_quit_app(self) -> None:
         src = self.source
+        if self._detaching:
+            self.notify("the engine is moving to the background; the app closes when it runs there",
+                        title="Detaching…")
+            return
         if self._exit_when_finished:  # asked twice: leave now
             self.exit(0)
             return
-        if src.mode == "live" and src.engine_running():
+        if src.mode == "live" and src.engine_running() and self.background is not None:
+            def answered_live(answer: str | None) -> None:
+                if answer == "stop":
+                    self._stop_then_exit()
+                elif answer == "detach":
+                    self._detach_then_exit()
+
+            self.push_screen(ConfirmScreen(
+                "Stop the run, or detach it?",
+                "Stop: the run stops; continue it with\n"
+                f"  bilevel resume {src.session_dir}\n"
+                "Detach: the run goes on in a background engine and the current iteration restarts there "
+                f"from its beginning; watch it with\n  bilevel attach {src.session_dir}\n"
+                "Nothing is lost either way.",
+                [("stop", "Stop & quit", "error"), ("detach", "Detach", "primary")]), answered_live)
+        elif src.mode == "live" and src.engine_running():
             def answered(answer: str | None) -> None:
                 if answer == "stop":
                     self._stop_then_exit()
@@ -727,6 +760,8 @@ class BilevelApp(App[int]):
         quit_key = self.get_key_display(next(b for b in KEY_BINDINGS if b.id == "quit"))
         if src.mode == "attach" and src.engine_running():
             how = f"Press {quit_key} to leave: Detach keeps the engine running, or stop it"
+        elif src.mode == "live" and src.engine_running() and self.background is not None:
+            how = f"Press {quit_key} to stop the run, or detach it to a background engine (it asks first)"
         elif src.mode == "live" and src.engine_running():
             how = f"Press {quit_key} to stop the run and quit (it asks first; the session stays resumable)"
         else:
@@ -740,6 +775,47 @@ class BilevelApp(App[int]):
         header.refresh()
         self._exit_when_finished = True
         await self.send(cmds.Stop(now=True, reason="the user quit the app"))
+
+    @work(group="quit", exclusive=True)
+    async def _detach_then_exit(self) -> None:
+        """Stop the engine in this process, continue the session in a background one, then leave.
+
+        The engine lives in the app's process, so it cannot outlive it: it stops cleanly here
+        (the interrupted iteration is re-run on resume) and a detached ``bilevel resume`` takes
+        the session over. If that engine does not start, the app stays open and says so.
+        """
+        src = self.source
+        assert self.background is not None and src.mode == "live"
+        task = getattr(src, "engine_task", None)
+        header = self.header
+        self._detaching = True
+        try:
+            header.notice = "detaching: stopping the engine here…"
+            header.refresh()
+            if not await self.send(cmds.Stop(now=True, reason="detached: the run goes on in a background engine")):
+                return
+            if task is not None:
+                await asyncio.wait({task})  # ends with its RunFinished; the session lock is free then
+            status = getattr(getattr(src, "engine", None), "state", self.model.state).status
+            if status != "stopped":  # it completed (or failed) first: nothing to continue
+                header.notice = ""
+                self.notify(f"the run ended ({status}) before it could be detached", title="Not detached",
+                            severity="warning", timeout=30)
+                return
+            header.notice = "starting the background engine…"
+            header.refresh()
+            try:
+                pid = await asyncio.to_thread(self.background, src.session_dir)
+            except Exception as exc:  # noqa: BLE001 - whatever went wrong, the session must stay usable
+                header.notice = "not detached: the run is stopped and resumable"
+                header.refresh()
+                self.notify(f"{exc}\nNothing is lost: continue with bilevel resume {src.session_dir}",
+                            title="The background engine did not start", severity="error", timeout=3600)
+                return
+        finally:
+            self._detaching = False
+        self.background_pid = pid
+        self.exit(0)
 
     # --- the command palette --------------------------------------------------------------------------------------------
 

@@ -150,23 +150,97 @@ def toml_literal(value: Any) -> str:
 
 def detach(cfg: Config, *, config: str | None, demo: bool, group: str | None, overrides: dict[str, Any]) -> int:
     """Start the engine headless in its own session and process group; print the session folder."""
-    import os
-    import subprocess
-
     from core.record.session import new_session_dir
 
     session = new_session_dir(cfg.sessions_path(), cfg.name).resolve()
-    child = [sys.executable, "-m", "core.cli", "run", "--headless", "--into", str(session)]
+    child = ["run", "--headless", "--into", str(session)]
     child += ["--demo"] if demo else [str(Path(config).resolve())]
     if group:
         child += ["--group", group]
     for key, value in overrides.items():
         child += ["--set", f"{key}={toml_literal(value)}"]
-    with open(layout.engine_log_path(session), "ab") as out:
-        proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, cwd=os.getcwd())
-    layout.write_atomic(layout.engine_pid_path(session), f"{proc.pid}\n")
+    try:
+        pid = start_engine_process(session, child).pid
+    except OSError as exc:
+        err(f"could not start the engine: {exc}")
+        return EXIT_RUN_ERROR
     print(session)
-    print(f"engine running as pid {proc.pid} (output: {layout.engine_log_path(session)}); "
+    print(f"engine running as pid {pid} (output: {layout.engine_log_path(session)}); "
           f"watch it with: bilevel attach {session}", file=sys.stderr)
     return EXIT_OK
+
+
+def start_engine_process(session: Path, cli_args: list[str]) -> Any:
+    """``python -m core.cli CLI_ARGS`` in its own session and process group, detached from this terminal.
+
+    Its output goes to the session's engine log and its pid into the session's pid file (viewers
+    read it to tell whether an engine still runs the session). Returns the ``subprocess.Popen``;
+    OSError if it could not be started.
+    """
+    import os
+    import subprocess
+
+    command = [sys.executable, "-m", "core.cli", *cli_args]
+    with open(layout.engine_log_path(session), "ab") as out:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd=os.getcwd())
+    layout.write_atomic(layout.engine_pid_path(session), f"{proc.pid}\n")
+    return proc
+
+
+class BackgroundStartError(RuntimeError):
+    """The background engine did not take the session; the message says why (its log's last lines)."""
+
+
+def resume_in_background(session: Path, *, wait_s: float = 120.0, poll_s: float = 0.1) -> int:
+    """Continue a stopped session in a detached headless engine (``bilevel resume --headless``); its pid.
+
+    Returns once that engine has written its ``run_resumed`` event, so a caller that exits then
+    leaves a running engine behind, not the promise of one. Raises BackgroundStartError when the
+    child exits first or has not resumed within ``wait_s``; the session stays resumable either
+    way (only the child writes to it).
+    """
+    import subprocess
+    import time
+
+    from core.record import events as ev
+
+    session = Path(session).resolve()
+    log = layout.events_path(session)
+    start = log.stat().st_size if log.exists() else 0
+    try:
+        proc = start_engine_process(session, ["resume", "--headless", str(session)])
+    except OSError as exc:
+        raise BackgroundStartError(f"could not start `bilevel resume`: {exc}") from exc
+    deadline = time.monotonic() + wait_s
+    while True:
+        with open(log, "rb") as fh:
+            fh.seek(start)
+            written = fh.read()
+        for line in written[:written.rfind(b"\n") + 1].splitlines():
+            try:
+                event = ev.decode(line)
+            except Exception:  # noqa: BLE001 - a line that is not an event is not the child's resume
+                continue
+            if isinstance(event, ev.RunResumed) and event.pid == proc.pid:
+                return proc.pid
+        status = proc.poll()
+        if status is not None or time.monotonic() > deadline:
+            if status is None:  # half-way up: a clean stop (SIGTERM), so the session stays resumable
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            why = f"exited with status {status}" if status is not None else f"did not resume within {wait_s:.0f} s"
+            raise BackgroundStartError(f"the background engine (pid {proc.pid}) {why}; {_log_tail(session)}")
+        time.sleep(poll_s)
+
+
+def _log_tail(session: Path, lines: int = 3) -> str:
+    path = layout.engine_log_path(session)
+    try:
+        tail = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return f"no output in {path}"
+    return f"its last output ({path}): " + " / ".join(tail) if tail else f"no output in {path}"

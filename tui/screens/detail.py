@@ -18,7 +18,7 @@ class IterationDetailScreen(ModalScreen[None]):
         Binding("end", "scroll('end')", "Bottom", id="detail.bottom", show=False),
     ]
     DEFAULT_CSS = """
-    IterationDetailScreen { align: center middle; }
+    IterationDetailScreen { align: center middle; background: $background; }  /* opaque: the panes need no repaint */
     IterationDetailScreen > VerticalScroll {
         width: 100%; max-width: 140; height: 100%; border: thick $accent; background: $surface; padding: 0 1;
     }

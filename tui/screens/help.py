@@ -8,6 +8,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from ..widgets.markdown import RenderedOnce
+
 
 PANES = (
     ("1 Trace", "one row per iteration: changes, val_bpb, Δ against the best before it, the verdict "
@@ -56,6 +58,8 @@ def help_text(keys: list[tuple[str, str, str]], mode: str, pane_keys: list[tuple
 
 
 class HelpScreen(ModalScreen[None]):
+    """The help, built once per app and re-shown: :meth:`show` only redraws the text when the keys changed."""
+
     BINDINGS = [Binding("escape,q,question_mark", "dismiss(None)", "Close", id="help.close")]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; background: $background; }  /* opaque: the panes need no repaint */
@@ -68,9 +72,23 @@ class HelpScreen(ModalScreen[None]):
         """``keys``: (key, description, binding id) of the bindings active in this mode; ``pane_keys``:
         those of the focused pane, listed first."""
         super().__init__()
+        self._listed: tuple = ()
+        self._text = Text()
+        self.show(keys, mode, pane_keys=pane_keys, pane_title=pane_title)
+
+    def show(self, keys: list[tuple[str, str, str]], mode: str, *,
+             pane_keys: list[tuple[str, str, str]] | None = None, pane_title: str = "") -> None:
+        """List these keys (a no-op when they are the ones listed already)."""
         self.keys, self.mode = keys, mode
         self.pane_keys, self.pane_title = pane_keys or [], pane_title
+        listed = (tuple(keys), mode, tuple(self.pane_keys), pane_title)
+        if listed == self._listed:
+            return
+        self._listed = listed
+        self._text = help_text(self.keys, self.mode, self.pane_keys, self.pane_title)
+        if self.is_mounted:
+            self.query_one("#help-text", Static).update(RenderedOnce(self._text))
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static(help_text(self.keys, self.mode, self.pane_keys, self.pane_title))
+            yield Static(RenderedOnce(self._text), id="help-text")

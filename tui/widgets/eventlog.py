@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.widgets import RichLog
 
+from .growing import GrowingLog
+
 from ..model import LOG, LOG_LINES
 from .pane import Pane
 
@@ -31,7 +33,7 @@ class EventLogPane(Pane):
         self._last_write = 0.0
 
     def compose(self):
-        yield RichLog(id="event-log", max_lines=LOG_LINES, wrap=False, markup=False, highlight=False)
+        yield GrowingLog(id="event-log", max_lines=LOG_LINES, wrap=False, markup=False, highlight=False)
 
     def reset(self) -> None:
         self.query_one(RichLog).clear()

@@ -24,12 +24,19 @@ class RenderedOnce:
         self.renderable = renderable
         self._lines: tuple[int, list[list[Segment]]] | None = None
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
+    def _render(self, console: Console, options: ConsoleOptions) -> list[list[Segment]]:
         width = options.max_width
         if self._lines is None or self._lines[0] != width:
             self._lines = (width, console.render_lines(self.renderable, options.update(height=None), pad=False))
+        return self._lines[1]
+
+    def height(self, console: Console, width: int) -> int:
+        """Lines at ``width`` (rendered now, and kept for the paint)."""
+        return len(self._render(console, console.options.update_width(width)))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
         new_line = Segment.line()
-        for line in self._lines[1]:
+        for line in self._render(console, options):
             yield from line
             yield new_line
 
@@ -42,6 +49,7 @@ class MarkdownText(Static):
     def __init__(self, markdown: str = "", **kwargs) -> None:
         super().__init__(**kwargs)
         self.markdown = ""
+        self._height: int | None = None  # lines at the last width rendered (None: not known)
         if markdown:
             self.set_markdown(markdown)
 
@@ -50,5 +58,9 @@ class MarkdownText(Static):
         if markdown == self.markdown and self.markdown:
             return False
         self.markdown = markdown
-        self.update(RenderedOnce(RichMarkdown(markdown, code_theme=CODE_THEME, hyperlinks=False)))
+        rendered = RenderedOnce(RichMarkdown(markdown, code_theme=CODE_THEME, hyperlinks=False))
+        height = rendered.height(self.app.console, self.content_size.width) if self.content_size.width else None
+        # Streaming tokens mostly extend a line: the same height needs a repaint, not a re-layout of the screen.
+        self.update(rendered, layout=height is None or height != self._height)
+        self._height = height
         return True

@@ -21,6 +21,7 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from ..model import PATCHES, PatchEntry
+from .growing import GrowingOptionList
 from .markdown import MarkdownText
 from .pane import Pane
 
@@ -100,7 +101,7 @@ class PatchPane(Pane):
 
     def compose(self):
         with Horizontal():
-            yield OptionList(id="patch-list")
+            yield GrowingOptionList(id="patch-list")
             with Vertical(id="patch-body"):
                 yield Static(id="patch-title")
                 with Vertical(id="patch-panes"):

@@ -7,6 +7,7 @@ deltas sit in a collapsed section above the dialogue (``t`` opens and closes it)
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from ..sources import Source
 
 ROUND_MARKS = {"done": "✓", "streaming": "…", "failed": "✗"}
+RENDER_EVERY_S = 0.25  # a streaming round is re-rendered 4× a second: tokens need no 10 Hz Markdown parse
 
 
 class ResearchPane(Pane):
@@ -35,8 +37,9 @@ class ResearchPane(Pane):
         Binding("t", "toggle_reasoning", "Reasoning", id="research.reasoning", show=False),  # the section says (t)
     ]
     DEFAULT_CSS = """
-    ResearchPane #research-title { height: 1; padding: 0 1; background: $boost; }
-    ResearchPane #research-rounds { height: 1; padding: 0 1; }
+    ResearchPane #research-title { height: 1; padding: 0 1; background: $boost; text-wrap: nowrap;
+                                   text-overflow: ellipsis; }
+    ResearchPane #research-rounds { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     ResearchPane #research-scroll { height: 1fr; overflow-y: scroll; }  /* a fixed width: parts render once */
     ResearchPane #research-reasoning { height: auto; max-height: 50%; display: none; padding: 0; border: none; }
     ResearchPane #research-reasoning.-present { display: block; }
@@ -44,8 +47,10 @@ class ResearchPane(Pane):
     ResearchPane #reasoning-text { padding: 0 1; color: $text-muted; }
     """
 
-    def __init__(self, number: int, **kwargs) -> None:
+    def __init__(self, number: int, *, throttle: bool = False, **kwargs) -> None:
         super().__init__(number, **kwargs)
+        self.throttle = throttle  # off for snapshots: what is shown must not depend on timing
+        self._last_render = 0.0
         self.selected: str | None = None  # None: follow the newest research
         self._shown_id: str | None = None
         self._parts: list[MarkdownText] = []
@@ -77,17 +82,20 @@ class ResearchPane(Pane):
         if RESEARCH not in parts:
             return
         rid = self.current_id(model)
+        now = time.monotonic()
+        if self.throttle and rid == self._shown_id and now - self._last_render < RENDER_EVERY_S:
+            model.dirty.add(RESEARCH)  # streaming: the next repaint after the interval draws it
+            return
+        self._last_render = now
         self._title(model, rid)
         self._reasoning(model.research_reasoning(rid) if rid is not None else "")
         scroll = self.query_one("#research-scroll", VerticalScroll)
         texts = model.research_parts(rid) if rid is not None else [self._empty_text(model)]
         changed = False
         if rid != self._shown_id:  # another session: from its start, or following the newest
-            await scroll.remove_children()
-            self._parts = []
             scroll.scroll_home(animate=False, immediate=True)
             self._follower.follow(self.selected is None)
-        for i, text in enumerate(texts):
+        for i, text in enumerate(texts):  # the parts shown are re-used: mounting widgets costs a re-layout
             if i < len(self._parts):
                 changed = self._parts[i].set_markdown(text) or changed
             else:
@@ -95,6 +103,10 @@ class ResearchPane(Pane):
                 self._parts.append(part)
                 await scroll.mount(part)
                 changed = True
+        if len(self._parts) > len(texts):  # a shorter session than the last one shown
+            extra, self._parts = self._parts[len(texts):], self._parts[:len(texts)]
+            await scroll.remove_children(extra)
+            changed = True
         if changed:
             self._follower.content_changed()
         self._shown_id = rid
@@ -129,16 +141,17 @@ class ResearchPane(Pane):
             view = model.research[rid]
             n = model.research_order.index(rid) + 1
             title.append(f"◂ {n}/{len(model.research_order)} ▸ ", style="bold")
-            title.append(f"{rid}  cycle {view.cycle} after #{view.after_iteration}")
+            # the state first: a narrow column cuts the end of the line, never what became of the mechanism
             if view.finished is not None:
                 style = "green" if view.finished.outcome == "activated" else "yellow"
-                title.append(f"  {view.finished.outcome}", style=f"bold {style}")
+                title.append(view.finished.outcome, style=f"bold {style}")
             elif view.pending is not None:
-                title.append("  awaiting approval (v)", style="bold yellow")
+                title.append("awaiting approval (v)", style="bold yellow")
             elif view.approved is not None:
-                title.append(f"  approved (activates at #{view.approved.activates_at})", style="bold green")
+                title.append(f"approved (activates at #{view.approved.activates_at})", style="bold green")
             else:
-                title.append("  in progress", style="bold blue")
+                title.append("in progress", style="bold blue")
+            title.append(f"  {rid}  cycle {view.cycle} after #{view.after_iteration}")
             if self.selected is None:
                 title.append("  (following)", style="dim")
             total = 0

@@ -12,6 +12,7 @@ from core.record.state import IterationTrace
 
 from ..model import PLOT, PROGRESS, SLOTS
 from ..render import best_plot, changes_text, clock, decision_text, delta_text, progress_text
+from .growing import GrowingTable
 from .pane import Pane
 from .slots import SlotsView
 from .tables import KeyedRows
@@ -104,7 +105,7 @@ class TracePane(Pane):
             self.iteration = iteration
 
     def compose(self):
-        table: DataTable = DataTable(id="trace-table", cursor_type="row", zebra_stripes=True)
+        table: DataTable = GrowingTable(id="trace-table", cursor_type="row", zebra_stripes=True)
         for key, label, width in COLUMNS:
             table.add_column(label, key=key, width=width)
         yield table

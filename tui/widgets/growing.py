@@ -1,0 +1,49 @@
+"""Scrolling widgets that grow without re-laying out the screen.
+
+Textual re-lays out the whole screen whenever a widget's virtual size changes — each line
+written to a log, each row added to a table — although a widget whose own size is fixed by
+the layout (``1fr``) only needs its scrollbars redrawn. Under a flood of events that was a
+full layout and repaint of every pane up to ten times a second, and keys waited behind it.
+These keep the layout for when a scrollbar appears or goes (its space changes the widget's).
+"""
+from __future__ import annotations
+
+from textual.geometry import Size
+from textual.reactive import Reactive
+from textual.widgets import DataTable, OptionList, RichLog
+
+
+def _grown(widget: RichLog | DataTable | OptionList, size: Size) -> None:
+    widget._refresh_scrollbars()  # a bar that appears or goes re-lays out (its reactive says so)
+    if widget.show_vertical_scrollbar:
+        widget.vertical_scrollbar.window_virtual_size = size.height
+    if widget.show_horizontal_scrollbar:
+        widget.horizontal_scrollbar.window_virtual_size = size.width
+    widget.refresh()
+
+
+class GrowingLog(RichLog):
+    """A RichLog whose new lines repaint it and its scrollbar only."""
+
+    virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False)
+
+    def watch_virtual_size(self, size: Size) -> None:
+        _grown(self, size)
+
+
+class GrowingTable(DataTable):
+    """A DataTable whose new rows repaint it and its scrollbar only."""
+
+    virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False)
+
+    def watch_virtual_size(self, size: Size) -> None:
+        _grown(self, size)
+
+
+class GrowingOptionList(OptionList):
+    """An OptionList whose new options repaint it and its scrollbar only."""
+
+    virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False)
+
+    def watch_virtual_size(self, size: Size) -> None:
+        _grown(self, size)

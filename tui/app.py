@@ -76,7 +76,7 @@ class BilevelApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "bilevel"
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
-    ALLOW_IN_MAXIMIZED_VIEW = "StatusHeader, Footer"  # a maximised pane keeps the status and key bars
+    ALLOW_IN_MAXIMIZED_VIEW = "StatusHeader, KeyBar"  # a maximised pane keeps the status and key bars
     # under 100 columns one pane at a time (-compact); from 160 the trace gets the width (-broad)
     HORIZONTAL_BREAKPOINTS = [(0, "-compact"), (100, "-narrow"), (110, "-wide"), (160, "-broad")]
     BINDINGS = KEY_BINDINGS
@@ -273,7 +273,7 @@ class BilevelApp(App[int]):
             self._announce()
 
     def _refresh_footer(self) -> None:
-        """Redraw the key bar only when an action's availability changed (it re-mounts its keys)."""
+        """Tell the key bar only when an action's availability changed (it re-reads every binding)."""
         signature = tuple(self.check_action(a, ()) for a in DYNAMIC_ACTIONS)
         if signature != self._footer_signature:
             self._footer_signature = signature

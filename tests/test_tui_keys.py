@@ -102,6 +102,7 @@ async def test_the_focused_pane_alone_has_the_accent_border(tmp_path: Path):
             await pilot.pause()
             lit = {p.id for p in app.panes if p.styles.border.top[1] == accent}
             assert lit == {pane} and [p.id for p in app.panes if p.lit] == [pane]
-        app.theme = "textual-light"  # another accent: the lit border follows the theme
-        await pilot.pause()
-        assert app.base.query_one("#trace").styles.border.top[1] == Color.parse(app.theme_variables["accent"])
+        app.theme = "nord"  # another accent: the lit border follows the theme
+        trace = app.base.query_one("#trace")
+        await until(pilot, lambda: trace.styles.border.top[1] == Color.parse(app.theme_variables["accent"]) != accent,
+                    what="the new accent")

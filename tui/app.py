@@ -678,8 +678,11 @@ class BilevelApp(App[int]):
     def _watch_theme(self, theme_name: str) -> None:
         super()._watch_theme(theme_name)
         if self._screen_stack:
-            for pane in self.base.query(Pane):  # the focused pane's border is an inline colour: the theme's accent, again
-                pane.show_focus(again=True)
+            self.call_after_refresh(self._relight_panes)  # the theme's variables are in place by then
+
+    def _relight_panes(self) -> None:
+        for pane in self.base.query(Pane):  # the focused pane's border is an inline colour: the new accent
+            pane.show_focus(again=True)
         if getattr(self, "_theme_restored", False) and self.settings_file is not None:
             why = remember(self.settings_file, "theme", theme_name)
             if why:

@@ -691,14 +691,14 @@ class BilevelApp(App[int]):
         super()._watch_theme(theme_name)
         if self._screen_stack:
             self.call_after_refresh(self._relight_panes)  # the theme's variables are in place by then
-
-    def _relight_panes(self) -> None:
-        for pane in self.base.query(Pane):  # the focused pane's border is an inline colour: the new accent
-            pane.show_focus(again=True)
         if getattr(self, "_theme_restored", False) and self.settings_file is not None:
             why = remember(self.settings_file, "theme", theme_name)
             if why:
                 self.notify(f"theme not remembered: {why}", severity="warning")
+
+    def _relight_panes(self) -> None:
+        for pane in self.base.query(Pane):  # the focused pane's border is an inline colour: the new accent
+            pane.show_focus(again=True)
 
     def action_help(self) -> None:
         keys, pane_keys = [], []

@@ -1,12 +1,17 @@
-"""Key hygiene: ? lists the focused pane's own keys first; the command palette has no duplicate entries."""
+"""Key hygiene: ? lists the focused pane's own keys first; the command palette has no duplicate entries; the key
+bar keeps ? Help and q Quit whole at every size; the focused pane alone is lit."""
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
+import pytest
+from textual.color import Color
+
 from tui.app import BilevelApp
 from tui.screens.help import HelpScreen
 from tui.sources import ReplaySource
+from tui.widgets.keybar import KeyBar
 from tests.support.scripted_engine import Plan, record_session
 from tests.test_tui_app import until
 
@@ -37,3 +42,67 @@ async def test_the_command_palette_has_no_duplicate_entries(tmp_path: Path):
         titles = [c.title for c in app.get_system_commands(app.screen)]
     assert [t for t, n in Counter(titles).items() if n > 1] == []
     assert titles.count("Quit") == 1 and "Keys" not in titles
+
+
+def key_bar_line(app: BilevelApp) -> str:
+    return app.screen_text().rstrip("\n").splitlines()[-1]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 50)], ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_the_key_bar_keeps_help_and_quit_whole_with_each_pane_focused(tmp_path: Path, size: tuple[int, int]):
+    await record_session(tmp_path / "s", Plan(iterations=4, progress_per_run=3, outer_period=2))
+    app = BilevelApp(ReplaySource(tmp_path / "s", follow=False), deterministic=True)
+    async with app.run_test(size=size) as pilot:
+        await app.caught_up()
+        for number, pane in (("2", "strategy"), ("3", "research"), ("4", "patches"), ("5", "events"), ("1", "trace")):
+            await pilot.press(number)
+            await until(pilot, lambda: app._focused_pane() is app.base.query_one(f"#{pane}"), what=pane)
+            await pilot.pause()
+            line = key_bar_line(app)
+            assert len(line) == size[0], line
+            assert " ? Help " in line and " q Quit " in line and line.endswith("▏^p palette "), (pane, line)
+            if size[0] >= 200:  # the width for the pane's own keys too
+                own = {"research": "[ Prev research  ] Next research", "patches": "d Source/diff"}.get(pane)
+                assert own is None or own in line, (pane, line)
+
+
+async def test_the_key_bar_shows_a_panes_keys_all_or_none(tmp_path: Path):
+    await record_session(tmp_path / "s", Plan(iterations=4, progress_per_run=3, outer_period=2))
+    app = BilevelApp(ReplaySource(tmp_path / "s", follow=False), deterministic=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.caught_up()
+        await pilot.press("3")
+        await until(pilot, lambda: app._focused_pane() is app.base.query_one("#research"), what="research")
+        await pilot.pause()
+        line = key_bar_line(app)
+        assert ("Prev research" in line) == ("Next research" in line), line
+        assert "z Maximise" in line  # the app's keys come before a pane's
+
+
+async def test_a_click_on_a_key_in_the_key_bar_presses_it(tmp_path: Path):
+    await record_session(tmp_path / "s", Plan(iterations=2, progress_per_run=2))
+    app = BilevelApp(ReplaySource(tmp_path / "s", follow=False), deterministic=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.caught_up()
+        await pilot.pause()
+        column = key_bar_line(app).index(" ? Help ") + 2
+        await pilot.click(KeyBar, offset=(column, 0))
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="the help")
+
+
+async def test_the_focused_pane_alone_has_the_accent_border(tmp_path: Path):
+    await record_session(tmp_path / "s", Plan(iterations=2, progress_per_run=2))
+    app = BilevelApp(ReplaySource(tmp_path / "s", follow=False), deterministic=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.caught_up()
+        accent = Color.parse(app.theme_variables["accent"])
+        for number, pane in (("2", "strategy"), ("4", "patches"), ("1", "trace")):
+            await pilot.press(number)
+            await until(pilot, lambda: app._focused_pane() is app.base.query_one(f"#{pane}"), what=pane)
+            await pilot.pause()
+            lit = {p.id for p in app.panes if p.styles.border.top[1] == accent}
+            assert lit == {pane} and [p.id for p in app.panes if p.lit] == [pane]
+        app.theme = "nord"  # another accent: the lit border follows the theme
+        trace = app.base.query_one("#trace")
+        await until(pilot, lambda: trace.styles.border.top[1] == Color.parse(app.theme_variables["accent"]) != accent,
+                    what="the new accent")

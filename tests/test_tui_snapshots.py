@@ -90,7 +90,7 @@ def test_mechanism_awaiting_approval(snap_compare, tmp_path: Path, size: str):
         await app._repaint()
         table = app.base.query_one("#trace-table")
         table.move_cursor(row=table.row_count - 1, animate=False)  # where the cursor ends up also raced
-        while approve_key(app).has_class("-disabled"):  # and whether the key bar had caught up
+        while not approve_key(app).enabled:  # and whether the key bar had caught up
             await pilot.pause(0.05)
         await pilot.press("v")
         await pilot.pause()
@@ -102,9 +102,9 @@ def test_mechanism_awaiting_approval(snap_compare, tmp_path: Path, size: str):
 
 
 def approve_key(app: BilevelApp):
-    from textual.widgets._footer import FooterKey
+    from tui.widgets.keybar import KeyBar
 
-    return next(k for k in app.base.query(FooterKey) if k.action == "review_mechanism")
+    return next(k for k in app.base.query_one(KeyBar).keys if k.action == "review_mechanism")
 
 
 RESEARCH_ID, MECHANISM = "r1-0001", "TabuMemory1"  # the scripted run's one research session (after #3)

@@ -5,12 +5,16 @@ written to a log, each row added to a table — although a widget whose own size
 the layout (``1fr``) only needs its scrollbars redrawn. Under a flood of events that was a
 full layout and repaint of every pane up to ten times a second, and keys waited behind it.
 These keep the layout for when a scrollbar appears or goes (its space changes the widget's).
+:func:`update_static` does the same for a Static whose new text takes the room the old one took
+(the guidance, a patch of the same length): Textual re-lays out the screen on every update.
 """
 from __future__ import annotations
 
 from textual.geometry import Size
 from textual.reactive import Reactive
-from textual.widgets import DataTable, OptionList, RichLog
+from textual.widget import Widget
+from textual.visual import VisualType
+from textual.widgets import DataTable, OptionList, RichLog, Static
 
 
 def _grown(widget: RichLog | DataTable | OptionList, size: Size) -> None:
@@ -47,3 +51,22 @@ class GrowingOptionList(OptionList):
 
     def watch_virtual_size(self, size: Size) -> None:
         _grown(self, size)
+
+
+def _natural_size(widget: Static) -> tuple[int, int]:
+    """The content's own width and height at the widget's current width (what the layout reads)."""
+    width = widget.content_size.width
+    container = widget.parent.content_size if isinstance(widget.parent, Widget) else widget.app.size
+    return (widget.get_content_width(container, widget.app.size),
+            widget.get_content_height(container, widget.app.size, width))
+
+
+def update_static(widget: Static, content: VisualType) -> None:
+    """``widget.update(content)``, re-laying out the screen only when the content's size changed."""
+    if not widget.is_attached or not widget.content_size.width:
+        widget.update(content)  # not laid out yet
+        return
+    before = _natural_size(widget)
+    widget.update(content, layout=False)
+    if _natural_size(widget) != before:
+        widget.refresh(layout=True)

@@ -21,7 +21,7 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from ..model import PATCHES, PatchEntry
-from .growing import GrowingOptionList
+from .growing import GrowingOptionList, update_static
 from .markdown import MarkdownText
 from .pane import Pane
 
@@ -218,7 +218,7 @@ class PatchPane(Pane):
     def _set_code(self, renderable: Text | Syntax, *, wrap: bool = False, top: int = 0) -> None:
         """Show ``renderable`` with line ``top`` (a diff's first change) near the top of the view."""
         self.set_class(wrap, "-wrap")
-        self.query_one("#patch-code", Static).update(renderable)
+        update_static(self.query_one("#patch-code", Static), renderable)  # a patch as long: no layout
         scroll = self.query_one("#patch-code-scroll", ScrollableContainer)
         y = max(0, top - self.CONTEXT_ABOVE)
         scroll.scroll_to(x=0, y=y, animate=False, immediate=True)

@@ -11,6 +11,7 @@ from core.levels.trace import fmt_value, param_stats
 
 from ..model import PARAMS, STRATEGY
 from .follow import EndFollower
+from .growing import update_static
 from .pane import Pane
 from .tables import KeyedRows, shown_as
 
@@ -179,7 +180,7 @@ class StrategyPane(Pane):
         if getattr(widget, "_shown_text", None) == looks:  # an unchanged text costs no re-layout
             return False
         widget._shown_text = looks  # type: ignore[attr-defined]
-        widget.update(text)
+        update_static(widget, text)
         return True
 
     def selected_param(self) -> str | None:

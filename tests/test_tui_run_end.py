@@ -38,7 +38,8 @@ async def test_a_timely_approval_shows_approved_then_active(tmp_path: Path):
         await press(app, "a")
         await until(pilot, lambda: app.model.state.research.get(rid) == "approved", what="MechanismApproved")
         await until(pilot, lambda: "approved" in app.screen_text(), what="approved on screen")
-        assert "to approve" not in app.screen_text().splitlines()[0]
+        await until(pilot, lambda: "to approve" not in app.screen_text().splitlines()[0],
+                    what="the header without a count to approve")  # drawn in its own frame
         await press(app, "space")
         await until(pilot, lambda: app.model.state.research.get(rid) == "activated", timeout=60, what="activated")
         await asyncio.wait_for(task, patience(60))
@@ -57,7 +58,8 @@ async def test_an_approval_too_late_expires_and_is_refused_with_a_reason(tmp_pat
         await until(pilot, lambda: app.model.state.research.get(rid) == "expired", timeout=60,
                     what="expiry when the last iteration starts")
         await until(pilot, lambda: "expired" in app.screen_text(), what="expired on screen")
-        assert "to approve" not in app.screen_text().splitlines()[0]
+        await until(pilot, lambda: "to approve" not in app.screen_text().splitlines()[0],
+                    what="the header without a count to approve")  # drawn in its own frame
         await app.send(cmds.ApproveMechanism(research_id=rid))
         await until(pilot, lambda: any(n.title == "Command refused" for n in app._notifications),
                     what="the refusal toast")

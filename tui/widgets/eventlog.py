@@ -45,8 +45,9 @@ class EventLogPane(Pane):
             return
         self._last_write = now
         log = self.query_one(RichLog)
-        while source.diagnostics:
-            log.write(Text(source.diagnostics.popleft(), style="dim italic"))
+        notes = [Text(source.diagnostics.popleft(), style="dim italic") for _ in range(len(source.diagnostics))]
+        if notes:
+            log.write(Text("\n").join(notes))
         if LOG not in parts:
             return
         reset, lines = model.take_log()
@@ -57,8 +58,8 @@ class EventLogPane(Pane):
             # a flood (or a seek): redraw only the newest lines; the session file keeps them all
             log.clear()
             lines = list(model.log)[-limit:]
-        for line in lines:
-            log.write(Text(line, style=_style(line)))
+        if lines:  # one write for them all: each write measures, renders and scrolls (~0.7 ms a line)
+            log.write(Text("\n").join(Text(line, style=_style(line)) for line in lines))
 
 
 def _style(line: str) -> str:

@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.widgets import RichLog
 
-from .growing import GrowingLog
-
 from ..model import LOG, LOG_LINES
+from .growing import GrowingLog
 from .pane import Pane
 
 if TYPE_CHECKING:

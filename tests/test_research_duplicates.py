@@ -12,6 +12,7 @@ from core.record import events as ev
 from tests.conftest import Recorder, run_engine
 from tests.support import Reply, ScriptedOpenAI
 from tests.support.patience import patience
+from tests.test_mechanism_fingerprint import EXACT_TABU_REFACTORED
 from tests.test_research import GOOD_TABU, Scripted, module_reply, research_config
 
 # The built-in tabu module as a model might hand it back: comments dropped, docstrings reworded, reformatted.
@@ -19,27 +20,7 @@ TABU_COPY = "# A tabu search of my own design.\n" + ast.unparse(ast.parse(inspec
     "Tabu search: veto proposals", "Forbid proposals", 1)
 
 # GOOD_TABU's behaviour in other words: a helper, other names, another class name and `name`.
-TABU_REFACTOR = textwrap.dedent('''
-    from mechanisms.base import Mechanism, Veto
-
-
-    def _first_with(records, changes):
-        hits = [rec for rec in records if rec["changes"] and rec["changes"] == changes]
-        return hits[0] if hits else None
-
-
-    class RepeatGuard(Mechanism):
-        """Refuses to train a change twice."""
-
-        name = "repeat_guard"
-
-        def review_proposal(self, state, proposal):
-            wanted = proposal["changes"]
-            hit = _first_with(list(state.records), wanted)
-            if hit is None:
-                return None
-            return Veto("iteration #%s already tried %s" % (hit["iteration"], wanted))
-''')
+TABU_REFACTOR = EXACT_TABU_REFACTORED
 
 # Genuinely different: it only adds a note to the prompt.
 PROMPT_NOTE = textwrap.dedent('''

@@ -3,7 +3,6 @@ refactor that behaves the same is refused with the reason, and the model is aske
 from __future__ import annotations
 
 import ast
-import asyncio
 import inspect
 import textwrap
 
@@ -11,9 +10,8 @@ import mechanisms.tabu
 from core.record import events as ev
 from tests.conftest import Recorder, run_engine
 from tests.support import Reply, ScriptedOpenAI
-from tests.support.patience import patience
 from tests.test_mechanism_fingerprint import EXACT_TABU_REFACTORED
-from tests.test_research import GOOD_TABU, Scripted, module_reply, research_config
+from tests.test_research import GOOD_TABU, Scripted, _resume, module_reply, research_config
 
 # The built-in tabu module as a model might hand it back: comments dropped, docstrings reworded, reformatted.
 TABU_COPY = "# A tabu search of my own design.\n" + ast.unparse(ast.parse(inspect.getsource(mechanisms.tabu))).replace(
@@ -101,16 +99,6 @@ async def test_a_copy_refused_on_every_attempt_is_rejected_saying_which_mechanis
     assert finished.outcome == "rejected" and "identical in source to active mechanism `tabu`" in finished.reason
     assert [a.name for a in rec.of(ev.MechanismActivated)] == ["tabu"]
     assert engine.state.status == "completed"
-
-
-async def _resume(session, server, iterations: int):
-    from core.engine.engine import Engine
-
-    engine = Engine.resume(session, {"budget.iterations": iterations, "endpoint.base_url": server.base_url})
-    rec = Recorder()
-    engine.subscribe(rec)
-    await asyncio.wait_for(engine.run(), patience(120))
-    return engine, rec
 
 
 async def test_a_refactor_that_behaves_like_the_active_mechanism_is_not_offered_and_a_different_one_is(

@@ -711,9 +711,9 @@ def warm_up(raw: GPT, model: nn.Module, masks: list[object], setup: Setup,
             autocast: contextlib.AbstractContextManager) -> None:
     """Two optimizer steps on a throwaway batch with throwaway optimizers, so a process's
     first-call costs are paid before the budget: the first step's (allocations, kernel
-    choice, lazy imports, optimizer state), then the second's (measured on 2 cores in CPU
-    time: after one throwaway step the first real step still cost ~1.5x a later one, after
-    two it costs the same). Nothing of it reaches the result: it draws no random numbers,
+    choice, lazy imports, optimizer state), then what is left (in CPU time on 2 cores at load
+    5-6, the first real step cost ~1.5x a later one after one throwaway step and the same after
+    two; bench/bench_first_step.py, quiet: 1.14x and 1.10x). Nothing of it reaches the result: it draws no random numbers,
     and the weights are redrawn from the seed and the optimizers rebuilt afterwards."""
     n = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
     x = (torch.arange(n, device=setup.device) % raw.wte.num_embeddings).view(DEVICE_BATCH_SIZE, MAX_SEQ_LEN)

@@ -9,6 +9,7 @@ from core.record import events as ev
 from tui.app import BilevelApp
 from tui.screens.guidance import GuidanceScreen
 from tui.sources import ReplaySource
+from tui.widgets.parts import PartsView
 from tui.widgets.strategy import StrategyPane
 from tests.support.scripted_engine import SCHEMA, Plan, record_session
 from tests.test_tui_app import SLOW, live_app, logged, on_screen, press, received, type_text, until
@@ -56,7 +57,7 @@ async def test_pinned_guidance_survives_the_next_cycle_which_says_it_was_not_app
         await until(pilot, lambda: "from you · 📌 pinned" in guidance_shown(app), what="the pin on screen")
         await until(pilot, lambda: any(c.guidance_not_applied for c in app.model.cycles), what="a cycle that lost")
         await pilot.pause()
-        cycles = str(app.base.query_one(StrategyPane).query_one("#cycles", Static).render())
+        cycles = " ".join(app.base.query_one(StrategyPane).query_one("#cycles-scroll", PartsView).text.split())
         assert app.model.state.guidance == "Only the learning rates."
         assert "guidance not applied (the user's guidance is pinned)" in cycles
     assert [c.args for c in received(engine, "set_guidance")] == [{"guidance": "Only the learning rates.", "pinned": True}]

@@ -116,6 +116,7 @@ class BilevelApp(App[int]):
         self._exit_when_finished = False
         self._detaching = False
         self._help: HelpScreen | None = None  # built on the first `?`, then re-shown
+        self._detail: IterationDetailScreen | None = None  # built on the first Enter on a row, then re-shown
         self._engine_error_shown = False
         self._replay_notice = ""
         self._panes: list[Pane] = []
@@ -854,7 +855,13 @@ class BilevelApp(App[int]):
     def on_trace_pane_iteration_chosen(self, message: TracePane.IterationChosen) -> None:
         n = message.iteration
         self.base.query_one(PatchPane).show_iteration(n)  # the patches pane points at its diff too
-        self.push_screen(IterationDetailScreen(n, iteration_detail(self.model, n, self.source.read_artifact)))
+        text = iteration_detail(self.model, n, self.source.read_artifact)
+        if self._detail is None:
+            self._detail = IterationDetailScreen(n, text)
+            self.install_screen(self._detail, name="detail")
+        else:
+            self._detail.show(n, text)
+        self.push_screen(self._detail)
 
 
 def _settle_garbage_collector() -> None:

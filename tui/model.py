@@ -320,7 +320,7 @@ def _run_finished(m: ViewModel, e: ev.RunFinished) -> None:
                                                 reason="the run ended before it was activated")
             view.segments.append(("text", "\n### Outcome: expired\n\nthe run ended before it was activated\n\n"))
             m.dirty.add(RESEARCH)
-    m.dirty |= {HEADER, PROGRESS}
+    m.dirty |= {HEADER, PROGRESS, STRATEGY}  # the guidance says no cycle will rewrite it any more
 
 
 def _run_resumed(m: ViewModel, e: ev.RunResumed) -> None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Static
+
+from ..widgets.parts import PartsView
 
 
 class IterationDetailScreen(ModalScreen[None]):
-    """A scrollable page of :func:`tui.detail.iteration_detail`; escape (or q, Enter) closes it."""
+    """A scrollable page of :func:`tui.detail.iteration_detail`; escape (or q, Enter) closes it.
+
+    The app builds one and re-shows it with :meth:`show`: a fresh screen is composed, styled and
+    laid out from nothing on every Enter, and removing it on close re-lays out the panes' screen.
+    """
 
     BINDINGS = [
         Binding("escape,q,enter", "dismiss(None)", "Close", id="detail.close"),
@@ -19,8 +23,9 @@ class IterationDetailScreen(ModalScreen[None]):
     ]
     DEFAULT_CSS = """
     IterationDetailScreen { align: center middle; background: $background; }  /* opaque: the panes need no repaint */
-    IterationDetailScreen > VerticalScroll {
+    IterationDetailScreen > PartsView {
         width: 100%; max-width: 140; height: 100%; border: thick $accent; background: $surface; padding: 0 1;
+        overflow-y: auto;
     }
     """
 
@@ -29,14 +34,24 @@ class IterationDetailScreen(ModalScreen[None]):
         self.iteration, self.text = iteration, text
 
     def compose(self) -> ComposeResult:
-        scroll = VerticalScroll(id="detail-scroll")
-        scroll.border_title = f"Iteration #{self.iteration} — escape closes"
-        with scroll:
-            yield Static(self.text, id="detail-text")
+        yield PartsView(id="detail-scroll")
 
     def on_mount(self) -> None:
+        self._draw()
         self.query_one("#detail-scroll").focus()
 
+    def show(self, iteration: int, text: Text) -> None:
+        """Show another iteration's page (or the same one, refreshed), from its top."""
+        self.iteration, self.text = iteration, text
+        if self.is_mounted:
+            self._draw()
+
+    def _draw(self) -> None:
+        view = self.query_one("#detail-scroll", PartsView)
+        view.border_title = f"Iteration #{self.iteration} — escape closes"
+        view.set_parts([self.text])
+        view.scroll_home(animate=False, immediate=True)
+
     def action_scroll(self, where: str) -> None:
-        scroll = self.query_one("#detail-scroll", VerticalScroll)
-        scroll.scroll_home(animate=False) if where == "home" else scroll.scroll_end(animate=False)
+        view = self.query_one("#detail-scroll", PartsView)
+        view.scroll_home(animate=False) if where == "home" else view.scroll_end(animate=False)

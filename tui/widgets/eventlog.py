@@ -5,10 +5,9 @@ import time
 from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual.widgets import RichLog
 
 from ..model import LOG, LOG_LINES
-from .growing import GrowingLog
+from .lazylog import LazyLog
 from .pane import Pane
 
 if TYPE_CHECKING:
@@ -16,14 +15,13 @@ if TYPE_CHECKING:
     from ..sources import Source
 
 
-MAX_WRITE = 200  # lines written in one repaint; each costs a render
-WRITE_EVERY_S = 0.25  # the log is read, not watched: writing it 4× a second saves re-layouts
+WRITE_EVERY_S = 0.25  # the log is read, not watched: written 4× a second, its pane repaints 4× a second
 
 
 class EventLogPane(Pane):
     PANE_TITLE = "Events"
     DEFAULT_CSS = """
-    EventLogPane RichLog { height: 1fr; background: transparent; }
+    EventLogPane LazyLog { height: 1fr; background: transparent; }
     """
 
     def __init__(self, number: int, *, throttle: bool = True, **kwargs) -> None:
@@ -32,10 +30,10 @@ class EventLogPane(Pane):
         self._last_write = 0.0
 
     def compose(self):
-        yield GrowingLog(id="event-log", max_lines=LOG_LINES, wrap=False, markup=False, highlight=False)
+        yield LazyLog(id="event-log", max_lines=LOG_LINES)
 
     def reset(self) -> None:
-        self.query_one(RichLog).clear()
+        self.query_one(LazyLog).clear()
 
     async def sync(self, model: "ViewModel", parts: set[str], rows: set[int], params: bool, source: "Source") -> None:
         now = time.monotonic()
@@ -43,22 +41,16 @@ class EventLogPane(Pane):
             model.dirty.add(LOG)  # not yet: keep the lines for the next repaint
             return
         self._last_write = now
-        log = self.query_one(RichLog)
-        notes = [Text(source.diagnostics.popleft(), style="dim italic") for _ in range(len(source.diagnostics))]
-        if notes:
-            log.write(Text("\n").join(notes))
+        log = self.query_one(LazyLog)
+        log.write_lines(Text(source.diagnostics.popleft(), style="dim italic") for _ in range(len(source.diagnostics)))
         if LOG not in parts:
             return
         reset, lines = model.take_log()
-        # Unthrottled (snapshots), a flood is written whole: how many lines the pane holds must not
-        # depend on how the events happened to be batched.
-        limit = MAX_WRITE if self.throttle else LOG_LINES
-        if reset or len(lines) > limit:
-            # a flood (or a seek): redraw only the newest lines; the session file keeps them all
+        if reset or len(lines) > LOG_LINES:
+            # a flood (or a seek): the newest lines the pane holds; the session file keeps them all
             log.clear()
-            lines = list(model.log)[-limit:]
-        if lines:  # one write for them all: each write measures, renders and scrolls (~0.7 ms a line)
-            log.write(Text("\n").join(Text(line, style=_style(line)) for line in lines))
+            lines = list(model.log)[-LOG_LINES:]
+        log.write_lines(Text(line, style=_style(line)) for line in lines)
 
 
 def _style(line: str) -> str:

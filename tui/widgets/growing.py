@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from textual.geometry import Size
 from textual.reactive import Reactive
+from textual.scroll_view import ScrollView
 from textual.widget import Widget
 from textual.visual import VisualType
-from textual.widgets import DataTable, OptionList, RichLog, Static
+from textual.widgets import DataTable, OptionList, Static
+
+from .tables import IncrementalTable
 
 
-def _grown(widget: RichLog | DataTable | OptionList, size: Size) -> None:
+def grown(widget: ScrollView | DataTable | OptionList, size: Size) -> None:
     widget._refresh_scrollbars()  # a bar that appears or goes re-lays out (its reactive says so)
     if widget.show_vertical_scrollbar:
         widget.vertical_scrollbar.window_virtual_size = size.height
@@ -26,22 +29,13 @@ def _grown(widget: RichLog | DataTable | OptionList, size: Size) -> None:
     widget.refresh()
 
 
-class GrowingLog(RichLog):
-    """A RichLog whose new lines repaint it and its scrollbar only."""
+class GrowingTable(IncrementalTable):
+    """A DataTable whose new rows repaint it and its scrollbar only (and a focus change its cursor row)."""
 
     virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False)
 
     def watch_virtual_size(self, size: Size) -> None:
-        _grown(self, size)
-
-
-class GrowingTable(DataTable):
-    """A DataTable whose new rows repaint it and its scrollbar only."""
-
-    virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False)
-
-    def watch_virtual_size(self, size: Size) -> None:
-        _grown(self, size)
+        grown(self, size)
 
 
 class GrowingOptionList(OptionList):
@@ -50,7 +44,7 @@ class GrowingOptionList(OptionList):
     virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False)
 
     def watch_virtual_size(self, size: Size) -> None:
-        _grown(self, size)
+        grown(self, size)
 
 
 def _natural_size(widget: Static) -> tuple[int, int]:

@@ -1,8 +1,9 @@
 """The Research pane (Level 2): the four-round dialogue streaming live as Markdown.
 
-The dialogue is drawn as one Markdown part per round (plus title, validation and
-outcome); while a round streams only its own part is re-rendered. Switching to another
-research session or a backward seek starts the parts afresh. A thinking model's reasoning
+The dialogue is drawn as Markdown parts (title, each round cut at paragraphs, validation and
+outcome) in one line-API view; while a round streams only its last part is re-rendered, and no
+growth re-lays out the screen. Switching to another research session or a backward seek starts
+the parts afresh. A thinking model's reasoning
 deltas sit in a collapsed section above the dialogue (``t`` opens and closes it).
 """
 from __future__ import annotations
@@ -13,13 +14,14 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from rich.markdown import Markdown
 from textual.widgets import Collapsible, Static
 
 from ..model import RESEARCH
 from ..render import short_count
-from .follow import EndFollower
-from .markdown import MarkdownText
+from .markdown import CODE_THEME
 from .pane import Pane
+from .parts import PartsView
 
 if TYPE_CHECKING:
     from ..model import ViewModel
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 ROUND_MARKS = {"done": "✓", "streaming": "…", "failed": "✗"}
 RENDER_EVERY_S = 0.25  # a streaming round is re-rendered 4× a second: tokens need no 10 Hz Markdown parse
+RENDER_BUDGET_S = 0.012  # Markdown rendered per repaint; a new session's parts are drawn over a few
 
 
 class ResearchPane(Pane):
@@ -40,7 +43,7 @@ class ResearchPane(Pane):
     ResearchPane #research-title { height: 1; padding: 0 1; background: $boost; text-wrap: nowrap;
                                    text-overflow: ellipsis; }
     ResearchPane #research-rounds { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
-    ResearchPane #research-scroll { height: 1fr; overflow-y: scroll; }  /* a fixed width: parts render once */
+    ResearchPane #research-scroll { height: 1fr; }
     ResearchPane #research-reasoning { height: auto; max-height: 50%; display: none; padding: 0; border: none; }
     ResearchPane #research-reasoning.-present { display: block; }
     ResearchPane #reasoning-scroll { height: auto; max-height: 12; }
@@ -53,7 +56,6 @@ class ResearchPane(Pane):
         self._last_render = 0.0
         self.selected: str | None = None  # None: follow the newest research
         self._shown_id: str | None = None
-        self._parts: list[MarkdownText] = []
         self._model: ViewModel | None = None
         self._reasoning_shown = ""
 
@@ -63,10 +65,7 @@ class ResearchPane(Pane):
         with Collapsible(title="Reasoning", collapsed=True, id="research-reasoning"):
             with VerticalScroll(id="reasoning-scroll"):
                 yield Static(id="reasoning-text", markup=False)
-        yield VerticalScroll(id="research-scroll")
-
-    def on_mount(self) -> None:
-        self._follower = EndFollower(self.query_one("#research-scroll", VerticalScroll))
+        yield PartsView(_markdown, gap=1, inset=1, follow=True, id="research-scroll")
 
     def reset(self) -> None:
         self._shown_id = None
@@ -83,32 +82,20 @@ class ResearchPane(Pane):
             return
         rid = self.current_id(model)
         now = time.monotonic()
-        if self.throttle and rid == self._shown_id and now - self._last_render < RENDER_EVERY_S:
+        scroll = self.query_one("#research-scroll", PartsView)
+        if self.throttle and rid == self._shown_id and not scroll.pending and now - self._last_render < RENDER_EVERY_S:
             model.dirty.add(RESEARCH)  # streaming: the next repaint after the interval draws it
             return
         self._last_render = now
         self._title(model, rid)
         self._reasoning(model.research_reasoning(rid) if rid is not None else "")
-        scroll = self.query_one("#research-scroll", VerticalScroll)
         texts = model.research_parts(rid) if rid is not None else [self._empty_text(model)]
-        changed = False
         if rid != self._shown_id:  # another session: from its start, or following the newest
             scroll.scroll_home(animate=False, immediate=True)
-            self._follower.follow(self.selected is None)
-        for i, text in enumerate(texts):  # the parts shown are re-used: mounting widgets costs a re-layout
-            if i < len(self._parts):
-                changed = self._parts[i].set_markdown(text) or changed
-            else:
-                part = MarkdownText(text)
-                self._parts.append(part)
-                await scroll.mount(part)
-                changed = True
-        if len(self._parts) > len(texts):  # a shorter session than the last one shown
-            extra, self._parts = self._parts[len(texts):], self._parts[:len(texts)]
-            await scroll.remove_children(extra)
-            changed = True
-        if changed:
-            self._follower.content_changed()
+            scroll.following = self.selected is None
+        scroll.set_parts(texts, RENDER_BUDGET_S if self.throttle else None)
+        if scroll.pending:
+            model.dirty.add(RESEARCH)  # the rest of the parts at the next repaint
         self._shown_id = rid
 
     def _reasoning(self, text: str) -> None:
@@ -180,3 +167,7 @@ class ResearchPane(Pane):
 
     def action_next_research(self) -> None:
         self._select(+1)
+
+
+def _markdown(text: str) -> Markdown:
+    return Markdown(text, code_theme=CODE_THEME, hyperlinks=False)

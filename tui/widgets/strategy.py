@@ -4,19 +4,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
 from core.levels.trace import fmt_value, param_stats
 
 from ..model import PARAMS, STRATEGY
-from .follow import EndFollower
 from .growing import update_static
 from .pane import Pane
-from .tables import KeyedRows, shown_as
+from .parts import PartsView
+from .tables import IncrementalTable, KeyedRows, shown_as
 
 if TYPE_CHECKING:
-    from ..model import ViewModel
+    from ..model import StrategyCycle, ViewModel
     from ..sources import Source
 
 # Narrow enough that tried/kept/net gain fit a 140-column terminal's right column with no scroll;
@@ -87,50 +86,57 @@ def param_rows(model: "ViewModel") -> dict[str, dict[str, object]]:
     return out
 
 
-def cycles_text(model: "ViewModel") -> Text:
-    out = Text()
+def cycles_parts(model: "ViewModel") -> list[Text]:
+    """Each cycle's decisions as a part of its own (a new cycle renders only itself), then the changes by hand."""
     if not model.cycles and not model.param_changes:
-        out.append("No strategy cycle yet.", style="dim")
+        out = Text("No strategy cycle yet.", style="dim")
         if "strategy" not in model.state.levels and model.state.session:
             out.append(" Level 1.5 is not active in this group.", style="dim")
-        return out
+        return [out]
+    parts = [_cycle_text(c) for c in model.cycles]
     manual = [c for c in model.param_changes if c.source != "strategy"]
-    for c in model.cycles:
-        d = c.decision
-        out.append(f"Cycle {c.cycle}", style="bold")
-        out.append(f" after #{c.after_iteration}")
-        if d is None:
-            out.append("  running…\n", style="yellow")
-            continue
-        out.append(f"  ({'offline rule' if d.source == 'offline' else 'LLM'})\n", style="dim")
-        if d.error:
-            out.append(f"  error: {d.error}\n", style="red")
-        if d.diagnosis:
-            out.append(f"  {d.diagnosis}\n", style="italic")
-        reasons = {name: reason for _, name, reason in c.actions}
-        for name in d.freeze:
-            out.append("  ❄ froze ", style="cyan")
-            out.append(name, style="bold")
-            out.append(f" — {reasons.get(name, '')}\n", style="dim")
-        for name in d.unfreeze:
-            out.append("  ☀ unfroze ", style="green")
-            out.append(name, style="bold")
-            out.append(f" — {reasons.get(name, '')}\n", style="dim")
-        if not d.freeze and not d.unfreeze:
-            out.append("  no freeze or unfreeze\n", style="dim")
-        for name, why in d.refused.items():
-            out.append(f"  refused {name}: {why}\n", style="yellow")
-        if d.candidates:
-            out.append(f"  rule candidates: {', '.join(d.candidates)}\n", style="dim")
-        if c.guidance_not_applied is not None:
-            out.append(f"  guidance not applied ({c.guidance_not_applied.reason}): ", style="magenta")
-            out.append(f"{c.guidance_not_applied.guidance}\n", style="dim")
     if manual:
-        out.append("By hand\n", style="bold")
+        out = Text("By hand\n", style="bold")
         for ch in manual:
             verb = "❄ froze" if ch.action == "freeze" else "☀ unfroze"
             out.append(f"  {verb} {ch.name} ({ch.source}) — {ch.reason}\n")
-    out.rstrip()
+        parts.append(out)
+    for part in parts:
+        part.rstrip()
+    return parts
+
+
+def _cycle_text(c: "StrategyCycle") -> Text:
+    out = Text()
+    d = c.decision
+    out.append(f"Cycle {c.cycle}", style="bold")
+    out.append(f" after #{c.after_iteration}")
+    if d is None:
+        out.append("  running…\n", style="yellow")
+        return out
+    out.append(f"  ({'offline rule' if d.source == 'offline' else 'LLM'})\n", style="dim")
+    if d.error:
+        out.append(f"  error: {d.error}\n", style="red")
+    if d.diagnosis:
+        out.append(f"  {d.diagnosis}\n", style="italic")
+    reasons = {name: reason for _, name, reason in c.actions}
+    for name in d.freeze:
+        out.append("  ❄ froze ", style="cyan")
+        out.append(name, style="bold")
+        out.append(f" — {reasons.get(name, '')}\n", style="dim")
+    for name in d.unfreeze:
+        out.append("  ☀ unfroze ", style="green")
+        out.append(name, style="bold")
+        out.append(f" — {reasons.get(name, '')}\n", style="dim")
+    if not d.freeze and not d.unfreeze:
+        out.append("  no freeze or unfreeze\n", style="dim")
+    for name, why in d.refused.items():
+        out.append(f"  refused {name}: {why}\n", style="yellow")
+    if d.candidates:
+        out.append(f"  rule candidates: {', '.join(d.candidates)}\n", style="dim")
+    if c.guidance_not_applied is not None:
+        out.append(f"  guidance not applied ({c.guidance_not_applied.reason}): ", style="magenta")
+        out.append(f"{c.guidance_not_applied.guidance}\n", style="dim")
     return out
 
 
@@ -139,21 +145,17 @@ class StrategyPane(Pane):
     DEFAULT_CSS = """
     StrategyPane #guidance { height: auto; max-height: 5; padding: 0 1; color: $text; background: $boost; }
     StrategyPane #params-table { height: 2fr; min-height: 4; overflow-y: scroll; }
-    StrategyPane #cycles-scroll { height: 1fr; padding: 0 1; }
+    StrategyPane #cycles-scroll { height: 1fr; padding: 0 1; overflow-y: auto; }
     """
 
     def compose(self):
         yield Static(id="guidance")
-        table: DataTable = DataTable(id="params-table", cursor_type="row", zebra_stripes=True,
+        table: DataTable = IncrementalTable(id="params-table", cursor_type="row", zebra_stripes=True,
                                       cell_padding=0)
         for key, label, width in PARAM_COLUMNS:
             table.add_column(label, key=key, width=width)
         yield table
-        with VerticalScroll(id="cycles-scroll"):
-            yield Static(id="cycles")
-
-    def on_mount(self) -> None:
-        self._follower = EndFollower(self.query_one("#cycles-scroll", VerticalScroll))  # the newest cycle in view
+        yield PartsView(follow=True, id="cycles-scroll")  # the newest cycle in view; grows with no re-layout
 
     def __init__(self, number: int, **kwargs) -> None:
         super().__init__(number, **kwargs)
@@ -166,8 +168,7 @@ class StrategyPane(Pane):
     async def sync(self, model: "ViewModel", parts: set[str], rows: set[int], params: bool, source: "Source") -> None:
         if STRATEGY in parts:
             self._update(self.query_one("#guidance", Static), guidance_text(model))
-            if self._update(self.query_one("#cycles", Static), cycles_text(model)):
-                self._follower.content_changed()
+            self.query_one("#cycles-scroll", PartsView).set_parts(cycles_parts(model))
         if params or PARAMS in parts:
             self._update(self.query_one("#guidance", Static), guidance_text(model))  # "after #N" moves on
             table = self.query_one("#params-table", DataTable)

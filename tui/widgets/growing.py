@@ -13,8 +13,8 @@ from __future__ import annotations
 from textual.geometry import Size
 from textual.reactive import Reactive
 from textual.scroll_view import ScrollView
-from textual.widget import Widget
 from textual.visual import VisualType
+from textual.widget import Widget
 from textual.widgets import DataTable, OptionList, Static
 
 from .tables import IncrementalTable

@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from rich.markdown import Markdown
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from rich.markdown import Markdown
 from textual.widgets import Collapsible, Static
 
 from ..model import RESEARCH

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.strip import Strip
 from textual.widget import PseudoClasses
 from textual.widgets import DataTable
@@ -74,6 +75,7 @@ class IncrementalTable(DataTable):
         self._row_versions: dict[Any, int] = {}
         self._scoped_updates = 0  # DataTable update counts that touched one row only
         self._lines: dict[tuple, Strip] = {}  # before DataTable's init: its watchers clear caches
+        self._sized_at: Any = None
         super().__init__(*args, **kwargs)
 
     # --- what changed -------------------------------------------------------------------------------
@@ -95,6 +97,14 @@ class IncrementalTable(DataTable):
         super()._clear_caches()
         self._lines.clear()
 
+    def _on_resize(self, event: events.Resize) -> None:
+        # DataTable's handler (Textual calls it after this one) counts every Resize as an update;
+        # one comes with each new row (the virtual size grew, or the height of an auto-height
+        # table), though a line depends on the table's width only (in the key): that count changes no line
+        if event.size.width == self._sized_at:
+            self._scoped_updates += 1
+        self._sized_at = event.size.width
+
     def watch_has_focus(self, has_focus: bool) -> None:
         self._focus_restyle = True
         try:
@@ -109,8 +119,10 @@ class IncrementalTable(DataTable):
             return
         super(DataTable, self).notify_style_update()
         self._get_styles_to_render_cell.cache_clear()  # the cursor's component styles changed
-        self._styles_cache.clear()
-        self.refresh()
+        if self.cursor_type == "row" and self.show_cursor and self.row_count:
+            self.refresh_row(self.cursor_row)  # the one line that looks different
+        else:
+            self.refresh()
 
     def get_pseudo_class_state(self) -> PseudoClasses:
         state = super().get_pseudo_class_state()

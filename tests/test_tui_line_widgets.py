@@ -116,11 +116,10 @@ async def test_a_time_budget_draws_the_parts_over_several_calls_and_ends_with_al
             view.set_parts(parts, budget_s=0.0)
             calls += 1
         assert calls == 6
-        whole = app.query_one(PartsView)
-        text = whole.text
-        whole.set_parts([])
-        whole.set_parts(parts)  # all at once
-        assert whole.text == text
+        text = view.text
+        view.set_parts([])
+        view.set_parts(parts)  # all at once
+        assert view.text == text
 
 
 async def test_a_narrower_view_renders_its_parts_again_at_the_new_width():
@@ -175,6 +174,13 @@ class Tables(App):
             yield DataTable(id="b")
 
 
+def fill(table: DataTable, rows: int) -> None:
+    for key in ("it", "value"):
+        table.add_column(key, key=key, width=10)
+    for i in range(rows):
+        table.add_row(str(i), f"v{i}", key=str(i))
+
+
 def cursor_background(table: DataTable) -> str:
     y = table.cursor_row + table.header_height - int(table.scroll_y)
     strip = table.render_line(y)
@@ -186,10 +192,7 @@ async def test_the_incremental_table_re_renders_only_the_rows_that_changed(monke
     app = Tables()
     async with app.run_test(size=(100, 30)) as pilot:
         table = app.query_one("#a", IncrementalTable)
-        for key in ("it", "value"):
-            table.add_column(key, key=key, width=10)
-        for i in range(10):
-            table.add_row(str(i), f"v{i}", key=str(i))
+        fill(table, 10)
         table.focus()
         await pilot.pause()
         table.render_lines(table.region.reset_offset)  # everything drawn once
@@ -216,10 +219,7 @@ async def test_the_cursor_row_looks_focused_only_while_the_table_has_the_focus()
         table, other = app.query_one("#a", IncrementalTable), app.query_one("#b", DataTable)
         other.add_column("x")
         other.add_row("1")
-        for key in ("it", "value"):
-            table.add_column(key, key=key, width=10)
-        for i in range(5):
-            table.add_row(str(i), f"v{i}", key=str(i))
+        fill(table, 5)
         table.focus()
         await pilot.pause()
         focused = cursor_background(table)
@@ -229,8 +229,7 @@ async def test_the_cursor_row_looks_focused_only_while_the_table_has_the_focus()
         table.focus()
         await pilot.pause()
         assert focused != blurred and cursor_background(table) == focused
-        expected = {True: table.get_component_styles("datatable--cursor").rich_style.bgcolor}
-        assert focused == str(expected[True])
+        assert focused == str(table.get_component_styles("datatable--cursor").rich_style.bgcolor)
         rows = [table.render_line(y).text for y in range(1, 6)]
         other.focus()
         await pilot.pause()

@@ -81,36 +81,35 @@ class PartsView(ScrollView, can_focus=True):
         return True
 
     def _render_parts(self, looks: list[Any], budget_s: float | None = None) -> None:
-        for _ in range(2):  # again when the lines made the scrollbar appear (or go): the width changed
-            width = self.scrollable_content_region.width - 2 * self.inset
-            if width != self._width:
-                self._width, self._rendered, self._looks = width, [], []
-            if width <= 0:  # not laid out yet: drawn on the first resize
-                return
-            kept = 0
-            while kept < min(len(looks), len(self._looks), len(self._rendered)) and looks[kept] == self._looks[kept]:
-                kept += 1
-            deadline = None if budget_s is None else time.perf_counter() + budget_s
-            rendered = self._rendered[:kept]
-            for value in self._values[kept:]:
-                if deadline is not None and len(rendered) > kept and time.perf_counter() > deadline:
-                    break
-                rendered.append(self._render(value, width))
-            self._rendered, self._looks = rendered, looks[:len(rendered)]
-            self.pending = len(rendered) < len(self._values)
-            blank = [Strip.blank(width)] * self.gap
-            margin = Strip.blank(self.inset)
-            self._lines = [Strip.join([margin, line]) if self.inset else line
-                           for part in self._rendered for line in (*part, *blank)]
-            self.virtual_size = Size(width, len(self._lines))  # may show or hide the scrollbar
-            self.refresh()
-            self._stick()
-            if self.scrollable_content_region.width - 2 * self.inset == width:
-                return
+        width = self.scrollable_content_region.width - 2 * self.inset
+        if width != self._width:
+            self._width, self._rendered, self._looks = width, [], []
+        if width <= 0:  # not laid out yet: drawn on the first resize
+            return
+        kept = 0
+        while kept < min(len(looks), len(self._looks), len(self._rendered)) and looks[kept] == self._looks[kept]:
+            kept += 1
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        rendered = self._rendered[:kept]
+        for value in self._values[kept:]:
+            if deadline is not None and len(rendered) > kept and time.perf_counter() > deadline:
+                break
+            rendered.append(self._render(value, width))
+        self._rendered, self._looks = rendered, looks[:len(rendered)]
+        self.pending = len(rendered) < len(self._values)
+        self._lines = [line for part in self._rendered for line in part]
+        self.virtual_size = Size(width + self.inset, len(self._lines))
+        self.refresh()
+        self._stick()
 
     def _render(self, value: Any, width: int) -> list[Strip]:
+        """A part's lines at ``width``, with its inset on the left and its gap below."""
         visual = visualize(self, self.render_part(value), markup=False)
-        return Visual.to_strips(self, visual, width, None, self.visual_style)
+        lines = Visual.to_strips(self, visual, width, None, self.visual_style) + [Strip.blank(width)] * self.gap
+        if self.inset:
+            margin = Strip.blank(self.inset)
+            lines = [Strip.join([margin, line]) for line in lines]
+        return lines
 
     def watch_virtual_size(self, size: Size) -> None:
         grown(self, size)

@@ -7,7 +7,9 @@ whole iterations, strategy cycles and research sessions) as fast as the headless
 - events/s sustained (applied to the view model and painted at the app's 15 Hz),
 - key latency: from the key reaching the app to its effect (a command sent, a screen shown): space,
   the help (? and escape), an iteration's detail view (Enter and escape) and a pane switch (2, 1),
-- RSS after the stream.
+- RSS after the stream,
+- the garbage collector's longest pause per generation during the steady stream (a pause is a
+  stretch no key is answered in).
 
 Targets: >= 2,000 events/s, every key answered in < 100 ms, < 150 MB RSS after 10,000
 events. Exits 1 when a target is missed. Run: ``python bench/bench_tui.py [--events N] [--slots 4]``
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import statistics
@@ -182,6 +185,25 @@ class KeyProbe:
 PAINTED: dict[int, float] = {}  # id(screen) -> when it last sent an update to the terminal
 
 
+class GcPauses:
+    """The garbage collector's pauses per generation, in ms, while ``on``."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self.on:
+            self.pauses[info["generation"]].append((time.perf_counter() - self._started) * 1000)
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 def _watch_paints() -> None:
     """Record when each screen paints, so a key's latency runs to what the user sees."""
     from textual.screen import Screen
@@ -211,6 +233,8 @@ async def bench(n_events: int, saturate_s: float, rate: float, seconds: float, s
 
         # 1. a steady stream at the target rate: the app must keep up and answer keys
         out["rss_10k_mb"] = None
+        gc_pauses = GcPauses()
+        gc_pauses.on = True
         probe = KeyProbe(app, source)
         start_applied = app.events_applied
         started = time.perf_counter()
@@ -230,6 +254,9 @@ async def bench(n_events: int, saturate_s: float, rate: float, seconds: float, s
                 next_key = time.perf_counter() + key_every_s
             await asyncio.sleep(0.002)
         elapsed = time.perf_counter() - started
+        gc_pauses.on = False
+        gc_pauses.close()
+        out["gc_pauses_ms"] = gc_pauses.pauses
         applied = app.events_applied - start_applied
         out["paced"] = {"rate": rate, "events": applied, "seconds": elapsed, "events_per_s": applied / elapsed,
                         "max_backlog": max_backlog, "latencies_ms": probe.latencies}
@@ -294,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
           f"events/s, largest backlog {paced['max_backlog']:,} events")
     worst = _keys_report(paced["latencies_ms"])
     print(f"keys at the steady rate: max {worst:.1f} ms (target < {TARGET_KEY_MS:.0f} ms)")
+    print("garbage collections meanwhile: " + ", ".join(
+        f"generation {g} {len(p)}× (longest {max(p):.1f} ms)" if p else f"generation {g} none"
+        for g, p in r["gc_pauses_ms"].items()))
     print(f"saturated: {sat['events']:,} events in {sat['seconds']:.2f} s = {sat['events_per_s']:,.0f} events/s "
           f"folded and shown in {sat['repaints']} repaints (target >= {TARGET_EVENTS_PER_S:,.0f})")
     _keys_report(sat["latencies_ms"])

@@ -8,8 +8,8 @@ whole iterations, strategy cycles and research sessions) as fast as the headless
 - key latency: from the key reaching the app to its effect (a command sent, a screen shown): space,
   the help (? and escape), an iteration's detail view (Enter and escape) and a pane switch (2, 1),
 - RSS after the stream,
-- the garbage collector's longest pause per generation during the steady stream (a pause is a
-  stretch no key is answered in).
+- the garbage collector's longest pause per generation, and the screen layouts (each repaints every
+  pane), during the steady stream.
 
 Targets: >= 2,000 events/s, every key answered in < 100 ms, < 150 MB RSS after 10,000
 events. Exits 1 when a target is missed. Run: ``python bench/bench_tui.py [--events N] [--slots 4]``
@@ -204,6 +204,23 @@ class GcPauses:
         gc.callbacks.remove(self._callback)
 
 
+LAYOUTS: list[float] = []  # the duration of each layout of the panes' screen, in ms (paint included)
+
+
+def _watch_layouts() -> None:
+    from textual.screen import Screen
+
+    original = Screen._refresh_layout
+
+    def refresh_layout(self: Screen, *args: Any, **kwargs: Any) -> None:
+        started = time.perf_counter()
+        original(self, *args, **kwargs)
+        if self.id == "_default":
+            LAYOUTS.append((time.perf_counter() - started) * 1000)
+
+    Screen._refresh_layout = refresh_layout  # type: ignore[method-assign]
+
+
 def _watch_paints() -> None:
     """Record when each screen paints, so a key's latency runs to what the user sees."""
     from textual.screen import Screen
@@ -223,6 +240,7 @@ async def bench(n_events: int, saturate_s: float, rate: float, seconds: float, s
     from tests.support.queue_source import QueueSource
 
     _watch_paints()
+    _watch_layouts()
     source = QueueSource()
     app = BilevelApp(source, deterministic=False)  # as users run it: clock ticking, log throttled
     stream = synthetic_stream(slots=slots)
@@ -235,6 +253,7 @@ async def bench(n_events: int, saturate_s: float, rate: float, seconds: float, s
         out["rss_10k_mb"] = None
         gc_pauses = GcPauses()
         gc_pauses.on = True
+        layouts_before = len(LAYOUTS)
         probe = KeyProbe(app, source)
         start_applied = app.events_applied
         started = time.perf_counter()
@@ -257,6 +276,7 @@ async def bench(n_events: int, saturate_s: float, rate: float, seconds: float, s
         gc_pauses.on = False
         gc_pauses.close()
         out["gc_pauses_ms"] = gc_pauses.pauses
+        out["layouts_ms"] = LAYOUTS[layouts_before:]
         applied = app.events_applied - start_applied
         out["paced"] = {"rate": rate, "events": applied, "seconds": elapsed, "events_per_s": applied / elapsed,
                         "max_backlog": max_backlog, "latencies_ms": probe.latencies}
@@ -324,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     print("garbage collections meanwhile: " + ", ".join(
         f"generation {g} {len(p)}× (longest {max(p):.1f} ms)" if p else f"generation {g} none"
         for g, p in r["gc_pauses_ms"].items()))
+    layouts = r["layouts_ms"]
+    print(f"layouts of the panes' screen meanwhile: {len(layouts)}"
+          + (f" (median {statistics.median(layouts):.1f} ms, longest {max(layouts):.1f} ms, paint included)"
+             if layouts else ""))
     print(f"saturated: {sat['events']:,} events in {sat['seconds']:.2f} s = {sat['events_per_s']:,.0f} events/s "
           f"folded and shown in {sat['repaints']} repaints (target >= {TARGET_EVENTS_PER_S:,.0f})")
     _keys_report(sat["latencies_ms"])

@@ -1,5 +1,6 @@
-"""Key hygiene: ? lists the focused pane's own keys first; the command palette has no duplicate entries; the key
-bar keeps ? Help and q Quit whole at every size; the focused pane alone is lit."""
+"""Key hygiene: ? lists the focused pane's own keys first, and the keys that do nothing now dimmed; the command
+palette has no duplicate entries; the key bar keeps ? Help and q Quit whole at every size; the focused pane alone
+is lit."""
 from __future__ import annotations
 
 from collections import Counter
@@ -8,6 +9,10 @@ from pathlib import Path
 import pytest
 from textual.color import Color
 
+import msgspec
+
+from core.record import events as ev
+from tests.support.queue_source import QueueSource
 from tui.app import BilevelApp
 from tui.screens.help import HelpScreen
 from tui.sources import ReplaySource
@@ -30,6 +35,26 @@ async def test_help_lists_the_focused_panes_keys_hidden_ones_included(tmp_path: 
             assert not ids & {bid for _, _, bid in screen.keys}  # listed once, in the pane's section
             await pilot.pause()
             assert f"Keys of the focused pane: {title}" in app.screen_text()
+            await pilot.press("escape")
+            await until(pilot, lambda: not isinstance(app.screen, HelpScreen), what="closed")
+
+
+async def test_the_help_lists_the_keys_that_do_nothing_now_dimmed_and_says_so():
+    source = QueueSource()
+    app = BilevelApp(source, deterministic=True)
+    stamped = [msgspec.structs.replace(e, seq=i + 1, ts=1_700_000_000.0 + i) for i, e in enumerate(
+        [ev.SessionStarted(session="s", name="s", provider="offline", group="C", levels=["inner"]),
+         ev.IterationStarted(iteration=0), ev.TrainingStarted(iteration=0, budget_s=60)])]
+    async with app.run_test(size=(120, 40)) as pilot:
+        for events, idle in ((stamped[:1], True), (stamped[1:], False)):  # no run to abort, then one
+            source.push(*events)
+            await app.caught_up()
+            await pilot.press("question_mark")
+            await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="the help")
+            await pilot.pause()
+            assert "abort_training" in {bid for _, _, bid in app.screen.keys}  # listed either way
+            assert ("abort_training" in app.screen.idle) is idle
+            assert ("[abort_training] not now" in app.screen_text()) is idle
             await pilot.press("escape")
             await until(pilot, lambda: not isinstance(app.screen, HelpScreen), what="closed")
 

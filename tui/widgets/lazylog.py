@@ -18,11 +18,12 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from .growing import grown
+from .paintstyle import OneStylePerPaint
 
 MIN_WIDTH = 78  # RichLog's min_width: the same horizontal scroll at every size as before
 
 
-class LazyLog(ScrollView, can_focus=True):
+class LazyLog(OneStylePerPaint, ScrollView, can_focus=True):
     """Lines of text, newest last, at most ``max_lines``; a write scrolls to the end."""
 
     virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False)
@@ -52,7 +53,7 @@ class LazyLog(ScrollView, can_focus=True):
                 added = True
         if added:
             self.virtual_size = Size(max(self._widest, MIN_WIDTH), len(self._texts))
-            self.scroll_end(animate=False, immediate=False, x_axis=False)
+            self.scroll_end(animate=False, immediate=True, x_axis=False)  # in this frame, not after it
             self.refresh()
 
     def clear(self) -> None:

@@ -21,10 +21,11 @@ from textual.strip import Strip
 from textual.visual import Visual, visualize
 
 from .growing import grown
+from .paintstyle import OneStylePerPaint
 from .tables import shown_as
 
 
-class PartsView(ScrollView, can_focus=True):
+class PartsView(OneStylePerPaint, ScrollView, can_focus=True):
     """Shows ``set_parts``'s values one under the other, ``gap`` blank lines after each and
     ``inset`` blank columns either side (inside the scrollbar, where a part's own padding was).
 

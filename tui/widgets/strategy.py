@@ -9,10 +9,10 @@ from textual.widgets import DataTable, Static
 from core.levels.trace import fmt_value, param_stats
 
 from ..model import PARAMS, STRATEGY
-from .growing import update_static
+from .growing import GrowingTable, update_static
 from .pane import Pane
 from .parts import PartsView
-from .tables import IncrementalTable, KeyedRows, shown_as
+from .tables import KeyedRows, shown_as
 
 if TYPE_CHECKING:
     from ..model import StrategyCycle, ViewModel
@@ -150,8 +150,8 @@ class StrategyPane(Pane):
 
     def compose(self):
         yield Static(id="guidance")
-        table: DataTable = IncrementalTable(id="params-table", cursor_type="row", zebra_stripes=True,
-                                      cell_padding=0)
+        table: DataTable = GrowingTable(id="params-table", cursor_type="row", zebra_stripes=True,
+                                        cell_padding=0)  # its height is the layout's: rows need no re-layout
         for key, label, width in PARAM_COLUMNS:
             table.add_column(label, key=key, width=width)
         yield table

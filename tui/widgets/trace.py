@@ -164,6 +164,7 @@ class TracePane(Pane):
                 rank = model.trials.rank
                 table.sort("it", key=lambda cell: rank(int(cell.plain)))
             if (added or self._multi) and follow:
+                table.settle()  # sized now: the cursor's scroll lands in this frame, not the next
                 table.move_cursor(row=table.row_count - 1, animate=False)
             self._fit_changes()
         if SLOTS in parts and self._multi:

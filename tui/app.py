@@ -1,10 +1,10 @@
 """The bilevel terminal app: every pane is a view of the engine's event stream.
 
 One worker consumes events from a :mod:`tui.sources` source into the view model; a timer
-repaints the stale parts at 15 Hz inside one batch update, so a flood of progress lines
-and tokens costs one repaint per tick. Commands go back through the source: to the
-engine in this process, or through the session's command channel to a detached one.
-Replays are read-only.
+repaints the stale parts, one pane (or the header) a tick and each ten times a second, so a
+flood of progress lines and tokens costs a few repaints a second and no frame is the whole
+screen's; a key's frame goes first. Commands go back through the source: to the engine in
+this process, or through the session's command channel to a detached one. Replays are read-only.
 
 Set ``BILEVEL_TUI_DETERMINISTIC=1`` for screenshots and snapshot tests: no wall clock
 (times come from the events), no blinking cursor, no animation, no user keymap. Keys and
@@ -26,7 +26,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from textual import work
+import textual.screen
+from textual import events, work
 from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
@@ -61,14 +62,21 @@ from .widgets.strategy import StrategyPane, param_rows
 from .widgets.trace import TracePane
 
 REFRESH_HZ = 10
+# Textual paints a screen on a fixed grid of 1/TEXTUAL_FPS (60) seconds: a change waits for the next
+# tick, and a key whose effect takes two updates (a pane switch: the table's cursor, then the
+# panes' borders) waited for two. At 120 a pane switch under a flood of events answered in ~33 ms
+# (median) instead of ~50, for ~20 % more frames (changes are merged less: 320 against 271 in
+# bench/bench_tui.py's steady 8 s).
+FRAME_HZ = 120
 # Python's default is (700, 10, 10). Under a flood of events each repaint leaves thousands of
 # Textual strips in reference cycles (a strip's caches hold the strip): at (5000, 20, 100) a
 # middle-generation collection swept ~10,000 of them at once and paused the app for 40–90 ms;
 # more often and smaller, the pauses stay under ~4 ms (young) and ~15 ms (middle), and full
 # collections (everything since the start was frozen) come once in 1,000 middle ones
 GC_THRESHOLDS = (2000, 5, 1000)
-SLICE_S = 0.004
-FIRST_PAINT_WAIT_S = 1.5  # a history that loads within this is painted once, at its end  # longest stretch of event folding before the loop serves keys and repaints
+SLICE_S = 0.004  # longest stretch of event folding before the loop serves keys and repaints
+KEY_FIRST_S = 0.2  # the longest a key's effect holds the repaint back
+FIRST_PAINT_WAIT_S = 1.5  # a history that loads within this is painted once, at its end
 LIVE_COMMANDS = ("toggle_pause", "abort_training", "stop", "edit_guidance", "edit_guidance_external", "freeze",
                  "review_mechanism", "reload_config")
 REPLAY_ACTIONS = ("replay_step", "replay_faster", "replay_slower", "replay_seek")
@@ -84,6 +92,39 @@ class PanesScreen(Screen):
     focused and the blurred widget repaint themselves and the panes their frames, nothing else."""
 
     focused: Reactive[Widget | None] = Reactive(None, repaint=False)
+
+
+if "TEXTUAL_FPS" not in os.environ:  # the user's setting wins
+    textual.screen.UPDATE_PERIOD = 1 / FRAME_HZ  # read when a screen starts its update timer
+
+
+class Stale:
+    """What the view model changed since each pane (and the header) last showed it."""
+
+    def __init__(self, panes: int) -> None:
+        self.parts: list[set[str]] = [set() for _ in range(panes)]
+        self.rows: list[set[int]] = [set() for _ in range(panes)]
+        self.params = [False] * panes
+        self.header = False
+        self.header_parts: set[str] = set()
+
+    def add(self, parts: set[str], rows: set[int], params: bool) -> None:
+        if not (parts or rows or params):
+            return
+        for i in range(len(self.parts)):
+            self.parts[i] |= parts
+            self.rows[i] |= rows
+            self.params[i] = self.params[i] or params
+        self.header = True
+        self.header_parts |= parts
+
+    def take(self, pane: int) -> tuple[set[str], set[int], bool]:
+        taken = self.parts[pane], self.rows[pane], self.params[pane]
+        self.parts[pane], self.rows[pane], self.params[pane] = set(), set(), False
+        return taken
+
+    def any(self) -> bool:
+        return self.header or any(self.parts) or any(self.rows) or any(self.params)
 
 
 class BilevelApp(App[int]):
@@ -129,6 +170,9 @@ class BilevelApp(App[int]):
         self._started = time.monotonic()
         self._footer_signature: tuple = ()
         self._compact: bool | None = None  # the one-pane-at-a-time layout is on (None: not decided yet)
+        self._key_unpainted = 0.0  # when a key came whose effect is not painted yet (0: none)
+        self._stale = Stale(len(PANE_IDS))  # what each pane (and the header) has yet to show
+        self._turn = 0  # whose turn the next repaint tick is (a pane's index; the last: the header)
         self.current_pane = "trace"  # the pane the compact layout shows
         if self.deterministic:
             self.animation_level = "none"
@@ -187,7 +231,8 @@ class BilevelApp(App[int]):
         self.header.show(self.model, self.source)
         self.title = f"bilevel — {self.source.describe()}"
         self.run_worker(self._consume(), name="events", group="events", exclusive=True)
-        self.set_interval(1 / self.refresh_hz, self._repaint, name="flush")
+        turns = 1 if self.deterministic else len(PANE_IDS) + 1  # one pane (or the header) a tick
+        self.set_interval(1 / (self.refresh_hz * turns), self._repaint, name="flush")
         if not self.deterministic:
             self.set_interval(1.0, self._tick, name="clock")
         if self.config_path is not None and self.source.mode == "live":
@@ -238,6 +283,7 @@ class BilevelApp(App[int]):
         async for batch in self.source.batches():
             if batch == RESET:
                 self.model.reset()
+                self._stale = Stale(len(PANE_IDS))
                 for pane in self.panes:
                     pane.reset()
                 continue
@@ -257,36 +303,70 @@ class BilevelApp(App[int]):
             self._applied_before += n
             self.events_applied = self._applied_before
 
-    async def _repaint(self) -> None:
-        """Repaint what the events since the last tick made stale (one batched update)."""
+    async def on_event(self, event: events.Event) -> None:
+        # the repaint waits until this key's effect is painted (see _repaint)
+        if isinstance(event, events.Key) and not self._key_unpainted:
+            self._key_unpainted = time.monotonic()
+            self.call_after_refresh(self._key_painted)
+        await super().on_event(event)
+
+    def _key_painted(self) -> None:
+        self._key_unpainted = 0.0
+
+    async def _repaint(self, everything: bool | None = None) -> None:
+        """Repaint what the events since the last tick made stale (one batched update).
+
+        ``everything`` (the default in deterministic mode, and when waiting for the app to catch
+        up): every pane now. Otherwise one pane per tick, in turn, with the header on a turn of
+        its own: a frame's cost is its dirty panes' renders and the compositing of the box around
+        all of them, so one frame for the whole screen took 40–60 ms under a flood of events,
+        and a key pressed meanwhile waited that long. A pane's turn comes ``refresh_hz`` times
+        a second, as the whole screen's did.
+        """
         async with self._repaint_lock:
             model = self.model
             if not self.is_running or not self._screen_stack:
                 return  # shutting down: the timer may fire once more
+            if everything is None:
+                everything = self.deterministic
+            if not everything and self._key_unpainted and time.monotonic() - self._key_unpainted < KEY_FIRST_S:
+                return  # a key's frame first, on its own: the events' changes wait for the next turn
             if isinstance(self.screen, (HelpScreen, IterationDetailScreen)):
-                return  # it hides the panes: they catch up, in one repaint, when it closes
+                return  # it hides the panes: they catch up, a turn each, when it closes
             if not self._alerts_armed and not self.source.caught_up.is_set() \
                     and time.monotonic() - self._started < FIRST_PAINT_WAIT_S:
                 self.header.refresh()  # loading a history: one paint of where it ends, not of every step
                 return
-            if not self.is_running:
-                return
-            parts, rows, params = model.take_dirty()
-            if not parts and not rows and not params and not self.source.diagnostics:
+            self._stale.add(*model.take_dirty())
+            if not self._stale.any() and not self.source.diagnostics:
                 self._announce()  # nothing new to show, but an engine may have ended, a quit be due
                 return
+            if everything:
+                turns = list(range(len(self.panes) + 1))
+            else:
+                turns = [self._turn]
+                self._turn = (self._turn + 1) % (len(self.panes) + 1)
             try:
-                self.repaints += 1
                 with self.batch_update():
-                    for pane in self.panes:
-                        await pane.sync(model, parts, rows, params, self.source)
-                    self.header.refresh()
+                    for turn in turns:
+                        if turn == len(self.panes):
+                            if self._stale.header:
+                                self._stale.header = False
+                                self.repaints += 1
+                                self.header.refresh()
+                                if HEADER in self._stale.header_parts:
+                                    self._refresh_footer()
+                                self._stale.header_parts.clear()
+                            continue
+                        pane = self.panes[turn]
+                        parts, rows, params = self._stale.take(turn)
+                        if parts or rows or params or (pane.id == "events" and self.source.diagnostics):
+                            self.repaints += 1
+                            await pane.sync(model, parts, rows, params, self.source)
             except (NoMatches, ScreenStackError):
                 if self.is_running:
                     raise
                 return  # the app is shutting down: its widgets are going away
-            if HEADER in parts:
-                self._refresh_footer()
             self._sync_layout()
             self._announce()
 
@@ -301,7 +381,7 @@ class BilevelApp(App[int]):
         """Wait until every available event is applied and painted (tests, snapshots, benchmark)."""
         await asyncio.wait_for(self.source.caught_up.wait(), timeout)
         await asyncio.sleep(0)
-        await self._repaint()
+        await self._repaint(everything=True)
 
     def screen_text(self) -> str:
         """The screen as plain text (tests compare screens; no styles)."""
@@ -707,14 +787,16 @@ class BilevelApp(App[int]):
             pane.show_focus(again=True)
 
     def action_help(self) -> None:
-        keys, pane_keys = [], []
+        keys, pane_keys, idle = [], [], set()
         seen = set()
         focused = self.focused
         pane = next((n for n in (focused.ancestors_with_self if focused else ()) if isinstance(n, Pane)), None)
         for key, active in self.active_bindings.items():
             b = active.binding
-            if b.id and b.id not in seen and active.enabled:
+            if b.id and b.id not in seen:
                 seen.add(b.id)
+                if not active.enabled:
+                    idle.add(b.id)  # listed, dimmed: x between two runs is still the abort key
                 # the focused pane's own keys (hidden from the key bar too) get their own section
                 own = pane is not None and active.node is pane
                 (pane_keys if own else keys).append((self.get_key_display(b), b.description or b.action, b.id))
@@ -722,10 +804,10 @@ class BilevelApp(App[int]):
         # One help screen, kept installed and re-shown: a fresh one is mounted, styled and laid out
         # from nothing, which under a flood of events kept `?` waiting for ~150 ms.
         if self._help is None:
-            self._help = HelpScreen(keys, self.source.describe(), pane_keys=pane_keys, pane_title=title)
+            self._help = HelpScreen(keys, self.source.describe(), pane_keys=pane_keys, pane_title=title, idle=idle)
             self.install_screen(self._help, name="help")
         else:
-            self._help.show(keys, self.source.describe(), pane_keys=pane_keys, pane_title=title)
+            self._help.show(keys, self.source.describe(), pane_keys=pane_keys, pane_title=title, idle=idle)
         self.push_screen(self._help)
 
     # --- quitting ------------------------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ whole iterations, strategy cycles and research sessions) as fast as the headless
   pane), during the steady stream.
 
 Targets: >= 2,000 events/s, every key answered in < 100 ms, < 150 MB RSS after 10,000
-events. Exits 1 when a target is missed. Run: ``python bench/bench_tui.py [--events N] [--slots 4]``
-(``--slots``: a run with that many GPU slots, so the slots view and the finish-ordered trace are on).
+events, at each of 80×24 (one pane at a time), 120×40 and 200×50. Exits 1 when a target is missed.
+Run: ``python bench/bench_tui.py [--size 120x40] [--events N] [--slots 4]`` (``--slots``: a run with that
+many GPU slots, so the slots view and the finish-ordered trace are on).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import gc
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +39,7 @@ from core.record import events as ev  # noqa: E402
 TARGET_EVENTS_PER_S = 2000.0
 TARGET_KEY_MS = 100.0
 TARGET_RSS_MB = 150.0
+SIZES = ("80x24", "120x40", "200x50")  # the snapshot sizes: the compact layout, the usual, a wide one
 
 
 def rss_mb() -> float:
@@ -333,17 +336,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saturate", type=float, default=4.0, help="saturation phase: at least this many seconds")
     parser.add_argument("--rate", type=float, default=TARGET_EVENTS_PER_S, help="steady phase: events per second")
     parser.add_argument("--seconds", type=float, default=8.0, help="steady phase: duration")
-    parser.add_argument("--width", type=int, default=120)
-    parser.add_argument("--height", type=int, default=40)
+    parser.add_argument("--size", default=",".join(SIZES), help="terminal sizes, WxH, comma-separated: several "
+                        "run one after the other, each in a process of its own (RSS is per size)")
     parser.add_argument("--key-every", type=float, default=0.2, help="seconds between measured key presses")
     parser.add_argument("--slots", type=int, default=1, help="GPU slots the run has (> 1: the slots view is shown)")
     args = parser.parse_args(argv)
+    sizes = [size.strip() for size in args.size.split(",") if size.strip()]
+    if len(sizes) > 1:
+        failed = 0
+        for size in sizes:
+            own = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--size")]
+            failed += subprocess.run([sys.executable, __file__, *own, f"--size={size}"]).returncode != 0
+            print()
+        print("all sizes: " + ("all targets met" if not failed else f"MISSED at {failed} of {len(sizes)} sizes"))
+        return 1 if failed else 0
+    width, height = (int(n) for n in sizes[0].lower().split("x"))
     os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
-    r = asyncio.run(bench(args.events, args.saturate, args.rate, args.seconds, (args.width, args.height),
+    r = asyncio.run(bench(args.events, args.saturate, args.rate, args.seconds, (width, height),
                           args.key_every, args.slots))
 
     sat, paced = r["saturated"], r["paced"]
-    print(f"terminal {args.width}x{args.height}; {r['rows']} iterations in the trace table at the end")
+    print(f"terminal {width}x{height}; {r['rows']} iterations in the trace table at the end")
     print(f"steady at {paced['rate']:,.0f} events/s for {paced['seconds']:.1f} s: applied {paced['events_per_s']:,.0f} "
           f"events/s, largest backlog {paced['max_backlog']:,} events")
     worst = _keys_report(paced["latencies_ms"])

@@ -9,6 +9,7 @@ import msgspec
 
 from core.record import events as ev
 from tests.support.queue_source import QueueSource
+from tests.test_tui_app import until
 from tui.app import PANE_IDS, BilevelApp
 
 SCHEMA = {n: {"kind": "float", "value": 0.1} for n in ("MATRIX_LR", "WEIGHT_DECAY")}
@@ -35,7 +36,8 @@ async def folded(app: BilevelApp, source: QueueSource, events: list[ev.Event]) -
         await asyncio.sleep(0.01)
 
 
-async def test_each_repaint_tick_shows_one_pane_and_every_pane_gets_its_turn():
+async def test_each_repaint_tick_shows_one_pane_and_every_pane_gets_its_turn(monkeypatch):
+    monkeypatch.setattr(BilevelApp, "_tick", lambda self: None)  # the header's clock: not a repaint
     source = QueueSource()
     app = BilevelApp(source, deterministic=False, refresh_hz=0.001)  # its timer never fires here
     async with app.run_test(size=(120, 40)) as pilot:
@@ -83,3 +85,21 @@ async def test_waiting_for_the_app_to_catch_up_repaints_every_pane_at_once():
         await app.caught_up()  # what tests and the benchmark wait on: one repaint of everything
         assert app.base.query_one("#trace-table").row_count == 2
         assert app.base.query_one("#event-log").lines
+
+
+async def test_a_key_is_painted_before_the_next_repaint_turn():
+    from textual import events
+
+    source = QueueSource()
+    app = BilevelApp(source, deterministic=False, refresh_hz=0.001)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await folded(app, source, session(2))
+        app.post_message(events.Key("f12", None))  # a key nothing is bound to
+        while not app._key_unpainted:  # the app has seen it; its paint is still to come
+            await asyncio.sleep(0)
+        await app._repaint()
+        assert app.base.query_one("#trace-table").row_count == 0  # the trace's turn waited
+        await until(pilot, lambda: not app._key_unpainted, what="the key's frame")
+        await app._repaint()
+        assert app.base.query_one("#trace-table").row_count == 2

@@ -332,7 +332,6 @@ class BilevelApp(App[int]):
         a second, as the whole screen's did.
         """
         async with self._repaint_lock:
-            model = self.model
             if not self.is_running or not self._screen_stack:
                 return  # shutting down: the timer may fire once more
             if everything is None:
@@ -345,7 +344,7 @@ class BilevelApp(App[int]):
                     and time.monotonic() - self._started < FIRST_PAINT_WAIT_S:
                 self.header.refresh()  # loading a history: one paint of where it ends, not of every step
                 return
-            self._stale.add(*model.take_dirty())
+            self._stale.add(*self.model.take_dirty())
             if not self._stale.any() and not self.source.diagnostics:
                 self._announce()  # nothing new to show, but an engine may have ended, a quit be due
                 return
@@ -357,26 +356,33 @@ class BilevelApp(App[int]):
             try:
                 with self.batch_update():
                     for turn in turns:
-                        if turn == len(self.panes):
-                            if self._stale.header:
-                                self._stale.header = False
-                                self.repaints += 1
-                                self.header.refresh()
-                                if HEADER in self._stale.header_parts:
-                                    self._refresh_footer()
-                                self._stale.header_parts.clear()
-                            continue
-                        pane = self.panes[turn]
-                        parts, rows, params = self._stale.take(turn)
-                        if parts or rows or params or (pane.id == "events" and self.source.diagnostics):
-                            self.repaints += 1
-                            await pane.sync(model, parts, rows, params, self.source)
+                        if turn < len(self.panes):
+                            await self._sync_pane(turn)
+                        else:
+                            self._paint_header()
             except (NoMatches, ScreenStackError):
                 if self.is_running:
                     raise
                 return  # the app is shutting down: its widgets are going away
             self._sync_layout()
             self._announce()
+
+    async def _sync_pane(self, index: int) -> None:
+        pane = self.panes[index]
+        parts, rows, params = self._stale.take(index)
+        if parts or rows or params or (pane.id == "events" and self.source.diagnostics):
+            self.repaints += 1
+            await pane.sync(self.model, parts, rows, params, self.source)
+
+    def _paint_header(self) -> None:
+        stale = self._stale
+        if not stale.header:
+            return
+        self.repaints += 1
+        self.header.refresh()
+        if HEADER in stale.header_parts:
+            self._refresh_footer()
+        stale.header, stale.header_parts = False, set()
 
     def _refresh_footer(self) -> None:
         """Tell the key bar only when an action's availability changed (it re-reads every binding)."""

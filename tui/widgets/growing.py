@@ -6,7 +6,7 @@ the layout (``1fr``) only needs its scrollbars redrawn. Under a flood of events 
 full layout and repaint of every pane up to ten times a second, and keys waited behind it.
 These keep the layout for when a scrollbar appears or goes (its space changes the widget's).
 :func:`update_static` does the same for a Static whose new text takes the room the old one took
-(the guidance, a patch of the same length, the help): Textual re-lays out the screen on every update.
+(the guidance, a patch of the same length): Textual re-lays out the screen on every update.
 """
 from __future__ import annotations
 

@@ -65,8 +65,8 @@ REFRESH_HZ = 10
 # Textual paints a screen on a fixed grid of 1/TEXTUAL_FPS (60) seconds: a change waits for the next
 # tick, and a key whose effect takes two updates (a pane switch: the table's cursor, then the
 # panes' borders) waited for two. At 120 a pane switch under a flood of events answered in ~33 ms
-# (median) instead of ~50, for ~20 % more frames (changes are merged less: 320 against 271 in
-# bench/bench_tui.py's steady 8 s).
+# (median) instead of ~50, for more paints (changes are merged less: 273 against 205 in
+# bench/bench_tui.py's steady 8 s at 120×40; run it with TEXTUAL_FPS=60 to compare).
 FRAME_HZ = 120
 # Python's default is (700, 10, 10). Under a flood of events each repaint leaves thousands of
 # Textual strips in reference cycles (a strip's caches hold the strip): at (5000, 20, 100) a
@@ -106,7 +106,7 @@ class Stale:
         self.rows: list[set[int]] = [set() for _ in range(panes)]
         self.params = [False] * panes
         self.header = False
-        self.header_parts: set[str] = set()
+        self.footer = False  # an action's availability may have changed (the key bar re-reads them)
 
     def add(self, parts: set[str], rows: set[int], params: bool) -> None:
         if not (parts or rows or params):
@@ -116,7 +116,7 @@ class Stale:
             self.rows[i] |= rows
             self.params[i] = self.params[i] or params
         self.header = True
-        self.header_parts |= parts
+        self.footer = self.footer or HEADER in parts
 
     def take(self, pane: int) -> tuple[set[str], set[int], bool]:
         taken = self.parts[pane], self.rows[pane], self.params[pane]
@@ -380,9 +380,9 @@ class BilevelApp(App[int]):
             return
         self.repaints += 1
         self.header.refresh()
-        if HEADER in stale.header_parts:
+        if stale.footer:
             self._refresh_footer()
-        stale.header, stale.header_parts = False, set()
+        stale.header = stale.footer = False
 
     def _refresh_footer(self) -> None:
         """Tell the key bar only when an action's availability changed (it re-reads every binding)."""

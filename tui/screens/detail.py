@@ -12,8 +12,8 @@ from ..widgets.parts import PartsView
 class IterationDetailScreen(ModalScreen[None]):
     """A scrollable page of :func:`tui.detail.iteration_detail`; escape (or q, Enter) closes it.
 
-    The app builds one and re-shows it with :meth:`show`: a fresh screen is composed, styled and
-    laid out from nothing on every Enter, and removing it on close re-lays out the panes' screen.
+    The app builds one and re-shows it with :meth:`show`: a fresh screen per Enter was composed,
+    styled and laid out from nothing, and removing it on close re-laid out the panes' screen.
     """
 
     BINDINGS = [

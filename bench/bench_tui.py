@@ -8,8 +8,8 @@ whole iterations, strategy cycles and research sessions) as fast as the headless
 - key latency: from the key reaching the app to its effect (a command sent, a screen shown): space,
   the help (? and escape), an iteration's detail view (Enter and escape) and a pane switch (2, 1),
 - RSS after the stream,
-- the garbage collector's longest pause per generation, and the screen layouts (each repaints every
-  pane), during the steady stream.
+- the garbage collector's longest pause per generation, the paints of the panes' screen and its
+  layouts (each repaints every pane), during the steady stream.
 
 Targets: >= 2,000 events/s, every key answered in < 100 ms, < 150 MB RSS after 10,000
 events, at each of 80×24 (one pane at a time), 120×40 and 200×50. Exits 1 when a target is missed.
@@ -211,6 +211,7 @@ class GcPauses:
 
 
 LAYOUTS: list[float] = []  # the duration of each layout of the panes' screen, in ms (paint included)
+FRAMES: list[float] = []  # the duration of each paint of the panes' screen, in ms (compositing and renders)
 
 
 def _watch_layouts() -> None:
@@ -236,7 +237,10 @@ def _watch_paints() -> None:
     def compositor_refresh(self: Screen) -> None:
         compositor = self._compositor
         whole = compositor.size.region in compositor._dirty_regions  # as the compositor decides
+        started = time.perf_counter()
         original(self)
+        if self.id == "_default":
+            FRAMES.append((time.perf_counter() - started) * 1000)
         PAINTED[id(self)] = time.perf_counter()
         if whole:
             PAINTED_WHOLE[id(self)] = PAINTED[id(self)]
@@ -263,7 +267,7 @@ async def bench(n_events: int, saturate_s: float, rate: float, seconds: float, s
         out["rss_10k_mb"] = None
         gc_pauses = GcPauses()
         gc_pauses.on = True
-        layouts_before = len(LAYOUTS)
+        layouts_before, frames_before = len(LAYOUTS), len(FRAMES)
         probe = KeyProbe(app, source)
         start_applied = app.events_applied
         started = time.perf_counter()
@@ -287,6 +291,7 @@ async def bench(n_events: int, saturate_s: float, rate: float, seconds: float, s
         gc_pauses.close()
         out["gc_pauses_ms"] = gc_pauses.pauses
         out["layouts_ms"] = LAYOUTS[layouts_before:]
+        out["frames_ms"] = FRAMES[frames_before:]
         applied = app.events_applied - start_applied
         out["paced"] = {"rate": rate, "events": applied, "seconds": elapsed, "events_per_s": applied / elapsed,
                         "max_backlog": max_backlog, "latencies_ms": probe.latencies}
@@ -364,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     print("garbage collections meanwhile: " + ", ".join(
         f"generation {g} {len(p)}× (longest {max(p):.1f} ms)" if p else f"generation {g} none"
         for g, p in r["gc_pauses_ms"].items()))
+    frames = sorted(r["frames_ms"])
+    if frames:
+        print(f"paints of the panes' screen meanwhile: {len(frames)} (median {statistics.median(frames):.1f} ms, "
+              f"p90 {frames[int(0.9 * (len(frames) - 1))]:.1f} ms, longest {frames[-1]:.1f} ms)")
     layouts = r["layouts_ms"]
     print(f"layouts of the panes' screen meanwhile: {len(layouts)}"
           + (f" (median {statistics.median(layouts):.1f} ms, longest {max(layouts):.1f} ms, paint included)"

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 DEPTH = 8  # transformer blocks
 ASPECT_RATIO = 64  # model_dim = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
 HEAD_DIM = 128  # channels per attention head; heads = model_dim // HEAD_DIM
-WINDOW_PATTERN = "SSSL"  # per layer, repeating: S = half the context (+ itself), L = full
+WINDOW_PATTERN = "SSSL"  # per layer, repeating: S = half the context (+ itself), L = full; choices: "SSSL", "SSSSL", "SSSSSL", "SSL", "SL", "L"
 MAX_SEQ_LEN = 2048  # context length in tokens; protocol: it defines the eval (locked)
 # Batch
 TOTAL_BATCH_SIZE = 2**19  # tokens per optimizer step; gradient accumulation makes it up
@@ -63,7 +63,7 @@ FINAL_LR_FRAC = 0.0  # learning-rate multiplier at the end
 TIME_BUDGET = 300  # seconds of training, not counting the first (compile/warm-up) steps
 EVAL_TOKENS = 40 * 2**19  # protocol: held-out tokens scored for val_bpb (capped at what exists)
 # Runtime
-DEVICE = "auto"  # "auto" | "cuda" | "cpu"
+DEVICE = "auto"  # choices: "auto", "cuda", "cpu"
 COMPILE = True  # torch.compile on CUDA; a backend name ("inductor", "aot_eager"): on any device
 # ---------------------------------------------------------------------------------------
 

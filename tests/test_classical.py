@@ -15,8 +15,8 @@ from core.services.script import TrainScript
 pytest.importorskip("optuna")
 
 LOCKED = {"DEPTH", "ASPECT_RATIO", "HEAD_DIM", "MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS", "DEVICE", "COMPILE",
-          "NOISE_SIGMA"}
-BOUNDS = {**config.SURROGATE_BOUNDS, "WINDOW_PATTERN": {"choices": ["SSSL", "SSL", "SL", "L"]}}
+          "NOISE_SIGMA", "SURFACE"}
+BOUNDS = config.SURROGATE_BOUNDS  # WINDOW_PATTERN's choices are the script's own
 
 
 @dataclass

@@ -48,7 +48,7 @@ from core.services import process_control
 from core.record.state import RunState, fold
 
 # Parameters that define the measurement rather than the model: never the LLM's to change.
-PROTOCOL_PARAMS = ("TIME_BUDGET", "MAX_SEQ_LEN", "EVAL_TOKENS", "DEVICE", "COMPILE", "NOISE_SIGMA")
+PROTOCOL_PARAMS = ("TIME_BUDGET", "MAX_SEQ_LEN", "EVAL_TOKENS", "DEVICE", "COMPILE", "NOISE_SIGMA", "SURFACE")
 
 Subscriber = Callable[[ev.Event], None]
 

@@ -61,6 +61,8 @@ def _default_spec(param: Param) -> ParamSpec:
     base = ParamSpec(name=name, kind=kind, value=value)
     if kind == "bool":
         return _replace(base, choices=(True, False))
+    if param.choices is not None:  # the script's own list: what any proposer can pick from
+        return _replace(base, choices=param.choices)
     if kind not in ("int", "float"):
         return base
     number = value

@@ -61,6 +61,9 @@ class Param:
     lineno: int  # 1-based line of the assignment
     source: str  # exact source text of the value expression
     pow2: bool  # the source was written as 2**k (keep writing it that way)
+    # Declared by the script in the line's comment (``X = "a"  # ... choices: "a", "b"``): the values a
+    # proposer may pick for a string, which no range describes.
+    choices: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -266,8 +269,29 @@ def _literal_assignment(stmt: ast.stmt, locate: _Locator) -> tuple[Param, _Span]
         lineno=stmt.lineno,
         source=locate.text[start:end],
         pow2=is_pow2_node(node),
+        choices=_declared_choices(locate.text, end, value),
     )
     return param, _Span(start, end, elements)
+
+
+_CHOICES_RE = re.compile(r"#.*?\bchoices:\s*(?P<list>.+)$")
+
+
+def _declared_choices(text: str, end: int, value: object) -> tuple | None:
+    """The ``choices: "a", "b"`` a constant's trailing comment declares; None without one (or a bad one)."""
+    line_end = text.find("\n", end)
+    rest = text[end:line_end if line_end >= 0 else len(text)]
+    found = _CHOICES_RE.search(rest)
+    if found is None:
+        return None
+    try:
+        parsed = ast.literal_eval(f"({found['list'].strip()},)")
+    except (ValueError, SyntaxError):
+        return None
+    options = tuple(dict.fromkeys(parsed))
+    if not options or any(kind_of(o) != kind_of(value) for o in options) or value not in options:
+        return None  # choices must be of the constant's kind and hold its value
+    return options
 
 
 def _bound_names(stmt: ast.stmt) -> set[str]:

@@ -788,3 +788,16 @@ def test_random_scripts_round_trip_and_edit_exactly(generated, data: st.DataObje
 def test_format_value_round_trips_through_the_parser(value: object) -> None:
     script = TrainScript.parse(f"X = {format_value(value)}\n")
     assert same(script.values()["X"], value)
+
+
+def test_a_trailing_comment_declares_the_choices_of_a_constant():
+    script = TrainScript.parse(
+        'PATTERN = "SSSL"  # per layer; choices: "SSSL", "SSL", "L"\n'
+        'OTHER = "x"  # choices: "a", "b"\n'  # its own value is not among them: no choices
+        'MIXED = "a"  # choices: "a", 3\n'  # another kind: no choices
+        'BROKEN = "a"  # choices: "a", (\n'
+        'PLAIN = "a"  # no list here\n')
+    assert script.params["PATTERN"].choices == ("SSSL", "SSL", "L")
+    assert all(script.params[n].choices is None for n in ("OTHER", "MIXED", "BROKEN", "PLAIN"))
+    from core.services.schema import infer_schema
+    assert infer_schema(script)["PATTERN"].choices == ("SSSL", "SSL", "L")

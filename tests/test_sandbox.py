@@ -24,7 +24,7 @@ import pytest
 from mechanisms.base import SearchState, Veto
 from mechanisms.contract import check
 from mechanisms.sandbox import ValidationReport, check_policy, open_mechanism, validate
-from mechanisms.tripwire import runtime_guard
+from mechanisms.sandbox.tripwire import runtime_guard
 from tests.support.patience import patience
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mechanisms"
@@ -423,7 +423,7 @@ from mechanisms.base import Mechanism
 class Wall(Mechanism):
     def shape_prompt(self, state, prompt):
         if state.guidance == "tripwire off":  # the module switches the in-worker tripwire off first
-            import mechanisms.tripwire as t
+            import mechanisms.sandbox.tripwire as t
             t._judge = lambda *a: None
 {body}
 '''
@@ -450,7 +450,7 @@ def wall_attempt(body: str, *, tripwire_off: bool = True, level: str = "strict")
     return asyncio.run(main())
 
 
-needs_strict = pytest.mark.skipif(__import__("mechanisms.isolation").isolation.availability().level != "strict",
+needs_strict = pytest.mark.skipif(__import__("mechanisms.sandbox.isolation").sandbox.isolation.availability().level != "strict",
                                   reason="this platform lacks Landlock or seccomp (generated code is refused here)")
 
 
@@ -517,7 +517,7 @@ def test_the_weaker_process_level_still_separates_the_process(tmp_path: Path) ->
 
 def test_strict_isolation_where_the_platform_lacks_it_refuses_with_what_is_missing(tmp_path: Path,
                                                                                   monkeypatch) -> None:
-    from mechanisms import isolation
+    from mechanisms.sandbox import isolation
 
     monkeypatch.setattr(isolation, "availability",
                         lambda: isolation.Availability("process", 0, ("Landlock (kernel 5.13 or later)",)))
@@ -529,7 +529,7 @@ def test_strict_isolation_where_the_platform_lacks_it_refuses_with_what_is_missi
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
 def test_the_seccomp_filter_checks_the_architecture_first(arch: str) -> None:
-    from mechanisms import isolation
+    from mechanisms.sandbox import isolation
 
     prog = isolation.seccomp_program(arch)
     assert prog[0] == (0x20, 0, 0, 4) and prog[1][3] == isolation._AUDIT_ARCH[arch]
@@ -547,7 +547,7 @@ def test_every_mechanisms_module_imports_only_the_standard_library_and_its_own()
     import ast
 
     root = Path(__file__).resolve().parents[1] / "mechanisms"
-    for path in root.glob("*.py"):
+    for path in root.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
@@ -561,7 +561,7 @@ def test_every_mechanisms_module_imports_only_the_standard_library_and_its_own()
 def test_a_spinning_worker_dies_with_the_engine(tmp_path: Path) -> None:
     engine = textwrap.dedent('''
         import asyncio, os, sys
-        from mechanisms.worker_client import open_mechanism
+        from mechanisms.sandbox.worker_client import open_mechanism
         SRC = "from mechanisms.base import Mechanism\\nclass S(Mechanism):\\n    def observe(self, state, result):\\n        while True:\\n            pass\\n"
         async def main():
             worker, info = await open_mechanism(SRC, "spin", level="process")

@@ -23,11 +23,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from mechanisms.isolation import Limits
+from mechanisms.sandbox.isolation import Limits
 
 MAX_LINE = 1 << 20  # bytes of one reply
-PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from mechanisms.worker import main; "
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from mechanisms.sandbox.worker import main; "
          "raise SystemExit(main())")
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE")
 

@@ -1,9 +1,9 @@
 """The mechanism worker: the process in which generated code is imported and its hooks run.
 
-Started by :mod:`mechanisms.worker_client` as ``python -I -S -B`` with a clean
+Started by :mod:`mechanisms.sandbox.worker_client` as ``python -I -S -B`` with a clean
 environment. It moves the protocol off descriptors 0 and 1 (which, with 2, then lead to
 /dev/null, so the module's prints and writes to the standard streams go nowhere), imports
-what it needs, applies the wall (:func:`mechanisms.isolation.lock_down`) and only then
+what it needs, applies the wall (:func:`mechanisms.sandbox.isolation.lock_down`) and only then
 reads the generated source. From there it answers one JSON line per request:
 
 - ``{"op": "load", "source": ..., "module_name": ...}`` → ``{"ok": true, "class_name",
@@ -76,7 +76,7 @@ class Worker:
 
     def _guarded(self, fn: Any, *args: Any) -> tuple[Any, Optional[str]]:
         """(value, None), or (None, why) when it raised or tried a forbidden operation."""
-        from mechanisms.tripwire import runtime_guard
+        from mechanisms.sandbox.tripwire import runtime_guard
 
         with runtime_guard(self.scratch) as scope:
             try:
@@ -181,13 +181,13 @@ def main() -> int:
         import importlib
 
         # What the worker and the module need, imported before the wall (trusted code).
-        for mod in ("mechanisms.base", "mechanisms.contract", "mechanisms.tripwire", "json", "dataclasses",
+        for mod in ("mechanisms.base", "mechanisms.contract", "mechanisms.sandbox.tripwire", "json", "dataclasses",
                     "typing", "collections", "math", "re", *setup.get("preimport", [])):
             try:
                 importlib.import_module(mod)
             except ImportError:
                 pass  # a missing package is named when the module imports it
-        from mechanisms.isolation import Limits, lock_down
+        from mechanisms.sandbox.isolation import Limits, lock_down
 
         in_force = lock_down(str(setup.get("level")), Limits(**setup.get("limits", {})),
                              setup.get("read_only", []), [scratch])

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from mechanisms.base import SearchState  # noqa: E402
 from mechanisms.contract import check  # noqa: E402
-from mechanisms.isolation import availability  # noqa: E402
-from mechanisms.worker_client import Worker, open_mechanism  # noqa: E402
+from mechanisms.sandbox.isolation import availability  # noqa: E402
+from mechanisms.sandbox.worker_client import Worker, open_mechanism  # noqa: E402
 
 START_TARGET_S, MEDIAN_TARGET_MS, P99_TARGET_MS = 1.0, 5.0, 20.0
 

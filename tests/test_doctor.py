@@ -69,7 +69,7 @@ def test_doctor_reports_the_isolation_level_in_force(tmp_path, capsys):
         main(["doctor", _config(tmp_path, server.base_url, "m")])
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if "isolation" in x)
-    from mechanisms.isolation import availability
+    from mechanisms.sandbox.isolation import availability
 
     if availability().level == "strict":
         assert line.startswith("[ok  ] isolation: in force: strict (Landlock ABI") and "seccomp" in line

@@ -18,7 +18,7 @@ import pytest
 from core.engine.engine import Engine
 from core.record import events as ev
 from tests.conftest import Recorder, llm_config
-from tests.fixtures.hostile.corpus import MODULES
+from tests.fixtures.hostile.corpus import MODULES, late
 from tests.support import ScriptedOpenAI
 from tests.support.patience import patience
 
@@ -165,3 +165,42 @@ async def test_event_loop_keeps_ticking_while_a_hook_spins_in_c_code(tmp_path, m
     window = [lag for when, lag in lags if killed_at - 0.5 <= when <= killed_at]
     assert len(window) > 10, "the ticker did not run while the hook spun"
     assert max(window) < 0.1, f"event loop lag {max(window) * 1000:.0f} ms while a hook spun in C code"
+
+
+async def test_a_mechanism_that_fills_its_scratch_is_deactivated_the_run_finishes_and_resume_leaves_it_off(
+        tmp_path, monkeypatch) -> None:
+    from core.record.session import SessionReader
+    from tests.support.cli import start_bilevel
+
+    monkeypatch.setenv(SECRET_VAR, SECRET)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    responder = Hostile(["late_fill_scratch"], marks)
+    # the audit's case: quiet in the dry run, then 15 MB files on each call (the per-file limit holds, the count did not)
+    responder.queue = [late("for i in range(40):\n    try:\n"
+                            "        with zipfile.ZipFile(f'fill{len(state.records)}_{i}.zip', 'w') as z:\n"
+                            "            z.writestr('x', b'x' * (15 << 20))\n"
+                            "    except OSError:\n        pass", imports="import zipfile")]
+    with ScriptedOpenAI(responder=responder) as server:
+        cfg = llm_config(tmp_path, server, **{
+            "endpoint.api_key_env": SECRET_VAR, "search.group": "D", "search.outer_period": 1,
+            "search.research_period": 1, "budget.iterations": 6, "level2.max_repairs": 0,
+            "level2.hook_timeout_s": 5.0, "level2.import_timeout_s": 5.0})
+        engine = Engine.create(cfg)
+        rec = Recorder()
+        engine.subscribe(rec)
+        await asyncio.wait_for(engine.run(), patience(240))
+
+        off = [d for d in rec.of(ev.MechanismDeactivated) if d.name == "Hostile"]
+        assert off and "filled its scratch folder" in off[0].reason, [(type(e).__name__, str(e)[:300]) for e in rec.events
+                                                                        if "Mechanism" in type(e).__name__]
+        assert engine.state.status == "completed" and rec.of(ev.RunFinished)
+        assert "Hostile" not in engine.state.mechanisms
+
+        resumed = start_bilevel("resume", str(engine.dir), "--headless", "--iterations", "8", cwd=tmp_path)
+        _, err = await asyncio.to_thread(resumed.communicate, timeout=patience(240))
+    assert resumed.returncode == 0, err[-3000:]
+    events = list(SessionReader(engine.dir).events())
+    assert sum(isinstance(e, ev.RunFinished) for e in events) == 2
+    activated = [e for e in events if isinstance(e, ev.MechanismActivated) and e.name == "Hostile"]
+    assert len(activated) == 1  # never re-attached on resume

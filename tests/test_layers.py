@@ -44,6 +44,10 @@ def test_layer_contracts_hold() -> None:
      "core.levels is not allowed to import tui"),
     ("mechanisms/tabu.py", "def _late():\n    import core.record.events  # noqa: F401\n",
      "mechanisms is not allowed to import core"),
+    ("mechanisms/tabu.py", "def _late():\n    from mechanisms.sandbox import validator  # noqa: F401\n",
+     "mechanisms.tabu is not allowed to import mechanisms.sandbox"),
+    ("mechanisms/sandbox/isolation.py", "def _late():\n    import mechanisms.bandit  # noqa: F401\n",
+     "mechanisms.sandbox is not allowed to import mechanisms.bandit"),
 ])
 def test_a_wrong_import_breaks_a_contract(tmp_path: Path, module: str, line: str, broken: str) -> None:
     for package in PACKAGES:
@@ -58,6 +62,10 @@ def test_a_wrong_import_breaks_a_contract(tmp_path: Path, module: str, line: str
 
 def test_no_import_cycles_under_core() -> None:
     assert cycles(import_graph(ROOT / "core")) == []
+
+
+def test_no_import_cycles_under_mechanisms() -> None:
+    assert cycles(import_graph(ROOT / "mechanisms")) == []
 
 
 def test_the_cycle_count_sees_deferred_and_type_checking_imports(tmp_path: Path) -> None:

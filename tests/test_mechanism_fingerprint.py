@@ -9,10 +9,10 @@ import pytest
 
 import mechanisms
 from mechanisms.bandit import Bandit
-from mechanisms.fingerprint import Identity, duplicate_of, probe_builtin, source_key
+from mechanisms.sandbox.fingerprint import Identity, duplicate_of, probe_builtin, source_key
 from mechanisms.orthogonal import Orthogonal
 from mechanisms.tabu import Tabu
-from mechanisms.validator import validate
+from mechanisms.sandbox.validator import validate
 from tests.test_builtin_mechanisms import SCHEMA
 
 EXACT_TABU = textwrap.dedent('''

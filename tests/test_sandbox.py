@@ -24,7 +24,7 @@ import pytest
 from mechanisms.base import SearchState, Veto
 from mechanisms.contract import check
 from mechanisms.sandbox import ValidationReport, check_policy, open_mechanism, validate
-from mechanisms.tripwire import runtime_guard
+from mechanisms.sandbox.tripwire import runtime_guard
 from tests.support.patience import patience
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mechanisms"
@@ -423,7 +423,7 @@ from mechanisms.base import Mechanism
 class Wall(Mechanism):
     def shape_prompt(self, state, prompt):
         if state.guidance == "tripwire off":  # the module switches the in-worker tripwire off first
-            import mechanisms.tripwire as t
+            import mechanisms.sandbox.tripwire as t
             t._judge = lambda *a: None
 {body}
 '''
@@ -450,7 +450,7 @@ def wall_attempt(body: str, *, tripwire_off: bool = True, level: str = "strict")
     return asyncio.run(main())
 
 
-needs_strict = pytest.mark.skipif(__import__("mechanisms.isolation").isolation.availability().level != "strict",
+needs_strict = pytest.mark.skipif(__import__("mechanisms.sandbox.isolation").sandbox.isolation.availability().level != "strict",
                                   reason="this platform lacks Landlock or seccomp (generated code is refused here)")
 
 
@@ -459,7 +459,8 @@ def test_the_wall_refuses_writes_outside_the_scratch_folder_without_the_tripwire
     target = tmp_path / "breach.txt"
     outcome, text = wall_attempt(f"open({str(target)!r}, 'w').write('x')")
 
-    assert outcome == "raised" and "PermissionError" in text
+    # refused by Landlock, or (in the private view) the folder does not exist for the mechanism
+    assert outcome == "raised" and ("PermissionError" in text or "FileNotFoundError" in text), text
     assert not target.exists()
 
 
@@ -474,7 +475,7 @@ def test_the_wall_allows_writes_in_the_scratch_folder() -> None:
 def test_the_wall_refuses_reads_outside_what_python_needs(path: str) -> None:
     outcome, text = wall_attempt(f"import os\nreturn str(os.listdir({path!r}) if os.path.isdir({path!r}) "
                                  f"else open({path!r}).read())")
-    assert outcome == "raised" and "PermissionError" in text, text
+    assert outcome == "raised" and ("PermissionError" in text or "FileNotFoundError" in text), text
 
 
 @needs_strict
@@ -517,7 +518,7 @@ def test_the_weaker_process_level_still_separates_the_process(tmp_path: Path) ->
 
 def test_strict_isolation_where_the_platform_lacks_it_refuses_with_what_is_missing(tmp_path: Path,
                                                                                   monkeypatch) -> None:
-    from mechanisms import isolation
+    from mechanisms.sandbox import isolation
 
     monkeypatch.setattr(isolation, "availability",
                         lambda: isolation.Availability("process", 0, ("Landlock (kernel 5.13 or later)",)))
@@ -529,7 +530,7 @@ def test_strict_isolation_where_the_platform_lacks_it_refuses_with_what_is_missi
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
 def test_the_seccomp_filter_checks_the_architecture_first(arch: str) -> None:
-    from mechanisms import isolation
+    from mechanisms.sandbox import isolation
 
     prog = isolation.seccomp_program(arch)
     assert prog[0] == (0x20, 0, 0, 4) and prog[1][3] == isolation._AUDIT_ARCH[arch]
@@ -547,7 +548,7 @@ def test_every_mechanisms_module_imports_only_the_standard_library_and_its_own()
     import ast
 
     root = Path(__file__).resolve().parents[1] / "mechanisms"
-    for path in root.glob("*.py"):
+    for path in root.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
@@ -561,7 +562,7 @@ def test_every_mechanisms_module_imports_only_the_standard_library_and_its_own()
 def test_a_spinning_worker_dies_with_the_engine(tmp_path: Path) -> None:
     engine = textwrap.dedent('''
         import asyncio, os, sys
-        from mechanisms.worker_client import open_mechanism
+        from mechanisms.sandbox.worker_client import open_mechanism
         SRC = "from mechanisms.base import Mechanism\\nclass S(Mechanism):\\n    def observe(self, state, result):\\n        while True:\\n            pass\\n"
         async def main():
             worker, info = await open_mechanism(SRC, "spin", level="process")
@@ -587,3 +588,107 @@ def test_a_spinning_worker_dies_with_the_engine(tmp_path: Path) -> None:
         time.sleep(0.05)
     os.kill(pid, 9)
     raise AssertionError("the worker outlived the engine")
+
+
+def _worker_level() -> str:
+    async def main() -> str:
+        worker, info = await open_mechanism(WALL_MODULE.replace("{body}", "        return None"), "level_probe",
+                                            level="strict")
+        await worker.close()
+        return worker.level
+    return asyncio.run(main())
+
+
+needs_private_root = pytest.mark.skipif(
+    __import__("mechanisms.sandbox.isolation").sandbox.isolation.availability().level != "strict"
+    or "private root," not in _worker_level(),
+    reason="this kernel or container refuses unprivileged user and mount namespaces (the worker reports "
+           "NO PRIVATE ROOT in its level)")
+
+
+@needs_private_root
+@pytest.mark.parametrize("probe", [
+    "os.stat('/etc/shadow')",
+    "[p for p in ('/etc/passwd', '/etc/shadow', '/home', os.path.expanduser('~'), '/proc/self') if os.path.exists(p)]",
+    "os.listdir('/')",
+    "os.listdir(os.path.join(os.path.dirname(os.__file__), 'site-packages'))",
+    f"open({pytest.__file__!r}).read()",
+    f"os.stat({pytest.__file__!r}).st_size",
+], ids=["stat_shadow", "exists_outside", "listdir_root", "listdir_stdlib_site_packages", "read_unlisted_package",
+        "stat_unlisted_package"])
+def test_a_mechanism_learns_nothing_of_paths_outside_its_rules(probe: str) -> None:
+    outcome, text = wall_attempt(f"import os\nreturn repr({probe})", tripwire_off=False)
+    assert (outcome == "raised" and ("FileNotFoundError" in text or "PermissionError" in text)) \
+        or (outcome == "returned" and text in ("'[]'", "[]")), (outcome, text)
+
+
+@needs_strict
+def test_the_standard_librarys_compression_modules_work_behind_the_wall() -> None:
+    outcome, text = wall_attempt("""
+        import bz2, gzip, io, lzma, zipfile, zlib
+        data = b'bilevel ' * 500
+        assert zlib.decompress(zlib.compress(data)) == data
+        assert gzip.decompress(gzip.compress(data)) == data
+        assert bz2.decompress(bz2.compress(data)) == data
+        assert lzma.decompress(lzma.compress(data)) == data
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, 'w', zipfile.ZIP_DEFLATED) as z:
+            z.writestr('a.txt', data)
+        with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
+            assert z.read('a.txt') == data
+        return 'round trip'
+    """, tripwire_off=False)
+    assert (outcome, text) == ("returned", "'round trip'")
+
+
+FILLER = '''
+from mechanisms.base import Mechanism
+
+
+class Filler(Mechanism):
+    def shape_prompt(self, state, prompt):
+        import tempfile
+        written = 0
+        for i in range(int(state.guidance)):
+            try:
+                with open(f'f{state.iteration}_{i}', 'wb') as f:
+                    f.write(b'x' * 65536)
+                written += 1
+            except OSError:
+                pass  # a mechanism that swallows the refusal is still caught
+        try:
+            tempfile.NamedTemporaryFile(delete=False).write(b'x')
+            written += 1
+        except OSError:
+            pass
+        return str(written)
+'''
+
+
+@needs_private_root
+def test_a_mechanism_that_fills_its_scratch_is_killed_and_the_disk_never_sees_it() -> None:
+    from mechanisms.sandbox import HookError, WorkerFailed
+    from mechanisms.sandbox.isolation import Limits
+
+    def state(iteration: int, files: int) -> dict:
+        return asdict(SearchState(iteration=iteration, guidance=str(files)))
+
+    async def main() -> tuple[str, list[str], str]:
+        worker, info = await open_mechanism(FILLER, "filler", level="strict",
+                                            limits=Limits(scratch_mb=1, scratch_files=8))
+        assert info["ok"], info
+        try:
+            first = await worker.call("shape_prompt", [state(1, 2), "p"], 10.0)  # 2 files and a temp file: within
+            on_disk = os.listdir(worker.scratch)  # the engine's side of the folder: the tmpfs is the worker's own
+            try:
+                await worker.call("shape_prompt", [state(2, 40), "p"], 10.0)
+            except (HookError, WorkerFailed) as exc:
+                return first, on_disk, f"{type(exc).__name__}: {exc}"
+            return first, on_disk, "returned"
+        finally:
+            await worker.close()
+
+    first, on_disk, second = asyncio.run(main())
+    assert first == "3" and on_disk == []
+    assert second.startswith("WorkerFailed") and "filled its scratch folder" in second, second
+    assert "1048576 bytes and 8 files" in second

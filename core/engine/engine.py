@@ -470,7 +470,7 @@ class Engine:
         previous = dict(self.state.mechanisms)
         drop_unfinished_research(self.state, self.emit)
         for name in self.cfg.search.active_mechanisms:
-            if name not in previous:
+            if name not in self.state.mechanism_history:  # on resume: active ones follow, deactivated ones stay off
                 await self.mechanisms.attach(builtin_mechanism(name), self.state, origin="config",
                                              description="enabled in the configuration")
         for name, e in previous.items():

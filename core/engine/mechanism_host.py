@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from mechanisms.base import Mechanism, Modify, Veto
 from mechanisms.contract import ContractError, check, check_local, safe_name, state_to_wire
-from mechanisms.isolation import refusal
-from mechanisms.policy import check_policy
-from mechanisms.worker_client import HookError, Worker, WorkerFailed, open_mechanism
+from mechanisms.sandbox.isolation import refusal
+from mechanisms.sandbox.policy import check_policy
+from mechanisms.sandbox.worker_client import HookError, Worker, WorkerFailed, open_mechanism
 
 from core.record import events as ev
 from core.levels.trace import snapshot

@@ -3,7 +3,7 @@
 Four rounds, each one streamed LLM call — explore, critique (JSON selection), specify,
 generate — then validation (parse, policy, import and a dry run of every hook in a
 separate process) and a novelty check: a mechanism identical in source or in behaviour
-to one already active (see mechanisms.fingerprint) is not offered. A failure goes back
+to one already active (see mechanisms.sandbox.fingerprint) is not offered. A failure goes back
 to the LLM for a bounded number of repairs (a duplicate is told which mechanism it
 copies); after that the mechanism is rejected and nothing changes. A validated
 mechanism is activated at the next iteration boundary (or waits for the user's approval).
@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import mechanisms
 from mechanisms import base as mechanism_base
-from mechanisms.fingerprint import Identity, canonical, duplicate_of, probe_builtin, source_key
+from mechanisms.sandbox.fingerprint import Identity, canonical, duplicate_of, probe_builtin, source_key
 from mechanisms.selection import choose_builtin
 
 from core.record import events as ev
@@ -253,7 +253,7 @@ class ResearchLevel:
         """(the mechanism ready to offer, or None and the failure; the active one it duplicates and how,
         when that is the failure)."""
         from mechanisms.contract import safe_name
-        from mechanisms.validator import Step, validate_async  # the validator starts workers: load it when needed
+        from mechanisms.sandbox.validator import Step, validate_async  # the validator starts workers: load it when needed
 
         ctx = self.ctx
         cfg = ctx.cfg.level2
@@ -294,7 +294,7 @@ class ResearchLevel:
 
     async def _novelty(self, source: str, report: Any, schema: dict[str, Any]) -> tuple[str, str]:
         """(the active mechanism the validated candidate duplicates, or "", and the novelty step's detail)."""
-        from mechanisms.validator import probe_source
+        from mechanisms.sandbox.validator import probe_source
 
         active = await self._active_identities(schema)
         if not active:
@@ -319,7 +319,7 @@ class ResearchLevel:
 
     async def _active_identities(self, schema: dict[str, Any]) -> dict[str, Identity]:
         """Each active mechanism's source key and behaviour on the probes, probed once per schema."""
-        from mechanisms.validator import probe_source
+        from mechanisms.sandbox.validator import probe_source
 
         ctx = self.ctx
         cfg = ctx.cfg.level2

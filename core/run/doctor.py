@@ -110,8 +110,8 @@ async def _endpoint_checks(cfg: Config) -> list[Check]:
 
 async def _isolation_check(cfg: Config | None) -> Check:
     """Which wall generated mechanisms get here, proven by starting one worker behind it."""
-    from mechanisms.isolation import availability, refusal
-    from mechanisms.worker_client import Worker, WorkerFailed
+    from mechanisms.sandbox.isolation import availability, refusal
+    from mechanisms.sandbox.worker_client import Worker, WorkerFailed
 
     found = availability()
     configured = cfg.level2.isolation if cfg else "strict"

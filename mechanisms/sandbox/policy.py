@@ -2,7 +2,7 @@
 
 It stops mistakes and the obvious escapes before any line runs, and its reasons go back
 to the LLM for a repair; the wall that holds when it is outwitted is the operating
-system's, around the worker process (:mod:`mechanisms.isolation`). Rules:
+system's, around the worker process (:mod:`mechanisms.sandbox.isolation`). Rules:
 
 - imports: the standard library, ``mechanisms`` / ``mechanisms.base``, and the config's
   ``level2.allow_imports`` (an explicit allow-list entry wins over everything below).

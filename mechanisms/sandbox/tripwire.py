@@ -1,6 +1,6 @@
 """A tripwire inside the mechanism worker: audit hooks that notice forbidden operations.
 
-The wall is the operating system's (:mod:`mechanisms.isolation`); this layer only makes
+The wall is the operating system's (:mod:`mechanisms.sandbox.isolation`); this layer only makes
 an attempt visible, so a mechanism that tries a forbidden operation and swallows the
 error is still rejected or deactivated, with what it tried as the reason. It marks the
 current thread while mechanism code runs (the worker has no other threads: seccomp

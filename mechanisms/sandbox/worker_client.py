@@ -23,11 +23,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from mechanisms.isolation import Limits
+from mechanisms.sandbox.isolation import Limits
 
 MAX_LINE = 1 << 20  # bytes of one reply
-PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from mechanisms.worker import main; "
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from mechanisms.sandbox.worker import main; "
          "raise SystemExit(main())")
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE")
 
@@ -66,17 +66,30 @@ def read_only_paths(allow_imports: Iterable[str]) -> tuple[list[str], list[str]]
     paths = {sysconfig.get_paths()["stdlib"], os.path.join(PACKAGE_ROOT, "mechanisms")}
     extra: list[str] = []
     for dotted in allow_imports:
+        top = dotted.split(".")[0]
         try:
-            spec = importlib.util.find_spec(dotted.split(".")[0])
+            spec = importlib.util.find_spec(top)
         except (ImportError, ValueError):
             continue
         if spec is None or not spec.origin:
             continue
-        folder = os.path.dirname(spec.origin)
-        site = os.path.dirname(folder) if spec.submodule_search_locations else folder
-        paths.add(site)  # the package and the libraries it ships beside it
+        if spec.submodule_search_locations:
+            paths.update(spec.submodule_search_locations)
+            site = os.path.dirname(os.path.dirname(spec.origin))
+        else:
+            paths.add(spec.origin)
+            site = os.path.dirname(spec.origin)
+        # the shared libraries a wheel ships beside its package (auditwheel's "<name>.libs"), not its neighbours
+        paths.update(os.path.join(site, n) for n in _listing(site) if n.lower() == f"{top.lower()}.libs")
         extra.append(site)
     return sorted(paths), extra
+
+
+def _listing(folder: str) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 class Worker:
@@ -138,6 +151,10 @@ class Worker:
             await self.kill()
             raise WorkerFailed(self._died(f"the worker answered out of turn during {hook}; it was killed"))
         if reply.get("ok") is not True:
+            if reply.get("fatal") is True:  # the worker broke a limit it cannot undo: it must not run again
+                await self.kill()
+                raise WorkerFailed(self._died(str(reply.get("error", f"{hook} failed"))[:4000] +
+                                              "; the worker was killed"))
             raise HookError(str(reply.get("error", f"{hook} failed"))[:4000])
         return reply.get("value")
 

@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from mechanisms.contract import state_from_wire, to_wire
+from mechanisms.sandbox.trace import TRAINED, hook_result, replay_state
+from mechanisms.sandbox.worker_client import HookError, WorkerFailed
 
 PROMPT = ("You are tuning the hyperparameters of train.py. Propose one change as JSON with "
           "'changes' and 'hypothesis'. (A probe prompt used to fingerprint a search mechanism.)")
-TRAINED = ("keep", "discard", "crash", "cancelled")
 _RAISED = {"$raised": True}  # a hook that raised: that it did is behaviour, its traceback (line numbers) is not
 
 
@@ -171,18 +172,10 @@ def probes(schema: Mapping[str, Mapping[str, Any]]) -> list[Probe]:
 
 
 def _state(records: list[dict], schema: Mapping[str, Any], upto: int, probe: Probe) -> dict[str, Any]:
-    from mechanisms.validator import replay_state  # the validator's fold of a trace (it imports this module)
-
     iteration = int(records[upto]["iteration"]) if upto < len(records) else int(records[-1]["iteration"]) + 1
     state = replay_state(records, dict(schema), upto, iteration, fresh=False)  # probe_calls copies it all
     state.frozen, state.guidance = list(probe.frozen), probe.guidance
     return dict(vars(state))
-
-
-def _result(record: dict) -> dict[str, Any]:
-    if record["decision"] in ("keep", "discard") and record.get("val_bpb") is not None:
-        return {"outcome": "ok", "val_bpb": record["val_bpb"], "metrics": {}}
-    return {"outcome": "cancelled" if record["decision"] == "cancelled" else "crash", "val_bpb": None, "metrics": {}}
 
 
 def probe_calls(probe: Probe, schema: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, list[Any]]]:
@@ -196,7 +189,7 @@ def probe_calls(probe: Probe, schema: Mapping[str, Mapping[str, Any]]) -> list[t
         if record["decision"] not in TRAINED:
             continue
         calls.append(("review_proposal", [state, {"changes": record["changes"], "hypothesis": record["hypothesis"]}]))
-        result = _result(record)
+        result = hook_result(record)
         if result["val_bpb"] is not None and state["best_val_bpb"] is not None:
             calls.append(("decide", [state, result, state["best_val_bpb"]]))
         calls.append(("observe", [state, result]))
@@ -272,10 +265,9 @@ class ProbeFailed(Exception):
 
 async def probe_worker(worker: Any, source: str, module_name: str, schema: Mapping[str, Mapping[str, Any]], *,
                        hook_timeout_s: float, import_timeout_s: float) -> Behaviour:
-    """The behaviour of the module in ``worker`` (a :class:`mechanisms.worker_client.Worker`): reloaded
+    """The behaviour of the module in ``worker`` (a :class:`mechanisms.sandbox.worker_client.Worker`): reloaded
     fresh for each probe. ProbeFailed when a load fails or the worker dies; a hook that raises is
     recorded as such."""
-    from mechanisms.worker_client import HookError, WorkerFailed
 
     plan, plan_digest = _plan(schema)
     digests = []

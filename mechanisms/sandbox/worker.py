@@ -1,9 +1,9 @@
 """The mechanism worker: the process in which generated code is imported and its hooks run.
 
-Started by :mod:`mechanisms.worker_client` as ``python -I -S -B`` with a clean
+Started by :mod:`mechanisms.sandbox.worker_client` as ``python -I -S -B`` with a clean
 environment. It moves the protocol off descriptors 0 and 1 (which, with 2, then lead to
 /dev/null, so the module's prints and writes to the standard streams go nowhere), imports
-what it needs, applies the wall (:func:`mechanisms.isolation.lock_down`) and only then
+what it needs, applies the wall (:func:`mechanisms.sandbox.isolation.lock_down`) and only then
 reads the generated source. From there it answers one JSON line per request:
 
 - ``{"op": "load", "source": ..., "module_name": ...}`` → ``{"ok": true, "class_name",
@@ -68,15 +68,17 @@ def _traceback_tail(exc: BaseException, filename: str) -> str:
 
 
 class Worker:
-    def __init__(self, proto: _Protocol, scratch: str) -> None:
+    def __init__(self, proto: _Protocol, scratch: str, budget: Any = None, private: bool = False) -> None:
         self.proto = proto
         self.scratch = scratch
+        self.budget = budget  # a private_root.Budget, checked after every load and call
+        self.private = private
         self.instance: Any = None
         self.filename = "<mechanism>"
 
     def _guarded(self, fn: Any, *args: Any) -> tuple[Any, Optional[str]]:
         """(value, None), or (None, why) when it raised or tried a forbidden operation."""
-        from mechanisms.tripwire import runtime_guard
+        from mechanisms.sandbox.tripwire import runtime_guard
 
         with runtime_guard(self.scratch) as scope:
             try:
@@ -88,6 +90,13 @@ class Worker:
         if scope.blocked:  # refused, even though the mechanism caught the error
             return None, f"attempted a forbidden operation: {scope.blocked[0]}"
         return value, None
+
+    def overrun(self) -> Optional[str]:
+        if self.budget is None:
+            return None
+        from mechanisms.sandbox.private_root import overrun
+
+        return overrun(self.scratch, self.budget, self.private)
 
     def load(self, msg: dict[str, Any]) -> None:
         from mechanisms.base import Mechanism
@@ -134,6 +143,10 @@ class Worker:
             self.proto.send(ok=False, error=f"__init__ {why}")
             return
         self.instance = instance
+        over = self.overrun()
+        if over is not None:
+            self.proto.send(ok=False, error=f"importing the module {over}")
+            return
         self.proto.send(ok=True, class_name=names[0], name=names[1] or names[0], hooks=hooks)
 
     def call(self, msg: dict[str, Any]) -> None:
@@ -146,6 +159,10 @@ class Worker:
             return
         args[0] = state_from_wire(args[0])
         value, why = self._guarded(getattr(self.instance, hook), *args)
+        over = self.overrun()
+        if over is not None:  # fatal even where the hook caught its failed write: the engine kills this worker
+            self.proto.send(id=call_id, ok=False, fatal=True, error=f"{hook} {over}")
+            return
         if why is not None:
             self.proto.send(id=call_id, ok=False, error=f"{hook} {why}")
             return
@@ -173,6 +190,7 @@ def main() -> int:
         _die_with_the_engine(int(setup["parent"]))
     scratch = str(setup.get("scratch") or "")
     os.chdir(scratch)
+    os.environ["TMPDIR"] = scratch  # tempfile's folder is the scratch, under the same budget
     sys.dont_write_bytecode = True
     for entry in setup.get("sys_path", []):
         if entry not in sys.path:
@@ -181,21 +199,26 @@ def main() -> int:
         import importlib
 
         # What the worker and the module need, imported before the wall (trusted code).
-        for mod in ("mechanisms.base", "mechanisms.contract", "mechanisms.tripwire", "json", "dataclasses",
-                    "typing", "collections", "math", "re", *setup.get("preimport", [])):
+        # zlib, _bz2 and _lzma link shared libraries outside the read rules: loaded here, gzip, zipfile,
+        # bz2 and lzma (pure Python in the standard library) work behind the wall.
+        for mod in ("mechanisms.base", "mechanisms.contract", "mechanisms.sandbox.tripwire",
+                    "mechanisms.sandbox.private_root", "json", "dataclasses", "typing", "collections", "math", "re",
+                    "zlib", "_bz2", "_lzma", *setup.get("preimport", [])):
             try:
                 importlib.import_module(mod)
             except ImportError:
                 pass  # a missing package is named when the module imports it
-        from mechanisms.isolation import Limits, lock_down
+        from mechanisms.sandbox.isolation import Limits, lock_down
+        from mechanisms.sandbox.private_root import Budget
 
-        in_force = lock_down(str(setup.get("level")), Limits(**setup.get("limits", {})),
-                             setup.get("read_only", []), [scratch])
+        limits = Limits(**setup.get("limits", {}))
+        in_force, private = lock_down(str(setup.get("level")), limits, setup.get("read_only", []), scratch)
+        budget = Budget(limits.scratch_mb * 1024 * 1024, limits.scratch_files)
     except Exception as exc:  # noqa: BLE001 - reported, and the worker exits
         proto.send(ready=False, error=f"the worker could not isolate itself: {type(exc).__name__}: {exc}")
         return 1
     proto.send(ready=True, level=in_force, pid=os.getpid())
-    worker = Worker(proto, scratch)
+    worker = Worker(proto, scratch, budget, private)
     while True:
         msg = proto.read()
         if msg is None or msg.get("op") == "exit":

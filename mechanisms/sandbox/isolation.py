@@ -34,6 +34,9 @@ import sys
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from mechanisms.sandbox.private_root import HIDDEN, Budget, ViewError
+from mechanisms.sandbox.private_root import enter as enter_view
+
 LEVELS = ("strict", "process")
 
 # --- Landlock (include/uapi/linux/landlock.h); the syscall numbers are the same on both arches
@@ -95,6 +98,8 @@ class Limits:
     address_space_mb: int = 2048
     file_size_mb: int = 16
     open_files: int = 64
+    scratch_mb: int = 64  # all files in the scratch (and temp) folder together
+    scratch_files: int = 256
 
 
 @dataclass(frozen=True)
@@ -183,7 +188,23 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def apply_landlock(read_only: Iterable[str], writable: Iterable[str]) -> int:
+def landlock_rules(read_only: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(folders readable beneath, folders only listable) for ``read_only``: a folder holding third-party
+    packages (the standard library's site-packages) is split into its other children, since a rule
+    always covers everything beneath it, and stays listable so the import system can scan it."""
+    readable: list[str] = []
+    listable: list[str] = []
+    for path in read_only:
+        if not any(os.path.isdir(os.path.join(path, h)) for h in HIDDEN):
+            readable.append(path)
+            continue
+        listable.append(path)
+        with os.scandir(path) as entries:
+            readable += [e.path for e in entries if e.name not in HIDDEN]
+    return readable, listable
+
+
+def apply_landlock(read_only: Iterable[str], writable: Iterable[str], listable: Iterable[str] = ()) -> int:
     """Restrict this process's file-system (and, where the ABI has them, network and signal) access."""
     abi = landlock_abi()
     if abi < _MIN_LANDLOCK_ABI:
@@ -206,7 +227,7 @@ def apply_landlock(read_only: Iterable[str], writable: Iterable[str]) -> int:
                 "landlock_create_ruleset")
     try:
         write = handled & ~_FS["EXECUTE"]
-        for paths, access in ((read_only, _READ), (writable, write)):
+        for paths, access in ((read_only, _READ), (listable, _FS["READ_DIR"]), (writable, write)):
             for path in dict.fromkeys(paths):
                 try:
                     pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -268,11 +289,25 @@ def apply_seccomp() -> None:
     _check(libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp filter")
 
 
-def lock_down(level: str, limits: Limits, read_only: Iterable[str], writable: Iterable[str]) -> str:
-    """Apply the wall for ``level`` to this process; returns what is in force."""
+def lock_down(level: str, limits: Limits, read_only: Iterable[str], scratch: str) -> tuple[str, bool]:
+    """Apply the wall for ``level`` to this process: (what is in force, whether the private view is).
+
+    The private view (:mod:`mechanisms.sandbox.private_root`) comes first, at every level; where
+    the kernel refuses it the level says so in capitals, with why and what that leaves open."""
+    read_only = list(read_only)
+    budget = Budget(limits.scratch_mb * 1024 * 1024, limits.scratch_files)
+    try:
+        enter_view(read_only, scratch, budget, platform.machine())
+        view = f"private root, scratch tmpfs {limits.scratch_mb} MB / {limits.scratch_files} files"
+        private = True
+    except (ViewError, OSError) as exc:
+        view = (f"NO PRIVATE ROOT ({exc}): paths outside the rules can be stat'ed, and the scratch is on the "
+                f"shared disk, bounded by {limits.file_size_mb} MB per file and a check after each call")
+        private = False
     apply_rlimits(limits)
     if level == "process":
-        return "process"
-    abi = apply_landlock(read_only, writable)
+        return f"process ({view})", private
+    readable, listable = landlock_rules(read_only)
+    abi = apply_landlock(readable, [scratch], listable)
     apply_seccomp()
-    return f"strict (Landlock ABI {abi}, seccomp)"
+    return f"strict (Landlock ABI {abi}, seccomp, {view})", private

@@ -6,8 +6,8 @@ steps, stopping at the first failure and recording why, so the reason can go bac
 the LLM for a repair:
 
 1. **parse** — ``ast.parse`` and ``compile``; a syntax error gives line, column and message.
-2. **policy** — the static check of :mod:`mechanisms.policy`.
-3. **import** — in an isolated worker (:mod:`mechanisms.worker_client`) under a time
+2. **policy** — the static check of :mod:`mechanisms.sandbox.policy`.
+3. **import** — in an isolated worker (:mod:`mechanisms.sandbox.worker_client`) under a time
    limit; the worker is killed when it overruns. A missing package is reported by name.
    Where the configured isolation is not available, this step fails saying what is missing.
 4. **dry run** — in that same worker: the class was instantiated at import; ``on_attach``
@@ -15,7 +15,7 @@ the LLM for a repair:
    ``hook_timeout_s``, and every value is checked against :mod:`mechanisms.contract`.
 
 The report keeps the module's source key and, after a passing dry run (unless ``probe`` is
-off), its behaviour on the fixed probes of :mod:`mechanisms.fingerprint`, run in the same
+off), its behaviour on the fixed probes of :mod:`mechanisms.sandbox.fingerprint`, run in the same
 worker on a fresh instance each, so the caller can refuse a mechanism identical to one
 already active. Probes that cannot finish leave no behaviour and a note; they fail nothing.
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import copy
 import hashlib
 import os
 import secrets
@@ -38,13 +37,13 @@ from typing import Any, Iterable, Optional
 
 from mechanisms.base import SearchState
 from mechanisms.contract import ContractError, check, safe_name, state_to_wire
-from mechanisms.fingerprint import Behaviour, ProbeFailed, probe_worker, source_key
-from mechanisms.isolation import refusal
-from mechanisms.policy import _policy_violations
-from mechanisms.worker_client import HookError, Worker, WorkerFailed, open_mechanism
+from mechanisms.sandbox.fingerprint import Behaviour, ProbeFailed, probe_worker, source_key
+from mechanisms.sandbox.isolation import refusal
+from mechanisms.sandbox.policy import _policy_violations
+from mechanisms.sandbox.trace import TRAINED, hook_result, replay_state
+from mechanisms.sandbox.worker_client import HookError, Worker, WorkerFailed, open_mechanism
 
 STEPS = ("parse", "policy", "import", "dry_run")
-TRAINED = ("keep", "discard", "crash", "cancelled")
 PROMPT = ("You are tuning the hyperparameters of train.py. Propose one change as JSON with "
           "'changes' and 'hypothesis'. (A dry-run prompt used to check a search mechanism.)")
 
@@ -68,7 +67,7 @@ class ValidationReport:
     #: The module file the import and dry run used (absent when parse or policy failed).
     module_path: Optional[str] = None
     isolation: str = ""  # the wall the worker ran behind
-    source_key: Optional[str] = None  # see mechanisms.fingerprint.source_key
+    source_key: Optional[str] = None  # see mechanisms.sandbox.fingerprint.source_key
     behaviour: Optional[Behaviour] = None  # the hooks' answers to the probes (after a passing dry run)
     behaviour_note: str = ""  # why there is no behaviour, when the probes could not finish
 
@@ -229,35 +228,6 @@ class DryRunFailed(Exception):
     pass
 
 
-# --- the trace as the hooks see it -------------------------------------------------------------
-
-def replay_state(records: list[dict], schema: dict[str, dict], upto: int, iteration: int, *,
-                 fresh: bool = True) -> SearchState:
-    """A fresh snapshot of the trace's first ``upto`` records, folded like the engine's state.
-
-    ``fresh=False`` shares the records and schema (for a caller that serialises the state at once)."""
-    prefix = copy.deepcopy(records[:upto]) if fresh else records[:upto]
-    baseline = best = None
-    best_values: dict[str, Any] = {}
-    for r in prefix:
-        if r.get("decision") == "baseline" and r.get("val_bpb") is not None:
-            baseline = best = r["val_bpb"]
-            best_values = dict(r.get("values") or {})
-        elif r.get("decision") == "keep" and r.get("val_bpb") is not None:
-            best = r["val_bpb"]
-            best_values = dict(r.get("values") or {})
-    return SearchState(iteration=iteration, records=prefix, schema=copy.deepcopy(schema) if fresh else schema,
-                       best_values=best_values, best_val_bpb=best, baseline_val_bpb=baseline)
-
-
-def _result(record: dict) -> dict[str, Any]:
-    decision = record.get("decision")
-    if decision in ("keep", "discard") and record.get("val_bpb") is not None:
-        return {"outcome": "ok", "val_bpb": record["val_bpb"], "metrics": {}}
-    outcome = "cancelled" if decision == "cancelled" else "crash"
-    return {"outcome": outcome, "val_bpb": None, "metrics": {}}
-
-
 def _with_synthetic(records: list[dict], schema: dict[str, dict]) -> tuple[list[dict], int]:
     """The trace plus a synthetic baseline and a scored iteration where it lacks them."""
     values = {name: spec.get("value") for name, spec in schema.items()}
@@ -330,7 +300,7 @@ class Replay:
             return  # no valid proposal: the loop never reviewed, trained or observed anything
         proposal = {"changes": dict(record.get("changes") or {}), "hypothesis": str(record.get("hypothesis") or "")}
         await self.call("review_proposal", self.state(upto), proposal)
-        result = _result(record)
+        result = hook_result(record)
         best = self.state(upto).best_val_bpb
         if decision in ("keep", "discard") and result["val_bpb"] is not None and best is not None:
             await self.call("decide", self.state(upto), dict(result), best)

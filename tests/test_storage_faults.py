@@ -10,6 +10,7 @@ may); everywhere, the same errors injected as OSError(errno) into the writer's s
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import subprocess
@@ -22,6 +23,7 @@ from core.record import events as ev
 from core.record import layout
 from core.record import session as session_mod
 from core.record.session import SessionReader, StorageFault
+from core import cli
 from core.run.drive import EXIT_STORAGE
 from tests.conftest import Recorder, fast_config
 from tests.support.cli import run_bilevel, write_fast_config
@@ -192,10 +194,7 @@ def test_resume_and_replay_of_a_read_only_session_folder(small_disk, tmp_path) -
 
 @pytest.mark.parametrize("err", [errno.EROFS, errno.EACCES], ids=lambda e: errno.errorcode[e])
 def test_resume_of_a_folder_it_cannot_write_says_why_and_exits_2(tmp_path, monkeypatch, capsys, err) -> None:
-    from core import cli
-
     engine = Engine.create(fast_config(tmp_path, **{"budget.iterations": 1}))
-    import asyncio
     asyncio.run(engine.run())
     real_open = os.open
 
@@ -212,10 +211,7 @@ def test_resume_of_a_folder_it_cannot_write_says_why_and_exits_2(tmp_path, monke
 
 
 def test_replay_of_a_log_it_cannot_read_says_why_and_exits_2(tmp_path, monkeypatch, capsys) -> None:
-    from core import cli
-
     engine = Engine.create(fast_config(tmp_path, **{"budget.iterations": 1}))
-    import asyncio
     asyncio.run(engine.run())
     real_open = os.open
     log = layout.events_path(engine.dir)

@@ -1,7 +1,9 @@
 """The `bilevel` command line: run, resume, replay, init, doctor, prepare, noise, report, export.
 
-Exit codes are a contract: 0 done, 1 the run failed, 2 bad usage or configuration,
-130 interrupted by Ctrl-C (after a clean stop event; the session stays resumable).
+Exit codes are a contract: 0 done, 1 the run failed, 2 bad usage or configuration (a session
+folder that resume, replay or attach cannot use included), 74 the session folder stopped
+taking writes mid-run (full disk, read-only, no permission, quota; the log stays intact and
+resumable), 130 interrupted by Ctrl-C (after a clean stop event; the session stays resumable).
 Diagnostics go to stderr, the event lines of a headless run to stdout. This module parses
 flags and builds the run; core/run/drive.py runs it (Ctrl-C, studies, detached engines).
 """
@@ -18,7 +20,7 @@ from core.record import config as config_mod
 from core.record import layout
 from core.record.config import Config, ConfigError
 from core.run.drive import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE
-from core.run.drive import begin, detach, drive, drive_study, resume_in_background, run_until_done
+from core.run.drive import begin, detach, drive, drive_study, resume_in_background, run_until_done, storage_exit
 from core.run.drive import err as _err
 
 EXAMPLE_CONFIG = Path(__file__).parent / "record" / "example_config.toml"
@@ -175,16 +177,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = plan[0]
     if getattr(args, "detach", False):
         return detach(cfg, config=args.config, demo=args.demo, group=args.group, overrides=_overrides(args))
-    from core.record.session import SessionError
+    from core.record.session import SessionError, storage_fault
     from core.services.executors import ExecutorError
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     into = getattr(args, "into", None)
     try:
         engine = Engine(cfg, Path(into), log=log) if into else Engine.create(cfg, log=log)
-    # another engine holds the session, its log is damaged, or the executor asked for cannot be had
+    # another engine holds the session, its log is damaged, the executor asked for cannot be had,
+    # or the sessions folder cannot be written (read-only, full: a StorageFault)
     except (SessionError, ExecutorError) as exc:
         _err(str(exc))
+        return EXIT_USAGE
+    except OSError as exc:
+        fault = storage_fault(exc, cfg.sessions_path())
+        if fault is None:
+            raise
+        _err(str(fault))
         return EXIT_USAGE
     print(f"session: {engine.dir}", file=sys.stderr)
     if _use_app(args):
@@ -264,6 +273,9 @@ def _run_app(engine: Any, config_path: Path | None) -> int:
               f"(output: {layout.engine_log_path(engine.dir)}); watch it with: bilevel attach {engine.dir}",
               file=sys.stderr)
         return EXIT_OK
+    stored = storage_exit(engine)
+    if stored is not None:
+        return stored
     print(f"session {engine.dir}: {state.status}"
           + (f" — continue with: bilevel resume {engine.dir}" if state.status != "completed" else ""), file=sys.stderr)
     return EXIT_OK if state.status in ("completed", "stopped") else EXIT_RUN_ERROR
@@ -304,9 +316,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from core.analysis.printer import HeadlessPrinter
     from core.record.session import SessionError, SessionReader, find_session
+    from core.record.session_lock import check_session_files
 
     try:
         path = find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
+        check_session_files(path)
         reader = SessionReader(path)
         if _use_app(args):
             from tui.launch import run_replay  # Textual is imported only here
@@ -345,9 +359,11 @@ def _quiet_closed_stdout() -> None:
 
 def cmd_attach(args: argparse.Namespace) -> int:
     from core.record.session import SessionError, find_session
+    from core.record.session_lock import check_session_files
 
     try:
         path = find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
+        check_session_files(path)  # a linked log or command folder would be followed by the app
     except SessionError as exc:
         _err(str(exc))
         return EXIT_USAGE

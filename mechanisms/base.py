@@ -10,8 +10,11 @@ dry-run in a separate process against a recorded trace.
 | ``on_attach(state)`` | once, on activation | nothing |
 | ``shape_prompt(state, prompt)`` | before each proposal | text to add to the prompt, or None |
 | ``review_proposal(state, proposal)`` | after a proposal is made | None (accept), ``Veto(reason)``, or ``Modify(changes)`` |
-| ``decide(state, result, best)`` | after training | "keep", "discard", or None (no opinion) |
+| ``decide(state, result, best)`` | after training | "discard" (stricter than the rule), "keep", or None (no opinion) |
 | ``observe(state, result)`` | after each iteration | nothing |
+
+``decide`` may turn the acceptance rule's keep into a discard; a "keep" of a result the rule
+discarded is refused by the engine (and recorded), so a mechanism can never make the best worse.
 """
 from __future__ import annotations
 

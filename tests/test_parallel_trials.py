@@ -496,11 +496,11 @@ async def test_mechanism_effects_name_their_own_trial_while_others_are_in_flight
     assert {hook for hook, _, _ in Witness.seen} == {"decide", "observe"}
     assert all(trained[named] == val for _, named, val in Witness.seen), Witness.seen
     effects = [e for e in rec.of(ev.MechanismEffect) if e.hook == "decide"]
-    assert len(effects) == 8  # every trial's verdict was turned round
+    assert len(effects) == 8  # every trial's verdict was turned round (a keep of a discard: refused)
     for effect in effects:  # and the effect names the trial whose verdict it turned
         after = rec.events[rec.events.index(effect):]
         verdict = next(e for e in after if isinstance(e, ev.IterationFinished) and e.iteration == effect.iteration)
-        assert verdict.rule.startswith("overridden by mechanism witness")
+        assert verdict.rule.startswith("overridden by mechanism witness") == (effect.effect == "overrode")
     # The case that matters: a trial started later was still running when a verdict was turned.
     assert any(fold(rec.events[:rec.events.index(e)]).running != e.iteration for e in effects)
 

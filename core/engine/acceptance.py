@@ -10,6 +10,11 @@ Rules, from the config:
 * ``acceptance.confirm``: a candidate that passes is re-run with another seed and kept
   only if the mean of both runs still passes; the mean is then the new best.
 
+A mechanism's ``decide`` hook may only make the rule stricter: it may turn a keep into a
+discard, never keep what the rule (or a mechanism before it) discarded; such a keep is
+refused and recorded (:func:`mechanism_verdict`). So the best never gets worse than the
+baseline, whatever a mechanism asks.
+
 Every verdict carries a ``details`` dict (the rule, best, threshold, σ, margin in σ,
 the confirmation runs) that the engine writes into IterationFinished.acceptance.
 """
@@ -125,6 +130,22 @@ class AcceptancePolicy:
         if x is None:
             return ""
         return f" = {x:+.1f}σ" if signed else f" = {x:.1f}σ"
+
+
+# --- a mechanism's say ------------------------------------------------------------------
+
+
+def mechanism_verdict(decision: str, verdict: str | None) -> tuple[str, str]:
+    """What a ``decide`` hook's ``verdict`` makes of ``decision`` (keep or discard so far).
+
+    Returns the decision and the effect: ``""`` (no change), ``"overrode"`` (a keep made a
+    discard: stricter, honoured) or ``"refused"`` (a keep of a discard: the rule's numbers win).
+    """
+    if verdict is None or verdict == decision:
+        return decision, ""
+    if verdict == "discard":
+        return "discard", "overrode"
+    return decision, "refused"
 
 
 # --- building the policy of a run ------------------------------------------------------

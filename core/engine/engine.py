@@ -42,7 +42,8 @@ from core.services.script import ParamSpec, TrainScript
 from core.services import script_folder
 from core.services.data_budget import repeat_warning
 from core.services.seeds import seed_params
-from core.record.session import SessionError, SessionReader, SessionWriter, new_session_dir
+from core.record.session import (SessionError, SessionReader, SessionWriter, StorageFault, new_session_dir,
+                                 storage_fault)
 from core.record.session_lock import SessionLock
 from core.services import process_control
 from core.record.state import RunState, fold
@@ -98,6 +99,7 @@ class Engine:
         self._awaiting: dict[str, str] = {}  # research id -> mechanism name, while approval is pending
         self._ended = False  # run() returned: the log is closed, commands are refused to subscribers only
         self._finishing = ""  # set once the run is ending: why a new approval request expires at once
+        self.storage_fault: StorageFault | None = None  # the session folder stopped taking writes: the run ends
 
     # --- construction -------------------------------------------------------------------
 
@@ -152,7 +154,11 @@ class Engine:
                 held.events.append(event)
                 return event
             held.started.set()  # resume must find its process: written at once
-        stamped = self.writer.append(event)
+        try:
+            stamped = self.writer.append(event)
+        except StorageFault as exc:  # raised where it happened; a side task's fault stops the run too
+            self._storage_failed(exc)
+            raise
         self.state.apply(stamped)
         for sub in list(self.subscribers):
             try:
@@ -343,6 +349,15 @@ class Engine:
             await self._loop()
         except FatalRunError as exc:
             await self._finish("failed", str(exc))
+        except (StorageFault, OSError) as exc:  # a full disk, a read-only folder, ...
+            fault = storage_fault(exc)
+            if fault is None:
+                raise
+            self._storage_failed(fault)
+            try:  # the final event, when the folder still takes one
+                await self._finish("failed", "")
+            except (StorageFault, OSError):
+                pass
         finally:
             commands.cancel()
             channel.cancel()
@@ -351,8 +366,11 @@ class Engine:
                 late, late_source = self._commands.get_nowait()
                 name = late.name if isinstance(late, cmds.Unreadable) else late.command
                 args = late.args if isinstance(late, cmds.Unreadable) else late.args()
-                self.emit(ev.CommandReceived(command=name, args=args, source=late_source, ok=False,
-                                             error=self._over()))
+                try:
+                    self.emit(ev.CommandReceived(command=name, args=args, source=late_source, ok=False,
+                                                 error=self._over()))
+                except StorageFault:
+                    break  # the folder takes no more: the fault is already the run's end
             await self.mechanisms.close()
             await self.context.close()  # the warm training workers
             if self._research_task is not None and not self._research_task.done():
@@ -364,6 +382,12 @@ class Engine:
             self.writer.close()
             self.lock.release()
         return self.state
+
+    def _storage_failed(self, fault: StorageFault) -> None:
+        """Remember the first storage fault and stop: nothing more can be recorded reliably."""
+        if self.storage_fault is None:
+            self.storage_fault = fault  # the CLI's one line and RunFinished's reason say it; no log line too
+            self.request_stop(f"storage fault: {fault}", hard=True)
 
     def close(self) -> None:
         """Give up a session without running it (frees the log and the lock)."""
@@ -497,6 +521,8 @@ class Engine:
             self.emit(ev.ResearchFinished(research_id=r.research_id, outcome="expired", name=r.name,
                                           reason=f"the run ended ({status}) before it could be activated"))
         self._ready = []
+        if self.storage_fault is not None:  # however the loop came to its end, this is why
+            status, reason = "failed", f"storage fault: {self.storage_fault}"
         self.emit(ev.RunFinished(status=status, reason=reason, iterations=len(self.state.proposals),
                                  baseline_val_bpb=self.state.baseline_val_bpb, best_val_bpb=self.state.best_val_bpb))
 

@@ -7,7 +7,7 @@ it made. Built-ins are our code and run in-process, through the same contract ch
 
 Every hook call is counted per mechanism (the counts ride on each IterationFinished
 event) and every effect — prompt text added, proposal vetoed or modified, decision
-overridden — is an event. A hook that raises, overruns its time limit (its worker is
+made stricter, a keep of a discard refused — is an event. A hook that raises, overruns its time limit (its worker is
 then killed), returns something the contract refuses, or whose worker dies, deactivates
 its mechanism with an event; the loop goes on. Nothing falls back silently.
 """
@@ -27,6 +27,7 @@ from mechanisms.sandbox.policy import check_policy
 from mechanisms.sandbox.worker_client import HookError, Worker, WorkerFailed, open_mechanism
 
 from core.record import events as ev
+from core.engine.acceptance import mechanism_verdict
 from core.levels.trace import snapshot
 
 if TYPE_CHECKING:
@@ -230,10 +231,16 @@ class MechanismHost:
                                            _result_dict(result), state.best_val_bpb)
             except HookFailed:
                 continue
-            if verdict is not None and verdict != decision:
+            after, effect = mechanism_verdict(decision, verdict)
+            if effect == "refused":  # keeping what the rule discarded could leave a best worse than the baseline
+                self._emit(ev.MechanismEffect(
+                    iteration=iteration, name=entry.name, hook="decide", effect="refused",
+                    detail=f"{decision} -> {verdict} refused: a mechanism may turn a keep into a discard, "
+                           f"never keep what {'the acceptance rule' if overrider is None else overrider} discarded"))
+            elif effect:
                 self._emit(ev.MechanismEffect(iteration=iteration, name=entry.name, hook="decide",
-                                              effect="overrode", detail=f"{decision} -> {verdict}"))
-                decision, overrider = verdict, entry.name
+                                              effect="overrode", detail=f"{decision} -> {after}"))
+                decision, overrider = after, entry.name
         return decision, overrider
 
     async def observe(self, state: "RunState", result: "TrainResult | None", *, iteration: int) -> None:

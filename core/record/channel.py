@@ -8,15 +8,19 @@ submits every file in name order (submission order) with ``source="channel"`` an
 it; the acknowledgement is the usual ``CommandReceived`` event in ``events.jsonl``, which
 every viewer sees. A file that is not a command is kept (renamed ``*.invalid``) and
 submitted as :class:`~core.record.commands.Unreadable`, so the engine refuses it with the
-reason in an event. Several viewers may write at once: the file names never collide. No
-UI imports here.
+reason in an event. Several viewers may write at once: the file names never collide.
+The folder must be the session's own and each command a regular file: a symbolic link is
+refused (a folder: SessionError; a file: kept as ``*.invalid`` and refused), never followed.
+No UI imports here.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +29,7 @@ from core.record import commands as cmds
 
 from core.record import layout
 from core.record.layout import COMMANDS_DIR  # noqa: F401 - re-exported
+from core.record.session import own_folder
 
 _SUFFIX = ".json"
 _BAD_SUFFIX = ".invalid"  # a command file that could not be read is kept under this name, never retried
@@ -36,11 +41,33 @@ def commands_dir(session_dir: Path) -> Path:
     return layout.commands_dir(session_dir)
 
 
+def _own_commands_dir(session_dir: Path) -> Path:
+    """The command folder, made if absent; SessionError if it is a link or lies elsewhere."""
+    folder = commands_dir(session_dir)
+    own_folder(folder, session_dir, "command folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    own_folder(folder, session_dir, "command folder")  # a link put in place meanwhile
+    return folder
+
+
+def _read_regular(path: Path) -> bytes:
+    """A command file's bytes, never through a symbolic link (ValueError for one)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("a symbolic link, not a command file; refused") from None
+        raise
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ValueError("not a regular file; refused")
+        return fh.read()
+
+
 def write_command(session_dir: Path, command: cmds.Command) -> Path:
     """Queue one command for the engine of ``session_dir``; returns the file written."""
     name, args = cmds.to_wire(command)
-    folder = commands_dir(session_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _own_commands_dir(session_dir)
     stem = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}"
     final = folder / f"{stem}{_SUFFIX}"
     # the temp file is dot-named: the watcher ignores it until the rename
@@ -61,7 +88,7 @@ def pending_commands(session_dir: Path) -> list[Path]:
 def read_command(path: Path) -> cmds.Command:
     """The command in a file; ValueError (a CommandError for a bad name or argument) if it is none."""
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(_read_regular(path).decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
@@ -108,7 +135,7 @@ def _unreadable(path: Path, exc: Exception) -> cmds.Unreadable:
     """What the engine refuses for a bad file: its name and arguments where they could be read."""
     name, args = "", {}
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(_read_regular(path).decode("utf-8"))
         if isinstance(data, dict):
             name = data["command"] if isinstance(data.get("command"), str) else ""
             args = data["args"] if isinstance(data.get("args"), dict) else {}
@@ -126,8 +153,7 @@ async def watch_commands(session_dir: Path, submit: Submit, *, log: Callable[[st
     """
     from watchfiles import Change, awatch
 
-    folder = commands_dir(session_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _own_commands_dir(session_dir)
     take_pending(session_dir, submit, log)
 
     def is_command(change: Change, path: str) -> bool:

@@ -3,11 +3,17 @@
 The folder's layout (which file is where) is :mod:`core.record.layout`'s; one engine at a
 time holds its lock (:mod:`core.record.session_lock`). Artifacts are written atomically
 (temp file + rename) and referenced from events by their path relative to the session folder.
+
+A full disk, a read-only or forbidden folder or a spent quota is a :class:`StorageFault`
+naming the path and the cause; an append that fails is rolled back, so the log stays whole.
+The log must be a regular file in its folder: a symbolic link is refused, never followed.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import re
 import time
 from dataclasses import dataclass
@@ -31,6 +37,58 @@ class SessionError(Exception):
     pass
 
 
+# The errors that mean the session folder cannot take what we write, not a bug of ours.
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "a read-only file system",
+                  errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                  errno.EDQUOT: "disk quota exceeded"}
+
+
+class StorageFault(SessionError):
+    """The session folder cannot be written (or read): which path, and why."""
+
+    def __init__(self, path: Path | str, err: int, doing: str = "write") -> None:
+        self.path, self.errno = str(path), err
+        self.cause = STORAGE_ERRNOS.get(err) or os.strerror(err)
+        super().__init__(f"cannot {doing} {self.path}: {self.cause} ({errno.errorcode.get(err, err)})")
+
+
+def own_folder(path: Path, session: Path, what: str) -> None:
+    """Refuse a folder of the session that is a symbolic link or leads outside it (absent is fine)."""
+    if os.path.islink(path):
+        raise SessionError(f"{path}: the {what} is a symbolic link (to {os.readlink(path)}); refused: "
+                           "it must be a folder inside the session folder")
+    if path.exists() and Path(path).resolve().parent != Path(session).resolve():
+        raise SessionError(f"{path}: the {what} leads outside the session folder; refused")
+
+
+def storage_fault(exc: BaseException, path: Path | str | None = None, doing: str = "write") -> StorageFault | None:
+    """``exc`` as a StorageFault when it is one (a full disk, a read-only folder, ...), else None."""
+    if isinstance(exc, StorageFault):
+        return exc
+    if not isinstance(exc, OSError) or exc.errno not in STORAGE_ERRNOS:
+        return None
+    return StorageFault(exc.filename or path or "the session folder", exc.errno, doing)
+
+
+def regular_file(path: Path, what: str) -> None:
+    """Refuse a session file that is a symbolic link or not a regular file (absent is fine).
+
+    A link could make the engine append a run to another session's log, or read a file of
+    someone else's as a command; O_NOFOLLOW on every open backs this check.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise storage_fault(exc, path, "read") or SessionError(f"{path}: {exc}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise SessionError(f"{path}: the {what} is a symbolic link (to {os.readlink(path)}); refused: "
+                           "it must be a regular file inside the session folder")
+    if not stat.S_ISREG(st.st_mode):
+        raise SessionError(f"{path}: the {what} is not a regular file; refused")
+
+
 def new_session_dir(root: Path, name: str, now: float | None = None) -> Path:
     """A fresh ``<root>/<YYYYmmdd-HHMMSS>-<name>`` folder (suffixed if it exists)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
@@ -52,11 +110,17 @@ class SessionWriter:
 
     def __init__(self, directory: Path, *, clock=time.time) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._clock = clock
         log = layout.events_path(self.dir)
-        self._seq = _repair_tail(log)
-        self._fh = open(log, "a", encoding="utf-8")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            regular_file(log, "event log")
+            own_folder(layout.commands_dir(self.dir), self.dir, "command folder")
+            self._seq = _repair_tail(log)
+            self._fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise storage_fault(exc, log) or _refused_link(exc, log) from exc
+        self._log = log
+        self._clock = clock
         self._last_fsync = 0.0
         self._dirty = False
 
@@ -65,37 +129,84 @@ class SessionWriter:
         return self._seq
 
     def append(self, event: ev.Event) -> ev.Event:
-        """Stamp, write and flush one event; returns the stamped event."""
-        self._seq += 1
+        """Stamp, write and flush one event; returns the stamped event.
+
+        StorageFault when the line cannot be written whole: whatever part of it reached the
+        file is cut off again and the sequence number is not used, so the log stays intact.
+        """
+        seq = self._seq + 1
         # the log keeps microseconds: the live event carries what a replay will read
-        stamped = replace(event, seq=self._seq, ts=round(self._clock(), 6))
+        stamped = replace(event, seq=seq, ts=round(self._clock(), 6))
         try:
-            self._fh.write(ev.to_json(stamped) + "\n")
+            line = (ev.to_json(stamped) + "\n").encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate (an LLM reply): JSON escapes it, losing nothing
-            self._fh.write(json.dumps(ev.to_dict(stamped), ensure_ascii=True, separators=(",", ":")) + "\n")
-        self._fh.flush()  # survives kill -9 of this process once flushed
+            line = (json.dumps(ev.to_dict(stamped), ensure_ascii=True, separators=(",", ":")) + "\n").encode()
         now = time.monotonic()
-        if not isinstance(stamped, _BATCHED) or now - self._last_fsync >= _BATCH_FSYNC_S:
-            os.fsync(self._fh.fileno())
+        durable = not isinstance(stamped, _BATCHED) or now - self._last_fsync >= _BATCH_FSYNC_S
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            written = 0
+            while written < len(line):  # unbuffered: survives kill -9 of this process once written
+                written += os.write(self._fd, line[written:])
+            if durable:
+                os.fsync(self._fd)
+        except OSError as exc:
+            self._cut(start)
+            raise storage_fault(exc, self._log) or exc
+        self._seq = seq
+        if durable:
             self._last_fsync, self._dirty = now, False
         else:
             self._dirty = True
         return stamped
+
+    def _cut(self, size: int) -> None:
+        """Back to ``size`` bytes after a failed append (a torn line would hide the next one)."""
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError:
+            pass  # nothing could be written either (a read-only remount); a torn tail is repaired on open
 
     def artifact(self, relpath: str, data: str | bytes) -> str:
         """Write an artifact atomically; returns its path relative to the session."""
         rel = layout.artifact_rel(relpath)
         if isinstance(data, str):  # text that is not valid Unicode (a lone surrogate) is kept escaped
             data = data.encode("utf-8", errors="backslashreplace")
-        write_atomic(layout.artifact_path(self.dir, rel), data)
+        path = layout.artifact_path(self.dir, rel)
+        try:
+            write_atomic(path, data)
+        except OSError as exc:
+            raise storage_fault(exc, path) or exc
         return rel
 
     def close(self) -> None:
-        if self._fh.closed:
+        if self._fd < 0:
             return
-        if self._dirty:
-            os.fsync(self._fh.fileno())
-        self._fh.close()
+        fd, self._fd = self._fd, -1
+        try:
+            if self._dirty:
+                os.fsync(fd)
+        except OSError:
+            pass  # the batched events are flushed already; a fault was (or will be) reported by append
+        finally:
+            os.close(fd)
+
+
+def _refused_link(exc: OSError, path: Path) -> Exception:
+    """O_NOFOLLOW's ELOOP (a link put in place after the check) as the refusal it is."""
+    if exc.errno == errno.ELOOP:
+        return SessionError(f"{path}: a symbolic link; refused: it must be a regular file inside the session folder")
+    return exc
+
+
+def read_log(log: Path) -> bytes:
+    """The log's bytes, never through a symbolic link; StorageFault when it cannot be read."""
+    try:
+        fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise storage_fault(exc, log, "read") or _refused_link(exc, log) from exc
+    with open(fd, "rb") as fh:
+        return fh.read()
 
 
 def _repair_tail(log: Path) -> int:
@@ -106,8 +217,7 @@ def _repair_tail(log: Path) -> int:
     """
     if not log.exists():
         return 0
-    with open(log, "rb") as fh:
-        data = fh.read()
+    data = read_log(log)
     lines = data.split(b"\n")
     tail = lines.pop()  # b"" when the file ends in a newline
     checker = LogChecker(log)
@@ -228,14 +338,14 @@ class SessionReader:
             path = path.parent
         self.dir = path
         self.log = layout.events_path(self.dir)
+        regular_file(self.log, "event log")
         if not self.log.is_file():
             raise SessionError(f"{self.dir}: not a session (no {EVENTS_FILE})")
         self.problems: list[LogProblem] = []
         self.torn_tail = False  # the last line was cut short by a crash mid-write
 
     def events(self, *, tolerant: bool = False) -> Iterator[ev.Event]:
-        with open(self.log, "rb") as fh:
-            data = fh.read()
+        data = read_log(self.log)
         lines = data.split(b"\n")
         tail = lines.pop()
         checker = LogChecker(self.log)

@@ -3,7 +3,8 @@
 The CLI parses flags and builds the run; this module runs it to its end. Ctrl-C or SIGTERM
 asks for a clean stop (an event, never a kill), so an interrupted session stays resumable.
 Exit codes are a contract: 0 done, 1 the run failed, 2 bad usage or configuration,
-130 interrupted by Ctrl-C.
+74 the session folder stopped taking writes mid-run (a full disk, a read-only folder,
+no permission, a spent quota: EX_IOERR), 130 interrupted by Ctrl-C.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from core.record import layout
 from core.record.config import Config
 
 EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_STORAGE = 74  # sysexits' EX_IOERR: the session folder stopped taking writes mid-run
 
 
 def err(msg: str) -> None:
@@ -52,11 +54,25 @@ def run_until_done(work: Callable[[], Awaitable[Any]], stop: Callable[[str], Non
 def begin(engine: Any) -> None:
     """SessionStarted, durable before anything slow: the folder can be resumed from now on."""
     from core.levels.context import FatalRunError
+    from core.record.session import StorageFault, storage_fault
 
     try:
         engine.begin_session()
     except FatalRunError:
         pass  # run() reports it as a failed run
+    except (StorageFault, OSError) as exc:  # a storage fault: run() tries again and reports it
+        if storage_fault(exc) is None:
+            raise
+
+
+def storage_exit(engine: Any) -> int | None:
+    """EXIT_STORAGE with its one line when the run ended on a storage fault, else None."""
+    fault = getattr(engine, "storage_fault", None)
+    if fault is None:
+        return None
+    err(f"{fault}; the run stopped and its log is intact up to the last event written: "
+        f"free space or fix the folder, then continue with: bilevel resume {engine.dir}")
+    return EXIT_STORAGE
 
 
 def drive(engine: Any) -> int:
@@ -66,6 +82,9 @@ def drive(engine: Any) -> int:
     engine.subscribe(HeadlessPrinter())
     begin(engine)
     state, interrupted = run_until_done(engine.run, lambda why: engine.request_stop(why, hard=True))
+    stored = storage_exit(engine)
+    if stored is not None:
+        return stored
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if state.status in ("completed", "stopped") else EXIT_RUN_ERROR

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from baseline.prepare import (FORMAT, FORMAT_VERSION, Log, PrepareError, _exclusive, _meta, _staging,
-                              _write_json, data_ready, data_root)
+from baseline.dataset_folder import (FORMAT, FORMAT_VERSION, Log, PrepareError, data_ready, data_root, exclusive,
+                                     read_meta, staging, write_json)
 
 BASE_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 VAL_SHARD = 6542  # the last shard, pinned for validation as in the public pipeline
@@ -361,17 +361,17 @@ def prepare_climbmix(
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     target = root / name
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root, name):
-        if not force and data_ready(target) and _meta(target).get("fingerprint") == fingerprint:
+    with exclusive(root, name):
+        if not force and data_ready(target) and read_meta(target).get("fingerprint") == fingerprint:
             log(f"data ready (cached) at {target}")
             return target
         started = time.perf_counter()
-        with _staging(target) as stage:
+        with staging(target) as stage:
             log(f"training a {vocab_size}-id tokenizer on up to {tokenizer_max_chars:,} characters")
             train_paths = [paths[n] for n in train_names]
             tok = train_tokenizer(_capped(_documents(train_paths), tokenizer_max_chars), vocab_size)
             record = tokenizer_record(tok)
-            _write_json(stage / "tokenizer.json", record)
+            write_json(stage / "tokenizer.json", record)
             bos = record["bos_id"]
             log("packing training rows")
             train_rows = _write_rows(stage / "train.bin", pack_rows(_encoded(tok, _documents(train_paths), bos),
@@ -381,7 +381,7 @@ def prepare_climbmix(
                                                                 row_tokens), limit=val_limit)
             if not train_rows or not val_rows:
                 raise PrepareError(f"the shards hold too little text for one row of {row_tokens} tokens")
-            _write_json(stage / "meta.json", {
+            write_json(stage / "meta.json", {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "fingerprint": fingerprint,
                 "dataset_id": f"climbmix-{fingerprint[:16]}", "content_sha256": fingerprint,
                 "source": {"kind": "climbmix", "base_url": base_url, "train_shards": train_names,

@@ -12,8 +12,9 @@ A prepared dataset is a folder ``DATA_ROOT/<name>/`` holding
 
 Sources are ``stdlib`` (the installed Python standard library's ``.py`` files: on every
 machine, no download) or a folder of ``.txt``/``.md``/``.py`` files and ``.parquet`` files
-with a ``text`` column. Over ~500 lines because corpus, tokenizer trainer and shard writer
-are one pipeline under one cache key (the reference download is :mod:`baseline.climbmix`).
+with a ``text`` column. Corpus, tokenizer trainer and shard writer are one pipeline under one
+cache key (the reference download is :mod:`baseline.climbmix`; the folder both write is
+:mod:`baseline.dataset_folder`).
 
 Caching: a dataset is reused when its *listing fingerprint* matches -- a hash of the source
 files' paths, sizes and modification times plus every preparation setting. That costs one
@@ -34,22 +35,21 @@ import heapq
 import json
 import os
 import re
-import shutil
 import sys
 import sysconfig
-import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
-FORMAT = "bilevel-dataset"
-FORMAT_VERSION = 1
+# The folder helpers are shared with baseline/climbmix.py; the names stay importable from here.
+from baseline.dataset_folder import (FORMAT, FORMAT_VERSION, Log, PrepareError, data_ready, data_root, exclusive,
+                                     read_meta, staging, write_json)
+
 TOKENIZER_FORMAT = "bilevel-byte-bpe"
 
 DEFAULT_VOCAB_SIZE = 4096
@@ -75,40 +75,6 @@ PARQUET_SUFFIX = ".parquet"
 SKIPPED_DIRS = frozenset(
     {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 )
-
-Log = Callable[[str], None]
-
-
-class PrepareError(Exception):
-    """A problem with the source or the settings that the user can fix."""
-
-
-# --------------------------------------------------------------------------- paths
-
-
-def data_root() -> Path:
-    """Where datasets live: $BILEVEL_DATA_ROOT, else ~/.cache/bilevel/data."""
-    env = os.environ.get("BILEVEL_DATA_ROOT")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "bilevel" / "data"
-
-
-def data_ready(data_dir: Path) -> bool:
-    """True when ``data_dir`` holds a complete dataset whose files match its meta.json."""
-    data_dir = Path(data_dir)
-    try:
-        meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            return False
-        if not (data_dir / "tokenizer.json").is_file():
-            return False
-        for split in ("train", "val"):
-            size = (data_dir / f"{split}.bin").stat().st_size
-            if size != 2 * int(meta["tokens"][split]):
-                return False
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return True
-
 
 # --------------------------------------------------------------------------- tokenizer
 
@@ -464,8 +430,8 @@ def prepare(
     fingerprint = src.fingerprint(settings)
     target = root / name
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root, name):
-        if not force and data_ready(target) and _meta(target).get("fingerprint") == fingerprint:
+    with exclusive(root, name):
+        if not force and data_ready(target) and read_meta(target).get("fingerprint") == fingerprint:
             log(f"data ready (cached) at {target}")
             return target
         if target.exists():
@@ -525,11 +491,11 @@ def _build(
         "numpy_version": np.__version__,
         "created_unix": int(time.time()),
     }
-    with _staging(target) as stage:
-        _write_json(stage / "tokenizer.json", tokenizer.to_json())
+    with staging(target) as stage:
+        write_json(stage / "tokenizer.json", tokenizer.to_json())
         _write_array(stage / "train.bin", train_ids)
         _write_array(stage / "val.bin", val_ids)
-        _write_json(stage / "meta.json", meta)  # last: its presence marks completion
+        write_json(stage / "meta.json", meta)  # last: its presence marks completion
     log(f"prepared {target} in {time.perf_counter() - started:.1f}s")
 
 
@@ -571,65 +537,11 @@ def _encode_documents(tokenizer: Tokenizer, docs: list[Document]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 
 
-def _meta(data_dir: Path) -> dict[str, object]:
-    try:
-        return json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-
-
 def _write_array(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as f:
         array.astype(np.uint16, copy=False).tofile(f)
         f.flush()
         os.fsync(f.fileno())
-
-
-@contextmanager
-def _staging(target: Path) -> Iterator[Path]:
-    """A hidden folder next to ``target`` that replaces it only if the block completes."""
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(stage, 0o755)  # mkdtemp makes it private; the dataset is ordinary data
-    try:
-        yield stage
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        replacing = target.exists()
-        if replacing:
-            os.rename(target, old)
-        try:
-            os.rename(stage, target)
-        except OSError:
-            if replacing:
-                os.rename(old, target)  # put the previous dataset back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-@contextmanager
-def _exclusive(root: Path, name: str) -> Iterator[None]:
-    """Serialise preparations of one dataset; clears leftovers of killed ones."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, no cleanup
-        yield
-        return
-    with open(root / f".{name}.lock", "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            # Holding the lock, no one else is building this name: staging folders left
-            # by a killed process are garbage.
-            for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
-                for stale in root.glob(pattern):
-                    shutil.rmtree(stale, ignore_errors=True)
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import platformdirs
+
 FORMAT = "bilevel-dataset"
 FORMAT_VERSION = 1
 
@@ -25,9 +27,10 @@ class PrepareError(Exception):
 
 
 def data_root() -> Path:
-    """Where datasets live: $BILEVEL_DATA_ROOT, else ~/.cache/bilevel/data."""
+    """Where datasets live: $BILEVEL_DATA_ROOT, else the user cache folder's ``data``
+    (platformdirs: $XDG_CACHE_HOME/bilevel or ~/.cache/bilevel on Linux; train.py's default agrees)."""
     env = os.environ.get("BILEVEL_DATA_ROOT")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "bilevel" / "data"
+    return Path(env).expanduser() if env else platformdirs.user_cache_path("bilevel") / "data"
 
 
 def data_ready(data_dir: Path) -> bool:

@@ -17,7 +17,9 @@
    (``EVAL_TOKENS // MAX_SEQ_LEN`` rows, ~21M tokens) as uint16 ``train.bin``/``val.bin``
    with ``row_tokens`` in ``meta.json``, which ``train.py`` then reads one row per window.
 
-The server is ``$BILEVEL_CLIMBMIX_URL`` or ``--base-url`` when set (tests use a local one).
+The server is ``$BILEVEL_CLIMBMIX_URL`` or ``--base-url`` when set (tests use a local one). The download is
+ours, not ``huggingface_hub``'s: hf_hub_download checks the size but never the sha256, and deletes a cut
+transfer's partial file, so a later run cannot resume it; retries go through tenacity.
 """
 from __future__ import annotations
 
@@ -31,11 +33,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
 from baseline.dataset_folder import (FORMAT, FORMAT_VERSION, Log, PrepareError, data_ready, data_root, exclusive,
                                      read_meta, staging, write_json)
@@ -134,34 +137,42 @@ class _Progress:
         self.stream.flush()
 
 
-def download(url: str, dest: Path, *, timeout: float = 60.0, log: Log = print) -> Path:
-    """Fetch ``url`` into ``dest``: resumes a ``.part`` left by a cut transfer (Range), retries,
-    and keeps the file only if its size and sha256 match what the server vouches for."""
+def download(url: str, dest: Path, *, timeout: float = 60.0, log: Log = print,
+             sleep: Callable[[float], None] = time.sleep) -> Path:
+    """Fetch ``url`` into ``dest``: resumes a ``.part`` left by a cut transfer (Range), this run's or
+    an earlier one's, retries, and keeps the file only if its size and sha256 match what the server
+    vouches for."""
     dest = Path(dest)
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     info = _remote_info(url, timeout)
-    last_error = ""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        have = part.stat().st_size if part.exists() else 0
-        if info.size is not None and have > info.size:
-            part.unlink()
-            have = 0
-        try:
-            if info.size is None or have < info.size:
-                _fetch_into(url, part, have, info.size, timeout)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            last_error = str(exc)
-            log(f"{dest.name}: attempt {attempt}/{MAX_ATTEMPTS} stopped at "
-                f"{part.stat().st_size if part.exists() else 0:,} bytes ({exc}); resuming")
-            time.sleep(RETRY_PAUSE_S * attempt)
-            continue
-        _verify(part, dest.name, info)
-        os.replace(part, dest)
-        return dest
-    raise PrepareError(f"{dest.name}: download failed after {MAX_ATTEMPTS} attempts: {last_error}")
+
+    def note(state: RetryCallState) -> None:
+        log(f"{dest.name}: attempt {state.attempt_number}/{MAX_ATTEMPTS} stopped at "
+            f"{part.stat().st_size if part.exists() else 0:,} bytes ({state.outcome.exception()}); resuming")
+
+    # The project's one retry library (the LLM client's too); pauses of 0.5 s, 1 s, 1.5 s, ...
+    retrying = Retrying(stop=stop_after_attempt(MAX_ATTEMPTS), wait=wait_incrementing(RETRY_PAUSE_S, RETRY_PAUSE_S),
+                        retry=retry_if_exception_type((urllib.error.URLError, OSError, ValueError)),
+                        before_sleep=note, sleep=sleep, reraise=True)
+    try:
+        retrying(_resume, url, part, info, timeout)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise PrepareError(f"{dest.name}: download failed after {MAX_ATTEMPTS} attempts: {exc}") from exc
+    _verify(part, dest.name, info)
+    os.replace(part, dest)
+    return dest
+
+
+def _resume(url: str, part: Path, info: RemoteFile, timeout: float) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    if info.size is not None and have > info.size:
+        part.unlink()
+        have = 0
+    if info.size is None or have < info.size:
+        _fetch_into(url, part, have, info.size, timeout)
 
 
 def _fetch_into(url: str, part: Path, have: int, size: int | None, timeout: float) -> None:

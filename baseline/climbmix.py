@@ -39,7 +39,10 @@ from pathlib import Path
 
 import numpy as np
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
+from tokenizers import Tokenizer
 
+from baseline import bpe
+from baseline.bpe import load_tokenizer  # noqa: F401 - the tests' and users' way to read the record
 from baseline.dataset_folder import (FORMAT, FORMAT_VERSION, Log, PrepareError, data_ready, data_root, exclusive,
                                      read_meta, staging, write_json)
 
@@ -57,7 +60,6 @@ EVAL_TOKENS = 40 * 2**19  # the public eval size; val.bin holds EVAL_TOKENS // (
 TOKENIZER_MAX_CHARS = 1_000_000_000  # text the merges are learned from (the public default)
 DOC_CAP_CHARS = 10_000  # longer documents are cut for tokenizer training only
 PACK_BUFFER_DOCS = 1000  # documents the best-fit packer chooses from
-TOKENIZER_FORMAT = "bilevel-hf-bpe"
 MAX_ATTEMPTS = 5
 RETRY_PAUSE_S = 0.5
 CHUNK_BYTES = 1 << 20
@@ -230,48 +232,13 @@ def _capped(docs: Iterable[str], max_chars: int) -> Iterator[str]:
             return
 
 
-def train_tokenizer(docs: Iterable[str], vocab_size: int = VOCAB_SIZE):  # noqa: ANN201 - tokenizers.Tokenizer
+def train_tokenizer(docs: Iterable[str], vocab_size: int = VOCAB_SIZE) -> Tokenizer:
     """A byte-level BPE with ``vocab_size`` ids, the special tokens last (BOS first of them)."""
-    try:
-        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    except ImportError as exc:
-        raise PrepareError("training the climbmix tokenizer needs tokenizers: "
-                           "pip install 'bilevel-autoresearch[data]'") from exc
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
-    tok.train_from_iterator(docs, trainer=trainer)
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return tok
+    return bpe.train_tokenizer(docs, vocab_size, SPLIT_PATTERN, SPECIAL_TOKENS)
 
 
-def tokenizer_record(tok) -> dict:  # noqa: ANN001
-    """What train.py reads (vocab_size, eot_id = BOS, token byte lengths: 0 for special
-    tokens) with the tokenizer itself as the library's JSON."""
-    specials = set(SPECIAL_TOKENS)
-    vocab = tok.get_vocab(with_added_tokens=True)
-    by_id = sorted(vocab.items(), key=lambda kv: kv[1])
-    if [i for _, i in by_id] != list(range(len(by_id))):
-        raise PrepareError("the trained tokenizer's ids are not contiguous")
-    # Byte-level tokens spell one byte per character.
-    lengths = [0 if token in specials else len(token) for token, _ in by_id]
-    body = tok.to_str()
-    return {"format": TOKENIZER_FORMAT, "id": hashlib.sha256(body.encode()).hexdigest()[:16],
-            "vocab_size": len(by_id), "eot_id": vocab[BOS_TOKEN], "bos_id": vocab[BOS_TOKEN],
-            "special_tokens": list(SPECIAL_TOKENS), "split_pattern": SPLIT_PATTERN,
-            "token_byte_lengths": lengths, "tokenizer": json.loads(body)}
-
-
-def load_tokenizer(path: Path):  # noqa: ANN201
-    from tokenizers import Tokenizer
-
-    record = json.loads(Path(path).read_text(encoding="utf-8"))
-    return Tokenizer.from_str(json.dumps(record["tokenizer"]))
+def tokenizer_record(tok: Tokenizer) -> dict:
+    return bpe.tokenizer_record(tok, SPLIT_PATTERN, SPECIAL_TOKENS)
 
 
 # --------------------------------------------------------------------------- packing

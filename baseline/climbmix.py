@@ -17,7 +17,9 @@
    (``EVAL_TOKENS // MAX_SEQ_LEN`` rows, ~21M tokens) as uint16 ``train.bin``/``val.bin``
    with ``row_tokens`` in ``meta.json``, which ``train.py`` then reads one row per window.
 
-The server is ``$BILEVEL_CLIMBMIX_URL`` or ``--base-url`` when set (tests use a local one).
+The server is ``$BILEVEL_CLIMBMIX_URL`` or ``--base-url`` when set (tests use a local one). The download is
+ours, not ``huggingface_hub``'s: hf_hub_download checks the size but never the sha256, and deletes a cut
+transfer's partial file, so a later run cannot resume it; retries go through tenacity.
 """
 from __future__ import annotations
 
@@ -31,14 +33,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
+from tokenizers import Tokenizer
 
-from baseline.prepare import (FORMAT, FORMAT_VERSION, Log, PrepareError, _exclusive, _meta, _staging,
-                              _write_json, data_ready, data_root)
+from baseline import bpe
+from baseline.bpe import load_tokenizer  # noqa: F401 - the tests' and users' way to read the record
+from baseline.dataset_folder import (FORMAT, FORMAT_VERSION, Log, PrepareError, data_ready, data_root, exclusive,
+                                     read_meta, staging, write_json)
 
 BASE_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 VAL_SHARD = 6542  # the last shard, pinned for validation as in the public pipeline
@@ -54,7 +60,6 @@ EVAL_TOKENS = 40 * 2**19  # the public eval size; val.bin holds EVAL_TOKENS // (
 TOKENIZER_MAX_CHARS = 1_000_000_000  # text the merges are learned from (the public default)
 DOC_CAP_CHARS = 10_000  # longer documents are cut for tokenizer training only
 PACK_BUFFER_DOCS = 1000  # documents the best-fit packer chooses from
-TOKENIZER_FORMAT = "bilevel-hf-bpe"
 MAX_ATTEMPTS = 5
 RETRY_PAUSE_S = 0.5
 CHUNK_BYTES = 1 << 20
@@ -134,34 +139,42 @@ class _Progress:
         self.stream.flush()
 
 
-def download(url: str, dest: Path, *, timeout: float = 60.0, log: Log = print) -> Path:
-    """Fetch ``url`` into ``dest``: resumes a ``.part`` left by a cut transfer (Range), retries,
-    and keeps the file only if its size and sha256 match what the server vouches for."""
+def download(url: str, dest: Path, *, timeout: float = 60.0, log: Log = print,
+             sleep: Callable[[float], None] = time.sleep) -> Path:
+    """Fetch ``url`` into ``dest``: resumes a ``.part`` left by a cut transfer (Range), this run's or
+    an earlier one's, retries, and keeps the file only if its size and sha256 match what the server
+    vouches for."""
     dest = Path(dest)
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     info = _remote_info(url, timeout)
-    last_error = ""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        have = part.stat().st_size if part.exists() else 0
-        if info.size is not None and have > info.size:
-            part.unlink()
-            have = 0
-        try:
-            if info.size is None or have < info.size:
-                _fetch_into(url, part, have, info.size, timeout)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            last_error = str(exc)
-            log(f"{dest.name}: attempt {attempt}/{MAX_ATTEMPTS} stopped at "
-                f"{part.stat().st_size if part.exists() else 0:,} bytes ({exc}); resuming")
-            time.sleep(RETRY_PAUSE_S * attempt)
-            continue
-        _verify(part, dest.name, info)
-        os.replace(part, dest)
-        return dest
-    raise PrepareError(f"{dest.name}: download failed after {MAX_ATTEMPTS} attempts: {last_error}")
+
+    def note(state: RetryCallState) -> None:
+        log(f"{dest.name}: attempt {state.attempt_number}/{MAX_ATTEMPTS} stopped at "
+            f"{part.stat().st_size if part.exists() else 0:,} bytes ({state.outcome.exception()}); resuming")
+
+    # The project's one retry library (the LLM client's too); pauses of 0.5 s, 1 s, 1.5 s, ...
+    retrying = Retrying(stop=stop_after_attempt(MAX_ATTEMPTS), wait=wait_incrementing(RETRY_PAUSE_S, RETRY_PAUSE_S),
+                        retry=retry_if_exception_type((urllib.error.URLError, OSError, ValueError)),
+                        before_sleep=note, sleep=sleep, reraise=True)
+    try:
+        retrying(_resume, url, part, info, timeout)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise PrepareError(f"{dest.name}: download failed after {MAX_ATTEMPTS} attempts: {exc}") from exc
+    _verify(part, dest.name, info)
+    os.replace(part, dest)
+    return dest
+
+
+def _resume(url: str, part: Path, info: RemoteFile, timeout: float) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    if info.size is not None and have > info.size:
+        part.unlink()
+        have = 0
+    if info.size is None or have < info.size:
+        _fetch_into(url, part, have, info.size, timeout)
 
 
 def _fetch_into(url: str, part: Path, have: int, size: int | None, timeout: float) -> None:
@@ -219,48 +232,13 @@ def _capped(docs: Iterable[str], max_chars: int) -> Iterator[str]:
             return
 
 
-def train_tokenizer(docs: Iterable[str], vocab_size: int = VOCAB_SIZE):  # noqa: ANN201 - tokenizers.Tokenizer
+def train_tokenizer(docs: Iterable[str], vocab_size: int = VOCAB_SIZE) -> Tokenizer:
     """A byte-level BPE with ``vocab_size`` ids, the special tokens last (BOS first of them)."""
-    try:
-        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    except ImportError as exc:
-        raise PrepareError("training the climbmix tokenizer needs tokenizers: "
-                           "pip install 'bilevel-autoresearch[data]'") from exc
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
-    tok.train_from_iterator(docs, trainer=trainer)
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return tok
+    return bpe.train_tokenizer(docs, vocab_size, SPLIT_PATTERN, SPECIAL_TOKENS)
 
 
-def tokenizer_record(tok) -> dict:  # noqa: ANN001
-    """What train.py reads (vocab_size, eot_id = BOS, token byte lengths: 0 for special
-    tokens) with the tokenizer itself as the library's JSON."""
-    specials = set(SPECIAL_TOKENS)
-    vocab = tok.get_vocab(with_added_tokens=True)
-    by_id = sorted(vocab.items(), key=lambda kv: kv[1])
-    if [i for _, i in by_id] != list(range(len(by_id))):
-        raise PrepareError("the trained tokenizer's ids are not contiguous")
-    # Byte-level tokens spell one byte per character.
-    lengths = [0 if token in specials else len(token) for token, _ in by_id]
-    body = tok.to_str()
-    return {"format": TOKENIZER_FORMAT, "id": hashlib.sha256(body.encode()).hexdigest()[:16],
-            "vocab_size": len(by_id), "eot_id": vocab[BOS_TOKEN], "bos_id": vocab[BOS_TOKEN],
-            "special_tokens": list(SPECIAL_TOKENS), "split_pattern": SPLIT_PATTERN,
-            "token_byte_lengths": lengths, "tokenizer": json.loads(body)}
-
-
-def load_tokenizer(path: Path):  # noqa: ANN201
-    from tokenizers import Tokenizer
-
-    record = json.loads(Path(path).read_text(encoding="utf-8"))
-    return Tokenizer.from_str(json.dumps(record["tokenizer"]))
+def tokenizer_record(tok: Tokenizer) -> dict:
+    return bpe.tokenizer_record(tok, SPLIT_PATTERN, SPECIAL_TOKENS)
 
 
 # --------------------------------------------------------------------------- packing
@@ -361,17 +339,17 @@ def prepare_climbmix(
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     target = root / name
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root, name):
-        if not force and data_ready(target) and _meta(target).get("fingerprint") == fingerprint:
+    with exclusive(root, name):
+        if not force and data_ready(target) and read_meta(target).get("fingerprint") == fingerprint:
             log(f"data ready (cached) at {target}")
             return target
         started = time.perf_counter()
-        with _staging(target) as stage:
+        with staging(target) as stage:
             log(f"training a {vocab_size}-id tokenizer on up to {tokenizer_max_chars:,} characters")
             train_paths = [paths[n] for n in train_names]
             tok = train_tokenizer(_capped(_documents(train_paths), tokenizer_max_chars), vocab_size)
             record = tokenizer_record(tok)
-            _write_json(stage / "tokenizer.json", record)
+            write_json(stage / "tokenizer.json", record)
             bos = record["bos_id"]
             log("packing training rows")
             train_rows = _write_rows(stage / "train.bin", pack_rows(_encoded(tok, _documents(train_paths), bos),
@@ -381,7 +359,7 @@ def prepare_climbmix(
                                                                 row_tokens), limit=val_limit)
             if not train_rows or not val_rows:
                 raise PrepareError(f"the shards hold too little text for one row of {row_tokens} tokens")
-            _write_json(stage / "meta.json", {
+            write_json(stage / "meta.json", {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "fingerprint": fingerprint,
                 "dataset_id": f"climbmix-{fingerprint[:16]}", "content_sha256": fingerprint,
                 "source": {"kind": "climbmix", "base_url": base_url, "train_shards": train_names,

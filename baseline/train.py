@@ -105,7 +105,11 @@ def data_dir() -> Path:
     env = os.environ.get("BILEVEL_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    return Path.home() / ".cache" / "bilevel" / "data" / "stdlib"
+    # `bilevel prepare`'s default folder on Linux (platformdirs' user cache), in the standard library
+    # only: this file runs wherever it is copied. tests/test_user_paths.py keeps the two agreeing.
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    cache = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return cache / "bilevel" / "data" / "stdlib"
 
 
 def load_dataset(path: Path) -> Dataset:

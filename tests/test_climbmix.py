@@ -36,12 +36,12 @@ def make_shard(path: Path, docs: int, seed: int) -> bytes:
 class ShardServer:
     """Serves ``files``; HEAD announces size and sha256 (ETag) like the real host.
 
-    ``cut``: names whose first GET stops halfway; ``corrupt``: names served with a byte
+    ``cut``: names whose first GET stops halfway (``broken``: every GET); ``corrupt``: names served with a byte
     flipped while the ETag keeps the true sha256. ``requests`` logs (method, name, Range).
     """
 
     def __init__(self, files: dict[str, bytes]) -> None:
-        self.files, self.cut, self.corrupt = files, set(), set()
+        self.files, self.cut, self.broken, self.corrupt = files, set(), set(), set()
         self.requests: list[tuple[str, str, str]] = []
         server = self
 
@@ -82,7 +82,7 @@ class ShardServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
-                if name in server.cut:
+                if name in server.cut or name in server.broken:
                     server.cut.discard(name)
                     self.wfile.write(body[start:len(body) // 2])
                     self.wfile.flush()
@@ -157,6 +157,34 @@ def test_train_py_trains_and_scores_on_the_packed_rows(shards: ShardServer, tmp_
     wrong = write_script(tmp_path, MAX_SEQ_LEN=128, TIME_BUDGET=1, EVAL_TOKENS=128 * 5)
     refused = run_script(wrong, out, timeout=240)  # rows of 65 cannot hold a 128-token window
     assert refused.returncode == 2 and "packed in rows of 65 tokens" in refused.stderr
+
+
+def test_a_part_left_by_an_earlier_run_is_resumed_with_a_range_request(shards: ShardServer, tmp_path: Path) -> None:
+    name = cm.shard_name(0)
+    body = shards.files[name]
+    dest = tmp_path / "cache" / name
+    dest.parent.mkdir()
+    dest.with_name(name + ".part").write_bytes(body[:1000])  # what a killed `bilevel prepare` leaves
+    assert cm.download(f"{shards.url}/{name}", dest, log=lambda m: None) == dest
+    assert [r for m, n, r in shards.requests if m == "GET"] == ["bytes=1000-"]
+    assert dest.read_bytes() == body and not dest.with_name(name + ".part").exists()
+
+
+def test_a_transfer_that_keeps_breaking_gives_up_after_five_attempts_and_keeps_its_part(
+        shards: ShardServer, tmp_path: Path) -> None:
+    name = cm.shard_name(0)
+    shards.broken.add(name)
+    pauses: list[float] = []
+    said: list[str] = []
+    with pytest.raises(prep.PrepareError, match=r"shard_00000.parquet: download failed after 5 attempts: "
+                                                r"connection closed after 0 of"):
+        cm.download(f"{shards.url}/{name}", tmp_path / name, log=said.append, sleep=pauses.append)
+    assert pauses == [0.5, 1.0, 1.5, 2.0]  # between attempts, never after the last
+    half = len(shards.files[name]) // 2
+    assert [r for m, n, r in shards.requests if m == "GET"] == [""] + [f"bytes={half}-"] * 4
+    assert len(said) == 4 and said[0].startswith(f"shard_00000.parquet: attempt 1/5 stopped at {half:,} bytes")
+    assert (tmp_path / (name + ".part")).stat().st_size == half  # the next run resumes from here
+    assert not (tmp_path / name).exists()
 
 
 def test_a_corrupt_shard_is_refused_and_not_kept(shards: ShardServer, tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """The layers a newcomer sees in the folders are the layers the imports keep.
 
 The contracts live in pyproject.toml ([tool.importlinter]) and are checked here by running
-``lint-imports``; cycles under core/ are counted with every import, deferred and
-type-only ones included; mechanisms/ may use only the standard library and its own modules.
+``lint-imports``; cycles across core/, tui/, mechanisms/ and baseline/ are counted with every
+import, deferred and type-only ones included; mechanisms/ may use only the standard library and its own modules.
 """
 from __future__ import annotations
 
@@ -60,8 +60,25 @@ def test_a_wrong_import_breaks_a_contract(tmp_path: Path, module: str, line: str
     assert broken in result.stdout
 
 
-def test_no_import_cycles_under_core() -> None:
-    assert cycles(import_graph(ROOT / "core")) == []
+# Cycles other engineers are breaking in this round; the merged result empties this list.
+KNOWN_CYCLES = [
+    ["mechanisms.fingerprint", "mechanisms.validator"],  # the sandbox engineer (mechanisms/)
+]
+
+
+def test_no_import_cycles_in_the_product() -> None:
+    # One graph over every package, so a cycle through two packages counts as one under core/ would.
+    found = cycles(import_graph(*(ROOT / p for p in PACKAGES)))
+    assert [c for c in found if c not in KNOWN_CYCLES] == []
+
+
+def test_the_cycle_count_crosses_packages(tmp_path: Path) -> None:
+    for pkg, body in (("low", "def f():\n    import high.top\n"), ("high", "from low import base\n")):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+        (tmp_path / pkg / ("base.py" if pkg == "low" else "top.py")).write_text(body)
+    assert cycles(import_graph(tmp_path / "low")) == []
+    assert cycles(import_graph(tmp_path / "low", tmp_path / "high")) == [["high.top", "low.base"]]
 
 
 def test_no_import_cycles_under_mechanisms() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import platformdirs
 import pytest
 
 import baseline.prepare as prep
@@ -210,7 +211,7 @@ else:
 async def test_compile_cache_is_our_cache_folder_in_fresh_and_warm_runs(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     script = write(tmp_path, "env.py", CACHE_PRINTER)
-    expected = f"cache {Path.home() / '.cache' / 'bilevel' / 'compile'} 1"
+    expected = f"cache {platformdirs.user_cache_path('bilevel') / 'compile'} 1"
     fresh_lines: list[str] = []
     fresh = await run_training(script, cwd=tmp_path, budget_s=30, on_line=lambda s, line: fresh_lines.append(line))
     pool, warm_lines = WarmPool(), []

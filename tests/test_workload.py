@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import baseline.prepare as prep
+from baseline import bpe
 from baseline.presets import PRESETS
 from tests.support.patience import patience
 
@@ -172,13 +173,14 @@ def test_meta_records_hash_split_and_counts(small_data: Path) -> None:
 
 def test_val_tokens_decode_to_the_held_out_documents(small_data: Path) -> None:
     meta = json.loads((small_data / "meta.json").read_text())
-    tokenizer = prep.Tokenizer.load(small_data / "tokenizer.json")
+    tokenizer = bpe.load_tokenizer(small_data / "tokenizer.json")
+    record = json.loads((small_data / "tokenizer.json").read_text())
     val = np.fromfile(small_data / "val.bin", dtype=np.uint16).tolist()
     stdlib = prep.resolve_source("stdlib").root
     expected = "".join((stdlib / doc_id).read_bytes().decode("utf-8")
                        for doc_id in meta["split"]["val_documents"])
     assert tokenizer.decode(val) == expected
-    assert sum(tokenizer.to_json()["token_byte_lengths"][t] for t in val) == meta["bytes"]["val"]
+    assert sum(record["token_byte_lengths"][t] for t in val) == meta["bytes"]["val"]
 
 
 def test_held_out_membership_depends_only_on_the_document_id() -> None:
@@ -275,21 +277,23 @@ def test_cli_prints_where_the_data_went(small_data: Path) -> None:
 
 
 def test_tokenizer_round_trips_any_text(small_data: Path) -> None:
-    tokenizer = prep.Tokenizer.load(small_data / "tokenizer.json")
+    tokenizer = bpe.load_tokenizer(small_data / "tokenizer.json")
     text = "def naïve(x):\n\treturn x ** 2  # 日本語 😀\r\n\n    1_000_000 \x00 end"
-    ids = tokenizer.encode(text)
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
     assert tokenizer.decode(ids) == text
     assert len(ids) < len(text.encode())  # merges actually compress
     assert "".join(re.findall(prep.SPLIT_PATTERN, text)) == text
 
 
-def test_bpe_training_is_deterministic() -> None:
-    from collections import Counter
-
-    counts = Counter(re.findall(prep.SPLIT_PATTERN, "aaab abab bbba the then them " * 20))
-    first, second = prep.train_bpe(counts, 280), prep.train_bpe(Counter(dict(counts)), 280)
-    assert first.merges == second.merges and first.id == second.id
-    assert first.decode(first.encode("abab then")) == "abab then"
+def test_bpe_training_is_deterministic_and_the_end_of_text_token_comes_last(tmp_path: Path) -> None:
+    docs = ["aaab abab bbba the then them " * 20, "x = 1\n" * 10]
+    first, second = (bpe.tokenizer_record(bpe.train_tokenizer(iter(docs), 280, prep.SPLIT_PATTERN, [prep.EOT_TOKEN]),
+                                          prep.SPLIT_PATTERN, [prep.EOT_TOKEN]) for _ in range(2))
+    assert first == second and first["vocab_size"] <= 280
+    assert first["eot_id"] == first["vocab_size"] - 1 and first["token_byte_lengths"][first["eot_id"]] == 0
+    (tmp_path / "tokenizer.json").write_text(json.dumps(first))
+    tok = bpe.load_tokenizer(tmp_path / "tokenizer.json")
+    assert tok.decode(tok.encode("abab then", add_special_tokens=False).ids) == "abab then"
 
 
 # --------------------------------------------------------------------------- train.py source

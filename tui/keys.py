@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import platformdirs
 from textual.binding import Binding
 
 DETERMINISTIC_ENV = "BILEVEL_TUI_DETERMINISTIC"
@@ -68,8 +69,8 @@ def deterministic_from_env() -> bool:
 
 
 def keymap_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(os.environ.get("BILEVEL_KEYMAP", Path(base) / "bilevel" / "keymap.toml"))
+    """$BILEVEL_KEYMAP, else the user config folder's (platformdirs: $XDG_CONFIG_HOME or ~/.config on Linux)."""
+    return Path(os.environ.get("BILEVEL_KEYMAP", platformdirs.user_config_path("bilevel") / "keymap.toml"))
 
 
 def load_keymap(path: Path) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""The user's settings file (``~/.config/bilevel/settings.toml``): what the app remembers between runs.
+"""The user's settings file (``settings.toml`` in the user config folder, ``~/.config/bilevel`` on Linux):
+what the app remembers between runs.
 
 Only plain ``key = value`` lines at the top level (the theme today). A file that does not parse is
 left untouched and nothing is remembered, rather than overwriting what the user wrote.
@@ -12,12 +13,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import platformdirs
+
 SETTINGS_ENV = "BILEVEL_SETTINGS"
 
 
 def settings_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(os.environ.get(SETTINGS_ENV, Path(base) / "bilevel" / "settings.toml"))
+    """$BILEVEL_SETTINGS, else the user config folder's (platformdirs: $XDG_CONFIG_HOME or ~/.config on Linux)."""
+    return Path(os.environ.get(SETTINGS_ENV, platformdirs.user_config_path("bilevel") / "settings.toml"))
 
 
 def load_settings(path: Path) -> dict[str, Any] | None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Iterable, Mapping
+
+import platformdirs
 
 EXACT = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR", "TEMP", "TMP", "TZ", "LANG", "LANGUAGE",
                    "TERM", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "XDG_CACHE_HOME",
@@ -45,9 +46,10 @@ def training_env(overrides: Mapping[str, str] | None = None, *, source: Mapping[
 
 def compile_cache_env() -> dict[str, str]:
     """Where torch.compile keeps what it compiled: our cache folder beside the data
-    (``~/.cache/bilevel``), not a temp folder, so fresh runs, warm workers and later sessions
-    reuse the graphs instead of compiling again. A value the user set wins (see callers)."""
-    folder = Path.home() / ".cache" / "bilevel" / "compile"
+    (platformdirs' user cache folder, ``~/.cache/bilevel`` on Linux), not a temp folder, so fresh
+    runs, warm workers and later sessions reuse the graphs instead of compiling again. A value the
+    user set wins (see callers)."""
+    folder = platformdirs.user_cache_path("bilevel") / "compile"
     return {"TORCHINDUCTOR_CACHE_DIR": str(folder), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
             "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 

@@ -9,7 +9,8 @@ carries a tag (in any group or session) and kills it: the engine calls it when a
 ends, and resume calls it for the recorded tag of an interrupted run before it starts
 anything.
 
-Linux only (prctl, /proc); elsewhere the helpers degrade to process-group signals.
+The process table is read through psutil (environments, states, parents; groups by getpgid); prctl is
+Linux only, and elsewhere the parent-death signal and the subreaper are skipped.
 """
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ import os
 import signal
 import time
 import uuid
-from pathlib import Path
 from typing import Callable, Iterable
+
+import psutil
 
 TAG_ENV = "BILEVEL_RUN_TAG"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _POLL_S = 0.05
-_PROC = Path("/proc")
 
 try:  # loaded before any fork, so a child's preexec only calls into it
     _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
@@ -61,38 +62,22 @@ def die_with_parent_preexec() -> Callable[[], None] | None:
     return preexec
 
 
-def _stat_fields(pid: str) -> list[str] | None:
+def _is_live(process: psutil.Process) -> bool:
+    """Running or sleeping; a zombie is dead and waits for its parent (or init) to reap it, which we cannot hurry."""
     try:
-        stat = (_PROC / pid / "stat").read_text()
-    except OSError:
-        return None
-    # Fields after the command name, which may itself contain spaces and ')'.
-    return stat[stat.rfind(")") + 2:].split()
-
-
-def _is_live(fields: list[str] | None) -> bool:
-    return fields is not None and fields[0] not in ("Z", "X")
+        return process.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:  # gone
+        return False
 
 
 def group_has_live_members(pgid: int) -> bool:
-    """True while any non-zombie process is in the group.
-
-    Zombies count as gone: they are dead and waiting for their parent (or init) to
-    reap them, which we cannot hurry. Linux reads /proc; elsewhere killpg(0) is the
-    best available answer.
-    """
-    if not (_PROC / "self" / "stat").exists():
+    """True while any non-zombie process is in the group."""
+    for process in psutil.process_iter():
         try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    for entry in _PROC.iterdir():
-        if not entry.name.isdigit():
+            if os.getpgid(process.pid) == pgid and _is_live(process):
+                return True
+        except OSError:  # gone since the listing
             continue
-        fields = _stat_fields(entry.name)
-        if fields is not None and len(fields) >= 3 and fields[2] == str(pgid) and _is_live(fields):
-            return True
     return False
 
 
@@ -114,24 +99,13 @@ async def wait_group_gone(pgid: int, timeout_s: float) -> bool:
 
 def tagged_pids(tags: str | Iterable[str]) -> list[int]:
     """Live processes (of any group or session) whose environment carries ``TAG_ENV=<one of tags>``."""
-    wanted = {tags} if isinstance(tags, str) else set(tags)
-    needles = {f"{TAG_ENV}={t}".encode() for t in wanted if t}
-    if not needles or not _PROC.is_dir():
+    wanted = {tags} if isinstance(tags, str) else {t for t in tags if t}
+    if not wanted:
         return []
-    found = []
     me = os.getpid()
-    for entry in _PROC.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:  # gone, or another user's
-            continue
-        if TAG_ENV.encode() not in environ:
-            continue
-        if needles.intersection(environ.split(b"\0")) and _is_live(_stat_fields(entry.name)):
-            found.append(int(entry.name))
-    return found
+    # environ is None where psutil may not read it (another user's process, or gone since the listing)
+    return [p.pid for p in psutil.process_iter(["environ"])
+            if p.pid != me and (p.info["environ"] or {}).get(TAG_ENV) in wanted and _is_live(p)]
 
 
 def end_tagged(tags: str | Iterable[str], *, spare: int | None = None, rounds: int = 20) -> list[int]:
@@ -157,11 +131,13 @@ def end_tagged(tags: str | Iterable[str], *, spare: int | None = None, rounds: i
     return killed
 
 
-def _reap(pids) -> None:
+def _reap(pids: Iterable[int]) -> None:
     for pid in pids:
-        fields = _stat_fields(str(pid))
-        if fields is None or len(fields) < 2 or int(fields[1]) != os.getpid():
-            continue  # not ours to reap
+        try:
+            if psutil.Process(pid).ppid() != os.getpid():
+                continue  # not ours to reap
+        except psutil.Error:
+            continue
         for _ in range(50):
             try:
                 done, _status = os.waitpid(pid, os.WNOHANG)

@@ -38,9 +38,12 @@ def imported_names(module: str, path: Path) -> set[str]:
     return names
 
 
-def import_graph(root: Path) -> dict[str, set[str]]:
-    """Module -> the modules of the same package it imports (a package's own children excluded)."""
-    mods = module_files(root)
+def import_graph(*roots: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the given packages it imports (a package's own children excluded).
+
+    Several roots make one graph, so a cycle that crosses packages (core -> baseline -> core) counts.
+    """
+    mods = {name: path for root in roots for name, path in module_files(root).items()}
     graph: dict[str, set[str]] = {}
     for module, path in mods.items():
         deps = set()

@@ -99,14 +99,19 @@ class InnerLoop:
         best = TrainScript.parse(best_text)
         proposal, last_error = await self._get_proposal(n, best)
         if proposal is None:
-            ctx.emit(ev.IterationFinished(
-                iteration=n, decision="rejected", reason=last_error, rule="no valid proposal",
-                best_before=ctx.state.best_val_bpb, best_after=ctx.state.best_val_bpb,
-                duration_s=ctx.monotonic() - started, source=self._source, mechanisms=ctx.mechanisms.take_counts(),
-            ))
+            self.record_rejected(n, last_error, started=started)
             return
         proposal.candidate = best.apply(proposal.changes)
         await self.run_trial(n, proposal, best_text, started=started)
+
+    def record_rejected(self, n: int, reason: str, *, started: float) -> None:
+        """Iteration ``n`` ends without a trial: no usable proposal came within the re-asks."""
+        ctx = self.ctx
+        ctx.emit(ev.IterationFinished(
+            iteration=n, decision="rejected", reason=reason, rule="no valid proposal",
+            best_before=ctx.state.best_val_bpb, best_after=ctx.state.best_val_bpb,
+            duration_s=ctx.monotonic() - started, source=self._source, mechanisms=ctx.mechanisms.take_counts(),
+        ))
 
     async def run_trial(self, n: int, proposal: Proposal, best_text: str, *, started: float,
                         best_at_proposal: float | None = None) -> None:

@@ -5,8 +5,8 @@ session log, applied to :class:`~core.record.state.RunState` and handed to subsc
 UI, the headless printer). The engine never blocks the event loop: training runs are
 subprocesses read asynchronously, LLM calls are async, data preparation runs in a thread.
 The levels never see the engine: they get its run context (core/engine/context.py), which
-also trains and calls the LLM for them. With several slots the iterations after the baseline
-run in parallel under core/engine/scheduler.py; on one slot this loop runs them one by one.
+also trains and calls the LLM for them. Every trial, the baseline included, runs under
+core/engine/scheduler.py, which sees the engine through its run port (core/engine/run_port.py).
 Over ~500 lines because a run's whole life (start, restart, every command's handler, mechanism
 attachment) belongs to this one object.
 """
@@ -86,11 +86,10 @@ class Engine:
         self._commands: asyncio.Queue[tuple[cmds.Command | cmds.Unreadable, str]] = asyncio.Queue()
         self._unpaused = asyncio.Event()
         self.training_cancels: dict[int, asyncio.Event] = {}  # iteration -> its run's cancel, while it trains
-        self._current: asyncio.Task[Any] | None = None
         self.mechanisms = MechanismHost(self.emit, self._schema_dicts, cfg.level2.hook_timeout_s, self.dir)
         self.context = EngineContext(self)  # all the levels see of the engine
         self.inner = InnerLoop(self.context)
-        self.scheduler = Scheduler(self)  # the iterations after the baseline, when several run at once
+        self.scheduler = Scheduler(self)  # runs every trial; sees this engine as its RunPort
         self.strategy = StrategyLevel(self.context)
         self.research = ResearchLevel(self.context)
         self._research_task: asyncio.Task[None] | None = None
@@ -214,8 +213,6 @@ class Engine:
         if hard:
             for cancel in list(self.training_cancels.values()):
                 cancel.set()
-            if self._current is not None and not self._current.done():
-                self._current.cancel()
             self.scheduler.cut_short()
         self.scheduler.poke()
 
@@ -283,7 +280,16 @@ class Engine:
         running = self.state.running
         return self.state.next_iteration if running is None else max(running + 1, self.state.next_iteration)
 
-    def _expire_approvals(self, reason: str) -> None:
+    @property
+    def pause_lifted(self) -> bool:
+        """A resume (or a stop) arrived since the last pause was asked for."""
+        return self._unpaused.is_set()
+
+    @property
+    def approvals_pending(self) -> bool:
+        return bool(self._approvals)
+
+    def expire_approvals(self, reason: str) -> None:
         """Pending approvals that can no longer apply: recorded as expired, never left pending."""
         for rid, fut in list(self._approvals.items()):
             self.emit(ev.ResearchFinished(research_id=rid, outcome="expired", name=self._awaiting.get(rid, ""),
@@ -346,16 +352,16 @@ class Engine:
                                          slots=[*self.executor.slots, *self.executor.skipped]))
             self.context.acceptance_policy()  # fail fast: a rule that needs a noise floor nobody measured
             await self._attach_initial_mechanisms()
-            await self._loop()
+            await self.scheduler.run()
         except FatalRunError as exc:
-            await self._finish("failed", str(exc))
+            await self.finish("failed", str(exc))
         except (StorageFault, OSError) as exc:  # a full disk, a read-only folder, ...
             fault = storage_fault(exc)
             if fault is None:
                 raise
             self._storage_failed(fault)
             try:  # the final event, when the folder still takes one
-                await self._finish("failed", "")
+                await self.finish("failed", "")
             except (StorageFault, OSError):
                 pass
         finally:
@@ -394,51 +400,7 @@ class Engine:
         self.writer.close()
         self.lock.release()
 
-    @property
-    def parallel(self) -> bool:
-        """Several trials at once (more than one slot, or batches of several): the scheduler runs them."""
-        run = self.cfg.run
-        return self.executor.capacity > 1 or (run.schedule == "batch" and run.batch_size > 1)
-
-    async def _loop(self) -> None:
-        while True:
-            if self.parallel and self.state.records:  # the baseline is recorded: every slot from here on
-                await self.scheduler.run()
-                return
-            if self.state.pause_requested and not self.stopping:
-                self.emit(ev.Paused(next_iteration=self.state.next_iteration))
-                await self._unpaused.wait()
-                if not self.stopping:
-                    self.emit(ev.Unpaused())
-            if self.stopping:
-                await self._finish("stopped", self.stop_reason)
-                return
-            n = self.state.next_iteration
-            if n > self.cfg.budget.iterations:
-                await self._finish("completed", f"{self.cfg.budget.iterations} iterations done")
-                return
-            await self._activate_ready()
-            if n >= self.cfg.budget.iterations and self._approvals:
-                self._expire_approvals(f"no iteration is left for it to run in (#{n} is the last)")
-            step = self.inner.run_baseline() if n == 0 else self._iteration_and_outer_levels(n)
-            self._current = asyncio.create_task(step)
-            try:
-                await self._current
-            except asyncio.CancelledError:
-                if not self.stopping:
-                    raise
-                if self.state.running is not None:
-                    self.context.interrupted(self.state.running)
-            finally:
-                self._current = None
-
-    async def _iteration_and_outer_levels(self, n: int) -> None:
-        await self.inner.run_iteration(n)
-        if n % self.cfg.search.outer_period:
-            return
-        await self._outer_levels(n // self.cfg.search.outer_period, n)
-
-    async def _outer_levels(self, cycle: int, n: int) -> None:
+    async def outer_levels(self, cycle: int, n: int) -> None:
         """Level 1.5's cycle and, every research_period cycles, Level 2 (concurrent), after ``n`` iterations."""
         levels = self.cfg.search.active_levels
         if "strategy" in levels:
@@ -460,9 +422,9 @@ class Engine:
         self._approvals[research_id] = fut
         self._awaiting[research_id] = name
         if self._finishing:  # validated after the last iteration: nothing left to approve it for
-            self._expire_approvals(self._finishing)
+            self.expire_approvals(self._finishing)
         elif self._next_boundary() > self.cfg.budget.iterations:
-            self._expire_approvals(f"no iteration is left for it to run in (#{self.cfg.budget.iterations} "
+            self.expire_approvals(f"no iteration is left for it to run in (#{self.cfg.budget.iterations} "
                                    "is the last)")
         try:
             return await fut
@@ -473,7 +435,7 @@ class Engine:
         """Active, queued for activation, or waiting for approval: not worth researching again."""
         return set(self.mechanisms.names) | {r.name for r in self._ready} | set(self._awaiting.values())
 
-    async def _activate_ready(self) -> None:
+    async def activate_ready(self) -> None:
         ready, self._ready = self._ready, []
         for r in ready:
             try:
@@ -508,9 +470,9 @@ class Engine:
             await self.mechanisms.attach(mech, self.state, origin=e.origin, artifact=e.artifact,
                                          description="re-attached on resume")
 
-    async def _finish(self, status: str, reason: str) -> None:
+    async def finish(self, status: str, reason: str) -> None:
         self._finishing = f"the run ended ({status}) before it was approved"
-        self._expire_approvals(self._finishing)
+        self.expire_approvals(self._finishing)
         task = self._research_task
         if task is not None and not task.done():
             if status == "completed":

@@ -1,8 +1,16 @@
-"""The scheduler of parallel trials: Level 1 on every slot at once, asynchronous or in batches.
+"""The scheduler: runs every trial of a run, on one slot or on every slot at once.
 
-The engine hands the run to this scheduler after the baseline when it has more than one
-slot (or ``run.schedule = "batch"``); on one slot the engine's own loop runs one iteration
-at a time as before.
+The engine hands it the whole run, through its run port (core/engine/run_port.py). Pause,
+stop, the iteration budget and the expiry of approvals are decided here, once, whichever way
+the trials run:
+
+**The baseline** runs first and alone, on one slot: every later verdict compares with it, so
+nothing can be proposed before it is measured.
+
+**One at a time** (one slot, and no batches of several): an iteration is proposed, trained
+and judged, then Level 1.5 runs when ``search.outer_period`` more have finished (and Level 2
+starts, concurrent, when due), all as one step that a hard stop cancels; the next iteration
+starts only after it.
 
 **Asynchronous** (``run.schedule = "async"``): whenever a slot frees, a proposal is made
 for it; k free slots get k proposals from one call (:mod:`core.levels.proposal_batch`),
@@ -41,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from core.record import events as ev
+from core.engine.run_port import RunPort
 from core.levels.context import TrainRun
 from core.levels.proposal_batch import BatchProposer, Known
 from core.levels.trace import fmt_bpb
@@ -48,8 +57,6 @@ from core.services.script import TrainScript
 
 if TYPE_CHECKING:
     from core.levels.inner import Proposal
-
-Engine = Any  # core.engine.engine.Engine, which imports this module: named, not imported
 
 
 @dataclass
@@ -78,74 +85,89 @@ class Queued:
 
 
 class Scheduler:
-    """Runs the iterations after the baseline on every slot until the budget, a stop, or a fatal error."""
+    """Runs every trial of a run, the baseline first, until the budget, a stop, or a fatal error."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.eng = engine
-        self.proposer = BatchProposer(engine.inner)
+    def __init__(self, port: RunPort) -> None:
+        self.port = port
+        self.ctx = port.context  # events, state, config, artifacts, the monotonic clock
+        self.proposer = BatchProposer(port.inner)
         self.trials: dict[int, asyncio.Task[None]] = {}
         self.running: dict[int, Queued] = {}
         self.queued: list[Queued] = []
         self.unproposed: list[int] = []  # started, with no usable proposal (a dropped one): asked again first
         self._wake = asyncio.Event()
         self._proposing: asyncio.Task[Any] | None = None
+        self._current: asyncio.Task[None] | None = None  # the step in progress, one at a time
         self._cycle = 0
 
     @property
     def capacity(self) -> int:
-        return self.eng.executor.capacity
+        return self.port.executor.capacity
+
+    @property
+    def one_at_a_time(self) -> bool:
+        """The baseline, or one slot with no batches of several: each step ends before the next begins."""
+        run = self.ctx.cfg.run
+        several = self.capacity > 1 or (run.schedule == "batch" and run.batch_size > 1)
+        return not several or not self.ctx.state.records
 
     def poke(self) -> None:
         """A command arrived (pause, resume, stop, abort): look again."""
         self._wake.set()
 
     def cut_short(self) -> None:
-        """A hard stop: the proposal being made is abandoned (its iterations are recorded as interrupted)."""
-        if self._proposing is not None and not self._proposing.done():
-            self._proposing.cancel()
+        """A hard stop: the step or proposal in progress is abandoned (its iteration is recorded as interrupted)."""
+        for task in (self._proposing, self._current):
+            if task is not None and not task.done():
+                task.cancel()
         self.poke()
 
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        eng = self.eng
-        self._cycle = len(eng.state.proposals) // eng.cfg.search.outer_period
-        batch = eng.cfg.run.schedule == "batch"
+        ctx = self.ctx
+        self._cycle = len(ctx.state.proposals) // ctx.cfg.search.outer_period
         try:
             while True:
                 self._wake.clear()
                 self._reap()
-                if eng.stopping:
+                if self.port.stopping:
                     await self._stop()
                     return
                 await self._outer_levels()
-                if not self._paused():
-                    if batch:
-                        if await self._batch():
-                            continue
-                    else:
-                        self._drop_stale()
-                        self._start()  # a queued proposal takes a freed slot at once, before any LLM call
-                        numbers = self._numbers(self.capacity + eng.cfg.run.max_queued
-                                                - len(self.trials) - len(self.queued))
-                        if numbers:
-                            await self._propose(numbers)
-                            continue  # reap and drop what went stale while it was proposing, then start
-                if not (self.trials or self.queued or self.unproposed) and not self._numbers(1):
-                    if not eng.state.paused:
-                        await eng._finish("completed", f"{eng.cfg.budget.iterations} iterations done")
-                        return
+                if not self._paused() and await self._step():
+                    continue
+                left = self._numbers(1)
+                self._expire_late_approvals(left)
+                if not (self.trials or self.queued or self.unproposed or left) and not ctx.state.paused:
+                    await self.port.finish("completed", f"{ctx.cfg.budget.iterations} iterations done")
+                    return
                 await self._wait()
         except BaseException:
             await self._abandon()
             raise
 
+    async def _step(self) -> bool:
+        """Start what comes next (one at a time: run it); False when nothing can start now."""
+        if self.one_at_a_time:
+            return await self._one()
+        if self.ctx.cfg.run.schedule == "batch":
+            return await self._batch()
+        self._drop_stale()
+        self._start()  # a queued proposal takes a freed slot at once, before any LLM call
+        numbers = self._numbers(self.capacity + self.ctx.cfg.run.max_queued - len(self.trials) - len(self.queued))
+        if not numbers:
+            return False
+        await self._propose(numbers)
+        return True  # reap and drop what went stale while it was proposing, then start
+
     def _paused(self) -> bool:
-        eng, s = self.eng, self.eng.state
+        """Pause takes effect here, between steps: nothing new is proposed or started (running trials finish)."""
+        s = self.ctx.state
         if s.pause_requested and not s.paused:
-            eng.emit(ev.Paused(next_iteration=s.next_iteration))
-        elif s.paused and eng._unpaused.is_set():
-            eng.emit(ev.Unpaused())
+            self.ctx.emit(ev.Paused(next_iteration=s.next_iteration))
+        elif s.paused and self.port.pause_lifted:
+            self.ctx.emit(ev.Unpaused())
         return s.paused
 
     async def _wait(self) -> None:
@@ -159,29 +181,70 @@ class Scheduler:
         """The iterations to propose next: those without a usable proposal, then interrupted ones, then new."""
         if room <= 0:
             return []
-        state, budget = self.eng.state, self.eng.cfg.budget.iterations
+        state, budget = self.ctx.state, self.ctx.cfg.budget.iterations
         out = self.unproposed[:room]
         out += [n for n in state.to_rerun if n <= budget][: room - len(out)]
         n = state.next_new_iteration
         while len(out) < room and n <= budget:
             out.append(n)
             n += 1
-        if not out and self.eng._approvals:
-            self.eng._expire_approvals("no iteration is left for it to run in (every one is proposed)")
         return out
+
+    def _expire_late_approvals(self, numbers: list[int]) -> None:
+        """Approvals no proposal is left to activate at: recorded as expired, never left pending.
+
+        A mechanism joins at the next proposal. ``numbers``: the iterations about to be proposed.
+        One at a time, the budget's last iteration is the last boundary (an empty list: the run's
+        end expires them); in parallel a dropped proposal is made again, so only an empty list is.
+        """
+        if not self.port.approvals_pending:
+            return
+        budget = self.ctx.cfg.budget.iterations
+        if self.one_at_a_time:
+            if numbers and numbers[-1] >= budget:
+                self.port.expire_approvals(f"no iteration is left for it to run in (#{numbers[-1]} is the last)")
+        elif not numbers:
+            self.port.expire_approvals("no iteration is left for it to run in (every one is proposed)")
+
+    # --- one at a time ----------------------------------------------------------------------
+
+    async def _one(self) -> bool:
+        """The baseline, or one iteration and the outer levels it completes; a hard stop cancels it."""
+        numbers = self._numbers(1)
+        if not numbers:
+            return False
+        await self.port.activate_ready()  # a validated mechanism joins at the next iteration
+        self._expire_late_approvals(numbers)
+        n = numbers[0]
+        self._current = asyncio.ensure_future(self.port.inner.run_baseline() if n == 0 else self._iteration(n))
+        try:
+            await self._current
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self.port.stopping or (task is not None and task.cancelling()):  # the run itself is cancelled
+                raise
+            if self.ctx.state.running is not None:
+                self.ctx.interrupted(self.ctx.state.running)
+        finally:
+            self._current = None
+        return True
+
+    async def _iteration(self, n: int) -> None:
+        await self.port.inner.run_iteration(n)
+        await self._outer_levels()
 
     # --- proposals -----------------------------------------------------------------------
 
     async def _propose(self, numbers: list[int]) -> list[Queued]:
-        eng = self.eng
+        ctx = self.ctx
         for n in numbers:
-            if n not in eng.state.in_flight:
-                eng.emit(ev.IterationStarted(iteration=n))
+            if n not in ctx.state.in_flight:
+                ctx.emit(ev.IterationStarted(iteration=n))
         self.unproposed = [n for n in self.unproposed if n not in numbers]
-        started = eng.monotonic()
-        await eng._activate_ready()  # a validated mechanism joins at the next proposal
-        best_script, best_val = eng.state.best_script, eng.state.best_val_bpb
-        best_text = eng.read_artifact(best_script)
+        started = ctx.monotonic()
+        await self.port.activate_ready()  # a validated mechanism joins at the next proposal
+        best_script, best_val = ctx.state.best_script, ctx.state.best_val_bpb
+        best_text = ctx.read_artifact(best_script)
         best = TrainScript.parse(best_text)
         known = [Known(q.iteration, q.values, q.proposal.changes, q.proposal.hypothesis)
                  for q in [*self.running.values(), *self.queued]]
@@ -189,10 +252,10 @@ class Scheduler:
         try:
             results = await self._proposing
         except asyncio.CancelledError:
-            if not eng.stopping:
+            if not self.port.stopping:
                 raise
             for n in numbers:
-                eng.context.interrupted(n)
+                ctx.interrupted(n)
             return []
         finally:
             self._proposing = None
@@ -200,11 +263,7 @@ class Scheduler:
         for n in numbers:
             got = results[n]
             if isinstance(got, str):
-                eng.emit(ev.IterationFinished(
-                    iteration=n, decision="rejected", reason=got, rule="no valid proposal",
-                    best_before=eng.state.best_val_bpb, best_after=eng.state.best_val_bpb,
-                    duration_s=eng.monotonic() - started, source=eng.inner._source,
-                    mechanisms=eng.mechanisms.take_counts()))
+                self.port.inner.record_rejected(n, got, started=started)
                 continue
             candidate = got.candidate if got.candidate is not None else best.apply(got.changes)
             got.candidate = candidate
@@ -214,13 +273,13 @@ class Scheduler:
 
     def _drop_stale(self) -> None:
         """A new best arrived: the queued proposals, made against the old one, are asked again."""
-        state = self.eng.state
+        state = self.ctx.state
         for q in [q for q in self.queued if q.best_script != state.best_script]:
             self.queued.remove(q)
             self.unproposed.append(q.iteration)
             reason = (f"dropped before it ran: a new best (val_bpb {fmt_bpb(state.best_val_bpb)}) arrived after it "
                       f"was proposed against {fmt_bpb(q.best_val)}; proposed again")
-            self.eng.emit(ev.ProposalRejected(iteration=q.iteration, attempt=q.proposal.attempt, kind="stale",
+            self.ctx.emit(ev.ProposalRejected(iteration=q.iteration, attempt=q.proposal.attempt, kind="stale",
                                               reason=reason, changes=dict(q.proposal.changes)))
 
     # --- trials ----------------------------------------------------------------------------
@@ -229,7 +288,7 @@ class Scheduler:
         while len(self.trials) < self.capacity and self.queued:
             q = self.queued.pop(0)
             self.running[q.iteration] = q
-            self.trials[q.iteration] = asyncio.ensure_future(self.eng.inner.run_trial(
+            self.trials[q.iteration] = asyncio.ensure_future(self.port.inner.run_trial(
                 q.iteration, q.proposal, q.best_text, started=q.started, best_at_proposal=q.best_val))
 
     def _reap(self) -> None:
@@ -242,48 +301,43 @@ class Scheduler:
                     raise task.exception()  # type: ignore[misc]
 
     async def _outer_levels(self) -> None:
-        finished = len(self.eng.state.proposals)
-        while self._cycle < finished // self.eng.cfg.search.outer_period:
+        """Level 1.5's cycles (and Level 2, when due) that the finished iterations have completed."""
+        finished = len(self.ctx.state.proposals)
+        while self._cycle < finished // self.ctx.cfg.search.outer_period:
             self._cycle += 1
-            await self.eng._outer_levels(self._cycle, finished)
+            await self.port.outer_levels(self._cycle, finished)
 
     async def _stop(self) -> None:
         """Soft: running trials finish; hard (their cancel events are set): they are interrupted."""
-        eng = self.eng
+        ctx = self.ctx
         for q in self.queued:
-            eng.context.interrupted(q.iteration)
+            ctx.interrupted(q.iteration)
         for n in self.unproposed:
-            eng.context.interrupted(n)
+            ctx.interrupted(n)
         self.queued, self.unproposed = [], []
         results = await asyncio.gather(*self.trials.values(), return_exceptions=True)
         self.trials.clear()
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                eng.log(f"a trial failed while the run stopped: {r!r}")
-        await eng._finish("stopped", eng.stop_reason)
+                self.port.log(f"a trial failed while the run stopped: {r!r}")
+        await self.port.finish("stopped", self.port.stop_reason)
 
     async def _abandon(self) -> None:
         """A fatal error or a cancelled run: every trial in flight is cut short and recorded as interrupted."""
-        eng = self.eng
-        if not eng.stopping:
-            eng.stopping, eng.stop_reason = True, eng.stop_reason or "the run ended with trials in flight"
-        for cancel in list(eng.training_cancels.values()):
-            cancel.set()
-        if self._proposing is not None:
-            self._proposing.cancel()
+        port = self.port
+        port.request_stop(port.stop_reason if port.stopping else "the run ended with trials in flight", hard=True)
         await asyncio.gather(*self.trials.values(), return_exceptions=True)
         self.trials.clear()
         for n in [*(q.iteration for q in self.queued), *self.unproposed]:
-            if n in eng.state.in_flight:
-                eng.context.interrupted(n)
+            if n in self.ctx.state.in_flight:
+                self.ctx.interrupted(n)
         self.queued, self.unproposed = [], []
 
     # --- batches ---------------------------------------------------------------------------
 
     async def _batch(self) -> bool:
         """Propose, train and judge one batch; False when no iteration is left to propose."""
-        eng = self.eng
-        q = eng.cfg.run.batch_size or self.capacity
+        q = self.ctx.cfg.run.batch_size or self.capacity
         numbers = self._numbers(q)
         if not numbers:
             return False
@@ -295,12 +349,12 @@ class Scheduler:
                                     return_exceptions=True)
         for item, mine, run in zip(batch, held, runs):
             for event in mine.events:
-                eng.emit(event)
+                self.ctx.emit(event)
             if isinstance(run, BaseException):
                 raise run
             if run is not None:
-                await eng.inner.judge_trial(item.iteration, item.proposal, run,
-                                            started=item.started, best_at_proposal=item.best_val)
+                await self.port.inner.judge_trial(item.iteration, item.proposal, run,
+                                                  started=item.started, best_at_proposal=item.best_val)
         return True
 
     async def _held_training(self, item: Queued, mine: Held, before: Held | None) -> TrainRun | None:
@@ -308,6 +362,6 @@ class Scheduler:
             await before.started.wait()
         HELD.set(mine)
         try:
-            return await self.eng.inner.train_trial(item.iteration, item.proposal, item.best_text)
+            return await self.port.inner.train_trial(item.iteration, item.proposal, item.best_text)
         finally:
             mine.started.set()

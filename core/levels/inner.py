@@ -7,36 +7,26 @@ discarded change can never leak into the next iteration.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from string import Template
 from typing import Any
 
 from core.record import events as ev
 from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, RunContext, TrainRun, Verdict
 from core.services.llm import PROBE_SCHEMA, LLMError, context_exceeded, extract_json, probe_messages
-from core.services.schema import validate_changes
-from core.services.script import ProposalError, TrainScript, unified_diff
+from core.services.script import TrainScript, unified_diff
 from core.services.seeds import confirm_seed, with_seed
 from core.levels.trace import fmt_bpb, fmt_value, history_text
 from core.services.trainer import TrainResult
 from . import prompts
 from .classical import make_proposer
 from .offline import OfflineProposer
+from .proposal import Proposal, Rejection, check_proposal, reask
 from .reply_schemas import proposal_schema
 
 # Errors no re-ask can fix: the run stops with the reason instead of spinning.
 FATAL_LLM_ERRORS = ("auth", "not_found", "quota", "bad_request")
 MAX_LOG_QUOTE = 1500  # characters of a failed run's log shown to the LLM
 MAX_TAIL_KEPT = 4000  # characters of a crashed run's log tail recorded in its IterationFinished
-
-
-@dataclass
-class Proposal:
-    changes: dict[str, Any]
-    hypothesis: str
-    source: str
-    attempt: int
-    candidate: TrainScript | None = None  # the best script with the changes written in, once computed
 
 
 class InnerLoop:
@@ -99,14 +89,19 @@ class InnerLoop:
         best = TrainScript.parse(best_text)
         proposal, last_error = await self._get_proposal(n, best)
         if proposal is None:
-            ctx.emit(ev.IterationFinished(
-                iteration=n, decision="rejected", reason=last_error, rule="no valid proposal",
-                best_before=ctx.state.best_val_bpb, best_after=ctx.state.best_val_bpb,
-                duration_s=ctx.monotonic() - started, source=self._source, mechanisms=ctx.mechanisms.take_counts(),
-            ))
+            self.record_rejected(n, last_error, started=started)
             return
         proposal.candidate = best.apply(proposal.changes)
         await self.run_trial(n, proposal, best_text, started=started)
+
+    def record_rejected(self, n: int, reason: str, *, started: float) -> None:
+        """Iteration ``n`` ends without a trial: no usable proposal came within the re-asks."""
+        ctx = self.ctx
+        ctx.emit(ev.IterationFinished(
+            iteration=n, decision="rejected", reason=reason, rule="no valid proposal",
+            best_before=ctx.state.best_val_bpb, best_after=ctx.state.best_val_bpb,
+            duration_s=ctx.monotonic() - started, source=self._source, mechanisms=ctx.mechanisms.take_counts(),
+        ))
 
     async def run_trial(self, n: int, proposal: Proposal, best_text: str, *, started: float,
                         best_at_proposal: float | None = None) -> None:
@@ -230,21 +225,12 @@ class InnerLoop:
                     continue
             ctx.emit(ev.ProposalMade(iteration=n, attempt=attempt, changes=changes, hypothesis=hypothesis,
                                      source=self._source))
-            try:
-                coerced = validate_changes(changes, schema, frozen)
-            except ProposalError as exc:
-                last_error = "; ".join(exc.errors)
-                ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="invalid", reason=last_error,
-                                             errors=list(exc.errors), changes=changes))
-                self._reask(messages, raw, exc.errors)
+            proposal = await check_proposal(ctx, n, attempt, changes, hypothesis, schema, frozen, self._source)
+            if isinstance(proposal, Rejection):
+                last_error = proposal.reason
+                self._reask(messages, raw, proposal.problems)
                 continue
-            proposal = Proposal(coerced, hypothesis, self._source, attempt)
-            verdict = await ctx.mechanisms.review(
-                ctx.state, proposal, lambda c: validate_changes(c, schema, ctx.state.frozen), iteration=n)
-            if verdict is not None:  # vetoed: the reason goes back to the proposer
-                last_error = verdict
-                self._reask(messages, raw, [verdict])
-                continue
+            coerced = proposal.changes
             repeated = repeat_of(best.apply(coerced).values(), ctx.state.proposals)
             if repeated is not None:
                 last_error = (f"an exact repeat of iteration {repeated.iteration}, trained and discarded "
@@ -256,12 +242,9 @@ class InnerLoop:
             return proposal, ""
         return None, last_error or "no proposal"
 
-    def _reask(self, messages: list[dict[str, str]], raw: str, errors: list[str]) -> None:
-        if self.offline:
-            return
-        messages.append({"role": "assistant", "content": raw})
-        messages.append({"role": "user", "content": Template(prompts.load("inner_reask")).substitute(
-            errors="\n".join(f"- {e}" for e in errors))})
+    @staticmethod
+    def _reask(messages: list[dict[str, str]], raw: str, problems: list[str]) -> None:
+        reask(messages, raw, problems, "inner_reask")
 
     async def _ask_llm(self, n: int, attempt: int, messages: list[dict[str, str]],
                        schema: dict) -> tuple[str, str, str]:

@@ -13,19 +13,17 @@ proposer saw. Offline and classical proposers propose k one by one under the sam
 from __future__ import annotations
 
 from dataclasses import dataclass
-from string import Template
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from core.record import events as ev
 from core.services.llm import extract_json
-from core.services.schema import validate_changes
-from core.services.script import ProposalError, TrainScript
+from core.services.script import TrainScript
 from core.levels.trace import fmt_value
-from . import prompts
+from .proposal import Proposal, Rejection, check_proposal, reask
 from .reply_schemas import proposals_schema
 
 if TYPE_CHECKING:
-    from core.levels.inner import InnerLoop, Proposal
+    from core.levels.inner import InnerLoop
 
 NEAR_REL = 0.01  # numbers within 1 % of each other count as the same experiment
 
@@ -99,8 +97,6 @@ class BatchProposer:
     async def propose(self, numbers: list[int], running: list[Known],
                       best: TrainScript) -> dict[int, "Proposal | str"]:
         """A proposal (or, after the re-asks, the last reason none was usable) for each iteration in ``numbers``."""
-        from core.levels.inner import Proposal
-
         ctx = self.ctx
         values = best.values()
         schema = ctx.current_schema(values)
@@ -169,21 +165,10 @@ class BatchProposer:
     async def _check(self, n: int, attempt: int, changes: dict[str, Any], hypothesis: str,
                      schema: dict, frozen: set[str], best: TrainScript, known: list[Known]) -> "Proposal | str":
         """The usable proposal, or why not (recorded as a ProposalRejected, or a mechanism's veto)."""
-        from core.levels.inner import Proposal
-
         ctx = self.ctx
-        try:
-            coerced = validate_changes(changes, schema, frozen)
-        except ProposalError as exc:
-            reason = "; ".join(exc.errors)
-            ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="invalid", reason=reason,
-                                         errors=list(exc.errors), changes=changes))
-            return reason
-        proposal = Proposal(coerced, hypothesis, self.inner._source, attempt)
-        veto = await ctx.mechanisms.review(ctx.state, proposal,
-                                           lambda c: validate_changes(c, schema, ctx.state.frozen), iteration=n)
-        if veto is not None:
-            return veto
+        proposal = await check_proposal(ctx, n, attempt, changes, hypothesis, schema, frozen, self.inner._source)
+        if isinstance(proposal, Rejection):
+            return proposal.reason
         proposal.candidate = best.apply(proposal.changes)
         same = near_duplicate(proposal.candidate.values(), known)
         if same is not None:
@@ -194,9 +179,6 @@ class BatchProposer:
             return reason
         return proposal
 
-    def _reask(self, messages: list[dict[str, str]], raw: str, errors: list[str], k: int) -> None:
-        if self.inner.offline:
-            return
-        messages.append({"role": "assistant", "content": raw})
-        messages.append({"role": "user", "content": Template(prompts.load("inner_reask_many")).substitute(
-            errors="\n".join(f"- {e}" for e in errors), k=k)})
+    @staticmethod
+    def _reask(messages: list[dict[str, str]], raw: str, problems: list[str], k: int) -> None:
+        reask(messages, raw, problems, "inner_reask_many", k=k)

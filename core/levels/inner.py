@@ -12,7 +12,7 @@ from string import Template
 from typing import Any
 
 from core.record import events as ev
-from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, RunContext, TrainRun, Verdict
+from core.levels.context import FatalRunError, RunContext, TrainRun, Verdict
 from core.services.llm import PROBE_SCHEMA, LLMError, context_exceeded, extract_json, probe_messages
 from core.services.schema import validate_changes
 from core.services.script import ProposalError, TrainScript, unified_diff
@@ -20,9 +20,7 @@ from core.services.seeds import confirm_seed, with_seed
 from core.levels.trace import fmt_bpb, fmt_value, history_text
 from core.services.trainer import TrainResult
 from . import prompts
-from .classical import make_proposer
-from .offline import OfflineProposer
-from .reply_schemas import proposal_schema
+from .proposers import make_proposer
 
 # Errors no re-ask can fix: the run stops with the reason instead of spinning.
 FATAL_LLM_ERRORS = ("auth", "not_found", "quota", "bad_request")
@@ -43,10 +41,8 @@ class InnerLoop:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         cfg = ctx.cfg
-        # An algorithm proposes instead of the LLM: a classical sampler (its group), or offline mode's perturbation.
-        self.offline: OfflineProposer | Any = (
-            make_proposer(cfg.search.sampler, cfg.search.seed) if cfg.search.sampler
-            else OfflineProposer(cfg.search.seed) if cfg.offline else None)
+        # The LLM, offline mode's perturbation, a classical sampler or a plugin's: the registry's entry cfg.proposer.
+        self.proposer = make_proposer(cfg)
 
     # --- the baseline -----------------------------------------------------------
 
@@ -191,7 +187,7 @@ class InnerLoop:
 
     @property
     def _source(self) -> str:
-        return self.offline.source if self.offline else "llm"
+        return self.proposer.source
 
     # --- proposals -------------------------------------------------------------------
 
@@ -199,35 +195,20 @@ class InnerLoop:
         ctx = self.ctx
         values = best.values()
         schema = ctx.current_schema(values)
-        messages = await self._messages(n, best) if not self.offline else []
-        if self.offline:  # offline proposals ignore prompts, but the hook still runs and is counted
-            await ctx.mechanisms.shape_prompt(ctx.state, "", iteration=n)
+        chat = await self.proposer.open(self, [n], best, None)
         last_error = ""
         for attempt in range(1, ctx.cfg.search.max_reasks + 2):
             frozen = set(ctx.state.frozen)
-            if self.offline:
-                changes, hypothesis = self.offline.propose(schema, values, frozen, n, attempt, ctx.state.records)
-                raw = ""
-            else:
-                raw, finish, failure = await self._ask_llm(n, attempt, messages, proposal_schema(schema, frozen))
-                if failure:
-                    last_error = failure
-                    ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="llm_error", reason=failure))
-                    continue
-                if finish == "length":  # cut off: whatever JSON it holds is not the whole answer
-                    last_error = truncated_reason(ctx.cfg.endpoint.max_tokens or DEFAULT_MAX_TOKENS["inner"])
-                    ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="truncated",
-                                                 reason=last_error, raw=raw[:2000]))
-                    self._reask(messages, raw, [TRUNCATED_FOR_MODEL])
-                    continue
-                try:
-                    changes, hypothesis = parse_proposal(raw)
-                except ValueError as exc:
-                    last_error = f"unparseable reply: {exc}"
-                    ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="unparseable",
-                                                 reason=last_error, raw=raw[:2000]))
-                    self._reask(messages, raw, [for_model(str(exc))])
-                    continue
+            reply = await chat.ask([n], attempt, schema, values, frozen)
+            raw = reply.raw
+            if reply.kind:
+                last_error = reply.reason
+                ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind=reply.kind, reason=reply.reason,
+                                             raw=raw[:2000]))
+                if reply.feedback:
+                    chat.reask(raw, [reply.feedback])
+                continue
+            changes, hypothesis = reply.items[0]
             ctx.emit(ev.ProposalMade(iteration=n, attempt=attempt, changes=changes, hypothesis=hypothesis,
                                      source=self._source))
             try:
@@ -236,14 +217,14 @@ class InnerLoop:
                 last_error = "; ".join(exc.errors)
                 ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="invalid", reason=last_error,
                                              errors=list(exc.errors), changes=changes))
-                self._reask(messages, raw, exc.errors)
+                chat.reask(raw, exc.errors)
                 continue
             proposal = Proposal(coerced, hypothesis, self._source, attempt)
             verdict = await ctx.mechanisms.review(
                 ctx.state, proposal, lambda c: validate_changes(c, schema, ctx.state.frozen), iteration=n)
             if verdict is not None:  # vetoed: the reason goes back to the proposer
                 last_error = verdict
-                self._reask(messages, raw, [verdict])
+                chat.reask(raw, [verdict])
                 continue
             repeated = repeat_of(best.apply(coerced).values(), ctx.state.proposals)
             if repeated is not None:
@@ -251,17 +232,10 @@ class InnerLoop:
                               f"(val_bpb {fmt_bpb(repeated.val_bpb)})")
                 ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="repeat", reason=last_error,
                                              errors=[last_error], changes=coerced))
-                self._reask(messages, raw, [f"{last_error}: propose something not yet tried"])
+                chat.reask(raw, [f"{last_error}: propose something not yet tried"])
                 continue
             return proposal, ""
         return None, last_error or "no proposal"
-
-    def _reask(self, messages: list[dict[str, str]], raw: str, errors: list[str]) -> None:
-        if self.offline:
-            return
-        messages.append({"role": "assistant", "content": raw})
-        messages.append({"role": "user", "content": Template(prompts.load("inner_reask")).substitute(
-            errors="\n".join(f"- {e}" for e in errors))})
 
     async def _ask_llm(self, n: int, attempt: int, messages: list[dict[str, str]],
                        schema: dict) -> tuple[str, str, str]:
@@ -273,9 +247,6 @@ class InnerLoop:
                 raise FatalRunError(f"the LLM endpoint refused the request: {exc}") from exc
             return "", "", f"LLM call failed ({exc.kind}): {exc}"
         return result.content, result.finish_reason or "", ""
-
-    async def _messages(self, n: int, best: TrainScript) -> list[dict[str, str]]:
-        return await self.messages("inner_propose", self.prompt_fields(best), iteration=n)
 
     async def messages(self, template_name: str, fields: dict[str, Any], *, iteration: int) -> list[dict[str, str]]:
         """The system prompt and ``template_name`` filled with ``fields`` and the mechanisms' notes for ``iteration``."""

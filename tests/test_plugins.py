@@ -7,6 +7,7 @@ product learns of it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -150,3 +151,15 @@ def test_the_plugin_entries_are_listed_with_their_package(plugin_path):
         "mechanism [('marker', 'bilevel-grid-plugin 0.3.0')]",
         "executor [('counting', 'bilevel-grid-plugin 0.3.0')]",
     ]
+
+
+def test_init_and_help_name_the_plugin_entries_with_their_package(tmp_path, plugin_path):
+    target = tmp_path / "bilevel.toml"
+    assert run_bilevel("init", str(target), cwd=tmp_path, env=_with_plugin(plugin_path)).returncode == 0
+    written = target.read_text()
+    for name in ("grid", "marker", "counting"):
+        assert re.search(rf'#\s+"{name}"\s+from the package bilevel-grid-plugin 0.3.0', written), name
+    assert config.load(target).search.proposer == ""  # still a valid config
+    shown = run_bilevel("run", "--help", cwd=tmp_path, env=_with_plugin(plugin_path))
+    help_text = " ".join(shown.stdout.replace("-\n", "-").split())  # argparse wraps after a hyphen
+    assert "proposers (search.proposer): llm, offline, tpe, cmaes, sobol, grid [bilevel-grid-plugin 0.3.0]." in help_text

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.services.executors import LocalExecutor  # noqa: E402
+from core.services.trial_request import TrialRequest  # noqa: E402
 from tests.support.processes import alive  # noqa: E402
 
 TARGET_S = 1.0
@@ -53,8 +54,8 @@ async def one_cancel(executor, script: Path, workdir: Path) -> tuple[float, int]
             cancel.set()
 
     async with executor.slot() as slot:
-        result = await executor.run(slot, script, attempt=1, cwd=workdir, budget_s=600, grace_s=60,
-                                    on_line=line, cancel=cancel)
+        result = await executor.run(slot, script, TrialRequest(attempt=1, cwd=workdir, budget_s=600, grace_s=60,
+                                                               on_line=line, cancel=cancel))
     returned = time.monotonic()
     if result.outcome.value != "cancelled" or len(pids) != 3:
         raise SystemExit(f"the run was not cancelled as expected: {result.outcome.value} ({result.reason}), saw {pids}")

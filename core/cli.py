@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from core.record import config as config_mod
-from core.record import layout
+from core.record import example_config, layout, registry
 from core.record.config import Config, ConfigError
 from core.run.drive import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE
 from core.run.drive import begin, detach, drive, drive_study, resume_in_background, run_until_done, storage_exit
 from core.run.drive import err as _err
 
-EXAMPLE_CONFIG = Path(__file__).parent / "record" / "example_config.toml"
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--group", help="A, B, C, D (the levels), tpe, cmaes, sobol (classical Level 1), A+cmaes, "
-                   "C+cmaes (LLM with CMA-ES hints); a comma list runs each group")
+    p.add_argument("--group", help="; ".join(f"{g.name}: {g.summary}" for g in registry.GROUPS)
+                   + "; a comma list runs each group")
     p.add_argument("--iterations", type=int, help="Level 1 iterations after the baseline")
     p.add_argument("--budget", type=float, help="training seconds per run")
     p.add_argument("--name", help="experiment name (session folder suffix)")
@@ -57,12 +55,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _choices_epilog() -> str:
+    """The registry's proposers, executors and mechanisms (plugins included), for ``bilevel run --help``."""
+    keys = {"proposer": "search.proposer", "executor": "run.executor", "mechanism": "search.mechanisms"}
+    return " ".join(f"{kind}s ({key}): " + ", ".join(e.name if e.origin == "built-in" else f"{e.name} [{e.origin}]"
+                                                      for e in registry.entries(kind)) + "."  # type: ignore[arg-type]
+                    for kind, key in keys.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bilevel", description="Bilevel autoresearch: an LLM researches your "
                                      "training script, and its own search procedure.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run an experiment")
+    run = sub.add_parser("run", help="run an experiment", epilog=_choices_epilog())
     run.add_argument("config", nargs="?", help="experiment TOML file")
     run.add_argument("--demo", action="store_true", help="offline provider, CPU tiny preset, a few short runs")
     run.add_argument("--headless", action="store_true", help="print one line per event instead of the app")
@@ -383,7 +389,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if path.exists() and not args.force:
         _err(f"{path} exists; use --force to overwrite")
         return EXIT_USAGE
-    shutil.copyfile(EXAMPLE_CONFIG, path)
+    path.write_text(example_config.render(), encoding="utf-8")
     print(f"wrote {path}; edit [endpoint] and run: bilevel run {path}")
     return EXIT_OK
 

@@ -3,9 +3,13 @@
 The built-ins are the three mechanisms the bilevel-autoresearch paper reports, and the
 CMA-ES hint of the classical hybrid (which imports numpy and cmaes when it is created,
 never on import). Importing this package loads only the standard library and these small
-modules, never ``core``.
+modules, never ``core``. Installed packages add mechanisms as entry points in the group
+``bilevel.mechanisms`` (a class deriving from Mechanism, made with no arguments); a built-in's
+name always means the built-in.
 """
 from __future__ import annotations
+
+from importlib import metadata
 
 from mechanisms.bandit import Bandit
 from mechanisms.base import Mechanism
@@ -16,6 +20,8 @@ from mechanisms.tabu import Tabu
 BUILTINS: dict[str, type[Mechanism]] = {"tabu": Tabu, "bandit": Bandit, "orthogonal": Orthogonal,
                                         "cmaes_hint": CmaesHint}
 
+ENTRY_POINT_GROUP = "bilevel.mechanisms"  # core/record/registry.py lists them by the same group
+
 
 class UnknownMechanism(ValueError, KeyError):
     """No built-in mechanism has this name (catchable as ValueError or KeyError)."""
@@ -25,12 +31,15 @@ class UnknownMechanism(ValueError, KeyError):
 
 
 def builtin(name: str) -> Mechanism:
-    """A fresh instance of the built-in mechanism ``name``, with its default settings."""
+    """A fresh instance of the built-in mechanism ``name`` (or an installed plugin's), with its default settings."""
     try:
         cls = BUILTINS[name]
     except (KeyError, TypeError):
-        raise UnknownMechanism(
-            f"unknown built-in mechanism {name!r}; choose one of: {', '.join(BUILTINS)}") from None
+        plugins = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        if not isinstance(name, str) or name not in plugins:
+            raise UnknownMechanism(f"unknown built-in mechanism {name!r}; choose one of: "
+                                   f"{', '.join([*BUILTINS, *(n for n in plugins if n not in BUILTINS)])}") from None
+        cls = plugins[name].load()
     return cls()
 
 

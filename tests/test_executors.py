@@ -22,6 +22,7 @@ from core.services.executors import (
     parse_nvidia_smi_list,
 )
 from core.services.trainer import Outcome
+from core.services.trial_request import TrialRequest
 from tests.conftest import fast_config, run_engine
 from tests.support.fake_nvml import OTHER_PID, fake_nvml, uuid_of
 from tests.support.patience import patience
@@ -289,9 +290,9 @@ async def test_concurrent_runs_land_on_distinct_gpus_pinned_by_uuid(four_gpus_on
     async def one() -> None:
         async with executor.slot() as slot:
             lines: list[str] = []
-            result = await executor.run(slot, PINNED, attempt=1, cwd=tmp_path, budget_s=30, grace_s=30,
-                                        env={"BILEVEL_FAKE_STEP_S": "0.3"},
-                                        on_line=lambda stream, line: lines.append(line))
+            trial = TrialRequest(attempt=1, cwd=tmp_path, budget_s=30, grace_s=30, env={"BILEVEL_FAKE_STEP_S": "0.3"},
+                                 on_line=lambda stream, line: lines.append(line))
+            result = await executor.run(slot, PINNED, trial)
             assert result.outcome is Outcome.OK and result.failure == "" and result.node == ""
             seen.append((slot.uuid, next(line.split()[1] for line in lines if line.startswith("visible "))))
             assert "order PCI_BUS_ID" in lines
@@ -304,8 +305,8 @@ async def test_concurrent_runs_land_on_distinct_gpus_pinned_by_uuid(four_gpus_on
 async def test_a_failed_run_is_the_scripts_failure(four_gpus_one_busy, tmp_path):
     executor = LocalExecutor.from_config("0")
     async with executor.slot() as slot:
-        result = await executor.run(slot, PINNED, attempt=1, cwd=tmp_path, budget_s=30, grace_s=30,
-                                    env={"BILEVEL_FAKE_OOM_ON": uuid_of(0)})
+        result = await executor.run(slot, PINNED, TrialRequest(attempt=1, cwd=tmp_path, budget_s=30, grace_s=30,
+                                                               env={"BILEVEL_FAKE_OOM_ON": uuid_of(0)}))
     assert result.outcome is Outcome.OOM and result.failure == "script"
 
 

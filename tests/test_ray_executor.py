@@ -18,6 +18,7 @@ from core.services.executor_choice import make_executor
 from core.services.executors import ExecutorError
 from core.services.ray_executor import RayExecutor, check_token
 from core.services.trainer import Outcome
+from core.services.trial_request import TrialRequest
 from tests.conftest import Recorder
 from tests.support.patience import patience
 from tests.support.processes import alive as _alive
@@ -62,9 +63,9 @@ class TestOneNodeFourGpus:
         async def one() -> None:
             async with executor.slot() as slot:
                 lines: list[str] = []
-                result = await executor.run(slot, PINNED, attempt=1, cwd=tmp_path, budget_s=60, grace_s=60,
-                                            env={"BILEVEL_FAKE_STEP_S": "1.0"},
-                                            on_line=lambda stream, line: lines.append(line))
+                trial = TrialRequest(attempt=1, cwd=tmp_path, budget_s=60, grace_s=60,
+                                     env={"BILEVEL_FAKE_STEP_S": "1.0"}, on_line=lambda stream, line: lines.append(line))
+                result = await executor.run(slot, PINNED, trial)
                 assert result.outcome is Outcome.OK and result.val_bpb == pytest.approx(1.04)
                 assert result.node and result.failure == ""
                 seen.append(next(line.split()[1] for line in lines if line.startswith("visible ")))
@@ -92,8 +93,8 @@ class TestOneNodeFourGpus:
         log = tmp_path / "train.log"
         async with executor.slot() as slot:
             result = await asyncio.wait_for(
-                executor.run(slot, SCRIPTS / "hang_with_child.py", attempt=1, cwd=tmp_path, budget_s=600,
-                             grace_s=60, on_line=line, cancel=cancel, log_path=log),
+                executor.run(slot, SCRIPTS / "hang_with_child.py", TrialRequest(
+                    attempt=1, cwd=tmp_path, budget_s=600, grace_s=60, on_line=line, cancel=cancel, log_path=log)),
                 patience(120))
         assert result.outcome is Outcome.CANCELLED and result.failure == ""
         assert set(pids) == {"child", "script"}
@@ -114,8 +115,8 @@ class TestOneNodeFourGpus:
 
         async def train() -> None:
             async with executor.slot() as slot:
-                await executor.run(slot, SCRIPTS / "hang_with_child.py", attempt=1, cwd=tmp_path, budget_s=600,
-                                   grace_s=60, on_line=line)
+                await executor.run(slot, SCRIPTS / "hang_with_child.py", TrialRequest(
+                    attempt=1, cwd=tmp_path, budget_s=600, grace_s=60, on_line=line))
 
         task = asyncio.ensure_future(train())
         await asyncio.wait_for(both.wait(), patience(120))

@@ -25,6 +25,7 @@ from core.services.environment import listed
 from core.services import script_folder
 from core.services.slot_sampler import SlotSampler
 from core.services.executors import Executor, failure_class
+from core.services.trial_request import TrialRequest
 from core.services.llm import ChatResult, LLMClient, LLMError
 from core.services.script import ParamSpec
 from core.services.trainer import Outcome
@@ -282,18 +283,19 @@ class EngineContext:
                                                               pid=pid, pgid=pid, engine_pid=os.getpid()))
                         self.emit(ev.TrainingProcess(iteration=iteration, tag=tag, attempt=attempt, seed=seed))
 
-                    common = dict(cwd=run_cwd, python=self.cfg.script.python or sys.executable,
-                                  budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s,
-                                  env=env, log_path=log_path, on_progress=progress, on_line=emitter.line,
-                                  cancel=cancel, on_start=started, valid_bpb=self.cfg.acceptance.valid_val_bpb,
-                                  tag=tag, clock=eng.monotonic)
+                    trial = TrialRequest(attempt=attempt, cwd=run_cwd,
+                                         python=self.cfg.script.python or sys.executable,
+                                         budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s,
+                                         env=env, log_path=log_path, on_progress=progress, on_line=emitter.line,
+                                         cancel=cancel, on_start=started, valid_bpb=self.cfg.acceptance.valid_val_bpb,
+                                         tag=tag, clock=eng.monotonic)
                     plan = (warm_plan(text) if self.cfg.run.worker == "warm" and not where.needs_copy
-                            and eng.executor.name == "local" else None)
+                            and eng.executor.warm_workers else None)
                     if plan is not None:
-                        common["env"] = {**env, **slot.env()}
-                        result = await self.warm.run(run_script, plan, seed=run_seed, slot=slot.name, **common)
+                        result = await self.warm.run(run_script, plan, seed=run_seed, slot=slot.name,
+                                                     **trial.pinned(slot.env()).training_kwargs())
                     else:
-                        result = await eng.executor.run(slot, run_script, attempt=attempt, **common)
+                        result = await eng.executor.run(slot, run_script, trial)
                 emitter.flush()
                 failure = failure_class(result)
                 self.emit(ev.TrainingFinished(

@@ -25,7 +25,7 @@ from core import __version__
 from core.record import commands as cmds
 from core.record import events as ev
 from core.record import config as config_mod
-from core.record import layout
+from core.record import layout, registry
 from core.record.config import Config, from_dict
 from core.engine.context import EngineContext, client_for, spec_dict
 from core.services.executor_choice import make_executor
@@ -268,10 +268,10 @@ class Engine:
 
     def _guidance_unread(self) -> str:
         """Why nothing in this run reads the guidance (empty when the Level 1 LLM does)."""
-        proposer = (f"the classical sampler {self.cfg.search.sampler!r}" if self.cfg.search.sampler
-                    else "offline mode's seeded perturbation" if self.cfg.offline else "")
-        if not proposer:
+        entry = registry.entry("proposer", self.cfg.proposer)
+        if entry.prompted:
             return ""
+        proposer = entry.described or f"the proposer {entry.name!r}"
         return (f"nothing reads guidance in this run: Level 1 proposes with {proposer}, which ignores it "
                 "(only the Level 1 LLM reads guidance)")
 

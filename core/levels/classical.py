@@ -274,5 +274,14 @@ def _told_value(record: Any, worst: float | None) -> float | None:
     return None
 
 
-def make_proposer(sampler: str, seed: int) -> ClassicalProposer:
-    return ClassicalProposer(sampler, seed)
+# The registry's factories (core/record/registry.py): one per sampler, called with the run's seed.
+def tpe(seed: int) -> ClassicalProposer:
+    return ClassicalProposer("tpe", seed)
+
+
+def cmaes(seed: int) -> ClassicalProposer:
+    return ClassicalProposer("cmaes", seed)
+
+
+def sobol(seed: int) -> ClassicalProposer:
+    return ClassicalProposer("sobol", seed)

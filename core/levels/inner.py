@@ -11,17 +11,15 @@ from string import Template
 from typing import Any
 
 from core.record import events as ev
-from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, RunContext, TrainRun, Verdict
+from core.levels.context import FatalRunError, RunContext, TrainRun, Verdict
 from core.services.llm import PROBE_SCHEMA, LLMError, context_exceeded, extract_json, probe_messages
 from core.services.script import TrainScript, unified_diff
 from core.services.seeds import confirm_seed, with_seed
 from core.levels.trace import fmt_bpb, fmt_value, history_text
 from core.services.trainer import TrainResult
 from . import prompts
-from .classical import make_proposer
-from .offline import OfflineProposer
-from .proposal import Proposal, Rejection, check_proposal, reask
-from .reply_schemas import proposal_schema
+from .proposal import Proposal, Rejection, check_proposal
+from .proposers import make_proposer
 
 # Errors no re-ask can fix: the run stops with the reason instead of spinning.
 FATAL_LLM_ERRORS = ("auth", "not_found", "quota", "bad_request")
@@ -33,10 +31,8 @@ class InnerLoop:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         cfg = ctx.cfg
-        # An algorithm proposes instead of the LLM: a classical sampler (its group), or offline mode's perturbation.
-        self.offline: OfflineProposer | Any = (
-            make_proposer(cfg.search.sampler, cfg.search.seed) if cfg.search.sampler
-            else OfflineProposer(cfg.search.seed) if cfg.offline else None)
+        # The LLM, offline mode's perturbation, a classical sampler or a plugin's: the registry's entry cfg.proposer.
+        self.proposer = make_proposer(cfg)
 
     # --- the baseline -----------------------------------------------------------
 
@@ -186,7 +182,7 @@ class InnerLoop:
 
     @property
     def _source(self) -> str:
-        return self.offline.source if self.offline else "llm"
+        return self.proposer.source
 
     # --- proposals -------------------------------------------------------------------
 
@@ -194,41 +190,26 @@ class InnerLoop:
         ctx = self.ctx
         values = best.values()
         schema = ctx.current_schema(values)
-        messages = await self._messages(n, best) if not self.offline else []
-        if self.offline:  # offline proposals ignore prompts, but the hook still runs and is counted
-            await ctx.mechanisms.shape_prompt(ctx.state, "", iteration=n)
+        chat = await self.proposer.open(self, [n], best, None)
         last_error = ""
         for attempt in range(1, ctx.cfg.search.max_reasks + 2):
             frozen = set(ctx.state.frozen)
-            if self.offline:
-                changes, hypothesis = self.offline.propose(schema, values, frozen, n, attempt, ctx.state.records)
-                raw = ""
-            else:
-                raw, finish, failure = await self._ask_llm(n, attempt, messages, proposal_schema(schema, frozen))
-                if failure:
-                    last_error = failure
-                    ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="llm_error", reason=failure))
-                    continue
-                if finish == "length":  # cut off: whatever JSON it holds is not the whole answer
-                    last_error = truncated_reason(ctx.cfg.endpoint.max_tokens or DEFAULT_MAX_TOKENS["inner"])
-                    ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="truncated",
-                                                 reason=last_error, raw=raw[:2000]))
-                    self._reask(messages, raw, [TRUNCATED_FOR_MODEL])
-                    continue
-                try:
-                    changes, hypothesis = parse_proposal(raw)
-                except ValueError as exc:
-                    last_error = f"unparseable reply: {exc}"
-                    ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="unparseable",
-                                                 reason=last_error, raw=raw[:2000]))
-                    self._reask(messages, raw, [for_model(str(exc))])
-                    continue
+            reply = await chat.ask([n], attempt, schema, values, frozen)
+            raw = reply.raw
+            if reply.kind:
+                last_error = reply.reason
+                ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind=reply.kind, reason=reply.reason,
+                                             raw=raw[:2000]))
+                if reply.feedback:
+                    chat.reask(raw, [reply.feedback])
+                continue
+            changes, hypothesis = reply.items[0]
             ctx.emit(ev.ProposalMade(iteration=n, attempt=attempt, changes=changes, hypothesis=hypothesis,
                                      source=self._source))
             proposal = await check_proposal(ctx, n, attempt, changes, hypothesis, schema, frozen, self._source)
             if isinstance(proposal, Rejection):
                 last_error = proposal.reason
-                self._reask(messages, raw, proposal.problems)
+                chat.reask(raw, proposal.problems)
                 continue
             coerced = proposal.changes
             repeated = repeat_of(best.apply(coerced).values(), ctx.state.proposals)
@@ -237,14 +218,10 @@ class InnerLoop:
                               f"(val_bpb {fmt_bpb(repeated.val_bpb)})")
                 ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="repeat", reason=last_error,
                                              errors=[last_error], changes=coerced))
-                self._reask(messages, raw, [f"{last_error}: propose something not yet tried"])
+                chat.reask(raw, [f"{last_error}: propose something not yet tried"])
                 continue
             return proposal, ""
         return None, last_error or "no proposal"
-
-    @staticmethod
-    def _reask(messages: list[dict[str, str]], raw: str, problems: list[str]) -> None:
-        reask(messages, raw, problems, "inner_reask")
 
     async def _ask_llm(self, n: int, attempt: int, messages: list[dict[str, str]],
                        schema: dict) -> tuple[str, str, str]:
@@ -256,9 +233,6 @@ class InnerLoop:
                 raise FatalRunError(f"the LLM endpoint refused the request: {exc}") from exc
             return "", "", f"LLM call failed ({exc.kind}): {exc}"
         return result.content, result.finish_reason or "", ""
-
-    async def _messages(self, n: int, best: TrainScript) -> list[dict[str, str]]:
-        return await self.messages("inner_propose", self.prompt_fields(best), iteration=n)
 
     async def messages(self, template_name: str, fields: dict[str, Any], *, iteration: int) -> list[dict[str, str]]:
         """The system prompt and ``template_name`` filled with ``fields`` and the mechanisms' notes for ``iteration``."""

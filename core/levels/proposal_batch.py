@@ -8,7 +8,8 @@ the same batch: an exact repeat, or a near one (the same parameters at values wi
 ``NEAR_REL`` relative of each other, or equal once coerced), is rejected with kind
 "repeat" and asked again, together with the other rejected ones, in one re-ask. Every
 ProposalMade records which results (finished iterations) and which running trials the
-proposer saw. Offline and classical proposers propose k one by one under the same checks.
+proposer saw. Offline, classical and plugin proposers propose k one by one under the same checks
+(core/levels/proposer.py).
 """
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ from core.record import events as ev
 from core.services.llm import extract_json
 from core.services.script import TrainScript
 from core.levels.trace import fmt_value
-from .proposal import Proposal, Rejection, check_proposal, reask
-from .reply_schemas import proposals_schema
+from .proposal import Proposal, Rejection, check_proposal
 
 if TYPE_CHECKING:
     from core.levels.inner import InnerLoop
@@ -105,42 +105,22 @@ class BatchProposer:
         known = self.known(running)
         out: dict[int, Proposal | str] = {}
         errors: dict[int, str] = {}
-        offline = self.inner.offline
-        messages: list[dict[str, str]] = []
-        if offline:
-            await ctx.mechanisms.shape_prompt(ctx.state, "", iteration=numbers[0])  # counted, as for one proposal
-        else:
-            fields = {**self.inner.prompt_fields(best), "running": running_text(running),
-                      "n_running": len(saw_running), "k": len(numbers)}
-            # one prompt for k iterations: the mechanisms shape it for the first of them
-            messages = await self.inner.messages("inner_propose_many", fields, iteration=numbers[0])
+        chat = await self.inner.proposer.open(self.inner, numbers, best, running)
         for attempt in range(1, ctx.cfg.search.max_reasks + 2):
             want = [n for n in numbers if n not in out]
             if not want:
                 break
             frozen = set(ctx.state.frozen)
-            if offline:
-                items = [offline.propose(schema, values, frozen, n, attempt, ctx.state.records) for n in want]
-                raw = ""
-            else:
-                raw, finish, failure = await self.inner._ask_llm(
-                    want[0], attempt, messages, proposals_schema(schema, frozen, len(want)))
-                problem = failure or ("the reply was cut off at the length limit" if finish == "length" else "")
-                items = []
-                if not problem:
-                    try:
-                        items = parse_proposals(raw)
-                    except ValueError as exc:
-                        problem = f"unparseable reply: {exc}"
-                if problem:
-                    kind = "llm_error" if failure else "truncated" if finish == "length" else "unparseable"
-                    for n in want:
-                        errors[n] = problem
-                        ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind=kind, reason=problem,
-                                                     raw=raw[:2000]))
-                    if not failure:
-                        self._reask(messages, raw, [problem], len(want))
-                    continue
+            reply = await chat.ask(want, attempt, schema, values, frozen)
+            raw, items = reply.raw, reply.items
+            if reply.kind:
+                for n in want:
+                    errors[n] = reply.reason
+                    ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind=reply.kind, reason=reply.reason,
+                                                 raw=raw[:2000]))
+                if reply.feedback:
+                    chat.reask(raw, [reply.feedback], len(want))
+                continue
             feedback = []
             for i, n in enumerate(want):
                 if i >= len(items):
@@ -159,7 +139,7 @@ class BatchProposer:
                 assert problem.candidate is not None
                 known.insert(0, Known(n, problem.candidate.values(), problem.changes, hypothesis))
             if feedback:
-                self._reask(messages, raw, feedback, len(feedback))
+                chat.reask(raw, feedback, len(feedback))
         return {n: out.get(n) or errors.get(n) or "no proposal" for n in numbers}
 
     async def _check(self, n: int, attempt: int, changes: dict[str, Any], hypothesis: str,
@@ -178,7 +158,3 @@ class BatchProposer:
                                          errors=[reason], changes=proposal.changes))
             return reason
         return proposal
-
-    @staticmethod
-    def _reask(messages: list[dict[str, str]], raw: str, problems: list[str], k: int) -> None:
-        reask(messages, raw, problems, "inner_reask_many", k=k)

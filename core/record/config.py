@@ -20,29 +20,18 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 import msgspec
 
-from core.record import layout
+from core.record import layout, registry
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-GROUPS: dict[str, tuple[str, ...]] = {
-    "A": ("inner",),
-    "B": ("inner", "strategy"),
-    "C": ("inner", "strategy", "research"),
-    "D": ("inner", "research"),
-    # Classical search at Level 1 (Optuna samplers instead of the LLM; core/levels/classical.py).
-    "tpe": ("inner",),
-    "cmaes": ("inner",),
-    "sobol": ("inner",),  # quasi-random: the neutral baseline
-    # The LLM groups with CMA-ES's next suggestion in each prompt (mechanisms/cmaes_hint.py).
-    "A+cmaes": ("inner",),
-    "C+cmaes": ("inner", "strategy", "research"),
-}
-CLASSICAL_GROUPS: dict[str, str] = {"tpe": "tpe", "cmaes": "cmaes", "sobol": "sobol"}  # group -> sampler
-GROUP_MECHANISMS: dict[str, tuple[str, ...]] = {"A+cmaes": ("cmaes_hint",), "C+cmaes": ("cmaes_hint",)}
-LEVELS = ("inner", "strategy", "research")
+# The choices come from the registry (core/record/registry.py), where each is declared once.
+GROUPS: dict[str, tuple[str, ...]] = {g.name: g.levels for g in registry.GROUPS}  # group -> its levels
+LEVELS = registry.LEVELS
+GroupName = Literal[registry.group_names()]  # type: ignore[valid-type]
+ExecutorName = Literal[registry.names("executor")]  # type: ignore[valid-type] # built-ins, then plugins
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 BASELINE_SCRIPT = PACKAGE_ROOT / "baseline" / "train.py"
 SURROGATE_SCRIPT = PACKAGE_ROOT / "baseline" / "surrogate.py"
@@ -108,7 +97,10 @@ class BudgetConfig(_Section):
 
 
 class SearchConfig(_Section):
-    group: Literal["A", "B", "C", "D", "tpe", "cmaes", "sobol", "A+cmaes", "C+cmaes"] = "A"  # GROUPS
+    group: GroupName = "A"
+    # The Level 1 proposer by its registry name (a plugin's too); empty: the group's (the LLM, or offline
+    # mode's perturbation, unless the group names a classical sampler).
+    proposer: str = ""
     levels: tuple[str, ...] = ()  # overrides group when given
     outer_period: Annotated[int, _range(1, 100000)] = 5  # K: Level 1.5 every K iterations
     research_period: Annotated[int, _range(1, 100000)] = 2  # M: Level 2 every M outer cycles
@@ -128,12 +120,12 @@ class SearchConfig(_Section):
     @property
     def sampler(self) -> str:
         """The classical Level 1 sampler of this group, or "" when the LLM (or offline) proposes."""
-        return CLASSICAL_GROUPS.get(self.group, "")
+        return registry.group(self.group).proposer
 
     @property
     def active_mechanisms(self) -> tuple[str, ...]:
         """Built-ins active from the start: the configured ones and the group's own."""
-        return tuple(dict.fromkeys(self.mechanisms + GROUP_MECHANISMS.get(self.group, ())))
+        return tuple(dict.fromkeys(self.mechanisms + registry.group(self.group).mechanisms))
 
 
 class StrategyConfig(_Section):
@@ -174,7 +166,7 @@ class RunConfig(_Section):
     # "auto" (every GPU NVML finds, busy ones skipped), "0,1" (those GPUs), "cpu" (one CPU slot) or
     # "cpu:4" (four CPU slots: tests, benchmarks and CPU users).
     gpus: str = "auto"
-    executor: Literal["local", "ray"] = "local"
+    executor: ExecutorName = "local"
     ray_address: str = ""  # a Ray cluster to join; empty: start a local one with the configured slots
     # "async": a proposal is made whenever a slot frees; "batch": batches of batch_size proposals,
     # every one finished before the next batch (deterministic, byte-identical logs).
@@ -208,6 +200,12 @@ class Config(_Section):
     @property
     def offline(self) -> bool:
         return self.endpoint.provider == "offline"
+
+    @property
+    def proposer(self) -> str:
+        """Level 1's proposer (a registry name): search.proposer, else the group's, else the LLM (offline: the
+        seeded perturbation)."""
+        return self.search.proposer or self.search.sampler or ("offline" if self.offline else "llm")
 
     @property
     def surrogate(self) -> bool:
@@ -460,8 +458,15 @@ def _check_cross_fields(cfg: Config, where: _Where) -> None:
             _fail(where, ("search", "levels"), f"unknown level {level!r} (levels: {', '.join(LEVELS)})")
     if cfg.search.levels and "inner" not in cfg.search.levels:
         _fail(where, ("search", "levels"), "the inner level (Level 1) is always needed")
-    if cfg.search.sampler and "research" in cfg.search.active_levels:
-        _fail(where, ("search", "levels"), f"group {cfg.search.group!r} searches with a classical sampler, whose "
+    if cfg.search.proposer and cfg.search.proposer not in registry.names("proposer"):
+        _fail(where, ("search", "proposer"), f"unknown proposer {cfg.search.proposer!r} (proposers: "
+              f"{', '.join(registry.names('proposer'))}; a plugin's appear once its package is installed)")
+    if cfg.proposer == "llm" and cfg.offline:
+        _fail(where, ("search", "proposer"), 'the LLM proposer needs an endpoint (provider = "openai")')
+    if not registry.entry("proposer", cfg.proposer).research and "research" in cfg.search.active_levels:
+        chosen = (f"group {cfg.search.group!r} searches" if not cfg.search.proposer
+                  else f"proposer {cfg.search.proposer!r} searches")
+        _fail(where, ("search", "levels"), f"{chosen} with a classical sampler, whose "
               "proposals no Level 2 mechanism prompt can shape; use levels inner (and strategy) only")
     if cfg.endpoint.provider == "openai":
         if not cfg.endpoint.base_url:

@@ -2,11 +2,12 @@
 
 An :class:`Executor` hands out slots (``async with executor.slot() as slot``, first come,
 first served, never leaked on cancel) and runs one training script on a slot
-(``await executor.run(slot, script, attempt=n, **run_training_kwargs)``), pinning it to that
-slot's device and saying on the result where it ran and, when it failed, whose failure it was.
-:func:`core.services.executor_choice.make_executor` builds one from ``[run]``: the local pool here (GPUs through NVML, see
-:mod:`core.services.gpus`, or ``cpu:N`` CPU slots, which tests and benchmarks use) or the Ray
-executor (:mod:`core.services.ray_executor`, imported only when asked for).
+(``await executor.run(slot, script, trial)``, a :class:`~core.services.trial_request.TrialRequest`),
+pinning it to that slot's device and saying on the result where it ran and, when it failed, whose
+failure it was. :func:`core.services.executor_choice.make_executor` builds the one ``run.executor``
+names in the registry: the local pool here (GPUs through NVML, see :mod:`core.services.gpus`, or
+``cpu:N`` CPU slots, which tests and benchmarks use), the Ray executor
+(:mod:`core.services.ray_executor`, imported only when asked for), or a plugin's.
 Choosing slots never imports torch.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 from core.record.events import SlotInfo, SlotSample
 from core.services import gpus as nv
 from core.services.trainer import Outcome, TrainResult, run_training
+from core.services.trial_request import TrialRequest
 
 _NVIDIA_SMI_TIMEOUT_S = 10.0
 _GPU_LINE_RE = re.compile(r"^GPU\s+(\d+)\s*:")
@@ -71,8 +73,10 @@ class Slot:
 class Executor(Protocol):
     """What the engine trains through: slots to hand out and a way to run a script on one."""
 
-    name: str  # "local" | "ray"
+    name: str  # its registry name: "local", "ray", a plugin's
     address: str  # the Ray cluster joined ("" locally)
+    # Its slots are this machine's: a warm training worker per slot may run a trial instead of ``run``.
+    warm_workers: bool
 
     @property
     def capacity(self) -> int: ...  # usable slots: how many runs at once
@@ -83,7 +87,7 @@ class Executor(Protocol):
 
     # avoid: slot names to pass over while another is free (a retry after an OOM there)
     def slot(self, avoid: frozenset[str] = frozenset()) -> AbstractAsyncContextManager[Slot]: ...
-    async def run(self, slot: Slot, script: Path, *, attempt: int, **common: Any) -> TrainResult: ...
+    async def run(self, slot: Slot, script: Path, trial: TrialRequest) -> TrainResult: ...
     def sample(self) -> list[SlotSample]: ...
     async def close(self) -> None: ...
 
@@ -244,6 +248,7 @@ class LocalExecutor:
 
     name = "local"
     address = ""
+    warm_workers = True
 
     def __init__(self, found: Found) -> None:
         self._found = found
@@ -254,6 +259,11 @@ class LocalExecutor:
     @classmethod
     def from_config(cls, gpus: str | Sequence[str] | None) -> LocalExecutor:
         return cls(find_slots(gpus))
+
+    @classmethod
+    def from_run_config(cls, run_cfg: Any) -> LocalExecutor:
+        """The registry's factory: the slots of ``run.gpus``."""
+        return cls.from_config(run_cfg.gpus)
 
     @property
     def capacity(self) -> int:
@@ -270,10 +280,9 @@ class LocalExecutor:
     def slot(self, avoid: frozenset[str] = frozenset()) -> AbstractAsyncContextManager[Slot]:
         return self.pool.slot(avoid)
 
-    async def run(self, slot: Slot, script: Path, *, attempt: int, **common: Any) -> TrainResult:
-        """``run_training`` pinned to ``slot`` (its environment over ``common["env"]``)."""
-        env = {**(common.pop("env", None) or {}), **slot.env()}
-        result = await run_training(script, env=env, **common)
+    async def run(self, slot: Slot, script: Path, trial: TrialRequest) -> TrainResult:
+        """``run_training`` pinned to ``slot`` (its environment over the trial's)."""
+        result = await run_training(script, **trial.pinned(slot.env()).training_kwargs())
         return replace(result, failure=failure_class(result))
 
     def sample(self) -> list[SlotSample]:

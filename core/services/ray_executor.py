@@ -23,10 +23,8 @@ import importlib
 import logging
 import os
 import signal
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
@@ -42,9 +40,9 @@ from core.services.executors import (
     failure_class,
     find_slots,
 )
+from core.services.trial_request import TrialRequest
 from core.services.trainer import (
     TERM_GRACE_S,
-    VALID_BPB,
     Outcome,
     TrainResult,
     run_training,
@@ -140,6 +138,7 @@ class RayExecutor:
     """Slots on a Ray cluster: one per GPU (or per CPU on a cluster without GPUs)."""
 
     name = "ray"
+    warm_workers = False  # its slots are the cluster's: every trial is a Ray task
 
     def __init__(self, ray: Any, *, address: str = "", started: bool = False) -> None:
         self._ray = ray
@@ -217,16 +216,13 @@ class RayExecutor:
         if self._started and self._ray.is_initialized():
             await asyncio.to_thread(self._ray.shutdown)
 
-    async def run(self, slot: Slot, script: Path, *, attempt: int, cwd: Path, python: str = sys.executable,
-                  budget_s: float, grace_s: float = 60.0, env: dict[str, str] | None = None,
-                  log_path: Path | None = None, on_progress: Callable[[Any], None] | None = None,
-                  on_line: Callable[[str, str], None] | None = None, cancel: asyncio.Event | None = None,
-                  on_start: Callable[[int, str], None] | None = None, tag: str | None = None,
-                  valid_bpb: tuple[float, float] = VALID_BPB,
-                  clock: Callable[[], float] = time.monotonic) -> TrainResult:
+    async def run(self, slot: Slot, script: Path, trial: TrialRequest) -> TrainResult:
         """One run as a Ray task; lines and progress come back as it goes. Never raises for a lost node.
 
-        ``clock`` measures the durations recorded here (the engine's); deadlines keep the real clock."""
+        ``trial.clock`` measures the durations recorded here (the engine's); deadlines keep the real clock."""
+        cwd, python, budget_s, grace_s, env = trial.cwd, trial.python, trial.budget_s, trial.grace_s, trial.env
+        log_path, on_progress, on_line, on_start = trial.log_path, trial.on_progress, trial.on_line, trial.on_start
+        cancel, tag, valid_bpb, clock = trial.cancel, trial.tag, trial.valid_bpb, trial.clock
         begun, measured = time.monotonic(), clock()
         if cancel is not None and cancel.is_set():
             return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled before it started")

@@ -1,4 +1,9 @@
-"""Headless output: one readable line per event (streamed tokens and progress summarised)."""
+"""Headless output: one readable line per event (streamed tokens and progress summarised).
+
+Every event is cleaned first (:func:`core.record.safe_events.safe_event`): text from an LLM,
+a mechanism or a log shows its control and invisible characters escaped, and a newline in a
+field never starts a line that could read as another event.
+"""
 from __future__ import annotations
 
 import sys
@@ -7,6 +12,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from core.record import events as ev
+from core.record.safe_events import safe_event
 from core.levels.trace import fmt_bpb, fmt_value
 
 
@@ -141,6 +147,7 @@ class HeadlessPrinter:
             self.out.flush()
 
     def format(self, event: ev.Event) -> str | None:
+        event = safe_event(event)
         if isinstance(event, ev.TrainingProgress):
             now = time.monotonic()
             if now - self._last_progress < self.progress_every_s:

@@ -32,7 +32,12 @@ MAX_NAME = 40
 MAX_CHANGES = 64
 DECISIONS = ("keep", "discard")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+# The code points core/record/safe_text.py never emits, newline and tab aside (tests/test_safe_text.py compares)
+_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u180e"
+    "\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\u3164\ud800-\udfff\ufeff\uffa0\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0001\U000e0020-\U000e007f]")
 
 
 class ContractError(ValueError):
@@ -55,7 +60,7 @@ def safe_name(name: Any, fallback: str = "mechanism") -> str:
 
 
 def clean_text(text: str) -> str:
-    """Text from a mechanism without control characters (terminal escapes, bidi overrides), bounded."""
+    """Text from a mechanism without control or invisible characters (terminal escapes, bidi, tags), bounded."""
     return _CONTROL.sub("", text[:MAX_TEXT])
 
 

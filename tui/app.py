@@ -36,6 +36,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 
 from core.record import commands as cmds
+from core.record.safe_text import safe_block, safe_line
 
 from .keys import BINDINGS as KEY_BINDINGS
 from .keys import PALETTE, deterministic_from_env, keymap_path, load_keymap
@@ -183,7 +184,8 @@ class BilevelApp(App[int]):
     def notify(self, message: str, *, title: str = "", severity: Any = "information",
                timeout: float | None = None, markup: bool = True) -> None:
         # Deterministic mode (snapshots): a toast stays until dismissed, so no screen depends on the machine's speed.
-        super().notify(message, title=title, severity=severity, markup=markup,
+        # A toast often quotes text that is not ours (an error, a path): cleaned, never markup.
+        super().notify(safe_block(message), title=safe_line(title), severity=severity, markup=False,
                        timeout=3600.0 if self.deterministic else timeout)
 
     # --- layout -----------------------------------------------------------------------------------

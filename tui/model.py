@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from core.record import events as ev
+from core.record.safe_events import safe_event
 from core.analysis.printer import HeadlessPrinter
 from core.record.state import IterationTrace, ParamChange, RunState
 from tui.model_trials import TrialBoard, TrialView
@@ -96,6 +97,7 @@ class ViewModel:
     # --- folding -------------------------------------------------------------------------
 
     def apply(self, event: ev.Event) -> None:
+        event = safe_event(event, block=True)  # every pane shows only cleaned text (newlines kept)
         self.state.apply(event)
         self.events += 1
         if event.ts:

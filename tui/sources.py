@@ -31,6 +31,7 @@ from core.record import channel
 from core.record import commands as cmds
 from core.record import events as ev
 from core.record import layout
+from core.record.safe_text import safe_block
 from core.record.session import LogChecker, LogProblem, SessionReader
 
 RESET = "reset"
@@ -74,7 +75,7 @@ class Source:
         if not relpath or self.session_dir is None:
             return None
         try:
-            return layout.read_artifact(self.session_dir, relpath)
+            return safe_block(layout.read_artifact(self.session_dir, relpath))  # shown on screen
         except (OSError, ValueError):  # ArtifactPathError and undecodable text are ValueErrors
             return None
 

@@ -1,4 +1,9 @@
-"""Headless output: one readable line per event (streamed tokens and progress summarised)."""
+"""Headless output: one readable line per event (streamed tokens and progress summarised).
+
+Every event is cleaned first (:func:`core.record.safe_events.safe_event`): text from an LLM,
+a mechanism or a log shows its control and invisible characters escaped, and a newline in a
+field never starts a line that could read as another event.
+"""
 from __future__ import annotations
 
 import sys
@@ -7,6 +12,8 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from core.record import events as ev
+from core.record.safe_events import safe_event
+from core.record.safe_text import safe_line
 from core.levels.trace import fmt_bpb, fmt_value
 
 
@@ -118,11 +125,16 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
                                     + (f"; refused {e.refused}" if e.refused else "")
                                     + (f"; error: {e.error}" if e.error else "")),
     ev.ResearchStarted: lambda e: f"Level 2 research {e.research_id} started ({e.source}) after iteration {e.after_iteration}",
-    ev.ResearchRound: lambda e: f"Level 2 {e.research_id} {e.round}: {e.summary[:160]!r}",
     ev.MechanismValidated: lambda e: (f"Level 2 {e.research_id} validation of {e.name} (attempt {e.attempt}): "
                                       + ("passed" if e.ok else f"FAILED — {e.failure[:300]}")),
     ev.MechanismPending: lambda e: f"Level 2 {e.research_id}: {e.name} waits for approval (bilevel attach, then approve)",
     ev.ResearchFinished: lambda e: f"Level 2 {e.research_id} {e.outcome}: {e.name} {e.reason[:200]}".rstrip(),
+}
+
+# Formats that quote their text with repr (which escapes it) read the event as it came, and their whole
+# line is cleaned: cleaning the field first would show its escapes twice (\\n).
+_QUOTING_FORMATS: dict[type, Callable[[ev.Event], str]] = {
+    ev.ResearchRound: lambda e: f"Level 2 {e.research_id} {e.round}: {e.summary[:160]!r}",
 }
 
 
@@ -141,6 +153,10 @@ class HeadlessPrinter:
             self.out.flush()
 
     def format(self, event: ev.Event) -> str | None:
+        quoting = _QUOTING_FORMATS.get(type(event))
+        if quoting is not None:
+            return safe_line(quoting(event))
+        event = safe_event(event)
         if isinstance(event, ev.TrainingProgress):
             now = time.monotonic()
             if now - self._last_progress < self.progress_every_s:

@@ -21,6 +21,7 @@ from core.analysis.ablation import (LEVEL_NAMES, Comparison, GroupStats, Inputs,
 from core.analysis.stats import Interval, bootstrap_mean_ci
 from core.record.config import is_surrogate
 from core.record.layout import report_dir
+from core.record.safe_text import safe_block, safe_line
 
 SURROGATE_NOTE = ("SURROGATE: these sessions ran baseline/surrogate.py (script.preset = \"surrogate\"): val_bpb is "
                   "a documented response surface plus seeded noise, not a training run")
@@ -104,6 +105,8 @@ def cost_rows(report: Report) -> list[list[str]]:
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    # names, reasons and effects come from configs, mechanisms and LLMs: one line per cell
+    header, rows = [safe_line(c) for c in header], [[safe_line(c) for c in r] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths)))
@@ -111,7 +114,7 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    esc = lambda c: str(c).replace("|", "\\|")  # noqa: E731
+    esc = lambda c: safe_line(c).replace("|", "\\|")  # noqa: E731 - one line per cell, as text_table
     out = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
     return "\n".join(out)
@@ -125,8 +128,8 @@ def render_terminal(report: Report) -> str:
         parts += ["", "Group comparisons", text_table(PAIR_HEADER, pair_rows(report))]
     parts += ["", "Cost", text_table(COST_HEADER, cost_rows(report))]
     if report.warnings:
-        parts += ["", *[f"warning: {w}" for w in report.warnings]]
-    return "\n".join(parts)
+        parts += ["", *[f"warning: {safe_line(w)}" for w in report.warnings]]
+    return safe_block("\n".join(parts))
 
 
 def render_markdown(report: Report, figures: Sequence[Path] = (), figure_note: str = "") -> str:
@@ -143,9 +146,9 @@ def render_markdown(report: Report, figures: Sequence[Path] = (), figure_note: s
         out += [f"Noise floor σ = {f.std:.6f} (MAD {f.mad:.6f}) over {f.runs} seeds for fingerprint "
                 f"{f.fingerprint} [{f.hardware}]" + (f", measured in {f.session}" if f.session else "") + ".", ""]
     if report.warnings:
-        out += ["**Read with care:**", "", *[f"- {w}" for w in report.warnings], ""]
+        out += ["**Read with care:**", "", *[f"- {safe_line(w)}" for w in report.warnings], ""]
     if report.notes:
-        out += ["Notes:", "", *[f"- {n}" for n in report.notes], ""]
+        out += ["Notes:", "", *[f"- {safe_line(n)}" for n in report.notes], ""]
     out += ["## Per repeat", "", md_table(REPEAT_HEADER, repeat_rows(report)), "",
             "## Per group", "", md_table(GROUP_HEADER, group_rows(report)), "",
             "*neutral-search Δ*: mean [95 % range] of Δ for a search whose changes do nothing, from selection "
@@ -169,7 +172,7 @@ def render_markdown(report: Report, figures: Sequence[Path] = (), figure_note: s
         if figure_note:
             out += [figure_note]
         out.append("")
-    return "\n".join(out)
+    return safe_block("\n".join(out))  # session names, paths and hardware strings are not ours either
 
 
 def _mechanism_section(report: Report) -> list[str]:
@@ -181,7 +184,7 @@ def _mechanism_section(report: Report) -> list[str]:
            "IterationFinished; prompt additions, vetoes, modifications and overrides from MechanismEffect).", ""]
     for g in level2:
         for s in g.sessions:
-            out.append(f"### {g.group} / {s.name}")
+            out.append(f"### {safe_line(g.group)} / {safe_line(s.name)}")
             out.append("")
             if not s.mechanisms:
                 out += ["No mechanism was active.", ""]

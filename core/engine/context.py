@@ -19,6 +19,7 @@ from core.record import events as ev
 from core.record import layout
 from core.record.processes import ProcessRecord, record_process, run_tag
 from core.record.config import Config
+from core.record.safe_text import safe_block
 from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
 from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, Ready, TrainRun
 from core.services.environment import listed
@@ -176,6 +177,9 @@ class EngineContext:
         """
         llm = self._engine.llm
         assert llm is not None, "no LLM client in offline mode"
+        # prompts quote replies, guidance, mechanisms and logs: no control or invisible character reaches the model
+        messages = [{**m, "content": safe_block(m["content"])} if isinstance(m.get("content"), str) else m
+                    for m in messages]
         call_id = call_id or f"c{self.state.last_seq + 1}"  # the seq its request gets: unique, and the same in a re-run
         limit = self.cfg.endpoint.max_tokens or max_tokens or DEFAULT_MAX_TOKENS.get(level)
         stem = layout.llm_stem(iteration, level, purpose, call_id)

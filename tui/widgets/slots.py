@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.text import Text
+from textual.markup import escape
 from textual.widget import Widget
 
 from ..render import changes_text, memory_text, slot_text
@@ -62,7 +63,8 @@ class SlotsView(Widget):
         self.model = model
         board = model.trials
         where = f" · ray {board.address}" if board.executor == "ray" else ""
-        self.border_title = f"slots {len(board.in_flight)}/{len(board.working_slots)} busy{where}"
+        # a border title is markup: the Ray address is not ours
+        self.border_title = escape(f"slots {len(board.in_flight)}/{len(board.working_slots)} busy{where}")
         count = len(board.slots)
         self.refresh(layout=count != self._count)  # a new slot needs a line more
         self._count = count

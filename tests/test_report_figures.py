@@ -105,6 +105,20 @@ def test_the_verdict_source_is_pluggable(study):
     assert all(g.held[0] == sum(s.count("keep") for s in g.sessions) for g in judged.groups)
 
 
+def test_the_report_command_takes_k_and_refuses_a_negative_one(study, report, tmp_path):
+    done = run_bilevel("report", str(study), "--out", str(tmp_path / "k0"), "--no-plots", "--noise-k", "0",
+                       cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "k0" / "groups.csv") as fh:
+        rows = {r["group"]: r for r in csv.DictReader(fh)}
+    for g in report.groups:  # k = 0: every keep improved, so every keep held
+        assert int(rows[g.group]["keeps_held"]) == sum(s.count("keep") for s in g.sessions)
+    assert "at most 0σ" in (tmp_path / "k0" / "report.md").read_text()
+    bad = run_bilevel("report", str(study), "--out", str(tmp_path / "bad"), "--no-plots", "--noise-k", "-1",
+                      cwd=tmp_path)
+    assert bad.returncode == 2 and "finite number ≥ 0" in bad.stderr
+
+
 def test_training_device_seconds_are_the_summed_run_durations_and_price_the_gain(study, report):
     for g in report.groups:
         per_repeat = []

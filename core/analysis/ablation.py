@@ -353,6 +353,8 @@ class Report:
 def build_report(inputs: Inputs, *, random_state: int = 0, extra_stores: Sequence[Path] = (),
                  noise_k: float = K_DEFAULT, verdicts: VerdictSource | None = None) -> Report:
     """The report's numbers; ``verdicts`` judges each keep (default: beyond ``noise_k``·σ of the best before)."""
+    if not noise_k >= 0 or noise_k == float("inf"):  # NaN fails the first test
+        raise ReportError(f"the noise multiple k must be a finite number ≥ 0, not {noise_k}")
     verdicts = verdicts or NoiseVerdicts(noise_k)
     if not inputs.sessions:
         raise ReportError("no search sessions to report on" + (": " + "; ".join(inputs.notes) if inputs.notes else ""))

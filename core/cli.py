@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--seed", type=int, default=0, help="random state of the bootstrap and permutation tests")
     report.add_argument("--noise-store", action="append", default=[], metavar="FILE",
                         help="another noise.json to look noise floors up in")
+    report.add_argument("--noise-k", type=float, default=2.0, metavar="K",
+                        help="a keep that beat the best before it by at most K·σ is marked within noise (default 2)")
     report.add_argument("--sessions-dir", help="where to look for session and study names")
 
     export = sub.add_parser("export", help="write sessions' trials into an Optuna storage (for optuna-dashboard)")
@@ -458,7 +460,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         paths = [find_study(a, root) or find_session(a, root) for a in args.paths]
         inputs = collect(paths)
-        report = build_report(inputs, random_state=args.seed, extra_stores=[Path(p) for p in args.noise_store])
+        report = build_report(inputs, random_state=args.seed, extra_stores=[Path(p) for p in args.noise_store],
+                              noise_k=args.noise_k)
         out = Path(args.out) if args.out else default_out(paths)
         written = write_report(report, out, plots=not args.no_plots)
     except (SessionError, StudyError, ReportError) as exc:

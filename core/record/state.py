@@ -123,6 +123,7 @@ class ParamChange:
     source: str
     reason: str
     ts: float
+    after: int | None = None  # the last iteration finished before it (None: before the baseline finished)
 
 
 @dataclass
@@ -181,6 +182,7 @@ class RunState:
     research: dict[str, str] = field(default_factory=dict)  # research id -> running | pending | approved | outcome
     awaiting: dict[str, ev.MechanismPending] = field(default_factory=dict)  # research id -> waits for approval
     acceptance: ev.AcceptanceConfigured | None = None  # the last one is the rule in force
+    declared_noise_sigma: float | None = None  # σ a script declares in its summary (the surrogate's NOISE_SIGMA)
     budget_changes: list[ev.BudgetChanged] = field(default_factory=list)
     _last_finished: int | None = None
     _recorded: set[int] = field(default_factory=set)  # iterations with a verdict
@@ -341,6 +343,9 @@ def _training_finished(s: RunState, e: ev.TrainingFinished) -> None:
         t.error_tail = s.last_error_tail = e.error_tail
     s.device.seconds += e.duration_s * s.device.slot_devices
     s.device.runs += 1
+    declared = e.metrics.get("noise_sigma")
+    if declared is not None and declared > 0:
+        s.declared_noise_sigma = float(declared)
     if e.iteration in s.in_flight:
         s.in_flight[e.iteration].training = None
     if s.training is not None and s.training.iteration == e.iteration:
@@ -458,12 +463,12 @@ def _guidance(s: RunState, e: ev.GuidanceChanged) -> None:
 
 def _frozen(s: RunState, e: ev.ParamFrozen) -> None:
     s.frozen.add(e.name)
-    s.param_changes.append(ParamChange("freeze", e.name, e.source, e.reason, e.ts))
+    s.param_changes.append(ParamChange("freeze", e.name, e.source, e.reason, e.ts, s._last_finished))
 
 
 def _unfrozen(s: RunState, e: ev.ParamUnfrozen) -> None:
     s.frozen.discard(e.name)
-    s.param_changes.append(ParamChange("unfreeze", e.name, e.source, e.reason, e.ts))
+    s.param_changes.append(ParamChange("unfreeze", e.name, e.source, e.reason, e.ts, s._last_finished))
 
 
 def _pause_requested(s: RunState, e: ev.PauseRequested) -> None:

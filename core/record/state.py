@@ -181,6 +181,9 @@ class RunState:
     research: dict[str, str] = field(default_factory=dict)  # research id -> running | pending | approved | outcome
     awaiting: dict[str, ev.MechanismPending] = field(default_factory=dict)  # research id -> waits for approval
     acceptance: ev.AcceptanceConfigured | None = None  # the last one is the rule in force
+    # the mechanism pre-screen (core/engine/prescreen.py), by research id: in progress, then its result
+    prescreening: dict[str, ev.PrescreenStarted] = field(default_factory=dict)
+    prescreens: dict[str, ev.MechanismPrescreened] = field(default_factory=dict)
     budget_changes: list[ev.BudgetChanged] = field(default_factory=list)
     _last_finished: int | None = None
     _recorded: set[int] = field(default_factory=set)  # iterations with a verdict
@@ -446,6 +449,15 @@ def _research_finished(s: RunState, e: ev.ResearchFinished) -> None:
     s.awaiting.pop(e.research_id, None)
 
 
+def _prescreen_started(s: RunState, e: ev.PrescreenStarted) -> None:
+    s.prescreening[e.research_id] = e
+
+
+def _prescreened(s: RunState, e: ev.MechanismPrescreened) -> None:
+    s.prescreening.pop(e.research_id, None)
+    s.prescreens[e.research_id] = e
+
+
 def _budget(s: RunState, e: ev.BudgetChanged) -> None:
     s.budget_changes.append(e)
 
@@ -518,6 +530,8 @@ _HANDLERS = {
     ev.MechanismPending: _research_pending,
     ev.MechanismApproved: _research_approved,
     ev.ResearchFinished: _research_finished,
+    ev.PrescreenStarted: _prescreen_started,
+    ev.MechanismPrescreened: _prescreened,
     ev.AcceptanceConfigured: _acceptance,
 }
 

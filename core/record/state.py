@@ -112,6 +112,7 @@ class MechanismUse:
     calls: Counter = field(default_factory=Counter)  # hook -> calls
     effects: Counter = field(default_factory=Counter)  # effect kind -> count
     kept_while_active: int = 0
+    artifact: str = ""  # its source, as last activated (kept after deactivation: the ledger reads it)
 
 
 @dataclass
@@ -415,6 +416,7 @@ def _mechanism_on(s: RunState, e: ev.MechanismActivated) -> None:
     s.mechanisms[e.name] = e
     use = s.mechanism_use(e.name)
     use.origin, use.activated_after = e.origin, s._last_finished
+    use.artifact = e.artifact or use.artifact
     for rid, pending in list(s.awaiting.items()):
         if pending.name == e.name:
             del s.awaiting[rid]

@@ -194,7 +194,7 @@ class Ledger:
 
     def mechanisms(self) -> list[MechanismRow]:
         rows = self._db.execute("SELECT source_key, name, origin, origin_session, source FROM mechanisms "
-                                "ORDER BY first_seen, name")
+                                "ORDER BY name, source_key")
         return [MechanismRow(*r) for r in rows]
 
     def find(self, name_or_key: str) -> list[MechanismRow]:

@@ -33,7 +33,6 @@ from typing import Any
 from baseline import surrogate
 
 from core.engine.acceptance import AcceptancePolicy
-from core.engine.context import spec_dict
 from core.engine.mechanism_host import GeneratedModule, MechanismHost
 from core.engine.paired import paired_effect
 from core.levels.context import FatalRunError, Ready, TrainRun
@@ -135,7 +134,10 @@ class BenchContext:
         return {n: replace(s, value=values.get(n, s.value)) for n, s in self._schema.items()}
 
     def schema_dicts(self) -> dict[str, Any]:
-        return {n: spec_dict(s) for n, s in self._schema.items()}
+        # core.engine.context.spec_dict's shape; that module calls this one, so it is not imported
+        return {n: {"kind": s.kind, "value": s.value, "locked": s.locked, "minimum": s.minimum,
+                    "maximum": s.maximum, "choices": list(s.choices) if s.choices else None,
+                    "log_scale": s.log_scale, "pow2": s.pow2} for n, s in self._schema.items()}
 
     def acceptance_policy(self) -> AcceptancePolicy:
         return self._policy

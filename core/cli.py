@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("path", metavar="SESSION_OR_STUDY")
     export.add_argument("--optuna", required=True, metavar="URL", help="Optuna storage, e.g. sqlite:///trials.db")
     export.add_argument("--sessions-dir", help="where to look for session and study names")
+    mechs = sub.add_parser("mechanisms", help="the mechanism ledger: every validated mechanism and its evidence")
+    mechs.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    mechs.add_argument("name", nargs="?", help="show: the mechanism's name or source key")
+    mechs.add_argument("--import", dest="sessions", nargs="+", metavar="SESSION",
+                       help="rebuild these sessions' rows from their folders first")
+    mechs.add_argument("--sessions-dir", help="where to look for session names")
     return parser
 
 
@@ -149,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handler = {"run": cmd_run, "resume": cmd_resume, "replay": cmd_replay, "attach": cmd_attach, "init": cmd_init,
                "doctor": cmd_doctor, "prepare": cmd_prepare, "noise": cmd_noise, "report": cmd_report,
-               "export": cmd_export}[args.command]
+               "export": cmd_export, "mechanisms": cmd_mechanisms}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -492,6 +498,42 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"{e.study_name}: {e.trials} trial(s)")
     print(f"wrote {len(done)} Optuna stud{'y' if len(done) == 1 else 'ies'} to {args.optuna}; "
           f"view them with: optuna-dashboard {args.optuna}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_mechanisms(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from core.analysis.ledger_view import render_list, render_show
+    from core.engine.ledger_sync import import_session
+    from core.record.ledger import Ledger
+    from core.record.session import SessionError, find_session
+
+    root = Path(args.sessions_dir) if args.sessions_dir else None
+    if args.action == "show" and not args.name:
+        _err("bilevel mechanisms show needs a NAME")
+        return EXIT_USAGE
+    try:
+        with Ledger() as ledger:
+            for name in args.sessions or []:
+                mechs, screens, records = import_session(find_session(name, root), ledger)
+                print(f"imported {name}: {len(mechs)} mechanism(s), {len(screens)} pre-screen(s), "
+                      f"{len(records)} session record(s)", file=sys.stderr)
+            if args.action == "list":
+                print(render_list(ledger))
+                return EXIT_OK
+            found = ledger.find(args.name)
+            if not found:
+                _err(f"no mechanism called {args.name!r} in {ledger.path}")
+                return EXIT_USAGE
+            for m in found:
+                print(render_show(m, ledger.prescreens(m.source_key), ledger.sessions(m.source_key)))
+    except SessionError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except (sqlite3.Error, OSError) as exc:
+        _err(f"the mechanism ledger cannot be read: {exc}")
+        return EXIT_RUN_ERROR
     return EXIT_OK
 
 

@@ -128,6 +128,11 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.MechanismValidated: lambda e: (f"Level 2 {e.research_id} validation of {e.name} (attempt {e.attempt}): "
                                       + ("passed" if e.ok else f"FAILED — {e.failure[:300]}")),
     ev.MechanismPending: lambda e: f"Level 2 {e.research_id}: {e.name} waits for approval (bilevel attach, then approve)",
+    ev.PrescreenStarted: lambda e: (f"Level 2 {e.research_id} pre-screen of {e.name} on the surrogate: {e.repeats} x "
+                                    f"{e.iterations} paired searches ({e.proposer} proposer, {e.mode})"),
+    ev.MechanismPrescreened: lambda e: f"Level 2 {e.research_id} pre-screen of {e.name}: {e.verdict}: {e.reason[:300]}"
+                                       + (f"; side effects {e.side_effects}" if e.side_effects else "")
+                                       + (f"; {e.wall_s:.1f}s" if e.wall_s else ""),
     ev.ResearchFinished: lambda e: f"Level 2 {e.research_id} {e.outcome}: {e.name} {e.reason[:200]}".rstrip(),
 }
 

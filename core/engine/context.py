@@ -162,6 +162,11 @@ class EngineContext:
     async def await_approval(self, research_id: str, name: str) -> bool:
         return await self._engine.await_approval(research_id, name)
 
+    async def prescreen(self, ready: Ready) -> ev.MechanismPrescreened:
+        from core.engine.prescreen import prescreened  # the bench loads the surrogate: only when needed
+
+        return await prescreened(self.cfg, self.state, self.read_artifact, self.emit, ready)
+
     # --- services ------------------------------------------------------------------------------
 
     async def call_llm(self, level: str, purpose: str, messages: list[dict[str, str]], *,

@@ -37,6 +37,7 @@ from core.levels.strategy import StrategyLevel
 from core.record.channel import watch_commands
 from core.services.llm import LLMClient
 from core.engine.mechanism_host import MechanismHost
+from core.engine.ledger_sync import LedgerWriter
 from core.services.schema import infer_schema
 from core.services.script import ParamSpec, TrainScript
 from core.services import script_folder
@@ -92,6 +93,8 @@ class Engine:
         self.scheduler = Scheduler(self)  # runs every trial; sees this engine as its RunPort
         self.strategy = StrategyLevel(self.context)
         self.research = ResearchLevel(self.context)
+        # every validated mechanism, its pre-screen and what it did here go to the user's ledger
+        self.subscribe(LedgerWriter(self.dir, lambda: self.state, lambda msg: self.log(msg)))
         self._research_task: asyncio.Task[None] | None = None
         self._ready: list[Ready] = []  # validated mechanisms waiting for the next boundary
         self._approvals: dict[str, asyncio.Future[bool]] = {}

@@ -138,6 +138,8 @@ class ResearchLevel:
             return
         if ready is None:
             return
+        if not await self._prescreen_passes(ready):
+            return
         if ctx.cfg.level2.approval == "manual":
             ctx.emit(ev.MechanismPending(research_id=research_id, name=ready.name, source=ready.source_rel,
                                          diff=ready.diff_rel, report=ready.report_rel))
@@ -149,6 +151,24 @@ class ResearchLevel:
                                              reason="rejected by the user"))
                 return
         ctx.queue_activation(ready)
+
+    async def _prescreen_passes(self, ready: Ready) -> bool:
+        """The surrogate pre-screen, before approval is asked or the mechanism activated.
+
+        With level2.prescreen = "gate", a mechanism whose whole CI is harm is rejected, and one
+        the bench could not run at all has failed, each with the figure; "report" only records.
+        """
+        ctx = self.ctx
+        mode = ctx.cfg.level2.prescreen
+        if mode == "off":
+            return True
+        screened = await ctx.prescreen(ready)
+        if mode != "gate" or screened.verdict in ("passed", "skipped"):
+            return True
+        ctx.emit(ev.ResearchFinished(research_id=ready.research_id,
+                                     outcome="rejected" if screened.verdict == "harmful" else "failed",
+                                     name=ready.name, reason=f"pre-screen on the surrogate: {screened.reason}"[:2000]))
+        return False
 
     # --- offline: a rule picks a built-in ----------------------------------------------------
 

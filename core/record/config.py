@@ -143,6 +143,13 @@ class Level2Config(_Section):
     # The wall around generated code: strict (Landlock + seccomp + rlimits) or the explicit weaker "process".
     isolation: Literal["strict", "process"] = "strict"
     worker_env: tuple[str, ...] = ()  # environment variables the mechanism worker may see
+    # Evidence before activation (core/engine/prescreen.py): paired short searches on the surrogate,
+    # with and without the mechanism. "gate": one whose whole CI is harm is not activated; "report":
+    # recorded only; "off": none. Runs wherever the surrogate has the session's parameters.
+    prescreen: Literal["off", "report", "gate"] = "gate"
+    prescreen_repeats: Annotated[int, _range(2, 64)] = 5  # k paired searches (seeds)
+    prescreen_iterations: Annotated[int, _range(1, 1000)] = 12  # iterations of each
+    seed: tuple[str, ...] = ()  # ledger mechanisms (by name) validated again and attached at start
 
 
 class AcceptanceConfig(_Section):

@@ -56,6 +56,8 @@ Effect = Literal["prompt", "vetoed", "modified", "overrode", "refused"]  # refus
 ResearchRoundName = Literal["explore", "critique", "specify", "generate", "repair"]
 ResearchOutcome = Literal["activated", "rejected", "declined", "failed", "dropped", "expired"]
 AcceptanceRule = Literal["min_delta", "noise_sigma"]
+PrescreenMode = Literal["off", "report", "gate"]
+PrescreenVerdict = Literal["passed", "harmful", "failed", "skipped"]
 
 
 class EventDecodeError(ValueError):
@@ -521,6 +523,55 @@ class ResearchFinished(Event, tag="research_finished"):
     outcome: ResearchOutcome = "failed"
     name: str = ""
     reason: str = ""
+
+
+# --- mechanism evidence: the pre-screen on the surrogate bench, before activation -------
+
+
+class PrescreenStarted(Event, tag="prescreen_started"):
+    """A validated mechanism's paired short searches on the surrogate begin (off the training slots)."""
+
+    research_id: str = ""
+    name: str = ""
+    source_key: str = ""  # mechanisms.sandbox.fingerprint.source_key of its source: the ledger's key
+    repeats: int = 0
+    iterations: int = 0
+    proposer: str = "offline"  # the bench always proposes offline (free): an LLM pre-screen would cost calls
+    mode: PrescreenMode = "gate"
+
+
+class MechanismPrescreened(Event, tag="mechanism_prescreened"):
+    """The paired effect of a mechanism on the surrogate's final best, and what it did there.
+
+    ``effect``: mean over the repeats of (best with it − best without it), in val_bpb; positive
+    is harm (lower is better). ``ci_low``/``ci_high``: its percentile-bootstrap interval; ``p_value``:
+    the exact sign-flip permutation test of the paired differences. ``verdict``: "harmful" when the
+    whole interval lies on the worse side, "failed" when it never ran there, "skipped" when the
+    surrogate does not model the session's parameters, else "passed".
+    """
+
+    research_id: str = ""
+    name: str = ""
+    source_key: str = ""
+    source: str = ""  # artifact: the module screened
+    mode: PrescreenMode = "gate"
+    verdict: PrescreenVerdict = "passed"
+    reason: str = ""
+    proposer: str = "offline"
+    workload: str = ""  # e.g. "surrogate h100"
+    repeats: int = 0
+    iterations: int = 0
+    seeds: list[int] = []
+    with_best: list[float | None] = []  # final best per repeat, with the mechanism
+    without_best: list[float | None] = []  # the same seeds without it
+    effect: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    side_effects: dict[str, int] = {}  # vetoed, modified, overrode, prompt, rejected, crashes, deactivated
+    baseline_side_effects: dict[str, int] = {}  # rejected and crashes without it, for comparison
+    unmodelled: list[str] = []  # the session's searchable parameters the surrogate does not have
+    wall_s: float = 0.0
 
 
 # --- noise floor and acceptance ------------------------------------------------------

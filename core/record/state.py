@@ -112,6 +112,7 @@ class MechanismUse:
     calls: Counter = field(default_factory=Counter)  # hook -> calls
     effects: Counter = field(default_factory=Counter)  # effect kind -> count
     kept_while_active: int = 0
+    artifact: str = ""  # its source, as last activated (kept after deactivation: the ledger reads it)
 
 
 @dataclass
@@ -183,6 +184,9 @@ class RunState:
     awaiting: dict[str, ev.MechanismPending] = field(default_factory=dict)  # research id -> waits for approval
     acceptance: ev.AcceptanceConfigured | None = None  # the last one is the rule in force
     declared_noise_sigma: float | None = None  # σ a script declares in its summary (the surrogate's NOISE_SIGMA)
+    # the mechanism pre-screen (core/engine/prescreen.py), by research id: in progress, then its result
+    prescreening: dict[str, ev.PrescreenStarted] = field(default_factory=dict)
+    prescreens: dict[str, ev.MechanismPrescreened] = field(default_factory=dict)
     budget_changes: list[ev.BudgetChanged] = field(default_factory=list)
     _last_finished: int | None = None
     _recorded: set[int] = field(default_factory=set)  # iterations with a verdict
@@ -417,6 +421,7 @@ def _mechanism_on(s: RunState, e: ev.MechanismActivated) -> None:
     s.mechanisms[e.name] = e
     use = s.mechanism_use(e.name)
     use.origin, use.activated_after = e.origin, s._last_finished
+    use.artifact = e.artifact or use.artifact
     for rid, pending in list(s.awaiting.items()):
         if pending.name == e.name:
             del s.awaiting[rid]
@@ -449,6 +454,15 @@ def _research_approved(s: RunState, e: ev.MechanismApproved) -> None:
 def _research_finished(s: RunState, e: ev.ResearchFinished) -> None:
     s.research[e.research_id] = e.outcome
     s.awaiting.pop(e.research_id, None)
+
+
+def _prescreen_started(s: RunState, e: ev.PrescreenStarted) -> None:
+    s.prescreening[e.research_id] = e
+
+
+def _prescreened(s: RunState, e: ev.MechanismPrescreened) -> None:
+    s.prescreening.pop(e.research_id, None)
+    s.prescreens[e.research_id] = e
 
 
 def _budget(s: RunState, e: ev.BudgetChanged) -> None:
@@ -523,6 +537,8 @@ _HANDLERS = {
     ev.MechanismPending: _research_pending,
     ev.MechanismApproved: _research_approved,
     ev.ResearchFinished: _research_finished,
+    ev.PrescreenStarted: _prescreen_started,
+    ev.MechanismPrescreened: _prescreened,
     ev.AcceptanceConfigured: _acceptance,
 }
 

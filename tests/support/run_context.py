@@ -198,6 +198,12 @@ class FakeRunContext:
     async def await_approval(self, research_id: str, name: str) -> bool:
         return True
 
+    async def prescreen(self, ready: Ready) -> ev.MechanismPrescreened:
+        event = ev.MechanismPrescreened(research_id=ready.research_id, name=ready.name, verdict="skipped",
+                                        reason="this fake run context has no surrogate bench")
+        self.emit(event)
+        return event
+
     # --- for the test, not the levels -----------------------------------------------------------
 
     @property

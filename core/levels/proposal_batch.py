@@ -128,7 +128,7 @@ class BatchProposer:
                 raw = ""
             else:
                 raw, finish, failure = await self.inner._ask_llm(
-                    want[0], attempt, messages, proposals_schema(schema, frozen, len(want)))
+                    want[0], attempt, messages, proposals_schema(schema, frozen, len(want)), parse_proposals)
                 problem = failure or ("the reply was cut off at the length limit" if finish == "length" else "")
                 items = []
                 if not problem:

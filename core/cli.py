@@ -19,7 +19,8 @@ from core.record import config as config_mod
 from core.record import example_config, layout, registry
 from core.record.config import Config, ConfigError
 from core.run.drive import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE
-from core.run.drive import begin, detach, drive, drive_study, resume_in_background, run_until_done, storage_exit
+from core.run.drive import (begin, detach, drive, drive_study, resume_in_background, run_exit_code,
+                             run_until_done, storage_exit)
 from core.run.drive import err as _err
 
 
@@ -292,7 +293,7 @@ def _run_app(engine: Any, config_path: Path | None) -> int:
         return stored
     print(f"session {engine.dir}: {state.status}"
           + (f" — continue with: bilevel resume {engine.dir}" if state.status != "completed" else ""), file=sys.stderr)
-    return EXIT_OK if state.status in ("completed", "stopped") else EXIT_RUN_ERROR
+    return run_exit_code(state, engine.cfg.budget.iterations)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -96,6 +96,14 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
                                + (f" (finish_reason {e.finish_reason})" if e.finish_reason not in ("", "stop") else "")
                                if e.ok else f"LLM {e.level} call failed: {e.error}"),
     ev.LLMRetry: lambda e: f"LLM {e.level} attempt {e.attempt} failed ({e.kind}); retrying in {e.delay_s:.1f}s: {e.error[:200]}",
+    ev.EndpointDown: lambda e: (f"LLM {e.level}: endpoint {'unreachable' if e.cause == 'unreachable' else 'unusable'} "
+                                f"since {time.strftime('%H:%M:%S', time.localtime(e.ts))}; the run waits for it "
+                                f"(stop to end; resume continues): {e.reason[:200]}"),
+    ev.EndpointProbe: lambda e: (f"LLM {e.level}: endpoint still down"
+                                 + (f" (probe {e.probe}: {e.error[:160]})" if e.probe else "")
+                                 + f"; next probe in {e.delay_s:.1f}s"),
+    ev.EndpointUp: lambda e: f"LLM {e.level}: endpoint back after {e.down_s:.1f}s and {e.probes} probe(s); the run goes on",
+    ev.EndpointWaitEnded: lambda e: f"LLM {e.level}: stopped waiting for the endpoint: {e.reason}",
     ev.StructuredOutput: lambda e: f"LLM replies: response_format {e.mode} ({e.reason[:200]})",
     ev.ReplyRejected: lambda e: f"{e.level} reply rejected ({e.kind}, attempt {e.attempt}): {e.reason[:300]}",
     ev.GuidanceChanged: lambda e: f"guidance ({e.source}): {e.guidance[:200]}",

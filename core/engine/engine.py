@@ -213,6 +213,7 @@ class Engine:
         self.stopping = True
         self.stop_reason = reason
         self._unpaused.set()
+        self.context.release_waits()  # a call waiting for a down endpoint gives up: its iteration is re-run
         if hard:
             for cancel in list(self.training_cancels.values()):
                 cancel.set()
@@ -475,6 +476,7 @@ class Engine:
 
     async def finish(self, status: str, reason: str) -> None:
         self._finishing = f"the run ended ({status}) before it was approved"
+        self.context.release_waits()  # Level 2 waiting for a down endpoint must not hold the end
         self.expire_approvals(self._finishing)
         task = self._research_task
         if task is not None and not task.done():

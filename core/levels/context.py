@@ -139,7 +139,9 @@ class RunContext(Protocol):
     async def call_llm(self, level: str, purpose: str, messages: list[dict[str, str]], *,
                        iteration: int | None = None, json: bool = False, stream_events: bool = False,
                        call_id: str | None = None, schema: dict | None = None,
-                       max_tokens: int | None = None, stream: bool | None = None) -> "ChatResult": ...
+                       max_tokens: int | None = None, stream: bool | None = None,
+                       check: Callable[["ChatResult"], str | None] | None = None,
+                       wait_out: bool = True) -> "ChatResult": ...
 
     def generated_sources(self) -> dict[str, str]: ...
 

@@ -68,7 +68,7 @@ class InnerLoop:
         tokens = longest_prompt_tokens(ctx.cfg)
         try:
             await ctx.call_llm("inner", "endpoint_check", probe_messages(tokens), iteration=0, json=True,
-                               schema=PROBE_SCHEMA, max_tokens=16, stream=False)
+                               schema=PROBE_SCHEMA, max_tokens=16, stream=False, wait_out=False)
         except LLMError as exc:
             if context_exceeded(exc):
                 raise FatalRunError(f"the model's context window is too small for this run's prompts (about "
@@ -224,10 +224,14 @@ class InnerLoop:
         return None, last_error or "no proposal"
 
     async def _ask_llm(self, n: int, attempt: int, messages: list[dict[str, str]],
-                       schema: dict) -> tuple[str, str, str]:
-        """The reply text and finish_reason, or an error that outlasted the client's retries ("", "", reason)."""
+                       schema: dict, parse: Any = None) -> tuple[str, str, str]:
+        """The reply text and finish_reason, or an error no waiting can fix ("", "", reason).
+
+        An outage never comes back here: the call waits for the endpoint (``parse`` tells it
+        which replies are unusable, so that several in a row wait too)."""
         try:
-            result = await self.ctx.call_llm("inner", "propose", messages, iteration=n, json=True, schema=schema)
+            result = await self.ctx.call_llm("inner", "propose", messages, iteration=n, json=True, schema=schema,
+                                             check=unusable_check(parse or parse_proposal))
         except LLMError as exc:
             if exc.kind in FATAL_LLM_ERRORS:
                 raise FatalRunError(f"the LLM endpoint refused the request: {exc}") from exc
@@ -304,6 +308,19 @@ def repeat_of(values: dict[str, Any], records: list[Any]) -> Any | None:
         if record.decision == "discard" and record.values and record.values == values:
             return record
     return None
+
+
+def unusable_check(parse: Any) -> Any:
+    """Why a reply cannot be read by ``parse`` (empty, wrong shape), or None; a cut-off reply is re-asked instead."""
+    def check(result: Any) -> str | None:
+        if result.finish_reason == "length":
+            return None
+        try:
+            parse(result.content)
+        except ValueError as exc:
+            return f"unparseable reply: {exc}"
+        return None
+    return check
 
 
 def parse_proposal(raw: str) -> tuple[dict[str, Any], str]:

@@ -50,7 +50,8 @@ class _Chat:
                   frozen: set[str]) -> Reply:
         reply_schema = (proposals_schema(schema, frozen, len(want)) if self.batch
                         else proposal_schema(schema, frozen))
-        raw, finish, failure = await self.loop._ask_llm(want[0], attempt, self.messages, reply_schema)
+        raw, finish, failure = await self.loop._ask_llm(want[0], attempt, self.messages, reply_schema,
+                                                        parse_proposals if self.batch else parse_proposal)
         if failure:
             return Reply(raw=raw, kind="llm_error", reason=failure)
         if finish == "length":  # cut off: whatever JSON it holds is not the whole answer

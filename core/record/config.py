@@ -66,6 +66,10 @@ class EndpointConfig(_Section):
     structured: Literal["auto", "json_schema", "json_object", "off"] = "auto"
     timeout_s: Annotated[float, _range(1, DAY_S)] = 180.0
     max_retries: Annotated[int, _range(0, 20)] = 4
+    # Outages: a call that fails past its retries waits, probing up to every probe_max_s, never burning iterations.
+    probe_max_s: Annotated[float, _range(1, DAY_S)] = 60.0
+    unusable_replies: Annotated[int, _range(1, 1000)] = 3  # unusable replies in a row that pause a call the same way
+    max_reply_bytes: Annotated[int, _range(1024, 1_000_000_000)] = 4_000_000  # a longer reply is cut, an error
     temperature: Optional[Annotated[float, _range(0, 2)]] = None
     max_tokens: Optional[Annotated[int, _range(16, 10_000_000)]] = None
     # US dollars per million tokens for this model, for the cost columns of `bilevel report`.

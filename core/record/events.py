@@ -644,6 +644,50 @@ class ConfirmationStarted(Event, tag="confirmation_started"):
 # --- app-side helpers (never written to a log) ---------------------------------------
 
 
+# --- endpoint outages: a failing endpoint pauses the call that met it, never burns an iteration ---
+
+# unreachable: a transport failure past the client's retries; unusable: replies of the wrong shape in a row
+OutageCause = Literal["unreachable", "unusable"]
+
+
+class EndpointDown(Event, tag="endpoint_down"):
+    """A call found the endpoint down: it waits, probing, instead of failing (the event's ts is "since")."""
+
+    call_id: str = ""
+    level: Level = "inner"
+    cause: OutageCause = "unreachable"
+    kind: str = ""  # the LLMError kind of the failure, or "unusable"
+    reason: str = ""
+
+
+class EndpointProbe(Event, tag="endpoint_probe"):
+    """A probe of a down endpoint failed (or the first wait begins); the next one in ``delay_s``."""
+
+    call_id: str = ""
+    level: Level = "inner"
+    probe: int = 0  # probes sent so far for this call
+    kind: str = ""
+    error: str = ""
+    delay_s: float = 0.0
+
+
+class EndpointUp(Event, tag="endpoint_up"):
+    """The endpoint answered a waiting call usably: the run goes on by itself."""
+
+    call_id: str = ""
+    level: Level = "inner"
+    probes: int = 0
+    down_s: float = 0.0
+
+
+class EndpointWaitEnded(Event, tag="endpoint_wait_ended"):
+    """A waiting call gave up because the run stopped or ended; its iteration is interrupted, not used up."""
+
+    call_id: str = ""
+    level: Level = "inner"
+    reason: str = ""
+
+
 class MergedDeltas(LLMDelta, tag="llm_delta_merged"):
     """A run of consecutive deltas of one call handed over as one (a replay jump); ``merged`` counts them."""
 

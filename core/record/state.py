@@ -136,6 +136,18 @@ class DeviceUse:
 
 
 @dataclass
+class EndpointWait:
+    """One call waiting out a down endpoint: since when, why, and its probes so far."""
+
+    level: str
+    since: float  # the EndpointDown's timestamp
+    cause: str
+    reason: str
+    probes: int = 0
+    next_probe_s: float = 0.0
+
+
+@dataclass
 class RunState:
     session: str = ""
     name: str = ""
@@ -188,6 +200,7 @@ class RunState:
     prescreening: dict[str, ev.PrescreenStarted] = field(default_factory=dict)
     prescreens: dict[str, ev.MechanismPrescreened] = field(default_factory=dict)
     budget_changes: list[ev.BudgetChanged] = field(default_factory=list)
+    endpoint_down: dict[str, EndpointWait] = field(default_factory=dict)  # call id -> its wait, while it waits
     _last_finished: int | None = None
     _recorded: set[int] = field(default_factory=set)  # iterations with a verdict
 
@@ -276,6 +289,7 @@ def _run_resumed(s: RunState, e: ev.RunResumed) -> None:
     s.status = "running"
     s.paused = s.pause_requested = False
     s.finished = None
+    s.endpoint_down.clear()  # a wait of the run before never outlives it
 
 
 def _run_finished(s: RunState, e: ev.RunFinished) -> None:
@@ -283,6 +297,7 @@ def _run_finished(s: RunState, e: ev.RunFinished) -> None:
     s.finished = e
     s.in_flight.clear()
     s.training = None
+    s.endpoint_down.clear()
     for rid in list(s.awaiting):  # a log from before approvals expired: nothing waits once the run is over
         s.research[rid] = "expired"
         del s.awaiting[rid]
@@ -508,6 +523,21 @@ def _acceptance(s: RunState, e: ev.AcceptanceConfigured) -> None:
     s.acceptance = e
 
 
+def _endpoint_down(s: RunState, e: ev.EndpointDown) -> None:
+    s.endpoint_down[e.call_id] = EndpointWait(level=e.level, since=e.ts, cause=e.cause, reason=e.reason)
+
+
+def _endpoint_probe(s: RunState, e: ev.EndpointProbe) -> None:
+    wait = s.endpoint_down.get(e.call_id)
+    if wait is not None:
+        wait.probes, wait.next_probe_s = e.probe, e.delay_s
+        wait.reason = e.error or wait.reason
+
+
+def _endpoint_back(s: RunState, e: ev.EndpointUp | ev.EndpointWaitEnded) -> None:
+    s.endpoint_down.pop(e.call_id, None)
+
+
 _HANDLERS = {
     ev.SessionStarted: _session_started,
     ev.RunResumed: _run_resumed,
@@ -540,6 +570,10 @@ _HANDLERS = {
     ev.PrescreenStarted: _prescreen_started,
     ev.MechanismPrescreened: _prescreened,
     ev.AcceptanceConfigured: _acceptance,
+    ev.EndpointDown: _endpoint_down,
+    ev.EndpointProbe: _endpoint_probe,
+    ev.EndpointUp: _endpoint_back,
+    ev.EndpointWaitEnded: _endpoint_back,
 }
 
 

@@ -178,7 +178,8 @@ class FakeRunContext:
     async def call_llm(self, level: str, purpose: str, messages: list[dict[str, str]], *,
                        iteration: int | None = None, json: bool = False, stream_events: bool = False,
                        call_id: str | None = None, schema: dict | None = None,
-                       max_tokens: int | None = None, stream: bool | None = None) -> ChatResult:
+                       max_tokens: int | None = None, stream: bool | None = None,
+                       check: Any = None, wait_out: bool = True) -> ChatResult:
         if purpose == "endpoint_check":  # the check before a baseline: answered like a healthy endpoint
             return ChatResult('{"ok": true}', "", Usage(), "fake", "stop", 1, 0.0)
         self.prompts.append([dict(m) for m in messages])

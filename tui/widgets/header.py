@@ -17,7 +17,7 @@ LEVEL_NAMES = {"inner": "L1", "strategy": "L1.5", "research": "L2"}
 STATUS_STYLES = {
     "running": "bold green", "stopping…": "bold magenta", "pausing…": "bold yellow", "paused": "bold yellow", "resuming…": "bold yellow",
     "completed": "bold cyan", "stopped": "bold magenta", "failed": "bold red", "waiting": "dim",
-    "no session": "bold red",
+    "no session": "bold red", "endpoint down": "bold red",
 }
 
 

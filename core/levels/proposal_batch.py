@@ -22,7 +22,7 @@ from core.services.schema import validate_changes
 from core.services.script import ProposalError, TrainScript
 from core.levels.trace import fmt_value
 from . import prompts
-from .reply_schemas import proposals_schema
+from .reply_schemas import changes_of
 
 if TYPE_CHECKING:
     from core.levels.inner import InnerLoop, Proposal
@@ -71,9 +71,13 @@ def parse_proposals(raw: str) -> list[tuple[dict[str, Any], str]]:
         raise ValueError('expected a JSON object {"proposals": [{"changes": {...}, "hypothesis": "..."}, ...]}')
     out = []
     for i, item in enumerate(items, 1):
-        if not isinstance(item, dict) or not isinstance(item.get("changes"), dict):
-            raise ValueError(f'proposal {i} is not an object with "changes" (an object of parameter: value)')
-        out.append((dict(item["changes"]), str(item.get("hypothesis", "")).strip()))
+        if not isinstance(item, dict) or "changes" not in item:
+            raise ValueError(f'proposal {i} is not an object with "changes" (a list of {{"name", "value"}} items)')
+        try:
+            changes = changes_of(item["changes"])
+        except ValueError as exc:
+            raise ValueError(f"proposal {i}: {exc}") from None
+        out.append((changes, str(item.get("hypothesis", "")).strip()))
     return out
 
 
@@ -128,7 +132,7 @@ class BatchProposer:
                 raw = ""
             else:
                 raw, finish, failure = await self.inner._ask_llm(
-                    want[0], attempt, messages, proposals_schema(schema, frozen, len(want)))
+                    want[0], attempt, messages, self.inner.reply_schema(schema, frozen, len(want)))
                 problem = failure or ("the reply was cut off at the length limit" if finish == "length" else "")
                 items = []
                 if not problem:
@@ -173,7 +177,7 @@ class BatchProposer:
 
         ctx = self.ctx
         try:
-            coerced = validate_changes(changes, schema, frozen)
+            coerced = self.inner.validate(changes, hypothesis, schema, frozen)
         except ProposalError as exc:
             reason = "; ".join(exc.errors)
             ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="invalid", reason=reason,
@@ -181,7 +185,9 @@ class BatchProposer:
             return reason
         proposal = Proposal(coerced, hypothesis, self.inner._source, attempt)
         veto = await ctx.mechanisms.review(ctx.state, proposal,
-                                           lambda c: validate_changes(c, schema, ctx.state.frozen), iteration=n)
+                                           lambda c: validate_changes(c, schema, ctx.state.frozen,
+                                                                      max_changes=ctx.cfg.search.max_changes),
+                                           iteration=n)
         if veto is not None:
             return veto
         proposal.candidate = best.apply(proposal.changes)

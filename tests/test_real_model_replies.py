@@ -176,3 +176,12 @@ async def test_level2_rounds_fit_an_8k_context(tmp_path):
     assert research and all(len(json.dumps(r["messages"])) // 4 <= 8192 for r in research)
     assert all(messages_tokens(r["messages"]) + r["max_tokens"] <= 8192 for r in research)
     assert rec.of(ev.MechanismActivated)
+
+
+async def test_the_detail_view_says_what_level1_saw_of_the_script(tmp_path, scripted_openai):
+    from tests.test_tui_detail import detail
+
+    scripted_openai.enqueue(proposal({"LR": 0.03}))
+    engine, _ = await run_engine(llm_config(tmp_path, scripted_openai, **{
+        "budget.iterations": 1, "search.script_context": "full"}))
+    assert "train.py      the whole best script (cut to its token budget)" in detail(engine.dir, 1)

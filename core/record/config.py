@@ -72,6 +72,11 @@ class EndpointConfig(_Section):
     max_reply_bytes: Annotated[int, _range(1024, 1_000_000_000)] = 4_000_000  # a longer reply is cut, an error
     temperature: Optional[Annotated[float, _range(0, 2)]] = None
     max_tokens: Optional[Annotated[int, _range(16, 10_000_000)]] = None
+    # The model's context in tokens: each level's prompt is trimmed to fit it (unset: history_tokens decides).
+    context_tokens: Optional[Annotated[int, _range(1024, 10_000_000)]] = None
+    # Offer each float parameter as an enum of valid values (for servers, like llama.cpp, that ignore
+    # a number's minimum/maximum in the schema).
+    float_grid: bool = False
     # US dollars per million tokens for this model, for the cost columns of `bilevel report`.
     price_in_per_m: Optional[Annotated[float, _range(0, 1e6)]] = None
     price_out_per_m: Optional[Annotated[float, _range(0, 1e6)]] = None
@@ -115,6 +120,9 @@ class SearchConfig(_Section):
     seed: int = 0
     max_reasks: Annotated[int, _range(0, 20)] = 3
     history_tokens: Annotated[int, _range(200)] = 6000
+    max_changes: Annotated[int, _range(1, 50)] = 3  # the most parameter changes one proposal may make
+    # What Level 1 sees of the best train.py: all of it (within its budget), the constants' digest, or nothing.
+    script_context: Literal["full", "digest", "off"] = "digest"
     mechanisms: tuple[str, ...] = ()  # built-in mechanisms active from the start
 
     @property

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
+from core.analysis.evidence_text import FORMATS as EVIDENCE_FORMATS
 from core.record import events as ev
 from core.levels.trace import fmt_bpb, fmt_value
 
@@ -124,6 +125,8 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.MechanismPending: lambda e: f"Level 2 {e.research_id}: {e.name} waits for approval (bilevel attach, then approve)",
     ev.ResearchFinished: lambda e: f"Level 2 {e.research_id} {e.outcome}: {e.name} {e.reason[:200]}".rstrip(),
 }
+
+_FORMATS.update(EVIDENCE_FORMATS)  # the evidence loop's events (core/analysis/evidence_text.py)
 
 
 class HeadlessPrinter:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.analysis.audit_report import audit_figure, audit_section
 from core.analysis.ablation import (LEVEL_NAMES, Comparison, GroupStats, Inputs, Report, ReportError,  # noqa: F401
                                     SessionData, build_report, collect, load_session, parameter_rows)
 from core.analysis.stats import Interval, bootstrap_mean_ci
@@ -163,6 +164,7 @@ def render_markdown(report: Report, figures: Sequence[Path] = (), figure_note: s
                            _f(p.best_effect, signed=True)] for p in params]),
                 "", "*effect*: val_bpb − best before, over the proposals that touched the parameter and scored.", ""]
     out += _mechanism_section(report)
+    out += audit_section(report.sessions)  # core/analysis/audit_report.py
     if figures or figure_note:
         out += ["## Figures", ""]
         out += [f"![{f.stem}]({f.name})" for f in figures if f.suffix == ".png"]
@@ -295,6 +297,7 @@ def write_report(report: Report, out: Path, *, plots: bool = True) -> Written:
                 running_best_bands(report), out / "running_best_ci",
                 title=("SURROGATE — " if report_is_surrogate(report) else "")
                 + "Mean running best per group, 95 % bootstrap CI")
+            figures += audit_figure(report.sessions, out / "audit")
     else:
         note = "Figures not requested (--no-plots)."
     md = out / "report.md"

@@ -496,7 +496,9 @@ class Engine:
 
     async def run_audit(self) -> RunState:
         """``bilevel audit``: the keep-chain audit of a session whose search is over, as events in it."""
-        prior = self.state.finished.status if self.state.finished is not None else "stopped"
+        # the search's own status: complete when no iteration of its budget is left
+        done = self.state.next_iteration > self.cfg.budget.iterations and not self.state.in_flight
+        prior = "completed" if done else (self.state.finished.status if self.state.finished is not None else "stopped")
         return await self.run(audit_only=prior)
 
     async def finish(self, status: str, reason: str) -> None:

@@ -25,8 +25,6 @@ def held_counts(s: SessionData) -> tuple[int, int] | None:
 
 def audit_section(sessions: Sequence[SessionData]) -> list[str]:
     """Markdown lines: the audit table (empty when no session was audited)."""
-    from core.analysis.report import md_table
-
     rows = []
     for s in sessions:
         audit = latest_audit(s.state)
@@ -38,7 +36,14 @@ def audit_section(sessions: Sequence[SessionData]) -> list[str]:
             "Each keep re-measured on fresh seeds: *effect* = mean over seeds of (best without the keep − best), "
             "with a 95 % t interval over paired seeds; positive means the keep helped. *holds*: the interval "
             "is above 0; *within noise*: it contains 0; *harmful*: below 0.", "",
-            md_table(HEADER, rows), ""]
+            _md_table(HEADER, rows), ""]
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    # report.py imports this module: its md_table is out of reach without a cycle
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def audit_figure(sessions: Sequence[SessionData], stem: Path) -> list[Path]:

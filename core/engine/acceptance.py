@@ -175,6 +175,17 @@ def mechanism_verdict(decision: str, verdict: str | None) -> tuple[str, str]:
 # --- building the policy of a run ------------------------------------------------------
 
 
+def calibrated_floor(state: Any) -> NoiseFloor | None:
+    """The floor this session measured at its start, if it did and enough runs scored."""
+    c = state.calibrated
+    if c is None or c.std is None:
+        return None
+    return NoiseFloor(fingerprint="", std=c.std, mad=c.mad or 0.0, mean=c.mean or 0.0, runs=len(c.values),
+                      seeds=list(c.seeds), values=list(c.values), session="calibrated at session start")
+
+
+
+
 def build_policy(cfg: Config, baseline_text: str, data: dict[str, Any], devices: Sequence[str], *,
                  calibrated: NoiseFloor | None = None,
                  declared: float | None = None) -> tuple[AcceptancePolicy, ev.AcceptanceConfigured]:

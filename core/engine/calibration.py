@@ -16,24 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from core.record import events as ev
-from core.services.noise_store import NoiseFloor
 from core.services.script_folder import fixed_seed_note
 from core.services.seeds import with_seed
 
 if TYPE_CHECKING:
     from core.engine.context import EngineContext
-    from core.record.state import RunState
 
 CALIBRATION_SEED_OFFSET = 100_000  # far from the search's seed, its confirmations (+1000 + n) and the audits'
-
-
-def calibrated_floor(state: "RunState") -> NoiseFloor | None:
-    """The floor this session measured at its start, if it did and enough runs scored."""
-    c = state.calibrated
-    if c is None or c.std is None:
-        return None
-    return NoiseFloor(fingerprint="", std=c.std, mad=c.mad or 0.0, mean=c.mean or 0.0, runs=len(c.values),
-                      seeds=list(c.seeds), values=list(c.values), session="calibrated at session start")
 
 
 def seed_note(ctx: "EngineContext") -> str:

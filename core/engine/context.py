@@ -19,8 +19,7 @@ from core.record import events as ev
 from core.record import layout
 from core.record.processes import ProcessRecord, record_process, run_tag
 from core.record.config import Config
-from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
-from core.engine.calibration import calibrated_floor
+from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy, calibrated_floor
 from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, Ready, TrainRun
 from core.services.environment import listed
 from core.services import script_folder

@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--sessions-dir", help="where sessions (and noise.json) are written")
     noise.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
 
+    audit = sub.add_parser("audit", help="re-measure every kept change of a session on fresh seeds (leave-one-out)")
+    audit.add_argument("session", metavar="SESSION")
+    audit.add_argument("--sessions-dir", help="where to look for session names")
+
     report = sub.add_parser("report", help="tables, statistics and figures for sessions and studies")
     report.add_argument("paths", nargs="+", metavar="SESSION_OR_STUDY")
     report.add_argument("--out", help="folder for report.md, the CSV files and figures "
@@ -156,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handler = {"run": cmd_run, "resume": cmd_resume, "replay": cmd_replay, "attach": cmd_attach, "init": cmd_init,
                "doctor": cmd_doctor, "prepare": cmd_prepare, "noise": cmd_noise, "report": cmd_report,
-               "export": cmd_export, "mechanisms": cmd_mechanisms}[args.command]
+               "export": cmd_export, "mechanisms": cmd_mechanisms, "audit": cmd_audit}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -455,6 +459,27 @@ def cmd_noise(args: argparse.Namespace) -> int:
         _err(f"no noise floor measured (see {engine.dir})")
         return EXIT_RUN_ERROR
     return EXIT_OK  # the printer's NoiseMeasured line said σ, MAD and where the floor is kept
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The keep-chain audit of a session (core/engine/audit.py): its runs and verdicts become events in it."""
+    from core.engine.engine import Engine
+    from core.levels.context import FatalRunError
+    from core.services.executors import ExecutorError
+    from core.record.session import SessionError, find_session
+
+    try:
+        path = find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
+        engine = Engine.resume(path, log=lambda m: print(m, file=sys.stderr))
+    except (SessionError, FatalRunError, ExecutorError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    if engine.state.baseline_val_bpb is None:
+        engine.close()
+        _err(f"{path.name} has no baseline yet: nothing to audit")
+        return EXIT_USAGE
+    print(f"session: {engine.dir}", file=sys.stderr)
+    return drive(engine, work=engine.run_audit)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -451,7 +451,7 @@ def _noise_reference(g: GroupStats, random_state: int) -> None:
     """σ for the group (when all its sessions share one floor, else one declared σ) and the neutral-search Δ
     under its rule."""
     floors = {s.noise.fingerprint: s.noise for s in g.sessions if s.noise is not None}
-    declared = {s.state.declared_noise_sigma for s in g.sessions}
+    declared = {s.state.script_sigma for s in g.sessions}
     if len(floors) == 1 and all(s.noise is not None for s in g.sessions):
         floor = next(iter(floors.values()))
         g.noise_std, g.noise, g.sigma_source = floor.std, floor, "measured floor"

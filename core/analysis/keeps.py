@@ -28,8 +28,8 @@ def session_sigma(state: RunState, floor_std: float | None = None, floor_runs: i
     """The σ of val_bpb for this session: the measured floor first, else the script's declared σ."""
     if floor_std:
         return Sigma(floor_std, f"noise floor, {floor_runs} seeds" if floor_runs else "noise floor")
-    if state.declared_noise_sigma:
-        return Sigma(state.declared_noise_sigma, "declared by the script")
+    if state.script_sigma:
+        return Sigma(state.script_sigma, "declared by the script")
     return None
 
 

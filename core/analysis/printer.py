@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
+from core.analysis.evidence_text import FORMATS as EVIDENCE_FORMATS
 from core.record import events as ev
 from core.record.safe_events import safe_event
 from core.record.safe_text import safe_line
@@ -149,6 +150,7 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
 _QUOTING_FORMATS: dict[type, Callable[[ev.Event], str]] = {
     ev.ResearchRound: lambda e: f"Level 2 {e.research_id} {e.round}: {e.summary[:160]!r}",
 }
+_FORMATS.update(EVIDENCE_FORMATS)  # the evidence loop's events (core/analysis/evidence_text.py)
 
 
 class HeadlessPrinter:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.analysis.audit_report import audit_figure, audit_section
 from core.analysis.ablation import (LEVEL_NAMES, Comparison, GroupStats, Inputs, Report, ReportError,  # noqa: F401
                                     SessionData, build_report, collect, load_session, parameter_rows)
 from core.analysis.figure_data import Figures, figure_data
@@ -214,6 +215,7 @@ def render_markdown(report: Report, figures: Sequence[Path] = (), figure_note: s
                 f"*improvement*: best before − val_bpb; **within noise** marks a keep no larger than "
                 f"{report.noise_k:g}σ.", ""]
     out += _mechanism_section(report)
+    out += audit_section(report.sessions)  # core/analysis/audit_report.py
     if figures or figure_note:
         out += ["## Figures", ""]
         out += [f"![{f.stem}]({f.name})" for f in figures if f.suffix == ".png"]
@@ -351,6 +353,7 @@ def write_report(report: Report, out: Path, *, plots: bool = True) -> Written:
             note = f"Figures skipped: {missing}."
         else:
             figures += draw_figures(figure_data(report, report.noise_k), out)
+            figures += audit_figure(report.sessions, out / "audit")
     else:
         note = "Figures not requested (--no-plots)."
     md = out / "report.md"

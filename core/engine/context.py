@@ -20,7 +20,7 @@ from core.record import layout
 from core.record.processes import ProcessRecord, record_process, run_tag
 from core.record.config import Config
 from core.record.safe_text import safe_block
-from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
+from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy, calibrated_floor
 from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, Ready, TrainRun
 from core.services.environment import listed
 from core.services import script_folder
@@ -138,16 +138,23 @@ class EngineContext:
         return [s.devices for s in self._engine.executor.slots if s.devices]
 
     def acceptance_policy(self) -> AcceptancePolicy:
-        """The keep/discard rule of this run, recorded once by an AcceptanceConfigured event."""
+        """The keep/discard rule of this run, recorded by an AcceptanceConfigured event (again when σ arrives)."""
         if self._acceptance is None:
             try:
                 policy, event = build_policy(self.cfg, self.read_artifact(self.state.baseline_script),
-                                             self.state.data, self.devices())
+                                             self.state.data, self.devices(),
+                                             calibrated=calibrated_floor(self.state),
+                                             declared=self.state.declared_sigma)
             except AcceptanceError as exc:
                 raise FatalRunError(str(exc)) from exc
             self._acceptance = policy
             self.emit(event)
         return self._acceptance
+
+    def refresh_acceptance(self) -> AcceptancePolicy:
+        """σ became known (calibrated, or declared by the baseline): the rule is built and recorded again."""
+        self._acceptance = None
+        return self.acceptance_policy()
 
     # --- Level 2's hand-over ----------------------------------------------------------------
 

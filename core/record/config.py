@@ -167,7 +167,12 @@ class Level2Config(_Section):
 class AcceptanceConfig(_Section):
     """When a change counts as an improvement (search.min_delta is the absolute floor)."""
 
-    noise_sigma: Annotated[float, _range(0, 100)] = 0.0  # > 0: beat best by this many noise-floor σ
+    # "default": once σ is known (calibrated, stored by `bilevel noise`, or declared by the script) a keep
+    # must beat the best by k·σ, else any improvement; "paper": any improvement, always (the paper's rule).
+    rule: Literal["default", "paper"] = "default"
+    k: Annotated[float, _range(0, 100)] = 2.0  # the default rule's margin, in σ
+    calibrate: Annotated[int, _range(0, 1000)] = 0  # n ≥ 2: the baseline on n more seeds before the search
+    noise_sigma: Annotated[float, _range(0, 100)] = 0.0  # > 0: beat best by this many stored noise-floor σ
     confirm: bool = False  # re-run a candidate new best with another seed; keep it only if the mean wins
     allow_seed_tuning: bool = False  # let the search change seed constants (SEED = 42) in the script
     noise_store: str = ""  # where noise floors are kept; empty: <sessions_dir>/noise.json
@@ -178,6 +183,14 @@ class AcceptanceConfig(_Section):
     @property
     def valid_val_bpb(self) -> tuple[float, float]:
         return (self.min_val_bpb, self.max_val_bpb if self.max_val_bpb is not None else float("inf"))
+
+
+class AuditConfig(_Section):
+    """The keep-chain audit at the end of a run: every keep re-measured by leaving it out, on fresh seeds."""
+
+    enabled: bool = True
+    share: Annotated[float, _range(0, 100)] = 0.25  # of the run's own training runs; the largest keeps first
+    repeats: Annotated[int, _range(2, 100)] = 3  # fresh seeds per configuration
 
 
 class RunConfig(_Section):
@@ -212,6 +225,7 @@ class Config(_Section):
     strategy: StrategyConfig = StrategyConfig()
     level2: Level2Config = Level2Config()
     acceptance: AcceptanceConfig = AcceptanceConfig()
+    audit: AuditConfig = AuditConfig()
     run: RunConfig = RunConfig()
     # Where relative paths resolve from: the config file's folder (internal: never read from a file, not saved).
     base_dir: str = ""
@@ -487,6 +501,8 @@ def _check_cross_fields(cfg: Config, where: _Where) -> None:
                   else f"proposer {cfg.search.proposer!r} searches")
         _fail(where, ("search", "levels"), f"{chosen} with a classical sampler, whose "
               "proposals no Level 2 mechanism prompt can shape; use levels inner (and strategy) only")
+    if cfg.acceptance.calibrate == 1:
+        _fail(where, ("acceptance", "calibrate"), "expected 0 (off) or at least 2 runs: a spread needs two values")
     if cfg.endpoint.provider == "openai":
         if not cfg.endpoint.base_url:
             _fail(where, ("endpoint", "base_url"), 'required when provider = "openai" (e.g. "http://localhost:8000/v1")')

@@ -55,9 +55,12 @@ Origin = Literal["builtin", "config", "generated"]
 Effect = Literal["prompt", "vetoed", "modified", "overrode", "refused"]  # refused: a decide that would keep a discard
 ResearchRoundName = Literal["explore", "critique", "specify", "generate", "repair"]
 ResearchOutcome = Literal["activated", "rejected", "declined", "failed", "dropped", "expired"]
-AcceptanceRule = Literal["min_delta", "noise_sigma"]
+AcceptanceRule = Literal["min_delta", "noise_sigma", "paper"]
 PrescreenMode = Literal["off", "report", "gate"]
 PrescreenVerdict = Literal["passed", "harmful", "failed", "skipped"]
+SigmaSource = Literal["", "calibrated", "store", "declared"]  # where the σ a rule uses came from
+AuditVerdictKind = Literal["holds", "within noise", "harmful", "superseded", "unmeasured"]
+AuditStatus = Literal["completed", "skipped", "stopped"]
 
 
 class EventDecodeError(ValueError):
@@ -630,6 +633,9 @@ class AcceptanceConfigured(Event, tag="acceptance_configured"):
     noise_session: str = ""
     seed_params: list[str] = []  # seed constants locked (or tunable) in the script
     seed_note: str = ""  # set when the script fixes its own seed: what a confirmation can vary
+    k: float = 0.0  # the margin in σ the rule uses (0: any improvement beyond min_delta)
+    sigma_source: SigmaSource = ""  # where noise_std came from
+    mode: Literal["", "default", "paper"] = ""  # acceptance.rule
 
 
 class ConfirmationStarted(Event, tag="confirmation_started"):
@@ -640,6 +646,128 @@ class ConfirmationStarted(Event, tag="confirmation_started"):
     first_val_bpb: float | None = None
     best: float | None = None
 
+
+# --- the evidence loop: the noise floor at session start and the keep-chain audit --------
+# Runs outside the search (calibration, audit) train under negative run numbers, handed out
+# in the order their plans were recorded, so a resume finds each one's result by number.
+
+
+class CalibrationStarted(Event, tag="calibration_started"):
+    """acceptance.calibrate = n: the unchanged baseline on n fresh seeds, before the search."""
+
+    runs: list[int] = []  # run numbers (negative), one per seed
+    seeds: list[int] = []
+
+
+class CalibrationRunFinished(Event, tag="calibration_run_finished"):
+    run: int = 0
+    seed: int = 0
+    outcome: TrainingOutcome = "ok"
+    val_bpb: float | None = None
+    reason: str = ""
+
+
+class NoiseCalibrated(Event, tag="noise_calibrated"):
+    """σ and the baseline's mean over the calibration seeds (std None: too few runs scored)."""
+
+    seeds: list[int] = []
+    values: list[float] = []
+    mean: float | None = None
+    std: float | None = None  # sample standard deviation (ddof = 1)
+    mad: float | None = None
+    failed: int = 0
+    reason: str = ""
+
+
+class NoiseDeclared(Event, tag="noise_declared"):
+    """The script declared its own σ in its summary (``noise_sigma:``; the surrogate does)."""
+
+    std: float = 0.0
+    iteration: int = 0  # the run whose summary said it
+
+
+class SeedFixed(Event, tag="seed_fixed"):
+    """The script fixes its own seed: runs on "other seeds" differ only by jitter. Said loudly, with the rule
+    that applies instead."""
+
+    note: str = ""
+    consequence: str = ""
+
+
+class AuditRun(msgspec.Struct, frozen=True, kw_only=True):
+    """One planned run of an audit: a configuration on one seed."""
+
+    run: int  # run number (negative)
+    config: str  # "baseline", "best", "without #7", "proposed"
+    seed: int
+    values: dict[str, Any] = {}
+
+
+class AuditPlanned(Event, tag="audit_planned"):
+    """A keep-chain audit and its cost, recorded before any of its runs starts."""
+
+    audit: int = 0  # 1, 2, … within the session
+    trigger: Literal["end", "command"] = "end"
+    repeats: int = 0
+    chain: list[int] = []  # every keep of the search when it was planned, in order
+    keeps: list[int] = []  # the keeps it measures (largest first)
+    unaudited: list[int] = []  # keeps the share did not cover
+    superseded: list[int] = []  # keeps a later keep overwrote entirely (nothing to leave out)
+    runs: list[AuditRun] = []
+    estimated_s: float = 0.0  # runs × the time budget
+    allowance: int | None = None  # runs the share allows (None: on demand, every keep)
+
+
+class AuditSkipped(Event, tag="audit_skipped"):
+    audit: int = 0
+    chain: list[int] = []  # the keeps it would have measured
+    reason: str = ""
+
+
+class AuditRunFinished(Event, tag="audit_run_finished"):
+    audit: int = 0
+    run: int = 0
+    config: str = ""
+    seed: int = 0
+    outcome: TrainingOutcome = "ok"
+    val_bpb: float | None = None
+    reason: str = ""
+
+
+class AuditVerdict(Event, tag="audit_verdict"):
+    """One keep: the best without it minus the best, over paired seeds (positive: the keep helped)."""
+
+    audit: int = 0
+    iteration: int = 0  # the keep
+    changes: dict[str, Any] = {}
+    recorded_gain: float | None = None  # what the search credited it with (best before − its val_bpb)
+    effect: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    pairs: int = 0
+    verdict: AuditVerdictKind = "within noise"
+
+
+class AuditProposed(Event, tag="audit_proposed"):
+    """The best without the keeps that did not hold, and its runs (none when every keep held)."""
+
+    audit: int = 0
+    dropped: list[int] = []
+    values: dict[str, Any] = {}
+    runs: list[AuditRun] = []
+
+
+class AuditFinished(Event, tag="audit_finished"):
+    audit: int = 0
+    status: AuditStatus = "completed"
+    baseline_mean: float | None = None
+    best_mean: float | None = None
+    gain: float | None = None  # best − baseline over paired seeds (negative: the search helped)
+    gain_ci_low: float | None = None
+    gain_ci_high: float | None = None
+    proposed_mean: float | None = None
+    dropped: list[int] = []
+    reason: str = ""
 
 # --- app-side helpers (never written to a log) ---------------------------------------
 

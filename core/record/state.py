@@ -26,6 +26,8 @@ from core.record import events as ev
 
 
 @dataclass
+
+
 class IterationRecord:
     iteration: int
     decision: str
@@ -52,6 +54,8 @@ class IterationRecord:
 
 
 @dataclass
+
+
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -63,6 +67,8 @@ class Usage:
 
 
 @dataclass
+
+
 class IterationTrace:
     """One iteration from its start to its verdict, as the trace shows it (live phase included)."""
 
@@ -90,6 +96,8 @@ class IterationTrace:
 
 
 @dataclass
+
+
 class Trial:
     """An iteration in flight (started, no verdict yet): its proposal and its training run, if any."""
 
@@ -100,6 +108,8 @@ class Trial:
 
 
 @dataclass
+
+
 class MechanismUse:
     """A mechanism's life in the run: when it came and went, why, and what it did."""
 
@@ -116,6 +126,8 @@ class MechanismUse:
 
 
 @dataclass
+
+
 class ParamChange:
     """A freeze or unfreeze with who did it and why (strategy cycles and the user alike)."""
 
@@ -128,6 +140,8 @@ class ParamChange:
 
 
 @dataclass
+
+
 class DeviceUse:
     seconds: float = 0.0  # training time × devices of the slot
     runs: int = 0
@@ -136,6 +150,8 @@ class DeviceUse:
 
 
 @dataclass
+
+
 class EndpointWait:
     """One call waiting out a down endpoint: since when, why, and its probes so far."""
 
@@ -148,6 +164,29 @@ class EndpointWait:
 
 
 @dataclass
+
+
+class AuditState:
+    """One keep-chain audit: its plan, the results so far (by run number), the verdicts, its end."""
+
+    plan: ev.AuditPlanned
+    results: dict[int, float | None] = field(default_factory=dict)  # run -> val_bpb (None: no score)
+    verdicts: dict[int, ev.AuditVerdict] = field(default_factory=dict)  # keep iteration -> verdict
+    proposed: ev.AuditProposed | None = None
+    finished: ev.AuditFinished | None = None
+
+    @property
+    def audit(self) -> int:
+        return self.plan.audit
+
+    @property
+    def runs(self) -> list[ev.AuditRun]:
+        return [*self.plan.runs, *(self.proposed.runs if self.proposed is not None else [])]
+
+
+@dataclass
+
+
 class RunState:
     session: str = ""
     name: str = ""
@@ -195,14 +234,32 @@ class RunState:
     research: dict[str, str] = field(default_factory=dict)  # research id -> running | pending | approved | outcome
     awaiting: dict[str, ev.MechanismPending] = field(default_factory=dict)  # research id -> waits for approval
     acceptance: ev.AcceptanceConfigured | None = None  # the last one is the rule in force
-    declared_noise_sigma: float | None = None  # σ a script declares in its summary (the surrogate's NOISE_SIGMA)
     # the mechanism pre-screen (core/engine/prescreen.py), by research id: in progress, then its result
     prescreening: dict[str, ev.PrescreenStarted] = field(default_factory=dict)
     prescreens: dict[str, ev.MechanismPrescreened] = field(default_factory=dict)
     budget_changes: list[ev.BudgetChanged] = field(default_factory=list)
     endpoint_down: dict[str, EndpointWait] = field(default_factory=dict)  # call id -> its wait, while it waits
+    # The evidence loop: the noise floor found at session start, and the keep-chain audits.
+    calibration: ev.CalibrationStarted | None = None
+    calibration_results: dict[int, float | None] = field(default_factory=dict)  # run -> val_bpb
+    calibrated: ev.NoiseCalibrated | None = None
+    declared_sigma: float | None = None  # the script's own noise_sigma: line, once recorded
+    baseline_metrics: dict[str, float] = field(default_factory=dict)  # the baseline run's summary
+    seed_fixed: ev.SeedFixed | None = None
+    extra_runs: int = 0  # negative run numbers handed out so far (calibration and audit runs)
+    audits: list[AuditState] = field(default_factory=list)
+    audit_skips: list[ev.AuditSkipped] = field(default_factory=list)
     _last_finished: int | None = None
     _recorded: set[int] = field(default_factory=set)  # iterations with a verdict
+
+    @property
+    def script_sigma(self) -> float | None:
+        """The σ the script declares (a `noise_sigma:` summary line), from its event or, in logs older
+        than that event, from the baseline run's summary; None when it declares none."""
+        if self.declared_sigma:
+            return self.declared_sigma
+        declared = self.baseline_metrics.get("noise_sigma")
+        return float(declared) if declared is not None and declared > 0 else None
 
     @property
     def running(self) -> int | None:
@@ -337,9 +394,10 @@ def _proposal_rejected(s: RunState, e: ev.ProposalRejected) -> None:
 
 
 def _training_started(s: RunState, e: ev.TrainingStarted) -> None:
-    t = s.iteration(e.iteration)
-    t.phase = "training"
-    t.diff = e.diff or t.diff
+    if e.iteration >= 0:  # a run outside the search (calibration, audit) has no iteration to trace
+        t = s.iteration(e.iteration)
+        t.phase = "training"
+        t.diff = e.diff or t.diff
     s.training, s.slot = e, e.slot
     if e.iteration in s.in_flight:
         s.in_flight[e.iteration].training = e
@@ -356,15 +414,15 @@ def _progress(s: RunState, e: ev.TrainingProgress) -> None:
 
 
 def _training_finished(s: RunState, e: ev.TrainingFinished) -> None:
-    t = s.iteration(e.iteration)
-    t.phase = "scoring" if e.outcome == "ok" else e.outcome
-    if e.outcome != "ok" and e.error_tail:
-        t.error_tail = s.last_error_tail = e.error_tail
+    if e.iteration >= 0:  # a run outside the search has no iteration to trace
+        t = s.iteration(e.iteration)
+        t.phase = "scoring" if e.outcome == "ok" else e.outcome
+        if e.outcome != "ok" and e.error_tail:
+            t.error_tail = s.last_error_tail = e.error_tail
+    if e.iteration == 0 and e.outcome == "ok":
+        s.baseline_metrics = dict(e.metrics)
     s.device.seconds += e.duration_s * s.device.slot_devices
     s.device.runs += 1
-    declared = e.metrics.get("noise_sigma")
-    if declared is not None and declared > 0:
-        s.declared_noise_sigma = float(declared)
     if e.iteration in s.in_flight:
         s.in_flight[e.iteration].training = None
     if s.training is not None and s.training.iteration == e.iteration:
@@ -538,6 +596,66 @@ def _endpoint_back(s: RunState, e: ev.EndpointUp | ev.EndpointWaitEnded) -> None
     s.endpoint_down.pop(e.call_id, None)
 
 
+def _calibration_started(s: RunState, e: ev.CalibrationStarted) -> None:
+    if s.calibration is None:
+        s.extra_runs += len(e.runs)
+    s.calibration = e
+
+
+def _calibration_run(s: RunState, e: ev.CalibrationRunFinished) -> None:
+    s.calibration_results[e.run] = e.val_bpb
+
+
+def _calibrated(s: RunState, e: ev.NoiseCalibrated) -> None:
+    s.calibrated = e
+
+
+def _declared(s: RunState, e: ev.NoiseDeclared) -> None:
+    s.declared_sigma = e.std
+
+
+def _seed_fixed(s: RunState, e: ev.SeedFixed) -> None:
+    s.seed_fixed = e
+
+
+def _audit_of(s: RunState, audit: int) -> AuditState | None:
+    return next((a for a in reversed(s.audits) if a.audit == audit), None)
+
+
+def _audit_planned(s: RunState, e: ev.AuditPlanned) -> None:
+    s.audits.append(AuditState(e))
+    s.extra_runs += len(e.runs)
+
+
+def _audit_skipped(s: RunState, e: ev.AuditSkipped) -> None:
+    s.audit_skips.append(e)
+
+
+def _audit_run(s: RunState, e: ev.AuditRunFinished) -> None:
+    a = _audit_of(s, e.audit)
+    if a is not None:
+        a.results[e.run] = e.val_bpb
+
+
+def _audit_verdict(s: RunState, e: ev.AuditVerdict) -> None:
+    a = _audit_of(s, e.audit)
+    if a is not None:
+        a.verdicts[e.iteration] = e
+
+
+def _audit_proposed(s: RunState, e: ev.AuditProposed) -> None:
+    a = _audit_of(s, e.audit)
+    if a is not None and a.proposed is None:
+        a.proposed = e
+        s.extra_runs += len(e.runs)
+
+
+def _audit_finished(s: RunState, e: ev.AuditFinished) -> None:
+    a = _audit_of(s, e.audit)
+    if a is not None:
+        a.finished = e
+
+
 _HANDLERS = {
     ev.SessionStarted: _session_started,
     ev.RunResumed: _run_resumed,
@@ -574,6 +692,17 @@ _HANDLERS = {
     ev.EndpointProbe: _endpoint_probe,
     ev.EndpointUp: _endpoint_back,
     ev.EndpointWaitEnded: _endpoint_back,
+    ev.CalibrationStarted: _calibration_started,
+    ev.CalibrationRunFinished: _calibration_run,
+    ev.NoiseCalibrated: _calibrated,
+    ev.NoiseDeclared: _declared,
+    ev.SeedFixed: _seed_fixed,
+    ev.AuditPlanned: _audit_planned,
+    ev.AuditSkipped: _audit_skipped,
+    ev.AuditRunFinished: _audit_run,
+    ev.AuditVerdict: _audit_verdict,
+    ev.AuditProposed: _audit_proposed,
+    ev.AuditFinished: _audit_finished,
 }
 
 

@@ -162,6 +162,10 @@ async def run_checks(cfg: Config | None) -> list[Check]:
     checks.append(_data_check(cfg))
     if (cfg.data.source if cfg else "stdlib") != "none" and (epochs := data_epochs_check(cfg, _data_dir(cfg))):
         checks.append(epochs)
+    if cfg is not None:
+        from core.run.noise_doctor import noise_check
+
+        checks.append(noise_check(cfg))
     if cfg is None:
         checks.append(Check("endpoint", True, "no config given: skipped", warning=True))
     elif cfg.offline:

@@ -83,13 +83,14 @@ def storage_exit(engine: Any) -> int | None:
     return EXIT_STORAGE
 
 
-def drive(engine: Any) -> int:
-    """Run one engine headless, one printed line per event; the exit code says how it ended."""
+def drive(engine: Any, work: Callable[[], Awaitable[Any]] | None = None) -> int:
+    """Run one engine headless (``work``: instead of its run, e.g. its audit), one printed line per event;
+    the exit code says how it ended."""
     from core.analysis.printer import HeadlessPrinter
 
     engine.subscribe(HeadlessPrinter())
     begin(engine)
-    state, interrupted = run_until_done(engine.run, lambda why: engine.request_stop(why, hard=True))
+    state, interrupted = run_until_done(work or engine.run, lambda why: engine.request_stop(why, hard=True))
     stored = storage_exit(engine)
     if stored is not None:
         return stored

@@ -428,7 +428,7 @@ def _pooled(order: Sequence[str], sessions: Sequence[SessionData], notes: list[s
 
 def _noise_floor(s: SessionData, extra_stores: Sequence[Path]) -> NoiseFloor | None:
     a = s.acceptance
-    if a is not None and a.noise_std:
+    if a is not None and a.noise_std and a.sigma_source != "declared":  # a declared σ is the script's, not a floor
         return NoiseFloor(fingerprint=a.fingerprint, std=a.noise_std, mad=a.noise_mad or 0.0, mean=0.0,
                           runs=a.noise_runs, hardware=a.hardware, session=a.noise_session)
     if not s.fingerprint or a is None:

@@ -46,10 +46,8 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def audit_figure(sessions: Sequence[SessionData], stem: Path) -> list[Path]:
-    """Each audited keep's search gain beside its audited effect with its interval ([] when none)."""
-    from core.analysis.plots import _pyplot, _save
-
+def audit_points(sessions: Sequence[SessionData]) -> list[tuple[str, float, float, float, float, str]]:
+    """What the audit figure draws: per audited keep, its label, the search's gain, the audited effect and CI."""
     points = []
     for s in sessions:
         audit = latest_audit(s.state)
@@ -57,19 +55,12 @@ def audit_figure(sessions: Sequence[SessionData], stem: Path) -> list[Path]:
             if v.effect is not None and v.ci_low is not None and v.ci_high is not None:
                 points.append((f"{s.name[-12:]} #{v.iteration}", v.recorded_gain or 0.0, v.effect, v.ci_low,
                                v.ci_high, v.verdict))
-    if not points:
-        return []
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(points) + 1.5))
-    colors = {"holds": "#2ca02c", "within noise": "#7f7f7f", "harmful": "#d62728"}
-    for i, (label, gain, effect, low, high, verdict) in enumerate(points):
-        ax.errorbar([effect], [i], xerr=[[effect - low], [high - effect]], fmt="o", color=colors[verdict])
-        ax.plot([gain], [i], "x", color="black")
-    ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(points)), [p[0] for p in points])
-    ax.set_xlabel("val_bpb: audited effect (o, 95 % CI) and the search's recorded gain (x)")
-    ax.set_title("Keep-chain audit: green holds, grey within noise, red harmful")
-    fig.tight_layout()
-    paths = _save(fig, stem)
-    plt.close(fig)
-    return paths
+    return points
+
+
+def audit_figure(sessions: Sequence[SessionData], stem: Path, *, surrogate: bool = False) -> list[Path]:
+    """Each audited keep's search gain beside its audited effect with its interval ([] when none)."""
+    from core.analysis.plots import audit_effects_figure
+
+    points = audit_points(sessions)
+    return audit_effects_figure(points, stem, surrogate=surrogate) if points else []

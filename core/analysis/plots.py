@@ -348,6 +348,24 @@ def cost_figure(cost: Sequence[tuple[str, str, float, float]], colors: dict[str,
     return out
 
 
+def audit_effects_figure(points: Sequence[tuple[str, float, float, float, float, str]], stem: Path, *,
+                         surrogate: bool = False, formats: Sequence[str] = FORMATS, dpi: int = DPI) -> list[Path]:
+    """The keep-chain audit: each keep's audited effect with its CI (o), beside the search's recorded gain (x)."""
+    out: list[Path] = []
+    colors = {"holds": "#2ca02c", "within noise": "#7f7f7f", "harmful": "#d62728"}
+    with _figure(stem, out, surrogate=surrogate, formats=formats, dpi=dpi,
+                 figsize=(7, 0.35 * len(points) + 1.5)) as (fig, ax):
+        for i, (_label, gain, effect, low, high, verdict) in enumerate(points):
+            ax.errorbar([effect], [i], xerr=[[effect - low], [high - effect]], fmt="o",
+                        color=colors.get(verdict, "#7f7f7f"))
+            ax.plot([gain], [i], "x", color="black")
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(points)), [p[0] for p in points])
+        ax.set_xlabel("val_bpb: audited effect (o, 95 % CI) and the search's recorded gain (x)")
+        ax.set_title(_title("Keep-chain audit: green holds, grey within noise, red harmful", surrogate))
+    return out
+
+
 def _legends(*axes: Any, axis: str = "both") -> None:
     for ax in axes:
         ax.grid(axis=axis, alpha=0.3)

@@ -353,7 +353,7 @@ def write_report(report: Report, out: Path, *, plots: bool = True) -> Written:
             note = f"Figures skipped: {missing}."
         else:
             figures += draw_figures(figure_data(report, report.noise_k), out)
-            figures += audit_figure(report.sessions, out / "audit")
+            figures += audit_figure(report.sessions, out / "audit", surrogate=report_is_surrogate(report))
     else:
         note = "Figures not requested (--no-plots)."
     md = out / "report.md"

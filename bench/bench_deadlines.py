@@ -154,6 +154,9 @@ async def llm_checks(folder: Path) -> list[Check]:
 
     checks = []
     with ScriptedOpenAI() as server:
+        server.enqueue("warm")  # the first call's imports and connection are not a deadline's
+        async with client(server) as c:
+            await c.chat(HI)
         for name, work, low, high in (
                 ("llm: a Retry-After an hour away waits backoff_max (0.2 s)", retry_after_capped(server), 0.2, 2.0),
                 ("llm: keep-alives do not defeat the overall timeout (0.4 s)",

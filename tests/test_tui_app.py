@@ -466,6 +466,7 @@ async def real_engine_app(cfg: Any, **app_kw: Any) -> AsyncIterator[tuple[Bileve
             await asyncio.wait_for(task, patience(60))
 
 
+@pytest.mark.slow  # the demo engine trains tiny models in subprocesses
 async def test_every_control_reaches_the_real_demo_engine(tmp_path: Path):
     """The same keys against the product's engine: the offline demo, training real (tiny) models on the CPU."""
     from core.record.config import demo_config

@@ -54,6 +54,43 @@ async def run_engine(cfg: config.Config, **kw: Any) -> tuple[Engine, Recorder]:
     return engine, rec
 
 
+# The fast lane (`pytest -m "not slow"`, README) leaves out what pays one of these costs; the full
+# suite runs everything. Whole files are marked here, beside the cost that puts them in the full lane
+# only, so a test added to one of them lands in its lane without a marker of its own; a slow test in
+# a fast file carries `@pytest.mark.slow`. The times are bench/RESULTS.md's ("Test lanes").
+SLOW_FILES = {
+    # training in subprocesses (the tiny GPT, real train.py runs) and the CLI end to end
+    "test_cli_runs.py": "the demo and runs of the CLI that train",
+    "test_climbmix.py": "data preparation and training on a real corpus layout",
+    "test_kill_resume.py": "an engine killed at random points and resumed, in subprocesses",
+    "test_script_folder.py": "a public script folder trained through the CLI",
+    "test_warm_worker.py": "warm training workers running train.py",
+    "test_workload.py": "the tokenizer, the data and train.py as real processes",
+    "test_noise.py": "bilevel noise: the baseline trained again and again",
+    "test_log_integrity.py": "engines in subprocesses, killed and read back",
+    "test_engine_processes.py": "the engine's own processes: detach, signals, exit codes",
+    "test_classical_study.py": "whole studies through the CLI",
+    "test_study.py": "whole studies",
+    "test_script_doctor.py": "the doctor through the CLI on real scripts",
+    "test_tui_attach.py": "the app attached to an engine in another process",
+    "test_tui_detach.py": "a detached engine outliving the app",
+    "test_parallel_trials.py": "trials on several slots at once",
+    # clusters and servers
+    "test_ray_executor.py": "a Ray cluster",
+    "test_ray_node_loss.py": "a Ray cluster that loses a node",
+    "test_llama_server.py": "llama-server with tiny models",
+    "test_real_llm.py": "llama-cpp-python's server",
+    "test_build_llama_server.py": "CMake configure, build and install of a packed project",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        why = SLOW_FILES.get(item.path.name)
+        if why is not None:
+            item.add_marker(pytest.mark.slow(reason=why))
+
+
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()

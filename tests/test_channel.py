@@ -194,10 +194,7 @@ async def test_cancelled_watch_stops_promptly(tmp_path: Path):
     inbox = Inbox()
     task = asyncio.create_task(channel.watch_commands(tmp_path, inbox.submit))
     await asyncio.sleep(0.1)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert loop.time() - started < 1.0
+    with pytest.raises(asyncio.CancelledError):  # a watch that ignored the cancel would hang here
+        await asyncio.wait_for(task, patience(1.0))
     assert os.path.isdir(tmp_path / "commands")

@@ -293,11 +293,9 @@ async def test_retry_after_seconds_is_honoured(server):
 async def test_retry_after_is_capped_by_backoff_max(server):
     far = email.utils.formatdate(time.time() + 3600, usegmt=True)
     delays: list[float] = []
-    started = time.monotonic()
     await chat(server, Reply(status=503, headers={"Retry-After": far}), "ok",
                client_options={"backoff_max_s": 0.2}, on_retry=lambda a, e, d: delays.append(d))
-    assert delays == [pytest.approx(0.2)]
-    assert time.monotonic() - started < 2.0
+    assert delays == [pytest.approx(0.2)]  # how long the wait took is bench/bench_deadlines.py's
 
 
 def test_retry_after_http_date_is_parsed():
@@ -396,11 +394,10 @@ async def test_max_tokens_rejection_switches_to_max_completion_tokens_and_rememb
 
 
 async def test_keepalives_do_not_defeat_the_overall_timeout(server):
-    started = time.monotonic()
+    # the reply would come after 5 s: a timeout means the 0.4 s one fired (its time: bench/bench_deadlines.py)
     err = await failure(server, Reply(content="too late", keepalive=True, delay_s=5.0),
                         client_options={"timeout_s": 0.4, "max_retries": 0})
     assert err.kind == "timeout"
-    assert time.monotonic() - started < 2.0
 
 
 async def test_slow_chunks_hit_the_overall_timeout(server):
@@ -415,11 +412,10 @@ async def test_timed_out_attempt_is_retried(server):
 
 
 async def test_per_call_timeout_overrides_the_client_default(server):
-    started = time.monotonic()
+    # the reply would come after 3 s, well inside the client's 60: a timeout is the call's own 0.3 s
     err = await failure(server, Reply(content="slow", delay_s=3.0), client_options={"timeout_s": 60, "max_retries": 0},
                         timeout_s=0.3)
     assert err.kind == "timeout"
-    assert time.monotonic() - started < 2.0
 
 
 # -- API key ---------------------------------------------------------------------------

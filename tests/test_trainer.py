@@ -156,7 +156,7 @@ async def test_hanging_run_is_killed_at_the_deadline(tmp_path):
     elapsed = time.monotonic() - started
     assert result.outcome is Outcome.TIMEOUT
     assert result.val_bpb is None
-    assert 2.0 <= elapsed < 2.0 + trainer.TERM_GRACE_S
+    assert elapsed >= 2.0  # not before budget + grace; how soon after is bench/bench_deadlines.py's
     assert result.reason.startswith("killed after 2.0 s deadline")
     assert result.error_tail == "started"
 
@@ -183,12 +183,12 @@ async def test_script_ignoring_sigterm_is_killed(tmp_path, monkeypatch):
 
 async def test_children_left_behind_by_a_finished_run_are_killed(tmp_path):
     lines: list[tuple[str, str]] = []
-    started = time.monotonic()
-    result = await _run("leaves_child.py", tmp_path, on_line=lambda stream, line: lines.append((stream, line)))
+    # The child holds stdout open and never ends by itself: a run that waited for stdout to close
+    # would never return (the patience turns that hang into a failure), and a dead child was killed.
+    result = await asyncio.wait_for(
+        _run("leaves_child.py", tmp_path, on_line=lambda stream, line: lines.append((stream, line))), patience(10))
     assert result.outcome is Outcome.OK and result.val_bpb == 1.25
     assert not _is_alive(_pid_after(lines, "child"))
-    # The child held stdout open; the run must not wait for it to close.
-    assert time.monotonic() - started < 10.0
 
 
 async def test_run_without_metrics_block_is_no_metrics(tmp_path):
@@ -237,11 +237,9 @@ async def test_cancel_event_stops_the_run(tmp_path):
         if line == "started":
             cancel.set()
 
-    started = time.monotonic()
     result = await _run("hang.py", tmp_path, on_line=on_line, cancel=cancel)
-    assert result.outcome is Outcome.CANCELLED
+    assert result.outcome is Outcome.CANCELLED  # not TIMEOUT at the 20 s budget; how soon: bench/bench_deadlines.py
     assert result.val_bpb is None
-    assert time.monotonic() - started < 5.0
 
 
 async def test_cancel_set_beforehand_starts_nothing(tmp_path):

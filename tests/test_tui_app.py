@@ -285,7 +285,10 @@ async def test_replay_is_read_only_and_space_pauses_the_replay(tmp_path: Path):
 async def test_replay_speed_step_and_seek_keys(tmp_path: Path):
     path = tmp_path / "s"
     await record_session(path, Plan(iterations=6, progress_per_run=3))
-    source = ReplaySource(path, speed=1.0, follow=False)
+    # The replay's clock stands still: at any speed only what is due at its start is handed over, so
+    # what a step or a seek shows depends on the keys alone, never on how fast the machine pressed them
+    clock = StepClock(start=0.0)
+    source = ReplaySource(path, speed=1.0, follow=False, clock=clock)
     app = BilevelApp(source, deterministic=True)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("plus", "plus")
@@ -463,6 +466,7 @@ async def real_engine_app(cfg: Any, **app_kw: Any) -> AsyncIterator[tuple[Bileve
             await asyncio.wait_for(task, patience(60))
 
 
+@pytest.mark.slow  # the demo engine trains tiny models in subprocesses
 async def test_every_control_reaches_the_real_demo_engine(tmp_path: Path):
     """The same keys against the product's engine: the offline demo, training real (tiny) models on the CPU."""
     from core.record.config import demo_config

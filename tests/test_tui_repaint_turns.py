@@ -91,15 +91,16 @@ async def test_a_key_is_painted_before_the_next_repaint_turn():
     from textual import events
 
     source = QueueSource()
-    app = BilevelApp(source, deterministic=False, refresh_hz=0.001)
+    # the scheduler's clock stands still: the key's head start (KEY_FIRST_S) never runs out on its own
+    app = BilevelApp(source, deterministic=False, refresh_hz=0.001, clock=lambda: 100.0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         await folded(app, source, session(2))
         app.post_message(events.Key("f12", None))  # a key nothing is bound to
-        while not app._key_unpainted:  # the app has seen it; its paint is still to come
+        while app.repainter.key_unpainted is None:  # the app has seen it; its paint is still to come
             await asyncio.sleep(0)
         await app._repaint()
         assert app.base.query_one("#trace-table").row_count == 0  # the trace's turn waited
-        await until(pilot, lambda: not app._key_unpainted, what="the key's frame")
+        await until(pilot, lambda: app.repainter.key_unpainted is None, what="the key's frame")
         await app._repaint()
         assert app.base.query_one("#trace-table").row_count == 2

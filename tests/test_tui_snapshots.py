@@ -13,10 +13,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from textual.widget import Widget
 
 from core.record import events as ev
 from tui.app import BilevelApp
 from tui.sources import LiveSource, ReplaySource
+from tui.widgets.parts import PartsView
+from tests.support.patience import patience
 from tests.support.scripted_engine import Plan, ScriptedEngine, StepClock, record_session
 
 SIZES = {"120x40": (120, 40), "80x24": (80, 24)}
@@ -41,8 +44,33 @@ def settle(*keys: str):
         for key in keys:
             await pilot.press(key)
         await pilot.app.caught_up()
-        await pilot.pause()
+        await drawn(pilot)
     return run_before
+
+
+def views_drawn(app: BilevelApp) -> bool:
+    """Every text view the layout shows is drawn at its laid-out width and, if it follows, at its end.
+
+    A view shown by a key (the compact layout's pane switch) is laid out on the screen's next update,
+    a timer's tick, and drawn in its resize handler after that; a following view's scroll to the end
+    lands after a refresh. Waiting for idle covers none of these: on a loaded machine the snapshot
+    was taken before them (a blank research pane at 80×24)."""
+    for view in app.screen.query(PartsView):
+        if not all(node.display for node in view.ancestors_with_self if isinstance(node, Widget)):
+            continue  # hidden (the compact layout shows one pane)
+        if not view.drawn or (view.following and view.scroll_y < view.max_scroll_y):
+            return False
+    return True
+
+
+async def drawn(pilot) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience(60)  # a hang guard, not a target
+    await pilot.pause()
+    while not views_drawn(pilot.app):
+        if loop.time() > deadline:
+            raise AssertionError("a shown text view was never drawn")
+        await pilot.pause(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +121,7 @@ def test_mechanism_awaiting_approval(snap_compare, tmp_path: Path, size: str):
         while not approve_key(app).enabled:  # and whether the key bar had caught up
             await pilot.pause(0.05)
         await pilot.press("v")
-        await pilot.pause()
+        await drawn(pilot)
 
     try:
         assert snap_compare(app, terminal_size=LAYOUT_SIZES[size], run_before=run_before)
@@ -172,7 +200,7 @@ def test_iteration_detail_view(snap_compare, recorded: Path, size: str):
         await pilot.press("enter")
         await pilot.pause()
         await pilot.app.caught_up()
-        await pilot.pause()
+        await drawn(pilot)
 
     assert snap_compare(replay_app(recorded), terminal_size=LAYOUT_SIZES[size], run_before=run_before)
 

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -142,14 +141,12 @@ def train_module() -> ModuleType:
 # --------------------------------------------------------------------------- prepare
 
 
-def test_second_prepare_is_cached_and_instant(small_data: Path) -> None:
+def test_second_prepare_is_cached(small_data: Path) -> None:
     meta_before = json.loads((small_data / "meta.json").read_text())
     messages: list[str] = []
-    started = time.perf_counter()
     again = prep.prepare("stdlib", root=small_data.parent, max_bytes=2_000_000,
                          vocab_size=512, log=messages.append)
-    assert time.perf_counter() - started < 1.0
-    assert again == small_data
+    assert again == small_data  # how fast the cache answers is bench/bench_deadlines.py's
     assert any("cached" in m for m in messages)
     assert json.loads((small_data / "meta.json").read_text()) == meta_before
 

@@ -1,9 +1,9 @@
 """The bilevel terminal app: every pane is a view of the engine's event stream.
 
 One worker consumes events from a :mod:`tui.sources` source into the view model; a timer
-repaints the stale parts, one pane (or the header) a tick and each ten times a second, so a
-flood of progress lines and tokens costs a few repaints a second and no frame is the whole
-screen's; a key's frame goes first. Commands go back through the source: to the engine in
+repaints the stale parts (:mod:`tui.repaint`: one pane or the header a tick, each ten times a
+second, a key's frame first), so a flood of progress lines and tokens costs a few repaints a
+second and no frame is the whole screen's. Commands go back through the source: to the engine in
 this process, or through the session's command channel to a detached one. Replays are read-only.
 
 Set ``BILEVEL_TUI_DETERMINISTIC=1`` for screenshots and snapshot tests: no wall clock
@@ -28,9 +28,8 @@ from typing import Any, Callable, Iterable
 
 import textual.screen
 from textual import events, work
-from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
+from textual.app import App, ComposeResult, SystemCommand
 from textual.containers import Horizontal, Vertical
-from textual.css.query import NoMatches
 from textual.reactive import Reactive
 from textual.screen import Screen
 from textual.widget import Widget
@@ -47,6 +46,7 @@ from .screens.audit import AuditScreen
 from .screens.confirm import ConfirmScreen
 from .screens.detail import IterationDetailScreen
 from .screens.guidance import GuidanceScreen
+from .repaint import Repainter
 from .settings import load_settings, remember, settings_path
 from .screens.help import HelpScreen
 from .screens.params import FreezeScreen
@@ -77,8 +77,6 @@ FRAME_HZ = 120
 # collections (everything since the start was frozen) come once in 1,000 middle ones
 GC_THRESHOLDS = (2000, 5, 1000)
 SLICE_S = 0.004  # longest stretch of event folding before the loop serves keys and repaints
-KEY_FIRST_S = 0.2  # the longest a key's effect holds the repaint back
-FIRST_PAINT_WAIT_S = 1.5  # a history that loads within this is painted once, at its end
 LIVE_COMMANDS = ("toggle_pause", "abort_training", "stop", "edit_guidance", "edit_guidance_external", "freeze",
                  "review_mechanism", "reload_config")
 REPLAY_ACTIONS = ("replay_step", "replay_faster", "replay_slower", "replay_seek")
@@ -100,35 +98,6 @@ if "TEXTUAL_FPS" not in os.environ:  # the user's setting wins
     textual.screen.UPDATE_PERIOD = 1 / FRAME_HZ  # read when a screen starts its update timer
 
 
-class Stale:
-    """What the view model changed since each pane (and the header) last showed it."""
-
-    def __init__(self, panes: int) -> None:
-        self.parts: list[set[str]] = [set() for _ in range(panes)]
-        self.rows: list[set[int]] = [set() for _ in range(panes)]
-        self.params = [False] * panes
-        self.header = False
-        self.footer = False  # an action's availability may have changed (the key bar re-reads them)
-
-    def add(self, parts: set[str], rows: set[int], params: bool) -> None:
-        if not (parts or rows or params):
-            return
-        for i in range(len(self.parts)):
-            self.parts[i] |= parts
-            self.rows[i] |= rows
-            self.params[i] = self.params[i] or params
-        self.header = True
-        self.footer = self.footer or HEADER in parts
-
-    def take(self, pane: int) -> tuple[set[str], set[int], bool]:
-        taken = self.parts[pane], self.rows[pane], self.params[pane]
-        self.parts[pane], self.rows[pane], self.params[pane] = set(), set(), False
-        return taken
-
-    def any(self) -> bool:
-        return self.header or any(self.parts) or any(self.rows) or any(self.params)
-
-
 class BilevelApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "bilevel"
@@ -140,9 +109,10 @@ class BilevelApp(App[int]):
 
     def __init__(self, source: Source, *, config_path: Path | None = None, deterministic: bool | None = None,
                  refresh_hz: float = REFRESH_HZ, settings_file: Path | None = None,
-                 background: Callable[[Path], int] | None = None) -> None:
+                 background: Callable[[Path], int] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         """``background``: continues a stopped session in a detached engine and returns its pid (raises
-        with the reason when it cannot); given, a live run's quit offers Detach."""
+        with the reason when it cannot); given, a live run's quit offers Detach. ``clock``: the
+        repaint scheduler's (tests stop it)."""
         super().__init__()
         self.source = source
         self.background = background
@@ -154,10 +124,8 @@ class BilevelApp(App[int]):
         self.settings_file = settings_file or (None if self.deterministic else settings_path())
         self.refresh_hz = refresh_hz
         self.events_applied = 0
-        self.repaints = 0  # batched repaints done (the benchmark reports them)
         self._applied_before = 0
         self.config_change: dict[str, Any] | None = None
-        self._repaint_lock = asyncio.Lock()
         self._awaiting: dict[str, int] = {}  # commands sent and not yet acknowledged
         self._notified_pending: set[str] = set()
         self._alerts_armed = False  # no toasts for what happened before this viewer caught up
@@ -169,12 +137,8 @@ class BilevelApp(App[int]):
         self._replay_notice = ""
         self._panes: list[Pane] = []
         self._header: StatusHeader | None = None
-        self._started = time.monotonic()
-        self._footer_signature: tuple = ()
         self._compact: bool | None = None  # the one-pane-at-a-time layout is on (None: not decided yet)
-        self._key_unpainted = 0.0  # when a key came whose effect is not painted yet (0: none)
-        self._stale = Stale(len(PANE_IDS))  # what each pane (and the header) has yet to show
-        self._turn = 0  # whose turn the next repaint tick is (a pane's index; the last: the header)
+        self.repainter = Repainter(self, len(PANE_IDS), DYNAMIC_ACTIONS, clock=clock)
         self.current_pane = "trace"  # the pane the compact layout shows
         if self.deterministic:
             self.animation_level = "none"
@@ -250,11 +214,11 @@ class BilevelApp(App[int]):
     @property
     def compact(self) -> bool:
         """Under 100 columns: one pane at a time, a pane strip, the essential keys."""
-        return bool(self._screen_stack) and self.base.has_class("-compact")
+        return bool(self.screen_stack) and self.base.has_class("-compact")
 
     def _sync_layout(self) -> None:
         """Apply the compact layout when the terminal crossed its breakpoint."""
-        if not self.is_running or not self._screen_stack:
+        if not self.is_running or not self.screen_stack:
             return
         compact = self.compact
         if compact == self._compact:
@@ -294,7 +258,7 @@ class BilevelApp(App[int]):
         async for batch in self.source.batches():
             if batch == RESET:
                 self.model.reset()
-                self._stale = Stale(len(PANE_IDS))
+                self.repainter.reset()
                 for pane in self.panes:
                     pane.reset()
                 continue
@@ -315,84 +279,21 @@ class BilevelApp(App[int]):
             self.events_applied = self._applied_before
 
     async def on_event(self, event: events.Event) -> None:
-        # the repaint waits until this key's effect is painted (see _repaint)
-        if isinstance(event, events.Key) and not self._key_unpainted:
-            self._key_unpainted = time.monotonic()
-            self.call_after_refresh(self._key_painted)
+        if isinstance(event, events.Key):
+            self.repainter.key_pressed()
         await super().on_event(event)
 
-    def _key_painted(self) -> None:
-        self._key_unpainted = 0.0
+    @property
+    def repaints(self) -> int:
+        """Batched repaints done (the benchmark reports them)."""
+        return self.repainter.repaints
 
     async def _repaint(self, everything: bool | None = None) -> None:
-        """Repaint what the events since the last tick made stale (one batched update).
-
-        ``everything`` (the default in deterministic mode, and when waiting for the app to catch
-        up): every pane now. Otherwise one pane per tick, in turn, with the header on a turn of
-        its own: a frame's cost is its dirty panes' renders and the compositing of the box around
-        all of them, so one frame for the whole screen took 40–60 ms under a flood of events,
-        and a key pressed meanwhile waited that long. A pane's turn comes ``refresh_hz`` times
-        a second, as the whole screen's did.
-        """
-        async with self._repaint_lock:
-            if not self.is_running or not self._screen_stack:
-                return  # shutting down: the timer may fire once more
-            if everything is None:
-                everything = self.deterministic
-            if not everything and self._key_unpainted and time.monotonic() - self._key_unpainted < KEY_FIRST_S:
-                return  # a key's frame first, on its own: the events' changes wait for the next turn
-            if isinstance(self.screen, (HelpScreen, IterationDetailScreen)):
-                return  # it hides the panes: they catch up, a turn each, when it closes
-            if not self._alerts_armed and not self.source.caught_up.is_set() \
-                    and time.monotonic() - self._started < FIRST_PAINT_WAIT_S:
-                self.header.refresh()  # loading a history: one paint of where it ends, not of every step
-                return
-            self._stale.add(*self.model.take_dirty())
-            if not self._stale.any() and not self.source.diagnostics:
-                self._announce()  # nothing new to show, but an engine may have ended, a quit be due
-                return
-            if everything:
-                turns = list(range(len(self.panes) + 1))
-            else:
-                turns = [self._turn]
-                self._turn = (self._turn + 1) % (len(self.panes) + 1)
-            try:
-                with self.batch_update():
-                    for turn in turns:
-                        if turn < len(self.panes):
-                            await self._sync_pane(turn)
-                        else:
-                            self._paint_header()
-            except (NoMatches, ScreenStackError):
-                if self.is_running:
-                    raise
-                return  # the app is shutting down: its widgets are going away
-            self._sync_layout()
-            self._announce()
-
-    async def _sync_pane(self, index: int) -> None:
-        pane = self.panes[index]
-        parts, rows, params = self._stale.take(index)
-        if parts or rows or params or (pane.id == "events" and self.source.diagnostics):
-            self.repaints += 1
-            await pane.sync(self.model, parts, rows, params, self.source)
-
-    def _paint_header(self) -> None:
-        stale = self._stale
-        if not stale.header:
-            return
-        self.repaints += 1
-        self.header.refresh()
-        if stale.footer:
-            self._refresh_footer()
-        stale.header = stale.footer = False
+        """One repaint turn now (the timer's; tests drive it by hand): see :class:`tui.repaint.Repainter`."""
+        await self.repainter.repaint(everything)
 
     def _refresh_footer(self) -> None:
-        """Tell the key bar only when an action's availability changed (it re-reads every binding)."""
-        signature = tuple(self.check_action(a, ()) for a in DYNAMIC_ACTIONS)
-        if signature != self._footer_signature:
-            self._footer_signature = signature
-            self.refresh_bindings()
+        self.repainter.refresh_footer()
 
     async def caught_up(self, timeout: float = 600.0) -> None:  # a hang guard, not a target
         """Wait until every available event is applied and painted (tests, snapshots, benchmark)."""
@@ -407,11 +308,13 @@ class BilevelApp(App[int]):
         width, height = self.size
         console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, color_system=None,
                           record=True, legacy_windows=False, safe_box=False)
+        # Textual's private compositor: its only public render of the screen is an SVG (export_screenshot),
+        # and tests compare the screen's text
         console.print(self.screen._compositor.render_update(full=True, screen_stack=self._background_screens))
         return console.export_text()
 
     def _tick(self) -> None:
-        if self.is_running and self._screen_stack:
+        if self.is_running and self.screen_stack:
             self.header.refresh()
 
     def _announce(self) -> None:
@@ -795,8 +698,10 @@ class BilevelApp(App[int]):
         self._theme_restored = True
 
     def _watch_theme(self, theme_name: str) -> None:
+        # Textual's private watcher, not the public theme_changed_signal: the watcher runs as the theme
+        # is set, so the theme _restore_theme sets is not written back; the signal comes later (call_next)
         super()._watch_theme(theme_name)
-        if self._screen_stack:
+        if self.screen_stack:
             self.call_after_refresh(self._relight_panes)  # the theme's variables are in place by then
         if getattr(self, "_theme_restored", False) and self.settings_file is not None:
             why = remember(self.settings_file, "theme", theme_name)

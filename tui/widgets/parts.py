@@ -65,6 +65,13 @@ class PartsView(OneStylePerPaint, ScrollView, can_focus=True):
     def line_count(self) -> int:
         return len(self._lines)
 
+    @property
+    def drawn(self) -> bool:
+        """Every part is drawn at the view's laid-out width: False before the first layout and
+        between a resize and its redraw (snapshots wait for this, never for time)."""
+        width = self.scrollable_content_region.width - 2 * self.inset
+        return not self._values or (width > 0 and width == self._width and len(self._rendered) == len(self._values))
+
     def set_parts(self, values: Iterable[Any], budget_s: float | None = None) -> bool:
         """Show ``values``; True when anything shown changed.
 

@@ -82,7 +82,7 @@ async def test_generated_tabu_vetoes_a_repeat_and_the_next_proposal_differs(tmp_
     assert vetoes, "the active mechanism never vetoed the repeated proposal"
     veto = vetoes[0]
     same_iteration = [p for p in rec.of(ev.ProposalMade) if p.iteration == veto.iteration]
-    assert same_iteration[0].changes == {"LR": 0.06} and same_iteration[-1].changes != {"LR": 0.06}
+    assert same_iteration[0].changes.params == {"LR": 0.06} and same_iteration[-1].changes.params != {"LR": 0.06}
     counted = [e.mechanisms for e in rec.of(ev.IterationFinished) if e.mechanisms]
     assert counted and counted[-1]["generated_tabu"]["review_proposal"] > 0
     report = (engine.dir / rec.of(ev.MechanismValidated)[0].report).read_text()

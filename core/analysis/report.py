@@ -247,7 +247,7 @@ def write_csvs(report: Report, out: Path) -> list[Path]:
         "iterations.csv": (["group", "session", "iteration", "decision", "val_bpb", "best_before", "best_after",
                             "changes", "rule", "source"],
                            [[g.group, s.name, r.iteration, r.decision, _raw(r.val_bpb), _raw(r.best_before),
-                             _raw(r.best_after), json.dumps(r.changes, ensure_ascii=False), r.rule, r.source]
+                             _raw(r.best_after), json.dumps(r.changes.params, ensure_ascii=False), r.rule, r.source]
                             for g in report.groups for s in g.sessions for r in s.state.records]),
         "parameters.csv": (["group", "parameter", "proposed", "kept", "crashed", "mean_effect", "best_effect"],
                            [[p.group, p.name, p.proposed, p.kept, p.crashed, _raw(p.mean_effect), _raw(p.best_effect)]

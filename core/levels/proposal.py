@@ -12,6 +12,7 @@ from string import Template
 from typing import Any
 
 from core.record import events as ev
+from core.record.change import Change, ParamChange, with_params
 from core.levels.context import RunContext
 from core.services.schema import validate_changes
 from core.services.script import ParamSpec, ProposalError, TrainScript
@@ -20,7 +21,7 @@ from . import prompts
 
 @dataclass
 class Proposal:
-    changes: dict[str, Any]
+    changes: Change
     hypothesis: str
     source: str
     attempt: int
@@ -35,12 +36,14 @@ class Rejection:
     problems: list[str]
 
 
-async def check_proposal(ctx: RunContext, n: int, attempt: int, changes: dict[str, Any], hypothesis: str,
+async def check_proposal(ctx: RunContext, n: int, attempt: int, changes: Change, hypothesis: str,
                          schema: dict[str, ParamSpec], frozen: set[str], source: str) -> Proposal | Rejection:
     """The proposal with its values coerced, or why not (an invalid one is recorded as a ProposalRejected;
     a mechanism's veto is recorded by the mechanism host)."""
     try:
-        coerced = validate_changes(changes, schema, frozen)
+        if not isinstance(changes, ParamChange):  # code edits wait for search.scope = "code" (not built yet)
+            raise ProposalError([f"a {type(changes).__name__} cannot be applied: only parameter changes are searched"])
+        coerced = with_params(changes, validate_changes(changes.params, schema, frozen))
     except ProposalError as exc:
         reason = "; ".join(exc.errors)
         ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="invalid", reason=reason,

@@ -778,10 +778,10 @@ def from_dict(data: Any) -> Event:
         rest = {k: v for k, v in data.items() if k not in ("seq", "ts", "type")}
         head = _convert({"seq": data.get("seq", 0), "ts": data.get("ts", 0.0), "type": "unknown_event"}, UnknownEvent)
         return UnknownEvent(seq=head.seq, ts=head.ts, name=str(kind), data=rest)
-    return _convert(_old_changes(cls, _revive_old_floats(cls, data)), cls)
+    return _convert(_upgrade_old_shape(cls, _revive_old_floats(cls, data)), cls)
 
 
-def _old_changes(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+def _upgrade_old_shape(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """An older log's ``changes`` (a plain parameter -> value mapping) as the tagged change it means."""
     changes = data.get("changes")
     if "changes" not in cls.__struct_fields__ or not isinstance(changes, dict) or is_tagged(changes):

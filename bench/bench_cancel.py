@@ -57,8 +57,8 @@ async def one_cancel(executor, script: Path, workdir: Path) -> tuple[float, int]
         result = await executor.run(slot, script, TrialRequest(attempt=1, cwd=workdir, budget_s=600, grace_s=60,
                                                                on_line=line, cancel=cancel))
     returned = time.monotonic()
-    if result.outcome.value != "cancelled" or len(pids) != 3:
-        raise SystemExit(f"the run was not cancelled as expected: {result.outcome.value} ({result.reason}), saw {pids}")
+    if result.outcome != "cancelled" or len(pids) != 3:
+        raise SystemExit(f"the run was not cancelled as expected: {result.outcome} ({result.reason}), saw {pids}")
     left_at_return = sum(alive(pid) for pid in pids.values())
     while any(alive(pid) for pid in pids.values()) and time.monotonic() - returned < 10:
         await asyncio.sleep(0.005)

@@ -37,7 +37,7 @@ from core.record import config  # noqa: E402
 from core.record import events as ev  # noqa: E402
 from core.services.script import TrainScript  # noqa: E402
 from core.services.train_output import Progress  # noqa: E402
-from core.services.trainer import Outcome, TrainResult  # noqa: E402
+from core.services.trainer import TrainResult  # noqa: E402
 from tests.support.openai_server import Reply, ScriptedOpenAI  # noqa: E402
 
 UTILISATION_TARGET = 0.95
@@ -53,7 +53,7 @@ def fake_executor(trial_s: float):
         steps = 5
         for step in range(1, steps + 1):
             if cancel is not None and cancel.is_set():
-                return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled")
+                return TrainResult("cancelled", None, {}, None, 0.0, "", "cancelled")
             await asyncio.sleep(trial_s / steps)
             if kw.get("on_progress"):
                 kw["on_progress"](Progress(step, 100.0 * step / steps, 3.0 - step * 0.1, 1e4, None,
@@ -62,7 +62,7 @@ def fake_executor(trial_s: float):
                 kw["on_line"]("stdout", f"step {step}")
         lr, wd = float(values["LR"]), float(values["WARMDOWN_RATIO"])
         val = 1.0 + 0.05 * math.log(lr / 0.02) ** 2 + 0.2 * (wd - 0.3) ** 2
-        return TrainResult(Outcome.OK, val, {"val_bpb": val}, 0, trial_s, "", f"val_bpb {val:.6f}")
+        return TrainResult("ok", val, {"val_bpb": val}, 0, trial_s, "", f"val_bpb {val:.6f}")
 
     return run_training
 

@@ -14,6 +14,13 @@ Wire form of each hook's return value (JSON):
 | ``review_proposal`` | ``null``, ``{"veto": reason}`` or ``{"modify": {param: scalar}, "note": text}`` |
 | ``decide`` | ``null``, ``"keep"`` or ``"discard"`` |
 
+What hooks receive is plain data too. A proposal (``review_proposal``'s argument) is
+``{"changes": {param: value}, "hypothesis": text}``, and each record of the state's trace
+carries ``"changes": {param: value}``: the parameter part of the engine's typed change
+(``core/record/change.py``), converted where the engine calls a hook (``core/levels/trace.py``'s
+snapshot, ``core/engine/mechanism_host.py``), so mechanisms never see the engine's types.
+``Modify(changes)`` replaces those parameters and keeps the rest of the change.
+
 Names that come from generated code go through :func:`safe_name` before they reach a
 path, a prompt or the screen. Standard library only.
 """

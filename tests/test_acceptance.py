@@ -193,7 +193,7 @@ async def test_a_seed_only_change_is_refused_and_the_engine_owns_the_seed(tmp_pa
     rejected = rec.of(ev.ProposalRejected)
     assert len(rejected) == 1 and rejected[0].kind == "invalid"
     assert any("SEED is locked" in e for e in rejected[0].errors)
-    assert rec.of(ev.IterationFinished)[-1].changes == {"LR": 0.03}
+    assert rec.of(ev.IterationFinished)[-1].changes.params == {"LR": 0.03}
     assert "SEED = 3" in (engine.dir / engine.state.baseline_script).read_text()  # search.seed, not the constant
     assert rec.of(ev.AcceptanceConfigured)[0].seed_params == ["SEED"]
 

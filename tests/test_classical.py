@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 import baseline.surrogate as surrogate
+from core.record.change import NO_CHANGE, Change, params_change
 from core.levels.classical import SAMPLERS, ClassicalProposer, dimensions
 from core.record import config
 from core.services.schema import infer_schema, validate_changes
@@ -26,7 +27,7 @@ class Record:  # the fields of core.record.state.IterationRecord a proposer read
     val_bpb: float | None
     values: dict[str, Any]
     source: str
-    changes: dict[str, Any] = field(default_factory=dict)
+    changes: Change = NO_CHANGE
 
 
 def schema(**extra_bounds):
@@ -56,7 +57,7 @@ def search(kind: str, seed: int, iterations: int, *, frozen=frozenset(), stop_af
             decision = "keep" if score < best.val_bpb else "discard"
         except (surrogate.SurrogateCrash, surrogate.SurrogateConfigError):
             score, decision = None, "crash"
-        history.append(Record(n, decision, score, candidate, kind, changes))
+        history.append(Record(n, decision, score, candidate, kind, params_change(changes)))
         if decision == "keep":
             best = history[-1]
     return history, proposer
@@ -67,8 +68,8 @@ def test_proposals_stay_inside_the_bounds_and_scales_of_the_schema(kind):
     history, _ = search(kind, seed=3, iterations=20)
     spec = schema()
     for r in history[1:]:
-        assert r.changes, f"#{r.iteration}: an empty proposal"
-        for name, value in r.changes.items():
+        assert r.changes.params, f"#{r.iteration}: an empty proposal"
+        for name, value in r.changes.params.items():
             s = spec[name]
             if s.pow2:
                 assert value & (value - 1) == 0 and s.minimum <= value <= s.maximum
@@ -77,7 +78,7 @@ def test_proposals_stay_inside_the_bounds_and_scales_of_the_schema(kind):
             elif s.choices:
                 assert value in s.choices
     # every searchable kind is sampled: log-scale rates, powers of two, choices and the betas tuple
-    touched = {k for r in history[1:] for k in r.changes}
+    touched = {k for r in history[1:] for k in r.changes.params}
     assert {"MATRIX_LR", "TOTAL_BATCH_SIZE", "WINDOW_PATTERN", "ADAM_BETAS"} <= touched
 
 
@@ -97,7 +98,7 @@ def test_locked_and_frozen_parameters_are_never_proposed(kind):
     frozen = {"MATRIX_LR", "TOTAL_BATCH_SIZE"}
     history, _ = search(kind, seed=1, iterations=12, frozen=frozen)
     for r in history[1:]:
-        assert not (set(r.changes) & (frozen | LOCKED)), r.changes
+        assert not (set(r.changes.params) & (frozen | LOCKED)), r.changes
         assert r.values["MATRIX_LR"] == 0.04 and r.values["TOTAL_BATCH_SIZE"] == 2**19
 
 

@@ -40,7 +40,7 @@ def events_of(path: Path) -> list[ev.Event]:
 
 
 def proposals(session: Path) -> list[tuple[int, dict]]:
-    return [(r.iteration, r.changes) for r in fold(events_of(session)).proposals]
+    return [(r.iteration, r.changes.params) for r in fold(events_of(session)).proposals]
 
 
 def finished(session: Path) -> int:

@@ -64,7 +64,7 @@ async def test_guidance_and_freeze_apply_from_the_next_proposal(tmp_path):
     assert engine.state.guidance == "only the learning rate"
     frozen_at = max(e.seq for e in rec.of(ev.ParamFrozen))
     later = [e for e in rec.of(ev.ProposalMade) if e.seq > frozen_at]
-    assert later and all(set(p.changes) <= {"LR"} for p in later)
+    assert later and all(set(p.changes.params) <= {"LR"} for p in later)
 
 
 async def test_abort_training_ends_the_run_as_cancelled_and_the_loop_goes_on(tmp_path, monkeypatch):

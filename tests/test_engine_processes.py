@@ -17,7 +17,7 @@ from core.record import events as ev
 from core.record.processes import recorded_processes
 from core.record.session import SessionReader
 from core.services import trainer
-from core.services.trainer import Outcome, run_training
+from core.services.trainer import run_training
 from tests.conftest import fast_config, llm_config, run_engine
 from tests.support.cli import run_bilevel, start_bilevel, write_fast_config
 from tests.support.processes import alive as _alive
@@ -44,7 +44,7 @@ async def test_a_child_that_calls_setsid_is_killed_and_the_run_does_not_wait_for
     lines: list[str] = []
     result = await run_training(SCRIPTS / "setsid_child.py", cwd=tmp_path, budget_s=30, grace_s=5,
                                 on_line=lambda stream, line: lines.append(line))
-    assert result.outcome is Outcome.OK and result.val_bpb == 1.25
+    assert result.outcome == "ok" and result.val_bpb == 1.25
     child = int(next(line.split()[1] for line in lines if line.startswith("child ")))
     assert not _alive(child)
 
@@ -53,14 +53,14 @@ async def test_a_child_that_calls_setsid_is_killed_and_the_run_does_not_wait_for
 async def test_a_val_bpb_that_is_not_a_measurement_is_a_crash_invalid_metric(tmp_path, printed):
     result = await run_training(SCRIPTS / "bad_metric.py", cwd=tmp_path, budget_s=30, grace_s=5,
                                 env={"BAD_VAL_BPB": printed})
-    assert result.outcome is Outcome.CRASH and result.val_bpb is None
+    assert result.outcome == "crash" and result.val_bpb is None
     assert result.reason.startswith("invalid metric")
 
 
 async def test_a_val_bpb_above_the_configured_range_is_an_invalid_metric(tmp_path):
     result = await run_training(SCRIPTS / "bad_metric.py", cwd=tmp_path, budget_s=30, grace_s=5,
                                 env={"BAD_VAL_BPB": "42.0"}, valid_bpb=(0.0, 10.0))
-    assert result.outcome is Outcome.CRASH and "invalid metric" in result.reason
+    assert result.outcome == "crash" and "invalid metric" in result.reason
 
 
 def test_configured_val_bpb_range_makes_the_run_fail_with_invalid_metric(tmp_path):

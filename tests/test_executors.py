@@ -21,7 +21,6 @@ from core.services.executors import (
     detect_gpus,
     parse_nvidia_smi_list,
 )
-from core.services.trainer import Outcome
 from core.services.trial_request import TrialRequest
 from tests.conftest import fast_config, run_engine
 from tests.support.fake_nvml import OTHER_PID, fake_nvml, uuid_of
@@ -293,7 +292,7 @@ async def test_concurrent_runs_land_on_distinct_gpus_pinned_by_uuid(four_gpus_on
             trial = TrialRequest(attempt=1, cwd=tmp_path, budget_s=30, grace_s=30, env={"BILEVEL_FAKE_STEP_S": "0.3"},
                                  on_line=lambda stream, line: lines.append(line))
             result = await executor.run(slot, PINNED, trial)
-            assert result.outcome is Outcome.OK and result.failure == "" and result.node == ""
+            assert result.outcome == "ok" and result.failure == "" and result.node == ""
             seen.append((slot.uuid, next(line.split()[1] for line in lines if line.startswith("visible "))))
             assert "order PCI_BUS_ID" in lines
 
@@ -307,7 +306,7 @@ async def test_a_failed_run_is_the_scripts_failure(four_gpus_one_busy, tmp_path)
     async with executor.slot() as slot:
         result = await executor.run(slot, PINNED, TrialRequest(attempt=1, cwd=tmp_path, budget_s=30, grace_s=30,
                                                                env={"BILEVEL_FAKE_OOM_ON": uuid_of(0)}))
-    assert result.outcome is Outcome.OOM and result.failure == "script"
+    assert result.outcome == "oom" and result.failure == "script"
 
 
 def _pinned_config(tmp_path, **overrides):

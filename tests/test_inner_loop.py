@@ -66,7 +66,7 @@ async def test_invalid_proposal_reason_goes_back_to_the_llm_and_is_recorded(tmp_
     assert any("locked" in e for e in rejected[0].errors) and any("LRR" in e for e in rejected[0].errors)
     third_request = inner_requests(scripted_openai)[2]["messages"][-1]["content"]
     assert "LR" in third_request and "locked" in inner_requests(scripted_openai)[1]["messages"][-1]["content"]
-    assert rec.of(ev.IterationFinished)[-1].changes == {"LR": 0.03}
+    assert rec.of(ev.IterationFinished)[-1].changes.params == {"LR": 0.03}
 
 
 async def test_iteration_is_rejected_after_bounded_reasks(tmp_path, scripted_openai):

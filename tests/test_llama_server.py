@@ -204,7 +204,7 @@ async def test_level1_through_the_engine_keeps_the_proposal_the_schema_made_vali
     assert engine.state.status == "completed", engine.state.finished
     assert [m.mode for m in rec.of(ev.StructuredOutput)] == ["json_schema"]
     finished = rec.of(ev.IterationFinished)[-1]
-    assert finished.iteration == 1 and finished.changes == {"LR": 0.03} and finished.decision == "keep"
+    assert finished.iteration == 1 and finished.changes.params == {"LR": 0.03} and finished.decision == "keep"
     (proposed,) = responses_to(rec, "inner", "propose")
     assert proposed.finish_reason == "stop"
     assert proposed.prompt_tokens > 0 and proposed.completion_tokens > 0  # streamed, with its usage: the cost counts it

@@ -59,7 +59,7 @@ async def test_plain_text_when_every_response_format_is_refused(tmp_path):
         engine, rec = await run_engine(llm_config(tmp_path, server, **{"budget.iterations": 1}))
     assert "response_format" not in inner_requests(server)[0]
     assert [m.mode for m in rec.of(ev.StructuredOutput)] == ["off"]
-    assert rec.of(ev.IterationFinished)[-1].changes == {"LR": 0.03}  # our own parsing still reads it
+    assert rec.of(ev.IterationFinished)[-1].changes.params == {"LR": 0.03}  # our own parsing still reads it
 
 
 async def test_structured_off_sends_no_response_format(tmp_path, scripted_openai):
@@ -79,7 +79,7 @@ async def test_a_reply_cut_off_at_length_is_recorded_and_reasked_in_the_models_t
     assert [r.kind for r in rejected] == ["truncated"] and "consider a larger max_tokens" in rejected[0].reason
     reask = inner_requests(scripted_openai)[1]["messages"][-1]["content"]
     assert "cut off" in reask and "max_tokens" not in reask  # the user's hint is not the model's
-    assert rec.of(ev.IterationFinished)[-1].changes == {"LR": 0.03}
+    assert rec.of(ev.IterationFinished)[-1].changes.params == {"LR": 0.03}
 
 
 async def test_a_retried_call_leaves_an_event_per_failed_attempt(tmp_path, scripted_openai):
@@ -173,7 +173,7 @@ async def test_an_exact_repeat_of_a_discarded_experiment_is_rejected_and_reasked
     repeat = [r for r in rec.of(ev.ProposalRejected) if r.kind == "repeat"]
     assert len(repeat) == 1 and repeat[0].iteration == 2 and "repeat of iteration 1" in repeat[0].reason
     assert "repeat of iteration 1" in inner_requests(scripted_openai)[2]["messages"][-1]["content"]
-    assert rec.of(ev.IterationFinished)[-1].changes == {"LR": 0.03}
+    assert rec.of(ev.IterationFinished)[-1].changes.params == {"LR": 0.03}
 
 
 async def test_level15_sees_the_current_best_values_and_counts_rejected_proposals(tmp_path, scripted_openai):

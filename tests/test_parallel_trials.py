@@ -127,7 +127,7 @@ async def test_one_call_proposes_for_every_free_slot_and_the_prompt_names_the_ru
     assert len(llm.requests) < 7
     made = rec.of(ev.ProposalMade)
     assert made[0].saw_running == [] and made[0].saw_results == [0]
-    changes = {e.iteration: e.changes for e in made}
+    changes = {e.iteration: e.changes.params for e in made}
     later = [e for e in made if e.saw_running]
     assert later
     for e in later:  # what the proposer saw was running then, and its prompt named each with its changes
@@ -153,7 +153,7 @@ async def test_a_near_duplicate_of_a_running_trial_is_rejected_and_reasked(tmp_p
         engine, rec = await run_engine(llm_config(tmp_path, server, **CPU4, **{"budget.iterations": 7}))
     assert engine.state.status == "completed"
     rejected = [e for e in rec.of(ev.ProposalRejected) if e.kind == "repeat"]
-    assert len(rejected) == 1 and rejected[0].changes == repeat
+    assert len(rejected) == 1 and rejected[0].changes.params == repeat
     assert "a repeat of iteration #5 (running, result unknown)" in rejected[0].reason
     reask = llm.requests[2]["messages"][-1]["content"]
     assert "a repeat of iteration #5" in reask and "Propose 1 replacement experiments" in reask
@@ -206,7 +206,7 @@ async def test_a_new_best_drops_the_queued_proposal_and_never_a_running_one(tmp_
     assert engine.state.status == "completed"
     stale = [e for e in rec.of(ev.ProposalRejected) if e.kind == "stale"]
     # On a busy machine the re-made #5 may wait through a second new best and be dropped again.
-    assert stale and {e.iteration for e in stale} == {5} and stale[0].changes == {"LR": 0.035}
+    assert stale and {e.iteration for e in stale} == {5} and stale[0].changes.params == {"LR": 0.035}
     keeps = [(rec.events.index(e), e.iteration) for e in rec.of(ev.IterationFinished) if e.decision == "keep"]
     for drop in stale:  # each drop follows a new best the dropped proposal had not seen
         at = rec.events.index(drop)

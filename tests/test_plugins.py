@@ -124,7 +124,7 @@ def test_an_installed_plugin_proposes_observes_and_trains_a_surrogate_study(tmp_
 
     made = [e for e in events if isinstance(e, ev.ProposalMade)]
     assert made and {e.source for e in made} == {"grid"}
-    assert all(e.hypothesis.startswith("grid plugin step ") and len(e.changes) == 1 for e in made)
+    assert all(e.hypothesis.startswith("grid plugin step ") and len(e.changes.params) == 1 for e in made)
     finished = [e for e in events if isinstance(e, ev.IterationFinished) and e.iteration > 0]
     assert [e.iteration for e in finished] == [1, 2, 3]
     assert {e.source for e in finished} == {"grid"} and all(e.decision in ("keep", "discard") for e in finished)

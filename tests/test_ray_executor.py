@@ -17,7 +17,6 @@ from core.record import events as ev
 from core.services.executor_choice import make_executor
 from core.services.executors import ExecutorError
 from core.services.ray_executor import RayExecutor, check_token
-from core.services.trainer import Outcome
 from core.services.trial_request import TrialRequest
 from tests.conftest import Recorder
 from tests.support.patience import patience
@@ -66,7 +65,7 @@ class TestOneNodeFourGpus:
                 trial = TrialRequest(attempt=1, cwd=tmp_path, budget_s=60, grace_s=60,
                                      env={"BILEVEL_FAKE_STEP_S": "1.0"}, on_line=lambda stream, line: lines.append(line))
                 result = await executor.run(slot, PINNED, trial)
-                assert result.outcome is Outcome.OK and result.val_bpb == pytest.approx(1.04)
+                assert result.outcome == "ok" and result.val_bpb == pytest.approx(1.04)
                 assert result.node and result.failure == ""
                 seen.append(next(line.split()[1] for line in lines if line.startswith("visible ")))
 
@@ -96,7 +95,7 @@ class TestOneNodeFourGpus:
                 executor.run(slot, SCRIPTS / "hang_with_child.py", TrialRequest(
                     attempt=1, cwd=tmp_path, budget_s=600, grace_s=60, on_line=line, cancel=cancel, log_path=log)),
                 patience(120))
-        assert result.outcome is Outcome.CANCELLED and result.failure == ""
+        assert result.outcome == "cancelled" and result.failure == ""
         assert set(pids) == {"child", "script"}
         assert not [pid for pid in pids.values() if _alive(pid)]
         assert "child " in log.read_text()

@@ -144,7 +144,7 @@ async def test_a_level1_round_through_the_engine_keeps_the_real_models_proposal(
     assert engine.state.status == "completed", engine.state.finished
     assert [m.mode for m in rec.of(ev.StructuredOutput)] == ["json_object"]
     finished = rec.of(ev.IterationFinished)[-1]
-    assert finished.iteration == 1 and finished.changes == {"LR": 0.03} and finished.decision == "keep"
+    assert finished.iteration == 1 and finished.changes.params == {"LR": 0.03} and finished.decision == "keep"
     responses = [r for r in rec.of(ev.LLMResponse) if r.level == "inner"]
     assert responses and all(r.finish_reason for r in responses)
 

@@ -169,7 +169,7 @@ def test_parameter_exploration_counts_every_trained_proposal(study):
         rows = list(csv.DictReader(fh))
     for group in ("A", "C"):
         proposed = sum(int(r["proposed"]) for r in rows if r["group"] == group)
-        changes = sum(len(r.changes) for name, s in states(study).items() if s.group == group
+        changes = sum(len(r.changes.params) for name, s in states(study).items() if s.group == group
                       for r in s.proposals if r.decision in ("keep", "discard", "crash"))
         assert proposed == changes
 

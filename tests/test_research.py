@@ -82,7 +82,7 @@ async def test_generated_tabu_vetoes_a_repeat_and_the_next_proposal_differs(tmp_
     assert vetoes, "the active mechanism never vetoed the repeated proposal"
     veto = vetoes[0]
     same_iteration = [p for p in rec.of(ev.ProposalMade) if p.iteration == veto.iteration]
-    assert same_iteration[0].changes == {"LR": 0.06} and same_iteration[-1].changes != {"LR": 0.06}
+    assert same_iteration[0].changes.params == {"LR": 0.06} and same_iteration[-1].changes.params != {"LR": 0.06}
     counted = [e.mechanisms for e in rec.of(ev.IterationFinished) if e.mechanisms]
     assert counted and counted[-1]["generated_tabu"]["review_proposal"] > 0
     report = (engine.dir / rec.of(ev.MechanismValidated)[0].report).read_text()
@@ -96,11 +96,11 @@ async def test_generated_tabu_vetoes_a_repeat_and_the_next_proposal_differs(tmp_
 async def test_without_the_mechanism_the_same_proposal_repeats_and_is_rejected_as_a_repeat(tmp_path):
     with ScriptedOpenAI(responder=Scripted([])) as server:
         _, rec = await run_engine(llm_config(tmp_path, server, **{"budget.iterations": 4}))
-    made = [p.changes for p in rec.of(ev.ProposalMade)]
+    made = [p.changes.params for p in rec.of(ev.ProposalMade)]
     assert made.count({"LR": 0.06}) == 4  # the model repeats itself every iteration...
     repeats = [r for r in rec.of(ev.ProposalRejected) if r.kind == "repeat"]
     assert len(repeats) == 3 and all("repeat of iteration 1" in r.reason for r in repeats)
-    trained = [f.changes for f in rec.of(ev.IterationFinished) if f.iteration]
+    trained = [f.changes.params for f in rec.of(ev.IterationFinished) if f.iteration]
     assert trained.count({"LR": 0.06}) == 1  # ...but a discarded experiment is trained only once
 
 

@@ -63,8 +63,8 @@ def test_a_hostile_event_prints_as_exactly_one_line():
 def test_safe_event_cleans_keys_and_values_of_nested_fields_and_keeps_clean_events():
     e = ev.ProposalMade(iteration=1, changes={"LR\x1b": "a\nb"}, hypothesis="h\u202e")
     line = safe_event(e)
-    assert line.changes == {"LR\\x1b": "a\\nb"} and line.hypothesis == "h\\u202e"
-    assert safe_event(e, block=True).changes == {"LR\\x1b": "a\nb"}
+    assert line.changes.params == {"LR\\x1b": "a\\nb"} and line.hypothesis == "h\\u202e"
+    assert safe_event(e, block=True).changes.params == {"LR\\x1b": "a\nb"}
     clean = ev.ProposalMade(iteration=1, changes={"LR": 0.1}, hypothesis="fine")
     assert safe_event(clean) is clean
 

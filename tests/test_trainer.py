@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.services import trainer
-from core.services.trainer import Outcome, Progress, _LineSplitter, parse_metrics, parse_progress, run_training
+from core.services.trainer import Progress, _LineSplitter, parse_metrics, parse_progress, run_training
 from tests.support.patience import patience
 
 SCRIPTS = Path(__file__).parent / "fixtures" / "scripts"
@@ -125,7 +125,7 @@ async def test_successful_run_parses_progress_and_metrics(tmp_path):
     lines: list[tuple[str, str]] = []
     result = await _run("ok_run.py", tmp_path, on_progress=progress.append,
                         on_line=lambda stream, line: lines.append((stream, line)))
-    assert result.outcome is Outcome.OK, result.reason
+    assert result.outcome == "ok", result.reason
     assert result.val_bpb == pytest.approx(0.9979)
     assert result.metrics == {
         "val_bpb": 0.9979, "training_seconds": 300.1, "peak_vram_mb": 45060.2, "mfu_percent": 39.8,
@@ -141,7 +141,7 @@ async def test_successful_run_parses_progress_and_metrics(tmp_path):
 
 async def test_crash_reports_exit_code_and_stderr_tail_and_no_number(tmp_path):
     result = await _run("crash.py", tmp_path)
-    assert result.outcome is Outcome.CRASH
+    assert result.outcome == "crash"
     assert result.val_bpb is None
     assert result.exit_code == 1
     assert result.error_tail.splitlines()[-1] == "RuntimeError: boom: shapes do not match"
@@ -154,7 +154,7 @@ async def test_hanging_run_is_killed_at_the_deadline(tmp_path):
     started = time.monotonic()
     result = await _run("hang.py", tmp_path, budget_s=1.0, grace_s=1.0)
     elapsed = time.monotonic() - started
-    assert result.outcome is Outcome.TIMEOUT
+    assert result.outcome == "timeout"
     assert result.val_bpb is None
     assert elapsed >= 2.0  # not before budget + grace; how soon after is bench/bench_deadlines.py's
     assert result.reason.startswith("killed after 2.0 s deadline")
@@ -165,7 +165,7 @@ async def test_deadline_kills_the_scripts_children_too(tmp_path):
     lines: list[tuple[str, str]] = []
     result = await _run("hang_with_child.py", tmp_path, budget_s=1.0, grace_s=1.0,
                         on_line=lambda stream, line: lines.append((stream, line)))
-    assert result.outcome is Outcome.TIMEOUT
+    assert result.outcome == "timeout"
     script_pid, child_pid = _pid_after(lines, "script"), _pid_after(lines, "child")
     assert not _is_alive(script_pid)
     assert not _is_alive(child_pid)
@@ -176,7 +176,7 @@ async def test_script_ignoring_sigterm_is_killed(tmp_path, monkeypatch):
     lines: list[tuple[str, str]] = []
     result = await _run("ignores_sigterm.py", tmp_path, budget_s=0.5, grace_s=0.5,
                         on_line=lambda stream, line: lines.append((stream, line)))
-    assert result.outcome is Outcome.TIMEOUT
+    assert result.outcome == "timeout"
     assert result.exit_code == -9
     assert not _is_alive(_pid_after(lines, "script"))
 
@@ -187,13 +187,13 @@ async def test_children_left_behind_by_a_finished_run_are_killed(tmp_path):
     # would never return (the patience turns that hang into a failure), and a dead child was killed.
     result = await asyncio.wait_for(
         _run("leaves_child.py", tmp_path, on_line=lambda stream, line: lines.append((stream, line))), patience(10))
-    assert result.outcome is Outcome.OK and result.val_bpb == 1.25
+    assert result.outcome == "ok" and result.val_bpb == 1.25
     assert not _is_alive(_pid_after(lines, "child"))
 
 
 async def test_run_without_metrics_block_is_no_metrics(tmp_path):
     result = await _run("no_metrics.py", tmp_path)
-    assert result.outcome is Outcome.NO_METRICS
+    assert result.outcome == "no_metrics"
     assert result.val_bpb is None
     assert result.exit_code == 0
     assert result.error_tail.splitlines()[-1] == "done"  # stdout, since stderr is empty
@@ -201,7 +201,7 @@ async def test_run_without_metrics_block_is_no_metrics(tmp_path):
 
 async def test_nan_run_is_diverged_not_a_number(tmp_path):
     result = await _run("nan_loss.py", tmp_path)
-    assert result.outcome is Outcome.DIVERGED
+    assert result.outcome == "diverged"
     assert result.val_bpb is None
     assert math.isnan(result.metrics["val_bpb"])
     assert "diverged" in result.reason
@@ -209,7 +209,7 @@ async def test_nan_run_is_diverged_not_a_number(tmp_path):
 
 async def test_nonzero_exit_after_nan_loss_is_diverged(tmp_path):
     result = await _run("nan_then_crash.py", tmp_path)
-    assert result.outcome is Outcome.DIVERGED
+    assert result.outcome == "diverged"
     assert result.exit_code == 1
     assert result.val_bpb is None
     assert "nan" in result.reason
@@ -217,14 +217,14 @@ async def test_nonzero_exit_after_nan_loss_is_diverged(tmp_path):
 
 async def test_autoresearch_fast_fail_is_diverged(tmp_path):
     result = await _run("fast_fail.py", tmp_path)
-    assert result.outcome is Outcome.DIVERGED, result.reason
+    assert result.outcome == "diverged", result.reason
     assert result.exit_code == 1
     assert result.error_tail.endswith("FAIL")
 
 
 async def test_out_of_memory_is_oom(tmp_path):
     result = await _run("oom.py", tmp_path)
-    assert result.outcome is Outcome.OOM
+    assert result.outcome == "oom"
     assert result.val_bpb is None
     assert "CUDA out of memory" in result.reason
     assert "OutOfMemoryError" in result.error_tail
@@ -238,7 +238,7 @@ async def test_cancel_event_stops_the_run(tmp_path):
             cancel.set()
 
     result = await _run("hang.py", tmp_path, on_line=on_line, cancel=cancel)
-    assert result.outcome is Outcome.CANCELLED  # not TIMEOUT at the 20 s budget; how soon: bench/bench_deadlines.py
+    assert result.outcome == "cancelled"  # not TIMEOUT at the 20 s budget; how soon: bench/bench_deadlines.py
     assert result.val_bpb is None
 
 
@@ -246,7 +246,7 @@ async def test_cancel_set_beforehand_starts_nothing(tmp_path):
     cancel = asyncio.Event()
     cancel.set()
     result = await _run("env_echo.py", tmp_path, cancel=cancel, env={"FAKE_VAL_BPB": "1"})
-    assert result.outcome is Outcome.CANCELLED
+    assert result.outcome == "cancelled"
     assert not (tmp_path / "ran_here.txt").exists()
 
 
@@ -282,7 +282,7 @@ async def test_failing_callback_stops_the_run_and_propagates(tmp_path):
 async def test_log_file_gets_every_line_with_stderr_marked(tmp_path):
     log_path = tmp_path / "logs" / "run.log"
     result = await _run("crash.py", tmp_path, log_path=log_path)
-    assert result.outcome is Outcome.CRASH
+    assert result.outcome == "crash"
     log = log_path.read_text().splitlines()
     assert log[0] == "step 00001 (1.0%) | loss: 3.500000"
     assert "noise line 39" in log
@@ -294,13 +294,13 @@ async def test_environment_is_inherited_overlaid_and_unbuffered_in_cwd(tmp_path,
     monkeypatch.setenv("BILEVEL_FAKE_INHERITED", "7")  # allow-listed (core/services/environment.py)
     monkeypatch.setenv("PYTHONUNBUFFERED", "0")
     result = await _run("env_echo.py", tmp_path, env={"FAKE_VAL_BPB": "1.5"})
-    assert result.outcome is Outcome.OK, result.reason
+    assert result.outcome == "ok", result.reason
     assert result.metrics == {"val_bpb": 1.5, "unbuffered": 1.0, "inherited": 7.0}
     assert (tmp_path / "ran_here.txt").read_text() == str(tmp_path)
 
 
 async def test_missing_interpreter_is_a_crash_not_an_exception(tmp_path):
     result = await _run("ok_run.py", tmp_path, python=str(tmp_path / "no-such-python"))
-    assert result.outcome is Outcome.CRASH
+    assert result.outcome == "crash"
     assert result.exit_code is None and result.val_bpb is None
     assert "could not start" in result.reason

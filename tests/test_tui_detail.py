@@ -67,7 +67,7 @@ async def test_detail_gives_the_rule_the_margin_and_the_diff(tmp_path: Path):
     assert f"margin        {abs(margin):.6f} {'better' if margin > 0 else 'worse'} than the best" in text
     assert "rule          min_delta: keep if val_bpb < best - 0" in text
     diff = text.split("\nDiff\n", 1)[1]
-    assert verdict.changes and all(f"+{name} = {value!r}" in diff for name, value in verdict.changes.items())
+    assert verdict.changes.params and all(f"+{name} = {value!r}" in diff for name, value in verdict.changes.params.items())
 
 
 async def test_detail_of_the_mechanism_effects_and_active_mechanisms(tmp_path: Path):

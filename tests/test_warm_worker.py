@@ -11,7 +11,7 @@ import pytest
 import baseline.prepare as prep
 from baseline.presets import PRESETS
 from core.services import process_control as pc
-from core.services.trainer import Outcome, run_training
+from core.services.trainer import run_training
 from core.services.warm_worker import WarmPool, warm_plan
 from tests.test_workload import TRAIN_PY, with_constants
 
@@ -115,7 +115,7 @@ async def test_crash_in_a_warm_worker_ends_it_and_the_next_iteration_is_healthy(
     finally:
         await pool.close()
     assert ok.ok and after.ok, (ok.reason, after.reason)
-    assert crash.outcome is Outcome.CRASH and crash.val_bpb is None
+    assert crash.outcome == "crash" and crash.val_bpb is None
     assert "beta" in crash.error_tail.lower()
     assert pool.started == 2
     assert not pc.group_has_live_members(pids[0])
@@ -134,7 +134,7 @@ async def test_hanging_warm_iteration_is_killed_at_the_deadline(tmp_path, data):
         after = await warm_run(pool, tmp_path, data, "after.py", script_text())
     finally:
         await pool.close()
-    assert hung.outcome is Outcome.TIMEOUT and hung.val_bpb is None
+    assert hung.outcome == "timeout" and hung.val_bpb is None
     assert not pc.group_has_live_members(pids[0])
     assert after.ok and pool.started == 2
 

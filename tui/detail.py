@@ -76,7 +76,7 @@ def iteration_detail(model: "ViewModel", n: int, read: Callable[[str], str | Non
 
     _section(out, "Changes")
     proposal = trial.proposals[-1] if trial is not None and trial.proposals else None
-    changes = (row.changes if row is not None else {}) or (proposal.changes if proposal is not None else {})
+    changes = (row.changes.params if row is not None else {}) or (proposal.changes.params if proposal is not None else {})
     if n == 0:
         out.append("  the baseline: train.py as given\n")
     elif changes:
@@ -111,7 +111,7 @@ def iteration_detail(model: "ViewModel", n: int, read: Callable[[str], str | Non
                   "yellow" if e.effect in ("vetoed", "overrode") else "")
         for r in trial.rejections:
             who = f" by {r.mechanism}" if r.mechanism else ""
-            what = ", ".join(f"{k}={fmt_value(v)}" for k, v in r.changes.items())
+            what = ", ".join(f"{k}={fmt_value(v)}" for k, v in r.changes.params.items())
             _line(out, f"attempt {r.attempt}", f"{r.kind}{who}: {r.reason}" + (f"  [{what}]" if what else ""), "yellow")
 
     verdict = trial.verdict if trial is not None else None

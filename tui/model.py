@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from core.record import events as ev
+from core.record.change import NO_CHANGE
 from core.record.safe_events import safe_event
 from core.analysis.printer import HeadlessPrinter
 from core.record.state import IterationTrace, ParamChange, RunState
@@ -164,7 +165,7 @@ class ViewModel:
             return row
         shown = IterationTrace(**{**row.__dict__})
         shown.phase, shown.final = verdict.decision, True
-        shown.changes = dict(verdict.changes) or shown.changes
+        shown.changes = verdict.changes if verdict.changes != NO_CHANGE else shown.changes
         shown.hypothesis = verdict.hypothesis or shown.hypothesis
         shown.val_bpb, shown.best_before = verdict.val_bpb, verdict.best_before
         shown.duration_s, shown.reason = verdict.duration_s, verdict.reason

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from rich.text import Text
 
 from core.levels.trace import fmt_value
+from core.record.change import Change
 
 # Braille dot bits by (column 0..1, row 0..3) inside one character cell.
 _DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
@@ -43,8 +44,8 @@ def short_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def changes_text(changes: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={fmt_value(v)}" for k, v in changes.items())
+def changes_text(change: Change) -> str:
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in change.params.items())
 
 
 def decision_text(decision: str) -> Text:

@@ -518,7 +518,7 @@ def parameter_rows(report: Report) -> list[ParamRow]:
             for r in s.proposals:
                 if r.decision not in ("keep", "discard", "crash"):
                     continue
-                for name in r.changes:
+                for name in r.changes.params:
                     row = rows.setdefault((g.group, name), ParamRow(g.group, name))
                     row.proposed += 1
                     row.kept += r.decision == "keep"

@@ -19,7 +19,7 @@ def _calibrated(e: ev.NoiseCalibrated) -> str:
 
 
 def _verdict(e: ev.AuditVerdict) -> str:
-    changes = ", ".join(f"{k}={v}" for k, v in e.changes.items())
+    changes = ", ".join(f"{k}={v}" for k, v in e.changes.params.items())
     if e.effect is None:
         return f"audit {e.audit}: keep #{e.iteration} ({changes}) {e.verdict}"
     return (f"audit {e.audit}: keep #{e.iteration} ({changes}) effect {_f(e.effect)} "
@@ -71,6 +71,6 @@ def audit_rows(audit: AuditState) -> list[tuple[str, ...]]:
             rows.append((f"#{n}", "", "", "", "", "", "pending"))
             continue
         ci = "" if v.ci_low is None else f"[{_f(v.ci_low)}, {_f(v.ci_high)}]"
-        rows.append((f"#{n}", ", ".join(f"{k}={val}" for k, val in v.changes.items()),
+        rows.append((f"#{n}", ", ".join(f"{k}={val}" for k, val in v.changes.params.items()),
                      _f(v.recorded_gain), _f(v.effect), ci, str(v.pairs or ""), v.verdict))
     return rows

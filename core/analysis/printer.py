@@ -13,13 +13,14 @@ from typing import Callable, TextIO
 
 from core.analysis.evidence_text import FORMATS as EVIDENCE_FORMATS
 from core.record import events as ev
+from core.record.change import Change
 from core.record.safe_events import safe_event
 from core.record.safe_text import safe_line
 from core.levels.trace import fmt_bpb, fmt_value
 
 
-def _changes(changes: dict) -> str:
-    return ", ".join(f"{k}={fmt_value(v)}" for k, v in changes.items()) or "(no change)"
+def _changes(change: Change) -> str:
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in change.params.items()) or "(no change)"
 
 
 def _finished(e: ev.IterationFinished) -> str:

@@ -135,7 +135,7 @@ def keep_rows(report: Report) -> list[list[str]]:
             for it, v in sorted(s.verdicts.items()):
                 r = records[it]
                 verdict = f"**{v.verdict}**" if v.verdict == WITHIN else v.verdict
-                rows.append([g.group, s.name, str(it), json.dumps(r.changes, ensure_ascii=False)[:80],
+                rows.append([g.group, s.name, str(it), json.dumps(r.changes.params, ensure_ascii=False)[:80],
                              _f(r.val_bpb), _f(v.improvement, signed=True),
                              "—" if v.sigmas is None else f"{v.sigmas:.2f}", verdict])
     return rows
@@ -302,7 +302,7 @@ def write_csvs(report: Report, out: Path) -> list[Path]:
         "iterations.csv": (["group", "session", "iteration", "decision", "val_bpb", "best_before", "best_after",
                             "changes", "rule", "source", "keep_verdict", "improvement_sigmas"],
                            [[g.group, s.name, r.iteration, r.decision, _raw(r.val_bpb), _raw(r.best_before),
-                             _raw(r.best_after), json.dumps(r.changes, ensure_ascii=False), r.rule, r.source,
+                             _raw(r.best_after), json.dumps(r.changes.params, ensure_ascii=False), r.rule, r.source,
                              *_verdict_cells(s, r.iteration)]
                             for g in report.groups for s in g.sessions for r in s.state.records]),
         "parameters.csv": (["group", "parameter", "proposed", "kept", "crashed", "mean_effect", "best_effect",

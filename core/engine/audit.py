@@ -103,7 +103,7 @@ def keep_chain(state: "RunState") -> list[Keep]:
     for r in state.records:
         if r.decision == "keep":
             chain.append(Keep(r, dict(current)))
-            current = dict(r.values) or {**current, **r.changes}
+            current = dict(r.values) or {**current, **r.changes.params}
     return chain
 
 
@@ -111,7 +111,7 @@ def without(best: dict[str, Any], keeps: Sequence[Keep]) -> dict[str, Any]:
     """The best with the changes of ``keeps`` undone where they are still in force (latest first)."""
     values = dict(best)
     for k in sorted(keeps, key=lambda k: -k.iteration):
-        for name in k.record.changes:
+        for name in k.record.changes.params:
             if name in values and name in k.before and _same(values[name], k.record.values.get(name)):
                 values[name] = k.before[name]
     return values
@@ -264,7 +264,7 @@ class Auditor:
                 interval = paired_interval([loo[s] - best[s] for s in loo if s in best])
                 kind = verdict_of(interval)
             self.ctx.emit(ev.AuditVerdict(
-                audit=audit.audit, iteration=n, changes=dict(k.record.changes), recorded_gain=k.gain,
+                audit=audit.audit, iteration=n, changes=k.record.changes, recorded_gain=k.gain,
                 effect=interval.mean if interval else None, ci_low=interval.low if interval else None,
                 ci_high=interval.high if interval else None, pairs=interval.n if interval else 0,
                 verdict=kind))  # type: ignore[arg-type]

@@ -30,7 +30,6 @@ from core.services.trial_request import TrialRequest
 from core.services.llm import ChatResult, LLMClient, LLMError, is_outage
 from core.engine.outage import Check, EndpointGate, Unusable, WaitAbandoned
 from core.services.script import ParamSpec
-from core.services.trainer import Outcome
 from core.services.warm_worker import WarmPool, warm_plan
 
 if TYPE_CHECKING:
@@ -353,12 +352,12 @@ class EngineContext:
                 emitter.flush()
                 failure = failure_class(result)
                 self.emit(ev.TrainingFinished(
-                    iteration=iteration, outcome=result.outcome.value, val_bpb=result.val_bpb,
+                    iteration=iteration, outcome=result.outcome, val_bpb=result.val_bpb,
                     metrics=result.metrics, exit_code=result.exit_code, duration_s=result.duration_s,
                     reason=result.reason, error_tail=result.error_tail[-4000:], log=log_rel, worker=result.worker,
                     failure=failure, node=result.node, attempt=attempt,
                 ))
-                retry = failure == "infrastructure" or (result.outcome is Outcome.OOM and not trained)
+                retry = failure == "infrastructure" or (result.outcome == "oom" and not trained)
                 if not retry or attempt > MAX_RETRIES or cancel.is_set() or eng.stopping:
                     break
         finally:

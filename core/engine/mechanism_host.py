@@ -27,6 +27,7 @@ from mechanisms.sandbox.policy import check_policy
 from mechanisms.sandbox.worker_client import HookError, Worker, WorkerFailed, open_mechanism
 
 from core.record import events as ev
+from core.record.change import Params, with_params
 from core.engine.acceptance import mechanism_verdict
 from core.levels.trace import snapshot
 from core.record.safe_text import quoted_data
@@ -196,12 +197,12 @@ class MechanismHost:
                 + "\n".join(notes) + "\n") if notes else ""
 
     async def review(self, state: "RunState", proposal: "Proposal",
-                     validate: Callable[[dict[str, Any]], dict[str, Any]], *, iteration: int) -> str | None:
+                     validate: Callable[[Params], Params], *, iteration: int) -> str | None:
         """Let each mechanism accept, modify or veto; returns a veto reason, or None."""
         for entry in list(self.active):
             try:
                 verdict = await self._call(entry, "review_proposal", snapshot(state, self._schema(), iteration),
-                                           {"changes": dict(proposal.changes), "hypothesis": proposal.hypothesis})
+                                           {"changes": dict(proposal.changes.params), "hypothesis": proposal.hypothesis})
             except HookFailed:
                 continue
             n = iteration
@@ -218,7 +219,7 @@ class MechanismHost:
                     await self.detach(entry.name, f"review_proposal returned an invalid modification: {exc}",
                                       "review_proposal")
                     continue
-                proposal.changes = changes
+                proposal.changes = with_params(proposal.changes, changes)
                 self._emit(ev.MechanismEffect(iteration=n, name=entry.name, hook="review_proposal",
                                               effect="modified", detail=f"{changes} {verdict.note}"[:500]))
         return None
@@ -258,4 +259,4 @@ class MechanismHost:
 def _result_dict(result: "TrainResult | None") -> dict[str, Any]:
     if result is None:
         return {"outcome": "none", "val_bpb": None, "metrics": {}}
-    return {"outcome": result.outcome.value, "val_bpb": result.val_bpb, "metrics": dict(result.metrics)}
+    return {"outcome": result.outcome, "val_bpb": result.val_bpb, "metrics": dict(result.metrics)}

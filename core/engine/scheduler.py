@@ -271,7 +271,7 @@ class Scheduler:
             if isinstance(got, str):
                 self.port.inner.record_rejected(n, got, started=started)
                 continue
-            candidate = got.candidate if got.candidate is not None else best.apply(got.changes)
+            candidate = got.candidate if got.candidate is not None else best.apply(got.changes.params)
             got.candidate = candidate
             made.append(Queued(n, got, best_text, best_script, best_val, candidate.values(), started))
         self.queued += made
@@ -286,7 +286,7 @@ class Scheduler:
             reason = (f"dropped before it ran: a new best (val_bpb {fmt_bpb(state.best_val_bpb)}) arrived after it "
                       f"was proposed against {fmt_bpb(q.best_val)}; proposed again")
             self.ctx.emit(ev.ProposalRejected(iteration=q.iteration, attempt=q.proposal.attempt, kind="stale",
-                                              reason=reason, changes=dict(q.proposal.changes)))
+                                              reason=reason, changes=q.proposal.changes))
 
     # --- trials ----------------------------------------------------------------------------
 

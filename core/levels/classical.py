@@ -37,6 +37,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from core.record.change import Params
 from core.services.script import ParamSpec
 
 SAMPLERS = ("tpe", "cmaes", "sobol")
@@ -115,9 +116,9 @@ def _round(x: float) -> float:
     return float(f"{x:.{DIGITS}g}")
 
 
-def to_changes(dims: Sequence[Dimension], params: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+def to_changes(dims: Sequence[Dimension], params: Mapping[str, Any], values: Mapping[str, Any]) -> Params:
     """Optuna's parameters as the script values that differ from ``values`` (the best script's)."""
-    changes: dict[str, Any] = {}
+    changes: Params = {}
     tuples: dict[str, list[Any]] = {}
     for d in dims:
         raw = params[d.key]
@@ -195,7 +196,7 @@ class ClassicalProposer:
         self._anchor: dict[str, Any] = {}  # the baseline's values
 
     def propose(self, schema: Mapping[str, ParamSpec], values: Mapping[str, Any], frozen: set[str], iteration: int,
-                attempt: int, history: Sequence[Any] = ()) -> tuple[dict[str, Any], str]:
+                attempt: int, history: Sequence[Any] = ()) -> tuple[Params, str]:
         """The next point, as changes to the best script; ``history`` is the folded records, oldest first."""
         self._sync(schema, frozen, history)
         if iteration in self._open:  # a re-ask within the iteration: the earlier point failed validation or review
@@ -244,7 +245,7 @@ class ClassicalProposer:
                     dims = dimensions(schema, frozen, self._anchor)
                     trial = self._ask(dims)
                     self.replayed += 1
-                    if record.changes and to_changes(dims, trial.params, before) != dict(record.changes):
+                    if record.changes.params and to_changes(dims, trial.params, before) != dict(record.changes.params):
                         self.diverged.append(record.iteration)
                     self._open[record.iteration] = (trial, dims)
                 self._finish(record.iteration, _told_value(record, worst), record.decision)

@@ -12,6 +12,7 @@ from string import Template
 from typing import Any, Iterable
 
 from core.record import events as ev
+from core.record.change import Change, params_change
 from core.levels.context import FatalRunError, RunContext, TrainRun, Verdict
 from core.services.llm import PROBE_SCHEMA, LLMError, context_exceeded, extract_json, probe_messages
 from core.services.schema import validate_changes
@@ -51,11 +52,11 @@ class InnerLoop:
         started = ctx.monotonic()
         text = ctx.read_artifact(ctx.state.baseline_script)
         result = (await ctx.train(0, text, diff="")).result
-        if result.outcome.value == "cancelled":
+        if result.outcome == "cancelled":
             ctx.interrupted(0)
             return
-        if result.outcome.value != "ok":
-            raise FatalRunError(f"the baseline run failed ({result.outcome.value}): {result.reason}")
+        if result.outcome != "ok":
+            raise FatalRunError(f"the baseline run failed ({result.outcome}): {result.reason}")
         ctx.emit(ev.IterationFinished(
             iteration=0, decision="baseline", val_bpb=result.val_bpb, best_after=result.val_bpb,
             outcome="ok", rule="baseline", reason="baseline evaluation", script=ctx.state.baseline_script,
@@ -94,7 +95,7 @@ class InnerLoop:
         if proposal is None:
             self.record_rejected(n, last_error, started=started)
             return
-        proposal.candidate = best.apply(proposal.changes)
+        proposal.candidate = best.apply(proposal.changes.params)
         await self.run_trial(n, proposal, best_text, started=started)
 
     def record_rejected(self, n: int, reason: str, *, started: float) -> None:
@@ -120,7 +121,7 @@ class InnerLoop:
     @staticmethod
     def _candidate(proposal: Proposal, best_text: str) -> TrainScript:
         if proposal.candidate is None:
-            proposal.candidate = TrainScript.parse(best_text).apply(proposal.changes)
+            proposal.candidate = TrainScript.parse(best_text).apply(proposal.changes.params)
         return proposal.candidate
 
     async def train_trial(self, n: int, proposal: Proposal, best_text: str) -> TrainRun | None:
@@ -128,7 +129,7 @@ class InnerLoop:
         ctx = self.ctx
         candidate = self._candidate(proposal, best_text)
         run = await ctx.train(n, candidate.text, diff=unified_diff(best_text, candidate.text))
-        if run.result.outcome.value == "cancelled" and ctx.stopping:
+        if run.result.outcome == "cancelled" and ctx.stopping:
             ctx.interrupted(n)
             return None
         return run
@@ -158,7 +159,7 @@ class InnerLoop:
             iteration=n, decision=decision, changes=proposal.changes, hypothesis=proposal.hypothesis,
             val_bpb=verdict.val_bpb, best_before=ctx.state.best_val_bpb,
             best_after=verdict.val_bpb if decision == "keep" else ctx.state.best_val_bpb,
-            rule=rule, reason=reason, outcome=result.outcome.value, script=run.script,
+            rule=rule, reason=reason, outcome=result.outcome, script=run.script,
             values=candidate.values(), duration_s=ctx.monotonic() - started, source=proposal.source,
             mechanisms=ctx.mechanisms.take_counts(), acceptance=verdict.details,
             error_tail=result.error_tail[-MAX_TAIL_KEPT:] if decision == "crash" else "",
@@ -168,10 +169,10 @@ class InnerLoop:
         """The acceptance policy's verdict; a candidate new best is re-run first when it asks to confirm."""
         ctx = self.ctx
         best = ctx.state.best_val_bpb
-        if result.outcome.value == "cancelled":
+        if result.outcome == "cancelled":
             return Verdict("cancelled", "training aborted by the user", result.reason, result.val_bpb)
-        if result.outcome.value != "ok" or result.val_bpb is None or best is None:
-            return Verdict("crash", f"outcome {result.outcome.value}", result.reason, result.val_bpb)
+        if result.outcome != "ok" or result.val_bpb is None or best is None:
+            return Verdict("crash", f"outcome {result.outcome}", result.reason, result.val_bpb)
         policy = ctx.acceptance_policy()
         verdict = policy.judge(best, result.val_bpb)
         if verdict.decision != "keep" or not policy.confirm:
@@ -179,10 +180,10 @@ class InnerLoop:
         seed = confirm_seed(ctx.cfg.search.seed, n)
         ctx.emit(ev.ConfirmationStarted(iteration=n, seed=seed, first_val_bpb=result.val_bpb, best=best))
         second = (await ctx.train(n, with_seed(text, seed), diff="", seed=seed)).result
-        if second.outcome.value == "cancelled" and ctx.stopping:
+        if second.outcome == "cancelled" and ctx.stopping:
             return Verdict("interrupted", "stopped during the confirmation run", second.reason)
         runs = [(ctx.cfg.search.seed, result.val_bpb),
-                (seed, second.val_bpb if second.outcome.value == "ok" else None)]
+                (seed, second.val_bpb if second.outcome == "ok" else None)]
         # Against the best when the confirmation arrives: with trials in parallel a better one may have come meanwhile.
         return policy.judge_confirmed(ctx.state.best_val_bpb if ctx.state.best_val_bpb is not None else best,
                                       verdict, runs)
@@ -220,7 +221,7 @@ class InnerLoop:
                 chat.reask(raw, proposal.problems)
                 continue
             coerced = proposal.changes
-            repeated = repeat_of(best.apply(coerced).values(), ctx.state.proposals)
+            repeated = repeat_of(best.apply(coerced.params).values(), ctx.state.proposals)
             if repeated is not None:
                 last_error = (f"an exact repeat of iteration {repeated.iteration}, trained and discarded "
                               f"(val_bpb {fmt_bpb(repeated.val_bpb)})")
@@ -419,7 +420,7 @@ def unusable_check(parse: Any) -> Any:
     return check
 
 
-def parse_proposal(raw: str) -> tuple[dict[str, Any], str]:
+def parse_proposal(raw: str) -> tuple[Change, str]:
     """``{"changes": {...}, "hypothesis": "..."}`` from a reply; ValueError says what is wrong."""
     if not raw.strip():
         raise ValueError("the reply was empty")
@@ -431,4 +432,4 @@ def parse_proposal(raw: str) -> tuple[dict[str, Any], str]:
     hypothesis = data.get("hypothesis", "")
     if not isinstance(hypothesis, str):
         hypothesis = str(hypothesis)
-    return changes, hypothesis.strip()
+    return params_change(changes), hypothesis.strip()

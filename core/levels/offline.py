@@ -10,6 +10,7 @@ import math
 import random
 from typing import Any, Mapping, Sequence
 
+from core.record.change import Params
 from core.services.script import ParamSpec
 
 
@@ -59,12 +60,12 @@ class OfflineProposer:
         self.seed = seed
 
     def propose(self, schema: Mapping[str, ParamSpec], values: Mapping[str, Any], frozen: set[str],
-                iteration: int, attempt: int, history: Sequence[Any] = ()) -> tuple[dict[str, Any], str]:
+                iteration: int, attempt: int, history: Sequence[Any] = ()) -> tuple[Params, str]:
         rng = random.Random(f"{self.seed}:{iteration}:{attempt}")
         active = [n for n, s in schema.items() if not s.locked and n not in frozen]
         rng.shuffle(active)
         want = rng.randint(1, 3)
-        changes: dict[str, Any] = {}
+        changes: Params = {}
         for name in active:
             if len(changes) == want:
                 break

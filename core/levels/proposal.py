@@ -12,6 +12,7 @@ from string import Template
 from typing import Any, Callable
 
 from core.record import events as ev
+from core.record.change import Change, ParamChange, Params, with_params
 from core.levels.context import RunContext
 from core.services.schema import validate_changes
 from core.services.script import ParamSpec, ProposalError, TrainScript
@@ -20,7 +21,7 @@ from . import prompts
 
 @dataclass
 class Proposal:
-    changes: dict[str, Any]
+    changes: Change
     hypothesis: str
     source: str
     attempt: int
@@ -35,17 +36,19 @@ class Rejection:
     problems: list[str]
 
 
-Validate = Callable[[dict[str, Any], str, dict[str, ParamSpec], set[str]], dict[str, Any]]
+Validate = Callable[[Params, str, dict[str, ParamSpec], set[str]], Params]
 
 
-async def check_proposal(ctx: RunContext, n: int, attempt: int, changes: dict[str, Any], hypothesis: str,
+async def check_proposal(ctx: RunContext, n: int, attempt: int, changes: Change, hypothesis: str,
                          schema: dict[str, ParamSpec], frozen: set[str], source: str,
                          validate: Validate) -> Proposal | Rejection:
     """The proposal with its values coerced, or why not (an invalid one is recorded as a ProposalRejected;
     a mechanism's veto is recorded by the mechanism host). ``validate`` is the loop's whole check of a
     reply (the schema's rules, the number of changes, a hypothesis of the model's own)."""
     try:
-        coerced = validate(changes, hypothesis, schema, frozen)
+        if not isinstance(changes, ParamChange):  # code edits wait for search.scope = "code" (not built yet)
+            raise ProposalError([f"a {type(changes).__name__} cannot be applied: only parameter changes are searched"])
+        coerced = with_params(changes, validate(changes.params, hypothesis, schema, frozen))
     except ProposalError as exc:
         reason = "; ".join(exc.errors)
         ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="invalid", reason=reason,

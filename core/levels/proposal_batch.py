@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from core.record import events as ev
+from core.record.change import Change, params_change
 from core.services.llm import extract_json
 from core.services.script import TrainScript
 from core.levels.trace import fmt_value
@@ -35,7 +36,7 @@ class Known:
 
     iteration: int
     values: Mapping[str, Any]  # the full parameter values it runs
-    changes: Mapping[str, Any]
+    changes: Change
     hypothesis: str = ""
     running: bool = True
 
@@ -60,7 +61,7 @@ def near_duplicate(values: Mapping[str, Any], known: Iterable[Known]) -> Known |
     return None
 
 
-def parse_proposals(raw: str) -> list[tuple[dict[str, Any], str]]:
+def parse_proposals(raw: str) -> list[tuple[Change, str]]:
     """``{"proposals": [{"changes": …, "hypothesis": …}, …]}`` (a single proposal object counts as one)."""
     if not raw.strip():
         raise ValueError("the reply was empty")
@@ -76,12 +77,12 @@ def parse_proposals(raw: str) -> list[tuple[dict[str, Any], str]]:
             changes = changes_of(item["changes"])
         except ValueError as exc:
             raise ValueError(f"proposal {i}: {exc}") from None
-        out.append((changes, str(item.get("hypothesis", "")).strip()))
+        out.append((params_change(changes), str(item.get("hypothesis", "")).strip()))
     return out
 
 
 def running_text(known: Iterable[Known]) -> str:
-    lines = [f"- #{k.iteration}: " + (", ".join(f"{n} = {fmt_value(v)}" for n, v in k.changes.items()) or "(no change)")
+    lines = [f"- #{k.iteration}: " + (", ".join(f"{n} = {fmt_value(v)}" for n, v in k.changes.params.items()) or "(no change)")
              + (f" — {k.hypothesis}" if k.hypothesis else "") for k in known if k.running]
     return "\n".join(lines) or "(none)"
 
@@ -138,7 +139,7 @@ class BatchProposer:
                 problem = await self._check(n, attempt, changes, hypothesis, schema, frozen, best, known)
                 if isinstance(problem, str):
                     errors[n] = problem
-                    feedback.append(f"proposal {i + 1} ({changes}): {problem}")
+                    feedback.append(f"proposal {i + 1} ({changes.params}): {problem}")
                     continue
                 out[n] = problem
                 assert problem.candidate is not None
@@ -147,7 +148,7 @@ class BatchProposer:
                 chat.reask(raw, feedback, len(feedback))
         return {n: out.get(n) or errors.get(n) or "no proposal" for n in numbers}
 
-    async def _check(self, n: int, attempt: int, changes: dict[str, Any], hypothesis: str,
+    async def _check(self, n: int, attempt: int, changes: Change, hypothesis: str,
                      schema: dict, frozen: set[str], best: TrainScript, known: list[Known]) -> "Proposal | str":
         """The usable proposal, or why not (recorded as a ProposalRejected, or a mechanism's veto)."""
         ctx = self.ctx
@@ -155,7 +156,7 @@ class BatchProposer:
                                         self.inner.validate)
         if isinstance(proposal, Rejection):
             return proposal.reason
-        proposal.candidate = best.apply(proposal.changes)
+        proposal.candidate = best.apply(proposal.changes.params)
         same = near_duplicate(proposal.candidate.values(), known)
         if same is not None:
             what = "running, result unknown" if same.running else "already run"

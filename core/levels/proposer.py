@@ -13,7 +13,10 @@ full interface. Proposers are chosen by name through the registry (core/levels/p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
+
+from core.record.change import Change, Params, as_change
+from core.record.events import RejectionKind
 
 if TYPE_CHECKING:
     from core.levels.context import RunContext
@@ -24,9 +27,9 @@ if TYPE_CHECKING:
 class Reply:
     """One attempt's answer: proposals (changes, hypothesis), or why there are none."""
 
-    items: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    items: list[tuple[Change, str]] = field(default_factory=list)
     raw: str = ""  # the reply's text, for the rejection event and the re-ask
-    kind: str = ""  # why nothing usable came back: "llm_error" | "truncated" | "unparseable" ("" when items came)
+    kind: RejectionKind | Literal[""] = ""  # why nothing usable came back ("" when items came)
     reason: str = ""  # what the user reads about it
     feedback: str = ""  # what the proposer is told on the re-ask ("": no re-ask, e.g. after an LLM error)
 
@@ -65,12 +68,15 @@ class Proposer(Protocol):
 
 
 class PointProposer(Protocol):
-    """An algorithm that proposes the next point from the schema, the best values and the history."""
+    """An algorithm that proposes the next point from the schema, the best values and the history.
+
+    It returns the constants to set as a plain name -> value mapping (plugins too); :class:`Algorithmic`
+    makes it the typed change (a ParamChange)."""
 
     source: str
 
     def propose(self, schema: Mapping[str, ParamSpec], values: Mapping[str, Any], frozen: set[str], iteration: int,
-                attempt: int, history: Sequence[Any] = ()) -> tuple[dict[str, Any], str]: ...
+                attempt: int, history: Sequence[Any] = ()) -> tuple[Params, str]: ...
 
 
 class Algorithmic:
@@ -95,7 +101,8 @@ class _Points:
     async def ask(self, want: list[int], attempt: int, schema: Mapping[str, ParamSpec], values: Mapping[str, Any],
                   frozen: set[str]) -> Reply:
         records = self.ctx.state.records
-        return Reply([self.point.propose(schema, values, frozen, n, attempt, records) for n in want])
+        points = [self.point.propose(schema, values, frozen, n, attempt, records) for n in want]
+        return Reply([(as_change(changes), hypothesis) for changes, hypothesis in points])
 
     def reask(self, raw: str, errors: list[str], k: int = 1) -> None:
         """Nothing to tell: the next attempt is seeded differently."""

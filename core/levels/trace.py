@@ -33,7 +33,7 @@ def param_stats(records: Iterable[IterationRecord]) -> dict[str, ParamStats]:
     for r in records:
         if r.iteration == 0 or r.decision not in TRAINED:
             continue
-        for name, value in r.changes.items():
+        for name, value in r.changes.params.items():
             s = stats.setdefault(name, ParamStats(name))
             s.proposed += 1
             s.values.append(value)
@@ -60,7 +60,7 @@ def fmt_bpb(value: float | None) -> str:
 
 
 def record_line(r: IterationRecord) -> str:
-    changes = ", ".join(f"{k}={fmt_value(v)}" for k, v in r.changes.items()) or "(no change)"
+    changes = ", ".join(f"{k}={fmt_value(v)}" for k, v in r.changes.params.items()) or "(no change)"
     if r.val_bpb is not None and r.best_before is not None:
         score = f"val_bpb {r.val_bpb:.6f} (Δ {r.val_bpb - r.best_before:+.6f})"
     elif r.val_bpb is not None:
@@ -117,7 +117,7 @@ def snapshot(state: RunState, schema: dict[str, Any], iteration: int | None = No
     return SearchState(
         iteration=iteration,
         records=[{
-            "iteration": r.iteration, "decision": r.decision, "changes": dict(r.changes),
+            "iteration": r.iteration, "decision": r.decision, "changes": dict(r.changes.params),
             "hypothesis": r.hypothesis, "val_bpb": r.val_bpb, "best_before": r.best_before,
             "values": dict(r.values),
         } for r in state.records],

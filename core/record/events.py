@@ -34,6 +34,8 @@ from typing import Any, ClassVar, Literal, Union
 
 import msgspec
 
+from core.record.change import NO_CHANGE, Change, CodeEdit, ParamChange, as_change, is_tagged
+
 # The fixed sets of values; every value an emitter writes must be listed here.
 Provider = Literal["openai", "offline"]
 RunStatus = Literal["completed", "stopped", "failed"]
@@ -61,6 +63,12 @@ PrescreenVerdict = Literal["passed", "harmful", "failed", "skipped"]
 SigmaSource = Literal["", "calibrated", "store", "declared"]  # where the σ a rule uses came from
 AuditVerdictKind = Literal["holds", "within noise", "harmful", "superseded", "unmeasured"]
 AuditStatus = Literal["completed", "skipped", "stopped"]
+GuidanceSource = Literal["user", "strategy", "config"]
+FreezeSource = Literal["user", "rule", "strategy"]
+LevelSource = Literal["llm", "offline"]  # who answered Level 1.5 or Level 2: the LLM, or offline mode's algorithm
+# A Level 1 proposal's source is open-ended, a str: "llm", "offline", "baseline" (iteration 0), a classical
+# sampler, or a plugin proposer's registry name (core/record/registry.py; checked where the proposer is built).
+# An executor's name is open-ended the same way (plugins add executors).
 
 
 class EventDecodeError(ValueError):
@@ -160,7 +168,7 @@ class Unpaused(Event, tag="unpaused"):
 
 class GuidanceChanged(Event, tag="guidance_changed"):
     guidance: str = ""
-    source: str = "user"  # user | strategy | config
+    source: GuidanceSource = "user"
     pinned: bool = False  # the user's guidance stands over Level 1.5's until the user replaces it
     cycle: int = 0  # the Level 1.5 cycle that wrote it (source "strategy")
     unread: str = ""  # why nothing in the run reads it (a sampler or offline mode proposes); empty: it is read
@@ -184,13 +192,13 @@ class BudgetChanged(Event, tag="budget_changed"):
 class ParamFrozen(Event, tag="param_frozen"):
     name: str = ""
     reason: str = ""
-    source: str = "user"  # user | rule | strategy
+    source: FreezeSource = "user"
 
 
 class ParamUnfrozen(Event, tag="param_unfrozen"):
     name: str = ""
     reason: str = ""
-    source: str = "user"
+    source: FreezeSource = "user"
 
 
 # --- LLM calls ------------------------------------------------------------------
@@ -267,14 +275,17 @@ class IterationStarted(Event, tag="iteration_started"):
 class ProposalMade(Event, tag="proposal_made"):
     iteration: int = 0
     attempt: int = 1
-    changes: dict[str, Any] = {}
+    changes: Change = NO_CHANGE
     hypothesis: str = ""
-    source: str = "llm"  # llm | offline | tpe | cmaes | sobol (a classical sampler)
+    source: str = "llm"  # the proposer (open-ended: see the note at the top)
     call_id: str = ""
     # What the proposer saw (parallel trials): the finished iterations whose results it was given,
     # and the trials then running with results unknown. Replay explains every decision from these.
     saw_results: list[int] = []
     saw_running: list[int] = []
+
+    def __post_init__(self) -> None:
+        _typed_changes(self)
 
 
 class ProposalRejected(Event, tag="proposal_rejected"):
@@ -283,9 +294,12 @@ class ProposalRejected(Event, tag="proposal_rejected"):
     kind: RejectionKind = "invalid"
     reason: str = ""
     errors: list[str] = []
-    changes: dict[str, Any] = {}
+    changes: Change = NO_CHANGE
     raw: str = ""  # the reply, truncated, for unparseable ones
     mechanism: str = ""
+
+    def __post_init__(self) -> None:
+        _typed_changes(self)
 
 
 class TrainingStarted(Event, tag="training_started"):
@@ -367,7 +381,7 @@ class SlotInfo(msgspec.Struct, frozen=True, kw_only=True):
 class SlotsConfigured(Event, tag="slots_configured"):
     """The slots this run trains on, decided once per start (resume may find others)."""
 
-    executor: str = "local"  # local | ray
+    executor: str = "local"  # the executor's registry name: local, ray, or a plugin's (open-ended)
     slots: list[SlotInfo] = []
     address: str = ""  # the Ray cluster joined
 
@@ -390,7 +404,7 @@ class IterationFinished(Event, tag="iteration_finished"):
 
     iteration: int = 0
     decision: Decision = "baseline"
-    changes: dict[str, Any] = {}
+    changes: Change = NO_CHANGE
     hypothesis: str = ""
     val_bpb: float | None = None
     best_before: float | None = None
@@ -401,11 +415,14 @@ class IterationFinished(Event, tag="iteration_finished"):
     script: str = ""  # artifact of the script evaluated
     values: dict[str, Any] = {}  # full parameter values evaluated
     duration_s: float = 0.0
-    source: str = ""  # llm | offline | tpe | cmaes | sobol
+    source: str = ""  # the proposer (open-ended: see the note at the top)
     mechanisms: dict[str, dict[str, int]] = {}  # hook calls per mechanism
     # The numbers the acceptance rule used: best, threshold, noise floor, margin, confirmation runs.
     acceptance: dict[str, Any] = {}
     error_tail: str = ""  # a crashed run's last log lines: shown to the next proposal, kept for resume
+
+    def __post_init__(self) -> None:
+        _typed_changes(self)
 
 
 class IterationInterrupted(Event, tag="iteration_interrupted"):
@@ -455,7 +472,7 @@ class StrategyDecision(Event, tag="strategy_decision"):
     """One Level 1.5 cycle's verdict; each applied freeze/unfreeze also gets its own event."""
 
     cycle: int = 0
-    source: str = "llm"  # llm | offline
+    source: LevelSource = "llm"
     diagnosis: str = ""
     reasoning: str = ""
     guidance: str = ""
@@ -476,7 +493,7 @@ class ResearchStarted(Event, tag="research_started"):
     research_id: str = ""
     cycle: int = 0
     after_iteration: int = 0
-    source: str = "llm"  # llm | offline
+    source: LevelSource = "llm"
 
 
 class ResearchRound(Event, tag="research_round"):
@@ -739,13 +756,16 @@ class AuditVerdict(Event, tag="audit_verdict"):
 
     audit: int = 0
     iteration: int = 0  # the keep
-    changes: dict[str, Any] = {}
+    changes: Change = NO_CHANGE  # the keep's change (its constants), left out in the audit
     recorded_gain: float | None = None  # what the search credited it with (best before − its val_bpb)
     effect: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
     pairs: int = 0
     verdict: AuditVerdictKind = "within noise"
+
+    def __post_init__(self) -> None:
+        _typed_changes(self)
 
 
 class AuditProposed(Event, tag="audit_proposed"):
@@ -820,6 +840,13 @@ class MergedDeltas(LLMDelta, tag="llm_delta_merged"):
     """A run of consecutive deltas of one call handed over as one (a replay jump); ``merged`` counts them."""
 
     merged: int = 1
+
+
+def _typed_changes(event: Event) -> None:
+    """A plain name -> value mapping given as ``changes`` (an older log, an older caller) is a ParamChange."""
+    changes = event.changes  # type: ignore[attr-defined]
+    if type(changes) is not ParamChange and type(changes) is not CodeEdit:
+        msgspec.structs.force_setattr(event, "changes", as_change(changes))
 
 
 # --- the registry, the codec ------------------------------------------------------------
@@ -977,7 +1004,15 @@ def from_dict(data: Any) -> Event:
         rest = {k: v for k, v in data.items() if k not in ("seq", "ts", "type")}
         head = _convert({"seq": data.get("seq", 0), "ts": data.get("ts", 0.0), "type": "unknown_event"}, UnknownEvent)
         return UnknownEvent(seq=head.seq, ts=head.ts, name=str(kind), data=rest)
-    return _convert(_revive_old_floats(cls, data), cls)
+    return _convert(_upgrade_old_shape(cls, _revive_old_floats(cls, data)), cls)
+
+
+def _upgrade_old_shape(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """An older log's ``changes`` (a plain parameter -> value mapping) as the tagged change it means."""
+    changes = data.get("changes")
+    if "changes" not in cls.__struct_fields__ or not isinstance(changes, dict) or is_tagged(changes):
+        return data  # the tagged shape (or not a mapping at all): msgspec checks it and says what is wrong
+    return {**data, "changes": msgspec.to_builtins(ParamChange(params=changes))}
 
 
 def _convert(data: dict[str, Any], cls: type[Event]) -> Any:

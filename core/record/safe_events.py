@@ -18,14 +18,17 @@ E = TypeVar("E", bound=msgspec.Struct)
 
 def safe_event(event: E, *, block: bool = False) -> E:
     """``event`` with its strings cleaned: one line each, or (``block``) newlines and tabs kept."""
-    clean = safe_block if block else safe_line
+    return _clean_struct(event, safe_block if block else safe_line)
+
+
+def _clean_struct(struct: E, clean: Callable[[str], str]) -> E:
     changed: dict[str, Any] = {}
-    for name in event.__struct_fields__:
-        value = getattr(event, name)
+    for name in struct.__struct_fields__:
+        value = getattr(struct, name)
         cleaned = _clean(value, clean)
         if cleaned is not value:
             changed[name] = cleaned
-    return msgspec.structs.replace(event, **changed) if changed else event
+    return msgspec.structs.replace(struct, **changed) if changed else struct
 
 
 def _clean(value: Any, clean: Callable[[str], str]) -> Any:
@@ -43,4 +46,6 @@ def _clean(value: Any, clean: Callable[[str], str]) -> Any:
         if all(c is v for c, v in zip(cleaned, value)):
             return value
         return kind(cleaned)
+    if isinstance(value, msgspec.Struct):  # a typed value inside an event (a proposal's change): its fields too
+        return _clean_struct(value, clean)
     return value

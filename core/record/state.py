@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 from core.record import events as ev
+from core.record.change import NO_CHANGE, Change, as_change
 
 
 @dataclass
@@ -30,13 +31,13 @@ from core.record import events as ev
 
 class IterationRecord:
     iteration: int
-    decision: str
-    changes: dict[str, Any]
+    decision: ev.Decision
+    changes: Change
     hypothesis: str
     val_bpb: float | None
     best_before: float | None
     best_after: float | None
-    outcome: str
+    outcome: ev.TrainingOutcome | Literal[""]
     reason: str
     rule: str
     duration_s: float
@@ -44,6 +45,9 @@ class IterationRecord:
     mechanisms: dict[str, dict[str, int]]
     values: dict[str, Any]
     error_tail: str = ""  # a crashed run's last log lines
+
+    def __post_init__(self) -> None:
+        self.changes = as_change(self.changes)  # a caller's plain name -> value mapping is a ParamChange
 
     @property
     def delta(self) -> float | None:
@@ -74,7 +78,7 @@ class IterationTrace:
 
     iteration: int
     phase: str = "started"  # started | baseline… | proposing | training | scoring | then the decision
-    changes: dict[str, Any] = field(default_factory=dict)
+    changes: Change = NO_CHANGE
     hypothesis: str = ""
     val_bpb: float | None = None
     best_before: float | None = None
@@ -102,7 +106,7 @@ class Trial:
     """An iteration in flight (started, no verdict yet): its proposal and its training run, if any."""
 
     iteration: int
-    changes: dict[str, Any] = field(default_factory=dict)
+    changes: Change = NO_CHANGE
     training: ev.TrainingStarted | None = None  # the run in progress (None while proposing or scoring)
     progress: ev.TrainingProgress | None = None  # its latest progress
 
@@ -378,10 +382,10 @@ def _iteration_started(s: RunState, e: ev.IterationStarted) -> None:
 
 def _proposal_made(s: RunState, e: ev.ProposalMade) -> None:
     t = s.iteration(e.iteration)
-    t.changes, t.hypothesis, t.attempts = dict(e.changes), e.hypothesis, e.attempt
+    t.changes, t.hypothesis, t.attempts = e.changes, e.hypothesis, e.attempt
     if e.iteration in s.in_flight:
-        s.in_flight[e.iteration].changes = dict(e.changes)
-    for name in e.changes:
+        s.in_flight[e.iteration].changes = e.changes
+    for name in e.changes.params:
         s.proposal_counts[name] = s.proposal_counts.get(name, 0) + 1
 
 
@@ -435,7 +439,7 @@ def _iteration_finished(s: RunState, e: ev.IterationFinished) -> None:
         return  # a second verdict on a recorded iteration (a stray or damaged line) must not overwrite it
     s.records.append(
         IterationRecord(
-            iteration=e.iteration, decision=e.decision, changes=dict(e.changes), hypothesis=e.hypothesis,
+            iteration=e.iteration, decision=e.decision, changes=e.changes, hypothesis=e.hypothesis,
             val_bpb=e.val_bpb, best_before=e.best_before, best_after=e.best_after, outcome=e.outcome,
             reason=e.reason, rule=e.rule, duration_s=e.duration_s, source=e.source,
             mechanisms={k: dict(v) for k, v in e.mechanisms.items()}, values=dict(e.values),
@@ -453,7 +457,7 @@ def _iteration_finished(s: RunState, e: ev.IterationFinished) -> None:
     _end_trial(s, e.iteration)
     t = s.iteration(e.iteration)
     t.phase, t.final = e.decision, True
-    t.changes = dict(e.changes) if e.changes or e.iteration == 0 else t.changes
+    t.changes = e.changes if e.changes != NO_CHANGE or e.iteration == 0 else t.changes
     t.hypothesis = e.hypothesis or t.hypothesis
     t.val_bpb, t.best_before = e.val_bpb, e.best_before
     t.duration_s, t.reason = e.duration_s, e.reason

@@ -51,9 +51,9 @@ async def measure_noise(engine: "Engine", runs: int) -> NoiseFloor | None:
             if engine.stopping:
                 return None
             result = (await engine.context.train(i, with_seed(text, seed), diff="", seed=seed)).result
-            engine.emit(ev.NoiseRunFinished(run=i, seed=seed, outcome=result.outcome.value, val_bpb=result.val_bpb,
+            engine.emit(ev.NoiseRunFinished(run=i, seed=seed, outcome=result.outcome, val_bpb=result.val_bpb,
                                             duration_s=result.duration_s, reason=result.reason))
-            return result.val_bpb if result.outcome.value == "ok" else None
+            return result.val_bpb if result.outcome == "ok" else None
 
         # Every run at once: each waits for a free slot (one at a time on one slot); a hard stop cancels the rest.
         values = await asyncio.gather(*(one(i, seed) for i, seed in enumerate(seeds)))

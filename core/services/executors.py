@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from core.record.events import SlotInfo, SlotSample
 from core.services import gpus as nv
-from core.services.trainer import Outcome, TrainResult, run_training
+from core.services.trainer import TrainResult, run_training
 from core.services.trial_request import TrialRequest
 
 _NVIDIA_SMI_TIMEOUT_S = 10.0
@@ -96,7 +96,7 @@ def failure_class(result: TrainResult) -> str:
     """Whose failure a finished run is: "" (it worked, or was cancelled), "script" or "infrastructure"."""
     if result.failure:
         return result.failure
-    return "" if result.outcome in (Outcome.OK, Outcome.CANCELLED) else "script"
+    return "" if result.outcome in ("ok", "cancelled") else "script"
 
 
 class SlotPool:

@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from core.record.events import SlotInfo, SlotSample
+from core.record.events import SlotInfo, SlotSample, TrainingOutcome
 from core.services import process_control as pc
 from core.services.environment import allowed
 from core.services.executors import (
@@ -43,7 +43,6 @@ from core.services.executors import (
 from core.services.trial_request import TrialRequest
 from core.services.trainer import (
     TERM_GRACE_S,
-    Outcome,
     TrainResult,
     run_training,
 )
@@ -225,7 +224,7 @@ class RayExecutor:
         cancel, tag, valid_bpb, clock = trial.cancel, trial.tag, trial.valid_bpb, trial.clock
         begun, measured = time.monotonic(), clock()
         if cancel is not None and cancel.is_set():
-            return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled before it started")
+            return TrainResult("cancelled", None, {}, None, 0.0, "", "cancelled before it started")
         tag = tag or pc.new_tag()
         # The node's own environment is the base (its PATH, its CUDA); ours adds the BILEVEL_* knobs.
         ours = {k: v for k, v in os.environ.items() if k.startswith("BILEVEL_") and allowed(k)}
@@ -246,18 +245,18 @@ class RayExecutor:
                     await self._stop(gen, run)
                     if cancelled:
                         took = clock() - measured
-                        return run.result(Outcome.CANCELLED, f"cancelled after {took:.1f} s", took, log_path, "")
-                    return run.result(Outcome.CRASH, "the Ray task went silent past its deadline; ended it",
+                        return run.result("cancelled", f"cancelled after {took:.1f} s", took, log_path, "")
+                    return run.result("crash", "the Ray task went silent past its deadline; ended it",
                                       clock() - measured, log_path, "infrastructure")
                 try:
                     item = nxt.result()
                 except StopAsyncIteration:
-                    return run.result(Outcome.CRASH, "the Ray task ended without a result", clock() - measured, log_path,
+                    return run.result("crash", "the Ray task ended without a result", clock() - measured, log_path,
                                       "infrastructure")
                 except self._ray.exceptions.RayError as exc:
                     await self._stop(gen, run)
                     where = f" on node {run.node}" if run.node else ""
-                    return run.result(Outcome.CRASH, f"lost the run{where}: {type(exc).__name__}: "
+                    return run.result("crash", f"lost the run{where}: {type(exc).__name__}: "
                                       f"{str(exc).splitlines()[0] if str(exc) else ''}"[:500],
                                       clock() - measured, log_path, "infrastructure")
                 kind = item[0]
@@ -278,7 +277,7 @@ class RayExecutor:
                     _write_log(log_path, log)
                     return replace(result, node=run.node, failure=failure_class(result))
                 else:  # "error": our runner failed on the node (no script, no disk …)
-                    return run.result(Outcome.CRASH, f"the Ray task failed: {item[1]}"[:500], clock() - measured,
+                    return run.result("crash", f"the Ray task failed: {item[1]}"[:500], clock() - measured,
                                       log_path, "infrastructure")
         except BaseException:
             await self._stop(gen, run)  # a cancelled engine task leaves nothing running anywhere
@@ -321,11 +320,11 @@ class _RemoteRun:
         self.node = self.ip = self.gpus = ""
         self.lines: list[tuple[str, str]] = []
 
-    def result(self, outcome: Outcome, reason: str, duration_s: float, log_path: Path | None,
+    def result(self, outcome: TrainingOutcome, reason: str, duration_s: float, log_path: Path | None,
                failure: str) -> TrainResult:
         _write_log(log_path, "".join(("[stderr] " if s == "stderr" else "") + line + "\n" for s, line in self.lines))
         tail = "\n".join(line for _, line in self.lines[-20:])
-        return TrainResult(outcome, None, {}, None, duration_s, tail if outcome is not Outcome.CANCELLED
+        return TrainResult(outcome, None, {}, None, duration_s, tail if outcome != "cancelled"
                            else "", reason, node=self.node, failure=failure)
 
 

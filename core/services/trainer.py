@@ -5,7 +5,7 @@ stdout and stderr line by line without blocking the event loop, enforces a hard
 deadline (budget + grace), kills the whole group, and every process tagged as
 this run's, when the run ends for any reason, and classifies the result. A crash,
 timeout, divergence or invalid metric never yields a number: ``TrainResult.val_bpb``
-is set only when the outcome is ``Outcome.OK``.
+is set only when the outcome is ``"ok"``.
 
 Reading the output lives in :mod:`core.services.train_output`; making processes die
 with the engine in :mod:`core.services.process_control`.
@@ -19,10 +19,10 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import IO, Callable, Mapping
 
+from core.record.events import TrainingOutcome
 from core.services import process_control as pc
 from core.services.train_output import (  # noqa: F401 - re-exported: the trainer's reading of output
     ERROR_TAIL_LINES, MAX_LINE_BYTES, Progress, _LineSplitter, _RunWatcher, parse_metrics, parse_progress,
@@ -40,19 +40,9 @@ _POLL_S = 0.05
 VALID_BPB = (0.0, float("inf"))
 
 
-class Outcome(str, Enum):
-    OK = "ok"
-    CRASH = "crash"
-    TIMEOUT = "timeout"
-    NO_METRICS = "no_metrics"
-    DIVERGED = "diverged"
-    OOM = "oom"
-    CANCELLED = "cancelled"
-
-
 @dataclass(frozen=True)
 class TrainResult:
-    outcome: Outcome
+    outcome: TrainingOutcome
     val_bpb: float | None  # only set when outcome is OK; a crash is never a number
     metrics: dict[str, float]  # the parsed metrics block, possibly partial
     exit_code: int | None  # negative: killed by that signal; None: never started
@@ -65,7 +55,7 @@ class TrainResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome is Outcome.OK
+        return self.outcome == "ok"
 
 
 async def pump(stream: asyncio.StreamReader, name: str, sink: Callable[[str, str], None]) -> None:
@@ -112,7 +102,7 @@ async def _supervise(
     readers: list[asyncio.Task[None]],
     deadline: float,
     cancel: asyncio.Event | None,
-) -> Outcome | None:
+) -> TrainingOutcome | None:
     """Wait for the script to exit; return TIMEOUT or CANCELLED if it had to be stopped.
 
     A reader that fails (an on_line/on_progress callback raised) stops the run: the
@@ -127,12 +117,12 @@ async def _supervise(
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return Outcome.TIMEOUT
+                return "timeout"
             done, _ = await asyncio.wait(watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             if exited in done:
                 return None
             if cancelled is not None and cancelled in done:
-                return Outcome.CANCELLED
+                return "cancelled"
             for reader in done:
                 reader.result()  # re-raises a callback's exception
                 watched.discard(reader)  # a stream closed early; the process goes on
@@ -195,7 +185,7 @@ def _with_message(head: str, message: str) -> str:
 
 def classify(
     *,
-    stopped: Outcome | None,
+    stopped: TrainingOutcome | None,
     exit_code: int,
     watcher: _RunWatcher,
     metrics: dict[str, float],
@@ -203,32 +193,32 @@ def classify(
     grace_s: float,
     duration_s: float,
     valid_bpb: tuple[float, float] = VALID_BPB,
-) -> tuple[Outcome, str]:
-    if stopped is Outcome.CANCELLED:
-        return Outcome.CANCELLED, f"cancelled after {duration_s:.1f} s"
-    if stopped is Outcome.TIMEOUT:
-        return Outcome.TIMEOUT, (
+) -> tuple[TrainingOutcome, str]:
+    if stopped == "cancelled":
+        return "cancelled", f"cancelled after {duration_s:.1f} s"
+    if stopped == "timeout":
+        return "timeout", (
             f"killed after {budget_s + grace_s:.1f} s deadline (budget {budget_s:g} s + grace {grace_s:g} s)"
         )
     nan_seen = watcher.divergence_line is not None or not _is_finite(watcher.last_loss)
     if exit_code != 0:
         if watcher.oom_line is not None:
-            return Outcome.OOM, f"out of memory ({_exit_text(exit_code)}): {watcher.oom_line[:300]}"
+            return "oom", f"out of memory ({_exit_text(exit_code)}): {watcher.oom_line[:300]}"
         if nan_seen or watcher.fast_fail:
-            return Outcome.DIVERGED, _divergence_reason(watcher, metrics, exit_code)
-        return Outcome.CRASH, _with_message(_exit_text(exit_code), _last_message(watcher))
+            return "diverged", _divergence_reason(watcher, metrics, exit_code)
+        return "crash", _with_message(_exit_text(exit_code), _last_message(watcher))
     val_bpb = metrics.get("val_bpb")
     if nan_seen or not _is_finite(val_bpb):
-        return Outcome.DIVERGED, _divergence_reason(watcher, metrics, exit_code)
+        return "diverged", _divergence_reason(watcher, metrics, exit_code)
     if watcher.block is None:
-        return Outcome.NO_METRICS, "exit code 0 but the script printed no '---' metrics block"
+        return "no_metrics", "exit code 0 but the script printed no '---' metrics block"
     if val_bpb is None:
-        return Outcome.NO_METRICS, "exit code 0 but the metrics block has no val_bpb"
+        return "no_metrics", "exit code 0 but the metrics block has no val_bpb"
     low, high = valid_bpb
     if not low < val_bpb <= high:
-        return Outcome.CRASH, (f"invalid metric: val_bpb {val_bpb!r} is not a measurement "
+        return "crash", (f"invalid metric: val_bpb {val_bpb!r} is not a measurement "
                                f"(it must be > {low:g} and ≤ {high:g})")
-    return Outcome.OK, f"val_bpb {val_bpb:.6f} after {duration_s:.1f} s"
+    return "ok", f"val_bpb {val_bpb:.6f} after {duration_s:.1f} s"
 
 
 def _divergence_reason(watcher: _RunWatcher, metrics: dict[str, float], exit_code: int) -> str:
@@ -284,7 +274,7 @@ async def run_training(
     """
     start, begun = time.monotonic(), clock()
     if cancel is not None and cancel.is_set():
-        return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled before it started")
+        return TrainResult("cancelled", None, {}, None, 0.0, "", "cancelled before it started")
     tag = tag or pc.new_tag()
     # an allow-list (no API keys), plus the run tag that lets a resume find what this run started
     child_env = {**compile_cache_env(), **training_env(env), "PYTHONUNBUFFERED": "1", pc.TAG_ENV: tag}
@@ -303,7 +293,7 @@ async def run_training(
             )
         except OSError as exc:
             return TrainResult(
-                Outcome.CRASH, None, {}, None, clock() - begun, str(exc),
+                "crash", None, {}, None, clock() - begun, str(exc),
                 f"could not start {python} {script}: {exc}",
             )
         watcher = _RunWatcher(log, on_progress, on_line)
@@ -343,7 +333,7 @@ async def run_training(
         stopped=stopped, exit_code=exit_code, watcher=watcher, metrics=metrics,
         budget_s=budget_s, grace_s=grace_s, duration_s=duration_s, valid_bpb=valid_bpb,
     )
-    ok = outcome is Outcome.OK
+    ok = outcome == "ok"
     return TrainResult(
         outcome=outcome,
         val_bpb=metrics["val_bpb"] if ok else None,

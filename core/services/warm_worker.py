@@ -28,13 +28,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from core.record.events import TrainingOutcome
 from core.services import process_control as pc
 from core.services.environment import compile_cache_env, training_env
 from core.services.script import TrainScript
 from core.services.train_output import Progress, _RunWatcher
 from core.services.trainer import (
     VALID_BPB,
-    Outcome,
     TrainResult,
     classify,
     close_pipes,
@@ -211,7 +211,7 @@ class WarmPool:
         the same contract as :func:`core.services.trainer.run_training`."""
         start, begun = time.monotonic(), clock()
         if cancel is not None and cancel.is_set():
-            return TrainResult(Outcome.CANCELLED, None, {}, None, 0.0, "", "cancelled before it started",
+            return TrainResult("cancelled", None, {}, None, 0.0, "", "cancelled before it started",
                                worker="warm")
         child_env = {k: v for k, v in {**compile_cache_env(), **training_env(env)}.items() if k != "BILEVEL_SEED"}
         key = (plan.code_key, plan.shape, python, str(cwd), tuple(sorted(child_env.items())))
@@ -255,7 +255,7 @@ class WarmPool:
         outcome, reason = classify(stopped=stopped, exit_code=exit_code, watcher=it.watcher, metrics=metrics,
                                     budget_s=budget_s, grace_s=grace_s, duration_s=duration_s,
                                     valid_bpb=valid_bpb)
-        ok = outcome is Outcome.OK
+        ok = outcome == "ok"
         return TrainResult(outcome=outcome, val_bpb=metrics["val_bpb"] if ok else None, metrics=metrics,
                            exit_code=exit_code, duration_s=duration_s,
                            error_tail="" if ok else it.watcher.error_tail(), reason=reason, worker="warm")
@@ -272,13 +272,13 @@ class WarmPool:
                 preexec_fn=pc.die_with_parent_preexec(),  # and the kernel kills it if the engine dies
             )
         except OSError as exc:
-            return TrainResult(Outcome.CRASH, None, {}, None, 0.0, str(exc),
+            return TrainResult("crash", None, {}, None, 0.0, str(exc),
                                f"could not start {python} {script}: {exc}", worker="warm")
         self.started += 1
         return _Worker(key, proc, tag)
 
     async def _request(self, worker: _Worker, it: _Iteration, plan: WarmPlan, seed: int,
-                       deadline: float, cancel: asyncio.Event | None) -> Outcome | None:
+                       deadline: float, cancel: asyncio.Event | None) -> TrainingOutcome | None:
         """Send the iteration and wait for its end; TIMEOUT or CANCELLED if it had to be stopped."""
         request = json.dumps({"constants": plan.constants, "seed": seed}) + "\n"
         assert worker.proc.stdin is not None
@@ -294,10 +294,10 @@ class WarmPool:
                 await close_pipes(worker.proc, worker.readers)  # the traceback's last lines
                 return None
             if cancel is not None and cancel.is_set():
-                return Outcome.CANCELLED
+                return "cancelled"
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return Outcome.TIMEOUT
+                return "timeout"
             it.changed.clear()
             try:
                 await asyncio.wait_for(it.changed.wait(), timeout=min(remaining, _POLL_S * 4))

@@ -20,7 +20,7 @@ from core.record.state import RunState
 from core.services.llm import ChatResult, Usage
 from core.services.schema import infer_schema
 from core.services.script import ParamSpec, TrainScript
-from core.services.trainer import Outcome, TrainResult
+from core.services.trainer import TrainResult
 
 
 class MinDelta:
@@ -75,11 +75,11 @@ def quadratic_val_bpb(text: str, seed: int) -> TrainResult:
     """What the stand-in script prints for these values, as a TrainResult (LR above 1 crashes)."""
     v = TrainScript.parse(text).values()
     if v["LR"] > 1:
-        return TrainResult(Outcome.CRASH, None, {}, 1, 0.1, "Traceback ...\nRuntimeError: loss exploded (fake crash)",
+        return TrainResult("crash", None, {}, 1, 0.1, "Traceback ...\nRuntimeError: loss exploded (fake crash)",
                            "exit code 1")
     val = 1.0 + 0.05 * math.log(v["LR"] / 0.02) ** 2 + 0.2 * (v["WARMDOWN_RATIO"] - 0.3) ** 2
     val += 0.001 * (v["PATTERN"] != "SSSL") + 0.0001 * seed
-    return TrainResult(Outcome.OK, val, {"val_bpb": val}, 0, 0.1, "", "ok")
+    return TrainResult("ok", val, {"val_bpb": val}, 0, 0.1, "", "ok")
 
 
 class FakeRunContext:
@@ -171,7 +171,7 @@ class FakeRunContext:
         folder = "baseline" if iteration == 0 else f"iterations/{iteration:04d}"
         script = self.artifact(f"{folder}/train.py", text)
         result = quadratic_val_bpb(text, self._cfg.search.seed if seed is None else seed)
-        self.emit(ev.TrainingFinished(iteration=iteration, outcome=result.outcome.value, val_bpb=result.val_bpb,
+        self.emit(ev.TrainingFinished(iteration=iteration, outcome=result.outcome, val_bpb=result.val_bpb,
                                       error_tail=result.error_tail))
         return TrainRun(result, script)
 

@@ -51,21 +51,21 @@ async def timed(work: Callable[[], Awaitable[str]]) -> tuple[float, str]:
 
 async def trainer_checks(folder: Path) -> list[Check]:
     from core.services import trainer
-    from core.services.trainer import Outcome, run_training
+    from core.services.trainer import run_training
 
     async def hang_past_deadline() -> str:
         result = await run_training(SCRIPTS / "hang.py", cwd=folder, budget_s=1.0, grace_s=1.0)
-        return "" if result.outcome is Outcome.TIMEOUT else f"outcome {result.outcome}"
+        return "" if result.outcome == "timeout" else f"outcome {result.outcome}"
 
     async def cancel_a_hang() -> str:
         cancel = asyncio.Event()
         result = await run_training(SCRIPTS / "hang.py", cwd=folder, budget_s=20.0, grace_s=5.0, cancel=cancel,
                                     on_line=lambda stream, line: cancel.set() if line == "started" else None)
-        return "" if result.outcome is Outcome.CANCELLED else f"outcome {result.outcome}"
+        return "" if result.outcome == "cancelled" else f"outcome {result.outcome}"
 
     async def child_holds_stdout() -> str:
         result = await run_training(SCRIPTS / "leaves_child.py", cwd=folder, budget_s=20.0, grace_s=5.0)
-        return "" if result.outcome is Outcome.OK else f"outcome {result.outcome}"
+        return "" if result.outcome == "ok" else f"outcome {result.outcome}"
 
     checks = []
     for name, work, low, high in (

@@ -215,11 +215,11 @@ class Auditor:
                 return
             script = with_seed(baseline.apply(run.values).text, run.seed)
             result = (await ctx.train(run.run, script, diff="", seed=run.seed)).result
-            if result.outcome.value == "cancelled" and ctx.stopping:
+            if result.outcome == "cancelled" and ctx.stopping:
                 return  # not recorded: the resume runs it again
-            ok = result.outcome.value == "ok" and result.val_bpb is not None
+            ok = result.outcome == "ok" and result.val_bpb is not None
             ctx.emit(ev.AuditRunFinished(audit=audit.audit, run=run.run, config=run.config, seed=run.seed,
-                                         outcome=result.outcome.value, val_bpb=result.val_bpb if ok else None,
+                                         outcome=result.outcome, val_bpb=result.val_bpb if ok else None,
                                          reason=result.reason))
 
         await asyncio.gather(*(one(r) for r in runs))

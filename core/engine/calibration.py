@@ -74,10 +74,10 @@ async def calibrate(ctx: "EngineContext", log: Callable[[str], None]) -> bool:
         if run in state.calibration_results or ctx.stopping:
             return
         result = (await ctx.train(run, with_seed(text, seed), diff="", seed=seed)).result
-        if result.outcome.value == "cancelled" and ctx.stopping:
+        if result.outcome == "cancelled" and ctx.stopping:
             return  # not recorded: a resume runs it again
-        ok = result.outcome.value == "ok" and result.val_bpb is not None
-        ctx.emit(ev.CalibrationRunFinished(run=run, seed=seed, outcome=result.outcome.value,
+        ok = result.outcome == "ok" and result.val_bpb is not None
+        ctx.emit(ev.CalibrationRunFinished(run=run, seed=seed, outcome=result.outcome,
                                            val_bpb=result.val_bpb if ok else None, reason=result.reason))
 
     await asyncio.gather(*(one(r, s) for r, s in zip(plan.runs, plan.seeds)))

@@ -45,7 +45,7 @@ from core.record.state import RunState
 from core.services.schema import infer_schema
 from core.services.script import ParamSpec, TrainScript
 from core.services.seeds import seed_params
-from core.services.trainer import Outcome, TrainResult
+from core.services.trainer import TrainResult
 
 # The surrogate's measurement constants: locked in the bench as the engine locks them in a run
 # (core/engine/engine.py's PROTOCOL_PARAMS; the engine imports this module's caller, so no import).
@@ -169,11 +169,11 @@ def surrogate_run(text: str, seed: int) -> TrainResult:
     try:
         score = surrogate.val_bpb(hp, seed)
     except surrogate.SurrogateConfigError as exc:
-        return TrainResult(Outcome.CRASH, None, {}, 2, 0.0, f"error: {exc}", f"configuration error: {exc}")
+        return TrainResult("crash", None, {}, 2, 0.0, f"error: {exc}", f"configuration error: {exc}")
     except surrogate.SurrogateCrash as exc:
         outcome = Outcome.DIVERGED if exc.kind == "diverged" else Outcome.OOM
         return TrainResult(outcome, None, {}, 3 if exc.kind == "diverged" else 1, 0.0, str(exc), str(exc))
-    return TrainResult(Outcome.OK, score, {"val_bpb": score}, 0, 0.0, "", "ok")
+    return TrainResult("ok", score, {"val_bpb": score}, 0, 0.0, "", "ok")
 
 
 def unmodelled(session_schema: dict[str, dict[str, Any]]) -> tuple[list[str], bool]:

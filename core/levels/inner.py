@@ -12,7 +12,7 @@ from string import Template
 from typing import Any, Iterable
 
 from core.record import events as ev
-from core.record.change import Change, params_change
+from core.record.change import Change, Params, params_change
 from core.levels.context import FatalRunError, RunContext, TrainRun, Verdict
 from core.services.llm import PROBE_SCHEMA, LLMError, context_exceeded, extract_json, probe_messages
 from core.services.schema import validate_changes
@@ -239,8 +239,8 @@ class InnerLoop:
         return (proposal_schema(schema, frozen, **options) if k is None
                 else proposals_schema(schema, frozen, k, **options))
 
-    def validate(self, changes: dict[str, Any], hypothesis: str, schema: dict[str, ParamSpec],
-                 frozen: set[str]) -> dict[str, Any]:
+    def validate(self, changes: Params, hypothesis: str, schema: dict[str, ParamSpec],
+                 frozen: set[str]) -> Params:
         """The coerced changes, or ProposalError: the schema's rules, at most search.max_changes changes,
         and a hypothesis of the model's own (not the prompt's instruction or example text echoed)."""
         errors: list[str] = []

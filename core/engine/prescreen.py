@@ -171,7 +171,7 @@ def surrogate_run(text: str, seed: int) -> TrainResult:
     except surrogate.SurrogateConfigError as exc:
         return TrainResult("crash", None, {}, 2, 0.0, f"error: {exc}", f"configuration error: {exc}")
     except surrogate.SurrogateCrash as exc:
-        outcome = Outcome.DIVERGED if exc.kind == "diverged" else Outcome.OOM
+        outcome: ev.TrainingOutcome = "diverged" if exc.kind == "diverged" else "oom"
         return TrainResult(outcome, None, {}, 3 if exc.kind == "diverged" else 1, 0.0, str(exc), str(exc))
     return TrainResult("ok", score, {"val_bpb": score}, 0, 0.0, "", "ok")
 

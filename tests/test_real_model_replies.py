@@ -34,7 +34,7 @@ async def test_a_proposal_with_more_changes_than_allowed_is_reasked(tmp_path, sc
     rejected = rec.of(ev.ProposalRejected)
     assert [r.kind for r in rejected] == ["invalid"] and "4 changes" in rejected[0].reason
     assert "at most 3" in inner_requests(scripted_openai)[1]["messages"][-1]["content"]
-    assert rec.of(ev.IterationFinished)[-1].changes == {"LR": 0.03}
+    assert rec.of(ev.IterationFinished)[-1].changes.params == {"LR": 0.03}
 
 
 async def test_max_changes_is_configurable_and_sent_as_max_items(tmp_path, scripted_openai):
@@ -78,7 +78,7 @@ async def test_tuple_elements_out_of_their_range_are_reasked_and_the_schema_boun
         "budget.iterations": 1, "script.path": with_betas(tmp_path)}))
     rejected = rec.of(ev.ProposalRejected)
     assert len(rejected) == 1 and "element 0: -0.436 is out of bounds; allowed [0, 1)" in rejected[0].reason
-    assert rec.of(ev.IterationFinished)[-1].changes == {"ADAM_BETAS": (0.9, 0.99)}
+    assert rec.of(ev.IterationFinished)[-1].changes.params == {"ADAM_BETAS": (0.9, 0.99)}
     items = inner_requests(scripted_openai)[0]["response_format"]["json_schema"]["schema"]["properties"]["changes"]
     betas = next(i for i in items["items"]["anyOf"] if i["properties"]["name"]["enum"] == ["ADAM_BETAS"])
     assert betas["properties"]["value"]["prefixItems"][0] == {"type": "number", "minimum": 0.0, "exclusiveMaximum": 1.0}

@@ -195,7 +195,7 @@ def test_effect_bars_keep_kept_changes_apart_from_discarded_ones(study, report):
         for s in report.group(group).sessions:
             for e in events(study, s.name):
                 if isinstance(e, ev.IterationFinished) and e.decision in ("keep", "discard"):
-                    (kept if e.decision == "keep" else dropped).extend([e.val_bpb - e.best_before] * len(e.changes))
+                    (kept if e.decision == "keep" else dropped).extend([e.val_bpb - e.best_before] * len(e.changes.params))
         mine = [r for r in rows if r.group == group]
         assert sorted(x for r in mine for x in r.kept) == pytest.approx(sorted(kept))
         assert sorted(x for r in mine for x in r.discarded) == pytest.approx(sorted(dropped))

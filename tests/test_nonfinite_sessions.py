@@ -18,6 +18,7 @@ from core.cli import main
 from core.record import config
 from core.record import events as ev
 from core.record.session import SessionReader, SessionWriter
+from core.record.change import ParamChange
 from core.record.state import fold
 from tui.app import BilevelApp
 from tui.sources import ReplaySource, TailSource
@@ -78,6 +79,8 @@ def write_old_format_session(folder: Path) -> Path:
             return {k: old(v) for k, v in value.items()}
         if isinstance(value, list):
             return [old(v) for v in value]
+        if isinstance(value, ParamChange):  # the old writer wrote a change as its name -> value mapping
+            return old(dict(value.params))
         return value
 
     rows = []

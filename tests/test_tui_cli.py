@@ -6,6 +6,7 @@ from pathlib import Path
 
 from core.record import events as ev
 from core.record.state import fold
+from core.run.drive import EXIT_UNFINISHED
 from tests.support.terminal import Terminal
 from tests.test_tui_attach import read_events, wait
 from tests.support.scripted_engine import Plan, record_session
@@ -26,7 +27,7 @@ def test_run_in_a_terminal_pauses_then_quit_stops_cleanly_and_leaves_a_resumable
         wait(lambda: any(isinstance(e, ev.PauseRequested) for e in read_events(session())), 30, "the pause")
         term.type(b"q", settle=0.3)  # a run is active: the app asks first
         term.type(b"\r", settle=0.3)  # Stop & quit
-        assert term.proc.wait(60) == 0
+        assert term.proc.wait(60) == EXIT_UNFINISHED  # stopped with iterations left: resume continues it
     finally:
         term.close()
     events = read_events(session())

@@ -55,9 +55,12 @@ def views_drawn(app: BilevelApp) -> bool:
     a timer's tick, and drawn in its resize handler after that; a following view's scroll to the end
     lands after a refresh. Waiting for idle covers none of these: on a loaded machine the snapshot
     was taken before them (a blank research pane at 80×24)."""
+    maximized = app.screen.maximized
     for view in app.screen.query(PartsView):
         if not all(node.display for node in view.ancestors_with_self if isinstance(node, Widget)):
             continue  # hidden (the compact layout shows one pane)
+        if maximized is not None and maximized not in view.ancestors_with_self:
+            continue  # another pane is maximised: this one is not laid out, so it is never drawn
         if not view.drawn or (view.following and view.scroll_y < view.max_scroll_y):
             return False
     return True

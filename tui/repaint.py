@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, Protocol
 
 from textual.app import ScreenStackError
 from textual.css.query import NoMatches
@@ -19,8 +19,6 @@ from .model import HEADER
 from .screens.detail import IterationDetailScreen
 from .screens.help import HelpScreen
 
-if TYPE_CHECKING:
-    from .app import BilevelApp
 
 KEY_FIRST_S = 0.2  # the longest a key's effect holds the repaint back
 FIRST_PAINT_WAIT_S = 1.5  # a history that loads within this is painted once, at its end
@@ -55,6 +53,27 @@ class Stale:
         return self.header or any(self.parts) or any(self.rows) or any(self.params)
 
 
+
+class RepaintedApp(Protocol):
+    """What the scheduler reads and calls on the app (tui/app.py's BilevelApp), named here rather than
+    imported: the app imports this module, and a cycle through type hints is still a cycle."""
+
+    source: Any
+    model: Any
+    header: Any
+    panes: Any
+    deterministic: bool
+    is_running: bool
+    screen_stack: Any
+    screen: Any
+    refresh_bindings: Callable[..., Any]
+    check_action: Callable[..., Any]
+    call_after_refresh: Callable[..., Any]
+    batch_update: Callable[..., Any]
+    _announce: Callable[..., Any]
+    _sync_layout: Callable[..., Any]
+    _alerts_armed: bool
+
 class Repainter:
     """Repaints ``app``'s panes and header from its view model, a turn at a time.
 
@@ -63,7 +82,7 @@ class Repainter:
     :meth:`refresh_footer` when an action's availability may have changed.
     """
 
-    def __init__(self, app: BilevelApp, panes: int, dynamic_actions: tuple[str, ...],
+    def __init__(self, app: RepaintedApp, panes: int, dynamic_actions: tuple[str, ...],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.app = app
         self.panes = panes

@@ -47,7 +47,11 @@ class SearchState:
     iteration, decision (baseline/keep/discard/crash/rejected/cancelled), changes,
     hypothesis, val_bpb, best_before, values (the full configuration evaluated).
     ``schema`` maps each parameter to a dict with kind, value, locked, minimum,
-    maximum, choices, log_scale, pow2.
+    maximum, choices, log_scale, pow2. ``frozen_directions`` maps a parameter to the
+    directions Level 1.5 froze ("up", "down", "→VALUE" for a choice). ``moves`` says what
+    the proposer can do from the best configuration: parameter -> {open direction: the
+    value one plain step that way}; a parameter or direction absent from it cannot be
+    proposed (locked, frozen, at its bound). None: not known (an old trace).
     """
 
     iteration: int = 0
@@ -58,9 +62,24 @@ class SearchState:
     baseline_val_bpb: Optional[float] = None
     frozen: list[str] = field(default_factory=list)
     guidance: str = ""
+    frozen_directions: dict[str, list[str]] = field(default_factory=dict)
+    moves: Optional[dict[str, dict[str, Any]]] = None
 
     def active_params(self) -> list[str]:
         return [n for n, s in self.schema.items() if not s.get("locked") and n not in self.frozen]
+
+    def movable_params(self) -> list[str]:
+        """The active parameters the proposer can move in some direction now, in schema order."""
+        active = self.active_params()
+        return active if self.moves is None else [n for n in active if n in self.moves]
+
+    def move(self, name: str, turn: int = 0) -> Optional[tuple[str, Any]]:
+        """(direction, value) of one open step of ``name``; ``turn`` rotates through its directions."""
+        steps = (self.moves or {}).get(name) or {}
+        if not steps:
+            return None
+        direction = sorted(steps)[turn % len(steps)]
+        return direction, steps[direction]
 
 
 class Mechanism:

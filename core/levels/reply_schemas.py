@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from core.services.schema import closed, narrowed
+
 if TYPE_CHECKING:
     from core.services.script import ParamSpec
 
@@ -19,6 +21,7 @@ TEXT_MAX_CHARS = 600
 
 def value_schema(spec: "ParamSpec") -> dict[str, Any]:
     """What one parameter's value may be, as far as JSON schema can say (pow2 and log scale it cannot)."""
+    spec = narrowed(spec)  # a frozen direction: its bound becomes the current value, its choice drops out
     if spec.choices is not None and spec.kind != "bool":
         return {"enum": list(spec.choices)}
     if spec.kind == "bool":
@@ -50,7 +53,8 @@ def _element_schema(value: object) -> dict[str, Any]:
 def proposal_schema(schema: Mapping[str, "ParamSpec"], frozen: Iterable[str], *, max_changes: int = 3) -> dict:
     """Level 1: ``{"changes": {ACTIVE_PARAM: value, ...}, "hypothesis": "..."}``."""
     skip = set(frozen)
-    active = {name: value_schema(spec) for name, spec in schema.items() if not spec.locked and name not in skip}
+    active = {name: value_schema(spec) for name, spec in schema.items()
+              if not spec.locked and name not in skip and not closed(spec)}
     return {
         "type": "object",
         "properties": {

@@ -79,6 +79,7 @@ class ParamSpec:
     choices: tuple | None = None
     log_scale: bool = False
     pow2: bool = False
+    frozen_directions: tuple[str, ...] = ()  # directions Level 1.5 froze ("up", "down", "→VALUE")
 
     def describe(self) -> str:
         """One compact line for the prompt."""
@@ -99,6 +100,8 @@ class ParamSpec:
             notes.append("any non-empty string")
         if self.kind == "tuple" and isinstance(self.value, tuple):
             notes.append(f"{len(self.value)} elements: {element_kinds(self.value)}")
+        if self.frozen_directions:
+            notes.append("frozen direction(s): " + ", ".join(self.frozen_directions))
         return head + (f" ({', '.join(notes)})" if notes else "")
 
 

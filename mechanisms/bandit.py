@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-from mechanisms.base import Mechanism, Modify, SearchState
+from mechanisms.base import Mechanism, Modify, SearchState, modifiable
 
 TRAINED = ("keep", "discard", "crash")
 
@@ -77,7 +77,7 @@ class Bandit(Mechanism):
         if arm is None or not isinstance(changes, Mapping) or arm in changes:
             return None
         step = state.move(arm, state.iteration)
-        if step is None:
+        if step is None or not modifiable(changes, state.schema):
             return None
         direction, value = step
         return Modify({**changes, arm: value},

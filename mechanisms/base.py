@@ -82,6 +82,14 @@ class SearchState:
         return direction, steps[direction]
 
 
+def modifiable(changes: Any, schema: dict[str, dict]) -> bool:
+    """Whether a Modify may carry these changes on: known parameters with plain scalar values (the contract's
+    terms; a tuple such as Adam's betas cannot travel in a Modify, so such a proposal is left as it is)."""
+    return isinstance(changes, dict) and all(
+        isinstance(k, str) and k in schema and (v is None or type(v) in (str, int, float, bool))
+        for k, v in changes.items())
+
+
 class Mechanism:
     """Base class of every search mechanism; override only the hooks you need."""
 

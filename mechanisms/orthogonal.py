@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from mechanisms.base import Mechanism, Modify, SearchState
+from mechanisms.base import Mechanism, Modify, SearchState, modifiable
 
 TRAINED = ("keep", "discard", "crash")
 
@@ -61,6 +61,8 @@ class Orthogonal(Mechanism):
         if not isinstance(changes, Mapping) or not changes:
             return None
         if any(name not in self.recent for name in changes):
+            return None
+        if not modifiable(changes, state.schema):
             return None
         stale = [n for n in self.schedule(state) if n not in self.recent and n not in changes]
         for name in stale:

@@ -319,6 +319,11 @@ def awkward_states() -> dict[str, SearchState]:
         "baseline only": trace(),
         "crashes, unknown params, missing keys": odd,
         "all frozen": trace(({"MATRIX_LR": 0.05}, 0.99), frozen=tuple(PARAMS)),
+        "every direction frozen": trace(({"MATRIX_LR": 0.05}, 0.99), with_moves=True, frozen_directions={
+            "MATRIX_LR": ["down", "up"], "WARMDOWN_RATIO": ["down", "up"], "TOTAL_BATCH_SIZE": ["down", "up"],
+            "WINDOW_PATTERN": ["→L", "→SL"]}),
+        "some directions frozen": trace(({"MATRIX_LR": 0.05}, 0.99), ({"WARMDOWN_RATIO": 0.3}, 1.01),
+                                        with_moves=True, frozen_directions={"TOTAL_BATCH_SIZE": ["up"]}),
         "no baseline score": SearchState(iteration=2, schema=SCHEMA, records=[
             {"iteration": 1, "decision": "crash", "changes": {"MATRIX_LR": 0.05}, "val_bpb": None,
              "best_before": None, "values": {}}]),
@@ -360,6 +365,47 @@ def test_mechanisms_read_the_snapshot_the_engine_builds() -> None:
     assert isinstance(Tabu().review_proposal(state, propose(MATRIX_LR=0.05)), Veto)
     assert Bandit().choose(state) == "WARMDOWN_RATIO"
     assert Orthogonal().next_dimensions(state) == ["WARMDOWN_RATIO", "TOTAL_BATCH_SIZE"]
+
+
+def test_the_engine_snapshot_offers_only_moves_the_proposer_can_make() -> None:
+    from core.levels.trace import snapshot
+    from core.record.state import RunState
+
+    base = {n: s["value"] for n, s in SCHEMA.items()}
+    run = RunState(baseline_val_bpb=1.0, best_val_bpb=1.0, best_values=dict(base), frozen={"MATRIX_LR"},
+                   frozen_directions={"TOTAL_BATCH_SIZE": {"up"}, "WINDOW_PATTERN": {"→SL"}})
+    state = snapshot(run, SCHEMA)
+    assert state.moves == {"WARMDOWN_RATIO": {"down": 0.4, "up": 0.6}, "TOTAL_BATCH_SIZE": {"down": 2**18},
+                           "WINDOW_PATTERN": {"→L": "L"}}
+    assert state.frozen_directions == {"TOTAL_BATCH_SIZE": ["up"], "WINDOW_PATTERN": ["→SL"]}
+    assert state.movable_params() == ["WARMDOWN_RATIO", "TOTAL_BATCH_SIZE", "WINDOW_PATTERN"]
+
+
+def test_tabu_names_a_move_the_proposer_can_make_and_no_frozen_one() -> None:
+    state = trace(({"TOTAL_BATCH_SIZE": 2**18}, 1.01), ({"MATRIX_LR": 0.05}, 1.01),
+                  frozen=("WARMDOWN_RATIO",), frozen_directions={"MATRIX_LR": ["up"], "TOTAL_BATCH_SIZE": ["up"]},
+                  with_moves=True)
+    veto = Tabu().review_proposal(state, propose(MATRIX_LR=0.05))
+    assert isinstance(veto, Veto) and "repeats iteration #2" in veto.reason
+    # MATRIX_LR down to 0.02 repeats nothing; TOTAL_BATCH_SIZE down is #1 again; up and WARMDOWN_RATIO are frozen
+    assert "e.g. MATRIX_LR down to 0.02" in veto.reason
+
+
+def test_the_cmaes_hint_leaves_out_a_frozen_direction() -> None:
+    pytest.importorskip("cmaes")
+    steps = [({"MATRIX_LR": 0.04 * 1.2 ** k, "WARMDOWN_RATIO": 0.5 - 0.02 * k}, 1.0 - 0.001 * k) for k in range(8)]
+    free = builtin("cmaes_hint").suggest(trace(*steps, with_moves=True))
+    assert free  # it has something to say without freezes
+    directions = {n: ["up" if v > trace(*steps).best_values[n] else "down"] for n, v in free.items()}
+    held = builtin("cmaes_hint").suggest(trace(*steps, with_moves=True, frozen_directions=directions))
+    assert held == {}
+
+
+def test_selection_ignores_parameters_the_proposer_cannot_move() -> None:
+    state = trace(*SPREAD[:2], with_moves=True, frozen_directions={"TOTAL_BATCH_SIZE": ["down", "up"]})
+    name, reason = choose_builtin(state.records, SCHEMA, movable=state.moves)
+    assert name == "orthogonal" and "TOTAL_BATCH_SIZE" not in reason and "WINDOW_PATTERN" in reason
+    assert "ADAM_BETAS" not in reason  # a tuple has no direction to move in
 
 
 # --- selection (offline Level 2) -------------------------------------------------------------

@@ -155,7 +155,8 @@ class Tabu(Mechanism):
                 change = {name: value}
                 config = {**state.best_values, **change}
                 if not any(repeats(change, config, e, state.schema) for e in self.entries):
-                    return f"{name} {direction} to {format_value(value)}"
+                    way = "" if direction.startswith("→") else f" {direction}"  # a choice's direction is its value
+                    return f"{name}{way} to {format_value(value)}"
         return ""
 
     def _sync(self, state: SearchState) -> None:

@@ -514,3 +514,10 @@ def test_the_contract_refuses_a_str_subclass_from_a_builtin_too() -> None:
 
     with pytest.raises(ContractError, match="an instance of"):
         check_local("shape_prompt", Sneaky("x"))
+
+
+def test_tabu_names_a_choice_by_its_value() -> None:
+    schema = {"WINDOW_PATTERN": SCHEMA["WINDOW_PATTERN"], "MATRIX_LR": SCHEMA["MATRIX_LR"]}
+    state = trace(({"MATRIX_LR": 0.05}, 1.01), schema=schema, frozen=("MATRIX_LR",),
+                  frozen_directions={"WINDOW_PATTERN": ["→SL"]}, with_moves=True)
+    assert Tabu(tenure=8).alternative(state) == "WINDOW_PATTERN to 'L'"

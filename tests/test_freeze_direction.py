@@ -216,3 +216,34 @@ async def test_three_failed_increases_freeze_up_and_level1_is_refused_then_halve
     assert engine.state.frozen == set() and engine.state.frozen_directions == {"TOTAL_BATCH_SIZE": {"up"}}
     replayed = fold(SessionReader(engine.dir).events())
     assert replayed.frozen_directions == engine.state.frozen_directions
+
+
+async def test_offline_group_b_never_trains_a_direction_after_freezing_it(tmp_path):
+    from core.record.config import demo_config
+    from core.services.schema import direction_of
+
+    cfg = demo_config(**{"script.preset": "surrogate", "run.sessions_dir": str(tmp_path / "sessions"),
+                         "search.group": "B", "search.outer_period": 3, "strategy.freeze": "direction",
+                         "budget.iterations": 24, "search.seed": 5})
+    engine, rec = await run_engine(cfg)
+    schema = surrogate_schema()
+    frozen: dict[str, set[str]] = {}
+    best = dict(rec.of(ev.IterationFinished)[0].values)
+    checked = 0
+    for e in rec.events:
+        if isinstance(e, ev.ParamFrozen) and e.direction:
+            frozen.setdefault(e.name, set()).add(e.direction)
+        elif isinstance(e, ev.IterationFinished) and e.iteration > 0 and e.decision != "rejected":
+            for name, value in e.changes.items():
+                assert direction_of(schema[name], best[name], value) not in frozen.get(name, set()), (e.iteration, name)
+                checked += frozen.get(name) is not None
+            if e.decision == "keep":
+                best = dict(e.values)
+    assert frozen, "the rule froze no direction in 24 iterations: the test proves nothing"
+    # nor did the offline proposer even propose one (validation would have refused it: a re-ask)
+    assert not [r.reason for r in rec.of(ev.ProposalRejected) if "frozen by the search strategy" in r.reason]
+    assert checked, "no trained change touched a parameter with a frozen direction"
+    # a whole freeze under the direction rule is one that closed a parameter's last direction, or a tuple's
+    for e in rec.of(ev.ParamFrozen):
+        if not e.direction:
+            assert "no other direction is open" in e.reason or schema[e.name].kind == "tuple", e.reason

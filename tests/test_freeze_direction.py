@@ -247,3 +247,18 @@ async def test_offline_group_b_never_trains_a_direction_after_freezing_it(tmp_pa
     for e in rec.of(ev.ParamFrozen):
         if not e.direction:
             assert "no other direction is open" in e.reason or schema[e.name].kind == "tuple", e.reason
+
+
+async def test_offline_group_c_built_ins_modify_within_open_moves_and_are_never_deactivated(tmp_path):
+    from core.record.config import demo_config
+
+    cfg = demo_config(**{"script.preset": "surrogate", "run.sessions_dir": str(tmp_path / "sessions"),
+                         "search.group": "C", "strategy.freeze": "direction", "budget.iterations": 24,
+                         "search.seed": 2})
+    engine, rec = await run_engine(cfg)
+    assert {e.name for e in rec.of(ev.MechanismActivated)} >= {"orthogonal", "bandit"}
+    assert rec.of(ev.MechanismDeactivated) == []  # a Modify the engine refuses would deactivate its mechanism
+    effects = [e for e in rec.of(ev.MechanismEffect) if e.hook == "review_proposal"]
+    assert any(e.effect == "modified" for e in effects)
+    assert all(e.name == "tabu" for e in effects if e.effect == "vetoed")  # the others ask by Modify
+    assert engine.state.status == "completed"

@@ -19,7 +19,8 @@ from core.record import config as config_mod
 from core.record import example_config, layout, registry
 from core.record.config import Config, ConfigError
 from core.run.drive import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE
-from core.run.drive import begin, detach, drive, drive_study, resume_in_background, run_until_done, storage_exit
+from core.run.drive import (begin, detach, drive, drive_study, resume_in_background, run_exit_code,
+                             run_until_done, storage_exit)
 from core.run.drive import err as _err
 
 
@@ -122,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--sessions-dir", help="where sessions (and noise.json) are written")
     noise.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
 
+    audit = sub.add_parser("audit", help="re-measure every kept change of a session on fresh seeds (leave-one-out)")
+    audit.add_argument("session", metavar="SESSION")
+    audit.add_argument("--sessions-dir", help="where to look for session names")
+
     report = sub.add_parser("report", help="tables, statistics and figures for sessions and studies")
     report.add_argument("paths", nargs="+", metavar="SESSION_OR_STUDY")
     report.add_argument("--out", help="folder for report.md, the CSV files and figures "
@@ -130,12 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--seed", type=int, default=0, help="random state of the bootstrap and permutation tests")
     report.add_argument("--noise-store", action="append", default=[], metavar="FILE",
                         help="another noise.json to look noise floors up in")
+    report.add_argument("--noise-k", type=float, default=2.0, metavar="K",
+                        help="a keep that beat the best before it by at most K·σ is marked within noise (default 2)")
     report.add_argument("--sessions-dir", help="where to look for session and study names")
 
     export = sub.add_parser("export", help="write sessions' trials into an Optuna storage (for optuna-dashboard)")
     export.add_argument("path", metavar="SESSION_OR_STUDY")
     export.add_argument("--optuna", required=True, metavar="URL", help="Optuna storage, e.g. sqlite:///trials.db")
     export.add_argument("--sessions-dir", help="where to look for session and study names")
+    mechs = sub.add_parser("mechanisms", help="the mechanism ledger: every validated mechanism and its evidence")
+    mechs.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    mechs.add_argument("name", nargs="?", help="show: the mechanism's name or source key")
+    mechs.add_argument("--import", dest="sessions", nargs="+", metavar="SESSION",
+                       help="rebuild these sessions' rows from their folders first")
+    mechs.add_argument("--sessions-dir", help="where to look for session names")
     return parser
 
 
@@ -147,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handler = {"run": cmd_run, "resume": cmd_resume, "replay": cmd_replay, "attach": cmd_attach, "init": cmd_init,
                "doctor": cmd_doctor, "prepare": cmd_prepare, "noise": cmd_noise, "report": cmd_report,
-               "export": cmd_export}[args.command]
+               "export": cmd_export, "mechanisms": cmd_mechanisms, "audit": cmd_audit}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -284,7 +297,7 @@ def _run_app(engine: Any, config_path: Path | None) -> int:
         return stored
     print(f"session {engine.dir}: {state.status}"
           + (f" — continue with: bilevel resume {engine.dir}" if state.status != "completed" else ""), file=sys.stderr)
-    return EXIT_OK if state.status in ("completed", "stopped") else EXIT_RUN_ERROR
+    return run_exit_code(state, engine.cfg.budget.iterations)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -448,6 +461,27 @@ def cmd_noise(args: argparse.Namespace) -> int:
     return EXIT_OK  # the printer's NoiseMeasured line said σ, MAD and where the floor is kept
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The keep-chain audit of a session (core/engine/audit.py): its runs and verdicts become events in it."""
+    from core.engine.engine import Engine
+    from core.levels.context import FatalRunError
+    from core.services.executors import ExecutorError
+    from core.record.session import SessionError, find_session
+
+    try:
+        path = find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
+        engine = Engine.resume(path, log=lambda m: print(m, file=sys.stderr))
+    except (SessionError, FatalRunError, ExecutorError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    if engine.state.baseline_val_bpb is None:
+        engine.close()
+        _err(f"{path.name} has no baseline yet: nothing to audit")
+        return EXIT_USAGE
+    print(f"session: {engine.dir}", file=sys.stderr)
+    return drive(engine, work=engine.run_audit)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from core.analysis.report import ReportError, build_report, collect, default_out, render_terminal, write_report
     from core.analysis.stats import StatsUnavailable
@@ -458,7 +492,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         paths = [find_study(a, root) or find_session(a, root) for a in args.paths]
         inputs = collect(paths)
-        report = build_report(inputs, random_state=args.seed, extra_stores=[Path(p) for p in args.noise_store])
+        report = build_report(inputs, random_state=args.seed, extra_stores=[Path(p) for p in args.noise_store],
+                              noise_k=args.noise_k)
         out = Path(args.out) if args.out else default_out(paths)
         written = write_report(report, out, plots=not args.no_plots)
     except (SessionError, StudyError, ReportError) as exc:
@@ -489,6 +524,42 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"{e.study_name}: {e.trials} trial(s)")
     print(f"wrote {len(done)} Optuna stud{'y' if len(done) == 1 else 'ies'} to {args.optuna}; "
           f"view them with: optuna-dashboard {args.optuna}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_mechanisms(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from core.analysis.ledger_view import render_list, render_show
+    from core.engine.ledger_sync import import_session
+    from core.record.ledger import Ledger
+    from core.record.session import SessionError, find_session
+
+    root = Path(args.sessions_dir) if args.sessions_dir else None
+    if args.action == "show" and not args.name:
+        _err("bilevel mechanisms show needs a NAME")
+        return EXIT_USAGE
+    try:
+        with Ledger() as ledger:
+            for name in args.sessions or []:
+                mechs, screens, records = import_session(find_session(name, root), ledger)
+                print(f"imported {name}: {len(mechs)} mechanism(s), {len(screens)} pre-screen(s), "
+                      f"{len(records)} session record(s)", file=sys.stderr)
+            if args.action == "list":
+                print(render_list(ledger))
+                return EXIT_OK
+            found = ledger.find(args.name)
+            if not found:
+                _err(f"no mechanism called {args.name!r} in {ledger.path}")
+                return EXIT_USAGE
+            for m in found:
+                print(render_show(m, ledger.prescreens(m.source_key), ledger.sessions(m.source_key)))
+    except SessionError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except (sqlite3.Error, OSError) as exc:
+        _err(f"the mechanism ledger cannot be read: {exc}")
+        return EXIT_RUN_ERROR
     return EXIT_OK
 
 

@@ -80,7 +80,7 @@ class Bandit(Mechanism):
         if step is None or not modifiable(changes, state.schema):
             return None
         direction, value = step
-        return Modify({**changes, arm: value},
+        return Modify(state.with_change(changes, arm, value),
                       note=f"bandit: this iteration explores {arm} ({direction}): {self._why(state, arm)}")
 
     # --- the bandit ----------------------------------------------------------------------

@@ -51,7 +51,8 @@ class SearchState:
     directions Level 1.5 froze ("up", "down", "→VALUE" for a choice). ``moves`` says what
     the proposer can do from the best configuration: parameter -> {open direction: the
     value one plain step that way}; a parameter or direction absent from it cannot be
-    proposed (locked, frozen, at its bound). None: not known (an old trace).
+    proposed (locked, frozen, at its bound). None: not known (an old trace). ``max_changes``:
+    the most changes a proposal (a Modify's included) may make.
     """
 
     iteration: int = 0
@@ -64,6 +65,7 @@ class SearchState:
     guidance: str = ""
     frozen_directions: dict[str, list[str]] = field(default_factory=dict)
     moves: Optional[dict[str, dict[str, Any]]] = None
+    max_changes: Optional[int] = None  # the most changes one proposal may make (None: not known)
 
     def active_params(self) -> list[str]:
         return [n for n, s in self.schema.items() if not s.get("locked") and n not in self.frozen]
@@ -72,6 +74,14 @@ class SearchState:
         """The active parameters the proposer can move in some direction now, in schema order."""
         active = self.active_params()
         return active if self.moves is None else [n for n in active if n in self.moves]
+
+    def with_change(self, changes: dict, name: str, value: Any) -> dict:
+        """``changes`` plus ``name = value``, within ``max_changes`` (the last changes make room when full)."""
+        out = dict(changes)
+        if self.max_changes is not None and len(out) >= self.max_changes:
+            out = dict(list(out.items())[:max(0, self.max_changes - 1)])
+        out[name] = value
+        return out
 
     def move(self, name: str, turn: int = 0) -> Optional[tuple[str, Any]]:
         """(direction, value) of one open step of ``name``; ``turn`` rotates through its directions."""

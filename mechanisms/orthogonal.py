@@ -69,7 +69,7 @@ class Orthogonal(Mechanism):
             step = state.move(name, state.iteration)
             if step is not None:
                 direction, value = step
-                return Modify({**changes, name: value},
+                return Modify(state.with_change(changes, name, value),
                               note=f"orthogonal: {', '.join(changes)} {'was' if len(changes) == 1 else 'were all'} "
                                    f"changed in the last {self.window} trained iterations; adding {name} "
                                    f"({direction}), {self._age(name)}")

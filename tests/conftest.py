@@ -72,3 +72,18 @@ def isolated_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.pop("BILEVEL_DATA_ROOT", None)
     else:
         os.environ["BILEVEL_DATA_ROOT"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The mechanism ledger goes to a per-test-session file, never the user's data folder."""
+    import os
+
+    path = tmp_path_factory.mktemp("ledger") / "mechanisms.sqlite"
+    old = os.environ.get("BILEVEL_LEDGER")
+    os.environ["BILEVEL_LEDGER"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("BILEVEL_LEDGER", None)
+    else:
+        os.environ["BILEVEL_LEDGER"] = old

@@ -521,3 +521,13 @@ def test_tabu_names_a_choice_by_its_value() -> None:
     state = trace(({"MATRIX_LR": 0.05}, 1.01), schema=schema, frozen=("MATRIX_LR",),
                   frozen_directions={"WINDOW_PATTERN": ["→SL"]}, with_moves=True)
     assert Tabu(tenure=8).alternative(state) == "WINDOW_PATTERN to 'L'"
+
+
+def test_a_modification_stays_within_max_changes() -> None:
+    state = trace(({"MATRIX_LR": 0.05}, 0.99), with_moves=True)
+    state.max_changes = 2
+    modified = Bandit().review_proposal(state, propose(MATRIX_LR=0.06, TOTAL_BATCH_SIZE=2**18))
+    assert isinstance(modified, Modify) and modified.changes.keys() == {"MATRIX_LR", "WARMDOWN_RATIO"}
+    state.max_changes = None
+    unbounded = Bandit().review_proposal(state, propose(MATRIX_LR=0.06, TOTAL_BATCH_SIZE=2**18))
+    assert isinstance(unbounded, Modify) and len(unbounded.changes) == 3

@@ -75,3 +75,17 @@ def test_doctor_reports_the_isolation_level_in_force(tmp_path, capsys):
         assert line.startswith("[ok  ] isolation: in force: strict (Landlock ABI") and "seccomp" in line
     else:  # generated mechanisms are refused here, and doctor says what is missing
         assert "missing" in line and 'level2.isolation = "process"' in line
+
+
+def test_doctor_shows_the_schema_each_level_sends_compactly(tmp_path, capsys):
+    p = tmp_path / "s.toml"
+    with ScriptedOpenAI(models=("m",)) as server:
+        p.write_text(f'[endpoint]\nprovider = "openai"\nbase_url = "{server.base_url}"\nmodel = "m"\n'
+                     '[data]\nsource = "none"\n[search]\ngroup = "C"\n')
+        main(["doctor", str(p)])
+    out = capsys.readouterr().out.splitlines()
+    level1 = next(x for x in out if "schema: Level 1:" in x)
+    assert "[1..3 ×" in level1 and '{"MATRIX_LR"}' in level1 and "hypothesis: string ≤300" in level1
+    assert '{"DEPTH"}' not in level1  # locked by default: never offered
+    assert any("schema: Level 1.5:" in x for x in out) and any("schema: Level 2 critique:" in x for x in out)
+    assert any(x.startswith("[warn] schema: float bounds") and "llama.cpp does not enforce" in x for x in out)

@@ -76,12 +76,20 @@ def test_validation_refuses_a_frozen_direction_with_the_reason_and_allows_the_ot
 
 
 def test_level1_schema_bounds_the_frozen_side_at_the_current_value_and_drops_frozen_choices():
-    schema = surrogate_schema(TOTAL_BATCH_SIZE=("up",), WINDOW_PATTERN=("→SL",), MATRIX_LR=("up", "down"))
-    props = proposal_schema(schema, frozen=())["properties"]["changes"]["properties"]
-    assert props["TOTAL_BATCH_SIZE"]["maximum"] == TBS and props["TOTAL_BATCH_SIZE"]["minimum"] == 2**16
-    assert "SL" not in props["WINDOW_PATTERN"]["enum"]
+    schema = surrogate_schema(TOTAL_BATCH_SIZE=("up",), WINDOW_PATTERN=("→SL",), MATRIX_LR=("up", "down"),
+                              WARMDOWN_RATIO=("up",))
+    props = value_schemas(proposal_schema(schema, frozen=()))
+    assert props["TOTAL_BATCH_SIZE"]["enum"] == [2**16, 2**17, 2**18]  # only the halvings are left
+    assert props["WARMDOWN_RATIO"]["maximum"] == 0.5 and props["WARMDOWN_RATIO"]["minimum"] == 0.2
+    assert "SL" not in props["WINDOW_PATTERN"]["enum"] and "L" in props["WINDOW_PATTERN"]["enum"]
     assert "MATRIX_LR" not in props  # both directions frozen: nothing left to propose
     assert "frozen direction(s): up" in schema["TOTAL_BATCH_SIZE"].describe()
+
+
+def value_schemas(reply_schema: dict) -> dict[str, dict]:
+    """Each parameter's value schema in Level 1's reply schema (a list of name/value items)."""
+    items = reply_schema["properties"]["changes"]["items"].get("anyOf", [])
+    return {i["properties"]["name"]["enum"][0]: i["properties"]["value"] for i in items}
 
 
 def test_the_offline_proposer_never_proposes_a_frozen_direction():
@@ -208,8 +216,8 @@ async def test_three_failed_increases_freeze_up_and_level1_is_refused_then_halve
     inner_reqs = [r for r in scripted_openai.requests if "ML research assistant" in r["messages"][0]["content"]]
     fourth = inner_reqs[3]
     assert "frozen direction(s): up" in fourth["messages"][-1]["content"]
-    tbs = fourth["response_format"]["json_schema"]["schema"]["properties"]["changes"]["properties"]["TOTAL_BATCH_SIZE"]
-    assert tbs["maximum"] == TBS
+    tbs = value_schemas(fourth["response_format"]["json_schema"]["schema"])["TOTAL_BATCH_SIZE"]
+    assert max(tbs["enum"]) < TBS  # the increases are gone from what the model may write
     assert "frozen" in inner_reqs[4]["messages"][-1]["content"]  # the re-ask says why
     last = rec.of(ev.IterationFinished)[-1]
     assert last.iteration == 4 and last.changes == {"TOTAL_BATCH_SIZE": TBS // 2}

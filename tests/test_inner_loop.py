@@ -1,8 +1,10 @@
 """Level 1 end to end against the scripted OpenAI-protocol server and real subprocesses."""
 from __future__ import annotations
 
+import asyncio
 import json
 
+from core.engine.context import client_for
 from core.record import events as ev
 from core.record.session import SessionReader
 from core.record.state import fold
@@ -69,9 +71,10 @@ async def test_invalid_proposal_reason_goes_back_to_the_llm_and_is_recorded(tmp_
 
 async def test_iteration_is_rejected_after_bounded_reasks(tmp_path, scripted_openai):
     scripted_openai.responder = lambda req: "no json here"
+    # fewer re-asks than the unusable replies in a row that would pause the run (tests/test_endpoint_outage.py)
     engine, rec = await run_engine(llm_config(tmp_path, scripted_openai, **{
-        "budget.iterations": 1, "search.max_reasks": 2}))
-    assert len(rec.of(ev.ProposalRejected)) == 3
+        "budget.iterations": 1, "search.max_reasks": 2, "endpoint.unusable_replies": 10}))
+    assert len(rec.of(ev.ProposalRejected)) == 3 and not rec.of(ev.EndpointDown)
     last = rec.of(ev.IterationFinished)[-1]
     assert last.decision == "rejected" and "unparseable" in last.reason
     assert not [e for e in rec.of(ev.TrainingStarted) if e.iteration == 1]
@@ -137,12 +140,19 @@ async def test_session_replays_into_the_same_state(tmp_path, scripted_openai):
     assert [e.seq for e in SessionReader(engine.dir).events()] == list(range(1, len(rec.events) + 1))
 
 
-async def test_an_endpoint_outage_rejects_the_iteration_with_the_reason_and_the_run_goes_on(tmp_path, scripted_openai):
+async def test_an_endpoint_outage_pauses_the_iteration_instead_of_rejecting_it(tmp_path, scripted_openai):
     scripted_openai.enqueue(*[Reply(status=503, error_body={"error": {"message": "overloaded"}})] * 8,
-                            proposal({"LR": 0.03}))
-    engine, rec = await run_engine(llm_config(tmp_path, scripted_openai, **{
-        "budget.iterations": 2, "search.max_reasks": 1}))
-    first = [e for e in rec.of(ev.IterationFinished) if e.iteration == 1][0]
-    assert first.decision == "rejected" and "overloaded" in first.reason
-    assert {r.kind for r in rec.of(ev.ProposalRejected)} == {"llm_error"}
+                            proposal({"LR": 0.03}), proposal({"LR": 0.02}))
+    cfg = llm_config(tmp_path, scripted_openai, **{"budget.iterations": 2, "search.max_reasks": 1})
+    client = client_for(cfg)
+    client.sleep = lambda seconds: asyncio.sleep(0)  # the backoffs and probes, without waiting for them
+    try:
+        engine, rec = await run_engine(cfg, llm=client)
+    finally:
+        await client.aclose()
+    assert [e.decision for e in rec.of(ev.IterationFinished)][1:] in (["keep", "discard"], ["keep", "keep"],
+                                                                    ["discard", "keep"], ["discard", "discard"])
+    down, = rec.of(ev.EndpointDown)
+    assert "overloaded" in down.reason and len(rec.of(ev.EndpointUp)) == 1
+    assert not rec.of(ev.ProposalRejected)  # an outage is no proposal's fault
     assert engine.state.status == "completed"

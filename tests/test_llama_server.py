@@ -35,7 +35,8 @@ from tests.support.tiny_gguf import answer_pieces, write_tiny_model
 BINARY, WHY_NOT = find_binary()
 pytestmark = pytest.mark.skipif(BINARY is None, reason=f"no llama-server binary: {WHY_NOT}")
 
-GARBAGE = '{"changes": {"LEARNING_RATE": 0.03}, "hypothesis": "a lower learning rate converges better"}'
+GARBAGE = ('{"changes": [{"name": "LEARNING_RATE", "value": 0.03}], '
+           '"hypothesis": "a lower learning rate converges better"}')
 FORCED = GARBAGE.replace("LEARNING_RATE", "LR")  # what the schema leaves the model to write
 BOTH_LEVELS = ('{"changes": {"LR": 0.08}, "hypothesis": "a higher rate", "freeze": [], "keep": {}, '
                '"guidance": "try WARMDOWN_RATIO next"}')  # LR 0.08 is worse than the script's 0.04
@@ -68,7 +69,7 @@ def key_in_env():
 @pytest.fixture(scope="module")
 def garbage_server(tmp_path_factory: pytest.TempPathFactory, key_in_env):
     with _llama_server(tmp_path_factory.mktemp("llama-garbage"), GARBAGE,
-                       second_choices={' {"LEARNING_RATE":': ' {"LR":'}) as server:
+                       second_choices={' "LEARNING_RATE",': ' "LR",'}) as server:
         yield server
 
 

@@ -202,16 +202,17 @@ async def test_connection_dropped_mid_json_body_is_retried(server):
     assert (result.content, result.attempts) == ("recovered", 2)
 
 
-async def test_malformed_json_body_is_a_clear_protocol_error(server):
-    err = await failure(server, Reply(malformed=True), "not reached", stream=False)
-    assert err.kind == "protocol" and not err.retryable
+async def test_malformed_json_body_is_a_clear_retryable_error(server):
+    result = await chat(server, Reply(malformed=True), "recovered", stream=False)
+    assert (result.content, result.attempts) == ("recovered", 2)  # a garbled reply is the endpoint's fault
+    err = await failure(server, *[Reply(malformed=True)] * 5, stream=False)
+    assert err.kind == "malformed" and err.retryable
     assert "not valid JSON" in err.message and "chatcmpl-scripted" in err.message
-    assert len(server.requests) == 1
 
 
-async def test_malformed_stream_event_is_a_clear_protocol_error(server):
-    err = await failure(server, Reply(content="x", malformed=True))
-    assert err.kind == "protocol"
+async def test_malformed_stream_event_is_a_clear_retryable_error(server):
+    err = await failure(server, *[Reply(content="x", malformed=True)] * 5)
+    assert err.kind == "malformed" and err.retryable
     assert "not JSON" in err.message
 
 

@@ -32,8 +32,10 @@ async def test_level1_sends_its_schema_of_the_active_parameters_as_json_schema(t
     fmt = inner_requests(scripted_openai)[0]["response_format"]
     assert fmt["type"] == "json_schema"
     changes = fmt["json_schema"]["schema"]["properties"]["changes"]
-    assert "LR" in changes["properties"] and "DEPTH" not in changes["properties"]  # locked: not offered
-    assert changes["additionalProperties"] is False
+    offered = {item["properties"]["name"]["enum"][0]: item["properties"]["value"] for item in changes["items"]["anyOf"]}
+    assert "LR" in offered and "DEPTH" not in offered  # locked: not offered
+    assert changes["maxItems"] == 3  # at most three changes, in a form llama.cpp's grammar enforces
+    assert 2**10 not in offered["BATCH_SIZE"]["enum"]  # powers of two as an enum, without the current value
     assert fmt["json_schema"]["schema"]["properties"]["hypothesis"]["maxLength"] > 0
     assert [e.mode for e in rec.of(ev.StructuredOutput)] == ["json_schema"]  # once per session
     assert engine.state.status == "completed"

@@ -520,7 +520,8 @@ async def test_a_confirmation_run_takes_a_free_slot_while_other_trials_run_and_i
                     {"LR": 0.021}, {"LR": 0.08}])
     with ScriptedOpenAI(responder=llm) as server:
         engine, rec = await run_engine(llm_config(tmp_path, server, **CPU4, **{
-            "script.path": str(script), "budget.iterations": 8, "acceptance.confirm": True}))
+            "script.path": str(script), "budget.iterations": 8, "acceptance.confirm": True,
+            "endpoint.unusable_replies": 100}))  # a plan run dry is re-asked, then rejected, never waited out
     assert engine.state.status == "completed", engine.state.finished
     confirmed = {e.iteration: e for e in rec.of(ev.ConfirmationStarted)}
     assert confirmed

@@ -191,8 +191,8 @@ def test_report_of_a_path_that_is_no_session_is_a_usage_error(tmp_path):
 def test_figures_are_written_as_png_and_svg(study, tmp_path):
     written = write_report(build_report(collect([study])), tmp_path / "fig")
     names = sorted(p.name for p in written.figures)
-    assert names == ["parameters.png", "parameters.svg", "running_best.png", "running_best.svg",
-                     "running_best_ci.png", "running_best_ci.svg"]
+    assert names == sorted(f"{stem}.{fmt}" for stem in ("cost", "iterations_1", "iterations_2", "parameters",
+                                                         "running_best", "running_best_ci") for fmt in ("png", "svg"))
     assert all(p.stat().st_size > 1000 for p in written.figures)
     assert (tmp_path / "fig" / "running_best.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![running_best](running_best.png)" in written.markdown.read_text()

@@ -523,7 +523,7 @@ def test_describe_is_one_compact_line(script: TrainScript) -> None:
     )
     assert schema["WINDOW_PATTERN"].describe() == "WINDOW_PATTERN: str = 'SSSL' (one of 'SSSL'|'L')"
     assert schema["TIME_BUDGET"].describe() == "TIME_BUDGET: int = 300 (locked, 1..1200)"
-    assert schema["ADAM_BETAS"].describe() == "ADAM_BETAS: tuple = (0.8, 0.95) (2 elements: float, float)"
+    assert schema["ADAM_BETAS"].describe() == "ADAM_BETAS: tuple = (0.8, 0.95) (2 elements: float in [0, 1), float in [0, 1))"
     for spec in schema.values():
         assert "\n" not in spec.describe()
 

@@ -59,3 +59,32 @@ def test_a_budget_that_repeats_the_data_is_warned_with_the_estimate(tmp_path: Pa
     (tmp_path / "meta.json").write_text(json.dumps(stdlib))
     check = data_epochs_check(None, tmp_path)
     assert check is not None and check.warning and not check.ok and "142.8" in check.detail
+
+
+AUTORESEARCH_CUDA = Path(__file__).parent / "fixtures" / "scripts" / "autoresearch_cuda_lines.py"
+
+
+def test_a_script_that_needs_cuda_at_import_is_named_with_its_lines() -> None:
+    from core.run.script_doctor import cuda_check, cuda_requirements
+
+    found = cuda_requirements(AUTORESEARCH_CUDA.read_text())
+    assert found == ["line 8: from kernels import ...", "line 10: torch.cuda.get_device_capability()",
+                     "line 24: torch.cuda.manual_seed()", "line 25: torch.device('cuda')"]  # not the function's
+    check = cuda_check(AUTORESEARCH_CUDA.read_text(), cuda_available=False)
+    assert not check.ok and not check.warning and "cannot run here" in check.detail
+    assert cuda_check(AUTORESEARCH_CUDA.read_text(), cuda_available=True).ok
+    assert cuda_check((Path(__file__).parent / "fixtures" / "scripts" / "quadratic_train.py").read_text(), False) is None
+
+
+def test_doctor_says_a_cuda_script_cannot_run_on_a_machine_without_cuda(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script could run here")
+    script = tmp_path / "train.py"
+    script.write_text(AUTORESEARCH_CUDA.read_text())
+    (tmp_path / "kernels.py").write_text("def get_kernel(name): ...\n")  # importable: only CUDA is missing
+    done = run_bilevel("doctor", str(doctor_config(tmp_path, script, python=sys.executable)), cwd=tmp_path)
+    line = next(x for x in done.stdout.splitlines() if "script CUDA" in x)
+    assert line.startswith("[FAIL]") and "torch.cuda.get_device_capability()" in line and "cannot run here" in line
+    assert done.returncode == 1

@@ -43,6 +43,7 @@ from .keys import PALETTE, deterministic_from_env, keymap_path, load_keymap
 from .detail import iteration_detail
 from .model import HEADER, ViewModel
 from .screens.approval import ApprovalScreen
+from .screens.audit import AuditScreen
 from .screens.confirm import ConfirmScreen
 from .screens.detail import IterationDetailScreen
 from .screens.guidance import GuidanceScreen
@@ -608,6 +609,10 @@ class BilevelApp(App[int]):
             return None
         finally:
             path.unlink(missing_ok=True)
+
+    def action_audit(self) -> None:
+        """The keep-chain audit's verdicts (core/engine/audit.py), from the folded state."""
+        self.push_screen(AuditScreen(self.model.state))
 
     def action_freeze(self) -> None:
         rows = param_rows(self.model)

@@ -41,6 +41,17 @@ def _number(x: Any, digits: int = 6) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else "—"
 
 
+SCRIPT_CONTEXT = {"digest": "its digest: the constants with their comments and the lines using each",
+                  "full": "the whole best script (cut to its token budget)", "off": "not shown"}
+
+
+def _script_context(model: "ViewModel") -> str:
+    """search.script_context of the session's config (the default when unset)."""
+    config = model.state.config if isinstance(model.state.config, dict) else {}
+    search = config.get("search") if isinstance(config.get("search"), dict) else {}
+    return str(search.get("script_context", "digest"))
+
+
 def iteration_detail(model: "ViewModel", n: int, read: Callable[[str], str | None]) -> Text:
     """The detail of iteration ``n``: sections of styled text; ``read`` reads an artifact (None if absent)."""
     row = model.row(n)
@@ -92,6 +103,8 @@ def iteration_detail(model: "ViewModel", n: int, read: Callable[[str], str | Non
                 _line(out, "results of", f"{_iterations(proposal.saw_results)}  ({len(proposal.saw_results)} finished)")
                 _line(out, "running", f"{_iterations(proposal.saw_running)}  (result unknown: not to be repeated)")
         _line(out, "guidance", f"{trial.guidance or '(none)'}  [{trial.guidance_source}]")
+        if proposal is not None and proposal.source == "llm":
+            _line(out, "train.py", SCRIPT_CONTEXT.get(_script_context(model), "(unknown)"))
         _line(out, "mechanisms", ", ".join(trial.mechanisms) or "none active")
         for e in trial.effects:
             _line(out, f"{e.name}", f"{e.hook} → {e.effect}" + (f": {e.detail}" if e.detail else ""),

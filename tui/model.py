@@ -218,12 +218,14 @@ class ViewModel:
 
     @property
     def status(self) -> str:
-        """running | pausing… | paused | resuming… | completed | stopped | failed | waiting."""
+        """running | pausing… | paused | resuming… | completed | stopped | failed | waiting | endpoint down."""
         s = self.state
         if self.finished is not None and s.status in ("completed", "stopped", "failed"):
             return s.status
         if self.stopping:
             return "stopping…"
+        if s.endpoint_down:  # a call waits out an outage: the run is paused by the endpoint, stop still works
+            return "endpoint down"
         if s.paused:
             return "resuming…" if self.local_pause is False else "paused"
         if s.pause_requested or self.local_pause:

@@ -22,7 +22,7 @@ from core.record.layout import EVENTS_FILE, NOISE_STORE_FILE, is_session, read_a
 from core.record.session import SessionReader
 from core.record.state import IterationRecord, IterationTrace, MechanismUse, RunState, fold
 from core.services.noise_store import NoiseFloor, NoiseStore, dataset_id, script_digest
-from core.analysis.plots import ParamRow
+from core.analysis.keeps import K_DEFAULT, KeepVerdict, NoiseVerdicts, Sigma, VerdictSource, held_counts, session_sigma
 from core.analysis.stats import (Interval, NullDelta, Summary, bootstrap_diff_ci, bootstrap_mean_ci, null_search_delta,
                                  permutation_pvalue, summarize)
 from core.record.study import Study, is_study
@@ -34,6 +34,34 @@ RELIABLE_NOISE_RUNS = 5  # fewer seeds than this give a σ that may be far off
 
 class ReportError(Exception):
     pass
+
+
+@dataclass
+class ParamRow:
+    group: str
+    name: str
+    proposed: int = 0
+    kept: int = 0
+    crashed: int = 0
+    effects: list[float] = field(default_factory=list)  # val_bpb − best before, over scored proposals
+    kept_effects: list[float] = field(default_factory=list)  # the same, over the keeps only
+    discarded_effects: list[float] = field(default_factory=list)  # and over the discards only
+
+    @property
+    def mean_effect(self) -> float | None:
+        return _mean(self.effects)
+
+    @property
+    def best_effect(self) -> float | None:
+        return min(self.effects) if self.effects else None
+
+    @property
+    def mean_kept_effect(self) -> float | None:
+        return _mean(self.kept_effects)
+
+    @property
+    def mean_discarded_effect(self) -> float | None:
+        return _mean(self.discarded_effects)
 
 
 # --- one session, from its events ---------------------------------------------------------
@@ -49,6 +77,13 @@ class SessionData:
     hardware: str = ""
     repeat: int | None = None
     noise: NoiseFloor | None = None
+    sigma: Sigma | None = None  # σ of val_bpb, from the floor or the script's declaration
+    verdicts: dict[int, KeepVerdict] = field(default_factory=dict)  # keep iteration -> did it stand out of noise
+
+    @property
+    def held(self) -> tuple[int, int, int]:
+        """Keeps (held, did not hold, unknown) under the report's verdict source."""
+        return held_counts(self.verdicts)
 
     @property
     def name(self) -> str:
@@ -114,6 +149,11 @@ class SessionData:
     @property
     def device_hours(self) -> float:
         return self.device_seconds / 3600
+
+    @property
+    def gain(self) -> float | None:
+        """baseline − best: the improvement (positive is better)."""
+        return None if self.delta is None else -self.delta
 
     @property
     def prices(self) -> tuple[float | None, float | None]:
@@ -233,6 +273,24 @@ class GroupStats:
     noise: NoiseFloor | None = None
     null: NullDelta | None = None
     levels: list[str] = field(default_factory=list)
+    sigma_source: str = ""  # where noise_std comes from ("" without one)
+
+    @property
+    def held(self) -> tuple[int, int, int]:
+        """Keeps (held, did not hold, unknown) over the group's repeats."""
+        rows = [s.held for s in self.sessions]
+        return tuple(sum(r[i] for r in rows) for i in range(3))  # type: ignore[return-value]
+
+    @property
+    def device_seconds(self) -> float:
+        """Training device-seconds per repeat (summed run durations, never wall time)."""
+        return _mean([s.device_seconds for s in self.sessions]) or 0.0
+
+    @property
+    def seconds_per_milli_gain(self) -> float | None:
+        """Training device-seconds per 0.001 val_bpb gained; None when the group gained nothing."""
+        m = self.summary.mean
+        return self.device_seconds / (-m * 1000) if m is not None and m < 0 and self.device_seconds > 0 else None
 
     @property
     def mean_sigmas(self) -> float | None:
@@ -285,12 +343,19 @@ class Report:
     notes: list[str]
     warnings: list[str]
     seed: int = 0
+    verdict_name: str = ""  # what "keeps that held" counted (the verdict source's name)
+    noise_k: float = K_DEFAULT  # a keep within noise_k·σ of the best before it is "within noise"
 
     def group(self, name: str) -> GroupStats:
         return next(g for g in self.groups if g.group == name)
 
 
-def build_report(inputs: Inputs, *, random_state: int = 0, extra_stores: Sequence[Path] = ()) -> Report:
+def build_report(inputs: Inputs, *, random_state: int = 0, extra_stores: Sequence[Path] = (),
+                 noise_k: float = K_DEFAULT, verdicts: VerdictSource | None = None) -> Report:
+    """The report's numbers; ``verdicts`` judges each keep (default: beyond ``noise_k``·σ of the best before)."""
+    if not noise_k >= 0 or noise_k == float("inf"):  # NaN fails the first test
+        raise ReportError(f"the noise multiple k must be a finite number ≥ 0, not {noise_k}")
+    verdicts = verdicts or NoiseVerdicts(noise_k)
     if not inputs.sessions:
         raise ReportError("no search sessions to report on" + (": " + "; ".join(inputs.notes) if inputs.notes else ""))
     kinds = {is_surrogate(s.state.config) for s in inputs.sessions}
@@ -303,6 +368,8 @@ def build_report(inputs: Inputs, *, random_state: int = 0, extra_stores: Sequenc
     order += sorted({s.group for s in inputs.sessions} - set(order))
     for s in inputs.sessions:
         s.noise = _noise_floor(s, extra_stores)
+        s.sigma = session_sigma(s.state, s.noise and s.noise.std, s.noise.runs if s.noise else 0)
+        s.verdicts = verdicts(s.state, s.sigma)
     groups = []
     split_notes: list[str] = []
     for name, members in _pooled(order, inputs.sessions, split_notes):
@@ -319,7 +386,7 @@ def build_report(inputs: Inputs, *, random_state: int = 0, extra_stores: Sequenc
         for a, b in combinations(groups, 2) if a.deltas and b.deltas
     ]
     return Report(groups, comparisons, inputs.sessions, list(inputs.notes),
-                  split_notes + _warnings(groups, inputs.sessions), random_state)
+                  split_notes + _warnings(groups, inputs.sessions), random_state, verdicts.name, noise_k)
 
 
 # The settings sessions must share to be pooled into one group (with one confidence interval).
@@ -381,18 +448,23 @@ def _noise_floor(s: SessionData, extra_stores: Sequence[Path]) -> NoiseFloor | N
 
 
 def _noise_reference(g: GroupStats, random_state: int) -> None:
-    """σ for the group (when all its sessions share one floor) and the neutral-search Δ under its rule."""
+    """σ for the group (when all its sessions share one floor, else one declared σ) and the neutral-search Δ
+    under its rule."""
     floors = {s.noise.fingerprint: s.noise for s in g.sessions if s.noise is not None}
-    if len(floors) != 1 or any(s.noise is None for s in g.sessions):
+    declared = {s.state.script_sigma for s in g.sessions}
+    if len(floors) == 1 and all(s.noise is not None for s in g.sessions):
+        floor = next(iter(floors.values()))
+        g.noise_std, g.noise, g.sigma_source = floor.std, floor, "measured floor"
+    elif len(declared) == 1 and None not in declared:
+        g.noise_std, g.sigma_source = declared.pop(), "declared by the script"
+    else:
         return
-    floor = next(iter(floors.values()))
-    g.noise_std, g.noise = floor.std, floor
     first = g.sessions[0].acceptance
     threshold = first.threshold if first is not None and first.threshold is not None else (
         float(g.sessions[0].state.config.get("search", {}).get("min_delta", 0.0)))
     confirm = bool(first.confirm) if first is not None else False
     trained = round(_mean([sum(1 for r in s.proposals if r.decision in TRAINED) for s in g.sessions]) or 0)
-    g.null = null_search_delta(floor.std, trained, threshold=threshold, confirm=confirm, random_state=random_state)
+    g.null = null_search_delta(g.noise_std, trained, threshold=threshold, confirm=confirm, random_state=random_state)
 
 
 def _warnings(groups: list[GroupStats], sessions: list[SessionData]) -> list[str]:
@@ -453,4 +525,5 @@ def parameter_rows(report: Report) -> list[ParamRow]:
                     row.crashed += r.decision == "crash"
                     if r.delta is not None:
                         row.effects.append(r.delta)
+                        (row.kept_effects if r.decision == "keep" else row.discarded_effects).append(r.delta)
     return sorted(rows.values(), key=lambda r: (r.group, -r.proposed, r.name))

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
+from core.analysis.evidence_text import FORMATS as EVIDENCE_FORMATS
 from core.record import events as ev
 from core.record.safe_events import safe_event
 from core.record.safe_text import safe_line
@@ -96,6 +97,14 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
                                + (f" (finish_reason {e.finish_reason})" if e.finish_reason not in ("", "stop") else "")
                                if e.ok else f"LLM {e.level} call failed: {e.error}"),
     ev.LLMRetry: lambda e: f"LLM {e.level} attempt {e.attempt} failed ({e.kind}); retrying in {e.delay_s:.1f}s: {e.error[:200]}",
+    ev.EndpointDown: lambda e: (f"LLM {e.level}: endpoint {'unreachable' if e.cause == 'unreachable' else 'unusable'} "
+                                f"since {time.strftime('%H:%M:%S', time.localtime(e.ts))}; the run waits for it "
+                                f"(stop to end; resume continues): {e.reason[:200]}"),
+    ev.EndpointProbe: lambda e: (f"LLM {e.level}: endpoint still down"
+                                 + (f" (probe {e.probe}: {e.error[:160]})" if e.probe else "")
+                                 + f"; next probe in {e.delay_s:.1f}s"),
+    ev.EndpointUp: lambda e: f"LLM {e.level}: endpoint back after {e.down_s:.1f}s and {e.probes} probe(s); the run goes on",
+    ev.EndpointWaitEnded: lambda e: f"LLM {e.level}: stopped waiting for the endpoint: {e.reason}",
     ev.StructuredOutput: lambda e: f"LLM replies: response_format {e.mode} ({e.reason[:200]})",
     ev.ReplyRejected: lambda e: f"{e.level} reply rejected ({e.kind}, attempt {e.attempt}): {e.reason[:300]}",
     ev.GuidanceChanged: lambda e: f"guidance ({e.source}): {e.guidance[:200]}",
@@ -129,6 +138,11 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.MechanismValidated: lambda e: (f"Level 2 {e.research_id} validation of {e.name} (attempt {e.attempt}): "
                                       + ("passed" if e.ok else f"FAILED — {e.failure[:300]}")),
     ev.MechanismPending: lambda e: f"Level 2 {e.research_id}: {e.name} waits for approval (bilevel attach, then approve)",
+    ev.PrescreenStarted: lambda e: (f"Level 2 {e.research_id} pre-screen of {e.name} on the surrogate: {e.repeats} x "
+                                    f"{e.iterations} paired searches ({e.proposer} proposer, {e.mode})"),
+    ev.MechanismPrescreened: lambda e: f"Level 2 {e.research_id} pre-screen of {e.name}: {e.verdict}: {e.reason[:300]}"
+                                       + (f"; side effects {e.side_effects}" if e.side_effects else "")
+                                       + (f"; {e.wall_s:.1f}s" if e.wall_s else ""),
     ev.ResearchFinished: lambda e: f"Level 2 {e.research_id} {e.outcome}: {e.name} {e.reason[:200]}".rstrip(),
 }
 
@@ -137,6 +151,7 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
 _QUOTING_FORMATS: dict[type, Callable[[ev.Event], str]] = {
     ev.ResearchRound: lambda e: f"Level 2 {e.research_id} {e.round}: {e.summary[:160]!r}",
 }
+_FORMATS.update(EVIDENCE_FORMATS)  # the evidence loop's events (core/analysis/evidence_text.py)
 
 
 class HeadlessPrinter:

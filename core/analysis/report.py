@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.analysis.audit_report import audit_figure, audit_section
 from core.analysis.ablation import (LEVEL_NAMES, Comparison, GroupStats, Inputs, Report, ReportError,  # noqa: F401
                                     SessionData, build_report, collect, load_session, parameter_rows)
-from core.analysis.stats import Interval, bootstrap_mean_ci
+from core.analysis.figure_data import Figures, figure_data
+from core.analysis.keeps import WITHIN
+from core.analysis.stats import Interval
 from core.record.config import is_surrogate
 from core.record.layout import report_dir
 from core.record.safe_text import safe_block, safe_line
@@ -55,12 +58,26 @@ def repeat_rows(report: Report) -> list[list[str]]:
         for s in g.sessions:
             rows.append([g.group, str(s.repeat or "—"), s.name, str(s.seed), _f(s.baseline), _f(s.best),
                          _f(s.delta, signed=True), str(len(s.proposals)), str(s.count("keep")), str(s.count("crash")),
-                         str(s.count("rejected")), level2_outcomes(s), f"{s.device_hours:.4f}", s.state.status])
+                         str(s.count("rejected")), level2_outcomes(s), f"{s.device_hours:.4f}", s.state.status,
+                         _sigma(s.sigma and s.sigma.value, s.sigma and s.sigma.source), _held(s.held),
+                         f"{s.device_seconds:.1f}"])
     return rows
 
 
 REPEAT_HEADER = ["group", "repeat", "session", "seed", "baseline", "best", "Δ", "iterations", "kept", "crashed",
-                 "rejected", "level 2", "device-h", "status"]
+                 "rejected", "level 2", "device-h", "status", "σ", "keeps that held", "training device-s"]
+
+
+def _sigma(value: float | None, source: str | None) -> str:
+    return "—" if value is None else f"{value:.6f} ({source})"
+
+
+def _held(counts: tuple[int, int, int]) -> str:
+    """'2 of 3' (held of judged), '— of 2' when no keep could be judged, '—' without keeps."""
+    held, not_held, unknown = counts
+    if held + not_held == 0:
+        return f"— of {unknown}" if unknown else "—"
+    return f"{held} of {held + not_held}" + (f" (+{unknown} unjudged)" if unknown else "")
 
 
 def level2_outcomes(s: SessionData) -> str:
@@ -70,7 +87,7 @@ def level2_outcomes(s: SessionData) -> str:
         counts[outcome] = counts.get(outcome, 0) + 1
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "—"
 GROUP_HEADER = ["group", "levels", "n", "mean Δ", "std Δ", "95% CI of mean Δ", "σ (noise)", "mean Δ/σ",
-                "neutral-search Δ"]
+                "neutral-search Δ", "keeps that held"]
 PAIR_HEADER = ["comparison", "difference of mean Δ", "95% CI", "permutation p"]
 
 
@@ -80,7 +97,7 @@ def group_rows(report: Report) -> list[list[str]]:
         null = "—" if g.null is None else f"{g.null.mean:+.6f} [{g.null.low:+.6f}, {g.null.high:+.6f}]"
         rows.append([g.group, "+".join(g.levels), str(g.summary.n), _f(g.summary.mean, signed=True),
                      _f(g.summary.std), _ci(g.ci), _f(g.noise_std),
-                     "—" if g.mean_sigmas is None else f"{g.mean_sigmas:+.2f}", null])
+                     "—" if g.mean_sigmas is None else f"{g.mean_sigmas:+.2f}", null, _held(g.held)])
     return rows
 
 
@@ -90,7 +107,8 @@ def pair_rows(report: Report) -> list[list[str]]:
 
 
 COST_HEADER = ["group", "tokens inner", "tokens strategy", "tokens research", "$ inner", "$ strategy", "$ research",
-               "device-h / repeat", "Δ per device-h", "Δ per $"]
+               "device-h / repeat", "Δ per device-h", "Δ per $", "training device-s / repeat",
+               "device-s per 0.001 gained"]
 
 
 def cost_rows(report: Report) -> list[list[str]]:
@@ -100,7 +118,26 @@ def cost_rows(report: Report) -> list[list[str]]:
         rows.append([g.group, *[f"{p:,}+{c:,}" for p, c, _ in toks],
                      *[_money(g.level_dollars(level)) for level in LEVEL_NAMES],
                      f"{g.device_hours:.4f}", _f(g.delta_per_device_hour, 4, signed=True),
-                     _f(g.delta_per_dollar, 4, signed=True)])
+                     _f(g.delta_per_dollar, 4, signed=True), f"{g.device_seconds:.1f}",
+                     _f(g.seconds_per_milli_gain, 1)])
+    return rows
+
+
+KEEP_HEADER = ["group", "session", "iteration", "changes", "val_bpb", "improvement", "improvement / σ", "verdict"]
+
+
+def keep_rows(report: Report) -> list[list[str]]:
+    """Every keep with its improvement over the best before it, in σ where σ is known, and its verdict."""
+    rows = []
+    for g in report.groups:
+        for s in g.sessions:
+            records = {r.iteration: r for r in s.proposals}
+            for it, v in sorted(s.verdicts.items()):
+                r = records[it]
+                verdict = f"**{v.verdict}**" if v.verdict == WITHIN else v.verdict
+                rows.append([g.group, s.name, str(it), json.dumps(r.changes, ensure_ascii=False)[:80],
+                             _f(r.val_bpb), _f(v.improvement, signed=True),
+                             "—" if v.sigmas is None else f"{v.sigmas:.2f}", verdict])
     return rows
 
 
@@ -145,6 +182,13 @@ def render_markdown(report: Report, figures: Sequence[Path] = (), figure_note: s
     for f in floors.values():
         out += [f"Noise floor σ = {f.std:.6f} (MAD {f.mad:.6f}) over {f.runs} seeds for fingerprint "
                 f"{f.fingerprint} [{f.hardware}]" + (f", measured in {f.session}" if f.session else "") + ".", ""]
+    for g in report.groups:
+        if g.noise is None and g.noise_std is not None:
+            out += [f"Group {g.group}: σ = {g.noise_std:.6f}, {g.sigma_source} (no measured floor).", ""]
+    out += [f"A keep is *within noise* when it beat the best before it by at most {report.noise_k:g}σ; "
+            f"*keeps that held* counts the keeps judged {report.verdict_name or 'held'}. Training device-s: "
+            "the sum of the training runs' durations × devices (never wall time, which measures the machine's load).",
+            ""]
     if report.warnings:
         out += ["**Read with care:**", "", *[f"- {safe_line(w)}" for w in report.warnings], ""]
     if report.notes:
@@ -165,7 +209,13 @@ def render_markdown(report: Report, figures: Sequence[Path] = (), figure_note: s
                          [[p.group, p.name, str(p.proposed), str(p.kept), str(p.crashed), _f(p.mean_effect, signed=True),
                            _f(p.best_effect, signed=True)] for p in params]),
                 "", "*effect*: val_bpb − best before, over the proposals that touched the parameter and scored.", ""]
+    keeps = keep_rows(report)
+    if keeps:
+        out += ["## Keeps", "", md_table(KEEP_HEADER, keeps), "",
+                f"*improvement*: best before − val_bpb; **within noise** marks a keep no larger than "
+                f"{report.noise_k:g}σ.", ""]
     out += _mechanism_section(report)
+    out += audit_section(report.sessions)  # core/analysis/audit_report.py
     if figures or figure_note:
         out += ["## Figures", ""]
         out += [f"![{f.stem}]({f.name})" for f in figures if f.suffix == ".png"]
@@ -225,32 +275,40 @@ def _raw(v: Any) -> Any:
 def write_csvs(report: Report, out: Path) -> list[Path]:
     files = {
         "repeats.csv": (["group", "repeat", "session", "seed", "baseline", "best", "delta", "iterations", "kept",
-                         "crashed", "device_hours", "train_runs", "dollars", "status", "fingerprint"],
+                         "crashed", "device_hours", "train_runs", "dollars", "status", "fingerprint", "sigma",
+                         "sigma_source", "keeps_held", "keeps_not_held", "keeps_unjudged", "training_device_seconds"],
                         [[g.group, _raw(s.repeat), s.name, s.seed, _raw(s.baseline), _raw(s.best), _raw(s.delta),
                           len(s.proposals), s.count("keep"), s.count("crash"), s.device_hours, s.train_runs,
-                          _raw(s.total_dollars), s.state.status, s.fingerprint]
+                          _raw(s.total_dollars), s.state.status, s.fingerprint, _raw(s.sigma and s.sigma.value),
+                          _raw(s.sigma and s.sigma.source), *s.held, s.device_seconds]
                          for g in report.groups for s in g.sessions]),
         "groups.csv": (["group", "levels", "n", "mean_delta", "std_delta", "mad_delta", "ci_low", "ci_high", "noise_std",
                         "mean_delta_sigmas", "neutral_delta_mean", "neutral_delta_low", "neutral_delta_high",
                         "device_hours_per_repeat", "dollars_per_repeat", "delta_per_device_hour", "delta_per_dollar",
-                        *[f"{lv}_{k}" for lv in LEVEL_NAMES for k in ("prompt_tokens", "completion_tokens", "dollars")]],
+                        *[f"{lv}_{k}" for lv in LEVEL_NAMES for k in ("prompt_tokens", "completion_tokens", "dollars")],
+                        "sigma_source", "keeps_held", "keeps_not_held", "keeps_unjudged",
+                        "training_device_seconds_per_repeat", "device_seconds_per_milli_gain"],
                        [[g.group, "+".join(g.levels), g.summary.n, _raw(g.summary.mean), _raw(g.summary.std),
                          _raw(g.summary.mad), _raw(g.ci and g.ci.low), _raw(g.ci and g.ci.high), _raw(g.noise_std),
                          _raw(g.mean_sigmas), _raw(g.null and g.null.mean), _raw(g.null and g.null.low),
                          _raw(g.null and g.null.high), g.device_hours, _raw(g.dollars), _raw(g.delta_per_device_hour),
                          _raw(g.delta_per_dollar),
-                         *[x for lv in LEVEL_NAMES for x in (*g.tokens(lv)[:2], _raw(g.level_dollars(lv)))]]
+                         *[x for lv in LEVEL_NAMES for x in (*g.tokens(lv)[:2], _raw(g.level_dollars(lv)))],
+                         g.sigma_source, *g.held, g.device_seconds, _raw(g.seconds_per_milli_gain)]
                         for g in report.groups]),
         "pairwise.csv": (["first", "second", "difference", "ci_low", "ci_high", "pvalue"],
                          [[c.first, c.second, c.difference, _raw(c.ci and c.ci.low), _raw(c.ci and c.ci.high),
                            _raw(c.pvalue)] for c in report.comparisons]),
         "iterations.csv": (["group", "session", "iteration", "decision", "val_bpb", "best_before", "best_after",
-                            "changes", "rule", "source"],
+                            "changes", "rule", "source", "keep_verdict", "improvement_sigmas"],
                            [[g.group, s.name, r.iteration, r.decision, _raw(r.val_bpb), _raw(r.best_before),
-                             _raw(r.best_after), json.dumps(r.changes, ensure_ascii=False), r.rule, r.source]
+                             _raw(r.best_after), json.dumps(r.changes, ensure_ascii=False), r.rule, r.source,
+                             *_verdict_cells(s, r.iteration)]
                             for g in report.groups for s in g.sessions for r in s.state.records]),
-        "parameters.csv": (["group", "parameter", "proposed", "kept", "crashed", "mean_effect", "best_effect"],
-                           [[p.group, p.name, p.proposed, p.kept, p.crashed, _raw(p.mean_effect), _raw(p.best_effect)]
+        "parameters.csv": (["group", "parameter", "proposed", "kept", "crashed", "mean_effect", "best_effect",
+                            "mean_kept_effect", "mean_discarded_effect"],
+                           [[p.group, p.name, p.proposed, p.kept, p.crashed, _raw(p.mean_effect), _raw(p.best_effect),
+                             _raw(p.mean_kept_effect), _raw(p.mean_discarded_effect)]
                             for p in parameter_rows(report)]),
         "mechanisms.csv": (["group", "session", *mechanism_header()],
                            [row for g in report.groups for s in g.sessions for row in mechanism_rows_for(g.group, s)]),
@@ -265,6 +323,11 @@ def write_csvs(report: Report, out: Path) -> list[Path]:
         path.write_text(buf.getvalue(), encoding="utf-8")
         written.append(path)
     return written
+
+
+def _verdict_cells(s: SessionData, iteration: int) -> list[Any]:
+    v = s.verdicts.get(iteration)
+    return ["", ""] if v is None else [v.verdict, _raw(v.sigmas)]
 
 
 @dataclass
@@ -289,15 +352,8 @@ def write_report(report: Report, out: Path, *, plots: bool = True) -> Written:
         if missing:
             note = f"Figures skipped: {missing}."
         else:
-            figures += plots_mod.running_best_figure(
-                {g.group: [s.curve() for s in g.sessions] for g in report.groups},
-                {g.group: [s.baseline for s in g.sessions] for g in report.groups}, out / "running_best")
-            figures += plots_mod.exploration_figure(parameter_rows(report), [g.group for g in report.groups],
-                                                    out / "parameters")
-            figures += plots_mod.running_best_band_figure(
-                running_best_bands(report), out / "running_best_ci",
-                title=("SURROGATE — " if report_is_surrogate(report) else "")
-                + "Mean running best per group, 95 % bootstrap CI")
+            figures += draw_figures(figure_data(report, report.noise_k), out)
+            figures += audit_figure(report.sessions, out / "audit")
     else:
         note = "Figures not requested (--no-plots)."
     md = out / "report.md"
@@ -305,23 +361,20 @@ def write_report(report: Report, out: Path, *, plots: bool = True) -> Written:
     return Written(report, md, csvs, figures, note)
 
 
-def running_best_bands(report: Report) -> dict[str, list[tuple[int, float, float, float]]]:
-    """Per group and iteration: mean running-best Δ over repeats and its bootstrap 95 % CI."""
-    bands: dict[str, list[tuple[int, float, float, float]]] = {}
-    for g in report.groups:
-        curves = [[(i, v - s.baseline) for i, v in s.curve()] for s in g.sessions if s.baseline is not None]
-        curves = [c for c in curves if c]
-        last = max((c[-1][0] for c in curves), default=-1)
-        rows = []
-        for it in range(last + 1):
-            values = [next((v for i, v in reversed(c) if i <= it), 0.0) for c in curves]
-            if not values:
-                continue
-            mean = sum(values) / len(values)
-            ci = bootstrap_mean_ci(values, random_state=report.seed)
-            rows.append((it, mean, ci.low if ci else mean, ci.high if ci else mean))
-        bands[g.group] = rows
-    return bands
+def draw_figures(data: Figures, out: Path) -> list[Path]:
+    """Every figure kind of the report, from its data; one colour per group throughout."""
+    from core.analysis import plots as plots_mod
+
+    kw = {"surrogate": data.surrogate}
+    figures = plots_mod.running_best_figure(
+        {g: [t.best for t in ts] for g, ts in data.traces.items()},
+        {g: [t.baseline for t in ts] for g, ts in data.traces.items()}, data.colors, out / "running_best", **kw)
+    figures += plots_mod.running_best_band_figure(data.bands, data.colors, out / "running_best_ci", **kw)
+    figures += plots_mod.exploration_figure(data.effects, data.proposed, data.colors, out / "parameters", **kw)
+    figures += plots_mod.cost_figure(data.cost, data.colors, out / "cost", **kw)
+    for i, (group, traces) in enumerate(data.traces.items(), 1):
+        figures += plots_mod.trace_figure(traces, data.colors[group], out / f"iterations_{i}", **kw)
+    return figures
 
 
 def report_is_surrogate(report: Report) -> bool:

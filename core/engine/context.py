@@ -20,14 +20,15 @@ from core.record import layout
 from core.record.processes import ProcessRecord, record_process, run_tag
 from core.record.config import Config
 from core.record.safe_text import safe_block
-from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy
+from core.engine.acceptance import AcceptanceError, AcceptancePolicy, build_policy, calibrated_floor
 from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, Ready, TrainRun
 from core.services.environment import listed
 from core.services import script_folder
 from core.services.slot_sampler import SlotSampler
 from core.services.executors import Executor, failure_class
 from core.services.trial_request import TrialRequest
-from core.services.llm import ChatResult, LLMClient, LLMError
+from core.services.llm import ChatResult, LLMClient, LLMError, is_outage
+from core.engine.outage import Check, EndpointGate, Unusable, WaitAbandoned
 from core.services.script import ParamSpec
 from core.services.trainer import Outcome
 from core.services.warm_worker import WarmPool, warm_plan
@@ -73,6 +74,7 @@ class EngineContext:
         self._engine = engine
         self._acceptance: AcceptancePolicy | None = None
         self._structured_recorded = ""  # the response_format mode last recorded by a StructuredOutput event
+        self.endpoint = EndpointGate(self.emit, engine.monotonic)  # calls wait out outages here
         self.warm = WarmPool()  # the warm training workers, one per slot; ended by close()
         # GPU use per slot while trials run (NVML; nothing on CPU)
         self.sampler = SlotSampler(lambda: engine.executor.sample(),
@@ -138,16 +140,23 @@ class EngineContext:
         return [s.devices for s in self._engine.executor.slots if s.devices]
 
     def acceptance_policy(self) -> AcceptancePolicy:
-        """The keep/discard rule of this run, recorded once by an AcceptanceConfigured event."""
+        """The keep/discard rule of this run, recorded by an AcceptanceConfigured event (again when σ arrives)."""
         if self._acceptance is None:
             try:
                 policy, event = build_policy(self.cfg, self.read_artifact(self.state.baseline_script),
-                                             self.state.data, self.devices())
+                                             self.state.data, self.devices(),
+                                             calibrated=calibrated_floor(self.state),
+                                             declared=self.state.declared_sigma)
             except AcceptanceError as exc:
                 raise FatalRunError(str(exc)) from exc
             self._acceptance = policy
             self.emit(event)
         return self._acceptance
+
+    def refresh_acceptance(self) -> AcceptancePolicy:
+        """σ became known (calibrated, or declared by the baseline): the rule is built and recorded again."""
+        self._acceptance = None
+        return self.acceptance_policy()
 
     # --- Level 2's hand-over ----------------------------------------------------------------
 
@@ -164,18 +173,32 @@ class EngineContext:
     async def await_approval(self, research_id: str, name: str) -> bool:
         return await self._engine.await_approval(research_id, name)
 
+    async def prescreen(self, ready: Ready) -> ev.MechanismPrescreened:
+        from core.engine.prescreen import prescreened  # the bench loads the surrogate: only when needed
+
+        return await prescreened(self.cfg, self.state, self.read_artifact, self.emit, ready)
+
     # --- services ------------------------------------------------------------------------------
+
+    def release_waits(self) -> None:
+        """A stop or the run's end: every call waiting for a down endpoint gives up (WaitAbandoned)."""
+        self.endpoint.release()
 
     async def call_llm(self, level: str, purpose: str, messages: list[dict[str, str]], *,
                        iteration: int | None = None, json: bool = False, stream_events: bool = False,
                        call_id: str | None = None, schema: dict | None = None,
-                       max_tokens: int | None = None, stream: bool | None = None) -> ChatResult:
+                       max_tokens: int | None = None, stream: bool | None = None,
+                       check: Check | None = None, wait_out: bool = True) -> ChatResult:
         """One LLM call with its request and reply kept as artifacts and bracketed by events.
 
         Every retried attempt is an LLMRetry event; the reply's finish_reason and the
         max_tokens sent are on its LLMResponse; the response_format in force is a
         StructuredOutput event the first time and whenever the endpoint makes it change.
         `stream` overrides endpoint.stream for this call (None: the endpoint's setting).
+        An outage (past the client's retries) or, with ``check`` (why a reply is unusable, or
+        None), ``endpoint.unusable_replies`` unusable replies in a row never come back as a
+        failure: the call waits, probing, until the endpoint answers (see core.engine.outage);
+        ``wait_out=False`` (the check before the baseline) fails at once instead.
         """
         llm = self._engine.llm
         assert llm is not None, "no LLM client in offline mode"
@@ -199,27 +222,54 @@ class EngineContext:
             if stream_events:  # a retried stream starts over: viewers drop what they showed of this call
                 delta("reset", f"attempt {attempt} failed ({error}); retrying in {delay_s:.1f}s")
 
+        def ask(max_retries: int | None = None) -> Any:
+            return llm.chat(messages, level=level, json=json, on_delta=delta if stream_events else None,
+                            on_retry=retry, schema=schema, schema_name=f"{level}_{purpose}",
+                            max_tokens=limit, stream=stream, max_retries=max_retries)
+
+        def probe_failed() -> None:
+            if stream_events:
+                delta("reset", "the endpoint is down; waiting for it")
+
         started = self.monotonic()
+        endpoint = self.cfg.endpoint
         try:
-            result = await llm.chat(messages, level=level, json=json, on_delta=delta if stream_events else None,
-                                    on_retry=retry, schema=schema, schema_name=f"{level}_{purpose}",
-                                    max_tokens=limit, stream=stream)
-        except LLMError as exc:
+            outage: LLMError | Unusable | None = None
+            try:
+                result = await ask()
+            except LLMError as exc:
+                if not is_outage(exc) or not wait_out:
+                    raise
+                outage = exc
+            else:
+                problem = check(result) if check is not None else None
+                if self.endpoint.note_reply(problem, endpoint.unusable_replies) and wait_out:
+                    self._keep_reply(stem, result)  # the reply that made it N in a row, for the record
+                    outage = Unusable(f"{endpoint.unusable_replies} unusable replies in a row; the last: {problem}")
+            if outage is not None:  # one budget of retries per call: past it the call waits, never fails
+                result = await self.endpoint.hold(lambda: ask(0), call_id=call_id, level=level, error=outage,
+                                                  check=check, sleep=llm.sleep, probe_max_s=endpoint.probe_max_s,
+                                                  on_probe_failed=probe_failed)
+        except (LLMError, WaitAbandoned) as exc:
             self._record_structured_mode(llm)
-            self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=False, error=str(exc),
-                                     duration_s=self.monotonic() - started, attempts=exc.attempts,
-                                     max_tokens=limit))
+            self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=False,
+                                     error=str(exc) or "the run stopped while the endpoint was down",
+                                     duration_s=self.monotonic() - started,
+                                     attempts=getattr(exc, "attempts", 1), max_tokens=limit))
             raise
         if json:
             self._record_structured_mode(llm)
-        reply = result.content if not result.reasoning else f"<reasoning>\n{result.reasoning}\n</reasoning>\n{result.content}"
-        response_rel = self.artifact(f"{stem}.response.txt", reply)
+        response_rel = self._keep_reply(stem, result)
         self.emit(ev.LLMResponse(call_id=call_id, level=level, ok=True, artifact=response_rel,
                                  prompt_tokens=result.usage.prompt_tokens,
                                  completion_tokens=result.usage.completion_tokens,
                                  duration_s=self.monotonic() - started, attempts=result.attempts,
                                  finish_reason=result.finish_reason or "", max_tokens=limit))
         return result
+
+    def _keep_reply(self, stem: str, result: ChatResult) -> str:
+        reply = result.content if not result.reasoning else f"<reasoning>\n{result.reasoning}\n</reasoning>\n{result.content}"
+        return self.artifact(f"{stem}.response.txt", reply)
 
     def _record_structured_mode(self, llm: LLMClient) -> None:
         mode = llm.structured_mode
@@ -388,4 +438,5 @@ def client_for(cfg: Config) -> LLMClient:
     e = cfg.endpoint
     return LLMClient(e.base_url, e.model, api_key_env=e.api_key_env or None, timeout_s=e.timeout_s,
                      max_retries=e.max_retries, stream=e.stream, json_mode=e.json_mode,
-                     temperature=e.temperature, max_tokens=e.max_tokens, structured=e.structured)
+                     temperature=e.temperature, max_tokens=e.max_tokens, structured=e.structured,
+                     max_reply_bytes=e.max_reply_bytes)

@@ -28,6 +28,8 @@ from core.record import config as config_mod
 from core.record import layout, registry
 from core.record.config import Config, from_dict
 from core.engine.context import EngineContext, client_for, spec_dict
+from core.engine import calibration
+from core.engine.audit import Auditor
 from core.services.executor_choice import make_executor
 from core.engine.scheduler import HELD, Scheduler
 from core.levels.context import FatalRunError, Ready
@@ -37,6 +39,7 @@ from core.levels.strategy import StrategyLevel
 from core.record.channel import watch_commands
 from core.services.llm import LLMClient
 from core.engine.mechanism_host import MechanismHost
+from core.engine.ledger_sync import LedgerWriter
 from core.services.schema import infer_schema
 from core.services.script import ParamSpec, TrainScript
 from core.services import script_folder
@@ -92,6 +95,8 @@ class Engine:
         self.scheduler = Scheduler(self)  # runs every trial; sees this engine as its RunPort
         self.strategy = StrategyLevel(self.context)
         self.research = ResearchLevel(self.context)
+        # every validated mechanism, its pre-screen and what it did here go to the user's ledger
+        self.subscribe(LedgerWriter(self.dir, lambda: self.state, lambda msg: self.log(msg)))
         self._research_task: asyncio.Task[None] | None = None
         self._ready: list[Ready] = []  # validated mechanisms waiting for the next boundary
         self._approvals: dict[str, asyncio.Future[bool]] = {}
@@ -99,6 +104,7 @@ class Engine:
         self._ended = False  # run() returned: the log is closed, commands are refused to subscribers only
         self._finishing = ""  # set once the run is ending: why a new approval request expires at once
         self.storage_fault: StorageFault | None = None  # the session folder stopped taking writes: the run ends
+        self._evidence_ready = False  # before_search done in this process
 
     # --- construction -------------------------------------------------------------------
 
@@ -210,6 +216,7 @@ class Engine:
         self.stopping = True
         self.stop_reason = reason
         self._unpaused.set()
+        self.context.release_waits()  # a call waiting for a down endpoint gives up: its iteration is re-run
         if hard:
             for cancel in list(self.training_cancels.values()):
                 cancel.set()
@@ -335,8 +342,11 @@ class Engine:
 
     # --- the run ------------------------------------------------------------------------------
 
-    async def run(self) -> RunState:
-        """Run (or continue) the experiment until its iteration budget, a stop, or a fatal error."""
+    async def run(self, *, audit_only: str = "") -> RunState:
+        """Run (or continue) the experiment until its iteration budget, a stop, or a fatal error.
+
+        ``audit_only``: the status the search had ended with; only an on-demand audit runs.
+        """
         process_control.become_subreaper()  # setsid grandchildren of a run come back to us, to be ended
         commands = asyncio.create_task(self._command_loop())
         # Attached viewers (other processes) send commands as files in the session folder.
@@ -352,7 +362,12 @@ class Engine:
                                          slots=[*self.executor.slots, *self.executor.skipped]))
             self.context.acceptance_policy()  # fail fast: a rule that needs a noise floor nobody measured
             await self._attach_initial_mechanisms()
-            await self.scheduler.run()
+            if audit_only:
+                done = await Auditor(self.context, self.log).on_demand()
+                await self.finish("stopped" if not done or self.stopping else audit_only,  # type: ignore[arg-type]
+                                  "audit done" if done else self.stop_reason)
+            else:
+                await self.scheduler.run()
         except FatalRunError as exc:
             await self.finish("failed", str(exc))
         except (StorageFault, OSError) as exc:  # a full disk, a read-only folder, ...
@@ -470,8 +485,29 @@ class Engine:
             await self.mechanisms.attach(mech, self.state, origin=e.origin, artifact=e.artifact,
                                          description="re-attached on resume")
 
+    async def before_search(self) -> bool:
+        """After the baseline, before the first proposal: the declared σ, a fixed seed, the calibration."""
+        if self._evidence_ready:
+            return True
+        calibration.before_search(self.context, self.log)
+        if calibration.calibration_due(self.context) and not await calibration.calibrate(self.context, self.log):
+            return False
+        self._evidence_ready = True
+        return True
+
+    async def audit_at_end(self) -> bool:
+        return await Auditor(self.context, self.log).at_end()
+
+    async def run_audit(self) -> RunState:
+        """``bilevel audit``: the keep-chain audit of a session whose search is over, as events in it."""
+        # the search's own status: complete when no iteration of its budget is left
+        done = self.state.next_iteration > self.cfg.budget.iterations and not self.state.in_flight
+        prior = "completed" if done else (self.state.finished.status if self.state.finished is not None else "stopped")
+        return await self.run(audit_only=prior)
+
     async def finish(self, status: str, reason: str) -> None:
         self._finishing = f"the run ended ({status}) before it was approved"
+        self.context.release_waits()  # Level 2 waiting for a down endpoint must not hold the end
         self.expire_approvals(self._finishing)
         task = self._research_task
         if task is not None and not task.done():

@@ -62,6 +62,16 @@ class RunPort(Protocol):
         """Level 1.5's cycle ``cycle`` and, when due, Level 2 (started, concurrent), after ``n`` iterations."""
         ...
 
+    async def before_search(self) -> bool:
+        """After the baseline, before the first proposal: the declared σ, a fixed seed, the calibration.
+
+        Cheap once done; False when a stop cut the calibration short."""
+        ...
+
+    async def audit_at_end(self) -> bool:
+        """The keep-chain audit after the last iteration (when due); False when a stop cut it short."""
+        ...
+
     async def finish(self, status: str, reason: str) -> None:
         """End the run: the RunFinished event, after what is pending has been settled."""
         ...

@@ -5,7 +5,9 @@ stop, the iteration budget and the expiry of approvals are decided here, once, w
 the trials run:
 
 **The baseline** runs first and alone, on one slot: every later verdict compares with it, so
-nothing can be proposed before it is measured.
+nothing can be proposed before it is measured. Then, before the first proposal, the run port
+records what the baseline declared and runs the calibration (``acceptance.calibrate``); after
+the last iteration, before the run ends, the keep-chain audit (core/engine/audit.py).
 
 **One at a time** (one slot, and no batches of several): an iteration is proposed, trained
 and judged, then Level 1.5 runs when ``search.outer_period`` more have finished (and Level 2
@@ -134,12 +136,16 @@ class Scheduler:
                 if self.port.stopping:
                     await self._stop()
                     return
+                if ctx.state.records and not await self.port.before_search():
+                    continue  # a stop cut the calibration short
                 await self._outer_levels()
                 if not self._paused() and await self._step():
                     continue
                 left = self._numbers(1)
                 self._expire_late_approvals(left)
                 if not (self.trials or self.queued or self.unproposed or left) and not ctx.state.paused:
+                    if not await self.port.audit_at_end():
+                        continue  # a stop cut the audit short: resume finishes it
                     await self.port.finish("completed", f"{ctx.cfg.budget.iterations} iterations done")
                     return
                 await self._wait()

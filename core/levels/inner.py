@@ -7,19 +7,25 @@ discarded change can never leak into the next iteration.
 """
 from __future__ import annotations
 
+import json
 from string import Template
-from typing import Any
+from typing import Any, Iterable
 
 from core.record import events as ev
 from core.levels.context import FatalRunError, RunContext, TrainRun, Verdict
 from core.services.llm import PROBE_SCHEMA, LLMError, context_exceeded, extract_json, probe_messages
-from core.services.script import TrainScript, unified_diff
+from core.services.schema import validate_changes
+from core.services.script import ParamSpec, ProposalError, TrainScript, unified_diff
 from core.services.seeds import confirm_seed, with_seed
 from core.levels.trace import fmt_bpb, fmt_value, history_text
 from core.services.trainer import TrainResult
 from . import prompts
 from .proposal import Proposal, Rejection, check_proposal
 from .proposers import make_proposer
+from .budget import estimate_tokens, prompt_budget, reply_tokens
+from .echo import echo_problem
+from .reply_schemas import changes_of, proposal_schema, proposals_schema, value_schema
+from .script_context import script_context
 
 # Errors no re-ask can fix: the run stops with the reason instead of spinning.
 FATAL_LLM_ERRORS = ("auth", "not_found", "quota", "bad_request")
@@ -30,6 +36,7 @@ MAX_TAIL_KEPT = 4000  # characters of a crashed run's log tail recorded in its I
 class InnerLoop:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
+        self._example_texts: tuple[str, ...] = ()  # the prompt's example hypothesis: a reply may not echo it
         cfg = ctx.cfg
         # The LLM, offline mode's perturbation, a classical sampler or a plugin's: the registry's entry cfg.proposer.
         self.proposer = make_proposer(cfg)
@@ -68,7 +75,7 @@ class InnerLoop:
         tokens = longest_prompt_tokens(ctx.cfg)
         try:
             await ctx.call_llm("inner", "endpoint_check", probe_messages(tokens), iteration=0, json=True,
-                               schema=PROBE_SCHEMA, max_tokens=16, stream=False)
+                               schema=PROBE_SCHEMA, max_tokens=16, stream=False, wait_out=False)
         except LLMError as exc:
             if context_exceeded(exc):
                 raise FatalRunError(f"the model's context window is too small for this run's prompts (about "
@@ -206,7 +213,8 @@ class InnerLoop:
             changes, hypothesis = reply.items[0]
             ctx.emit(ev.ProposalMade(iteration=n, attempt=attempt, changes=changes, hypothesis=hypothesis,
                                      source=self._source))
-            proposal = await check_proposal(ctx, n, attempt, changes, hypothesis, schema, frozen, self._source)
+            proposal = await check_proposal(ctx, n, attempt, changes, hypothesis, schema, frozen, self._source,
+                                            self.validate)
             if isinstance(proposal, Rejection):
                 last_error = proposal.reason
                 chat.reask(raw, proposal.problems)
@@ -223,11 +231,40 @@ class InnerLoop:
             return proposal, ""
         return None, last_error or "no proposal"
 
-    async def _ask_llm(self, n: int, attempt: int, messages: list[dict[str, str]],
-                       schema: dict) -> tuple[str, str, str]:
-        """The reply text and finish_reason, or an error that outlasted the client's retries ("", "", reason)."""
+    def reply_schema(self, schema: dict[str, ParamSpec], frozen: set[str], k: int | None = None) -> dict:
+        """The JSON schema a reply must fit (``k`` proposals at once, or one)."""
+        cfg = self.ctx.cfg
+        options = dict(max_changes=cfg.search.max_changes, float_grid=cfg.endpoint.float_grid)
+        return (proposal_schema(schema, frozen, **options) if k is None
+                else proposals_schema(schema, frozen, k, **options))
+
+    def validate(self, changes: dict[str, Any], hypothesis: str, schema: dict[str, ParamSpec],
+                 frozen: set[str]) -> dict[str, Any]:
+        """The coerced changes, or ProposalError: the schema's rules, at most search.max_changes changes,
+        and a hypothesis of the model's own (not the prompt's instruction or example text echoed)."""
+        errors: list[str] = []
         try:
-            result = await self.ctx.call_llm("inner", "propose", messages, iteration=n, json=True, schema=schema)
+            coerced = validate_changes(changes, schema, frozen, max_changes=self.ctx.cfg.search.max_changes)
+        except ProposalError as exc:
+            errors, coerced = list(exc.errors), {}
+        echoed = self.proposer.source == "llm" and echo_problem(  # only a model can echo its prompt
+            [("hypothesis", hypothesis)], LEVEL1_TEMPLATES, placeholders=self._example_texts)
+        if echoed:
+            errors.append(echoed)
+        if errors:
+            raise ProposalError(errors)
+        return coerced
+
+    async def _ask_llm(self, n: int, attempt: int, messages: list[dict[str, str]],
+                       schema: dict, parse: Any = None) -> tuple[str, str, str]:
+        """The reply text and finish_reason, or an error no waiting can fix ("", "", reason).
+
+        An outage never comes back here: the call waits for the endpoint (``parse`` tells it
+        which replies are unusable, so that several in a row wait too)."""
+        try:
+            result = await self.ctx.call_llm("inner", "propose", messages, iteration=n, json=True, schema=schema,
+                                             check=unusable_check(parse or parse_proposal),
+                                             max_tokens=reply_tokens(self.ctx.cfg, "inner"))
         except LLMError as exc:
             if exc.kind in FATAL_LLM_ERRORS:
                 raise FatalRunError(f"the LLM endpoint refused the request: {exc}") from exc
@@ -240,7 +277,8 @@ class InnerLoop:
         draft = template.substitute(fields, mechanism_notes="")
         user = template.substitute(fields, mechanism_notes=await self.ctx.mechanisms.shape_prompt(
             self.ctx.state, draft, iteration=iteration))
-        return [{"role": "system", "content": prompts.load("inner_system")}, {"role": "user", "content": user}]
+        system = Template(prompts.load("inner_system")).substitute(max_changes=self.ctx.cfg.search.max_changes)
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def prompt_fields(self, best: TrainScript) -> dict[str, Any]:
         """What every Level 1 prompt says: the best configuration, the parameters, the history, the guidance."""
@@ -251,17 +289,40 @@ class InnerLoop:
         for name, spec in ctx.current_schema(best.values()).items():
             status = "locked" if spec.locked else "frozen" if name in frozen else "active"
             schema_lines.append(f"- [{status}] {spec.describe()}")
+        current = ctx.current_schema(best.values())
+        example, self._example_texts = reply_example(current, frozen)
         fields = dict(
             best_val_bpb=fmt_bpb(state.best_val_bpb),
             baseline_val_bpb=fmt_bpb(state.baseline_val_bpb),
             best_config="\n".join(f"{k} = {fmt_value(v)}" for k, v in best.values().items()),
             schema="\n".join(schema_lines),
             n_iterations=len(state.proposals),
-            history=history_text(state.proposals, ctx.cfg.search.history_tokens),
+            history="", script="",
             last_failure=self._last_failure_quote(),
             guidance=state.guidance.strip() or "(none: use your judgement)",
+            reply_example=example,
         )
+        history_budget, script_budget = self._budgets(fields)
+        fields["history"] = history_text(state.proposals, history_budget)
+        fields["script"] = script_context(best, ctx.cfg.search.script_context, script_budget)
         return fields
+
+    def _budgets(self, fields: dict[str, Any]) -> tuple[int, int]:
+        """Tokens for the history and the script: what the context leaves after the rest of the prompt.
+
+        Without endpoint.context_tokens the history gets search.history_tokens and the script
+        as much again at most. history_text counts 4 characters a token; the budget counts 3.
+        """
+        cfg = self.ctx.cfg.search
+        total = prompt_budget(self.ctx.cfg, "inner")
+        if total is None:
+            return cfg.history_tokens, cfg.history_tokens
+        rest = estimate_tokens(Template(prompts.load("inner_propose")).substitute(fields, mechanism_notes="")
+                               + Template(prompts.load("inner_system")).substitute(max_changes=cfg.max_changes))
+        left = max(200, total - rest - NOTES_RESERVE)
+        script = left * 2 // 5 if cfg.script_context != "off" else 0
+        history = min(cfg.history_tokens, left - script)
+        return history * 3 // 4, script
 
     def _last_failure_quote(self) -> str:
         """The last iteration's log tail when it crashed: quoted as data, truncated."""
@@ -279,9 +340,48 @@ class InnerLoop:
 
 def longest_prompt_tokens(cfg: Any) -> int:
     """About the longest prompt this run sends: the history budget plus system text, schema and, for Level 2,
-    the mechanism interface and sources."""
+    the mechanism interface and sources; with endpoint.context_tokens, what the levels' budgets allow."""
+    levels = [lv for lv in ("inner", "strategy", "research") if lv == "inner" or lv in cfg.search.active_levels]
+    budgets = [prompt_budget(cfg, lv) for lv in levels]
+    if all(b is not None for b in budgets):
+        return max(b for b in budgets if b is not None)
     extra = 6000 if "research" in cfg.search.active_levels else 1500
     return cfg.search.history_tokens + extra
+
+
+LEVEL1_TEMPLATES = ("inner_system", "inner_propose", "inner_reask", "inner_propose_many", "inner_reask_many")
+NOTES_RESERVE = 300  # tokens kept free for the mechanisms' notes, added after the budget is set
+
+
+def example_value(spec: ParamSpec) -> Any:
+    """A valid new value for ``spec`` (the nearest above the current one where there is an order), or None."""
+    options = value_schema(spec, float_grid=True)
+    if "enum" in options:
+        values = options["enum"]
+        above = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and isinstance(spec.value, (int, float)) and v > spec.value]
+        return min(above) if above else values[0]
+    if spec.kind == "int" and isinstance(spec.value, int):
+        upper = spec.maximum is None or spec.value + 1 <= spec.maximum
+        return spec.value + 1 if upper else spec.value - 1
+    return None
+
+
+def reply_example(schema: dict[str, ParamSpec], frozen: Iterable[str]) -> tuple[str, tuple[str, ...]]:
+    """A reply filled with a real change of this run (no placeholder to copy), and its hypothesis text,
+    which a reply may not echo."""
+    skip = set(frozen)
+    for name, spec in schema.items():
+        if spec.locked or name in skip or spec.kind not in ("int", "float", "bool"):
+            continue
+        value = example_value(spec)
+        if value is None:
+            continue
+        hypothesis = (f"{name} {fmt_value(spec.value)} -> {fmt_value(value)} alone shows whether val_bpb is "
+                      f"sensitive to {name} here")
+        reply = json.dumps({"changes": [{"name": name, "value": value}], "hypothesis": hypothesis})
+        return f"For example, a reply that changes {name} alone:\n{reply}", (hypothesis,)
+    return "", ()
 
 
 TRUNCATED_FOR_MODEL = ("your reply was cut off at the length limit before it was complete: answer again with "
@@ -306,14 +406,28 @@ def repeat_of(values: dict[str, Any], records: list[Any]) -> Any | None:
     return None
 
 
+def unusable_check(parse: Any) -> Any:
+    """Why a reply cannot be read by ``parse`` (empty, wrong shape), or None; a cut-off reply is re-asked instead."""
+    def check(result: Any) -> str | None:
+        if result.finish_reason == "length":
+            return None
+        try:
+            parse(result.content)
+        except ValueError as exc:
+            return f"unparseable reply: {exc}"
+        return None
+    return check
+
+
 def parse_proposal(raw: str) -> tuple[dict[str, Any], str]:
     """``{"changes": {...}, "hypothesis": "..."}`` from a reply; ValueError says what is wrong."""
     if not raw.strip():
         raise ValueError("the reply was empty")
     data = extract_json(raw)
-    changes = data.get("changes")
-    if not isinstance(changes, dict):
-        raise ValueError('expected a JSON object with "changes" (an object of parameter: value) and "hypothesis"')
+    if "changes" not in data:
+        raise ValueError('expected a JSON object with "changes" (a list of {"name": ..., "value": ...}) '
+                         'and "hypothesis"')
+    changes = changes_of(data["changes"])
     hypothesis = data.get("hypothesis", "")
     if not isinstance(hypothesis, str):
         hypothesis = str(hypothesis)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
-from core.levels.context import DEFAULT_MAX_TOKENS
+from core.levels.budget import reply_tokens
 from core.levels.inner import TRUNCATED_FOR_MODEL, for_model, parse_proposal, truncated_reason
 from core.levels.proposal import reask
 from core.levels.proposal_batch import parse_proposals, running_text
 from core.levels.proposer import Reply
-from .reply_schemas import proposal_schema, proposals_schema
 
 if TYPE_CHECKING:
     from core.levels.inner import InnerLoop
@@ -48,17 +47,17 @@ class _Chat:
 
     async def ask(self, want: list[int], attempt: int, schema: Mapping[str, ParamSpec], values: Mapping[str, Any],
                   frozen: set[str]) -> Reply:
-        reply_schema = (proposals_schema(schema, frozen, len(want)) if self.batch
-                        else proposal_schema(schema, frozen))
-        raw, finish, failure = await self.loop._ask_llm(want[0], attempt, self.messages, reply_schema)
+        reply_schema = self.loop.reply_schema(schema, frozen, len(want) if self.batch else None)
+        raw, finish, failure = await self.loop._ask_llm(want[0], attempt, self.messages, reply_schema,
+                                                        parse_proposals if self.batch else parse_proposal)
         if failure:
             return Reply(raw=raw, kind="llm_error", reason=failure)
         if finish == "length":  # cut off: whatever JSON it holds is not the whole answer
             if self.batch:
                 problem = "the reply was cut off at the length limit"
                 return Reply(raw=raw, kind="truncated", reason=problem, feedback=problem)
-            limit = self.loop.ctx.cfg.endpoint.max_tokens or DEFAULT_MAX_TOKENS["inner"]
-            return Reply(raw=raw, kind="truncated", reason=truncated_reason(limit), feedback=TRUNCATED_FOR_MODEL)
+            return Reply(raw=raw, kind="truncated", reason=truncated_reason(reply_tokens(self.loop.ctx.cfg, "inner")),
+                         feedback=TRUNCATED_FOR_MODEL)
         try:
             items = parse_proposals(raw) if self.batch else [parse_proposal(raw)]
         except ValueError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from string import Template
-from typing import Any
+from typing import Any, Callable
 
 from core.record import events as ev
 from core.levels.context import RunContext
@@ -35,20 +35,26 @@ class Rejection:
     problems: list[str]
 
 
+Validate = Callable[[dict[str, Any], str, dict[str, ParamSpec], set[str]], dict[str, Any]]
+
+
 async def check_proposal(ctx: RunContext, n: int, attempt: int, changes: dict[str, Any], hypothesis: str,
-                         schema: dict[str, ParamSpec], frozen: set[str], source: str) -> Proposal | Rejection:
+                         schema: dict[str, ParamSpec], frozen: set[str], source: str,
+                         validate: Validate) -> Proposal | Rejection:
     """The proposal with its values coerced, or why not (an invalid one is recorded as a ProposalRejected;
-    a mechanism's veto is recorded by the mechanism host)."""
+    a mechanism's veto is recorded by the mechanism host). ``validate`` is the loop's whole check of a
+    reply (the schema's rules, the number of changes, a hypothesis of the model's own)."""
     try:
-        coerced = validate_changes(changes, schema, frozen)
+        coerced = validate(changes, hypothesis, schema, frozen)
     except ProposalError as exc:
         reason = "; ".join(exc.errors)
         ctx.emit(ev.ProposalRejected(iteration=n, attempt=attempt, kind="invalid", reason=reason,
                                      errors=list(exc.errors), changes=changes))
         return Rejection(reason, list(exc.errors))
     proposal = Proposal(coerced, hypothesis, source, attempt)
-    veto = await ctx.mechanisms.review(ctx.state, proposal,
-                                       lambda c: validate_changes(c, schema, ctx.state.frozen), iteration=n)
+    veto = await ctx.mechanisms.review(
+        ctx.state, proposal,
+        lambda c: validate_changes(c, schema, ctx.state.frozen, max_changes=ctx.cfg.search.max_changes), iteration=n)
     if veto is not None:  # the reason goes back to the proposer
         return Rejection(veto, [veto])
     return proposal

@@ -21,6 +21,7 @@ from core.services.llm import extract_json
 from core.services.script import TrainScript
 from core.levels.trace import fmt_value
 from .proposal import Proposal, Rejection, check_proposal
+from .reply_schemas import changes_of
 
 if TYPE_CHECKING:
     from core.levels.inner import InnerLoop
@@ -69,9 +70,13 @@ def parse_proposals(raw: str) -> list[tuple[dict[str, Any], str]]:
         raise ValueError('expected a JSON object {"proposals": [{"changes": {...}, "hypothesis": "..."}, ...]}')
     out = []
     for i, item in enumerate(items, 1):
-        if not isinstance(item, dict) or not isinstance(item.get("changes"), dict):
-            raise ValueError(f'proposal {i} is not an object with "changes" (an object of parameter: value)')
-        out.append((dict(item["changes"]), str(item.get("hypothesis", "")).strip()))
+        if not isinstance(item, dict) or "changes" not in item:
+            raise ValueError(f'proposal {i} is not an object with "changes" (a list of {{"name", "value"}} items)')
+        try:
+            changes = changes_of(item["changes"])
+        except ValueError as exc:
+            raise ValueError(f"proposal {i}: {exc}") from None
+        out.append((changes, str(item.get("hypothesis", "")).strip()))
     return out
 
 
@@ -146,7 +151,8 @@ class BatchProposer:
                      schema: dict, frozen: set[str], best: TrainScript, known: list[Known]) -> "Proposal | str":
         """The usable proposal, or why not (recorded as a ProposalRejected, or a mechanism's veto)."""
         ctx = self.ctx
-        proposal = await check_proposal(ctx, n, attempt, changes, hypothesis, schema, frozen, self.inner._source)
+        proposal = await check_proposal(ctx, n, attempt, changes, hypothesis, schema, frozen, self.inner._source,
+                                        self.inner.validate)
         if isinstance(proposal, Rejection):
             return proposal.reason
         proposal.candidate = best.apply(proposal.changes)

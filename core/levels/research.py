@@ -36,6 +36,8 @@ from core.levels.trace import snapshot
 from core.services.script import unified_diff
 from core.levels.trace import history_text, moves
 from . import prompts
+from .budget import estimate_tokens, fit_messages, prompt_budget, reply_tokens
+from .echo import echo_problem
 from .reply_schemas import critique_schema
 
 ROUNDS = ("explore", "critique", "specify", "generate")
@@ -93,10 +95,36 @@ def critique_problem(reply: str, candidates: Sequence[str] = ()) -> str:
         return 'the reply names no candidate in "selected"'
     if selected.strip() in CRITIQUE_PLACEHOLDERS:
         return f'"selected" repeats the prompt\'s placeholder {selected.strip()!r}: name one of the candidates'
+    if echoed := echo_problem([("reason", data.get("reason"))], ("research_critique",), CRITIQUE_PLACEHOLDERS):
+        return echoed
     if candidates and selected_candidate(selected, candidates) is None:
         return (f'"selected" is {selected.strip()[:_NAME_MAX_CHARS]!r}, which is not one of the candidates: '
                 + "; ".join(candidates))
     return ""
+
+
+class RoundFailed(Exception):
+    """A dialogue round got no usable reply within search.max_reasks: the research fails with the reason."""
+
+
+ROUND_TEMPLATES = {"explore": ("research_system", "research_explore"), "critique": ("research_critique",),
+                   "specify": ("research_specify",), "generate": ("research_generate",),
+                   "repair": ("research_repair", "research_duplicate")}
+
+
+def round_problem(name: str, reply: str, finish_reason: str | None, limit: int) -> tuple[str, str]:
+    """(why a round's reply cannot be used, for the user; the same for the model), or ("", "").
+
+    A free-text round cut off at the length limit is half an answer (a module cut mid-class,
+    an explore without its candidates line); a reply that only repeats its prompt's text says nothing.
+    """
+    if finish_reason == "length":
+        return (f'the reply was cut off (finish_reason "length" at max_tokens = {limit}): consider a larger '
+                "max_tokens", f"it was cut off at the length limit of about {limit} tokens: answer again, "
+                "more briefly, and finish the answer")
+    if name != "critique" and (echoed := echo_problem([(name, reply)], ROUND_TEMPLATES.get(name, ()))):
+        return echoed, echoed
+    return "", ""
 
 
 def drop_unfinished_research(state: RunState, emit: Any) -> None:
@@ -136,7 +164,12 @@ class ResearchLevel:
         except LLMError as exc:
             ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="failed", reason=f"LLM call failed: {exc}"))
             return
+        except RoundFailed as exc:
+            ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="failed", reason=str(exc)[:2000]))
+            return
         if ready is None:
+            return
+        if not await self._prescreen_passes(ready):
             return
         if ctx.cfg.level2.approval == "manual":
             ctx.emit(ev.MechanismPending(research_id=research_id, name=ready.name, source=ready.source_rel,
@@ -149,6 +182,24 @@ class ResearchLevel:
                                              reason="rejected by the user"))
                 return
         ctx.queue_activation(ready)
+
+    async def _prescreen_passes(self, ready: Ready) -> bool:
+        """The surrogate pre-screen, before approval is asked or the mechanism activated.
+
+        With level2.prescreen = "gate", a mechanism whose whole CI is harm is rejected, and one
+        the bench could not run at all has failed, each with the figure; "report" only records.
+        """
+        ctx = self.ctx
+        mode = ctx.cfg.level2.prescreen
+        if mode == "off":
+            return True
+        screened = await ctx.prescreen(ready)
+        if mode != "gate" or screened.verdict in ("passed", "skipped"):
+            return True
+        ctx.emit(ev.ResearchFinished(research_id=ready.research_id,
+                                     outcome="rejected" if screened.verdict == "harmful" else "failed",
+                                     name=ready.name, reason=f"pre-screen on the surrogate: {screened.reason}"[:2000]))
+        return False
 
     # --- offline: a rule picks a built-in ----------------------------------------------------
 
@@ -182,13 +233,31 @@ class ResearchLevel:
 
         rounds_seen: dict[str, int] = {}
 
+        limit = reply_tokens(cfg, "research")
+        budget = prompt_budget(cfg, "research")
+
         async def round_(name: str, prompt: str, *, json: bool = False,
                          schema: dict | None = None) -> tuple[str, str]:
-            """One round's reply and its call id."""
+            """One round's reply and its call id; a reply cut off at the length limit, or one that
+            echoes the round's own prompt, is re-asked within search.max_reasks (then RoundFailed)."""
+            asked = prompt
+            for attempt in range(1, cfg.search.max_reasks + 2):
+                call_id = uuid.uuid4().hex[:10]
+                sent = fit_messages([*messages, {"role": "user", "content": asked}], budget)
+                result = await ctx.call_llm("research", name, sent, json=json, stream_events=True,
+                                            iteration=ctx.state.next_iteration, call_id=call_id, schema=schema,
+                                            max_tokens=limit)
+                problem, for_model = round_problem(name, result.content, result.finish_reason, limit)
+                if not problem:
+                    break
+                ctx.emit(ev.ReplyRejected(level="research", purpose=name, call_id=call_id, attempt=attempt,
+                                          kind="truncated" if result.finish_reason == "length" else "wrong_fields",
+                                          reason=problem, raw=result.content[:2000]))
+                # The cut-off reply is not kept: in a small context it would crowd out the answer.
+                asked = f"{prompt}\n\n(Your previous answer could not be used: {for_model}.)"
+            else:
+                raise RoundFailed(f"the {name} round got no usable reply after {attempt} attempt(s): {problem}")
             messages.append({"role": "user", "content": prompt})
-            call_id = uuid.uuid4().hex[:10]
-            result = await ctx.call_llm("research", name, messages, json=json, stream_events=True,
-                                        iteration=ctx.state.next_iteration, call_id=call_id, schema=schema)
             messages.append({"role": "assistant", "content": result.content})
             rounds_seen[name] = rounds_seen.get(name, 0) + 1
             stem = name if rounds_seen[name] == 1 else f"{name}-{rounds_seen[name]}"  # each reply keeps its own
@@ -199,9 +268,15 @@ class ResearchLevel:
                                       artifact=rel, summary=result.content.strip()[:300]))
             return result.content, call_id
 
-        explored, _ = await round_("explore", Template(prompts.load("research_explore")).substitute(
-            interface=inspect.getsource(mechanism_base), active=self._active_sources(),
-            history=history_text(ctx.state.proposals, cfg.search.history_tokens), strategy=self._strategy_log()))
+        explore = Template(prompts.load("research_explore"))
+        fields = dict(interface=inspect.getsource(mechanism_base), active=self._active_sources(),
+                      strategy=self._strategy_log())
+        history_tokens = cfg.search.history_tokens
+        if budget is not None:  # what the rest leaves; history_text counts 4 characters a token, we 3
+            rest = estimate_tokens(explore.substitute(fields, history="") + messages[0]["content"])
+            history_tokens = min(history_tokens, max(200, budget - rest) * 3 // 4)
+        explored, _ = await round_("explore", explore.substitute(
+            fields, history=history_text(ctx.state.proposals, history_tokens)))
         selected = await self._critique(research_id, round_, candidate_names(explored))
         if not selected:
             return None

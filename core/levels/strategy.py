@@ -34,6 +34,8 @@ from core.services.llm import LLMError, extract_json
 from core.levels.trace import TRAINED, ParamStats, fmt_bpb, history_text, param_stats
 from core.services.schema import closed, direction_of
 from . import prompts
+from .budget import estimate_tokens, fit_messages, prompt_budget, reply_tokens
+from .echo import echo_problem
 from .reply_schemas import strategy_schema
 
 if TYPE_CHECKING:
@@ -272,14 +274,20 @@ class StrategyLevel:
             tally = (f"proposed {s.asked}× in all ({s.trained}× trained), kept {s.kept}×, "
                      f"net gain {s.net_improvement:+.6f}" if s else "never proposed")
             lines.append(f"- [{status}] {spec.describe()} — {tally}")
-        user = Template(prompts.load("strategy_cycle")).substitute(
+        fields = dict(
             cycle=cycle, iteration=after_iteration, baseline_val_bpb=fmt_bpb(state.baseline_val_bpb),
             best_val_bpb=fmt_bpb(state.best_val_bpb), params="\n".join(lines),
             k=cfg.strategy.freeze_after, candidates=(", ".join(candidates) or "(none)") + (
-                DIRECTION_NOTE if cfg.strategy.freeze == "direction" else ""),
-            history=history_text(state.proposals, cfg.search.history_tokens),
+                DIRECTION_NOTE if cfg.strategy.freeze == "direction" else ""), history="",
             guidance=state.guidance or "(none)", max_new_freezes=cfg.strategy.max_new_freezes,
             min_active=cfg.strategy.min_active)
+        template = Template(prompts.load("strategy_cycle"))
+        budget = prompt_budget(cfg, "strategy")
+        history_tokens = cfg.search.history_tokens
+        if budget is not None:  # the rest of the prompt first; history_text counts 4 characters a token, we 3
+            rest = estimate_tokens(template.substitute(fields) + prompts.load("strategy_system"))
+            history_tokens = min(history_tokens, max(200, budget - rest) * 3 // 4)
+        user = template.substitute(fields, history=history_text(state.proposals, history_tokens))
         messages = [{"role": "system", "content": prompts.load("strategy_system")}, {"role": "user", "content": user}]
         unfreezable = [k for k in frozen_keys(state.frozen, state.frozen_directions)
                        if split_key(k)[0] in ctx.schema and not ctx.schema[split_key(k)[0]].locked]
@@ -289,8 +297,10 @@ class StrategyLevel:
         for attempt in range(1, attempts + 1):
             call_id = uuid.uuid4().hex[:10]
             try:
-                result = await ctx.call_llm("strategy", "update", messages, iteration=after_iteration, json=True,
-                                            schema=schema, call_id=call_id)
+                result = await ctx.call_llm("strategy", "update", fit_messages(messages, budget),
+                                            iteration=after_iteration, json=True,
+                                            schema=schema, call_id=call_id,
+                                            max_tokens=reply_tokens(cfg, "strategy"))
             except LLMError as exc:
                 return f"LLM call failed: {exc}", attempt
             raw = result.content
@@ -320,9 +330,10 @@ class StrategyLevel:
 DIRECTION_NOTE = (' (each candidate is a direction: freezing "NAME up" forbids only increases of NAME, "NAME →V" '
                   'only moving NAME to V; its other directions stay open)')
 STRATEGY_FIELDS = ("diagnosis", "freeze", "unfreeze", "keep", "guidance", "reasoning")
-# The system prompt's example values: a reply that repeats them has not answered.
+# Placeholders small models wrote from older prompts: a reply that repeats them has not answered.
 PLACEHOLDERS = ("what the trace shows", "one to three sentences for the proposer", "NAME", "why",
-                "reason to keep it active")
+                "reason to keep it active", "...")
+STRATEGY_TEMPLATES = ("strategy_system", "strategy_cycle")
 STRATEGY_REASK = ('Reply with one JSON object and nothing else: {"diagnosis": ..., "freeze": [...], '
                   '"unfreeze": [...], "keep": {...}, "guidance": ..., "reasoning": ...}, written for this trace.')
 
@@ -334,10 +345,7 @@ def strategy_reply_problem(reply: dict[str, Any]) -> str:
                 'unfreeze, keep, guidance and reasoning')
     if not any(k in reply for k in STRATEGY_FIELDS):
         return f"the reply has none of the fields {', '.join(STRATEGY_FIELDS)}"
-    echoed = [f"{k} = {v!r}" for k, v in _leaves(reply) if isinstance(v, str) and v.strip() in PLACEHOLDERS]
-    if echoed:
-        return f"the reply repeats the prompt's placeholder text ({'; '.join(echoed)}): write your own answer"
-    return ""
+    return echo_problem(_leaves(reply), STRATEGY_TEMPLATES, PLACEHOLDERS)
 
 
 def _leaves(value: Any, key: str = "") -> list[tuple[str, Any]]:

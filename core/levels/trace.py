@@ -127,8 +127,14 @@ def snapshot(state: RunState, schema: dict[str, Any], iteration: int | None = No
         best_values=dict(state.best_values), best_val_bpb=state.best_val_bpb,
         baseline_val_bpb=state.baseline_val_bpb, frozen=sorted(state.frozen), guidance=state.guidance,
         frozen_directions={n: sorted(d) for n, d in state.frozen_directions.items()},
-        moves=moves(state, schema),
+        moves=moves(state, schema), max_changes=_max_changes(state),
     )
+
+
+def _max_changes(state: RunState) -> int | None:
+    search = state.config.get("search") if isinstance(state.config, dict) else None
+    value = search.get("max_changes") if isinstance(search, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def moves(state: RunState, schema: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -66,8 +66,17 @@ class EndpointConfig(_Section):
     structured: Literal["auto", "json_schema", "json_object", "off"] = "auto"
     timeout_s: Annotated[float, _range(1, DAY_S)] = 180.0
     max_retries: Annotated[int, _range(0, 20)] = 4
+    # Outages: a call that fails past its retries waits, probing up to every probe_max_s, never burning iterations.
+    probe_max_s: Annotated[float, _range(1, DAY_S)] = 60.0
+    unusable_replies: Annotated[int, _range(1, 1000)] = 3  # unusable replies in a row that pause a call the same way
+    max_reply_bytes: Annotated[int, _range(1024, 1_000_000_000)] = 4_000_000  # a longer reply is cut, an error
     temperature: Optional[Annotated[float, _range(0, 2)]] = None
     max_tokens: Optional[Annotated[int, _range(16, 10_000_000)]] = None
+    # The model's context in tokens: each level's prompt is trimmed to fit it (unset: history_tokens decides).
+    context_tokens: Optional[Annotated[int, _range(1024, 10_000_000)]] = None
+    # Offer each float parameter as an enum of valid values (for servers, like llama.cpp, that ignore
+    # a number's minimum/maximum in the schema).
+    float_grid: bool = False
     # US dollars per million tokens for this model, for the cost columns of `bilevel report`.
     price_in_per_m: Optional[Annotated[float, _range(0, 1e6)]] = None
     price_out_per_m: Optional[Annotated[float, _range(0, 1e6)]] = None
@@ -111,6 +120,9 @@ class SearchConfig(_Section):
     seed: int = 0
     max_reasks: Annotated[int, _range(0, 20)] = 3
     history_tokens: Annotated[int, _range(200)] = 6000
+    max_changes: Annotated[int, _range(1, 50)] = 3  # the most parameter changes one proposal may make
+    # What Level 1 sees of the best train.py: all of it (within its budget), the constants' digest, or nothing.
+    script_context: Literal["full", "digest", "off"] = "digest"
     mechanisms: tuple[str, ...] = ()  # built-in mechanisms active from the start
 
     @property
@@ -145,12 +157,24 @@ class Level2Config(_Section):
     # The wall around generated code: strict (Landlock + seccomp + rlimits) or the explicit weaker "process".
     isolation: Literal["strict", "process"] = "strict"
     worker_env: tuple[str, ...] = ()  # environment variables the mechanism worker may see
+    # Evidence before activation (core/engine/prescreen.py): paired short searches on the surrogate,
+    # with and without the mechanism. "gate": one whose whole CI is harm is not activated; "report":
+    # recorded only; "off": none. Runs wherever the surrogate has the session's parameters.
+    prescreen: Literal["off", "report", "gate"] = "gate"
+    prescreen_repeats: Annotated[int, _range(2, 64)] = 5  # k paired searches (seeds)
+    prescreen_iterations: Annotated[int, _range(1, 1000)] = 12  # iterations of each
+    seed: tuple[str, ...] = ()  # ledger mechanisms (by name) validated again and attached at start
 
 
 class AcceptanceConfig(_Section):
     """When a change counts as an improvement (search.min_delta is the absolute floor)."""
 
-    noise_sigma: Annotated[float, _range(0, 100)] = 0.0  # > 0: beat best by this many noise-floor σ
+    # "default": once σ is known (calibrated, stored by `bilevel noise`, or declared by the script) a keep
+    # must beat the best by k·σ, else any improvement; "paper": any improvement, always (the paper's rule).
+    rule: Literal["default", "paper"] = "default"
+    k: Annotated[float, _range(0, 100)] = 2.0  # the default rule's margin, in σ
+    calibrate: Annotated[int, _range(0, 1000)] = 0  # n ≥ 2: the baseline on n more seeds before the search
+    noise_sigma: Annotated[float, _range(0, 100)] = 0.0  # > 0: beat best by this many stored noise-floor σ
     confirm: bool = False  # re-run a candidate new best with another seed; keep it only if the mean wins
     allow_seed_tuning: bool = False  # let the search change seed constants (SEED = 42) in the script
     noise_store: str = ""  # where noise floors are kept; empty: <sessions_dir>/noise.json
@@ -161,6 +185,14 @@ class AcceptanceConfig(_Section):
     @property
     def valid_val_bpb(self) -> tuple[float, float]:
         return (self.min_val_bpb, self.max_val_bpb if self.max_val_bpb is not None else float("inf"))
+
+
+class AuditConfig(_Section):
+    """The keep-chain audit at the end of a run: every keep re-measured by leaving it out, on fresh seeds."""
+
+    enabled: bool = True
+    share: Annotated[float, _range(0, 100)] = 0.25  # of the run's own training runs; the largest keeps first
+    repeats: Annotated[int, _range(2, 100)] = 3  # fresh seeds per configuration
 
 
 class RunConfig(_Section):
@@ -195,6 +227,7 @@ class Config(_Section):
     strategy: StrategyConfig = StrategyConfig()
     level2: Level2Config = Level2Config()
     acceptance: AcceptanceConfig = AcceptanceConfig()
+    audit: AuditConfig = AuditConfig()
     run: RunConfig = RunConfig()
     # Where relative paths resolve from: the config file's folder (internal: never read from a file, not saved).
     base_dir: str = ""
@@ -470,6 +503,8 @@ def _check_cross_fields(cfg: Config, where: _Where) -> None:
                   else f"proposer {cfg.search.proposer!r} searches")
         _fail(where, ("search", "levels"), f"{chosen} with a classical sampler, whose "
               "proposals no Level 2 mechanism prompt can shape; use levels inner (and strategy) only")
+    if cfg.acceptance.calibrate == 1:
+        _fail(where, ("acceptance", "calibrate"), "expected 0 (off) or at least 2 runs: a spread needs two values")
     if cfg.endpoint.provider == "openai":
         if not cfg.endpoint.base_url:
             _fail(where, ("endpoint", "base_url"), 'required when provider = "openai" (e.g. "http://localhost:8000/v1")')

@@ -55,7 +55,12 @@ Origin = Literal["builtin", "config", "generated"]
 Effect = Literal["prompt", "vetoed", "modified", "overrode", "refused"]  # refused: a decide that would keep a discard
 ResearchRoundName = Literal["explore", "critique", "specify", "generate", "repair"]
 ResearchOutcome = Literal["activated", "rejected", "declined", "failed", "dropped", "expired"]
-AcceptanceRule = Literal["min_delta", "noise_sigma"]
+AcceptanceRule = Literal["min_delta", "noise_sigma", "paper"]
+PrescreenMode = Literal["off", "report", "gate"]
+PrescreenVerdict = Literal["passed", "harmful", "failed", "skipped"]
+SigmaSource = Literal["", "calibrated", "store", "declared"]  # where the σ a rule uses came from
+AuditVerdictKind = Literal["holds", "within noise", "harmful", "superseded", "unmeasured"]
+AuditStatus = Literal["completed", "skipped", "stopped"]
 
 
 class EventDecodeError(ValueError):
@@ -526,6 +531,55 @@ class ResearchFinished(Event, tag="research_finished"):
     reason: str = ""
 
 
+# --- mechanism evidence: the pre-screen on the surrogate bench, before activation -------
+
+
+class PrescreenStarted(Event, tag="prescreen_started"):
+    """A validated mechanism's paired short searches on the surrogate begin (off the training slots)."""
+
+    research_id: str = ""
+    name: str = ""
+    source_key: str = ""  # mechanisms.sandbox.fingerprint.source_key of its source: the ledger's key
+    repeats: int = 0
+    iterations: int = 0
+    proposer: str = "offline"  # the bench always proposes offline (free): an LLM pre-screen would cost calls
+    mode: PrescreenMode = "gate"
+
+
+class MechanismPrescreened(Event, tag="mechanism_prescreened"):
+    """The paired effect of a mechanism on the surrogate's final best, and what it did there.
+
+    ``effect``: mean over the repeats of (best with it − best without it), in val_bpb; positive
+    is harm (lower is better). ``ci_low``/``ci_high``: its percentile-bootstrap interval; ``p_value``:
+    the exact sign-flip permutation test of the paired differences. ``verdict``: "harmful" when the
+    whole interval lies on the worse side, "failed" when it never ran there, "skipped" when the
+    surrogate does not model the session's parameters, else "passed".
+    """
+
+    research_id: str = ""
+    name: str = ""
+    source_key: str = ""
+    source: str = ""  # artifact: the module screened
+    mode: PrescreenMode = "gate"
+    verdict: PrescreenVerdict = "passed"
+    reason: str = ""
+    proposer: str = "offline"
+    workload: str = ""  # e.g. "surrogate h100"
+    repeats: int = 0
+    iterations: int = 0
+    seeds: list[int] = []
+    with_best: list[float | None] = []  # final best per repeat, with the mechanism
+    without_best: list[float | None] = []  # the same seeds without it
+    effect: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    side_effects: dict[str, int] = {}  # vetoed, modified, overrode, prompt, rejected, crashes, deactivated
+    baseline_side_effects: dict[str, int] = {}  # rejected and crashes without it, for comparison
+    unmodelled: list[str] = []  # the session's searchable parameters the surrogate does not have
+    wall_s: float = 0.0
+
+
 # --- noise floor and acceptance ------------------------------------------------------
 
 
@@ -582,6 +636,9 @@ class AcceptanceConfigured(Event, tag="acceptance_configured"):
     noise_session: str = ""
     seed_params: list[str] = []  # seed constants locked (or tunable) in the script
     seed_note: str = ""  # set when the script fixes its own seed: what a confirmation can vary
+    k: float = 0.0  # the margin in σ the rule uses (0: any improvement beyond min_delta)
+    sigma_source: SigmaSource = ""  # where noise_std came from
+    mode: Literal["", "default", "paper"] = ""  # acceptance.rule
 
 
 class ConfirmationStarted(Event, tag="confirmation_started"):
@@ -593,7 +650,173 @@ class ConfirmationStarted(Event, tag="confirmation_started"):
     best: float | None = None
 
 
+# --- the evidence loop: the noise floor at session start and the keep-chain audit --------
+# Runs outside the search (calibration, audit) train under negative run numbers, handed out
+# in the order their plans were recorded, so a resume finds each one's result by number.
+
+
+class CalibrationStarted(Event, tag="calibration_started"):
+    """acceptance.calibrate = n: the unchanged baseline on n fresh seeds, before the search."""
+
+    runs: list[int] = []  # run numbers (negative), one per seed
+    seeds: list[int] = []
+
+
+class CalibrationRunFinished(Event, tag="calibration_run_finished"):
+    run: int = 0
+    seed: int = 0
+    outcome: TrainingOutcome = "ok"
+    val_bpb: float | None = None
+    reason: str = ""
+
+
+class NoiseCalibrated(Event, tag="noise_calibrated"):
+    """σ and the baseline's mean over the calibration seeds (std None: too few runs scored)."""
+
+    seeds: list[int] = []
+    values: list[float] = []
+    mean: float | None = None
+    std: float | None = None  # sample standard deviation (ddof = 1)
+    mad: float | None = None
+    failed: int = 0
+    reason: str = ""
+
+
+class NoiseDeclared(Event, tag="noise_declared"):
+    """The script declared its own σ in its summary (``noise_sigma:``; the surrogate does)."""
+
+    std: float = 0.0
+    iteration: int = 0  # the run whose summary said it
+
+
+class SeedFixed(Event, tag="seed_fixed"):
+    """The script fixes its own seed: runs on "other seeds" differ only by jitter. Said loudly, with the rule
+    that applies instead."""
+
+    note: str = ""
+    consequence: str = ""
+
+
+class AuditRun(msgspec.Struct, frozen=True, kw_only=True):
+    """One planned run of an audit: a configuration on one seed."""
+
+    run: int  # run number (negative)
+    config: str  # "baseline", "best", "without #7", "proposed"
+    seed: int
+    values: dict[str, Any] = {}
+
+
+class AuditPlanned(Event, tag="audit_planned"):
+    """A keep-chain audit and its cost, recorded before any of its runs starts."""
+
+    audit: int = 0  # 1, 2, … within the session
+    trigger: Literal["end", "command"] = "end"
+    repeats: int = 0
+    chain: list[int] = []  # every keep of the search when it was planned, in order
+    keeps: list[int] = []  # the keeps it measures (largest first)
+    unaudited: list[int] = []  # keeps the share did not cover
+    superseded: list[int] = []  # keeps a later keep overwrote entirely (nothing to leave out)
+    runs: list[AuditRun] = []
+    estimated_s: float = 0.0  # runs × the time budget
+    allowance: int | None = None  # runs the share allows (None: on demand, every keep)
+
+
+class AuditSkipped(Event, tag="audit_skipped"):
+    audit: int = 0
+    chain: list[int] = []  # the keeps it would have measured
+    reason: str = ""
+
+
+class AuditRunFinished(Event, tag="audit_run_finished"):
+    audit: int = 0
+    run: int = 0
+    config: str = ""
+    seed: int = 0
+    outcome: TrainingOutcome = "ok"
+    val_bpb: float | None = None
+    reason: str = ""
+
+
+class AuditVerdict(Event, tag="audit_verdict"):
+    """One keep: the best without it minus the best, over paired seeds (positive: the keep helped)."""
+
+    audit: int = 0
+    iteration: int = 0  # the keep
+    changes: dict[str, Any] = {}
+    recorded_gain: float | None = None  # what the search credited it with (best before − its val_bpb)
+    effect: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    pairs: int = 0
+    verdict: AuditVerdictKind = "within noise"
+
+
+class AuditProposed(Event, tag="audit_proposed"):
+    """The best without the keeps that did not hold, and its runs (none when every keep held)."""
+
+    audit: int = 0
+    dropped: list[int] = []
+    values: dict[str, Any] = {}
+    runs: list[AuditRun] = []
+
+
+class AuditFinished(Event, tag="audit_finished"):
+    audit: int = 0
+    status: AuditStatus = "completed"
+    baseline_mean: float | None = None
+    best_mean: float | None = None
+    gain: float | None = None  # best − baseline over paired seeds (negative: the search helped)
+    gain_ci_low: float | None = None
+    gain_ci_high: float | None = None
+    proposed_mean: float | None = None
+    dropped: list[int] = []
+    reason: str = ""
+
 # --- app-side helpers (never written to a log) ---------------------------------------
+
+
+# --- endpoint outages: a failing endpoint pauses the call that met it, never burns an iteration ---
+
+# unreachable: a transport failure past the client's retries; unusable: replies of the wrong shape in a row
+OutageCause = Literal["unreachable", "unusable"]
+
+
+class EndpointDown(Event, tag="endpoint_down"):
+    """A call found the endpoint down: it waits, probing, instead of failing (the event's ts is "since")."""
+
+    call_id: str = ""
+    level: Level = "inner"
+    cause: OutageCause = "unreachable"
+    kind: str = ""  # the LLMError kind of the failure, or "unusable"
+    reason: str = ""
+
+
+class EndpointProbe(Event, tag="endpoint_probe"):
+    """A probe of a down endpoint failed (or the first wait begins); the next one in ``delay_s``."""
+
+    call_id: str = ""
+    level: Level = "inner"
+    probe: int = 0  # probes sent so far for this call
+    kind: str = ""
+    error: str = ""
+    delay_s: float = 0.0
+
+
+class EndpointUp(Event, tag="endpoint_up"):
+    """The endpoint answered a waiting call usably: the run goes on by itself."""
+
+    call_id: str = ""
+    level: Level = "inner"
+    probes: int = 0
+    down_s: float = 0.0
+
+
+class EndpointWaitEnded(Event, tag="endpoint_wait_ended"):
+    """A waiting call gave up because the run stopped or ended; its iteration is interrupted, not used up."""
+
+    call_id: str = ""
+    level: Level = "inner"
+    reason: str = ""
 
 
 class MergedDeltas(LLMDelta, tag="llm_delta_merged"):

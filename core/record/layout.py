@@ -77,7 +77,10 @@ def artifact_rel(name: str) -> str:
 
 
 def iteration_folder(iteration: int) -> str:
-    """The artifacts sub-folder of one iteration (0 is the baseline)."""
+    """The artifacts sub-folder of one iteration (0 is the baseline; a negative number is a run outside
+    the search: calibration or audit)."""
+    if iteration < 0:
+        return f"extra/{-iteration:04d}"
     return "baseline" if iteration == 0 else f"iterations/{iteration:04d}"
 
 

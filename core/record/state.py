@@ -26,6 +26,8 @@ from core.record import events as ev
 
 
 @dataclass
+
+
 class IterationRecord:
     iteration: int
     decision: str
@@ -52,6 +54,8 @@ class IterationRecord:
 
 
 @dataclass
+
+
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -63,6 +67,8 @@ class Usage:
 
 
 @dataclass
+
+
 class IterationTrace:
     """One iteration from its start to its verdict, as the trace shows it (live phase included)."""
 
@@ -90,6 +96,8 @@ class IterationTrace:
 
 
 @dataclass
+
+
 class Trial:
     """An iteration in flight (started, no verdict yet): its proposal and its training run, if any."""
 
@@ -100,6 +108,8 @@ class Trial:
 
 
 @dataclass
+
+
 class MechanismUse:
     """A mechanism's life in the run: when it came and went, why, and what it did."""
 
@@ -112,9 +122,12 @@ class MechanismUse:
     calls: Counter = field(default_factory=Counter)  # hook -> calls
     effects: Counter = field(default_factory=Counter)  # effect kind -> count
     kept_while_active: int = 0
+    artifact: str = ""  # its source, as last activated (kept after deactivation: the ledger reads it)
 
 
 @dataclass
+
+
 class ParamChange:
     """A freeze or unfreeze with who did it and why (strategy cycles and the user alike)."""
 
@@ -123,10 +136,13 @@ class ParamChange:
     source: str
     reason: str
     ts: float
+    after: int | None = None  # the last iteration finished before it (None: before the baseline finished)
     direction: str = ""  # "" the whole parameter; else the one direction frozen or unfrozen
 
 
 @dataclass
+
+
 class DeviceUse:
     seconds: float = 0.0  # training time × devices of the slot
     runs: int = 0
@@ -135,6 +151,43 @@ class DeviceUse:
 
 
 @dataclass
+
+
+class EndpointWait:
+    """One call waiting out a down endpoint: since when, why, and its probes so far."""
+
+    level: str
+    since: float  # the EndpointDown's timestamp
+    cause: str
+    reason: str
+    probes: int = 0
+    next_probe_s: float = 0.0
+
+
+@dataclass
+
+
+class AuditState:
+    """One keep-chain audit: its plan, the results so far (by run number), the verdicts, its end."""
+
+    plan: ev.AuditPlanned
+    results: dict[int, float | None] = field(default_factory=dict)  # run -> val_bpb (None: no score)
+    verdicts: dict[int, ev.AuditVerdict] = field(default_factory=dict)  # keep iteration -> verdict
+    proposed: ev.AuditProposed | None = None
+    finished: ev.AuditFinished | None = None
+
+    @property
+    def audit(self) -> int:
+        return self.plan.audit
+
+    @property
+    def runs(self) -> list[ev.AuditRun]:
+        return [*self.plan.runs, *(self.proposed.runs if self.proposed is not None else [])]
+
+
+@dataclass
+
+
 class RunState:
     session: str = ""
     name: str = ""
@@ -184,9 +237,32 @@ class RunState:
     research: dict[str, str] = field(default_factory=dict)  # research id -> running | pending | approved | outcome
     awaiting: dict[str, ev.MechanismPending] = field(default_factory=dict)  # research id -> waits for approval
     acceptance: ev.AcceptanceConfigured | None = None  # the last one is the rule in force
+    # the mechanism pre-screen (core/engine/prescreen.py), by research id: in progress, then its result
+    prescreening: dict[str, ev.PrescreenStarted] = field(default_factory=dict)
+    prescreens: dict[str, ev.MechanismPrescreened] = field(default_factory=dict)
     budget_changes: list[ev.BudgetChanged] = field(default_factory=list)
+    endpoint_down: dict[str, EndpointWait] = field(default_factory=dict)  # call id -> its wait, while it waits
+    # The evidence loop: the noise floor found at session start, and the keep-chain audits.
+    calibration: ev.CalibrationStarted | None = None
+    calibration_results: dict[int, float | None] = field(default_factory=dict)  # run -> val_bpb
+    calibrated: ev.NoiseCalibrated | None = None
+    declared_sigma: float | None = None  # the script's own noise_sigma: line, once recorded
+    baseline_metrics: dict[str, float] = field(default_factory=dict)  # the baseline run's summary
+    seed_fixed: ev.SeedFixed | None = None
+    extra_runs: int = 0  # negative run numbers handed out so far (calibration and audit runs)
+    audits: list[AuditState] = field(default_factory=list)
+    audit_skips: list[ev.AuditSkipped] = field(default_factory=list)
     _last_finished: int | None = None
     _recorded: set[int] = field(default_factory=set)  # iterations with a verdict
+
+    @property
+    def script_sigma(self) -> float | None:
+        """The σ the script declares (a `noise_sigma:` summary line), from its event or, in logs older
+        than that event, from the baseline run's summary; None when it declares none."""
+        if self.declared_sigma:
+            return self.declared_sigma
+        declared = self.baseline_metrics.get("noise_sigma")
+        return float(declared) if declared is not None and declared > 0 else None
 
     @property
     def running(self) -> int | None:
@@ -273,6 +349,7 @@ def _run_resumed(s: RunState, e: ev.RunResumed) -> None:
     s.status = "running"
     s.paused = s.pause_requested = False
     s.finished = None
+    s.endpoint_down.clear()  # a wait of the run before never outlives it
 
 
 def _run_finished(s: RunState, e: ev.RunFinished) -> None:
@@ -280,6 +357,7 @@ def _run_finished(s: RunState, e: ev.RunFinished) -> None:
     s.finished = e
     s.in_flight.clear()
     s.training = None
+    s.endpoint_down.clear()
     for rid in list(s.awaiting):  # a log from before approvals expired: nothing waits once the run is over
         s.research[rid] = "expired"
         del s.awaiting[rid]
@@ -319,9 +397,10 @@ def _proposal_rejected(s: RunState, e: ev.ProposalRejected) -> None:
 
 
 def _training_started(s: RunState, e: ev.TrainingStarted) -> None:
-    t = s.iteration(e.iteration)
-    t.phase = "training"
-    t.diff = e.diff or t.diff
+    if e.iteration >= 0:  # a run outside the search (calibration, audit) has no iteration to trace
+        t = s.iteration(e.iteration)
+        t.phase = "training"
+        t.diff = e.diff or t.diff
     s.training, s.slot = e, e.slot
     if e.iteration in s.in_flight:
         s.in_flight[e.iteration].training = e
@@ -338,10 +417,13 @@ def _progress(s: RunState, e: ev.TrainingProgress) -> None:
 
 
 def _training_finished(s: RunState, e: ev.TrainingFinished) -> None:
-    t = s.iteration(e.iteration)
-    t.phase = "scoring" if e.outcome == "ok" else e.outcome
-    if e.outcome != "ok" and e.error_tail:
-        t.error_tail = s.last_error_tail = e.error_tail
+    if e.iteration >= 0:  # a run outside the search has no iteration to trace
+        t = s.iteration(e.iteration)
+        t.phase = "scoring" if e.outcome == "ok" else e.outcome
+        if e.outcome != "ok" and e.error_tail:
+            t.error_tail = s.last_error_tail = e.error_tail
+    if e.iteration == 0 and e.outcome == "ok":
+        s.baseline_metrics = dict(e.metrics)
     s.device.seconds += e.duration_s * s.device.slot_devices
     s.device.runs += 1
     if e.iteration in s.in_flight:
@@ -415,6 +497,7 @@ def _mechanism_on(s: RunState, e: ev.MechanismActivated) -> None:
     s.mechanisms[e.name] = e
     use = s.mechanism_use(e.name)
     use.origin, use.activated_after = e.origin, s._last_finished
+    use.artifact = e.artifact or use.artifact
     for rid, pending in list(s.awaiting.items()):
         if pending.name == e.name:
             del s.awaiting[rid]
@@ -449,6 +532,15 @@ def _research_finished(s: RunState, e: ev.ResearchFinished) -> None:
     s.awaiting.pop(e.research_id, None)
 
 
+def _prescreen_started(s: RunState, e: ev.PrescreenStarted) -> None:
+    s.prescreening[e.research_id] = e
+
+
+def _prescreened(s: RunState, e: ev.MechanismPrescreened) -> None:
+    s.prescreening.pop(e.research_id, None)
+    s.prescreens[e.research_id] = e
+
+
 def _budget(s: RunState, e: ev.BudgetChanged) -> None:
     s.budget_changes.append(e)
 
@@ -464,7 +556,8 @@ def _frozen(s: RunState, e: ev.ParamFrozen) -> None:
         s.frozen_directions.setdefault(e.name, set()).add(e.direction)
     else:
         s.frozen.add(e.name)
-    s.param_changes.append(ParamChange("freeze", e.name, e.source, e.reason, e.ts, e.direction))
+    s.param_changes.append(ParamChange("freeze", e.name, e.source, e.reason, e.ts, s._last_finished,
+                                       direction=e.direction))
 
 
 def _unfrozen(s: RunState, e: ev.ParamUnfrozen) -> None:
@@ -476,7 +569,8 @@ def _unfrozen(s: RunState, e: ev.ParamUnfrozen) -> None:
             s.frozen_directions.pop(e.name, None)
     else:
         s.frozen.discard(e.name)
-    s.param_changes.append(ParamChange("unfreeze", e.name, e.source, e.reason, e.ts, e.direction))
+    s.param_changes.append(ParamChange("unfreeze", e.name, e.source, e.reason, e.ts, s._last_finished,
+                                       direction=e.direction))
 
 
 def _pause_requested(s: RunState, e: ev.PauseRequested) -> None:
@@ -500,6 +594,81 @@ def _llm_response(s: RunState, e: ev.LLMResponse) -> None:
 
 def _acceptance(s: RunState, e: ev.AcceptanceConfigured) -> None:
     s.acceptance = e
+
+
+def _endpoint_down(s: RunState, e: ev.EndpointDown) -> None:
+    s.endpoint_down[e.call_id] = EndpointWait(level=e.level, since=e.ts, cause=e.cause, reason=e.reason)
+
+
+def _endpoint_probe(s: RunState, e: ev.EndpointProbe) -> None:
+    wait = s.endpoint_down.get(e.call_id)
+    if wait is not None:
+        wait.probes, wait.next_probe_s = e.probe, e.delay_s
+        wait.reason = e.error or wait.reason
+
+
+def _endpoint_back(s: RunState, e: ev.EndpointUp | ev.EndpointWaitEnded) -> None:
+    s.endpoint_down.pop(e.call_id, None)
+
+
+def _calibration_started(s: RunState, e: ev.CalibrationStarted) -> None:
+    if s.calibration is None:
+        s.extra_runs += len(e.runs)
+    s.calibration = e
+
+
+def _calibration_run(s: RunState, e: ev.CalibrationRunFinished) -> None:
+    s.calibration_results[e.run] = e.val_bpb
+
+
+def _calibrated(s: RunState, e: ev.NoiseCalibrated) -> None:
+    s.calibrated = e
+
+
+def _declared(s: RunState, e: ev.NoiseDeclared) -> None:
+    s.declared_sigma = e.std
+
+
+def _seed_fixed(s: RunState, e: ev.SeedFixed) -> None:
+    s.seed_fixed = e
+
+
+def _audit_of(s: RunState, audit: int) -> AuditState | None:
+    return next((a for a in reversed(s.audits) if a.audit == audit), None)
+
+
+def _audit_planned(s: RunState, e: ev.AuditPlanned) -> None:
+    s.audits.append(AuditState(e))
+    s.extra_runs += len(e.runs)
+
+
+def _audit_skipped(s: RunState, e: ev.AuditSkipped) -> None:
+    s.audit_skips.append(e)
+
+
+def _audit_run(s: RunState, e: ev.AuditRunFinished) -> None:
+    a = _audit_of(s, e.audit)
+    if a is not None:
+        a.results[e.run] = e.val_bpb
+
+
+def _audit_verdict(s: RunState, e: ev.AuditVerdict) -> None:
+    a = _audit_of(s, e.audit)
+    if a is not None:
+        a.verdicts[e.iteration] = e
+
+
+def _audit_proposed(s: RunState, e: ev.AuditProposed) -> None:
+    a = _audit_of(s, e.audit)
+    if a is not None and a.proposed is None:
+        a.proposed = e
+        s.extra_runs += len(e.runs)
+
+
+def _audit_finished(s: RunState, e: ev.AuditFinished) -> None:
+    a = _audit_of(s, e.audit)
+    if a is not None:
+        a.finished = e
 
 
 _HANDLERS = {
@@ -531,7 +700,24 @@ _HANDLERS = {
     ev.MechanismPending: _research_pending,
     ev.MechanismApproved: _research_approved,
     ev.ResearchFinished: _research_finished,
+    ev.PrescreenStarted: _prescreen_started,
+    ev.MechanismPrescreened: _prescreened,
     ev.AcceptanceConfigured: _acceptance,
+    ev.EndpointDown: _endpoint_down,
+    ev.EndpointProbe: _endpoint_probe,
+    ev.EndpointUp: _endpoint_back,
+    ev.EndpointWaitEnded: _endpoint_back,
+    ev.CalibrationStarted: _calibration_started,
+    ev.CalibrationRunFinished: _calibration_run,
+    ev.NoiseCalibrated: _calibrated,
+    ev.NoiseDeclared: _declared,
+    ev.SeedFixed: _seed_fixed,
+    ev.AuditPlanned: _audit_planned,
+    ev.AuditSkipped: _audit_skipped,
+    ev.AuditRunFinished: _audit_run,
+    ev.AuditVerdict: _audit_verdict,
+    ev.AuditProposed: _audit_proposed,
+    ev.AuditFinished: _audit_finished,
 }
 
 

@@ -29,7 +29,8 @@ def _torch_report() -> list[Check]:
     if cuda == "True":
         checks.append(Check("CUDA", True, names.replace(";", ", ")))
     else:
-        checks.append(Check("CUDA", False, "no CUDA device: training runs on the CPU (use the cpu-tiny preset)",
+        checks.append(Check("CUDA", False, ("no CUDA device: a script that needs one cannot run here (the bundled train.py "
+                                              "runs on the CPU with the cpu-tiny preset)"),
                             warning=True))
     return checks
 
@@ -105,6 +106,30 @@ async def _endpoint_checks(cfg: Config) -> list[Check]:
                                             "but it answers to it", warning=True))
     elif models is not None:
         checks.append(Check("model", True, e.model))
+    return checks + _schema_checks(cfg)
+
+
+def _schema_checks(cfg: Config) -> list[Check]:
+    """The JSON schema each level sends, compactly: what a decoder can enforce, and where it cannot."""
+    from core.levels.reply_schemas import compact, critique_schema, proposal_schema, strategy_schema
+    from core.run.script_doctor import constant_schema
+
+    schema = constant_schema(cfg)
+    if schema is None:
+        return []
+    levels = cfg.search.active_levels
+    shown = [("Level 1", proposal_schema(schema, [], max_changes=cfg.search.max_changes,
+                                         float_grid=cfg.endpoint.float_grid))]
+    if "strategy" in levels:
+        shown.append(("Level 1.5", strategy_schema(["CANDIDATE"], [])))
+    if "research" in levels:
+        shown.append(("Level 2 critique", critique_schema([])))
+    checks = [Check("schema", True, f"{name}: {compact(s)}") for name, s in shown]
+    floats = [n for n, p in schema.items() if p.kind == "float" and not p.locked]
+    if floats and not cfg.endpoint.float_grid:
+        checks.append(Check("schema", False, f"float bounds ({', '.join(floats)}) are sent as minimum/maximum, which "
+                                            "llama.cpp does not enforce (we check them): endpoint.float_grid = true "
+                                            "sends a grid of valid values instead", warning=True))
     return checks
 
 
@@ -137,6 +162,10 @@ async def run_checks(cfg: Config | None) -> list[Check]:
     checks.append(_data_check(cfg))
     if (cfg.data.source if cfg else "stdlib") != "none" and (epochs := data_epochs_check(cfg, _data_dir(cfg))):
         checks.append(epochs)
+    if cfg is not None:
+        from core.run.noise_doctor import noise_check
+
+        checks.append(noise_check(cfg))
     if cfg is None:
         checks.append(Check("endpoint", True, "no config given: skipped", warning=True))
     elif cfg.offline:

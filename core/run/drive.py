@@ -3,8 +3,9 @@
 The CLI parses flags and builds the run; this module runs it to its end. Ctrl-C or SIGTERM
 asks for a clean stop (an event, never a kill), so an interrupted session stays resumable.
 Exit codes are a contract: 0 done, 1 the run failed, 2 bad usage or configuration,
-74 the session folder stopped taking writes mid-run (a full disk, a read-only folder,
-no permission, a spent quota: EX_IOERR), 130 interrupted by Ctrl-C.
+3 stopped before its iterations were done (``bilevel resume`` continues it), 74 the session
+folder stopped taking writes mid-run (a full disk, a read-only folder, no permission, a spent
+quota: EX_IOERR), 130 interrupted by Ctrl-C.
 """
 from __future__ import annotations
 
@@ -17,8 +18,15 @@ from typing import Any, Awaitable, Callable
 from core.record import layout
 from core.record.config import Config
 
-EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_UNFINISHED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_STORAGE = 74  # sysexits' EX_IOERR: the session folder stopped taking writes mid-run
+
+
+def run_exit_code(state: Any, iterations: int) -> int:
+    """How a run that was not interrupted ended: done, stopped with iterations left (resumable), or failed."""
+    if state.status == "completed" or (state.status == "stopped" and state.next_iteration > iterations):
+        return EXIT_OK
+    return EXIT_UNFINISHED if state.status == "stopped" else EXIT_RUN_ERROR
 
 
 def err(msg: str) -> None:
@@ -75,19 +83,20 @@ def storage_exit(engine: Any) -> int | None:
     return EXIT_STORAGE
 
 
-def drive(engine: Any) -> int:
-    """Run one engine headless, one printed line per event; the exit code says how it ended."""
+def drive(engine: Any, work: Callable[[], Awaitable[Any]] | None = None) -> int:
+    """Run one engine headless (``work``: instead of its run, e.g. its audit), one printed line per event;
+    the exit code says how it ended."""
     from core.analysis.printer import HeadlessPrinter
 
     engine.subscribe(HeadlessPrinter())
     begin(engine)
-    state, interrupted = run_until_done(engine.run, lambda why: engine.request_stop(why, hard=True))
+    state, interrupted = run_until_done(work or engine.run, lambda why: engine.request_stop(why, hard=True))
     stored = storage_exit(engine)
     if stored is not None:
         return stored
     if interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_OK if state.status in ("completed", "stopped") else EXIT_RUN_ERROR
+    return run_exit_code(state, engine.cfg.budget.iterations)
 
 
 # --- studies -----------------------------------------------------------------------------------

@@ -49,6 +49,68 @@ def imported_modules(text: str, folder: Path) -> list[str]:
     return sorted(names - own - {"__future__"})
 
 
+CUDA_ONLY_MODULES = ("kernels", "flash_attn", "flash_attn_interface", "triton")  # GPU kernels with no CPU path
+_CUDA_SAFE_CALLS = {"torch.cuda.is_available", "torch.cuda.device_count"}  # asking is fine; using is not
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Attribute):
+        inner = _dotted(node.value)
+        return f"{inner}.{node.attr}" if inner else ""
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def _module_level(tree: ast.Module) -> list[ast.AST]:
+    """Every node that runs at import: the module body, without function and class bodies (a class's
+    own statements run at import too, but a CUDA call there is rare enough to miss)."""
+    out: list[ast.AST] = []
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            out += node.decorator_list if not isinstance(node, ast.Lambda) else []
+            continue
+        out.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def cuda_requirements(text: str) -> list[str]:
+    """What makes a script need CUDA at import, with lines: torch.cuda calls and a "cuda" device in
+    module-level code, imports of GPU-only kernel packages; [] when it has none (or does not parse)."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return []
+    found: list[tuple[int, str]] = []
+    for node in _module_level(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, f"import {a.name}") for a in node.names
+                      if a.name.split(".")[0] in CUDA_ONLY_MODULES]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in CUDA_ONLY_MODULES:
+            found.append((node.lineno, f"from {node.module} import ..."))
+        elif isinstance(node, ast.Call):
+            name = _dotted(node.func)
+            if name.startswith("torch.cuda.") and name not in _CUDA_SAFE_CALLS:
+                found.append((node.lineno, f"{name}()"))
+            elif name in ("torch.device", "torch.set_default_device") and any(
+                    isinstance(a, ast.Constant) and str(a.value).startswith("cuda") for a in node.args):
+                found.append((node.lineno, f"{name}({node.args[0].value!r})"))  # type: ignore[attr-defined]
+    return [f"line {line}: {what}" for line, what in sorted(set(found))]
+
+
+def cuda_check(text: str, cuda_available: bool) -> "Check | None":
+    """Whether the script can run here: one that needs CUDA at import cannot run without a CUDA device."""
+    needs = cuda_requirements(text)
+    if not needs:
+        return None
+    shown = "; ".join(needs[:4]) + (f"; and {len(needs) - 4} more" if len(needs) > 4 else "")
+    if cuda_available:
+        return Check("script CUDA", True, f"the script needs CUDA ({shown}); CUDA is available")
+    return Check("script CUDA", False, f"the script needs CUDA at import ({shown}) and this machine has no CUDA "
+                                       "device: it cannot run here")
+
+
 def interpreter_checks(python: str, text: str, folder: Path) -> list["Check"]:
 
     modules = imported_modules(text, folder)
@@ -67,6 +129,8 @@ def interpreter_checks(python: str, text: str, folder: Path) -> list["Check"]:
                             warning=not info["cuda"]))
     elif "torch" in modules:
         checks.append(Check("script torch", False, f"{python} cannot import torch: {info.get('torch_error')}"))
+    if (cuda := cuda_check(text, bool(info.get("cuda")))) is not None:
+        checks.append(cuda)
     missing = info["missing"]
     checks.append(Check("script imports", not missing,
                         f"{python} cannot import {', '.join(missing)}" if missing
@@ -99,6 +163,25 @@ def constant_checks(cfg: "Config | None", path: Path, text: str) -> list["Check"
     if folder.seed_note():
         checks.append(Check("seed", False, folder.seed_note(), warning=True))
     return checks
+
+
+def constant_schema(cfg: "Config") -> "dict | None":
+    """The search space of the config's script as the engine builds it (protocol and seed constants locked),
+    or None when the script cannot be read."""
+    from core.engine.engine import PROTOCOL_PARAMS
+    from core.services.schema import infer_schema
+
+    try:
+        script = TrainScript.parse(cfg.script_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    locked = set(cfg.search.locked) | set(PROTOCOL_PARAMS) | set(script_folder.measurement_params(script))
+    if not cfg.acceptance.allow_seed_tuning:
+        locked |= set(seed_params(script))
+    try:
+        return infer_schema(script, locked=[n for n in locked if n in script.params], bounds=cfg.search.bounds)
+    except ValueError:
+        return None
 
 
 def data_epochs_check(cfg: "Config | None", data_dir: Path | None) -> "Check | None":

@@ -5,8 +5,12 @@ over `httpx.AsyncClient`, in plain JSON or SSE streaming; `core.services.llm_pro
 reads the replies (reasoning fields, ``<think>`` blocks, SSE quirks, usage, error bodies).
 
 Failures surface as `LLMError` with a `kind` the engine can act on and a message a
-user can act on. Transient failures (connection, timeout, 408/409/429/5xx) are retried
-with exponential backoff and full jitter, honouring ``Retry-After``. Requests the
+user can act on. Transient failures (connection, timeout, 408/409/429/5xx, a malformed or
+oversized reply) are retried by tenacity with exponential backoff and full jitter, honouring
+``Retry-After``, through an injectable ``sleep`` so tests never wait; past its retries such
+a failure is an outage (`is_outage`), which the engine waits out instead of giving up.
+A reply is read in chunks and counted: past ``max_reply_bytes`` it is cut (kind
+"too_large"), so an endless line never grows the process. Requests the
 server rejects for a parameter it does not support (``response_format``,
 ``max_tokens``, ``stream_options``, ``temperature``) are retried once without it, and
 the client remembers.
@@ -31,19 +35,22 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from core.services.llm_protocol import (THINK_CLOSE as _THINK_CLOSE, THINK_OPEN as _THINK_OPEN,
                                         JSON_DECODER as _DECODER, DeltaCallback, LLMError, Reply, Usage, loads,
                                         parameter_complaint, parse_completion, parse_retry_after, read_stream,
                                         snippet as _snippet, status_error)
 
-__all__ = ["PROBE_SCHEMA", "PROBE_SYSTEM", "STRUCTURED_MODES", "context_exceeded", "probe_messages", "ChatResult", "DeltaCallback", "LLMClient", "LLMError", "RetryCallback", "Usage", "extract_json",
+__all__ = ["DEFAULT_MAX_REPLY_BYTES", "is_outage", "Sleep", "PROBE_SCHEMA", "PROBE_SYSTEM", "STRUCTURED_MODES", "context_exceeded", "probe_messages", "ChatResult", "DeltaCallback", "LLMClient", "LLMError", "RetryCallback", "Usage", "extract_json",
            "parse_retry_after", "redact", "split_think"]
 
 RetryCallback = Callable[[int, "LLMError", float], None]
+Sleep = Callable[[float], Awaitable[None]]
+DEFAULT_MAX_REPLY_BYTES = 4_000_000  # far above any answer we ask for; an endless line stops here
 STRUCTURED_MODES = ("auto", "json_schema", "json_object", "off")
 _STEP_DOWN = {"json_schema": "json_object", "json_object": "off"}
 
@@ -69,7 +76,8 @@ class LLMClient:
                  backoff_max_s: float = 30.0, stream: bool = True, json_mode: bool = True,
                  temperature: float | None = None, max_tokens: int | None = None,
                  extra_body: dict | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 structured: str = "auto"):
+                 structured: str = "auto", max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+                 sleep: Sleep = asyncio.sleep):
         if structured not in STRUCTURED_MODES:
             raise ValueError(f"structured must be one of {STRUCTURED_MODES}, not {structured!r}")
         self.base_url = base_url.rstrip("/")
@@ -78,6 +86,8 @@ class LLMClient:
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.max_retries = max(0, max_retries)
+        self.max_reply_bytes = max(1, max_reply_bytes)
+        self.sleep = sleep  # every backoff goes through it: tests inject one that does not wait
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.stream = stream
@@ -120,7 +130,7 @@ class LLMClient:
                    stream: bool | None = None, on_delta: DeltaCallback | None = None,
                    max_tokens: int | None = None, timeout_s: float | None = None,
                    on_retry: RetryCallback | None = None, schema: dict | None = None,
-                   schema_name: str = "reply") -> ChatResult:
+                   schema_name: str = "reply", max_retries: int | None = None) -> ChatResult:
         """Send one chat request; retry what is transient; return the whole reply.
 
         `on_delta(kind, text)` gets each streamed piece, kind "content" or "reasoning";
@@ -128,35 +138,45 @@ class LLMClient:
         the client's) bounds each attempt from request to last byte, keep-alives or not.
         `on_retry(attempt, error, delay_s)` is told before each backoff sleep.
         `schema` (a JSON schema of the answer, with `json`) is sent as ``json_schema``
-        while the endpoint accepts it.
+        while the endpoint accepts it. `max_retries` overrides the client's for this call
+        (the engine's probes of a down endpoint send one attempt each).
         """
         api_key = self._api_key()
         streaming = self.stream if stream is None else stream
         deadline_s = self.timeout_s if timeout_s is None else timeout_s
         max_tokens = self.max_tokens if max_tokens is None else max_tokens
+        retries_allowed = self.max_retries if max_retries is None else max(0, max_retries)
         started = time.monotonic()
-        attempts = retries = 0
-        while True:
-            attempts += 1
-            body = self._request_body(messages, json_wanted=json, stream=streaming, max_tokens=max_tokens,
-                                      schema=schema, schema_name=schema_name)
-            try:
-                reply = await self._attempt(body, streaming, on_delta, api_key, deadline_s)
-                break
-            except LLMError as err:
-                err._set_message(redact(err.message, api_key))
-                if self._learn_from(err, body):
-                    continue  # same request without the parameter; not a retry
-                if not err.retryable or retries >= self.max_retries:
+        attempts = 0
+
+        async def one_attempt() -> Reply:
+            nonlocal attempts
+            while True:
+                attempts += 1
+                body = self._request_body(messages, json_wanted=json, stream=streaming, max_tokens=max_tokens,
+                                          schema=schema, schema_name=schema_name)
+                try:
+                    return await self._attempt(body, streaming, on_delta, api_key, deadline_s)
+                except LLMError as err:
+                    err._set_message(redact(err.message, api_key))
+                    if self._learn_from(err, body):
+                        continue  # same request without the parameter; not a retry
                     err.attempts = attempts
-                    if attempts > 1:
-                        err._set_message(f"{err.message} (gave up after {attempts} attempts)")
-                    raise err
-                delay_s = self._backoff_s(retries, err.retry_after_s)
-                retries += 1
-                if on_retry is not None:
-                    on_retry(attempts, err, delay_s)
-                await asyncio.sleep(delay_s)
+                    raise
+
+        def before_sleep(state: RetryCallState) -> None:
+            if on_retry is not None and state.outcome is not None and state.next_action is not None:
+                on_retry(attempts, state.outcome.exception(), state.next_action.sleep)
+
+        retrying = AsyncRetrying(stop=stop_after_attempt(retries_allowed + 1), wait=self._wait,
+                                 retry=retry_if_exception(lambda e: isinstance(e, LLMError) and e.retryable),
+                                 sleep=self.sleep, before_sleep=before_sleep, reraise=True)
+        try:
+            reply = await retrying(one_attempt)
+        except LLMError as err:
+            if attempts > 1:
+                err._set_message(f"{err.message} (gave up after {attempts} attempts)")
+            raise
 
         reasoning_inline, content = split_think(reply.raw_content)
         reasoning = "\n".join(part for part in (reply.reasoning.strip(), reasoning_inline) if part)
@@ -208,13 +228,44 @@ class LLMClient:
         async with self._http.stream("POST", url, json=body, headers=headers,
                                      timeout=self._timeout(deadline_s)) as response:
             if response.status_code != 200:
-                text = (await response.aread()).decode("utf-8", errors="replace")
+                text = (await self._read_capped(response, url)).decode("utf-8", errors="replace")
                 raise await self._http_error(response.status_code, text, response.headers, url)
             if "text/event-stream" not in response.headers.get("content-type", ""):
                 # Some servers ignore stream=true and answer in one piece.
-                text = (await response.aread()).decode("utf-8", errors="replace")
+                text = (await self._read_capped(response, url)).decode("utf-8", errors="replace")
                 return parse_completion(text, url)
-            return await read_stream(response.aiter_lines(), on_delta, url)
+            return await read_stream(self._capped_lines(response, url), on_delta, url)
+
+    async def _read_capped(self, response: httpx.Response, url: str) -> bytes:
+        """The whole body, refused past max_reply_bytes (counted as it arrives, never buffered beyond)."""
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            if len(body) + len(chunk) > self.max_reply_bytes:
+                raise self._too_large(url)
+            body += chunk
+        return bytes(body)
+
+    async def _capped_lines(self, response: httpx.Response, url: str) -> AsyncIterator[str]:
+        """The body's lines, read in chunks and counted: an endless line stops at max_reply_bytes."""
+        seen, pending = 0, bytearray()
+        async for chunk in response.aiter_bytes():
+            seen += len(chunk)
+            if seen > self.max_reply_bytes:
+                raise self._too_large(url)
+            pending += chunk
+            cut = pending.rfind(b"\n")
+            if cut < 0:
+                continue
+            complete = bytes(pending[:cut])
+            del pending[:cut + 1]
+            for line in complete.split(b"\n"):
+                yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+        if pending:
+            yield bytes(pending).rstrip(b"\r").decode("utf-8", errors="replace")
+
+    def _too_large(self, url: str) -> LLMError:
+        return LLMError(f"the reply from {url} passed {self.max_reply_bytes} bytes (endpoint.max_reply_bytes) "
+                        "and was cut off unread", kind="too_large", retryable=True)
 
     async def _http_error(self, status: int, text: str, headers: httpx.Headers, url: str) -> LLMError:
         err = status_error(status, text, headers, url=url, api_key_env=self.api_key_env)
@@ -315,11 +366,21 @@ class LLMClient:
     def _timeout(self, total_s: float) -> httpx.Timeout:
         return httpx.Timeout(total_s, connect=min(self.connect_timeout_s, total_s))
 
+    def _wait(self, state: RetryCallState) -> float:
+        """tenacity's wait: Retry-After when the server sent one, else full-jitter exponential backoff."""
+        err = state.outcome.exception() if state.outcome is not None else None
+        return self._backoff_s(state.attempt_number - 1, getattr(err, "retry_after_s", None))
+
     def _backoff_s(self, retry_index: int, retry_after_s: float | None) -> float:
         if retry_after_s is not None:
             return min(retry_after_s, self.backoff_max_s)
         ceiling = min(self.backoff_max_s, self.backoff_base_s * (2 ** retry_index))
         return self._rng.uniform(0.0, ceiling)  # full jitter
+
+
+def is_outage(err: LLMError) -> bool:
+    """A failure of the endpoint, not of the request: what the client retries is waited out once retries end."""
+    return err.retryable
 
 
 # -- the endpoint check before a baseline -------------------------------------------------

@@ -55,8 +55,9 @@ class LLMError(Exception):
     """A chat call that failed; `kind` says why, `retryable` whether trying again may help.
 
     Kinds: "auth", "not_found", "quota", "bad_request", "rate_limit", "server",
-    "timeout", "connection", "stream" (an error sent inside a 200 reply), "protocol"
-    (a reply that is not the OpenAI protocol).
+    "timeout", "connection", "stream" (an error sent inside a 200 reply), "malformed"
+    (a reply that is not valid protocol JSON), "too_large" (past max_reply_bytes),
+    "protocol" (anything else that is not the OpenAI protocol, such as a bad base_url).
     """
 
     def __init__(self, message: str, *, kind: str, status: int | None = None, retryable: bool = False,
@@ -143,7 +144,7 @@ def _event_payloads(data_lines: list[str], url: str) -> Iterator[object]:
     except ValueError:
         if len(data_lines) == 1:
             raise LLMError(f"{url} sent a stream event that is not JSON: {snippet(joined)}",
-                           kind="protocol") from None
+                           kind="malformed", retryable=True) from None
     # Servers that forget the blank line between events: read each data line alone.
     for line in data_lines:
         yield "[DONE]" if line.strip() == "[DONE]" else loads(line, f"a stream event from {url}")
@@ -164,7 +165,7 @@ class _StreamAccumulator:
     def feed(self, payload: object, url: str) -> None:
         if not isinstance(payload, dict):
             raise LLMError(f"{url} sent a stream event that is not an object: {snippet(str(payload))}",
-                           kind="protocol")
+                           kind="malformed", retryable=True)
         if payload.get("error"):
             raise _embedded_error(payload["error"], url)
         if payload.get("usage"):
@@ -239,12 +240,13 @@ def _partial_tag_length(text: str, tag: str) -> int:
 def parse_completion(text: str, url: str) -> Reply:
     data = loads(text, f"the reply from {url}")
     if not isinstance(data, dict):
-        raise LLMError(f"{url} answered with JSON that is not an object: {snippet(text)}", kind="protocol")
+        raise LLMError(f"{url} answered with JSON that is not an object: {snippet(text)}", kind="malformed",
+                       retryable=True)
     if data.get("error"):
         raise _embedded_error(data["error"], url)
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise LLMError(f"{url} answered without choices: {snippet(text)}", kind="protocol")
+        raise LLMError(f"{url} answered without choices: {snippet(text)}", kind="malformed", retryable=True)
     message = choices[0].get("message") or {}
     reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
     return Reply(
@@ -406,7 +408,8 @@ def loads(text: str, what: str) -> Any:
     try:
         return JSON_DECODER.decode(text)
     except ValueError as exc:
-        raise LLMError(f"{what} is not valid JSON ({exc}): {snippet(text)}", kind="protocol") from None
+        raise LLMError(f"{what} is not valid JSON ({exc}): {snippet(text)}", kind="malformed",
+                       retryable=True) from None
 
 
 def snippet(text: str, limit: int = 300) -> str:

@@ -12,7 +12,8 @@ import dataclasses
 from typing import Iterable, Mapping
 
 from core.services.literals import CoercionError, coerce, format_value, is_power_of_two, same_value
-from core.services.script import Param, ParamSpec, ProposalError, TrainScript, choice_text, range_text, unknown_message
+from core.services.script import (ElementRange, Param, ParamSpec, ProposalError, TrainScript, choice_text,
+                                  range_text, unknown_message)
 
 __all__ = ["infer_schema", "validate_changes", "direction_of", "directions", "open_directions", "narrowed",
            "step_toward", "closed", "DIRECTION_WORDS"]
@@ -64,6 +65,8 @@ def _default_spec(param: Param) -> ParamSpec:
         return _replace(base, choices=(True, False))
     if param.choices is not None:  # the script's own list: what any proposer can pick from
         return _replace(base, choices=param.choices)
+    if kind == "tuple" and isinstance(value, tuple):
+        return _replace(base, elements=tuple(element_range(v) for v in value))
     if kind not in ("int", "float"):
         return base
     number = value
@@ -87,14 +90,67 @@ def _default_spec(param: Param) -> ParamSpec:
     return base
 
 
+def element_range(value: object) -> ElementRange | None:
+    """A tuple element's default range, inferred from its value in the script.
+
+    A float in [0, 1) is a coefficient like Adam's betas: it stays in [0, 1) (a beta of 1 or
+    below 0 diverges). Any other positive number keeps its magnitude within a factor of 100
+    (ints: 1 to 4x). Strings, bools and non-positive numbers are not bounded.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and 0.0 <= value < 1.0:
+        return ElementRange(0.0, 1.0, below=True)
+    if isinstance(value, int) and value > 0:
+        return ElementRange(1, value * 4)
+    if value > 0:
+        return ElementRange(_nice(value / 100), _nice(value * 100))
+    return None
+
+
+def _tuple_bounds(spec: ParamSpec, override: Mapping) -> tuple[ElementRange | None, ...]:
+    """A tuple's element ranges with config min/max applied: a number bounds every element, a list each one."""
+    assert isinstance(spec.value, tuple)
+    n = len(spec.value)
+    ranges = list(spec.elements or (None,) * n)
+
+    def per_element(key: str) -> list[float | None] | None:
+        if key not in override:
+            return None
+        raw = override[key]
+        items = list(raw) if isinstance(raw, (list, tuple)) else [raw] * n
+        if len(items) != n or any(x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)))
+                                  for x in items):
+            raise ValueError(f"{spec.name}: {key} must be a number or a list of {n} numbers, got {raw!r}")
+        return items
+
+    lows, highs = per_element("min"), per_element("max")
+    for i, v in enumerate(spec.value):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if (lows and lows[i] is not None) or (highs and highs[i] is not None):
+                raise ValueError(f"{spec.name}: element {i} is a {type(v).__name__}, which min/max cannot bound")
+            continue
+        r = ranges[i] or ElementRange()
+        if lows is not None:
+            r = dataclasses.replace(r, minimum=lows[i])
+        if highs is not None:
+            r = dataclasses.replace(r, maximum=highs[i], below=False)  # a configured max is inclusive
+        if r.minimum is not None and r.maximum is not None and r.minimum > r.maximum:
+            raise ValueError(f"{spec.name}: element {i}: min {r.minimum} is greater than max {r.maximum}")
+        ranges[i] = r
+    return tuple(ranges)
+
+
 def _override(spec: ParamSpec, override: Mapping) -> ParamSpec:
     name = spec.name
     bad_keys = sorted(set(override) - _BOUND_KEYS)
     if bad_keys:
         raise ValueError(f"{name}: unknown bound key(s) {bad_keys}; allowed: {sorted(_BOUND_KEYS)}")
     changes: dict[str, object] = {}
+    if spec.kind == "tuple" and isinstance(spec.value, tuple) and ({"min", "max"} & set(override)):
+        changes["elements"] = _tuple_bounds(spec, override)
     for key, attr in (("min", "minimum"), ("max", "maximum")):
-        if key in override:
+        if key in override and spec.kind != "tuple":
             bound = override[key]
             if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
                 raise ValueError(f"{name}: {key} must be a number, got {bound!r}")
@@ -245,10 +301,18 @@ def validate_changes(
     changes: Mapping[str, object],
     schema: Mapping[str, ParamSpec],
     frozen: Iterable[str] = (),
+    *,
+    max_changes: int | None = None,
 ) -> dict[str, object]:
-    """The coerced changes, or ProposalError listing every bad change with a reason."""
+    """The coerced changes, or ProposalError listing every bad change with a reason.
+
+    ``max_changes``: the most changes one proposal may make (search.max_changes); None: no limit.
+    """
     if not changes:
         raise ProposalError(["empty change set: propose at least one parameter change"])
+    if max_changes is not None and len(changes) > max_changes:
+        raise ProposalError([f"{len(changes)} changes ({', '.join(map(str, changes))}): propose at most "
+                             f"{max_changes}, testing one hypothesis"])
     frozen_set = set(frozen)
     errors: list[str] = []
     accepted: dict[str, object] = {}
@@ -307,6 +371,11 @@ def _check_one(spec: ParamSpec, value: object) -> object:
             )
         if spec.pow2 and not (isinstance(coerced, int) and is_power_of_two(coerced)):
             raise CoercionError(f"{coerced} is not a power of two{_nearest_pow2(coerced)}")
+    if spec.kind == "tuple" and spec.elements:
+        assert isinstance(coerced, tuple)
+        for i, (x, r) in enumerate(zip(coerced, spec.elements)):
+            if r is not None and isinstance(x, (int, float)) and not isinstance(x, bool) and not r.contains(x):
+                raise CoercionError(f"element {i}: {format_value(x)} is out of bounds; allowed {r.describe()}")
     if same_value(coerced, spec.value):
         raise CoercionError(
             f"{format_value(coerced, pow2=spec.pow2)} equals the current value; propose a different value"

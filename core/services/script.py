@@ -28,11 +28,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
-from core.services.literals import (CoercionError, NotLiteral, coerce, element_kinds, evaluate, format_value,
+from core.services.literals import (CoercionError, NotLiteral, coerce, evaluate, format_value,
                                     is_pow2_node, is_power_of_two, kind_of, same_value)
 
 __all__ = [
     "KINDS",
+    "ElementRange",
     "Param",
     "ParamSpec",
     "ProposalError",
@@ -67,6 +68,29 @@ class Param:
 
 
 @dataclass(frozen=True)
+class ElementRange:
+    """The range of one numeric element of a tuple parameter (``below``: the maximum itself is excluded)."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    below: bool = False
+
+    def contains(self, x: float) -> bool:
+        if self.minimum is not None and x < self.minimum:
+            return False
+        if self.maximum is not None and (x >= self.maximum if self.below else x > self.maximum):
+            return False
+        return True
+
+    def describe(self) -> str:
+        if self.minimum is None and self.maximum is None:
+            return ""
+        lo = "-inf" if self.minimum is None else _bound_text(self.minimum, False)
+        hi = "inf" if self.maximum is None else _bound_text(self.maximum, False)
+        return f"[{lo}, {hi}{')' if self.below else ']'}"
+
+
+@dataclass(frozen=True)
 class ParamSpec:
     """Schema entry used by the engine and the LLM prompt."""
 
@@ -79,6 +103,7 @@ class ParamSpec:
     choices: tuple | None = None
     log_scale: bool = False
     pow2: bool = False
+    elements: tuple[ElementRange | None, ...] | None = None  # a tuple's per-element ranges (None: unbounded)
     frozen_directions: tuple[str, ...] = ()  # directions Level 1.5 froze ("up", "down", "→VALUE")
 
     def describe(self) -> str:
@@ -99,7 +124,9 @@ class ParamSpec:
         if self.kind == "str" and self.choices is None:
             notes.append("any non-empty string")
         if self.kind == "tuple" and isinstance(self.value, tuple):
-            notes.append(f"{len(self.value)} elements: {element_kinds(self.value)}")
+            kinds = [kind_of(v) + (f" in {r.describe()}" if r is not None and r.describe() else "")
+                     for v, r in zip(self.value, self.elements or (None,) * len(self.value))]
+            notes.append(f"{len(self.value)} elements: {', '.join(kinds)}")
         if self.frozen_directions:
             notes.append("frozen direction(s): " + ", ".join(self.frozen_directions))
         return head + (f" ({', '.join(notes)})" if notes else "")

@@ -20,6 +20,11 @@ Usage is sent whenever ``Reply.usage`` is not None and ``usage_style`` is not "n
 whether or not the request asked for ``stream_options.include_usage`` (servers differ
 here; sending it always keeps tests simple and exercises the client's parsing).
 
+Faults (`fail_after`): after N good answers to the levels, the next requests get one fault each
+(``FAULTS``: a reset connection, a 503, a malformed stream, an endless line, a hang, a reply of
+the wrong shape), then the server recovers by itself. An endless line reports each megabyte it
+writes to ``on_endless_mb`` (for measuring the client's memory at points fixed in bytes).
+
 The server runs in a daemon thread (stdlib ``ThreadingHTTPServer``, port 0), so it
 works from sync tests and from async tests that run their own event loop. ``stop()``
 wakes every sleeping handler and never blocks for long.
@@ -63,6 +68,19 @@ class Reply:
     malformed: bool = False  # send a body (or one SSE event) that is not valid JSON
     chunks: int | None = None  # split content into this many deltas (default: word-sized)
     finish_reason: str | None = "stop"  # None => no chunk ever carries a finish_reason
+    reset: bool = False  # close the connection before any response
+    endless: bool = False  # a 200 whose one line never ends (until the client hangs up, or ENDLESS_LIMIT)
+
+
+ENDLESS_LIMIT = 1_000_000_000  # an endless line gives up here even if the client never hangs up
+FAULTS = {
+    "reset": lambda: Reply(reset=True),
+    "503": lambda: Reply(status=503, error_body={"error": {"message": "service unavailable"}}),
+    "malformed": lambda: Reply(content="x", malformed=True),
+    "endless": lambda: Reply(endless=True),
+    "hang": lambda: Reply(content="too late", delay_s=3600.0),  # the client's timeout cuts it; stop() wakes it
+    "wrong_shape": lambda: Reply(content='{"answer": 42}'),
+}
 
 
 Responder = Callable[[dict], Union[Reply, str]]
@@ -96,6 +114,10 @@ class ScriptedOpenAI:
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._fault: tuple[int, str, int] | None = None  # good answers first, the fault, how many times
+        self.level_requests = 0  # requests other than the endpoint check, counted for fail_after
+        self.faults_served = 0
+        self.on_endless_mb: Callable[[int], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -143,6 +165,13 @@ class ScriptedOpenAI:
         with self._lock:
             self.probe_replies.extend(_as_reply(r) for r in replies)
 
+    def fail_after(self, good: int, fault: str, times: int) -> None:
+        """After ``good`` answered level requests, answer the next ``times`` with ``fault`` (one of FAULTS)."""
+        if fault not in FAULTS:
+            raise ValueError(f"fault must be one of {sorted(FAULTS)}, not {fault!r}")
+        with self._lock:
+            self._fault = (self.level_requests + good, fault, times)
+
     def _record_and_pick(self, body: dict, headers: dict) -> Reply:
         with self._lock:
             self.requests.append(body)
@@ -153,6 +182,12 @@ class ScriptedOpenAI:
                 return refusal
             if _is_probe(body):
                 return self.probe_replies.popleft() if self.probe_replies else Reply(content='{"ok": true}')
+            self.level_requests += 1
+            if self._fault is not None and self.level_requests > self._fault[0]:
+                after, fault, times = self._fault
+                if self.faults_served < times:
+                    self.faults_served += 1
+                    return FAULTS[fault]()
             if self._queue:
                 return self._queue.popleft()
         if self.responder is None:
@@ -268,6 +303,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, reply: Reply, request: dict) -> None:
         streaming = request.get("stream") is True
         scripted = self.server.scripted
+        if reply.reset:
+            return self._hang_up()
+        if reply.endless:
+            return self._send_endless(streaming)
         if not (streaming and reply.keepalive and reply.status == 200):
             if not scripted._sleep(reply.delay_s):
                 return self._hang_up()
@@ -331,6 +370,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._write_chunk(b"data: " + event.encode() + b"\n\n")
             sent += 1
         self._write_chunk(b"")  # the terminating zero-length chunk
+
+    def _send_endless(self, streaming: bool) -> None:
+        """One line that never ends: the client must stop reading it, not hold it."""
+        scripted = self.server.scripted
+        self._start_response(200, "text/event-stream" if streaming else "application/json", {})
+        self._write_chunk(b'data: {"choices": [{"delta": {"content": "' if streaming else b'{"choices": "')
+        block, written = b"x" * 65536, 0
+        while written < ENDLESS_LIMIT and not scripted._stopping.is_set():
+            self._write_chunk(block)  # raises once the client hangs up
+            written += len(block)
+            if scripted.on_endless_mb is not None and written % (1 << 20) == 0:
+                scripted.on_endless_mb(written)
+        self._hang_up()
 
     # -- low level -------------------------------------------------------------------
 

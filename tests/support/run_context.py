@@ -180,7 +180,8 @@ class FakeRunContext:
     async def call_llm(self, level: str, purpose: str, messages: list[dict[str, str]], *,
                        iteration: int | None = None, json: bool = False, stream_events: bool = False,
                        call_id: str | None = None, schema: dict | None = None,
-                       max_tokens: int | None = None, stream: bool | None = None) -> ChatResult:
+                       max_tokens: int | None = None, stream: bool | None = None,
+                       check: Any = None, wait_out: bool = True) -> ChatResult:
         if purpose == "endpoint_check":  # the check before a baseline: answered like a healthy endpoint
             return ChatResult('{"ok": true}', "", Usage(), "fake", "stop", 1, 0.0)
         self.prompts.append([dict(m) for m in messages])
@@ -199,6 +200,12 @@ class FakeRunContext:
 
     async def await_approval(self, research_id: str, name: str) -> bool:
         return True
+
+    async def prescreen(self, ready: Ready) -> ev.MechanismPrescreened:
+        event = ev.MechanismPrescreened(research_id=ready.research_id, name=ready.name, verdict="skipped",
+                                        reason="this fake run context has no surrogate bench")
+        self.emit(event)
+        return event
 
     # --- for the test, not the levels -----------------------------------------------------------
 

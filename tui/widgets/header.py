@@ -17,7 +17,7 @@ LEVEL_NAMES = {"inner": "L1", "strategy": "L1.5", "research": "L2"}
 STATUS_STYLES = {
     "running": "bold green", "stopping…": "bold magenta", "pausing…": "bold yellow", "paused": "bold yellow", "resuming…": "bold yellow",
     "completed": "bold cyan", "stopped": "bold magenta", "failed": "bold red", "waiting": "dim",
-    "no session": "bold red",
+    "no session": "bold red", "endpoint down": "bold red",
 }
 
 
@@ -105,6 +105,10 @@ class StatusHeader(Widget):
                 second.append((f" (Δ {s.best_val_bpb - s.baseline_val_bpb:+.4f})", "green", 1))
         else:
             second.append(("—", "", 0))
+        a = s.acceptance
+        if a is not None and a.noise_std:  # the noise floor and whether the rule uses it
+            second.append((f"  σ {a.noise_std:.2g} ({a.sigma_source or 'store'})"
+                           + (f" keep ≥{a.k:g}σ" if a.k else " unused"), "dim", 5))
         second.append((f"  elapsed {clock(elapsed)}", "", 2))
         left = m.remaining_s(now)
         if left is not None:

@@ -1,6 +1,6 @@
 """Multi-armed bandit: choose which parameter to explore next by UCB1.
 
-Arms are the active parameters (not locked, not frozen). Every trained iteration
+Arms are the active parameters (not locked, not frozen) that can move. Every trained iteration
 (kept, discarded or crashed) pulls each arm it changed, with reward
 ``max(0, best_before - val_bpb) / baseline_val_bpb`` (a crash, or a missing score,
 earns 0). Arms never pulled are chosen first, in schema order; after that the arm with
@@ -13,9 +13,12 @@ Rewards are divided by the largest single reward seen so far because UCB1 assume
 rewards in [0, 1] and relative improvements are of order 1e-3: without it the
 exploration term would swamp every difference and the bandit would only ever cycle.
 
-Before each proposal the chosen arm is named in the prompt, with the scores. A proposal
-that does not change the chosen arm is vetoed once per iteration; the proposal after
-that is accepted whatever it changes, so the loop never starves.
+Arms are only parameters the proposer can move (``SearchState.moves``: not frozen, a
+direction open, room within the bounds). Before each proposal the chosen arm is named in
+the prompt, with the scores. A proposal that does not change the chosen arm is modified,
+not vetoed: one plain step of the arm in one of its open directions (rotating with the
+iteration) joins the proposal's own changes, so the arm is explored even by a proposer
+that cannot read the prompt (offline, classical), and nothing is re-drawn at random.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-from mechanisms.base import Mechanism, SearchState, Veto
+from mechanisms.base import Mechanism, Modify, SearchState, modifiable
 
 TRAINED = ("keep", "discard", "crash")
 
@@ -53,7 +56,6 @@ class Bandit(Mechanism):
         self.plays = 0  # trained iterations
         self.largest_reward = 0.0
         self._choice: Optional[tuple[int, str]] = None  # (iteration, arm) chosen for it
-        self._vetoed_iteration: Optional[int] = None
 
     # --- hooks ---------------------------------------------------------------------------
 
@@ -69,24 +71,24 @@ class Bandit(Mechanism):
             return None
         return f"Explore {arm} this iteration: {self._why(state, arm)}."
 
-    def review_proposal(self, state: SearchState, proposal: dict) -> Optional[Veto]:
+    def review_proposal(self, state: SearchState, proposal: dict) -> Optional[Modify]:
         arm = self.choose(state)
         changes = proposal.get("changes") or {}
         if arm is None or not isinstance(changes, Mapping) or arm in changes:
             return None
-        if self._vetoed_iteration == state.iteration:
-            return None  # vetoed once already: accept the re-asked proposal
-        self._vetoed_iteration = state.iteration
-        now = f" (now {state.best_values[arm]!r})" if arm in state.best_values else ""
-        return Veto(f"this iteration explores {arm}{now}: {self._why(state, arm)}; "
-                    f"propose a change that includes {arm}")
+        step = state.move(arm, state.iteration)
+        if step is None or not modifiable(changes, state.schema):
+            return None
+        direction, value = step
+        return Modify(state.with_change(changes, arm, value),
+                      note=f"bandit: this iteration explores {arm} ({direction}): {self._why(state, arm)}")
 
     # --- the bandit ----------------------------------------------------------------------
 
     def choose(self, state: SearchState) -> Optional[str]:
         """The arm to explore at ``state.iteration`` (fixed for the iteration once chosen)."""
         self._sync(state)
-        active = state.active_params()
+        active = state.movable_params()
         if self._choice and self._choice[0] == state.iteration and self._choice[1] in active:
             return self._choice[1]
         scores = self.scores(state)
@@ -99,11 +101,11 @@ class Bandit(Mechanism):
         return arm
 
     def scores(self, state: SearchState) -> dict[str, float]:
-        """UCB score per active parameter; an untried one scores infinity."""
+        """UCB score per parameter the proposer can move; an untried one scores infinity."""
         self._sync(state)
         t = max(self.plays, 1)
         out: dict[str, float] = {}
-        for name in state.active_params():
+        for name in state.movable_params():
             arm = self._arm(name)
             if arm.pulls == 0:
                 out[name] = math.inf

@@ -47,7 +47,12 @@ class SearchState:
     iteration, decision (baseline/keep/discard/crash/rejected/cancelled), changes,
     hypothesis, val_bpb, best_before, values (the full configuration evaluated).
     ``schema`` maps each parameter to a dict with kind, value, locked, minimum,
-    maximum, choices, log_scale, pow2.
+    maximum, choices, log_scale, pow2. ``frozen_directions`` maps a parameter to the
+    directions Level 1.5 froze ("up", "down", "→VALUE" for a choice). ``moves`` says what
+    the proposer can do from the best configuration: parameter -> {open direction: the
+    value one plain step that way}; a parameter or direction absent from it cannot be
+    proposed (locked, frozen, at its bound). None: not known (an old trace). ``max_changes``:
+    the most changes a proposal (a Modify's included) may make.
     """
 
     iteration: int = 0
@@ -58,9 +63,41 @@ class SearchState:
     baseline_val_bpb: Optional[float] = None
     frozen: list[str] = field(default_factory=list)
     guidance: str = ""
+    frozen_directions: dict[str, list[str]] = field(default_factory=dict)
+    moves: Optional[dict[str, dict[str, Any]]] = None
+    max_changes: Optional[int] = None  # the most changes one proposal may make (None: not known)
 
     def active_params(self) -> list[str]:
         return [n for n, s in self.schema.items() if not s.get("locked") and n not in self.frozen]
+
+    def movable_params(self) -> list[str]:
+        """The active parameters the proposer can move in some direction now, in schema order."""
+        active = self.active_params()
+        return active if self.moves is None else [n for n in active if n in self.moves]
+
+    def with_change(self, changes: dict, name: str, value: Any) -> dict:
+        """``changes`` plus ``name = value``, within ``max_changes`` (the last changes make room when full)."""
+        out = dict(changes)
+        if self.max_changes is not None and len(out) >= self.max_changes:
+            out = dict(list(out.items())[:max(0, self.max_changes - 1)])
+        out[name] = value
+        return out
+
+    def move(self, name: str, turn: int = 0) -> Optional[tuple[str, Any]]:
+        """(direction, value) of one open step of ``name``; ``turn`` rotates through its directions."""
+        steps = (self.moves or {}).get(name) or {}
+        if not steps:
+            return None
+        direction = sorted(steps)[turn % len(steps)]
+        return direction, steps[direction]
+
+
+def modifiable(changes: Any, schema: dict[str, dict]) -> bool:
+    """Whether a Modify may carry these changes on: known parameters with plain scalar values (the contract's
+    terms; a tuple such as Adam's betas cannot travel in a Modify, so such a proposal is left as it is)."""
+    return isinstance(changes, dict) and all(
+        isinstance(k, str) and k in schema and (v is None or type(v) in (str, int, float, bool))
+        for k, v in changes.items())
 
 
 class Mechanism:

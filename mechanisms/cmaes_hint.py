@@ -11,7 +11,9 @@ to [0, 1] (log scale for log-scale rates and power-of-two sizes). A CMA-ES (the 
 package, Nomura & Shibata 2024; this built-in may import it and numpy) starts at the
 baseline with σ = 0.2 and is told every trained iteration in order, one generation per
 ``popsize`` of them: its val_bpb, or for a crash the worst score so far plus 0.1. Its
-sampler is seeded by the iteration, so the same history always gives the same hint.
+sampler is seeded by the iteration, so the same history always gives the same hint. A
+coordinate that would move a parameter in a direction the proposer cannot take
+(``SearchState.moves``: frozen by Level 1.5, or past a bound) is left out of the hint.
 """
 from __future__ import annotations
 
@@ -61,6 +63,15 @@ def from_unit(spec: Mapping[str, Any], u: float) -> Any:
     return float(f"{x:.4g}")
 
 
+def _open(state: SearchState, name: str, old: Any, new: Any) -> bool:
+    """Whether moving ``name`` from ``old`` to ``new`` goes in a direction the proposer may take."""
+    if state.moves is None:
+        return True
+    if not isinstance(old, (int, float)) or not isinstance(new, (int, float)):
+        return name in state.moves
+    return ("up" if new > old else "down") in state.moves.get(name, {})
+
+
 class CmaesHint(Mechanism):
     """Adds CMA-ES's next point, fitted to the trace so far, to each proposal prompt."""
 
@@ -104,7 +115,7 @@ class CmaesHint(Mechanism):
         point = optimizer.ask()
         best = state.best_values
         suggestion = {n: from_unit(s, float(u)) for n, s, u in zip(names, specs, point)}
-        return {n: v for n, v in suggestion.items() if best.get(n) != v}
+        return {n: v for n, v in suggestion.items() if best.get(n) != v and _open(state, n, best.get(n), v)}
 
     def shape_prompt(self, state: SearchState, prompt: str) -> Optional[str]:
         self.last = self.suggest(state)

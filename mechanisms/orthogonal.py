@@ -6,16 +6,19 @@ in schema order, then least recently changed. Varying the head of that schedule,
 couple of dimensions at a time, sweeps every dimension in turn, the way the rows of an
 orthogonal array cover every factor, instead of circling one favourite parameter.
 
-Before each proposal the next ``dims`` dimensions are named in the prompt. A proposal
-whose changed parameters were all changed within the last ``window`` trained iterations
-is vetoed once per iteration (and only when some active parameter is not that recent);
-the proposal after that is accepted, so the loop never starves.
+Only dimensions the proposer can move count (``SearchState.moves``: not frozen, a
+direction open, room within the bounds). Before each proposal the next ``dims``
+dimensions are named in the prompt. A proposal whose changed parameters were all changed
+within the last ``window`` trained iterations is modified, not vetoed (and only when some
+movable parameter is not that recent): one plain step of the least recently explored
+dimension, in one of its open directions, joins the proposal's changes, so the sweep
+happens whatever the proposer reads.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from mechanisms.base import Mechanism, SearchState, Veto
+from mechanisms.base import Mechanism, Modify, SearchState, modifiable
 
 TRAINED = ("keep", "discard", "crash")
 
@@ -32,7 +35,6 @@ class Orthogonal(Mechanism):
         self.dims = dims
         self.last_changed: dict[str, int] = {}  # parameter -> last trained iteration changing it
         self.recent: set[str] = set()  # parameters changed in the last `window` trained iterations
-        self._vetoed_iteration: Optional[int] = None
 
     # --- hooks ---------------------------------------------------------------------------
 
@@ -46,34 +48,39 @@ class Orthogonal(Mechanism):
         nxt = self.next_dimensions(state)
         if not nxt:
             return None
-        recent = [n for n in state.active_params() if n in self.recent]
+        recent = [n for n in state.movable_params() if n in self.recent]
         text = (f"Vary {' and '.join(nxt)} together this iteration, the least recently explored "
                 f"dimensions ({'; '.join(self._age(n) for n in nxt)}).")
         if recent:
             text += f" Changed in the last {self.window} trained iterations: {', '.join(recent)}."
         return text
 
-    def review_proposal(self, state: SearchState, proposal: dict) -> Optional[Veto]:
+    def review_proposal(self, state: SearchState, proposal: dict) -> Optional[Modify]:
         self._sync(state)
         changes = proposal.get("changes") or {}
         if not isinstance(changes, Mapping) or not changes:
             return None
         if any(name not in self.recent for name in changes):
             return None
-        stale = [n for n in self.schedule(state) if n not in self.recent]
-        if not stale or self._vetoed_iteration == state.iteration:
-            return None  # nothing fresher to offer, or vetoed once already this iteration
-        self._vetoed_iteration = state.iteration
-        return Veto(f"{', '.join(changes)} {'was' if len(changes) == 1 else 'were all'} changed in the last "
-                    f"{self.window} trained iterations; explore an untouched dimension instead, "
-                    f"e.g. {' and '.join(stale[:self.dims])}")
+        if not modifiable(changes, state.schema):
+            return None
+        stale = [n for n in self.schedule(state) if n not in self.recent and n not in changes]
+        for name in stale:
+            step = state.move(name, state.iteration)
+            if step is not None:
+                direction, value = step
+                return Modify(state.with_change(changes, name, value),
+                              note=f"orthogonal: {', '.join(changes)} {'was' if len(changes) == 1 else 'were all'} "
+                                   f"changed in the last {self.window} trained iterations; adding {name} "
+                                   f"({direction}), {self._age(name)}")
+        return None
 
     # --- the schedule --------------------------------------------------------------------
 
     def schedule(self, state: SearchState) -> list[str]:
-        """Active parameters, least recently changed first (never changed first of all)."""
+        """Movable parameters, least recently changed first (never changed first of all)."""
         self._sync(state)
-        active = state.active_params()
+        active = state.movable_params()
         order = {name: i for i, name in enumerate(active)}
         return sorted(active, key=lambda n: (self.last_changed.get(n, -1), order[n]))
 

@@ -5,8 +5,9 @@ The rule, first match wins:
 1. **tabu** when the search repeats itself: at least 2 of the last 6 trained
    iterations landed within tabu tolerance of one of the 8 trained iterations before
    them (the test :class:`~mechanisms.tabu.Tabu` itself applies);
-2. **orthogonal** when some active parameter (not locked, not frozen) was not changed
-   by any of the last 8 trained iterations (an empty trace counts: nothing was changed);
+2. **orthogonal** when some active parameter (not locked, not frozen, and one the proposer
+   can move when ``movable`` is given) was not changed by any of the last 8 trained
+   iterations (an empty trace counts: nothing was changed);
 3. **bandit** otherwise: every dimension is being visited, so spend the iterations on the
    ones that have paid off.
 
@@ -18,7 +19,7 @@ rejected.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from mechanisms.tabu import repeats, trained_records
 
@@ -46,16 +47,21 @@ def near_duplicates(records: Sequence[Mapping[str, Any]], schema: Mapping[str, M
 
 
 def untouched_params(records: Sequence[Mapping[str, Any]], schema: Mapping[str, Mapping[str, Any]],
-                     frozen: Iterable[str] = (), window: int = UNTOUCHED_WINDOW) -> list[str]:
-    """Active parameters that none of the last ``window`` trained iterations changed, in schema order."""
+                     frozen: Iterable[str] = (), window: int = UNTOUCHED_WINDOW,
+                     movable: Optional[Iterable[str]] = None) -> list[str]:
+    """Active parameters that none of the last ``window`` trained iterations changed, in schema order.
+
+    ``movable``: the parameters the proposer can move now (``SearchState.moves``); others never count.
+    """
     frozen = set(frozen)
+    can = None if movable is None else set(movable)
     touched = {name for r in trained_records(records)[-window:] for name in (r.get("changes") or {})}
     return [n for n, spec in schema.items()
-            if not (spec or {}).get("locked") and n not in frozen and n not in touched]
+            if not (spec or {}).get("locked") and n not in frozen and n not in touched and (can is None or n in can)]
 
 
 def choose_builtin(records: list[dict], schema: dict[str, dict], active: Iterable[str] = (), *,
-                   frozen: Iterable[str] = ()) -> tuple[str, str]:
+                   frozen: Iterable[str] = (), movable: Optional[Iterable[str]] = None) -> tuple[str, str]:
     """(name of the built-in mechanism to activate, the reason in one sentence).
 
     ``active`` names the mechanisms already active; ``frozen`` the parameters Level 1.5 froze.
@@ -67,7 +73,7 @@ def choose_builtin(records: list[dict], schema: dict[str, dict], active: Iterabl
         pairs = ", ".join(f"#{a} repeats #{b}" for a, b in dups)
         matches.append(("tabu", f"{len(dups)} of the last {REPEAT_WINDOW} trained iterations repeat a "
                                 f"recent region ({pairs}); tabu vetoes revisits"))
-    untouched = untouched_params(records, schema, frozen)
+    untouched = untouched_params(records, schema, frozen, movable=movable)
     if untouched:
         shown = ", ".join(untouched[:6]) + (f" and {len(untouched) - 6} more" if len(untouched) > 6 else "")
         matches.append(("orthogonal", f"{len(untouched)} active parameters were not changed in the last "

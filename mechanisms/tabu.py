@@ -15,7 +15,9 @@ tolerance of the entry's, each parameter measured in its own scale:
 
 Comparing the entry's other changes too means that a discarded two-parameter change does
 not forbid trying one of its halves alone. A repeat is vetoed with a reason that names
-the iteration it repeats, which the proposer reads before it is asked again.
+the iteration it repeats, which the proposer reads before it is asked again, and, when
+there is one, a move the proposer can make (``SearchState.moves``: not frozen, with room)
+that repeats no entry.
 """
 from __future__ import annotations
 
@@ -140,9 +142,22 @@ class Tabu(Mechanism):
         for entry in reversed(self.entries):  # name the most recent repeat
             if repeats(changes, config, entry, state.schema):
                 body = describe_entry(entry).split(" ", 1)[1]
+                alternative = self.alternative(state)
+                hint = f", e.g. {alternative}" if alternative else ""
                 return Veto(f"{format_changes(changes)} repeats iteration #{entry.get('iteration')} "
-                            f"({body}); try a different region")
+                            f"({body}); try a different region{hint}")
         return None
+
+    def alternative(self, state: SearchState) -> str:
+        """A one-step move the proposer can make that repeats no tabu entry ("" when none is known)."""
+        for name in state.movable_params():
+            for direction, value in sorted(((state.moves or {}).get(name) or {}).items()):
+                change = {name: value}
+                config = {**state.best_values, **change}
+                if not any(repeats(change, config, e, state.schema) for e in self.entries):
+                    way = "" if direction.startswith("→") else f" {direction}"  # a choice's direction is its value
+                    return f"{name}{way} to {format_value(value)}"
+        return ""
 
     def _sync(self, state: SearchState) -> None:
         # The records are the source of truth, so a mechanism attached mid-run sees the history.

@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -41,10 +42,13 @@ PARAMS = list(SCHEMA)
 
 
 def trace(*steps: tuple[dict[str, Any], float | None], schema: dict[str, dict] | None = None,
-          frozen: tuple[str, ...] = (), iteration: int | None = None) -> SearchState:
+          frozen: tuple[str, ...] = (), iteration: int | None = None,
+          frozen_directions: dict[str, list[str]] | None = None, with_moves: bool = False) -> SearchState:
     """A SearchState after a baseline and ``steps`` of (changes, val_bpb; None = crash).
 
     Decisions follow the inner loop: keep when val_bpb beats the best, else discard.
+    ``with_moves``: the engine's ``moves`` (what the proposer can do), as core.levels.trace builds them;
+    without, ``moves`` is None, as in a trace recorded before there were any.
     """
     schema = schema if schema is not None else SCHEMA
     best = {n: s["value"] for n, s in schema.items()}
@@ -61,9 +65,15 @@ def trace(*steps: tuple[dict[str, Any], float | None], schema: dict[str, dict] |
         if decision == "keep":
             best.update(changes)
             best_bpb = val_bpb
+    fd = {n: sorted(d) for n, d in (frozen_directions or {}).items()}
+    moves = None
+    if with_moves:
+        from core.levels.trace import moves as engine_moves
+        run = SimpleNamespace(frozen=set(frozen), best_values=best, frozen_directions=fd)
+        moves = engine_moves(run, schema)  # type: ignore[arg-type]
     return SearchState(iteration=len(steps) + 1 if iteration is None else iteration, records=records,
                        schema=schema, best_values=best, best_val_bpb=best_bpb, baseline_val_bpb=BASELINE_BPB,
-                       frozen=list(frozen))
+                       frozen=list(frozen), frozen_directions=fd, moves=moves)
 
 
 def propose(**changes: Any) -> dict[str, Any]:
@@ -73,7 +83,8 @@ def propose(**changes: Any) -> dict[str, Any]:
 def next_iteration(state: SearchState) -> SearchState:
     return SearchState(iteration=state.iteration + 1, records=state.records, schema=state.schema,
                        best_values=state.best_values, best_val_bpb=state.best_val_bpb,
-                       baseline_val_bpb=state.baseline_val_bpb, frozen=state.frozen)
+                       baseline_val_bpb=state.baseline_val_bpb, frozen=state.frozen,
+                       frozen_directions=state.frozen_directions, moves=state.moves)
 
 
 # --- tabu ------------------------------------------------------------------------------------
@@ -214,16 +225,38 @@ def test_bandit_skips_frozen_and_locked_parameters() -> None:
     assert set(bandit.scores(state)) == {"MATRIX_LR", "WARMDOWN_RATIO", "ADAM_BETAS"}
 
 
-def test_bandit_vetoes_a_proposal_missing_its_arm_once_per_iteration() -> None:
-    state = trace(({"MATRIX_LR": 0.05}, 0.99))
+def test_bandit_adds_its_arm_to_a_proposal_that_misses_it_instead_of_vetoing() -> None:
+    state = trace(({"MATRIX_LR": 0.05}, 0.99), with_moves=True)
     bandit = Bandit()
-    assert bandit.shape_prompt(state, "") is not None
+    assert bandit.choose(state) == "WARMDOWN_RATIO"
     assert bandit.review_proposal(state, propose(WARMDOWN_RATIO=0.4, TOTAL_BATCH_SIZE=2**20)) is None
-    first = bandit.review_proposal(state, propose(MATRIX_LR=0.06))
-    assert isinstance(first, Veto) and "WARMDOWN_RATIO" in first.reason
-    assert bandit.review_proposal(state, propose(MATRIX_LR=0.07)) is None  # re-asked: accepted
-    later = next_iteration(state)
-    assert isinstance(bandit.review_proposal(later, propose(MATRIX_LR=0.07)), Veto)
+    modified = bandit.review_proposal(state, propose(MATRIX_LR=0.06))
+    assert isinstance(modified, Modify)
+    assert modified.changes["MATRIX_LR"] == 0.06  # the proposer's own change stays
+    assert modified.changes["WARMDOWN_RATIO"] in (0.4, 0.6)  # one plain step (a tenth of the range) either way
+    assert "WARMDOWN_RATIO" in modified.note
+    assert check_local("review_proposal", modified, state.schema) == modified
+
+
+def test_bandit_steps_its_arm_only_in_an_open_direction() -> None:
+    untried = {"MATRIX_LR": 0.05, "WARMDOWN_RATIO": 0.3, "WINDOW_PATTERN": "L", "ADAM_BETAS": (0.85, 0.95)}
+    state = trace(*[({k: v}, 1.01) for k, v in untried.items()], frozen_directions={"TOTAL_BATCH_SIZE": ["up"]},
+                  with_moves=True)
+    bandit = Bandit()
+    assert bandit.choose(state) == "TOTAL_BATCH_SIZE"
+    for k in range(4):  # whatever the iteration's turn, never the frozen increase
+        modified = bandit.review_proposal(next_iteration(state) if k % 2 else state, propose(MATRIX_LR=0.06))
+        assert isinstance(modified, Modify) and modified.changes["TOTAL_BATCH_SIZE"] == 2**18
+
+
+def test_bandit_never_picks_a_parameter_the_proposer_cannot_move() -> None:
+    # WINDOW_PATTERN with one choice left, TOTAL_BATCH_SIZE at its floor with "up" frozen, ADAM_BETAS no direction
+    schema = {**SCHEMA, "WINDOW_PATTERN": {**SCHEMA["WINDOW_PATTERN"], "choices": ["SSSL"]},
+              "TOTAL_BATCH_SIZE": {**SCHEMA["TOTAL_BATCH_SIZE"], "minimum": 2**19}}
+    state = trace(({"MATRIX_LR": 0.05}, 0.99), schema=schema, frozen_directions={"TOTAL_BATCH_SIZE": ["up"]},
+                  with_moves=True)
+    assert set(state.moves or {}) == {"MATRIX_LR", "WARMDOWN_RATIO"}
+    assert set(Bandit().scores(state)) == {"MATRIX_LR", "WARMDOWN_RATIO"}
 
 
 # --- orthogonal ------------------------------------------------------------------------------
@@ -239,20 +272,33 @@ def test_orthogonal_schedules_least_recently_changed_dimensions_first() -> None:
     assert text is not None and "Vary TOTAL_BATCH_SIZE and WINDOW_PATTERN together" in text
 
 
-def test_orthogonal_vetoes_a_stale_only_proposal_once_per_iteration() -> None:
-    state = trace(({"MATRIX_LR": 0.05}, 0.99), ({"WARMDOWN_RATIO": 0.3}, 1.01))
+def test_orthogonal_adds_a_stale_dimension_to_a_stale_only_proposal() -> None:
+    state = trace(({"MATRIX_LR": 0.05}, 0.99), ({"WARMDOWN_RATIO": 0.3}, 1.01), with_moves=True)
     orthogonal = Orthogonal()
     assert orthogonal.review_proposal(state, propose(MATRIX_LR=0.06, WINDOW_PATTERN="L")) is None
-    first = orthogonal.review_proposal(state, propose(MATRIX_LR=0.06, WARMDOWN_RATIO=0.4))
-    assert isinstance(first, Veto) and "TOTAL_BATCH_SIZE" in first.reason
-    assert orthogonal.review_proposal(state, propose(MATRIX_LR=0.07)) is None  # re-asked: accepted
-    assert isinstance(orthogonal.review_proposal(next_iteration(state), propose(MATRIX_LR=0.07)), Veto)
+    modified = orthogonal.review_proposal(state, propose(MATRIX_LR=0.06, WARMDOWN_RATIO=0.4))
+    assert isinstance(modified, Modify)
+    assert modified.changes["TOTAL_BATCH_SIZE"] in (2**18, 2**20)  # the least recently explored, one step
+    assert {"MATRIX_LR", "WARMDOWN_RATIO"} <= set(modified.changes)
+    assert check_local("review_proposal", modified, state.schema) == modified
+
+
+def test_orthogonal_skips_a_stale_dimension_that_cannot_move() -> None:
+    # TOTAL_BATCH_SIZE and WINDOW_PATTERN are stale but closed: down frozen at ... and no other choice left
+    schema = {**SCHEMA, "WINDOW_PATTERN": {**SCHEMA["WINDOW_PATTERN"], "choices": ["SSSL", "SL"]}}
+    state = trace(({"MATRIX_LR": 0.05}, 0.99), ({"WARMDOWN_RATIO": 0.3}, 1.01), schema=schema,
+                  frozen_directions={"TOTAL_BATCH_SIZE": ["down", "up"], "WINDOW_PATTERN": ["→SL"]},
+                  with_moves=True)
+    orthogonal = Orthogonal()
+    assert "TOTAL_BATCH_SIZE" not in orthogonal.schedule(state)
+    assert orthogonal.review_proposal(state, propose(MATRIX_LR=0.06)) is None  # nothing movable is stale
 
 
 def test_orthogonal_forgets_changes_older_than_its_window() -> None:
-    state = trace(({"MATRIX_LR": 0.05}, 0.99), *[({"WARMDOWN_RATIO": 0.3 + k / 10}, 1.01) for k in range(4)])
+    state = trace(({"MATRIX_LR": 0.05}, 0.99), *[({"WARMDOWN_RATIO": 0.3 + k / 10}, 1.01) for k in range(4)],
+                  with_moves=True)
     assert Orthogonal(window=4).review_proposal(state, propose(MATRIX_LR=0.06)) is None
-    assert isinstance(Orthogonal(window=5).review_proposal(state, propose(MATRIX_LR=0.06)), Veto)
+    assert isinstance(Orthogonal(window=5).review_proposal(state, propose(MATRIX_LR=0.06)), Modify)
 
 
 def test_orthogonal_does_not_veto_when_nothing_fresher_is_left() -> None:
@@ -273,6 +319,11 @@ def awkward_states() -> dict[str, SearchState]:
         "baseline only": trace(),
         "crashes, unknown params, missing keys": odd,
         "all frozen": trace(({"MATRIX_LR": 0.05}, 0.99), frozen=tuple(PARAMS)),
+        "every direction frozen": trace(({"MATRIX_LR": 0.05}, 0.99), with_moves=True, frozen_directions={
+            "MATRIX_LR": ["down", "up"], "WARMDOWN_RATIO": ["down", "up"], "TOTAL_BATCH_SIZE": ["down", "up"],
+            "WINDOW_PATTERN": ["→L", "→SL"]}),
+        "some directions frozen": trace(({"MATRIX_LR": 0.05}, 0.99), ({"WARMDOWN_RATIO": 0.3}, 1.01),
+                                        with_moves=True, frozen_directions={"TOTAL_BATCH_SIZE": ["up"]}),
         "no baseline score": SearchState(iteration=2, schema=SCHEMA, records=[
             {"iteration": 1, "decision": "crash", "changes": {"MATRIX_LR": 0.05}, "val_bpb": None,
              "best_before": None, "values": {}}]),
@@ -314,6 +365,47 @@ def test_mechanisms_read_the_snapshot_the_engine_builds() -> None:
     assert isinstance(Tabu().review_proposal(state, propose(MATRIX_LR=0.05)), Veto)
     assert Bandit().choose(state) == "WARMDOWN_RATIO"
     assert Orthogonal().next_dimensions(state) == ["WARMDOWN_RATIO", "TOTAL_BATCH_SIZE"]
+
+
+def test_the_engine_snapshot_offers_only_moves_the_proposer_can_make() -> None:
+    from core.levels.trace import snapshot
+    from core.record.state import RunState
+
+    base = {n: s["value"] for n, s in SCHEMA.items()}
+    run = RunState(baseline_val_bpb=1.0, best_val_bpb=1.0, best_values=dict(base), frozen={"MATRIX_LR"},
+                   frozen_directions={"TOTAL_BATCH_SIZE": {"up"}, "WINDOW_PATTERN": {"→SL"}})
+    state = snapshot(run, SCHEMA)
+    assert state.moves == {"WARMDOWN_RATIO": {"down": 0.4, "up": 0.6}, "TOTAL_BATCH_SIZE": {"down": 2**18},
+                           "WINDOW_PATTERN": {"→L": "L"}}
+    assert state.frozen_directions == {"TOTAL_BATCH_SIZE": ["up"], "WINDOW_PATTERN": ["→SL"]}
+    assert state.movable_params() == ["WARMDOWN_RATIO", "TOTAL_BATCH_SIZE", "WINDOW_PATTERN"]
+
+
+def test_tabu_names_a_move_the_proposer_can_make_and_no_frozen_one() -> None:
+    state = trace(({"TOTAL_BATCH_SIZE": 2**18}, 1.01), ({"MATRIX_LR": 0.05}, 1.01),
+                  frozen=("WARMDOWN_RATIO",), frozen_directions={"MATRIX_LR": ["up"], "TOTAL_BATCH_SIZE": ["up"]},
+                  with_moves=True)
+    veto = Tabu().review_proposal(state, propose(MATRIX_LR=0.05))
+    assert isinstance(veto, Veto) and "repeats iteration #2" in veto.reason
+    # MATRIX_LR down to 0.02 repeats nothing; TOTAL_BATCH_SIZE down is #1 again; up and WARMDOWN_RATIO are frozen
+    assert "e.g. MATRIX_LR down to 0.02" in veto.reason
+
+
+def test_the_cmaes_hint_leaves_out_a_frozen_direction() -> None:
+    pytest.importorskip("cmaes")
+    steps = [({"MATRIX_LR": 0.04 * 1.2 ** k, "WARMDOWN_RATIO": 0.5 - 0.02 * k}, 1.0 - 0.001 * k) for k in range(8)]
+    free = builtin("cmaes_hint").suggest(trace(*steps, with_moves=True))
+    assert free  # it has something to say without freezes
+    directions = {n: ["up" if v > trace(*steps).best_values[n] else "down"] for n, v in free.items()}
+    held = builtin("cmaes_hint").suggest(trace(*steps, with_moves=True, frozen_directions=directions))
+    assert held == {}
+
+
+def test_selection_ignores_parameters_the_proposer_cannot_move() -> None:
+    state = trace(*SPREAD[:2], with_moves=True, frozen_directions={"TOTAL_BATCH_SIZE": ["down", "up"]})
+    name, reason = choose_builtin(state.records, SCHEMA, movable=state.moves)
+    assert name == "orthogonal" and "TOTAL_BATCH_SIZE" not in reason and "WINDOW_PATTERN" in reason
+    assert "ADAM_BETAS" not in reason  # a tuple has no direction to move in
 
 
 # --- selection (offline Level 2) -------------------------------------------------------------
@@ -422,3 +514,20 @@ def test_the_contract_refuses_a_str_subclass_from_a_builtin_too() -> None:
 
     with pytest.raises(ContractError, match="an instance of"):
         check_local("shape_prompt", Sneaky("x"))
+
+
+def test_tabu_names_a_choice_by_its_value() -> None:
+    schema = {"WINDOW_PATTERN": SCHEMA["WINDOW_PATTERN"], "MATRIX_LR": SCHEMA["MATRIX_LR"]}
+    state = trace(({"MATRIX_LR": 0.05}, 1.01), schema=schema, frozen=("MATRIX_LR",),
+                  frozen_directions={"WINDOW_PATTERN": ["→SL"]}, with_moves=True)
+    assert Tabu(tenure=8).alternative(state) == "WINDOW_PATTERN to 'L'"
+
+
+def test_a_modification_stays_within_max_changes() -> None:
+    state = trace(({"MATRIX_LR": 0.05}, 0.99), with_moves=True)
+    state.max_changes = 2
+    modified = Bandit().review_proposal(state, propose(MATRIX_LR=0.06, TOTAL_BATCH_SIZE=2**18))
+    assert isinstance(modified, Modify) and modified.changes.keys() == {"MATRIX_LR", "WARMDOWN_RATIO"}
+    state.max_changes = None
+    unbounded = Bandit().review_proposal(state, propose(MATRIX_LR=0.06, TOTAL_BATCH_SIZE=2**18))
+    assert isinstance(unbounded, Modify) and len(unbounded.changes) == 3

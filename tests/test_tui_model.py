@@ -352,3 +352,22 @@ async def test_a_30_iteration_session_with_full_dialogue_opens_whole(tmp_path: P
         await app.caught_up(60)
         await pilot.pause()
         assert app.model.iterations_done == 30 and app.base.query_one("#trace-table").row_count == 31
+
+
+def test_the_strategy_pane_shows_a_frozen_direction_and_the_cycle_names_it():
+    from tui.widgets.strategy import cycles_parts, param_rows
+
+    m = ViewModel()
+    m.apply(started(schema={"LR": {"kind": "float", "value": 0.1, "locked": False},
+                            "BATCH": {"kind": "int", "value": 64, "locked": False, "pow2": True},
+                            "DEPTH": {"kind": "int", "value": 8, "locked": True}}))
+    m.apply(ev.StrategyStarted(seq=2, ts=101.0, cycle=1, after_iteration=5))
+    m.apply(ev.ParamFrozen(seq=3, ts=101.5, name="BATCH", direction="up", source="strategy", reason="3 failed increases"))
+    m.apply(ev.StrategyDecision(seq=4, ts=102.0, cycle=1, source="offline", candidates=["BATCH up"],
+                                freeze=["BATCH up"]))
+    rows = param_rows(m)
+    assert rows["BATCH"]["state"].plain == "↑frozen" and rows["LR"]["state"].plain == "active"
+    cycle = cycles_parts(m)[0].plain
+    assert "froze BATCH up — 3 failed increases" in cycle
+    m.apply(ev.ParamUnfrozen(seq=5, ts=103.0, name="BATCH", direction="up", source="user", reason="try again"))
+    assert param_rows(m)["BATCH"]["state"].plain == "active"

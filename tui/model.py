@@ -398,7 +398,7 @@ def _guidance_not_applied(m: ViewModel, e: ev.GuidanceNotApplied) -> None:
 def _param_change(m: ViewModel, e: ev.ParamFrozen | ev.ParamUnfrozen) -> None:
     action = "freeze" if isinstance(e, ev.ParamFrozen) else "unfreeze"
     if e.source == "strategy" and m.cycles and m.cycles[-1].decision is None:
-        m.cycles[-1].actions.append((action, e.name, e.reason))
+        m.cycles[-1].actions.append((action, f"{e.name} {e.direction}" if e.direction else e.name, e.reason))
     m.dirty |= {STRATEGY, PARAMS}
     m.dirty_params = True
 

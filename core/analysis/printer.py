@@ -109,8 +109,9 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.StructuredOutput: lambda e: f"LLM replies: response_format {e.mode} ({e.reason[:200]})",
     ev.ReplyRejected: lambda e: f"{e.level} reply rejected ({e.kind}, attempt {e.attempt}): {e.reason[:300]}",
     ev.GuidanceChanged: lambda e: f"guidance ({e.source}): {e.guidance[:200]}",
-    ev.ParamFrozen: lambda e: f"froze {e.name} ({e.source}): {e.reason}",
-    ev.ParamUnfrozen: lambda e: f"unfroze {e.name} ({e.source}): {e.reason}",
+    ev.ParamFrozen: lambda e: f"froze {e.name}{' ' + e.direction if e.direction else ''} ({e.source}): {e.reason}",
+    ev.ParamUnfrozen: lambda e: (f"unfroze {e.name}{' ' + e.direction if e.direction else ''} ({e.source}): "
+                                 f"{e.reason}"),
     ev.PauseRequested: lambda e: "pausing at the next iteration boundary…",
     ev.Paused: lambda e: f"paused before iteration {e.next_iteration}",
     ev.Unpaused: lambda e: "resumed",

@@ -126,8 +126,10 @@ class EngineContext:
         self.emit(ev.IterationInterrupted(iteration=iteration, reason=self._engine.stop_reason or "interrupted"))
 
     def current_schema(self, values: dict[str, Any]) -> dict[str, ParamSpec]:
-        """The schema with today's best values; bounds stay anchored at the baseline."""
-        return {n: replace(s, value=values.get(n, s.value)) for n, s in self.schema.items()}
+        """The schema with today's best values and frozen directions; bounds stay anchored at the baseline."""
+        frozen = self.state.frozen_directions
+        return {n: replace(s, value=values.get(n, s.value), frozen_directions=tuple(sorted(frozen.get(n, ()))))
+                for n, s in self.schema.items()}
 
     def schema_dicts(self) -> dict[str, Any]:
         return self._engine._schema_dicts()

@@ -28,6 +28,8 @@ live; the replay asks once per iteration, so a session whose mechanisms veto cla
 proposals resumes with the same history but a different random stream.)
 
 The baseline is the study's first trial (TPE learns from it) and CMA-ES starts at it.
+A coordinate sampled in a direction Level 1.5 froze is clipped to the current value (the
+distributions stay fixed, as the samplers need): that parameter is left unchanged.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from core.record.change import Params
+from core.services.schema import direction_of
 from core.services.script import ParamSpec
 
 SAMPLERS = ("tpe", "cmaes", "sobol")
@@ -135,6 +138,12 @@ def to_changes(dims: Sequence[Dimension], params: Mapping[str, Any], values: Map
     return {k: v for k, v in changes.items() if values.get(k) != v}
 
 
+def clip_frozen(changes: Mapping[str, Any], schema: Mapping[str, ParamSpec]) -> dict[str, Any]:
+    """The changes without those in a frozen direction: each is clipped to the current value, i.e. dropped."""
+    return {k: v for k, v in changes.items()
+            if k not in schema or direction_of(schema[k], schema[k].value, v) not in schema[k].frozen_directions}
+
+
 def to_params(dims: Sequence[Dimension], values: Mapping[str, Any]) -> dict[str, Any] | None:
     """Script values as Optuna's parameters, or None when one lies outside its distribution."""
     out: dict[str, Any] = {}
@@ -206,7 +215,7 @@ class ClassicalProposer:
             return {}, f"{self._label()}: no active parameter can be sampled"
         trial = self._ask(dims)
         self._open[iteration] = (trial, dims)
-        changes = to_changes(dims, trial.params, values)
+        changes = clip_frozen(to_changes(dims, trial.params, values), schema)
         moved = ", ".join(f"{k} {values[k]!r}→{v!r}" for k, v in changes.items() if values.get(k) != v)
         return changes, f"{self._label()} trial {trial.number}: {moved or 'the best point again'}."
 

@@ -1,7 +1,9 @@
 """Offline mode's Level 1: a seeded random-perturbation proposer (no LLM).
 
 It perturbs one to three active parameters within their schema: multiplicatively for
-log-scale rates, by a factor of two for power-of-two sizes, by choice for patterns.
+log-scale rates, by a factor of two for power-of-two sizes, by choice for patterns. A
+direction Level 1.5 froze is never proposed: a number drawn that way is mirrored to the
+open side, a frozen choice is not drawn.
 Seeded per (run seed, iteration, attempt) so a resumed run proposes the same thing.
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ import random
 from typing import Any, Mapping, Sequence
 
 from core.record.change import Params
+from core.services.schema import narrowed
 from core.services.script import ParamSpec
 
 
@@ -24,6 +27,12 @@ def _clip(x: float, spec: ParamSpec) -> float:
 
 def perturb(spec: ParamSpec, value: Any, rng: random.Random) -> Any:
     """A nearby value of the same kind, or None when this parameter cannot be perturbed."""
+    frozen = spec.frozen_directions
+    spec = narrowed(spec)  # the frozen side's bound is the current value; frozen choices are gone
+
+    def away(sign: float) -> float:  # a step drawn into a frozen direction is mirrored to the open side
+        return -sign if ("up" in frozen and sign > 0) or ("down" in frozen and sign < 0) else sign
+
     if spec.choices:
         others = [c for c in spec.choices if c != value]
         return rng.choice(others) if others else None
@@ -31,18 +40,18 @@ def perturb(spec: ParamSpec, value: Any, rng: random.Random) -> Any:
         return not value
     if spec.kind == "float":
         if spec.log_scale and value > 0:
-            new = _clip(value * math.exp(rng.gauss(0.0, 0.5)), spec)
+            new = _clip(value * math.exp(away(rng.gauss(0.0, 0.5))), spec)
         else:
             span = (spec.maximum - spec.minimum) if spec.minimum is not None and spec.maximum is not None else abs(value) or 1.0
-            new = _clip(value + rng.gauss(0.0, 0.15 * span), spec)
+            new = _clip(value + away(rng.gauss(0.0, 0.15 * span)), spec)
         new = float(f"{new:.4g}")
         return new if new != value else None
     if spec.kind == "int":
         if spec.pow2:
-            new = value * 2 if rng.random() < 0.5 else value // 2
+            new = value * 2 if away(1 if rng.random() < 0.5 else -1) > 0 else value // 2
         else:
             step = max(1, round(abs(value) * 0.25))
-            new = value + rng.choice((-step, step))
+            new = value + int(away(rng.choice((-step, step))))
         new = int(_clip(new, spec))
         return new if new != value else None
     if spec.kind == "tuple" and value and all(isinstance(v, float) for v in value):

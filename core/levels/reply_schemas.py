@@ -13,6 +13,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from core.services.schema import closed, narrowed
 from core.services.literals import same_value
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ def value_schema(spec: "ParamSpec", *, float_grid: bool = False) -> dict[str, An
     a float range is sent as minimum/maximum, which llama.cpp ignores: ``float_grid``
     offers an enum of valid values around the current one instead.
     """
+    spec = narrowed(spec)  # a frozen direction: its bound becomes the current value, its choice drops out
     current = spec.value
     if spec.kind == "bool":
         return {"enum": [not current]}
@@ -123,7 +125,7 @@ def proposal_schema(schema: Mapping[str, "ParamSpec"], frozen: Iterable[str], *,
     items = [{"type": "object",
               "properties": {"name": {"enum": [name]}, "value": value_schema(spec, float_grid=float_grid)},
               "required": ["name", "value"], "additionalProperties": False}
-             for name, spec in schema.items() if not spec.locked and name not in skip]
+             for name, spec in schema.items() if not spec.locked and name not in skip and not closed(spec)]
     change: dict[str, Any] = {"anyOf": items} if items else {"type": "object"}
     return {
         "type": "object",

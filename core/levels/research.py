@@ -34,7 +34,7 @@ from core.record.state import RunState
 from core.services.llm import LLMError, extract_json
 from core.levels.trace import snapshot
 from core.services.script import unified_diff
-from core.levels.trace import history_text
+from core.levels.trace import history_text, moves
 from . import prompts
 from .budget import estimate_tokens, fit_messages, prompt_budget, reply_tokens
 from .echo import echo_problem
@@ -207,8 +207,9 @@ class ResearchLevel:
         ctx = self.ctx
         records = _records(ctx)
         in_play = ctx.mechanisms_in_play()
-        name, reason = choose_builtin(records, ctx.schema_dicts(), active=sorted(in_play),
-                                      frozen=sorted(ctx.state.frozen))
+        schema = ctx.schema_dicts()
+        name, reason = choose_builtin(records, schema, active=sorted(in_play), frozen=sorted(ctx.state.frozen),
+                                      movable=moves(ctx.state, schema))
         if name in in_play:
             ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="rejected", name=name,
                                          reason="every built-in mechanism is already active or on its way"))

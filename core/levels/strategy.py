@@ -9,18 +9,30 @@ parameters, locked parameters never touched) and records each decision with its 
 A reply that is not a Level 1.5 answer (none of its fields, the prompt's placeholders
 echoed, a Level 1 proposal) is rejected with its reason and re-asked within
 ``search.max_reasks``. Offline, the rule alone decides.
+
+``strategy.freeze = "direction"`` freezes a direction instead of a parameter: a change's
+direction (core/services/schema.py) is "up" or "down" for a number and "→VALUE" for a
+choice, read against the best configuration it was proposed from. A direction trained k
+times with zero net improvement is a candidate, named "NAME up", "NAME →SL"; freezing it
+leaves the parameter's other directions open (three failed increases of the batch size
+freeze "up", never the halving). A direction whose freeze would leave the parameter no
+direction to move in freezes the whole parameter. Parameters with no direction (tuples,
+free strings) follow the paper's rule. Unlike the paper's rule, which also counts proposals
+that were rejected before training, the direction rule counts trained iterations only: a
+rejected proposal has no result to judge its direction by.
 """
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from string import Template
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from core.record import events as ev
 from core.levels.context import RunContext
 from core.services.llm import LLMError, extract_json
-from core.levels.trace import ParamStats, fmt_bpb, history_text, param_stats
+from core.levels.trace import TRAINED, ParamStats, fmt_bpb, history_text, param_stats
+from core.services.schema import closed, direction_of
 from . import prompts
 from .budget import estimate_tokens, fit_messages, prompt_budget, reply_tokens
 from .echo import echo_problem
@@ -32,10 +44,76 @@ if TYPE_CHECKING:
 
 def freeze_candidates(stats: Mapping[str, ParamStats], *, k: int, locked: Iterable[str],
                       frozen: Iterable[str]) -> list[str]:
-    """Parameters proposed at least k times with zero net improvement, most-proposed first."""
+    """Parameters (or freeze keys, "NAME up") proposed at least k times with zero net improvement, most-proposed
+    first; ``frozen`` names the parameters and keys frozen already."""
     skip = set(locked) | set(frozen)
-    found = [s for s in stats.values() if s.name not in skip and s.proposed >= k and s.net_improvement <= 0.0]
+    found = [s for s in stats.values() if s.name not in skip and split_key(s.name)[0] not in skip
+             and s.proposed >= k and s.net_improvement <= 0.0]
     return [s.name for s in sorted(found, key=lambda s: (-s.proposed, s.name))]
+
+
+def freeze_key(name: str, direction: str = "") -> str:
+    """What a freeze is called in a cycle's lists: ``NAME`` (the whole parameter) or ``NAME up``."""
+    return f"{name} {direction}" if direction else name
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(parameter, direction) of a freeze key; parameter names have no spaces."""
+    name, _, direction = key.partition(" ")
+    return name, direction
+
+
+def frozen_keys(frozen: Iterable[str], frozen_directions: Mapping[str, Iterable[str]]) -> list[str]:
+    """Every freeze in force as keys: whole parameters, then each frozen direction."""
+    return sorted(frozen) + sorted(freeze_key(n, d) for n, ds in frozen_directions.items() for d in ds)
+
+
+def direction_stats(records: Iterable[Any], schema: Mapping[str, "ParamSpec"]) -> dict[str, ParamStats]:
+    """Per freeze key: trained iterations that moved the parameter that way from the best before them.
+
+    A parameter with no direction (a tuple, a free string) is counted under its own name.
+    """
+    stats: dict[str, ParamStats] = {}
+    best: dict[str, Any] = {}
+    for r in records:
+        if r.decision == "baseline":
+            best = dict(r.values)
+            continue
+        if r.iteration == 0 or r.decision not in TRAINED:
+            continue
+        for name, value in r.changes.items():
+            spec = schema.get(name)
+            if spec is None:
+                continue
+            key = freeze_key(name, direction_of(spec, best.get(name, spec.value), value))
+            s = stats.setdefault(key, ParamStats(key))
+            s.proposed += 1
+            s.values.append(value)
+            if r.decision == "keep" and r.val_bpb is not None and r.best_before is not None:
+                s.kept += 1
+                s.net_improvement += r.best_before - r.val_bpb
+            if r.decision == "crash":
+                s.crashed += 1
+        if r.decision == "keep" and r.values:
+            best = dict(r.values)
+    for s in stats.values():
+        s.asked = s.trained = s.proposed
+    return stats
+
+
+def closing_keys(candidates: Iterable[str], schema: Mapping[str, "ParamSpec"]) -> list[str]:
+    """The direction candidates whose freeze would leave their parameter no open direction.
+
+    ``schema`` is the current one (best values, directions frozen so far).
+    """
+    out = []
+    for key in candidates:
+        name, direction = split_key(key)
+        spec = schema.get(name)
+        if direction and spec is not None and closed(
+                replace(spec, frozen_directions=(*spec.frozen_directions, direction))):
+            out.append(key)
+    return out
 
 
 @dataclass
@@ -47,40 +125,52 @@ class Plan:
 
 def apply_limits(*, want_freeze: Iterable[str], want_unfreeze: Iterable[str], candidates: Iterable[str],
                  schema: Mapping[str, "ParamSpec"], frozen: Iterable[str], max_new_freezes: int,
-                 min_active: int) -> Plan:
-    """What may actually change this cycle; every refusal carries its reason."""
+                 min_active: int, closing: Iterable[str] = ()) -> Plan:
+    """What may actually change this cycle; every refusal carries its reason.
+
+    Names are freeze keys: ``NAME`` or ``NAME direction``; ``frozen`` lists the keys in force.
+    A key in ``closing`` would leave its parameter no direction: it freezes the whole parameter.
+    """
     plan = Plan()
     frozen_now = set(frozen)
     candidate_set = set(candidates)
-    for name in dict.fromkeys(want_unfreeze):
+    closing_set = set(closing)
+    for key in dict.fromkeys(want_unfreeze):
+        name, _ = split_key(key)
         if name not in schema:
-            plan.refused[name] = "unknown parameter"
+            plan.refused[key] = "unknown parameter"
         elif schema[name].locked:
-            plan.refused[name] = "locked by the configuration: never unfrozen"
-        elif name not in frozen_now:
-            plan.refused[name] = "not frozen"
+            plan.refused[key] = "locked by the configuration: never unfrozen"
+        elif key not in frozen_now:
+            plan.refused[key] = "not frozen"
         else:
-            plan.unfreeze.append(name)
-            frozen_now.discard(name)
+            plan.unfreeze.append(key)
+            frozen_now.discard(key)
     active = [n for n, s in schema.items() if not s.locked and n not in frozen_now]
-    for name in dict.fromkeys(want_freeze):
+    for key in dict.fromkeys(want_freeze):
+        name, direction = split_key(key)
+        whole = not direction or key in closing_set
         if name not in schema:
-            plan.refused[name] = "unknown parameter"
+            plan.refused[key] = "unknown parameter"
         elif schema[name].locked:
-            plan.refused[name] = "locked by the configuration"
-        elif name in frozen_now:
-            plan.refused[name] = "already frozen"
-        elif name in plan.unfreeze:
-            plan.refused[name] = "asked to freeze and unfreeze at once"
-        elif name not in candidate_set:
-            plan.refused[name] = "not a freeze candidate under the rule"
+            plan.refused[key] = "locked by the configuration"
+        elif key in frozen_now or name in frozen_now:
+            plan.refused[key] = "already frozen"
+        elif key in plan.unfreeze:
+            plan.refused[key] = "asked to freeze and unfreeze at once"
+        elif key not in candidate_set:
+            plan.refused[key] = "not a freeze candidate under the rule"
         elif len(plan.freeze) >= max_new_freezes:
-            plan.refused[name] = f"limit of {max_new_freezes} new freezes per cycle reached"
-        elif len(active) - 1 < min_active:
-            plan.refused[name] = f"would leave fewer than {min_active} active parameters"
-        else:
+            plan.refused[key] = f"limit of {max_new_freezes} new freezes per cycle reached"
+        elif whole and len(active) - 1 < min_active:
+            plan.refused[key] = f"would leave fewer than {min_active} active parameters"
+        elif whole:
             plan.freeze.append(name)
+            frozen_now.add(name)
             active.remove(name)
+        else:
+            plan.freeze.append(key)
+            frozen_now.add(key)
     return plan
 
 
@@ -105,7 +195,15 @@ class StrategyLevel:
         ctx.emit(ev.StrategyStarted(cycle=cycle, after_iteration=after_iteration))
         stats = with_every_proposal(param_stats(state.records), state.proposal_counts, ctx.schema)
         locked = [n for n, s in ctx.schema.items() if s.locked]
-        candidates = freeze_candidates(stats, k=cfg.freeze_after, locked=locked, frozen=state.frozen)
+        in_force = frozen_keys(state.frozen, state.frozen_directions)
+        current = ctx.current_schema(state.best_values)
+        if cfg.freeze == "direction":
+            rule_stats = direction_stats(state.records, ctx.schema)
+            candidates = freeze_candidates(rule_stats, k=cfg.freeze_after, locked=locked, frozen=in_force)
+        else:
+            rule_stats = stats
+            candidates = freeze_candidates(stats, k=cfg.freeze_after, locked=locked, frozen=state.frozen)
+        closing = closing_keys(candidates, current)
         active = [n for n, s in ctx.schema.items() if not s.locked and n not in state.frozen]
         diagnosis = reasoning = error = ""
         kept: dict[str, str] = {}
@@ -114,7 +212,8 @@ class StrategyLevel:
             source = "offline"
             want_freeze, want_unfreeze = candidates, []
             guidance = offline_guidance(stats, active)
-            diagnosis = (f"{len(candidates)} parameter(s) met the freeze rule (proposed ≥{cfg.freeze_after}× "
+            what = "direction(s)" if cfg.freeze == "direction" else "parameter(s)"
+            diagnosis = (f"{len(candidates)} {what} met the freeze rule (proposed ≥{cfg.freeze_after}× "
                          f"with zero net improvement)")
         else:
             source = "llm"
@@ -131,15 +230,21 @@ class StrategyLevel:
                 diagnosis = str(reply.get("diagnosis") or "")
                 reasoning = str(reply.get("reasoning") or "")
         plan = apply_limits(want_freeze=want_freeze, want_unfreeze=want_unfreeze, candidates=candidates,
-                            schema=ctx.schema, frozen=state.frozen, max_new_freezes=cfg.max_new_freezes,
-                            min_active=cfg.min_active)
-        for name in plan.unfreeze:
-            ctx.emit(ev.ParamUnfrozen(name=name, source="strategy", reason=f"cycle {cycle}: {reasoning or diagnosis}"[:300]))
-        for name in plan.freeze:
-            s = stats[name]
-            ctx.emit(ev.ParamFrozen(name=name, source="strategy",
-                                    reason=f"cycle {cycle}: proposed {s.proposed}× with net gain "
-                                           f"{s.net_improvement:+.6f} (rule k={cfg.freeze_after})"))
+                            schema=ctx.schema, frozen=in_force, max_new_freezes=cfg.max_new_freezes,
+                            min_active=cfg.min_active, closing=closing)
+        for key in plan.unfreeze:
+            name, direction = split_key(key)
+            ctx.emit(ev.ParamUnfrozen(name=name, direction=direction, source="strategy",
+                                      reason=f"cycle {cycle}: {reasoning or diagnosis}"[:300]))
+        for key in plan.freeze:
+            name, direction = split_key(key)
+            closed_by = next((c for c in closing if split_key(c)[0] == name), "") if not direction else ""
+            s = rule_stats.get(closed_by or key) or stats[name]
+            what = (f"{closed_by} proposed {s.proposed}×" if closed_by else f"proposed {s.proposed}×")
+            tail = "; no other direction is open, so the whole parameter" if closed_by else ""
+            ctx.emit(ev.ParamFrozen(name=name, direction=direction, source="strategy",
+                                    reason=f"cycle {cycle}: {what} with net gain "
+                                           f"{s.net_improvement:+.6f} (rule k={cfg.freeze_after}){tail}"))
         if guidance and guidance != state.guidance:
             if state.guidance_pinned:  # the user pinned theirs: it stands, and the log says what it beat
                 ctx.emit(ev.GuidanceNotApplied(cycle=cycle, guidance=guidance,
@@ -172,7 +277,8 @@ class StrategyLevel:
         fields = dict(
             cycle=cycle, iteration=after_iteration, baseline_val_bpb=fmt_bpb(state.baseline_val_bpb),
             best_val_bpb=fmt_bpb(state.best_val_bpb), params="\n".join(lines),
-            k=cfg.strategy.freeze_after, candidates=", ".join(candidates) or "(none)", history="",
+            k=cfg.strategy.freeze_after, candidates=(", ".join(candidates) or "(none)") + (
+                DIRECTION_NOTE if cfg.strategy.freeze == "direction" else ""), history="",
             guidance=state.guidance or "(none)", max_new_freezes=cfg.strategy.max_new_freezes,
             min_active=cfg.strategy.min_active)
         template = Template(prompts.load("strategy_cycle"))
@@ -183,7 +289,8 @@ class StrategyLevel:
             history_tokens = min(history_tokens, max(200, budget - rest) * 3 // 4)
         user = template.substitute(fields, history=history_text(state.proposals, history_tokens))
         messages = [{"role": "system", "content": prompts.load("strategy_system")}, {"role": "user", "content": user}]
-        unfreezable = [n for n in state.frozen if n in ctx.schema and not ctx.schema[n].locked]
+        unfreezable = [k for k in frozen_keys(state.frozen, state.frozen_directions)
+                       if split_key(k)[0] in ctx.schema and not ctx.schema[split_key(k)[0]].locked]
         schema = strategy_schema(candidates, unfreezable)
         problem = ""
         attempts = cfg.search.max_reasks + 1
@@ -219,6 +326,9 @@ class StrategyLevel:
         return f"no usable reply after {attempts} attempt(s): {problem}", attempts
 
 
+# What a direction candidate means, said once in the Level 1.5 prompt (strategy.freeze = "direction").
+DIRECTION_NOTE = (' (each candidate is a direction: freezing "NAME up" forbids only increases of NAME, "NAME →V" '
+                  'only moving NAME to V; its other directions stay open)')
 STRATEGY_FIELDS = ("diagnosis", "freeze", "unfreeze", "keep", "guidance", "reasoning")
 # Placeholders small models wrote from older prompts: a reply that repeats them has not answered.
 PLACEHOLDERS = ("what the trace shows", "one to three sentences for the proposer", "NAME", "why",

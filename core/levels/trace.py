@@ -12,6 +12,8 @@ from typing import Any, Iterable, Sequence
 from mechanisms.base import SearchState
 
 from core.record.state import IterationRecord, RunState
+from core.services.schema import open_directions, step_toward
+from core.services.script import ParamSpec
 
 TRAINED = ("keep", "discard", "crash", "cancelled")
 
@@ -124,4 +126,35 @@ def snapshot(state: RunState, schema: dict[str, Any], iteration: int | None = No
         schema={n: dict(s) for n, s in schema.items()},
         best_values=dict(state.best_values), best_val_bpb=state.best_val_bpb,
         baseline_val_bpb=state.baseline_val_bpb, frozen=sorted(state.frozen), guidance=state.guidance,
+        frozen_directions={n: sorted(d) for n, d in state.frozen_directions.items()},
+        moves=moves(state, schema), max_changes=_max_changes(state),
     )
+
+
+def _max_changes(state: RunState) -> int | None:
+    search = state.config.get("search") if isinstance(state.config, dict) else None
+    value = search.get("max_changes") if isinstance(search, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def moves(state: RunState, schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What the proposer can do from the best configuration: parameter -> {open direction: one step's value}.
+
+    Locked and frozen parameters, frozen directions, directions with no room left within the
+    bounds and parameters with no direction (tuples, free strings) are absent: a mechanism
+    that asks for a move asks only for one of these.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, d in schema.items():
+        if d.get("locked") or name in state.frozen:
+            continue
+        spec = ParamSpec(name=name, kind=d.get("kind", ""), value=state.best_values.get(name, d.get("value")),
+                         minimum=d.get("minimum"), maximum=d.get("maximum"),
+                         choices=tuple(d["choices"]) if d.get("choices") else None,
+                         log_scale=bool(d.get("log_scale")), pow2=bool(d.get("pow2")),
+                         frozen_directions=tuple(sorted(state.frozen_directions.get(name, ()))))
+        steps = {direction: step_toward(spec, direction) for direction in open_directions(spec)}
+        steps = {k: v for k, v in steps.items() if v is not None}
+        if steps:
+            out[name] = steps
+    return out

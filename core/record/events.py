@@ -193,12 +193,15 @@ class ParamFrozen(Event, tag="param_frozen"):
     name: str = ""
     reason: str = ""
     source: FreezeSource = "user"
+    # "" freezes the whole parameter; else one direction (core/services/schema.py): "up", "down", "→VALUE"
+    direction: str = ""
 
 
 class ParamUnfrozen(Event, tag="param_unfrozen"):
     name: str = ""
     reason: str = ""
     source: FreezeSource = "user"
+    direction: str = ""  # "" unfreezes the whole parameter; else that one direction
 
 
 # --- LLM calls ------------------------------------------------------------------

@@ -141,6 +141,7 @@ class ParamChange:
     reason: str
     ts: float
     after: int | None = None  # the last iteration finished before it (None: before the baseline finished)
+    direction: str = ""  # "" the whole parameter; else the one direction frozen or unfrozen
 
 
 @dataclass
@@ -203,6 +204,8 @@ class RunState:
     seed: int = 0
     schema: dict[str, dict[str, Any]] = field(default_factory=dict)
     frozen: set[str] = field(default_factory=set)
+    # parameter -> directions frozen (strategy.freeze = "direction"); the parameter stays active otherwise
+    frozen_directions: dict[str, set[str]] = field(default_factory=dict)
     guidance: str = ""
     guidance_source: str = "config"  # who wrote the guidance in force: user | strategy | config
     guidance_cycle: int = 0  # the Level 1.5 cycle that wrote it (source "strategy")
@@ -553,13 +556,25 @@ def _guidance(s: RunState, e: ev.GuidanceChanged) -> None:
 
 
 def _frozen(s: RunState, e: ev.ParamFrozen) -> None:
-    s.frozen.add(e.name)
-    s.param_changes.append(ParamChange("freeze", e.name, e.source, e.reason, e.ts, s._last_finished))
+    if e.direction:
+        s.frozen_directions.setdefault(e.name, set()).add(e.direction)
+    else:
+        s.frozen.add(e.name)
+    s.param_changes.append(ParamChange("freeze", e.name, e.source, e.reason, e.ts, s._last_finished,
+                                       direction=e.direction))
 
 
 def _unfrozen(s: RunState, e: ev.ParamUnfrozen) -> None:
-    s.frozen.discard(e.name)
-    s.param_changes.append(ParamChange("unfreeze", e.name, e.source, e.reason, e.ts, s._last_finished))
+    if e.direction:
+        left = s.frozen_directions.get(e.name, set()) - {e.direction}
+        if left:
+            s.frozen_directions[e.name] = left
+        else:
+            s.frozen_directions.pop(e.name, None)
+    else:
+        s.frozen.discard(e.name)
+    s.param_changes.append(ParamChange("unfreeze", e.name, e.source, e.reason, e.ts, s._last_finished,
+                                       direction=e.direction))
 
 
 def _pause_requested(s: RunState, e: ev.PauseRequested) -> None:

@@ -15,7 +15,8 @@ from core.services.literals import CoercionError, coerce, format_value, is_power
 from core.services.script import (ElementRange, Param, ParamSpec, ProposalError, TrainScript, choice_text,
                                   range_text, unknown_message)
 
-__all__ = ["infer_schema", "validate_changes"]
+__all__ = ["infer_schema", "validate_changes", "direction_of", "directions", "open_directions", "narrowed",
+           "step_toward", "closed", "DIRECTION_WORDS"]
 
 _BOUND_KEYS = {"min", "max", "choices", "log_scale", "pow2"}
 
@@ -189,6 +190,110 @@ def _replace(spec: ParamSpec, **changes: object) -> ParamSpec:
 
 
 # ---------------------------------------------------------------------------
+# Directions: what Level 1.5's direction freeze (strategy.freeze = "direction") freezes
+#
+# A number (int, float, power of two) moves "up" or "down" from its current value; a parameter
+# with choices (bools included) moves "→VALUE" to one specific other choice. A tuple or a free
+# string has no direction: only the whole parameter can be frozen.
+
+DIRECTION_WORDS = {"up": "increase", "down": "decrease"}
+
+
+def choice_direction(value: object) -> str:
+    """``→SL`` for the choice "SL", ``→False`` for a bool: a direction names the value moved to."""
+    return "→" + (value if isinstance(value, str) else choice_text(value))
+
+
+def direction_of(spec: ParamSpec, old: object, new: object) -> str:
+    """The direction of a change from ``old`` to ``new`` ("" when the parameter has none)."""
+    if spec.choices is not None:
+        return "" if same_value(old, new) else choice_direction(new)
+    if spec.kind in ("int", "float") and isinstance(old, (int, float)) and isinstance(new, (int, float)) \
+            and not isinstance(old, bool) and not isinstance(new, bool) and old != new:
+        return "up" if new > old else "down"
+    return ""
+
+
+def directions(spec: ParamSpec) -> list[str]:
+    """Every direction the parameter can move in from its current value, ignoring freezes and bounds."""
+    if spec.choices is not None:
+        return [choice_direction(c) for c in spec.choices if not same_value(c, spec.value)]
+    if spec.kind in ("int", "float") and not isinstance(spec.value, bool):
+        return ["up", "down"]
+    return []
+
+
+def _room(spec: ParamSpec, direction: str) -> bool:
+    value = spec.value
+    if direction == "up":
+        return spec.maximum is None or (isinstance(value, (int, float)) and value < spec.maximum)
+    if direction == "down":
+        return spec.minimum is None or (isinstance(value, (int, float)) and value > spec.minimum)
+    return True
+
+
+def open_directions(spec: ParamSpec) -> list[str]:
+    """The directions a proposer may move this parameter in now: not frozen, with room within the bounds."""
+    if spec.locked:
+        return []
+    return [d for d in directions(spec) if d not in spec.frozen_directions and _room(spec, d)]
+
+
+def closed(spec: ParamSpec) -> bool:
+    """Whether direction freezes leave this parameter no direction to move in (then it is as good as frozen)."""
+    return bool(spec.frozen_directions) and not open_directions(spec)
+
+
+def narrowed(spec: ParamSpec) -> ParamSpec:
+    """The spec with its frozen directions cut off: a bound becomes the current value, frozen choices drop out."""
+    if not spec.frozen_directions:
+        return spec
+    changes: dict[str, object] = {}
+    if spec.choices is not None:
+        changes["choices"] = tuple(c for c in spec.choices
+                                   if same_value(c, spec.value) or choice_direction(c) not in spec.frozen_directions)
+    elif isinstance(spec.value, (int, float)):
+        if "up" in spec.frozen_directions:
+            changes["maximum"] = spec.value
+        if "down" in spec.frozen_directions:
+            changes["minimum"] = spec.value
+    return _replace(spec, **changes)
+
+
+def step_toward(spec: ParamSpec, direction: str) -> object | None:
+    """One plain step from the current value in ``direction``, within the bounds (None: no room, no such step).
+
+    What a mechanism offers when it wants a parameter moved: ×2 or ÷2 for powers of two and
+    log-scale rates, a quarter of the value (at least 1) for other ints, a tenth of the range
+    (or of the value) for other floats, the named value for a choice.
+    """
+    if direction not in open_directions(spec):
+        return None
+    if spec.choices is not None:
+        return next((c for c in spec.choices if choice_direction(c) == direction), None)
+    value = spec.value
+    assert isinstance(value, (int, float))
+    sign = 1 if direction == "up" else -1
+    if spec.pow2 and isinstance(value, int) and value > 0:
+        new: float = value * 2 if sign > 0 else value // 2
+    elif spec.log_scale and value > 0:
+        new = value * 2 if sign > 0 else value / 2
+    elif spec.kind == "int":
+        new = value + sign * max(1, round(abs(value) * 0.25))
+    else:
+        span = (spec.maximum - spec.minimum) if spec.minimum is not None and spec.maximum is not None else abs(value)
+        new = value + sign * 0.1 * (span or 1.0)
+    if spec.minimum is not None:
+        new = max(spec.minimum, new)
+    if spec.maximum is not None:
+        new = min(spec.maximum, new)
+    new = int(new) if spec.kind == "int" else float(f"{new:.4g}")
+    if spec.pow2 and not is_power_of_two(int(new)):
+        return None  # a bound that is no power of two: no plain step there
+    return None if new == value else new
+
+
+# ---------------------------------------------------------------------------
 # Validation
 
 
@@ -226,9 +331,27 @@ def validate_changes(
             accepted[name] = _check_one(spec, value)
         except CoercionError as exc:
             errors.append(f"{name}: {exc}")
+            continue
+        blocked = _frozen_direction(spec, accepted[name])
+        if blocked:
+            del accepted[name]
+            errors.append(blocked)
     if errors:
         raise ProposalError(errors)
     return accepted
+
+
+def _frozen_direction(spec: ParamSpec, value: object) -> str:
+    """Why a change moves in a direction Level 1.5 froze, or ""."""
+    direction = direction_of(spec, spec.value, value)
+    if not direction or direction not in spec.frozen_directions:
+        return ""
+    what = DIRECTION_WORDS.get(direction, f"moving to {direction[1:]}")
+    still = open_directions(spec)
+    other = (f"; still open: {', '.join(DIRECTION_WORDS.get(d, 'to ' + d[1:]) for d in still)}" if still
+             else "; no direction is open")
+    return (f"{spec.name}: {what} from {format_value(spec.value, pow2=spec.pow2)} is frozen by the search "
+            f"strategy (it was tried repeatedly without gain){other}")
 
 
 def _check_one(spec: ParamSpec, value: object) -> object:

@@ -104,6 +104,7 @@ class ParamSpec:
     log_scale: bool = False
     pow2: bool = False
     elements: tuple[ElementRange | None, ...] | None = None  # a tuple's per-element ranges (None: unbounded)
+    frozen_directions: tuple[str, ...] = ()  # directions Level 1.5 froze ("up", "down", "→VALUE")
 
     def describe(self) -> str:
         """One compact line for the prompt."""
@@ -126,6 +127,8 @@ class ParamSpec:
             kinds = [kind_of(v) + (f" in {r.describe()}" if r is not None and r.describe() else "")
                      for v, r in zip(self.value, self.elements or (None,) * len(self.value))]
             notes.append(f"{len(self.value)} elements: {', '.join(kinds)}")
+        if self.frozen_directions:
+            notes.append("frozen direction(s): " + ", ".join(self.frozen_directions))
         return head + (f" ({', '.join(notes)})" if notes else "")
 
 

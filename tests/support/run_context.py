@@ -157,7 +157,9 @@ class FakeRunContext:
         self.emit(ev.IterationInterrupted(iteration=iteration, reason="interrupted"))
 
     def current_schema(self, values: dict[str, Any]) -> dict[str, ParamSpec]:
-        return {n: replace(s, value=values.get(n, s.value)) for n, s in self._schema.items()}
+        frozen = self.state.frozen_directions
+        return {n: replace(s, value=values.get(n, s.value), frozen_directions=tuple(sorted(frozen.get(n, ()))))
+                for n, s in self._schema.items()}
 
     def schema_dicts(self) -> dict[str, Any]:
         return {n: {"kind": s.kind, "value": s.value, "locked": s.locked, "minimum": s.minimum,

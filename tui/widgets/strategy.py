@@ -66,6 +66,12 @@ def guidance_text(model: "ViewModel") -> Text:
     return out
 
 
+def direction_state(directions: set[str]) -> str:
+    """The state cell of a parameter with frozen directions: ``↑frozen`` (increase), ``↓frozen``, ``→frozen`` (a choice)."""
+    marks = "".join(sorted({"up": "↑", "down": "↓"}.get(d, "→") for d in directions))
+    return f"{marks}frozen"
+
+
 def param_rows(model: "ViewModel") -> dict[str, dict[str, object]]:
     s = model.state
     stats = param_stats(s.records)
@@ -73,11 +79,14 @@ def param_rows(model: "ViewModel") -> dict[str, dict[str, object]]:
     # Locked last; otherwise the script's order, so a freeze never makes rows jump.
     for name, spec in sorted(s.schema.items(), key=lambda item: STATE_ORDER["locked" if item[1].get("locked") else "active"]):
         state = "locked" if spec.get("locked") else ("frozen" if name in s.frozen else "active")
+        style = STATE_STYLES[state]
+        if state == "active" and s.frozen_directions.get(name):
+            state, style = direction_state(s.frozen_directions[name]), "cyan"
         st = stats.get(name)
         value = s.best_values.get(name, spec.get("value"))
         out[name] = {
             "name": name if len(name) < NAME_WIDTH else name[:NAME_WIDTH - 2] + "…",  # keep the gap
-            "state": Text(state, style=STATE_STYLES[state]),
+            "state": Text(state, style=style),
             "value": fmt_value(value),
             "tried": str(st.proposed) if st else "",
             "kept": str(st.kept) if st else "",

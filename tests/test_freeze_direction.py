@@ -220,7 +220,7 @@ async def test_three_failed_increases_freeze_up_and_level1_is_refused_then_halve
     assert max(tbs["enum"]) < TBS  # the increases are gone from what the model may write
     assert "frozen" in inner_reqs[4]["messages"][-1]["content"]  # the re-ask says why
     last = rec.of(ev.IterationFinished)[-1]
-    assert last.iteration == 4 and last.changes == {"TOTAL_BATCH_SIZE": TBS // 2}
+    assert last.iteration == 4 and last.changes.params == {"TOTAL_BATCH_SIZE": TBS // 2}
     assert engine.state.frozen == set() and engine.state.frozen_directions == {"TOTAL_BATCH_SIZE": {"up"}}
     replayed = fold(SessionReader(engine.dir).events())
     assert replayed.frozen_directions == engine.state.frozen_directions
@@ -242,7 +242,7 @@ async def test_offline_group_b_never_trains_a_direction_after_freezing_it(tmp_pa
         if isinstance(e, ev.ParamFrozen) and e.direction:
             frozen.setdefault(e.name, set()).add(e.direction)
         elif isinstance(e, ev.IterationFinished) and e.iteration > 0 and e.decision != "rejected":
-            for name, value in e.changes.items():
+            for name, value in e.changes.params.items():
                 assert direction_of(schema[name], best[name], value) not in frozen.get(name, set()), (e.iteration, name)
                 checked += frozen.get(name) is not None
             if e.decision == "keep":

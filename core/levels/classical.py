@@ -138,7 +138,7 @@ def to_changes(dims: Sequence[Dimension], params: Mapping[str, Any], values: Map
     return {k: v for k, v in changes.items() if values.get(k) != v}
 
 
-def clip_frozen(changes: Mapping[str, Any], schema: Mapping[str, ParamSpec]) -> dict[str, Any]:
+def clip_frozen(changes: Params, schema: Mapping[str, ParamSpec]) -> Params:
     """The changes without those in a frozen direction: each is clipped to the current value, i.e. dropped."""
     return {k: v for k, v in changes.items()
             if k not in schema or direction_of(schema[k], schema[k].value, v) not in schema[k].frozen_directions}

@@ -81,7 +81,7 @@ def direction_stats(records: Iterable[Any], schema: Mapping[str, "ParamSpec"]) -
             continue
         if r.iteration == 0 or r.decision not in TRAINED:
             continue
-        for name, value in r.changes.items():
+        for name, value in r.changes.params.items():
             spec = schema.get(name)
             if spec is None:
                 continue

@@ -56,10 +56,13 @@ async def test_pinned_guidance_survives_the_next_cycle_which_says_it_was_not_app
         await until(pilot, lambda: app.model.state.guidance_pinned, what="the pinned guidance")
         await until(pilot, lambda: "from you · 📌 pinned" in guidance_shown(app), what="the pin on screen")
         await until(pilot, lambda: any(c.guidance_not_applied for c in app.model.cycles), what="a cycle that lost")
-        await pilot.pause()
-        cycles = " ".join(app.base.query_one(StrategyPane).query_one("#cycles-scroll", PartsView).text.split())
+
+        def cycles() -> str:
+            return " ".join(app.base.query_one(StrategyPane).query_one("#cycles-scroll", PartsView).text.split())
+        # the live app repaints one pane a tick: wait for the strategy pane's turn, not for a pause
+        await until(pilot, lambda: "guidance not applied" in cycles(), what="the lost cycle in the pane")
         assert app.model.state.guidance == "Only the learning rates."
-        assert "guidance not applied (the user's guidance is pinned)" in cycles
+        assert "guidance not applied (the user's guidance is pinned)" in cycles()
     assert [c.args for c in received(engine, "set_guidance")] == [{"guidance": "Only the learning rates.", "pinned": True}]
     assert logged(engine, ev.GuidanceNotApplied) and not [
         e for e in logged(engine, ev.GuidanceChanged) if e.source == "strategy"]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from core.record import events as ev
 from core.levels.context import RunContext
 from core.services.llm import LLMError, extract_json
-from core.levels.trace import TRAINED, ParamStats, fmt_bpb, history_text, param_stats
+from core.levels.trace import TRAINED, ParamStats, fmt_bpb, history_text, param_stats, tally
 from core.services.schema import closed, direction_of
 from . import prompts
 from .budget import estimate_tokens, fit_messages, prompt_budget, reply_tokens
@@ -86,14 +86,7 @@ def direction_stats(records: Iterable[Any], schema: Mapping[str, "ParamSpec"]) -
             if spec is None:
                 continue
             key = freeze_key(name, direction_of(spec, best.get(name, spec.value), value))
-            s = stats.setdefault(key, ParamStats(key))
-            s.proposed += 1
-            s.values.append(value)
-            if r.decision == "keep" and r.val_bpb is not None and r.best_before is not None:
-                s.kept += 1
-                s.net_improvement += r.best_before - r.val_bpb
-            if r.decision == "crash":
-                s.crashed += 1
+            tally(stats.setdefault(key, ParamStats(key)), r, value)
         if r.decision == "keep" and r.values:
             best = dict(r.values)
     for s in stats.values():

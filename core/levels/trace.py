@@ -36,15 +36,19 @@ def param_stats(records: Iterable[IterationRecord]) -> dict[str, ParamStats]:
         if r.iteration == 0 or r.decision not in TRAINED:
             continue
         for name, value in r.changes.params.items():
-            s = stats.setdefault(name, ParamStats(name))
-            s.proposed += 1
-            s.values.append(value)
-            if r.decision == "keep" and r.val_bpb is not None and r.best_before is not None:
-                s.kept += 1
-                s.net_improvement += r.best_before - r.val_bpb
-            if r.decision == "crash":
-                s.crashed += 1
+            tally(stats.setdefault(name, ParamStats(name)), r, value)
     return stats
+
+
+def tally(s: ParamStats, r: Any, value: Any) -> None:
+    """Count one trained iteration's ``value`` into ``s``: proposed, kept (with its gain), crashed."""
+    s.proposed += 1
+    s.values.append(value)
+    if r.decision == "keep" and r.val_bpb is not None and r.best_before is not None:
+        s.kept += 1
+        s.net_improvement += r.best_before - r.val_bpb
+    if r.decision == "crash":
+        s.crashed += 1
 
 
 def fmt_value(value: Any) -> str:

@@ -328,6 +328,10 @@ class BilevelApp(App[int]):
                 elif ack.command not in ("pause", "resume"):
                     self.notify(f"{ack.command} {_args_text(ack.args)}".strip(), title="Done", timeout=3)
         model.acks.clear()
+        for title, text in model.limit_notices:  # spend warnings and a limit's pause, live only (not history)
+            if self._alerts_armed:
+                self.notify(text, title=title, severity="warning", timeout=12)
+        model.limit_notices.clear()
         if self.source.caught_up.is_set() and not self._alerts_armed:
             self._alerts_armed = True
             _settle_garbage_collector()  # the history just loaded stays: out of the collector's way
@@ -578,6 +582,9 @@ class BilevelApp(App[int]):
         for key, value in (("iterations", cfg.budget.iterations), ("time_s", cfg.budget.time_s)):
             if budget.get(key) is not None and budget.get(key) != value:
                 change[f"budget.{key}"] = value
+        limits = config_mod.spend_limits(cfg)  # the caps and the stuck-loop rule: a raised cap resumes its pause
+        if s.config and limits != (s.limits if s.limits is not None else _recorded_limits(s.config)):
+            change["limits"] = limits
         self.config_change = change or None
         header = self.header
         header.notice = "config changed: r to reload" if change else ""
@@ -598,6 +605,8 @@ class BilevelApp(App[int]):
         for key in ("budget.iterations", "budget.time_s"):
             if key in change:
                 lines.append(f"{key} → {change[key]}")  # the engine's acknowledgement says if it refuses
+        if "limits" in change:
+            lines.append("limits → " + ", ".join(f"budget.{k} = {v:g}" for k, v in change["limits"].items()))
 
         async def answered(answer: str | None) -> None:
             if answer != "apply":
@@ -607,6 +616,10 @@ class BilevelApp(App[int]):
             budget = {k.split(".", 1)[1]: v for k, v in change.items() if k.startswith("budget.")}
             if budget:
                 await self.send(cmds.SetBudget(**budget))
+            if "limits" in change:  # every limit named: one the file no longer sets is unset
+                from core.record.config import LIMIT_NAMES
+
+                await self.send(cmds.SetLimits(limits={k: change["limits"].get(k) for k in LIMIT_NAMES}))
             self.config_change = None
             header = self.header
             header.notice = ""
@@ -895,3 +908,11 @@ def _args_text(args: dict[str, Any]) -> str:
     return " ".join(f"{k}={str(v)[:40]}" for k, v in shown.items())
 
 
+def _recorded_limits(config: dict[str, Any]) -> dict[str, float] | None:
+    """The limits a session started with (its recorded config), None when it cannot be read."""
+    from core.record import config as config_mod
+
+    try:
+        return config_mod.spend_limits(config_mod.from_dict(config))
+    except config_mod.ConfigError:
+        return None

@@ -25,6 +25,7 @@ from core.record import events as ev
 from core.record.change import NO_CHANGE
 from core.record.safe_events import safe_event
 from core.analysis.printer import HeadlessPrinter
+from core.analysis.spend_text import warning_line
 from core.record.state import IterationTrace, ParamChange, RunState
 from tui.model_trials import TrialBoard, TrialView
 from tui.dialogue import (CHUNK_CHARS, LLMCall, ResearchView, chunk_markdown, dialogue_parts,  # noqa: F401
@@ -92,6 +93,7 @@ class ViewModel:
         self.dirty_params: bool = True
         self.local_pause: bool | None = None  # the user asked to pause (True) / resume (False), not yet seen
         self.acks: list[ev.CommandReceived] = []  # acknowledgements not yet shown to the user
+        self.limit_notices: list[tuple[str, str]] = []  # (title, text): spend warnings, a limit's pause, not yet shown
         self.stopping = False  # the engine accepted a stop and has not finished yet
         self._printer = HeadlessPrinter(out=io.StringIO(), progress_every_s=math.inf)
 
@@ -228,7 +230,9 @@ class ViewModel:
         if s.endpoint_down:  # a call waits out an outage: the run is paused by the endpoint, stop still works
             return "endpoint down"
         if s.paused:
-            return "resuming…" if self.local_pause is False else "paused"
+            if self.local_pause is False:
+                return "resuming…"
+            return {"budget": "paused: cap", "stuck": "paused: stuck"}.get(s.pause_cause, "paused")
         if s.pause_requested or self.local_pause:
             return "pausing…"
         return "running" if s.session else "waiting"
@@ -411,6 +415,16 @@ def _pause_state(m: ViewModel, e: ev.Event) -> None:
     m.dirty.add(HEADER)
 
 
+def _limit_notice(m: ViewModel, e: ev.Event) -> None:
+    """A spend warning, or a pause a limit asked for: a toast, beside its line in the events pane."""
+    if isinstance(e, ev.SpendWarning):
+        m.limit_notices.append(("Budget", warning_line(e)))
+    elif isinstance(e, ev.Paused) and e.cause != "user":
+        m.limit_notices.append(("Paused by a spend cap" if e.cause == "budget" else "Paused: stuck loop", e.reason))
+    del m.limit_notices[:-10]
+    m.dirty.add(HEADER)
+
+
 def _command(m: ViewModel, e: ev.CommandReceived) -> None:
     if not e.ok and e.command in ("pause", "resume"):
         m.local_pause = None
@@ -582,8 +596,9 @@ _HANDLERS: dict[type, Any] = {
     ev.ParamFrozen: _param_change,
     ev.ParamUnfrozen: _param_change,
     ev.PauseRequested: _pause_state,
-    ev.Paused: _pause_state,
+    ev.Paused: lambda m, e: (_pause_state(m, e), _limit_notice(m, e)),
     ev.Unpaused: _pause_state,
+    ev.SpendWarning: _limit_notice,
     ev.CommandReceived: _command,
     ev.LLMRequest: _llm_request,
     ev.LLMDelta: _llm_delta,

@@ -200,8 +200,9 @@ def render_markdown(report: Report, figures: Sequence[Path] = (), figure_note: s
     if report.comparisons:
         out += ["## Group comparisons", "", md_table(PAIR_HEADER, pair_rows(report)), ""]
     out += ["## Cost", "", md_table(COST_HEADER, cost_rows(report)), "",
-            "Tokens are prompt+completion summed over the group's repeats; dollars from "
-            "`[endpoint] price_in_per_m` / `price_out_per_m` (— where no price is configured).", ""]
+            "Tokens are prompt+completion summed over the group's repeats; dollars at the model's price "
+            "(`[endpoint] price_in_per_m` / `price_out_per_m`, the `[prices]` table, $0 on a local server, the "
+            "built-in table; — where no price is known).", ""]
     params = parameter_rows(report)
     if params:
         out += ["## Parameters explored", "",

@@ -303,7 +303,8 @@ def test_bilevel_run_estimate_prints_the_estimate_and_runs_nothing(tmp_path, cap
 
 
 async def test_every_run_records_its_estimate_at_the_start_and_the_printer_shows_it(tmp_path):
-    engine = Engine.create(cfg_with(tmp_path, None, **{"budget.iterations": 1, "budget.max_gpu_hours": 5.0}))
+    engine = Engine.create(cfg_with(tmp_path, None, **{"budget.iterations": 1, "budget.max_gpu_hours": 5.0,
+                                                       "budget.stuck_after": 20}))
     rec = await run_with(engine)
     [e] = rec.of(ev.SpendEstimated)
     assert e.runs == 2 and e.limits == {"max_gpu_hours": 5.0, "stuck_after": 20} and not e.calls

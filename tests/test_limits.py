@@ -117,6 +117,18 @@ async def test_a_token_cap_of_one_level_pauses_with_that_level_in_the_reason(tmp
 
 
 @pytest.mark.slow  # a whole engine run, training in subprocesses
+async def test_a_token_cap_the_last_iteration_reaches_ends_the_run_instead_of_pausing_it(tmp_path):
+    with ScriptedOpenAI() as server:
+        proposing(server)
+        engine = Engine.create(cfg_with(tmp_path, server, **{"budget.iterations": 2, "budget.max_tokens": 200,
+                                                              "audit.enabled": True}))
+        rec = await run_with(engine)
+    assert not pauses(rec)  # nothing left would spend tokens: the audit trains, it calls no LLM
+    assert [w.fraction for w in rec.of(ev.SpendWarning)] == [0.5, 0.8]
+    assert engine.state.finished.status == "completed"
+
+
+@pytest.mark.slow  # a whole engine run, training in subprocesses
 async def test_a_gpu_hour_cap_pauses_offline_runs_and_unsetting_it_resumes(tmp_path):
     engine = Engine.create(cfg_with(tmp_path, None, **{"budget.iterations": 4, "budget.max_gpu_hours": 1e-9}))
     rec = await run_with(engine, raise_on_pause({"max_gpu_hours": None}))

@@ -372,8 +372,10 @@ class Engine:
 
         ``more``: iterations or trials are left; with none, only the audit's GPU-hours are left to cap.
         """
-        resources = config_mod.CAP_KEYS if more else (("max_gpu_hours",) if self.cfg.audit.enabled else ())
-        warnings, reached = limits.check_caps(self.cfg, self.state, price_of(self.cfg), resources=resources)
+        warnings, reached = limits.check_caps(self.cfg, self.state, price_of(self.cfg))
+        if not more:  # only the end-of-run audit is left to start: its training time, in total or its own
+            reached = [r for r in reached if self.cfg.audit.enabled and r.key == "max_gpu_hours"
+                       and r.scope in ("total", "audit")]
         for warning in warnings:
             self.emit(warning)
         stuck = limits.stuck_reason(self.cfg, self.state) if more else ""

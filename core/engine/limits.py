@@ -54,15 +54,14 @@ SCOPE_NAMES = {"inner": "Level 1", "strategy": "Level 1.5", "research": "Level 2
                "audit": "calibration and audit runs", "total": "whole run"}
 
 
-def check_caps(cfg: Config, state: RunState, price: Price | None, *,
-               resources: tuple[str, ...] = CAP_KEYS) -> tuple[list[ev.SpendWarning], list[Reached]]:
-    """The warnings not yet given and the caps reached, of the caps ``resources`` names."""
+def check_caps(cfg: Config, state: RunState, price: Price | None) -> tuple[list[ev.SpendWarning], list[Reached]]:
+    """The warnings not yet given and the caps reached."""
     warnings: list[ev.SpendWarning] = []
     reached: list[Reached] = []
     now = spent(state, price)
     for scope in SCOPES:
         cap_set = cfg.budget.cap(scope)
-        for key in resources:
+        for key in CAP_KEYS:
             cap = getattr(cap_set, key)
             value = now[scope].of(RESOURCE_OF[key]) if cap is not None else None
             if cap is None or value is None:  # no cap, or dollars at no known price

@@ -139,6 +139,24 @@ async def test_a_gpu_hour_cap_pauses_offline_runs_and_unsetting_it_resumes(tmp_p
     assert engine.state.finished.status == "completed" and len(engine.state.proposals) == 4
 
 
+@pytest.mark.slow  # trials on two slots at once
+async def test_on_several_slots_a_cap_holds_new_trials_and_a_raised_cap_runs_every_iteration(tmp_path):
+    with ScriptedOpenAI() as server:
+        proposing(server)  # one call proposes for every free slot: 100 tokens a call
+        engine = Engine.create(cfg_with(tmp_path, server, **{"budget.iterations": 6, "budget.max_tokens": 200,
+                                                              "run.gpus": "cpu:2"}))
+        rec = await run_with(engine, raise_on_pause({"max_tokens": 10_000}))
+    [paused] = pauses(rec)
+    # checked between steps: a step's calls (a re-ask, a proposal made again after a new best) may pass it
+    assert paused.reason.startswith("budget.max_tokens reached:") and "of 200 tokens" in paused.reason
+    assert len(rec.of(ev.LLMResponse)[:rec.events.index(paused)]) >= 2
+    at = rec.events.index(paused)
+    lifted = rec.events.index(rec.of(ev.Unpaused)[-1])
+    assert not [e for e in rec.events[at:lifted] if isinstance(e, (ev.IterationStarted, ev.TrainingStarted))]
+    assert engine.state.finished.status == "completed"
+    assert sorted(r.iteration for r in engine.state.proposals) == [1, 2, 3, 4, 5, 6]
+
+
 @pytest.mark.slow  # a whole engine run, training in subprocesses
 async def test_a_capped_session_resumes_with_a_raised_cap_and_keeps_it(tmp_path):
     with ScriptedOpenAI() as server:

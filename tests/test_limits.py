@@ -218,12 +218,12 @@ def _state(*decisions: str, stuck_from: int = 0) -> RunState:
 
 def test_the_stuck_streak_counts_discards_crashes_and_rejections_since_the_last_keep():
     s = _state("discard", "keep", "discard", "crash", "interrupted", "rejected", "cancelled")
-    assert limits.stuck_streak(s) == [3, 4, 6]  # interrupted and cancelled runs neither count nor break it
+    assert [r.iteration for r in limits.stuck_streak(s)] == [3, 4, 6]  # interrupted and cancelled runs neither count nor break it
     cfg = config.from_dict({"budget": {"stuck_after": 3}})
     assert "(#3–#6: 1 discarded, 1 crashed, 1 rejected)" in limits.stuck_reason(cfg, s)
     assert limits.stuck_reason(config.from_dict({"budget": {"stuck_after": 4}}), s) == ""
     assert limits.stuck_reason(config.from_dict({"budget": {"stuck_after": 0}}), s) == ""
-    assert limits.stuck_streak(_state("discard", "crash", stuck_from=2)) == [2]  # counted afresh after a lifted pause
+    assert [r.iteration for r in limits.stuck_streak(_state("discard", "crash", stuck_from=2))] == [2]  # counted afresh after a lifted pause
 
 
 def test_a_lifted_stuck_pause_restarts_the_streak_in_the_fold():

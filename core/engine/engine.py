@@ -107,6 +107,8 @@ class Engine:
         self._finishing = ""  # set once the run is ending: why a new approval request expires at once
         self.storage_fault: StorageFault | None = None  # the session folder stopped taking writes: the run ends
         self._evidence_ready = False  # before_search done in this process
+        self._priced_cfg: Config | None = None  # the config _price() last read (core/record/pricing.py)
+        self._priced: Any = None
 
     # --- construction -------------------------------------------------------------------
 
@@ -372,7 +374,7 @@ class Engine:
 
         ``more``: iterations or trials are left; with none, only the audit's GPU-hours are left to cap.
         """
-        warnings, reached = limits.check_caps(self.cfg, self.state, price_of(self.cfg))
+        warnings, reached = limits.check_caps(self.cfg, self.state, self._price())
         if not more:  # only the end-of-run audit is left to start: its training time, in total or its own
             reached = [r for r in reached if self.cfg.audit.enabled and r.key == "max_gpu_hours"
                        and r.scope in ("total", "audit")]
@@ -386,10 +388,16 @@ class Engine:
             self._hold("stuck", stuck)
         elif held == "budget":
             self._lift("the caps in force allow more (spent so far: "
-                       f"{limits.spend_line(limits.spent(self.state, price_of(self.cfg)))})")
+                       f"{limits.spend_line(limits.spent(self.state, self._price()))})")
         elif held == "stuck":
             rule = self.cfg.budget.stuck_after
             self._lift(f"budget.stuck_after is now {rule}" if rule else "the stuck-loop rule is off now")
+
+    def _price(self) -> Any:
+        """The model's price, read again only when the config object changes (a command replaces it)."""
+        if self._priced_cfg is not self.cfg:
+            self._priced_cfg, self._priced = self.cfg, price_of(self.cfg)
+        return self._priced
 
     def _hold(self, cause: str, reason: str) -> None:
         s = self.state

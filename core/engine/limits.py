@@ -22,7 +22,7 @@ from core.record import events as ev
 from core.record.config import CAP_KEYS, Config
 from core.record.pricing import Price
 from core.record.spend import SCOPES, Spent, amount, spent
-from core.record.state import RunState
+from core.record.state import IterationRecord, RunState
 
 FRACTIONS = (0.5, 0.8)
 RESOURCE_OF = {"max_usd": "usd", "max_tokens": "tokens", "max_gpu_hours": "gpu_hours"}
@@ -75,25 +75,29 @@ def check_caps(cfg: Config, state: RunState, price: Price | None) -> tuple[list[
     return warnings, reached
 
 
-def stuck_streak(state: RunState) -> list[int]:
-    """The iterations of the streak without a keep that ends the trace (since a stuck pause was lifted)."""
-    streak: list[int] = []
-    for r in reversed(state.records[state.stuck_from:]):
+def stuck_streak(state: RunState) -> list[IterationRecord]:
+    """The records of the streak without a keep that ends the trace (since a stuck pause was lifted)."""
+    streak: list[IterationRecord] = []
+    records = state.records
+    for i in range(len(records) - 1, state.stuck_from - 1, -1):
+        r = records[i]
         if r.decision in ("keep", "baseline"):
             break
         if r.decision in NOT_A_KEEP:
-            streak.append(r.iteration)
+            streak.append(r)
     return streak[::-1]
 
 
 def stuck_reason(cfg: Config, state: RunState) -> str:
     """Why the stuck-loop rule pauses the run now, or "" when it does not."""
     after = cfg.budget.stuck_after
-    streak = stuck_streak(state)
-    if not after or len(streak) < after:
+    if not after:
         return ""
-    decisions = {r.iteration: r.decision for r in state.records}
-    counts = Counter(decisions[n] for n in streak)
+    records = stuck_streak(state)
+    if len(records) < after:
+        return ""
+    streak = [r.iteration for r in records]
+    counts = Counter(r.decision for r in records)
     told = ", ".join(f"{counts[d]} {word}" for d, word in (("discard", "discarded"), ("crash", "crashed"),
                                                          ("rejected", "rejected")) if counts[d])
     return (f"budget.stuck_after: {len(streak)} iterations in a row without a keep (#{streak[0]}–#{streak[-1]}: "

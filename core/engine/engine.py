@@ -30,7 +30,7 @@ from core.record.config import Config, from_dict
 from core.engine.context import EngineContext, client_for, spec_dict
 from core.engine import calibration, limits
 from core.engine.estimate import estimate
-from core.record.pricing import price_of
+from core.record.pricing import Price, price_of
 from core.engine.audit import Auditor
 from core.services.executor_choice import make_executor
 from core.engine.scheduler import HELD, Scheduler
@@ -108,7 +108,7 @@ class Engine:
         self.storage_fault: StorageFault | None = None  # the session folder stopped taking writes: the run ends
         self._evidence_ready = False  # before_search done in this process
         self._priced_cfg: Config | None = None  # the config _price() last read (core/record/pricing.py)
-        self._priced: Any = None
+        self._priced: Price | None = None
 
     # --- construction -------------------------------------------------------------------
 
@@ -393,7 +393,7 @@ class Engine:
             rule = self.cfg.budget.stuck_after
             self._lift(f"budget.stuck_after is now {rule}" if rule else "the stuck-loop rule is off now")
 
-    def _price(self) -> Any:
+    def _price(self) -> Price | None:
         """The model's price, read again only when the config object changes (a command replaces it)."""
         if self._priced_cfg is not self.cfg:
             self._priced_cfg, self._priced = self.cfg, price_of(self.cfg)

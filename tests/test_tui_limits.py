@@ -1,4 +1,5 @@
-"""The app and the run's limits: a cap's pause shown with its reason, and a raised cap in the config file resuming it."""
+"""The app and the run's limits: warnings and a cap's pause shown with the reason, and a raised cap in the config
+file resuming the run."""
 from __future__ import annotations
 
 import asyncio
@@ -25,6 +26,9 @@ async def test_a_cap_pause_shows_its_reason_and_a_raised_cap_in_the_config_file_
         await until(pilot, lambda: any(n.title == "Paused by a spend cap" and "budget.max_gpu_hours reached"
                                        in str(n.message) for n in app._notifications), what="the pause's toast")
         assert "paused: cap" in app.screen_text().splitlines()[0]
+        budget_toasts = [str(n.message) for n in app._notifications if n.title == "Budget"]
+        assert [t.split(" spent")[0] for t in budget_toasts] == ["budget: 50% of budget.max_gpu_hours",
+                                                                 "budget: 80% of budget.max_gpu_hours"]
         await press(app, "space")  # a plain resume: refused while the cap is reached, and the toast says why
         await until(pilot, lambda: any("raise or unset the cap" in str(n.message) for n in app._notifications),
                     what="the refusal")

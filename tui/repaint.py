@@ -139,6 +139,8 @@ class Repainter:
                 turns = list(range(self.panes + 1))
             else:
                 turns = [self._turn]
+                if self._turn == 0 and app.model.multi_slot:  # the trace pane holds the slots view: the
+                    turns.append(self.panes)  # header's running/busy counts change in the same frame
                 self._turn = (self._turn + 1) % (self.panes + 1)
             try:
                 with app.batch_update():

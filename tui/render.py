@@ -7,7 +7,7 @@ work in any UTF-8 terminal (tmux, SSH) without truecolor.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 from rich.text import Text
 
@@ -256,21 +256,25 @@ def _append_runs(out: Text, cells: list[tuple[str, str]]) -> None:
         out.append("".join(run), style=run_style)
 
 
-def _axis(last_it: int, cols: int, unscored: list[tuple[int, tuple[str, str]]] = ()) -> list[tuple[str, str]]:
-    """The iteration axis: a tick ``┬``-less label ``#n`` every few columns (``#0`` at the left, ``#last``
-    at the right), and the unscored runs' marks at their iteration, which the labels make room for."""
+def _axis(last_it: int, cols: int, unscored: Sequence[tuple[int, tuple[str, str]]] = ()) -> list[tuple[str, str]]:
+    """The iteration axis: ``#n`` at round steps (1, 2, 5, 10, 20, 50, ...) as many as fit with room
+    between them, ``#0`` at the left and ``#last`` at the right where it fits, and the unscored runs'
+    marks at their iteration, which the labels make room for."""
     row: list[tuple[str, str]] = [(" ", "dim")] * cols
     for col, mark in unscored:
         row[col] = mark
-    ticks = max(1, min(10, cols // 8, last_it))
-    for k in range(ticks + 1):
-        it = round(last_it * k / ticks)
+    most = max(1, cols // (len(f"#{last_it}") + 3))  # labels with at least three cells between them
+    step = next(s for s in (m * 10 ** e for e in range(7) for m in (1, 2, 5)) if last_it / s <= most)
+    ticks = list(range(0, last_it + 1, step))
+    if ticks[-1] != last_it:
+        ticks.append(last_it)
+    for it in ticks:
         text = f"#{it}"
-        at = min(max(0, _scale(it, 0, last_it, cols * 2) // 2 - (len(text) - 1 if k == ticks else 0)), cols - len(text))
+        x = _scale(it, 0, last_it, cols * 2) // 2
+        at = min(max(0, x - (len(text) - 1 if it == last_it else 0)), cols - len(text))
         if all(c == " " for c, _ in row[max(0, at - 1):at + len(text) + 1]):
             row[at:at + len(text)] = [(c, "dim") for c in text]
     return row
-
 
 def memory_text(used_mb: float | None, total_mb: float | None) -> str:
     """``38/80G``: a GPU's memory in use against its size (a tenth of a GiB under 10 GiB)."""

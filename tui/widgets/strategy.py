@@ -159,7 +159,8 @@ class StrategyPane(Pane):
     DEFAULT_CSS = """
     StrategyPane #guidance { height: auto; max-height: 3; padding: 0 1; color: $text; background: $boost; }
     StrategyPane.-maximized #guidance { max-height: 12; }
-    StrategyPane #params-table { height: 3fr; min-height: 7; overflow-y: scroll; }  /* a header and six rows */
+    /* a header, six rows and the horizontal scrollbar a narrow column needs */
+    StrategyPane #params-table { height: 3fr; min-height: 8; overflow-y: scroll; }
     StrategyPane #cycles-scroll { height: 1fr; min-height: 2; padding: 0 1; overflow-y: auto; }
     """
 

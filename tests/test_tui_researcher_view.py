@@ -308,3 +308,63 @@ async def test_the_header_says_how_many_were_rejected(tmp_path: Path, size: str)
     async with app.run_test(size=SIZES[size]) as pilot:
         header = (await shown(app, pilot)).splitlines()[1]
         assert "iter 4/4" in header and "(2 trained, 2 rejected)" in header
+
+
+# --- 5: parallel trials: the header, the trace and the slots in one frame --------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_the_header_repaints_with_the_trace_and_its_slots_in_parallel_runs(monkeypatch, size: str):
+    """A live app repaints a pane a tick; with several slots the header's running list and busy count change
+    on the trace pane's turn (which holds the slots view), so the three never show different trials."""
+    import msgspec
+
+    from tests.support.queue_source import QueueSource
+    from tests.test_tui_repaint_turns import folded
+    from tui.widgets.slots import SlotsView
+
+    monkeypatch.setattr(BilevelApp, "_tick", lambda self: None)  # the header's clock: not a repaint
+    source = QueueSource()
+    app = BilevelApp(source, deterministic=False, refresh_hz=0.001)  # its timer never fires here
+    events: list[ev.Event] = [
+        started(iterations=8),
+        ev.SlotsConfigured(slots=[ev.SlotInfo(name=f"gpu{i}", devices=str(i)) for i in range(3)]),
+        ev.IterationStarted(iteration=0), ev.TrainingStarted(iteration=0, slot="gpu0", budget_s=60),
+        ev.TrainingFinished(iteration=0, val_bpb=1.0, duration_s=60), verdict(0, "baseline", 1.0, 1.0)]
+    for n, slot in ((1, "gpu0"), (2, "gpu1"), (3, "gpu2")):
+        events += [ev.IterationStarted(iteration=n), ev.TrainingStarted(iteration=n, slot=slot, budget_s=60)]
+    events = [msgspec.structs.replace(e, seq=i + 1, ts=1_700_000_000.0 + i) for i, e in enumerate(events)]
+    async with app.run_test(size=SIZES[size]) as pilot:
+        await pilot.pause()
+        await folded(app, source, events)
+        for _ in range(len(app.panes) + 1):
+            await app._repaint()  # every pane and the header once: all show #1 #2 #3
+        later = [ev.TrainingFinished(iteration=2, val_bpb=0.99, duration_s=60), verdict(2, "keep", 0.99, 1.0),
+                 ev.IterationStarted(iteration=4), ev.TrainingStarted(iteration=4, slot="gpu1", budget_s=60)]
+        await folded(app, source, [msgspec.structs.replace(e, seq=len(events) + i + 1, ts=1_700_000_100.0 + i)
+                                   for i, e in enumerate(later)])
+        painted: list[str] = []
+        original, sync = app.header.refresh, app.panes[0].sync
+
+        async def trace_sync(*args, **kwargs):
+            painted.append("trace")
+            await sync(*args, **kwargs)
+
+        app.header.refresh = lambda *a, **k: (painted.append("header"), original(*a, **k))[1]  # type: ignore[method-assign]
+        app.panes[0].sync = trace_sync  # type: ignore[method-assign]
+        for _ in range(len(app.panes) + 1):  # a turn each: whichever of the two comes first brings the other
+            before = len(painted)
+            await app._repaint()
+            if len(painted) > before:
+                assert sorted(painted[before:]) == ["header", "trace"], painted
+                break
+        else:
+            raise AssertionError("neither the trace nor the header was repainted")
+        await pilot.pause()
+        assert app.model.in_flight == [1, 3, 4]
+        slots = [s.iteration for s in app.model.trials.working_slots]
+        assert sorted(n for n in slots if n is not None) == [1, 3, 4]
+        header = app.screen_text().splitlines()[1]
+        if size != "80x24":
+            assert "#1 #3 #4 running" in header
+        assert app.base.query_one(SlotsView).display

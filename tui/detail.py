@@ -16,6 +16,7 @@ from rich.text import Text
 
 from core.levels.trace import fmt_value
 
+from .model import outcome_label
 from .render import DECISION_STYLES, clock
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def iteration_detail(model: "ViewModel", n: int, read: Callable[[str], str | Non
     if row is None and trial is None:
         out.append(f"iteration #{n}: nothing recorded yet\n", style="dim")
         return out
-    phase = row.phase if row is not None else "started"
+    phase = outcome_label(row) if row is not None else "started"  # "out of mem", "timeout": what the crash was
     out.append(f"Iteration #{n}  ", style="bold")
     out.append(phase, style=DECISION_STYLES.get(phase, "bold"))
     started = trial.started if trial is not None else None

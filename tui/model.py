@@ -205,7 +205,9 @@ class ViewModel:
         """The iteration whose proposal expires a pending approval (one at a time: the budget's last;
         it must come before then, or no iteration is left for the mechanism to run in)."""
         total = self.iterations_total
-        return total if self.pending and total is not None and self.finished is None else None
+        if not self.pending or total is None or self.finished is not None or self.iterations_done >= total:
+            return None  # nothing waits, or no boundary is left before which to approve (the engine expires it)
+        return total
 
     def expiry_text(self) -> str:
         """`` before #N (k iterations left), or it expires`` for a pending approval; empty when unknown."""

@@ -61,7 +61,7 @@ from .widgets.patches import PatchPane
 from .widgets.research import ResearchPane
 from .widgets.splitter import Splitter
 from .widgets.strategy import StrategyPane, param_rows
-from .widgets.trace import TracePane
+from .widgets.trace import RunProgress, TracePane
 
 REFRESH_HZ = 10
 # Textual paints a screen on a fixed grid of 1/TEXTUAL_FPS (60) seconds: a change waits for the next
@@ -316,6 +316,8 @@ class BilevelApp(App[int]):
     def _tick(self) -> None:
         if self.is_running and self.screen_stack:
             self.header.refresh()
+            if self.model.training_iteration is not None:  # the run's clock moves between its progress events
+                self.base.query_one(RunProgress).refresh()
 
     def _announce(self) -> None:
         """Toasts for acknowledgements of our commands, pending approvals and loud failures."""
@@ -392,7 +394,7 @@ class BilevelApp(App[int]):
         if action in REPLAY_ACTIONS and not isinstance(src, ReplaySource):
             return False
         if action in LIVE_COMMANDS and self.model.finished is not None and not isinstance(src, ReplaySource):
-            return None  # the run is over: nothing left for these to change (the header says so)
+            return False  # the run is over: nothing left for these to change, so they are not offered
         if action == "reload_config":
             return True if self.config_change else False
         if action == "review_mechanism":
@@ -444,9 +446,9 @@ class BilevelApp(App[int]):
             return
         highlighted = self.base.query_one(TracePane).highlighted_iteration()
         first = [highlighted] if highlighted in running else []
-        others = [n for n in running if n not in first][:max(0, 2 - len(first))]
-        answers = [(f"it-{n}", f"Abort #{n}", "error") for n in first + others]
-        answers.append(("all", f"Abort all {len(running)}", "warning"))
+        others = [n for n in running if n not in first]  # a button for every trial the dialog lists
+        answers = [(f"it-{n}", f"#{n} {self._slot_of(n)}", "error") for n in first + others]
+        answers.append(("all", f"All {len(running)}", "warning"))
         listed = ", ".join(f"#{n} on {self._slot_of(n)}" for n in running)
 
         async def answered(answer: str | None) -> None:
@@ -873,6 +875,8 @@ class BilevelApp(App[int]):
             if self.check_action(action, ()) is True:
                 yield SystemCommand(title, help_text, partial(self.run_action, action))
         for pane_id in PANE_IDS:
+            if pane_id == "events":
+                continue  # "Show / hide the event log" above is the events pane's entry: no near-twin
             yield SystemCommand(f"Focus the {pane_id} pane", f"Move the focus to {pane_id}",
                                 partial(self.action_focus_pane, pane_id))
 

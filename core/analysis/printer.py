@@ -139,7 +139,7 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.ResearchStarted: lambda e: f"Level 2 research {e.research_id} started ({e.source}) after iteration {e.after_iteration}",
     ev.MechanismValidated: lambda e: (f"Level 2 {e.research_id} validation of {e.name} (attempt {e.attempt}): "
                                       + ("passed" if e.ok else f"FAILED — {e.failure[:300]}")),
-    ev.MechanismPending: lambda e: f"Level 2 {e.research_id}: {e.name} waits for approval (bilevel attach, then approve)",
+    ev.MechanismPending: lambda e: f"Level 2 {e.research_id}: {e.name} waits for approval (bilevel attach SESSION, then press v)",
     ev.PrescreenStarted: lambda e: (f"Level 2 {e.research_id} pre-screen of {e.name} on the surrogate: {e.repeats} x "
                                     f"{e.iterations} paired searches ({e.proposer} proposer, {e.mode})"),
     ev.MechanismPrescreened: lambda e: f"Level 2 {e.research_id} pre-screen of {e.name}: {e.verdict}: {e.reason[:300]}"
@@ -151,7 +151,8 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
 # Formats that quote their text with repr (which escapes it) read the event as it came, and their whole
 # line is cleaned: cleaning the field first would show its escapes twice (\\n).
 _QUOTING_FORMATS: dict[type, Callable[[ev.Event], str]] = {
-    ev.ResearchRound: lambda e: f"Level 2 {e.research_id} {e.round}: {e.summary[:160]!r}",
+    # its newlines folded to spaces first: a quoted summary showed them as a raw \n
+    ev.ResearchRound: lambda e: f"Level 2 {e.research_id} {e.round}: {' '.join(e.summary.split())[:160]!r}",
 }
 _FORMATS.update(EVIDENCE_FORMATS)  # the evidence loop's events (core/analysis/evidence_text.py)
 _FORMATS.update(SPEND_FORMATS)  # the run's limits: estimate, warnings, caps (core/analysis/spend_text.py)

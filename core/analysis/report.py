@@ -369,7 +369,10 @@ def draw_figures(data: Figures, out: Path) -> list[Path]:
     kw = {"surrogate": data.surrogate}
     figures = plots_mod.running_best_figure(
         {g: [t.best for t in ts] for g, ts in data.traces.items()},
-        {g: [t.baseline for t in ts] for g, ts in data.traces.items()}, data.colors, out / "running_best", **kw)
+        {g: [t.baseline for t in ts] for g, ts in data.traces.items()}, data.colors, out / "running_best",
+        points={g: [[(p.iteration, p.val_bpb) for p in t.points if p.val_bpb is not None] for t in ts]
+                for g, ts in data.traces.items()},
+        marks={g: [[(m.x, m.kind) for m in t.marks] for t in ts] for g, ts in data.traces.items()}, **kw)
     figures += plots_mod.running_best_band_figure(data.bands, data.colors, out / "running_best_ci", **kw)
     figures += plots_mod.exploration_figure(data.effects, data.proposed, data.colors, out / "parameters", **kw)
     figures += plots_mod.cost_figure(data.cost, data.colors, out / "cost", **kw)

@@ -91,6 +91,7 @@ class IterationTrace:
     active: list[str] = field(default_factory=list)  # mechanisms active when it finished
     effects: list[tuple[str, str, str]] = field(default_factory=list)  # (mechanism, effect, detail)
     error_tail: str = ""  # the end of a failed run's output, when its event carried it
+    outcome: str = ""  # the training run's outcome at the verdict (timeout, oom, ...: what a "crash" was)
 
     @property
     def delta(self) -> float | None:
@@ -474,7 +475,7 @@ def _iteration_finished(s: RunState, e: ev.IterationFinished) -> None:
     t.changes = e.changes if e.changes != NO_CHANGE or e.iteration == 0 else t.changes
     t.hypothesis = e.hypothesis or t.hypothesis
     t.val_bpb, t.best_before = e.val_bpb, e.best_before
-    t.duration_s, t.reason = e.duration_s, e.reason
+    t.duration_s, t.reason, t.outcome = e.duration_s, e.reason, e.outcome
     for name, calls in e.mechanisms.items():
         if sum(calls.values()) > 0:
             t.mechanisms.setdefault(name, "")

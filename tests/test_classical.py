@@ -137,7 +137,8 @@ def test_a_classical_group_refuses_level_2():
         config.demo_config(**{"search.group": "tpe", "search.levels": ["inner", "research"]})
     assert config.demo_config(**{"search.group": "tpe"}).search.sampler == "tpe"
     assert config.canonical_group("TPE") == "tpe" and config.canonical_group("c+CMAES") == "C+cmaes"
-    assert config.demo_config(**{"search.group": "C+cmaes"}).search.active_mechanisms == ("cmaes_hint",)
+    llm = {"endpoint.provider": "openai", "endpoint.base_url": "http://127.0.0.1:9/v1", "endpoint.model": "m"}
+    assert config.demo_config(**{"search.group": "C+cmaes", **llm}).search.active_mechanisms == ("cmaes_hint",)
 
 
 def test_on_the_surrogate_tpe_beats_quasi_random_search_at_n_10_and_30_iterations():

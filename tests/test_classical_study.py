@@ -138,13 +138,11 @@ def test_the_export_opens_with_optuna_and_holds_every_trained_iteration(tmp_path
     assert again.returncode == 2 and "already holds" in again.stderr
 
 
-def test_the_hybrid_group_puts_cmaes_next_point_in_every_prompt(tmp_path):
-    proc = run_bilevel("run", "--demo", "--group", "A+cmaes", "--set", "script.preset=surrogate", "--iterations",
-                       "3", "--headless", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (session,) = [p for p in (tmp_path / "sessions").iterdir() if p.is_dir()]
-    events = events_of(session)
-    assert any(isinstance(e, ev.MechanismActivated) and e.name == "cmaes_hint" for e in events)
-    hints = [e for e in events if isinstance(e, ev.MechanismEffect) and e.name == "cmaes_hint"]
-    assert [e.iteration for e in hints] == [1, 2, 3] and all("CMA-ES" in e.detail for e in hints)
-    assert fold(events).records[-1].mechanisms["cmaes_hint"]["shape_prompt"] == 1
+def test_a_hybrid_group_is_refused_offline_with_the_reason(tmp_path):
+    # the CMA-ES hint is prompt text and the offline proposer reads no prompt: "A+cmaes" would be A again
+    proc = run_bilevel("run", "--demo", "--group", "A,A+cmaes", "--repeats", "2", "--set", "script.preset=surrogate",
+                       "--iterations", "3", "--headless", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "group 'A+cmaes' would run as a copy of the group without it" in proc.stderr
+    assert "reads no prompt" in proc.stderr and "cmaes_hint" in proc.stderr
+    assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").iterdir())  # nothing ran

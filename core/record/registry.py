@@ -54,6 +54,9 @@ class Entry:
     prompted: bool = False
     described: str = ""
     research: bool = True  # Level 2 may run beside it (its mechanisms shape prompts this proposer reads or ignores)
+    # mechanisms only: it acts only by adding text to the Level 1 prompt, so beside a proposer that
+    # reads no prompt it does nothing at all (a group of it would run as a copy of the group without it)
+    prompt_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ MECHANISMS: tuple[Entry, ...] = (
     Entry("mechanism", "orthogonal", "pushes the search onto dimensions it has not touched lately",
           "mechanisms.orthogonal:Orthogonal"),
     Entry("mechanism", "cmaes_hint", "puts CMA-ES's next point in every LLM prompt as one candidate",
-          "mechanisms.cmaes_hint:CmaesHint"),
+          "mechanisms.cmaes_hint:CmaesHint", prompt_only=True),
 )
 
 BUILT_IN: dict[Kind, tuple[Entry, ...]] = {"proposer": PROPOSERS, "executor": EXECUTORS, "mechanism": MECHANISMS}

@@ -118,5 +118,5 @@ def test_init_and_help_list_every_registered_entry(tmp_path, capsys):
     run = build_parser()._subparsers._group_actions[0].choices["run"]  # noqa: SLF001 - argparse keeps them there
     text = " ".join(run.format_help().split())
     assert all(g.name in text for g in registry.GROUPS)
-    assert "proposers (search.proposer): llm, offline, tpe, cmaes, sobol." in text
+    assert "proposers (search.proposer): llm, offline, tpe, cmaes, sobol, random." in text
     assert "executors (run.executor): local, ray." in text

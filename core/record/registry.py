@@ -82,6 +82,7 @@ GROUPS: tuple[Group, ...] = (
     Group("tpe", ("inner",), "Optuna's TPE sampler (multivariate, 8 random start-up trials)", proposer="tpe"),
     Group("cmaes", ("inner",), "Optuna's CMA-ES sampler, started at the baseline", proposer="cmaes"),
     Group("sobol", ("inner",), "scrambled Sobol quasi-random points: the neutral search", proposer="sobol"),
+    Group("random", ("inner",), "independent uniform random points (Bergstra & Bengio's baseline)", proposer="random"),
     # The LLM groups with CMA-ES's next suggestion in each prompt (mechanisms/cmaes_hint.py).
     Group("A+cmaes", ("inner",), "A, with CMA-ES's next point in every prompt as one candidate",
           mechanisms=("cmaes_hint",)),
@@ -103,6 +104,8 @@ PROPOSERS: tuple[Entry, ...] = (
           described="the classical sampler 'cmaes'", research=False, options=(_SEED, _BOUNDS)),
     Entry("proposer", "sobol", "scrambled Sobol quasi-random points", "core.levels.classical:sobol",
           described="the classical sampler 'sobol'", research=False, options=(_SEED, _BOUNDS)),
+    Entry("proposer", "random", "independent uniform random points", "core.levels.classical:random_search",
+          described="the classical sampler 'random'", research=False, options=(_SEED, _BOUNDS)),
 )
 
 EXECUTORS: tuple[Entry, ...] = (

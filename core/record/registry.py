@@ -54,6 +54,9 @@ class Entry:
     prompted: bool = False
     described: str = ""
     research: bool = True  # Level 2 may run beside it (its mechanisms shape prompts this proposer reads or ignores)
+    # proposers only: each proposal is a whole point of the searched space (a classical sampler), so
+    # search.max_changes, the one-hypothesis limit of the LLM and the perturbation, does not bind it
+    whole_points: bool = False
     # mechanisms only: it acts only by adding text to the Level 1 prompt, so beside a proposer that
     # reads no prompt it does nothing at all (a group of it would run as a copy of the group without it)
     prompt_only: bool = False
@@ -99,13 +102,13 @@ PROPOSERS: tuple[Entry, ...] = (
     Entry("proposer", "offline", "offline mode's seeded random perturbation of 1-3 active parameters",
           "core.levels.offline:OfflineProposer", described="offline mode's seeded perturbation", options=(_SEED,)),
     Entry("proposer", "tpe", "Optuna's TPE sampler", "core.levels.classical:tpe",
-          described="the classical sampler 'tpe'", research=False, options=(_SEED, _BOUNDS)),
+          described="the classical sampler 'tpe'", research=False, whole_points=True, options=(_SEED, _BOUNDS)),
     Entry("proposer", "cmaes", "Optuna's CMA-ES sampler, started at the baseline", "core.levels.classical:cmaes",
-          described="the classical sampler 'cmaes'", research=False, options=(_SEED, _BOUNDS)),
+          described="the classical sampler 'cmaes'", research=False, whole_points=True, options=(_SEED, _BOUNDS)),
     Entry("proposer", "sobol", "scrambled Sobol quasi-random points", "core.levels.classical:sobol",
-          described="the classical sampler 'sobol'", research=False, options=(_SEED, _BOUNDS)),
+          described="the classical sampler 'sobol'", research=False, whole_points=True, options=(_SEED, _BOUNDS)),
     Entry("proposer", "random", "independent uniform random points", "core.levels.classical:random_search",
-          described="the classical sampler 'random'", research=False, options=(_SEED, _BOUNDS)),
+          described="the classical sampler 'random'", research=False, whole_points=True, options=(_SEED, _BOUNDS)),
 )
 
 EXECUTORS: tuple[Entry, ...] = (

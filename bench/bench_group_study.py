@@ -3,7 +3,7 @@
 Runs, as a user does (one real ``bilevel`` process, headless, offline):
 
     bilevel run --demo --group <every offline group> --repeats 10 --iterations 30 \\
-        --set script.preset=surrogate --set audit.share=100 --headless
+        --set script.preset=surrogate --set audit.share=100 --set acceptance.rule=default --headless
 
 The groups are the registry's, less those a study refuses offline (a hybrid whose hint is prompt
 text: nothing offline reads a prompt). The surface is the default "h100" profile, the rule the
@@ -20,7 +20,7 @@ the keeps that did improve the surface and that the audit did not confirm. Print
 (for bench/RESULTS.md), the wall time, the CPU seconds and the load average; exits 1 when the
 study fails or the report lacks a group's CI.
 
-    nice -n 5 .venv/bin/python bench/bench_group_study.py [--repeats 10] [--iterations 30] [--keep DIR]
+    nice -n 5 .venv/bin/python bench/bench_group_study.py [--repeats 10] [--iterations 30] [--rule paper] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def session_figures(path: Path) -> dict:
             "caught": sum(verdicts.get(k.iteration) in CAUGHT for k in noise),
             "measured": sum(k.iteration in verdicts and verdicts[k.iteration] != "unmeasured" for k in keeps),
             "real_flagged": sum(verdicts.get(k.iteration) in CAUGHT for k in keeps if k not in noise),
-            "true_delta": truth(state.best_values) - truth(base.values), "audited": audit is not None}
+            "true_delta": truth(state.best_values) - truth(base.values),
+            "audited": audit is not None or not keeps}  # a run without keeps has nothing to audit
 
 
 def ci(values: list[float], fmt: str = ".2f") -> str:
@@ -92,37 +93,45 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--keep", help="run in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--study", help="read this finished study again instead of running one (no timings)")
+    parser.add_argument("--rule", choices=("default", "paper"), default="default",
+                        help="acceptance.rule: the default k·σ rule, or the paper's (any improvement)")
     args = parser.parse_args()
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bilevel-groups-"))
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bilevel-groups-")) if not args.study \
+        else Path(args.study)
     work.mkdir(parents=True, exist_ok=True)
     groups = offline_groups()
     refused = [g for g in registry.group_names() if g not in groups]
     cmd = [sys.executable, "-m", "core.cli", "run", "--demo", "--group", ",".join(groups), "--repeats",
            str(args.repeats), "--iterations", str(args.iterations), "--set", "script.preset=surrogate",
-           "--set", "audit.share=100", "--headless"]
+           "--set", "audit.share=100", "--set", f"acceptance.rule={args.rule}", "--headless"]
     load0 = os.getloadavg()
     started = time.monotonic()
-    with open(work / "study.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if args.study:
+        study = Path(args.study)
+    else:
+        with open(work / "study.log", "w") as log:
+            proc = subprocess.run(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if proc.returncode != 0:
+            print(f"MISSED: the study exited {proc.returncode}; see {work / 'study.log'}", file=sys.stderr)
+            return 1
+        (study,) = sorted((work / "sessions").glob("*-study-*"), key=lambda p: p.stat().st_mtime)[-1:]
     wall = time.monotonic() - started
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     load1 = os.getloadavg()
-    if proc.returncode != 0:
-        print(f"MISSED: the study exited {proc.returncode}; see {work / 'study.log'}", file=sys.stderr)
-        return 1
-    (study,) = sorted((work / "sessions").glob("*-study-*"), key=lambda p: p.stat().st_mtime)[-1:]
     report = build_report(collect([study]))
     per_group: dict[str, list[dict]] = defaultdict(list)
     for session in sorted(p for p in study.iterdir() if (p / "events.jsonl").is_file()):
         per_group[session.name.rsplit("-r", 1)[0]].append(session_figures(session))
 
     print(f"## {len(groups)} groups × {args.repeats} repeats × {args.iterations} iterations, surrogate (h100), "
-          f"default k·σ rule, audit of every keep (r = 3)\n")
-    print(f"groups: {', '.join(groups)} (refused offline: {', '.join(refused) or 'none'}); "
-          f"wall {wall:.0f} s, CPU {usage.ru_utime + usage.ru_stime:.0f} s (user {usage.ru_utime:.0f}, "
+          f"{'the default k·σ' if args.rule == 'default' else 'the paper'} rule, audit of every keep (r = 3)\n")
+    timing = "read again from " + str(study) if args.study else (
+        f"wall {wall:.0f} s, CPU {usage.ru_utime + usage.ru_stime:.0f} s (user {usage.ru_utime:.0f}, "
           f"sys {usage.ru_stime:.0f}) on 2 cores shared with other work; load average "
-          f"{load0[0]:.1f} / {load0[1]:.1f} at the start, {load1[0]:.1f} / {load1[1]:.1f} at the end (1 / 5 min)\n")
+          f"{load0[0]:.1f} / {load0[1]:.1f} at the start, {load1[0]:.1f} / {load1[1]:.1f} at the end (1 / 5 min)")
+    print(f"groups: {', '.join(groups)} (refused offline: {', '.join(refused) or 'none'}); {timing}\n")
     print(md_table(GROUP_HEADER, group_rows(report)), "\n")
     header = ["group", "n", "Δ measured [95% CI]", "true Δ (surface)", "keeps/run", "noise keeps/run",
               "noise keeps caught by the audit", "real keeps flagged"]
@@ -144,10 +153,11 @@ def main() -> int:
     if [g.group for g in report.groups] != groups or any(g.ci is None for g in report.groups):
         failures.append("the report does not show every group with a CI")
     if not all(r["audited"] for runs in per_group.values() for r in runs):
-        failures.append("a session ended without its audit")
+        failures.append("a session with keeps ended without its audit")
     for f in failures:
         print(f"MISSED: {f}", file=sys.stderr)
-    print(f"sessions kept in {work}" if args.keep else f"sessions in {work} (temporary)", file=sys.stderr)
+    if not args.study:
+        print(f"sessions kept in {work}" if args.keep else f"sessions in {work} (temporary)", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -281,7 +281,9 @@ class EngineContext:
         """Run one training subprocess on a free slot, streaming its progress into events.
 
         The surrogate (its own code, other constants) is evaluated in this process instead, with the
-        same events (core/services/surrogate_run.py). ``seed``: an extra run (confirmation, noise) with that data-order seed instead of the
+        same events (core/services/surrogate_run.py).
+
+        ``seed``: an extra run (confirmation, noise) with that data-order seed instead of the
         session's; its script and log are kept beside the iteration's own, never replacing them.
         """
         eng = self._engine
@@ -299,8 +301,9 @@ class EngineContext:
         run_script, run_cwd = layout.artifact_path(eng.dir, script_rel), source_dir
         # the surrogate's code imports only the standard library: no sibling module needs this run's budget
         in_process = is_surrogate(text)
-        where = None if in_process else script_folder.inspect(Path(self.state.script_source or self.cfg.script_path()), text)
-        if where is not None and where.needs_copy:  # its sibling modules get this run's budget, in a copy of the folder
+        where = None if in_process else script_folder.inspect(
+            Path(self.state.script_source or self.cfg.script_path()), text)
+        if where is not None and where.needs_copy:  # its sibling modules get this run's budget, in a copy
             run_cwd = run_script.parent / ("run" if seed is None else f"run.seed{seed}")
             try:
                 run_script = script_folder.materialise(where, text, run_cwd, where.changes(self.cfg.budget.time_s))

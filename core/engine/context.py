@@ -299,8 +299,9 @@ class EngineContext:
         log_path.unlink(missing_ok=True)  # a re-run after an interruption starts a fresh log
         source_dir = Path(self.state.script_source or self.cfg.script_path()).parent
         run_script, run_cwd = layout.artifact_path(eng.dir, script_rel), source_dir
-        # the surrogate's code imports only the standard library: no sibling module needs this run's budget
-        in_process = is_surrogate(text)
+        # On this machine's slots the surrogate runs in this process (a cluster's or a plugin's executor
+        # still gets every trial); its code imports only the standard library: no sibling module to copy.
+        in_process = getattr(eng.executor, "warm_workers", False) and is_surrogate(text)
         where = None if in_process else script_folder.inspect(
             Path(self.state.script_source or self.cfg.script_path()), text)
         if where is not None and where.needs_copy:  # its sibling modules get this run's budget, in a copy

@@ -242,7 +242,8 @@ class InnerLoop:
     def validate(self, changes: Params, hypothesis: str, schema: dict[str, ParamSpec],
                  frozen: set[str]) -> Params:
         """The coerced changes, or ProposalError: the schema's rules, at most search.max_changes changes
-        (a classical sampler's whole point: any number), and a hypothesis of the model's own (not the prompt's instruction or example text echoed)."""
+        (a classical sampler's whole point: any number), and a hypothesis of the model's own (not the
+        prompt's instruction or example text echoed)."""
         errors: list[str] = []
         try:
             coerced = validate_changes(changes, schema, frozen, max_changes=change_limit(self.ctx.cfg))

@@ -8,10 +8,11 @@ parses literals, it runs nothing), baseline/surrogate.py's ``run_output`` gives 
 script would print, and they go through the trainer's own reading of output (the log file, the
 progress and line callbacks, the metrics block, the classification). So a run in-process and a
 run as a script give the same TrainResult but its duration, and the engine records the same
-events. Any other script, a surrogate with edited code included, runs as a process as always.
+events. Any other script, a surrogate with edited code included, runs as a process as always,
+and so does every trial on a cluster's or a plugin's executor (core/engine/context.py decides).
 
 One implementation serves the engine (:func:`run_surrogate`, a trial on a slot) and the
-in-memory benches (:func:`surrogate_result`: the mechanism pre-screen, the audit bench).
+in-memory bench (:func:`surrogate_result`: the mechanism pre-screen, core/engine/prescreen.py).
 The surrogate's code is ours (standard library only) and the constants are parsed, never run:
 nothing from an LLM or a mechanism executes in the engine's process.
 """

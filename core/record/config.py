@@ -543,6 +543,18 @@ def _check_cross_fields(cfg: Config, where: _Where) -> None:
                   else f"proposer {cfg.search.proposer!r} searches")
         _fail(where, ("search", "levels"), f"{chosen} with a classical sampler, whose "
               "proposals no Level 2 mechanism prompt can shape; use levels inner (and strategy) only")
+    proposer = registry.entry("proposer", cfg.proposer)
+    mechanisms = set(registry.names("mechanism"))
+    idle = [m for m in cfg.search.active_mechanisms
+            if m in mechanisms and registry.entry("mechanism", m).prompt_only]
+    if idle and not proposer.prompted:
+        from_group = [m for m in idle if m in registry.group(cfg.search.group).mechanisms]
+        reader = proposer.described or f"the proposer {proposer.name!r}"
+        _fail(where, ("search", "group") if from_group else ("search", "mechanisms"),
+              f"{', '.join(idle)} only adds text to the Level 1 prompt, and Level 1 here proposes with {reader}, "
+              "which reads no prompt: it could not act"
+              + (f", and group {cfg.search.group!r} would run as a copy of the group without it; run it with "
+                 'an LLM endpoint (provider = "openai")' if from_group else '; remove it or use an LLM endpoint'))
     _check_caps(cfg, where)
     if cfg.acceptance.calibrate == 1:
         _fail(where, ("acceptance", "calibrate"), "expected 0 (off) or at least 2 runs: a spread needs two values")

@@ -31,6 +31,8 @@ What a factory is called with:
 """
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Literal, Mapping
@@ -155,15 +157,25 @@ def group(name: str) -> Group:
     return found
 
 
-def _installed(kind: Kind) -> list[Entry]:
+def _installed(kind: Kind) -> tuple[Entry, ...]:
     """Every installed package's entry of this kind, clashes included (by name; nothing is imported)."""
-    found = []
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUPS[kind]):
-        dist = getattr(ep, "dist", None)
-        origin = f"{dist.name} {dist.version}" if dist is not None else "a plugin"
-        found.append(Entry(kind, ep.name, f"from the package {origin}", ep.value, origin=origin,
-                           described=f"the plugin proposer {ep.name!r}" if kind == "proposer" else ""))
-    return found
+    return _scan(tuple(sys.path))[kind]
+
+
+@functools.lru_cache(maxsize=4)
+def _scan(path: tuple[str, ...]) -> dict[Kind, tuple[Entry, ...]]:
+    """The installed entries of every kind, read once per ``sys.path``: a scan of the installed packages
+    costs ~10 ms, and loading one config asks for them a dozen times (a package installed while this
+    process runs is seen by the next one)."""
+    found: dict[Kind, list[Entry]] = {kind: [] for kind in KINDS}
+    every = metadata.entry_points()
+    for kind in KINDS:
+        for ep in every.select(group=ENTRY_POINT_GROUPS[kind]):
+            dist = getattr(ep, "dist", None)
+            origin = f"{dist.name} {dist.version}" if dist is not None else "a plugin"
+            found[kind].append(Entry(kind, ep.name, f"from the package {origin}", ep.value, origin=origin,
+                                     described=f"the plugin proposer {ep.name!r}" if kind == "proposer" else ""))
+    return {kind: tuple(entries) for kind, entries in found.items()}
 
 
 def _clashes(kind: Kind) -> dict[str, str]:

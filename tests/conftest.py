@@ -85,12 +85,20 @@ SLOW_FILES = {
     "test_research.py": "research sessions: generated mechanisms validated and run in sandbox workers, hooks timed out",
     "test_tui_snapshots.py": "SVG snapshots of the app over recorded sessions, at two or three sizes each",
     "test_tui_app.py": "the app driven by keys over live engine runs and replays",
+    "test_tui_run_end.py": "the app over live engine runs to their end: approvals, stop, quit",
+    "test_doctor.py": "bilevel doctor: each run imports torch in a subprocess and starts a sandbox worker",
+    "test_hostile_mechanisms.py": "hostile mechanisms in sandbox workers, each one stopped and its traces checked",
+    "test_prescreen.py": "the pre-screen's paired searches on the surrogate, with and without a mechanism",
+    "test_evidence.py": "keep-chain audits of whole runs, bilevel audit killed and resumed",
+    "test_tui_slots.py": "the app over live parallel runs on several slots, trials aborted",
+    "test_research_duplicates.py": "research sessions whose generated mechanisms are validated in sandbox workers",
 }
 
 # A module fixture that pays one of the costs above puts every test of its file that uses it in the full lane.
 SLOW_FIXTURES = {
     ("test_report.py", "study"): "a study through the CLI: bilevel noise, then two groups twice",
     ("test_report_figures.py", "study"): "a study through the CLI: two groups twice, 12 iterations each",
+    ("test_plugins.py", "plugin_path"): "a plugin distribution built and pip-installed, then the CLI run with it",
 }
 
 

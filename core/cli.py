@@ -56,12 +56,23 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _shown(entry: registry.Entry) -> str:
+    """An entry in ``bilevel run --help``: a plugin with its package and the options it declares."""
+    if entry.origin == "built-in":
+        return entry.name
+    try:
+        declared = "".join(f"; {o.key}" for o in registry.options(entry))
+    except registry.PluginError:
+        declared = "; its options cannot be read"
+    return f"{entry.name} [{entry.origin}{declared}]"
+
+
 def _choices_epilog() -> str:
     """The registry's proposers, executors and mechanisms (plugins included), for ``bilevel run --help``."""
     keys = {"proposer": "search.proposer", "executor": "run.executor", "mechanism": "search.mechanisms"}
-    return " ".join(f"{kind}s ({key}): " + ", ".join(e.name if e.origin == "built-in" else f"{e.name} [{e.origin}]"
-                                                      for e in registry.entries(kind)) + "."  # type: ignore[arg-type]
-                    for kind, key in keys.items())
+    refused = [why for kind in keys for why in registry.refused(kind)]  # type: ignore[arg-type]
+    return " ".join([*(f"{kind}s ({key}): " + ", ".join(map(_shown, registry.entries(kind))) + "."  # type: ignore[arg-type]
+                       for kind, key in keys.items()), *(f"Refused: {why}." for why in refused)])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,8 +4,9 @@ The built-ins are the three mechanisms the bilevel-autoresearch paper reports, a
 CMA-ES hint of the classical hybrid (which imports numpy and cmaes when it is created,
 never on import). Importing this package loads only the standard library and these small
 modules, never ``core``. Installed packages add mechanisms as entry points in the group
-``bilevel.mechanisms`` (a class deriving from Mechanism, made with no arguments); a built-in's
-name always means the built-in.
+``bilevel.mechanisms`` (a class deriving from Mechanism, made with the options it declares,
+core/record/registry.py); a built-in's name always means the built-in, and a name two packages
+share means neither.
 """
 from __future__ import annotations
 
@@ -30,16 +31,19 @@ class UnknownMechanism(ValueError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def builtin(name: str) -> Mechanism:
-    """A fresh instance of the built-in mechanism ``name`` (or an installed plugin's), with its default settings."""
+def builtin(name: str, **options: object) -> Mechanism:
+    """A fresh instance of the built-in mechanism ``name`` (default settings), or an installed plugin's with ``options``."""
     try:
         cls = BUILTINS[name]
     except (KeyError, TypeError):
-        plugins = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+        plugins = {ep.name: ep for ep in points}
+        if isinstance(name, str) and sum(ep.name == name for ep in points) > 1:
+            raise UnknownMechanism(f"two installed packages provide a mechanism named {name!r}; neither is used") from None
         if not isinstance(name, str) or name not in plugins:
             raise UnknownMechanism(f"unknown built-in mechanism {name!r}; choose one of: "
                                    f"{', '.join([*BUILTINS, *(n for n in plugins if n not in BUILTINS)])}") from None
-        cls = plugins[name].load()
+        return plugins[name].load()(**options)
     return cls()
 
 

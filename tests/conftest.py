@@ -82,12 +82,41 @@ SLOW_FILES = {
     "test_llama_server.py": "llama-server with tiny models",
     "test_real_llm.py": "llama-cpp-python's server",
     "test_build_llama_server.py": "CMake configure, build and install of a packed project",
+    # measured (bench/RESULTS.md, "Test lanes, re-split by measured time"): files whose every test costs seconds
+    "test_research.py": "research sessions: generated mechanisms validated and run in sandbox workers, hooks timed out",
+    "test_tui_snapshots.py": "SVG snapshots of the app over recorded sessions, at two or three sizes each",
+    "test_tui_app.py": "the app driven by keys over live engine runs and replays",
+    "test_tui_run_end.py": "the app over live engine runs to their end: approvals, stop, quit",
+    "test_doctor.py": "bilevel doctor: each run imports torch in a subprocess and starts a sandbox worker",
+    "test_hostile_mechanisms.py": "hostile mechanisms in sandbox workers, each one stopped and its traces checked",
+    "test_prescreen.py": "the pre-screen's paired searches on the surrogate, with and without a mechanism",
+    "test_evidence.py": "keep-chain audits of whole runs, bilevel audit killed and resumed",
+    "test_tui_slots.py": "the app over live parallel runs on several slots, trials aborted",
+    "test_research_duplicates.py": "research sessions whose generated mechanisms are validated in sandbox workers",
 }
+
+# A module fixture that pays one of the costs above puts every test of its file that uses it in the full lane.
+SLOW_FIXTURES = {
+    ("test_report.py", "study"): "a study through the CLI: bilevel noise, then two groups twice",
+    ("test_report_figures.py", "study"): "a study through the CLI: two groups twice, 12 iterations each",
+    ("test_plugins.py", "plugin_path"): "a plugin distribution built and pip-installed, then the CLI run with it",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Say which lane runs (tests/support/lanes.py): the fast lane's property tests draw fewer examples."""
+    import os
+
+    from tests.support.lanes import LANE_VARIABLE
+
+    fast = "not slow" in " ".join((config.option.markexpr or "").split())
+    os.environ[LANE_VARIABLE] = "fast" if fast else "full"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        why = SLOW_FILES.get(item.path.name)
+        why = SLOW_FILES.get(item.path.name) or next(
+            (why for name in getattr(item, "fixturenames", ()) if (why := SLOW_FIXTURES.get((item.path.name, name)))), None)
         if why is not None:
             item.add_marker(pytest.mark.slow(reason=why))
 

@@ -141,6 +141,7 @@ def test_a_classical_group_refuses_level_2():
     assert config.demo_config(**{"search.group": "C+cmaes", **llm}).search.active_mechanisms == ("cmaes_hint",)
 
 
+@pytest.mark.slow  # twenty 30-iteration searches on the surrogate
 def test_on_the_surrogate_tpe_beats_quasi_random_search_at_n_10_and_30_iterations():
     """The bench discriminates: a property of the surrogate with fixed seeds (if it fails, fix the surrogate)."""
     from core.analysis.stats import permutation_pvalue

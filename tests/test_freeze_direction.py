@@ -226,6 +226,7 @@ async def test_three_failed_increases_freeze_up_and_level1_is_refused_then_halve
     assert replayed.frozen_directions == engine.state.frozen_directions
 
 
+@pytest.mark.slow  # long offline group B runs until directions freeze
 async def test_offline_group_b_never_trains_a_direction_after_freezing_it(tmp_path):
     from core.record.config import demo_config
     from core.services.schema import direction_of
@@ -257,6 +258,7 @@ async def test_offline_group_b_never_trains_a_direction_after_freezing_it(tmp_pa
             assert "no other direction is open" in e.reason or schema[e.name].kind == "tuple", e.reason
 
 
+@pytest.mark.slow  # long offline group C runs with every built-in mechanism
 async def test_offline_group_c_built_ins_modify_within_open_moves_and_are_never_deactivated(tmp_path):
     from core.record.config import demo_config
 

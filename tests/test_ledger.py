@@ -4,6 +4,8 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 
+import pytest
+
 from core import cli
 from core.record import config
 from core.record import events as ev
@@ -17,6 +19,7 @@ def surrogate_group_c(tmp_path, seed):
                                  "level2.prescreen_repeats": 3, "level2.prescreen_iterations": 6})
 
 
+@pytest.mark.slow  # two research sessions, then bilevel mechanisms through the CLI
 async def test_bilevel_mechanisms_lists_what_two_sessions_found_with_their_numbers(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BILEVEL_LEDGER", str(tmp_path / "live.sqlite"))
     sessions = []

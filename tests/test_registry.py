@@ -13,7 +13,7 @@ from core.cli import build_parser, main
 from core.levels.proposer import Algorithmic, Proposer
 from core.levels.proposers import make_proposer
 from core.record import config, registry
-from core.services.plugins import load
+from core.record.registry import load
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -188,6 +188,7 @@ def test_hook_that_swallows_the_alarm_is_still_killed(tmp_path: Path) -> None:
     assert "observe did not return" in report.failure()
 
 
+@pytest.mark.slow  # waits out the import timeout (seconds by design)
 def test_import_that_hangs_is_killed_at_the_import_timeout(tmp_path: Path) -> None:
     started = time.monotonic()
     report = run_validate(fixture("import_hangs.py"), tmp_path)

@@ -155,6 +155,7 @@ def _session(folder: Path) -> Path:
     return session
 
 
+@pytest.mark.slow  # a run on a small disk filled mid run, then resumed
 def test_a_disk_that_fills_mid_run_exits_74_with_one_line_and_the_session_resumes_once_space_is_back(
         small_disk, tmp_path) -> None:
     cfg = write_fast_config(small_disk, iterations=1000)  # far more than fits
@@ -176,6 +177,7 @@ def test_a_disk_that_fills_mid_run_exits_74_with_one_line_and_the_session_resume
     assert events[-1].type == "run_finished" and events[-1].status == "completed"
 
 
+@pytest.mark.slow  # a run, then resume and replay on a read-only folder
 def test_resume_and_replay_of_a_read_only_session_folder(small_disk, tmp_path) -> None:
     cfg = write_fast_config(small_disk, iterations=1)
     assert run_bilevel("run", str(cfg), "--headless", cwd=tmp_path).returncode == 0

@@ -6,6 +6,8 @@ from rich.markdown import Markdown
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal
+from textual.geometry import Offset
+from textual.selection import Selection
 from textual.widgets import DataTable, Static
 
 from tui.widgets.lazylog import LazyLog
@@ -50,7 +52,7 @@ def count_layouts(app: App) -> list[int]:
 
 
 async def test_parts_look_as_statics_of_their_width_and_only_changed_parts_render_again(monkeypatch):
-    renders = count_calls(monkeypatch, PartsView, "_render")
+    renders = count_calls(monkeypatch, PartsView, "_render_value")
     app = Parts()
     async with app.run_test(size=(60, 40)) as pilot:
         view = app.query_one(PartsView)
@@ -70,6 +72,20 @@ async def test_parts_look_as_statics_of_their_width_and_only_changed_parts_rende
         assert renders[0] == 2
         assert view.set_parts([paragraph(1), paragraph(2) + " more"])  # the last part grew
         assert renders[0] == 3 and "more" in view.text
+
+
+async def test_a_mouse_selection_over_parts_gives_their_text():
+    # PartsView once named its part renderer _render, Widget's: Textual's selection called it with no
+    # arguments and the copy raised a TypeError
+    app = Parts()
+    async with app.run_test(size=(60, 40)) as pilot:
+        view = app.query_one(PartsView)
+        await pilot.pause()
+        view.set_parts([paragraph(1, words=3), paragraph(2, words=3)])
+        await pilot.pause()
+        text, ending = view.get_selection(Selection(Offset(0, 0), Offset(40, 2)))
+        assert ending == "\n" and text.split() == ["Part", "1.", "w1_0", "w1_1", "w1_2", "Part", "2.", "w2_0",
+                                                    "w2_1", "w2_2"]
 
 
 async def test_growing_parts_never_re_lay_out_the_screen_and_keep_the_end_in_view():

@@ -348,6 +348,7 @@ def test_recorded_sessions_are_deterministic(tmp_path: Path):
     assert json.loads((a / "events.jsonl").read_text().splitlines()[0])["type"] == "session_started"
 
 
+@pytest.mark.slow  # a 30-iteration session with every research dialogue written and opened (~10 s of a loaded machine)
 async def test_a_30_iteration_session_with_full_dialogue_opens_whole(tmp_path: Path):
     """Every iteration and row of a long session shows on opening (its time: bench/bench_replay_open.py)."""
     from tui.app import BilevelApp

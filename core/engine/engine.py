@@ -67,7 +67,7 @@ class Engine:
         self.cfg = cfg
         self.dir = Path(session_dir)
         # Where runs train (local slots or a Ray cluster); first, so a bad [run] holds no lock
-        self.executor = make_executor(cfg.run)
+        self.executor = make_executor(cfg.run, cfg.plugins)
         # One engine per session, taken before the log is read or repaired; held until run() ends.
         self.lock = lock or SessionLock.acquire(self.dir)
         try:
@@ -544,7 +544,7 @@ class Engine:
             try:
                 mech = (load_generated(r.path, f"bilevel_mechanism_{r.research_id.replace('-', '_')}",
                                        self.cfg, self.dir)
-                        if r.origin == "generated" else builtin_mechanism(r.name))
+                        if r.origin == "generated" else builtin_mechanism(r.name, self.cfg.plugins))
             except (ImportError, ValueError) as exc:
                 self.emit(ev.ResearchFinished(research_id=r.research_id, outcome="failed", name=r.name,
                                               reason=f"could not load the validated module: {exc}"))
@@ -560,13 +560,13 @@ class Engine:
         drop_unfinished_research(self.state, self.emit)
         for name in self.cfg.search.active_mechanisms:
             if name not in self.state.mechanism_history:  # on resume: active ones follow, deactivated ones stay off
-                await self.mechanisms.attach(builtin_mechanism(name), self.state, origin="config",
+                await self.mechanisms.attach(builtin_mechanism(name, self.cfg.plugins), self.state, origin="config",
                                              description="enabled in the configuration")
         for name, e in previous.items():
             try:
                 mech = (load_generated(layout.artifact_path(self.dir, e.artifact), f"bilevel_mechanism_resumed_{name}",
                                        self.cfg, self.dir)
-                        if e.origin == "generated" else builtin_mechanism(name))
+                        if e.origin == "generated" else builtin_mechanism(name, self.cfg.plugins))
             except (ImportError, ValueError, OSError) as exc:
                 self.emit(ev.MechanismDeactivated(name=name, reason=f"could not be reloaded on resume: {exc}"))
                 continue
@@ -761,7 +761,10 @@ def load_generated(path: Path, module_name: str, cfg: Config, session_dir: Path)
     return generated_module(path, module_name, cfg)
 
 
-def builtin_mechanism(name: str) -> Any:
+def builtin_mechanism(name: str, plugin_tables: Any = None) -> Any:
+    """A built-in mechanism, or an installed plugin's made with its ``[plugins.NAME]`` options."""
     import mechanisms
 
-    return mechanisms.builtin(name)
+    tables = plugin_tables or {}
+    options = registry.settings(registry.entry("mechanism", name), tables) if name in tables else {}
+    return mechanisms.builtin(name, **options)

@@ -4,11 +4,20 @@ from __future__ import annotations
 from typing import Any
 
 from core.record import registry
-from core.services.plugins import load
 from .proposer import Algorithmic, Proposer
 
 
 def make_proposer(cfg: Any) -> Proposer:
-    """The proposer ``cfg.proposer`` names, built with the run's seed (a point proposer behind Algorithmic)."""
-    made = load(registry.entry("proposer", cfg.proposer))(seed=cfg.search.seed)
+    """The proposer ``cfg.proposer`` names, built with the run's seed and its ``[plugins.NAME]`` options (a point
+    proposer behind Algorithmic).
+
+    Its ``source`` must be its registry name: the log labels every proposal with it, so a plugin labelling its
+    proposals "llm" would pass them off as another proposer's.
+    """
+    entry = registry.entry("proposer", cfg.proposer)
+    made = registry.load(entry)(seed=cfg.search.seed, **registry.settings(entry, getattr(cfg, "plugins", {})))
+    source = getattr(made, "source", None)
+    if source != entry.name:
+        raise registry.PluginError(f"the proposer {entry.name!r} ({entry.origin}) labels its proposals {source!r}; "
+                                   f"a proposer's source must be its registry name, {entry.name!r}")
     return made if isinstance(made, Proposer) else Algorithmic(made)

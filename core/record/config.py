@@ -269,6 +269,10 @@ class Config(_Section):
     run: RunConfig = RunConfig()
     # Model-name pattern (fnmatch, case-insensitive) -> price; searched before the built-in table.
     prices: dict[str, ModelPrice] = {}
+    # An installed plugin's options, a table each: [plugins.NAME]; the keys are the ones the plugin declares
+    # (core/record/registry.py: options), checked when the config is loaded (tables checked there too: msgspec's
+    # error for a dict value does not name the key).
+    plugins: dict[str, Any] = {}
     # Where relative paths resolve from: the config file's folder (internal: never read from a file, not saved).
     base_dir: str = ""
 
@@ -527,7 +531,33 @@ def _type_name(tp: Any) -> str:
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+def _check_plugins(cfg: Config, where: _Where) -> None:
+    """No installed plugin clashes with a built-in or another plugin; each [plugins.NAME] key is one NAME declares."""
+    for kind in registry.KINDS:
+        for why in registry.refused(kind):
+            _fail(where, (), why)
+    installed = [e for kind in registry.KINDS for e in registry.plugins(kind)]
+    for name, table in cfg.plugins.items():
+        if not isinstance(table, dict):
+            _fail(where, (registry.PLUGIN_TABLE, name), f"expected a table of the plugin's options, got {table!r}")
+        readers = [e for e in installed if e.name == name]
+        if not readers:
+            known = ", ".join(dict.fromkeys(e.name for e in installed)) or "none installed"
+            _fail(where, (registry.PLUGIN_TABLE, name), f"no installed plugin is called {name!r} (plugins: {known}; "
+                  "a built-in reads the config's own keys)")
+        try:
+            declared = {o.key.rsplit(".", 1)[1]: o for e in readers for o in registry.options(e)}
+        except registry.PluginError as exc:
+            _fail(where, (registry.PLUGIN_TABLE, name), str(exc))
+        for key in table:
+            if key not in declared:
+                which = " and ".join(f"the {e.kind} {name!r} ({e.origin})" for e in readers)
+                _fail(where, (registry.PLUGIN_TABLE, name, key), f"{which} has no option {key!r} (its options: "
+                      f"{', '.join(declared) or 'none'})")
+
+
 def _check_cross_fields(cfg: Config, where: _Where) -> None:
+    _check_plugins(cfg, where)
     for level in cfg.search.levels:
         if level not in LEVELS:
             _fail(where, ("search", "levels"), f"unknown level {level!r} (levels: {', '.join(LEVELS)})")

@@ -20,7 +20,11 @@ def _lines(rows: list[tuple[str, str]]) -> list[str]:
 
 
 def _options(entry: registry.Entry) -> str:
-    return f" (reads {', '.join(o.key for o in entry.options)})" if entry.options else ""
+    try:
+        declared = registry.options(entry)  # a plugin's are declared on its factory, imported for this
+    except registry.PluginError as exc:
+        return f" (its options cannot be read: {exc})"
+    return f" (reads {', '.join(o.key for o in declared)})" if declared else ""
 
 
 def _block(marker: str) -> list[str]:

@@ -7,29 +7,42 @@ the CLI's help and the README's tables all read these entries, so a new one is o
 
 Third parties add proposers, executors and mechanisms as package entry points in the groups
 ``bilevel.proposers``, ``bilevel.executors`` and ``bilevel.mechanisms``; they are listed by
-name here (nothing of theirs is imported until one is chosen). A plugin's name never replaces
-one of ours: a built-in wins, so a package cannot quietly change what a config already means.
+name here (nothing of theirs is imported until one is chosen or its options are asked for). A
+plugin's name is its own: one that takes a built-in's name, or one two packages both provide, is
+refused (``refused``; loading a config fails with the reason), so a package can never quietly
+change what a config already means, and a config never means one of two packages by chance.
+
+A plugin declares its options once, on its factory: ``options = {"span": "what it means"}`` (on the
+class, or the function). The user sets them in the config's ``[plugins.NAME]`` table; config
+validation refuses a key the plugin does not declare, ``bilevel init``'s comments and ``bilevel run
+--help`` list them (``options``), and the factory gets the table's values as keyword arguments.
 
 What a factory is called with:
 
-- a proposer: ``factory(seed=...)`` (the run's ``search.seed``); it returns either a full
+- a proposer: ``factory(seed=..., **its options)`` (the run's ``search.seed``); it returns either a full
   proposer (``core.levels.proposer.Proposer``: a ``source`` label and ``open(...)``) or a point
   proposer (a ``source`` label and ``propose(schema, values, frozen, iteration, attempt,
-  history) -> (changes, hypothesis)``), as the offline and classical ones are;
-- an executor: ``factory(run_cfg)`` (the ``[run]`` section), returning an
+  history) -> (changes, hypothesis)``), as the offline and classical ones are; its ``source``
+  must be its registry name (the proposals' label in the log; checked where it is built);
+- an executor: ``factory(run_cfg, **its options)`` (the ``[run]`` section), returning an
   ``core.services.executors.Executor``;
-- a mechanism: ``factory()``, returning a ``mechanisms.base.Mechanism``.
+- a mechanism: ``factory(**its options)`` (a built-in: ``factory()``), returning a
+  ``mechanisms.base.Mechanism``.
 """
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 Kind = Literal["proposer", "executor", "mechanism"]
 ENTRY_POINT_GROUPS: dict[Kind, str] = {"proposer": "bilevel.proposers", "executor": "bilevel.executors",
                                        "mechanism": "bilevel.mechanisms"}
+KINDS: tuple[Kind, ...] = ("proposer", "executor", "mechanism")
 LEVELS = ("inner", "strategy", "research")
+PLUGIN_TABLE = "plugins"  # the config's [plugins.NAME] tables: a plugin's options
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,10 @@ class UnknownEntry(ValueError):
     """No built-in and no installed plugin has this name."""
 
 
+class PluginError(ValueError):
+    """A plugin that is refused (its name clashes), or a chosen entry's factory that cannot be loaded."""
+
+
 def group_names() -> tuple[str, ...]:
     return tuple(g.name for g in GROUPS)
 
@@ -149,18 +166,57 @@ def group(name: str) -> Group:
     return found
 
 
-def plugins(kind: Kind) -> tuple[Entry, ...]:
-    """The installed packages' entries of this kind (by name; nothing is imported), less our own names."""
+def _installed(kind: Kind) -> tuple[Entry, ...]:
+    """Every installed package's entry of this kind, clashes included (by name; nothing is imported)."""
+    return _scan(tuple(sys.path))[kind]
+
+
+@functools.lru_cache(maxsize=4)
+def _scan(path: tuple[str, ...]) -> dict[Kind, tuple[Entry, ...]]:
+    """The installed entries of every kind, read once per ``sys.path``: a scan of the installed packages
+    costs ~10 ms, and loading one config asks for them a dozen times (a package installed while this
+    process runs is seen by the next one)."""
+    found: dict[Kind, list[Entry]] = {kind: [] for kind in KINDS}
+    every = metadata.entry_points()
+    for kind in KINDS:
+        for ep in every.select(group=ENTRY_POINT_GROUPS[kind]):
+            dist = getattr(ep, "dist", None)
+            origin = f"{dist.name} {dist.version}" if dist is not None else "a plugin"
+            found[kind].append(Entry(kind, ep.name, f"from the package {origin}", ep.value, origin=origin,
+                                     described=f"the plugin proposer {ep.name!r}" if kind == "proposer" else ""))
+    return {kind: tuple(entries) for kind, entries in found.items()}
+
+
+def _clashes(kind: Kind) -> dict[str, str]:
+    """The refused plugin names of this kind, each with why."""
     ours = {e.name for e in BUILT_IN[kind]}
-    found = []
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUPS[kind]):
-        if ep.name in ours or any(e.name == ep.name for e in found):
-            continue  # a built-in wins; of two plugins with one name, the first installed
-        dist = getattr(ep, "dist", None)
-        origin = f"{dist.name} {dist.version}" if dist is not None else "a plugin"
-        found.append(Entry(kind, ep.name, f"from the package {origin}", ep.value, origin=origin,
-                           described=f"the plugin proposer {ep.name!r}" if kind == "proposer" else ""))
-    return tuple(found)
+    by_name: dict[str, list[Entry]] = {}
+    for e in _installed(kind):
+        by_name.setdefault(e.name, []).append(e)
+    why = {}
+    for name, found in by_name.items():
+        group_ = ENTRY_POINT_GROUPS[kind]
+        if name in ours:
+            packages = " and ".join(dict.fromkeys(e.origin for e in found))
+            why[name] = (f"the package {packages} provides a {kind} named {name!r}, a built-in's name: a plugin never "
+                         f"takes a built-in's name, so it is refused; rename its entry point (group {group_}) or "
+                         "uninstall the package")
+        elif len(found) > 1:
+            packages = " and ".join(e.origin for e in found)
+            why[name] = (f"{packages} each provide a {kind} named {name!r}: which one a config means would be "
+                         "chance, so every one is refused; uninstall all but one")
+    return why
+
+
+def refused(kind: Kind) -> tuple[str, ...]:
+    """Why each clashing plugin of this kind is refused (empty when none clashes); config loading fails on any."""
+    return tuple(_clashes(kind).values())
+
+
+def plugins(kind: Kind) -> tuple[Entry, ...]:
+    """The installed packages' entries of this kind (by name; nothing is imported), less the refused ones."""
+    clashing = _clashes(kind)
+    return tuple(e for e in _installed(kind) if e.name not in clashing)
 
 
 def entries(kind: Kind) -> tuple[Entry, ...]:
@@ -173,7 +229,10 @@ def names(kind: Kind) -> tuple[str, ...]:
 
 
 def entry(kind: Kind, name: str) -> Entry:
-    """The entry called ``name``; UnknownEntry lists the choices."""
+    """The entry called ``name``; UnknownEntry lists the choices, PluginError says why a clashing plugin is refused."""
+    clashing = _clashes(kind)
+    if name in clashing:
+        raise PluginError(clashing[name])
     for e in BUILT_IN[kind]:
         if e.name == name:
             return e
@@ -182,3 +241,42 @@ def entry(kind: Kind, name: str) -> Entry:
     if found is None:
         raise UnknownEntry(f"unknown {kind} {name!r} ({kind}s: {', '.join(e.name for e in every)})")
     return found
+
+
+def load(entry: Entry) -> Any:
+    """The factory ``entry.target`` names, imported now (a run's chosen entry, or a plugin whose options are asked for)."""
+    point = metadata.EntryPoint(name=entry.name, value=entry.target, group=ENTRY_POINT_GROUPS[entry.kind])
+    try:
+        return point.load()
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f"the {entry.kind} {entry.name!r} ({entry.origin}: {entry.target}) cannot be loaded: "
+                          f"{exc}") from exc
+
+
+def options(entry: Entry) -> tuple[Option, ...]:
+    """What an entry reads: a built-in's config keys; a plugin's ``plugins.NAME.KEY``, as its factory declares them.
+
+    A plugin's factory is imported for this (PluginError when it cannot be, or declares them badly).
+    """
+    if entry.origin == "built-in":
+        return entry.options
+    factory = load(entry)
+    declared = getattr(factory, "options", None)
+    if declared is None:  # a bound classmethod (``Counting.from_run_config``) does not show its class's attributes
+        declared = getattr(getattr(factory, "__self__", None), "options", None)
+    if declared is None:
+        return ()
+    if not isinstance(declared, Mapping) or not all(isinstance(k, str) and k.isidentifier() and isinstance(v, str)
+                                                    for k, v in declared.items()):
+        raise PluginError(f"the {entry.kind} {entry.name!r} ({entry.origin}) declares its options as "
+                          f"{type(declared).__name__}; expected a mapping of option names to what each means")
+    return tuple(Option(f"{PLUGIN_TABLE}.{entry.name}.{key}", doc) for key, doc in declared.items())
+
+
+def settings(entry: Entry, tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The keyword arguments an entry's factory gets: its declared options set in ``[plugins.NAME]`` (a built-in: none)."""
+    table = tables.get(entry.name) if entry.origin != "built-in" else None
+    if not table:
+        return {}
+    declared = {o.key.rsplit(".", 1)[1] for o in options(entry)}
+    return {key: value for key, value in table.items() if key in declared}

@@ -17,6 +17,7 @@ from textual.events import Resize
 from textual.geometry import Size
 from textual.reactive import Reactive
 from textual.scroll_view import ScrollView
+from textual.selection import Selection
 from textual.strip import Strip
 from textual.visual import Visual, visualize
 
@@ -61,6 +62,10 @@ class PartsView(OneStylePerPaint, ScrollView, can_focus=True):
         """What the view shows, as plain text (tests, the screen's text)."""
         return "\n".join(strip.text.strip() for strip in self._lines)
 
+    def get_selection(self, selection: Selection) -> tuple[str, str] | None:
+        """The text under a mouse selection (Textual's, as its Log gives it): the lines as drawn."""
+        return selection.extract("\n".join(strip.text for strip in self._lines)), "\n"
+
     @property
     def line_count(self) -> int:
         return len(self._lines)
@@ -102,7 +107,7 @@ class PartsView(OneStylePerPaint, ScrollView, can_focus=True):
         for value in self._values[kept:]:
             if deadline is not None and len(rendered) > kept and time.perf_counter() > deadline:
                 break
-            rendered.append(self._render(value, width))
+            rendered.append(self._render_value(value, width))
         self._rendered, self._looks = rendered, looks[:len(rendered)]
         self.pending = len(rendered) < len(self._values)
         self._lines = [line for part in self._rendered for line in part]
@@ -110,8 +115,10 @@ class PartsView(OneStylePerPaint, ScrollView, can_focus=True):
         self.refresh()
         self._stick()
 
-    def _render(self, value: Any, width: int) -> list[Strip]:
-        """A part's lines at ``width``, with its inset on the left and its gap below."""
+    def _render_value(self, value: Any, width: int) -> list[Strip]:
+        """A part's lines at ``width``, with its inset on the left and its gap below.
+
+        (Not ``_render``: that is Widget's, which Textual's text selection calls with no arguments.)"""
         visual = visualize(self, self.render_part(value), markup=False)
         lines = Visual.to_strips(self, visual, width, None, self.visual_style) + [Strip.blank(width)] * self.gap
         if self.inset:

@@ -18,7 +18,7 @@ from core.levels.proposal import change_limit
 from core.record import config, registry
 from core.record.change import NO_CHANGE, Change
 from core.services import script_folder
-from core.services.plugins import load
+from core.record.registry import load
 from core.services.schema import infer_schema, validate_changes
 from core.services.script import TrainScript
 from core.services.seeds import seed_params

@@ -210,13 +210,15 @@ class ResearchLevel:
     def _offline_choice(self, research_id: str) -> Ready | None:
         ctx = self.ctx
         records = _records(ctx)
-        in_play = ctx.mechanisms_in_play()
+        # one the gate refused in this session is not offered again: the bench would say the same
+        in_play = ctx.mechanisms_in_play() | refused_by_gate(ctx.state)
         schema = ctx.schema_dicts()
         name, reason = choose_builtin(records, schema, active=sorted(in_play), frozen=sorted(ctx.state.frozen),
                                       movable=moves(ctx.state, schema))
         if name in in_play:
             ctx.emit(ev.ResearchFinished(research_id=research_id, outcome="rejected", name=name,
-                                         reason="every built-in mechanism is already active or on its way"))
+                                         reason="every built-in mechanism is already active, on its way, or "
+                                                "refused by the pre-screen"))
             return None
         return self._builtin_ready(research_id, name, reason, f"Chosen offline by rule: {reason}")
 
@@ -483,6 +485,11 @@ class ResearchLevel:
         lines = [f"- cycle {d.cycle}: froze {d.freeze or 'nothing'}, unfroze {d.unfreeze or 'nothing'}; "
                  f"guidance: {d.guidance[:200]}" for d in self.ctx.state.strategy]
         return "\n".join(lines) or "(none)"
+
+
+def refused_by_gate(state: RunState) -> set[str]:
+    """The mechanisms the pre-screen's gate refused in this session (harm measured)."""
+    return {p.name for p in state.prescreens.values() if p.mode == "gate" and p.verdict == "harmful"}
 
 
 LEDGER_SHOWN = 3  # entries at each end: the prompt shows what worked and what hurt, not the whole store

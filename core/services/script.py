@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
@@ -160,7 +161,16 @@ class TrainScript:
 
     @classmethod
     def parse(cls, text: str) -> TrainScript:
-        """Parse ``text``; a script that is not valid Python raises ValueError with the line."""
+        """Parse ``text``; a script that is not valid Python raises ValueError with the line.
+
+        The result is immutable, so one text parses once: an iteration reads the best and the
+        candidate several times (apply, validate, train), and the pre-screen's in-memory searches
+        are otherwise mostly ast.parse of the same 25 kB surrogate.
+        """
+        return _parse_cached(text) if cls is TrainScript else cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> TrainScript:
         # A UTF-8 BOM (a file read with encoding="utf-8") runs fine but does not parse as str.
         skip = 1 if text.startswith("\ufeff") else 0
         try:
@@ -427,3 +437,8 @@ def unified_diff(old: str, new: str, name: str = "train.py", context: int = 3) -
         if not line.endswith("\n"):
             out.append("\n\\ No newline at end of file\n")
     return "".join(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_cached(text: str) -> TrainScript:
+    return TrainScript._parse(text)

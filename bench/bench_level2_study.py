@@ -43,6 +43,9 @@ CONFIGS = {  # name -> (groups, strategy.freeze, level2.prescreen)
     "paper-gate": ("C,D", "paper", "gate"),
     "direction-off": ("B,C", "direction", "off"),
     "direction-gate": ("C", "direction", "gate"),
+    # the same settings, one group each: run beside the others when time is short (rows merge by setting)
+    "paper-gate-C": ("C", "paper", "gate"),
+    "paper-gate-D": ("D", "paper", "gate"),
 }
 BATCH = "TOTAL_BATCH_SIZE"
 
@@ -73,7 +76,9 @@ def session_facts(path: Path) -> dict:
     screens = [e for e in events if isinstance(e, ev.MechanismPrescreened)]
     effects = Counter(e.effect for e in events if isinstance(e, ev.MechanismEffect) and e.hook == "review_proposal")
     return {
-        "group": state.group, "delta": (state.best_val_bpb - base) if base is not None else None,
+        # a run cut short (a study stopped to save time) is left out, never counted with fewer iterations
+        "group": state.group, "delta": (state.best_val_bpb - base) if base is not None and state.status == "completed"
+        else None,
         "halved": state.best_values.get(BATCH, 2**19) < 2**19,
         "activated": sum(isinstance(e, ev.MechanismActivated) for e in events),
         "screened": len(screens), "refused": sum(s.verdict in ("harmful", "failed") and s.mode == "gate" for s in screens),
@@ -100,43 +105,52 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-COMPARISONS = [  # (label, (config, group), (config, group))
-    ("B − A (paper, off)", ("paper-off", "B"), ("paper-off", "A")),
-    ("C − A (paper, off)", ("paper-off", "C"), ("paper-off", "A")),
-    ("D − A (off)", ("paper-off", "D"), ("paper-off", "A")),
-    ("C gate − C off (paper)", ("paper-gate", "C"), ("paper-off", "C")),
-    ("D gate − D off", ("paper-gate", "D"), ("paper-off", "D")),
-    ("C gate − C off (direction)", ("direction-gate", "C"), ("direction-off", "C")),
-    ("B direction − B paper (off)", ("direction-off", "B"), ("paper-off", "B")),
-    ("C direction − C paper (off)", ("direction-off", "C"), ("paper-off", "C")),
-    ("C direction − C paper (gate)", ("direction-gate", "C"), ("paper-gate", "C")),
-    ("C gate − A (paper)", ("paper-gate", "C"), ("paper-off", "A")),
-    ("D gate − A", ("paper-gate", "D"), ("paper-off", "A")),
+Key = tuple[str, str, str]  # (group, freeze, pre-screen), the freeze "—" outside B and C, the pre-screen outside C and D
+
+
+def key(group: str, freeze: str, prescreen: str) -> Key:
+    return group, freeze if group in "BC" else "—", prescreen if group in "CD" else "—"
+
+
+COMPARISONS = [  # (label, key, key)
+    ("B − A (paper, off)", key("B", "paper", "off"), key("A", "", "")),
+    ("C − A (paper, off)", key("C", "paper", "off"), key("A", "", "")),
+    ("D − A (off)", key("D", "", "off"), key("A", "", "")),
+    ("C gate − C off (paper)", key("C", "paper", "gate"), key("C", "paper", "off")),
+    ("D gate − D off", key("D", "", "gate"), key("D", "", "off")),
+    ("C gate − C off (direction)", key("C", "direction", "gate"), key("C", "direction", "off")),
+    ("B direction − B paper", key("B", "direction", ""), key("B", "paper", "")),
+    ("C direction − C paper (off)", key("C", "direction", "off"), key("C", "paper", "off")),
+    ("C direction − C paper (gate)", key("C", "direction", "gate"), key("C", "paper", "gate")),
+    ("C gate − A (paper)", key("C", "paper", "gate"), key("A", "", "")),
+    ("D gate − A", key("D", "", "gate"), key("A", "", "")),
 ]
 
 
 def report(studies: dict[str, Path]) -> int:
-    by = {name: facts(path) for name, path in studies.items()}
+    rows_by: dict[Key, list[dict]] = {}
+    for name, path in studies.items():
+        _, freeze, prescreen = CONFIGS[name]
+        for g, rows in facts(path).items():
+            rows_by.setdefault(key(g, freeze, prescreen), []).extend(rows)
     print("| group | freeze | pre-screen | n | Δ val_bpb mean | 95% CI | batch halved | activated | "
           "pre-screened (refused) | refused | vetoes | modifications |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, rows_by_group in by.items():
-        _, freeze, prescreen = CONFIGS[name]
-        for g in sorted(rows_by_group):
-            rows = rows_by_group[g]
-            deltas = [r["delta"] for r in rows]
-            refused = Counter(n for r in rows for n in r["refused_names"])
-            print(f"| {g} | {freeze if g in 'BC' else '—'} | {prescreen if g in 'CD' else '—'} | {len(rows)} | "
-                  f"{mean(deltas):+.4f} | {fmt_ci(bootstrap_mean_ci(deltas))} | {sum(r['halved'] for r in rows)}/{len(rows)} | "
-                  f"{sum(r['activated'] for r in rows)} | {sum(r['screened'] for r in rows)} "
-                  f"({sum(r['refused'] for r in rows)}) | {', '.join(f'{k} ×{v}' for k, v in refused.most_common()) or '—'} | "
-                  f"{sum(r['vetoed'] for r in rows)} | {sum(r['modified'] for r in rows)} |")
+    for k in sorted(rows_by):
+        rows = rows_by[k]
+        deltas = [r["delta"] for r in rows]
+        refused = Counter(n for r in rows for n in r["refused_names"])
+        print(f"| {' | '.join(k)} | {len(rows)} | "
+              f"{mean(deltas):+.4f} | {fmt_ci(bootstrap_mean_ci(deltas))} | {sum(r['halved'] for r in rows)}/{len(rows)} | "
+              f"{sum(r['activated'] for r in rows)} | {sum(r['screened'] for r in rows)} "
+              f"({sum(r['refused'] for r in rows)}) | {', '.join(f'{n} ×{c}' for n, c in refused.most_common()) or '—'} | "
+              f"{sum(r['vetoed'] for r in rows)} | {sum(r['modified'] for r in rows)} |")
     print()
     print("| comparison | difference of mean Δ | 95% CI | permutation p |")
     print("|---|---|---|---|")
-    for label, (c1, g1), (c2, g2) in COMPARISONS:
-        a = [r["delta"] for r in by.get(c1, {}).get(g1, [])]
-        b = [r["delta"] for r in by.get(c2, {}).get(g2, [])]
+    for label, k1, k2 in COMPARISONS:
+        a = [r["delta"] for r in rows_by.get(k1, [])]
+        b = [r["delta"] for r in rows_by.get(k2, [])]
         if len(a) < 2 or len(b) < 2:
             continue
         p = permutation_pvalue(a, b)

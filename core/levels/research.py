@@ -512,7 +512,7 @@ def ledger_text(screens: Sequence[PrescreenRow], shown: int = LEDGER_SHOWN) -> s
     negative helped). Names were written by a model: each is quoted as data, one line, fenced.
     """
     latest: dict[str, PrescreenRow] = {}
-    for p in screens:  # the ledger lists them by session: the last one of a source is the newest here
+    for p in screens:  # ordered by session, whose name starts with its start time: the last is the newest
         latest[p.source_key] = p
     ranked = sorted(latest.values(), key=lambda p: (p.effect, p.source_key))
     if not ranked:

@@ -142,7 +142,8 @@ class SearchConfig(_Section):
 
 class StrategyConfig(_Section):
     freeze_after: Annotated[int, _range(1)] = 3  # k: proposals with no net gain
-    # paper: freeze the whole parameter; direction: freeze only the direction that failed (up, down, → a choice)
+    # paper: freeze the whole parameter; direction: freeze only the direction that failed (up, down, → a choice).
+    # The default is the paper's: no difference resolved on the surrogate (bench/RESULTS.md, issue 25's study)
     freeze: Literal["paper", "direction"] = "paper"
     max_new_freezes: Annotated[int, _range(0)] = 2
     min_active: Annotated[int, _range(1)] = 3

@@ -12,6 +12,7 @@ from textual.widgets import Static
 
 from core.record import events as ev
 from tui.screens.approval import ApprovalScreen
+from tui.model import RESEARCH
 from tui.widgets.research import ResearchPane
 from tests.support.scripted_engine import Plan
 from tests.test_tui_app import live_app, on_screen, press, until
@@ -33,10 +34,17 @@ def pane_line(app) -> str:
     return str(app.base.query_one(ResearchPane).query_one("#research-prescreen", Static).render())
 
 
+def show_research(app, rid: str) -> None:
+    """Keep the pane on ``rid`` (as ``[`` would): the scripted run starts the next research meanwhile."""
+    app.base.query_one(ResearchPane).selected = rid
+    app.model.dirty.add(RESEARCH)
+
+
 async def test_the_prescreen_is_shown_in_the_research_pane_and_the_approval_screen(tmp_path: Path):
     async with live_app(tmp_path / "s", Plan(**PLAN)) as (app, pilot, engine):
         await until(pilot, lambda: bool(app.model.pending), what="a pending mechanism")
         rid, pending = next(iter(app.model.pending.items()))
+        show_research(app, rid)
         assert pane_line(app) == "" and not app.base.query_one("#research-prescreen").has_class("-present")
         engine.emit(ev.PrescreenStarted(research_id=rid, name=pending.name, repeats=10, iterations=20))
         await until(pilot, lambda: "running" in pane_line(app), what="the running pre-screen in the pane")
@@ -62,6 +70,7 @@ async def test_a_refused_mechanism_shows_the_gates_verdict_with_its_figure(tmp_p
     async with live_app(tmp_path / "s", Plan(**PLAN)) as (app, pilot, engine):
         await until(pilot, lambda: bool(app.model.pending), what="a pending mechanism")
         rid, pending = next(iter(app.model.pending.items()))
+        show_research(app, rid)
         engine.emit(screened(rid, pending.name, verdict="harmful", effect=0.0065, low=0.0031, high=0.0098))
         await until(pilot, lambda: "REFUSED" in pane_line(app), what="the refusal in the pane")
         assert "gate: REFUSED (harmful)" in pane_line(app) and "+0.0065" in pane_line(app)
@@ -78,6 +87,7 @@ async def test_a_report_only_prescreen_and_no_prescreen_say_so_in_the_approval_s
         await press(app, "escape")
         await until(pilot, lambda: not isinstance(app.screen, ApprovalScreen), what="the screen closed")
         rid, pending = next(iter(app.model.pending.items()))
+        show_research(app, rid)
         engine.emit(screened(rid, pending.name, verdict="harmful", mode="report", effect=0.004, low=0.001, high=0.007))
         await until(pilot, lambda: "report only" in pane_line(app), what="the report-only line")
         await press(app, "v")

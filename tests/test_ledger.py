@@ -40,6 +40,13 @@ async def test_bilevel_mechanisms_lists_what_two_sessions_found_with_their_numbe
         assert {d.name for d, _ in sessions} == {s.session for s in live.values()}
         assert all(s.iterations_active > 0 and s.surrogate for s in live.values())
         assert len(ledger.prescreens()) == len(screened)
+        # and each mechanism's numbers in the two sessions, summed: what it did where it ran
+        for m, _, records in ledger.iter_summary():
+            if records:
+                block = listing.split(m.name, 1)[1]
+                assert f"sessions ({len(records)}): {sum(r.iterations_active for r in records)} iterations active, " \
+                       f"{sum(r.shaped for r in records)} prompts shaped, {sum(r.vetoed for r in records)} vetoed, " \
+                       f"{sum(r.modified for r in records)} modified" in block
     # the same rows, rebuilt from the session folders into an empty ledger
     monkeypatch.setenv("BILEVEL_LEDGER", str(tmp_path / "rebuilt.sqlite"))
     assert cli.main(["mechanisms", "--import", *(str(d) for d, _ in sessions)]) == 0

@@ -543,6 +543,8 @@ class BilevelApp(App[int]):
         if not self.model.pending:
             self.notify("no mechanism waits for approval")
             return
+        from core.analysis.prescreen_text import research_prescreen_line  # the approval screen's only caller
+
         rid, pending = next(iter(self.model.pending.items()))
         read = self.source.read_artifact
 
@@ -553,7 +555,8 @@ class BilevelApp(App[int]):
                 await self.send(cmds.RejectMechanism(research_id=rid, reason="rejected by the user (app)"))
 
         self.push_screen(ApprovalScreen(pending.name, rid, read(pending.source), read(pending.diff),
-                                        read(pending.report), read_only=self.source.read_only), answered)
+                                        read(pending.report), read_only=self.source.read_only,
+                                        prescreen=research_prescreen_line(self.model.state, rid)), answered)
 
     # --- config watching -----------------------------------------------------------------------------------
 

@@ -542,7 +542,8 @@ def _current_research(m: ViewModel) -> ResearchView | None:
 
 def _research_started(m: ViewModel, e: ev.ResearchStarted) -> None:
     view = ResearchView(e.research_id, e.cycle, e.after_iteration, e.source, e.ts)
-    origin = "offline rule (no LLM)" if e.source == "offline" else "LLM dialogue"
+    origin = {"offline": "offline rule (no LLM)", "ledger": "from the mechanism ledger (level2.seed)"}.get(
+        e.source, "LLM dialogue")
     view.segments.append(("title", f"## Research {e.research_id}\n\nCycle {e.cycle}, after iteration "
                                    f"#{e.after_iteration} — {origin}.\n\n"))
     m.research[e.research_id] = view
@@ -605,6 +606,10 @@ def _mechanism_approved(m: ViewModel, e: ev.MechanismApproved) -> None:
     m.dirty |= {RESEARCH, HEADER}
 
 
+def _prescreen(m: ViewModel, e: ev.PrescreenStarted | ev.MechanismPrescreened) -> None:
+    m.dirty.add(RESEARCH)  # the research pane's pre-screen line reads the fold (RunState.prescreens)
+
+
 def _research_finished(m: ViewModel, e: ev.ResearchFinished) -> None:
     view = m.research.get(e.research_id)
     if view is not None:
@@ -659,4 +664,6 @@ _HANDLERS: dict[type, Any] = {
     ev.MechanismPending: _mechanism_pending,
     ev.MechanismApproved: _mechanism_approved,
     ev.ResearchFinished: _research_finished,
+    ev.PrescreenStarted: _prescreen,
+    ev.MechanismPrescreened: _prescreen,
 }

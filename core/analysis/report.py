@@ -22,6 +22,7 @@ from core.analysis.ablation import (LEVEL_NAMES, Comparison, GroupStats, Inputs,
 from core.analysis.figure_data import Figures, figure_data
 from core.analysis.keeps import WITHIN
 from core.analysis.stats import Interval
+from core.record.attribution import keeps_held
 from core.record.config import is_surrogate
 from core.record.layout import report_dir
 from core.record.safe_text import safe_block, safe_line
@@ -232,7 +233,9 @@ def _mechanism_section(report: Report) -> list[str]:
         return []
     out = ["## Mechanisms", "",
            "Which search mechanism was active at each iteration and what it did (hook calls from "
-           "IterationFinished; prompt additions, vetoes, modifications and overrides from MechanismEffect).", ""]
+           "IterationFinished; proposals whose prompt it shaped, vetoes, modifications and overrides from "
+           "MechanismEffect); the keeps that followed while it was active, and how many of those held in the "
+           "keep-chain audit (held of measured).", ""]
     for g in level2:
         for s in g.sessions:
             out.append(f"### {safe_line(g.group)} / {safe_line(s.name)}")
@@ -250,9 +253,13 @@ def _mechanism_section(report: Report) -> list[str]:
     return out
 
 
+# the effects' columns: a "prompt" effect is one proposal whose prompt the mechanism shaped
+EFFECT_COLUMNS = {"prompt": "proposals shaped", "vetoed": "vetoed", "modified": "modified", "overrode": "overrode"}
+
+
 def mechanism_header() -> list[str]:
-    return ["mechanism", "origin", "active from", "iterations active", "hook calls", *EFFECTS, "kept while active",
-            "deactivated"]
+    return ["mechanism", "origin", "active from", "iterations active", "hook calls",
+            *[EFFECT_COLUMNS[k] for k in EFFECTS], "keeps that followed", "held in the audit", "deactivated"]
 
 
 def mechanism_rows_for(group: str, s: SessionData) -> list[list[str]]:
@@ -261,8 +268,9 @@ def mechanism_rows_for(group: str, s: SessionData) -> list[list[str]]:
         start = "start" if m.activated_after is None else f"after #{m.activated_after}"
         off = "—" if m.deactivated_after is None and not m.deactivation_reason else (
             f"after #{m.deactivated_after}: {m.deactivation_reason[:60]}")
+        held = keeps_held(s.state, m)  # core/record/attribution.py: the same count the ledger records
         rows.append([group, s.name, m.name, m.origin or "—", start, str(len(m.iterations)), str(sum(m.calls.values())),
-                     *[str(m.effects.get(k, 0)) for k in EFFECTS], str(m.kept_while_active), off])
+                     *[str(m.effects.get(k, 0)) for k in EFFECTS], str(len(held.keeps)), held.text(), off])
     return rows
 
 

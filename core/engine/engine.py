@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -36,12 +37,13 @@ from core.services.executor_choice import make_executor
 from core.engine.scheduler import HELD, Scheduler
 from core.levels.context import FatalRunError, Ready
 from core.levels.inner import InnerLoop
-from core.levels.research import ResearchLevel, drop_unfinished_research
+from core.levels.research import ResearchLevel, SeedSource, drop_unfinished_research
 from core.levels.strategy import StrategyLevel
 from core.record.channel import watch_commands
 from core.services.llm import LLMClient
 from core.engine.mechanism_host import MechanismHost
 from core.engine.ledger_sync import LedgerWriter
+from core.record.ledger import Ledger
 from core.services.schema import infer_schema
 from core.services.script import ParamSpec, TrainScript
 from core.services import script_folder
@@ -435,7 +437,8 @@ class Engine:
         try:
             if self.llm is None and not self.cfg.offline:
                 self.llm = client_for(self.cfg)
-            if not self.state.session or self._began_here:
+            fresh = not self.state.session or self._began_here
+            if fresh:
                 await self.start_session()
             else:
                 await self._restart()
@@ -443,6 +446,8 @@ class Engine:
                                          slots=[*self.executor.slots, *self.executor.skipped]))
             self.context.acceptance_policy()  # fail fast: a rule that needs a noise floor nobody measured
             await self._attach_initial_mechanisms()
+            if fresh and not audit_only:
+                await self._seed_from_ledger()
             if not audit_only:
                 self.emit(self._estimate())  # what this run (or what is left of it) is expected to spend
             if audit_only:
@@ -572,6 +577,30 @@ class Engine:
                 continue
             await self.mechanisms.attach(mech, self.state, origin=e.origin, artifact=e.artifact,
                                          description="re-attached on resume")
+
+    async def _seed_from_ledger(self) -> None:
+        """level2.seed: each named ledger mechanism validated again and activated before the first iteration.
+
+        The ledger is read here (the engine's I/O), the rest is Level 2's normal path (ResearchLevel.seed).
+        A name matches any session's name for it; among several sources, the newest.
+        """
+        names = self.cfg.level2.seed
+        if not names:
+            return
+        found: dict[str, SeedSource] = {}
+        missing = ""
+        try:
+            with Ledger() as ledger:
+                for name in names:
+                    rows = ledger.find(name)
+                    if rows:
+                        m = rows[-1]
+                        found[name] = SeedSource(m.name, m.origin, m.origin_session, m.source)
+                missing = f" ({ledger.path})"
+        except (sqlite3.Error, OSError) as exc:
+            missing = f": the ledger could not be read ({exc})"
+        for index, name in enumerate(names, 1):
+            await self.research.seed(index, name, found.get(name), missing)
 
     async def before_search(self) -> bool:
         """After the baseline, before the first proposal: the declared σ, a fixed seed, the calibration."""

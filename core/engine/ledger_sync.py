@@ -21,7 +21,8 @@ from core.record import layout
 from core.record.config import is_surrogate
 from core.record.ledger import Ledger, MechanismRow, PrescreenRow, SessionRow
 from core.record.session import SessionReader
-from core.record.state import RunState, fold
+from core.record.attribution import keeps_held
+from core.record.state import MechanismUse, RunState, fold
 
 Rows = tuple[list[MechanismRow], list[PrescreenRow], list[SessionRow]]
 
@@ -51,6 +52,14 @@ def prescreen_row(session: str, e: ev.MechanismPrescreened) -> PrescreenRow:
                         e.reason, e.wall_s)
 
 
+def audit_text(state: RunState, use: MechanismUse) -> str | None:
+    """"2 of 3 keeps held": the audit's verdict on the keeps while it was active; None until an audit finished."""
+    held = keeps_held(state, use)
+    if held.held is None or not held.keeps:
+        return None
+    return f"{held.text()} keeps held"
+
+
 def rows_from_state(state: RunState, read_artifact: Callable[[str], str], session: str) -> Rows:
     """Every validated, pre-screened or activated mechanism of a session, its pre-screens and its record."""
     found: dict[str, MechanismRow] = {}  # source key -> row
@@ -72,7 +81,7 @@ def rows_from_state(state: RunState, read_artifact: Callable[[str], str], sessio
     screens = [prescreen_row(session, p) for p in state.prescreens.values() if p.source_key]
     records = [SessionRow(session, key_of[name], name, is_surrogate(state.config), len(use.iterations),
                           use.effects["prompt"], use.effects["vetoed"], use.effects["modified"], use.effects["overrode"],
-                          use.kept_while_active, use.deactivation_reason)
+                          use.kept_while_active, use.deactivation_reason, audit_text(state, use))
                for name, use in state.mechanism_history.items() if name in key_of]
     return list(found.values()), screens, records
 

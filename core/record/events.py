@@ -66,6 +66,7 @@ AuditStatus = Literal["completed", "skipped", "stopped"]
 GuidanceSource = Literal["user", "strategy", "config"]
 FreezeSource = Literal["user", "rule", "strategy"]
 LevelSource = Literal["llm", "offline"]  # who answered Level 1.5 or Level 2: the LLM, or offline mode's algorithm
+ResearchSource = Literal["llm", "offline", "ledger"]  # Level 2's, and "ledger": a level2.seed entry at the start
 # A Level 1 proposal's source is open-ended, a str: "llm", "offline", "baseline" (iteration 0), a classical
 # sampler, or a plugin proposer's registry name (core/record/registry.py; checked where the proposer is built).
 # An executor's name is open-ended the same way (plugins add executors).
@@ -544,7 +545,7 @@ class ResearchStarted(Event, tag="research_started"):
     research_id: str = ""
     cycle: int = 0
     after_iteration: int = 0
-    source: LevelSource = "llm"
+    source: ResearchSource = "llm"
 
 
 class ResearchRound(Event, tag="research_round"):

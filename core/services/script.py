@@ -558,3 +558,4 @@ def unified_diff(old: str, new: str, name: str = "train.py", context: int = 3) -
         if not line.endswith("\n"):
             out.append("\n\\ No newline at end of file\n")
     return "".join(out)
+

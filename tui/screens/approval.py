@@ -26,6 +26,7 @@ class ApprovalScreen(ModalScreen[str | None]):
         width: 95%; height: 90%; border: thick $warning; background: $surface; padding: 0 1;
     }
     ApprovalScreen #approval-title { height: auto; text-style: bold; }
+    ApprovalScreen #approval-prescreen { height: auto; }
     ApprovalScreen #approval-body { height: 1fr; }
     ApprovalScreen #approval-code { width: 3fr; border-right: vkey $panel-lighten-1; }
     ApprovalScreen #approval-report { width: 2fr; }
@@ -34,8 +35,9 @@ class ApprovalScreen(ModalScreen[str | None]):
     """
 
     def __init__(self, name: str, research_id: str, source: str | None, diff: str | None, report: str | None,
-                 *, read_only: bool = False) -> None:
+                 *, read_only: bool = False, prescreen: str | None = None) -> None:
         super().__init__()
+        self.prescreen = prescreen  # core/analysis/prescreen_text.py's line, already made safe
         self.mech_name, self.research_id = name, research_id
         self.source_text, self.diff_text, self.report = source, diff, report
         self.read_only = read_only
@@ -45,6 +47,8 @@ class ApprovalScreen(ModalScreen[str | None]):
         with Vertical():
             yield Static(f"Mechanism {self.mech_name} (research {self.research_id}) waits for approval — "
                          "a approve · r reject · d source/diff · escape later", id="approval-title", markup=False)
+            yield Static(self.prescreen or "pre-screen: none (level2.prescreen = off, or not run)",
+                         id="approval-prescreen", markup=False)
             with Horizontal(id="approval-body"):
                 with VerticalScroll(id="approval-code"):
                     yield Static(id="approval-code-text")

@@ -17,6 +17,8 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Collapsible, Static
 
+from core.analysis.prescreen_text import research_prescreen_line
+
 from ..model import RESEARCH
 from ..render import short_count
 from .markdown import CODE_THEME
@@ -43,6 +45,8 @@ class ResearchPane(Pane):
     ResearchPane #research-title { height: 1; padding: 0 1; background: $boost; text-wrap: nowrap;
                                    text-overflow: ellipsis; }
     ResearchPane #research-rounds { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    ResearchPane #research-prescreen { height: auto; padding: 0 1; display: none; }
+    ResearchPane #research-prescreen.-present { display: block; }
     ResearchPane #research-scroll { height: 1fr; }
     ResearchPane #research-reasoning { height: auto; max-height: 50%; display: none; padding: 0; border: none; }
     ResearchPane #research-reasoning.-present { display: block; }
@@ -62,6 +66,7 @@ class ResearchPane(Pane):
     def compose(self):
         yield Static(id="research-title")
         yield Static(id="research-rounds")
+        yield Static(id="research-prescreen", markup=False)
         with Collapsible(title="Reasoning", collapsed=True, id="research-reasoning"):
             with VerticalScroll(id="reasoning-scroll"):
                 yield Static(id="reasoning-text", markup=False)
@@ -88,6 +93,7 @@ class ResearchPane(Pane):
             return
         self._last_render = now
         self._title(model, rid)
+        self._prescreen(model, rid)
         self._reasoning(model.research_reasoning(rid) if rid is not None else "")
         texts = model.research_parts(rid) if rid is not None else [self._empty_text(model)]
         if rid != self._shown_id:  # another session: from its start, or following the newest
@@ -97,6 +103,18 @@ class ResearchPane(Pane):
         if scroll.pending:
             model.dirty.add(RESEARCH)  # the rest of the parts at the next repaint
         self._shown_id = rid
+
+    def _prescreen(self, model: "ViewModel", rid: str | None) -> None:
+        """The pre-screen's line (effect, CI, side effects, the gate's verdict): shown once one exists."""
+        line = research_prescreen_line(model.state, rid) if rid is not None else None
+        target = self.query_one("#research-prescreen", Static)
+        target.set_class(line is not None, "-present")
+        if line is None:
+            return
+        done = model.state.prescreens.get(rid)
+        refused = done is not None and done.mode == "gate" and done.verdict in ("harmful", "failed")
+        style = "blue" if done is None else "bold red" if refused else "green" if done.verdict == "passed" else "yellow"
+        target.update(Text(line, style=style))
 
     def _reasoning(self, text: str) -> None:
         section = self.query_one("#research-reasoning", Collapsible)

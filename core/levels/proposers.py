@@ -10,5 +10,7 @@ from .proposer import Algorithmic, Proposer
 
 def make_proposer(cfg: Any) -> Proposer:
     """The proposer ``cfg.proposer`` names, built with the run's seed (a point proposer behind Algorithmic)."""
-    made = load(registry.entry("proposer", cfg.proposer))(seed=cfg.search.seed)
+    # offline mode draws known code edits too when the code is searched (its library of them)
+    scoped = {"scope": cfg.search.scope} if cfg.proposer == "offline" else {}
+    made = load(registry.entry("proposer", cfg.proposer))(seed=cfg.search.seed, **scoped)
     return made if isinstance(made, Proposer) else Algorithmic(made)

@@ -371,6 +371,24 @@ class TrainingFinished(Event, tag="training_finished"):
     attempt: int = 1
 
 
+class TrustedEvaluation(Event, tag="trusted_evaluation"):
+    """Code scope: the trusted evaluation of a run's exported model (its own walled process), after its training.
+
+    ``val_bpb`` is the score that counts (None: the run has none, ``reason`` says why: a model that is
+    not causal, none exported, an evaluation that failed); ``script_val_bpb`` is what the script printed
+    itself, kept for the record and never used."""
+
+    iteration: int = 0
+    attempt: int = 1
+    val_bpb: float | None = None
+    causal: bool = False
+    reason: str = ""
+    script_val_bpb: float | None = None
+    training_s: float = 0.0  # the engine's clock over the training process
+    duration_s: float = 0.0  # the evaluation's own time
+    wall: str = ""  # what the evaluation's wall said was in force
+
+
 class SlotInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One place a trial can run: a GPU (by index and UUID), a CPU slot, or a Ray cluster's GPU."""
 

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal, Union
 
 import msgspec
 
-from core.record.change import NO_CHANGE, Change, CodeEdit, ParamChange, as_change, is_tagged
+from core.record.change import NO_CHANGE, Change, CodeEdit, EditBlock, ParamChange, as_change, is_tagged
 
 # The fixed sets of values; every value an emitter writes must be listed here.
 Provider = Literal["openai", "offline"]
@@ -739,6 +739,8 @@ class AuditRun(msgspec.Struct, frozen=True, kw_only=True):
     config: str  # "baseline", "best", "without #7", "proposed"
     seed: int
     values: dict[str, Any] = {}
+    # search.scope = "code": the kept edit blocks in force for this configuration, in the order they were kept
+    edits: list[EditBlock] = []
 
 
 class AuditPlanned(Event, tag="audit_planned"):

@@ -8,7 +8,10 @@ Output: one progress line per step (at most ~2 a second), then a line ``---`` fo
 ``key: value`` lines, ``val_bpb`` first.
 Exit codes: 0 done; 1 crash; 2 data missing or invalid configuration; 3 loss diverged
 (no summary block then). Only the hyperparameters are top-level literal constants.
-Environment: BILEVEL_DATA_DIR (a folder made by ``bilevel prepare``), BILEVEL_SEED.
+Environment: BILEVEL_DATA_DIR (a folder made by ``bilevel prepare``), BILEVEL_SEED;
+BILEVEL_EXPORT_MODEL (code scope): export the trained model there for the trusted evaluation
+(baseline/trusted_eval.py) instead of scoring it here. The regions between ``# >>> protocol``
+and ``# <<< protocol`` lines are the measurement, which no code edit may touch.
 ``python train.py --warm``: a warm worker that runs one iteration per JSON line on stdin
 (see ``serve_warm``); ``WARM_SAFE`` names the constants it may change without a new process.
 

@@ -314,3 +314,29 @@ def test_the_trace_the_report_and_the_export_say_which_keeps_were_code() -> None
     assert [t.user_attrs["code_edits"] for t in trials] == [0, 1, 0]
     assert [t.user_attrs["code_in_force"] for t in trials] == [False, True, True]
     assert all(isinstance(t, optuna.trial.FrozenTrial) for t in trials)
+
+
+def test_mechanisms_read_a_code_proposals_edit_blocks_beside_its_constants() -> None:
+    from core.engine.mechanism_host import proposal_data
+    from core.levels.proposal import Proposal
+
+    code = Proposal(CodeEdit(params={"LR": 0.03}, edits=[edit("a", "b")]), "h", "llm", 1)
+    assert proposal_data(code) == {"changes": {"LR": 0.03}, "hypothesis": "h",
+                                   "edits": [{"find": "a", "replace": "b"}]}
+    assert proposal_data(Proposal(ParamChange(params={"LR": 0.03}), "h", "llm", 1)) == {
+        "changes": {"LR": 0.03}, "hypothesis": "h"}
+
+
+def test_a_repeat_is_the_same_script_never_constants_across_a_kept_code_edit() -> None:
+    from core.levels.inner import repeat_of
+
+    class R:
+        def __init__(self, decision: str, values: dict, changes) -> None:
+            self.decision, self.values, self.changes, self.iteration = decision, values, changes, 0
+    v = {"LR": 0.03}
+    code = CodeEdit(edits=[edit("a", "b")])
+    discarded = R("discard", v, ParamChange(params=v))
+    assert repeat_of(v, [discarded]) is discarded
+    assert repeat_of(v, [discarded], code) is None  # an edit with these values is another script
+    assert repeat_of(v, [R("discard", v, code)], code) is not None
+    assert repeat_of(v, [discarded, R("keep", v, code)]) is None  # tried against the code before the keep

@@ -383,7 +383,6 @@ class EngineContext:
                 del eng.training_cancels[iteration]
         return TrainRun(result, script_rel)
 
-
     async def _evaluate_trusted(self, iteration: int, attempt: int, walled: code_run.CodeRun, text: str,
                                 result: TrainResult, slot_env: dict[str, str]) -> TrainResult:
         """Code scope: the run's score from the trusted evaluation of its exported model, or a crash saying why."""

@@ -294,7 +294,7 @@ class InnerLoop:
             status = "locked" if spec.locked else "frozen" if name in frozen else "active"
             schema_lines.append(f"- [{status}] {spec.describe()}")
         current = ctx.current_schema(best.values())
-        example, self._example_texts = reply_example(current, frozen)
+        example, self._example_texts = reply_example(current, frozen, edits=ctx.cfg.search.scope == "code")
         fields = dict(
             best_val_bpb=fmt_bpb(state.best_val_bpb),
             baseline_val_bpb=fmt_bpb(state.baseline_val_bpb),
@@ -376,7 +376,8 @@ def example_value(spec: ParamSpec) -> Any:
     return None
 
 
-def reply_example(schema: dict[str, ParamSpec], frozen: Iterable[str]) -> tuple[str, tuple[str, ...]]:
+def reply_example(schema: dict[str, ParamSpec], frozen: Iterable[str], *,
+                  edits: bool = False) -> tuple[str, tuple[str, ...]]:
     """A reply filled with a real change of this run (no placeholder to copy), and its hypothesis text,
     which a reply may not echo."""
     skip = set(frozen)
@@ -388,7 +389,8 @@ def reply_example(schema: dict[str, ParamSpec], frozen: Iterable[str]) -> tuple[
             continue
         hypothesis = (f"{name} {fmt_value(spec.value)} -> {fmt_value(value)} alone shows whether val_bpb is "
                       f"sensitive to {name} here")
-        reply = json.dumps({"changes": [{"name": name, "value": value}], "hypothesis": hypothesis})
+        reply = json.dumps({"changes": [{"name": name, "value": value}], **({"edits": []} if edits else {}),
+                            "hypothesis": hypothesis})
         return f"For example, a reply that changes {name} alone:\n{reply}", (hypothesis,)
     return "", ()
 
@@ -411,9 +413,12 @@ def repeat_of(values: dict[str, Any], records: list[Any], change: Change | None 
     """The trained and discarded iteration whose script had exactly these values, if any.
 
     A code edit repeats only the same edit (with the same values); constants alone never repeat a
-    code edit's iteration, whose script differed in more than its values."""
+    code edit's iteration, whose script differed in more than its values, nor one trained before a
+    code edit was kept (its code was another)."""
     edits = change.edits if isinstance(change, CodeEdit) else []
     for record in reversed(records):
+        if record.decision == "keep" and isinstance(record.changes, CodeEdit):
+            return None
         if record.decision != "discard" or not record.values or record.values != values:
             continue
         if (record.changes.edits if isinstance(record.changes, CodeEdit) else []) == edits:

@@ -340,3 +340,13 @@ def test_a_repeat_is_the_same_script_never_constants_across_a_kept_code_edit() -
     assert repeat_of(v, [discarded], code) is None  # an edit with these values is another script
     assert repeat_of(v, [R("discard", v, code)], code) is not None
     assert repeat_of(v, [discarded, R("keep", v, code)]) is None  # tried against the code before the keep
+
+
+async def test_the_evaluation_refuses_a_model_file_the_script_made_a_link(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("not a model")
+    run = code_run.CodeRun(tmp_path / "run", ())
+    run.folder.mkdir()
+    run.model.symlink_to(secret)
+    found = await code_run.evaluate(run, python=sys.executable, data_dir=tmp_path, constants={}, timeout_s=5)
+    assert found.val_bpb is None and "as a plain file" in found.reason

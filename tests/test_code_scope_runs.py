@@ -185,7 +185,8 @@ async def test_hostile_edits_are_refused_neutralised_or_crash_and_an_improving_e
             assert finished[n[what]].decision == "crash" and finished[n[what]].outcome == "timeout", what
         wrote = n["writes outside its run folder"]
         assert not (outside / "pwned.txt").exists() and sorted(outside.iterdir()) == []
-        assert "forged" not in (session / "events.jsonl").read_text(encoding="utf-8")
+        log_lines = (session / "events.jsonl").read_text(encoding="utf-8").splitlines()
+        assert "forged" not in log_lines and all(line.startswith("{") for line in log_lines)
         assert "write blocked" in (session / "artifacts" / "iterations" / f"{wrote:04d}" / "train.log").read_text()
         assert listener.accepted == 0
         assert "socket blocked" in (session / "artifacts" / "iterations" / f"{n['opens a socket']:04d}" /

@@ -11,8 +11,9 @@ them into the best script or says every reason it cannot, one line each, for the
   would replace it);
 - the edited script must parse, and every module it newly imports must be installed.
 
-What it does not stop is said in :mod:`core.services.trusted_eval`: the score never depends on
-these checks, which keep the protocol's text intact and give the model its reasons early.
+What the wall and the evaluation do not stop is said in :mod:`core.services.code_run`; the score
+never depends on these checks, which keep the protocol's text intact and give the model its reasons
+early (an edit can still patch a protocol function at run time; the trusted evaluation ignores it).
 """
 from __future__ import annotations
 

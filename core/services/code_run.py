@@ -107,10 +107,15 @@ async def evaluate(run: CodeRun, *, python: str, data_dir: Path | None, constant
     """The trusted evaluation of ``run``'s exported model, in its own walled process."""
     if data_dir is None:
         return Evaluation(None, "no prepared data to evaluate on")
-    if not run.model.is_file():
-        return Evaluation(None, f"the run wrote no exported model ({MODEL_FILE}): nothing to score")
+    # the run folder is the script's: a link there would turn the evaluation's read or write rules elsewhere
+    if run.model.is_symlink() or not run.model.is_file():
+        return Evaluation(None, f"the run wrote no exported model ({MODEL_FILE} as a plain file): nothing to score")
     scratch = run.folder / "eval"
-    scratch.mkdir(exist_ok=True)
+    if scratch.is_symlink() or scratch.is_file():
+        scratch.unlink()
+    elif scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir()
     data = [str((data_dir / n).resolve()) for n in (*TRAIN_FILES, "val.bin")]
     wrap = wall_command(python, [str(TRUSTED_EVAL.parent), str(run.model), *data], [str(scratch)])
     picked = {k: constants[k] for k in PROTOCOL_CONSTANTS if k in constants}

@@ -424,44 +424,46 @@ def val_bpb(hp: dict, seed: int) -> float:
     return expected_bpb(hp) + noise(hp, seed)
 
 
-def main() -> int:
-    hp = hyperparameters()
-    print("SURROGATE workload: val_bpb is a response surface plus seeded noise; nothing is trained", flush=True)
+def run_output(hp: dict, seed: int) -> tuple[int, list[tuple[str, str]]]:
+    """What one run prints, as (stream, line) pairs in order, and its exit code.
+
+    ``main`` prints it; the engine reads the same lines when it evaluates the surrogate in its own
+    process (core/services/surrogate_run.py), so a run in-process and a run as a script say the same.
+    """
+    out: list[tuple[str, str]] = [("stdout", "SURROGATE workload: val_bpb is a response surface plus seeded noise; "
+                                             "nothing is trained")]
     try:
         check(hp)
     except SurrogateConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return 2, [*out, ("stderr", f"error: {exc}")]
     except SurrogateCrash as exc:
         if exc.kind == "diverged":
-            print(f"step {exc.step:05d} (1.0%) | loss: nan | surrogate", flush=True)
-            print(f"loss is nan at step {exc.step}, stopping ({exc})", flush=True)
-            return 3
-        print(f"torch.OutOfMemoryError: {exc}", file=sys.stderr, flush=True)
-        return 1
+            return 3, [*out, ("stdout", f"step {exc.step:05d} (1.0%) | loss: nan | surrogate"),
+                       ("stdout", f"loss is nan at step {exc.step}, stopping ({exc})")]
+        return 1, [*out, ("stderr", f"torch.OutOfMemoryError: {exc}")]
     n_steps = steps(hp)
-    score = expected_bpb(hp) + noise(hp, SEED)
+    score = expected_bpb(hp) + noise(hp, seed)
     tok_s = hp["TOTAL_BATCH_SIZE"] * n_steps / hp["TIME_BUDGET"]
     for k in range(5):  # a few progress lines of the reference format; the loss is illustrative
         frac = (k + 1) / 5
         step = max(0, int(n_steps * frac) - 1)
         loss = score * math.log(2) * 3.6 * (1 + 0.5 * (1 - frac))
-        print(f"step {step:05d} ({100 * frac:.1f}%) | loss: {loss:.6f} | lrm: 1.00 | dt: 0ms | "
-              f"tok/sec: {tok_s:,.0f} | mfu: 0.0% | epoch: 0 | remaining: "
-              f"{hp['TIME_BUDGET'] * (1 - frac):.0f}s", flush=True)
-    print("---")
-    print(f"val_bpb: {score:.6f}")
-    print(f"training_seconds: {float(hp['TIME_BUDGET']):.1f}")
-    print("total_seconds: 0.0")
-    print("peak_vram_mb: 0.0")
-    print("mfu_percent: 0.00")
-    print(f"total_tokens_M: {n_steps * hp['TOTAL_BATCH_SIZE'] / 1e6:.1f}")
-    print(f"num_steps: {n_steps}")
-    print(f"num_params_M: {params(hp) / 1e6:.2f}")
-    print(f"depth: {hp['DEPTH']}")
-    print(f"noise_sigma: {float(hp['NOISE_SIGMA']):g}")
-    print("surrogate: 1", flush=True)
-    return 0
+        out.append(("stdout", f"step {step:05d} ({100 * frac:.1f}%) | loss: {loss:.6f} | lrm: 1.00 | dt: 0ms | "
+                              f"tok/sec: {tok_s:,.0f} | mfu: 0.0% | epoch: 0 | remaining: "
+                              f"{hp['TIME_BUDGET'] * (1 - frac):.0f}s"))
+    summary = ["---", f"val_bpb: {score:.6f}", f"training_seconds: {float(hp['TIME_BUDGET']):.1f}",
+               "total_seconds: 0.0", "peak_vram_mb: 0.0", "mfu_percent: 0.00",
+               f"total_tokens_M: {n_steps * hp['TOTAL_BATCH_SIZE'] / 1e6:.1f}", f"num_steps: {n_steps}",
+               f"num_params_M: {params(hp) / 1e6:.2f}", f"depth: {hp['DEPTH']}",
+               f"noise_sigma: {float(hp['NOISE_SIGMA']):g}", "surrogate: 1"]
+    return 0, [*out, *(("stdout", line) for line in summary)]
+
+
+def main() -> int:
+    code, lines = run_output(hyperparameters(), SEED)
+    for stream, line in lines:
+        print(line, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
+    return code
 
 
 if __name__ == "__main__":

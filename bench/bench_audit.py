@@ -32,7 +32,7 @@ TRUTH_EPS = 0.0001
 def session_config(root: Path, rule: str, seed: int, iterations: int) -> config.Config:
     return config.from_dict({
         "name": f"audit-{rule}-{seed}", "endpoint": {"provider": "offline"}, "script": {"preset": "surrogate"},
-        "data": {"source": "none"}, "budget": {"iterations": iterations},
+        "data": {"source": "none"}, "budget": {"iterations": iterations, "stuck_after": 0},  # a bench runs through
         "search": {"group": "A", "seed": seed}, "acceptance": {"rule": rule},
         "audit": {"share": 100.0, "repeats": 3}, "run": {"sessions_dir": str(root), "gpus": "cpu:2"}})
 

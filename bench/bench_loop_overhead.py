@@ -36,7 +36,7 @@ async def measure(iterations: int, workdir: Path) -> list[float]:
         cfg = config.from_dict({
             "name": "bench", "endpoint": {"provider": "openai", "base_url": srv.base_url, "model": "test-model"},
             "script": {"path": str(ROOT / "tests/fixtures/scripts/quadratic_train.py")}, "data": {"source": "none"},
-            "budget": {"time_s": 1, "grace_s": 30, "iterations": iterations},
+            "budget": {"time_s": 1, "grace_s": 30, "iterations": iterations, "stuck_after": 0},
             "search": {"locked": ["DEPTH"], "history_tokens": 6000},
             "run": {"sessions_dir": str(workdir), "gpus": "cpu"}})
         engine = Engine.create(cfg)

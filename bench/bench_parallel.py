@@ -94,7 +94,7 @@ async def run(slots: int, trials: int, trial_s: float, workdir: Path) -> tuple[l
             "name": f"bench{slots}", "endpoint": {"provider": "openai", "base_url": srv.base_url,
                                                   "model": "test-model"},
             "script": {"path": str(ROOT / "tests/fixtures/scripts/quadratic_train.py")}, "data": {"source": "none"},
-            "budget": {"time_s": 1, "grace_s": 30, "iterations": trials},
+            "budget": {"time_s": 1, "grace_s": 30, "iterations": trials, "stuck_after": 0},
             "search": {"locked": ["DEPTH"], "history_tokens": 6000},
             "run": {"sessions_dir": str(workdir / "sessions"), "gpus": f"cpu:{slots}", "worker": "fresh"},
         })

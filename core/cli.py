@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repeats", type=int, default=1, help="run each group N times with distinct seeds")
     run.add_argument("--detach", action="store_true",
                      help="start the engine in the background (headless, survives the shell) and print the session")
+    run.add_argument("--estimate", action="store_true",
+                     help="print what the run would spend (GPU-hours, LLM calls, tokens, dollars) and exit")
     run.add_argument("--into", help=argparse.SUPPRESS)  # the detached child writes into the session made for it
     _add_overrides(run)
 
@@ -84,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--headless", action="store_true")
     resume.add_argument("--iterations", type=int, help="raise the iteration budget")
     resume.add_argument("--sessions-dir", help="where to look for a session name")
+    resume.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a limit for the rest of the session, e.g. --set budget.max_usd=5 "
+                             "(the [budget] caps and stuck_after; repeatable)")
 
     replay = sub.add_parser("replay", help="replay a saved session")
     replay.add_argument("session")
@@ -191,6 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
              "pip install 'bilevel-autoresearch[train]'")
         return EXIT_USAGE
     plan = run_plan(args)
+    if getattr(args, "estimate", False):
+        return _print_estimate(plan)
     if len(plan) > 1:
         return _run_repeats(plan, load_config(args).name)
     cfg = plan[0]
@@ -219,6 +226,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         begin(engine)
         return _run_app(engine, Path(args.config) if args.config else None)
     return drive(engine)
+
+
+def _print_estimate(plan: list[Config]) -> int:
+    """``bilevel run --estimate``: each planned session's expected spend on stdout; nothing is run."""
+    from core.analysis.spend_text import describe
+    from core.engine.estimate import estimate
+    from core.services.executors import find_slots
+
+    estimates = []
+    for cfg in plan:
+        try:
+            slots = find_slots(cfg.run.gpus).slots
+        except ValueError as exc:
+            raise ConfigError(f"run.gpus: {exc}") from None
+        devices = len([d for d in slots[0].devices.split(",") if d.strip()]) if slots and slots[0].devices else 1
+        estimates.append(estimate(cfg, slots=len(slots) or 1, devices_per_run=max(1, devices)))
+        if len(plan) > 1:
+            print(f"{cfg.name} (group {cfg.search.group}, seed {cfg.search.seed}):")
+        for line in describe(estimates[-1]):
+            print(("  " if len(plan) > 1 else "") + line)
+    if len(plan) > 1:
+        usds = [e.usd for e in estimates]
+        usd = f"≤ ${sum(u for u in usds if u is not None):,.2f}" if None not in usds else "$ unknown"
+        print(f"study of {len(plan)} sessions: ≈ {sum(e.gpu_hours for e in estimates):.3g} GPU-hours, "
+              f"≤ {sum(sum(e.tokens.values()) for e in estimates):,} tokens, {usd}")
+    return EXIT_OK
 
 
 def _missing_training_extra() -> str | None:
@@ -252,6 +285,10 @@ def run_plan(args: argparse.Namespace) -> list[Config]:
         raise ConfigError("--repeats must be at least 1")
     base = load_config(args)
     groups = _groups(args)
+    if (repeats > 1 or len(groups) > 1) and not _stuck_rule_given(args):
+        # A study compares groups under one budget and nobody watches it: a pause on one member's
+        # streak would hold the whole study and cut that arm short. Set budget.stuck_after to have it.
+        base = config_mod.with_overrides(base, {"budget.stuck_after": 0})
     plan = []
     for group in groups:
         cfg = base if group is None else config_mod.with_overrides(base, {"search.group": group, "search.levels": []})
@@ -262,6 +299,20 @@ def run_plan(args: argparse.Namespace) -> list[Config]:
             plan.append(config_mod.with_overrides(cfg, {"search.seed": cfg.search.seed + r,
                                                         "name": f"{cfg.name}-{cfg.search.group}-r{r + 1}"}))
     return plan
+
+
+def _stuck_rule_given(args: argparse.Namespace) -> bool:
+    """budget.stuck_after set on the command line or in the config file (not left at its default)."""
+    if "budget.stuck_after" in _overrides(args):
+        return True
+    if getattr(args, "demo", False) or not args.config:
+        return False
+    try:
+        data = config_mod.tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    budget = data.get("budget")
+    return isinstance(budget, dict) and "stuck_after" in budget
 
 
 def _run_repeats(plan: list[Config], name: str) -> int:
@@ -308,16 +359,22 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from core.record.session import SessionError, find_session
     from core.record.study import Study, find_study
 
-    overrides = {"budget.iterations": args.iterations} if args.iterations is not None else None
+    overrides: dict[str, Any] = {"budget.iterations": args.iterations} if args.iterations is not None else {}
+    for item in args.set:  # only the limits: the rest of a session's config is its measurement
+        key, value = config_mod.parse_override(item)
+        if not key.startswith("budget.") or key.removeprefix("budget.") not in config_mod.LIMIT_NAMES:
+            raise ConfigError(f"resume --set {key}: only the limits change on resume "
+                              f"(budget.{', budget.'.join(config_mod.LIMIT_NAMES)}); --iterations raises the budget")
+        overrides.update(config_mod.limit_settings({key.removeprefix("budget."): value}))
     study = find_study(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
     if study is not None:
-        return drive_study(Study.load(study), overrides)
+        return drive_study(Study.load(study), overrides or None)
     try:
         path = find_session(args.session, Path(args.sessions_dir) if args.sessions_dir else None)
         if is_noise_session(path):
             _err(f"{path.name} is a noise measurement, not a search; measure again with `bilevel noise`")
             return EXIT_USAGE
-        engine = Engine.resume(path, overrides, log=lambda m: print(m, file=sys.stderr))
+        engine = Engine.resume(path, overrides or None, log=lambda m: print(m, file=sys.stderr))
     except (SessionError, FatalRunError, ExecutorError) as exc:
         _err(str(exc))
         return EXIT_USAGE

@@ -22,7 +22,8 @@ def fast_config(tmp_path: Path, **overrides: Any) -> config.Config:
         "endpoint": {"provider": "offline"},
         "script": {"path": str(QUADRATIC)},
         "data": {"source": "none"},
-        "budget": {"time_s": 1.0, "grace_s": 30.0, "iterations": 3},
+        # no stuck-loop pause (as in the demo): a long test run is never held; tests of the rule set it
+        "budget": {"time_s": 1.0, "grace_s": 30.0, "iterations": 3, "stuck_after": 0},
         "search": {"locked": ["DEPTH"]},
         "run": {"sessions_dir": str(tmp_path / "sessions"), "gpus": "cpu"},
     }

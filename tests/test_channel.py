@@ -38,6 +38,7 @@ EVERY_COMMAND = [
     cmds.SetGuidance(guidance="shorter warmup, ünïcode"), cmds.Freeze(name="MATRIX_LR", reason="why not"),
     cmds.Unfreeze(name="MATRIX_LR"), cmds.ApproveMechanism(research_id="r1-0001"),
     cmds.RejectMechanism(research_id="r1-0002", reason="too clever"), cmds.SetBudget(iterations=40),
+    cmds.SetLimits(limits={"max_usd": 12.5, "inner.max_tokens": None}),
 ]
 
 

@@ -137,7 +137,8 @@ def test_a_classical_group_refuses_level_2():
         config.demo_config(**{"search.group": "tpe", "search.levels": ["inner", "research"]})
     assert config.demo_config(**{"search.group": "tpe"}).search.sampler == "tpe"
     assert config.canonical_group("TPE") == "tpe" and config.canonical_group("c+CMAES") == "C+cmaes"
-    assert config.demo_config(**{"search.group": "C+cmaes"}).search.active_mechanisms == ("cmaes_hint",)
+    llm = {"endpoint.provider": "openai", "endpoint.base_url": "http://127.0.0.1:9/v1", "endpoint.model": "m"}
+    assert config.demo_config(**{"search.group": "C+cmaes", **llm}).search.active_mechanisms == ("cmaes_hint",)
 
 
 def test_on_the_surrogate_tpe_beats_quasi_random_search_at_n_10_and_30_iterations():
@@ -153,3 +154,21 @@ def test_on_the_surrogate_tpe_beats_quasi_random_search_at_n_10_and_30_iteration
     sobol = [delta("sobol", s) for s in range(10)]
     assert sum(tpe) / 10 < sum(sobol) / 10
     assert permutation_pvalue(tpe, sobol, random_state=0) < 0.05
+
+
+async def test_a_classical_group_trains_its_whole_points_on_the_surrogate(tmp_path):
+    """search.max_changes is the LLM's one-hypothesis limit: a sampler's full point is trained, never refused."""
+    from core.engine.engine import Engine
+    from core.record import events as ev
+    from tests.conftest import Recorder
+
+    cfg = config.demo_config(**{"script.preset": "surrogate", "search.group": "tpe", "budget.iterations": 3,
+                                "run.sessions_dir": str(tmp_path), "audit.enabled": False})
+    engine = Engine.create(cfg)
+    rec = Recorder()
+    engine.subscribe(rec)
+    state = await engine.run()
+    assert not rec.of(ev.ProposalRejected)
+    trained = [r for r in state.records if r.iteration > 0]
+    assert [r.decision in ("keep", "discard", "crash") for r in trained] == [True] * 3
+    assert all(len(r.changes.params) > cfg.search.max_changes for r in trained)  # whole points

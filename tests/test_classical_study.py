@@ -68,7 +68,7 @@ def test_a_study_resumed_after_kill_9_continues_every_group_where_it_stopped(tmp
             if studies and finished(studies[0] / "cmaes-r1") >= 3:
                 break
             assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-            time.sleep(0.05)
+            time.sleep(0.005)  # a surrogate iteration runs in-process: tens of milliseconds
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=patience(30))
     finally:
@@ -76,9 +76,12 @@ def test_a_study_resumed_after_kill_9_continues_every_group_where_it_stopped(tmp
             proc.kill()
         log.close()
     study = the_study(tmp_path)
-    before = {m: events_of(study / m) for m in ("A-r1", "tpe-r1", "cmaes-r1") if (study / m / "events.jsonl").exists()}
-    assert not (study / "sobol-r1" / "events.jsonl").exists()  # never started
-    assert 3 <= finished(study / "cmaes-r1") <= ITERATIONS  # cut short
+    members = ("A-r1", "tpe-r1", "cmaes-r1", "sobol-r1")
+    before = {m: events_of(study / m) for m in members if (study / m / "events.jsonl").exists()}
+    assert 3 <= finished(study / "cmaes-r1")
+    # killed inside cmaes-r1 as a rule; on a loaded machine the kill may land a member later
+    cut = [m for m, events in before.items() if not any(isinstance(e, ev.RunFinished) for e in events)]
+    assert len(cut) <= 1 and set(before) <= set(members)
 
     resumed = run_bilevel("resume", str(study), "--headless", cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -90,10 +93,11 @@ def test_a_study_resumed_after_kill_9_continues_every_group_where_it_stopped(tmp
             assert events == before[member], f"{member} was complete and must not run again"
         # every group continues where it stopped: the same proposals as the run that was never killed
         assert proposals(study / member) == proposals(uninterrupted / member), member
-    cmaes_events = events_of(study / "cmaes-r1")
-    assert any(isinstance(e, ev.RunResumed) for e in cmaes_events)
-    assert [e.source for e in cmaes_events if isinstance(e, ev.IterationFinished) and e.iteration > 0] == [
-        "cmaes"] * ITERATIONS
+    for member in cut:  # the member cut short was resumed, and its proposer stayed its own
+        events = events_of(study / member)
+        assert any(isinstance(e, ev.RunResumed) for e in events)
+        assert [e.source for e in events if isinstance(e, ev.IterationFinished) and e.iteration > 0] == [
+            member.split("-")[0] if member != "A-r1" else "offline"] * ITERATIONS
 
 
 def test_the_report_shows_classical_and_level_groups_in_one_table_labelled_surrogate(uninterrupted):
@@ -138,13 +142,11 @@ def test_the_export_opens_with_optuna_and_holds_every_trained_iteration(tmp_path
     assert again.returncode == 2 and "already holds" in again.stderr
 
 
-def test_the_hybrid_group_puts_cmaes_next_point_in_every_prompt(tmp_path):
-    proc = run_bilevel("run", "--demo", "--group", "A+cmaes", "--set", "script.preset=surrogate", "--iterations",
-                       "3", "--headless", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (session,) = [p for p in (tmp_path / "sessions").iterdir() if p.is_dir()]
-    events = events_of(session)
-    assert any(isinstance(e, ev.MechanismActivated) and e.name == "cmaes_hint" for e in events)
-    hints = [e for e in events if isinstance(e, ev.MechanismEffect) and e.name == "cmaes_hint"]
-    assert [e.iteration for e in hints] == [1, 2, 3] and all("CMA-ES" in e.detail for e in hints)
-    assert fold(events).records[-1].mechanisms["cmaes_hint"]["shape_prompt"] == 1
+def test_a_hybrid_group_is_refused_offline_with_the_reason(tmp_path):
+    # the CMA-ES hint is prompt text and the offline proposer reads no prompt: "A+cmaes" would be A again
+    proc = run_bilevel("run", "--demo", "--group", "A,A+cmaes", "--repeats", "2", "--set", "script.preset=surrogate",
+                       "--iterations", "3", "--headless", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "group 'A+cmaes' would run as a copy of the group without it" in proc.stderr
+    assert "reads no prompt" in proc.stderr and "cmaes_hint" in proc.stderr
+    assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").iterdir())  # nothing ran

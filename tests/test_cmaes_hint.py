@@ -1,6 +1,9 @@
 """The CMA-ES hint built-in: a deterministic next point inside the bounds, from the records alone."""
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 pytest.importorskip("cmaes")
@@ -52,3 +55,32 @@ def test_the_same_history_gives_the_same_hint_and_more_history_moves_it():
 def test_the_prompt_note_names_cmaes_and_the_point():
     note = mechanisms.builtin("cmaes_hint").shape_prompt(state(history(12)), "")
     assert note.startswith("One candidate to consider: CMA-ES") and "LR=" in note
+
+
+@pytest.mark.parametrize("group", ["A+cmaes", "C+cmaes"])
+def test_a_hybrid_group_whose_proposer_reads_no_prompt_is_refused_with_the_reason(group):
+    from core.record import config
+
+    with pytest.raises(config.ConfigError, match=rf"search.group: cmaes_hint only adds text to the Level 1 "
+                       rf"prompt.*reads no prompt.*group '{re.escape(group)}' would run as a copy"):
+        config.demo_config(**{"search.group": group, "script.preset": "surrogate"})
+    with pytest.raises(config.ConfigError, match="search.mechanisms: cmaes_hint only adds text"):
+        config.demo_config(**{"search.mechanisms": ["cmaes_hint"], "search.proposer": "tpe"})
+
+
+async def test_the_hybrid_group_puts_cmaes_next_point_in_every_llm_prompt(tmp_path, scripted_openai):
+    from core.record import events as ev
+    from core.record.state import fold
+    from tests.conftest import llm_config, run_engine
+
+    rates = iter([0.03, 0.05, 0.02])
+    scripted_openai.responder = lambda req: json.dumps({"changes": {"LR": next(rates)}, "hypothesis": "a rate"})
+    engine, rec = await run_engine(llm_config(tmp_path, scripted_openai, **{"search.group": "A+cmaes",
+                                                                          "budget.iterations": 3}))
+    assert engine.state.status == "completed"
+    assert any(e.name == "cmaes_hint" for e in rec.of(ev.MechanismActivated))
+    hints = [e for e in rec.of(ev.MechanismEffect) if e.name == "cmaes_hint"]
+    assert [e.iteration for e in hints] == [1, 2, 3] and all("CMA-ES" in e.detail for e in hints)
+    prompts = [r for r in scripted_openai.requests if "ML research assistant" in r["messages"][0]["content"]]
+    assert len(prompts) == 3 and all("One candidate to consider: CMA-ES" in json.dumps(r) for r in prompts)
+    assert fold(rec.events).records[-1].mechanisms["cmaes_hint"]["shape_prompt"] == 1

@@ -162,4 +162,4 @@ def test_init_and_help_name_the_plugin_entries_with_their_package(tmp_path, plug
     assert config.load(target).search.proposer == ""  # still a valid config
     shown = run_bilevel("run", "--help", cwd=tmp_path, env=_with_plugin(plugin_path))
     help_text = " ".join(shown.stdout.replace("-\n", "-").split())  # argparse wraps after a hyphen
-    assert "proposers (search.proposer): llm, offline, tpe, cmaes, sobol, grid [bilevel-grid-plugin 0.3.0]." in help_text
+    assert "proposers (search.proposer): llm, offline, tpe, cmaes, sobol, random, grid [bilevel-grid-plugin 0.3.0]." in help_text

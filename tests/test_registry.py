@@ -34,8 +34,12 @@ def test_every_declared_option_is_a_config_key():
 
 def test_the_config_accepts_exactly_the_registered_groups_and_executors():
     assert list(config.GROUPS) == list(registry.group_names())
+    llm = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
     for name in registry.group_names():
-        assert config.from_dict({"search": {"group": name}}).search.active_levels == registry.group(name).levels
+        # a group whose mechanism only writes prompt text needs a proposer that reads the prompt
+        prompt_only = any(registry.entry("mechanism", m).prompt_only for m in registry.group(name).mechanisms)
+        data = {"search": {"group": name}, **({"endpoint": llm} if prompt_only else {})}
+        assert config.from_dict(data).search.active_levels == registry.group(name).levels
     assert config.from_dict({"run": {"executor": "ray"}}).run.executor == "ray"
     with pytest.raises(config.ConfigError, match=r"run.executor: expected one of 'local', 'ray', got 'slurm'"):
         config.from_dict({"run": {"executor": "slurm"}})
@@ -114,5 +118,5 @@ def test_init_and_help_list_every_registered_entry(tmp_path, capsys):
     run = build_parser()._subparsers._group_actions[0].choices["run"]  # noqa: SLF001 - argparse keeps them there
     text = " ".join(run.format_help().split())
     assert all(g.name in text for g in registry.GROUPS)
-    assert "proposers (search.proposer): llm, offline, tpe, cmaes, sobol." in text
+    assert "proposers (search.proposer): llm, offline, tpe, cmaes, sobol, random." in text
     assert "executors (run.executor): local, ray." in text

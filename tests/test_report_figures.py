@@ -223,6 +223,44 @@ def test_surrogate_figures_say_so_and_an_unbanded_group_says_why(report, tmp_pat
     assert "no interval for B" in svg.read_text() and "(n=1, no CI)" in svg.read_text()
 
 
+def test_an_audited_sessions_trace_carries_the_audits_verdict_on_each_keep(tmp_path):
+    """A session audited at its end: the trace of its figure holds the audit's measured verdicts, keyed by keep
+    (superseded and unmeasured keeps are not drawn as verdicts); a session never audited has none."""
+    from core.record.session import SessionWriter
+    from tests.support.scripted_engine import StepClock
+
+    path = tmp_path / "audited"
+    writer = SessionWriter(path, clock=StepClock())
+    try:
+        for e in [ev.SessionStarted(session="audited", group="A", levels=["inner"], provider="offline",
+                                    config={"budget": {"iterations": 4}}),
+                  ev.IterationFinished(iteration=0, decision="baseline", val_bpb=1.0, best_after=1.0),
+                  ev.IterationFinished(iteration=1, decision="keep", val_bpb=0.99, best_before=1.0, best_after=0.99),
+                  ev.IterationFinished(iteration=2, decision="discard", val_bpb=1.0, best_before=0.99, best_after=0.99),
+                  ev.IterationFinished(iteration=3, decision="keep", val_bpb=0.985, best_before=0.99, best_after=0.985),
+                  ev.IterationFinished(iteration=4, decision="keep", val_bpb=0.98, best_before=0.985, best_after=0.98),
+                  ev.RunFinished(status="completed", iterations=4),
+                  ev.AuditPlanned(audit=1, repeats=3, chain=[1, 3, 4], keeps=[1, 3, 4]),
+                  ev.AuditVerdict(audit=1, iteration=1, effect=0.01, ci_low=0.005, ci_high=0.015, verdict="holds"),
+                  ev.AuditVerdict(audit=1, iteration=3, effect=0.0, ci_low=-0.004, ci_high=0.004,
+                                  verdict="within noise"),
+                  ev.AuditVerdict(audit=1, iteration=4, verdict="unmeasured"),
+                  ev.AuditFinished(audit=1, status="completed")]:
+            writer.append(e)
+    finally:
+        writer.close()
+    (trace,) = fd.figure_data(build_report(collect([path]))).traces["A"]
+    assert trace.audit == {1: "holds", 3: "within noise"}
+    assert all(p.kind == fd.KEPT for p in trace.points if p.iteration in trace.audit)
+
+
+def test_the_running_best_figure_draws_every_iteration_and_the_marks(report, tmp_path):
+    written = write_report(report, tmp_path / "rb")
+    svg = next(p for p in written.figures if p.name == "running_best.svg").read_text()
+    assert "dots: every iteration" in svg and "tick: mechanism activated" in svg and "tick: parameter frozen" in svg
+    assert "SURROGATE" in svg
+
+
 # --- image snapshots of each figure kind -------------------------------------------------------
 
 
@@ -248,6 +286,11 @@ def _effects() -> tuple[list[fd.EffectRow], dict]:
     return effects, {("A", "LR"): (4, 2), ("C", "LR"): (2, 1), ("A", "WD"): (1, 0)}
 
 
+def _audited(trace: fd.SessionTrace) -> fd.SessionTrace:
+    trace.audit = {2: "holds", 4: "within noise", 7: "harmful"}
+    return trace
+
+
 COLORS = fd.group_colors(["A", "C"])
 KINDS = {
     "trace": lambda stem: plots.trace_figure([_trace("A", "A-r1", 0.002), _trace("A", "A-r2", 0.002)], COLORS["A"],
@@ -259,9 +302,14 @@ KINDS = {
     "effects": lambda stem: plots.exploration_figure(*_effects(), COLORS, stem, formats=("png",), dpi=60),
     "cost": lambda stem: plots.cost_figure([("A", "A-r1", 10.0, -0.01), ("A", "A-r2", 12.0, -0.004),
                                             ("C", "C-r1", 11.0, -0.02)], COLORS, stem, formats=("png",), dpi=60),
+    "trace_audited": lambda stem: plots.trace_figure([_audited(_trace("C", "C-r1", None))], COLORS["C"], stem,
+                                                     formats=("png",), dpi=60),
     "running_best": lambda stem: plots.running_best_figure(
         {"A": [_trace("A", "r", None).best], "C": [[(0, 1.0), (3, 0.97), (7, 0.97)]]}, {"A": [1.0], "C": [1.0]},
-        COLORS, stem, surrogate=True, formats=("png",), dpi=60),
+        COLORS, stem, surrogate=True, formats=("png",), dpi=60,
+        points={"A": [[(p.iteration, p.val_bpb) for p in _trace("A", "r", None).points if p.val_bpb is not None]],
+                "C": [[(0, 1.0), (1, 1.01), (2, 0.985), (3, 0.97), (5, 0.99), (7, 0.975)]]},
+        marks={"A": [[(2.5, "mechanism on"), (4.5, "freeze")]], "C": [[(1.5, "mechanism on")]]}),
 }
 
 

@@ -115,10 +115,10 @@ async def test_a_log_that_takes_no_more_writes_ends_the_run_without_a_final_even
 async def test_a_storage_fault_in_an_artifact_write_names_the_artifact(tmp_path, monkeypatch) -> None:
     real = session_mod.write_atomic
 
-    def full(path: Path, data) -> None:
+    def full(path: Path, data, **kw) -> None:
         if "iterations/0002" in str(path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        real(path, data)
+        real(path, data, **kw)
 
     monkeypatch.setattr(session_mod, "write_atomic", full)
     engine = Engine.create(fast_config(tmp_path, **{"budget.iterations": 4}))

@@ -32,7 +32,7 @@ def detail(path: Path, n: int) -> str:
 async def test_detail_says_what_the_proposer_saw_while_others_ran(tmp_path: Path):
     await record_session(tmp_path / "s", Plan(**PARALLEL))
     text = detail(tmp_path / "s", 4)
-    assert "Changes\n  DEVICE_BATCH_SIZE = 512   (baseline 128)" in text
+    assert "Changes\n  DEVICE_BATCH_SIZE = 512   (was 128)" in text  # the best it was proposed against: the baseline
     assert "A bigger device batch should raise throughput." in text
     assert "results of    #0  (1 finished)" in text
     assert "running       #1 #2 #3  (result unknown" in text

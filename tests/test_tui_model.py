@@ -165,21 +165,32 @@ def test_best_plot_fills_its_box_and_labels_the_range():
     text = render.best_plot(points, 40, 5)
     lines = text.plain.split("\n")
     assert len(lines) == 5 and all(len(line) == 40 for line in lines)
-    assert lines[0].strip().startswith("1.0200") and lines[-2].strip().startswith("0.9700")
+    assert lines[0].split()[0] == "val_bpb"  # a title row of its own
+    labels = [float(line[:8]) for line in lines[1:-1] if line[:8].strip()]
+    assert len(labels) == 3 and labels == sorted(labels, reverse=True)  # top, middle, bottom
+    assert 1.0 < labels[0] < 1.03 and 0.96 < labels[-1] < 0.98
     assert lines[-1].split() == ["iter", "#0", "#1", "#2", "#3"]  # the last row is the iteration axis
     assert "no scored iteration" in render.best_plot([], 40, 5).plain
 
 
-def test_best_plot_marks_crashes_and_says_what_its_marks_mean():
+def test_best_plot_keeps_its_legend_off_the_data_and_failures_off_the_best_row():
+    """The legend has a row of its own (a discard at the worst value stays visible under it), and runs
+    with no score are marked on the iteration axis, not on the row labelled with the best value."""
     points = [(0, 1.0, "baseline"), (1, 0.99, "keep"), (2, None, "crash"), (3, 1.02, "discard"),
-              (4, None, "cancelled"), (5, 0.97, "keep"), (6, 0.98, "discard"), (9, 0.975, "discard")]
-    text = render.best_plot(points, 90, 7)
-    lines = text.plain.split("\n")
-    assert len(lines) == 7 and all(len(line) == 90 for line in lines)
-    assert "━ best" in lines[0] and "keep" in lines[0] and "discard" in lines[0] and "✗ crash" in lines[0]
-    assert "✗" in lines[-2] and "⊘" in lines[-2]  # the unscored runs, on the bottom row
-    assert lines[-1].split()[0] == "iter" and "#0" in lines[-1] and "#9" in lines[-1]
-    styles = {str(span.style) for span in text.spans}
+              (4, None, "cancelled"), (5, 0.97, "keep"), (6, 0.98, "discard"), (9, 1.02, "discard"),
+              (12, None, "timeout")]
+    for width, height in ((90, 7), (60, 6), (200, 7)):
+        text = render.best_plot(points, width, height)
+        lines = text.plain.split("\n")
+        assert len(lines) == height and all(len(line) == width for line in lines)
+        assert "━ best" in lines[0] and "keep" in lines[0] and "discard" in lines[0] and "✗ no score" in lines[0]
+        assert sum(0x2800 <= ord(c) <= 0x28FF for c in lines[0]) == 2  # the legend's two marks, no data under it
+        assert any(0x2800 < ord(c) <= 0x28FF for c in lines[1][9:])  # the worst discards: the first data row
+        assert "✗" not in "".join(lines[1:-1]) and "⊘" not in "".join(lines[1:-1])
+        axis = lines[-1]
+        assert axis.split()[0] == "iter" and "#0" in axis and axis.count("✗") == 2 and "⊘" in axis
+        assert len([t for t in axis.split() if t.startswith("#")]) >= 3  # ticks between the ends
+    styles = {str(span.style) for span in render.best_plot(points, 90, 7).spans}
     assert {"bold green", "yellow", "bold red", "magenta"} <= styles
 
 

@@ -61,7 +61,7 @@ from .widgets.patches import PatchPane
 from .widgets.research import ResearchPane
 from .widgets.splitter import Splitter
 from .widgets.strategy import StrategyPane, param_rows
-from .widgets.trace import TracePane
+from .widgets.trace import RunProgress, TracePane
 
 REFRESH_HZ = 10
 # Textual paints a screen on a fixed grid of 1/TEXTUAL_FPS (60) seconds: a change waits for the next
@@ -316,6 +316,8 @@ class BilevelApp(App[int]):
     def _tick(self) -> None:
         if self.is_running and self.screen_stack:
             self.header.refresh()
+            if self.model.training_iteration is not None:  # the run's clock moves between its progress events
+                self.base.query_one(RunProgress).refresh()
 
     def _announce(self) -> None:
         """Toasts for acknowledgements of our commands, pending approvals and loud failures."""
@@ -328,6 +330,10 @@ class BilevelApp(App[int]):
                 elif ack.command not in ("pause", "resume"):
                     self.notify(f"{ack.command} {_args_text(ack.args)}".strip(), title="Done", timeout=3)
         model.acks.clear()
+        for title, text in model.limit_notices:  # spend warnings and a limit's pause, live only (not history)
+            if self._alerts_armed:
+                self.notify(text, title=title, severity="warning", timeout=12)
+        model.limit_notices.clear()
         if self.source.caught_up.is_set() and not self._alerts_armed:
             self._alerts_armed = True
             _settle_garbage_collector()  # the history just loaded stays: out of the collector's way
@@ -388,7 +394,7 @@ class BilevelApp(App[int]):
         if action in REPLAY_ACTIONS and not isinstance(src, ReplaySource):
             return False
         if action in LIVE_COMMANDS and self.model.finished is not None and not isinstance(src, ReplaySource):
-            return None  # the run is over: nothing left for these to change (the header says so)
+            return False  # the run is over: nothing left for these to change, so they are not offered
         if action == "reload_config":
             return True if self.config_change else False
         if action == "review_mechanism":
@@ -440,9 +446,9 @@ class BilevelApp(App[int]):
             return
         highlighted = self.base.query_one(TracePane).highlighted_iteration()
         first = [highlighted] if highlighted in running else []
-        others = [n for n in running if n not in first][:max(0, 2 - len(first))]
-        answers = [(f"it-{n}", f"Abort #{n}", "error") for n in first + others]
-        answers.append(("all", f"Abort all {len(running)}", "warning"))
+        others = [n for n in running if n not in first]  # a button for every trial the dialog lists
+        answers = [(f"it-{n}", f"#{n} {self._slot_of(n)}", "error") for n in first + others]
+        answers.append(("all", f"All {len(running)}", "warning"))
         listed = ", ".join(f"#{n} on {self._slot_of(n)}" for n in running)
 
         async def answered(answer: str | None) -> None:
@@ -578,6 +584,9 @@ class BilevelApp(App[int]):
         for key, value in (("iterations", cfg.budget.iterations), ("time_s", cfg.budget.time_s)):
             if budget.get(key) is not None and budget.get(key) != value:
                 change[f"budget.{key}"] = value
+        limits = config_mod.spend_limits(cfg)  # the caps and the stuck-loop rule: a raised cap resumes its pause
+        if s.config and limits != (s.limits if s.limits is not None else _recorded_limits(s.config)):
+            change["limits"] = limits
         self.config_change = change or None
         header = self.header
         header.notice = "config changed: r to reload" if change else ""
@@ -598,6 +607,8 @@ class BilevelApp(App[int]):
         for key in ("budget.iterations", "budget.time_s"):
             if key in change:
                 lines.append(f"{key} → {change[key]}")  # the engine's acknowledgement says if it refuses
+        if "limits" in change:
+            lines.append("limits → " + ", ".join(f"budget.{k} = {v:g}" for k, v in change["limits"].items()))
 
         async def answered(answer: str | None) -> None:
             if answer != "apply":
@@ -607,6 +618,10 @@ class BilevelApp(App[int]):
             budget = {k.split(".", 1)[1]: v for k, v in change.items() if k.startswith("budget.")}
             if budget:
                 await self.send(cmds.SetBudget(**budget))
+            if "limits" in change:  # every limit named: one the file no longer sets is unset
+                from core.record.config import LIMIT_NAMES
+
+                await self.send(cmds.SetLimits(limits={k: change["limits"].get(k) for k in LIMIT_NAMES}))
             self.config_change = None
             header = self.header
             header.notice = ""
@@ -860,6 +875,8 @@ class BilevelApp(App[int]):
             if self.check_action(action, ()) is True:
                 yield SystemCommand(title, help_text, partial(self.run_action, action))
         for pane_id in PANE_IDS:
+            if pane_id == "events":
+                continue  # "Show / hide the event log" above is the events pane's entry: no near-twin
             yield SystemCommand(f"Focus the {pane_id} pane", f"Move the focus to {pane_id}",
                                 partial(self.action_focus_pane, pane_id))
 
@@ -895,3 +912,11 @@ def _args_text(args: dict[str, Any]) -> str:
     return " ".join(f"{k}={str(v)[:40]}" for k, v in shown.items())
 
 
+def _recorded_limits(config: dict[str, Any]) -> dict[str, float] | None:
+    """The limits a session started with (its recorded config), None when it cannot be read."""
+    from core.record import config as config_mod
+
+    try:
+        return config_mod.spend_limits(config_mod.from_dict(config))
+    except config_mod.ConfigError:
+        return None

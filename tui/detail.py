@@ -16,6 +16,7 @@ from rich.text import Text
 
 from core.levels.trace import fmt_value
 
+from .model import outcome_label
 from .render import DECISION_STYLES, clock
 
 if TYPE_CHECKING:
@@ -52,6 +53,21 @@ def _script_context(model: "ViewModel") -> str:
     return str(search.get("script_context", "digest"))
 
 
+def replaced_values(model: "ViewModel", n: int, proposal: Any) -> dict[str, Any]:
+    """The parameter values of the best script iteration ``n``'s change was made to: the last keep (or
+    the baseline) among the results its proposer saw (parallel trials), else among those recorded before it."""
+    shown = set(proposal.saw_results) if proposal is not None and (proposal.saw_results or proposal.saw_running) else None
+    values: dict[str, Any] = {}
+    for record in model.state.records:  # in the order the verdicts came
+        if record.iteration == n:
+            break
+        if shown is not None and record.iteration not in shown:
+            continue
+        if record.decision in ("baseline", "keep") and record.values:
+            values = record.values
+    return values
+
+
 def iteration_detail(model: "ViewModel", n: int, read: Callable[[str], str | None]) -> Text:
     """The detail of iteration ``n``: sections of styled text; ``read`` reads an artifact (None if absent)."""
     row = model.row(n)
@@ -60,7 +76,7 @@ def iteration_detail(model: "ViewModel", n: int, read: Callable[[str], str | Non
     if row is None and trial is None:
         out.append(f"iteration #{n}: nothing recorded yet\n", style="dim")
         return out
-    phase = row.phase if row is not None else "started"
+    phase = outcome_label(row) if row is not None else "started"  # "out of mem", "timeout": what the crash was
     out.append(f"Iteration #{n}  ", style="bold")
     out.append(phase, style=DECISION_STYLES.get(phase, "bold"))
     started = trial.started if trial is not None else None
@@ -80,13 +96,19 @@ def iteration_detail(model: "ViewModel", n: int, read: Callable[[str], str | Non
     if n == 0:
         out.append("  the baseline: train.py as given\n")
     elif changes:
-        before = model.state.schema
+        replaced = replaced_values(model, n, proposal)
+        schema = model.state.schema
         for name, value in changes.items():
-            base = before.get(name, {}).get("value") if isinstance(before.get(name), dict) else None
+            spec = schema.get(name)
+            baseline = spec.get("value") if isinstance(spec, dict) else None
             out.append(f"  {name}", style="bold cyan")
             out.append(f" = {fmt_value(value)}")
-            if base is not None:
-                out.append(f"   (baseline {fmt_value(base)})", style="dim")
+            if name in replaced:  # what it changed: the best script's value when it was proposed
+                out.append(f"   (was {fmt_value(replaced[name])}"
+                           + (f"; baseline {fmt_value(baseline)}" if baseline is not None
+                              and fmt_value(baseline) != fmt_value(replaced[name]) else "") + ")", style="dim")
+            elif baseline is not None:
+                out.append(f"   (was {fmt_value(baseline)}, the baseline)", style="dim")
             out.append("\n")
     else:
         out.append("  none recorded\n", style="dim")
@@ -177,7 +199,9 @@ def iteration_detail(model: "ViewModel", n: int, read: Callable[[str], str | Non
             _line(out, "metrics", "  ".join(f"{k} {fmt_value(v)}" for k, v in metrics.items()))
     elif trial is not None and trial.progress is not None:
         p = trial.progress
-        _line(out, "progress", f"{_number(p.percent, 0)}% {p.phase or ''}  step {p.step}  loss {_number(p.loss, 4)}")
+        bits = [f"{_number(p.percent, 0)}%" if p.percent is not None else "", p.phase or "",
+                f"step {p.step}" if p.step is not None else "", f"loss {_number(p.loss, 4)}" if p.loss is not None else ""]
+        _line(out, "progress", "  ".join(b for b in bits if b) or "no step yet")
     tail = _log_tail(trial, finished, read)
     if tail:
         _section(out, "Training log (last lines)")

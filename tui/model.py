@@ -25,6 +25,7 @@ from core.record import events as ev
 from core.record.change import NO_CHANGE
 from core.record.safe_events import safe_event
 from core.analysis.printer import HeadlessPrinter
+from core.analysis.spend_text import warning_line
 from core.record.state import IterationTrace, ParamChange, RunState
 from tui.model_trials import TrialBoard, TrialView
 from tui.dialogue import (CHUNK_CHARS, LLMCall, ResearchView, chunk_markdown, dialogue_parts,  # noqa: F401
@@ -92,6 +93,7 @@ class ViewModel:
         self.dirty_params: bool = True
         self.local_pause: bool | None = None  # the user asked to pause (True) / resume (False), not yet seen
         self.acks: list[ev.CommandReceived] = []  # acknowledgements not yet shown to the user
+        self.limit_notices: list[tuple[str, str]] = []  # (title, text): spend warnings, a limit's pause, not yet shown
         self.stopping = False  # the engine accepted a stop and has not finished yet
         self._printer = HeadlessPrinter(out=io.StringIO(), progress_every_s=math.inf)
 
@@ -133,12 +135,16 @@ class ViewModel:
 
     def _log(self, event: ev.Event) -> None:
         line = self._printer.format(event)
+        if isinstance(event, ev.MechanismPending):  # the printer's words are for a headless run; here it is v
+            line = f"Level 2 {event.research_id}: {event.name} waits for your approval: press v{self.expiry_text()}"
         if not line:
             return
         stamp = _clock(event.ts - self.first_ts) if self.first_ts is not None and event.ts else "--:--"
-        text = f"{stamp}  {line}"
-        self.log.append(text)
-        self.new_log.append(text)
+        # one stamped line per line: a format's second line (a note, a seed warning) is an event's too
+        for i, part in enumerate(line.split("\n")):
+            text = f"{stamp}  {part}" if i == 0 else f"{stamp}    {part}"
+            self.log.append(text)
+            self.new_log.append(text)
         if len(self.new_log) > LOG_LINES:
             self.new_log = self.new_log[-LOG_LINES:]
             self.log_reset = True
@@ -168,7 +174,7 @@ class ViewModel:
         shown.changes = verdict.changes if verdict.changes != NO_CHANGE else shown.changes
         shown.hypothesis = verdict.hypothesis or shown.hypothesis
         shown.val_bpb, shown.best_before = verdict.val_bpb, verdict.best_before
-        shown.duration_s, shown.reason = verdict.duration_s, verdict.reason
+        shown.duration_s, shown.reason, shown.outcome = verdict.duration_s, verdict.reason, verdict.outcome
         return shown
 
     def trial(self, n: int) -> TrialView | None:
@@ -195,6 +201,23 @@ class ViewModel:
     def pending(self) -> dict[str, ev.MechanismPending]:
         """research id -> a validated mechanism waiting for approval."""
         return self.state.awaiting
+
+    @property
+    def approval_deadline(self) -> int | None:
+        """The iteration whose proposal expires a pending approval (one at a time: the budget's last;
+        it must come before then, or no iteration is left for the mechanism to run in)."""
+        total = self.iterations_total
+        if not self.pending or total is None or self.finished is not None or self.iterations_done >= total:
+            return None  # nothing waits, or no boundary is left before which to approve (the engine expires it)
+        return total
+
+    def expiry_text(self) -> str:
+        """`` before #N (k iterations left), or it expires`` for a pending approval; empty when unknown."""
+        deadline = self.approval_deadline
+        if deadline is None:
+            return ""
+        left = max(0, deadline - 1 - self.iterations_done)
+        return f" before #{deadline} is proposed ({left} iteration{'s' if left != 1 else ''} left), or it expires"
 
     @property
     def active_mechanisms(self) -> dict[str, str]:
@@ -228,7 +251,9 @@ class ViewModel:
         if s.endpoint_down:  # a call waits out an outage: the run is paused by the endpoint, stop still works
             return "endpoint down"
         if s.paused:
-            return "resuming…" if self.local_pause is False else "paused"
+            if self.local_pause is False:
+                return "resuming…"
+            return {"budget": "paused: cap", "stuck": "paused: stuck"}.get(s.pause_cause, "paused")
         if s.pause_requested or self.local_pause:
             return "pausing…"
         return "running" if s.session else "waiting"
@@ -259,6 +284,13 @@ class ViewModel:
                        and self.trials.trials[n].verdict.decision != "interrupted")
         return self.state.iterations_done
 
+    def verdict_counts(self) -> tuple[int, int]:
+        """(iterations that trained, iterations whose proposal was rejected and never trained), the baseline
+        and interrupted ones left out."""
+        decisions = [r.decision for r in self.state.records if r.iteration > 0 and r.decision != "interrupted"]
+        rejected = decisions.count("rejected")
+        return len(decisions) - rejected, rejected
+
     def remaining_s(self, now: float | None) -> float | None:
         """Estimated seconds left: mean iteration time times the iterations still to run."""
         total = self.iterations_total
@@ -277,7 +309,7 @@ class ViewModel:
         """(iteration, val_bpb, decision) of every judged iteration in order; None for a run with no score
         (a crash, a cancelled run: the plot marks them)."""
         shown = (self.row(n) for n in sorted(self.rows))
-        return [(r.iteration, r.val_bpb, r.phase) for r in shown if r is not None and r.final
+        return [(r.iteration, r.val_bpb, outcome_label(r)) for r in shown if r is not None and r.final
                 and (r.val_bpb is not None or r.phase != "rejected")]
 
     def research_parts(self, research_id: str) -> list[str]:
@@ -298,6 +330,17 @@ class ViewModel:
         """(round name, tokens, state) per round: state is done | streaming | failed."""
         view = self.research.get(research_id)
         return round_counters(view, self.calls) if view is not None else []
+
+
+FAILURE_LABELS = {"timeout": "timeout", "oom": "out of mem", "diverged": "diverged", "no_metrics": "no metrics"}
+
+
+def outcome_label(row: IterationTrace) -> str:
+    """The trace's outcome word: a crash says what kind it was (a timeout or running out of memory
+    is not a bug in the change, and a researcher reads them differently)."""
+    if row.final and row.phase == "crash":
+        return FAILURE_LABELS.get(row.outcome, "crash")
+    return row.phase
 
 
 def _clock(seconds: float) -> str:
@@ -408,6 +451,16 @@ def _pause_state(m: ViewModel, e: ev.Event) -> None:
         m.local_pause = None
     if isinstance(e, ev.Unpaused):
         m.local_pause = None
+    m.dirty.add(HEADER)
+
+
+def _limit_notice(m: ViewModel, e: ev.Event) -> None:
+    """A spend warning, or a pause a limit asked for: a toast, beside its line in the events pane."""
+    if isinstance(e, ev.SpendWarning):
+        m.limit_notices.append(("Budget", warning_line(e)))
+    elif isinstance(e, ev.Paused) and e.cause != "user":
+        m.limit_notices.append(("Paused by a spend cap" if e.cause == "budget" else "Paused: stuck loop", e.reason))
+    del m.limit_notices[:-10]
     m.dirty.add(HEADER)
 
 
@@ -532,7 +585,14 @@ def _mechanism_pending(m: ViewModel, e: ev.MechanismPending) -> None:
     view = m.research.get(e.research_id)
     if view is not None:
         view.pending = e
-        view.segments.append(("text", f"\n**`{e.name}` waits for your approval** (press `v`).\n\n"))
+        view.segments.append(("text", f"\n**`{e.name}` waits for your approval** (press `v`{m.expiry_text()}).\n\n"))
+    if e.source and not any(p.research_id == e.research_id for p in m.patches.values()):
+        # a built-in offered for approval was never validated with a source: list it now, not once approved
+        key = f"mech-{e.research_id}-pending"
+        m.patches[key] = PatchEntry(key=key, kind="mechanism", research_id=e.research_id,
+                                    label=f"{e.name} ⚑ pending ({e.research_id})", artifact=e.source, diff=e.diff,
+                                    report=e.report, ok=True)
+        m.dirty.add(PATCHES)
     m.dirty |= {RESEARCH, HEADER}
 
 
@@ -557,6 +617,7 @@ def _research_finished(m: ViewModel, e: ev.ResearchFinished) -> None:
             entry.outcome = e.outcome
             if e.outcome != "activated":
                 entry.label = entry.label.replace(" ✓ ", f" {OUTCOME_MARKS.get(e.outcome, '✗')} {e.outcome} ", 1)
+            entry.label = entry.label.replace(" ⚑ pending ", f" {OUTCOME_MARKS.get(e.outcome, '✓')} {e.outcome} ", 1)
             m.dirty.add(PATCHES)
     m.dirty |= {RESEARCH, HEADER}
 
@@ -582,8 +643,9 @@ _HANDLERS: dict[type, Any] = {
     ev.ParamFrozen: _param_change,
     ev.ParamUnfrozen: _param_change,
     ev.PauseRequested: _pause_state,
-    ev.Paused: _pause_state,
+    ev.Paused: lambda m, e: (_pause_state(m, e), _limit_notice(m, e)),
     ev.Unpaused: _pause_state,
+    ev.SpendWarning: _limit_notice,
     ev.CommandReceived: _command,
     ev.LLMRequest: _llm_request,
     ev.LLMDelta: _llm_delta,

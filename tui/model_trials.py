@@ -164,6 +164,17 @@ def _proposal(b: TrialBoard, e: ev.ProposalMade) -> bool:
     return False
 
 
+def _iteration_started(b: TrialBoard, e: ev.IterationStarted) -> bool:
+    """An iteration begun again (re-run after an interruption, a detach or a resume): what its
+    proposer saw and did is this attempt's; the earlier proposal's prompt and effects would show twice."""
+    t = b.trials.get(e.iteration)
+    if t is not None and t.verdict is None:
+        t.proposals.clear()
+        t.rejections.clear()
+        t.effects.clear()
+    return False
+
+
 def _rejected(b: TrialBoard, e: ev.ProposalRejected) -> bool:
     b.trial(e.iteration).rejections.append(e)
     return False
@@ -229,6 +240,7 @@ _HANDLERS: dict[type, Any] = {
     ev.MechanismDeactivated: _mechanism_off,
     ev.SlotsConfigured: _configured,
     ev.SlotsSampled: _sampled,
+    ev.IterationStarted: _iteration_started,
     ev.ProposalMade: _proposal,
     ev.ProposalRejected: _rejected,
     ev.MechanismEffect: _effect,

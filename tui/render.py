@@ -7,7 +7,7 @@ work in any UTF-8 terminal (tmux, SSH) without truecolor.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 from rich.text import Text
 
@@ -22,6 +22,7 @@ DECISION_STYLES = {
     "keep": "bold green", "baseline": "cyan", "discard": "dim", "crash": "bold red", "rejected": "yellow",
     "interrupted": "magenta", "cancelled": "magenta", "training": "bold blue", "proposing": "blue",
     "scoring": "blue", "baseline…": "blue", "started": "blue", "oom": "red", "timeout": "red",
+    "out of mem": "bold red", "diverged": "bold red", "no metrics": "bold red",
 }
 
 
@@ -84,7 +85,11 @@ def progress_text(iteration: int | None, percent: float | None, step: int | None
         return Text("no training run in progress", style="dim")
     details = []
     timing = phase or ""
-    if elapsed_s is not None and budget_s:
+    if phase == "starting":  # no step printed yet: the budget is not counting, the run's own clock is
+        timing = f"starting {clock(elapsed_s or 0)}: waiting for the first step (imports, data, compile)"
+        if len(timing) + len(slot) + 24 > width:
+            timing = f"starting {clock(elapsed_s or 0)}: no step yet"
+    elif elapsed_s is not None and budget_s:
         timing += f" {clock(elapsed_s)}/{clock(budget_s)}"
         if grace_s:
             timing += f" +{clock(grace_s)} grace"
@@ -111,7 +116,8 @@ def progress_text(iteration: int | None, percent: float | None, step: int | None
     out.append(pct, style="bold")
     if timing:
         over = elapsed_s is not None and budget_s is not None and elapsed_s > budget_s
-        out.append(details[0], style="bold red" if over else ("yellow" if phase in ("compiling", "evaluating") else "cyan"))
+        out.append(details[0], style="bold red" if over else ("yellow" if phase in ("compiling", "evaluating", "starting")
+                                                              else "cyan"))
         tail = tail[len(details[0]):]
     out.append(tail, style="dim")
     return out
@@ -124,18 +130,21 @@ def _scale(value: float, lo: float, hi: float, steps: int) -> int:
 
 
 MARKS = {"crash": ("✗", "bold red"), "oom": ("✗", "bold red"), "timeout": ("✗", "bold red"),
-         "diverged": ("✗", "bold red"), "no_metrics": ("✗", "bold red"), "cancelled": ("⊘", "magenta"),
+         "diverged": ("✗", "bold red"), "no_metrics": ("✗", "bold red"),
+         "out of mem": ("✗", "bold red"), "no metrics": ("✗", "bold red"), "cancelled": ("⊘", "magenta"),
          "interrupted": ("⊘", "magenta")}
-LEGEND = (("━", "green", " best "), ("⣿", "bold green", " keep "), ("⣿", "yellow", " discard "), ("✗", "bold red", " crash"))
+LEGEND = (("━", "green", " best  "), ("⣿", "bold green", " keep  "), ("⣿", "yellow", " discard  "),
+          ("✗", "bold red", " no score"))
 
 
 def best_plot(points: Sequence[tuple[int, float | None, str]], width: int, height: int) -> Text:
     """val_bpb per iteration (dots) under its running minimum (a line), in braille, with axes.
 
-    Kept iterations are bright green dots on the line's steps, discarded ones yellow; runs with
-    no score (crash, cancelled) are marks on the bottom row at their iteration. The y labels
-    are the range shown; with four rows or more the last one is the iteration axis and the
-    top row carries a legend where it fits.
+    Kept iterations are bright green dots on the line's steps, discarded ones yellow. With five
+    rows or more the top row is a title and legend of its own (over no data), the bottom row the
+    iteration axis with ticks, and runs with no score (crash, timeout, out of memory, cancelled)
+    are marks on that axis at their iteration, never on a row that stands for a value. The y
+    labels name the value at their row's middle, on every other row.
     """
     if width < 12 or height < 2:
         return Text("")
@@ -143,7 +152,8 @@ def best_plot(points: Sequence[tuple[int, float | None, str]], width: int, heigh
     if not scored:
         return Text("val_bpb vs iteration: no scored iteration yet", style="dim")
     axis = height >= 4
-    rows = height - 1 if axis else height
+    legend = height >= 5
+    rows = height - int(axis) - int(legend)
     label_w = 8
     cols = max(2, width - label_w - 1)
     dot_w, dot_h = cols * 2, rows * 4
@@ -197,26 +207,41 @@ def best_plot(points: Sequence[tuple[int, float | None, str]], width: int, heigh
                                                                       ("yellow" if code else ""))
             cells.append((chr(0x2800 + code) if code else " ", style))
         grid.append(cells)
-    for it, v, decision in points:  # runs without a score: a mark at their iteration, on the bottom row
-        if v is None and decision in MARKS:
-            grid[-1][x_of(it) // 2] = MARKS[decision]
-    legend_w = sum(len(a) + len(b) for a, _, b in LEGEND)
-    if axis and cols >= legend_w + 12:
-        start = cols - legend_w
-        at = start
-        for mark, style, label in LEGEND:
-            for ch, st in [(mark, style)] + [(c, "dim") for c in label]:
-                grid[0][at] = (ch, st)
-                at += 1
+    unscored = [(x_of(it) // 2, MARKS[d]) for it, v, d in points if v is None and d in MARKS]
     out = Text()
+    if legend:
+        out.append("val_bpb".rjust(label_w) + " ", style="dim")
+        out.append_text(_legend(cols))
+        out.append("\n")
+    if not axis:  # no axis row to carry them: the unscored runs mark the top row, above the worst value
+        for col, mark in unscored:
+            grid[0][col] = mark
+    spans = max(2, (rows - 1) // 2)  # top, bottom, and a label every other row or so between
+    labelled = {round(k * (rows - 1) / spans) for k in range(spans + 1)}
     for row, cells in enumerate(grid):
-        label = f"{hi - pad:.4f}" if row == 0 else (f"{lo + pad:.4f}" if row == rows - 1 else "")
+        value = hi - (row + 0.5) / rows * (hi - lo)  # the value at the middle of this row
+        label = f"{value:.4f}" if row in labelled else ""
         out.append(label.rjust(label_w)[:label_w] + " ", style="dim")
         _append_runs(out, cells)
-        if row < height - 1:
+        if row < rows - 1 or axis:
             out.append("\n")
     if axis:
-        out.append(_axis(last_it, cols, label_w), style="dim")
+        out.append("iter".rjust(label_w) + " ", style="dim")
+        _append_runs(out, _axis(last_it, cols, unscored))
+    return out
+
+
+def _legend(cols: int) -> Text:
+    """What the marks mean, flush right in ``cols`` cells (the shorter words first to go)."""
+    out = Text()
+    items = list(LEGEND)
+    while items and sum(len(m) + len(label) for m, _, label in items) > cols:
+        items.pop()
+    used = sum(len(m) + len(label) for m, _, label in items)
+    out.append(" " * max(0, cols - used))
+    for mark, style, label in items:
+        out.append(mark, style=style)
+        out.append(label, style="dim")
     return out
 
 
@@ -234,17 +259,25 @@ def _append_runs(out: Text, cells: list[tuple[str, str]]) -> None:
         out.append("".join(run), style=run_style)
 
 
-def _axis(last_it: int, cols: int, label_w: int) -> str:
-    """The iteration axis: ``#0`` at the left, ``#last`` at the right, ticks between where they fit."""
-    row = [" "] * cols
-    ticks = max(1, min(6, cols // 10))
-    for k in range(ticks + 1):
-        it = round(last_it * k / ticks)
+def _axis(last_it: int, cols: int, unscored: Sequence[tuple[int, tuple[str, str]]] = ()) -> list[tuple[str, str]]:
+    """The iteration axis: ``#n`` at round steps (1, 2, 5, 10, 20, 50, ...) as many as fit with room
+    between them, ``#0`` at the left and ``#last`` at the right where it fits, and the unscored runs'
+    marks at their iteration, which the labels make room for."""
+    row: list[tuple[str, str]] = [(" ", "dim")] * cols
+    for col, mark in unscored:
+        row[col] = mark
+    most = max(1, cols // (len(f"#{last_it}") + 3))  # labels with at least three cells between them
+    step = next(s for s in (m * 10 ** e for e in range(7) for m in (1, 2, 5)) if last_it / s <= most)
+    ticks = list(range(0, last_it + 1, step))
+    if ticks[-1] != last_it:
+        ticks.append(last_it)
+    for it in ticks:
         text = f"#{it}"
-        at = min(max(0, _scale(it, 0, last_it, cols * 2) // 2 - (len(text) - 1 if k == ticks else 0)), cols - len(text))
-        if all(c == " " for c in row[max(0, at - 1):at + len(text) + 1]):
-            row[at:at + len(text)] = list(text)
-    return "iter".rjust(label_w) + " " + "".join(row)
+        x = _scale(it, 0, last_it, cols * 2) // 2
+        at = min(max(0, x - (len(text) - 1 if it == last_it else 0)), cols - len(text))
+        if all(c == " " for c, _ in row[max(0, at - 1):at + len(text) + 1]):
+            row[at:at + len(text)] = [(c, "dim") for c in text]
+    return row
 
 def memory_text(used_mb: float | None, total_mb: float | None) -> str:
     """``38/80G``: a GPU's memory in use against its size (a tenth of a GiB under 10 GiB)."""

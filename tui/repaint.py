@@ -139,6 +139,10 @@ class Repainter:
                 turns = list(range(self.panes + 1))
             else:
                 turns = [self._turn]
+                if self._turn in (0, self.panes) and app.model.multi_slot:
+                    # parallel trials: the trace pane (with its slots view) and the header's running list and
+                    # busy count change in one frame, whichever's turn comes first; apart they disagreed
+                    turns = [0, self.panes]
                 self._turn = (self._turn + 1) % (self.panes + 1)
             try:
                 with app.batch_update():

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 from core.record.config import is_surrogate
 from core.record import events as ev
 from core.record.layout import EVENTS_FILE, NOISE_STORE_FILE, is_session, read_artifact
+from core.record.pricing import Price, price_of
 from core.record.session import SessionReader
 from core.record.state import IterationRecord, IterationTrace, MechanismUse, RunState, fold
 from core.services.noise_store import NoiseFloor, NoiseStore, dataset_id, script_digest
@@ -156,16 +157,16 @@ class SessionData:
         return None if self.delta is None else -self.delta
 
     @property
-    def prices(self) -> tuple[float | None, float | None]:
-        e = self.state.config.get("endpoint", {})
-        return e.get("price_in_per_m"), e.get("price_out_per_m")
+    def price(self) -> Price | None:
+        """The model's price (core/record/pricing.py: the endpoint's, [prices], local $0, built-in), or None."""
+        return price_of(self.state.config)
 
     def dollars(self, level: str) -> float | None:
-        pin, pout = self.prices
+        price = self.price
         prompt, completion, _ = self.tokens.get(level, (0, 0, 0))
-        if pin is None and pout is None:
+        if price is None:
             return None if (prompt or completion) else 0.0
-        return prompt / 1e6 * (pin or 0.0) + completion / 1e6 * (pout or 0.0)
+        return price.usd(prompt, completion)
 
     @property
     def total_dollars(self) -> float | None:

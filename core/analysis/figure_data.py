@@ -4,7 +4,8 @@ image snapshots.
 
 * :class:`SessionTrace`: every iteration of one repeat as a point of its kind (a crash or a
   rejection has no score, so it carries none and is drawn at a marked band), the running best,
-  the noise band under it and the moments a mechanism came or went or a parameter froze.
+  the noise band under it, the moments a mechanism came or went or a parameter froze, and the
+  keep-chain audit's verdict on each keep when the session was audited.
 * :class:`Band`: a group's mean running best over its repeats, with a 95 % CI only where n ≥ 2.
 * :class:`EffectRow`: per group and parameter, the effect of the kept changes apart from the
   discarded ones (their mean together says nothing: the discards are worse by selection).
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from core.analysis.ablation import Report, SessionData, parameter_rows
+from core.analysis.evidence_text import latest_audit
 from core.analysis.keeps import K_DEFAULT, WITHIN
 from core.analysis.stats import bootstrap_mean_ci
 from core.record.config import is_surrogate
@@ -65,6 +67,7 @@ class SessionTrace:
     marks: list[TraceMark] = field(default_factory=list)
     sigma: float | None = None
     k: float = K_DEFAULT
+    audit: dict[int, str] = field(default_factory=dict)  # keep iteration -> the audit's verdict (audited only)
 
     def of(self, kind: str) -> list[TracePoint]:
         return [p for p in self.points if p.kind == kind]
@@ -81,7 +84,18 @@ def session_trace(s: SessionData, group: str, k: float = K_DEFAULT) -> SessionTr
             kind = KEPT_NOISE
         points.append(TracePoint(r.iteration, kind, None if kind in UNSCORED else r.val_bpb))
     return SessionTrace(group, s.name, points, s.curve(), s.baseline, trace_marks(s),
-                        s.sigma.value if s.sigma else None, k)
+                        s.sigma.value if s.sigma else None, k, audit_verdicts(s))
+
+
+AUDITED = ("holds", "within noise", "harmful")  # the verdicts an audit measured (not superseded, unmeasured)
+
+
+def audit_verdicts(s: SessionData) -> dict[int, str]:
+    """Keep iteration -> the latest finished audit's measured verdict on it; empty when never audited."""
+    audit = latest_audit(s.state)
+    if audit is None or audit.finished is None:
+        return {}
+    return {n: v.verdict for n, v in sorted(audit.verdicts.items()) if v.verdict in AUDITED}
 
 
 def trace_marks(s: SessionData) -> list[TraceMark]:

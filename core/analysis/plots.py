@@ -35,6 +35,7 @@ MARKERS: dict[str, dict[str, Any]] = {
 }
 MARK_STYLE = {"mechanism on": ("#222222", "-", "+"), "mechanism off": ("#222222", ":", "−"),
               "freeze": ("#777777", "--", "freeze "), "unfreeze": ("#777777", "-.", "unfreeze ")}
+AUDIT_COLORS = {"holds": "#2ca02c", "within noise": "#7f7f7f", "harmful": "#d62728"}  # the keep-chain audit's verdicts
 BAND = (0.9, 1.0)  # the strip, in axes fraction, where runs without a score are drawn
 DATA = (0.04, 0.86)  # where the scored values go, clear of the strip
 
@@ -114,7 +115,8 @@ def trace_figure(traces: Sequence[SessionTrace], color: str, stem: Path, *, surr
         sigma = (f"σ = {t0.sigma:.6g}; hollow: kept within {t0.k:g}σ of the best before it"
                  if t0.sigma is not None else "σ unknown: no keep can be told from noise")
         fig.suptitle(_title(f"Group {t0.group}: every iteration of each repeat ({sigma})", surrogate), fontsize=9)
-        drawn = {p.kind for t in traces for p in t.points} | {m.kind for t in traces for m in t.marks}
+        drawn = {p.kind for t in traces for p in t.points} | {m.kind for t in traces for m in t.marks} \
+            | {f"audit {v}" for t in traces for v in t.audit.values()}
         handles, labels = _trace_legend(color, drawn, any(t.sigma for t in traces), t0.k)
         fig.legend(handles, labels, loc="lower center", ncol=min(6, len(handles)), fontsize=7, frameon=False,
                    bbox_to_anchor=(0.5, 0.0))
@@ -144,6 +146,12 @@ def _trace_panel(ax: Any, t: SessionTrace, color: str) -> None:
         pts = t.of(kind)
         if pts:
             ax.scatter([p.iteration for p in pts], [p.val_bpb for p in pts], zorder=4, **_marker(kind, color))
+    by_iteration = {p.iteration: p for p in t.points if p.val_bpb is not None}
+    for verdict, ring in AUDIT_COLORS.items():  # the audit's verdict on a keep: a ring around its point
+        pts = [by_iteration[n] for n, v in t.audit.items() if v == verdict and n in by_iteration]
+        if pts:
+            ax.scatter([p.iteration for p in pts], [p.val_bpb for p in pts], marker="o", s=110,
+                       facecolors="none", edgecolors=ring, linewidths=1.6, zorder=5)
     strip = ax.get_xaxis_transform()  # x in iterations, y in axes fraction: the strip holds no value
     ax.add_patch(Rectangle((0, BAND[0]), 1, BAND[1] - BAND[0], transform=ax.transAxes, color="#ececec", zorder=0))
     ax.text(0.005, sum(BAND) / 2, "no score", transform=ax.transAxes, fontsize=6, color="#555555", va="center")
@@ -199,6 +207,10 @@ def _trace_legend(color: str, drawn: set[str], with_sigma: bool, k: float) -> tu
         if kind in drawn:
             line, style, _ = MARK_STYLE[kind]
             entries.append((Line2D([], [], color=line, linestyle=style, linewidth=0.8), label))
+    for verdict, ring in AUDIT_COLORS.items():
+        if f"audit {verdict}" in drawn:
+            entries.append((Line2D([], [], linestyle="", marker="o", markersize=8, markerfacecolor="none",
+                                   markeredgecolor=ring, markeredgewidth=1.4), f"audit: {verdict}"))
     return [h for h, _ in entries], [lb for _, lb in entries]
 
 
@@ -225,13 +237,27 @@ def _mean_curve(curves: Sequence[Sequence[tuple[int, float]]]) -> tuple[list[int
 
 def running_best_figure(curves: dict[str, list[list[tuple[int, float]]]],
                         baselines: dict[str, list[float | None]], colors: dict[str, str], stem: Path, *,
+                        points: dict[str, list[list[tuple[int, float]]]] | None = None,
+                        marks: dict[str, list[list[tuple[float, str]]]] | None = None,
                         surrogate: bool = False, formats: Sequence[str] = FORMATS, dpi: int = DPI) -> list[Path]:
-    """Running best val_bpb per repeat (thin) and group mean (thick), absolute and from each repeat's baseline."""
+    """Running best val_bpb per repeat (thin) and group mean (thick), absolute and from each repeat's baseline;
+    every scored iteration as a faint point (``points``: group -> per repeat (iteration, val_bpb)), and where
+    a mechanism activated or a parameter froze as ticks along the bottom (``marks``: (x, kind))."""
     out: list[Path] = []
     with _figure(stem, out, surrogate=surrogate, formats=formats, dpi=dpi, ncols=2, figsize=(12, 4.5)) as (
             fig, (ax_abs, ax_rel)):
+        rug = ax_abs.get_xaxis_transform()  # x in iterations, y in axes fraction
         for group, runs in curves.items():
             color = colors[group]
+            for run_points in (points or {}).get(group, []):
+                if run_points:
+                    ax_abs.scatter([x for x, _ in run_points], [y for _, y in run_points], s=14, color=color,
+                                   alpha=0.45, linewidths=0, zorder=1)
+            for run_marks in (marks or {}).get(group, []):
+                for x, kind in run_marks:
+                    if kind in ("mechanism on", "freeze"):
+                        ax_abs.plot([x, x], [0.0, 0.05], transform=rug, color=color, linewidth=1.1,
+                                    linestyle="-" if kind == "mechanism on" else "--", zorder=3, clip_on=False)
             relative = []
             for run, base in zip(runs, baselines.get(group, [])):
                 if not run:
@@ -249,8 +275,13 @@ def running_best_figure(curves: dict[str, list[list[tuple[int, float]]]],
             rx, ry = _mean_curve(relative)
             if rx:
                 ax_rel.step(rx, ry, where="post", color=color, linewidth=2.8, label=f"group {group}")
-        ax_abs.set(xlabel="iteration", ylabel="best val_bpb so far",
-                   title=_title("Running best val_bpb (thin: repeats, thick: mean)", surrogate))
+        title = "Running best val_bpb (thin: repeats, thick: mean" + ("; dots: every iteration" if points else "") + ")"
+        ax_abs.set(xlabel="iteration", ylabel="best val_bpb so far", title=_title(title, surrogate))
+        kinds = {kind for rs in (marks or {}).values() for r in rs for _, kind in r}
+        for kind, style, label in (("mechanism on", "-", "tick: mechanism activated"),
+                                   ("freeze", "--", "tick: parameter frozen")):
+            if kind in kinds:  # legend entries for the ticks along the bottom
+                ax_abs.plot([], [], color="#444444", linestyle=style, linewidth=1.1, label=label)
         ax_rel.set(xlabel="iteration", ylabel="best − baseline", title="Δ from each repeat's own baseline")
         ax_rel.axhline(0, color="black", linewidth=0.6)
         _legends(ax_abs, ax_rel)
@@ -352,7 +383,7 @@ def audit_effects_figure(points: Sequence[tuple[str, float, float, float, float,
                          surrogate: bool = False, formats: Sequence[str] = FORMATS, dpi: int = DPI) -> list[Path]:
     """The keep-chain audit: each keep's audited effect with its CI (o), beside the search's recorded gain (x)."""
     out: list[Path] = []
-    colors = {"holds": "#2ca02c", "within noise": "#7f7f7f", "harmful": "#d62728"}
+    colors = AUDIT_COLORS
     with _figure(stem, out, surrogate=surrogate, formats=formats, dpi=dpi,
                  figsize=(7, 0.35 * len(points) + 1.5)) as (fig, ax):
         for i, (_label, gain, effect, low, high, verdict) in enumerate(points):

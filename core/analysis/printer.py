@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from core.analysis.evidence_text import FORMATS as EVIDENCE_FORMATS
+from core.analysis.spend_text import FORMATS as SPEND_FORMATS, pause_line
 from core.record import events as ev
 from core.record.change import Change
 from core.record.safe_events import safe_event
@@ -119,9 +120,9 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.ParamFrozen: lambda e: f"froze {e.name}{' ' + e.direction if e.direction else ''} ({e.source}): {e.reason}",
     ev.ParamUnfrozen: lambda e: (f"unfroze {e.name}{' ' + e.direction if e.direction else ''} ({e.source}): "
                                  f"{e.reason}"),
-    ev.PauseRequested: lambda e: "pausing at the next iteration boundary…",
-    ev.Paused: lambda e: f"paused before iteration {e.next_iteration}",
-    ev.Unpaused: lambda e: "resumed",
+    ev.PauseRequested: lambda e: "pausing at the next iteration boundary…" + (f" ({e.reason})" if e.reason else ""),
+    ev.Paused: pause_line,
+    ev.Unpaused: lambda e: "resumed" + (f": {e.reason}" if e.reason else ""),
     ev.CommandReceived: lambda e: f"command {e.command} {'ok' if e.ok else 'refused: ' + e.error}",
     ev.MechanismActivated: lambda e: f"mechanism {e.name} activated ({e.origin}; hooks {', '.join(e.hooks)})",
     ev.MechanismDeactivated: lambda e: f"mechanism {e.name} DEACTIVATED: {e.reason}",
@@ -145,7 +146,7 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.ResearchStarted: lambda e: f"Level 2 research {e.research_id} started ({e.source}) after iteration {e.after_iteration}",
     ev.MechanismValidated: lambda e: (f"Level 2 {e.research_id} validation of {e.name} (attempt {e.attempt}): "
                                       + ("passed" if e.ok else f"FAILED — {e.failure[:300]}")),
-    ev.MechanismPending: lambda e: f"Level 2 {e.research_id}: {e.name} waits for approval (bilevel attach, then approve)",
+    ev.MechanismPending: lambda e: f"Level 2 {e.research_id}: {e.name} waits for approval (bilevel attach SESSION, then press v)",
     ev.PrescreenStarted: lambda e: (f"Level 2 {e.research_id} pre-screen of {e.name} on the surrogate: {e.repeats} x "
                                     f"{e.iterations} paired searches ({e.proposer} proposer, {e.mode})"),
     ev.MechanismPrescreened: lambda e: f"Level 2 {e.research_id} pre-screen of {e.name}: {e.verdict}: {e.reason[:300]}"
@@ -157,9 +158,11 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
 # Formats that quote their text with repr (which escapes it) read the event as it came, and their whole
 # line is cleaned: cleaning the field first would show its escapes twice (\\n).
 _QUOTING_FORMATS: dict[type, Callable[[ev.Event], str]] = {
-    ev.ResearchRound: lambda e: f"Level 2 {e.research_id} {e.round}: {e.summary[:160]!r}",
+    # its newlines folded to spaces first: a quoted summary showed them as a raw \n
+    ev.ResearchRound: lambda e: f"Level 2 {e.research_id} {e.round}: {' '.join(e.summary.split())[:160]!r}",
 }
 _FORMATS.update(EVIDENCE_FORMATS)  # the evidence loop's events (core/analysis/evidence_text.py)
+_FORMATS.update(SPEND_FORMATS)  # the run's limits: estimate, warnings, caps (core/analysis/spend_text.py)
 
 
 class HeadlessPrinter:

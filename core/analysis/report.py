@@ -208,8 +208,9 @@ def render_markdown(report: Report, figures: Sequence[Path] = (), figure_note: s
     if report.comparisons:
         out += ["## Group comparisons", "", md_table(PAIR_HEADER, pair_rows(report)), ""]
     out += ["## Cost", "", md_table(COST_HEADER, cost_rows(report)), "",
-            "Tokens are prompt+completion summed over the group's repeats; dollars from "
-            "`[endpoint] price_in_per_m` / `price_out_per_m` (— where no price is configured).", ""]
+            "Tokens are prompt+completion summed over the group's repeats; dollars at the model's price "
+            "(`[endpoint] price_in_per_m` / `price_out_per_m`, the `[prices]` table, $0 on a local server, the "
+            "built-in table; — where no price is known).", ""]
     params = parameter_rows(report)
     if params:
         out += ["## Parameters explored", "",
@@ -376,7 +377,10 @@ def draw_figures(data: Figures, out: Path) -> list[Path]:
     kw = {"surrogate": data.surrogate}
     figures = plots_mod.running_best_figure(
         {g: [t.best for t in ts] for g, ts in data.traces.items()},
-        {g: [t.baseline for t in ts] for g, ts in data.traces.items()}, data.colors, out / "running_best", **kw)
+        {g: [t.baseline for t in ts] for g, ts in data.traces.items()}, data.colors, out / "running_best",
+        points={g: [[(p.iteration, p.val_bpb) for p in t.points if p.val_bpb is not None] for t in ts]
+                for g, ts in data.traces.items()},
+        marks={g: [[(m.x, m.kind) for m in t.marks] for t in ts] for g, ts in data.traces.items()}, **kw)
     figures += plots_mod.running_best_band_figure(data.bands, data.colors, out / "running_best_ci", **kw)
     figures += plots_mod.exploration_figure(data.effects, data.proposed, data.colors, out / "parameters", **kw)
     figures += plots_mod.cost_figure(data.cost, data.colors, out / "cost", **kw)

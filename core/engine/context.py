@@ -25,6 +25,7 @@ from core.levels.context import DEFAULT_MAX_TOKENS, FatalRunError, Ready, TrainR
 from core.services.environment import listed
 from core.services import script_folder
 from core.services.slot_sampler import SlotSampler
+from core.services.surrogate_run import is_surrogate, run_surrogate
 from core.services.executors import Executor, failure_class
 from core.services.trial_request import TrialRequest
 from core.services.llm import ChatResult, LLMClient, LLMError, is_outage
@@ -281,6 +282,9 @@ class EngineContext:
     async def train(self, iteration: int, text: str, diff: str, *, seed: int | None = None) -> TrainRun:
         """Run one training subprocess on a free slot, streaming its progress into events.
 
+        The surrogate (its own code, other constants) is evaluated in this process instead, with the
+        same events (core/services/surrogate_run.py).
+
         ``seed``: an extra run (confirmation, noise) with that data-order seed instead of the
         session's; its script and log are kept beside the iteration's own, never replacing them.
         """
@@ -297,12 +301,17 @@ class EngineContext:
         log_path.unlink(missing_ok=True)  # a re-run after an interruption starts a fresh log
         source_dir = Path(self.state.script_source or self.cfg.script_path()).parent
         run_script, run_cwd = layout.artifact_path(eng.dir, script_rel), source_dir
-        where = script_folder.inspect(Path(self.state.script_source or self.cfg.script_path()), text)
-        code = self.cfg.search.scope == "code"  # edited code: the training wall and the trusted evaluation
-        if code and where.needs_copy:
+        # On this machine's slots the surrogate runs in this process (a cluster's or a plugin's executor
+        # still gets every trial); its code imports only the standard library: no sibling module to copy.
+        in_process = getattr(eng.executor, "warm_workers", False) and is_surrogate(text)
+        where = None if in_process else script_folder.inspect(
+            Path(self.state.script_source or self.cfg.script_path()), text)
+        # edited code: the training wall and the trusted evaluation (the surrogate has no protocol to guard)
+        code = self.cfg.search.scope == "code" and not in_process
+        if code and where is not None and where.needs_copy:
             raise FatalRunError('search.scope = "code" runs a one-file script (baseline/train.py\'s layout); '
                                 "this script's folder has sibling modules")
-        if where.needs_copy:  # its sibling modules get this run's budget, in a copy of the folder
+        if where is not None and where.needs_copy:  # its sibling modules get this run's budget, in a copy
             run_cwd = run_script.parent / ("run" if seed is None else f"run.seed{seed}")
             try:
                 run_script = script_folder.materialise(where, text, run_cwd, where.changes(self.cfg.budget.time_s))
@@ -358,9 +367,12 @@ class EngineContext:
                                          cancel=cancel, on_start=started, valid_bpb=self.cfg.acceptance.valid_val_bpb,
                                          tag=tag, clock=eng.monotonic, wrap=walled.wrap if walled else (),
                                          own_metric=walled is None)
-                    plan = (warm_plan(text) if self.cfg.run.worker == "warm" and not where.needs_copy
-                            and eng.executor.warm_workers and not code else None)
-                    if plan is not None:
+                    plan = (warm_plan(text) if where is not None and self.cfg.run.worker == "warm"
+                            and not where.needs_copy and eng.executor.warm_workers and not code else None)
+                    if in_process:  # no process starts: its tag is recorded, no pid (core/services/surrogate_run.py)
+                        self.emit(ev.TrainingProcess(iteration=iteration, tag=tag, attempt=attempt, seed=seed))
+                        result = await run_surrogate(text, run_seed, trial)
+                    elif plan is not None:
                         result = await self.warm.run(run_script, plan, seed=run_seed, slot=slot.name,
                                                      **trial.pinned(slot.env()).training_kwargs())
                     else:

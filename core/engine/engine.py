@@ -29,7 +29,9 @@ from core.record import config as config_mod
 from core.record import layout, registry
 from core.record.config import Config, from_dict
 from core.engine.context import EngineContext, client_for, spec_dict
-from core.engine import calibration
+from core.engine import calibration, limits
+from core.engine.estimate import estimate
+from core.record.pricing import Price, price_of
 from core.engine.audit import Auditor
 from core.services.executor_choice import make_executor
 from core.engine.scheduler import HELD, Scheduler
@@ -71,7 +73,9 @@ class Engine:
         self.lock = lock or SessionLock.acquire(self.dir)
         try:
             # clock: the timestamps' source; a test that compares two logs byte for byte fixes it
-            self.writer = SessionWriter(self.dir) if clock is None else SessionWriter(self.dir, clock=clock)
+            # a surrogate's run costs less than an fsync: its events are fsync'd in batches (SessionWriter)
+            self.writer = SessionWriter(self.dir, **({} if clock is None else {"clock": clock}),
+                                        batch_fsync=cfg.surrogate)
             # monotonic: what every recorded duration is measured with; that test fixes it too
             self.monotonic = monotonic or time.monotonic
         except BaseException:
@@ -106,6 +110,8 @@ class Engine:
         self._finishing = ""  # set once the run is ending: why a new approval request expires at once
         self.storage_fault: StorageFault | None = None  # the session folder stopped taking writes: the run ends
         self._evidence_ready = False  # before_search done in this process
+        self._priced_cfg: Config | None = None  # the config _price() last read (core/record/pricing.py)
+        self._priced: Price | None = None
 
     # --- construction -------------------------------------------------------------------
 
@@ -147,6 +153,8 @@ class Engine:
         # The budget in force (changes recorded since the start included), then this resume's overrides;
         # _restart records a changed budget as an event, so the next resume keeps it.
         recorded = {"budget.iterations": state.iterations_budget} if state.budget_changes else {}
+        if state.limits is not None:  # caps changed mid-session (or at an earlier resume)
+            recorded.update(config_mod.limit_overrides(state.limits))
         config_mod.apply_overrides(data, {**recorded, **(overrides or {})})
         cfg = from_dict(data, source=f"{layout.events_path(session_dir)} (session_started)")
         return cls(cfg, session_dir, state=state, lock=lock, **kw)
@@ -254,6 +262,14 @@ class Engine:
                              "start a new session to compare at another budget")
             if cmd.iterations is not None and cmd.iterations < len(self.state.records) - 1:
                 return cmd, f"iterations must be an integer ≥ {max(0, len(self.state.records) - 1)} (iterations done)"
+        if isinstance(cmd, cmds.SetLimits):
+            try:
+                self._with_limits(cmd.limits)
+            except config_mod.ConfigError as exc:
+                return cmd, str(exc)
+        if isinstance(cmd, cmds.Resume) and self._held_by() == "budget":
+            return cmd, (f"paused by a spend cap ({self.state.pause_reason.split(':', 1)[0]}): a resume would pause "
+                         "again at once; raise or unset the cap instead")
         if isinstance(cmd, cmds.AbortTraining):
             if not self.training_cancels:
                 return cmd, "no training run is in progress"
@@ -323,6 +339,9 @@ class Engine:
         elif isinstance(cmd, cmds.SetBudget) and cmd.iterations is not None:
             self.emit(ev.BudgetChanged(iterations=cmd.iterations, source=source))
             self.cfg = config_mod.with_overrides(self.cfg, {"budget.iterations": cmd.iterations})
+        elif isinstance(cmd, cmds.SetLimits):
+            self.cfg = self._with_limits(cmd.limits)
+            self.emit(ev.LimitsChanged(limits=config_mod.spend_limits(self.cfg), source=source))
         elif isinstance(cmd, cmds.SetGuidance):
             # Accepted even when nothing reads it (offline, a sampler): the log and the pane say so.
             self.emit(ev.GuidanceChanged(guidance=cmd.guidance, source="user", pinned=cmd.pinned,
@@ -340,6 +359,68 @@ class Engine:
             if not fut.done():
                 fut.set_result(isinstance(cmd, cmds.ApproveMechanism))
         self.scheduler.poke()
+
+    # --- limits: the spend caps and the stuck-loop rule (core/engine/limits.py) -----------------
+
+    def _with_limits(self, changed: dict[str, Any]) -> Config:
+        """The config with these [budget] limits, validated like a file (ConfigError says what is wrong)."""
+        return config_mod.with_overrides(self.cfg, config_mod.limit_settings(changed))
+
+    def _held_by(self) -> str:
+        """The cause of the pause requested or in force ("" when none)."""
+        s = self.state
+        return s.pause_cause if (s.paused or s.pause_requested) else ""
+
+    def check_limits(self, *, more: bool) -> None:
+        """Between steps: warn at 50/80 % of a cap, pause at a reached cap or a stuck streak, and lift a
+        limit's pause once the limits in force allow the run to go on.
+
+        ``more``: iterations or trials are left; with none, only the audit's GPU-hours are left to cap.
+        """
+        warnings, reached = limits.check_caps(self.cfg, self.state, self._price())
+        if not more:  # only the end-of-run audit is left to start: its training time, in total or its own
+            reached = [r for r in reached if self.cfg.audit.enabled and r.key == "max_gpu_hours"
+                       and r.scope in ("total", "audit")]
+        for warning in warnings:
+            self.emit(warning)
+        stuck = limits.stuck_reason(self.cfg, self.state) if more else ""
+        held = self._held_by()
+        if reached:
+            self._hold("budget", reached[0].reason(str(self.dir)))
+        elif stuck:
+            self._hold("stuck", stuck)
+        elif held == "budget":
+            self._lift("the caps in force allow more (spent so far: "
+                       f"{limits.spend_line(limits.spent(self.state, self._price()))})")
+        elif held == "stuck":
+            rule = self.cfg.budget.stuck_after
+            self._lift(f"budget.stuck_after is now {rule}" if rule else "the stuck-loop rule is off now")
+
+    def _price(self) -> Price | None:
+        """The model's price, read again only when the config object changes (a command replaces it)."""
+        if self._priced_cfg is not self.cfg:
+            self._priced_cfg, self._priced = self.cfg, price_of(self.cfg)
+        return self._priced
+
+    def _hold(self, cause: str, reason: str) -> None:
+        s = self.state
+        if self._held_by() == cause and limits.same_limit(s.pause_reason, reason):
+            return
+        self._unpaused.clear()
+        if s.paused:  # paused already (by the user, or another limit): the pause now has this reason
+            self.emit(ev.Paused(next_iteration=s.next_iteration, cause=cause, reason=reason))  # type: ignore[arg-type]
+        else:
+            self.emit(ev.PauseRequested(cause=cause, reason=reason))  # type: ignore[arg-type]
+
+    def _lift(self, reason: str) -> None:
+        self._unpaused.set()
+        self.emit(ev.Unpaused(reason=reason))
+
+    def _estimate(self) -> ev.SpendEstimated:
+        slots = self.executor.slots
+        devices = len([d for d in slots[0].devices.split(",") if d.strip()]) if slots and slots[0].devices else 1
+        return estimate(self.cfg, slots=self.executor.capacity, devices_per_run=max(1, devices),
+                        done=len(self.state.proposals))
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -363,6 +444,8 @@ class Engine:
                                          slots=[*self.executor.slots, *self.executor.skipped]))
             self.context.acceptance_policy()  # fail fast: a rule that needs a noise floor nobody measured
             await self._attach_initial_mechanisms()
+            if not audit_only:
+                self.emit(self._estimate())  # what this run (or what is left of it) is expected to spend
             if audit_only:
                 done = await Auditor(self.context, self.log).on_demand()
                 await self.finish("stopped" if not done or self.stopping else audit_only,  # type: ignore[arg-type]
@@ -428,6 +511,11 @@ class Engine:
                 self.log(f"Level 2 research still running; cycle {cycle} skips starting another")
             else:  # concurrent with the inner loop: it only reads the trace so far
                 self._research_task = asyncio.create_task(self.research.run(cycle, n))
+                if self.cfg.surrogate and self.cfg.level2.approval == "auto":
+                    # A surrogate run answers in microseconds for a simulated TIME_BUDGET: the race between
+                    # Level 2 and the inner loop would measure this machine, not the workload. It is modelled
+                    # as finishing within one trial: its mechanism activates at the next boundary, every time.
+                    await asyncio.wait({self._research_task})
 
     def queue_activation(self, ready: Ready) -> None:
         """Activate at the next iteration boundary, never mid-iteration."""
@@ -591,6 +679,11 @@ class Engine:
         self.emit(ev.RunResumed(next_iteration=self.state.next_iteration, pid=os.getpid()))
         if self.cfg.budget.iterations != self.state.iterations_budget:  # e.g. resume --iterations N
             self.emit(ev.BudgetChanged(iterations=self.cfg.budget.iterations, source="resume"))
+        recorded = self.state.limits
+        if recorded is None:
+            recorded = config_mod.spend_limits(from_dict(self.state.config))
+        if config_mod.spend_limits(self.cfg) != recorded:  # e.g. resume --set budget.max_usd=…
+            self.emit(ev.LimitsChanged(limits=config_mod.spend_limits(self.cfg), source="resume"))
 
     def _protocol_overrides(self, script: TrainScript) -> dict[str, Any]:
         """Preset values, then the run's time budget, written into the working copy."""

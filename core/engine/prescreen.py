@@ -7,9 +7,9 @@ where an LLM proposer would spend k × iterations × 2 calls (a budgeted LLM pre
 future work, and the event says "offline"). Level 2 never runs inside the bench.
 
 Each search is the real InnerLoop and StrategyLevel over :class:`BenchContext`, an in-memory
-run context whose "training" evaluates the surrogate's response surface in this process
-(baseline/surrogate.py, our own standard-library code: microseconds a run, no process, no
-training slot). The mechanism's hooks go through a real MechanismHost: a generated module runs
+run context whose "training" evaluates the surrogate in this process, as the engine does
+(core/services/surrogate_run.py over baseline/surrogate.py, our own standard-library code:
+microseconds a run, no process, no training slot). The mechanism's hooks go through a real MechanismHost: a generated module runs
 only in its own sandboxed worker, one per search, as in the live run; a built-in in-process.
 The bench's events stay in memory; the session records one PrescreenStarted and one
 MechanismPrescreened with the paired effect on the final best (core/engine/paired.py) and the
@@ -45,7 +45,7 @@ from core.record.state import RunState
 from core.services.schema import infer_schema
 from core.services.script import ParamSpec, TrainScript
 from core.services.seeds import seed_params
-from core.services.trainer import TrainResult
+from core.services.surrogate_run import surrogate_result
 
 # The surrogate's measurement constants: locked in the bench as the engine locks them in a run
 # (core/engine/engine.py's PROTOCOL_PARAMS; the engine imports this module's caller, so no import).
@@ -144,7 +144,7 @@ class BenchContext:
 
     async def train(self, iteration: int, text: str, diff: str, *, seed: int | None = None) -> TrainRun:
         script = self.artifact(f"iterations/{iteration:04d}/train.py", text)
-        return TrainRun(surrogate_run(text, self._cfg.search.seed if seed is None else seed), script)
+        return TrainRun(surrogate_result(text, self._cfg.search.seed if seed is None else seed), script)
 
     async def call_llm(self, *args: Any, **kw: Any) -> Any:
         raise FatalRunError("the pre-screen bench proposes offline: it makes no LLM calls")
@@ -160,20 +160,6 @@ class BenchContext:
 
     async def await_approval(self, research_id: str, name: str) -> bool:
         return False
-
-
-def surrogate_run(text: str, seed: int) -> TrainResult:
-    """What the surrogate script would report for ``text`` at ``seed``, without starting it."""
-    values = TrainScript.parse(text).values()
-    hp = {name: values[name] for name in surrogate.C.NAMES if name in values}
-    try:
-        score = surrogate.val_bpb(hp, seed)
-    except surrogate.SurrogateConfigError as exc:
-        return TrainResult("crash", None, {}, 2, 0.0, f"error: {exc}", f"configuration error: {exc}")
-    except surrogate.SurrogateCrash as exc:
-        outcome: ev.TrainingOutcome = "diverged" if exc.kind == "diverged" else "oom"
-        return TrainResult(outcome, None, {}, 3 if exc.kind == "diverged" else 1, 0.0, str(exc), str(exc))
-    return TrainResult("ok", score, {"val_bpb": score}, 0, 0.0, "", "ok")
 
 
 def unmodelled(session_schema: dict[str, dict[str, Any]]) -> tuple[list[str], bool]:

@@ -50,6 +50,10 @@ class RunPort(Protocol):
 
     def request_stop(self, reason: str, *, hard: bool = False) -> None: ...
 
+    def check_limits(self, *, more: bool) -> None:
+        """The spend caps and the stuck-loop rule (core/engine/limits.py): warn, pause, or lift their pause."""
+        ...
+
     def expire_approvals(self, reason: str) -> None:
         """Every pending approval is recorded as expired, with ``reason``."""
         ...

@@ -138,7 +138,9 @@ class Scheduler:
                     return
                 if ctx.state.records and not await self.port.before_search():
                     continue  # a stop cut the calibration short
-                await self._outer_levels()
+                self.port.check_limits(more=bool(self.trials or self.queued or self.unproposed or self._numbers(1)))
+                if not self._held_by_a_cap():  # a reached cap spends nothing more on the outer levels either
+                    await self._outer_levels()
                 if not self._paused() and await self._step():
                     continue
                 left = self._numbers(1)
@@ -171,10 +173,15 @@ class Scheduler:
         """Pause takes effect here, between steps: nothing new is proposed or started (running trials finish)."""
         s = self.ctx.state
         if s.pause_requested and not s.paused:
-            self.ctx.emit(ev.Paused(next_iteration=s.next_iteration))
+            self.ctx.emit(ev.Paused(next_iteration=s.next_iteration, cause=s.pause_cause or "user",  # type: ignore[arg-type]
+                                    reason=s.pause_reason))
         elif s.paused and self.port.pause_lifted:
             self.ctx.emit(ev.Unpaused())
         return s.paused
+
+    def _held_by_a_cap(self) -> bool:
+        s = self.ctx.state
+        return (s.paused or s.pause_requested) and s.pause_cause == "budget"
 
     async def _wait(self) -> None:
         waker = asyncio.ensure_future(self._wake.wait())

@@ -43,7 +43,7 @@ from core.record.change import Params
 from core.services.schema import direction_of
 from core.services.script import ParamSpec
 
-SAMPLERS = ("tpe", "cmaes", "sobol")
+SAMPLERS = ("tpe", "cmaes", "sobol", "random")
 TPE_STARTUP_TRIALS = 8  # random trials before TPE models the history (Optuna's default is 10)
 CRASH_PENALTY = 0.1  # a crash is told as the worst score so far plus this, so the samplers learn to avoid it
 DIGITS = 6  # significant digits of sampled floats written into the script
@@ -186,6 +186,8 @@ def make_sampler(kind: str, seed: int, x0: Mapping[str, Any] | None = None) -> A
         if kind == "sobol":
             return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
                                               warn_independent_sampling=False)
+        if kind == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown sampler {kind!r} (samplers: {', '.join(SAMPLERS)})")
 
 
@@ -222,7 +224,8 @@ class ClassicalProposer:
     # --- the study, rebuilt from the records ------------------------------------------------
 
     def _label(self) -> str:
-        return {"tpe": "TPE", "cmaes": "CMA-ES", "sobol": "Sobol quasi-random"}[self.kind] + f" (seed {self.seed})"
+        return {"tpe": "TPE", "cmaes": "CMA-ES", "sobol": "Sobol quasi-random",
+                "random": "uniform random"}[self.kind] + f" (seed {self.seed})"
 
     def _ask(self, dims: Sequence[Dimension]) -> Any:
         with warnings.catch_warnings():
@@ -295,3 +298,7 @@ def cmaes(seed: int) -> ClassicalProposer:
 
 def sobol(seed: int) -> ClassicalProposer:
     return ClassicalProposer("sobol", seed)
+
+
+def random_search(seed: int) -> ClassicalProposer:
+    return ClassicalProposer("random", seed)

@@ -21,7 +21,7 @@ from core.services.seeds import confirm_seed, with_seed
 from core.levels.trace import fmt_bpb, fmt_value, history_text
 from core.services.trainer import TrainResult
 from . import prompts
-from .proposal import Proposal, Rejection, candidate_script, check_proposal
+from .proposal import Proposal, Rejection, candidate_script, change_limit, check_proposal
 from .proposers import make_proposer
 from .budget import estimate_tokens, prompt_budget, reply_tokens
 from .echo import echo_problem
@@ -244,11 +244,12 @@ class InnerLoop:
 
     def validate(self, changes: Params, hypothesis: str, schema: dict[str, ParamSpec],
                  frozen: set[str]) -> Params:
-        """The coerced changes, or ProposalError: the schema's rules, at most search.max_changes changes,
-        and a hypothesis of the model's own (not the prompt's instruction or example text echoed)."""
+        """The coerced changes, or ProposalError: the schema's rules, at most search.max_changes changes
+        (a classical sampler's whole point: any number), and a hypothesis of the model's own (not the
+        prompt's instruction or example text echoed)."""
         errors: list[str] = []
         try:
-            coerced = validate_changes(changes, schema, frozen, max_changes=self.ctx.cfg.search.max_changes)
+            coerced = validate_changes(changes, schema, frozen, max_changes=change_limit(self.ctx.cfg))
         except ProposalError as exc:
             errors, coerced = list(exc.errors), {}
         echoed = self.proposer.source == "llm" and echo_problem(  # only a model can echo its prompt

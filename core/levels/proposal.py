@@ -12,6 +12,7 @@ from string import Template
 from typing import Any, Callable
 
 from core.record import events as ev
+from core.record import registry
 from core.record.change import Change, CodeEdit, Params, with_params
 from core.levels.context import RunContext
 from core.services.code_edit import apply_edits
@@ -71,12 +72,17 @@ async def check_proposal(ctx: RunContext, n: int, attempt: int, changes: Change,
     proposal = Proposal(coerced, hypothesis, source, attempt)
     veto = await ctx.mechanisms.review(
         ctx.state, proposal,
-        lambda c: validate_changes(c, schema, ctx.state.frozen, max_changes=ctx.cfg.search.max_changes), iteration=n)
+        lambda c: validate_changes(c, schema, ctx.state.frozen, max_changes=change_limit(ctx.cfg)), iteration=n)
     if veto is not None:  # the reason goes back to the proposer
         return Rejection(veto, [veto])
     if isinstance(proposal.changes, CodeEdit):  # after the review: a mechanism may have changed the constants
         proposal.candidate = candidate_script(best_text, proposal.changes)
     return proposal
+
+
+def change_limit(cfg: Any) -> int | None:
+    """The most changes one proposal may make: search.max_changes, or None for a proposer of whole points."""
+    return None if registry.entry("proposer", cfg.proposer).whole_points else cfg.search.max_changes
 
 
 def candidate_script(best_text: str, change: Change) -> TrainScript:

@@ -92,6 +92,13 @@ class SetBudget(Command, tag="set_budget"):
     time_s: Union[float, None] = None
 
 
+class SetLimits(Command, tag="set_limits"):
+    """Change the spend caps and the stuck-loop rule: [budget] keys ("max_usd", "inner.max_tokens",
+    "stuck_after"); None unsets a cap. A raised cap resumes a run its old value paused."""
+
+    limits: dict[str, Union[float, None]]
+
+
 class Unreadable(msgspec.Struct, frozen=True, kw_only=True):
     """A command that could not be read (a bad file, unknown name, wrong argument): refused with its reason."""
 

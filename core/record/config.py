@@ -77,9 +77,17 @@ class EndpointConfig(_Section):
     # Offer each float parameter as an enum of valid values (for servers, like llama.cpp, that ignore
     # a number's minimum/maximum in the schema).
     float_grid: bool = False
-    # US dollars per million tokens for this model, for the cost columns of `bilevel report`.
+    # US dollars per million tokens for this model (the budget's $ and `bilevel report`'s cost columns).
+    # Either one set: this model's price, over the [prices] table (core/record/pricing.py).
     price_in_per_m: Optional[Annotated[float, _range(0, 1e6)]] = None
     price_out_per_m: Optional[Annotated[float, _range(0, 1e6)]] = None
+
+
+class ModelPrice(_Section):
+    """US dollars per million tokens of one model (a [prices] entry, by model-name pattern)."""
+
+    input: Annotated[float, _range(0, 1e6)] = 0.0
+    output: Annotated[float, _range(0, 1e6)] = 0.0
 
 
 class ScriptConfig(_Section):
@@ -95,10 +103,40 @@ class DataConfig(_Section):
     vocab_size: Optional[Annotated[int, _range(257, 65535)]] = None
 
 
+Usd = Annotated[float, _range(0, 1e9)]
+Tokens = Annotated[int, _range(0, 10**15)]
+Hours = Annotated[float, _range(0, 1e7)]
+
+
+class SpendCap(_Section):
+    """Caps on what one part of a run spends (unset: no cap); 50 % and 80 % warn, 100 % pauses the run."""
+
+    max_usd: Optional[Usd] = None  # US dollars of LLM calls, at the price table's price
+    max_tokens: Optional[Tokens] = None  # LLM tokens, prompt and completion
+    max_gpu_hours: Optional[Hours] = None  # training device-hours (summed run durations × devices of the slot)
+
+
 class BudgetConfig(_Section):
     time_s: Seconds = 300.0  # training budget per run
     grace_s: Optional[Annotated[float, _range(0, DAY_S)]] = None  # start-up, compile, eval
     iterations: Annotated[int, _range(0, 100000)] = 30
+    # The whole run's caps (core/engine/limits.py); per part below: [budget.inner], [budget.strategy],
+    # [budget.research] (LLM calls; Level 1's training too) and [budget.audit] (calibration and audit runs).
+    max_usd: Optional[Usd] = None
+    max_tokens: Optional[Tokens] = None
+    max_gpu_hours: Optional[Hours] = None
+    inner: SpendCap = SpendCap()
+    strategy: SpendCap = SpendCap()
+    research: SpendCap = SpendCap()
+    audit: SpendCap = SpendCap()
+    # The stuck-loop rule: this many finished iterations in a row with no keep pause the run (0: off).
+    stuck_after: Annotated[int, _range(0, 100000)] = 20
+
+    def cap(self, scope: str) -> "SpendCap":
+        """The caps of one scope: "total", or a part (inner, strategy, research, audit)."""
+        if scope == "total":
+            return SpendCap(max_usd=self.max_usd, max_tokens=self.max_tokens, max_gpu_hours=self.max_gpu_hours)
+        return getattr(self, scope)
 
     @property
     def deadline_grace_s(self) -> float:
@@ -233,6 +271,8 @@ class Config(_Section):
     acceptance: AcceptanceConfig = AcceptanceConfig()
     audit: AuditConfig = AuditConfig()
     run: RunConfig = RunConfig()
+    # Model-name pattern (fnmatch, case-insensitive) -> price; searched before the built-in table.
+    prices: dict[str, ModelPrice] = {}
     # Where relative paths resolve from: the config file's folder (internal: never read from a file, not saved).
     base_dir: str = ""
 
@@ -507,6 +547,19 @@ def _check_cross_fields(cfg: Config, where: _Where) -> None:
                   else f"proposer {cfg.search.proposer!r} searches")
         _fail(where, ("search", "levels"), f"{chosen} with a classical sampler, whose "
               "proposals no Level 2 mechanism prompt can shape; use levels inner (and strategy) only")
+    proposer = registry.entry("proposer", cfg.proposer)
+    mechanisms = set(registry.names("mechanism"))
+    idle = [m for m in cfg.search.active_mechanisms
+            if m in mechanisms and registry.entry("mechanism", m).prompt_only]
+    if idle and not proposer.prompted:
+        from_group = [m for m in idle if m in registry.group(cfg.search.group).mechanisms]
+        reader = proposer.described or f"the proposer {proposer.name!r}"
+        _fail(where, ("search", "group") if from_group else ("search", "mechanisms"),
+              f"{', '.join(idle)} only adds text to the Level 1 prompt, and Level 1 here proposes with {reader}, "
+              "which reads no prompt: it could not act"
+              + (f", and group {cfg.search.group!r} would run as a copy of the group without it; run it with "
+                 'an LLM endpoint (provider = "openai")' if from_group else '; remove it or use an LLM endpoint'))
+    _check_caps(cfg, where)
     if cfg.acceptance.calibrate == 1:
         _fail(where, ("acceptance", "calibrate"), "expected 0 (off) or at least 2 runs: a spread needs two values")
     if cfg.endpoint.provider == "openai":
@@ -540,6 +593,60 @@ def _check_cross_fields(cfg: Config, where: _Where) -> None:
             bad = [c for c in choices if isinstance(c, float) and not math.isfinite(c)]
             if bad:
                 _fail(where, key + ("choices",), f"expected finite values, got {bad[0]!r}")
+
+
+# What each part of a run spends: LLM calls (Level 1, 1.5, 2) and training (Level 1, calibration and audit).
+# The mechanism pre-screen spends neither (offline proposer, the surrogate evaluated in-process).
+CAP_SCOPES = ("inner", "strategy", "research", "audit")
+CAP_KEYS = ("max_usd", "max_tokens", "max_gpu_hours")
+_SPENDS = {"inner": CAP_KEYS, "strategy": ("max_usd", "max_tokens"), "research": ("max_usd", "max_tokens"),
+           "audit": ("max_gpu_hours",)}
+
+
+def _check_caps(cfg: Config, where: _Where) -> None:
+    for scope in CAP_SCOPES:
+        cap = getattr(cfg.budget, scope)
+        for key in CAP_KEYS:
+            if getattr(cap, key) is not None and key not in _SPENDS[scope]:
+                what = "trains nothing" if key == "max_gpu_hours" else "calls no LLM"
+                _fail(where, ("budget", scope, key), f"[budget.{scope}] {what}: this cap would never be reached "
+                      f"(caps it takes: {', '.join(_SPENDS[scope])})")
+
+
+def spend_limits(cfg: Config) -> dict[str, float]:
+    """The caps set and the stuck-loop rule, as [budget] keys ("max_usd", "inner.max_tokens", "stuck_after")."""
+    out: dict[str, float] = {}
+    for scope in ("total", *CAP_SCOPES):
+        cap = cfg.budget.cap(scope)
+        for key in CAP_KEYS:
+            value = getattr(cap, key)
+            if value is not None:
+                out[key if scope == "total" else f"{scope}.{key}"] = value
+    out["stuck_after"] = cfg.budget.stuck_after
+    return out
+
+
+def limit_overrides(limits: Mapping[str, float]) -> dict[str, Any]:
+    """Overrides that put exactly ``limits`` in force: every cap not named is unset."""
+    out: dict[str, Any] = {f"budget.{key}": None for key in CAP_KEYS}
+    out.update({f"budget.{scope}.{key}": None for scope in CAP_SCOPES for key in CAP_KEYS})
+    out.update(limit_settings(limits))
+    return out
+
+
+LIMIT_NAMES = ("stuck_after", *CAP_KEYS, *(f"{scope}.{key}" for scope in CAP_SCOPES for key in CAP_KEYS))
+
+
+def limit_settings(limits: Mapping[str, Any]) -> dict[str, Any]:
+    """[budget] limit keys ("max_usd", "inner.max_tokens", "stuck_after") as overrides; unknown ones refused."""
+    out: dict[str, Any] = {}
+    for key, value in limits.items():
+        if key not in LIMIT_NAMES:
+            raise ConfigError(f"budget.{key}: not a limit (limits: {', '.join(LIMIT_NAMES)})")
+        # an event's or a command's numbers may be floats: counts go back to integers
+        whole = key.endswith(("max_tokens", "stuck_after")) and isinstance(value, float) and value.is_integer()
+        out[f"budget.{key}"] = int(value) if whole else value
+    return out
 
 
 # An environment variable's name as people write them; a key (sk-..., mixed case, long runs of
@@ -580,7 +687,8 @@ def demo_config(**overrides: Any) -> Config:
         # Outer levels every two iterations, so `--demo --group C` shows all three levels at work.
         "search": {"locked": ["DEPTH", "ASPECT_RATIO", "HEAD_DIM", "MAX_SEQ_LEN"],
                    "outer_period": 2, "research_period": 1},
-        "budget": {"time_s": 4.0, "grace_s": 90.0, "iterations": 4},
+        # No stuck-loop pause: a demo runs through (and a newcomer's demo never waits unexplained).
+        "budget": {"time_s": 4.0, "grace_s": 90.0, "iterations": 4, "stuck_after": 0},
         "run": {"gpus": "cpu"},
     }
     if overrides.get("script.preset") == "surrogate":

@@ -154,16 +154,23 @@ class CommandReceived(Event, tag="command_received"):
     error: str = ""
 
 
+# user: the pause command; budget: a spend cap reached (a raised cap lifts it); stuck: the stuck-loop rule
+PauseCause = Literal["user", "budget", "stuck"]
+
+
 class PauseRequested(Event, tag="pause_requested"):
-    pass
+    cause: PauseCause = "user"
+    reason: str = ""  # what was reached, and what lifts it (empty for the user's own pause)
 
 
 class Paused(Event, tag="paused"):
     next_iteration: int = 0
+    cause: PauseCause = "user"
+    reason: str = ""
 
 
 class Unpaused(Event, tag="unpaused"):
-    pass
+    reason: str = ""  # empty: the user's resume; else what lifted a limit's pause (a raised cap)
 
 
 class GuidanceChanged(Event, tag="guidance_changed"):
@@ -187,6 +194,47 @@ class BudgetChanged(Event, tag="budget_changed"):
 
     iterations: int = 0
     source: str = "user"
+
+
+# --- the run's limits: spend caps over money, tokens and GPU-hours, and the stuck-loop rule ---
+
+SpendScope = Literal["total", "inner", "strategy", "research", "audit"]
+SpendResource = Literal["usd", "tokens", "gpu_hours"]
+
+
+class SpendEstimated(Event, tag="spend_estimated"):
+    """What the run is expected to spend, at its start (core/engine/estimate.py); ``bilevel run --estimate``."""
+
+    runs: int = 0  # training runs: the baseline, the iterations, calibration and the audit's share
+    time_s: float = 0.0  # the time budget of each
+    slots: int = 1
+    devices_per_run: int = 1
+    gpu_hours: float = 0.0  # runs × time budget × devices per run
+    gpu_hours_max: float = 0.0  # with every run's start-up grace
+    wall_hours: float = 0.0  # runs × (time budget) / slots
+    calls: dict[str, int] = {}  # level -> LLM calls
+    tokens: dict[str, int] = {}  # level -> LLM tokens (prompt at its budget, reply at its limit)
+    usd: float | None = None  # None: no price known for the model
+    price: str = ""  # where the price came from, or why there is none
+    limits: dict[str, float] = {}  # the caps in force, as [budget] keys
+    notes: list[str] = []
+
+
+class SpendWarning(Event, tag="spend_warning"):
+    """A share (50 %, 80 %) of a cap is spent; once per cap value, so a raised cap warns again."""
+
+    scope: SpendScope = "total"
+    resource: SpendResource = "usd"
+    fraction: float = 0.5
+    spent: float = 0.0
+    cap: float = 0.0
+
+
+class LimitsChanged(Event, tag="limits_changed"):
+    """The caps and the stuck-loop rule now in force (every one named; a cap not named is unset)."""
+
+    limits: dict[str, float] = {}
+    source: str = "user"  # user | resume
 
 
 class ParamFrozen(Event, tag="param_frozen"):

@@ -144,10 +144,12 @@ def read_artifact(session: Path, relpath: str) -> str:
     return artifact_path(session, relpath).read_text(encoding="utf-8")
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
+def write_atomic(path: Path, data: str | bytes, *, durable: bool = True) -> None:
     """Write a whole file so a reader sees the old content or the new, never half of it.
 
     The temp file is dot-named beside the target (watchers of a folder skip dot files).
+    ``durable=False``: no fsync before the rename (a reader still never sees half of it; only a
+    crash of the machine could leave it empty).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +159,8 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

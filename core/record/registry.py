@@ -54,6 +54,12 @@ class Entry:
     prompted: bool = False
     described: str = ""
     research: bool = True  # Level 2 may run beside it (its mechanisms shape prompts this proposer reads or ignores)
+    # proposers only: each proposal is a whole point of the searched space (a classical sampler), so
+    # search.max_changes, the one-hypothesis limit of the LLM and the perturbation, does not bind it
+    whole_points: bool = False
+    # mechanisms only: it acts only by adding text to the Level 1 prompt, so beside a proposer that
+    # reads no prompt it does nothing at all (a group of it would run as a copy of the group without it)
+    prompt_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ GROUPS: tuple[Group, ...] = (
     Group("tpe", ("inner",), "Optuna's TPE sampler (multivariate, 8 random start-up trials)", proposer="tpe"),
     Group("cmaes", ("inner",), "Optuna's CMA-ES sampler, started at the baseline", proposer="cmaes"),
     Group("sobol", ("inner",), "scrambled Sobol quasi-random points: the neutral search", proposer="sobol"),
+    Group("random", ("inner",), "independent uniform random points (Bergstra & Bengio's baseline)", proposer="random"),
     # The LLM groups with CMA-ES's next suggestion in each prompt (mechanisms/cmaes_hint.py).
     Group("A+cmaes", ("inner",), "A, with CMA-ES's next point in every prompt as one candidate",
           mechanisms=("cmaes_hint",)),
@@ -96,11 +103,13 @@ PROPOSERS: tuple[Entry, ...] = (
     Entry("proposer", "offline", "offline mode's seeded random perturbation of 1-3 active parameters",
           "core.levels.offline:OfflineProposer", described="offline mode's seeded perturbation", options=(_SEED, _SCOPE)),
     Entry("proposer", "tpe", "Optuna's TPE sampler", "core.levels.classical:tpe",
-          described="the classical sampler 'tpe'", research=False, options=(_SEED, _BOUNDS)),
+          described="the classical sampler 'tpe'", research=False, whole_points=True, options=(_SEED, _BOUNDS)),
     Entry("proposer", "cmaes", "Optuna's CMA-ES sampler, started at the baseline", "core.levels.classical:cmaes",
-          described="the classical sampler 'cmaes'", research=False, options=(_SEED, _BOUNDS)),
+          described="the classical sampler 'cmaes'", research=False, whole_points=True, options=(_SEED, _BOUNDS)),
     Entry("proposer", "sobol", "scrambled Sobol quasi-random points", "core.levels.classical:sobol",
-          described="the classical sampler 'sobol'", research=False, options=(_SEED, _BOUNDS)),
+          described="the classical sampler 'sobol'", research=False, whole_points=True, options=(_SEED, _BOUNDS)),
+    Entry("proposer", "random", "independent uniform random points", "core.levels.classical:random_search",
+          described="the classical sampler 'random'", research=False, whole_points=True, options=(_SEED, _BOUNDS)),
 )
 
 EXECUTORS: tuple[Entry, ...] = (
@@ -120,7 +129,7 @@ MECHANISMS: tuple[Entry, ...] = (
     Entry("mechanism", "orthogonal", "pushes the search onto dimensions it has not touched lately",
           "mechanisms.orthogonal:Orthogonal"),
     Entry("mechanism", "cmaes_hint", "puts CMA-ES's next point in every LLM prompt as one candidate",
-          "mechanisms.cmaes_hint:CmaesHint"),
+          "mechanisms.cmaes_hint:CmaesHint", prompt_only=True),
 )
 
 BUILT_IN: dict[Kind, tuple[Entry, ...]] = {"proposer": PROPOSERS, "executor": EXECUTORS, "mechanism": MECHANISMS}

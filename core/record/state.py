@@ -91,6 +91,7 @@ class IterationTrace:
     active: list[str] = field(default_factory=list)  # mechanisms active when it finished
     effects: list[tuple[str, str, str]] = field(default_factory=list)  # (mechanism, effect, detail)
     error_tail: str = ""  # the end of a failed run's output, when its event carried it
+    outcome: str = ""  # the training run's outcome at the verdict (timeout, oom, ...: what a "crash" was)
 
     @property
     def delta(self) -> float | None:
@@ -149,6 +150,7 @@ class ParamChange:
 
 class DeviceUse:
     seconds: float = 0.0  # training time × devices of the slot
+    audit_seconds: float = 0.0  # of those, runs outside the search (calibration, the audit)
     runs: int = 0
     kind: str = "cpu"  # gpu once any run had a GPU slot
     slot_devices: int = 1  # devices of the slot of the run in progress
@@ -222,6 +224,14 @@ class RunState:
     in_flight: dict[int, Trial] = field(default_factory=dict)  # started, no verdict; in start order
     paused: bool = False
     pause_requested: bool = False
+    pause_cause: str = ""  # user | budget | stuck, of the pause requested or in force
+    pause_reason: str = ""
+    # The run's limits (core/engine/limits.py): the caps in force when changed since the start (None: the
+    # session's config), the warnings given (scope, resource, fraction, cap), where the stuck streak counts from.
+    limits: dict[str, float] | None = None
+    spend_warned: set[tuple[str, str, float, float]] = field(default_factory=set)
+    stuck_from: int = 0  # records before this index do not count: a stuck pause lifted there
+    estimate: ev.SpendEstimated | None = None
     status: str = "new"  # new | running | completed | stopped | failed
     finished: ev.RunFinished | None = None  # the last run's end, until it is resumed
     resumes: int = 0  # run_resumed events so far: part of each run's tag (core/record/processes.py)
@@ -351,7 +361,7 @@ def _data_prepared(s: RunState, e: ev.DataPrepared) -> None:
 def _run_resumed(s: RunState, e: ev.RunResumed) -> None:
     s.resumes += 1
     s.status = "running"
-    s.paused = s.pause_requested = False
+    _pause_lifted(s)
     s.finished = None
     s.endpoint_down.clear()  # a wait of the run before never outlives it
 
@@ -429,6 +439,8 @@ def _training_finished(s: RunState, e: ev.TrainingFinished) -> None:
     if e.iteration == 0 and e.outcome == "ok":
         s.baseline_metrics = dict(e.metrics)
     s.device.seconds += e.duration_s * s.device.slot_devices
+    if e.iteration < 0:
+        s.device.audit_seconds += e.duration_s * s.device.slot_devices
     s.device.runs += 1
     if e.iteration in s.in_flight:
         s.in_flight[e.iteration].training = None
@@ -463,7 +475,7 @@ def _iteration_finished(s: RunState, e: ev.IterationFinished) -> None:
     t.changes = e.changes if e.changes != NO_CHANGE or e.iteration == 0 else t.changes
     t.hypothesis = e.hypothesis or t.hypothesis
     t.val_bpb, t.best_before = e.val_bpb, e.best_before
-    t.duration_s, t.reason = e.duration_s, e.reason
+    t.duration_s, t.reason, t.outcome = e.duration_s, e.reason, e.outcome
     for name, calls in e.mechanisms.items():
         if sum(calls.values()) > 0:
             t.mechanisms.setdefault(name, "")
@@ -579,14 +591,36 @@ def _unfrozen(s: RunState, e: ev.ParamUnfrozen) -> None:
 
 def _pause_requested(s: RunState, e: ev.PauseRequested) -> None:
     s.pause_requested = True
+    s.pause_cause, s.pause_reason = e.cause, e.reason
 
 
 def _paused(s: RunState, e: ev.Paused) -> None:
     s.paused, s.pause_requested = True, False
+    s.pause_cause, s.pause_reason = e.cause, e.reason
 
 
 def _unpaused(s: RunState, e: ev.Unpaused) -> None:
+    _pause_lifted(s)
+
+
+def _pause_lifted(s: RunState) -> None:
+    """A pause ends (a resume, a raised cap, a restart): a lifted stuck pause counts its streak afresh."""
+    if (s.paused or s.pause_requested) and s.pause_cause == "stuck":
+        s.stuck_from = len(s.records)
     s.paused = s.pause_requested = False
+    s.pause_cause = s.pause_reason = ""
+
+
+def _limits_changed(s: RunState, e: ev.LimitsChanged) -> None:
+    s.limits = dict(e.limits)
+
+
+def _spend_warning(s: RunState, e: ev.SpendWarning) -> None:
+    s.spend_warned.add((e.scope, e.resource, e.fraction, e.cap))
+
+
+def _spend_estimated(s: RunState, e: ev.SpendEstimated) -> None:
+    s.estimate = e
 
 
 def _llm_response(s: RunState, e: ev.LLMResponse) -> None:
@@ -694,6 +728,9 @@ _HANDLERS = {
     ev.PauseRequested: _pause_requested,
     ev.Paused: _paused,
     ev.Unpaused: _unpaused,
+    ev.LimitsChanged: _limits_changed,
+    ev.SpendWarning: _spend_warning,
+    ev.SpendEstimated: _spend_estimated,
     ev.LLMResponse: _llm_response,
     ev.IterationInterrupted: _interrupted,
     ev.MechanismActivated: _mechanism_on,

@@ -25,6 +25,8 @@ from __future__ import annotations
 import ast
 import difflib
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
@@ -46,6 +48,7 @@ KINDS = ("int", "float", "str", "bool", "tuple")
 
 _NAME_RE = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _NEWLINE_RE = re.compile(r"\r\n|\r|\n")  # the line breaks Python's tokenizer counts
+_HUNK_RE = re.compile(r"-(\d+)(,\d+)? \+(\d+)(,\d+)?")
 
 
 # ---------------------------------------------------------------------------
@@ -160,7 +163,20 @@ class TrainScript:
 
     @classmethod
     def parse(cls, text: str) -> TrainScript:
-        """Parse ``text``; a script that is not valid Python raises ValueError with the line."""
+        """Parse ``text``; a script that is not valid Python raises ValueError with the line.
+
+        One iteration reads the same text several times (proposal, validation, the run, the
+        record), and a parse of a long script costs milliseconds: the last few parses are kept
+        (each caller gets its own dicts).
+        """
+        cached = _PARSED.get(text)
+        if cached is None:
+            cached = cls._parse(text)
+            _PARSED.put(text, cached)
+        return cls(text=text, params=dict(cached.params), shadowed=dict(cached.shadowed), _spans=cached._spans)
+
+    @classmethod
+    def _parse(cls, text: str) -> TrainScript:
         # A UTF-8 BOM (a file read with encoding="utf-8") runs fine but does not parse as str.
         skip = 1 if text.startswith("\ufeff") else 0
         try:
@@ -195,6 +211,15 @@ class TrainScript:
         """Parameter name -> evaluated value, in file order."""
         return {name: p.value for name, p in self.params.items()}
 
+    def skeleton(self) -> str:
+        """The text with every constant's value cut out: two scripts that differ only in their constants have one skeleton."""
+        cuts = sorted((s.start, s.end) for s in self._spans.values())
+        out, at = [], 0
+        for start, end in cuts:
+            out.append(self.text[at:start])
+            at = end
+        return "\x00".join(out) + "\x00" + self.text[at:]
+
     def apply(self, changes: Mapping[str, object]) -> TrainScript:
         """Return a new script with ``changes`` written in (coerced to each parameter's kind).
 
@@ -217,9 +242,74 @@ class TrainScript:
         edits: list[tuple[int, int, str]] = []
         for name, value in coerced.items():
             edits.extend(self._edits_for(self.params[name], value))
-        new = TrainScript.parse(_splice(self.text, edits))
+        text = _splice(self.text, edits)
+        new = self._respliced(text, edits)
+        if new is None:
+            new = TrainScript.parse(text)
+        else:
+            _PARSED.put(text, new)
         _check_written(new, coerced)
         return new
+
+    def _respliced(self, text: str, edits: list[tuple[int, int, str]]) -> TrainScript | None:
+        """The parse of ``text`` (this script with ``edits``) without parsing it again, or None.
+
+        Only for edits on one line of a whole scalar value or of a tuple's elements (what a
+        search writes): the rest of the text is unchanged, so every other constant only moves.
+        Anything else (a value over lines, a kind that changes) is parsed in full.
+        """
+        where: dict[int, tuple[str, int]] = {}  # an edit's start -> (constant, element index or -1)
+        for name, span in self._spans.items():
+            where[span.start] = (name, -1)
+            for i, (a, _) in enumerate(span.elements or ()):
+                where.setdefault(a, (name, i))  # a tuple's first element starts after its "("
+        changed: dict[str, dict[int, str]] = {}
+        for start, end, source in edits:
+            name, index = where.get(start, ("", -1))
+            span = self._spans.get(name)
+            if span is None or (span.end if index < 0 else span.elements[index][1]) != end:
+                return None
+            if (index < 0 and span.elements is not None) or any(c in source + self.text[start:end] for c in "\r\n"):
+                return None
+            changed.setdefault(name, {})[index] = source
+        shifts = [(end, len(source) - (end - start)) for start, end, source in edits]
+
+        def moved(pos: int) -> int:
+            return pos + sum(d for end, d in shifts if end <= pos)
+
+        params: dict[str, Param] = {}
+        spans: dict[str, _Span] = {}
+        for name, param in self.params.items():
+            span = self._spans[name]
+            start, end = moved(span.start), moved(span.end)
+            elements = None if span.elements is None else tuple((moved(a), moved(b)) for a, b in span.elements)
+            spans[name] = _Span(start, end, elements)
+            if name not in changed:
+                params[name] = param
+                continue
+            try:
+                if elements is None:
+                    node = ast.parse(changed[name][-1], mode="eval").body
+                    value = evaluate(node)
+                    pow2 = is_pow2_node(node)
+                else:
+                    old = list(param.value)
+                    for i, source in changed[name].items():
+                        elements = tuple((a, a + len(source)) if k == i else (a, b)
+                                         for k, (a, b) in enumerate(elements))
+                        item = evaluate(ast.parse(source, mode="eval").body)
+                        if kind_of(item) != kind_of(old[i]):
+                            return None
+                        old[i] = item
+                    value, pow2 = tuple(old), param.pow2
+                    spans[name] = _Span(start, end, elements)
+            except (SyntaxError, ValueError, NotLiteral):
+                return None
+            if kind_of(value) != param.kind:
+                return None
+            params[name] = Param(name=name, kind=param.kind, value=value, lineno=param.lineno, source=text[start:end],
+                                 pow2=pow2, choices=_declared_choices(text, end, value))
+        return TrainScript(text=text, params=params, shadowed=dict(self.shadowed), _spans=spans)
 
     def _edits_for(self, param: Param, value: object) -> Iterator[tuple[int, int, str]]:
         if same_value(value, param.value):
@@ -238,6 +328,32 @@ class TrainScript:
                     yield start, end, format_value(new_item, original_source=self.text[start:end])
             return
         yield span.start, span.end, format_value(value, pow2=param.pow2, original_source=param.source)
+
+
+class _Parses:
+    """The last few parses by text (:meth:`TrainScript.parse`, and what :meth:`TrainScript.apply` derived)."""
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._by_text: OrderedDict[str, TrainScript] = OrderedDict()
+        self._lock = threading.Lock()  # parses also happen in worker threads
+
+    def get(self, text: str) -> TrainScript | None:
+        with self._lock:
+            found = self._by_text.get(text)
+            if found is not None:
+                self._by_text.move_to_end(text)
+            return found
+
+    def put(self, text: str, script: TrainScript) -> None:
+        with self._lock:
+            self._by_text[text] = script
+            self._by_text.move_to_end(text)
+            while len(self._by_text) > self._keep:
+                self._by_text.popitem(last=False)
+
+
+_PARSED = _Parses(32)
 
 
 # ---------------------------------------------------------------------------
@@ -419,10 +535,25 @@ def unified_diff(old: str, new: str, name: str = "train.py", context: int = 3) -
     """A unified diff from ``old`` to ``new`` (empty when they are equal)."""
     if old == new:
         return ""
+    a, b = _split_lines(old), _split_lines(new)
+    # Edits within lines (constants): the lines both share at the start and the end can be in a
+    # hunk only as context, so the matcher is given the rest (a long script costs milliseconds
+    # otherwise) and the hunks' line numbers are put back; where equal lines could pair either
+    # way (a blank line removed and another added) the hunk may pair them the other valid way.
+    # Lines added or removed: the whole text.
+    head = tail = 0
+    if len(a) == len(b):
+        while head < len(a) and a[head] == b[head]:
+            head += 1
+        while tail < len(a) - head and a[-1 - tail] == b[-1 - tail]:
+            tail += 1
+    skip, keep_tail = max(0, head - context), max(0, tail - context)
     out: list[str] = []
     for line in difflib.unified_diff(
-        _split_lines(old), _split_lines(new), fromfile=f"a/{name}", tofile=f"b/{name}", n=context
+        a[skip:len(a) - keep_tail], b[skip:len(b) - keep_tail], fromfile=f"a/{name}", tofile=f"b/{name}", n=context
     ):
+        if skip and line.startswith("@@"):
+            line = _HUNK_RE.sub(lambda m: f"-{int(m[1]) + skip}{m[2] or ''} +{int(m[3]) + skip}{m[4] or ''}", line, 1)
         out.append(line)
         if not line.endswith("\n"):
             out.append("\n\\ No newline at end of file\n")

@@ -44,6 +44,7 @@ source = "none"
 time_s = 1
 grace_s = 30
 iterations = {iterations}
+stuck_after = 0
 [search]
 locked = ["DEPTH"]
 {search_extra}

@@ -22,7 +22,11 @@ class ConfirmScreen(ModalScreen[str | None]):
     ConfirmScreen #confirm-title { text-style: bold; margin-bottom: 1; }
     ConfirmScreen #confirm-buttons { height: auto; margin-top: 1; align: right middle; }
     ConfirmScreen Button { margin-left: 1; }
+    /* many answers (one per running trial): a grid of four a row, so eight slots still fit 80 columns */
+    ConfirmScreen #confirm-buttons.-many { layout: grid; grid-size: 4; grid-gutter: 0 1; }
+    ConfirmScreen #confirm-buttons.-many Button { width: 1fr; min-width: 8; margin-left: 0; }
     """
+    MANY = 4  # answers (Cancel included) from which the buttons wrap into a grid
 
     def __init__(self, title: str, body: str, answers: list[tuple[str, str, str]]) -> None:
         """``answers``: (id, label, variant) in order; the first one is focused."""
@@ -33,7 +37,7 @@ class ConfirmScreen(ModalScreen[str | None]):
         with Vertical():
             yield Static(self.title_text, id="confirm-title", markup=False)
             yield Static(self.body, id="confirm-body", markup=False)
-            with Horizontal(id="confirm-buttons"):
+            with Horizontal(id="confirm-buttons", classes="-many" if len(self.answers) + 1 > self.MANY else ""):
                 for answer_id, label, variant in self.answers:
                     yield Button(label, id=f"answer-{answer_id}", variant=variant)  # type: ignore[arg-type]
                 yield Button("Cancel", id="answer-cancel")

@@ -77,7 +77,9 @@ class StatusHeader(Widget):
             first.append(("  SURROGATE: nothing trained", "bold reverse yellow", 0))
         right = Text()
         if m.pending:
-            right.append(f"⚑ {len(m.pending)} to approve (v)  ", style="bold yellow")
+            deadline = m.approval_deadline
+            right.append(f"⚑ {len(m.pending)} to approve (v)" + (f" before #{deadline}" if deadline else "") + "  ",
+                         style="bold yellow")
         if self.notice:
             right.append(f"{self.notice}  ", style="bold yellow")
         elif m.finished is not None and src.mode != "replay" and width >= 100:
@@ -91,6 +93,9 @@ class StatusHeader(Widget):
         total = m.iterations_total
         second: list[tuple[str, str, int]] = [(f"iter {m.iterations_done}/{total if total is not None else '?'}",
                                                "bold", 0)]
+        trained, rejected = m.verdict_counts()
+        if rejected or m.finished is not None:  # "40/40" must not hide that most were never trained
+            second.append((f" ({trained} trained, {rejected} rejected)", "yellow" if rejected else "", 1))
         if m.multi_slot:
             running = m.in_flight
             if running:

@@ -85,14 +85,19 @@ def param_rows(model: "ViewModel") -> dict[str, dict[str, object]]:
         st = stats.get(name)
         value = s.best_values.get(name, spec.get("value"))
         out[name] = {
-            "name": name if len(name) < NAME_WIDTH else name[:NAME_WIDTH - 2] + "…",  # keep the gap
+            "name": _fit(name, NAME_WIDTH),
             "state": Text(state, style=style),
-            "value": fmt_value(value),
+            "value": _fit(fmt_value(value), PARAM_COLUMNS[2][2]),
             "tried": str(st.proposed) if st else "",
             "kept": str(st.kept) if st else "",
             "gain": f"{st.net_improvement:+.4f}" if st and st.kept else "",
         }
     return out
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` in ``width`` cells less the gap, cut with an ellipsis: a cut tuple must not read as another value."""
+    return text if len(text) < width else text[:width - 2] + "…"
 
 
 def cycles_parts(model: "ViewModel") -> list[Text]:
@@ -152,9 +157,11 @@ def _cycle_text(c: "StrategyCycle") -> Text:
 class StrategyPane(Pane):
     PANE_TITLE = "Strategy · Level 1.5"
     DEFAULT_CSS = """
-    StrategyPane #guidance { height: auto; max-height: 5; padding: 0 1; color: $text; background: $boost; }
-    StrategyPane #params-table { height: 2fr; min-height: 4; overflow-y: scroll; }
-    StrategyPane #cycles-scroll { height: 1fr; padding: 0 1; overflow-y: auto; }
+    StrategyPane #guidance { height: auto; max-height: 3; padding: 0 1; color: $text; background: $boost; }
+    StrategyPane.-maximized #guidance { max-height: 12; }
+    /* a header, six rows and the horizontal scrollbar a narrow column needs */
+    StrategyPane #params-table { height: 3fr; min-height: 8; overflow-y: scroll; }
+    StrategyPane #cycles-scroll { height: 1fr; min-height: 2; padding: 0 1; overflow-y: auto; }
     """
 
     def compose(self):

@@ -10,7 +10,7 @@ from textual.widgets import DataTable
 
 from core.record.state import IterationTrace
 
-from ..model import PLOT, PROGRESS, SLOTS
+from ..model import PLOT, PROGRESS, SLOTS, outcome_label
 from ..render import best_plot, changes_text, clock, decision_text, delta_text, progress_text
 from .growing import GrowingTable
 from .pane import Pane
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # (key, label, width)
 COLUMNS = (
     ("it", "#", 4),
-    ("outcome", "outcome", 10),
+    ("outcome", "outcome", 12),  # "training (2)", "out of mem"
     ("bpb", "val_bpb", 9),
     ("delta", "Δ best", 8),
     ("changes", "changes", 26),
@@ -40,7 +40,7 @@ MULTI_COLUMNS = COLUMNS[:1] + (("slot", "slot", 6),) + COLUMNS[1:]
 def row_cells(row: IterationTrace, slot: str | None = None) -> dict[str, object]:
     changes = "(baseline)" if row.iteration == 0 else (changes_text(row.changes) or ("…" if not row.final else "—"))
     mech = ", ".join(f"{n}:{e}" if e else n for n, e in row.mechanisms.items())
-    outcome = decision_text(row.phase)
+    outcome = decision_text(outcome_label(row))
     if row.attempts > 1 and not row.final:
         outcome.append(f" ({row.attempts})", style="dim")
     return {
@@ -85,9 +85,16 @@ class RunProgress(Widget):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.values: tuple = (None, None, None, None, None, None, "")
+        self.started_ts: float | None = None  # the run's start: its clock moves between progress events
 
     def render(self) -> Text:
-        return progress_text(*self.values, width=self.size.width)
+        values = list(self.values)
+        if self.started_ts and len(values) > 8:
+            header = getattr(self.app, "header", None)  # its clock: wall time live, event time in replays
+            now = header.now() if header is not None else None
+            if now is not None:
+                values[8] = max(values[8] or 0.0, now - self.started_ts)
+        return progress_text(*values, width=self.size.width)
 
 
 class TracePane(Pane):
@@ -177,14 +184,15 @@ class TracePane(Pane):
             bar = self.query_one(RunProgress)
             p = model.state.progress
             it = model.training_iteration
+            started = model.state.training
+            budget = started.budget_s if started is not None else None
+            bar.started_ts = started.ts if started is not None and started.ts else None
             if it is not None and p is not None and p.iteration == it:
-                started = model.state.training
                 elapsed = p.ts - started.ts if started is not None and p.ts and started.ts else None
-                budget = started.budget_s if started is not None else None
                 bar.values = (it, p.percent, p.step, p.loss, p.tok_per_s, p.remaining_s, model.slot, p.phase,
                               elapsed, budget, model.grace_s if budget else None)
             elif it is not None:
-                bar.values = (it, None, None, None, None, None, model.slot, "starting")
+                bar.values = (it, None, None, None, None, None, model.slot, "starting", None, budget, None)
             else:
                 bar.values = (None, None, None, None, None, None, "")
             bar.refresh()

@@ -8,7 +8,10 @@ Output: one progress line per step (at most ~2 a second), then a line ``---`` fo
 ``key: value`` lines, ``val_bpb`` first.
 Exit codes: 0 done; 1 crash; 2 data missing or invalid configuration; 3 loss diverged
 (no summary block then). Only the hyperparameters are top-level literal constants.
-Environment: BILEVEL_DATA_DIR (a folder made by ``bilevel prepare``), BILEVEL_SEED.
+Environment: BILEVEL_DATA_DIR (a folder made by ``bilevel prepare``), BILEVEL_SEED;
+BILEVEL_EXPORT_MODEL (code scope): export the trained model there for the trusted evaluation
+(baseline/trusted_eval.py) instead of scoring it here. The regions between ``# >>> protocol``
+and ``# <<< protocol`` lines are the measurement, which no code edit may touch.
 ``python train.py --warm``: a warm worker that runs one iteration per JSON line on stdin
 (see ``serve_warm``); ``WARM_SAFE`` names the constants it may change without a new process.
 
@@ -76,6 +79,7 @@ WARM_SAFE = frozenset({
     "WARMUP_RATIO", "WARMDOWN_RATIO", "FINAL_LR_FRAC", "TIME_BUDGET",
 })
 
+# >>> protocol: the seed, the data and its loader (code edits may not touch this region)
 # Not a hyperparameter: the engine chooses the seed per run; experiments must not tune it.
 SEED = int(os.environ.get("BILEVEL_SEED", "42"))
 
@@ -113,8 +117,10 @@ def data_dir() -> Path:
 
 
 def load_dataset(path: Path) -> Dataset:
-    missing = [n for n in ("meta.json", "tokenizer.json", "train.bin", "val.bin")
-               if not (path / n).is_file()]
+    # A code-scope run trains behind a wall that leaves val.bin out: the trusted evaluation reads it.
+    scored_elsewhere = bool(os.environ.get("BILEVEL_EXPORT_MODEL"))
+    needed = ("meta.json", "tokenizer.json", "train.bin") + (() if scored_elsewhere else ("val.bin",))
+    missing = [n for n in needed if not (path / n).is_file()]
     if missing:
         raise ConfigError(
             f"no prepared data at {path} (missing {', '.join(missing)}).\n"
@@ -125,7 +131,8 @@ def load_dataset(path: Path) -> Dataset:
     return Dataset(
         path=path,
         train=np.memmap(path / "train.bin", dtype=np.uint16, mode="r"),
-        val=np.memmap(path / "val.bin", dtype=np.uint16, mode="r"),
+        val=(np.zeros(0, dtype=np.uint16) if scored_elsewhere
+             else np.memmap(path / "val.bin", dtype=np.uint16, mode="r")),
         vocab_size=int(tokenizer["vocab_size"]),
         eot_id=int(tokenizer["eot_id"]),
         token_bytes=[int(n) for n in tokenizer["token_byte_lengths"]],
@@ -171,6 +178,7 @@ class TrainBatches:
         if self.device.type == "cuda":
             chunk = chunk.pin_memory().to(self.device, non_blocking=True)
         return chunk[:, :-1], chunk[:, 1:]
+# <<< protocol
 
 
 # ---------------------------------------------------------------------------------------
@@ -312,6 +320,14 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor,
                 masks: list[object]) -> torch.Tensor:
         """Per-token cross-entropy in nats, shape (B, T), float32."""
+        logits = self.logits(idx, masks)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                               reduction="none")
+        return loss.view(targets.shape)
+
+    def logits(self, idx: torch.Tensor, masks: list[object]) -> torch.Tensor:
+        """Soft-capped next-token logits, shape (B, T, vocab), float32: what the trusted
+        evaluation scores in code scope."""
         x = rms_norm(self.wte(idx))
         x0 = x
         for i, block in enumerate(self.blocks):
@@ -319,10 +335,7 @@ class GPT(nn.Module):
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, ve, self.rotary, self.attend, masks[i])
         logits = self.lm_head(rms_norm(x)).float()
-        logits = self.softcap * torch.tanh(logits / self.softcap)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                               reduction="none")
-        return loss.view(targets.shape)
+        return self.softcap * torch.tanh(logits / self.softcap)
 
 
 def layer_windows(depth: int, seq_len: int, pattern: str) -> list[int]:
@@ -640,6 +653,7 @@ def flops_per_token(model: GPT, windows: list[int], n_head: int) -> float:
     return 6.0 * matmul_params + attention
 
 
+# >>> protocol: the evaluation and the export for the trusted evaluation (code edits may not touch this region)
 @torch.no_grad()
 def evaluate_bpb(model: nn.Module, data: Dataset, masks: list[object],
                  device: torch.device, autocast: contextlib.AbstractContextManager) -> float:
@@ -689,6 +703,29 @@ def evaluate_bpb(model: nn.Module, data: Dataset, masks: list[object],
         nats += (loss.double() * weight).sum()
         nbytes += (target_bytes * weight).sum()
     return (nats / (math.log(2) * nbytes)).item()
+
+
+class _Logits(nn.Module):
+    """The trained model as one function of the tokens: what ``export_for_evaluation`` writes."""
+
+    def __init__(self, model: nn.Module, masks: list[object]) -> None:
+        super().__init__()
+        self.model, self.masks = model, masks
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(idx, self.masks)
+
+
+@torch.no_grad()
+def export_for_evaluation(model: nn.Module, masks: list[object], device: torch.device,
+                          autocast: contextlib.AbstractContextManager, path: str) -> None:
+    """Code scope: the trained model as a torch.export graph (operators and weights, no Python of
+    this file), for the trusted evaluation to score in a process of its own."""
+    idx = torch.zeros((DEVICE_BATCH_SIZE, MAX_SEQ_LEN), dtype=torch.long, device=device)
+    with autocast:
+        program = torch.export.export(_Logits(model, masks).eval(), (idx,))
+    torch.export.save(program, path)
+# <<< protocol
 
 
 def progress_line(step: int, pct: float, loss: float, lrm: float, dt: float, tok_per_sec: float,
@@ -846,17 +883,24 @@ def train(untimed_steps: int | None = None) -> None:
         if done:
             break
 
+    # >>> protocol: the evaluation and the summary (code edits may not touch this region)
     gc.enable()
     model.eval()
-    val_bpb = evaluate_bpb(model, data, masks, device, autocast)
-    if not math.isfinite(val_bpb):
-        diverged(step)
+    export_to = os.environ.get("BILEVEL_EXPORT_MODEL", "")
+    if export_to:  # code scope: scored by the trusted evaluation, not here
+        export_for_evaluation(raw_model, masks, device, autocast, export_to)
+        val_bpb = None
+    else:
+        val_bpb = evaluate_bpb(model, data, masks, device, autocast)
+        if not math.isfinite(val_bpb):
+            diverged(step)
     timed_steps = max(0, step - untimed_steps)
     mfu = (100.0 * step_flops * timed_steps / training_seconds / peak
            if peak and training_seconds > 0 else 0.0)
     peak_vram = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
     print("---")
-    print(f"val_bpb: {val_bpb:.6f}")
+    if val_bpb is not None:
+        print(f"val_bpb: {val_bpb:.6f}")
     print(f"training_seconds: {training_seconds:.1f}")
     print(f"total_seconds: {time.perf_counter() - started:.1f}")
     print(f"peak_vram_mb: {peak_vram:.1f}")
@@ -865,6 +909,7 @@ def train(untimed_steps: int | None = None) -> None:
     print(f"num_steps: {step}")
     print(f"num_params_M: {num_params / 1e6:.2f}")
     print(f"depth: {DEPTH}", flush=True)
+    # <<< protocol
 
 
 _WARM_CACHE: dict[tuple, object] = {}

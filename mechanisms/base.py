@@ -13,6 +13,10 @@ dry-run in a separate process against a recorded trace.
 | ``decide(state, result, best)`` | after training | "discard" (stricter than the rule), "keep", or None (no opinion) |
 | ``observe(state, result)`` | after each iteration | nothing |
 
+A proposal is ``{"changes": {NAME: value}, "hypothesis": str}``; a code proposal
+(``search.scope = "code"``) also has ``"edits"``, its ``{"find", "replace"}`` blocks, which a
+``Modify`` leaves as they are (it replaces the constants).
+
 ``decide`` may turn the acceptance rule's keep into a discard; a "keep" of a result the rule
 discarded is refused by the engine (and recorded), so a mechanism can never make the best worse.
 """

@@ -76,6 +76,7 @@ SLOW_FILES = {
     "test_tui_attach.py": "the app attached to an engine in another process",
     "test_tui_detach.py": "a detached engine outliving the app",
     "test_parallel_trials.py": "trials on several slots at once",
+    "test_code_scope_runs.py": "code scope's hostile edits through the engine, each run walled and scored apart",
     # clusters and servers
     "test_ray_executor.py": "a Ray cluster",
     "test_ray_node_loss.py": "a Ray cluster that loses a node",

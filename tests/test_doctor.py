@@ -77,6 +77,18 @@ def test_doctor_reports_the_isolation_level_in_force(tmp_path, capsys):
         assert "missing" in line and 'level2.isolation = "process"' in line
 
 
+def test_doctor_says_whether_code_scope_can_run_here(tmp_path, capsys):
+    with ScriptedOpenAI(models=("m",)) as server:
+        main(["doctor", _config(tmp_path, server.base_url, "m")])
+    line = next(x for x in capsys.readouterr().out.splitlines() if "code scope" in x)
+    from core.services.code_run import wall_refusal
+
+    if wall_refusal() is None:
+        assert line.startswith("[ok  ] code scope: the training wall stands here")
+    else:  # the default scope does not need it: a warning naming what is missing
+        assert "is refused" in line and "user namespaces" in line
+
+
 def test_doctor_shows_the_schema_each_level_sends_compactly(tmp_path, capsys):
     p = tmp_path / "s.toml"
     with ScriptedOpenAI(models=("m",)) as server:

@@ -112,6 +112,17 @@ def iteration_detail(model: "ViewModel", n: int, read: Callable[[str], str | Non
             out.append("\n")
     else:
         out.append("  none recorded\n", style="dim")
+    change = row.changes if row is not None and getattr(row.changes, "edits", None) else (
+        proposal.changes if proposal is not None else None)
+    edits = getattr(change, "edits", [])
+    if n and edits:  # a code proposal (search.scope = "code"): every block, as the model wrote it
+        _section(out, f"Code edits ({len(edits)})")
+        for k, e in enumerate(edits, 1):
+            out.append(f"  edit {k}\n", style="bold cyan")
+            for line in e.find.splitlines():
+                out.append(f"  - {line}\n", style="red")
+            for line in e.replace.splitlines():
+                out.append(f"  + {line}\n", style="green")
     hypothesis = (row.hypothesis if row is not None else "") or (proposal.hypothesis if proposal else "")
     if hypothesis:
         _section(out, "Hypothesis")

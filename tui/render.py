@@ -46,7 +46,10 @@ def short_count(n: float) -> str:
 
 
 def changes_text(change: Change) -> str:
-    return ", ".join(f"{k}={fmt_value(v)}" for k, v in change.params.items())
+    """The constants a change sets, after "code ×N" when it edits the code (search.scope = "code")."""
+    edits = getattr(change, "edits", [])
+    parts = [f"code ×{len(edits)}"] if edits else []
+    return ", ".join(parts + [f"{k}={fmt_value(v)}" for k, v in change.params.items()])
 
 
 def decision_text(decision: str) -> Text:

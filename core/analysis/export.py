@@ -10,6 +10,11 @@ the schema's bounds widened to every value seen; its user attributes say the ite
 decision, proposer (llm, offline, tpe, ...), hypothesis and the acceptance rule. The
 study's user attributes carry the group, seed, session folder and whether it ran the
 surrogate. Nothing is read back: our event log stays the source of truth.
+
+Optuna's parameters are the constants only: a code-scope session's code edits are no parameter. Its
+trials say so (``code_edits``: the edit blocks of that iteration's change; ``code_in_force``: whether
+the script it trained held kept code edits, so equal constants may not mean equal scripts), and the
+study carries ``parameters = "constants only"`` and the session's ``scope``.
 """
 from __future__ import annotations
 
@@ -91,7 +96,9 @@ def trials_for(state: RunState) -> list[Any]:
     rows = [_flatten(r.values or state.best_values, names) for r in records]
     dists = _distributions(state.schema, rows)
     trials = []
+    code_kept = False  # a code edit kept before this iteration: its script differs from the constants' alone
     for r, row in zip(records, rows):
+        edits = len(getattr(r.changes, "edits", []))
         ok = r.decision != "crash" and r.val_bpb is not None and math.isfinite(r.val_bpb)
         params = {k: v for k, v in row.items() if k in dists}
         trials.append(optuna.trial.create_trial(
@@ -99,7 +106,9 @@ def trials_for(state: RunState) -> list[Any]:
             value=r.val_bpb if ok else None,
             state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
             user_attrs={"iteration": r.iteration, "decision": r.decision, "source": r.source,
-                        "hypothesis": r.hypothesis[:500], "rule": r.rule[:300], "outcome": r.outcome}))
+                        "hypothesis": r.hypothesis[:500], "rule": r.rule[:300], "outcome": r.outcome,
+                        "code_edits": edits, "code_in_force": code_kept or bool(edits)}))
+        code_kept = code_kept or (edits > 0 and r.decision == "keep")
     return trials
 
 
@@ -142,7 +151,9 @@ def export_optuna(path: Path, storage_url: str) -> list[Exported]:
             continue
         study = optuna.create_study(storage=storage, study_name=name, direction="minimize")
         attrs = {"session": str(folder), "group": state.group, "seed": state.config.get("search", {}).get("seed"),
-                 "proposer_levels": ",".join(state.levels), "surrogate": is_surrogate(state.config), **extra}
+                 "proposer_levels": ",".join(state.levels), "surrogate": is_surrogate(state.config),
+                 "scope": state.config.get("search", {}).get("scope", "constants"),
+                 "parameters": "constants only (code edits are not Optuna parameters)", **extra}
         for k, v in attrs.items():
             study.set_user_attr(k, v)
         trials = trials_for(state)

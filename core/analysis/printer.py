@@ -21,7 +21,10 @@ from core.levels.trace import fmt_bpb, fmt_value
 
 
 def _changes(change: Change) -> str:
-    return ", ".join(f"{k}={fmt_value(v)}" for k, v in change.params.items()) or "(no change)"
+    params = ", ".join(f"{k}={fmt_value(v)}" for k, v in change.params.items())
+    edits = getattr(change, "edits", [])
+    code = f"{len(edits)} code edit{'s' if len(edits) != 1 else ''}" if edits else ""
+    return ", ".join(p for p in (code, params) if p) or "(no change)"
 
 
 def _finished(e: ev.IterationFinished) -> str:
@@ -93,6 +96,10 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.TrainingStarted: lambda e: f"#{e.iteration} training on {e.slot} for {e.budget_s:g}s",
     ev.TrainingFinished: lambda e: (f"#{e.iteration} training {e.outcome} in {e.duration_s:.1f}s"
                                     + (f": val_bpb {e.val_bpb:.6f}" if e.val_bpb is not None else f": {e.reason[:200]}")),
+    ev.TrustedEvaluation: lambda e: (f"#{e.iteration} trusted evaluation: "
+                                     + (f"val_bpb {e.val_bpb:.6f} (causal)" if e.val_bpb is not None else e.reason[:200])
+                                     + (f"; the script claimed {e.script_val_bpb:.6f}, not counted"
+                                        if e.script_val_bpb is not None else "")),
     ev.IterationFinished: _finished,
     ev.IterationInterrupted: lambda e: f"#{e.iteration} interrupted: {e.reason}",
     ev.LLMResponse: lambda e: (f"LLM {e.level} reply: {e.prompt_tokens}+{e.completion_tokens} tokens in {e.duration_s:.1f}s"

@@ -127,6 +127,14 @@ def cost_rows(report: Report) -> list[list[str]]:
 KEEP_HEADER = ["group", "session", "iteration", "changes", "val_bpb", "improvement", "improvement / σ", "verdict"]
 
 
+def change_cell(change: Any) -> str:
+    """A keep's change in one cell: its constants, and "code: N edits" for a code keep (search.scope = "code")."""
+    params = json.dumps(change.params, ensure_ascii=False) if change.params else ""
+    edits = getattr(change, "edits", [])
+    code = f"code: {len(edits)} edit{'s' if len(edits) != 1 else ''}" if edits else ""
+    return " + ".join(p for p in (code, params) if p)[:80] or "{}"
+
+
 def keep_rows(report: Report) -> list[list[str]]:
     """Every keep with its improvement over the best before it, in σ where σ is known, and its verdict."""
     rows = []
@@ -136,7 +144,7 @@ def keep_rows(report: Report) -> list[list[str]]:
             for it, v in sorted(s.verdicts.items()):
                 r = records[it]
                 verdict = f"**{v.verdict}**" if v.verdict == WITHIN else v.verdict
-                rows.append([g.group, s.name, str(it), json.dumps(r.changes.params, ensure_ascii=False)[:80],
+                rows.append([g.group, s.name, str(it), change_cell(r.changes),
                              _f(r.val_bpb), _f(v.improvement, signed=True),
                              "—" if v.sigmas is None else f"{v.sigmas:.2f}", verdict])
     return rows

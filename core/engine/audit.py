@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from core.record import events as ev
-from core.services.script import TrainScript
+from core.record.change import CodeEdit, EditBlock
+from core.services.code_edit import apply_edits
+from core.services.script import ProposalError, TrainScript
 from core.services.seeds import with_seed
 
 if TYPE_CHECKING:
@@ -107,6 +109,21 @@ def keep_chain(state: "RunState") -> list[Keep]:
     return chain
 
 
+def edits_in_force(chain: Sequence[Keep], leave_out: Sequence[int] = ()) -> list[EditBlock]:
+    """The code keeps' edit blocks in the order they were kept, less those of ``leave_out`` (iterations)."""
+    return [e for k in chain if k.iteration not in leave_out and isinstance(k.record.changes, CodeEdit)
+            for e in k.record.changes.edits]
+
+
+def build_script(baseline: str, edits: Sequence[EditBlock], values: dict[str, Any]) -> str:
+    """The baseline with ``edits`` written in block by block (as they were kept), then ``values``;
+    ProposalError when an edit no longer applies (a later keep's block was written over the one left out)."""
+    text = baseline
+    for e in edits:
+        text = apply_edits(text, [e])
+    return TrainScript.parse(text).apply(values).text
+
+
 def without(best: dict[str, Any], keeps: Sequence[Keep]) -> dict[str, Any]:
     """The best with the changes of ``keeps`` undone where they are still in force (latest first)."""
     values = dict(best)
@@ -120,8 +137,10 @@ def without(best: dict[str, Any], keeps: Sequence[Keep]) -> dict[str, Any]:
 # --- planning ----------------------------------------------------------------------------
 
 
-def _runs(state: "RunState", first: int, label: str, values: dict[str, Any], seeds: Sequence[int]) -> list[ev.AuditRun]:
-    return [ev.AuditRun(run=-(first + i), config=label, seed=s, values=values) for i, s in enumerate(seeds)]
+def _runs(state: "RunState", first: int, label: str, values: dict[str, Any], seeds: Sequence[int],
+          edits: Sequence[EditBlock] = ()) -> list[ev.AuditRun]:
+    return [ev.AuditRun(run=-(first + i), config=label, seed=s, values=values, edits=list(edits))
+            for i, s in enumerate(seeds)]
 
 
 def plan(state: "RunState", *, audit: int, repeats: int, seed: int, trigger: str, allowance: int | None,
@@ -135,7 +154,9 @@ def plan(state: "RunState", *, audit: int, repeats: int, seed: int, trigger: str
             f"the share covers {allowance} run(s) and the audit needs at least {2 * repeats} (baseline and best, "
             f"{repeats} seeds each): raise audit.share, or run `bilevel audit {state.session}`"))
     best = dict(state.best_values)
-    superseded = [k.iteration for k in chain if _same(without(best, [k]), best)]
+    # a code keep's edits stay in force whatever its constants became: it is never superseded
+    code = {k.iteration for k in chain if isinstance(k.record.changes, CodeEdit)}
+    superseded = [k.iteration for k in chain if k.iteration not in code and _same(without(best, [k]), best)]
     candidates = sorted((k for k in chain if k.iteration not in superseded), key=lambda k: -k.gain)
     room = None if allowance is None else (allowance - 2 * repeats) // repeats
     measured = candidates if room is None else candidates[:room]
@@ -143,9 +164,10 @@ def plan(state: "RunState", *, audit: int, repeats: int, seed: int, trigger: str
     runs: list[ev.AuditRun] = []
     first = state.extra_runs + 1
     baseline = next(r for r in state.records if r.decision == "baseline")
-    for label, values in [("baseline", dict(baseline.values)), ("best", best),
-                          *((f"without #{k.iteration}", without(best, [k])) for k in measured)]:
-        runs += _runs(state, first + len(runs), label, values, seeds)
+    for label, values, edits in [("baseline", dict(baseline.values), []), ("best", best, edits_in_force(chain)),
+                                 *((f"without #{k.iteration}", without(best, [k]), edits_in_force(chain, [k.iteration]))
+                                   for k in measured)]:
+        runs += _runs(state, first + len(runs), label, values, seeds, edits)
     return ev.AuditPlanned(audit=audit, trigger=trigger, repeats=repeats, chain=ids,  # type: ignore[arg-type]
                            keeps=[k.iteration for k in measured],
                            unaudited=[k.iteration for k in candidates[len(measured):]], superseded=superseded,
@@ -208,12 +230,16 @@ class Auditor:
     async def _train_all(self, audit: "AuditState", runs: Sequence[ev.AuditRun]) -> bool:
         ctx = self.ctx
         text = ctx.read_artifact(ctx.state.baseline_script)
-        baseline = TrainScript.parse(text)
 
         async def one(run: ev.AuditRun) -> None:
             if run.run in audit.results or ctx.stopping:
                 return
-            script = with_seed(baseline.apply(run.values).text, run.seed)
+            try:
+                script = with_seed(build_script(text, run.edits, run.values), run.seed)
+            except (ProposalError, ValueError) as exc:  # leaving a code keep out broke a later keep's edit
+                ctx.emit(ev.AuditRunFinished(audit=audit.audit, run=run.run, config=run.config, seed=run.seed,
+                                             outcome="crash", reason=f"the configuration cannot be built: {exc}"))
+                return
             result = (await ctx.train(run.run, script, diff="", seed=run.seed)).result
             if result.outcome == "cancelled" and ctx.stopping:
                 return  # not recorded: the resume runs it again
@@ -273,12 +299,14 @@ class Auditor:
         state = self.ctx.state
         dropped = [n for n, v in audit.verdicts.items() if v.verdict in ("within noise", "harmful")]
         best = next((r.values for r in audit.plan.runs if r.config == "best"), dict(state.best_values))
-        chain = [k for k in keep_chain(state) if k.iteration in dropped]
+        whole = keep_chain(state)
+        chain = [k for k in whole if k.iteration in dropped]
         values = without(best, chain)
+        edits = edits_in_force(whole, dropped)
         runs: list[ev.AuditRun] = []
-        if dropped and not _same(values, best):
+        if dropped and (not _same(values, best) or edits != edits_in_force(whole)):
             seeds = [r.seed for r in audit.plan.runs if r.config == "best"]
-            runs = _runs(state, state.extra_runs + 1, "proposed", values, seeds)
+            runs = _runs(state, state.extra_runs + 1, "proposed", values, seeds, edits)
         self.ctx.emit(ev.AuditProposed(audit=audit.audit, dropped=sorted(dropped), values=values, runs=runs))
 
     def _finished(self, audit: "AuditState") -> ev.AuditFinished:

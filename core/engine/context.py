@@ -30,7 +30,9 @@ from core.services.executors import Executor, failure_class
 from core.services.trial_request import TrialRequest
 from core.services.llm import ChatResult, LLMClient, LLMError, is_outage
 from core.engine.outage import Check, EndpointGate, Unusable, WaitAbandoned
-from core.services.script import ParamSpec
+from core.services import code_run
+from core.services.script import ParamSpec, TrainScript
+from core.services.trainer import TrainResult
 from core.services.warm_worker import WarmPool, warm_plan
 
 if TYPE_CHECKING:
@@ -304,6 +306,11 @@ class EngineContext:
         in_process = getattr(eng.executor, "warm_workers", False) and is_surrogate(text)
         where = None if in_process else script_folder.inspect(
             Path(self.state.script_source or self.cfg.script_path()), text)
+        # edited code: the training wall and the trusted evaluation (the surrogate has no protocol to guard)
+        code = self.cfg.search.scope == "code" and not in_process
+        if code and where is not None and where.needs_copy:
+            raise FatalRunError('search.scope = "code" runs a one-file script (baseline/train.py\'s layout); '
+                                "this script's folder has sibling modules")
         if where is not None and where.needs_copy:  # its sibling modules get this run's budget, in a copy
             run_cwd = run_script.parent / ("run" if seed is None else f"run.seed{seed}")
             try:
@@ -333,6 +340,14 @@ class EngineContext:
                            "PYTHONPATH": os.pathsep.join(filter(None, [str(source_dir), os.environ.get("PYTHONPATH")]))}
                     if eng.data_dir is not None:
                         env["BILEVEL_DATA_DIR"] = str(eng.data_dir)
+                    python = self.cfg.script.python or sys.executable
+                    walled = None
+                    if code:  # a fresh run folder per attempt; the data it sees holds no validation split
+                        folder = layout.artifact_path(eng.dir, layout.artifact_rel(layout.code_run_name(iteration, seed)))
+                        walled = code_run.prepare(folder, python=python, script=run_script, script_dir=source_dir,
+                                                  data_dir=eng.data_dir)
+                        env.update(walled.env)
+                        run_cwd = walled.folder
                     self.emit(ev.TrainingStarted(iteration=iteration, script=script_rel, diff=diff_rel,
                                                  slot=slot.name, budget_s=self.cfg.budget.time_s,
                                                  seed=run_seed, attempt=attempt))
@@ -346,14 +361,14 @@ class EngineContext:
                                                               pid=pid, pgid=pid, engine_pid=os.getpid()))
                         self.emit(ev.TrainingProcess(iteration=iteration, tag=tag, attempt=attempt, seed=seed))
 
-                    trial = TrialRequest(attempt=attempt, cwd=run_cwd,
-                                         python=self.cfg.script.python or sys.executable,
+                    trial = TrialRequest(attempt=attempt, cwd=run_cwd, python=python,
                                          budget_s=self.cfg.budget.time_s, grace_s=self.cfg.budget.deadline_grace_s,
                                          env=env, log_path=log_path, on_progress=progress, on_line=emitter.line,
                                          cancel=cancel, on_start=started, valid_bpb=self.cfg.acceptance.valid_val_bpb,
-                                         tag=tag, clock=eng.monotonic)
+                                         tag=tag, clock=eng.monotonic, wrap=walled.wrap if walled else (),
+                                         own_metric=walled is None)
                     plan = (warm_plan(text) if where is not None and self.cfg.run.worker == "warm"
-                            and not where.needs_copy and eng.executor.warm_workers else None)
+                            and not where.needs_copy and eng.executor.warm_workers and not code else None)
                     if in_process:  # no process starts: its tag is recorded, no pid (core/services/surrogate_run.py)
                         self.emit(ev.TrainingProcess(iteration=iteration, tag=tag, attempt=attempt, seed=seed))
                         result = await run_surrogate(text, run_seed, trial)
@@ -362,6 +377,8 @@ class EngineContext:
                                                      **trial.pinned(slot.env()).training_kwargs())
                     else:
                         result = await eng.executor.run(slot, run_script, trial)
+                    if walled is not None:
+                        result = await self._evaluate_trusted(iteration, attempt, walled, text, result, slot.env())
                 emitter.flush()
                 failure = failure_class(result)
                 self.emit(ev.TrainingFinished(
@@ -377,6 +394,35 @@ class EngineContext:
             if eng.training_cancels.get(iteration) is cancel:
                 del eng.training_cancels[iteration]
         return TrainRun(result, script_rel)
+
+    async def _evaluate_trusted(self, iteration: int, attempt: int, walled: code_run.CodeRun, text: str,
+                                result: TrainResult, slot_env: dict[str, str]) -> TrainResult:
+        """Code scope: the run's score from the trusted evaluation of its exported model, or a crash saying why."""
+        claimed = result.metrics.get("script_val_bpb")
+        if result.outcome != "ok":
+            return result
+        eng = self._engine
+        constants = TrainScript.parse(self.read_artifact(self.state.baseline_script)).values()
+        constants["DEVICE_BATCH_SIZE"] = TrainScript.parse(text).values().get(
+            "DEVICE_BATCH_SIZE", constants.get("DEVICE_BATCH_SIZE"))  # the shape it was exported at
+        started = self.monotonic()
+        found = await code_run.evaluate(walled, python=self.cfg.script.python or sys.executable, data_dir=eng.data_dir,
+                                        constants=constants, env=slot_env,
+                                        timeout_s=self.cfg.budget.deadline_grace_s + code_run.EVAL_GRACE_S)
+        walled.model.unlink(missing_ok=True)  # weights are not kept: a session of code runs would fill the disk
+        value, reason = found.val_bpb, found.reason
+        low, high = self.cfg.acceptance.valid_val_bpb
+        if value is not None and not low < value <= high:
+            value, reason = None, f"invalid metric: the trusted evaluation's val_bpb {value!r} is not a measurement"
+        self.emit(ev.TrustedEvaluation(iteration=iteration, attempt=attempt, val_bpb=value, causal=found.causal,
+                                       reason=reason, script_val_bpb=claimed, training_s=result.duration_s,
+                                       duration_s=self.monotonic() - started, wall=found.wall))
+        if value is None:
+            return replace(result, outcome="crash", val_bpb=None, failure="script",
+                           reason=f"the trusted evaluation gave no score: {reason}", error_tail=reason)
+        return replace(result, val_bpb=value, reason=f"val_bpb {value:.6f} from the trusted evaluation after "
+                                                     f"{result.duration_s:.1f} s of training",
+                       metrics={**result.metrics, "val_bpb": value})
 
 
 class _TrainingEmitter:

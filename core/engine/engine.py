@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import time
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,7 +47,7 @@ from core.engine.ledger_sync import LedgerWriter
 from core.record.ledger import Ledger
 from core.services.schema import infer_schema
 from core.services.script import ParamSpec, TrainScript
-from core.services import script_folder
+from core.services import code_edit, code_run, script_folder
 from core.services.data_budget import repeat_warning
 from core.services.seeds import seed_params
 from core.record.session import (SessionError, SessionReader, SessionWriter, StorageFault, new_session_dir,
@@ -670,6 +671,8 @@ class Engine:
         if cfg.surrogate and "NOISE_SIGMA" not in script.params:
             raise FatalRunError(f'script.preset = "surrogate" needs the surrogate script (baseline/surrogate.py or '
                                 f"a copy of it); {source_path} has no NOISE_SIGMA constant")
+        if cfg.search.scope == "code":
+            self._check_code_scope(text)
         script = script.apply(self._protocol_overrides(script))
         data_info = {"source": cfg.data.source}  # the rest comes with data_prepared
         self.schema = self._build_schema(script)
@@ -682,6 +685,19 @@ class Engine:
             seed=cfg.search.seed, data=data_info, version=__version__, surrogate=cfg.surrogate,
         ))
         self._emit_script_inspected(folder, script)
+
+    def _check_code_scope(self, text: str) -> None:
+        """search.scope = "code" needs a script that marks its protocol and a platform with the training wall."""
+        if not code_edit.has_protocol(text):
+            raise FatalRunError('search.scope = "code" needs a script that marks its protocol (the data loader, the '
+                                'evaluation, the summary) between "# >>> protocol" and "# <<< protocol" lines, as '
+                                "baseline/train.py does; this one marks none")
+        if self.executor.name != "local":
+            raise FatalRunError(f'search.scope = "code" trains behind the training wall on this machine; the '
+                                f"{self.executor.name!r} executor is not supported")
+        refused = code_run.wall_refusal(self.cfg.script.python or sys.executable)
+        if refused:
+            raise FatalRunError(refused)
 
     async def _restart(self) -> None:
         """Continue a session: re-run an iteration cut short, never a kept one."""

@@ -202,7 +202,7 @@ class MechanismHost:
         for entry in list(self.active):
             try:
                 verdict = await self._call(entry, "review_proposal", snapshot(state, self._schema(), iteration),
-                                           {"changes": dict(proposal.changes.params), "hypothesis": proposal.hypothesis})
+                                           proposal_data(proposal))
             except HookFailed:
                 continue
             n = iteration
@@ -260,3 +260,13 @@ def _result_dict(result: "TrainResult | None") -> dict[str, Any]:
     if result is None:
         return {"outcome": "none", "val_bpb": None, "metrics": {}}
     return {"outcome": result.outcome, "val_bpb": result.val_bpb, "metrics": dict(result.metrics)}
+
+
+def proposal_data(proposal: "Proposal") -> dict[str, Any]:
+    """A proposal as a mechanism reads it: its constants and hypothesis, and a code proposal's edit blocks
+    (search.scope = "code"), which a mechanism sees but cannot modify (a Modify replaces the constants)."""
+    data: dict[str, Any] = {"changes": dict(proposal.changes.params), "hypothesis": proposal.hypothesis}
+    edits = getattr(proposal.changes, "edits", [])
+    if edits:
+        data["edits"] = [{"find": e.find, "replace": e.replace} for e in edits]
+    return data

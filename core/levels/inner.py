@@ -12,7 +12,7 @@ from string import Template
 from typing import Any, Iterable
 
 from core.record import events as ev
-from core.record.change import Change, Params, params_change
+from core.record.change import Change, CodeEdit, Params, params_change
 from core.levels.context import FatalRunError, RunContext, TrainRun, Verdict
 from core.services.llm import PROBE_SCHEMA, LLMError, context_exceeded, extract_json, probe_messages
 from core.services.schema import validate_changes
@@ -21,11 +21,11 @@ from core.services.seeds import confirm_seed, with_seed
 from core.levels.trace import fmt_bpb, fmt_value, history_text
 from core.services.trainer import TrainResult
 from . import prompts
-from .proposal import Proposal, Rejection, change_limit, check_proposal
+from .proposal import Proposal, Rejection, candidate_script, change_limit, check_proposal
 from .proposers import make_proposer
 from .budget import estimate_tokens, prompt_budget, reply_tokens
 from .echo import echo_problem
-from .reply_schemas import changes_of, proposal_schema, proposals_schema, value_schema
+from .reply_schemas import changes_of, edits_of, proposal_schema, proposals_schema, value_schema
 from .script_context import script_context
 
 # Errors no re-ask can fix: the run stops with the reason instead of spinning.
@@ -95,7 +95,8 @@ class InnerLoop:
         if proposal is None:
             self.record_rejected(n, last_error, started=started)
             return
-        proposal.candidate = best.apply(proposal.changes.params)
+        if proposal.candidate is None:
+            proposal.candidate = best.apply(proposal.changes.params)
         await self.run_trial(n, proposal, best_text, started=started)
 
     def record_rejected(self, n: int, reason: str, *, started: float) -> None:
@@ -121,7 +122,7 @@ class InnerLoop:
     @staticmethod
     def _candidate(proposal: Proposal, best_text: str) -> TrainScript:
         if proposal.candidate is None:
-            proposal.candidate = TrainScript.parse(best_text).apply(proposal.changes.params)
+            proposal.candidate = candidate_script(best_text, proposal.changes)
         return proposal.candidate
 
     async def train_trial(self, n: int, proposal: Proposal, best_text: str) -> TrainRun | None:
@@ -221,7 +222,8 @@ class InnerLoop:
                 chat.reask(raw, proposal.problems)
                 continue
             coerced = proposal.changes
-            repeated = repeat_of(best.apply(coerced.params).values(), ctx.state.proposals)
+            repeated = repeat_of(proposal.candidate.values() if proposal.candidate is not None
+                                 else best.apply(coerced.params).values(), ctx.state.proposals, coerced)
             if repeated is not None:
                 last_error = (f"an exact repeat of iteration {repeated.iteration}, trained and discarded "
                               f"(val_bpb {fmt_bpb(repeated.val_bpb)})")
@@ -235,7 +237,8 @@ class InnerLoop:
     def reply_schema(self, schema: dict[str, ParamSpec], frozen: set[str], k: int | None = None) -> dict:
         """The JSON schema a reply must fit (``k`` proposals at once, or one)."""
         cfg = self.ctx.cfg
-        options = dict(max_changes=cfg.search.max_changes, float_grid=cfg.endpoint.float_grid)
+        options = dict(max_changes=cfg.search.max_changes, float_grid=cfg.endpoint.float_grid,
+                       max_edits=cfg.search.max_edits if cfg.search.scope == "code" else 0)
         return (proposal_schema(schema, frozen, **options) if k is None
                 else proposals_schema(schema, frozen, k, **options))
 
@@ -292,7 +295,7 @@ class InnerLoop:
             status = "locked" if spec.locked else "frozen" if name in frozen else "active"
             schema_lines.append(f"- [{status}] {spec.describe()}")
         current = ctx.current_schema(best.values())
-        example, self._example_texts = reply_example(current, frozen)
+        example, self._example_texts = reply_example(current, frozen, edits=ctx.cfg.search.scope == "code")
         fields = dict(
             best_val_bpb=fmt_bpb(state.best_val_bpb),
             baseline_val_bpb=fmt_bpb(state.baseline_val_bpb),
@@ -303,10 +306,15 @@ class InnerLoop:
             last_failure=self._last_failure_quote(),
             guidance=state.guidance.strip() or "(none: use your judgement)",
             reply_example=example,
+            code_scope="",
         )
         history_budget, script_budget = self._budgets(fields)
         fields["history"] = history_text(state.proposals, history_budget)
-        fields["script"] = script_context(best, ctx.cfg.search.script_context, script_budget)
+        code = ctx.cfg.search.scope == "code"
+        if code:  # the model edits what it reads: the whole best script, not a digest
+            fields["code_scope"] = Template(prompts.load("inner_code_scope")).substitute(
+                max_edits=ctx.cfg.search.max_edits)
+        fields["script"] = script_context(best, "full" if code else ctx.cfg.search.script_context, script_budget)
         return fields
 
     def _budgets(self, fields: dict[str, Any]) -> tuple[int, int]:
@@ -317,12 +325,12 @@ class InnerLoop:
         """
         cfg = self.ctx.cfg.search
         total = prompt_budget(self.ctx.cfg, "inner")
-        if total is None:
-            return cfg.history_tokens, cfg.history_tokens
+        if total is None:  # code scope: the script is what the edits are written against, so more of it
+            return cfg.history_tokens, cfg.history_tokens * (4 if cfg.scope == "code" else 1)
         rest = estimate_tokens(Template(prompts.load("inner_propose")).substitute(fields, mechanism_notes="")
                                + Template(prompts.load("inner_system")).substitute(max_changes=cfg.max_changes))
         left = max(200, total - rest - NOTES_RESERVE)
-        script = left * 2 // 5 if cfg.script_context != "off" else 0
+        script = left * 2 // 5 if cfg.script_context != "off" or cfg.scope == "code" else 0
         history = min(cfg.history_tokens, left - script)
         return history * 3 // 4, script
 
@@ -369,7 +377,8 @@ def example_value(spec: ParamSpec) -> Any:
     return None
 
 
-def reply_example(schema: dict[str, ParamSpec], frozen: Iterable[str]) -> tuple[str, tuple[str, ...]]:
+def reply_example(schema: dict[str, ParamSpec], frozen: Iterable[str], *,
+                  edits: bool = False) -> tuple[str, tuple[str, ...]]:
     """A reply filled with a real change of this run (no placeholder to copy), and its hypothesis text,
     which a reply may not echo."""
     skip = set(frozen)
@@ -381,7 +390,8 @@ def reply_example(schema: dict[str, ParamSpec], frozen: Iterable[str]) -> tuple[
             continue
         hypothesis = (f"{name} {fmt_value(spec.value)} -> {fmt_value(value)} alone shows whether val_bpb is "
                       f"sensitive to {name} here")
-        reply = json.dumps({"changes": [{"name": name, "value": value}], "hypothesis": hypothesis})
+        reply = json.dumps({"changes": [{"name": name, "value": value}], **({"edits": []} if edits else {}),
+                            "hypothesis": hypothesis})
         return f"For example, a reply that changes {name} alone:\n{reply}", (hypothesis,)
     return "", ()
 
@@ -400,10 +410,19 @@ def for_model(problem: str) -> str:
     return problem.replace("consider a larger max_tokens", "answer more briefly")
 
 
-def repeat_of(values: dict[str, Any], records: list[Any]) -> Any | None:
-    """The trained and discarded iteration whose script had exactly these values, if any."""
+def repeat_of(values: dict[str, Any], records: list[Any], change: Change | None = None) -> Any | None:
+    """The trained and discarded iteration whose script had exactly these values, if any.
+
+    A code edit repeats only the same edit (with the same values); constants alone never repeat a
+    code edit's iteration, whose script differed in more than its values, nor one trained before a
+    code edit was kept (its code was another)."""
+    edits = change.edits if isinstance(change, CodeEdit) else []
     for record in reversed(records):
-        if record.decision == "discard" and record.values and record.values == values:
+        if record.decision == "keep" and isinstance(record.changes, CodeEdit):
+            return None
+        if record.decision != "discard" or not record.values or record.values != values:
+            continue
+        if (record.changes.edits if isinstance(record.changes, CodeEdit) else []) == edits:
             return record
     return None
 
@@ -430,7 +449,10 @@ def parse_proposal(raw: str) -> tuple[Change, str]:
         raise ValueError('expected a JSON object with "changes" (a list of {"name": ..., "value": ...}) '
                          'and "hypothesis"')
     changes = changes_of(data["changes"])
+    edits = edits_of(data.get("edits"))
     hypothesis = data.get("hypothesis", "")
     if not isinstance(hypothesis, str):
         hypothesis = str(hypothesis)
+    if edits:  # a code proposal (whether code is searched is check_proposal's to say)
+        return CodeEdit(params=changes, edits=edits), hypothesis.strip()
     return params_change(changes), hypothesis.strip()

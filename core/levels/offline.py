@@ -12,7 +12,8 @@ import math
 import random
 from typing import Any, Mapping, Sequence
 
-from core.record.change import Params
+from core.record.change import CodeEdit, Params
+from core.levels.code_library import LIBRARY
 from core.services.schema import narrowed
 from core.services.script import ParamSpec
 
@@ -61,16 +62,26 @@ def perturb(spec: ParamSpec, value: Any, rng: random.Random) -> Any:
 
 
 class OfflineProposer:
-    """Perturbs 1-3 active parameters; labelled ``offline`` in every event."""
+    """Perturbs 1-3 active parameters; labelled ``offline`` in every event.
+
+    With ``scope = "code"`` every other iteration (the odd ones) draws instead a known code edit not
+    tried yet from :mod:`core.levels.code_library`, its source in the hypothesis."""
 
     source = "offline"
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, scope: str = "constants") -> None:
         self.seed = seed
+        self.scope = scope
 
     def propose(self, schema: Mapping[str, ParamSpec], values: Mapping[str, Any], frozen: set[str],
-                iteration: int, attempt: int, history: Sequence[Any] = ()) -> tuple[Params, str]:
+                iteration: int, attempt: int, history: Sequence[Any] = ()) -> tuple[Params | CodeEdit, str]:
         rng = random.Random(f"{self.seed}:{iteration}:{attempt}")
+        if self.scope == "code" and iteration % 2 == 1:
+            tried = [r.changes.edits for r in history if isinstance(getattr(r, "changes", None), CodeEdit)]
+            untried = [k for k in LIBRARY if k.edit.edits not in tried]
+            if untried:
+                pick = rng.choice(untried)
+                return pick.edit, f"Offline code edit from the library: {pick.name} ({pick.source})."
         active = [n for n, s in schema.items() if not s.locked and n not in frozen]
         rng.shuffle(active)
         want = rng.randint(1, 3)

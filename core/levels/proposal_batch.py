@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from core.record import events as ev
-from core.record.change import Change, params_change
+from core.record.change import Change, CodeEdit, params_change
 from core.services.llm import extract_json
 from core.services.script import TrainScript
 from core.levels.trace import fmt_value
 from .proposal import Proposal, Rejection, check_proposal
-from .reply_schemas import changes_of
+from .reply_schemas import changes_of, edits_of
 
 if TYPE_CHECKING:
     from core.levels.inner import InnerLoop
@@ -75,9 +75,11 @@ def parse_proposals(raw: str) -> list[tuple[Change, str]]:
             raise ValueError(f'proposal {i} is not an object with "changes" (a list of {{"name", "value"}} items)')
         try:
             changes = changes_of(item["changes"])
+            edits = edits_of(item.get("edits"))
         except ValueError as exc:
             raise ValueError(f"proposal {i}: {exc}") from None
-        out.append((params_change(changes), str(item.get("hypothesis", "")).strip()))
+        change: Change = CodeEdit(params=changes, edits=edits) if edits else params_change(changes)
+        out.append((change, str(item.get("hypothesis", "")).strip()))
     return out
 
 
@@ -156,7 +158,8 @@ class BatchProposer:
                                         self.inner.validate)
         if isinstance(proposal, Rejection):
             return proposal.reason
-        proposal.candidate = best.apply(proposal.changes.params)
+        if proposal.candidate is None:  # a code edit's is written in by check_proposal
+            proposal.candidate = best.apply(proposal.changes.params)
         same = near_duplicate(proposal.candidate.values(), known)
         if same is not None:
             what = "running, result unknown" if same.running else "already run"

@@ -15,7 +15,9 @@ def make_proposer(cfg: Any) -> Proposer:
     proposals "llm" would pass them off as another proposer's.
     """
     entry = registry.entry("proposer", cfg.proposer)
-    made = registry.load(entry)(seed=cfg.search.seed, **registry.settings(entry, getattr(cfg, "plugins", {})))
+    # offline mode draws known code edits too when the code is searched (its library of them)
+    scoped = {"scope": cfg.search.scope} if cfg.proposer == "offline" else {}
+    made = registry.load(entry)(seed=cfg.search.seed, **scoped, **registry.settings(entry, getattr(cfg, "plugins", {})))
     source = getattr(made, "source", None)
     if source != entry.name:
         raise registry.PluginError(f"the proposer {entry.name!r} ({entry.origin}) labels its proposals {source!r}; "

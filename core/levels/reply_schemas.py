@@ -13,6 +13,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from core.record.change import EditBlock
 from core.services.schema import closed, narrowed
 from core.services.literals import same_value
 
@@ -115,11 +116,13 @@ def _element_schema(value: object, bounds: "ElementRange | None") -> dict[str, A
 
 
 def proposal_schema(schema: Mapping[str, "ParamSpec"], frozen: Iterable[str], *, max_changes: int = 3,
-                    float_grid: bool = False) -> dict:
+                    float_grid: bool = False, max_edits: int = 0) -> dict:
     """Level 1: ``{"changes": [{"name": ACTIVE_PARAM, "value": v}, ...1 to max_changes], "hypothesis": "..."}``.
 
     A list of name/value items, not an object: llama.cpp's grammar ignores maxProperties
     but enforces maxItems, and an anyOf per parameter ties each value to its name's type.
+    ``max_edits`` > 0 (``search.scope = "code"``): an ``edits`` list of up to that many exact
+    find/replace blocks beside the changes, which may then be empty (a pure code edit).
     """
     skip = set(frozen)
     items = [{"type": "object",
@@ -127,7 +130,7 @@ def proposal_schema(schema: Mapping[str, "ParamSpec"], frozen: Iterable[str], *,
               "required": ["name", "value"], "additionalProperties": False}
              for name, spec in schema.items() if not spec.locked and name not in skip and not closed(spec)]
     change: dict[str, Any] = {"anyOf": items} if items else {"type": "object"}
-    return {
+    out = {
         "type": "object",
         "properties": {
             "changes": {"type": "array", "items": change, "minItems": 1, "maxItems": max_changes},
@@ -136,12 +139,42 @@ def proposal_schema(schema: Mapping[str, "ParamSpec"], frozen: Iterable[str], *,
         "required": ["changes", "hypothesis"],
         "additionalProperties": False,
     }
+    if max_edits > 0:
+        out["properties"]["changes"]["minItems"] = 0
+        out["properties"]["edits"] = {"type": "array", "items": EDIT_SCHEMA, "minItems": 0, "maxItems": max_edits}
+        out["required"] = ["changes", "edits", "hypothesis"]
+    return out
+
+
+EDIT_MAX_CHARS = 4000
+EDIT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"find": {"type": "string", "minLength": 1, "maxLength": EDIT_MAX_CHARS},
+                   "replace": {"type": "string", "maxLength": EDIT_MAX_CHARS}},
+    "required": ["find", "replace"],
+    "additionalProperties": False,
+}
+
+
+def edits_of(value: Any) -> list[EditBlock]:
+    """A reply's edit blocks from the schema's list of ``{"find", "replace"}`` items; ValueError says what is wrong."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError('"edits" must be a list of {"find": ..., "replace": ...} items')
+    out = []
+    for item in value:
+        if (not isinstance(item, dict) or set(item) != {"find", "replace"}
+                or not isinstance(item["find"], str) or not isinstance(item["replace"], str)):
+            raise ValueError(f'each edit must be {{"find": EXACT_TEXT, "replace": NEW_TEXT}}, got {str(item)[:80]}')
+        out.append(EditBlock(find=item["find"], replace=item["replace"]))
+    return out
 
 
 def proposals_schema(schema: Mapping[str, "ParamSpec"], frozen: Iterable[str], k: int, *, max_changes: int = 3,
-                     float_grid: bool = False) -> dict:
+                     float_grid: bool = False, max_edits: int = 0) -> dict:
     """Level 1 over parallel trials: ``{"proposals": [k proposals]}``, one for each free slot."""
-    one = proposal_schema(schema, frozen, max_changes=max_changes, float_grid=float_grid)
+    one = proposal_schema(schema, frozen, max_changes=max_changes, float_grid=float_grid, max_edits=max_edits)
     return {
         "type": "object",
         "properties": {"proposals": {"type": "array", "items": one, "minItems": k, "maxItems": k}},

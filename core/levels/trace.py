@@ -65,8 +65,19 @@ def fmt_bpb(value: float | None) -> str:
     return "—" if value is None else f"{value:.6f}"
 
 
+def edits_text(change: Any, limit: int = 160) -> str:
+    """A change's code edits in a line: each block's first changed lines, find → replace."""
+    out = []
+    for e in getattr(change, "edits", []):
+        first = lambda t: next((ln.strip() for ln in t.splitlines() if ln.strip()), "")  # noqa: E731
+        out.append(f"`{first(e.find)[:60]}` → `{first(e.replace)[:60]}`")
+    return ("code: " + "; ".join(out))[:limit] if out else ""
+
+
 def record_line(r: IterationRecord) -> str:
-    changes = ", ".join(f"{k}={fmt_value(v)}" for k, v in r.changes.params.items()) or "(no change)"
+    changes = ", ".join(p for p in (edits_text(r.changes),
+                                    ", ".join(f"{k}={fmt_value(v)}" for k, v in r.changes.params.items())) if p)
+    changes = changes or "(no change)"
     if r.val_bpb is not None and r.best_before is not None:
         score = f"val_bpb {r.val_bpb:.6f} (Δ {r.val_bpb - r.best_before:+.6f})"
     elif r.val_bpb is not None:

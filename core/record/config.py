@@ -161,6 +161,10 @@ class SearchConfig(_Section):
     max_changes: Annotated[int, _range(1, 50)] = 3  # the most parameter changes one proposal may make
     # What Level 1 sees of the best train.py: all of it (within its budget), the constants' digest, or nothing.
     script_context: Literal["full", "digest", "off"] = "digest"
+    # What Level 1 may change: the top-level constants (the paper's setting), or the code too (exact-text
+    # edits beside constant changes, trained behind the training wall, scored by the trusted evaluation).
+    scope: Literal["constants", "code"] = "constants"
+    max_edits: Annotated[int, _range(1, 20)] = 4  # the most find/replace blocks one code proposal may carry
     mechanisms: tuple[str, ...] = ()  # built-in mechanisms active from the start
 
     @property

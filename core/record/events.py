@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal, Union
 
 import msgspec
 
-from core.record.change import NO_CHANGE, Change, CodeEdit, ParamChange, as_change, is_tagged
+from core.record.change import NO_CHANGE, Change, CodeEdit, EditBlock, ParamChange, as_change, is_tagged
 
 # The fixed sets of values; every value an emitter writes must be listed here.
 Provider = Literal["openai", "offline"]
@@ -420,6 +420,24 @@ class TrainingFinished(Event, tag="training_finished"):
     attempt: int = 1
 
 
+class TrustedEvaluation(Event, tag="trusted_evaluation"):
+    """Code scope: the trusted evaluation of a run's exported model (its own walled process), after its training.
+
+    ``val_bpb`` is the score that counts (None: the run has none, ``reason`` says why: a model that is
+    not causal, none exported, an evaluation that failed); ``script_val_bpb`` is what the script printed
+    itself, kept for the record and never used."""
+
+    iteration: int = 0
+    attempt: int = 1
+    val_bpb: float | None = None
+    causal: bool = False
+    reason: str = ""
+    script_val_bpb: float | None = None
+    training_s: float = 0.0  # the engine's clock over the training process
+    duration_s: float = 0.0  # the evaluation's own time
+    wall: str = ""  # what the evaluation's wall said was in force
+
+
 class SlotInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One place a trial can run: a GPU (by index and UUID), a CPU slot, or a Ray cluster's GPU."""
 
@@ -770,6 +788,8 @@ class AuditRun(msgspec.Struct, frozen=True, kw_only=True):
     config: str  # "baseline", "best", "without #7", "proposed"
     seed: int
     values: dict[str, Any] = {}
+    # search.scope = "code": the kept edit blocks in force for this configuration, in the order they were kept
+    edits: list[EditBlock] = []
 
 
 class AuditPlanned(Event, tag="audit_planned"):

@@ -102,6 +102,12 @@ def train_log_name(iteration: int, seed: int | None = None) -> str:
     return f"{iteration_folder(iteration)}/train{suffix}.log"
 
 
+def code_run_name(iteration: int, seed: int | None = None) -> str:
+    """The folder a code-scope run trains in (behind the training wall, its only writable place)."""
+    suffix = "" if seed is None else f".seed{seed}"
+    return f"{iteration_folder(iteration)}/run{suffix}"
+
+
 def llm_stem(iteration: int | None, level: str, purpose: str, call_id: str) -> str:
     """Request and reply of one LLM call are ``<stem>.request.json`` / ``<stem>.response.txt``."""
     return f"llm/{iteration if iteration is not None else 'x'}-{level}-{purpose}-{call_id}"

@@ -88,6 +88,7 @@ class Group:
 
 _SEED = Option("search.seed", "seeds every proposal, so a resumed run proposes the same")
 _BOUNDS = Option("search.bounds", "the searched ranges and choices")
+_SCOPE = Option("search.scope", '"constants" (the paper\'s) or "code": edits to the training code beside constants')
 
 GROUPS: tuple[Group, ...] = (
     Group("A", ("inner",), "Level 1"),
@@ -111,9 +112,9 @@ PROPOSERS: tuple[Entry, ...] = (
           "core.levels.llm_proposer:LLMProposer", prompted=True,
           options=(Option("endpoint.model", "the model asked"), Option("search.guidance", "what it is told to aim at"),
                    Option("search.history_tokens", "how much history the prompt holds"),
-                   Option("search.max_reasks", "re-asks after an unusable proposal"))),
+                   Option("search.max_reasks", "re-asks after an unusable proposal"), _SCOPE)),
     Entry("proposer", "offline", "offline mode's seeded random perturbation of 1-3 active parameters",
-          "core.levels.offline:OfflineProposer", described="offline mode's seeded perturbation", options=(_SEED,)),
+          "core.levels.offline:OfflineProposer", described="offline mode's seeded perturbation", options=(_SEED, _SCOPE)),
     Entry("proposer", "tpe", "Optuna's TPE sampler", "core.levels.classical:tpe",
           described="the classical sampler 'tpe'", research=False, whole_points=True, options=(_SEED, _BOUNDS)),
     Entry("proposer", "cmaes", "Optuna's CMA-ES sampler, started at the baseline", "core.levels.classical:cmaes",

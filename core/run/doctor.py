@@ -152,10 +152,23 @@ async def _isolation_check(cfg: Config | None) -> Check:
     return Check("isolation", True, detail, warning=configured != "strict")
 
 
+def _code_scope_check(cfg: Config | None) -> Check:
+    """Whether the training wall edited code needs stands here (search.scope = "code"), proven by a probe run."""
+    from core.services.code_run import wall_refusal
+
+    wanted = cfg is not None and cfg.search.scope == "code"
+    refused = wall_refusal(cfg.script.python or sys.executable if cfg else sys.executable)
+    if refused:
+        return Check("code scope", not wanted, refused, warning=not wanted)
+    return Check("code scope", True, "the training wall stands here (user, network and PID namespaces, Landlock, "
+                                     "seccomp)" + ("" if wanted else ': search.scope = "code" can run'))
+
+
 async def run_checks(cfg: Config | None) -> list[Check]:
     checks = [Check("python", sys.version_info >= (3, 10), f"{platform.python_version()} ({sys.executable})")]
     checks += _torch_report()
     checks.append(await _isolation_check(cfg))
+    checks.append(_code_scope_check(cfg))
     from core.run.script_doctor import data_epochs_check, script_checks
 
     checks += script_checks(cfg)

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Mapping
+from typing import IO, Callable, Mapping, Sequence
 
 from core.record.events import TrainingOutcome
 from core.services import process_control as pc
@@ -193,6 +193,7 @@ def classify(
     grace_s: float,
     duration_s: float,
     valid_bpb: tuple[float, float] = VALID_BPB,
+    own_metric: bool = True,
 ) -> tuple[TrainingOutcome, str]:
     if stopped == "cancelled":
         return "cancelled", f"cancelled after {duration_s:.1f} s"
@@ -207,6 +208,12 @@ def classify(
         if nan_seen or watcher.fast_fail:
             return "diverged", _divergence_reason(watcher, metrics, exit_code)
         return "crash", _with_message(_exit_text(exit_code), _last_message(watcher))
+    if not own_metric:
+        if nan_seen:
+            return "diverged", _divergence_reason(watcher, metrics, exit_code)
+        if watcher.block is None:
+            return "no_metrics", "exit code 0 but the script printed no '---' summary block"
+        return "ok", f"trained for {duration_s:.1f} s (scored by the trusted evaluation)"
     val_bpb = metrics.get("val_bpb")
     if nan_seen or not _is_finite(val_bpb):
         return "diverged", _divergence_reason(watcher, metrics, exit_code)
@@ -258,6 +265,8 @@ async def run_training(
     on_start: Callable[[int, str], None] | None = None,
     valid_bpb: tuple[float, float] = VALID_BPB,
     clock: Callable[[], float] = time.monotonic,
+    wrap: Sequence[str] = (),
+    own_metric: bool = True,
 ) -> TrainResult:
     """Run ``python -u script`` in ``cwd`` and classify how it ended.
 
@@ -270,7 +279,10 @@ async def run_training(
     ``on_start(pid, tag)`` is called once the script runs (its pid is its process group).
     A val_bpb outside ``valid_bpb`` (low exclusive, high inclusive) is a crash: "invalid metric".
     ``clock`` measures the duration recorded (the engine's, which a test may fix); the deadline
-    is always kept on the real monotonic clock.
+    is always kept on the real monotonic clock. ``wrap``: a command the script's command line is
+    handed to (the training wall). ``own_metric`` False (code scope): the script's own val_bpb line
+    does not count, and a run that exits 0 with its summary is "ok" with no val_bpb: the trusted
+    evaluation gives it one.
     """
     start, begun = time.monotonic(), clock()
     if cancel is not None and cancel.is_set():
@@ -282,7 +294,7 @@ async def run_training(
     try:
         try:
             proc = await asyncio.create_subprocess_exec(
-                python, "-u", str(script),
+                *wrap, python, "-u", str(script),
                 cwd=str(cwd),
                 env=child_env,
                 stdin=asyncio.subprocess.DEVNULL,  # never read the terminal the TUI owns
@@ -329,14 +341,19 @@ async def run_training(
 
     exit_code = proc.returncode if proc.returncode is not None else -1
     metrics = watcher.metrics()
+    if not own_metric:
+        if "val_bpb" in metrics:  # whatever the script printed: kept for the record, the trusted evaluation scores it
+            metrics["script_val_bpb"] = metrics.pop("val_bpb")
+        metrics["engine_seconds"] = round(duration_s, 3)  # the engine's clock, not the script's
     outcome, reason = classify(
         stopped=stopped, exit_code=exit_code, watcher=watcher, metrics=metrics,
         budget_s=budget_s, grace_s=grace_s, duration_s=duration_s, valid_bpb=valid_bpb,
+        own_metric=own_metric,
     )
     ok = outcome == "ok"
     return TrainResult(
         outcome=outcome,
-        val_bpb=metrics["val_bpb"] if ok else None,
+        val_bpb=metrics.get("val_bpb") if ok else None,
         metrics=metrics,
         exit_code=exit_code,
         duration_s=duration_s,

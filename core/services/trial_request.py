@@ -29,6 +29,8 @@ class TrialRequest:
     valid_bpb: tuple[float, float] = VALID_BPB  # a val_bpb outside (low, high] is a crash: "invalid metric"
     tag: str | None = None  # marks every process of the run, so none outlives it
     clock: Callable[[], float] = time.monotonic  # measures the durations recorded (deadlines keep the real clock)
+    wrap: tuple[str, ...] = ()  # code scope: the training wall's command, the script's command line after it
+    own_metric: bool = True  # code scope: False, the script's val_bpb does not count (the trusted evaluation's does)
 
     def pinned(self, slot_env: Mapping[str, str]) -> TrialRequest:
         """This request with a slot's pinning (its CUDA_VISIBLE_DEVICES) over the environment."""
@@ -38,4 +40,5 @@ class TrialRequest:
         """The keywords of ``run_training`` (and of the warm pool's ``run``)."""
         return dict(cwd=self.cwd, python=self.python, budget_s=self.budget_s, grace_s=self.grace_s, env=dict(self.env),
                     log_path=self.log_path, on_progress=self.on_progress, on_line=self.on_line, cancel=self.cancel,
-                    on_start=self.on_start, valid_bpb=self.valid_bpb, tag=self.tag, clock=self.clock)
+                    on_start=self.on_start, valid_bpb=self.valid_bpb, tag=self.tag, clock=self.clock,
+                    **({"wrap": self.wrap, "own_metric": False} if self.wrap or not self.own_metric else {}))

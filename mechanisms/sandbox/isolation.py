@@ -204,8 +204,11 @@ def landlock_rules(read_only: Iterable[str]) -> tuple[list[str], list[str]]:
     return readable, listable
 
 
-def apply_landlock(read_only: Iterable[str], writable: Iterable[str], listable: Iterable[str] = ()) -> int:
-    """Restrict this process's file-system (and, where the ABI has them, network and signal) access."""
+def apply_landlock(read_only: Iterable[str], writable: Iterable[str], listable: Iterable[str] = (),
+                   execute: bool = False) -> int:
+    """Restrict this process's file-system (and, where the ABI has them, network and signal) access.
+
+    ``execute``: programs beneath ``read_only`` may be run (the training wall: the interpreter, compilers)."""
     abi = landlock_abi()
     if abi < _MIN_LANDLOCK_ABI:
         raise IsolationError("Landlock is not available")
@@ -227,7 +230,8 @@ def apply_landlock(read_only: Iterable[str], writable: Iterable[str], listable: 
                 "landlock_create_ruleset")
     try:
         write = handled & ~_FS["EXECUTE"]
-        for paths, access in ((read_only, _READ), (listable, _FS["READ_DIR"]), (writable, write)):
+        read = _READ | (_FS["EXECUTE"] if execute else 0)
+        for paths, access in ((read_only, read), (listable, _FS["READ_DIR"]), (writable, write)):
             for path in dict.fromkeys(paths):
                 try:
                     pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -235,7 +239,8 @@ def apply_landlock(read_only: Iterable[str], writable: Iterable[str], listable: 
                     continue  # a folder that does not exist needs no rule
                 try:
                     is_dir = os.path.isdir(path)
-                    allowed = access if is_dir else access & (_FS["READ_FILE"] | _FS["WRITE_FILE"] | _FS["TRUNCATE"])
+                    allowed = access if is_dir else access & (_FS["READ_FILE"] | _FS["WRITE_FILE"] | _FS["TRUNCATE"]
+                                                              | _FS["EXECUTE"] | _FS["IOCTL_DEV"])
                     rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed & handled, pfd), 12)
                     _check(libc.syscall(ctypes.c_long(_SYS_ADD_RULE), ctypes.c_int(fd), ctypes.c_int(_RULE_PATH_BENEATH),
                                         rule, ctypes.c_uint32(0)), f"landlock_add_rule({path})")
@@ -257,11 +262,21 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def seccomp_program(arch: str) -> list[tuple[int, int, int, int]]:
-    """The BPF program: check the architecture, then refuse sockets (EPERM) and kill on the rest."""
+# What training needs that a mechanism does not: threads and processes (torch's pools, a compiler run by
+# torch.compile), signals among them, socketpair. The training wall's namespaces keep these in its tree.
+TRAINING_ALLOWED = frozenset({
+    "clone", "fork", "vfork", "clone3", "execve", "execveat", "socketpair", "kill", "tkill", "tgkill",
+    "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open", "pidfd_send_signal",
+})
+
+
+def seccomp_program(arch: str, allowed: frozenset[str] = frozenset()) -> list[tuple[int, int, int, int]]:
+    """The BPF program: check the architecture, then refuse sockets (EPERM) and kill on the rest
+    (``allowed``: calls of the list let through, for the training wall)."""
     ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
-    refused = sorted({_DENIED[arch][n] for n in _REFUSED if n in _DENIED[arch]})
-    killed = sorted(set(_DENIED[arch].values()) - set(refused))
+    denied = {n: nr for n, nr in _DENIED[arch].items() if n not in allowed}
+    refused = sorted({denied[n] for n in _REFUSED if n in denied})
+    killed = sorted(set(denied.values()) - set(refused))
     prog = [(ld_w_abs, 0, 0, 4),  # seccomp_data.arch
             (jeq_k, 1, 0, _AUDIT_ARCH[arch]),
             (ret_k, 0, 0, _RET_KILL_PROCESS),
@@ -277,11 +292,11 @@ def seccomp_program(arch: str) -> list[tuple[int, int, int, int]]:
     return prog
 
 
-def apply_seccomp() -> None:
+def apply_seccomp(allowed: frozenset[str] = frozenset()) -> None:
     arch = platform.machine()
     if arch not in _DENIED:
         raise IsolationError(f"no seccomp filter is written for {arch}")
-    prog = seccomp_program(arch)
+    prog = seccomp_program(arch, allowed)
     filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
     fprog = _SockFprog(len(prog), filters)
     libc = _libc()

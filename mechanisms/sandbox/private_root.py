@@ -81,6 +81,18 @@ def _bind_read_only(libc: ctypes.CDLL, root: str, path: str) -> None:
     _mount(libc, None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_REC)
 
 
+def own_namespaces(flags: int, names: str) -> None:
+    """Enter a new user namespace (our uid and gid mapped to themselves) and the ``flags`` namespaces
+    (``names`` says which, for the message); ViewError when the kernel refuses. A new PID namespace
+    takes effect for the children forked after this call."""
+    libc = _libc()
+    uid, gid = os.getuid(), os.getgid()
+    _ok(libc.unshare(_CLONE_NEWUSER | flags), f"unshare(CLONE_NEWUSER | {names})")
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"{uid} {uid} 1")
+    _write("/proc/self/gid_map", f"{gid} {gid} 1")
+
+
 def enter(read_only: Iterable[str], scratch: str, budget: Budget, arch: str) -> None:
     """Replace this process's view of the file system; ViewError when the kernel refuses a step.
 
@@ -89,11 +101,7 @@ def enter(read_only: Iterable[str], scratch: str, budget: Budget, arch: str) -> 
     if arch not in _SYS_PIVOT_ROOT:
         raise ViewError(0, f"pivot_root is not written for {arch}")
     libc = _libc()
-    uid, gid = os.getuid(), os.getgid()
-    _ok(libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS), "unshare(CLONE_NEWUSER | CLONE_NEWNS)")
-    _write("/proc/self/setgroups", "deny")
-    _write("/proc/self/uid_map", f"{uid} {uid} 1")
-    _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    own_namespaces(_CLONE_NEWNS, "CLONE_NEWNS")
     _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing of ours propagates to the engine's view
     root = scratch  # the skeleton root sits over the (empty) scratch folder, in this namespace only
     _mount(libc, "bilevel-root", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")

@@ -67,16 +67,20 @@ def _session_counts(s: SessionData, row: ScoreRow) -> None:
     purposes: dict[str, str] = {}
     asked: set[int] = set()  # iterations an LLM proposed for
     first: set[int] = set()  # those whose first reply was usable
+    rejected_l1: set[int] = set()
+    l1_rejections = 0
+    llm_replies = 0
     for e in SessionReader(s.path).events():
         if isinstance(e, ev.LLMRequest):
             purposes[e.call_id] = e.purpose
         elif isinstance(e, ev.LLMResponse) and e.ok and purposes.get(e.call_id) != "endpoint_check":
             row.levels.setdefault(e.level, Replies()).replies += 1
+            llm_replies += e.level == "inner"
             row.prompt_tokens += e.prompt_tokens
             row.completion_tokens += e.completion_tokens
         elif isinstance(e, ev.ProposalRejected) and not e.mechanism and e.kind not in ("vetoed", "llm_error"):
-            row.levels.setdefault("inner", Replies()).rejected += 1
-            asked.add(e.iteration)
+            rejected_l1.add(e.iteration)
+            l1_rejections += 1
         elif isinstance(e, ev.ReplyRejected):
             row.levels.setdefault(e.level, Replies()).rejected += 1
         elif isinstance(e, ev.ProposalMade) and e.source == "llm":
@@ -85,6 +89,9 @@ def _session_counts(s: SessionData, row: ScoreRow) -> None:
                 first.add(e.iteration)
         elif isinstance(e, ev.MechanismActivated) and e.origin == "generated":
             row.generated += 1
+    if llm_replies:  # a classical sampler's or offline mode's refused proposals are no LLM replies
+        row.levels.setdefault("inner", Replies()).rejected += l1_rejections
+        asked |= rejected_l1
     row.first_try = (row.first_try[0] + len(first), row.first_try[1] + len(asked))
     for r in s.proposals:
         if r.decision in ("keep", "discard", "crash"):

@@ -111,3 +111,23 @@ def test_research_needs_a_larger_context_than_level1_alone(tmp_path):
     alone = needed_context_tokens(fast_config(tmp_path, **{"search.group": "A"}))
     with_research = needed_context_tokens(fast_config(tmp_path, **{"search.group": "C"}))
     assert 1024 < alone < with_research <= 8192  # Level 2 fits an 8k context
+
+
+def test_doctor_shows_the_stated_context_and_fails_one_too_small(tmp_path, capsys):
+    from core.cli import main
+
+    def config(base_url: str) -> str:
+        p = tmp_path / "d.toml"
+        p.write_text(f'[endpoint]\nprovider = "openai"\nbase_url = "{base_url}"\nmodel = "test-model"\n'
+                     '[data]\nsource = "none"\n')
+        return str(p)
+
+    with ScriptedOpenAI(context_tokens=8192, states_context="props") as server:
+        main(["doctor", config(server.base_url)])
+    out = capsys.readouterr().out
+    assert "[ok  ] context: 8192 tokens (llama.cpp /props (n_ctx))" in out and "answers a short prompt" in out
+    assert all(len(r["messages"][1]["content"]) < 2000 for r in server.requests)
+    with ScriptedOpenAI(context_tokens=1100, states_context="models") as server:
+        code = main(["doctor", config(server.base_url)])
+    out = capsys.readouterr().out
+    assert "[FAIL] context: 1100 tokens (vLLM /v1/models (max_model_len))" in out and code == 1

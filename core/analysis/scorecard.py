@@ -17,7 +17,6 @@ from core.record import events as ev
 from core.record.session import SessionReader
 
 BASELINE_GROUP = "cmaes"
-LEVEL_LABELS = {"inner": "L1", "strategy": "L1.5", "research": "L2"}
 
 
 @dataclass

@@ -58,7 +58,7 @@ async def check_endpoint(ctx: RunContext, longest_prompt_tokens: int, sample: st
     long_call = stated is None and not configured
     tokens = longest_prompt_tokens if long_call else 0
     messages = probe_messages(tokens, "" if long_call else sample[:SAMPLE_CHARS])
-    try:
+    try:  # never streamed: llama-cpp-python's server reports an overflow as a 200 with an empty stream
         result = await ctx.call_llm("inner", "endpoint_check", messages, iteration=0, json=True, schema=PROBE_SCHEMA,
                                     max_tokens=PROBE_MAX_TOKENS, stream=False, wait_out=False)
     except LLMError as exc:

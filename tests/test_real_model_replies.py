@@ -185,3 +185,15 @@ async def test_the_detail_view_says_what_level1_saw_of_the_script(tmp_path, scri
     engine, _ = await run_engine(llm_config(tmp_path, scripted_openai, **{
         "budget.iterations": 1, "search.script_context": "full"}))
     assert "train.py      the whole best script (cut to its token budget)" in detail(engine.dir, 1)
+
+
+def test_float_grid_offers_a_bounded_tuple_elements_as_enums_too():
+    from core.levels.reply_schemas import value_schema
+    from core.services.script import ElementRange, ParamSpec
+
+    betas = ParamSpec(name="ADAM_BETAS", kind="tuple", value=(0.8, 0.95),
+                      elements=(ElementRange(0.0, 1.0, below=True), ElementRange(0.0, 1.0, below=True)))
+    first, second = value_schema(betas, float_grid=True)["prefixItems"]
+    assert 0.8 in first["enum"] and 0.85 in first["enum"] and all(0 <= v < 1 for v in first["enum"])
+    assert 0.95 in second["enum"] and max(second["enum"]) < 1.0  # [0, 1): 1.0 itself is never offered
+    assert value_schema(betas)["prefixItems"][0] == {"type": "number", "minimum": 0.0, "exclusiveMaximum": 1.0}

@@ -30,7 +30,8 @@ def value_schema(spec: "ParamSpec", *, float_grid: bool = False) -> dict[str, An
     Discrete sets (choices, bools, powers of two) are enums without the current value;
     an integer range is two ranges around it (llama.cpp compiles integer bounds and anyOf);
     a float range is sent as minimum/maximum, which llama.cpp ignores: ``float_grid``
-    offers an enum of valid values around the current one instead.
+    offers an enum of valid values around the current one instead (for a bounded float element
+    of a tuple too).
     """
     spec = narrowed(spec)  # a frozen direction: its bound becomes the current value, its choice drops out
     current = spec.value
@@ -59,7 +60,7 @@ def value_schema(spec: "ParamSpec", *, float_grid: bool = False) -> dict[str, An
     if spec.kind == "tuple" and isinstance(current, tuple):
         n = len(current)
         ranges = spec.elements or (None,) * n
-        items = [_element_schema(v, r) for v, r in zip(current, ranges)]
+        items = [_element_schema(v, r, float_grid) for v, r in zip(current, ranges)]
         return {"type": "array", "minItems": n, "maxItems": n, "prefixItems": items}
     return {"type": "string", "minLength": 1}
 
@@ -101,9 +102,26 @@ def float_grid_values(spec: "ParamSpec", steps: int = GRID_STEPS) -> list[float]
     return out
 
 
-def _element_schema(value: object, bounds: "ElementRange | None") -> dict[str, Any]:
+def element_grid(value: float, bounds: "ElementRange", steps: int = GRID_STEPS) -> list[float]:
+    """A bounded float element's valid values, a twentieth of its range apart, its current value included
+    (the tuple changes when any element does)."""
+    lo, hi = bounds.minimum, bounds.maximum
+    assert lo is not None and hi is not None
+    out: list[float] = []
+    for k in range(-steps, steps + 1):
+        v = float(f"{value + k * (hi - lo) / 20:.3g}")
+        if v < lo or v > hi or (bounds.below and v >= hi) or v in out:
+            continue
+        out.append(v)
+    return out
+
+
+def _element_schema(value: object, bounds: "ElementRange | None", float_grid: bool = False) -> dict[str, Any]:
     if isinstance(value, bool):
         return {"type": "boolean"}
+    if (float_grid and isinstance(value, float) and bounds is not None and bounds.minimum is not None
+            and bounds.maximum is not None):  # llama.cpp ignores an element's minimum/maximum too
+        return {"enum": element_grid(value, bounds)}
     if isinstance(value, (int, float)):
         out: dict[str, Any] = {"type": "integer" if isinstance(value, int) else "number"}
         if bounds is not None and bounds.minimum is not None:

@@ -15,7 +15,8 @@ replies capped at 1,024 tokens, the server's own sampling), and from its events:
 
 Run it alone and niced (the machine is shared): ``nice -n 5 .venv/bin/python
 bench/bench_real_models.py [--models smollm2,gemma3-270m] [--iterations 40] [--keep DIR]``.
-Prints a Markdown table (for bench/RESULTS.md) and exits 1 when a goal is missed.
+Prints a Markdown table (for bench/RESULTS.md) and exits 1 when a goal is missed; ``--sessions
+MODEL=SESSION ...`` prints the figures of sessions already run (a run cut short included).
 """
 from __future__ import annotations
 
@@ -150,7 +151,18 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", help="work in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--sessions", nargs="+", metavar="MODEL=SESSION",
+                        help="only read these sessions (a run cut short included) and print their figures")
     args = parser.parse_args()
+    if args.sessions:
+        rows = []
+        for item in args.sessions:
+            name, _, path = item.partition("=")
+            events = list(SessionReader(Path(path)).events())
+            rows.append({**figures(Path(path)), "model": name, "session": path,
+                         "wall_s": events[-1].ts - events[0].ts if events else 0.0})
+        print(table(rows))
+        return 0
     binary, why = find_binary()
     if binary is None:
         print(f"bench: no llama-server ({why})", file=sys.stderr)

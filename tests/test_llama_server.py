@@ -243,7 +243,8 @@ async def test_the_context_the_server_states_sizes_the_prompts_in_one_short_chec
     assert checked.context_tokens == N_CTX and checked.applied and checked.source == "llama.cpp /props (n_ctx)"
     (check,) = requests_of(engine, rec, "inner", "endpoint_check")
     assert check["max_tokens"] == 16 and len(check["messages"][1]["content"]) < 2000  # short, whatever max_tokens
-    assert 0 < checked.server_tokens <= checked.estimated_tokens  # llama.cpp's count of the prompt beside ours
+    # the tiny models' tokenizer has a token per byte: denser than our estimate, and the check says so
+    assert checked.server_tokens > checked.estimated_tokens > 0 and "the server counted" in checked.note
 
 
 async def test_a_wrong_key_stops_the_run_before_the_baseline_trains(tmp_path, garbage_server, monkeypatch):

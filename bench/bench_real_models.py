@@ -52,13 +52,17 @@ def server_command(binary: Path, model: Path, name: str, threads: int):
     def command(port: int) -> list[str]:
         return [str(binary), "-m", str(model), "-a", name, "--host", "127.0.0.1", "--port", str(port),
                 "-c", str(N_CTX), "-np", "1", "-t", str(threads), "--api-key", KEY, "--no-webui",
-                *(["--chat-template", template] if template else ["--jinja"])]
+                # a built-in template's name is taken for a Jinja template itself (the prompt "gemma")
+                # unless Jinja is off: --no-jinja first
+                *(["--no-jinja", "--chat-template", template] if template else ["--jinja"])]
     return command
 
 
-def bench_config(base_url: str, name: str, iterations: int, sessions: Path) -> config_mod.Config:
+def bench_config(base_url: str, name: str, iterations: int, sessions: Path, group: str = "C",
+                 script_context: str = "digest") -> config_mod.Config:
     return config_mod.demo_config(**{
-        "name": f"real-{name}", "script.preset": "surrogate", "search.group": "C",
+        "name": f"real-{name}", "script.preset": "surrogate", "search.group": group,
+        "search.script_context": script_context,
         "endpoint.provider": "openai", "endpoint.base_url": base_url, "endpoint.model": name,
         "endpoint.api_key_env": KEY_ENV, "endpoint.timeout_s": 600.0, "endpoint.max_retries": 1,
         # llama.cpp enforces no float minimum/maximum: the README's setting for it; replies capped at 1,024
@@ -105,13 +109,14 @@ def _reason(e: ev.ProposalRejected) -> str:
     return f"{e.kind}: {text[:70]}"
 
 
-def run_model(name: str, binary: Path, iterations: int, threads: int, work: Path) -> dict:
+def run_model(name: str, binary: Path, iterations: int, threads: int, work: Path, group: str = "C",
+              script_context: str = "digest") -> dict:
     model = fetch(name)
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     os.environ[KEY_ENV] = KEY
     with serve(server_command(binary, model, name, threads), folder / "server.log", key=KEY, name="llama-server") as s:
-        cfg = bench_config(s.base_url, name, iterations, folder / "sessions")
+        cfg = bench_config(s.base_url, name, iterations, folder / "sessions", group, script_context)
         engine = Engine.create(cfg)
         started = time.monotonic()
         with (folder / "events.log").open("w") as lines:  # to follow a long run: tail -f
@@ -149,7 +154,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="smollm2,gemma3-270m")
     parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=2)
+    # one thread: on a loaded machine two threads stall on each other's barriers (0.15 tokens/s measured)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--group", default="C", help="C (default): every level; A: Level 1 alone, fewer evictions "
+                        "of the server's prompt cache")
+    parser.add_argument("--script-context", default="digest", choices=("digest", "full", "off"))
     parser.add_argument("--keep", help="work in this folder and keep it (default: a temporary one)")
     parser.add_argument("--sessions", nargs="+", metavar="MODEL=SESSION",
                         help="only read these sessions (a run cut short included) and print their figures")
@@ -170,7 +179,8 @@ def main() -> int:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bilevel-real-"))
     work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    rows = [run_model(n.strip(), binary, args.iterations, args.threads, work) for n in args.models.split(",")]
+    rows = [run_model(n.strip(), binary, args.iterations, args.threads, work, args.group, args.script_context)
+            for n in args.models.split(",")]
     print(f"load average at the start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; now "
           f"{os.getloadavg()[0]:.1f}; sessions under {work}\n")
     print(table(rows))

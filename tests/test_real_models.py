@@ -42,7 +42,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory):
 
     def command(port: int) -> list[str]:
         return [str(binary), "-m", str(model), "-a", MODEL, "--host", "127.0.0.1", "--port", str(port),
-                "-c", str(N_CTX), "-np", "1", "-t", "2", "--api-key", KEY, "--no-webui", "--jinja"]
+                "-c", str(N_CTX), "-np", "1", "-t", "1", "--api-key", KEY, "--no-webui", "--jinja"]
 
     os.environ[KEY_ENV] = KEY
     try:

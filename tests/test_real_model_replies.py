@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from core.levels.budget import messages_tokens
 from core.record import events as ev
 from tests.conftest import QUADRATIC, llm_config, run_engine
@@ -187,13 +189,23 @@ async def test_the_detail_view_says_what_level1_saw_of_the_script(tmp_path, scri
     assert "train.py      the whole best script (cut to its token budget)" in detail(engine.dir, 1)
 
 
-def test_float_grid_offers_a_bounded_tuple_elements_as_enums_too():
+def test_float_grid_offers_a_tuple_of_bounded_floats_as_the_tuples_one_element_away():
     from core.levels.reply_schemas import value_schema
     from core.services.script import ElementRange, ParamSpec
 
     betas = ParamSpec(name="ADAM_BETAS", kind="tuple", value=(0.8, 0.95),
                       elements=(ElementRange(0.0, 1.0, below=True), ElementRange(0.0, 1.0, below=True)))
-    first, second = value_schema(betas, float_grid=True)["prefixItems"]
-    assert 0.8 in first["enum"] and 0.85 in first["enum"] and all(0 <= v < 1 for v in first["enum"])
-    assert 0.95 in second["enum"] and max(second["enum"]) < 1.0  # [0, 1): 1.0 itself is never offered
+    options = value_schema(betas, float_grid=True)["enum"]
+    assert [0.8, 0.95] not in options  # the current tuple is no change (a small model copied it)
+    assert [0.85, 0.95] in options and [0.8, 0.9] in options and [0.85, 0.9] not in options  # one element moves
+    assert all(0 <= a < 1 and 0 <= b < 1 for a, b in options) and not any(b >= 1.0 for _, b in options)
     assert value_schema(betas)["prefixItems"][0] == {"type": "number", "minimum": 0.0, "exclusiveMaximum": 1.0}
+
+
+def test_the_same_change_repeated_in_one_reply_is_one_change_and_two_values_are_refused():
+    from core.levels.reply_schemas import changes_of
+
+    same = [{"name": "TOTAL_BATCH_SIZE", "value": 1048576}] * 3  # what Gemma 3 270M wrote
+    assert changes_of(same) == {"TOTAL_BATCH_SIZE": 1048576}
+    with pytest.raises(ValueError, match="changed twice"):
+        changes_of([{"name": "LR", "value": 0.03}, {"name": "LR", "value": 0.05}])

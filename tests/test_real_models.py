@@ -56,7 +56,8 @@ def surrogate_config(tmp_path: Path, server, **overrides) -> config_mod.Config:
     return config_mod.demo_config(**{
         "script.preset": "surrogate", "endpoint.provider": "openai", "endpoint.base_url": server.base_url,
         "endpoint.model": MODEL, "endpoint.api_key_env": KEY_ENV, "endpoint.float_grid": True,
-        "endpoint.timeout_s": 300.0, "endpoint.max_retries": 1, "run.sessions_dir": str(tmp_path / "sessions"),
+        "endpoint.timeout_s": 600.0, "endpoint.max_retries": 1, "run.sessions_dir": str(tmp_path / "sessions"),
+        "search.script_context": "off",  # shorter prompts: a CPU server reads them in seconds, not minutes
         **overrides})
 
 
@@ -87,10 +88,11 @@ async def test_a_short_group_c_run_with_smollm2_asks_every_level_and_ends_cleanl
 def test_the_scorecard_runs_against_smollm2_end_to_end(tmp_path, smollm2, capsys):
     cfg = tmp_path / "score.toml"
     cfg.write_text(f'name = "smol"\n[endpoint]\nprovider = "openai"\nbase_url = "{smollm2.base_url}"\n'
-                   f'model = "{MODEL}"\napi_key_env = "{KEY_ENV}"\nfloat_grid = true\ntimeout_s = 300\n'
+                   f'model = "{MODEL}"\napi_key_env = "{KEY_ENV}"\nfloat_grid = true\ntimeout_s = 600\n'
                    f'[run]\nsessions_dir = "{tmp_path / "sessions"}"\n')
     code = main(["scorecard", str(cfg), "--repeats", "1", "--iterations", "2", "--set", "search.outer_period=1",
-                 "--set", "search.research_period=50", "--set", "search.max_reasks=0"])
+                 "--set", "search.research_period=50", "--set", "search.max_reasks=0",
+                 "--set", "search.script_context=off"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
     (study,) = (tmp_path / "sessions").glob("*-study-*")

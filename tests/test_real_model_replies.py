@@ -58,7 +58,8 @@ async def test_a_hypothesis_echoing_the_prompt_is_reasked(tmp_path, scripted_ope
             return proposal({"LR": 0.03}, "a sentence of your own about this experiment")
         return proposal({"LR": 0.03})
     scripted_openai.responder = respond
-    engine, rec = await run_engine(llm_config(tmp_path, scripted_openai, **{"budget.iterations": 1}))
+    engine, rec = await run_engine(llm_config(tmp_path, scripted_openai, **{  # json_object: the example is shown
+        "budget.iterations": 1, "endpoint.structured": "json_object"}))
     rejected = rec.of(ev.ProposalRejected)
     assert [r.kind for r in rejected] == ["invalid", "invalid"]
     assert all("repeats the prompt's own" in r.reason for r in rejected)
@@ -67,11 +68,21 @@ async def test_a_hypothesis_echoing_the_prompt_is_reasked(tmp_path, scripted_ope
 
 async def test_the_level1_prompt_has_no_placeholder_and_an_example_of_this_run(tmp_path, scripted_openai):
     scripted_openai.enqueue(proposal({"LR": 0.03}))
-    await run_engine(llm_config(tmp_path, scripted_openai, **{"budget.iterations": 1}))
+    await run_engine(llm_config(tmp_path, scripted_openai, **{
+        "budget.iterations": 1, "endpoint.structured": "json_object"}))
     system, user = (m["content"] for m in inner_requests(scripted_openai)[0]["messages"])
     assert "PARAM_NAME" not in system and "what you expect and why" not in system
     example = json.loads(re.search(r'^\{"changes".*\}$', user, re.MULTILINE).group(0))
     assert example["changes"][0]["name"] == "LR" and example["changes"][0]["value"] != 0.04
+
+
+async def test_where_json_schema_holds_the_shape_the_level1_prompt_has_no_example_to_copy(tmp_path, scripted_openai):
+    # Gemma 3 270M copied the example reply word for word (hypothesis and all) on llama-server
+    scripted_openai.enqueue(proposal({"LR": 0.03}))
+    await run_engine(llm_config(tmp_path, scripted_openai, **{"budget.iterations": 1}))
+    assert inner_requests(scripted_openai)[0]["response_format"]["type"] == "json_schema"
+    user = inner_requests(scripted_openai)[0]["messages"][1]["content"]
+    assert not re.search(r'^\{"changes"', user, re.MULTILINE) and "in your own words" in user
 
 
 async def test_tuple_elements_out_of_their_range_are_reasked_and_the_schema_bounds_them(tmp_path, scripted_openai):

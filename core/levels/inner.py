@@ -278,6 +278,9 @@ class InnerLoop:
             schema_lines.append(f"- [{status}] {spec.describe()}")
         current = ctx.current_schema(best.values())
         example, self._example_texts = reply_example(current, frozen)
+        if state.structured_mode == "json_schema":  # the decoder holds the shape: no example for a small model to copy
+            example = ("The response format fixes the reply's shape: choose the changes from the parameters "
+                       "above and write the hypothesis in your own words.")
         fields = dict(
             best_val_bpb=fmt_bpb(state.best_val_bpb),
             baseline_val_bpb=fmt_bpb(state.baseline_val_bpb),

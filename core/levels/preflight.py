@@ -24,7 +24,7 @@ from .context import FatalRunError, RunContext
 
 PROBE_MAX_TOKENS = 16  # the check's reply: {"ok": true}
 HISTORY_FLOOR = 200  # tokens of history a level's prompt keeps however small the context
-SAMPLE_CHARS = 1500  # the short call's text: the script's start, enough that the server's count says something
+SAMPLE_CHARS = 600  # the short call's text: the script's start (~200 tokens: seconds even on a loaded CPU server)
 
 
 def needed_context_tokens(cfg: Any) -> int:

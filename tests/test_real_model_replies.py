@@ -220,3 +220,13 @@ def test_the_same_change_repeated_in_one_reply_is_one_change_and_two_values_are_
     assert changes_of(same) == {"TOTAL_BATCH_SIZE": 1048576}
     with pytest.raises(ValueError, match="changed twice"):
         changes_of([{"name": "LR", "value": 0.03}, {"name": "LR", "value": 0.05}])
+
+
+def test_a_level15_guidance_without_a_word_is_refused_and_an_empty_one_is_not():
+    from core.levels.strategy import strategy_reply_problem
+
+    base = {"diagnosis": "the rates move the score", "freeze": [], "unfreeze": [], "keep": {}, "reasoning": "trace"}
+    assert "has no words in it" in strategy_reply_problem({**base, "guidance": ","})  # SmolLM2-135M's
+    assert "has no words in it" in strategy_reply_problem({**base, "guidance": "1e-3 ;;"})
+    assert strategy_reply_problem({**base, "guidance": "try a shorter warmdown next"}) == ""
+    assert strategy_reply_problem({**base, "guidance": ""}) == ""  # no new guidance: the one in force stays

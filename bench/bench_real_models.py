@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import tempfile
 import time
@@ -88,8 +89,9 @@ def figures(session: Path) -> dict:
     return {
         "preflight_s": checked[0].duration_s if checked else None,
         "context": f"{checked[0].context_tokens} ({checked[0].source})" if checked else "—",
-        "proposals": len(made) + len(refused),
-        "valid_first": sum(1 for e in made if e.attempt == 1),
+        # one proposal per iteration (max_reasks = 0); a made one can still be refused (an exact repeat)
+        "proposals": len({e.iteration for e in made} | {e.iteration for e in refused}),
+        "valid_first": len({e.iteration for e in made if e.attempt == 1} - {e.iteration for e in refused}),
         "refusals": reasons.most_common(4),
         "l1_mean_s": sum(e.duration_s for e in l1_calls) / len(l1_calls) if l1_calls else None,
         "strategy": (len(strategy_replies) - len(strategy_rejected), len(strategy_replies)),
@@ -105,8 +107,10 @@ def figures(session: Path) -> dict:
 
 
 def _reason(e: ev.ProposalRejected) -> str:
+    """The refusal without its numbers and names, so alike refusals count together."""
     text = (e.errors[0] if e.errors else e.reason) or e.kind
-    return f"{e.kind}: {text[:70]}"
+    text = re.sub(r"\b[A-Z][A-Z0-9_]{2,}\b", "P", re.sub(r"\(val_bpb [^)]*\)|-?\d[\d.e+-]*", "N", text))
+    return f"{e.kind}: {text[:60]}"
 
 
 def run_model(name: str, binary: Path, iterations: int, threads: int, work: Path, group: str = "C",

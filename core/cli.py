@@ -139,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--sessions-dir", help="where sessions (and noise.json) are written")
     noise.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
 
+    score = sub.add_parser("scorecard", help="your endpoint's LLM at groups A and C beside CMA-ES and offline mode, "
+                           "on the surrogate: valid replies, re-asks, tokens, $, keep and crash rates, Δ vs CMA-ES")
+    score.add_argument("config", help="experiment TOML file with the [endpoint] to score")
+    score.add_argument("--repeats", type=int, default=5, help="seeds per group (default 5)")
+    score.add_argument("--iterations", type=int, help="Level 1 iterations per session (default: the config's)")
+    score.add_argument("--estimate", action="store_true", help="print the estimated LLM cost and stop")
+    score.add_argument("--sessions-dir", help="where the study is written")
+    score.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+
     audit = sub.add_parser("audit", help="re-measure every kept change of a session on fresh seeds (leave-one-out)")
     audit.add_argument("session", metavar="SESSION")
     audit.add_argument("--sessions-dir", help="where to look for session names")
@@ -176,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handler = {"run": cmd_run, "resume": cmd_resume, "replay": cmd_replay, "attach": cmd_attach, "init": cmd_init,
                "doctor": cmd_doctor, "prepare": cmd_prepare, "noise": cmd_noise, "report": cmd_report,
-               "export": cmd_export, "mechanisms": cmd_mechanisms, "audit": cmd_audit}[args.command]
+               "export": cmd_export, "mechanisms": cmd_mechanisms, "audit": cmd_audit,
+               "scorecard": cmd_scorecard}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -574,6 +584,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"wrote {written.markdown}, {len(written.csvs)} CSV file(s) and {len(written.figures)} figure(s) in {out}"
           + (f" — {written.figure_note}" if written.figure_note else ""), file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_scorecard(args: argparse.Namespace) -> int:
+    """Plan the scorecard study, print its estimated cost, run it headless; its report shows the scorecard."""
+    from core.record.study import Study
+    from core.run.scorecard import GROUPS, estimate, scorecard_plan
+
+    base = config_mod.load(args.config, _overrides(args))
+    plan = scorecard_plan(base, args.repeats, args.iterations)
+    cost = estimate(plan)
+    print(f"scorecard: {base.endpoint.model} at {base.endpoint.base_url}; groups {', '.join(GROUPS)} × "
+          f"{args.repeats} repeat(s) × {plan[0].budget.iterations} iterations on the SURROGATE workload",
+          file=sys.stderr)
+    print(f"estimated: {cost.text()}", file=sys.stderr)
+    if args.estimate:
+        return EXIT_OK
+    study = Study.create(plan, f"{base.name}-scorecard", plan[0].sessions_path(), kind="scorecard")
+    print(f"study: {study.dir} (continue an interrupted one with: bilevel resume {study.dir})", file=sys.stderr)
+    return drive_study(study)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -82,6 +82,7 @@ SLOW_FILES = {
     "test_ray_node_loss.py": "a Ray cluster that loses a node",
     "test_llama_server.py": "llama-server with tiny models",
     "test_real_llm.py": "llama-cpp-python's server",
+    "test_real_models.py": "llama-server with SmolLM2-135M: a real model at every level",
     "test_build_llama_server.py": "CMake configure, build and install of a packed project",
     # measured (bench/RESULTS.md, "Test lanes, re-split by measured time"): files whose every test costs seconds
     "test_research.py": "research sessions: generated mechanisms validated and run in sandbox workers, hooks timed out",

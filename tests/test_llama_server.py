@@ -48,13 +48,13 @@ KEY = "llama-server-test-key"
 MODEL = "tiny"
 
 
-def _llama_server(folder: Path, answer: str, **model_kw):
+def _llama_server(folder: Path, answer: str, n_ctx: int = N_CTX, **model_kw):
     model = write_tiny_model(folder / "tiny.gguf", answer, **model_kw)
 
     def command(port: int) -> list[str]:
-        # one slot, so the context a request gets is N_CTX; chatml, so the prompt ends in a newline
+        # one slot, so the context a request gets is n_ctx; chatml, so the prompt ends in a newline
         return [str(BINARY), "-m", str(model), "-a", MODEL, "--host", "127.0.0.1", "--port", str(port),
-                "-c", str(N_CTX), "-np", "1", "-t", "1", "--chat-template", "chatml", "--api-key", KEY,
+                "-c", str(n_ctx), "-np", "1", "-t", "1", "--chat-template", "chatml", "--api-key", KEY,
                 "--no-webui"]
     return serve(command, folder / "server.log", key=KEY, name="llama-server")
 
@@ -76,6 +76,12 @@ def garbage_server(tmp_path_factory: pytest.TempPathFactory, key_in_env):
 @pytest.fixture(scope="module")
 def both_levels_server(tmp_path_factory: pytest.TempPathFactory, key_in_env):
     with _llama_server(tmp_path_factory.mktemp("llama-both"), BOTH_LEVELS) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def small_context_server(tmp_path_factory: pytest.TempPathFactory, key_in_env):
+    with _llama_server(tmp_path_factory.mktemp("llama-small"), GARBAGE, n_ctx=1024) as server:
         yield server
 
 
@@ -195,6 +201,7 @@ async def test_doctor_makes_the_chat_call_and_shows_json_schema_in_force(tmp_pat
     checks = {c.name: c for c in await run_checks(real_config(tmp_path, garbage_server))}
     assert checks["endpoint"].ok and checks["chat"].ok, checks
     assert "json_schema" in checks["structured"].detail
+    assert checks["context"].ok and "8192 tokens (llama.cpp /props" in checks["context"].detail
 
 
 # --- the engine against the real server -------------------------------------------------------
@@ -220,10 +227,24 @@ async def test_a_reply_cut_off_at_length_is_recorded_and_reasked(tmp_path, long_
     assert rec.of(ev.IterationFinished)[-1].decision == "rejected"
 
 
-async def test_a_context_too_small_stops_the_run_before_the_baseline_trains(tmp_path, garbage_server):
-    engine, rec = await run_engine(real_config(tmp_path, garbage_server, **{"search.history_tokens": 2 * N_CTX}))
+async def test_a_context_too_small_stops_the_run_before_the_baseline_trains(tmp_path, small_context_server):
+    engine, rec = await run_engine(real_config(tmp_path, small_context_server))
     assert engine.state.status == "failed" and "context window is too small" in engine.state.finished.reason
-    assert not rec.of(ev.TrainingStarted)
+    assert "the server says 1024 tokens (llama.cpp /props" in engine.state.finished.reason  # read, not probed
+    assert not rec.of(ev.TrainingStarted) and not rec.of(ev.LLMRequest)
+
+
+async def test_the_context_the_server_states_sizes_the_prompts_in_one_short_check(tmp_path, garbage_server):
+    # a history budget twice the context: trimmed to what the server's 8,192 tokens hold, not refused
+    engine, rec = await run_engine(real_config(tmp_path, garbage_server, **{
+        "search.history_tokens": 2 * N_CTX, "budget.iterations": 1, "endpoint.max_tokens": 4096}))
+    assert engine.state.status == "completed", engine.state.finished
+    (checked,) = rec.of(ev.EndpointChecked)
+    assert checked.context_tokens == N_CTX and checked.applied and checked.source == "llama.cpp /props (n_ctx)"
+    (check,) = requests_of(engine, rec, "inner", "endpoint_check")
+    assert check["max_tokens"] == 16 and len(check["messages"][1]["content"]) < 2000  # short, whatever max_tokens
+    # the tiny models' tokenizer has a token per byte: denser than our estimate, and the check says so
+    assert checked.server_tokens > checked.estimated_tokens > 0 and "the server counted" in checked.note
 
 
 async def test_a_wrong_key_stops_the_run_before_the_baseline_trains(tmp_path, garbage_server, monkeypatch):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from core.levels.budget import messages_tokens
 from core.record import events as ev
 from tests.conftest import QUADRATIC, llm_config, run_engine
@@ -56,7 +58,8 @@ async def test_a_hypothesis_echoing_the_prompt_is_reasked(tmp_path, scripted_ope
             return proposal({"LR": 0.03}, "a sentence of your own about this experiment")
         return proposal({"LR": 0.03})
     scripted_openai.responder = respond
-    engine, rec = await run_engine(llm_config(tmp_path, scripted_openai, **{"budget.iterations": 1}))
+    engine, rec = await run_engine(llm_config(tmp_path, scripted_openai, **{  # json_object: the example is shown
+        "budget.iterations": 1, "endpoint.structured": "json_object"}))
     rejected = rec.of(ev.ProposalRejected)
     assert [r.kind for r in rejected] == ["invalid", "invalid"]
     assert all("repeats the prompt's own" in r.reason for r in rejected)
@@ -65,11 +68,21 @@ async def test_a_hypothesis_echoing_the_prompt_is_reasked(tmp_path, scripted_ope
 
 async def test_the_level1_prompt_has_no_placeholder_and_an_example_of_this_run(tmp_path, scripted_openai):
     scripted_openai.enqueue(proposal({"LR": 0.03}))
-    await run_engine(llm_config(tmp_path, scripted_openai, **{"budget.iterations": 1}))
+    await run_engine(llm_config(tmp_path, scripted_openai, **{
+        "budget.iterations": 1, "endpoint.structured": "json_object"}))
     system, user = (m["content"] for m in inner_requests(scripted_openai)[0]["messages"])
     assert "PARAM_NAME" not in system and "what you expect and why" not in system
     example = json.loads(re.search(r'^\{"changes".*\}$', user, re.MULTILINE).group(0))
     assert example["changes"][0]["name"] == "LR" and example["changes"][0]["value"] != 0.04
+
+
+async def test_where_json_schema_holds_the_shape_the_level1_prompt_has_no_example_to_copy(tmp_path, scripted_openai):
+    # Gemma 3 270M copied the example reply word for word (hypothesis and all) on llama-server
+    scripted_openai.enqueue(proposal({"LR": 0.03}))
+    await run_engine(llm_config(tmp_path, scripted_openai, **{"budget.iterations": 1}))
+    assert inner_requests(scripted_openai)[0]["response_format"]["type"] == "json_schema"
+    user = inner_requests(scripted_openai)[0]["messages"][1]["content"]
+    assert not re.search(r'^\{"changes"', user, re.MULTILINE) and "in your own words" in user
 
 
 async def test_tuple_elements_out_of_their_range_are_reasked_and_the_schema_bounds_them(tmp_path, scripted_openai):
@@ -185,3 +198,35 @@ async def test_the_detail_view_says_what_level1_saw_of_the_script(tmp_path, scri
     engine, _ = await run_engine(llm_config(tmp_path, scripted_openai, **{
         "budget.iterations": 1, "search.script_context": "full"}))
     assert "train.py      the whole best script (cut to its token budget)" in detail(engine.dir, 1)
+
+
+def test_float_grid_offers_a_tuple_of_bounded_floats_as_the_tuples_one_element_away():
+    from core.levels.reply_schemas import value_schema
+    from core.services.script import ElementRange, ParamSpec
+
+    betas = ParamSpec(name="ADAM_BETAS", kind="tuple", value=(0.8, 0.95),
+                      elements=(ElementRange(0.0, 1.0, below=True), ElementRange(0.0, 1.0, below=True)))
+    options = value_schema(betas, float_grid=True)["enum"]
+    assert [0.8, 0.95] not in options  # the current tuple is no change (a small model copied it)
+    assert [0.85, 0.95] in options and [0.8, 0.9] in options and [0.85, 0.9] not in options  # one element moves
+    assert all(0 <= a < 1 and 0 <= b < 1 for a, b in options) and not any(b >= 1.0 for _, b in options)
+    assert value_schema(betas)["prefixItems"][0] == {"type": "number", "minimum": 0.0, "exclusiveMaximum": 1.0}
+
+
+def test_the_same_change_repeated_in_one_reply_is_one_change_and_two_values_are_refused():
+    from core.levels.reply_schemas import changes_of
+
+    same = [{"name": "TOTAL_BATCH_SIZE", "value": 1048576}] * 3  # what Gemma 3 270M wrote
+    assert changes_of(same) == {"TOTAL_BATCH_SIZE": 1048576}
+    with pytest.raises(ValueError, match="changed twice"):
+        changes_of([{"name": "LR", "value": 0.03}, {"name": "LR", "value": 0.05}])
+
+
+def test_a_level15_guidance_without_a_word_is_refused_and_an_empty_one_is_not():
+    from core.levels.strategy import strategy_reply_problem
+
+    base = {"diagnosis": "the rates move the score", "freeze": [], "unfreeze": [], "keep": {}, "reasoning": "trace"}
+    assert "has no words in it" in strategy_reply_problem({**base, "guidance": ","})  # SmolLM2-135M's
+    assert "has no words in it" in strategy_reply_problem({**base, "guidance": "1e-3 ;;"})
+    assert strategy_reply_problem({**base, "guidance": "try a shorter warmdown next"}) == ""
+    assert strategy_reply_problem({**base, "guidance": ""}) == ""  # no new guidance: the one in force stays

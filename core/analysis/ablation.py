@@ -346,6 +346,7 @@ class Report:
     seed: int = 0
     verdict_name: str = ""  # what "keeps that held" counted (the verdict source's name)
     noise_k: float = K_DEFAULT  # a keep within noise_k·σ of the best before it is "within noise"
+    scorecard: bool = False  # a `bilevel scorecard` study is among the inputs: the report shows the scorecard
 
     def group(self, name: str) -> GroupStats:
         return next(g for g in self.groups if g.group == name)
@@ -387,7 +388,8 @@ def build_report(inputs: Inputs, *, random_state: int = 0, extra_stores: Sequenc
         for a, b in combinations(groups, 2) if a.deltas and b.deltas
     ]
     return Report(groups, comparisons, inputs.sessions, list(inputs.notes),
-                  split_notes + _warnings(groups, inputs.sessions), random_state, verdicts.name, noise_k)
+                  split_notes + _warnings(groups, inputs.sessions), random_state, verdicts.name, noise_k,
+                  scorecard=any(st.kind == "scorecard" for st in inputs.studies))
 
 
 # The settings sessions must share to be pooled into one group (with one confidence interval).

@@ -115,6 +115,9 @@ _FORMATS: dict[type, Callable[[ev.Event], str | None]] = {
     ev.EndpointUp: lambda e: f"LLM {e.level}: endpoint back after {e.down_s:.1f}s and {e.probes} probe(s); the run goes on",
     ev.EndpointWaitEnded: lambda e: f"LLM {e.level}: stopped waiting for the endpoint: {e.reason}",
     ev.StructuredOutput: lambda e: f"LLM replies: response_format {e.mode} ({e.reason[:200]})",
+    ev.EndpointChecked: lambda e: (f"endpoint checked in {e.duration_s:.1f}s: context "
+                                   + (f"{e.context_tokens} tokens ({e.source})" if e.context_tokens else "unknown")
+                                   + (f"; {e.note[:200]}" if e.note else "")),
     ev.ReplyRejected: lambda e: f"{e.level} reply rejected ({e.kind}, attempt {e.attempt}): {e.reason[:300]}",
     ev.GuidanceChanged: lambda e: f"guidance ({e.source}): {e.guidance[:200]}",
     ev.ParamFrozen: lambda e: f"froze {e.name}{' ' + e.direction if e.direction else ''} ({e.source}): {e.reason}",

@@ -21,6 +21,7 @@ from core.analysis.ablation import (LEVEL_NAMES, Comparison, GroupStats, Inputs,
                                     SessionData, build_report, collect, load_session, parameter_rows)
 from core.analysis.figure_data import Figures, figure_data
 from core.analysis.keeps import WITHIN
+from core.analysis.scorecard import SCORE_HEADER, SCORE_NOTE, score_cells, scorecard_rows
 from core.analysis.stats import Interval
 from core.record.attribution import keeps_held
 from core.record.config import is_surrogate
@@ -173,6 +174,9 @@ def render_terminal(report: Report) -> str:
     if report.comparisons:
         parts += ["", "Group comparisons", text_table(PAIR_HEADER, pair_rows(report))]
     parts += ["", "Cost", text_table(COST_HEADER, cost_rows(report))]
+    if report.scorecard:
+        parts += ["", "Scorecard (the endpoint's LLM beside CMA-ES and offline mode)",
+                  text_table(SCORE_HEADER, score_cells(scorecard_rows(report, random_state=report.seed)))]
     if report.warnings:
         parts += ["", *[f"warning: {safe_line(w)}" for w in report.warnings]]
     return safe_block("\n".join(parts))
@@ -198,6 +202,9 @@ def render_markdown(report: Report, figures: Sequence[Path] = (), figure_note: s
             f"*keeps that held* counts the keeps judged {report.verdict_name or 'held'}. Training device-s: "
             "the sum of the training runs' durations × devices (never wall time, which measures the machine's load).",
             ""]
+    if report.scorecard:
+        out += ["## Scorecard", "", md_table(SCORE_HEADER, score_cells(scorecard_rows(report, random_state=report.seed))),
+                "", SCORE_NOTE, ""]
     if report.warnings:
         out += ["**Read with care:**", "", *[f"- {safe_line(w)}" for w in report.warnings], ""]
     if report.notes:

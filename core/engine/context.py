@@ -29,6 +29,7 @@ from core.services.surrogate_run import is_surrogate, run_surrogate
 from core.services.executors import Executor, failure_class
 from core.services.trial_request import TrialRequest
 from core.services.llm import ChatResult, LLMClient, LLMError, is_outage
+from core.services.endpoint_context import ServerContext, server_context
 from core.engine.outage import Check, EndpointGate, Unusable, WaitAbandoned
 from core.services import code_run
 from core.services.script import ParamSpec, TrainScript
@@ -208,7 +209,8 @@ class EngineContext:
         messages = [{**m, "content": safe_block(m["content"])} if isinstance(m.get("content"), str) else m
                     for m in messages]
         call_id = call_id or f"c{self.state.last_seq + 1}"  # the seq its request gets: unique, and the same in a re-run
-        limit = self.cfg.endpoint.max_tokens or max_tokens or DEFAULT_MAX_TOKENS.get(level)
+        # a call's own limit wins: the levels pass reply_tokens (endpoint.max_tokens included), the check its own 16
+        limit = max_tokens or self.cfg.endpoint.max_tokens or DEFAULT_MAX_TOKENS.get(level)
         stem = layout.llm_stem(iteration, level, purpose, call_id)
         request_rel = self.artifact(f"{stem}.request.json",
                                     _dumps({"model": llm.model, "messages": messages, "schema": schema,
@@ -268,6 +270,10 @@ class EngineContext:
                                  duration_s=self.monotonic() - started, attempts=result.attempts,
                                  finish_reason=result.finish_reason or "", max_tokens=limit))
         return result
+
+    async def endpoint_context(self) -> ServerContext | None:
+        llm = self._engine.llm
+        return None if llm is None else await server_context(llm)
 
     def _keep_reply(self, stem: str, result: ChatResult) -> str:
         reply = result.content if not result.reasoning else f"<reasoning>\n{result.reasoning}\n</reasoning>\n{result.content}"

@@ -157,6 +157,8 @@ class Engine:
         recorded = {"budget.iterations": state.iterations_budget} if state.budget_changes else {}
         if state.limits is not None:  # caps changed mid-session (or at an earlier resume)
             recorded.update(config_mod.limit_overrides(state.limits))
+        if state.learned_context_tokens:  # the context the server told the check before the baseline
+            recorded["endpoint.context_tokens"] = state.learned_context_tokens
         config_mod.apply_overrides(data, {**recorded, **(overrides or {})})
         cfg = from_dict(data, source=f"{layout.events_path(session_dir)} (session_started)")
         return cls(cfg, session_dir, state=state, lock=lock, **kw)
@@ -176,6 +178,8 @@ class Engine:
             self._storage_failed(exc)
             raise
         self.state.apply(stamped)
+        if isinstance(stamped, ev.EndpointChecked) and stamped.applied:  # the levels' budgets use it from now on
+            self.cfg = config_mod.with_overrides(self.cfg, {"endpoint.context_tokens": stamped.context_tokens})
         for sub in list(self.subscribers):
             try:
                 sub(stamped)

@@ -18,6 +18,7 @@ from core.record import events as ev
 if TYPE_CHECKING:
     from core.record.config import Config
     from core.record.state import RunState
+    from core.services.endpoint_context import ServerContext
     from core.services.llm import ChatResult
     from core.services.script import ParamSpec
     from core.services.trainer import TrainResult
@@ -142,6 +143,10 @@ class RunContext(Protocol):
                        max_tokens: int | None = None, stream: bool | None = None,
                        check: Callable[["ChatResult"], str | None] | None = None,
                        wait_out: bool = True) -> "ChatResult": ...
+
+    async def endpoint_context(self) -> "ServerContext | None":
+        """The model's context as the endpoint's server states it (llama.cpp /props, vLLM's model list), or None."""
+        ...
 
     def generated_sources(self) -> dict[str, str]: ...
 

@@ -14,13 +14,13 @@ from typing import Any, Iterable
 from core.record import events as ev
 from core.record.change import Change, CodeEdit, Params, params_change
 from core.levels.context import FatalRunError, RunContext, TrainRun, Verdict
-from core.services.llm import PROBE_SCHEMA, LLMError, context_exceeded, extract_json, probe_messages
+from core.services.llm import LLMError, extract_json
 from core.services.schema import validate_changes
 from core.services.script import ParamSpec, ProposalError, TrainScript, unified_diff
 from core.services.seeds import confirm_seed, with_seed
 from core.levels.trace import fmt_bpb, fmt_value, history_text
 from core.services.trainer import TrainResult
-from . import prompts
+from . import preflight, prompts
 from .proposal import Proposal, Rejection, candidate_script, change_limit, check_proposal
 from .proposers import make_proposer
 from .budget import estimate_tokens, prompt_budget, reply_tokens
@@ -64,24 +64,10 @@ class InnerLoop:
         ))
 
     async def check_endpoint(self) -> None:
-        """One small chat as long as our longest prompt, before minutes of baseline training.
-
-        A missing key, a wrong one (401), an unknown model, or a context window too small
-        for our prompts (a 400) stops the run here, with the reason, in seconds. The call
-        also settles which response_format the endpoint accepts. It is never streamed: a
-        server may report a context overflow as a 200 with an empty stream (llama-cpp-python's
-        does), where the same request unstreamed is the 400 that names it.
-        """
+        """Seconds before minutes of baseline training: a wrong key, an unknown model, a context too small
+        stop the run here with the reason (core/levels/preflight.py)."""
         ctx = self.ctx
-        tokens = longest_prompt_tokens(ctx.cfg)
-        try:
-            await ctx.call_llm("inner", "endpoint_check", probe_messages(tokens), iteration=0, json=True,
-                               schema=PROBE_SCHEMA, max_tokens=16, stream=False, wait_out=False)
-        except LLMError as exc:
-            if context_exceeded(exc):
-                raise FatalRunError(f"the model's context window is too small for this run's prompts (about "
-                                    f"{tokens} tokens; search.history_tokens sets most of it): {exc}") from exc
-            raise FatalRunError(f"the LLM endpoint check before the baseline failed: {exc}") from exc
+        await preflight.check_endpoint(ctx, longest_prompt_tokens(ctx.cfg), ctx.read_artifact(ctx.state.baseline_script))
 
     # --- one iteration ------------------------------------------------------------
 
@@ -296,6 +282,10 @@ class InnerLoop:
             schema_lines.append(f"- [{status}] {spec.describe()}")
         current = ctx.current_schema(best.values())
         example, self._example_texts = reply_example(current, frozen, edits=ctx.cfg.search.scope == "code")
+        if state.structured_mode == "json_schema":  # the decoder holds the shape: no example for a small model to copy
+            example = ("The response format fixes the reply's shape: choose the changes from the parameters "
+                       "above" + (" and the edits from the script above" if ctx.cfg.search.scope == "code" else "")
+                       + " and write the hypothesis in your own words.")
         fields = dict(
             best_val_bpb=fmt_bpb(state.best_val_bpb),
             baseline_val_bpb=fmt_bpb(state.baseline_val_bpb),

@@ -31,7 +31,8 @@ def value_schema(spec: "ParamSpec", *, float_grid: bool = False) -> dict[str, An
     Discrete sets (choices, bools, powers of two) are enums without the current value;
     an integer range is two ranges around it (llama.cpp compiles integer bounds and anyOf);
     a float range is sent as minimum/maximum, which llama.cpp ignores: ``float_grid``
-    offers an enum of valid values around the current one instead.
+    offers an enum of valid values around the current one instead (a tuple of bounded floats: the
+    tuples that move one element along its grid).
     """
     spec = narrowed(spec)  # a frozen direction: its bound becomes the current value, its choice drops out
     current = spec.value
@@ -60,6 +61,13 @@ def value_schema(spec: "ParamSpec", *, float_grid: bool = False) -> dict[str, An
     if spec.kind == "tuple" and isinstance(current, tuple):
         n = len(current)
         ranges = spec.elements or (None,) * n
+        if float_grid and n and all(_grid_element(v, r) for v, r in zip(current, ranges)):
+            # llama.cpp ignores an element's minimum/maximum: whole tuples that move one element along
+            # its grid, the current tuple left out
+            options = [list(current[:i]) + [v] + list(current[i + 1:])
+                       for i, (x, r) in enumerate(zip(current, ranges)) for v in element_grid(x, r) if v != x]
+            if options:
+                return {"enum": options}
         items = [_element_schema(v, r) for v, r in zip(current, ranges)]
         return {"type": "array", "minItems": n, "maxItems": n, "prefixItems": items}
     return {"type": "string", "minLength": 1}
@@ -100,6 +108,24 @@ def float_grid_values(spec: "ParamSpec", steps: int = GRID_STEPS) -> list[float]
             continue
         out.append(v)
     return out
+
+
+def element_grid(value: float, bounds: "ElementRange", steps: int = GRID_STEPS) -> list[float]:
+    """A bounded float element's valid values, a twentieth of its range apart, its current value included."""
+    lo, hi = bounds.minimum, bounds.maximum
+    assert lo is not None and hi is not None
+    out: list[float] = []
+    for k in range(-steps, steps + 1):
+        v = float(f"{value + k * (hi - lo) / 20:.3g}")
+        if v < lo or v > hi or (bounds.below and v >= hi) or v in out:
+            continue
+        out.append(v)
+    return out
+
+
+def _grid_element(value: object, bounds: "ElementRange | None") -> bool:
+    return (isinstance(value, float) and bounds is not None and bounds.minimum is not None
+            and bounds.maximum is not None)
 
 
 def _element_schema(value: object, bounds: "ElementRange | None") -> dict[str, Any]:
@@ -185,7 +211,8 @@ def proposals_schema(schema: Mapping[str, "ParamSpec"], frozen: Iterable[str], k
 
 def changes_of(value: Any) -> dict[str, Any]:
     """A reply's changes as parameter: value, from the schema's list of ``{"name", "value"}`` items or
-    the object ``{"NAME": value}`` free text may use; ValueError says what is wrong (a name twice too)."""
+    the object ``{"NAME": value}`` free text may use; ValueError says what is wrong (a name with two values too: small models repeat one change, which is
+    the same change once)."""
     if isinstance(value, dict):
         return dict(value)
     if not isinstance(value, list):
@@ -194,8 +221,8 @@ def changes_of(value: Any) -> dict[str, Any]:
     for item in value:
         if not isinstance(item, dict) or set(item) != {"name", "value"} or not isinstance(item["name"], str):
             raise ValueError(f'each change must be {{"name": PARAMETER, "value": VALUE}}, got {str(item)[:80]}')
-        if item["name"] in out:
-            raise ValueError(f'{item["name"]} is changed twice in one proposal')
+        if item["name"] in out and not same_value(out[item["name"]], item["value"]):
+            raise ValueError(f'{item["name"]} is changed twice in one proposal')  # the same change twice is one
         out[item["name"]] = item["value"]
     return out
 

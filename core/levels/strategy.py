@@ -23,6 +23,7 @@ rejected proposal has no result to judge its direction by.
 """
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field, replace
 from string import Template
@@ -327,6 +328,7 @@ STRATEGY_FIELDS = ("diagnosis", "freeze", "unfreeze", "keep", "guidance", "reaso
 PLACEHOLDERS = ("what the trace shows", "one to three sentences for the proposer", "NAME", "why",
                 "reason to keep it active", "...")
 STRATEGY_TEMPLATES = ("strategy_system", "strategy_cycle")
+WORD = re.compile(r"[^\W\d_]{3,}")  # a word of three letters or more
 STRATEGY_REASK = ('Reply with one JSON object and nothing else: {"diagnosis": ..., "freeze": [...], '
                   '"unfreeze": [...], "keep": {...}, "guidance": ..., "reasoning": ...}, written for this trace.')
 
@@ -338,6 +340,10 @@ def strategy_reply_problem(reply: dict[str, Any]) -> str:
                 'unfreeze, keep, guidance and reasoning')
     if not any(k in reply for k in STRATEGY_FIELDS):
         return f"the reply has none of the fields {', '.join(STRATEGY_FIELDS)}"
+    guidance = reply.get("guidance")
+    if isinstance(guidance, str) and guidance.strip() and not WORD.search(guidance):
+        # SmolLM2-135M wrote the guidance "," on llama-server: it would have reached every Level 1 prompt
+        return f"the guidance {guidance.strip()[:40]!r} has no words in it: write a sentence for the proposer, or \"\""
     return echo_problem(_leaves(reply), STRATEGY_TEMPLATES, PLACEHOLDERS)
 
 

@@ -305,6 +305,24 @@ class StructuredOutput(Event, tag="structured_output"):
     reason: str = ""
 
 
+class EndpointChecked(Event, tag="endpoint_checked"):
+    """The check before the baseline passed: what the endpoint's context is and where that was learned.
+
+    ``context_tokens``: the context the levels' prompt budgets use from here on (0: unknown, none set);
+    ``applied``: it came from the server and replaces (or lowers) endpoint.context_tokens for this session.
+    ``server_tokens``/``estimated_tokens``: the short call's prompt as the server counted it and as we did.
+    """
+
+    context_tokens: int = 0
+    source: str = ""  # "llama.cpp /props", "vLLM /v1/models", "configured", "a prompt as long as the longest"
+    applied: bool = False
+    needed_tokens: int = 0  # the smallest context this run's prompts and replies fit in
+    server_tokens: int = 0
+    estimated_tokens: int = 0
+    duration_s: float = 0.0
+    note: str = ""
+
+
 class ReplyRejected(Event, tag="reply_rejected"):
     """A Level 1.5 or Level 2 reply that did not answer what was asked; re-asked within a limit."""
 

@@ -105,6 +105,9 @@ GROUPS: tuple[Group, ...] = (
           mechanisms=("cmaes_hint",)),
     Group("C+cmaes", ("inner", "strategy", "research"), "C, with CMA-ES's next point in every prompt as one candidate",
           mechanisms=("cmaes_hint",)),
+    # The floor an LLM has to clear (the scorecard runs it beside CMA-ES): offline mode's perturbation.
+    Group("offline", ("inner",), "offline mode's seeded random perturbation of 1-3 parameters, no LLM",
+          proposer="offline"),
 )
 
 PROPOSERS: tuple[Entry, ...] = (

@@ -255,6 +255,8 @@ class RunState:
     prescreening: dict[str, ev.PrescreenStarted] = field(default_factory=dict)
     prescreens: dict[str, ev.MechanismPrescreened] = field(default_factory=dict)
     budget_changes: list[ev.BudgetChanged] = field(default_factory=list)
+    learned_context_tokens: int = 0  # the endpoint's context as its server told it (EndpointChecked, applied)
+    structured_mode: str = ""  # the response_format in force (StructuredOutput): json_schema, json_object, off
     endpoint_down: dict[str, EndpointWait] = field(default_factory=dict)  # call id -> its wait, while it waits
     # The evidence loop: the noise floor found at session start, and the keep-chain audits.
     calibration: ev.CalibrationStarted | None = None
@@ -561,6 +563,15 @@ def _budget(s: RunState, e: ev.BudgetChanged) -> None:
     s.budget_changes.append(e)
 
 
+def _structured(s: RunState, e: ev.StructuredOutput) -> None:
+    s.structured_mode = e.mode
+
+
+def _endpoint_checked(s: RunState, e: ev.EndpointChecked) -> None:
+    if e.applied:
+        s.learned_context_tokens = e.context_tokens
+
+
 def _guidance(s: RunState, e: ev.GuidanceChanged) -> None:
     s.guidance, s.guidance_source, s.guidance_cycle = e.guidance, e.source, e.cycle
     s.guidance_pinned = e.pinned and e.source == "user"
@@ -723,6 +734,8 @@ _HANDLERS = {
     ev.IterationFinished: _iteration_finished,
     ev.GuidanceChanged: _guidance,
     ev.BudgetChanged: _budget,
+    ev.EndpointChecked: _endpoint_checked,
+    ev.StructuredOutput: _structured,
     ev.ParamFrozen: _frozen,
     ev.ParamUnfrozen: _unfrozen,
     ev.PauseRequested: _pause_requested,

@@ -56,11 +56,12 @@ class Study:
     script_sha256: str
     base_dir: str = ""  # where the config's relative paths resolve
     created: float = 0.0
+    kind: str = ""  # "scorecard": `bilevel scorecard` planned it, and its report shows the scorecard
 
     # --- files -----------------------------------------------------------------------
 
     @classmethod
-    def create(cls, plan: Sequence[Config], name: str, root: Path) -> "Study":
+    def create(cls, plan: Sequence[Config], name: str, root: Path, *, kind: str = "") -> "Study":
         """A new study folder for a run plan (one config per group × repeat, group-major)."""
         if not plan:
             raise StudyError("an empty plan")
@@ -75,7 +76,7 @@ class Study:
             members.append(Member(g, counts[g], cfg.search.seed, f"{g}-r{counts[g]}", cfg.to_dict()))
         study = cls(dir=new_session_dir(root, f"study-{name}"), name=name, groups=list(dict.fromkeys(counts)),
                     repeats=max(counts.values()), members=members, script=str(script),
-                    script_sha256=_file_sha256(script), base_dir=plan[0].base_dir, created=time.time())
+                    script_sha256=_file_sha256(script), base_dir=plan[0].base_dir, created=time.time(), kind=kind)
         study.save()
         return study
 
@@ -91,12 +92,12 @@ class Study:
         return cls(dir=file.parent, name=data.get("name", ""), groups=list(data.get("groups", [])),
                    repeats=int(data.get("repeats", 0)), members=members, script=data.get("script", ""),
                    script_sha256=data.get("script_sha256", ""), base_dir=data.get("base_dir", ""),
-                   created=float(data.get("created", 0.0)))
+                   created=float(data.get("created", 0.0)), kind=str(data.get("kind", "")))
 
     def save(self) -> None:
         body = {"version": STUDY_VERSION, "name": self.name, "created": self.created, "groups": self.groups,
                 "repeats": self.repeats, "script": self.script, "script_sha256": self.script_sha256,
-                "base_dir": self.base_dir, "members": [asdict(m) for m in self.members]}
+                "base_dir": self.base_dir, "kind": self.kind, "members": [asdict(m) for m in self.members]}
         write_atomic(self.dir / STUDY_FILE, json.dumps(body, indent=1, ensure_ascii=False) + "\n")
 
     # --- members -----------------------------------------------------------------------

@@ -59,9 +59,12 @@ def _data_check(cfg: Config | None) -> Check:
 
 
 async def _endpoint_checks(cfg: Config) -> list[Check]:
-    """The key, the model list, and the chat call the engine makes before a baseline (as long as our
-    longest prompt), which also shows the response_format the endpoint accepts."""
+    """The key, the model list, the context the server states, and the chat call the engine makes before a
+    baseline (short where the context is known, else as long as our longest prompt), which also shows the
+    response_format the endpoint accepts."""
     from core.levels.inner import longest_prompt_tokens
+    from core.levels.preflight import PROBE_MAX_TOKENS, needed_context_tokens
+    from core.services.endpoint_context import server_context
     from core.services.llm import PROBE_SCHEMA, LLMClient, LLMError, context_exceeded, probe_messages
 
     e = cfg.endpoint
@@ -69,15 +72,19 @@ async def _endpoint_checks(cfg: Config) -> list[Check]:
         return [Check("endpoint", False, f"environment variable {e.api_key_env} is not set")]
     client = LLMClient(e.base_url, e.model, api_key_env=e.api_key_env or None, timeout_s=min(e.timeout_s, 60.0),
                        max_retries=1, stream=e.stream, json_mode=e.json_mode, structured=e.structured)
-    tokens = longest_prompt_tokens(cfg)
+    needed = needed_context_tokens(cfg)
     try:
         try:
             models: list[str] | None = await client.list_models()
             listing = ""
         except LLMError as exc:
             models, listing = None, str(exc)
+        stated = await server_context(client)
+        long_call = stated is None and not e.context_tokens
+        tokens = longest_prompt_tokens(cfg) if long_call else 0
         try:
-            await client.chat(probe_messages(tokens), json=True, schema=PROBE_SCHEMA, max_tokens=16, stream=False)
+            await client.chat(probe_messages(tokens, "" if long_call else "A short check."), json=True,
+                              schema=PROBE_SCHEMA, max_tokens=PROBE_MAX_TOKENS, stream=False)
             chat_error = None
         except LLMError as exc:
             chat_error = exc
@@ -86,6 +93,12 @@ async def _endpoint_checks(cfg: Config) -> list[Check]:
     checks = []
     if models is not None:
         checks.append(Check("endpoint", True, f"{e.base_url} answers ({len(models)} models)"))
+    if stated is not None:
+        checks.append(Check("context", stated.tokens >= needed, f"{stated.tokens} tokens ({stated.source}); this "
+                                                               f"run needs about {needed} at the least"))
+    elif e.context_tokens:
+        checks.append(Check("context", e.context_tokens >= needed, f"{e.context_tokens} tokens (configured; the "
+                                                                  f"server does not say); needs about {needed}"))
     if chat_error is not None:
         if context_exceeded(chat_error):
             checks.append(Check("chat", False, f"a prompt of about {tokens} tokens does not fit the model's "
@@ -95,7 +108,8 @@ async def _endpoint_checks(cfg: Config) -> list[Check]:
         if models is None:
             checks.append(Check("endpoint", False, f"{e.base_url}: {listing}"))
         return checks
-    checks.append(Check("chat", True, f"{e.model!r} answers a prompt of about {tokens} tokens"))
+    checks.append(Check("chat", True, f"{e.model!r} answers a prompt of about {tokens} tokens" if long_call
+                        else f"{e.model!r} answers a short prompt"))
     plain = client.structured_mode == "off"  # replies are parsed from free text: small models fail more often
     checks.append(Check("structured", not plain, f"response_format in force: {client.structured_mode} "
                                                  f"({client.structured_reason})", warning=plain))

@@ -207,6 +207,23 @@ class LLMClient:
             raise LLMError(f"{url} did not answer with a model list: {_snippet(text)}", kind="protocol")
         return [str(e["id"]) for e in entries if isinstance(e, dict) and "id" in e]
 
+    async def server_json(self, path: str, *, root: bool = False, timeout_s: float = 5.0) -> Any:
+        """``GET`` one of the server's own pages (llama.cpp's ``/props``, the model list), parsed; None when
+        the server has no such page or does not answer it in ``timeout_s``: these pages are optional."""
+        base = self.base_url[:-3] if root and self.base_url.endswith("/v1") else self.base_url
+        try:
+            api_key = self._api_key()
+            response = await self._http.get(f"{base}{path}", headers=self._headers(api_key, stream=False),
+                                            timeout=self._timeout(min(self.timeout_s, timeout_s)))
+        except (LLMError, httpx.HTTPError, httpx.InvalidURL):
+            return None
+        if response.status_code != 200 or len(response.content) > self.max_reply_bytes:
+            return None
+        try:
+            return loads(response.text, f"{base}{path}")
+        except LLMError:
+            return None
+
     # -- one attempt -----------------------------------------------------------------
 
     async def _attempt(self, body: dict, streaming: bool, on_delta: DeltaCallback | None,
@@ -391,11 +408,14 @@ PROBE_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "re
 _CONTEXT_EXCEEDED = re.compile(r"context|too long|too many tokens|maximum.{0,20}length|n_ctx", re.IGNORECASE)
 
 
-def probe_messages(prompt_tokens: int) -> list[dict]:
-    """A chat about as long as `prompt_tokens` (about a token a word): a context too small fails on it."""
-    filler = " ".join(["data"] * max(0, prompt_tokens))
+def probe_messages(prompt_tokens: int, sample: str = "") -> list[dict]:
+    """A chat about as long as `prompt_tokens` (about a token a word): a context too small fails on it.
+
+    ``sample`` (text like what the run sends: code, numbers) replaces the filler, so the server's
+    count of the prompt can be set beside our estimate of it."""
+    filler = sample or " ".join(["data"] * max(0, prompt_tokens))
     return [{"role": "system", "content": PROBE_SYSTEM},
-            {"role": "user", "content": f'The words below only fill the context. Reply {{"ok": true}}.\n{filler}'}]
+            {"role": "user", "content": f'The text below only fills the context. Reply {{"ok": true}}.\n{filler}'}]
 
 
 def context_exceeded(err: LLMError) -> bool:

@@ -7,6 +7,8 @@ The server speaks the parts of the protocol the product uses:
   ``stream`` is false or absent; otherwise Server-Sent Events (``text/event-stream``,
   chunked transfer encoding) with ``chat.completion.chunk`` objects and ``data: [DONE]``.
 - ``GET /v1/models``: ``{"object": "list", "data": [{"id": ...}, ...]}``.
+- Where the context is stated (``states_context``): llama.cpp's ``GET /props`` (``"props"``, n_ctx under
+  default_generation_settings) or vLLM's ``max_model_len`` on each listed model (``"models"``).
 
 Like a real server it checks a request's ``response_format`` (a malformed one is a 400),
 refuses ``json_schema`` with a 400 when ``refuse_json_schema`` is set (and any
@@ -99,11 +101,15 @@ class ScriptedOpenAI:
 
     def __init__(self, responder: Responder | None = None, models: tuple[str, ...] = ("test-model",),
                  *, refuse_json_schema: bool = False, refuse_response_format: bool = False,
-                 context_tokens: int | None = None):
+                 context_tokens: int | None = None, states_context: str | None = None):
         self.responder = responder
         self.refuse_json_schema = refuse_json_schema
         self.refuse_response_format = refuse_response_format
         self.context_tokens = context_tokens
+        if states_context not in (None, "props", "models"):
+            raise ValueError(f"states_context must be None, 'props' or 'models', not {states_context!r}")
+        self.states_context = states_context
+        self.get_paths: list[str] = []  # every GET, in order
         self.probe_replies: collections.deque[Reply] = collections.deque()
         self.models = tuple(models)
         self.requests: list[dict] = []
@@ -271,9 +277,19 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------
 
     def do_GET(self) -> None:
-        if self.path.split("?")[0].rstrip("/") in ("/v1/models", "/models"):
-            data = [{"id": m, "object": "model", "owned_by": "scripted"} for m in self.server.scripted.models]
+        scripted = self.server.scripted
+        path = self.path.split("?")[0].rstrip("/")
+        with scripted._lock:
+            scripted.get_paths.append(path)
+        stated = scripted.context_tokens if scripted.states_context else None
+        if path in ("/v1/models", "/models"):
+            data = [{"id": m, "object": "model", "owned_by": "scripted"} for m in scripted.models]
+            if stated is not None and scripted.states_context == "models":
+                data = [{**d, "max_model_len": stated} for d in data]
             self._send_json(200, {"object": "list", "data": data})
+        elif path == "/props" and stated is not None and scripted.states_context == "props":
+            self._send_json(200, {"default_generation_settings": {"n_ctx": stated, "params": {}},
+                                  "total_slots": 1, "model_path": "scripted.gguf"})
         else:
             self._send_json(404, _error(f"no route GET {self.path}", "not_found_error"))
 

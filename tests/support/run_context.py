@@ -189,6 +189,9 @@ class FakeRunContext:
             raise FatalRunError("the test ran out of scripted LLM replies")
         return ChatResult(self._replies.pop(0), "", Usage(), "fake", "stop", 1, 0.0)
 
+    async def endpoint_context(self) -> Any:
+        return None  # a server that states nothing (like a hosted API)
+
     def generated_sources(self) -> dict[str, str]:
         return {}
 

@@ -48,7 +48,7 @@ def test_out_of_range_value_is_rejected(tmp_path):
 
 def test_bad_choice_lists_the_choices(tmp_path):
     p = write(tmp_path, '[search]\ngroup = "E"\n')
-    with pytest.raises(ConfigError, match=r"expected one of 'A', 'A\+cmaes', 'B', 'C', 'C\+cmaes', 'D', 'cmaes', 'random', 'sobol', 'tpe'"):
+    with pytest.raises(ConfigError, match=r"expected one of 'A', 'A\+cmaes', 'B', 'C', 'C\+cmaes', 'D', 'cmaes', 'offline', 'random', 'sobol', 'tpe'"):
         config.load(p)
 
 

@@ -23,7 +23,7 @@ from core.record.pricing import Price, price_of
 from core.record.session import SessionReader
 from core.record.state import IterationRecord, IterationTrace, MechanismUse, RunState, fold
 from core.services.noise_store import NoiseFloor, NoiseStore, dataset_id, script_digest
-from core.analysis.keeps import K_DEFAULT, KeepVerdict, NoiseVerdicts, Sigma, VerdictSource, held_counts, session_sigma
+from core.analysis.keeps import K_DEFAULT, AuditOrNoise, KeepVerdict, Sigma, VerdictSource, held_counts, session_sigma
 from core.analysis.stats import (Interval, NullDelta, Summary, bootstrap_diff_ci, bootstrap_mean_ci, null_search_delta,
                                  permutation_pvalue, summarize)
 from core.record.study import Study, is_study
@@ -354,10 +354,11 @@ class Report:
 
 def build_report(inputs: Inputs, *, random_state: int = 0, extra_stores: Sequence[Path] = (),
                  noise_k: float = K_DEFAULT, verdicts: VerdictSource | None = None) -> Report:
-    """The report's numbers; ``verdicts`` judges each keep (default: beyond ``noise_k``·σ of the best before)."""
+    """The report's numbers; ``verdicts`` judges each keep (default: the session's keep-chain audit where one
+    finished, else beyond ``noise_k``·σ of the best before)."""
     if not noise_k >= 0 or noise_k == float("inf"):  # NaN fails the first test
         raise ReportError(f"the noise multiple k must be a finite number ≥ 0, not {noise_k}")
-    verdicts = verdicts or NoiseVerdicts(noise_k)
+    verdicts = verdicts or AuditOrNoise(noise_k)
     if not inputs.sessions:
         raise ReportError("no search sessions to report on" + (": " + "; ".join(inputs.notes) if inputs.notes else ""))
     kinds = {is_surrogate(s.state.config) for s in inputs.sessions}

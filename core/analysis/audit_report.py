@@ -1,7 +1,7 @@
 """The keep-chain audit in the report: one table of every audited keep and one figure of the effects.
 
 Reads only the folded audits (RunState.audits); the rest of the report is core/analysis/report.py's.
-Also the source of "keeps that held" for the report's column: :func:`held_counts`.
+"Keeps that held" reads the audit's verdicts through core/analysis/keeps.py's AuditOrNoise.
 """
 from __future__ import annotations
 
@@ -12,15 +12,6 @@ from core.analysis.evidence_text import AUDIT_COLUMNS, audit_rows, latest_audit
 from core.analysis.ablation import SessionData
 
 HEADER = ("session", *AUDIT_COLUMNS)
-
-
-def held_counts(s: SessionData) -> tuple[int, int] | None:
-    """(keeps that held, keeps audited) in the session's latest audit; None when it was never audited."""
-    audit = latest_audit(s.state)
-    if audit is None or audit.finished is None:
-        return None
-    measured = [v for v in audit.verdicts.values() if v.verdict in ("holds", "within noise", "harmful")]
-    return sum(v.verdict == "holds" for v in measured), len(measured)
 
 
 def audit_section(sessions: Sequence[SessionData]) -> list[str]:

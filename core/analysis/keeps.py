@@ -4,18 +4,22 @@
 acceptance rule used, or the noise store's for its fingerprint), else the σ the script declares
 in its summary (the surrogate prints its ``NOISE_SIGMA`` as ``noise_sigma``). A keep whose
 improvement over the best before it is at most k·σ is *within noise*: a neutral change clears
-that often by luck. The verdict source is pluggable (:class:`VerdictSource`): today's is this σ
-test; the keep-chain audit will supply verdicts from fresh seeds through the same interface.
+that often by luck. The verdict source is pluggable (:class:`VerdictSource`); the report's default
+(:class:`AuditOrNoise`) takes a session's keep-chain audit where one finished (fresh seeds beat
+a single draw) and this σ test for the rest.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
 
+from core.analysis.evidence_text import latest_audit
 from core.record.state import RunState
 
 K_DEFAULT = 2.0  # a neutral change beats the best by 2σ about 2 % of the time (one draw, normal noise)
 WITHIN, BEYOND, UNKNOWN = "within noise", "beyond noise", "σ unknown"
+# the audit's words (core/record/events.py AuditVerdictKind); superseded and unmeasured keeps say nothing
+HELD = {BEYOND: True, "holds": True, WITHIN: False, "harmful": False}
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class KeepVerdict:
     @property
     def held(self) -> bool | None:
         """True: the keep stands out of noise; False: it does not; None: nothing to say."""
-        return {BEYOND: True, WITHIN: False}.get(self.verdict)
+        return HELD.get(self.verdict)
 
 
 class VerdictSource(Protocol):
@@ -73,6 +77,31 @@ class NoiseVerdicts:
             else:
                 out[r.iteration] = KeepVerdict(r.iteration, gain, gain / sigma.value,
                                                BEYOND if gain > self.k * sigma.value else WITHIN)
+        return out
+
+
+@dataclass(frozen=True)
+class AuditOrNoise:
+    """The latest finished keep-chain audit's verdicts where a session has one, else the σ test.
+
+    An audit re-runs each keep's leave-one-out on r fresh seeds, so its verdict is the better
+    evidence; a keep the audit's share did not cover keeps its σ verdict.
+    """
+
+    k: float = K_DEFAULT
+
+    @property
+    def name(self) -> str:
+        return f"held in the keep-chain audit where one ran, else beyond {self.k:g}σ"
+
+    def __call__(self, state: RunState, sigma: Sigma | None) -> dict[int, KeepVerdict]:
+        out = NoiseVerdicts(self.k)(state, sigma)
+        audit = latest_audit(state)
+        if audit is None or audit.finished is None:
+            return out
+        for it, v in audit.verdicts.items():
+            if it in out and v.verdict in HELD:
+                out[it] = KeepVerdict(it, out[it].improvement, out[it].sigmas, v.verdict)
         return out
 
 

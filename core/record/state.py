@@ -192,8 +192,6 @@ class AuditState:
 
 
 @dataclass
-
-
 class RunState:
     session: str = ""
     name: str = ""

@@ -54,6 +54,9 @@ print("---")
 print(f"val_bpb: {1.0 + 0.05 * math.log(LR / 0.02) ** 2 + 0.2 * (WARMDOWN_RATIO - 0.3) ** 2:.6f}")
 '''
 
+# iterations a session: room for 20 kills each once a resumed run answers in well under a second
+ITERATIONS = 40
+
 CONFIG = '''
 name = "kill{index}"
 [endpoint]
@@ -121,7 +124,7 @@ def run_session(index: int, work: Path, kills_wanted: int, rng: random.Random, c
     folder.mkdir()
     (folder / "train.py").write_text(TRAIN)
     cfg = folder / "exp.toml"
-    cfg.write_text(CONFIG.format(index=index, script=folder / "train.py", iterations=25, sessions=folder / "sessions"))
+    cfg.write_text(CONFIG.format(index=index, script=folder / "train.py", iterations=ITERATIONS, sessions=folder / "sessions"))
     session: Path | None = None
     kills = 0
     best_before: float | None = None
@@ -173,9 +176,13 @@ def run_session(index: int, work: Path, kills_wanted: int, rng: random.Random, c
             last = next((e for e in reversed(events) if not isinstance(e, (ev.TrainingProgress, ev.TrainingOutput))),
                         None)
             figures["killed_after"][last.type if last else "nothing"] += 1
-            best_before = fold(events).best_val_bpb
-            continue
-        if proc.returncode != 0:
+            if fold(events).status != "completed":
+                best_before = fold(events).best_val_bpb
+                continue
+            # the kill landed after run_finished (the engine was closing): the session is complete, and a
+            # resume would rightly refuse it; check it as a completed one
+            figures["killed_after_completion"] += 1
+        elif proc.returncode != 0:
             checker.fail(session.name, f"engine exited {proc.returncode} without being killed: {stderr[-800:]}")
             return
         state = fold(events)
@@ -199,14 +206,16 @@ def main() -> int:
     rng = random.Random(args.seed)
     checker = Checker()
     figures: dict = {"kills": 0, "kills_before_folder": 0, "engine_runs": 0, "iterations": 0,
-                     "killed_after": collections.Counter(), "resume_s": [], "wall_s": []}
+                     "killed_after": collections.Counter(), "killed_after_completion": 0, "resume_s": [],
+                     "wall_s": []}
     t0 = time.monotonic()
-    per_session = -(-args.kills // args.sessions)
     all_tags: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="bilevel-kill-") as tmp:
         work = Path(tmp)
         for index in range(args.sessions):
-            wanted = min(per_session, args.kills - figures["kills"] - figures["kills_before_folder"])
+            left_to_land = args.kills - figures["kills"] - figures["kills_before_folder"]
+            # spread what is left over the sessions left (a kill that lands on a closing engine ends its session early)
+            wanted = -(-left_to_land // (args.sessions - index))
             run_session(index, work, max(wanted, 0), rng, checker, figures)
             for session in (work / f"s{index}" / "sessions").glob("*"):
                 try:
@@ -223,7 +232,8 @@ def main() -> int:
     print(f"kills landed: {landed} over {args.sessions} sessions "
           f"({figures['kills_before_folder']} before a session folder existed), "
           f"{figures['engine_runs']} engine starts, {figures['iterations']} iterations completed, {elapsed:.0f} s")
-    print("killed right after: " + ", ".join(f"{k} {v}" for k, v in figures["killed_after"].most_common()))
+    print("killed right after: " + ", ".join(f"{k} {v}" for k, v in figures["killed_after"].most_common())
+          + f" ({figures['killed_after_completion']} after run_finished, while the engine closed)")
     if figures["resume_s"]:
         rs = figures["resume_s"]
         print(f"`bilevel resume` started to run_resumed written: median {statistics.median(rs) * 1000:.0f} ms, "

@@ -1,17 +1,17 @@
 """Classical Level 1 proposers (TPE, CMA-ES, Sobol): the schema's bounds, scales, locks and frozen set, and seeds."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import pytest
 
 import baseline.surrogate as surrogate
-from core.record.change import NO_CHANGE, Change, params_change
+from core.record.change import params_change
 from core.levels.classical import SAMPLERS, ClassicalProposer, dimensions
 from core.record import config
 from core.services.schema import infer_schema, validate_changes
 from core.services.script import TrainScript
+from tests.support.history import Record
 
 pytest.importorskip("optuna")
 
@@ -19,15 +19,6 @@ LOCKED = {"DEPTH", "ASPECT_RATIO", "HEAD_DIM", "MAX_SEQ_LEN", "TIME_BUDGET", "EV
           "NOISE_SIGMA", "SURFACE"}
 BOUNDS = config.SURROGATE_BOUNDS  # WINDOW_PATTERN's choices are the script's own
 
-
-@dataclass
-class Record:  # the fields of core.record.state.IterationRecord a proposer reads
-    iteration: int
-    decision: str
-    val_bpb: float | None
-    values: dict[str, Any]
-    source: str
-    changes: Change = NO_CHANGE
 
 
 def schema(**extra_bounds):

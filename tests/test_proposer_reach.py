@@ -7,8 +7,7 @@ schema leaves unlocked for the demo config of each preset.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 import pytest
 
@@ -16,25 +15,16 @@ from core.engine.engine import PROTOCOL_PARAMS
 from core.levels.offline import perturb
 from core.levels.proposal import change_limit
 from core.record import config, registry
-from core.record.change import NO_CHANGE, Change
 from core.services import script_folder
 from core.record.registry import load
 from core.services.schema import infer_schema, validate_changes
 from core.services.script import TrainScript
 from core.services.seeds import seed_params
+from tests.support.history import Record
 
 SCRIPTS = {"surrogate": config.SURROGATE_SCRIPT, "reference": config.BASELINE_SCRIPT}
 POINT_PROPOSERS = [e.name for e in registry.PROPOSERS if not e.prompted]  # the LLM reads the schema as text
 
-
-@dataclass
-class Record:  # the fields of core.record.state.IterationRecord a point proposer reads
-    iteration: int
-    decision: str
-    val_bpb: float | None
-    values: dict[str, Any]
-    source: str
-    changes: Change = NO_CHANGE
 
 
 def engine_schema(preset: str):

@@ -52,11 +52,16 @@ class BuildError(Exception):
     """A step failed; the message says which and what to do."""
 
 
-def cache_folder(env: Mapping[str, str] = os.environ) -> Path:
-    """Where this version's binary lives: $XDG_CACHE_HOME (an absolute one) or ~/.cache, then bilevel/."""
+def cache_root(env: Mapping[str, str] = os.environ) -> Path:
+    """The tests' cache: $XDG_CACHE_HOME (an absolute one) or ~/.cache, then bilevel/ (real_models.py's too)."""
     xdg = env.get("XDG_CACHE_HOME", "")
     base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path(env.get("HOME") or Path.home()) / ".cache"
-    return base / "bilevel" / "llama-server" / VERSION
+    return base / "bilevel"
+
+
+def cache_folder(env: Mapping[str, str] = os.environ) -> Path:
+    """Where this version's binary lives."""
+    return cache_root(env) / "llama-server" / VERSION
 
 
 def installed_binary(env: Mapping[str, str] = os.environ) -> Path:

